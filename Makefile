@@ -1,0 +1,40 @@
+# IPSX — `make demo` runs the whole network on this machine; `make test` runs every check.
+# Both set themselves up: a virtualenv in .venv with the project and its pinned dependencies.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+.PHONY: setup demo test lint unit bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[embedded,test,bench]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+demo: setup
+	$(BIN)/ipsx demo
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+unit: setup
+	$(BIN)/pytest
+
+test: lint unit
+
+# Side-by-side benchmark (needs wrk, squid and nginx-light from Debian: `make bench-deps`).
+bench: setup
+	$(BIN)/python loadtests/bench_gateway.py
+
+bench-deps:
+	apt-get update -q && apt-get install -y -q wrk squid nginx-light curl
+
+clean:
+	rm -rf $(VENV) .ipsx .pytest_cache .mypy_cache .ruff_cache

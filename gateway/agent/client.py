@@ -1,0 +1,260 @@
+"""The provider agent: dials out to a gateway node, lends it data connections, dials for it.
+
+The agent never listens. It logs in by signing the gateway's challenge with its wallet key,
+keeps ``pool_size`` idle data connections open so a new stream costs the gateway no connection
+setup, applies its exit policy to every destination after DNS resolution, and counts the bytes
+of each stream itself so the two meters can be compared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import random
+import socket
+import time
+from typing import Any
+
+from eth_account.messages import encode_defunct
+
+from gateway import wire
+from gateway.agent.policy import PolicyRefused, family_of, pick_address
+from gateway.agent.settings import AgentSettings
+from gateway.conn import Conn, ConnectionClosed
+from gateway.relay import Splice, SpliceResult
+from gateway.wire import DialErrorCode, WireError
+
+log = logging.getLogger("ipsx.agent")
+
+
+class LoginRefused(Exception):
+    """The gateway refused this agent's login (bad key, bad exits); retrying will not help soon."""
+
+
+class _Dial(Exception):
+    def __init__(self, code: DialErrorCode, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+_ERRNO_CODES = {
+    errno.ECONNREFUSED: DialErrorCode.REFUSED,
+    errno.EHOSTUNREACH: DialErrorCode.UNREACHABLE,
+    errno.ENETUNREACH: DialErrorCode.UNREACHABLE,
+    errno.EADDRNOTAVAIL: DialErrorCode.EXIT,
+}
+
+
+class AgentSession:
+    """One login to one gateway node; ends when the control connection does."""
+
+    def __init__(self, settings: AgentSettings) -> None:
+        self._settings = settings
+        self._token = ""
+        self._binds: dict[str, str] = {}  # exit id → bind address
+        self._control: Conn | None = None
+        self._idle = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.splices: set[Splice] = set()
+        self.served = 0
+
+    async def _connect(self) -> Conn:
+        loop = asyncio.get_running_loop()
+        s = self._settings
+        _, conn = await loop.create_connection(Conn, s.gateway_host, s.gateway_port)
+        return conn
+
+    async def login(self) -> None:
+        s = self._settings
+        control = await self._connect()
+        self._control = control
+        async with asyncio.timeout(s.handshake_timeout):
+            control.write(wire.encode({"t": "hello", "v": wire.PROTOCOL_VERSION, "address": s.account.address}))
+            challenge = wire.decode(await control.read_line(wire.MAX_LINE))
+            if challenge["t"] == "error":
+                raise LoginRefused(str(challenge.get("reason")))
+            nonce = wire.field(challenge, "nonce", str)
+            node = wire.field(challenge, "node", str)
+            signed = s.account.sign_message(encode_defunct(text=wire.login_message(node, nonce)))
+            control.write(wire.encode({
+                "t": "login", "signature": "0x" + signed.signature.hex().removeprefix("0x"),
+                "exits": [spec.to_wire() for spec in s.exits], "policy": s.policy.to_wire(), "pool": s.pool_size,
+            }))
+            welcome = wire.decode(await control.read_line(wire.MAX_LINE))
+        if welcome["t"] != "welcome":
+            raise LoginRefused(str(welcome.get("reason", "refused"))[:200])
+        self._token = wire.field(welcome, "token", str)
+        exits = wire.field(welcome, "exits", dict)
+        self._binds = {str(exit_id): str(bind) for bind, exit_id in exits.items()}
+        self._heartbeat = float(wire.field(welcome, "heartbeat", (int, float)))
+        log.info("logged in to %s:%d as %s with %d exit(s)", s.gateway_host, s.gateway_port,
+                 s.account.address, len(self._binds))
+
+    async def serve(self) -> None:
+        """Keep the data pool full and the heartbeat going until the control connection ends."""
+        control = self._control
+        if control is None:
+            raise RuntimeError("login() first")
+        for _ in range(self._settings.pool_size):
+            self._spawn_data()
+        beat = asyncio.create_task(self._beat(control))
+        try:
+            while True:
+                line = await control.read_line(wire.MAX_LINE)
+                message = wire.decode(line)
+                if message["t"] == "more":
+                    wanted = min(int(wire.field(message, "n", int)), self._settings.pool_size * 4)
+                    for _ in range(max(0, wanted - self._idle)):
+                        self._spawn_data()
+                elif message["t"] == "error":
+                    raise LoginRefused(str(message.get("reason"))[:200])
+        finally:
+            beat.cancel()
+            control.close()
+
+    async def _beat(self, control: Conn) -> None:
+        while not control.closed:
+            control.write(wire.encode({"t": "hb"}))
+            await asyncio.sleep(self._heartbeat)
+
+    def report(self, message: dict[str, Any]) -> None:
+        if self._control is not None and not self._control.closed:
+            self._control.write(wire.encode(message))
+
+    def _spawn_data(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._data_connection())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _data_connection(self) -> None:
+        try:
+            conn = await self._connect()
+        except OSError:
+            return
+        conn.write(wire.encode({"t": "data", "token": self._token}))
+        self._idle += 1
+        try:
+            line = await conn.read_line(wire.MAX_LINE)
+        except (ConnectionClosed, ValueError):
+            conn.close()
+            return
+        finally:
+            self._idle -= 1
+        if self._control is not None and not self._control.closed:
+            self._spawn_data()  # replace this one before dialing, so the pool stays full
+        try:
+            request = wire.decode(line, "dial")
+            stream = wire.field(request, "stream", str)
+            exit_id = wire.field(request, "exit", str)
+            host = wire.field(request, "host", str)
+            port = wire.field(request, "port", int)
+        except WireError:
+            conn.close()
+            return
+        opened_at = time.time()
+        try:
+            bind = self._binds.get(exit_id)
+            if bind is None:
+                raise _Dial(DialErrorCode.EXIT, "unknown exit")
+            destination = await self._dial(host, port, bind)
+        except _Dial as failure:
+            conn.write(wire.encode({"t": "err", "code": failure.code.value, "reason": failure.reason}))
+            conn.close()
+            return
+        conn.write(wire.encode({"t": "ok"}))
+        self._relay(conn, destination, stream, exit_id, opened_at)
+
+    async def _dial(self, host: str, port: int, bind: str) -> Conn:
+        s = self._settings
+        loop = asyncio.get_running_loop()
+        try:
+            s.policy.check_port(port)
+        except PolicyRefused as refusal:
+            raise _Dial(DialErrorCode.POLICY, refusal.reason) from None
+        try:
+            async with asyncio.timeout(s.dial_timeout):
+                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError):
+            raise _Dial(DialErrorCode.DNS, "the name does not resolve") from None
+        except TimeoutError:
+            raise _Dial(DialErrorCode.DNS, "name resolution timed out") from None
+        try:
+            family, address = pick_address(infos, s.policy, family_of(bind or None))
+        except PolicyRefused as refusal:
+            raise _Dial(DialErrorCode.POLICY, refusal.reason) from None
+        try:
+            async with asyncio.timeout(s.dial_timeout):
+                _, destination = await loop.create_connection(
+                    Conn, address, port, family=family, local_addr=(bind, 0) if bind else None
+                )
+        except TimeoutError:
+            raise _Dial(DialErrorCode.TIMEOUT, "connection timed out") from None
+        except OSError as exc:
+            code = _ERRNO_CODES.get(exc.errno or 0, DialErrorCode.UNREACHABLE)
+            raise _Dial(code, exc.strerror or "connection failed") from None
+        self.served += 1
+        return destination
+
+    def _relay(self, gateway_conn: Conn, destination: Conn, stream: str, exit_id: str, opened_at: float) -> None:
+        try:
+            a, a_data, a_eof = gateway_conn.detach()
+            b, b_data, b_eof = destination.detach()
+        except ConnectionClosed:
+            gateway_conn.close()
+            destination.close()
+            return
+
+        def done(result: SpliceResult) -> None:
+            self.splices.discard(splice)
+            outcome = {"a_lost": "gateway_lost", "b_lost": "destination_lost"}.get(result.outcome, result.outcome)
+            self.report({
+                "t": "usage", "stream": stream, "exit": exit_id, "up": result.a_to_b, "down": result.b_to_a,
+                "opened": opened_at, "closed": result.closed_at, "outcome": outcome,
+            })
+
+        splice = Splice(a, b, on_done=done, a_data=a_data, b_data=b_data, a_eof=a_eof, b_eof=b_eof,
+                        idle_timeout=self._settings.idle_timeout, opened_at=opened_at)
+        self.splices.add(splice)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._control is not None:
+            self._control.close()
+
+
+async def run_agent(settings: AgentSettings, stop: asyncio.Event) -> None:
+    """Stay connected to the gateway until ``stop`` is set, reconnecting with jittered backoff."""
+    backoff = settings.backoff_initial
+    while not stop.is_set():
+        session = AgentSession(settings)
+        serving = None
+        try:
+            await session.login()
+            backoff = settings.backoff_initial
+            serving = asyncio.create_task(session.serve())
+            stopping = asyncio.create_task(stop.wait())
+            await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if serving.done():
+                serving.result()
+        except LoginRefused as refused:
+            log.error("the gateway refused this agent: %s", refused)
+        except (OSError, ConnectionClosed, WireError, TimeoutError, ValueError) as exc:
+            log.warning("gateway connection lost (%s); reconnecting", type(exc).__name__)
+        finally:
+            if serving is not None and not serving.done():
+                serving.cancel()
+            await session.close()
+        if stop.is_set():
+            break
+        delay = backoff * (0.5 + random.random())
+        backoff = min(backoff * 2, settings.backoff_max)
+        try:
+            await asyncio.wait_for(stop.wait(), delay)
+        except TimeoutError:
+            pass

@@ -1,0 +1,91 @@
+"""Settings of a provider agent, and the parsing of its ``--bind`` exit declarations."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+
+from gateway.agent.policy import ExitPolicy
+from pool.models import EXIT_TYPES
+
+SECONDS = 1.0
+_WORD_RE = re.compile(r"[a-z0-9_]{1,64}")
+
+
+@dataclass(frozen=True, slots=True)
+class ExitSpec:
+    """One exit the agent offers: the source address it dials from and its attributes."""
+
+    bind: str = ""  # "" = the host's default source address
+    country: str = "us"
+    region: str = ""
+    city: str = ""
+    asn: int = 0
+    type: str = "residential"
+
+    def to_wire(self) -> dict[str, object]:
+        return {"bind": self.bind, "country": self.country, "region": self.region, "city": self.city,
+                "asn": self.asn, "type": self.type}
+
+
+def parse_exit(text: str, defaults: ExitSpec) -> ExitSpec:
+    """``ADDRESS[,key=value…]`` (keys: country, region, city, asn, type) → ExitSpec; raises ValueError."""
+    address, *pairs = text.split(",")
+    address = address.strip()
+    if address:
+        ipaddress.ip_address(address)  # raises ValueError for anything but an IP literal
+    spec = replace(defaults, bind=address)
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key, value = key.strip().lower(), value.strip().lower()
+        if not sep or not value:
+            raise ValueError(f"expected key=value, got {pair!r}")
+        if key == "country":
+            if not re.fullmatch(r"[a-z]{2}", value):
+                raise ValueError("country must be a 2-letter ISO 3166-1 code")
+            spec = replace(spec, country=value)
+        elif key in ("region", "city"):
+            if not _WORD_RE.fullmatch(value):
+                raise ValueError(f"{key} must be letters, digits or '_'")
+            spec = replace(spec, **{key: value})
+        elif key == "asn":
+            spec = replace(spec, asn=int(value.removeprefix("as")))
+        elif key == "type":
+            if value not in EXIT_TYPES:
+                raise ValueError(f"type must be one of {', '.join(sorted(EXIT_TYPES))}")
+            spec = replace(spec, type=value)
+        else:
+            raise ValueError(f"unknown exit attribute {key!r}")
+    return spec
+
+
+def load_key(path: Path, password: str | None) -> LocalAccount:
+    """A wallet from a keystore JSON file (with ``password``) or a file holding a hex private key."""
+    text = path.read_text().strip()
+    if text.startswith("{"):
+        if password is None:
+            raise ValueError("this keystore needs a password (IPSX_KEY_PASSWORD or --key-password-file)")
+        key = Account.decrypt(json.loads(text), password)
+        return Account.from_key(key)
+    return Account.from_key(text)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSettings:
+    gateway_host: str
+    gateway_port: int
+    account: LocalAccount = field(repr=False)
+    exits: tuple[ExitSpec, ...] = (ExitSpec(),)
+    policy: ExitPolicy = field(default_factory=ExitPolicy)
+    pool_size: int = 16  # idle data connections kept open to the gateway
+    dial_timeout: float = 8 * SECONDS
+    handshake_timeout: float = 10 * SECONDS
+    idle_timeout: float = 300 * SECONDS
+    backoff_initial: float = 0.5 * SECONDS
+    backoff_max: float = 30 * SECONDS

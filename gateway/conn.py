@@ -1,0 +1,214 @@
+"""A buffered connection protocol for the handshake phase, handed over to a splice afterwards.
+
+asyncio's streams keep received bytes in a private buffer, so a connection that starts as a
+stream cannot be handed to a raw ``asyncio.Protocol`` without reaching into it. ``Conn`` is the
+small part of a stream we need: ``read()`` for the handshake and ``detach()`` to take the
+transport and whatever was read but not consumed, at one point in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import cast
+
+# Pause reading when this much is buffered and nobody reads: a handshake never needs more.
+_PAUSE_AT = 256 * 1024
+
+
+class ConnectionClosed(ConnectionError):
+    """The peer closed the connection, or it was lost, while we were reading."""
+
+
+class Conn(asyncio.Protocol):
+    """A connection read with ``await read()`` until ``detach()`` hands its transport on."""
+
+    __slots__ = (
+        "_buffer", "_closed", "_drain_waiter", "_eof", "_exc", "_paused", "_waiter", "_write_paused", "transport",
+    )
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._waiter: asyncio.Future[None] | None = None
+        self._eof = False
+        self._closed = False
+        self._paused = False
+        self._exc: BaseException | None = None
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+
+    # asyncio callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if len(self._buffer) > _PAUSE_AT and not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake()
+        return True  # keep the write side open: the peer may only have half-closed
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._exc = exc
+        self._wake()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if self._closed:
+            drain = self._drain_waiter
+            if drain is not None and not drain.done():
+                drain.set_result(None)
+
+    # the reading side, for handshakes
+    @property
+    def at_eof(self) -> bool:
+        return (self._eof or self._closed) and not self._buffer
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def read(self) -> bytes:
+        """All buffered bytes, waiting for some if none are there; ``b""`` at end of stream."""
+        while not self._buffer:
+            if self._eof or self._closed:
+                return b""
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+        return data
+
+    async def read_line(self, limit: int) -> bytes:
+        """One ``\\n``-terminated line (without it); raises ConnectionClosed or ValueError if too long."""
+        while True:
+            end = self._buffer.find(b"\n")
+            if end >= 0:
+                line = bytes(self._buffer[:end])
+                del self._buffer[: end + 1]
+                return line
+            if len(self._buffer) > limit:
+                raise ValueError("line too long")
+            if self._eof or self._closed:
+                raise ConnectionClosed("connection closed")
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    def unread(self, data: bytes) -> None:
+        """Put bytes back in front of the buffer (what a parser read past its message)."""
+        if data:
+            self._buffer[:0] = data
+
+    # the writing side
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self._closed:
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        """Wait while the transport's write buffer is above its high-water mark."""
+        if self._closed:
+            raise ConnectionClosed("connection closed")
+        while self._write_paused and not self._closed:
+            self._drain_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._drain_waiter
+            finally:
+                self._drain_waiter = None
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def detach(self) -> tuple[asyncio.Transport, bytes, bool]:
+        """Hand over the transport: returns it, the unread bytes, and whether EOF was already seen.
+
+        The caller must ``set_protocol`` on the transport right away, in the same callback.
+        """
+        if self.transport is None:
+            raise ConnectionClosed("not connected")
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        if self._paused:
+            self._paused = False
+            self.transport.resume_reading()
+        return self.transport, data, self._eof
+
+
+Handler = Callable[[Conn], Awaitable[None]]
+
+
+class _Accepted(Conn):
+    """A server-side Conn that starts its handler task as soon as it is connected."""
+
+    __slots__ = ("_handler", "_tasks")
+
+    def __init__(self, handler: Handler, tasks: set[asyncio.Task[None]]) -> None:
+        super().__init__()
+        self._handler = handler
+        self._tasks = tasks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        task = asyncio.get_running_loop().create_task(self._handler(self))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+class Listener:
+    """A TCP listener running ``handler(conn)`` as one task per accepted connection."""
+
+    def __init__(self, handler: Handler) -> None:
+        self._handler = handler
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int, *, reuse_port: bool = False, backlog: int = 2048) -> int:
+        """Start listening; returns the bound port (useful with port 0)."""
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(
+            lambda: _Accepted(self._handler, self.tasks), host, port, backlog=backlog, reuse_port=reuse_port
+        )
+        return int(self.server.sockets[0].getsockname()[1])
+
+    def stop_accepting(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    async def close(self) -> None:
+        """Stop accepting and cancel the handlers still running."""
+        self.stop_accepting()
+        for task in list(self.tasks):
+            task.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)

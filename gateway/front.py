@@ -1,0 +1,335 @@
+"""The requester-facing front: HTTP/1.1 forward proxy (absolute-URI and CONNECT) and SOCKS5.
+
+The protocol cores (``http1``, ``socks5``, ``targeting``) are sans-IO; this module does the
+socket work around them. Authentication happens before anything else: an unauthenticated
+client gets 407 (SOCKS5: method 0xFF / auth failure), no exit is chosen and no byte is relayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from gateway import http1, socks5
+from gateway.conn import Conn, ConnectionClosed
+from gateway.exits import DIAL_ERRORS, NO_EXIT, ExitDialer, NoExit, Stream
+from gateway.relay import Splice, SpliceResult
+from gateway.settings import GatewaySettings
+from gateway.targeting import Targeting, TargetingError, apply_headers, parse_basic_credentials, parse_username
+from gateway.tunnel import DialError
+
+log = logging.getLogger("ipsx.gateway.front")
+
+Authenticate = Callable[[str, str], Awaitable[object | None]]
+_CONNECTED = b"HTTP/1.1 200 Connection established\r\n\r\n"
+_REALM = [("Proxy-Authenticate", 'Basic realm="IPSX"')]
+
+
+class _Refused(Exception):
+    """Answer the client with ``response`` and close; nothing was relayed."""
+
+    def __init__(self, response: bytes) -> None:
+        self.response = response
+
+
+def _http_error(status: int, code: str, message: str, extra: list[tuple[str, str]] | None = None) -> _Refused:
+    headers = [("X-IPSX-Error", code), *(extra or [])]
+    return _Refused(http1.error_response(status, message, headers=headers))
+
+
+def _dial_refusal(error: DialError | NoExit) -> _Refused:
+    if isinstance(error, NoExit):
+        status, code, _ = NO_EXIT
+        return _http_error(status, code, "no exit matches the requested targeting")
+    status, code, _ = DIAL_ERRORS[error.code]
+    return _http_error(status, code, f"could not reach the destination: {error.reason}")
+
+
+@dataclass(slots=True)
+class _Upstream:
+    stream: Stream
+    key: tuple[str, int, Targeting]
+    up: int = 0
+    down: int = 0
+
+
+class Front:
+    """Serves one client connection at a time per task; shared state lives in the collaborators."""
+
+    def __init__(self, settings: GatewaySettings, dialer: ExitDialer, authenticate: Authenticate) -> None:
+        self._settings = settings
+        self._dialer = dialer
+        self._authenticate = authenticate
+        self.splices: set[Splice] = set()
+
+    async def handle(self, conn: Conn) -> None:
+        try:
+            async with asyncio.timeout(self._settings.handshake_timeout):
+                first = await conn.read()
+            if not first:
+                conn.close()
+                return
+            if first[0] == 5:
+                await self._socks5(conn, first)
+            else:
+                await self._http(conn, first)
+        except TimeoutError:
+            conn.write(http1.error_response(408, "request timeout"))
+            conn.close()
+        except _Refused as refused:
+            conn.write(refused.response)
+            conn.close()
+        except (ConnectionClosed, ConnectionError):
+            conn.abort()
+        except asyncio.CancelledError:
+            conn.abort()
+            raise
+        except Exception:
+            log.exception("internal error on a client connection")
+            conn.write(http1.error_response(500, "internal error"))
+            conn.close()
+
+    # authentication and targeting, shared by both protocols
+    async def _targeting(self, username: str, password: str) -> Targeting | None:
+        """The client's targeting, or None when the credentials are wrong. Raises TargetingError."""
+        account = username.split("-", 1)[0].lower()
+        if not account or await self._authenticate(account, password) is None:
+            return None
+        return parse_username(username)
+
+    # HTTP
+    async def _read_head(self, conn: Conn, reader: http1.HeadReader, data: bytes) -> http1.RequestHead | None:
+        head = reader.feed(data)
+        while head is None:
+            data = await conn.read()
+            if not data:
+                return None
+            head = reader.feed(data)
+        return head
+
+    async def _http_auth(self, head: http1.RequestHead) -> Targeting:
+        credentials = parse_basic_credentials(head.get("proxy-authorization") or "")
+        if credentials is None:
+            raise _http_error(407, "auth_required", "proxy authentication required", _REALM)
+        try:
+            targeting = await self._targeting(*credentials)
+            if targeting is None:
+                raise _http_error(407, "auth_failed", "proxy authentication failed", _REALM)
+            return apply_headers(targeting, head.headers)
+        except TargetingError as error:
+            raise _http_error(400, "bad_targeting", str(error)) from None
+
+    async def _http(self, conn: Conn, first: bytes) -> None:
+        reader = http1.HeadReader(self._settings.limits)
+        try:
+            head = await self._read_head(conn, reader, first)
+            if head is None:
+                conn.close()
+                return
+            if head.method == "CONNECT":
+                await self._connect(conn, head, reader.rest)
+            else:
+                await self._forward(conn, reader, head)
+        except http1.ProtocolError as error:
+            raise _http_error(error.status, "bad_request", error.reason) from None
+
+    async def _connect(self, conn: Conn, head: http1.RequestHead, rest: bytes) -> None:
+        host, port = http1.parse_authority(head.target)
+        targeting = await self._http_auth(head)
+        try:
+            stream = await self._dialer.open(targeting, host, port, "connect")
+        except (DialError, NoExit) as error:
+            raise _dial_refusal(error) from None
+        conn.write(_CONNECTED)
+        self._splice(conn, stream, rest)
+
+    def _splice(self, client: Conn, stream: Stream, client_data: bytes) -> None:
+        """Relay client ⇄ exit until both end; the usage event is sent when the splice is done."""
+        try:
+            client_transport, pending, client_eof = client.detach()
+            exit_transport, exit_pending, exit_eof = stream.conn.detach()
+        except ConnectionClosed:
+            self._dialer.finish(stream, up=0, down=0, outcome="client_lost")
+            stream.conn.close()
+            return
+
+        def done(result: SpliceResult) -> None:
+            self.splices.discard(splice)
+            outcome = {"a_lost": "client_lost", "b_lost": "exit_lost"}.get(result.outcome, result.outcome)
+            self._dialer.finish(stream, up=result.a_to_b, down=result.b_to_a, outcome=outcome,
+                                closed_at=result.closed_at)
+
+        splice = Splice(
+            client_transport, exit_transport, on_done=done, a_data=client_data + pending, b_data=exit_pending,
+            a_eof=client_eof, b_eof=exit_eof, idle_timeout=self._settings.idle_timeout,
+            opened_at=stream.opened_at,
+        )
+        if not stream.finished:
+            self.splices.add(splice)
+
+    async def _forward(self, conn: Conn, reader: http1.HeadReader, head: http1.RequestHead) -> None:
+        """Plain-HTTP forwarding with keep-alive on both sides while the target stays the same."""
+        upstream: _Upstream | None = None
+        auth_header: str | None = None
+        targeting: Targeting | None = None
+        try:
+            while True:
+                host, port, origin_target = http1.parse_absolute_uri(head.target)
+                header = head.get("proxy-authorization")
+                if targeting is None or header != auth_header or any(
+                    name[:7].lower() == "x-ipsx-" for name, _ in head.headers
+                ):
+                    targeting = await self._http_auth(head)
+                    auth_header = header
+                key = (host, port, targeting)
+                if upstream is not None and (upstream.key != key or upstream.stream.conn.at_eof):
+                    self._end_upstream(upstream, "ok")
+                    upstream = None
+                if upstream is None:
+                    try:
+                        stream = await self._dialer.open(targeting, host, port, "http")
+                    except (DialError, NoExit) as error:
+                        raise _dial_refusal(error) from None
+                    upstream = _Upstream(stream, key)
+                keep_alive = await self._exchange(conn, reader, head, upstream, host, port, origin_target)
+                if not keep_alive:
+                    break
+                reader.reset()
+                async with asyncio.timeout(self._settings.keepalive_timeout):
+                    next_head = await self._read_head(conn, reader, b"")
+                if next_head is None:
+                    break
+                head = next_head
+        except TimeoutError:
+            pass  # keep-alive or exchange deadline: close quietly
+        finally:
+            if upstream is not None:
+                self._end_upstream(upstream, "ok" if upstream.stream.conn.closed is False else "exit_lost")
+        conn.close()
+
+    def _end_upstream(self, upstream: _Upstream, outcome: str) -> None:
+        upstream.stream.conn.close()
+        self._dialer.finish(upstream.stream, up=upstream.up, down=upstream.down, outcome=outcome)
+
+    async def _exchange(
+        self, conn: Conn, reader: http1.HeadReader, head: http1.RequestHead, upstream: _Upstream,
+        host: str, port: int, origin_target: str,
+    ) -> bool:
+        """One request and its response. Returns whether both sides may keep the connection."""
+        limits = self._settings.limits
+        exit_conn = upstream.stream.conn
+        framing = http1.request_body_framing(head)
+        out = http1.origin_request_bytes(head, host, port, origin_target)
+        upstream.up += len(out)
+        exit_conn.write(out)
+        # request body
+        body = http1.BodyTracker(framing, limits)
+        data = reader.rest
+        reader.rest = b""
+        while not body.done and framing.kind != "none":
+            if not data:
+                data = await conn.read()
+                if not data:
+                    raise ConnectionClosed("client closed mid-body")
+            used = body.feed(data)
+            upstream.up += used
+            exit_conn.write(data[:used])
+            data = data[used:]
+        reader.rest = data
+        # response head(s), skipping interim 1xx ones
+        response_reader = http1.ResponseHeadReader(limits)
+        chunk = b""
+        while True:
+            response = response_reader.feed(chunk) if chunk else None
+            if response is None:
+                chunk = await exit_conn.read()
+                if not chunk:
+                    raise _http_error(502, "exit_closed", "the origin closed the connection without a response")
+                upstream.down += len(chunk)
+                continue
+            chunk = response_reader.rest
+            if response.is_interim:
+                conn.write(http1.response_head_bytes(response, close=False))
+                response_reader = http1.ResponseHeadReader(limits)
+                continue
+            break
+        response_framing = http1.response_body_framing(head.method, response)
+        client_close = http1.wants_close(head)
+        close = client_close or response_framing.kind == "close" or response.status == 101
+        conn.write(http1.response_head_bytes(response, close=close))
+        tracker = http1.BodyTracker(response_framing, limits, upstream=True)
+        while response_framing.kind != "none" and not tracker.done:
+            if not chunk:
+                await conn.drain()
+                chunk = await exit_conn.read()
+                if not chunk:
+                    if response_framing.kind == "close":
+                        break
+                    raise ConnectionClosed("origin closed mid-body")
+                upstream.down += len(chunk)
+            used = tracker.feed(chunk)
+            conn.write(chunk[:used])
+            chunk = chunk[used:]
+        if chunk:  # the origin sent more than its framing allows: never reuse that connection
+            close = True
+        return not close and not (exit_conn.at_eof and response_framing.kind == "close")
+
+    # SOCKS5
+    async def _socks5(self, conn: Conn, first: bytes) -> None:
+        server = socks5.Socks5Server()
+        data = first
+        targeting: Targeting | None = None
+        try:
+            while True:
+                server.receive_data(data)
+                event = server.next_event()
+                while event is not socks5.NEED_DATA:
+                    out = server.data_to_send()
+                    if out:
+                        conn.write(out)
+                    if isinstance(event, socks5.AuthRequest):
+                        try:
+                            targeting = await self._targeting(event.username, event.password)
+                        except TargetingError:
+                            targeting = None
+                        conn.write(server.send_auth_result(targeting is not None))
+                        if targeting is None:
+                            conn.close()
+                            return
+                    elif isinstance(event, socks5.ConnectRequest) and targeting is not None:
+                        await self._socks5_connect(conn, server, targeting, event)
+                        return
+                    event = server.next_event()
+                out = server.data_to_send()
+                if out:
+                    conn.write(out)
+                data = await conn.read()
+                if not data:
+                    conn.close()
+                    return
+        except socks5.Socks5Error as error:
+            if error.reply:
+                conn.write(error.reply)
+            conn.close()
+
+    async def _socks5_connect(
+        self, conn: Conn, server: socks5.Socks5Server, targeting: Targeting, request: socks5.ConnectRequest
+    ) -> None:
+        try:
+            stream = await self._dialer.open(targeting, request.host, request.port, "socks5")
+        except NoExit:
+            conn.write(server.send_reply(socks5.ReplyCode(NO_EXIT[2])))
+            conn.close()
+            return
+        except DialError as error:
+            conn.write(server.send_reply(socks5.ReplyCode(DIAL_ERRORS[error.code][2])))
+            conn.close()
+            return
+        conn.write(server.send_reply(socks5.ReplyCode.SUCCEEDED))
+        self._splice(conn, stream, server.trailing)
+
+    def abort_all(self) -> None:
+        for splice in list(self.splices):
+            splice.abort()

@@ -1,0 +1,102 @@
+"""One gateway node: the requester front, the provider tunnel endpoint, and their wiring."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from billing import db
+from billing.accounts import KeyCache
+from billing.usage import UsagePublisher
+from gateway.conn import Listener
+from gateway.exits import ExitDialer
+from gateway.front import Front
+from gateway.settings import GatewaySettings
+from gateway.tunnel import TunnelHub
+from pool.registry import ExitRegistry
+from pool.select import Selector
+
+log = logging.getLogger("ipsx.gateway")
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayPorts:
+    """Where a started node listens (the real ports when the settings asked for port 0)."""
+
+    http: int
+    socks: int
+    tunnel: int
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayPorts]:
+    """Start a gateway node; on exit stop accepting, cut open streams, flush usage, close.
+
+    Resources are opened in order and closed in reverse, whatever fails in between.
+    """
+    async with contextlib.AsyncExitStack() as stack:
+        redis = aioredis.Redis.from_url(settings.redis_url)
+        stack.push_async_callback(redis.aclose)
+        pg = await db.connect(settings.database_url, min_size=1, max_size=4)
+        stack.push_async_callback(pg.close)
+        publisher = UsagePublisher(redis)
+        await publisher.start()
+        stack.push_async_callback(publisher.close)
+
+        registry = ExitRegistry(redis, heartbeat_ttl=settings.heartbeat_ttl)
+        selector_ref: list[Selector] = []
+        hub = TunnelHub(settings, registry, publisher, on_change=lambda: selector_ref[0].invalidate())
+        selector = Selector(
+            redis, settings.node_id, is_available=hub.is_available, load=hub.load,
+            heartbeat_ttl=settings.heartbeat_ttl, cache_ttl=settings.candidate_cache_ttl,
+        )
+        selector_ref.append(selector)
+        stack.push_async_callback(hub.close)
+
+        keys = KeyCache(pg, ttl=settings.auth_cache_ttl)
+        dialer = ExitDialer(hub, selector, publisher, node=settings.node_id, max_attempts=settings.max_attempts)
+        front = Front(settings, dialer, keys.check)
+        stack.callback(front.abort_all)
+
+        tunnel = Listener(hub.handle)
+        tunnel_port = await tunnel.start(settings.tunnel_host, settings.tunnel_port)
+        stack.push_async_callback(tunnel.close)
+        http = Listener(front.handle)
+        http_port = await http.start(settings.host, settings.http_port)
+        stack.push_async_callback(http.close)
+        socks = Listener(front.handle)
+        socks_port = await socks.start(settings.host, settings.socks_port)
+        stack.push_async_callback(socks.close)
+
+        sweeper = asyncio.create_task(_sweep(registry, settings.heartbeat_interval))
+        stack.callback(sweeper.cancel)
+        log.info(
+            "gateway %s: http proxy on %s:%d, socks5 on %s:%d, provider tunnels on %s:%d",
+            settings.node_id, settings.host, http_port, settings.host, socks_port,
+            settings.tunnel_host, tunnel_port,
+        )
+        yield GatewayPorts(http=http_port, socks=socks_port, tunnel=tunnel_port)
+
+
+async def _sweep(registry: ExitRegistry, interval: float) -> None:
+    """Remove exits of nodes that died without deregistering them."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            removed = await registry.sweep()
+        except Exception:  # Redis briefly away: try again next round
+            log.warning("pool sweep failed", exc_info=True)
+            continue
+        if removed:
+            log.info("removed %d stale exit(s) from the pool", removed)
+
+
+async def run_gateway(settings: GatewaySettings, stop: asyncio.Event) -> None:
+    """Run a node until ``stop`` is set."""
+    async with running_gateway(settings):
+        await stop.wait()

@@ -1,0 +1,39 @@
+"""Settings of a gateway node: typed, immutable, built once at the edge and passed in."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from dataclasses import dataclass, field
+
+from gateway.http1 import Limits
+
+SECONDS = 1.0
+
+
+def default_node_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    redis_url: str
+    database_url: str = field(repr=False)
+    host: str = "127.0.0.1"
+    http_port: int = 8080  # HTTP forward proxy (absolute-URI and CONNECT); also answers SOCKS5
+    socks_port: int = 1080  # SOCKS5; also answers HTTP
+    tunnel_host: str = "127.0.0.1"
+    tunnel_port: int = 8443  # where provider agents dial in
+    node_id: str = field(default_factory=default_node_id)
+    limits: Limits = field(default_factory=Limits)
+    handshake_timeout: float = 10 * SECONDS  # a client's request head / SOCKS5 handshake
+    keepalive_timeout: float = 60 * SECONDS  # between two requests on a kept-alive connection
+    idle_timeout: float = 300 * SECONDS  # a tunnel with no byte either way is closed
+    dial_timeout: float = 10 * SECONDS  # from "dial" to the agent's answer
+    max_attempts: int = 3  # exits tried for one connection when a dial fails before any byte
+    heartbeat_interval: float = 3 * SECONDS
+    heartbeat_ttl: float = 10 * SECONDS  # an exit silent this long is out of selection
+    auth_cache_ttl: float = 30 * SECONDS
+    candidate_cache_ttl: float = 1 * SECONDS
+    max_exits_per_agent: int = 256

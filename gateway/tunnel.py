@@ -1,0 +1,334 @@
+"""The provider tunnel endpoint: agents log in, declare exits, and lend data connections.
+
+See ``gateway.wire`` for the protocol. A ``ProviderLink`` is one logged-in agent: its control
+connection, its exits, and its idle data connections. ``TunnelHub`` owns the links of this node
+and opens streams through them for the front.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from eth_account import Account
+from eth_account.messages import encode_defunct
+from eth_utils import is_address, to_checksum_address
+
+from billing.usage import AgentReport, UsagePublisher
+from gateway import wire
+from gateway.conn import Conn, ConnectionClosed
+from gateway.settings import GatewaySettings
+from gateway.wire import DialErrorCode, WireError
+from pool.models import EXIT_TYPES, ExitInfo
+from pool.registry import ExitRegistry
+
+log = logging.getLogger("ipsx.gateway.tunnel")
+
+_TOKEN_RE = re.compile(r"[0-9a-f]{64}")
+_WORD_RE = re.compile(r"[a-z0-9_]{0,64}")
+_COUNTRY_RE = re.compile(r"[a-z]{2}")
+_STREAM_RE = re.compile(r"[0-9a-f]{32}")
+_MAX_POOL = 256
+
+
+class DialError(Exception):
+    """A stream could not be opened through an exit."""
+
+    def __init__(self, code: DialErrorCode, reason: str, *, exit_id: str | None = None) -> None:
+        super().__init__(f"{code.value}: {reason}")
+        self.code = code
+        self.reason = reason
+        self.exit_id = exit_id
+
+
+def exit_id_for(provider: str, bind: str) -> str:
+    """A stable, opaque id for one exit of one provider."""
+    return hashlib.sha256(f"{provider}|{bind}".encode()).hexdigest()[:16]
+
+
+def parse_exits(raw: Any, provider: str, node: str, limit: int) -> list[ExitInfo]:
+    """The exits an agent declares, validated; raises WireError."""
+    if not isinstance(raw, list) or not 1 <= len(raw) <= limit:
+        raise WireError(f"between 1 and {limit} exits required")
+    exits: dict[str, ExitInfo] = {}
+    for item in raw:
+        if not isinstance(item, dict):
+            raise WireError("an exit must be an object")
+        bind = wire.field(item, "bind", str)
+        country = wire.field(item, "country", str).lower()
+        region = (wire.field(item, "region", str, optional=True) or "").lower()
+        city = (wire.field(item, "city", str, optional=True) or "").lower()
+        asn = wire.field(item, "asn", int, optional=True) or 0
+        kind = wire.field(item, "type", str, optional=True) or "residential"
+        if not _COUNTRY_RE.fullmatch(country) or not _WORD_RE.fullmatch(region) or not _WORD_RE.fullmatch(city):
+            raise WireError("bad exit location")
+        if kind not in EXIT_TYPES or not 0 <= asn < 2**32 or len(bind) > 64:
+            raise WireError("bad exit attributes")
+        exit_id = exit_id_for(provider, bind)
+        exits[exit_id] = ExitInfo(exit_id, provider, node, bind, country, region, city, asn, kind)
+    return list(exits.values())
+
+
+class ProviderLink:
+    """One logged-in agent on this node."""
+
+    def __init__(self, address: str, token: str, control: Conn, exits: list[ExitInfo], pool_size: int) -> None:
+        self.address = address
+        self.token = token
+        self.control = control
+        self.exits = {info.exit_id: info for info in exits}
+        self.pool_size = pool_size
+        self.idle: deque[Conn] = deque()
+        self.waiters: deque[asyncio.Future[Conn]] = deque()
+        self.active: dict[str, int] = dict.fromkeys(self.exits, 0)
+        self.streams: set[str] = set()  # streams opened here whose agent report is still due
+        self.closed = False
+        self.last_seen = time.monotonic()
+
+    def add_idle(self, conn: Conn) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
+        self.idle.append(conn)
+
+    async def take(self, timeout: float) -> Conn:
+        """An idle data connection, waiting for the agent to open one if none is left."""
+        while self.idle:
+            conn = self.idle.popleft()
+            if not conn.closed and not conn.at_eof:
+                return conn
+        if self.closed:
+            raise DialError(DialErrorCode.EXIT, "provider disconnected")
+        waiter: asyncio.Future[Conn] = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        self.control.write(wire.encode({"t": "more", "n": max(4, len(self.waiters))}))
+        try:
+            async with asyncio.timeout(timeout):
+                conn = await waiter
+        except TimeoutError:
+            raise DialError(DialErrorCode.TIMEOUT, "no data connection from the provider") from None
+        return conn
+
+    def close(self) -> None:
+        self.closed = True
+        for waiter in self.waiters:
+            if not waiter.done():
+                waiter.set_exception(DialError(DialErrorCode.EXIT, "provider disconnected"))
+        self.waiters.clear()
+        for conn in self.idle:
+            conn.close()
+        self.idle.clear()
+        self.control.close()
+
+
+class TunnelHub:
+    """The provider links of one gateway node, and streams through them."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        registry: ExitRegistry,
+        publisher: UsagePublisher,
+        *,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._settings = settings
+        self._registry = registry
+        self._publisher = publisher
+        self._on_change = on_change
+        self._links: dict[str, ProviderLink] = {}  # by data token
+        self._by_exit: dict[str, ProviderLink] = {}
+        self._by_provider: dict[str, ProviderLink] = {}
+
+    # what the front and the selector ask
+    def is_available(self, exit_id: str) -> bool:
+        link = self._by_exit.get(exit_id)
+        return link is not None and not link.closed
+
+    def load(self, exit_id: str) -> int:
+        link = self._by_exit.get(exit_id)
+        return 0 if link is None else link.active.get(exit_id, 0)
+
+    def exit_info(self, exit_id: str) -> ExitInfo | None:
+        link = self._by_exit.get(exit_id)
+        return None if link is None else link.exits.get(exit_id)
+
+    @property
+    def links(self) -> list[ProviderLink]:
+        return list(self._by_provider.values())
+
+    async def open_stream(self, exit_id: str, host: str, port: int, stream_id: str) -> Conn:
+        """A data connection on which the agent has dialed ``host:port`` from ``exit_id``.
+
+        The caller owns the returned connection and must call ``stream_closed`` when done.
+        Raises DialError.
+        """
+        link = self._by_exit.get(exit_id)
+        if link is None or link.closed:
+            raise DialError(DialErrorCode.EXIT, "exit is offline", exit_id=exit_id)
+        timeout = self._settings.dial_timeout
+        conn = await link.take(timeout)
+        link.active[exit_id] += 1
+        try:
+            conn.write(wire.encode({"t": "dial", "stream": stream_id, "exit": exit_id, "host": host, "port": port}))
+            async with asyncio.timeout(timeout):
+                answer = wire.decode(await conn.read_line(wire.MAX_LINE))
+        except TimeoutError:
+            conn.abort()
+            self.stream_closed(exit_id)
+            raise DialError(DialErrorCode.TIMEOUT, "the exit did not answer in time", exit_id=exit_id) from None
+        except (ConnectionClosed, WireError, ValueError):
+            conn.abort()
+            self.stream_closed(exit_id)
+            raise DialError(DialErrorCode.EXIT, "the exit dropped the connection", exit_id=exit_id) from None
+        if answer["t"] == "ok":
+            link.streams.add(stream_id)
+            return conn
+        conn.close()
+        self.stream_closed(exit_id)
+        try:
+            code = DialErrorCode(answer.get("code"))
+        except ValueError:
+            code = DialErrorCode.EXIT
+        reason = str(answer.get("reason", ""))[:200]
+        raise DialError(code, reason or code.value, exit_id=exit_id)
+
+    def stream_closed(self, exit_id: str) -> None:
+        link = self._by_exit.get(exit_id)
+        if link is not None and link.active.get(exit_id, 0) > 0:
+            link.active[exit_id] -= 1
+
+    # the endpoint agents dial
+    async def handle(self, conn: Conn) -> None:
+        """Serve one connection from an agent: a control or a data connection."""
+        try:
+            async with asyncio.timeout(self._settings.handshake_timeout):
+                first = wire.decode(await conn.read_line(wire.MAX_LINE))
+            if first["t"] == "data":
+                self._accept_data(conn, first)
+            elif first["t"] == "hello":
+                await self._serve_control(conn, first)
+            else:
+                raise WireError("expected hello or data")
+        except (TimeoutError, ConnectionClosed, WireError, ValueError) as exc:
+            log.info("tunnel connection refused: %s", exc if isinstance(exc, WireError) else type(exc).__name__)
+            conn.write(wire.encode({"t": "error", "reason": str(exc)[:200] or "timeout"}))
+            conn.close()
+
+    def _accept_data(self, conn: Conn, message: dict[str, Any]) -> None:
+        token = wire.field(message, "token", str)
+        link = self._links.get(token) if _TOKEN_RE.fullmatch(token) else None
+        if link is None or link.closed or not hmac.compare_digest(token, link.token):
+            raise WireError("unknown data token")
+        link.add_idle(conn)
+
+    async def _serve_control(self, conn: Conn, hello: dict[str, Any]) -> None:
+        settings = self._settings
+        address = wire.field(hello, "address", str)
+        if wire.field(hello, "v", int) != wire.PROTOCOL_VERSION or not is_address(address):
+            raise WireError("unsupported version or bad address")
+        address = to_checksum_address(address)
+        nonce = secrets.token_hex(16)
+        conn.write(wire.encode({"t": "challenge", "nonce": nonce, "node": settings.node_id}))
+        async with asyncio.timeout(settings.handshake_timeout):
+            login = wire.decode(await conn.read_line(wire.MAX_LINE), "login")
+        signature = wire.field(login, "signature", str)
+        try:
+            signer = Account.recover_message(
+                encode_defunct(text=wire.login_message(settings.node_id, nonce)), signature=signature
+            )
+        except Exception:  # eth-account raises several types for malformed signatures
+            raise WireError("bad signature") from None
+        if signer != address:
+            raise WireError("signature does not match the address")
+        exits = parse_exits(login.get("exits"), address, settings.node_id, settings.max_exits_per_agent)
+        pool_size = min(_MAX_POOL, max(1, wire.field(login, "pool", int, optional=True) or 16))
+
+        previous = self._by_provider.get(address)
+        if previous is not None:
+            await self._drop(previous, "replaced by a new login")
+        link = ProviderLink(address, secrets.token_hex(32), conn, exits, pool_size)
+        self._links[link.token] = link
+        self._by_provider[address] = link
+        for exit_id in link.exits:
+            self._by_exit[exit_id] = link
+        await self._registry.register(exits)
+        self._on_change()
+        conn.write(wire.encode({
+            "t": "welcome", "token": link.token, "heartbeat": settings.heartbeat_interval,
+            "exits": {info.bind: info.exit_id for info in exits},
+        }))
+        log.info("provider %s online with %d exit(s)", address, len(exits))
+        try:
+            await self._control_loop(link)
+        finally:
+            await self._drop(link, "control connection closed")
+
+    async def _control_loop(self, link: ProviderLink) -> None:
+        silence = self._settings.heartbeat_interval * 3
+        while True:
+            try:
+                async with asyncio.timeout(silence):
+                    line = await link.control.read_line(wire.MAX_LINE)
+            except TimeoutError:
+                log.info("provider %s silent for %.0fs, dropping it", link.address, silence)
+                return
+            except (ConnectionClosed, ValueError):
+                return
+            try:
+                message = wire.decode(line)
+                kind = message["t"]
+                if kind == "hb":
+                    await self._registry.heartbeat(list(link.exits))
+                elif kind == "usage":
+                    self._agent_report(link, message)
+                else:
+                    raise WireError(f"unexpected message {kind[:20]!r}")
+            except WireError as exc:
+                log.warning("provider %s sent a bad message: %s", link.address, exc)
+                return
+
+    def _agent_report(self, link: ProviderLink, message: dict[str, Any]) -> None:
+        stream = wire.field(message, "stream", str)
+        exit_id = wire.field(message, "exit", str)
+        if stream not in link.streams or exit_id not in link.exits:
+            return  # not a stream this node opened through this agent: ignore, never trust
+        link.streams.discard(stream)
+        up, down = wire.field(message, "up", int), wire.field(message, "down", int)
+        opened, closed = float(wire.field(message, "opened", (int, float))), float(
+            wire.field(message, "closed", (int, float)))
+        if up < 0 or down < 0 or closed < opened:
+            raise WireError("bad usage report")
+        outcome = str(message.get("outcome", ""))[:32]
+        self._publisher.publish(AgentReport(stream, link.address, exit_id, up, down, opened, closed, outcome))
+
+    async def _drop(self, link: ProviderLink, why: str) -> None:
+        if link.closed and self._by_provider.get(link.address) is not link:
+            return
+        link.close()
+        self._links.pop(link.token, None)
+        if self._by_provider.get(link.address) is link:
+            del self._by_provider[link.address]
+        gone = [info for exit_id, info in link.exits.items() if self._by_exit.get(exit_id) is link]
+        for info in gone:
+            del self._by_exit[info.exit_id]
+        self._on_change()
+        try:
+            await self._registry.deregister(gone)
+        except Exception:  # Redis down: the heartbeat TTL takes the exits out anyway
+            log.exception("could not deregister the exits of %s", link.address)
+        log.info("provider %s offline (%s)", link.address, why)
+
+    async def close(self) -> None:
+        for link in list(self._by_provider.values()):
+            await self._drop(link, "gateway shutting down")

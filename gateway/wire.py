@@ -1,0 +1,90 @@
+"""The tunnel protocol between a provider agent and a gateway node.
+
+The agent only ever dials out. It keeps one *control* connection per gateway node and a small
+pool of idle *data* connections. Every message is one JSON object on one line; after a data
+connection's ``dial`` is answered ``ok`` it carries raw stream bytes and nothing else, so the
+relay on both ends is a plain splice with TCP's own flow control.
+
+Control connection (agent → gateway first)::
+
+    agent: {"t": "hello", "v": 1, "address": "0x…"}
+    gw:    {"t": "challenge", "nonce": "<hex>", "node": "<node id>"}
+    agent: {"t": "login", "signature": "0x…", "exits": [{"bind": …, "country": …}, …],
+            "policy": {…}, "pool": 16}
+    gw:    {"t": "welcome", "token": "<hex>", "exits": {"<bind>": "<exit id>"}, "heartbeat": 3}
+           or {"t": "error", "reason": "…"} and close
+    agent: {"t": "hb"}                                      every heartbeat seconds
+    agent: {"t": "usage", "stream": …, "exit": …, "up": …, "down": …,
+            "opened": …, "closed": …, "outcome": …}        the agent's own meter, per stream
+    gw:    {"t": "more", "n": 8}                            open more idle data connections
+
+Data connection::
+
+    agent: {"t": "data", "token": "<hex>"}
+    gw:    {"t": "dial", "stream": "<event id>", "exit": "<exit id>", "host": …, "port": …}
+    agent: {"t": "ok"}  or  {"t": "err", "code": "<DialErrorCode>", "reason": "…"}
+    then raw bytes both ways.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from typing import Any
+
+PROTOCOL_VERSION = 1
+MAX_LINE = 64 * 1024
+
+
+class WireError(ValueError):
+    """A tunnel message that is not what the protocol allows (the peer's fault)."""
+
+
+class DialErrorCode(enum.StrEnum):
+    """Why an agent could not open a stream. ``retryable`` ones are tried on another exit."""
+
+    POLICY = "policy"  # the exit's policy refuses this destination or port
+    DNS = "dns"  # the name does not resolve
+    REFUSED = "refused"  # the destination refused the connection
+    UNREACHABLE = "unreachable"  # no route / host unreachable
+    TIMEOUT = "timeout"  # the dial timed out
+    EXIT = "exit"  # the exit itself failed (bind address gone, agent shutting down, …)
+
+    @property
+    def retryable(self) -> bool:
+        return self in {DialErrorCode.TIMEOUT, DialErrorCode.EXIT, DialErrorCode.UNREACHABLE}
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """One message as a line of compact JSON."""
+    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
+def decode(line: bytes, expect: str | None = None) -> dict[str, Any]:
+    """Parse one line; raise WireError unless it is a JSON object (of type ``expect``, if given)."""
+    if len(line) > MAX_LINE:
+        raise WireError("message too long")
+    try:
+        message = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WireError("not JSON") from exc
+    if not isinstance(message, dict) or not isinstance(message.get("t"), str):
+        raise WireError("not a message object")
+    if expect is not None and message["t"] != expect:
+        raise WireError(f"expected {expect!r}, got {message['t'][:20]!r}")
+    return message
+
+
+def field(message: dict[str, Any], name: str, kind: type | tuple[type, ...], *, optional: bool = False) -> Any:
+    """``message[name]`` checked to be of ``kind`` (a bool is never accepted as a number)."""
+    value = message.get(name)
+    if value is None and optional:
+        return None
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise WireError(f"field {name!r} has the wrong type")
+    return value
+
+
+def login_message(node: str, nonce: str) -> str:
+    """The text an agent signs (EIP-191 personal message) to prove its wallet address."""
+    return f"IPSX provider login\nnode: {node}\nnonce: {nonce}"

@@ -1,0 +1,3 @@
+from ipsx.cli import main
+
+main()

@@ -1,0 +1,179 @@
+"""What each ``ipsx`` subcommand does: parse its arguments into settings and run the part."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+from eth_account import Account
+
+from billing import accounts, db, ledger
+from billing.errors import BillingError
+from billing.worker import WorkerSettings, run_worker
+from gateway.agent.client import run_agent
+from gateway.agent.policy import ExitPolicy, parse_ports
+from gateway.agent.settings import AgentSettings, ExitSpec, load_key, parse_exit
+from gateway.server import run_gateway
+from gateway.settings import GatewaySettings, default_node_id
+from ipsx import runtime
+from ipsx.settings import Environment
+
+
+class UsageError(Exception):
+    """The command was called wrongly; the message says how to call it."""
+
+
+async def ensure_database(dsn: str) -> None:
+    """Create the database named in ``dsn`` if the server does not have it yet."""
+    parts = urlsplit(dsn)
+    name = parts.path.lstrip("/")
+    try:
+        conn = await asyncpg.connect(dsn)
+    except asyncpg.InvalidCatalogNameError:
+        admin = await asyncpg.connect(urlunsplit(parts._replace(path="/postgres")))
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        except asyncpg.DuplicateDatabaseError:
+            pass
+        finally:
+            await admin.close()
+    else:
+        await conn.close()
+
+
+async def migrate(dsn: str) -> list[str]:
+    await ensure_database(dsn)
+    pool = await db.connect(dsn, min_size=1, max_size=2)
+    try:
+        return await db.migrate(pool)
+    finally:
+        await pool.close()
+
+
+def cmd_migrate(args: argparse.Namespace, env: Environment) -> None:
+    applied = asyncio.run(migrate(env.database))
+    print("applied: " + ", ".join(applied) if applied else "database is up to date")
+
+
+def cmd_gateway(args: argparse.Namespace, env: Environment) -> None:
+    settings = GatewaySettings(
+        redis_url=env.redis, database_url=env.database, host=args.host, http_port=args.http_port,
+        socks_port=args.socks_port, tunnel_host=args.tunnel_host, tunnel_port=args.tunnel_port,
+        node_id=args.node_id or default_node_id(),
+    )
+    runtime.run(lambda stop: run_gateway(settings, stop))
+
+
+def cmd_worker(args: argparse.Namespace, env: Environment) -> None:
+    settings = WorkerSettings(redis_url=env.redis, database_url=env.database)
+    runtime.run(lambda stop: run_worker(settings, stop=stop))
+
+
+def parse_gateway_address(text: str) -> tuple[str, int]:
+    parts = urlsplit(text if "//" in text else f"tcp://{text}")
+    if parts.scheme not in ("tcp", "") or not parts.hostname or not parts.port:
+        raise UsageError(f"--gateway must be HOST:PORT (got {text[:60]!r})")
+    return parts.hostname, parts.port
+
+
+def agent_settings(args: argparse.Namespace) -> AgentSettings:
+    host, port = parse_gateway_address(args.gateway)
+    try:
+        account = load_key(args.key, os.environ.get("IPSX_KEY_PASSWORD"))
+    except (OSError, ValueError) as error:
+        raise UsageError(f"cannot load the wallet key from {args.key}: {type(error).__name__}") from None
+    try:
+        defaults = parse_exit(f",country={args.country},type={args.type}", ExitSpec())
+        if args.region or args.city or args.asn:
+            defaults = ExitSpec("", defaults.country, args.region.lower(), args.city.lower(), args.asn, defaults.type)
+        exits = tuple(parse_exit(text, defaults) for text in args.bind) or (defaults,)
+        ports = parse_ports(args.ports) if args.ports else None
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    policy = ExitPolicy(allow_private=args.allow_private, allow_smtp=args.allow_smtp, ports=ports)
+    return AgentSettings(gateway_host=host, gateway_port=port, account=account, exits=exits,
+                         policy=policy, pool_size=max(1, args.pool_size))
+
+
+def cmd_provide(args: argparse.Namespace, env: Environment) -> None:
+    settings = agent_settings(args)
+    runtime.run(lambda stop: run_agent(settings, stop))
+
+
+def cmd_demo(args: argparse.Namespace, env: Environment) -> None:
+    from ipsx.demo import DemoOptions, run_demo
+
+    options = DemoOptions(data_dir=args.data_dir, http_port=args.http_port, socks_port=args.socks_port,
+                          tunnel_port=args.tunnel_port, once=args.once)
+    runtime.run(lambda stop: run_demo(options, env, stop))
+
+
+async def _with_pool(dsn: str) -> asyncpg.Pool:
+    await ensure_database(dsn)
+    pool = await db.connect(dsn, min_size=1, max_size=2)
+    await db.migrate(pool)
+    return pool
+
+
+def cmd_account(args: argparse.Namespace, env: Environment) -> None:
+    async def go() -> None:
+        pool = await _with_pool(env.database)
+        try:
+            if args.action == "create":
+                account = await accounts.create_account(pool, address=args.address, name=args.name)
+                print(f"account {account.name} ({account.address}) created")
+            elif args.action == "list":
+                for account in await accounts.list_accounts(pool):
+                    balance = await ledger.balance(pool, f"requester:{account.name}")
+                    print(f"{account.name:<20} {account.address}  balance {ledger.format_amount(balance)} IPSX")
+            elif args.action == "credit":
+                amount = ledger.parse_amount(args.amount)
+                if await accounts.get_account(pool, args.name) is None:
+                    raise UsageError(f"no account named {args.name!r}")
+                reference = args.reference or f"cli-credit-{secrets.token_hex(8)}"
+                done = await ledger.credit_account(pool, args.name, amount, reference)
+                print(f"credited {ledger.format_amount(amount)} IPSX to {args.name}" if done
+                      else f"reference {reference} was already used: nothing credited")
+        except BillingError as error:
+            raise UsageError(str(error)) from None
+        finally:
+            await pool.close()
+
+    asyncio.run(go())
+
+
+def cmd_key(args: argparse.Namespace, env: Environment) -> None:
+    async def go() -> None:
+        pool = await _with_pool(env.database)
+        try:
+            if args.action == "create":
+                new = await accounts.create_key(pool, account_name=args.account, label=args.label)
+                print(f"key id: {new.key.key_id}\nsecret: {new.secret}\n(the secret is shown only now)")
+            elif args.action == "list":
+                for key in await accounts.list_keys(pool, args.account):
+                    state = "revoked" if key.revoked_at else "active"
+                    print(f"{key.key_id}  {state:<8} {key.created_at:%Y-%m-%d %H:%M}  {key.label}")
+            elif args.action == "revoke":
+                print("revoked" if await accounts.revoke_key(pool, args.key_id) else "no such active key")
+        except BillingError as error:
+            raise UsageError(str(error)) from None
+        finally:
+            await pool.close()
+
+    asyncio.run(go())
+
+
+def cmd_wallet(args: argparse.Namespace, env: Environment) -> None:
+    out: Path = args.out
+    if out.exists():
+        raise UsageError(f"{out} exists; not overwriting a wallet")
+    account = Account.create()
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(account.key.hex() + "\n")
+    print(f"wallet {account.address} written to {out}")

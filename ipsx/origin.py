@@ -1,0 +1,137 @@
+"""A small web origin for the demo and the tests: it shows which exit a request came from.
+
+Built on the standard library's ``http.server`` (not on the gateway's own HTTP code), so a test
+that goes through the gateway to it checks our parser against an independent implementation.
+
+    GET  /ip              the client's source address (the exit's bind address)
+    GET  /bytes/N         N bytes, with Content-Length
+    GET  /chunked/N       N bytes, chunked
+    GET  /slow/N          N bytes in 64 KiB pieces, 20 ms apart (for mid-stream failures)
+    GET  /status/NNN      an empty response with that status
+    POST /echo            the request body back (Content-Length or chunked request)
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+_MAX_BYTES = 1 << 31
+_PIECE = 64 * 1024
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "ipsx-origin"
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+        pass
+
+    def _send(self, status: int, body: bytes, content_type: str = "text/plain") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _size(self, prefix: str) -> int | None:
+        text = self.path[len(prefix):].split("?", 1)[0]
+        if not text.isdigit() or int(text) > _MAX_BYTES:
+            self._send(400, b"bad size\n")
+            return None
+        return int(text)
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def do_GET(self) -> None:
+        path = self.path
+        if path.startswith("/ip"):
+            self._send(200, self.client_address[0].encode())
+        elif path.startswith("/bytes/"):
+            size = self._size("/bytes/")
+            if size is None:
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            if self.command != "HEAD":
+                self._stream(size, delay=0.0)
+        elif path.startswith("/chunked/"):
+            size = self._size("/chunked/")
+            if size is None:
+                return
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            sent = 0
+            while sent < size:
+                piece = min(_PIECE, size - sent)
+                self.wfile.write(b"%x\r\n" % piece + b"x" * piece + b"\r\n")
+                sent += piece
+            self.wfile.write(b"0\r\n\r\n")
+        elif path.startswith("/slow/"):
+            size = self._size("/slow/")
+            if size is None:
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            self._stream(size, delay=0.02)
+        elif path.startswith("/status/") and path[8:11].isdigit():
+            self._send(int(path[8:11]), b"")
+        elif path.startswith("/headers"):
+            body = "".join(f"{name}: {value}\n" for name, value in self.headers.items()).encode()
+            self._send(200, body)
+        else:
+            self._send(404, b"not found\n")
+
+    def _stream(self, size: int, *, delay: float) -> None:
+        block = b"x" * _PIECE
+        sent = 0
+        while sent < size:
+            piece = min(_PIECE, size - sent)
+            self.wfile.write(block[:piece])
+            self.wfile.flush()
+            sent += piece
+            if delay:
+                time.sleep(delay)
+
+    def do_POST(self) -> None:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            body = bytearray()
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                body += self.rfile.read(size)
+                self.rfile.readline()
+        else:
+            body = bytearray(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+        self._send(200, bytes(body), "application/octet-stream")
+
+
+class Origin:
+    """The origin on ``host:port`` (0 = any free port), served from a background thread."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._server = ThreadingHTTPServer((host, port), _Handler)
+        self._server.daemon_threads = True
+        self.host = host
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(target=self._server.serve_forever, name="ipsx-origin", daemon=True)
+
+    def start(self) -> Origin:
+        self._thread.start()
+        return self
+
+    def url(self, path: str = "/") -> str:
+        return f"http://{self.host}:{self.port}{path}"
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
