@@ -9,8 +9,8 @@ transport and whatever was read but not consumed, at one point in time.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import cast
+from collections.abc import Callable, Coroutine
+from typing import Any, cast
 
 # Pause reading when this much is buffered and nobody reads: a handshake never needs more.
 _PAUSE_AT = 256 * 1024
@@ -24,7 +24,15 @@ class Conn(asyncio.Protocol):
     """A connection read with ``await read()`` until ``detach()`` hands its transport on."""
 
     __slots__ = (
-        "_buffer", "_closed", "_drain_waiter", "_eof", "_exc", "_paused", "_waiter", "_write_paused", "transport",
+        "_buffer",
+        "_closed",
+        "_drain_waiter",
+        "_eof",
+        "_exc",
+        "_paused",
+        "_waiter",
+        "_write_paused",
+        "transport",
     )
 
     def __init__(self) -> None:
@@ -165,7 +173,7 @@ class Conn(asyncio.Protocol):
         return self.transport, data, self._eof
 
 
-Handler = Callable[[Conn], Awaitable[None]]
+Handler = Callable[[Conn], Coroutine[Any, Any, None]]
 
 
 class _Accepted(Conn):
@@ -180,7 +188,7 @@ class _Accepted(Conn):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        task = asyncio.get_running_loop().create_task(self._handler(self))
+        task: asyncio.Task[None] = asyncio.ensure_future(self._handler(self))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

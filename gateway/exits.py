@@ -58,8 +58,11 @@ class ExitDialer:
         last_error: DialError | None = None
         for attempt in range(1, self._max_attempts + 1):
             choice = await self._selector.select(
-                targeting.account, targeting.filters, session=targeting.session,
-                session_ttl=targeting.sessttl, exclude=frozenset(excluded),
+                targeting.account,
+                targeting.filters,
+                session=targeting.session,
+                session_ttl=targeting.sessttl,
+                exclude=frozenset(excluded),
             )
             if choice is None:
                 break
@@ -74,27 +77,46 @@ class ExitDialer:
                 continue
             info = self._hub.exit_info(choice.exit_id)
             return Stream(
-                conn=conn, stream_id=stream_id, exit_id=choice.exit_id,
-                provider=info.provider if info is not None else "", requester=targeting.account,
-                protocol=protocol, target=f"{host}:{port}", deal_id=targeting.deal, attempts=attempt,
+                conn=conn,
+                stream_id=stream_id,
+                exit_id=choice.exit_id,
+                provider=info.provider if info is not None else "",
+                requester=targeting.account,
+                protocol=protocol,
+                target=f"{host}:{port}",
+                deal_id=targeting.deal,
+                attempts=attempt,
             )
         if last_error is not None:
             raise last_error
         raise NoExit("no live exit matches the requested filters")
 
-    def finish(self, stream: Stream, *, up: int, down: int, outcome: str, closed_at: float | None = None) -> None:
+    def finish(
+        self, stream: Stream, *, up: int, down: int, outcome: str, closed_at: float | None = None
+    ) -> None:
         """Record the stream's usage exactly once and release the exit's load slot."""
         if stream.finished:
             return
         stream.finished = True
         self._hub.stream_closed(stream.exit_id)
-        self._publisher.publish(UsageEvent(
-            event_id=stream.stream_id, deal_id=stream.deal_id, requester=stream.requester,
-            provider=stream.provider, exit_id=stream.exit_id, node=self._node, protocol=stream.protocol,
-            target=stream.target, bytes_up=up, bytes_down=down, opened_at=stream.opened_at,
-            closed_at=max(stream.opened_at, time.time() if closed_at is None else closed_at),
-            outcome=outcome, attempts=stream.attempts,
-        ))
+        self._publisher.publish(
+            UsageEvent(
+                event_id=stream.stream_id,
+                deal_id=stream.deal_id,
+                requester=stream.requester,
+                provider=stream.provider,
+                exit_id=stream.exit_id,
+                node=self._node,
+                protocol=stream.protocol,
+                target=stream.target,
+                bytes_up=up,
+                bytes_down=down,
+                opened_at=stream.opened_at,
+                closed_at=max(stream.opened_at, time.time() if closed_at is None else closed_at),
+                outcome=outcome,
+                attempts=stream.attempts,
+            )
+        )
 
 
 # How dial failures are told to clients: HTTP status, X-IPSX-Error reason, SOCKS5 reply code.

@@ -17,7 +17,13 @@ from gateway.conn import Conn, ConnectionClosed
 from gateway.exits import DIAL_ERRORS, NO_EXIT, ExitDialer, NoExit, Stream
 from gateway.relay import Splice, SpliceResult
 from gateway.settings import GatewaySettings
-from gateway.targeting import Targeting, TargetingError, apply_headers, parse_basic_credentials, parse_username
+from gateway.targeting import (
+    Targeting,
+    TargetingError,
+    apply_headers,
+    parse_basic_credentials,
+    parse_username,
+)
 from gateway.tunnel import DialError
 
 log = logging.getLogger("ipsx.gateway.front")
@@ -25,6 +31,13 @@ log = logging.getLogger("ipsx.gateway.front")
 Authenticate = Callable[[str, str], Awaitable[object | None]]
 _CONNECTED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 _REALM = [("Proxy-Authenticate", 'Basic realm="IPSX"')]
+# How a spliced stream ended, in the requester's terms (A is the client, B the exit).
+_OUTCOMES = {
+    "a_closed": "client_closed",
+    "b_closed": "exit_closed",
+    "a_lost": "client_lost",
+    "b_lost": "exit_lost",
+}
 
 
 class _Refused(Exception):
@@ -66,15 +79,17 @@ class Front:
 
     async def handle(self, conn: Conn) -> None:
         try:
-            async with asyncio.timeout(self._settings.handshake_timeout):
+            # The deadline covers reading the request head or the SOCKS5 handshake, trickled or
+            # not; it is lifted once the request is parsed (dials have their own deadline).
+            async with asyncio.timeout(self._settings.handshake_timeout) as deadline:
                 first = await conn.read()
-            if not first:
-                conn.close()
-                return
-            if first[0] == 5:
-                await self._socks5(conn, first)
-            else:
-                await self._http(conn, first)
+                if not first:
+                    conn.close()
+                    return
+                if first[0] == 5:
+                    await self._socks5(conn, first, deadline)
+                else:
+                    await self._http(conn, first, deadline)
         except TimeoutError:
             conn.write(http1.error_response(408, "request timeout"))
             conn.close()
@@ -121,13 +136,14 @@ class Front:
         except TargetingError as error:
             raise _http_error(400, "bad_targeting", str(error)) from None
 
-    async def _http(self, conn: Conn, first: bytes) -> None:
+    async def _http(self, conn: Conn, first: bytes, deadline: asyncio.Timeout) -> None:
         reader = http1.HeadReader(self._settings.limits)
         try:
             head = await self._read_head(conn, reader, first)
             if head is None:
                 conn.close()
                 return
+            deadline.reschedule(None)
             if head.method == "CONNECT":
                 await self._connect(conn, head, reader.rest)
             else:
@@ -157,13 +173,20 @@ class Front:
 
         def done(result: SpliceResult) -> None:
             self.splices.discard(splice)
-            outcome = {"a_lost": "client_lost", "b_lost": "exit_lost"}.get(result.outcome, result.outcome)
-            self._dialer.finish(stream, up=result.a_to_b, down=result.b_to_a, outcome=outcome,
-                                closed_at=result.closed_at)
+            outcome = _OUTCOMES.get(result.outcome, result.outcome)
+            self._dialer.finish(
+                stream, up=result.a_to_b, down=result.b_to_a, outcome=outcome, closed_at=result.closed_at
+            )
 
         splice = Splice(
-            client_transport, exit_transport, on_done=done, a_data=client_data + pending, b_data=exit_pending,
-            a_eof=client_eof, b_eof=exit_eof, idle_timeout=self._settings.idle_timeout,
+            client_transport,
+            exit_transport,
+            on_done=done,
+            a_data=client_data + pending,
+            b_data=exit_pending,
+            a_eof=client_eof,
+            b_eof=exit_eof,
+            idle_timeout=self._settings.idle_timeout,
             opened_at=stream.opened_at,
         )
         if not stream.finished:
@@ -178,8 +201,10 @@ class Front:
             while True:
                 host, port, origin_target = http1.parse_absolute_uri(head.target)
                 header = head.get("proxy-authorization")
-                if targeting is None or header != auth_header or any(
-                    name[:7].lower() == "x-ipsx-" for name, _ in head.headers
+                if (
+                    targeting is None
+                    or header != auth_header
+                    or any(name[:7].lower() == "x-ipsx-" for name, _ in head.headers)
                 ):
                     targeting = await self._http_auth(head)
                     auth_header = header
@@ -214,8 +239,14 @@ class Front:
         self._dialer.finish(upstream.stream, up=upstream.up, down=upstream.down, outcome=outcome)
 
     async def _exchange(
-        self, conn: Conn, reader: http1.HeadReader, head: http1.RequestHead, upstream: _Upstream,
-        host: str, port: int, origin_target: str,
+        self,
+        conn: Conn,
+        reader: http1.HeadReader,
+        head: http1.RequestHead,
+        upstream: _Upstream,
+        host: str,
+        port: int,
+        origin_target: str,
     ) -> bool:
         """One request and its response. Returns whether both sides may keep the connection."""
         limits = self._settings.limits
@@ -246,7 +277,9 @@ class Front:
             if response is None:
                 chunk = await exit_conn.read()
                 if not chunk:
-                    raise _http_error(502, "exit_closed", "the origin closed the connection without a response")
+                    raise _http_error(
+                        502, "exit_closed", "the origin closed the connection without a response"
+                    )
                 upstream.down += len(chunk)
                 continue
             chunk = response_reader.rest
@@ -277,7 +310,7 @@ class Front:
         return not close and not (exit_conn.at_eof and response_framing.kind == "close")
 
     # SOCKS5
-    async def _socks5(self, conn: Conn, first: bytes) -> None:
+    async def _socks5(self, conn: Conn, first: bytes, deadline: asyncio.Timeout) -> None:
         server = socks5.Socks5Server()
         data = first
         targeting: Targeting | None = None
@@ -299,6 +332,7 @@ class Front:
                             conn.close()
                             return
                     elif isinstance(event, socks5.ConnectRequest) and targeting is not None:
+                        deadline.reschedule(None)
                         await self._socks5_connect(conn, server, targeting, event)
                         return
                     event = server.next_event()

@@ -23,7 +23,9 @@ class SpliceResult:
     b_to_a: int
     opened_at: float
     closed_at: float
-    outcome: str  # "ok" (both sides ended), "a_lost" / "b_lost" (a side failed or was cut), "idle"
+    # "a_closed" / "b_closed": both directions ended cleanly, A (or B) half-closed first;
+    # "a_lost" / "b_lost": that side failed or went away mid-stream; "idle"; "aborted"
+    outcome: str
 
 
 class _Side(asyncio.Protocol):
@@ -45,6 +47,8 @@ class _Side(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.eof = True
+        if self.splice.first_eof is None:
+            self.splice.first_eof = self
         peer = self.peer
         if peer is not None and not peer.lost:
             if peer.transport.can_write_eof():
@@ -52,7 +56,7 @@ class _Side(asyncio.Protocol):
             else:
                 peer.transport.close()
         if peer is not None and peer.eof:
-            self.splice._finish("ok")
+            self.splice._finish_clean()
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -95,6 +99,7 @@ class Splice:
         self._on_done: Callable[[SpliceResult], None] | None = on_done
         self._opened_at = time.time() if opened_at is None else opened_at
         self._idle_timeout = idle_timeout
+        self.first_eof: _Side | None = None
         self.a = _Side(self, a)
         self.b = _Side(self, b)
         self.a.peer, self.b.peer = self.b, self.a
@@ -140,13 +145,19 @@ class Splice:
         if self._on_done is None:
             return
         if side.eof and peer is not None and peer.eof:
-            self._finish("ok")
+            self._finish_clean()
             return
         if peer is not None and not peer.lost:
             # Flush what the peer still has to send, then close it: a side that went away
             # without a clean EOF in both directions cut the stream short.
             peer.transport.close()
-        self._finish("ok" if side.eof and exc is None else ("a_lost" if side is self.a else "b_lost"))
+        if side.eof and exc is None:
+            self._finish_clean()
+        else:
+            self._finish("a_lost" if side is self.a else "b_lost")
+
+    def _finish_clean(self) -> None:
+        self._finish("b_closed" if self.first_eof is self.b else "a_closed")
 
     def _finish(self, outcome: str) -> None:
         on_done, self._on_done = self._on_done, None

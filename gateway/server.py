@@ -52,14 +52,20 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayPor
         selector_ref: list[Selector] = []
         hub = TunnelHub(settings, registry, publisher, on_change=lambda: selector_ref[0].invalidate())
         selector = Selector(
-            redis, settings.node_id, is_available=hub.is_available, load=hub.load,
-            heartbeat_ttl=settings.heartbeat_ttl, cache_ttl=settings.candidate_cache_ttl,
+            redis,
+            settings.node_id,
+            is_available=hub.is_available,
+            load=hub.load,
+            heartbeat_ttl=settings.heartbeat_ttl,
+            cache_ttl=settings.candidate_cache_ttl,
         )
         selector_ref.append(selector)
         stack.push_async_callback(hub.close)
 
         keys = KeyCache(pg, ttl=settings.auth_cache_ttl)
-        dialer = ExitDialer(hub, selector, publisher, node=settings.node_id, max_attempts=settings.max_attempts)
+        dialer = ExitDialer(
+            hub, selector, publisher, node=settings.node_id, max_attempts=settings.max_attempts
+        )
         front = Front(settings, dialer, keys.check)
         stack.callback(front.abort_all)
 
@@ -77,8 +83,13 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayPor
         stack.callback(sweeper.cancel)
         log.info(
             "gateway %s: http proxy on %s:%d, socks5 on %s:%d, provider tunnels on %s:%d",
-            settings.node_id, settings.host, http_port, settings.host, socks_port,
-            settings.tunnel_host, tunnel_port,
+            settings.node_id,
+            settings.host,
+            http_port,
+            settings.host,
+            socks_port,
+            settings.tunnel_host,
+            tunnel_port,
         )
         yield GatewayPorts(http=http_port, socks=socks_port, tunnel=tunnel_port)
 

@@ -20,8 +20,9 @@ from typing import Any
 
 from eth_account import Account
 from eth_account.messages import encode_defunct
-from eth_utils import is_address, to_checksum_address
 
+from billing.accounts import normalize_address
+from billing.errors import InvalidAccount
 from billing.usage import AgentReport, UsagePublisher
 from gateway import wire
 from gateway.conn import Conn, ConnectionClosed
@@ -68,7 +69,11 @@ def parse_exits(raw: Any, provider: str, node: str, limit: int) -> list[ExitInfo
         city = (wire.field(item, "city", str, optional=True) or "").lower()
         asn = wire.field(item, "asn", int, optional=True) or 0
         kind = wire.field(item, "type", str, optional=True) or "residential"
-        if not _COUNTRY_RE.fullmatch(country) or not _WORD_RE.fullmatch(region) or not _WORD_RE.fullmatch(city):
+        if (
+            not _COUNTRY_RE.fullmatch(country)
+            or not _WORD_RE.fullmatch(region)
+            or not _WORD_RE.fullmatch(city)
+        ):
             raise WireError("bad exit location")
         if kind not in EXIT_TYPES or not 0 <= asn < 2**32 or len(bind) > 64:
             raise WireError("bad exit attributes")
@@ -80,7 +85,9 @@ def parse_exits(raw: Any, provider: str, node: str, limit: int) -> list[ExitInfo
 class ProviderLink:
     """One logged-in agent on this node."""
 
-    def __init__(self, address: str, token: str, control: Conn, exits: list[ExitInfo], pool_size: int) -> None:
+    def __init__(
+        self, address: str, token: str, control: Conn, exits: list[ExitInfo], pool_size: int
+    ) -> None:
         self.address = address
         self.token = token
         self.control = control
@@ -101,7 +108,7 @@ class ProviderLink:
                 return
         self.idle.append(conn)
 
-    async def take(self, timeout: float) -> Conn:
+    async def take(self, wait: float) -> Conn:
         """An idle data connection, waiting for the agent to open one if none is left."""
         while self.idle:
             conn = self.idle.popleft()
@@ -113,7 +120,7 @@ class ProviderLink:
         self.waiters.append(waiter)
         self.control.write(wire.encode({"t": "more", "n": max(4, len(self.waiters))}))
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(wait):
                 conn = await waiter
         except TimeoutError:
             raise DialError(DialErrorCode.TIMEOUT, "no data connection from the provider") from None
@@ -180,13 +187,17 @@ class TunnelHub:
         conn = await link.take(timeout)
         link.active[exit_id] += 1
         try:
-            conn.write(wire.encode({"t": "dial", "stream": stream_id, "exit": exit_id, "host": host, "port": port}))
+            conn.write(
+                wire.encode({"t": "dial", "stream": stream_id, "exit": exit_id, "host": host, "port": port})
+            )
             async with asyncio.timeout(timeout):
                 answer = wire.decode(await conn.read_line(wire.MAX_LINE))
         except TimeoutError:
             conn.abort()
             self.stream_closed(exit_id)
-            raise DialError(DialErrorCode.TIMEOUT, "the exit did not answer in time", exit_id=exit_id) from None
+            raise DialError(
+                DialErrorCode.TIMEOUT, "the exit did not answer in time", exit_id=exit_id
+            ) from None
         except (ConnectionClosed, WireError, ValueError):
             conn.abort()
             self.stream_closed(exit_id)
@@ -197,7 +208,7 @@ class TunnelHub:
         conn.close()
         self.stream_closed(exit_id)
         try:
-            code = DialErrorCode(answer.get("code"))
+            code = DialErrorCode(str(answer.get("code")))
         except ValueError:
             code = DialErrorCode.EXIT
         reason = str(answer.get("reason", ""))[:200]
@@ -221,7 +232,9 @@ class TunnelHub:
             else:
                 raise WireError("expected hello or data")
         except (TimeoutError, ConnectionClosed, WireError, ValueError) as exc:
-            log.info("tunnel connection refused: %s", exc if isinstance(exc, WireError) else type(exc).__name__)
+            log.info(
+                "tunnel connection refused: %s", exc if isinstance(exc, WireError) else type(exc).__name__
+            )
             conn.write(wire.encode({"t": "error", "reason": str(exc)[:200] or "timeout"}))
             conn.close()
 
@@ -235,9 +248,12 @@ class TunnelHub:
     async def _serve_control(self, conn: Conn, hello: dict[str, Any]) -> None:
         settings = self._settings
         address = wire.field(hello, "address", str)
-        if wire.field(hello, "v", int) != wire.PROTOCOL_VERSION or not is_address(address):
-            raise WireError("unsupported version or bad address")
-        address = to_checksum_address(address)
+        if wire.field(hello, "v", int) != wire.PROTOCOL_VERSION:
+            raise WireError("unsupported protocol version")
+        try:
+            address = normalize_address(address)
+        except InvalidAccount:
+            raise WireError("bad address") from None
         nonce = secrets.token_hex(16)
         conn.write(wire.encode({"t": "challenge", "nonce": nonce, "node": settings.node_id}))
         async with asyncio.timeout(settings.handshake_timeout):
@@ -264,10 +280,16 @@ class TunnelHub:
             self._by_exit[exit_id] = link
         await self._registry.register(exits)
         self._on_change()
-        conn.write(wire.encode({
-            "t": "welcome", "token": link.token, "heartbeat": settings.heartbeat_interval,
-            "exits": {info.bind: info.exit_id for info in exits},
-        }))
+        conn.write(
+            wire.encode(
+                {
+                    "t": "welcome",
+                    "token": link.token,
+                    "heartbeat": settings.heartbeat_interval,
+                    "exits": {info.bind: info.exit_id for info in exits},
+                }
+            )
+        )
         log.info("provider %s online with %d exit(s)", address, len(exits))
         try:
             await self._control_loop(link)
@@ -289,7 +311,7 @@ class TunnelHub:
                 message = wire.decode(line)
                 kind = message["t"]
                 if kind == "hb":
-                    await self._registry.heartbeat(list(link.exits))
+                    await self._registry.heartbeat(self._settings.node_id, list(link.exits))
                 elif kind == "usage":
                     self._agent_report(link, message)
                 else:
@@ -305,8 +327,10 @@ class TunnelHub:
             return  # not a stream this node opened through this agent: ignore, never trust
         link.streams.discard(stream)
         up, down = wire.field(message, "up", int), wire.field(message, "down", int)
-        opened, closed = float(wire.field(message, "opened", (int, float))), float(
-            wire.field(message, "closed", (int, float)))
+        opened, closed = (
+            float(wire.field(message, "opened", (int, float))),
+            float(wire.field(message, "closed", (int, float))),
+        )
         if up < 0 or down < 0 or closed < opened:
             raise WireError("bad usage report")
         outcome = str(message.get("outcome", ""))[:32]
@@ -324,7 +348,7 @@ class TunnelHub:
             del self._by_exit[info.exit_id]
         self._on_change()
         try:
-            await self._registry.deregister(gone)
+            await self._registry.deregister(self._settings.node_id, gone)
         except Exception:  # Redis down: the heartbeat TTL takes the exits out anyway
             log.exception("could not deregister the exits of %s", link.address)
         log.info("provider %s offline (%s)", link.address, why)

@@ -75,7 +75,9 @@ def decode(line: bytes, expect: str | None = None) -> dict[str, Any]:
     return message
 
 
-def field(message: dict[str, Any], name: str, kind: type | tuple[type, ...], *, optional: bool = False) -> Any:
+def field(
+    message: dict[str, Any], name: str, kind: type | tuple[type, ...], *, optional: bool = False
+) -> Any:
     """``message[name]`` checked to be of ``kind`` (a bool is never accepted as a number)."""
     value = message.get(name)
     if value is None and optional:

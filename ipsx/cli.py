@@ -20,49 +20,82 @@ Production:   ipsx gateway | ipsx worker | ipsx provide, configured by
 
 
 def _add_gateway(sub: argparse._SubParsersAction[Any]) -> None:
-    p = sub.add_parser("gateway", help="run a gateway node (HTTP/SOCKS5 proxy + provider tunnel endpoint)",
-                       description="Run a gateway node. Requesters connect to the HTTP and SOCKS5 ports; "
-                                   "provider agents dial in to the tunnel port.")
+    p = sub.add_parser(
+        "gateway",
+        help="run a gateway node (HTTP/SOCKS5 proxy + provider tunnel endpoint)",
+        description="Run a gateway node. Requesters connect to the HTTP and SOCKS5 ports; "
+        "provider agents dial in to the tunnel port.",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address for the proxy ports (default: %(default)s)")
     p.add_argument("--http-port", type=int, default=8080, help="HTTP proxy port (default: %(default)s)")
     p.add_argument("--socks-port", type=int, default=1080, help="SOCKS5 port (default: %(default)s)")
     p.add_argument("--tunnel-host", default="127.0.0.1", help="address agents dial (default: %(default)s)")
     p.add_argument("--tunnel-port", type=int, default=8443, help="port agents dial (default: %(default)s)")
     p.add_argument("--node-id", help="this node's id in the pool (default: host-pid-random)")
+    p.add_argument(
+        "--handshake-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a client has to send its request head or SOCKS5 handshake (default: %(default)s)",
+    )
 
 
 def _add_provide(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser(
-        "provide", help="share this machine's IP addresses as exits",
+        "provide",
+        help="share this machine's IP addresses as exits",
         description="Run a provider agent. It only dials out (no inbound port needed), logs in with "
-                    "your wallet, and relays streams from the exits you declare.",
+        "your wallet, and relays streams from the exits you declare.",
         epilog="Example: ipsx provide --key wallet.key --gateway gw.example:8443 "
-               "--bind 203.0.113.7,country=fr,type=datacenter",
+        "--bind 203.0.113.7,country=fr,type=datacenter",
     )
-    p.add_argument("--key", required=True, type=Path,
-                   help="wallet: a file with a hex private key, or an encrypted keystore JSON "
-                        "(password from IPSX_KEY_PASSWORD)")
+    p.add_argument(
+        "--key",
+        required=True,
+        type=Path,
+        help="wallet: a file with a hex private key, or an encrypted keystore JSON "
+        "(password from IPSX_KEY_PASSWORD)",
+    )
     p.add_argument("--gateway", required=True, help="the gateway's tunnel endpoint, HOST:PORT")
-    p.add_argument("--bind", action="append", default=[], metavar="ADDRESS[,key=value...]",
-                   help="an exit: a local source address, optionally with its own attributes "
-                        "(country, region, city, asn, type). Repeat for several. Default: the host's address")
-    p.add_argument("--country", default="us", help="ISO 3166-1 alpha-2 country of the exits (default: %(default)s)")
+    p.add_argument(
+        "--bind",
+        action="append",
+        default=[],
+        metavar="ADDRESS[,key=value...]",
+        help="an exit: a local source address, optionally with its own attributes "
+        "(country, region, city, asn, type). Repeat for several. Default: the host's address",
+    )
+    p.add_argument(
+        "--country", default="us", help="ISO 3166-1 alpha-2 country of the exits (default: %(default)s)"
+    )
     p.add_argument("--region", default="", help="region of the exits")
     p.add_argument("--city", default="", help="city of the exits")
     p.add_argument("--asn", type=int, default=0, help="autonomous system number of the exits")
-    p.add_argument("--type", default="residential", choices=["residential", "mobile", "datacenter"],
-                   help="kind of IP (default: %(default)s)")
+    p.add_argument(
+        "--type",
+        default="residential",
+        choices=["residential", "mobile", "datacenter"],
+        help="kind of IP (default: %(default)s)",
+    )
     p.add_argument("--ports", help="destination ports allowed, e.g. 80,443,8000-8100 (default: all but mail)")
     p.add_argument("--allow-smtp", action="store_true", help="also allow mail ports (25, 465, 587, 2525)")
-    p.add_argument("--allow-private", action="store_true",
-                   help="also allow loopback/private/link-local destinations (tests and demos only)")
-    p.add_argument("--pool-size", type=int, default=16,
-                   help="idle data connections kept open to the gateway (default: %(default)s)")
+    p.add_argument(
+        "--allow-private",
+        action="store_true",
+        help="also allow loopback/private/link-local destinations (tests and demos only)",
+    )
+    p.add_argument(
+        "--pool-size",
+        type=int,
+        default=16,
+        help="idle data connections kept open to the gateway (default: %(default)s)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ipsx", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="ipsx", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_gateway(sub)
@@ -70,16 +103,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("worker", help="run a billing worker (usage stream → PostgreSQL)")
     sub.add_parser("migrate", help="create the database if needed and apply migrations")
 
-    demo = sub.add_parser("demo", help="run the whole network on this machine with embedded services",
-                          description="Start PostgreSQL and Redis (embedded unless IPSX_DATABASE_URL / "
-                                      "IPSX_REDIS_URL are set), a gateway, a worker and three demo providers "
-                                      "on 127.0.0.2-4, create a funded demo requester and print proxy URLs.")
-    demo.add_argument("--data-dir", type=Path, default=Path(".ipsx"), help="state directory (default: %(default)s)")
+    demo = sub.add_parser(
+        "demo",
+        help="run the whole network on this machine with embedded services",
+        description="Start PostgreSQL and Redis (embedded unless IPSX_DATABASE_URL / "
+        "IPSX_REDIS_URL are set), a gateway, a worker and three demo providers "
+        "on 127.0.0.2-4, create a funded demo requester and print proxy URLs.",
+    )
+    demo.add_argument(
+        "--data-dir", type=Path, default=Path(".ipsx"), help="state directory (default: %(default)s)"
+    )
     demo.add_argument("--http-port", type=int, default=8080, help="HTTP proxy port (default: %(default)s)")
     demo.add_argument("--socks-port", type=int, default=1080, help="SOCKS5 port (default: %(default)s)")
-    demo.add_argument("--tunnel-port", type=int, default=8443, help="provider tunnel port (default: %(default)s)")
-    demo.add_argument("--once", action="store_true",
-                      help="send one request through each protocol, print the metered usage and exit")
+    demo.add_argument(
+        "--tunnel-port", type=int, default=8443, help="provider tunnel port (default: %(default)s)"
+    )
+    demo.add_argument(
+        "--once",
+        action="store_true",
+        help="send one request through each protocol, print the metered usage and exit",
+    )
 
     account = sub.add_parser("account", help="manage accounts").add_subparsers(dest="action", required=True)
     create = account.add_parser("create", help="create an account for a wallet address")
@@ -120,4 +163,3 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
-

@@ -62,9 +62,15 @@ def cmd_migrate(args: argparse.Namespace, env: Environment) -> None:
 
 def cmd_gateway(args: argparse.Namespace, env: Environment) -> None:
     settings = GatewaySettings(
-        redis_url=env.redis, database_url=env.database, host=args.host, http_port=args.http_port,
-        socks_port=args.socks_port, tunnel_host=args.tunnel_host, tunnel_port=args.tunnel_port,
+        redis_url=env.redis,
+        database_url=env.database,
+        host=args.host,
+        http_port=args.http_port,
+        socks_port=args.socks_port,
+        tunnel_host=args.tunnel_host,
+        tunnel_port=args.tunnel_port,
         node_id=args.node_id or default_node_id(),
+        handshake_timeout=args.handshake_timeout,
     )
     runtime.run(lambda stop: run_gateway(settings, stop))
 
@@ -90,14 +96,22 @@ def agent_settings(args: argparse.Namespace) -> AgentSettings:
     try:
         defaults = parse_exit(f",country={args.country},type={args.type}", ExitSpec())
         if args.region or args.city or args.asn:
-            defaults = ExitSpec("", defaults.country, args.region.lower(), args.city.lower(), args.asn, defaults.type)
+            defaults = ExitSpec(
+                "", defaults.country, args.region.lower(), args.city.lower(), args.asn, defaults.type
+            )
         exits = tuple(parse_exit(text, defaults) for text in args.bind) or (defaults,)
         ports = parse_ports(args.ports) if args.ports else None
     except ValueError as error:
         raise UsageError(str(error)) from None
     policy = ExitPolicy(allow_private=args.allow_private, allow_smtp=args.allow_smtp, ports=ports)
-    return AgentSettings(gateway_host=host, gateway_port=port, account=account, exits=exits,
-                         policy=policy, pool_size=max(1, args.pool_size))
+    return AgentSettings(
+        gateway_host=host,
+        gateway_port=port,
+        account=account,
+        exits=exits,
+        policy=policy,
+        pool_size=max(1, args.pool_size),
+    )
 
 
 def cmd_provide(args: argparse.Namespace, env: Environment) -> None:
@@ -108,8 +122,13 @@ def cmd_provide(args: argparse.Namespace, env: Environment) -> None:
 def cmd_demo(args: argparse.Namespace, env: Environment) -> None:
     from ipsx.demo import DemoOptions, run_demo
 
-    options = DemoOptions(data_dir=args.data_dir, http_port=args.http_port, socks_port=args.socks_port,
-                          tunnel_port=args.tunnel_port, once=args.once)
+    options = DemoOptions(
+        data_dir=args.data_dir,
+        http_port=args.http_port,
+        socks_port=args.socks_port,
+        tunnel_port=args.tunnel_port,
+        once=args.once,
+    )
     runtime.run(lambda stop: run_demo(options, env, stop))
 
 
@@ -130,15 +149,20 @@ def cmd_account(args: argparse.Namespace, env: Environment) -> None:
             elif args.action == "list":
                 for account in await accounts.list_accounts(pool):
                     balance = await ledger.balance(pool, f"requester:{account.name}")
-                    print(f"{account.name:<20} {account.address}  balance {ledger.format_amount(balance)} IPSX")
+                    print(
+                        f"{account.name:<20} {account.address}  balance {ledger.format_amount(balance)} IPSX"
+                    )
             elif args.action == "credit":
                 amount = ledger.parse_amount(args.amount)
                 if await accounts.get_account(pool, args.name) is None:
                     raise UsageError(f"no account named {args.name!r}")
                 reference = args.reference or f"cli-credit-{secrets.token_hex(8)}"
                 done = await ledger.credit_account(pool, args.name, amount, reference)
-                print(f"credited {ledger.format_amount(amount)} IPSX to {args.name}" if done
-                      else f"reference {reference} was already used: nothing credited")
+                print(
+                    f"credited {ledger.format_amount(amount)} IPSX to {args.name}"
+                    if done
+                    else f"reference {reference} was already used: nothing credited"
+                )
         except BillingError as error:
             raise UsageError(str(error)) from None
         finally:

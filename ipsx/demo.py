@@ -108,30 +108,50 @@ async def run_demo(options: DemoOptions, env: Environment, stop: asyncio.Event) 
         await db.migrate(pool)
         account, secret = await _demo_requester(pool, data_dir)
 
-        settings = GatewaySettings(redis_url=redis, database_url=database, http_port=options.http_port,
-                                   socks_port=options.socks_port, tunnel_port=options.tunnel_port,
-                                   node_id="demo-node")
+        settings = GatewaySettings(
+            redis_url=redis,
+            database_url=database,
+            http_port=options.http_port,
+            socks_port=options.socks_port,
+            tunnel_port=options.tunnel_port,
+            node_id="demo-node",
+        )
         ports = await stack.enter_async_context(running_gateway(settings))
         origin = Origin("127.0.0.1", options.origin_port).start()
         stack.callback(origin.stop)
 
         tasks: list[asyncio.Task[None]] = []
         worker_stop = asyncio.Event()
-        tasks.append(asyncio.create_task(run_worker(WorkerSettings(redis_url=redis, database_url=database),
-                                                    stop=worker_stop)))
+        tasks.append(
+            asyncio.create_task(
+                run_worker(WorkerSettings(redis_url=redis, database_url=database), stop=worker_stop)
+            )
+        )
         agent_stop = asyncio.Event()
         for index, spec in enumerate(DEMO_EXITS, start=1):
             key_path = data_dir / "wallets" / f"provider{index}.key"
             _wallet(key_path)
-            agent = AgentSettings(gateway_host="127.0.0.1", gateway_port=ports.tunnel,
-                                  account=load_key(key_path, None), exits=(spec,),
-                                  policy=ExitPolicy(allow_private=True), pool_size=8)
+            agent = AgentSettings(
+                gateway_host="127.0.0.1",
+                gateway_port=ports.tunnel,
+                account=load_key(key_path, None),
+                exits=(spec,),
+                policy=ExitPolicy(allow_private=True),
+                pool_size=8,
+            )
             tasks.append(asyncio.create_task(run_agent(agent, agent_stop)))
 
         http_proxy = f"http://{account}:{secret}@127.0.0.1:{ports.http}"
         socks_proxy = f"socks5h://{account}:{secret}@127.0.0.1:{ports.socks}"
-        state = {"account": account, "secret": secret, "http_proxy": http_proxy, "socks_proxy": socks_proxy,
-                 "origin": origin.url("/ip"), "database_url": database, "redis_url": redis}
+        state = {
+            "account": account,
+            "secret": secret,
+            "http_proxy": http_proxy,
+            "socks_proxy": socks_proxy,
+            "origin": origin.url("/ip"),
+            "database_url": database,
+            "redis_url": redis,
+        }
         state_path = data_dir / "demo.json"
         fd = os.open(state_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
@@ -169,40 +189,50 @@ async def _wait_for_exits(pool: asyncpg.Pool, redis_url: str, count: int) -> Non
 
 
 def _print_banner(state: dict[str, str], state_path: Path) -> None:
-    print(f"""
+    germany = state["http_proxy"].replace(f"//{state['account']}:", f"//{state['account']}-country-de:")
+    print(
+        f"""
 IPSX demo is running. In another terminal:
 
-  export HTTP_PROXY={state['http_proxy']}
-  export HTTPS_PROXY={state['http_proxy']}
-  SOCKS_PROXY={state['socks_proxy']}
+  export HTTP_PROXY={state["http_proxy"]}
+  export HTTPS_PROXY={state["http_proxy"]}
+  SOCKS_PROXY={state["socks_proxy"]}
 
-  curl {state['origin']}                       # a new exit per connection (127.0.0.2-4)
-  curl -x "$SOCKS_PROXY" {state['origin']}
-  curl -x "http://{state['account']}-country-de:{state['secret']}@127.0.0.1:{state['http_proxy'].rsplit(':', 1)[1]}" \\
-       {state['origin']}                       # German exits only
+  curl {state["origin"]}                       # a new exit per connection (127.0.0.2-4)
+  curl -x "$SOCKS_PROXY" {state["origin"]}
+  curl -x "{germany}" {state["origin"]}    # German exits only
 
 The same settings are in {state_path}. Metered usage lands in PostgreSQL (table usage_events).
 Ctrl-C stops everything.
-""", flush=True)
+""",
+        flush=True,
+    )
 
 
 async def _self_check(state: dict[str, str], pool: asyncpg.Pool) -> None:
     """Send one request over each protocol and print what was metered (``--once``)."""
     proc = await asyncio.create_subprocess_exec(
-        "curl", "-sS", "-x", state["http_proxy"], state["origin"], stdout=asyncio.subprocess.PIPE)
+        "curl", "-sS", "-x", state["http_proxy"], state["origin"], stdout=asyncio.subprocess.PIPE
+    )
     out, _ = await proc.communicate()
     print(f"via HTTP proxy: {out.decode().strip()}")
     proc = await asyncio.create_subprocess_exec(
-        "curl", "-sS", "-x", state["socks_proxy"], state["origin"], stdout=asyncio.subprocess.PIPE)
+        "curl", "-sS", "-x", state["socks_proxy"], state["origin"], stdout=asyncio.subprocess.PIPE
+    )
     out, _ = await proc.communicate()
     print(f"via SOCKS5:     {out.decode().strip()}")
     for _ in range(50):
-        rows = await pool.fetch("SELECT protocol, exit_id, bytes_up, bytes_down FROM usage_events "
-                                "WHERE requester = $1 ORDER BY closed_at DESC LIMIT 2", state["account"])
+        rows = await pool.fetch(
+            "SELECT protocol, exit_id, bytes_up, bytes_down FROM usage_events "
+            "WHERE requester = $1 ORDER BY closed_at DESC LIMIT 2",
+            state["account"],
+        )
         if len(rows) >= 2:
             for row in rows:
-                print(f"metered: {row['protocol']:<7} exit {row['exit_id']} up {row['bytes_up']} B "
-                      f"down {row['bytes_down']} B")
+                print(
+                    f"metered: {row['protocol']:<7} exit {row['exit_id']} up {row['bytes_up']} B "
+                    f"down {row['bytes_down']} B"
+                )
             return
         await asyncio.sleep(0.1)
     print("usage not yet ingested")

@@ -25,7 +25,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "ipsx-origin"
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
     def _send(self, status: int, body: bytes, content_type: str = "text/plain") -> None:
@@ -37,7 +37,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _size(self, prefix: str) -> int | None:
-        text = self.path[len(prefix):].split("?", 1)[0]
+        text = self.path[len(prefix) :].split("?", 1)[0]
         if not text.isdigit() or int(text) > _MAX_BYTES:
             self._send(400, b"bad size\n")
             return None

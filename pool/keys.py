@@ -1,7 +1,7 @@
 """Every Redis key the pool uses, in one place.
 
-Exit data shares the ``{pool}`` hash tag so the selection script can read several index sets
-atomically on a Redis Cluster too; sticky sessions are tagged by account so they spread.
+Exit data shares the ``{pool}`` hash tag so the scripts can touch several keys atomically on a
+Redis Cluster too; sticky sessions are tagged by account so they spread over the cluster.
 """
 
 from __future__ import annotations
@@ -10,12 +10,22 @@ PREFIX = "ipsx:{pool}"
 
 
 def exit_hash(exit_id: str) -> str:
+    """Hash: the exit's attributes."""
     return f"{PREFIX}:exit:{exit_id}"
 
 
+def exit_nodes(exit_id: str) -> str:
+    """Set: the gateway nodes the exit's agent is connected to."""
+    return f"{PREFIX}:exitnodes:{exit_id}"
+
+
 def alive() -> str:
-    """Sorted set: exit id → time of its last heartbeat (milliseconds)."""
+    """Sorted set: ``alive_member(node, exit)`` → time of the last heartbeat (milliseconds)."""
     return f"{PREFIX}:alive"
+
+
+def alive_member(node: str, exit_id: str) -> str:
+    return f"{node}|{exit_id}"
 
 
 def index(attribute: str, value: str) -> str:

@@ -45,6 +45,11 @@ class ExitInfo:
 
     def attributes(self) -> list[tuple[str, str]]:
         """The indexed attributes of this exit, as (attribute, value) pairs."""
-        pairs = [("country", self.country), ("region", self.region), ("city", self.city),
-                 ("asn", str(self.asn) if self.asn else ""), ("type", self.type)]
+        pairs = [
+            ("country", self.country),
+            ("region", self.region),
+            ("city", self.city),
+            ("asn", str(self.asn) if self.asn else ""),
+            ("type", self.type),
+        ]
         return [(name, value) for name, value in pairs if value]

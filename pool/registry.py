@@ -1,9 +1,16 @@
-"""Live exits in Redis: registration, heartbeats, indexes and removal."""
+"""Live exits in Redis: registration, heartbeats, indexes and removal.
+
+An exit (one source address of one provider) may be connected to several gateway nodes at
+once; each node registers it and heartbeats it under its own name. The exit's attributes and
+index entries go when the last node lets it go.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, fields
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -12,90 +19,122 @@ from pool.models import ExitInfo
 
 _FIELDS = tuple(f.name for f in fields(ExitInfo))
 
+# KEYS: exit hash, exit nodes set, node set, alive zset, index sets…
+# ARGV: exit id, node, heartbeat ms, then the exit's hash fields as name, value pairs
+_REGISTER_LUA = """
+local exit_id, node, now = ARGV[1], ARGV[2], ARGV[3]
+local record = {}
+for i = 4, #ARGV do record[#record + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(record))
+redis.call('SADD', KEYS[2], node)
+redis.call('SADD', KEYS[3], exit_id)
+redis.call('ZADD', KEYS[4], now, node .. '|' .. exit_id)
+for i = 5, #KEYS do redis.call('SADD', KEYS[i], exit_id) end
+return 1
+"""
+
+# KEYS: exit hash, exit nodes set, node set, alive zset, index sets…; ARGV: exit id, node
+# Returns 1 when this was the exit's last node and its records were removed.
+_DEREGISTER_LUA = """
+local exit_id, node = ARGV[1], ARGV[2]
+redis.call('SREM', KEYS[3], exit_id)
+redis.call('ZREM', KEYS[4], node .. '|' .. exit_id)
+redis.call('SREM', KEYS[2], node)
+if redis.call('SCARD', KEYS[2]) > 0 then return 0 end
+redis.call('DEL', KEYS[1])
+for i = 5, #KEYS do redis.call('SREM', KEYS[i], exit_id) end
+return 1
+"""
+
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _decode_exit(raw: dict[bytes, bytes]) -> ExitInfo | None:
-    data = {k.decode(): v.decode() for k, v in raw.items()}
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _decode_exit(raw: Mapping[Any, Any]) -> ExitInfo | None:
+    data = {_text(k): _text(v) for k, v in raw.items()}
     if not all(name in data for name in _FIELDS):
         return None
     return ExitInfo(
-        exit_id=data["exit_id"], provider=data["provider"], node=data["node"], bind=data["bind"],
-        country=data["country"], region=data["region"], city=data["city"],
-        asn=int(data["asn"] or 0), type=data["type"],
+        exit_id=data["exit_id"],
+        provider=data["provider"],
+        node=data["node"],
+        bind=data["bind"],
+        country=data["country"],
+        region=data["region"],
+        city=data["city"],
+        asn=int(data["asn"] or 0),
+        type=data["type"],
     )
 
 
-class ExitRegistry:
-    """The pool's view of which exits are live, their attributes, and which node holds them.
+def _keys_for(info: ExitInfo, node: str) -> list[str]:
+    return [
+        keys.exit_hash(info.exit_id),
+        keys.exit_nodes(info.exit_id),
+        keys.node_exits(node),
+        keys.alive(),
+        *(keys.index(attribute, value) for attribute, value in info.attributes()),
+    ]
 
-    An exit is live while its heartbeat is younger than ``heartbeat_ttl`` seconds; a provider
-    that vanishes without a goodbye drops out of selection within that time, and ``sweep``
-    removes its records.
+
+class ExitRegistry:
+    """The pool's view of which exits are live, their attributes, and which nodes hold them.
+
+    An exit is live on a node while that node's heartbeat for it is younger than
+    ``heartbeat_ttl`` seconds; a node or provider that vanishes without a goodbye drops out of
+    selection within that time, and ``sweep`` removes its records.
     """
 
     def __init__(self, redis: aioredis.Redis, *, heartbeat_ttl: float = 10.0) -> None:
         self._redis = redis
         self.heartbeat_ttl = heartbeat_ttl
+        self._register = redis.register_script(_REGISTER_LUA)
+        self._deregister = redis.register_script(_DEREGISTER_LUA)
 
     async def register(self, exits: list[ExitInfo]) -> None:
         now = _now_ms()
-        async with self._redis.pipeline(transaction=True) as pipe:
-            for info in exits:
-                record = {k: str(v) for k, v in asdict(info).items()}
-                pipe.hset(keys.exit_hash(info.exit_id), mapping=record)  # type: ignore[arg-type]
-                for attribute, value in info.attributes():
-                    pipe.sadd(keys.index(attribute, value), info.exit_id)
-                pipe.sadd(keys.node_exits(info.node), info.exit_id)
-                pipe.zadd(keys.alive(), {info.exit_id: now})
-            await pipe.execute()
+        for info in exits:
+            record = [item for pair in asdict(info).items() for item in (pair[0], str(pair[1]))]
+            await self._register(
+                keys=_keys_for(info, info.node), args=[info.exit_id, info.node, now, *record]
+            )
 
-    async def heartbeat(self, exit_ids: list[str]) -> None:
+    async def heartbeat(self, node: str, exit_ids: list[str]) -> None:
         if exit_ids:
             now = _now_ms()
-            await self._redis.zadd(keys.alive(), dict.fromkeys(exit_ids, now))
+            await self._redis.zadd(keys.alive(), {keys.alive_member(node, e): now for e in exit_ids})
 
-    async def deregister(self, exits: list[ExitInfo]) -> None:
-        if not exits:
-            return
-        async with self._redis.pipeline(transaction=True) as pipe:
-            for info in exits:
-                self._queue_removal(pipe, info)
-            await pipe.execute()
-
-    @staticmethod
-    def _queue_removal(pipe: aioredis.client.Pipeline, info: ExitInfo) -> None:
-        pipe.delete(keys.exit_hash(info.exit_id))
-        for attribute, value in info.attributes():
-            pipe.srem(keys.index(attribute, value), info.exit_id)
-        pipe.srem(keys.node_exits(info.node), info.exit_id)
-        pipe.zrem(keys.alive(), info.exit_id)
+    async def deregister(self, node: str, exits: list[ExitInfo]) -> None:
+        for info in exits:
+            await self._deregister(keys=_keys_for(info, node), args=[info.exit_id, node])
 
     async def get(self, exit_id: str) -> ExitInfo | None:
         return _decode_exit(await self._redis.hgetall(keys.exit_hash(exit_id)))
 
-    async def live_ids(self) -> list[str]:
+    async def live_ids(self) -> set[str]:
+        """Exits with a fresh heartbeat on at least one node."""
         floor = _now_ms() - int(self.heartbeat_ttl * 1000)
-        return [m.decode() for m in await self._redis.zrangebyscore(keys.alive(), floor, "+inf")]
+        members = await self._redis.zrangebyscore(keys.alive(), floor, "+inf")
+        return {_text(member).rsplit("|", 1)[1] for member in members}
 
     async def list_live(self) -> list[ExitInfo]:
-        found = [await self.get(exit_id) for exit_id in await self.live_ids()]
+        found = [await self.get(exit_id) for exit_id in sorted(await self.live_ids())]
         return [info for info in found if info is not None]
 
     async def sweep(self) -> int:
-        """Remove exits whose heartbeat expired (their node died); returns how many."""
+        """Let go of exits whose heartbeat on a node expired (that node died); returns how many."""
         floor = _now_ms() - int(self.heartbeat_ttl * 1000)
-        stale = [m.decode() for m in await self._redis.zrangebyscore(keys.alive(), "-inf", f"({floor}")]
-        removed = 0
-        for exit_id in stale:
+        stale = await self._redis.zrangebyscore(keys.alive(), "-inf", f"({floor}")
+        for member in stale:
+            node, exit_id = _text(member).rsplit("|", 1)
             info = await self.get(exit_id)
-            async with self._redis.pipeline(transaction=True) as pipe:
-                if info is not None:
-                    self._queue_removal(pipe, info)
-                else:
-                    pipe.zrem(keys.alive(), exit_id)
-                await pipe.execute()
-            removed += 1
-        return removed
+            if info is None:
+                await self._redis.zrem(keys.alive(), _text(member))
+            else:
+                await self.deregister(node, [info])
+        return len(stale)

@@ -18,7 +18,8 @@ import redis.asyncio as aioredis
 from pool import keys
 from pool.models import ExitFilters
 
-# KEYS[1] node set, KEYS[2] alive zset, KEYS[3..] index sets; ARGV[1] oldest live heartbeat (ms)
+# KEYS[1] node set, KEYS[2] alive zset, KEYS[3..] index sets; ARGV[1] oldest live heartbeat (ms),
+# ARGV[2] the node
 _CANDIDATES_LUA = """
 local ids
 if #KEYS > 2 then
@@ -27,13 +28,19 @@ else
   ids = redis.call('SMEMBERS', KEYS[1])
 end
 local floor = tonumber(ARGV[1])
+local prefix = ARGV[2] .. '|'
 local out = {}
 for _, id in ipairs(ids) do
-  local score = redis.call('ZSCORE', KEYS[2], id)
+  local score = redis.call('ZSCORE', KEYS[2], prefix .. id)
   if score and tonumber(score) >= floor then out[#out + 1] = id end
 end
 return out
 """
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
 
 DEFAULT_SESSION_TTL = 600  # seconds; a sticky session lives this long after its last use
 
@@ -77,8 +84,10 @@ class Selector:
             return cached[1]
         index_keys = [keys.index(attribute, value) for attribute, value in filters.items()]
         floor = int((time.time() - self._heartbeat_ttl) * 1000)
-        raw = await self._script(keys=[keys.node_exits(self._node), keys.alive(), *index_keys], args=[floor])
-        ids = sorted(member.decode() for member in raw)
+        raw = await self._script(
+            keys=[keys.node_exits(self._node), keys.alive(), *index_keys], args=[floor, self._node]
+        )
+        ids = sorted(_text(member) for member in raw)
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[filters] = (now + self._cache_ttl, ids)
@@ -131,8 +140,12 @@ class Selector:
         key = keys.session(account, session)
         bound = await self._redis.getex(key, ex=ttl)
         if bound is not None:
-            exit_id = bound.decode()
-            if exit_id not in exclude and self._is_available(exit_id) and exit_id in await self.candidates(filters):
+            exit_id = _text(bound)
+            if (
+                exit_id not in exclude
+                and self._is_available(exit_id)
+                and exit_id in await self.candidates(filters)
+            ):
                 return Choice(exit_id, sticky=True)
         chosen = await self.choose(filters, exclude=exclude)
         if chosen is None:

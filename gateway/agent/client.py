@@ -9,6 +9,7 @@ of each stream itself so the two meters can be compared.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import random
@@ -47,6 +48,15 @@ _ERRNO_CODES = {
 }
 
 
+# How a spliced stream ended, in the provider's terms (A is the gateway, B the destination).
+_OUTCOMES = {
+    "a_closed": "gateway_closed",
+    "b_closed": "destination_closed",
+    "a_lost": "gateway_lost",
+    "b_lost": "destination_lost",
+}
+
+
 class AgentSession:
     """One login to one gateway node; ends when the control connection does."""
 
@@ -71,17 +81,26 @@ class AgentSession:
         control = await self._connect()
         self._control = control
         async with asyncio.timeout(s.handshake_timeout):
-            control.write(wire.encode({"t": "hello", "v": wire.PROTOCOL_VERSION, "address": s.account.address}))
+            control.write(
+                wire.encode({"t": "hello", "v": wire.PROTOCOL_VERSION, "address": s.account.address})
+            )
             challenge = wire.decode(await control.read_line(wire.MAX_LINE))
             if challenge["t"] == "error":
                 raise LoginRefused(str(challenge.get("reason")))
             nonce = wire.field(challenge, "nonce", str)
             node = wire.field(challenge, "node", str)
             signed = s.account.sign_message(encode_defunct(text=wire.login_message(node, nonce)))
-            control.write(wire.encode({
-                "t": "login", "signature": "0x" + signed.signature.hex().removeprefix("0x"),
-                "exits": [spec.to_wire() for spec in s.exits], "policy": s.policy.to_wire(), "pool": s.pool_size,
-            }))
+            control.write(
+                wire.encode(
+                    {
+                        "t": "login",
+                        "signature": "0x" + signed.signature.hex().removeprefix("0x"),
+                        "exits": [spec.to_wire() for spec in s.exits],
+                        "policy": s.policy.to_wire(),
+                        "pool": s.pool_size,
+                    }
+                )
+            )
             welcome = wire.decode(await control.read_line(wire.MAX_LINE))
         if welcome["t"] != "welcome":
             raise LoginRefused(str(welcome.get("reason", "refused"))[:200])
@@ -89,8 +108,13 @@ class AgentSession:
         exits = wire.field(welcome, "exits", dict)
         self._binds = {str(exit_id): str(bind) for bind, exit_id in exits.items()}
         self._heartbeat = float(wire.field(welcome, "heartbeat", (int, float)))
-        log.info("logged in to %s:%d as %s with %d exit(s)", s.gateway_host, s.gateway_port,
-                 s.account.address, len(self._binds))
+        log.info(
+            "logged in to %s:%d as %s with %d exit(s)",
+            s.gateway_host,
+            s.gateway_port,
+            s.account.address,
+            len(self._binds),
+        )
 
     async def serve(self) -> None:
         """Keep the data pool full and the heartbeat going until the control connection ends."""
@@ -197,7 +221,9 @@ class AgentSession:
         self.served += 1
         return destination
 
-    def _relay(self, gateway_conn: Conn, destination: Conn, stream: str, exit_id: str, opened_at: float) -> None:
+    def _relay(
+        self, gateway_conn: Conn, destination: Conn, stream: str, exit_id: str, opened_at: float
+    ) -> None:
         try:
             a, a_data, a_eof = gateway_conn.detach()
             b, b_data, b_eof = destination.detach()
@@ -208,14 +234,31 @@ class AgentSession:
 
         def done(result: SpliceResult) -> None:
             self.splices.discard(splice)
-            outcome = {"a_lost": "gateway_lost", "b_lost": "destination_lost"}.get(result.outcome, result.outcome)
-            self.report({
-                "t": "usage", "stream": stream, "exit": exit_id, "up": result.a_to_b, "down": result.b_to_a,
-                "opened": opened_at, "closed": result.closed_at, "outcome": outcome,
-            })
+            outcome = _OUTCOMES.get(result.outcome, result.outcome)
+            self.report(
+                {
+                    "t": "usage",
+                    "stream": stream,
+                    "exit": exit_id,
+                    "up": result.a_to_b,
+                    "down": result.b_to_a,
+                    "opened": opened_at,
+                    "closed": result.closed_at,
+                    "outcome": outcome,
+                }
+            )
 
-        splice = Splice(a, b, on_done=done, a_data=a_data, b_data=b_data, a_eof=a_eof, b_eof=b_eof,
-                        idle_timeout=self._settings.idle_timeout, opened_at=opened_at)
+        splice = Splice(
+            a,
+            b,
+            on_done=done,
+            a_data=a_data,
+            b_data=b_data,
+            a_eof=a_eof,
+            b_eof=b_eof,
+            idle_timeout=self._settings.idle_timeout,
+            opened_at=opened_at,
+        )
         self.splices.add(splice)
 
     async def close(self) -> None:
@@ -254,7 +297,5 @@ async def run_agent(settings: AgentSettings, stop: asyncio.Event) -> None:
             break
         delay = backoff * (0.5 + random.random())
         backoff = min(backoff * 2, settings.backoff_max)
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), delay)
-        except TimeoutError:
-            pass

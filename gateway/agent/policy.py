@@ -98,9 +98,7 @@ def parse_ports(text: str) -> frozenset[int]:
     return frozenset(ports)
 
 
-def pick_address(
-    infos: list[tuple[Any, ...]], policy: ExitPolicy, family: int | None
-) -> tuple[int, str]:
+def pick_address(infos: list[tuple[Any, ...]], policy: ExitPolicy, family: int | None) -> tuple[int, str]:
     """From ``getaddrinfo`` results, the first (family, address) the policy allows.
 
     ``family`` restricts to the bind address's family. Raises PolicyRefused with the reason of

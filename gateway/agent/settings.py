@@ -7,6 +7,7 @@ import json
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import cast
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
@@ -30,8 +31,14 @@ class ExitSpec:
     type: str = "residential"
 
     def to_wire(self) -> dict[str, object]:
-        return {"bind": self.bind, "country": self.country, "region": self.region, "city": self.city,
-                "asn": self.asn, "type": self.type}
+        return {
+            "bind": self.bind,
+            "country": self.country,
+            "region": self.region,
+            "city": self.city,
+            "asn": self.asn,
+            "type": self.type,
+        }
 
 
 def parse_exit(text: str, defaults: ExitSpec) -> ExitSpec:
@@ -53,7 +60,7 @@ def parse_exit(text: str, defaults: ExitSpec) -> ExitSpec:
         elif key in ("region", "city"):
             if not _WORD_RE.fullmatch(value):
                 raise ValueError(f"{key} must be letters, digits or '_'")
-            spec = replace(spec, **{key: value})
+            spec = replace(spec, region=value) if key == "region" else replace(spec, city=value)
         elif key == "asn":
             spec = replace(spec, asn=int(value.removeprefix("as")))
         elif key == "type":
@@ -72,8 +79,8 @@ def load_key(path: Path, password: str | None) -> LocalAccount:
         if password is None:
             raise ValueError("this keystore needs a password (IPSX_KEY_PASSWORD or --key-password-file)")
         key = Account.decrypt(json.loads(text), password)
-        return Account.from_key(key)
-    return Account.from_key(text)
+        return cast(LocalAccount, Account.from_key(key))
+    return cast(LocalAccount, Account.from_key(text))
 
 
 @dataclass(frozen=True, slots=True)

