@@ -119,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--tunnel-port", type=int, default=8443, help="provider tunnel port (default: %(default)s)"
     )
     demo.add_argument(
+        "--origin-port",
+        type=int,
+        default=18000,
+        help="port of the demo page that shows which exit a request left from (default: %(default)s)",
+    )
+    demo.add_argument(
         "--once",
         action="store_true",
         help="send one request through each protocol, print the metered usage and exit",

@@ -127,6 +127,7 @@ def cmd_demo(args: argparse.Namespace, env: Environment) -> None:
         http_port=args.http_port,
         socks_port=args.socks_port,
         tunnel_port=args.tunnel_port,
+        origin_port=args.origin_port,
         once=args.once,
     )
     runtime.run(lambda stop: run_demo(options, env, stop))
@@ -148,7 +149,7 @@ def cmd_account(args: argparse.Namespace, env: Environment) -> None:
                 print(f"account {account.name} ({account.address}) created")
             elif args.action == "list":
                 for account in await accounts.list_accounts(pool):
-                    balance = await ledger.balance(pool, f"requester:{account.name}")
+                    balance = await ledger.balance(pool, ledger.requester_account(account.name))
                     print(
                         f"{account.name:<20} {account.address}  balance {ledger.format_amount(balance)} IPSX"
                     )

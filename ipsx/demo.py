@@ -117,7 +117,7 @@ async def run_demo(options: DemoOptions, env: Environment, stop: asyncio.Event) 
             node_id="demo-node",
         )
         ports = await stack.enter_async_context(running_gateway(settings))
-        origin = Origin("127.0.0.1", options.origin_port).start()
+        origin = Origin("127.0.0.1", options.origin_port).start()  # 127.0.0.1 only: a demo page
         stack.callback(origin.stop)
 
         tasks: list[asyncio.Task[None]] = []
@@ -194,8 +194,8 @@ def _print_banner(state: dict[str, str], state_path: Path) -> None:
         f"""
 IPSX demo is running. In another terminal:
 
-  export HTTP_PROXY={state["http_proxy"]}
-  export HTTPS_PROXY={state["http_proxy"]}
+  export http_proxy={state["http_proxy"]}
+  export HTTP_PROXY=$http_proxy HTTPS_PROXY=$http_proxy https_proxy=$http_proxy
   SOCKS_PROXY={state["socks_proxy"]}
 
   curl {state["origin"]}                       # a new exit per connection (127.0.0.2-4)
@@ -215,6 +215,8 @@ async def _self_check(state: dict[str, str], pool: asyncpg.Pool) -> None:
         "curl", "-sS", "-x", state["http_proxy"], state["origin"], stdout=asyncio.subprocess.PIPE
     )
     out, _ = await proc.communicate()
+    balance = await ledger.balance(pool, ledger.requester_account(state["account"]))
+    print(f"demo balance:   {ledger.format_amount(balance)} IPSX")
     print(f"via HTTP proxy: {out.decode().strip()}")
     proc = await asyncio.create_subprocess_exec(
         "curl", "-sS", "-x", state["socks_proxy"], state["origin"], stdout=asyncio.subprocess.PIPE

@@ -13,7 +13,6 @@ import contextlib
 import errno
 import logging
 import random
-import socket
 import time
 from typing import Any
 
@@ -21,6 +20,7 @@ from eth_account.messages import encode_defunct
 
 from gateway import wire
 from gateway.agent.policy import PolicyRefused, family_of, pick_address
+from gateway.agent.resolver import Resolver
 from gateway.agent.settings import AgentSettings
 from gateway.conn import Conn, ConnectionClosed
 from gateway.relay import Splice, SpliceResult
@@ -60,8 +60,9 @@ _OUTCOMES = {
 class AgentSession:
     """One login to one gateway node; ends when the control connection does."""
 
-    def __init__(self, settings: AgentSettings) -> None:
+    def __init__(self, settings: AgentSettings, resolver: Resolver | None = None) -> None:
         self._settings = settings
+        self._resolver = resolver or Resolver()
         self._token = ""
         self._binds: dict[str, str] = {}  # exit id → bind address
         self._control: Conn | None = None
@@ -199,7 +200,7 @@ class AgentSession:
             raise _Dial(DialErrorCode.POLICY, refusal.reason) from None
         try:
             async with asyncio.timeout(s.dial_timeout):
-                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                infos = await self._resolver.resolve(host, port)
         except (OSError, UnicodeError):
             raise _Dial(DialErrorCode.DNS, "the name does not resolve") from None
         except TimeoutError:
@@ -273,8 +274,9 @@ class AgentSession:
 async def run_agent(settings: AgentSettings, stop: asyncio.Event) -> None:
     """Stay connected to the gateway until ``stop`` is set, reconnecting with jittered backoff."""
     backoff = settings.backoff_initial
+    resolver = Resolver()
     while not stop.is_set():
-        session = AgentSession(settings)
+        session = AgentSession(settings, resolver)
         serving = None
         try:
             await session.login()

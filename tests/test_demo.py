@@ -1,0 +1,41 @@
+"""``ipsx demo --once`` on the embedded services: the user's first command, run for real."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_demo_once_relays_through_demo_exits_and_meters_it(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("IPSX_DATABASE_URL", "IPSX_REDIS_URL")}
+    data_dir = tmp_path / "state"
+    command = [sys.executable, "-m", "ipsx", "demo", "--once", "--data-dir", str(data_dir), "--http-port", "0",
+               "--socks-port", "0", "--tunnel-port", "0", "--origin-port", "0"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    via_http = re.search(r"via HTTP proxy: (\S+)", out)
+    via_socks = re.search(r"via SOCKS5:\s+(\S+)", out)
+    assert via_http is not None and via_http.group(1) in {"127.0.0.2", "127.0.0.3", "127.0.0.4"}
+    assert via_socks is not None and via_socks.group(1) in {"127.0.0.2", "127.0.0.3", "127.0.0.4"}
+    assert len(re.findall(r"metered: (http|socks5)\s+exit \w+ up \d+ B down \d+ B", out)) == 2
+    assert re.search(r"export http_proxy=http://demo:ipsx_\w+_\S+@127\.0\.0\.1:\d+", out)
+    assert "SOCKS_PROXY=socks5h://demo:" in out
+
+    state = json.loads((data_dir / "demo.json").read_text())
+    assert state["account"] == "demo"
+    assert state["http_proxy"].startswith("http://demo:" + state["secret"] + "@127.0.0.1:")
+    assert (data_dir / "demo.json").stat().st_mode & 0o077 == 0  # the secret file is private
+    assert state["secret"] not in result.stderr  # never in a log line
+
+    assert "demo balance:   1000 IPSX" in out
+
+    # A second run reuses the data dir: the same account and key, funded once only.
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "demo balance:   1000 IPSX" in again.stdout
+    assert json.loads((data_dir / "demo.json").read_text())["secret"] == state["secret"]
