@@ -20,6 +20,11 @@ class ConnectionClosed(ConnectionError):
     """The peer closed the connection, or it was lost, while we were reading."""
 
 
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
 class Conn(asyncio.Protocol):
     """A connection read with ``await read()`` until ``detach()`` hands its transport on."""
 
@@ -94,16 +99,24 @@ class Conn(asyncio.Protocol):
     def closed(self) -> bool:
         return self._closed
 
-    async def read(self) -> bytes:
-        """All buffered bytes, waiting for some if none are there; ``b""`` at end of stream."""
+    async def read(self, within: float | None = None) -> bytes:
+        """All buffered bytes, waiting for some if none are there; ``b""`` at end of stream.
+
+        Raises TimeoutError if ``within`` seconds pass with nothing to read (a timer is armed
+        only when there is something to wait for).
+        """
         while not self._buffer:
             if self._eof or self._closed:
                 return b""
-            self._waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = None if within is None else loop.call_later(within, _expire, waiter)
             try:
-                await self._waiter
+                await waiter
             finally:
                 self._waiter = None
+                if timer is not None:
+                    timer.cancel()
         data = bytes(self._buffer)
         self._buffer.clear()
         if self._paused and self.transport is not None:

@@ -40,6 +40,14 @@ _OUTCOMES = {
 }
 
 
+class _StaleUpstream(Exception):
+    """A reused upstream connection closed before any byte of a response."""
+
+
+class _ExitLost(ConnectionClosed):
+    """The exit's side of a plain-HTTP exchange failed mid-response."""
+
+
 class _Refused(Exception):
     """Answer the client with ``response`` and close; nothing was relayed."""
 
@@ -197,6 +205,7 @@ class Front:
         upstream: _Upstream | None = None
         auth_header: str | None = None
         targeting: Targeting | None = None
+        outcome = "client_closed"
         try:
             while True:
                 host, port, origin_target = http1.parse_absolute_uri(head.target)
@@ -210,29 +219,54 @@ class Front:
                     auth_header = header
                 key = (host, port, targeting)
                 if upstream is not None and (upstream.key != key or upstream.stream.conn.at_eof):
-                    self._end_upstream(upstream, "ok")
+                    self._end_upstream(
+                        upstream, "exit_closed" if upstream.stream.conn.at_eof else "client_closed"
+                    )
                     upstream = None
+                reused = upstream is not None
                 if upstream is None:
-                    try:
-                        stream = await self._dialer.open(targeting, host, port, "http")
-                    except (DialError, NoExit) as error:
-                        raise _dial_refusal(error) from None
-                    upstream = _Upstream(stream, key)
-                keep_alive = await self._exchange(conn, reader, head, upstream, host, port, origin_target)
+                    upstream = await self._open_upstream(targeting, host, port, key)
+                try:
+                    keep_alive = await self._exchange(conn, reader, head, upstream, origin_target, reused)
+                except _StaleUpstream:
+                    # The origin closed a kept-alive connection just as it was reused, before any
+                    # byte of a response: nothing reached the client, so a new stream retries it.
+                    self._end_upstream(upstream, "exit_closed")
+                    upstream = await self._open_upstream(targeting, host, port, key)
+                    keep_alive = await self._exchange(conn, reader, head, upstream, origin_target, False)
                 if not keep_alive:
                     break
                 reader.reset()
-                async with asyncio.timeout(self._settings.keepalive_timeout):
-                    next_head = await self._read_head(conn, reader, b"")
+                next_head = reader.feed(b"")
+                while next_head is None:
+                    data = await conn.read(self._settings.keepalive_timeout)
+                    if not data:
+                        break
+                    next_head = reader.feed(data)
                 if next_head is None:
                     break
                 head = next_head
         except TimeoutError:
-            pass  # keep-alive or exchange deadline: close quietly
+            outcome = "idle"  # keep-alive or idle deadline: close quietly
+        except _ExitLost:
+            outcome = "exit_lost"
+            raise
+        except ConnectionClosed:
+            outcome = "client_lost"
+            raise
         finally:
             if upstream is not None:
-                self._end_upstream(upstream, "ok" if upstream.stream.conn.closed is False else "exit_lost")
+                self._end_upstream(upstream, outcome)
         conn.close()
+
+    async def _open_upstream(
+        self, targeting: Targeting, host: str, port: int, key: tuple[str, int, Targeting]
+    ) -> _Upstream:
+        try:
+            stream = await self._dialer.open(targeting, host, port, "http")
+        except (DialError, NoExit) as error:
+            raise _dial_refusal(error) from None
+        return _Upstream(stream, key)
 
     def _end_upstream(self, upstream: _Upstream, outcome: str) -> None:
         upstream.stream.conn.close()
@@ -244,24 +278,71 @@ class Front:
         reader: http1.HeadReader,
         head: http1.RequestHead,
         upstream: _Upstream,
-        host: str,
-        port: int,
         origin_target: str,
+        reused: bool,
     ) -> bool:
-        """One request and its response. Returns whether both sides may keep the connection."""
-        limits = self._settings.limits
+        """One request and its response. Returns whether both sides may keep the connection.
+
+        Raises _StaleUpstream when a ``reused`` upstream closed before answering a request
+        without a body (safe to send again), _ExitLost when the exit failed mid-response.
+        """
+        idle = self._settings.idle_timeout
         exit_conn = upstream.stream.conn
+        host, port, _ = upstream.key
         framing = http1.request_body_framing(head)
+        if framing.kind != "none" and (head.get("expect") or "").lower() == "100-continue":
+            # Answer the client's expectation here so its body is not held up by a round trip
+            # to the origin; the origin gets the request without the Expect header.
+            conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            head = http1.RequestHead(
+                head.method, head.target, head.version, [h for h in head.headers if h[0].lower() != "expect"]
+            )
         out = http1.origin_request_bytes(head, host, port, origin_target)
         upstream.up += len(out)
         exit_conn.write(out)
-        # request body
-        body = http1.BodyTracker(framing, limits)
+        if framing.kind != "none":
+            await self._pump_request_body(conn, reader, exit_conn, upstream, framing)
+        response, chunk = await self._response_head(
+            conn, exit_conn, upstream, stale_ok=reused and framing.kind == "none"
+        )
+        response_framing = http1.response_body_framing(head.method, response)
+        close = http1.wants_close(head) or response_framing.kind == "close"
+        conn.write(http1.response_head_bytes(response, close=close))
+        tracker = http1.BodyTracker(response_framing, self._settings.limits, upstream=True)
+        while response_framing.kind != "none" and not tracker.done:
+            if not chunk:
+                await conn.drain()
+                chunk = await exit_conn.read(idle)
+                if not chunk:
+                    if response_framing.kind == "close":
+                        break
+                    raise _ExitLost("the origin closed mid-response")
+                upstream.down += len(chunk)
+            try:
+                used = tracker.feed(chunk)
+            except http1.UpstreamProtocolError:
+                raise _ExitLost("malformed response body") from None
+            conn.write(chunk[:used])
+            chunk = chunk[used:]
+        if chunk:  # the origin sent more than its framing allows: never reuse that connection
+            close = True
+        return not close
+
+    async def _pump_request_body(
+        self,
+        conn: Conn,
+        reader: http1.HeadReader,
+        exit_conn: Conn,
+        upstream: _Upstream,
+        framing: http1.BodyFraming,
+    ) -> None:
+        body = http1.BodyTracker(framing, self._settings.limits)
         data = reader.rest
         reader.rest = b""
-        while not body.done and framing.kind != "none":
+        while not body.done:
             if not data:
-                data = await conn.read()
+                await exit_conn.drain()
+                data = await conn.read(self._settings.idle_timeout)
                 if not data:
                     raise ConnectionClosed("client closed mid-body")
             used = body.feed(data)
@@ -269,45 +350,36 @@ class Front:
             exit_conn.write(data[:used])
             data = data[used:]
         reader.rest = data
-        # response head(s), skipping interim 1xx ones
-        response_reader = http1.ResponseHeadReader(limits)
+
+    async def _response_head(
+        self, conn: Conn, exit_conn: Conn, upstream: _Upstream, *, stale_ok: bool
+    ) -> tuple[http1.ResponseHead, bytes]:
+        """The final response head (interim 1xx ones are passed on) and the bytes after it."""
+        response_reader = http1.ResponseHeadReader(self._settings.limits)
+        seen = 0
         chunk = b""
         while True:
-            response = response_reader.feed(chunk) if chunk else None
+            try:
+                response = response_reader.feed(chunk) if chunk else None
+            except http1.UpstreamProtocolError as error:
+                reason = f"the origin sent a malformed response: {error.reason}"
+                raise _http_error(502, "bad_response", reason) from None
             if response is None:
-                chunk = await exit_conn.read()
+                chunk = await exit_conn.read(self._settings.idle_timeout)
                 if not chunk:
+                    if stale_ok and seen == 0:
+                        raise _StaleUpstream()
                     raise _http_error(
                         502, "exit_closed", "the origin closed the connection without a response"
                     )
+                seen += len(chunk)
                 upstream.down += len(chunk)
                 continue
             chunk = response_reader.rest
-            if response.is_interim:
-                conn.write(http1.response_head_bytes(response, close=False))
-                response_reader = http1.ResponseHeadReader(limits)
-                continue
-            break
-        response_framing = http1.response_body_framing(head.method, response)
-        client_close = http1.wants_close(head)
-        close = client_close or response_framing.kind == "close" or response.status == 101
-        conn.write(http1.response_head_bytes(response, close=close))
-        tracker = http1.BodyTracker(response_framing, limits, upstream=True)
-        while response_framing.kind != "none" and not tracker.done:
-            if not chunk:
-                await conn.drain()
-                chunk = await exit_conn.read()
-                if not chunk:
-                    if response_framing.kind == "close":
-                        break
-                    raise ConnectionClosed("origin closed mid-body")
-                upstream.down += len(chunk)
-            used = tracker.feed(chunk)
-            conn.write(chunk[:used])
-            chunk = chunk[used:]
-        if chunk:  # the origin sent more than its framing allows: never reuse that connection
-            close = True
-        return not close and not (exit_conn.at_eof and response_framing.kind == "close")
+            if not response.is_interim:
+                return response, chunk
+            conn.write(http1.response_head_bytes(response, close=False))
+            response_reader = http1.ResponseHeadReader(self._settings.limits)
 
     # SOCKS5
     async def _socks5(self, conn: Conn, first: bytes, deadline: asyncio.Timeout) -> None:

@@ -13,8 +13,23 @@ from pathlib import Path
 def test_demo_once_relays_through_demo_exits_and_meters_it(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("IPSX_DATABASE_URL", "IPSX_REDIS_URL")}
     data_dir = tmp_path / "state"
-    command = [sys.executable, "-m", "ipsx", "demo", "--once", "--data-dir", str(data_dir), "--http-port", "0",
-               "--socks-port", "0", "--tunnel-port", "0", "--origin-port", "0"]
+    command = [
+        sys.executable,
+        "-m",
+        "ipsx",
+        "demo",
+        "--once",
+        "--data-dir",
+        str(data_dir),
+        "--http-port",
+        "0",
+        "--socks-port",
+        "0",
+        "--tunnel-port",
+        "0",
+        "--origin-port",
+        "0",
+    ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout

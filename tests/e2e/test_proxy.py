@@ -7,6 +7,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -15,13 +16,14 @@ import requests
 from tests.e2e.conftest import EXITS, Stack
 
 
-def curl(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["curl", "-sS", "--max-time", str(timeout), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout + 5,
-    )
+def curl(
+    *args: str, timeout: float = 20, input_bytes: bytes | None = None
+) -> subprocess.CompletedProcess[Any]:
+    """Run curl; text output, or bytes when ``input_bytes`` is given (sent on its stdin)."""
+    command = ["curl", "-sS", "--max-time", str(timeout), *args]
+    if input_bytes is not None:
+        return subprocess.run(command, capture_output=True, input=input_bytes, timeout=timeout + 5)
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout + 5)
 
 
 def usage_count(stack: Stack) -> int:
