@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -54,3 +55,51 @@ def test_demo_once_relays_through_demo_exits_and_meters_it(tmp_path: Path) -> No
     assert again.returncode == 0, again.stderr[-2000:]
     assert "demo balance:   1000 IPSX" in again.stdout
     assert json.loads((data_dir / "demo.json").read_text())["secret"] == state["secret"]
+
+
+def test_demo_serves_until_ctrl_c_then_stops_everything(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("IPSX_DATABASE_URL", "IPSX_REDIS_URL")}
+    command = [
+        sys.executable,
+        "-m",
+        "ipsx",
+        "demo",
+        "--data-dir",
+        str(tmp_path / "state"),
+        "--http-port",
+        "0",
+        "--socks-port",
+        "0",
+        "--tunnel-port",
+        "0",
+        "--origin-port",
+        "0",
+    ]
+    demo = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        banner = []
+        assert demo.stdout is not None
+        for line in demo.stdout:
+            banner.append(line)
+            if "Ctrl-C stops everything" in line:
+                break
+        text = "".join(banner)
+        proxy = re.search(r"export http_proxy=(\S+)", text)
+        origin = re.search(r"curl (http://127\.0\.0\.1:\d+/ip)", text)
+        assert proxy is not None and origin is not None, text
+        seen = {
+            subprocess.run(
+                ["curl", "-sS", "--max-time", "10", "-x", proxy.group(1), origin.group(1)],
+                capture_output=True,
+                text=True,
+                timeout=15,
+            ).stdout
+            for _ in range(6)
+        }
+        assert seen == {"127.0.0.2", "127.0.0.3", "127.0.0.4"}  # the three demo exits, in rotation
+    finally:
+        demo.send_signal(signal.SIGINT)
+        _, err = demo.communicate(timeout=60)
+    assert demo.returncode == 0, err[-2000:]
+    assert "PostgreSQL stopped" in err and "Redis stopped" in err
+    assert "Traceback" not in err
