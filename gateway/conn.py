@@ -128,6 +128,8 @@ class Conn(asyncio.Protocol):
         """One ``\\n``-terminated line (without it); raises ConnectionClosed or ValueError if too long."""
         while True:
             end = self._buffer.find(b"\n")
+            if end > limit:
+                raise ValueError("line too long")
             if end >= 0:
                 line = bytes(self._buffer[:end])
                 del self._buffer[: end + 1]

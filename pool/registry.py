@@ -19,17 +19,18 @@ from pool.models import ExitInfo
 
 _FIELDS = tuple(f.name for f in fields(ExitInfo))
 
-# KEYS: exit hash, exit nodes set, node set, alive zset, index sets…
-# ARGV: exit id, node, heartbeat ms, then the exit's hash fields as name, value pairs
+# KEYS: exit hash, exit nodes set, node set, alive zset, N index sets to join, then index sets to leave
+# ARGV: exit id, node, heartbeat ms, N, then the exit's hash fields as name, value pairs
 _REGISTER_LUA = """
-local exit_id, node, now = ARGV[1], ARGV[2], ARGV[3]
+local exit_id, node, now, joined = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local record = {}
-for i = 4, #ARGV do record[#record + 1] = ARGV[i] end
+for i = 5, #ARGV do record[#record + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(record))
 redis.call('SADD', KEYS[2], node)
 redis.call('SADD', KEYS[3], exit_id)
 redis.call('ZADD', KEYS[4], now, node .. '|' .. exit_id)
-for i = 5, #KEYS do redis.call('SADD', KEYS[i], exit_id) end
+for i = 5, 4 + joined do redis.call('SADD', KEYS[i], exit_id) end
+for i = 5 + joined, #KEYS do redis.call('SREM', KEYS[i], exit_id) end
 return 1
 """
 
@@ -72,13 +73,13 @@ def _decode_exit(raw: Mapping[Any, Any]) -> ExitInfo | None:
     )
 
 
-def _keys_for(info: ExitInfo, node: str) -> list[str]:
+def _keys_for(exit_id: str, node: str, attributes: list[tuple[str, str]]) -> list[str]:
     return [
-        keys.exit_hash(info.exit_id),
-        keys.exit_nodes(info.exit_id),
+        keys.exit_hash(exit_id),
+        keys.exit_nodes(exit_id),
         keys.node_exits(node),
         keys.alive(),
-        *(keys.index(attribute, value) for attribute, value in info.attributes()),
+        *(keys.index(attribute, value) for attribute, value in attributes),
     ]
 
 
@@ -100,8 +101,14 @@ class ExitRegistry:
         now = _now_ms()
         for info in exits:
             record = [item for pair in asdict(info).items() for item in (pair[0], str(pair[1]))]
+            joined = info.attributes()
+            # An exit may come back with other attributes (its agent was reconfigured): it
+            # leaves the index sets of the attributes it no longer has.
+            stored = await self.get(info.exit_id)
+            left = [pair for pair in stored.attributes() if pair not in joined] if stored else []
             await self._register(
-                keys=_keys_for(info, info.node), args=[info.exit_id, info.node, now, *record]
+                keys=_keys_for(info.exit_id, info.node, joined + left),
+                args=[info.exit_id, info.node, now, len(joined), *record],
             )
 
     async def heartbeat(self, node: str, exit_ids: list[str]) -> None:
@@ -111,7 +118,11 @@ class ExitRegistry:
 
     async def deregister(self, node: str, exits: list[ExitInfo]) -> None:
         for info in exits:
-            await self._deregister(keys=_keys_for(info, node), args=[info.exit_id, node])
+            stored = await self.get(info.exit_id)
+            attributes = info.attributes()
+            if stored is not None:
+                attributes += [pair for pair in stored.attributes() if pair not in attributes]
+            await self._deregister(keys=_keys_for(info.exit_id, node, attributes), args=[info.exit_id, node])
 
     async def get(self, exit_id: str) -> ExitInfo | None:
         return _decode_exit(await self._redis.hgetall(keys.exit_hash(exit_id)))

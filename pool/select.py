@@ -103,20 +103,22 @@ class Selector:
         count = len(ids)
         if count == 0:
             return None
-        self._cursor = (self._cursor + 1) % (1 << 30)
-        start = self._cursor % count
-        best: str | None = None
-        best_load = 0
-        for offset in range(count):
-            exit_id = ids[(start + offset) % count]
+        least: list[str] = []
+        least_load = 0
+        for exit_id in ids:
             if exit_id in exclude or not self._is_available(exit_id):
                 continue
             load = self._load(exit_id)
-            if best is None or load < best_load:
-                best, best_load = exit_id, load
-                if load == 0:
-                    break
-        return best
+            if not least or load < least_load:
+                least, least_load = [exit_id], load
+            elif load == least_load:
+                least.append(exit_id)
+        if not least:
+            return None
+        # Rotate among the least loaded only, so no exit inherits the turns of a busy or
+        # excluded neighbour.
+        self._cursor = (self._cursor + 1) % (1 << 30)
+        return least[self._cursor % len(least)]
 
     async def select(
         self,

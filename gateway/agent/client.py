@@ -165,6 +165,9 @@ class AgentSession:
         except (ConnectionClosed, ValueError):
             conn.close()
             return
+        except BaseException:  # cancelled with the session: the idle connection goes with it
+            conn.close()
+            raise
         finally:
             self._idle -= 1
         if self._control is not None and not self._control.closed:

@@ -88,7 +88,9 @@ def parse_ports(text: str) -> frozenset[int]:
         part = part.strip()
         if not part:
             continue
-        low, _, high = part.partition("-")
+        low, dash, high = part.partition("-")
+        if dash and not high:
+            raise ValueError(f"bad port range {part!r}")
         start, end = int(low), int(high or low)
         if not 1 <= start <= end <= 65535:
             raise ValueError(f"bad port range {part!r}")

@@ -1,0 +1,641 @@
+"""Functional tests of the provider tunnel: a real ``TunnelHub`` and real ``AgentSession`` agents.
+
+The hub listens on 127.0.0.1 and keeps its exits in a real Redis (db 12, flushed around every
+test; ``IPSX_TEST_REDIS_URL`` overrides it); agents dial from 127.0.0.2 to local servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import os
+import socket
+import uuid
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from eth_account import Account
+from eth_account.messages import encode_defunct
+from eth_account.signers.local import LocalAccount
+from redis.asyncio import Redis
+
+from billing.keys import USAGE_STREAM
+from billing.usage import AgentReport, UsageEvent, UsagePublisher, decode
+from gateway import wire
+from gateway.agent.client import AgentSession, LoginRefused
+from gateway.agent.policy import ExitPolicy
+from gateway.agent.settings import AgentSettings, ExitSpec
+from gateway.conn import Conn, ConnectionClosed, Listener
+from gateway.settings import GatewaySettings
+from gateway.tunnel import DialError, TunnelHub, exit_id_for
+from gateway.wire import DialErrorCode
+from pool import keys
+from pool.registry import ExitRegistry
+
+REDIS_URL = os.environ.get("IPSX_TEST_REDIS_URL", "redis://127.0.0.1:6379/12")
+NODE = "gw-test"
+BIND = "127.0.0.2"
+ALLOW_PRIVATE = ExitPolicy(allow_private=True)
+WAIT = 10.0  # seconds before a wait for an event is given up (a failure, not a measurement)
+
+
+async def until(predicate: Callable[[], Awaitable[bool]] | Callable[[], bool]) -> None:
+    async with asyncio.timeout(WAIT):
+        while True:
+            outcome = predicate()
+            if outcome if isinstance(outcome, bool) else await outcome:
+                return
+            await asyncio.sleep(0.01)
+
+
+@dataclass
+class Gateway:
+    hub: TunnelHub
+    registry: ExitRegistry
+    redis: Redis
+    settings: GatewaySettings
+    publisher: UsagePublisher
+    port: int
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(redis: Redis, **overrides: Any) -> AsyncIterator[Gateway]:
+    settings = GatewaySettings(
+        redis_url=REDIS_URL,
+        database_url="unused",
+        node_id=NODE,
+        handshake_timeout=5.0,
+        dial_timeout=5.0,
+        **overrides,
+    )
+    registry = ExitRegistry(redis, heartbeat_ttl=settings.heartbeat_ttl)
+    publisher = UsagePublisher(redis, flush_interval=0.02)
+    await publisher.start()
+    hub = TunnelHub(settings, registry, publisher)
+    listener = Listener(hub.handle)
+    port = await listener.start("127.0.0.1", 0)
+    try:
+        yield Gateway(hub, registry, redis, settings, publisher, port)
+    finally:
+        await hub.close()
+        await listener.close()
+        await publisher.close()
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[Redis]:
+    client = Redis.from_url(REDIS_URL)
+    await client.flushdb()
+    yield client
+    await client.flushdb()
+    await client.aclose()
+
+
+@pytest.fixture
+async def gateway(redis: Redis) -> AsyncIterator[Gateway]:
+    async with running_gateway(redis) as gateway:
+        yield gateway
+
+
+@dataclass
+class Agent:
+    session: AgentSession
+    account: LocalAccount
+    exit_id: str
+    serving: asyncio.Task[None] | None
+
+
+StartAgent = Callable[..., Awaitable[Agent]]
+
+
+async def stop_agent(agent: Agent) -> None:
+    if agent.serving is not None:
+        agent.serving.cancel()  # closes the control connection; the gateway then drops the link
+        await asyncio.gather(agent.serving, return_exceptions=True)
+        # Let the idle data connections see the gateway close them before they are cancelled.
+        pending = set(agent.session._tasks)
+        if pending:
+            await asyncio.wait(pending, timeout=WAIT)
+    await agent.session.close()
+
+
+@contextlib.asynccontextmanager
+async def agent_starter(gateway: Gateway) -> AsyncIterator[StartAgent]:
+    started: list[Agent] = []
+
+    async def start(policy: ExitPolicy = ALLOW_PRIVATE, *, serve: bool = True, pool_size: int = 2) -> Agent:
+        account = Account.create()
+        settings = AgentSettings(
+            gateway_host="127.0.0.1",
+            gateway_port=gateway.port,
+            account=account,
+            exits=(ExitSpec(bind=BIND, country="fr"),),
+            policy=policy,
+            pool_size=pool_size,
+            dial_timeout=5.0,
+            handshake_timeout=5.0,
+        )
+        session = AgentSession(settings)
+        agent = Agent(session, account, exit_id_for(account.address, BIND), None)
+        started.append(agent)
+        await session.login()
+        if serve:
+            agent.serving = asyncio.create_task(session.serve())
+        return agent
+
+    try:
+        yield start
+    finally:
+        for agent in started:
+            await stop_agent(agent)
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def start_agent(gateway: Gateway) -> AsyncIterator[StartAgent]:
+    async with agent_starter(gateway) as start:
+        yield start
+
+
+@pytest.fixture
+async def echo_port() -> AsyncIterator[int]:
+    """A local server echoing every byte until EOF, then closing."""
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    yield server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that is bound but not listening: connections to it are refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+async def connect_raw(gateway: Gateway) -> Conn:
+    _, conn = await asyncio.get_running_loop().create_connection(Conn, "127.0.0.1", gateway.port)
+    return conn
+
+
+async def read_message(conn: Conn) -> dict[str, Any]:
+    async with asyncio.timeout(WAIT):
+        return wire.decode(await conn.read_line(wire.MAX_LINE))
+
+
+async def assert_closed_by_peer(conn: Conn) -> None:
+    async with asyncio.timeout(WAIT):
+        with pytest.raises(ConnectionClosed):
+            await conn.read_line(wire.MAX_LINE)
+
+
+def signature(account: LocalAccount, node: str, nonce: str) -> str:
+    signed = account.sign_message(encode_defunct(text=wire.login_message(node, nonce)))
+    return "0x" + signed.signature.hex().removeprefix("0x")
+
+
+async def raw_login(gateway: Gateway, claimed: LocalAccount, signer: LocalAccount) -> Conn:
+    """A control connection logged in by hand: hello as ``claimed``, challenge signed by ``signer``."""
+    conn = await connect_raw(gateway)
+    conn.write(wire.encode({"t": "hello", "v": wire.PROTOCOL_VERSION, "address": claimed.address}))
+    challenge = await read_message(conn)
+    assert challenge["t"] == "challenge"
+    assert challenge["node"] == NODE
+    conn.write(
+        wire.encode(
+            {
+                "t": "login",
+                "signature": signature(signer, challenge["node"], challenge["nonce"]),
+                "exits": [ExitSpec(bind=BIND, country="fr").to_wire()],
+                "policy": ExitPolicy().to_wire(),
+                "pool": 2,
+            }
+        )
+    )
+    return conn
+
+
+async def pool_keys(redis: Redis) -> list[bytes | str]:
+    return await redis.keys("ipsx:{pool}*")
+
+
+async def usage_reports(redis: Redis) -> list[UsageEvent | AgentReport]:
+    entries = await redis.xrange(USAGE_STREAM) or []
+    return [decode(cast(dict[bytes, bytes], fields)) for _, fields in entries]
+
+
+# login and registration
+
+
+async def test_login_registers_exit(gateway: Gateway, start_agent: StartAgent) -> None:
+    agent = await start_agent()
+    assert await gateway.registry.live_ids() == {agent.exit_id}
+    info = await gateway.registry.get(agent.exit_id)
+    assert info is not None
+    assert (info.provider, info.node, info.bind, info.country, info.type) == (
+        agent.account.address,
+        NODE,
+        BIND,
+        "fr",
+        "residential",
+    )
+    assert gateway.hub.is_available(agent.exit_id)
+    assert gateway.hub.exit_info(agent.exit_id) == info
+    assert gateway.hub.load(agent.exit_id) == 0
+    assert [link.address for link in gateway.hub.links] == [agent.account.address]
+    assert await gateway.redis.sismember(keys.node_exits(NODE), agent.exit_id)
+    assert await gateway.redis.sismember(keys.index("country", "fr"), agent.exit_id)
+
+
+async def test_handle_raw_login_welcome(gateway: Gateway) -> None:
+    account = Account.create()
+    conn = await raw_login(gateway, account, account)
+    welcome = await read_message(conn)
+    exit_id = exit_id_for(account.address, BIND)
+    assert welcome["t"] == "welcome"
+    assert len(welcome["token"]) == 64
+    assert welcome["exits"] == {BIND: exit_id}
+    assert welcome["heartbeat"] == gateway.settings.heartbeat_interval
+    assert gateway.hub.is_available(exit_id)
+    assert await gateway.registry.live_ids() == {exit_id}
+    conn.close()
+    await until(lambda: not gateway.hub.is_available(exit_id))
+    await until(lambda: pool_keys_empty(gateway))
+
+
+async def pool_keys_empty(gateway: Gateway) -> bool:
+    return await pool_keys(gateway.redis) == []
+
+
+async def test_handle_login_wrong_key_refused(gateway: Gateway) -> None:
+    claimed, other = Account.create(), Account.create()
+    conn = await raw_login(gateway, claimed, other)
+    assert await read_message(conn) == {"t": "error", "reason": "signature does not match the address"}
+    await assert_closed_by_peer(conn)
+    conn.close()
+    assert not gateway.hub.is_available(exit_id_for(claimed.address, BIND))
+    assert not gateway.hub.is_available(exit_id_for(other.address, BIND))
+    assert gateway.hub.links == []
+    assert await gateway.registry.live_ids() == set()
+    assert await pool_keys(gateway.redis) == []
+
+
+async def test_handle_login_replayed_signature_refused(gateway: Gateway) -> None:
+    account = Account.create()
+    conn = await connect_raw(gateway)
+    conn.write(wire.encode({"t": "hello", "v": wire.PROTOCOL_VERSION, "address": account.address}))
+    challenge = await read_message(conn)
+    stale = signature(account, challenge["node"], "00" * 16)  # signed for another nonce
+    exits = [ExitSpec(bind=BIND).to_wire()]
+    conn.write(wire.encode({"t": "login", "signature": stale, "exits": exits}))
+    assert await read_message(conn) == {"t": "error", "reason": "signature does not match the address"}
+    await assert_closed_by_peer(conn)
+    conn.close()
+    assert gateway.hub.links == []
+    assert await pool_keys(gateway.redis) == []
+
+
+async def test_handle_login_malformed_signature_refused(gateway: Gateway) -> None:
+    account = Account.create()
+    conn = await connect_raw(gateway)
+    conn.write(wire.encode({"t": "hello", "v": wire.PROTOCOL_VERSION, "address": account.address}))
+    await read_message(conn)
+    conn.write(wire.encode({"t": "login", "signature": "0x1234", "exits": [ExitSpec(bind=BIND).to_wire()]}))
+    assert await read_message(conn) == {"t": "error", "reason": "bad signature"}
+    await assert_closed_by_peer(conn)
+    conn.close()
+    assert await pool_keys(gateway.redis) == []
+
+
+@pytest.mark.parametrize(
+    ("hello", "reason"),
+    [
+        ({"t": "hello", "v": 2, "address": "0x" + "ab" * 20}, "unsupported protocol version"),
+        ({"t": "hello", "v": 1, "address": "alice"}, "bad address"),
+        ({"t": "hello", "v": True, "address": "0x" + "ab" * 20}, "field 'v' has the wrong type"),
+    ],
+)
+async def test_handle_bad_hello_refused(gateway: Gateway, hello: dict[str, Any], reason: str) -> None:
+    conn = await connect_raw(gateway)
+    conn.write(wire.encode(hello))
+    assert await read_message(conn) == {"t": "error", "reason": reason}
+    await assert_closed_by_peer(conn)
+    conn.close()
+
+
+async def test_agent_login_refused(gateway: Gateway) -> None:
+    settings = AgentSettings(
+        gateway_host="127.0.0.1",
+        gateway_port=gateway.port,
+        account=Account.create(),
+        exits=(ExitSpec(bind=BIND, country="fr", type="mobile", region="not a word"),),
+    )
+    session = AgentSession(settings)
+    try:
+        with pytest.raises(LoginRefused, match="bad exit location"):
+            await session.login()
+    finally:
+        await session.close()
+    assert await pool_keys(gateway.redis) == []
+
+
+async def test_login_again_replaces_link(gateway: Gateway) -> None:
+    account = Account.create()
+    exit_id = exit_id_for(account.address, BIND)
+    first = await raw_login(gateway, account, account)
+    first_token = (await read_message(first))["token"]
+    second = await raw_login(gateway, account, account)
+    welcome = await read_message(second)
+    assert welcome["t"] == "welcome"
+    assert welcome["token"] != first_token
+    await assert_closed_by_peer(first)  # the older login is let go
+    first.close()
+    assert [link.token for link in gateway.hub.links] == [welcome["token"]]
+    assert gateway.hub.is_available(exit_id)
+    assert await gateway.registry.live_ids() == {exit_id}
+    # The old login's data token no longer lends connections.
+    data = await connect_raw(gateway)
+    data.write(wire.encode({"t": "data", "token": first_token}))
+    assert await read_message(data) == {"t": "error", "reason": "unknown data token"}
+    data.close()
+    second.close()
+    await until(lambda: pool_keys_empty(gateway))
+
+
+async def test_usage_report_for_unknown_stream_ignored(gateway: Gateway) -> None:
+    account = Account.create()
+    exit_id = exit_id_for(account.address, BIND)
+    conn = await raw_login(gateway, account, account)
+    assert (await read_message(conn))["t"] == "welcome"
+    report = {
+        "t": "usage",
+        "stream": uuid.uuid4().hex,  # never opened through this agent
+        "exit": exit_id,
+        "up": 10,
+        "down": 10**9,
+        "opened": 1.0,
+        "closed": 2.0,
+        "outcome": "gateway_closed",
+    }
+    conn.write(wire.encode(report))
+    conn.write(wire.encode({"t": "bogus"}))  # a bad message ends the link, after the report
+    await assert_closed_by_peer(conn)
+    conn.close()
+    await until(lambda: not gateway.hub.is_available(exit_id))
+    await gateway.publisher.flush()
+    assert await gateway.redis.xlen(USAGE_STREAM) == 0
+
+
+# refused connections
+
+
+async def test_handle_unknown_data_token_refused(gateway: Gateway, start_agent: StartAgent) -> None:
+    await start_agent()  # a live link, whose token is not the one sent
+    for token in ("ab" * 32, "not-a-token"):
+        conn = await connect_raw(gateway)
+        conn.write(wire.encode({"t": "data", "token": token}))
+        assert await read_message(conn) == {"t": "error", "reason": "unknown data token"}
+        await assert_closed_by_peer(conn)
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    ("first", "reason"),
+    [
+        (b"GET / HTTP/1.1\r\n", "not JSON"),
+        (b"\x16\x03\x01\x02\x00\n", "not JSON"),
+        (b"[1, 2]\n", "not a message object"),
+        (b'{"t": "login"}\n', "expected hello or data"),
+        (b"x" * (wire.MAX_LINE + 10), "line too long"),
+    ],
+)
+async def test_handle_garbage_refused(gateway: Gateway, first: bytes, reason: str) -> None:
+    conn = await connect_raw(gateway)
+    conn.write(first if first.endswith(b"\n") or len(first) > wire.MAX_LINE else first + b"\n")
+    assert await read_message(conn) == {"t": "error", "reason": reason}
+    await assert_closed_by_peer(conn)
+    conn.close()
+    assert gateway.hub.links == []
+
+
+# streams
+
+
+async def test_open_stream_echo(gateway: Gateway, start_agent: StartAgent, echo_port: int) -> None:
+    agent = await start_agent()
+    stream_id = uuid.uuid4().hex
+    conn = await gateway.hub.open_stream(agent.exit_id, "127.0.0.1", echo_port, stream_id)
+    try:
+        assert gateway.hub.load(agent.exit_id) == 1
+        payload = os.urandom(300_000)
+        conn.write(payload)
+        echoed = b""
+        async with asyncio.timeout(WAIT):
+            while len(echoed) < len(payload):
+                chunk = await conn.read()
+                assert chunk, "the stream ended early"
+                echoed += chunk
+        assert echoed == payload
+        assert conn.transport is not None
+        conn.transport.write_eof()
+        async with asyncio.timeout(WAIT):
+            assert await conn.read() == b""  # the echo server's close came back through
+    finally:
+        conn.close()
+        gateway.hub.stream_closed(agent.exit_id)
+    assert gateway.hub.load(agent.exit_id) == 0
+
+    await until(lambda: stream_length(gateway.redis))
+    reports = await usage_reports(gateway.redis)
+    assert len(reports) == 1
+    report = reports[0]
+    assert isinstance(report, AgentReport)
+    assert report.event_id == stream_id
+    assert report.provider == agent.account.address
+    assert report.exit_id == agent.exit_id
+    assert (report.bytes_up, report.bytes_down) == (len(payload), len(payload))
+    assert report.outcome == "gateway_closed"
+    assert report.opened_at <= report.closed_at
+    assert agent.session.served == 1
+
+
+async def stream_length(redis: Redis) -> bool:
+    return await redis.xlen(USAGE_STREAM) > 0
+
+
+async def test_open_stream_sequential(gateway: Gateway, start_agent: StartAgent, echo_port: int) -> None:
+    agent = await start_agent(pool_size=1)
+    for index in range(5):
+        conn = await gateway.hub.open_stream(agent.exit_id, "127.0.0.1", echo_port, uuid.uuid4().hex)
+        try:
+            message = f"message {index}".encode()
+            conn.write(message)
+            async with asyncio.timeout(WAIT):
+                received = b""
+                while len(received) < len(message):
+                    received += await conn.read()
+            assert received == message
+        finally:
+            conn.close()
+            gateway.hub.stream_closed(agent.exit_id)
+    await until(lambda: usage_count(gateway.redis, 5))
+    reports = await usage_reports(gateway.redis)
+    assert sorted(report.bytes_up for report in reports) == [9] * 5
+    assert agent.session.served == 5
+
+
+async def usage_count(redis: Redis, count: int) -> bool:
+    return await redis.xlen(USAGE_STREAM) >= count
+
+
+async def test_open_stream_policy_refused(gateway: Gateway, start_agent: StartAgent, echo_port: int) -> None:
+    agent = await start_agent(ExitPolicy())  # no allow_private
+    with pytest.raises(DialError) as info:
+        await gateway.hub.open_stream(agent.exit_id, "127.0.0.1", echo_port, uuid.uuid4().hex)
+    assert info.value.code is DialErrorCode.POLICY
+    assert info.value.reason == "private, loopback, link-local or reserved destination"
+    assert info.value.exit_id == agent.exit_id
+    assert not info.value.code.retryable
+    assert gateway.hub.load(agent.exit_id) == 0
+    assert agent.session.served == 0
+
+
+async def test_open_stream_policy_port_refused(gateway: Gateway, start_agent: StartAgent) -> None:
+    agent = await start_agent()
+    with pytest.raises(DialError) as info:
+        await gateway.hub.open_stream(agent.exit_id, "127.0.0.1", 25, uuid.uuid4().hex)
+    assert info.value.code is DialErrorCode.POLICY
+    assert info.value.reason == "port 25 (mail) is not allowed by this exit"
+
+
+async def test_open_stream_refused(gateway: Gateway, start_agent: StartAgent, closed_port: int) -> None:
+    agent = await start_agent()
+    with pytest.raises(DialError) as info:
+        await gateway.hub.open_stream(agent.exit_id, "127.0.0.1", closed_port, uuid.uuid4().hex)
+    assert info.value.code is DialErrorCode.REFUSED
+    assert info.value.exit_id == agent.exit_id
+    assert gateway.hub.load(agent.exit_id) == 0
+    assert gateway.hub.is_available(agent.exit_id)  # a refused destination is not the exit's fault
+
+
+async def test_open_stream_unknown_exit(gateway: Gateway) -> None:
+    with pytest.raises(DialError) as info:
+        await gateway.hub.open_stream("0123456789abcdef", "127.0.0.1", 80, uuid.uuid4().hex)
+    assert info.value.code is DialErrorCode.EXIT
+    assert info.value.exit_id == "0123456789abcdef"
+
+
+# the control connection ends
+
+
+async def test_control_closed_deregisters(gateway: Gateway, start_agent: StartAgent) -> None:
+    agent = await start_agent(serve=False)  # no data connections: a stream has to wait for one
+    assert gateway.hub.is_available(agent.exit_id)
+    waiting = [
+        asyncio.create_task(gateway.hub.open_stream(agent.exit_id, "127.0.0.1", 80, uuid.uuid4().hex))
+        for _ in range(2)
+    ]
+    await asyncio.sleep(0.05)
+    assert not any(task.done() for task in waiting)
+    await agent.session.close()  # closes the control connection
+    for task in waiting:
+        async with asyncio.timeout(WAIT):
+            with pytest.raises(DialError) as info:
+                await task
+        assert info.value.code is DialErrorCode.EXIT
+    assert not gateway.hub.is_available(agent.exit_id)
+    assert gateway.hub.links == []
+    await until(lambda: live_ids_empty(gateway))
+    await until(lambda: pool_keys_empty(gateway))
+    with pytest.raises(DialError) as info:
+        await gateway.hub.open_stream(agent.exit_id, "127.0.0.1", 80, uuid.uuid4().hex)
+    assert info.value.code is DialErrorCode.EXIT
+
+
+async def live_ids_empty(gateway: Gateway) -> bool:
+    return await gateway.registry.live_ids() == set()
+
+
+async def test_serving_agent_stop_deregisters(gateway: Gateway, start_agent: StartAgent) -> None:
+    agent = await start_agent()
+    assert await gateway.registry.live_ids() == {agent.exit_id}
+    await stop_agent(agent)
+    await until(lambda: not gateway.hub.is_available(agent.exit_id))
+    await until(lambda: pool_keys_empty(gateway))
+    assert gateway.hub.links == []
+
+
+def sockets_connected_to(port: int) -> int:
+    """How many TCP sockets of this process are connected to ``port`` on 127.0.0.1."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        columns = line.split()
+        if int(columns[2].rsplit(":", 1)[1], 16) == port and columns[9] in inodes:
+            count += 1
+    return count
+
+
+async def test_agent_close_closes_data_connections(gateway: Gateway, start_agent: StartAgent) -> None:
+    agent = await start_agent(pool_size=3)
+    link = gateway.hub.links[0]
+    await until(lambda: len(link.idle) == 3)
+    assert sockets_connected_to(gateway.port) == 4  # the control connection and 3 idle ones
+    await agent.session.close()
+    await until(lambda: gateway.hub.links == [])
+    async with asyncio.timeout(WAIT):
+        await asyncio.gather(agent.serving, return_exceptions=True)  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)
+    try:
+        # Every connection the agent opened to the gateway is closed, not left half-open.
+        assert sockets_connected_to(gateway.port) == 0
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()  # free what a leak left behind here rather than in a later test
+
+
+async def test_silent_agent_dropped(redis: Redis) -> None:
+    async with running_gateway(redis, heartbeat_interval=0.1) as gateway, agent_starter(gateway) as start:
+        agent = await start(serve=False)  # logged in, but never heartbeats
+        assert gateway.hub.is_available(agent.exit_id)
+        await until(lambda: not gateway.hub.is_available(agent.exit_id))
+        await until(lambda: pool_keys_empty(gateway))
+
+
+async def test_heartbeat_refreshes_liveness(redis: Redis) -> None:
+    async with running_gateway(redis, heartbeat_interval=0.1) as gateway, agent_starter(gateway) as start:
+        agent = await start()
+        member = keys.alive_member(NODE, agent.exit_id)
+        first = await redis.zscore(keys.alive(), member)
+        assert first is not None
+
+        async def beaten() -> bool:
+            score = await redis.zscore(keys.alive(), member)
+            return score is not None and score > first
+
+        await until(beaten)
+        assert gateway.hub.is_available(agent.exit_id)  # a beating agent is never dropped
