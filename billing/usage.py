@@ -4,18 +4,21 @@ The gateway publishes a :class:`UsageEvent` and the provider agent an :class:`Ag
 stream, under the same ``event_id``, to the Redis stream ``USAGE_STREAM``; the billing worker
 ingests both. Times are unix seconds (floats are fine for times; money is never a float).
 
-Both records validate themselves on construction, so a bad one fails where it is made; ``decode``
-is the strict inverse of ``encode`` for entries read back from Redis.
+Both records validate themselves on construction, so a bad one fails where it is made. A stream
+entry holds either one item (``encode`` / ``decode``) or, as the publisher writes them, a batch of
+items (``encode_batch``); ``decode_entry`` reads both. Batching matters on the gateway's hot path:
+one XADD per flush instead of one per stream cut the gateway's and Redis's CPU per tunnel.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import re
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 
 from redis.asyncio import Redis
@@ -29,6 +32,7 @@ log = logging.getLogger(__name__)
 PROTOCOLS = frozenset({"http", "connect", "socks5"})
 KIND_GATEWAY = "gateway"
 KIND_AGENT = "agent"
+KIND_BATCH = "batch"
 
 _EVENT_ID = re.compile(r"[0-9a-f]{32}", re.ASCII)
 _INT = re.compile(r"[0-9]{1,19}", re.ASCII)
@@ -196,12 +200,68 @@ def decode(entry: Mapping[bytes, bytes]) -> UsageEvent | AgentReport:
     return AgentReport(**values)  # type: ignore[arg-type]
 
 
+def encode_batch(items: Sequence[UsageEvent | AgentReport]) -> dict[str, str]:
+    """One stream entry holding ``items``: ``kind`` = batch, ``items`` = a JSON array of rows.
+
+    Each row is ``[kind, field values in declaration order…]``.
+    """
+    rows = []
+    for item in items:
+        kind = KIND_GATEWAY if isinstance(item, UsageEvent) else KIND_AGENT
+        rows.append([kind, *(getattr(item, name) for name in _FIELDS[kind])])
+    return {"kind": KIND_BATCH, "items": json.dumps(rows, separators=(",", ":"))}
+
+
+def _decode_row(row: object) -> UsageEvent | AgentReport:
+    if not isinstance(row, list) or not row or row[0] not in _FIELDS:
+        raise MalformedEvent("a batch row must be [kind, fields...]")
+    names = _FIELDS[row[0]]
+    if len(row) != len(names) + 1:
+        raise MalformedEvent(f"a {row[0]} row needs {len(names)} fields")
+    values = dict(zip(names, row[1:], strict=True))
+    for name in _FLOAT_FIELDS:
+        if isinstance(values[name], int) and not isinstance(values[name], bool):
+            values[name] = float(values[name])
+    if row[0] == KIND_GATEWAY:
+        return UsageEvent(**values)
+    return AgentReport(**values)
+
+
+def decode_entry(
+    entry: Mapping[bytes, bytes],
+) -> tuple[list[UsageEvent | AgentReport], list[tuple[str, str]]]:
+    """The items of a stream entry, and the malformed rows of a batch as (row JSON, reason).
+
+    Raises ``MalformedEvent`` when the entry as a whole is malformed (a single-item entry that
+    ``decode`` refuses, or a batch that is not a JSON array).
+    """
+    if entry.get(b"kind") != KIND_BATCH.encode():
+        return [decode(entry)], []
+    if set(entry) != {b"kind", b"items"}:
+        raise MalformedEvent("a batch entry has exactly the fields kind and items")
+    try:
+        rows = json.loads(entry[b"items"])
+    except (UnicodeDecodeError, ValueError):
+        raise MalformedEvent("batch items are not JSON") from None
+    if not isinstance(rows, list):
+        raise MalformedEvent("batch items must be a JSON array")
+    items: list[UsageEvent | AgentReport] = []
+    bad: list[tuple[str, str]] = []
+    for row in rows:
+        try:
+            items.append(_decode_row(row))
+        except (MalformedEvent, TypeError) as exc:
+            reason = exc.reason if isinstance(exc, MalformedEvent) else "fields of the wrong type"
+            bad.append((json.dumps(row)[:4096], reason))
+    return items, bad
+
+
 class UsagePublisher:
     """Buffers usage items on the hot path and ships them to Redis in the background.
 
     :meth:`publish` only appends to a buffer. A flusher task started by :meth:`start` sends the
-    buffer as one non-transactional pipeline of XADDs every ``flush_interval`` seconds, or as soon
-    as ``max_batch`` items wait. Items leave the buffer only once Redis accepted them; on a Redis
+    buffer as batch entries (one XADD per ``max_batch`` items) every ``flush_interval`` seconds,
+    or as soon as ``max_batch`` items wait. Items leave the buffer only once Redis accepted them; on a Redis
     error they stay and the flusher retries with exponential backoff, so nothing is lost while the
     process lives (the buffer is unbounded during an outage). A failure in the middle of a
     pipeline can send some items twice; ingestion is idempotent by ``event_id``.
@@ -263,10 +323,8 @@ class UsagePublisher:
         async with self._flush_lock:
             while self._buffer:
                 count = min(len(self._buffer), self._max_batch)
-                pipe = self._redis.pipeline(transaction=False)
-                for index in range(count):
-                    pipe.xadd(self._stream, encode(self._buffer[index]))  # type: ignore[arg-type]
-                await pipe.execute()
+                batch = [self._buffer[index] for index in range(count)]
+                await self._redis.xadd(self._stream, encode_batch(batch))  # type: ignore[arg-type]
                 for _ in range(count):
                     self._buffer.popleft()
                 sent += count

@@ -25,7 +25,7 @@ from redis.exceptions import RedisError, ResponseError
 from billing import db
 from billing.errors import MalformedEvent
 from billing.keys import USAGE_DEAD_STREAM, USAGE_GROUP, USAGE_STREAM
-from billing.usage import AgentReport, UsageEvent, decode
+from billing.usage import AgentReport, UsageEvent, decode_entry
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,10 @@ async def _dead_letter(
 
 
 async def ingest_once(redis: Redis, pool: asyncpg.Pool, settings: WorkerSettings) -> int:
-    """Read one batch from the usage stream, store it, and ack it; return the entries handled.
+    """Read one batch from the usage stream, store it, and ack it; return the records handled.
+
+    A record is one usage event or agent report (an entry may hold a batch of them), or one
+    malformed entry or row.
 
     Malformed entries are logged by id, copied to ``settings.dead_stream`` and acked. Entries are
     acked only after the database commit: if storing fails the error propagates and the entries
@@ -184,11 +187,12 @@ async def ingest_once(redis: Redis, pool: asyncpg.Pool, settings: WorkerSettings
     events: dict[str, UsageEvent] = {}
     reports: dict[str, AgentReport] = {}
     dead: list[tuple[bytes, Mapping[bytes, bytes], str]] = []
+    handled = 0
     for entry_id, fields in entries:
         if fields is None:  # deleted from the stream while pending: nothing to ingest
             continue
         try:
-            item = decode(fields)
+            items, bad_rows = decode_entry(fields)
         except MalformedEvent as exc:
             log.warning(
                 "usage entry %s is malformed (%s); moved to %s",
@@ -197,11 +201,22 @@ async def ingest_once(redis: Redis, pool: asyncpg.Pool, settings: WorkerSettings
                 settings.dead_stream,
             )
             dead.append((entry_id, fields, exc.reason))
+            handled += 1
             continue
-        if isinstance(item, UsageEvent):
-            events.setdefault(item.event_id, item)
-        else:
-            reports.setdefault(item.event_id, item)
+        handled += len(items) + len(bad_rows)
+        for row, reason in bad_rows:
+            log.warning(
+                "a row of usage entry %s is malformed (%s); moved to %s",
+                entry_id.decode(),
+                reason,
+                settings.dead_stream,
+            )
+            dead.append((entry_id, {b"item": row.encode()}, reason))
+        for item in items:
+            if isinstance(item, UsageEvent):
+                events.setdefault(item.event_id, item)
+            else:
+                reports.setdefault(item.event_id, item)
     if events or reports:
         await _store(pool, list(events.values()), list(reports.values()))
     for entry_id, fields, reason in dead:
@@ -212,7 +227,7 @@ async def ingest_once(redis: Redis, pool: asyncpg.Pool, settings: WorkerSettings
     if settings.delete_acked:
         pipe.xdel(settings.stream, *ids)
     await pipe.execute()
-    return len(entries)
+    return handled
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -17,7 +18,15 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from billing.errors import MalformedEvent
 from billing.keys import USAGE_STREAM
-from billing.usage import AgentReport, UsageEvent, UsagePublisher, decode, encode
+from billing.usage import (
+    AgentReport,
+    UsageEvent,
+    UsagePublisher,
+    decode,
+    decode_entry,
+    encode,
+    encode_batch,
+)
 from tests.billing.conftest import REDIS_URL, make_event, make_report
 
 
@@ -142,7 +151,7 @@ def test_agent_report_refuses_bad_fields() -> None:
 
 async def stream_items(redis: Redis, stream: str = USAGE_STREAM) -> list[UsageEvent | AgentReport]:
     entries: Any = await redis.xrange(stream)
-    return [decode(fields) for _, fields in entries]
+    return [item for _, fields in entries for item in decode_entry(fields)[0]]
 
 
 async def wait_until(predicate: Any, within: float = 5.0) -> None:
@@ -201,9 +210,10 @@ async def test_publisher_flushes_when_batch_is_full(redis: Redis) -> None:
             publisher.publish(make_event())
 
         async def arrived() -> bool:
-            return await redis.xlen(USAGE_STREAM) == 5
+            return len(await stream_items(redis)) == 5
 
         await wait_until(arrived, within=2.0)
+        assert await redis.xlen(USAGE_STREAM) == 1  # one batch entry, not one entry per item
     finally:
         await publisher.close()
 
@@ -354,3 +364,39 @@ async def test_publisher_close_raises_while_redis_is_down(switch: Switch) -> Non
 def test_replace_revalidates() -> None:
     with pytest.raises(MalformedEvent):
         replace(make_event(), bytes_up=-1)
+
+
+def test_decode_entry_round_trips_a_batch() -> None:
+    items: list[UsageEvent | AgentReport] = [make_event(), make_report(), make_event(deal_id=None)]
+    assert decode_entry(as_entry(encode_batch(items))) == (items, [])
+
+
+def test_decode_entry_reads_single_item_entries() -> None:
+    report = make_report()
+    assert decode_entry(as_entry(encode(report))) == ([report], [])
+
+
+def test_decode_entry_keeps_good_rows_and_reports_bad_ones() -> None:
+    good = make_event()
+    entry = as_entry(encode_batch([good]))
+    rows = json.loads(entry[b"items"])
+    bad_negative = [*rows[0][:9], -1, *rows[0][10:]]  # bytes_up < 0
+    entry[b"items"] = json.dumps([rows[0], bad_negative, ["nonsense"], "x"]).encode()
+    items, bad = decode_entry(entry)
+    assert items == [good]
+    assert len(bad) == 3
+    assert "bytes_up" in bad[0][1]
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {b"kind": b"batch", b"items": b"not json"},
+        {b"kind": b"batch", b"items": b"{}"},
+        {b"kind": b"batch"},
+        {b"kind": b"batch", b"items": b"[]", b"extra": b"1"},
+    ],
+)
+def test_decode_entry_refuses_malformed_batches(entry: dict[bytes, bytes]) -> None:
+    with pytest.raises(MalformedEvent):
+        decode_entry(entry)

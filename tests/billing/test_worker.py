@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import time
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 from redis.asyncio import Redis
 
 from billing.keys import USAGE_DEAD_STREAM, USAGE_GROUP, USAGE_STREAM
-from billing.usage import UsagePublisher, encode
+from billing.usage import UsagePublisher, encode, encode_batch
 from billing.worker import WorkerSettings, ensure_group, ingest_once, run_worker
 from tests.billing.conftest import REDIS_URL, make_event, make_report
 
@@ -168,6 +169,27 @@ async def test_ingest_once_dead_letters_malformed_entries(
     logged = "\n".join(record.getMessage() for record in caplog.records)
     assert bad_id.decode() in logged
     assert "secret-host" not in logged
+
+
+async def test_ingest_once_dead_letters_the_bad_rows_of_a_batch(
+    redis: Redis, pool: asyncpg.Pool, settings: WorkerSettings
+) -> None:
+    await ensure_group(redis, USAGE_STREAM, USAGE_GROUP)
+    event, report = make_event(), make_report()
+    entry = encode_batch([event, report])
+    rows = json.loads(entry["items"])
+    rows.insert(1, ["gateway", "not an event"])
+    entry["items"] = json.dumps(rows)
+    source: Any = await redis.xadd(USAGE_STREAM, entry)  # type: ignore[arg-type]
+
+    assert await ingest_once(redis, pool, settings) == 3  # two records stored, one dead-lettered
+    assert await count(pool, "usage_events") == 1
+    assert await count(pool, "agent_reports") == 1
+    dead: Any = await redis.xrange(USAGE_DEAD_STREAM)
+    assert len(dead) == 1
+    assert dead[0][1][b"dead:source_id"] == source
+    assert json.loads(dead[0][1][b"item"]) == ["gateway", "not an event"]
+    assert await pending(redis) == 0
 
 
 async def test_ingest_once_claims_a_dead_consumers_entries(

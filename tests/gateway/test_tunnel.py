@@ -25,7 +25,7 @@ from eth_account.signers.local import LocalAccount
 from redis.asyncio import Redis
 
 from billing.keys import USAGE_STREAM
-from billing.usage import AgentReport, UsageEvent, UsagePublisher, decode
+from billing.usage import AgentReport, UsageEvent, UsagePublisher, decode_entry
 from gateway import wire
 from gateway.agent.client import AgentSession, LoginRefused
 from gateway.agent.policy import ExitPolicy
@@ -239,7 +239,7 @@ async def pool_keys(redis: Redis) -> list[bytes | str]:
 
 async def usage_reports(redis: Redis) -> list[UsageEvent | AgentReport]:
     entries = await redis.xrange(USAGE_STREAM) or []
-    return [decode(cast(dict[bytes, bytes], fields)) for _, fields in entries]
+    return [item for _, fields in entries for item in decode_entry(cast(dict[bytes, bytes], fields))[0]]
 
 
 # login and registration
@@ -503,7 +503,7 @@ async def test_open_stream_sequential(gateway: Gateway, start_agent: StartAgent,
 
 
 async def usage_count(redis: Redis, count: int) -> bool:
-    return await redis.xlen(USAGE_STREAM) >= count
+    return len(await usage_reports(redis)) >= count
 
 
 async def test_open_stream_policy_refused(gateway: Gateway, start_agent: StartAgent, echo_port: int) -> None:
