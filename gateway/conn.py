@@ -31,9 +31,11 @@ class Conn(asyncio.Protocol):
     __slots__ = (
         "_buffer",
         "_closed",
+        "_deadline",
         "_drain_waiter",
         "_eof",
         "_exc",
+        "_expired",
         "_paused",
         "_waiter",
         "_write_paused",
@@ -50,6 +52,8 @@ class Conn(asyncio.Protocol):
         self._exc: BaseException | None = None
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+        self._expired = False
 
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -99,24 +103,48 @@ class Conn(asyncio.Protocol):
     def closed(self) -> bool:
         return self._closed
 
+    # deadlines: one timer per connection phase, cheaper than asyncio.timeout() per await
+    def set_deadline(self, seconds: float) -> None:
+        """From now on, waiting reads raise TimeoutError once ``seconds`` have passed."""
+        self.clear_deadline()
+        self._deadline = asyncio.get_running_loop().call_later(seconds, self._deadline_passed)
+
+    def clear_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        self._expired = False
+
+    def _deadline_passed(self) -> None:
+        self._deadline = None
+        self._expired = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(TimeoutError())
+
+    async def _wait(self, within: float | None) -> None:
+        if self._expired:
+            raise TimeoutError()
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = None if within is None else loop.call_later(within, _expire, waiter)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
     async def read(self, within: float | None = None) -> bytes:
         """All buffered bytes, waiting for some if none are there; ``b""`` at end of stream.
 
         Raises TimeoutError if ``within`` seconds pass with nothing to read (a timer is armed
-        only when there is something to wait for).
+        only when there is something to wait for), or when the deadline has passed.
         """
         while not self._buffer:
             if self._eof or self._closed:
                 return b""
-            loop = asyncio.get_running_loop()
-            waiter = self._waiter = loop.create_future()
-            timer = None if within is None else loop.call_later(within, _expire, waiter)
-            try:
-                await waiter
-            finally:
-                self._waiter = None
-                if timer is not None:
-                    timer.cancel()
+            await self._wait(within)
         data = bytes(self._buffer)
         self._buffer.clear()
         if self._paused and self.transport is not None:
@@ -124,25 +152,29 @@ class Conn(asyncio.Protocol):
             self.transport.resume_reading()
         return data
 
+    def take_line(self, limit: int) -> bytes | None:
+        """A buffered ``\\n``-terminated line (without it), or None if none is complete yet.
+
+        Raises ValueError when the line is, or is bound to be, longer than ``limit``.
+        """
+        end = self._buffer.find(b"\n")
+        if end > limit or (end < 0 and len(self._buffer) > limit):
+            raise ValueError("line too long")
+        if end < 0:
+            return None
+        line = bytes(self._buffer[:end])
+        del self._buffer[: end + 1]
+        return line
+
     async def read_line(self, limit: int) -> bytes:
         """One ``\\n``-terminated line (without it); raises ConnectionClosed or ValueError if too long."""
         while True:
-            end = self._buffer.find(b"\n")
-            if end > limit:
-                raise ValueError("line too long")
-            if end >= 0:
-                line = bytes(self._buffer[:end])
-                del self._buffer[: end + 1]
+            line = self.take_line(limit)
+            if line is not None:
                 return line
-            if len(self._buffer) > limit:
-                raise ValueError("line too long")
             if self._eof or self._closed:
                 raise ConnectionClosed("connection closed")
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+            await self._wait(None)
 
     def unread(self, data: bytes) -> None:
         """Put bytes back in front of the buffer (what a parser read past its message)."""

@@ -89,15 +89,15 @@ class Front:
         try:
             # The deadline covers reading the request head or the SOCKS5 handshake, trickled or
             # not; it is lifted once the request is parsed (dials have their own deadline).
-            async with asyncio.timeout(self._settings.handshake_timeout) as deadline:
-                first = await conn.read()
-                if not first:
-                    conn.close()
-                    return
-                if first[0] == 5:
-                    await self._socks5(conn, first, deadline)
-                else:
-                    await self._http(conn, first, deadline)
+            conn.set_deadline(self._settings.handshake_timeout)
+            first = await conn.read()
+            if not first:
+                conn.close()
+                return
+            if first[0] == 5:
+                await self._socks5(conn, first)
+            else:
+                await self._http(conn, first)
         except TimeoutError:
             conn.write(http1.error_response(408, "request timeout"))
             conn.close()
@@ -144,14 +144,14 @@ class Front:
         except TargetingError as error:
             raise _http_error(400, "bad_targeting", str(error)) from None
 
-    async def _http(self, conn: Conn, first: bytes, deadline: asyncio.Timeout) -> None:
+    async def _http(self, conn: Conn, first: bytes) -> None:
         reader = http1.HeadReader(self._settings.limits)
         try:
             head = await self._read_head(conn, reader, first)
             if head is None:
                 conn.close()
                 return
-            deadline.reschedule(None)
+            conn.clear_deadline()
             if head.method == "CONNECT":
                 await self._connect(conn, head, reader.rest)
             else:
@@ -382,7 +382,7 @@ class Front:
             response_reader = http1.ResponseHeadReader(self._settings.limits)
 
     # SOCKS5
-    async def _socks5(self, conn: Conn, first: bytes, deadline: asyncio.Timeout) -> None:
+    async def _socks5(self, conn: Conn, first: bytes) -> None:
         server = socks5.Socks5Server()
         data = first
         targeting: Targeting | None = None
@@ -404,7 +404,7 @@ class Front:
                             conn.close()
                             return
                     elif isinstance(event, socks5.ConnectRequest) and targeting is not None:
-                        deadline.reschedule(None)
+                        conn.clear_deadline()
                         await self._socks5_connect(conn, server, targeting, event)
                         return
                     event = server.next_event()

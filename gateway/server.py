@@ -69,9 +69,7 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayPor
         front = Front(settings, dialer, keys.check)
         stack.callback(front.abort_all)
 
-        tunnel = Listener(hub.handle)
-        tunnel_port = await tunnel.start(settings.tunnel_host, settings.tunnel_port)
-        stack.push_async_callback(tunnel.close)
+        tunnel_port = await hub.start(settings.tunnel_host, settings.tunnel_port)
         http = Listener(front.handle)
         http_port = await http.start(settings.host, settings.http_port)
         stack.push_async_callback(http.close)

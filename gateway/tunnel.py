@@ -138,6 +138,37 @@ class ProviderLink:
         self.control.close()
 
 
+class _AgentConn(Conn):
+    """A connection an agent opened, until its first line says what it is for."""
+
+    __slots__ = ("_hub", "_timer")
+
+    def __init__(self, hub: TunnelHub) -> None:
+        super().__init__()
+        self._hub = hub
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        timeout = self._hub._settings.handshake_timeout
+        self._timer = asyncio.get_running_loop().call_later(timeout, self._hub.refuse, self, "timeout")
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._timer is not None:
+            self._hub._first_line(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.sorted()
+        super().connection_lost(exc)
+
+    def sorted(self) -> None:
+        """The first line arrived (or the connection is gone): no more handshake deadline."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
 class TunnelHub:
     """The provider links of one gateway node, and streams through them."""
 
@@ -156,6 +187,8 @@ class TunnelHub:
         self._links: dict[str, ProviderLink] = {}  # by data token
         self._by_exit: dict[str, ProviderLink] = {}
         self._by_provider: dict[str, ProviderLink] = {}
+        self._server: asyncio.Server | None = None
+        self._control_tasks: set[asyncio.Task[None]] = set()
 
     # what the front and the selector ask
     def is_available(self, exit_id: str) -> bool:
@@ -190,8 +223,9 @@ class TunnelHub:
             conn.write(
                 wire.encode({"t": "dial", "stream": stream_id, "exit": exit_id, "host": host, "port": port})
             )
-            async with asyncio.timeout(timeout):
-                answer = wire.decode(await conn.read_line(wire.MAX_LINE))
+            conn.set_deadline(timeout)
+            answer = wire.decode(await conn.read_line(wire.MAX_LINE))
+            conn.clear_deadline()
         except TimeoutError:
             conn.abort()
             self.stream_closed(exit_id)
@@ -220,23 +254,42 @@ class TunnelHub:
             link.active[exit_id] -= 1
 
     # the endpoint agents dial
-    async def handle(self, conn: Conn) -> None:
-        """Serve one connection from an agent: a control or a data connection."""
+    async def start(self, host: str, port: int) -> int:
+        """Listen for agents on ``host:port``; returns the bound port."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _AgentConn(self), host, port, backlog=2048)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def _first_line(self, conn: _AgentConn) -> None:
+        """Sort a new connection by its first line: data connections are taken in right here,
+        without a task (an agent opens one per stream); a hello starts the control task."""
         try:
-            async with asyncio.timeout(self._settings.handshake_timeout):
-                first = wire.decode(await conn.read_line(wire.MAX_LINE))
+            line = conn.take_line(wire.MAX_LINE)
+            if line is None:
+                return
+            conn.sorted()
+            first = wire.decode(line)
             if first["t"] == "data":
                 self._accept_data(conn, first)
             elif first["t"] == "hello":
-                await self._serve_control(conn, first)
+                task = asyncio.get_running_loop().create_task(self._control(conn, first))
+                self._control_tasks.add(task)
+                task.add_done_callback(self._control_tasks.discard)
             else:
                 raise WireError("expected hello or data")
+        except (WireError, ValueError) as exc:
+            self.refuse(conn, str(exc))
+
+    def refuse(self, conn: Conn, reason: str) -> None:
+        log.info("tunnel connection refused: %s", reason)
+        conn.write(wire.encode({"t": "error", "reason": reason[:200]}))
+        conn.close()
+
+    async def _control(self, conn: Conn, hello: dict[str, Any]) -> None:
+        try:
+            await self._serve_control(conn, hello)
         except (TimeoutError, ConnectionClosed, WireError, ValueError) as exc:
-            log.info(
-                "tunnel connection refused: %s", exc if isinstance(exc, WireError) else type(exc).__name__
-            )
-            conn.write(wire.encode({"t": "error", "reason": str(exc)[:200] or "timeout"}))
-            conn.close()
+            self.refuse(conn, str(exc) if isinstance(exc, WireError) else type(exc).__name__)
 
     def _accept_data(self, conn: Conn, message: dict[str, Any]) -> None:
         token = wire.field(message, "token", str)
@@ -354,5 +407,12 @@ class TunnelHub:
         log.info("provider %s offline (%s)", link.address, why)
 
     async def close(self) -> None:
+        """Stop listening, drop every link (deregistering its exits), end the control tasks."""
+        if self._server is not None:
+            self._server.close()
         for link in list(self._by_provider.values()):
             await self._drop(link, "gateway shutting down")
+        for task in list(self._control_tasks):
+            task.cancel()
+        if self._control_tasks:
+            await asyncio.gather(*self._control_tasks, return_exceptions=True)

@@ -30,7 +30,7 @@ from gateway import wire
 from gateway.agent.client import AgentSession, LoginRefused
 from gateway.agent.policy import ExitPolicy
 from gateway.agent.settings import AgentSettings, ExitSpec
-from gateway.conn import Conn, ConnectionClosed, Listener
+from gateway.conn import Conn, ConnectionClosed
 from gateway.settings import GatewaySettings
 from gateway.tunnel import DialError, TunnelHub, exit_id_for
 from gateway.wire import DialErrorCode
@@ -77,13 +77,11 @@ async def running_gateway(redis: Redis, **overrides: Any) -> AsyncIterator[Gatew
     publisher = UsagePublisher(redis, flush_interval=0.02)
     await publisher.start()
     hub = TunnelHub(settings, registry, publisher)
-    listener = Listener(hub.handle)
-    port = await listener.start("127.0.0.1", 0)
+    port = await hub.start("127.0.0.1", 0)
     try:
         yield Gateway(hub, registry, redis, settings, publisher, port)
     finally:
         await hub.close()
-        await listener.close()
         await publisher.close()
         await asyncio.sleep(0.01)
 
