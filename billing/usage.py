@@ -13,7 +13,6 @@ one XADD per flush instead of one per stream cut the gateway's and Redis's CPU p
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import re
@@ -21,6 +20,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 
+import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -209,7 +209,7 @@ def encode_batch(items: Sequence[UsageEvent | AgentReport]) -> dict[str, str]:
     for item in items:
         kind = KIND_GATEWAY if isinstance(item, UsageEvent) else KIND_AGENT
         rows.append([kind, *(getattr(item, name) for name in _FIELDS[kind])])
-    return {"kind": KIND_BATCH, "items": json.dumps(rows, separators=(",", ":"))}
+    return {"kind": KIND_BATCH, "items": orjson.dumps(rows).decode()}
 
 
 def _decode_row(row: object) -> UsageEvent | AgentReport:
@@ -240,8 +240,8 @@ def decode_entry(
     if set(entry) != {b"kind", b"items"}:
         raise MalformedEvent("a batch entry has exactly the fields kind and items")
     try:
-        rows = json.loads(entry[b"items"])
-    except (UnicodeDecodeError, ValueError):
+        rows = orjson.loads(entry[b"items"])
+    except orjson.JSONDecodeError:
         raise MalformedEvent("batch items are not JSON") from None
     if not isinstance(rows, list):
         raise MalformedEvent("batch items must be a JSON array")
@@ -252,7 +252,7 @@ def decode_entry(
             items.append(_decode_row(row))
         except (MalformedEvent, TypeError) as exc:
             reason = exc.reason if isinstance(exc, MalformedEvent) else "fields of the wrong type"
-            bad.append((json.dumps(row)[:4096], reason))
+            bad.append((orjson.dumps(row).decode()[:4096], reason))
     return items, bad
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from dataclasses import dataclass, field
 
 from billing.usage import UsageEvent, UsagePublisher
@@ -66,7 +66,7 @@ class ExitDialer:
             )
             if choice is None:
                 break
-            stream_id = uuid.uuid4().hex
+            stream_id = os.urandom(16).hex()
             try:
                 conn = await self._hub.open_stream(choice.exit_id, host, port, stream_id)
             except DialError as error:

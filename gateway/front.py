@@ -30,6 +30,7 @@ log = logging.getLogger("ipsx.gateway.front")
 
 Authenticate = Callable[[str, str], Awaitable[object | None]]
 _CONNECTED = b"HTTP/1.1 200 Connection established\r\n\r\n"
+_PARSE_CACHE_SIZE = 4096
 _REALM = [("Proxy-Authenticate", 'Basic realm="IPSX"')]
 # How a spliced stream ended, in the requester's terms (A is the client, B the exit).
 _OUTCOMES = {
@@ -84,6 +85,9 @@ class Front:
         self._dialer = dialer
         self._authenticate = authenticate
         self.splices: set[Splice] = set()
+        # Scrapers send the same few user names and hosts over and over: parsed once, reused.
+        self._parsed: dict[str, Targeting] = {}
+        self._authorities: dict[str, tuple[str, int]] = {}
 
     async def handle(self, conn: Conn) -> None:
         try:
@@ -120,7 +124,13 @@ class Front:
         account = username.split("-", 1)[0].lower()
         if not account or await self._authenticate(account, password) is None:
             return None
-        return parse_username(username)
+        targeting = self._parsed.get(username)
+        if targeting is None:
+            targeting = parse_username(username)  # raises before anything is cached
+            if len(self._parsed) >= _PARSE_CACHE_SIZE:
+                self._parsed.clear()
+            self._parsed[username] = targeting
+        return targeting
 
     # HTTP
     async def _read_head(self, conn: Conn, reader: http1.HeadReader, data: bytes) -> http1.RequestHead | None:
@@ -160,7 +170,13 @@ class Front:
             raise _http_error(error.status, "bad_request", error.reason) from None
 
     async def _connect(self, conn: Conn, head: http1.RequestHead, rest: bytes) -> None:
-        host, port = http1.parse_authority(head.target)
+        authority = self._authorities.get(head.target)
+        if authority is None:
+            authority = http1.parse_authority(head.target)  # raises before anything is cached
+            if len(self._authorities) >= _PARSE_CACHE_SIZE:
+                self._authorities.clear()
+            self._authorities[head.target] = authority
+        host, port = authority
         targeting = await self._http_auth(head)
         try:
             stream = await self._dialer.open(targeting, host, port, "connect")

@@ -29,8 +29,9 @@ Data connection::
 from __future__ import annotations
 
 import enum
-import json
 from typing import Any
+
+import orjson
 
 PROTOCOL_VERSION = 1
 MAX_LINE = 64 * 1024
@@ -57,7 +58,10 @@ class DialErrorCode(enum.StrEnum):
 
 def encode(message: dict[str, Any]) -> bytes:
     """One message as a line of compact JSON."""
-    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+    try:
+        return orjson.dumps(message) + b"\n"
+    except orjson.JSONEncodeError as exc:  # e.g. an integer beyond 64 bits
+        raise WireError(f"cannot encode message: {exc}") from None
 
 
 def decode(line: bytes, expect: str | None = None) -> dict[str, Any]:
@@ -65,8 +69,8 @@ def decode(line: bytes, expect: str | None = None) -> dict[str, Any]:
     if len(line) > MAX_LINE:
         raise WireError("message too long")
     try:
-        message = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        message = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
         raise WireError("not JSON") from exc
     if not isinstance(message, dict) or not isinstance(message.get("t"), str):
         raise WireError("not a message object")

@@ -13,7 +13,8 @@ from gateway import wire
 from gateway.wire import MAX_LINE, DialErrorCode, WireError, decode, encode, field, login_message
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(),
+    # The protocol's numbers are 64-bit integers (byte counts, ports) and floats (times).
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4),
     max_leaves=12,
 )
@@ -39,6 +40,11 @@ def test_encode_decode_round_trip(message: dict[str, Any]) -> None:
     assert line.count(b"\n") == 1  # newlines inside strings are escaped
     assert decode(line) == message
     assert decode(line.rstrip(b"\n"), message["t"]) == message
+
+
+def test_encode_refuses_numbers_beyond_64_bits() -> None:
+    with pytest.raises(WireError):
+        encode({"t": "usage", "up": 2**64})
 
 
 def test_decode_call() -> None:
