@@ -351,10 +351,12 @@ class TunnelHub:
 
     async def _control_loop(self, link: ProviderLink) -> None:
         silence = self._settings.heartbeat_interval * 3
+        # The deadline is re-armed by heartbeats only: an agent that keeps reporting usage but
+        # stopped heartbeating is as dead as a silent one.
+        link.control.set_deadline(silence)
         while True:
             try:
-                async with asyncio.timeout(silence):
-                    line = await link.control.read_line(wire.MAX_LINE)
+                line = await link.control.read_line(wire.MAX_LINE)
             except TimeoutError:
                 log.info("provider %s silent for %.0fs, dropping it", link.address, silence)
                 return
@@ -364,6 +366,7 @@ class TunnelHub:
                 message = wire.decode(line)
                 kind = message["t"]
                 if kind == "hb":
+                    link.control.set_deadline(silence)
                     await self._registry.heartbeat(self._settings.node_id, list(link.exits))
                 elif kind == "usage":
                     self._agent_report(link, message)

@@ -208,13 +208,15 @@ class AgentSession:
             s.policy.check_port(port)
         except PolicyRefused as refusal:
             raise _Dial(DialErrorCode.POLICY, refusal.reason) from None
-        try:
-            async with asyncio.timeout(s.dial_timeout):
-                infos = await self._resolver.resolve(host, port)
-        except (OSError, UnicodeError):
-            raise _Dial(DialErrorCode.DNS, "the name does not resolve") from None
-        except TimeoutError:
-            raise _Dial(DialErrorCode.DNS, "name resolution timed out") from None
+        infos = self._resolver.cached(host)
+        if infos is None:
+            try:
+                async with asyncio.timeout(s.dial_timeout):
+                    infos = await self._resolver.lookup(host)
+            except (OSError, UnicodeError):
+                raise _Dial(DialErrorCode.DNS, "the name does not resolve") from None
+            except TimeoutError:
+                raise _Dial(DialErrorCode.DNS, "name resolution timed out") from None
         try:
             family, address = pick_address(infos, s.policy, family_of(bind or None))
         except PolicyRefused as refusal:

@@ -7,6 +7,7 @@ re-resolves), so DNS rebinding cannot slip a private address past the check.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from dataclasses import dataclass, field
@@ -106,22 +107,30 @@ def pick_address(infos: list[tuple[Any, ...]], policy: ExitPolicy, family: int |
     ``family`` restricts to the bind address's family. Raises PolicyRefused with the reason of
     the first refused address when none is allowed.
     """
-    first_refusal: PolicyRefused | None = None
+    first_refusal: str | None = None
     for fam, _type, _proto, _canon, sockaddr in infos:
         if family is not None and fam != family:
             continue
-        address = ipaddress.ip_address(sockaddr[0].split("%", 1)[0])
-        try:
-            policy.check_address(address)
-        except PolicyRefused as refusal:
-            first_refusal = first_refusal or refusal
-            continue
-        return fam, str(address)
-    if first_refusal is not None:
-        raise first_refusal
-    raise PolicyRefused("no address of a usable family")
+        address, refusal = _verdict(policy, sockaddr[0])
+        if refusal is None:
+            return fam, address
+        first_refusal = first_refusal or refusal
+    raise PolicyRefused(first_refusal or "no address of a usable family")
 
 
+@functools.lru_cache(maxsize=8192)
+def _verdict(policy: ExitPolicy, text: str) -> tuple[str, str | None]:
+    """(canonical address, the policy's refusal or None) for an address in text form; cached,
+    since a scraper dials the same few addresses over and over and the policy never changes."""
+    address = ipaddress.ip_address(text.split("%", 1)[0])
+    try:
+        policy.check_address(address)
+    except PolicyRefused as refusal:
+        return str(address), refusal.reason
+    return str(address), None
+
+
+@functools.lru_cache(maxsize=256)
 def family_of(bind: str | None) -> int | None:
     if bind is None:
         return None

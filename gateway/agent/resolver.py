@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import math
 import socket
 import time
 from typing import Any
@@ -22,21 +23,27 @@ class Resolver:
         self._max_entries = max_entries
         self._cache: dict[str, tuple[float, list[AddrInfo]]] = {}
 
-    async def resolve(self, host: str, port: int) -> list[AddrInfo]:
-        """``getaddrinfo``-shaped results for ``host``; raises OSError when it does not resolve."""
+    def cached(self, host: str) -> list[AddrInfo] | None:
+        """The addresses of ``host`` if known without a lookup: an IP literal, or a fresh answer."""
+        entry = self._cache.get(host)
+        if entry is not None and entry[0] > time.monotonic():
+            return entry[1]
         try:
             literal = ipaddress.ip_address(host)
         except ValueError:
-            pass
-        else:
-            family = socket.AF_INET6 if literal.version == 6 else socket.AF_INET
-            return [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (str(literal), port))]
-        now = time.monotonic()
-        cached = self._cache.get(host)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            return None
+        family = socket.AF_INET6 if literal.version == 6 else socket.AF_INET
+        infos: list[AddrInfo] = [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (str(literal), 0))]
+        self._store(host, math.inf, infos)
+        return infos
+
+    async def lookup(self, host: str) -> list[AddrInfo]:
+        """Resolve ``host`` now; raises OSError (or UnicodeError) when it does not resolve."""
+        infos = await asyncio.get_running_loop().getaddrinfo(host, 0, type=socket.SOCK_STREAM)
+        self._store(host, time.monotonic() + self._ttl, infos)
+        return infos
+
+    def _store(self, host: str, expires: float, infos: list[AddrInfo]) -> None:
         if len(self._cache) >= self._max_entries:
             self._cache.clear()
-        self._cache[host] = (now + self._ttl, infos)
-        return infos
+        self._cache[host] = (expires, infos)
