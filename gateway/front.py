@@ -90,6 +90,7 @@ class Front:
         self._authorities: dict[str, tuple[str, int]] = {}
 
     async def handle(self, conn: Conn) -> None:
+        socks = False
         try:
             # The deadline covers reading the request head or the SOCKS5 handshake, trickled or
             # not; it is lifted once the request is parsed (dials have their own deadline).
@@ -98,12 +99,14 @@ class Front:
             if not first:
                 conn.close()
                 return
-            if first[0] == 5:
+            socks = first[0] == 5
+            if socks:
                 await self._socks5(conn, first)
             else:
                 await self._http(conn, first)
         except TimeoutError:
-            conn.write(http1.error_response(408, "request timeout"))
+            if not socks:  # SOCKS5 has no way to say it: the connection is just closed
+                conn.write(http1.error_response(408, "request timeout"))
             conn.close()
         except _Refused as refused:
             conn.write(refused.response)

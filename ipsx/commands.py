@@ -10,14 +10,13 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-from eth_account import Account
 
 from billing import accounts, db, ledger
 from billing.errors import BillingError
 from billing.worker import WorkerSettings, run_worker
 from gateway.agent.client import run_agent
 from gateway.agent.policy import ExitPolicy, parse_ports
-from gateway.agent.settings import AgentSettings, ExitSpec, load_key, parse_exit
+from gateway.agent.settings import AgentSettings, ExitSpec, create_key_file, load_key, parse_exit
 from gateway.server import run_gateway
 from gateway.settings import GatewaySettings, default_node_id
 from ipsx import runtime
@@ -195,10 +194,10 @@ def cmd_key(args: argparse.Namespace, env: Environment) -> None:
 
 def cmd_wallet(args: argparse.Namespace, env: Environment) -> None:
     out: Path = args.out
-    if out.exists():
-        raise UsageError(f"{out} exists; not overwriting a wallet")
-    account = Account.create()
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(account.key.hex() + "\n")
-    print(f"wallet {account.address} written to {out}")
+    try:
+        address = create_key_file(out)
+    except FileExistsError:
+        raise UsageError(f"{out} exists; not overwriting a wallet") from None
+    except OSError as error:
+        raise UsageError(f"cannot write {out}: {error.strerror}") from None
+    print(f"wallet {address} written to {out}")

@@ -18,13 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
-from eth_account import Account
 
 from billing import accounts, db, ledger
 from billing.worker import WorkerSettings, run_worker
 from gateway.agent.client import run_agent
 from gateway.agent.policy import ExitPolicy
-from gateway.agent.settings import AgentSettings, ExitSpec, load_key
+from gateway.agent.settings import AgentSettings, ExitSpec, create_key_file, load_key
 from gateway.server import running_gateway
 from gateway.settings import GatewaySettings
 from ipsx.embedded import embedded_postgres, embedded_redis
@@ -73,9 +72,7 @@ def _wallet(path: Path) -> str:
     """A wallet key file at ``path``, created on first use; returns its address."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(Account.create().key.hex() + "\n")
+        return create_key_file(path)
     return str(load_key(path, None).address)
 
 

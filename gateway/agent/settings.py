@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -70,6 +71,18 @@ def parse_exit(text: str, defaults: ExitSpec) -> ExitSpec:
         else:
             raise ValueError(f"unknown exit attribute {key!r}")
     return spec
+
+
+def create_key_file(path: Path) -> str:
+    """Write a new wallet's private key (hex) to ``path``, readable by its owner only.
+
+    Returns the wallet's address; raises FileExistsError rather than overwrite a wallet.
+    """
+    account = Account.create()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(account.key.hex() + "\n")
+    return str(account.address)
 
 
 def load_key(path: Path, password: str | None) -> LocalAccount:

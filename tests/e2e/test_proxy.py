@@ -255,3 +255,9 @@ def test_slow_client_is_cut_at_the_handshake_deadline(stack: Stack) -> None:
         sock.sendall(b"GET http://127.0.0.1/ HTTP/1.1\r\n")
         data = sock.recv(4096)
         assert data.startswith(b"HTTP/1.1 408")
+
+
+def test_slow_socks5_client_is_closed_without_an_http_answer(stack: Stack) -> None:
+    with socket.create_connection(("127.0.0.1", stack.socks_port), timeout=30) as sock:
+        sock.sendall(b"\x05\x01")  # a greeting that never completes
+        assert sock.recv(4096) == b""  # closed at the deadline, no HTTP bytes on a SOCKS5 port

@@ -1,0 +1,76 @@
+"""The ``ipsx`` command line: help, and clear errors instead of tracebacks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def ipsx(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ipsx", *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize(
+    "command", ["gateway", "provide", "worker", "migrate", "demo", "account", "key", "wallet"]
+)
+def test_every_command_has_help(command: str) -> None:
+    result = ipsx(command, "--help")
+    assert result.returncode == 0
+    assert result.stdout.startswith("usage: ipsx " + command)
+
+
+def test_top_level_help_names_the_quick_start() -> None:
+    result = ipsx("--help")
+    assert result.returncode == 0
+    assert "ipsx demo" in result.stdout
+
+
+def test_wallet_new_writes_a_private_key_file_once(tmp_path: Path) -> None:
+    key = tmp_path / "w.key"
+    first = ipsx("wallet", "new", "--out", str(key))
+    assert first.returncode == 0 and first.stdout.startswith("wallet 0x")
+    assert key.stat().st_mode & 0o077 == 0
+    again = ipsx("wallet", "new", "--out", str(key))
+    assert again.returncode == 2
+    assert "not overwriting" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_wallet_new_into_a_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
+    result = ipsx("wallet", "new", "--out", str(tmp_path / "missing" / "w.key"))
+    assert result.returncode == 2
+    assert "cannot write" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--bind", "not-an-ip"], "does not appear to be an IPv4 or IPv6 address"),
+        (["--bind", "127.0.0.2,country=france"], "country must be a 2-letter"),
+        (["--bind", "127.0.0.2,colour=red"], "unknown exit attribute"),
+        (["--ports", "8000-"], "bad port range"),
+        (["--gateway", "wss://gw:8443"], "--gateway must be HOST:PORT"),
+    ],
+)
+def test_provide_refuses_bad_arguments_clearly(tmp_path: Path, args: list[str], message: str) -> None:
+    key = tmp_path / "w.key"
+    ipsx("wallet", "new", "--out", str(key))
+    base = {"--gateway": "127.0.0.1:1"}
+    for flag, value in zip(args[::2], args[1::2], strict=True):
+        base[flag] = value
+    argv = ["provide", "--key", str(key)] + [item for pair in base.items() for item in pair]
+    result = ipsx(*argv)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_provide_with_an_unreadable_key_names_the_file_not_the_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.key"
+    bad.write_text("0xnot-a-key-at-all")
+    result = ipsx("provide", "--key", str(bad), "--gateway", "127.0.0.1:1")
+    assert result.returncode == 2
+    assert str(bad) in result.stderr
+    assert "not-a-key" not in result.stderr  # never echo key material
