@@ -106,6 +106,8 @@ class ProviderLink:
             if not waiter.done():
                 waiter.set_result(conn)
                 return
+        if len(self.idle) >= _MAX_POOL * 4:  # an agent may not park unlimited sockets here
+            self.idle.popleft().close()
         self.idle.append(conn)
 
     async def take(self, wait: float) -> Conn:

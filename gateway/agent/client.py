@@ -69,7 +69,7 @@ class AgentSession:
         self._token = ""
         self._binds: dict[str, str] = {}  # exit id → bind address
         self._control: Conn | None = None
-        self._idle = 0
+        self._pooled = 0  # data connections opening or idle, not yet carrying a stream
         self._tasks: set[asyncio.Task[None]] = set()
         self.splices: set[Splice] = set()
         self.served = 0
@@ -139,7 +139,9 @@ class AgentSession:
                 message = wire.decode(line)
                 if message["t"] == "more":
                     wanted = min(int(wire.field(message, "n", int)), self._settings.pool_size * 4)
-                    for _ in range(max(0, wanted - self._idle)):
+                    # A burst may take the pool above its size for a while; replacements
+                    # below bring it back down to pool_size as streams use them up.
+                    for _ in range(max(0, min(wanted, self._settings.pool_size * 4 - self._pooled))):
                         self._spawn_data()
                 elif message["t"] == "error":
                     raise LoginRefused(str(message.get("reason"))[:200])
@@ -157,28 +159,29 @@ class AgentSession:
             self._control.write(wire.encode(message))
 
     def _spawn_data(self) -> None:
+        self._pooled += 1
         task = asyncio.get_running_loop().create_task(self._data_connection())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _data_connection(self) -> None:
         try:
-            conn = await self._connect()
-        except OSError:
-            return
-        conn.write(wire.encode({"t": "data", "token": self._token}))
-        self._idle += 1
-        try:
-            line = await conn.read_line(wire.MAX_LINE)
-        except (ConnectionClosed, ValueError):
-            conn.close()
-            return
-        except BaseException:  # cancelled with the session: the idle connection goes with it
-            conn.close()
-            raise
+            try:
+                conn = await self._connect()
+            except (OSError, TimeoutError):
+                return
+            conn.write(wire.encode({"t": "data", "token": self._token}))
+            try:
+                line = await conn.read_line(wire.MAX_LINE)
+            except (ConnectionClosed, ValueError):
+                conn.close()
+                return
+            except BaseException:  # cancelled with the session: the idle connection goes with it
+                conn.close()
+                raise
         finally:
-            self._idle -= 1
-        if self._control is not None and not self._control.closed:
+            self._pooled -= 1
+        if self._pooled < self._settings.pool_size and self._control is not None and not self._control.closed:
             self._spawn_data()  # replace this one before dialing, so the pool stays full
         try:
             request = wire.decode(line, "dial")
