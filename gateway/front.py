@@ -118,7 +118,8 @@ class Front:
             raise
         except Exception:
             log.exception("internal error on a client connection")
-            conn.write(http1.error_response(500, "internal error"))
+            if not socks:
+                conn.write(http1.error_response(500, "internal error"))
             conn.close()
 
     # authentication and targeting, shared by both protocols
