@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 from gateway import http1, socks5
 from gateway.conn import Conn, ConnectionClosed
 from gateway.exits import DIAL_ERRORS, NO_EXIT, ExitDialer, NoExit, Stream
+from gateway.forward import PlainForwarder
+from gateway.refusals import Refused, dial_refusal, http_error
 from gateway.relay import Splice, SpliceResult
 from gateway.settings import GatewaySettings
 from gateway.targeting import (
@@ -41,42 +42,6 @@ _OUTCOMES = {
 }
 
 
-class _StaleUpstream(Exception):
-    """A reused upstream connection closed before any byte of a response."""
-
-
-class _ExitLost(ConnectionClosed):
-    """The exit's side of a plain-HTTP exchange failed mid-response."""
-
-
-class _Refused(Exception):
-    """Answer the client with ``response`` and close; nothing was relayed."""
-
-    def __init__(self, response: bytes) -> None:
-        self.response = response
-
-
-def _http_error(status: int, code: str, message: str, extra: list[tuple[str, str]] | None = None) -> _Refused:
-    headers = [("X-IPSX-Error", code), *(extra or [])]
-    return _Refused(http1.error_response(status, message, headers=headers))
-
-
-def _dial_refusal(error: DialError | NoExit) -> _Refused:
-    if isinstance(error, NoExit):
-        status, code, _ = NO_EXIT
-        return _http_error(status, code, "no exit matches the requested targeting")
-    status, code, _ = DIAL_ERRORS[error.code]
-    return _http_error(status, code, f"could not reach the destination: {error.reason}")
-
-
-@dataclass(slots=True)
-class _Upstream:
-    stream: Stream
-    key: tuple[str, int, Targeting]
-    up: int = 0
-    down: int = 0
-
-
 class Front:
     """Serves one client connection at a time per task; shared state lives in the collaborators."""
 
@@ -88,6 +53,7 @@ class Front:
         # Scrapers send the same few user names and hosts over and over: parsed once, reused.
         self._parsed: dict[str, Targeting] = {}
         self._authorities: dict[str, tuple[str, int]] = {}
+        self._forwarder = PlainForwarder(settings, dialer, self._http_auth)
 
     async def handle(self, conn: Conn) -> None:
         socks = False
@@ -108,7 +74,7 @@ class Front:
             if not socks:  # SOCKS5 has no way to say it: the connection is just closed
                 conn.write(http1.error_response(408, "request timeout"))
             conn.close()
-        except _Refused as refused:
+        except Refused as refused:
             conn.write(refused.response)
             conn.close()
         except (ConnectionClosed, ConnectionError):
@@ -149,14 +115,14 @@ class Front:
     async def _http_auth(self, head: http1.RequestHead) -> Targeting:
         credentials = parse_basic_credentials(head.get("proxy-authorization") or "")
         if credentials is None:
-            raise _http_error(407, "auth_required", "proxy authentication required", _REALM)
+            raise http_error(407, "auth_required", "proxy authentication required", _REALM)
         try:
             targeting = await self._targeting(*credentials)
             if targeting is None:
-                raise _http_error(407, "auth_failed", "proxy authentication failed", _REALM)
+                raise http_error(407, "auth_failed", "proxy authentication failed", _REALM)
             return apply_headers(targeting, head.headers)
         except TargetingError as error:
-            raise _http_error(400, "bad_targeting", str(error)) from None
+            raise http_error(400, "bad_targeting", str(error)) from None
 
     async def _http(self, conn: Conn, first: bytes) -> None:
         reader = http1.HeadReader(self._settings.limits)
@@ -169,9 +135,9 @@ class Front:
             if head.method == "CONNECT":
                 await self._connect(conn, head, reader.rest)
             else:
-                await self._forward(conn, reader, head)
+                await self._forwarder.run(conn, reader, head)
         except http1.ProtocolError as error:
-            raise _http_error(error.status, "bad_request", error.reason) from None
+            raise http_error(error.status, "bad_request", error.reason) from None
 
     async def _connect(self, conn: Conn, head: http1.RequestHead, rest: bytes) -> None:
         authority = self._authorities.get(head.target)
@@ -185,7 +151,7 @@ class Front:
         try:
             stream = await self._dialer.open(targeting, host, port, "connect")
         except (DialError, NoExit) as error:
-            raise _dial_refusal(error) from None
+            raise dial_refusal(error) from None
         conn.write(_CONNECTED)
         self._splice(conn, stream, rest)
 
@@ -219,187 +185,6 @@ class Front:
         )
         if not stream.finished:
             self.splices.add(splice)
-
-    async def _forward(self, conn: Conn, reader: http1.HeadReader, head: http1.RequestHead) -> None:
-        """Plain-HTTP forwarding with keep-alive on both sides while the target stays the same."""
-        upstream: _Upstream | None = None
-        auth_header: str | None = None
-        targeting: Targeting | None = None
-        outcome = "client_closed"
-        try:
-            while True:
-                host, port, origin_target = http1.parse_absolute_uri(head.target)
-                header = head.get("proxy-authorization")
-                if (
-                    targeting is None
-                    or header != auth_header
-                    or any(name[:7].lower() == "x-ipsx-" for name, _ in head.headers)
-                ):
-                    targeting = await self._http_auth(head)
-                    auth_header = header
-                key = (host, port, targeting)
-                if upstream is not None and (upstream.key != key or upstream.stream.conn.at_eof):
-                    self._end_upstream(
-                        upstream, "exit_closed" if upstream.stream.conn.at_eof else "client_closed"
-                    )
-                    upstream = None
-                reused = upstream is not None
-                if upstream is None:
-                    upstream = await self._open_upstream(targeting, host, port, key)
-                try:
-                    keep_alive = await self._exchange(conn, reader, head, upstream, origin_target, reused)
-                except _StaleUpstream:
-                    # The origin closed a kept-alive connection just as it was reused, before any
-                    # byte of a response: nothing reached the client, so a new stream retries it.
-                    self._end_upstream(upstream, "exit_closed")
-                    upstream = await self._open_upstream(targeting, host, port, key)
-                    keep_alive = await self._exchange(conn, reader, head, upstream, origin_target, False)
-                if not keep_alive:
-                    break
-                reader.reset()
-                next_head = reader.feed(b"")
-                while next_head is None:
-                    data = await conn.read(self._settings.keepalive_timeout)
-                    if not data:
-                        break
-                    next_head = reader.feed(data)
-                if next_head is None:
-                    break
-                head = next_head
-        except TimeoutError:
-            outcome = "idle"  # keep-alive or idle deadline: close quietly
-        except _ExitLost:
-            outcome = "exit_lost"
-            raise
-        except ConnectionClosed:
-            outcome = "client_lost"
-            raise
-        finally:
-            if upstream is not None:
-                self._end_upstream(upstream, outcome)
-        conn.close()
-
-    async def _open_upstream(
-        self, targeting: Targeting, host: str, port: int, key: tuple[str, int, Targeting]
-    ) -> _Upstream:
-        try:
-            stream = await self._dialer.open(targeting, host, port, "http")
-        except (DialError, NoExit) as error:
-            raise _dial_refusal(error) from None
-        return _Upstream(stream, key)
-
-    def _end_upstream(self, upstream: _Upstream, outcome: str) -> None:
-        upstream.stream.conn.close()
-        self._dialer.finish(upstream.stream, up=upstream.up, down=upstream.down, outcome=outcome)
-
-    async def _exchange(
-        self,
-        conn: Conn,
-        reader: http1.HeadReader,
-        head: http1.RequestHead,
-        upstream: _Upstream,
-        origin_target: str,
-        reused: bool,
-    ) -> bool:
-        """One request and its response. Returns whether both sides may keep the connection.
-
-        Raises _StaleUpstream when a ``reused`` upstream closed before answering a request
-        without a body (safe to send again), _ExitLost when the exit failed mid-response.
-        """
-        idle = self._settings.idle_timeout
-        exit_conn = upstream.stream.conn
-        host, port, _ = upstream.key
-        framing = http1.request_body_framing(head)
-        if framing.kind != "none" and (head.get("expect") or "").lower() == "100-continue":
-            # Answer the client's expectation here so its body is not held up by a round trip
-            # to the origin; the origin gets the request without the Expect header.
-            conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            head = http1.RequestHead(
-                head.method, head.target, head.version, [h for h in head.headers if h[0].lower() != "expect"]
-            )
-        out = http1.origin_request_bytes(head, host, port, origin_target)
-        upstream.up += len(out)
-        exit_conn.write(out)
-        if framing.kind != "none":
-            await self._pump_request_body(conn, reader, exit_conn, upstream, framing)
-        response, chunk = await self._response_head(
-            conn, exit_conn, upstream, stale_ok=reused and framing.kind == "none"
-        )
-        response_framing = http1.response_body_framing(head.method, response)
-        close = http1.wants_close(head) or response_framing.kind == "close"
-        conn.write(http1.response_head_bytes(response, close=close))
-        tracker = http1.BodyTracker(response_framing, self._settings.limits, upstream=True)
-        while response_framing.kind != "none" and not tracker.done:
-            if not chunk:
-                await conn.drain()
-                chunk = await exit_conn.read(idle)
-                if not chunk:
-                    if response_framing.kind == "close":
-                        break
-                    raise _ExitLost("the origin closed mid-response")
-                upstream.down += len(chunk)
-            try:
-                used = tracker.feed(chunk)
-            except http1.UpstreamProtocolError:
-                raise _ExitLost("malformed response body") from None
-            conn.write(chunk[:used])
-            chunk = chunk[used:]
-        if chunk:  # the origin sent more than its framing allows: never reuse that connection
-            close = True
-        return not close
-
-    async def _pump_request_body(
-        self,
-        conn: Conn,
-        reader: http1.HeadReader,
-        exit_conn: Conn,
-        upstream: _Upstream,
-        framing: http1.BodyFraming,
-    ) -> None:
-        body = http1.BodyTracker(framing, self._settings.limits)
-        data = reader.rest
-        reader.rest = b""
-        while not body.done:
-            if not data:
-                await exit_conn.drain()
-                data = await conn.read(self._settings.idle_timeout)
-                if not data:
-                    raise ConnectionClosed("client closed mid-body")
-            used = body.feed(data)
-            upstream.up += used
-            exit_conn.write(data[:used])
-            data = data[used:]
-        reader.rest = data
-
-    async def _response_head(
-        self, conn: Conn, exit_conn: Conn, upstream: _Upstream, *, stale_ok: bool
-    ) -> tuple[http1.ResponseHead, bytes]:
-        """The final response head (interim 1xx ones are passed on) and the bytes after it."""
-        response_reader = http1.ResponseHeadReader(self._settings.limits)
-        seen = 0
-        chunk = b""
-        while True:
-            try:
-                response = response_reader.feed(chunk) if chunk else None
-            except http1.UpstreamProtocolError as error:
-                reason = f"the origin sent a malformed response: {error.reason}"
-                raise _http_error(502, "bad_response", reason) from None
-            if response is None:
-                chunk = await exit_conn.read(self._settings.idle_timeout)
-                if not chunk:
-                    if stale_ok and seen == 0:
-                        raise _StaleUpstream()
-                    raise _http_error(
-                        502, "exit_closed", "the origin closed the connection without a response"
-                    )
-                seen += len(chunk)
-                upstream.down += len(chunk)
-                continue
-            chunk = response_reader.rest
-            if not response.is_interim:
-                return response, chunk
-            conn.write(http1.response_head_bytes(response, close=False))
-            response_reader = http1.ResponseHeadReader(self._settings.limits)
 
     # SOCKS5
     async def _socks5(self, conn: Conn, first: bytes) -> None:
