@@ -12,6 +12,7 @@ import hashlib
 import logging
 import re
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -73,3 +74,42 @@ async def migrate(pool: asyncpg.Pool, *, directory: Path = MIGRATIONS_DIR) -> li
             log.info("applied migration %s", version)
             applied.append(version)
     return applied
+
+
+_DATABASE_NAME = re.compile(r"[A-Za-z0-9_]{1,63}")
+
+
+async def ensure_database(dsn: str) -> None:
+    """Create the database named in ``dsn`` if the server does not have it yet.
+
+    Connects to the server's ``postgres`` database to create it; raises ValueError for a name
+    that is not letters, digits and ``_``.
+    """
+    parts = urlsplit(dsn)
+    name = parts.path.lstrip("/")
+    if not _DATABASE_NAME.fullmatch(name):
+        raise ValueError("the database name must be letters, digits and '_'")
+    try:
+        conn = await asyncpg.connect(dsn)
+    except asyncpg.InvalidCatalogNameError:
+        admin = await asyncpg.connect(urlunsplit(parts._replace(path="/postgres")))
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        except asyncpg.DuplicateDatabaseError:
+            pass  # created meanwhile by another process
+        finally:
+            await admin.close()
+    else:
+        await conn.close()
+
+
+async def open_migrated(dsn: str, *, max_size: int = 10) -> asyncpg.Pool:
+    """A pool on ``dsn``'s database, created and migrated first if needed."""
+    await ensure_database(dsn)
+    pool = await connect(dsn, min_size=1, max_size=max_size)
+    try:
+        await migrate(pool)
+    except BaseException:
+        await pool.close()
+        raise
+    return pool

@@ -7,9 +7,7 @@ import asyncio
 import os
 import secrets
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
-
-import asyncpg
+from urllib.parse import urlsplit
 
 from billing import accounts, db, ledger
 from billing.errors import BillingError
@@ -27,26 +25,8 @@ class UsageError(Exception):
     """The command was called wrongly; the message says how to call it."""
 
 
-async def ensure_database(dsn: str) -> None:
-    """Create the database named in ``dsn`` if the server does not have it yet."""
-    parts = urlsplit(dsn)
-    name = parts.path.lstrip("/")
-    try:
-        conn = await asyncpg.connect(dsn)
-    except asyncpg.InvalidCatalogNameError:
-        admin = await asyncpg.connect(urlunsplit(parts._replace(path="/postgres")))
-        try:
-            await admin.execute(f'CREATE DATABASE "{name}"')
-        except asyncpg.DuplicateDatabaseError:
-            pass
-        finally:
-            await admin.close()
-    else:
-        await conn.close()
-
-
 async def migrate(dsn: str) -> list[str]:
-    await ensure_database(dsn)
+    await db.ensure_database(dsn)
     pool = await db.connect(dsn, min_size=1, max_size=2)
     try:
         return await db.migrate(pool)
@@ -132,16 +112,9 @@ def cmd_demo(args: argparse.Namespace, env: Environment) -> None:
     runtime.run(lambda stop: run_demo(options, env, stop))
 
 
-async def _with_pool(dsn: str) -> asyncpg.Pool:
-    await ensure_database(dsn)
-    pool = await db.connect(dsn, min_size=1, max_size=2)
-    await db.migrate(pool)
-    return pool
-
-
 def cmd_account(args: argparse.Namespace, env: Environment) -> None:
     async def go() -> None:
-        pool = await _with_pool(env.database)
+        pool = await db.open_migrated(env.database, max_size=2)
         try:
             if args.action == "create":
                 account = await accounts.create_account(pool, address=args.address, name=args.name)
@@ -173,7 +146,7 @@ def cmd_account(args: argparse.Namespace, env: Environment) -> None:
 
 def cmd_key(args: argparse.Namespace, env: Environment) -> None:
     async def go() -> None:
-        pool = await _with_pool(env.database)
+        pool = await db.open_migrated(env.database, max_size=2)
         try:
             if args.action == "create":
                 new = await accounts.create_key(pool, account_name=args.account, label=args.label)

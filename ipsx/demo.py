@@ -93,16 +93,12 @@ async def _demo_requester(pool: asyncpg.Pool, data_dir: Path) -> tuple[str, str]
 
 
 async def run_demo(options: DemoOptions, env: Environment, stop: asyncio.Event) -> None:
-    from ipsx.commands import ensure_database
-
     data_dir = options.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     async with contextlib.AsyncExitStack() as stack:
         database, redis = await stack.enter_async_context(_services(options, env))
-        await ensure_database(database)
-        pool = await db.connect(database, min_size=1, max_size=4)
+        pool = await db.open_migrated(database, max_size=4)
         stack.push_async_callback(pool.close)
-        await db.migrate(pool)
         account, secret = await _demo_requester(pool, data_dir)
 
         settings = GatewaySettings(
