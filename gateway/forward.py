@@ -153,10 +153,14 @@ class PlainForwarder:
         )
         response_framing = http1.response_body_framing(head.method, response)
         close = http1.wants_close(head) or response_framing.kind == "close"
-        conn.write(http1.response_head_bytes(response, close=close))
+        # The head goes out with the first piece of the body, in one system call.
+        pending: bytes | None = http1.response_head_bytes(response, close=close)
         tracker = http1.BodyTracker(response_framing, self._settings.limits, upstream=True)
         while response_framing.kind != "none" and not tracker.done:
             if not chunk:
+                if pending is not None:
+                    conn.write(pending)
+                    pending = None
                 await conn.drain()
                 chunk = await exit_conn.read(idle)
                 if not chunk:
@@ -168,8 +172,14 @@ class PlainForwarder:
                 used = tracker.feed(chunk)
             except http1.UpstreamProtocolError:
                 raise _ExitLost("malformed response body") from None
-            conn.write(chunk[:used])
+            if pending is not None:
+                conn.write_both(pending, chunk[:used])
+                pending = None
+            else:
+                conn.write(chunk[:used])
             chunk = chunk[used:]
+        if pending is not None:
+            conn.write(pending)
         if chunk:  # the origin sent more than its framing allows: never reuse that connection
             close = True
         return not close

@@ -50,9 +50,8 @@ class Front:
         self._dialer = dialer
         self._authenticate = authenticate
         self.splices: set[Splice] = set()
-        # Scrapers send the same few user names and hosts over and over: parsed once, reused.
+        # Scrapers send the same few user names over and over: parsed once, reused.
         self._parsed: dict[str, Targeting] = {}
-        self._authorities: dict[str, tuple[str, int]] = {}
         self._forwarder = PlainForwarder(settings, dialer, self._http_auth)
 
     async def handle(self, conn: Conn) -> None:
@@ -140,13 +139,7 @@ class Front:
             raise http_error(error.status, "bad_request", error.reason) from None
 
     async def _connect(self, conn: Conn, head: http1.RequestHead, rest: bytes) -> None:
-        authority = self._authorities.get(head.target)
-        if authority is None:
-            authority = http1.parse_authority(head.target)  # raises before anything is cached
-            if len(self._authorities) >= _PARSE_CACHE_SIZE:
-                self._authorities.clear()
-            self._authorities[head.target] = authority
-        host, port = authority
+        host, port = http1.parse_authority(head.target)
         targeting = await self._http_auth(head)
         try:
             stream = await self._dialer.open(targeting, host, port, "connect")

@@ -8,6 +8,7 @@ only says how many bytes belong to the body, so the relay forwards them unchange
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Callable, Sequence
@@ -521,6 +522,7 @@ def normalize_host(host: str) -> str | None:
     return name
 
 
+@functools.lru_cache(maxsize=4096)  # scrapers name the same few hosts again and again
 def _split_host_port(authority: str, default_port: int | None) -> tuple[str, int]:
     if authority.startswith("["):
         close = authority.find("]")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -23,6 +24,12 @@ def run(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
     import uvloop
 
     async def wrapper() -> None:
+        # Everything imported and built so far lives as long as the process: keep it out of the
+        # collector's scans, and collect the young generation less often. Connection objects
+        # are freed by reference counting; the cyclic collector's full passes were the tail
+        # of the latency distribution under load.
+        gc.freeze()
+        gc.set_threshold(20_000, 20, 50)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
