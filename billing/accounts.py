@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 from eth_utils.address import is_checksum_address, to_checksum_address
 
-from billing.errors import AccountExists, InvalidAccount, UnknownAccount
+from billing.errors import AccountExists, AccountsUnavailable, InvalidAccount, UnknownAccount
 
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}", re.ASCII)
 _NAME = re.compile(r"[a-z0-9_]{1,32}", re.ASCII)
@@ -259,7 +259,10 @@ class KeyCache:
         self._entries.clear()
 
     async def check(self, account_name: str, secret: str) -> ApiKey | None:
-        """Like :func:`authenticate`, answered from the cache while fresh."""
+        """Like :func:`authenticate`, answered from the cache while fresh.
+
+        Raises AccountsUnavailable when the database cannot be asked.
+        """
         if not isinstance(account_name, str) or not isinstance(secret, str) or len(secret) > _SECRET_MAX_LEN:
             return None
         cache_key = (account_name, _digest(secret))
@@ -281,6 +284,8 @@ class KeyCache:
     async def _lookup(self, cache_key: _CacheKey, account_name: str, secret: str) -> ApiKey | None:
         try:
             answer = await authenticate(self._pool, account_name, secret)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise AccountsUnavailable() from exc  # nothing cached: the next check asks again
         finally:
             del self._inflight[cache_key]
         ttl = self._ttl if answer is not None else self._negative_ttl

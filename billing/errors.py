@@ -57,3 +57,14 @@ class InvalidAmount(BillingError, ValueError):
     def __init__(self, reason: str) -> None:
         super().__init__(f"invalid amount: {reason}")
         self.reason = reason
+
+
+class AccountsUnavailable(BillingError):
+    """Credentials could not be checked because the accounts database did not answer.
+
+    Our side's failure, not the caller's: a proxy answers it as "try again later", never as
+    "wrong password".
+    """
+
+    def __init__(self) -> None:
+        super().__init__("the accounts database is unavailable")

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from billing.errors import AccountsUnavailable
 from gateway import http1, socks5
 from gateway.conn import Conn, ConnectionClosed
 from gateway.exits import DIAL_ERRORS, NO_EXIT, ExitDialer, NoExit, Stream
@@ -91,8 +92,12 @@ class Front:
     async def _targeting(self, username: str, password: str) -> Targeting | None:
         """The client's targeting, or None when the credentials are wrong. Raises TargetingError."""
         account = username.split("-", 1)[0].lower()
-        if not account or await self._authenticate(account, password) is None:
-            return None
+        try:
+            if not account or await self._authenticate(account, password) is None:
+                return None
+        except AccountsUnavailable:
+            log.warning("credentials of %r could not be checked: accounts database unavailable", account[:32])
+            raise
         targeting = self._parsed.get(username)
         if targeting is None:
             targeting = parse_username(username)  # raises before anything is cached
@@ -122,6 +127,10 @@ class Front:
             return apply_headers(targeting, head.headers)
         except TargetingError as error:
             raise http_error(400, "bad_targeting", str(error)) from None
+        except AccountsUnavailable:
+            raise http_error(
+                503, "auth_unavailable", "credentials cannot be checked now; try again"
+            ) from None
 
     async def _http(self, conn: Conn, first: bytes) -> None:
         reader = http1.HeadReader(self._settings.limits)
@@ -195,7 +204,7 @@ class Front:
                     if isinstance(event, socks5.AuthRequest):
                         try:
                             targeting = await self._targeting(event.username, event.password)
-                        except TargetingError:
+                        except (TargetingError, AccountsUnavailable):
                             targeting = None
                         conn.write(server.send_auth_result(targeting is not None))
                         if targeting is None:

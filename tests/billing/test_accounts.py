@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import socket
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -24,7 +26,7 @@ from billing.accounts import (
     revoke_key,
     validate_name,
 )
-from billing.errors import AccountExists, BillingError, InvalidAccount, UnknownAccount
+from billing.errors import AccountExists, AccountsUnavailable, BillingError, InvalidAccount, UnknownAccount
 
 ALICE = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"  # the EIP-55 reference address
 BOB = "0xfB6916095ca1df60bB79Ce92cE3Ea74c37c5d359"
@@ -343,3 +345,19 @@ async def test_key_cache_garbage_gives_none(pool: asyncpg.Pool) -> None:
 async def test_key_cache_refuses_zero_entries(pool: asyncpg.Pool) -> None:
     with pytest.raises(ValueError, match="max_entries"):
         KeyCache(pool, max_entries=0)
+
+
+async def test_key_cache_says_unavailable_when_the_database_is_gone(database_url: str) -> None:
+    with socket.socket() as probe:  # a local port where no database listens
+        probe.bind(("127.0.0.1", 0))
+        dead_port = probe.getsockname()[1]
+    parts = urlsplit(database_url)
+    dead = urlunsplit(parts._replace(netloc=f"{parts.username or 'postgres'}@127.0.0.1:{dead_port}"))
+    unreachable = await db.connect(dead, min_size=0, max_size=1)
+    try:
+        cache = KeyCache(unreachable)
+        with pytest.raises(AccountsUnavailable):
+            await cache.check("anyone", "ipsx_0123456789ab_" + "x" * 32)
+        assert len(cache) == 0  # nothing cached: the next check asks the database again
+    finally:
+        await unreachable.close()
