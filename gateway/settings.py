@@ -25,6 +25,8 @@ class GatewaySettings:
     socks_port: int = 1080  # SOCKS5; also answers HTTP
     tunnel_host: str = "127.0.0.1"
     tunnel_port: int = 8443  # where provider agents dial in
+    tunnel_cert: str | None = None  # PEM certificate chain: agents then connect with TLS
+    tunnel_key: str | None = field(default=None, repr=False)  # its private key
     node_id: str = field(default_factory=default_node_id)
     limits: Limits = field(default_factory=Limits)
     handshake_timeout: float = 10 * SECONDS  # a client's request head / SOCKS5 handshake

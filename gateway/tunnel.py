@@ -13,6 +13,7 @@ import hmac
 import logging
 import re
 import secrets
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -259,7 +260,18 @@ class TunnelHub:
     async def start(self, host: str, port: int) -> int:
         """Listen for agents on ``host:port``; returns the bound port."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _AgentConn(self), host, port, backlog=2048)
+        context = None
+        if self._settings.tunnel_cert:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(self._settings.tunnel_cert, self._settings.tunnel_key)
+        self._server = await loop.create_server(
+            lambda: _AgentConn(self),
+            host,
+            port,
+            backlog=2048,
+            ssl=context,
+            ssl_handshake_timeout=self._settings.handshake_timeout if context else None,
+        )
         return int(self._server.sockets[0].getsockname()[1])
 
     def _first_line(self, conn: _AgentConn) -> None:

@@ -38,6 +38,8 @@ def _add_gateway(sub: argparse._SubParsersAction[Any]) -> None:
         default=10.0,
         help="seconds a client has to send its request head or SOCKS5 handshake (default: %(default)s)",
     )
+    p.add_argument("--tunnel-cert", help="PEM certificate chain for the tunnel port: agents connect with TLS")
+    p.add_argument("--tunnel-key", help="private key of --tunnel-cert (PEM)")
 
 
 def _add_provide(sub: argparse._SubParsersAction[Any]) -> None:
@@ -56,7 +58,14 @@ def _add_provide(sub: argparse._SubParsersAction[Any]) -> None:
         help="wallet: a file with a hex private key, or an encrypted keystore JSON "
         "(password from IPSX_KEY_PASSWORD)",
     )
-    p.add_argument("--gateway", required=True, help="the gateway's tunnel endpoint, HOST:PORT")
+    p.add_argument(
+        "--gateway",
+        required=True,
+        help="the gateway's tunnel endpoint: HOST:PORT, or tls://HOST:PORT when it has --tunnel-cert",
+    )
+    p.add_argument(
+        "--gateway-ca", help="CA bundle that signed the gateway's certificate (default: the system's)"
+    )
     p.add_argument(
         "--bind",
         action="append",

@@ -50,6 +50,8 @@ def cmd_gateway(args: argparse.Namespace, env: Environment) -> None:
         tunnel_port=args.tunnel_port,
         node_id=args.node_id or default_node_id(),
         handshake_timeout=args.handshake_timeout,
+        tunnel_cert=args.tunnel_cert,
+        tunnel_key=args.tunnel_key,
     )
     runtime.run(lambda stop: run_gateway(settings, stop))
 
@@ -59,15 +61,22 @@ def cmd_worker(args: argparse.Namespace, env: Environment) -> None:
     runtime.run(lambda stop: run_worker(settings, stop=stop))
 
 
-def parse_gateway_address(text: str) -> tuple[str, int]:
+def parse_gateway_address(text: str) -> tuple[str, int, bool]:
+    """``HOST:PORT``, ``tcp://HOST:PORT`` or ``tls://HOST:PORT`` → (host, port, tls)."""
     parts = urlsplit(text if "//" in text else f"tcp://{text}")
-    if parts.scheme not in ("tcp", "") or not parts.hostname or not parts.port:
-        raise UsageError(f"--gateway must be HOST:PORT (got {text[:60]!r})")
-    return parts.hostname, parts.port
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme not in ("tcp", "tls") or not parts.hostname or not port:
+        raise UsageError(f"--gateway must be HOST:PORT or tls://HOST:PORT (got {text[:60]!r})")
+    return parts.hostname, port, parts.scheme == "tls"
 
 
 def agent_settings(args: argparse.Namespace) -> AgentSettings:
-    host, port = parse_gateway_address(args.gateway)
+    host, port, tls = parse_gateway_address(args.gateway)
+    if args.gateway_ca and not tls:
+        raise UsageError("--gateway-ca needs a tls:// gateway")
     try:
         account = load_key(args.key, os.environ.get("IPSX_KEY_PASSWORD"))
     except (OSError, ValueError) as error:
@@ -89,6 +98,8 @@ def agent_settings(args: argparse.Namespace) -> AgentSettings:
         account=account,
         exits=exits,
         policy=policy,
+        tls=tls,
+        ca_file=args.gateway_ca,
         pool_size=max(1, args.pool_size),
     )
 

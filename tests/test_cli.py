@@ -51,7 +51,8 @@ def test_wallet_new_into_a_missing_folder_is_a_clear_error(tmp_path: Path) -> No
         (["--bind", "127.0.0.2,country=france"], "country must be a 2-letter"),
         (["--bind", "127.0.0.2,colour=red"], "unknown exit attribute"),
         (["--ports", "8000-"], "bad port range"),
-        (["--gateway", "wss://gw:8443"], "--gateway must be HOST:PORT"),
+        (["--gateway", "wss://gw:8443"], "--gateway must be HOST:PORT or tls://HOST:PORT"),
+        (["--gateway-ca", "/etc/ssl/certs/ca-certificates.crt"], "--gateway-ca needs a tls:// gateway"),
     ],
 )
 def test_provide_refuses_bad_arguments_clearly(tmp_path: Path, args: list[str], message: str) -> None:

@@ -14,6 +14,7 @@ import errno
 import logging
 import random
 import socket
+import ssl
 import time
 from typing import Any
 
@@ -66,6 +67,7 @@ class AgentSession:
         self._settings = settings
         self._resolver = resolver or Resolver()
         self._gateway: tuple[int, str] | None = None
+        self._tls: ssl.SSLContext | None = None
         self._token = ""
         self._binds: dict[str, str] = {}  # exit id → bind address
         self._control: Conn | None = None
@@ -83,7 +85,16 @@ class AgentSession:
             )
             self._gateway = (int(infos[0][0]), str(infos[0][4][0]))
         family, address = self._gateway
-        return await open_conn(family, address, s.gateway_port, within=s.handshake_timeout)
+        if s.tls and self._tls is None:
+            self._tls = ssl.create_default_context(cafile=s.ca_file)
+        return await open_conn(
+            family,
+            address,
+            s.gateway_port,
+            within=s.handshake_timeout,
+            tls=self._tls,
+            server_hostname=s.gateway_host if s.tls else None,
+        )
 
     async def login(self) -> None:
         s = self._settings

@@ -12,6 +12,7 @@ import asyncio
 import errno
 import os
 import socket
+import ssl
 import sys
 
 from gateway.conn import Conn
@@ -23,8 +24,20 @@ _IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24 if sys.
 _IN_PROGRESS = {errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK}
 
 
-async def open_conn(family: int, address: str, port: int, *, bind: str = "", within: float) -> Conn:
-    """A connected ``Conn`` to the numeric ``address``; raises OSError or TimeoutError."""
+async def open_conn(
+    family: int,
+    address: str,
+    port: int,
+    *,
+    bind: str = "",
+    within: float,
+    tls: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+) -> Conn:
+    """A connected ``Conn`` to the numeric ``address``, over TLS with ``tls``.
+
+    Raises OSError (ssl.SSLError included) or TimeoutError.
+    """
     loop = asyncio.get_running_loop()
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -48,7 +61,12 @@ async def open_conn(family: int, address: str, port: int, *, bind: str = "", wit
         if err:
             raise OSError(err, os.strerror(err))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        _, conn = await loop.create_connection(Conn, sock=sock)
+        if tls is None:
+            _, conn = await loop.create_connection(Conn, sock=sock)
+        else:
+            _, conn = await loop.create_connection(
+                Conn, sock=sock, ssl=tls, server_hostname=server_hostname, ssl_handshake_timeout=within
+            )
     except BaseException:
         sock.close()
         raise

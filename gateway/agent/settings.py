@@ -103,6 +103,8 @@ class AgentSettings:
     account: LocalAccount = field(repr=False)
     exits: tuple[ExitSpec, ...] = (ExitSpec(),)
     policy: ExitPolicy = field(default_factory=ExitPolicy)
+    tls: bool = False  # connect to the gateway's tunnel endpoint with TLS
+    ca_file: str | None = None  # CA bundle that signed the gateway's certificate (default: system's)
     pool_size: int = 16  # idle data connections kept open to the gateway
     dial_timeout: float = 8 * SECONDS
     handshake_timeout: float = 10 * SECONDS

@@ -87,15 +87,6 @@ async def running_gateway(redis: Redis, **overrides: Any) -> AsyncIterator[Gatew
 
 
 @pytest.fixture
-async def redis() -> AsyncIterator[Redis]:
-    client = Redis.from_url(REDIS_URL)
-    await client.flushdb()
-    yield client
-    await client.flushdb()
-    await client.aclose()
-
-
-@pytest.fixture
 async def gateway(redis: Redis) -> AsyncIterator[Gateway]:
     async with running_gateway(redis) as gateway:
         yield gateway
@@ -159,26 +150,6 @@ async def agent_starter(gateway: Gateway) -> AsyncIterator[StartAgent]:
 async def start_agent(gateway: Gateway) -> AsyncIterator[StartAgent]:
     async with agent_starter(gateway) as start:
         yield start
-
-
-@pytest.fixture
-async def echo_port() -> AsyncIterator[int]:
-    """A local server echoing every byte until EOF, then closing."""
-
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(echo, "127.0.0.1", 0)
-    yield server.sockets[0].getsockname()[1]
-    server.close()
-    await server.wait_closed()
 
 
 @pytest.fixture

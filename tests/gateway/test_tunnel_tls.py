@@ -1,0 +1,122 @@
+"""The provider tunnel over TLS: agents verify the gateway's certificate, streams still relay."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+import subprocess
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from eth_account import Account
+from redis.asyncio import Redis
+
+from gateway.agent.client import AgentSession
+from gateway.agent.settings import AgentSettings, ExitSpec
+from gateway.tunnel import exit_id_for
+from tests.gateway.test_tunnel import ALLOW_PRIVATE, BIND, WAIT, Gateway, running_gateway
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key."""
+    folder = tmp_path_factory.mktemp("tunnel-tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=gateway",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
+
+
+@pytest.fixture
+async def tls_gateway(redis: Redis, certificate: tuple[Path, Path]) -> AsyncIterator[Gateway]:
+    cert, key = certificate
+    async with running_gateway(redis, tunnel_cert=str(cert), tunnel_key=str(key)) as gateway:
+        yield gateway
+
+
+def agent_settings(gateway: Gateway, *, tls: bool, ca_file: str | None) -> AgentSettings:
+    return AgentSettings(
+        gateway_host="127.0.0.1",
+        gateway_port=gateway.port,
+        account=Account.create(),
+        exits=(ExitSpec(bind=BIND, country="fr"),),
+        policy=ALLOW_PRIVATE,
+        tls=tls,
+        ca_file=ca_file,
+        pool_size=2,
+        dial_timeout=5.0,
+        handshake_timeout=5.0,
+    )
+
+
+async def test_stream_through_a_tls_tunnel(
+    tls_gateway: Gateway, certificate: tuple[Path, Path], echo_port: int
+) -> None:
+    settings = agent_settings(tls_gateway, tls=True, ca_file=str(certificate[0]))
+    session = AgentSession(settings)
+    await session.login()
+    serving = asyncio.create_task(session.serve())
+    try:
+        exit_id = exit_id_for(settings.account.address, BIND)
+        assert tls_gateway.hub.is_available(exit_id)
+        conn = await tls_gateway.hub.open_stream(exit_id, "127.0.0.1", echo_port, uuid.uuid4().hex)
+        assert conn.transport is not None
+        assert conn.transport.get_extra_info("ssl_object") is not None  # the data connection is TLS
+        payload = os.urandom(200_000)
+        conn.write(payload)
+        echoed = b""
+        async with asyncio.timeout(WAIT):
+            while len(echoed) < len(payload):
+                chunk = await conn.read()
+                assert chunk, "the stream ended early"
+                echoed += chunk
+        assert echoed == payload
+        conn.close()
+        tls_gateway.hub.stream_closed(exit_id)
+    finally:
+        serving.cancel()
+        await asyncio.gather(serving, return_exceptions=True)
+        await session.close()
+
+
+async def test_agent_refuses_a_gateway_certificate_it_cannot_verify(tls_gateway: Gateway) -> None:
+    session = AgentSession(agent_settings(tls_gateway, tls=True, ca_file=None))  # system CAs only
+    try:
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await session.login()
+    finally:
+        await session.close()
+
+
+async def test_plain_agent_cannot_log_in_to_a_tls_tunnel(tls_gateway: Gateway) -> None:
+    session = AgentSession(agent_settings(tls_gateway, tls=False, ca_file=None))
+    try:
+        with pytest.raises((OSError, TimeoutError, ValueError)):
+            await session.login()
+        assert await tls_gateway.registry.live_ids() == set()
+    finally:
+        await session.close()
