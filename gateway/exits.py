@@ -67,7 +67,10 @@ class ExitDialer:
             if choice is None:
                 break
             stream_id = os.urandom(16).hex()
+            info = self._hub.exit_info(choice.exit_id)  # read before the await: the link may drop
             try:
+                if info is None:
+                    raise DialError(DialErrorCode.EXIT, "exit is offline", exit_id=choice.exit_id)
                 conn = await self._hub.open_stream(choice.exit_id, host, port, stream_id)
             except DialError as error:
                 last_error = error
@@ -75,12 +78,11 @@ class ExitDialer:
                     raise
                 excluded.add(choice.exit_id)
                 continue
-            info = self._hub.exit_info(choice.exit_id)
             return Stream(
                 conn=conn,
                 stream_id=stream_id,
                 exit_id=choice.exit_id,
-                provider=info.provider if info is not None else "",
+                provider=info.provider,
                 requester=targeting.account,
                 protocol=protocol,
                 target=f"{host}:{port}",
