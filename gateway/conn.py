@@ -20,7 +20,8 @@ class ConnectionClosed(ConnectionError):
     """The peer closed the connection, or it was lost, while we were reading."""
 
 
-def _expire(waiter: asyncio.Future[None]) -> None:
+def time_out(waiter: asyncio.Future[None]) -> None:
+    """Fail ``waiter`` with TimeoutError unless it is already done (a timer callback)."""
     if not waiter.done():
         waiter.set_exception(TimeoutError())
 
@@ -127,7 +128,7 @@ class Conn(asyncio.Protocol):
             raise TimeoutError()
         loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
-        timer = None if within is None else loop.call_later(within, _expire, waiter)
+        timer = None if within is None else loop.call_later(within, time_out, waiter)
         try:
             await waiter
         finally:

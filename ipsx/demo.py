@@ -149,7 +149,7 @@ async def run_demo(options: DemoOptions, env: Environment, stop: asyncio.Event) 
         fd = os.open(state_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
             json.dump(state, handle, indent=2)
-        await _wait_for_exits(pool, redis, len(DEMO_EXITS))
+        await _wait_for_exits(redis, len(DEMO_EXITS))
         _print_banner(state, state_path)
         try:
             if options.once:
@@ -164,7 +164,7 @@ async def run_demo(options: DemoOptions, env: Environment, stop: asyncio.Event) 
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _wait_for_exits(pool: asyncpg.Pool, redis_url: str, count: int) -> None:
+async def _wait_for_exits(redis_url: str, count: int) -> None:
     import redis.asyncio as aioredis
 
     from pool.registry import ExitRegistry

@@ -13,6 +13,8 @@ that goes through the gateway to it checks our parser against an independent imp
 
 from __future__ import annotations
 
+import socket
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -115,14 +117,29 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, bytes(body), "application/octet-stream")
 
 
-class Origin:
-    """The origin on ``host:port`` (0 = any free port), served from a background thread."""
+class _V6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._server = ThreadingHTTPServer((host, port), _Handler)
+
+class Origin:
+    """The origin on ``host:port`` (0 = any free port), served from a background thread.
+
+    ``host`` may be an IPv6 address; with ``tls`` the origin speaks HTTPS and ``url()`` uses
+    ``url_host`` (the name its certificate is for).
+    """
+
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, *, tls: ssl.SSLContext | None = None, url_host: str = ""
+    ) -> None:
+        server_class = _V6Server if ":" in host else ThreadingHTTPServer
+        self._server = server_class((host, port), _Handler)
+        if tls is not None:
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
         self._server.daemon_threads = True
         self.host = host
         self.port = int(self._server.server_address[1])
+        self._scheme = "https" if tls is not None else "http"
+        self._url_host = url_host or (f"[{host}]" if ":" in host else host)
         self._thread = threading.Thread(target=self._server.serve_forever, name="ipsx-origin", daemon=True)
 
     def start(self) -> Origin:
@@ -130,7 +147,7 @@ class Origin:
         return self
 
     def url(self, path: str = "/") -> str:
-        return f"http://{self.host}:{self.port}{path}"
+        return f"{self._scheme}://{self._url_host}:{self.port}{path}"
 
     def stop(self) -> None:
         self._server.shutdown()

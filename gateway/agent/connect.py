@@ -15,7 +15,7 @@ import socket
 import ssl
 import sys
 
-from gateway.conn import Conn
+from gateway.conn import Conn, time_out
 
 # Linux: bind() picks the source port at connect() time, per destination, instead of searching
 # the whole ephemeral range for a port free on every destination. Without it a busy exit spends
@@ -51,7 +51,7 @@ async def open_conn(
             ready: asyncio.Future[None] = loop.create_future()
             fd = sock.fileno()
             loop.add_writer(fd, _set_done, ready)
-            timer = loop.call_later(within, _set_timeout, ready)
+            timer = loop.call_later(within, time_out, ready)
             try:
                 await ready
             finally:
@@ -76,8 +76,3 @@ async def open_conn(
 def _set_done(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
-
-
-def _set_timeout(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_exception(TimeoutError())

@@ -83,7 +83,10 @@ class Stack:
         self.processes.append(proc)
         return proc
 
-    def start_agent(self, name: str, bind: str, country: str, *extra: str) -> subprocess.Popen[bytes]:
+    def start_agent(
+        self, name: str, bind: str, country: str, *extra: str, gateway: str = ""
+    ) -> subprocess.Popen[bytes]:
+        """A provider agent (log ``<name>.log``), by default on this stack's gateway node."""
         key = self.tmp / f"{name}.key"
         if not key.exists():
             self.ipsx("wallet", "new", "--out", str(key))
@@ -92,7 +95,7 @@ class Stack:
             "--key",
             str(key),
             "--gateway",
-            f"127.0.0.1:{self.tunnel_port}",
+            gateway or f"127.0.0.1:{self.tunnel_port}",
             "--bind",
             bind,
             "--country",
@@ -104,6 +107,38 @@ class Stack:
         )
         self.agents[name] = proc
         return proc
+
+    def spawn_gateway(
+        self, node_id: str, http_port: int, tunnel_port: int, *extra: str
+    ) -> subprocess.Popen[bytes]:
+        """Another gateway node of this stack (its SOCKS5 port is any free one)."""
+        return self.spawn(
+            "gateway",
+            "--http-port",
+            str(http_port),
+            "--socks-port",
+            str(free_port()),
+            "--tunnel-port",
+            str(tunnel_port),
+            "--node-id",
+            node_id,
+            *extra,
+            log=f"{node_id}-gateway.log",
+        )
+
+    def wait_served(self, proxy: str, expected: str, timeout: float = 20.0) -> str:
+        """What the origin's /ip answers through ``proxy``, retried until it is ``expected``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = subprocess.run(
+                ["curl", "-sS", "--max-time", "5", "-x", proxy, self.origin.url("/ip")],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
+            if result.stdout == expected or time.monotonic() > deadline:
+                return result.stdout
+            time.sleep(0.2)
 
     def stop_agent(self, name: str, sig: signal.Signals = signal.SIGTERM) -> None:
         proc = self.agents.pop(name)

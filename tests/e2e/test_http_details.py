@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import socket
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
 
+from ipsx.origin import Origin
 from tests.e2e.conftest import EXITS, Stack
 from tests.e2e.test_proxy import curl
 
@@ -56,39 +54,18 @@ def test_head_and_no_content_responses_keep_the_connection_usable(stack: Stack) 
     assert after.content == b"x" * 7
 
 
-class _V6Server(ThreadingHTTPServer):
-    address_family = socket.AF_INET6
-
-
-class _V6Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        body = self.client_address[0].encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
 @pytest.fixture
-def v6_origin() -> Iterator[int]:
-    server = _V6Server(("::1", 0), _V6Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield int(server.server_address[1])
-    server.shutdown()
-    server.server_close()
+def v6_origin() -> Iterator[Origin]:
+    origin = Origin("::1", 0).start()
+    yield origin
+    origin.stop()
 
 
-def test_socks5_ipv6_destination_through_an_ipv6_exit(stack: Stack, v6_origin: int) -> None:
+def test_socks5_ipv6_destination_through_an_ipv6_exit(stack: Stack, v6_origin: Origin) -> None:
     stack.start_agent("agent-v6", "::1", "ca", "--allow-private")
     stack.wait_exits(len(EXITS) + 1)
     try:
-        url = f"http://[::1]:{v6_origin}/"
+        url = v6_origin.url("/ip")
         # socks5:// resolves locally and sends an IPv6 address (ATYP 4); socks5h:// sends the name.
         local = curl("-x", stack.proxy("-country-ca", scheme="socks5"), url)
         remote = curl("-x", stack.proxy("-country-ca", scheme="socks5h"), url)

@@ -3,67 +3,32 @@
 from __future__ import annotations
 
 import signal
-import time
 
 from tests.e2e.conftest import Stack, free_port, wait_port
 from tests.e2e.test_proxy import curl
 
 
 def test_agent_reconnects_after_the_gateway_restarts(stack: Stack) -> None:
-    http_port, socks_port, tunnel_port = free_port(), free_port(), free_port()
-    gateway_args = (
-        "gateway",
-        "--http-port",
-        str(http_port),
-        "--socks-port",
-        str(socks_port),
-        "--tunnel-port",
-        str(tunnel_port),
-        "--node-id",
-        "restart-node",
-    )
-    gateway = stack.spawn(*gateway_args, log="restart-gateway.log")
-    key = stack.tmp / "agent-restart.key"
-    stack.ipsx("wallet", "new", "--out", str(key))
-    agent = stack.spawn(
-        "provide",
-        "--key",
-        str(key),
-        "--gateway",
-        f"127.0.0.1:{tunnel_port}",
-        "--bind",
-        "127.0.0.7",
-        "--country",
-        "it",
-        "--allow-private",
-        log="restart-agent.log",
+    http_port, tunnel_port = free_port(), free_port()
+    gateway = stack.spawn_gateway("restart-node", http_port, tunnel_port)
+    agent = stack.start_agent(
+        "agent-restart", "127.0.0.7", "it", "--allow-private", gateway=f"127.0.0.1:{tunnel_port}"
     )
     proxy = f"http://{stack.account}-country-it:{stack.secret}@127.0.0.1:{http_port}"
-
-    def served() -> str:
-        return str(curl("-x", proxy, stack.origin.url("/ip"), timeout=5).stdout)
-
     try:
         wait_port(http_port)
-        deadline = time.monotonic() + 20
-        while served() != "127.0.0.7" and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert served() == "127.0.0.7"
+        assert stack.wait_served(proxy, "127.0.0.7") == "127.0.0.7"
 
         gateway.send_signal(signal.SIGKILL)
         gateway.wait(timeout=10)
         assert curl("-x", proxy, stack.origin.url("/ip"), timeout=5).returncode == 7  # nothing listens
 
-        gateway = stack.spawn(*gateway_args, log="restart-gateway.log")
+        gateway = stack.spawn_gateway("restart-node", http_port, tunnel_port)
         wait_port(http_port)
-        deadline = time.monotonic() + 30
-        while served() != "127.0.0.7" and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert served() == "127.0.0.7"  # the agent found the new gateway process by itself
+        assert stack.wait_served(proxy, "127.0.0.7", timeout=30) == "127.0.0.7"  # the agent came back
         assert agent.poll() is None
-        log = (stack.tmp / "restart-agent.log").read_text()
-        assert "reconnecting" in log
+        assert "reconnecting" in (stack.tmp / "agent-restart.log").read_text()
     finally:
-        for proc in (agent, gateway):
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=10)
+        stack.stop_agent("agent-restart")
+        gateway.send_signal(signal.SIGTERM)
+        gateway.wait(timeout=10)

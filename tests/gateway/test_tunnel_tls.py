@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
-import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,37 +17,13 @@ from gateway.agent.client import AgentSession
 from gateway.agent.settings import AgentSettings, ExitSpec
 from gateway.tunnel import exit_id_for
 from tests.gateway.test_tunnel import ALLOW_PRIVATE, BIND, WAIT, Gateway, running_gateway
+from tests.tls import self_signed
 
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1 and its key."""
-    folder = tmp_path_factory.mktemp("tunnel-tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=gateway",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    return cert, key
+    return self_signed(tmp_path_factory.mktemp("tunnel-tls"), "IP:127.0.0.1")
 
 
 @pytest.fixture
