@@ -18,6 +18,7 @@ from gateway.exits import ExitDialer
 from gateway.front import Front
 from gateway.settings import GatewaySettings
 from gateway.tunnel import TunnelHub
+from pool.nodes import NodeInfo, NodeRegistry
 from pool.registry import ExitRegistry
 from pool.select import Selector
 
@@ -70,11 +71,18 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayPor
         stack.callback(front.abort_all)
 
         tunnel_port = await hub.start(settings.tunnel_host, settings.tunnel_port)
+        nodes = NodeRegistry(redis, ttl=settings.heartbeat_ttl)
+        me = NodeInfo(settings.node_id, settings.advertised_tunnel(tunnel_port))
+        await _announce(nodes, me, hub)
+        announcer = asyncio.create_task(_keep_announcing(nodes, me, hub, settings.heartbeat_interval))
+        stack.push_async_callback(_withdraw, nodes, me, announcer)
+
+        reuse = settings.reuse_port
         http = Listener(front.handle)
-        http_port = await http.start(settings.host, settings.http_port)
+        http_port = await http.start(settings.host, settings.http_port, reuse_port=reuse)
         stack.push_async_callback(http.close)
         socks = Listener(front.handle)
-        socks_port = await socks.start(settings.host, settings.socks_port)
+        socks_port = await socks.start(settings.host, settings.socks_port, reuse_port=reuse)
         stack.push_async_callback(socks.close)
 
         sweeper = asyncio.create_task(_sweep(registry, settings.heartbeat_interval))
@@ -90,6 +98,29 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayPor
             tunnel_port,
         )
         yield GatewayPorts(http=http_port, socks=socks_port, tunnel=tunnel_port)
+
+
+async def _announce(nodes: NodeRegistry, me: NodeInfo, hub: TunnelHub) -> None:
+    await nodes.announce(me)
+    hub.set_nodes(await nodes.live())
+
+
+async def _keep_announcing(nodes: NodeRegistry, me: NodeInfo, hub: TunnelHub, interval: float) -> None:
+    """Heartbeat this node in the node registry and pass changes of the node list to agents."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await _announce(nodes, me, hub)
+        except Exception:  # Redis briefly away: agents keep the list they have
+            log.warning("node announcement failed", exc_info=True)
+
+
+async def _withdraw(nodes: NodeRegistry, me: NodeInfo, announcer: asyncio.Task[None]) -> None:
+    announcer.cancel()
+    try:
+        await nodes.withdraw(me.node)
+    except Exception:  # Redis down: the node ages out of the registry on its own
+        log.warning("could not withdraw node %s from the registry", me.node)
 
 
 async def _sweep(registry: ExitRegistry, interval: float) -> None:

@@ -27,6 +27,10 @@ class GatewaySettings:
     tunnel_port: int = 8443  # where provider agents dial in
     tunnel_cert: str | None = None  # PEM certificate chain: agents then connect with TLS
     tunnel_key: str | None = field(default=None, repr=False)  # its private key
+    # The host agents are told to dial this node's tunnel port at; default tunnel_host, or, when
+    # that is a wildcard address, whatever host the agent already reached the gateway at.
+    advertise_host: str | None = None
+    reuse_port: bool = False  # share the requester ports with sibling processes (--workers)
     node_id: str = field(default_factory=default_node_id)
     limits: Limits = field(default_factory=Limits)
     handshake_timeout: float = 10 * SECONDS  # a client's request head / SOCKS5 handshake
@@ -39,3 +43,10 @@ class GatewaySettings:
     auth_cache_ttl: float = 30 * SECONDS
     candidate_cache_ttl: float = 1 * SECONDS
     max_exits_per_agent: int = 256
+
+    def advertised_tunnel(self, bound_port: int) -> str:
+        """This node's tunnel endpoint as announced to agents: ``HOST:PORT`` or ``:PORT``."""
+        host = self.advertise_host or self.tunnel_host
+        if host in ("", "0.0.0.0", "::"):
+            return f":{bound_port}"
+        return f"[{host}]:{bound_port}" if ":" in host else f"{host}:{bound_port}"

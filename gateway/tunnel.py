@@ -30,6 +30,7 @@ from gateway.conn import Conn, ConnectionClosed
 from gateway.settings import GatewaySettings
 from gateway.wire import DialErrorCode, WireError
 from pool.models import EXIT_TYPES, ExitInfo
+from pool.nodes import NodeInfo
 from pool.registry import ExitRegistry
 
 log = logging.getLogger("ipsx.gateway.tunnel")
@@ -192,6 +193,18 @@ class TunnelHub:
         self._by_provider: dict[str, ProviderLink] = {}
         self._server: asyncio.Server | None = None
         self._control_tasks: set[asyncio.Task[None]] = set()
+        self._nodes: list[dict[str, str]] = []  # the live gateway nodes, as agents are told
+
+    def set_nodes(self, nodes: list[NodeInfo]) -> None:
+        """Tell every connected agent when the set of live gateway nodes changes."""
+        listed = [info.to_wire() for info in nodes]
+        if listed == self._nodes:
+            return
+        self._nodes = listed
+        message = wire.encode({"t": "nodes", "nodes": listed})
+        for link in self._by_provider.values():
+            if not link.closed:
+                link.control.write(message)
 
     # what the front and the selector ask
     def is_available(self, exit_id: str) -> bool:
@@ -354,6 +367,7 @@ class TunnelHub:
                     "token": link.token,
                     "heartbeat": settings.heartbeat_interval,
                     "exits": {info.bind: info.exit_id for info in exits},
+                    "nodes": self._nodes,
                 }
             )
         )

@@ -40,6 +40,19 @@ def _add_gateway(sub: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument("--tunnel-cert", help="PEM certificate chain for the tunnel port: agents connect with TLS")
     p.add_argument("--tunnel-key", help="private key of --tunnel-cert (PEM)")
+    p.add_argument(
+        "--advertise-host",
+        help="host agents are told to dial for this node's tunnel port "
+        "(default: --tunnel-host, or the host they already dialed if that is 0.0.0.0)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="gateway processes on this host (default: %(default)s). They share the HTTP and SOCKS5 "
+        "ports (SO_REUSEPORT); worker i is node NODE-ID-i with its tunnel port at --tunnel-port + i, "
+        "and agents that reach one of them open tunnels to all",
+    )
 
 
 def _add_provide(sub: argparse._SubParsersAction[Any]) -> None:

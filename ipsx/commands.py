@@ -19,6 +19,7 @@ from gateway.server import run_gateway
 from gateway.settings import GatewaySettings, default_node_id
 from ipsx import runtime
 from ipsx.settings import Environment
+from ipsx.supervisor import run_workers, worker_settings
 
 
 class UsageError(Exception):
@@ -52,8 +53,16 @@ def cmd_gateway(args: argparse.Namespace, env: Environment) -> None:
         handshake_timeout=args.handshake_timeout,
         tunnel_cert=args.tunnel_cert,
         tunnel_key=args.tunnel_key,
+        advertise_host=args.advertise_host,
     )
-    runtime.run(lambda stop: run_gateway(settings, stop))
+    if args.workers == 1:
+        runtime.run(lambda stop: run_gateway(settings, stop))
+        return
+    try:
+        workers = worker_settings(settings, args.workers)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    run_workers(workers, verbose=args.verbose)
 
 
 def cmd_worker(args: argparse.Namespace, env: Environment) -> None:

@@ -264,18 +264,20 @@ def rss_bytes(pid: int) -> int:
     return total
 
 
-def agent_data_connections(pid: int, tunnel_port: int = IPSX_TUNNEL) -> int:
-    """Established connections from the IPSX agent to the gateway's tunnel port, minus the control one.
+def agent_data_connections(pid: int, workers: int = 1) -> int:
+    """Established connections from the IPSX agent to the gateway's tunnel ports, minus the control
+    ones (one per gateway worker), summed over the workers.
 
-    The agent's pool of data connections after a phase: it starts at --pool-size and, if the agent
-    opened more under load, shows how many it keeps.
+    The agent's pool of data connections after a phase: it starts at --pool-size per worker and,
+    if the agent opened more under load, shows how many it keeps.
     """
+    ports = range(IPSX_TUNNEL, IPSX_TUNNEL + workers)
     try:
         conns = psutil.Process(pid).net_connections(kind="tcp")
     except psutil.Error:
         return -1
-    count = sum(1 for c in conns if c.raddr and c.raddr.port == tunnel_port and c.status == "ESTABLISHED")
-    return max(0, count - 1)
+    count = sum(1 for c in conns if c.raddr and c.raddr.port in ports and c.status == "ESTABLISHED")
+    return max(0, count - workers)
 
 
 def fd_count(pid: int) -> int:
@@ -411,6 +413,20 @@ def curl_ok(proxy_url: str | None, tunnel: bool) -> tuple[bool, str]:
         return False, "curl timed out"
     code = done.stdout.decode().strip()
     return code == "200", f"HTTP {code or '-'} {done.stderr.decode().strip()[:200]}"
+
+
+def wait_agent_on_every_worker(agent_pid: int, workers: int, timeout: float) -> None:
+    """Until the agent has a connection to the tunnel port of each gateway worker (it learns the
+    ones past the first from the node registry), so every worker can serve from the start."""
+    wanted = set(range(IPSX_TUNNEL, IPSX_TUNNEL + workers))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(psutil.Error):
+            conns = psutil.Process(agent_pid).net_connections(kind="tcp")
+            if wanted <= {c.raddr.port for c in conns if c.raddr and c.status == "ESTABLISHED"}:
+                return
+        time.sleep(0.2)
+    raise StartError(f"the agent did not reach all {workers} gateway workers within {timeout:.0f}s")
 
 
 def wait_live(running: Running, timeout: float) -> None:
@@ -586,7 +602,8 @@ class Bench:
         if self.ipsx_setup_error:
             raise StartError(f"IPSX set-up failed: {self.ipsx_setup_error}")
         assert self.ipsx_secret is not None and self.wallet is not None
-        for port in (IPSX_HTTP, IPSX_SOCKS, IPSX_TUNNEL):
+        workers = self.args.ipsx_workers
+        for port in (IPSX_HTTP, IPSX_SOCKS, *range(IPSX_TUNNEL, IPSX_TUNNEL + workers)):
             if port_open(port):
                 raise StartError(f"port {port} is already in use")
         self.flush_redis()
@@ -607,6 +624,8 @@ class Bench:
                     str(IPSX_TUNNEL),
                     "--node-id",
                     "bench",
+                    "--workers",
+                    str(workers),
                 ],
                 self.log_path(run, target, "gateway"),
                 env,
@@ -643,6 +662,7 @@ class Bench:
             running.procs = [agent, gateway, worker]
             running.roles = {"gateway": gateway.pid, "agent": agent.pid}
             running.info_roles = {"worker": [worker.pid]}
+            wait_agent_on_every_worker(agent.pid, workers, 60)
             wait_live(running, 60)
         except BaseException:
             self.stop(running)
@@ -855,14 +875,16 @@ class Bench:
         record["pids"] = dict(running.roles)
         agent = running.roles.get("agent")
         if agent is not None:
-            record["agent_data_conns_at_start"] = agent_data_connections(agent)
+            record["agent_data_conns_at_start"] = agent_data_connections(agent, self.args.ipsx_workers)
         phases: dict[str, Any] = {}
         record["phases"] = phases
         try:
             if running.proxy is not None and self.args.idle_tunnels > 0:
                 phases["idle"] = self.measured_quietly(running, lambda: self.phase_idle(running), run, target)
                 if agent is not None:
-                    phases["idle"]["agent_data_conns_after"] = agent_data_connections(agent)
+                    phases["idle"]["agent_data_conns_after"] = agent_data_connections(
+                        agent, self.args.ipsx_workers
+                    )
                 log(f"[run {run}] {target}: {describe('idle', phases['idle'])}")
             plan: list[tuple[str, Callable[[], dict[str, Any]]]] = [
                 ("tunnels", lambda: self._load(running, "tunnels")),
@@ -873,7 +895,9 @@ class Bench:
                 phases[name] = self.measured_quietly(running, body, run, target)
                 phases[name]["time_wait_after"] = time_wait_sockets()
                 if agent is not None:
-                    phases[name]["agent_data_conns_after"] = agent_data_connections(agent)
+                    phases[name]["agent_data_conns_after"] = agent_data_connections(
+                        agent, self.args.ipsx_workers
+                    )
                 log(f"[run {run}] {target}: {describe(name, phases[name])}")
             for proc in running.procs:
                 if proc.poll() is not None:
@@ -1303,6 +1327,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bulk-tunnels", type=int, default=8, help="bulk tunnels (default: 8)")
     parser.add_argument(
         "--ipsx-pool", type=int, default=64, help="agent --pool-size of the 'ipsx' target (default: 64)"
+    )
+    parser.add_argument(
+        "--ipsx-workers",
+        type=int,
+        default=2,
+        help="gateway --workers of both IPSX targets (default: %(default)s, one per core here)",
     )
     parser.add_argument(
         "--drain",

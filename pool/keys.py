@@ -41,3 +41,13 @@ def node_exits(node: str) -> str:
 def session(account: str, session_id: str) -> str:
     """String: the exit a sticky session is bound to, expiring with the session's TTL."""
     return f"ipsx:sess:{{{account}}}:{session_id}"
+
+
+def gateway_nodes() -> str:
+    """Sorted set: live gateway node ids → time of their last announcement (milliseconds)."""
+    return f"{PREFIX}:gwnodes"
+
+
+def gateway_node(node: str) -> str:
+    """Hash: where agents reach gateway node ``node`` (its tunnel endpoint) and since when."""
+    return f"{PREFIX}:gwnode:{node}"

@@ -16,6 +16,8 @@ import random
 import socket
 import ssl
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from eth_account.messages import encode_defunct
@@ -60,12 +62,54 @@ _OUTCOMES = {
 }
 
 
-class AgentSession:
-    """One login to one gateway node; ends when the control connection does."""
+NodesCallback = Callable[["AgentSession", list[tuple[str, str, int]]], None]
 
-    def __init__(self, settings: AgentSettings, resolver: Resolver | None = None) -> None:
+MAX_NODES = 64  # gateway nodes an agent keeps tunnels to
+
+
+def parse_nodes(raw: Any, default_host: str) -> list[tuple[str, str, int]]:
+    """The gateway's node list → (node, host, port) triples; malformed entries are skipped.
+
+    A tunnel address of ``:PORT`` means the host this agent already reached the gateway at.
+    """
+    nodes: list[tuple[str, str, int]] = []
+    if not isinstance(raw, list):
+        return nodes
+    for entry in raw[:MAX_NODES]:
+        if not isinstance(entry, dict):
+            continue
+        node, tunnel = entry.get("node"), entry.get("tunnel")
+        if not isinstance(node, str) or not isinstance(tunnel, str) or not 0 < len(node) <= 128:
+            continue
+        host, sep, port_text = tunnel.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]") or default_host
+        if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536 or len(host) > 255:
+            continue
+        nodes.append((node, host, int(port_text)))
+    return nodes
+
+
+class AgentSession:
+    """One login to one gateway node; ends when the control connection does.
+
+    ``expect_node``, when set, is the node this session must reach (a direct tunnel to a node
+    another node announced); ``on_nodes`` hears the live node list at login and on every change.
+    """
+
+    def __init__(
+        self,
+        settings: AgentSettings,
+        resolver: Resolver | None = None,
+        *,
+        expect_node: str | None = None,
+        on_nodes: NodesCallback | None = None,
+    ) -> None:
         self._settings = settings
         self._resolver = resolver or Resolver()
+        self._expect_node = expect_node
+        self._on_nodes = on_nodes
+        self.node: str | None = None
+        self._welcome_nodes: Any = None
         self._gateway: tuple[int, str] | None = None
         self._tls: ssl.SSLContext | None = None
         self._token = ""
@@ -109,6 +153,8 @@ class AgentSession:
                 raise LoginRefused(str(challenge.get("reason")))
             nonce = wire.field(challenge, "nonce", str)
             node = wire.field(challenge, "node", str)
+            if self._expect_node is not None and node != self._expect_node:
+                raise LoginRefused(f"reached gateway node {node[:64]!r}, not {self._expect_node[:64]!r}")
             signed = s.account.sign_message(encode_defunct(text=wire.login_message(node, nonce)))
             control.write(
                 wire.encode(
@@ -128,13 +174,20 @@ class AgentSession:
         exits = wire.field(welcome, "exits", dict)
         self._binds = {str(exit_id): str(bind) for bind, exit_id in exits.items()}
         self._heartbeat = float(wire.field(welcome, "heartbeat", (int, float)))
+        self.node = node
         log.info(
-            "logged in to %s:%d as %s with %d exit(s)",
+            "logged in to %s:%d (node %s) as %s with %d exit(s)",
             s.gateway_host,
             s.gateway_port,
+            node,
             s.account.address,
             len(self._binds),
         )
+        self._welcome_nodes = welcome.get("nodes")
+
+    def _nodes_heard(self, raw: Any) -> None:
+        if self._on_nodes is not None:
+            self._on_nodes(self, parse_nodes(raw, self._settings.gateway_host))
 
     async def serve(self) -> None:
         """Keep the data pool full and the heartbeat going until the control connection ends."""
@@ -143,6 +196,7 @@ class AgentSession:
             raise RuntimeError("login() first")
         for _ in range(self._settings.pool_size):
             self._spawn_data()
+        self._nodes_heard(self._welcome_nodes)
         beat = asyncio.create_task(self._beat(control))
         try:
             while True:
@@ -154,6 +208,8 @@ class AgentSession:
                     # below bring it back down to pool_size as streams use them up.
                     for _ in range(max(0, min(wanted, self._settings.pool_size * 4 - self._pooled))):
                         self._spawn_data()
+                elif message["t"] == "nodes":
+                    self._nodes_heard(message.get("nodes"))
                 elif message["t"] == "error":
                     raise LoginRefused(str(message.get("reason"))[:200])
         finally:
@@ -294,29 +350,43 @@ class AgentSession:
             self._control.close()
 
 
-async def run_agent(settings: AgentSettings, stop: asyncio.Event) -> None:
-    """Stay connected to the gateway until ``stop`` is set, reconnecting with jittered backoff."""
+async def _stay_logged_in(
+    settings: AgentSettings,
+    resolver: Resolver,
+    stop: asyncio.Event,
+    *,
+    expect_node: str | None = None,
+    on_nodes: NodesCallback | None = None,
+    on_session: Callable[[AgentSession | None], None] = lambda session: None,
+) -> None:
+    """Keep one session to one gateway address until ``stop`` is set (or the task is cancelled),
+    reconnecting with jittered backoff. ``on_session`` hears each login and each loss."""
     backoff = settings.backoff_initial
-    resolver = Resolver()
+    where = f"{settings.gateway_host}:{settings.gateway_port}"
     while not stop.is_set():
-        session = AgentSession(settings, resolver)
+        session = AgentSession(settings, resolver, expect_node=expect_node, on_nodes=on_nodes)
         serving = None
         try:
             await session.login()
+            on_session(session)
             backoff = settings.backoff_initial
             serving = asyncio.create_task(session.serve())
             stopping = asyncio.create_task(stop.wait())
-            await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            stopping.cancel()
+            try:
+                await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopping.cancel()
             if serving.done():
                 serving.result()
         except LoginRefused as refused:
-            log.error("the gateway refused this agent: %s", refused)
+            log.error("the gateway at %s refused this agent: %s", where, refused)
         except (OSError, ConnectionClosed, WireError, TimeoutError, ValueError) as exc:
-            log.warning("gateway connection lost (%s); reconnecting", type(exc).__name__)
+            log.warning("connection to the gateway at %s lost (%s); reconnecting", where, type(exc).__name__)
         finally:
             if serving is not None and not serving.done():
                 serving.cancel()
+            if session.node is not None:
+                on_session(None)
             await session.close()
         if stop.is_set():
             break
@@ -324,3 +394,63 @@ async def run_agent(settings: AgentSettings, stop: asyncio.Event) -> None:
         backoff = min(backoff * 2, settings.backoff_max)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), delay)
+
+
+class _Fleet:
+    """An agent's sessions: one to the gateway address it was given (the entry point, possibly a
+    load balancer) and one to every other live gateway node that the nodes announce."""
+
+    def __init__(self, settings: AgentSettings, stop: asyncio.Event) -> None:
+        self._settings = settings
+        self._stop = stop
+        self._resolver = Resolver()
+        self._entry_node: str | None = None  # the node the entry session is logged in to
+        self._nodes: list[tuple[str, str, int]] = []
+        self._direct: dict[str, tuple[tuple[str, int], asyncio.Task[None]]] = {}
+
+    async def run(self) -> None:
+        try:
+            await _stay_logged_in(
+                self._settings,
+                self._resolver,
+                self._stop,
+                on_nodes=self._heard,
+                on_session=self._entry_changed,
+            )
+        finally:
+            for _, task in self._direct.values():
+                task.cancel()
+            if self._direct:
+                await asyncio.gather(*(task for _, task in self._direct.values()), return_exceptions=True)
+
+    def _entry_changed(self, session: AgentSession | None) -> None:
+        self._entry_node = None if session is None else session.node
+        self._reconcile()
+
+    def _heard(self, session: AgentSession, nodes: list[tuple[str, str, int]]) -> None:
+        self._nodes = nodes
+        self._reconcile()
+
+    def _reconcile(self) -> None:
+        if self._stop.is_set():
+            return
+        wanted = {node: (host, port) for node, host, port in self._nodes if node != self._entry_node}
+        for node, (where, task) in list(self._direct.items()):
+            if wanted.get(node) != where:
+                task.cancel()
+                del self._direct[node]
+                log.info("gateway node %s left; tunnel closed", node)
+        for node, (host, port) in wanted.items():
+            if node in self._direct:
+                continue
+            direct = replace(self._settings, gateway_host=host, gateway_port=port)
+            task = asyncio.create_task(
+                _stay_logged_in(direct, self._resolver, self._stop, expect_node=node, on_nodes=self._heard)
+            )
+            self._direct[node] = ((host, port), task)
+            log.info("gateway node %s announced at %s:%d; opening a tunnel to it", node, host, port)
+
+
+async def run_agent(settings: AgentSettings, stop: asyncio.Event) -> None:
+    """Serve every live gateway node until ``stop`` is set, reconnecting with jittered backoff."""
+    await _Fleet(settings, stop).run()

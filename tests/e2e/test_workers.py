@@ -1,0 +1,133 @@
+"""End-to-end: ``ipsx gateway --workers 2`` — two node processes behind one pair of proxy ports.
+
+The agent is given worker 0's tunnel port only; it learns worker 1 from the node registry and
+opens a tunnel to it too, so whichever worker the kernel hands a client connection to can serve
+it. A worker that dies is restarted by the parent and comes back into service.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import redis
+
+from tests.e2e.conftest import REDIS_URL, Stack, free_port, wait_port
+from tests.e2e.test_proxy import curl
+
+
+def _children(pid: int) -> list[int]:
+    """The worker processes of ``pid`` (multiprocessing's resource tracker is not one)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"resource_tracker" not in command:
+            found.append(int(entry.name))
+    return found
+
+
+def _registered_nodes() -> set[str]:
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        return {member.decode() for member in client.zrange("ipsx:{pool}:gwnodes", 0, -1)}
+    finally:
+        client.close()
+
+
+def _fetch_all(proxy: str, url: str, count: int) -> list[str]:
+    """``count`` requests, each on a new connection; the origin's answer (the exit used) of each."""
+    answers = []
+    for _ in range(count):
+        result = curl("-x", proxy, url, timeout=5)
+        answers.append(result.stdout if result.returncode == 0 else f"error {result.returncode}")
+    return answers
+
+
+def _wait_for_nodes(
+    stack: Stack, proxy: str, since: float, wanted: set[str], timeout: float = 30
+) -> set[str]:
+    deadline = time.monotonic() + timeout
+    seen: set[str] = set()
+    while time.monotonic() < deadline:
+        _fetch_all(proxy, stack.origin.url("/ip"), 10)
+        rows = stack.query(
+            "SELECT DISTINCT node FROM usage_events WHERE node LIKE 'wk-%' AND closed_at >= to_timestamp($1)",
+            since,
+        )
+        seen = {row["node"] for row in rows}
+        if wanted <= seen:
+            break
+    return seen
+
+
+def test_two_workers_share_the_ports_and_agents_reach_both(stack: Stack) -> None:
+    http_port, socks_port, tunnel_port = free_port(), free_port(), free_port()
+    while tunnel_port + 1 in (http_port, socks_port):
+        tunnel_port = free_port()
+    parent = stack.spawn(
+        "gateway",
+        "--workers",
+        "2",
+        "--http-port",
+        str(http_port),
+        "--socks-port",
+        str(socks_port),
+        "--tunnel-port",
+        str(tunnel_port),
+        "--node-id",
+        "wk",
+        log="workers-gateway.log",
+    )
+    try:
+        wait_port(tunnel_port)
+        wait_port(tunnel_port + 1)
+        # The agent is told about worker 0 only.
+        stack.start_agent(
+            "agent-workers", "127.0.0.8", "pt", "--allow-private", gateway=f"127.0.0.1:{tunnel_port}"
+        )
+        proxy = f"http://{stack.account}-country-pt:{stack.secret}@127.0.0.1:{http_port}"
+        wait_port(http_port)
+        assert stack.wait_served(proxy, "127.0.0.8") == "127.0.0.8"
+        agent_log = stack.tmp / "agent-workers.log"
+        deadline = time.monotonic() + 20
+        while "node wk-1 announced" not in agent_log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "gateway node wk-1 announced at 127.0.0.1:" in agent_log.read_text()
+        assert {"wk-0", "wk-1"} <= _registered_nodes()
+
+        # Connections spread over both workers (the kernel picks by the client's port), and every
+        # one of them is served through the agent: neither worker lacks the tunnel.
+        started = time.time()
+        answers = _fetch_all(proxy, stack.origin.url("/ip"), 40)
+        assert answers == ["127.0.0.8"] * 40
+        assert _wait_for_nodes(stack, proxy, started, {"wk-0", "wk-1"}) == {"wk-0", "wk-1"}
+
+        # A worker killed outright is restarted by the parent and serves again.
+        children = _children(parent.pid)
+        assert len(children) == 2
+        os.kill(children[1], signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        log = stack.tmp / "workers-gateway.log"
+        while "restarting it" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "exited with status -9; restarting it" in log.read_text()
+        restarted = time.time()
+        assert _wait_for_nodes(stack, proxy, restarted, {"wk-0", "wk-1"}) == {"wk-0", "wk-1"}
+        assert len(_children(parent.pid)) == 2
+    finally:
+        if "agent-workers" in stack.agents:
+            stack.stop_agent("agent-workers")
+        parent.send_signal(signal.SIGTERM)
+        parent.wait(timeout=30)
+    # Stopped cleanly: every worker withdrew its node.
+    assert parent.returncode == 0
+    assert not {"wk-0", "wk-1"} & _registered_nodes()
+    assert _children(parent.pid) == []

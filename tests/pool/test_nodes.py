@@ -1,0 +1,62 @@
+"""The gateway node registry on real Redis: announce, list, age out, withdraw."""
+
+from __future__ import annotations
+
+import time
+
+from redis.asyncio import Redis
+
+from pool import keys
+from pool.nodes import NodeInfo, NodeRegistry
+
+
+async def test_announced_nodes_are_listed_sorted_with_their_tunnel(redis: Redis) -> None:
+    nodes = NodeRegistry(redis, ttl=10)
+    await nodes.announce(NodeInfo("gw-b", "10.0.0.2:8443"))
+    await nodes.announce(NodeInfo("gw-a", ":8444"))
+    assert await nodes.live() == [NodeInfo("gw-a", ":8444"), NodeInfo("gw-b", "10.0.0.2:8443")]
+
+
+async def test_a_new_announcement_replaces_the_tunnel_address(redis: Redis) -> None:
+    nodes = NodeRegistry(redis, ttl=10)
+    await nodes.announce(NodeInfo("gw-a", "10.0.0.1:8443"))
+    await nodes.announce(NodeInfo("gw-a", "10.0.0.9:9443"))
+    assert await nodes.live() == [NodeInfo("gw-a", "10.0.0.9:9443")]
+
+
+async def test_withdrawn_node_is_gone_at_once(redis: Redis) -> None:
+    nodes = NodeRegistry(redis, ttl=10)
+    await nodes.announce(NodeInfo("gw-a", ":8443"))
+    await nodes.announce(NodeInfo("gw-b", ":8444"))
+    await nodes.withdraw("gw-a")
+    assert await nodes.live() == [NodeInfo("gw-b", ":8444")]
+    assert not await redis.exists(keys.gateway_node("gw-a"))
+
+
+async def test_a_node_that_stops_announcing_ages_out_and_is_removed(redis: Redis) -> None:
+    nodes = NodeRegistry(redis, ttl=10)
+    await nodes.announce(NodeInfo("gw-live", ":8443"))
+    # A node whose last announcement is 11 s old (as if it died then).
+    stale_ms = int((time.time() - 11) * 1000)
+    await redis.hset(keys.gateway_node("gw-dead"), mapping={"tunnel": ":8444"})
+    await redis.zadd(keys.gateway_nodes(), {"gw-dead": stale_ms})
+    assert await nodes.live() == [NodeInfo("gw-live", ":8443")]
+    assert await redis.zscore(keys.gateway_nodes(), "gw-dead") is None
+
+
+async def test_node_without_its_hash_is_not_listed(redis: Redis) -> None:
+    nodes = NodeRegistry(redis, ttl=10)
+    await redis.zadd(keys.gateway_nodes(), {"gw-half": int(time.time() * 1000)})
+    assert await nodes.live() == []
+
+
+async def test_node_hash_expires_on_its_own_if_never_withdrawn(redis: Redis) -> None:
+    nodes = NodeRegistry(redis, ttl=2)
+    await nodes.announce(NodeInfo("gw-a", ":8443"))
+    ttl_ms = await redis.pttl(keys.gateway_node("gw-a"))
+    assert 0 < ttl_ms <= 6000
+
+
+def test_node_keys_share_the_pool_hash_tag() -> None:
+    assert keys.gateway_nodes().startswith("ipsx:{pool}:")
+    assert keys.gateway_node("x").startswith("ipsx:{pool}:")
