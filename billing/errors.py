@@ -68,3 +68,42 @@ class AccountsUnavailable(BillingError):
 
     def __init__(self) -> None:
         super().__init__("the accounts database is unavailable")
+
+
+class InsufficientFunds(BillingError):
+    """A movement would take ``account`` below zero: it needed ``needed`` base units and had
+    ``available``. Nothing of the movement was written."""
+
+    def __init__(self, account: str, needed: int, available: int) -> None:
+        super().__init__(f"insufficient funds in {account}: needs {needed}, has {available} (base units)")
+        self.account = account
+        self.needed = needed
+        self.available = available
+
+
+class UnknownHold(BillingError, LookupError):
+    """No hold has the reference ``reference``."""
+
+    def __init__(self, reference: str) -> None:
+        super().__init__(f"no hold with reference {reference!r}")
+        self.reference = reference
+
+
+class HoldResolved(BillingError):
+    """The hold ``reference`` was already resolved (``state`` is ``posted`` or ``voided``): a hold
+    is posted or voided exactly once."""
+
+    def __init__(self, reference: str, state: str) -> None:
+        super().__init__(f"hold {reference!r} is already {state}")
+        self.reference = reference
+        self.state = state
+
+
+class HoldExceeded(BillingError, ValueError):
+    """Legs totalling ``total`` base units were posted against a hold of ``amount``."""
+
+    def __init__(self, reference: str, amount: int, total: int) -> None:
+        super().__init__(f"hold {reference!r} holds {amount}, cannot post {total} (base units)")
+        self.reference = reference
+        self.amount = amount
+        self.total = total

@@ -23,7 +23,16 @@ from billing.usage import AgentReport, UsageEvent
 ADMIN_URL = os.environ.get("IPSX_TEST_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("IPSX_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 
-TABLES = ("api_keys", "accounts", "agent_reports", "usage_events", "ledger_transfers")
+TABLES = (
+    "api_keys",
+    "accounts",
+    "agent_reports",
+    "usage_events",
+    "ledger_transfers",
+    "ledger_movements",
+    "ledger_balances",
+    "ledger_holds",
+)
 
 
 def database_url_for(name: str) -> str:

@@ -31,14 +31,16 @@ from billing.errors import AccountExists, AccountsUnavailable, BillingError, Inv
 ALICE = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"  # the EIP-55 reference address
 BOB = "0xfB6916095ca1df60bB79Ce92cE3Ea74c37c5d359"
 
+MIGRATIONS = ["001_accounts", "002_usage", "003_ledger", "004_ledger_movements"]
+
 
 async def test_migrate_call_is_idempotent(fresh_database_url: str) -> None:
     pool = await db.connect(fresh_database_url, max_size=2)
     try:
-        assert await db.migrate(pool) == ["001_accounts", "002_usage", "003_ledger"]
+        assert await db.migrate(pool) == MIGRATIONS
         assert await db.migrate(pool) == []
         versions = await pool.fetch("SELECT version FROM schema_migrations ORDER BY version")
-        assert [row["version"] for row in versions] == ["001_accounts", "002_usage", "003_ledger"]
+        assert [row["version"] for row in versions] == MIGRATIONS
     finally:
         await pool.close()
 
@@ -48,7 +50,7 @@ async def test_migrate_concurrent_applies_each_once(fresh_database_url: str) -> 
     try:
         results = await asyncio.gather(*(db.migrate(pool) for pool in pools))
         applied = [version for result in results for version in result]
-        assert sorted(applied) == ["001_accounts", "002_usage", "003_ledger"]
+        assert sorted(applied) == MIGRATIONS
     finally:
         for pool in pools:
             await pool.close()

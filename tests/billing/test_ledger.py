@@ -192,7 +192,10 @@ async def test_credit_account_call(pool: asyncpg.Pool) -> None:
     assert not await credit_account(pool, "alice", parse_amount("100"), "deposit-1")
     assert await balance(pool, requester_account("alice")) == 100 * IPSX
     assert await balance(pool, TREASURY) == -100 * IPSX
-    row = await pool.fetchrow("SELECT debit_account, credit_account, kind, reference FROM ledger_transfers")
+    row = await pool.fetchrow(
+        "SELECT t.debit_account, t.credit_account, t.kind, m.reference"
+        " FROM ledger_transfers t JOIN ledger_movements m ON m.id = t.movement_id"
+    )
     assert dict(row) == {
         "debit_account": "operator:treasury",
         "credit_account": "requester:alice",
@@ -216,12 +219,14 @@ async def test_credit_account_refuses_unknown_account(pool: asyncpg.Pool) -> Non
 async def test_ledger_constraints_hold_in_the_database(pool: asyncpg.Pool) -> None:
     with pytest.raises(asyncpg.CheckViolationError):
         await pool.execute(
-            "INSERT INTO ledger_transfers (debit_account, credit_account, amount, kind)"
-            " VALUES ('a', 'b', 0, 't')"
+            "INSERT INTO ledger_transfers (movement_id, debit_account, credit_account, amount, kind)"
+            " VALUES ($1, 'a', 'b', 0, 't')",
+            await pool.fetchval("INSERT INTO ledger_movements (kind) VALUES ('t') RETURNING id"),
         )
     with pytest.raises(asyncpg.NumericValueOutOfRangeError):
         await pool.execute(
-            "INSERT INTO ledger_transfers (debit_account, credit_account, amount, kind)"
-            " VALUES ('a', 'b', $1, 't')",
+            "INSERT INTO ledger_transfers (movement_id, debit_account, credit_account, amount, kind)"
+            " VALUES ($1, 'a', 'b', $2, 't')",
+            await pool.fetchval("INSERT INTO ledger_movements (kind) VALUES ('t') RETURNING id"),
             10**78,
         )
