@@ -131,6 +131,18 @@ async def get_account(pool: asyncpg.Pool, name: str) -> Account | None:
     return None if row is None else _account(row)
 
 
+async def get_account_by_address(pool: asyncpg.Pool, address: str) -> Account | None:
+    """The account of wallet ``address`` (any case), or ``None`` when there is none or it is invalid."""
+    try:
+        address = normalize_address(address)
+    except InvalidAccount:
+        return None
+    row = await pool.fetchrow(
+        "SELECT id, address, name, created_at FROM accounts WHERE address = $1", address
+    )
+    return None if row is None else _account(row)
+
+
 async def list_accounts(pool: asyncpg.Pool) -> list[Account]:
     """Every account, oldest first."""
     rows = await pool.fetch("SELECT id, address, name, created_at FROM accounts ORDER BY id")
@@ -170,13 +182,19 @@ async def create_key(pool: asyncpg.Pool, *, account_name: str, label: str = "") 
     raise RuntimeError("could not draw an unused API key id")
 
 
-async def revoke_key(pool: asyncpg.Pool, key_id: str) -> bool:
-    """Revoke a key; ``True`` when this call revoked it, ``False`` if unknown or already revoked."""
+async def revoke_key(pool: asyncpg.Pool, key_id: str, *, account_id: int | None = None) -> bool:
+    """Revoke a key; ``True`` when this call revoked it, ``False`` if unknown or already revoked.
+
+    With ``account_id`` only a key of that account is revoked (another's counts as unknown).
+    """
     if not isinstance(key_id, str) or not _KEY_ID.fullmatch(key_id):
         return False
     row = await pool.fetchrow(
-        "UPDATE api_keys SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL RETURNING key_id",
+        "UPDATE api_keys SET revoked_at = now()"
+        " WHERE key_id = $1 AND revoked_at IS NULL AND ($2::bigint IS NULL OR account_id = $2)"
+        " RETURNING key_id",
         key_id,
+        account_id,
     )
     return row is not None
 
@@ -220,6 +238,26 @@ async def authenticate(pool: asyncpg.Pool, account_name: str, secret: str) -> Ap
     if not digest_ok or row["account_name"] != name or row["revoked_at"] is not None:
         return None
     return _api_key(row)
+
+
+async def authenticate_secret(pool: asyncpg.Pool, secret: str) -> ApiKey | None:
+    """The live key whose secret is ``secret`` (the key id inside it finds the row), or ``None``.
+
+    Never raises for bad input; database errors propagate.
+    """
+    if not isinstance(secret, str) or len(secret) > _SECRET_MAX_LEN:
+        return None
+    match = _SECRET.fullmatch(secret)
+    if match is None:
+        return None
+    row = await pool.fetchrow(
+        f"SELECT {_KEY_COLUMNS}, k.secret_sha256"  # noqa: S608
+        " FROM api_keys k JOIN accounts a ON a.id = k.account_id WHERE k.key_id = $1",
+        match.group(1),
+    )
+    if row is None or not hmac.compare_digest(bytes(row["secret_sha256"]), _digest(secret)):
+        return None
+    return None if row["revoked_at"] is not None else _api_key(row)
 
 
 _CacheKey = tuple[str, bytes]

@@ -123,6 +123,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_gateway(sub)
     _add_provide(sub)
     sub.add_parser("worker", help="run a billing worker (usage stream → PostgreSQL)")
+    api = sub.add_parser(
+        "api",
+        help="run the REST API (sign-in with Ethereum, keys, balances, usage, ledger)",
+        description="Serve the REST API; its OpenAPI document is at /openapi.json. Session tokens "
+        "are signed with IPSX_JWT_SECRET (at least 32 bytes; required).",
+    )
+    api.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    api.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    api.add_argument(
+        "--siwe-domain",
+        help="the domain sign-in messages must name: the host:port users reach the API at "
+        "(default: HOST:PORT)",
+    )
+    api.add_argument("--chain-id", type=int, default=1, help="chain sign-in messages must name (default: 1)")
     sub.add_parser("migrate", help="create the database if needed and apply migrations")
 
     demo = sub.add_parser(

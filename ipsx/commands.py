@@ -12,6 +12,8 @@ from urllib.parse import urlsplit
 from billing import accounts, db, ledger
 from billing.errors import BillingError
 from billing.worker import WorkerSettings, run_worker
+from dashboard.app import run_api
+from dashboard.settings import ApiSettings
 from gateway.agent.client import run_agent
 from gateway.agent.policy import ExitPolicy, parse_ports
 from gateway.agent.settings import AgentSettings, ExitSpec, create_key_file, load_key, parse_exit
@@ -68,6 +70,22 @@ def cmd_gateway(args: argparse.Namespace, env: Environment) -> None:
 def cmd_worker(args: argparse.Namespace, env: Environment) -> None:
     settings = WorkerSettings(redis_url=env.redis, database_url=env.database)
     runtime.run(lambda stop: run_worker(settings, stop=stop))
+
+
+def cmd_api(args: argparse.Namespace, env: Environment) -> None:
+    secret = os.environ.get("IPSX_JWT_SECRET", "")
+    if len(secret.encode()) < 32:
+        raise UsageError("set IPSX_JWT_SECRET to a random string of at least 32 bytes")
+    settings = ApiSettings(
+        database_url=env.database,
+        redis_url=env.redis,
+        jwt_secret=secret,
+        host=args.host,
+        port=args.port,
+        siwe_domain=args.siwe_domain or f"{args.host}:{args.port}",
+        chain_id=args.chain_id,
+    )
+    runtime.run(lambda stop: run_api(settings, stop))
 
 
 def parse_gateway_address(text: str) -> tuple[str, int, bool]:

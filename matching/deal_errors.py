@@ -9,7 +9,8 @@ Split by blame:
   built (a negative price, a byte count beyond BIGINT, a commission above 100 %): a bug in the code
   that built it, or unchecked input at the edge. Never the deal's other party.
 
-All inherit from ``ValueError`` so generic handlers keep working. Attributes carry the context;
+All inherit from ``matching.errors.MatchingError``, the package's base, and from ``ValueError``
+so generic handlers keep working. Attributes carry the context;
 messages name fields, states and events, never account secrets.
 """
 
@@ -17,13 +18,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from matching.errors import MatchingError
+
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from matching.deals import Actor, EventKind, State
 
 
-class DealError(Exception):
+class DealError(MatchingError):
     """Base class of every error raised on purpose by ``matching.deals`` and ``matching.settlement``."""
 
 

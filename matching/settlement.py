@@ -34,8 +34,9 @@ by splitting it over many tiny deals; the commission rounds *down*, so the platf
 than its stated rate. The charge never exceeds the reserve (``Settlement.capped`` says when the cap
 bit): nothing is taken beyond what the requester locked for the deal.
 
-:func:`ledger_legs` lists the double-entry transfers that carry a settlement out, as data; writing
-them is ``billing.ledger``'s job.
+:func:`ledger_legs` lists the double-entry legs that carry a settlement out, as data, and
+:func:`hold_payouts` the same as payouts of a ``billing.holds`` hold; writing them is ``billing``'s
+job.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from billing.ledger import MAX_AMOUNT, Amount
+from billing.ledger import MAX_AMOUNT, Amount, Leg
 from matching.deal_errors import InvalidSettlementInput
 
 BYTES_PER_GB = 1_000_000_000
@@ -53,6 +54,15 @@ SECONDS_PER_HOUR = 3600
 BPS = 10_000  # basis points in 100 %
 KIB = 1024
 MAX_BYTES = 2**63 - 1  # BIGINT, as in billing.usage
+
+
+def _check_int(field: str, value: object, limit: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidSettlementInput(field, value, "not an int")
+    if value < 0:
+        raise InvalidSettlementInput(field, value, "negative")
+    if value > limit:
+        raise InvalidSettlementInput(field, value, f"above {limit}")
 
 
 class MeterOutcome(enum.StrEnum):
@@ -110,7 +120,9 @@ class Reconciliation:
         return self.gateway_bytes if self.outcome is MeterOutcome.MATCH else None
 
 
-def reconcile(gateway_bytes: int, agent_bytes: int, tolerance: Tolerance = DEFAULT_TOLERANCE) -> Reconciliation:
+def reconcile(
+    gateway_bytes: int, agent_bytes: int, tolerance: Tolerance = DEFAULT_TOLERANCE
+) -> Reconciliation:
     """Compare the gateway's and the agent's byte counts of one deal.
 
     Returns a ``match`` when ``|gateway_bytes - agent_bytes| <= tolerance.allowed(...)``, else a
@@ -241,11 +253,13 @@ def settle(deal: DealTerms, billable_bytes: int, billable_seconds: int, commissi
 class SettlementAccounts:
     """Where a settlement's money moves: ledger account names, supplied by ``billing``.
 
-    ``reserve``, ``available`` and ``payout`` map an account name (the deal's requester or provider)
-    to a ledger account; ``commission`` is the operator's commission account.
+    ``reserve``, ``available`` and ``payout`` map a party's name (the deal's requester or provider)
+    to a ledger account; ``commission`` is the operator's commission account. With
+    ``billing.holds`` that is ``hold_account(requester_account(name))``, ``requester_account``,
+    ``provider_account`` and ``billing.ledger.COMMISSION``.
     """
 
-    reserve: Callable[[str], str]  # requester -> its reserve (locked) account
+    reserve: Callable[[str], str]  # requester -> the account its reserve for the deal sits in
     available: Callable[[str], str]  # requester -> its available balance
     payout: Callable[[str], str]  # provider -> the account its earnings go to
     commission: str
@@ -253,17 +267,17 @@ class SettlementAccounts:
 
 @dataclass(frozen=True, slots=True)
 class LedgerLeg:
-    """One double-entry transfer: ``amount`` from ``debit`` to ``credit``.
-
-    ``reference`` is unique per deal and kind, so writing the legs again (a retried settlement) is
-    a no-op with ``billing.ledger.transfer``.
-    """
+    """One double-entry leg: ``amount`` from ``debit`` to ``credit``, of ``kind``."""
 
     debit: str
     credit: str
     amount: Amount
     kind: str
-    reference: str
+
+    @property
+    def leg(self) -> Leg:
+        """The same leg as ``billing.ledger`` posts it."""
+        return Leg(self.debit, self.credit, self.amount)
 
 
 KIND_PAYOUT = "deal_payout"
@@ -272,12 +286,15 @@ KIND_RELEASE = "deal_release"
 
 
 def ledger_legs(settlement: Settlement, accounts: SettlementAccounts) -> list[LedgerLeg]:
-    """The transfers that carry ``settlement`` out, payout first, then commission, then release.
+    """The legs that carry ``settlement`` out: payout, then commission, then release.
 
     All three leave the requester's reserve account: to the provider (``payout``), to the
     operator (``commission``), and back to the requester's available balance (``released``).
-    Legs of zero are left out: a deal with no usage (cancelled, expired, or simply unused) has a
-    single release leg, and a deal whose charge took the whole reserve has no release leg.
+    Together they move exactly ``settlement.reserve`` and form one balanced movement, to be posted
+    at once under one reference per deal so a retried settlement moves nothing twice. Legs of zero
+    are left out: a deal with no usage (cancelled, expired, or simply unused) has a single release
+    leg, a deal whose charge took the whole reserve has no release leg, and a deal with a zero
+    reserve has no legs at all.
     """
     reserve = accounts.reserve(settlement.requester)
     planned = (
@@ -285,17 +302,13 @@ def ledger_legs(settlement: Settlement, accounts: SettlementAccounts) -> list[Le
         (accounts.commission, settlement.commission, KIND_COMMISSION),
         (accounts.available(settlement.requester), settlement.released, KIND_RELEASE),
     )
-    return [
-        LedgerLeg(reserve, credit, amount, kind, f"deal:{settlement.deal_id}:{kind}")
-        for credit, amount, kind in planned
-        if amount > 0
-    ]
+    return [LedgerLeg(reserve, credit, amount, kind) for credit, amount, kind in planned if amount > 0]
 
 
-def _check_int(field: str, value: object, limit: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise InvalidSettlementInput(field, value, "not an int")
-    if value < 0:
-        raise InvalidSettlementInput(field, value, "negative")
-    if value > limit:
-        raise InvalidSettlementInput(field, value, f"above {limit}")
+def hold_payouts(settlement: Settlement, accounts: SettlementAccounts) -> list[tuple[str, Amount]]:
+    """The ``(credit_account, amount)`` payouts of ``settlement`` for ``billing.holds.post``.
+
+    The release is left out (``post`` returns the rest of the hold by itself). An empty list means
+    nothing was charged: resolve the hold with ``billing.holds.void`` instead.
+    """
+    return [(leg.credit, leg.amount) for leg in ledger_legs(settlement, accounts) if leg.kind != KIND_RELEASE]

@@ -1,0 +1,13 @@
+"""Typed keys of the resources the API application holds."""
+
+from __future__ import annotations
+
+import asyncpg
+from aiohttp import web
+from redis.asyncio import Redis
+
+from dashboard.settings import ApiSettings
+
+SETTINGS = web.AppKey("settings", ApiSettings)
+PG = web.AppKey("pg", asyncpg.Pool)
+REDIS = web.AppKey("redis", Redis)

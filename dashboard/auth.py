@@ -1,0 +1,138 @@
+"""Who is calling: Sign-In with Ethereum (EIP-4361) for people, API keys for programs.
+
+Signing in is two calls: ``POST /v1/auth/nonce`` hands out a single-use nonce (kept in Redis for
+``nonce_ttl``), and ``POST /v1/auth/siwe`` takes the EIP-4361 message naming it, signed by the
+wallet, and answers with a short-lived JWT (HS256, audience and issuer checked). A wallet signing
+in for the first time gets an account. Every other call carries ``Authorization: Bearer <token>``,
+where the token is that JWT or an API key secret (``ipsx_…``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import asyncpg
+import jwt
+import siwe
+from aiohttp import web
+from redis.asyncio import Redis
+
+from billing import accounts
+from billing.accounts import Account
+from billing.errors import AccountExists
+from dashboard.problems import Problem
+from dashboard.settings import ApiSettings
+
+_NONCE_KEY = "ipsx:api:nonce:{}"
+_BEARER = {"WWW-Authenticate": 'Bearer realm="ipsx"'}
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The caller: its account, and the API key it used (``None`` when signed in with a wallet)."""
+
+    account: Account
+    key_id: str | None
+
+
+def unauthorized(detail: str) -> Problem:
+    return Problem(401, "unauthorized", detail, headers=_BEARER)
+
+
+async def new_nonce(redis: Redis, settings: ApiSettings) -> str:
+    nonce = str(siwe.generate_nonce())
+    await redis.set(_NONCE_KEY.format(nonce), "1", ex=int(settings.nonce_ttl))
+    return nonce
+
+
+async def sign_in(
+    pool: asyncpg.Pool, redis: Redis, settings: ApiSettings, message: str, signature: str
+) -> tuple[str, Account]:
+    """Check a signed EIP-4361 message; returns a session token and the (maybe new) account.
+
+    Raises Problem 400 for a message that does not parse, 401 for a wrong signature, an unknown
+    or used nonce, another domain or chain, or an expired message.
+    """
+    try:
+        parsed = siwe.SiweMessage.from_message(message)
+    except Exception:  # the parser raises several types for malformed messages
+        raise Problem(400, "malformed_siwe_message", "the message is not an EIP-4361 message") from None
+    if int(parsed.chain_id) != settings.chain_id:
+        raise unauthorized(
+            f"the message is for chain {parsed.chain_id}, this service is on {settings.chain_id}"
+        )
+    # The nonce is spent whatever happens next, so a captured message cannot be tried twice.
+    if not await redis.getdel(_NONCE_KEY.format(parsed.nonce)):
+        raise unauthorized("unknown, expired or already used nonce")
+    try:
+        parsed.verify(signature, domain=settings.siwe_domain, nonce=parsed.nonce)
+    except siwe.VerificationError as error:
+        raise unauthorized(f"sign-in refused: {type(error).__name__}") from None
+    except Exception:  # a malformed signature
+        raise unauthorized("sign-in refused: bad signature") from None
+    account = await _account_for(pool, parsed.address)
+    return issue_token(settings, account), account
+
+
+async def _account_for(pool: asyncpg.Pool, address: str) -> Account:
+    account = await accounts.get_account_by_address(pool, address)
+    if account is not None:
+        return account
+    digits = address.lower().removeprefix("0x")
+    for length in (8, 12, 16, 40):
+        try:
+            return await accounts.create_account(pool, address=address, name=f"w_{digits[:length]}")
+        except AccountExists as exists:
+            if exists.field == "address":  # created by a concurrent sign-in
+                found = await accounts.get_account_by_address(pool, address)
+                if found is not None:
+                    return found
+    raise Problem(409, "account_conflict", "no free account name for this address")
+
+
+def issue_token(settings: ApiSettings, account: Account) -> str:
+    now = int(time.time())
+    claims = {
+        "sub": account.address,
+        "name": account.name,
+        "aud": settings.jwt_audience,
+        "iss": settings.jwt_issuer,
+        "iat": now,
+        "exp": now + int(settings.token_ttl),
+    }
+    return jwt.encode(claims, settings.jwt_secret, algorithm="HS256")
+
+
+async def authenticate(request: web.Request, pool: asyncpg.Pool, settings: ApiSettings) -> Principal:
+    """The caller of ``request``; raises Problem 401 unless it carries a valid token or key."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token or len(token) > 4096:
+        raise unauthorized("send Authorization: Bearer <session token or API key>")
+    token = token.strip()
+    if token.startswith("ipsx_"):
+        key = await accounts.authenticate_secret(pool, token)
+        if key is None:
+            raise unauthorized("unknown or revoked API key")
+        account = await accounts.get_account(pool, key.account_name)
+        if account is None:
+            raise unauthorized("unknown or revoked API key")
+        return Principal(account, key.key_id)
+    try:
+        claims = jwt.decode(
+            token,
+            settings.jwt_secret,
+            algorithms=["HS256"],
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
+            options={"require": ["exp", "iat", "sub", "aud", "iss"]},
+        )
+    except jwt.ExpiredSignatureError:
+        raise unauthorized("the session token has expired; sign in again") from None
+    except jwt.InvalidTokenError:
+        raise unauthorized("invalid session token") from None
+    account = await accounts.get_account_by_address(pool, str(claims["sub"]))
+    if account is None:
+        raise unauthorized("the account of this token no longer exists")
+    return Principal(account, None)

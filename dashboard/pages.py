@@ -1,0 +1,39 @@
+"""Cursor pagination: ``?limit=N&cursor=…`` in, ``{"items": […], "next_cursor": …}`` out.
+
+A cursor is an opaque, URL-safe token holding the sort key of the last item served; the next
+page starts after it, so pages stay stable while new rows arrive.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from dashboard.problems import Problem
+
+DEFAULT_LIMIT = 50
+
+
+def encode_cursor(key: list[Any]) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(key)).decode().rstrip("=")
+
+
+def page_params(request: web.Request, max_limit: int) -> tuple[int, list[Any] | None]:
+    """``(limit, cursor key or None)``; raises Problem 400 for a bad limit or cursor."""
+    text = request.query.get("limit", str(DEFAULT_LIMIT))
+    if not text.isdigit() or not 1 <= int(text) <= max_limit:
+        raise Problem(400, "bad_limit", f"limit must be an integer from 1 to {max_limit}")
+    raw = request.query.get("cursor")
+    if raw is None:
+        return int(text), None
+    try:
+        key = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+    except (binascii.Error, ValueError, orjson.JSONDecodeError):
+        raise Problem(400, "bad_cursor", "the cursor is not one this API handed out") from None
+    if not isinstance(key, list) or len(raw) > 512:
+        raise Problem(400, "bad_cursor", "the cursor is not one this API handed out")
+    return int(text), key

@@ -1,0 +1,243 @@
+"""The REST API's handlers: accounts and keys, balances, usage and the ledger statement."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+from redis.asyncio import Redis
+
+from billing import accounts, holds, ledger
+from billing.accounts import Account, ApiKey
+from billing.errors import InvalidAccount
+from dashboard import auth
+from dashboard.appkeys import PG, REDIS, SETTINGS
+from dashboard.auth import Principal
+from dashboard.pages import encode_cursor, page_params
+from dashboard.problems import Problem, field, json_response, read_json
+
+routes = web.RouteTableDef()
+
+_KEY_ID = re.compile(r"[0-9a-f]{12}")
+
+
+def _amount(value: int) -> dict[str, str]:
+    """Money in the API: exact base units as a string, and the decimal IPSX form for people."""
+    return {"base_units": str(value), "ipsx": ledger.format_amount(ledger.Amount(value))}
+
+
+def _account_json(account: Account) -> dict[str, Any]:
+    return {"name": account.name, "address": account.address, "created_at": account.created_at.isoformat()}
+
+
+def _key_json(key: ApiKey) -> dict[str, Any]:
+    return {
+        "key_id": key.key_id,
+        "label": key.label,
+        "created_at": key.created_at.isoformat(),
+        "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
+    }
+
+
+async def _caller(request: web.Request) -> Principal:
+    return await auth.authenticate(request, request.app[PG], request.app[SETTINGS])
+
+
+def _services(request: web.Request) -> tuple[asyncpg.Pool, Redis]:
+    return request.app[PG], request.app[REDIS]
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    pool, redis = _services(request)
+    checks: dict[str, str] = {}
+    try:
+        await pool.fetchval("SELECT 1")
+        checks["postgres"] = "ok"
+    except (OSError, asyncpg.PostgresError):
+        checks["postgres"] = "unavailable"
+    try:
+        await redis.ping()
+        checks["redis"] = "ok"
+    except Exception:  # redis-py raises its own ConnectionError family
+        checks["redis"] = "unavailable"
+    ready = all(value == "ok" for value in checks.values())
+    return json_response(
+        {"status": "ready" if ready else "not_ready", "checks": checks}, 200 if ready else 503
+    )
+
+
+@routes.post("/v1/auth/nonce")
+async def nonce(request: web.Request) -> web.Response:
+    _, redis = _services(request)
+    settings = request.app[SETTINGS]
+    return json_response(
+        {
+            "nonce": await auth.new_nonce(redis, settings),
+            "domain": settings.siwe_domain,
+            "chain_id": settings.chain_id,
+            "expires_in": int(settings.nonce_ttl),
+        },
+        201,
+    )
+
+
+@routes.post("/v1/auth/siwe")
+async def sign_in(request: web.Request) -> web.Response:
+    pool, redis = _services(request)
+    settings = request.app[SETTINGS]
+    body = await read_json(request)
+    message = field(body, "message", str, max_len=4096)
+    signature = field(body, "signature", str, max_len=200)
+    token, account = await auth.sign_in(pool, redis, settings, message, signature)
+    return json_response(
+        {
+            "token": token,
+            "token_type": "Bearer",
+            "expires_in": int(settings.token_ttl),
+            "account": _account_json(account),
+        }
+    )
+
+
+@routes.get("/v1/me")
+async def me(request: web.Request) -> web.Response:
+    caller = await _caller(request)
+    pool = request.app[PG]
+    requester = ledger.requester_account(caller.account.name)
+    return json_response(
+        {
+            "account": _account_json(caller.account),
+            "key_id": caller.key_id,
+            "balance": {
+                "available": _amount(await ledger.balance(pool, requester)),
+                "reserved": _amount(await holds.reserved(pool, requester)),
+                "earned": _amount(await ledger.balance(pool, ledger.provider_account(caller.account.name))),
+            },
+        }
+    )
+
+
+@routes.get("/v1/keys")
+async def list_keys(request: web.Request) -> web.Response:
+    caller = await _caller(request)
+    keys = await accounts.list_keys(request.app[PG], caller.account.name)
+    return json_response({"items": [_key_json(key) for key in keys]})
+
+
+@routes.post("/v1/keys")
+async def create_key(request: web.Request) -> web.Response:
+    caller = await _caller(request)
+    body = await read_json(request)
+    label = field(body, "label", str, optional=True, max_len=accounts.MAX_LABEL_LEN) or ""
+    try:
+        new = await accounts.create_key(request.app[PG], account_name=caller.account.name, label=label)
+    except InvalidAccount as error:
+        raise Problem(422, "invalid_field", error.reason, field=error.field) from None
+    return json_response({**_key_json(new.key), "secret": new.secret}, 201)
+
+
+@routes.delete("/v1/keys/{key_id}")
+async def revoke_key(request: web.Request) -> web.Response:
+    caller = await _caller(request)
+    key_id = request.match_info["key_id"]
+    if not _KEY_ID.fullmatch(key_id) or not await accounts.revoke_key(
+        request.app[PG], key_id, account_id=caller.account.id
+    ):
+        raise Problem(404, "not_found", "no live key of yours has this id")
+    return web.Response(status=204)
+
+
+@routes.get("/v1/usage")
+async def usage(request: web.Request) -> web.Response:
+    """The caller's metered streams, newest first, with both meters side by side."""
+    caller = await _caller(request)
+    limit, cursor = page_params(request, request.app[SETTINGS].page_limit)
+    after_time, after_id = _usage_cursor(cursor)
+    rows = await request.app[PG].fetch(
+        """
+        SELECT event_id, deal_id, exit_id, protocol, target, outcome, opened_at, closed_at,
+               gateway_bytes_up, gateway_bytes_down, agent_bytes_up, agent_bytes_down
+        FROM metered_streams
+        WHERE requester = $1 AND ($2::timestamptz IS NULL OR (closed_at, event_id) < ($2, $3))
+        ORDER BY closed_at DESC, event_id DESC
+        LIMIT $4
+        """,
+        caller.account.name,
+        after_time,
+        after_id,
+        limit,
+    )
+    items = [
+        {
+            **{k: row[k] for k in ("event_id", "deal_id", "exit_id", "protocol", "target", "outcome")},
+            "opened_at": row["opened_at"].isoformat(),
+            "closed_at": row["closed_at"].isoformat(),
+            "gateway_bytes": {"up": row["gateway_bytes_up"], "down": row["gateway_bytes_down"]},
+            "agent_bytes": None
+            if row["agent_bytes_up"] is None
+            else {"up": row["agent_bytes_up"], "down": row["agent_bytes_down"]},
+        }
+        for row in rows
+    ]
+    last = rows[-1] if len(rows) == limit else None
+    next_cursor = None if last is None else encode_cursor([last["closed_at"].isoformat(), last["event_id"]])
+    return json_response({"items": items, "next_cursor": next_cursor})
+
+
+def _usage_cursor(cursor: list[Any] | None) -> tuple[dt.datetime | None, str]:
+    if cursor is None:
+        return None, ""
+    try:
+        moment, event_id = cursor
+        return dt.datetime.fromisoformat(moment), str(event_id)
+    except (TypeError, ValueError):
+        raise Problem(400, "bad_cursor", "the cursor is not one this API handed out") from None
+
+
+@routes.get("/v1/ledger")
+async def statement(request: web.Request) -> web.Response:
+    """Entries touching the caller's ledger accounts (requester, its holds, provider), newest first."""
+    caller = await _caller(request)
+    limit, cursor = page_params(request, request.app[SETTINGS].page_limit)
+    if cursor is not None and (len(cursor) != 1 or not isinstance(cursor[0], int)):
+        raise Problem(400, "bad_cursor", "the cursor is not one this API handed out")
+    before = None if cursor is None else cursor[0]
+    requester = ledger.requester_account(caller.account.name)
+    own = [requester, holds.hold_account(requester), ledger.provider_account(caller.account.name)]
+    rows = await request.app[PG].fetch(
+        """
+        SELECT t.id, t.debit_account, t.credit_account, t.amount::text AS amount, t.kind,
+               m.reference, t.created_at
+        FROM ledger_transfers t JOIN ledger_movements m ON m.id = t.movement_id
+        WHERE (t.debit_account = ANY($1::text[]) OR t.credit_account = ANY($1::text[]))
+          AND ($2::bigint IS NULL OR t.id < $2)
+        ORDER BY t.id DESC
+        LIMIT $3
+        """,
+        own,
+        before,
+        limit,
+    )
+    items = [
+        {
+            "id": row["id"],
+            "kind": row["kind"],
+            "debit": row["debit_account"],
+            "credit": row["credit_account"],
+            "amount": _amount(int(row["amount"])),
+            "reference": row["reference"],
+            "created_at": row["created_at"].isoformat(),
+        }
+        for row in rows
+    ]
+    next_cursor = encode_cursor([rows[-1]["id"]]) if len(rows) == limit else None
+    return json_response({"items": items, "next_cursor": next_cursor})

@@ -1,0 +1,27 @@
+"""Settings of the REST API: typed, immutable, built once at the edge."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SECONDS = 1.0
+KIB = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ApiSettings:
+    database_url: str = field(repr=False)
+    redis_url: str = field(repr=False)
+    jwt_secret: str = field(repr=False)  # HS256 key of the session tokens; 32 bytes or more
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # Sign-In with Ethereum: the messages must name this domain and chain, and be signed within
+    # nonce_ttl of asking for the nonce.
+    siwe_domain: str = "localhost:8000"
+    chain_id: int = 1
+    nonce_ttl: float = 5 * 60 * SECONDS
+    token_ttl: float = 15 * 60 * SECONDS
+    jwt_audience: str = "ipsx-api"
+    jwt_issuer: str = "ipsx"
+    max_body: int = 64 * KIB
+    page_limit: int = 100  # the most items one page of a list returns

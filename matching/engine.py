@@ -1,0 +1,439 @@
+"""The matching engine: pairs requests with offers in price-time priority and opens deals.
+
+Pure and deterministic: no I/O, no clock, no randomness. Every call that can trade takes ``now``;
+deal ids are ``f"{request_id}_{n}"`` with ``n`` the engine's deal counter, so the same calls on a
+fresh engine give the same results. Money goes through a :class:`Funds` hook: the engine reserves
+a deal's cost estimate before opening it and releases it when the deal ends.
+
+The invariant every public call keeps: **no crossed book**. No resting request is compatible
+with a resting offer whose exit has room for it. Each call re-establishes it where it could break:
+
+* ``place_request`` (and a re-priced ``amend_request``) fills until nothing compatible is left
+  before the remainder rests;
+* ``place_offer`` (and a re-priced ``amend_offer``) serves every compatible resting request the
+  exit has room for before returning;
+* ``end_deal`` frees room on an exit and serves resting requests with it at once (there is no
+  separate ``rematch``: the book is never left crossed between two calls);
+* cancelling, expiring and time passing only remove trading possibilities.
+
+A request whose reserve is refused stops filling and leaves the book (it is never rested), and
+its id is reported in :attr:`MatchResult.unfunded`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from bisect import bisect_right
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from billing.ledger import Amount
+from matching.book import BEFORE_ALL, DEDICATED, SHARED, Book, Level, RestingOffer, RestingRequest
+from matching.errors import DuplicateOrder, InsufficientFunds, InvalidOrder, UnknownDeal, UnknownOrder
+from matching.orders import Offer, Request, RequestFilters, is_expired
+
+
+class Funds(Protocol):
+    """Where reserves are held. The PostgreSQL ledger implements it at the edge."""
+
+    def try_reserve(self, requester: str, amount: Amount) -> bool:
+        """Lock ``amount`` of ``requester``'s available balance; False (and no change) if short."""
+        ...
+
+    def release(self, requester: str, amount: Amount) -> None:
+        """Unlock ``amount`` previously reserved for ``requester``."""
+        ...
+
+
+class InMemoryFunds:
+    """A :class:`Funds` over a dict of balances, for tests and benchmarks."""
+
+    def __init__(self, balances: dict[str, int]) -> None:
+        self._balances = dict(balances)
+        self._reserved: dict[str, int] = {}
+
+    def try_reserve(self, requester: str, amount: Amount) -> bool:
+        held = self._reserved.get(requester, 0)
+        if self._balances.get(requester, 0) - held < amount:
+            return False
+        self._reserved[requester] = held + amount
+        return True
+
+    def release(self, requester: str, amount: Amount) -> None:
+        held = self._reserved.get(requester, 0)
+        if amount > held:
+            # Releasing more than was reserved is a bug in the caller, not a requester's mistake.
+            raise ValueError(f"release of {amount} exceeds the {held} reserved for {requester}")
+        self._reserved[requester] = held - amount
+
+    def reserved(self, requester: str) -> int:
+        """Base units currently reserved for ``requester``."""
+        return self._reserved.get(requester, 0)
+
+    def total_reserved(self) -> int:
+        """Base units currently reserved, all requesters together."""
+        return sum(self._reserved.values())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Fill:
+    """A deal opened by the engine: one request's use of one exit, at the offer's prices.
+
+    ``reserve`` is the cost estimate at those prices for the request's duration and traffic; it
+    is held by :class:`Funds` until :meth:`Engine.end_deal`. Spot deals carry their own
+    ``deal_id`` as ``request_id``.
+    """
+
+    deal_id: str
+    request_id: str
+    offer_id: str
+    requester: str
+    provider: str
+    exit_id: str
+    price_per_gb: Amount
+    price_per_hour: Amount
+    duration_s: int
+    traffic_bytes: int
+    dedicated: bool
+    reserve: Amount
+    opened_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class MatchResult:
+    """What one call did: deals opened (in order), and whether the order it names rests.
+
+    ``rested`` is True when the placed or amended order is on the book after the call (always for
+    an offer; for a request, when part of it is still wanted and it may rest). ``unfunded`` lists
+    requests dropped because their reserve was refused: the placed request itself, or resting
+    requests an offer or a freed exit tried to fill.
+    """
+
+    fills: tuple[Fill, ...] = ()
+    rested: bool = False
+    unfunded: tuple[str, ...] = ()
+
+    @property
+    def stopped_for_funds(self) -> bool:
+        """True if some request stopped filling because its reserve was refused."""
+        return bool(self.unfunded)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestStatus:
+    """A resting request as the book holds it: the order (as amended) and its progress."""
+
+    request: Request
+    filled: int
+    seq: int  # time priority: lower trades first among equal willingness
+
+    @property
+    def remaining(self) -> int:
+        """IPs still wanted."""
+        return self.request.ips - self.filled
+
+
+class Engine:
+    """The order book and the matching rules. Not thread-safe: one owner calls it in sequence."""
+
+    def __init__(self, funds: Funds) -> None:
+        self._funds = funds
+        self._book = Book()
+        self._deals: dict[str, Fill] = {}
+        self._deal_no = 0
+
+    # -- orders ------------------------------------------------------------------------------
+
+    def place_offer(self, offer: Offer, now: float) -> MatchResult:
+        """Rest ``offer`` and fill compatible resting requests against it, best willingness first.
+
+        Raises ``DuplicateOrder`` if its id rests already, ``InvalidOrder`` if it is expired at
+        ``now`` or its exit is lent by another provider.
+        """
+        self._check_new(offer.offer_id, offer.expires_at, now)
+        ro = self._book.add_offer(offer)
+        fills: list[Fill] = []
+        unfunded: list[str] = []
+        self._serve(ro, now, fills, unfunded)
+        return MatchResult(tuple(fills), True, tuple(unfunded))
+
+    def place_request(self, request: Request, now: float) -> MatchResult:
+        """Fill ``request`` against resting offers, cheapest for it first, ties by arrival.
+
+        Up to ``request.ips`` deals, each on a distinct exit. The rest rests if ``request.rest``
+        and funds did not run out, else it is dropped. Raises ``DuplicateOrder`` and
+        ``InvalidOrder`` as :meth:`place_offer` does.
+        """
+        self._check_new(request.request_id, request.expires_at, now)
+        rr = RestingRequest(request, self._book.next_seq(), 0, set())
+        return self._fill_and_rest(rr, now, may_rest=request.rest)
+
+    def cancel(self, order_id: str) -> None:
+        """Remove a resting offer or request; its open deals go on. Raises ``UnknownOrder``."""
+        book = self._book
+        if order_id in book.offers:
+            book.remove_offer(book.offers[order_id])
+        elif order_id in book.requests:
+            book.remove_request(book.requests[order_id])
+        else:
+            raise UnknownOrder(order_id)
+
+    def amend_offer(
+        self,
+        offer_id: str,
+        *,
+        price_per_gb: Amount | None = None,
+        price_per_hour: Amount | None = None,
+        now: float,
+    ) -> MatchResult:
+        """Change a resting offer's prices; ``None`` keeps one.
+
+        A changed price re-queues the offer (it loses time priority) and may trade at once; open
+        deals keep their prices. Raises ``UnknownOrder`` and ``InvalidOrder``.
+        """
+        ro = self._book.offers.get(offer_id)
+        if ro is None:
+            raise UnknownOrder(offer_id)
+        offer = dataclasses.replace(
+            ro.offer,
+            price_per_gb=ro.offer.price_per_gb if price_per_gb is None else price_per_gb,
+            price_per_hour=ro.offer.price_per_hour if price_per_hour is None else price_per_hour,
+        )
+        if offer == ro.offer:
+            return MatchResult(rested=True)
+        self._book.remove_offer(ro)
+        fresh = self._book.add_offer(offer)
+        fills: list[Fill] = []
+        unfunded: list[str] = []
+        self._serve(fresh, now, fills, unfunded)
+        return MatchResult(tuple(fills), True, tuple(unfunded))
+
+    def amend_request(
+        self,
+        request_id: str,
+        *,
+        ips: int | None = None,
+        max_price_per_gb: Amount | None = None,
+        max_price_per_hour: Amount | None = None,
+        now: float,
+    ) -> MatchResult:
+        """Change a resting request's total IPs or max prices; ``None`` keeps one.
+
+        ``ips`` is the new total and must exceed the IPs already filled. Lowering it keeps time
+        priority; raising it or changing a price re-queues the request, and a changed price may
+        trade at once. Raises ``UnknownOrder`` and ``InvalidOrder``.
+        """
+        book = self._book
+        rr = book.requests.get(request_id)
+        if rr is None:
+            raise UnknownOrder(request_id)
+        old = rr.request
+        if ips is not None and isinstance(ips, int) and ips <= rr.filled:
+            raise InvalidOrder("ips", "must exceed the IPs already filled")
+        request = dataclasses.replace(
+            old,
+            ips=old.ips if ips is None else ips,
+            max_price_per_gb=old.max_price_per_gb if max_price_per_gb is None else max_price_per_gb,
+            max_price_per_hour=old.max_price_per_hour if max_price_per_hour is None else max_price_per_hour,
+        )
+        repriced = (request.max_price_per_gb, request.max_price_per_hour) != (
+            old.max_price_per_gb,
+            old.max_price_per_hour,
+        )
+        if not repriced and request.ips <= old.ips:
+            book.replace_request(rr, request)
+            return MatchResult(rested=True)
+        book.remove_request(rr)
+        fresh = RestingRequest(request, book.next_seq(), rr.filled, rr.exits)
+        if not repriced:
+            # More IPs at the same prices: nothing newly compatible, so no need to look.
+            book.add_request(fresh)
+            return MatchResult(rested=True)
+        return self._fill_and_rest(fresh, now, may_rest=True)
+
+    def expire(self, now: float) -> list[str]:
+        """Remove resting orders whose ``expires_at`` is at or before ``now``; their ids, soonest first."""
+        return self._book.pop_expired(now)
+
+    # -- deals -------------------------------------------------------------------------------
+
+    def end_deal(self, deal_id: str, now: float) -> MatchResult:
+        """Close a deal: release its reserve, free its room on the exit and serve resting requests with it.
+
+        Raises ``UnknownDeal``. Settling what the deal actually used is not the engine's business.
+        """
+        deal = self._deals.pop(deal_id, None)
+        if deal is None:
+            raise UnknownDeal(deal_id)
+        self._funds.release(deal.requester, deal.reserve)
+        fills: list[Fill] = []
+        unfunded: list[str] = []
+        for ro in self._book.vacate(deal.exit_id, DEDICATED if deal.dedicated else SHARED):
+            self._serve(ro, now, fills, unfunded)
+        return MatchResult(tuple(fills), False, tuple(unfunded))
+
+    def spot(
+        self,
+        requester: str,
+        filters: RequestFilters,
+        max_price_per_gb: Amount,
+        max_price_per_hour: Amount,
+        duration_s: int,
+        traffic_bytes: int,
+        now: float,
+    ) -> Fill | None:
+        """Open one shared deal on the cheapest compatible exit right now, never resting anything.
+
+        ``None`` if no offer qualifies. Raises ``InsufficientFunds`` if the reserve for the
+        cheapest one is refused, and ``InvalidOrder`` for bad terms (as :class:`Request` would).
+        """
+        request = Request(
+            request_id="spot",
+            requester=requester,
+            filters=filters,
+            ips=1,
+            duration_s=duration_s,
+            traffic_bytes=traffic_bytes,
+            max_price_per_gb=max_price_per_gb,
+            max_price_per_hour=max_price_per_hour,
+            dedicated=False,
+            rest=False,
+        )
+        rr = RestingRequest(request, 0, 0, set())
+        for cost, ro in self._candidates(rr, now):
+            if not self._funds.try_reserve(requester, cost):
+                raise InsufficientFunds(requester, cost)
+            return self._open(rr, ro, cost, now, spot=True)
+        return None
+
+    # -- queries -----------------------------------------------------------------------------
+
+    def depth(self, country: str | None = None, type: str | None = None) -> list[tuple[Amount, Amount, int]]:
+        """``(price_per_gb, price_per_hour, offers)`` levels of offers with room, cheapest per GB first.
+
+        Counts offers whose exit has room for a dedicated or a shared deal, in the given country
+        and type (``None``: any). Raises ``InvalidOrder`` for a malformed country or type.
+        """
+        RequestFilters(country=country, type=type)
+        merged: dict[Level, set[int]] = {}
+        for index in self._book.free:
+            for level, seqs in index.levels((country, type)).items():
+                merged.setdefault(level, set()).update(seqs)
+        return [(Amount(gb), Amount(hour), len(seqs)) for (gb, hour), seqs in sorted(merged.items())]
+
+    def resting_offers(self) -> list[Offer]:
+        """Resting offers, in time priority (arrival or last re-queue)."""
+        return [ro.offer for ro in self._book.offers.values()]
+
+    def resting_requests(self) -> list[RequestStatus]:
+        """Resting requests, in arrival order (see ``seq``; priority also weighs max prices)."""
+        return [RequestStatus(rr.request, rr.filled, rr.seq) for rr in self._book.requests.values()]
+
+    def active_deals(self) -> list[Fill]:
+        """Open deals, oldest first."""
+        return list(self._deals.values())
+
+    def deal(self, deal_id: str) -> Fill:
+        """The open deal ``deal_id``; raises ``UnknownDeal``."""
+        found = self._deals.get(deal_id)
+        if found is None:
+            raise UnknownDeal(deal_id)
+        return found
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _check_new(self, order_id: str, expires_at: float | None, now: float) -> None:
+        if order_id in self._book.offers or order_id in self._book.requests:
+            raise DuplicateOrder(order_id)
+        if is_expired(expires_at, now):
+            raise InvalidOrder("expires_at", "the order is already expired")
+
+    def _candidates(self, rr: RestingRequest, now: float) -> Iterator[tuple[Amount, RestingOffer]]:
+        """Offers ``rr`` may open a deal on now, cheapest first; lazy, so each step sees earlier fills."""
+        request, book = rr.request, self._book
+        index = book.free[DEDICATED if request.dedicated else SHARED]
+        for cost, seq in index.cheapest((request.filters.country, request.filters.type), request):
+            ro = book.offers_by_seq[seq]
+            if ro.offer.exit_id not in rr.exits and request.accepts(ro.offer, now):
+                yield Amount(cost), ro
+
+    def _fill_and_rest(self, rr: RestingRequest, now: float, *, may_rest: bool) -> MatchResult:
+        """Fill ``rr`` (not on the book) as far as offers and funds allow, then rest it if it may."""
+        fills: list[Fill] = []
+        for cost, ro in self._candidates(rr, now):
+            if not self._funds.try_reserve(rr.request.requester, cost):
+                return MatchResult(tuple(fills), False, (rr.request.request_id,))
+            fills.append(self._open(rr, ro, cost, now))
+            if rr.remaining == 0:
+                return MatchResult(tuple(fills), False)
+        if may_rest:
+            self._book.add_request(rr)
+        return MatchResult(tuple(fills), may_rest)
+
+    def _serve(self, ro: RestingOffer, now: float, fills: list[Fill], unfunded: list[str]) -> None:
+        """Fill resting requests against ``ro`` in request priority while its exit has room.
+
+        A k-way merge over the priority-sorted request lists that admit the exit (four buckets per
+        deal class). Each list keeps a cursor past the requests already found incompatible: room
+        only shrinks during the walk, so they stay incompatible.
+        """
+        book, offer = self._book, ro.offer
+        lists = [
+            (cls, keys)
+            for cls in (DEDICATED, SHARED)
+            for keys in book.waiting[cls].lists_for(offer.attributes)
+        ]
+        after = [BEFORE_ALL] * len(lists)
+        while ro.free[DEDICATED] or ro.free[SHARED]:
+            best: RestingRequest | None = None
+            best_slot = -1
+            for slot, (cls, keys) in enumerate(lists):
+                if not ro.free[cls]:
+                    continue
+                for i in range(bisect_right(keys, after[slot]), len(keys)):
+                    rr = book.requests_by_seq[keys[i][1]]
+                    if offer.exit_id not in rr.exits and rr.request.accepts(offer, now):
+                        if best is None or rr.key < best.key:
+                            best, best_slot = rr, slot
+                        break
+                    after[slot] = keys[i]
+            if best is None:
+                return
+            after[best_slot] = best.key
+            cost = best.request.cost_of(offer)
+            if not self._funds.try_reserve(best.request.requester, cost):
+                book.remove_request(best)
+                unfunded.append(best.request.request_id)
+                continue
+            fills.append(self._open(best, ro, cost, now))
+            if best.remaining == 0:
+                book.remove_request(best)
+
+    def _open(
+        self, rr: RestingRequest, ro: RestingOffer, cost: Amount, now: float, *, spot: bool = False
+    ) -> Fill:
+        """Record a deal of ``rr`` on ``ro``'s exit (its reserve already held) and take the room."""
+        self._deal_no += 1
+        request, offer = rr.request, ro.offer
+        deal_id = f"spot_{self._deal_no}" if spot else f"{request.request_id}_{self._deal_no}"
+        deal = Fill(
+            deal_id=deal_id,
+            request_id=deal_id if spot else request.request_id,
+            offer_id=offer.offer_id,
+            requester=request.requester,
+            provider=offer.provider,
+            exit_id=offer.exit_id,
+            price_per_gb=offer.price_per_gb,
+            price_per_hour=offer.price_per_hour,
+            duration_s=request.duration_s,
+            traffic_bytes=request.traffic_bytes,
+            dedicated=request.dedicated,
+            reserve=cost,
+            opened_at=now,
+        )
+        self._deals[deal_id] = deal
+        rr.filled += 1
+        rr.exits.add(offer.exit_id)
+        self._book.occupy(offer.exit_id, DEDICATED if request.dedicated else SHARED)
+        return deal

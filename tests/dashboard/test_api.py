@@ -1,0 +1,251 @@
+"""The REST API over real HTTP (httpx) against the real ``ipsx api`` process, PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from eth_account import Account
+from eth_account.messages import encode_defunct
+from siwe import SiweMessage
+
+from tests.dashboard.conftest import Api
+
+IPSX = 10**18
+
+
+def siwe_message(api: Api, address: str, nonce: str, **overrides: object) -> str:
+    now = dt.datetime.now(dt.UTC)
+    fields: dict[str, object] = {
+        "domain": f"127.0.0.1:{api.port}",
+        "address": address,
+        "statement": "Sign in to IPSX",
+        "uri": f"{api.url}/",
+        "version": "1",
+        "chain_id": 1,
+        "nonce": nonce,
+        "issued_at": now.isoformat().replace("+00:00", "Z"),
+        "expiration_time": (now + dt.timedelta(minutes=5)).isoformat().replace("+00:00", "Z"),
+    }
+    fields.update(overrides)
+    return str(SiweMessage(**fields).prepare_message())  # type: ignore[arg-type]
+
+
+def sign(message: str, key: bytes) -> str:
+    signed = Account.from_key(key).sign_message(encode_defunct(text=message))
+    return "0x" + signed.signature.hex().removeprefix("0x")
+
+
+def new_nonce(api: Api) -> str:
+    with api.client() as client:
+        answer = client.post("/v1/auth/nonce")
+    assert answer.status_code == 201
+    body = answer.json()
+    assert (body["domain"], body["chain_id"]) == (f"127.0.0.1:{api.port}", 1)
+    return str(body["nonce"])
+
+
+def sign_in(api: Api, key: bytes) -> dict[str, object]:
+    address = Account.from_key(key).address
+    message = siwe_message(api, address, new_nonce(api))
+    with api.client() as client:
+        answer = client.post("/v1/auth/siwe", json={"message": message, "signature": sign(message, key)})
+    assert answer.status_code == 200, answer.text
+    return dict(answer.json())
+
+
+def test_sign_in_with_ethereum_creates_the_account_and_returns_a_working_token(api: Api) -> None:
+    key = bytes.fromhex("11" * 32)
+    session = sign_in(api, key)
+    address = Account.from_key(key).address
+    assert session["token_type"] == "Bearer" and session["expires_in"] == 900
+    account = session["account"]
+    assert isinstance(account, dict) and account["address"] == address
+    assert account["name"] == "w_" + address.lower()[2:10]
+    with api.client(str(session["token"])) as client:
+        me = client.get("/v1/me").json()
+    assert me["account"]["address"] == address and me["key_id"] is None
+    assert me["balance"]["available"] == {"base_units": "0", "ipsx": "0"}
+    # Signing in again reaches the same account.
+    assert sign_in(api, key)["account"] == account
+
+
+def test_a_nonce_signs_in_once(api: Api) -> None:
+    key = bytes.fromhex("22" * 32)
+    message = siwe_message(api, Account.from_key(key).address, new_nonce(api))
+    body = {"message": message, "signature": sign(message, key)}
+    with api.client() as client:
+        assert client.post("/v1/auth/siwe", json=body).status_code == 200
+        replay = client.post("/v1/auth/siwe", json=body)
+    assert replay.status_code == 401
+    assert replay.headers["content-type"] == "application/problem+json"
+    assert replay.headers["www-authenticate"].startswith("Bearer")
+    assert replay.json()["detail"] == "unknown, expired or already used nonce"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "detail"),
+    [
+        ({"domain": "evil.example"}, "sign-in refused: DomainMismatch"),
+        ({"chain_id": 5}, "the message is for chain 5, this service is on 1"),
+        (
+            {"expiration_time": "2020-01-01T00:00:00Z", "issued_at": "2019-12-31T00:00:00Z"},
+            "sign-in refused: ExpiredMessage",
+        ),
+    ],
+)
+def test_sign_in_refuses_other_domain_chain_or_expired(
+    api: Api, overrides: dict[str, object], detail: str
+) -> None:
+    key = bytes.fromhex("33" * 32)
+    message = siwe_message(api, Account.from_key(key).address, new_nonce(api), **overrides)
+    with api.client() as client:
+        answer = client.post("/v1/auth/siwe", json={"message": message, "signature": sign(message, key)})
+    assert (answer.status_code, answer.json()["detail"]) == (401, detail)
+
+
+def test_sign_in_refuses_a_signature_by_another_wallet(api: Api) -> None:
+    key, other = bytes.fromhex("44" * 32), bytes.fromhex("55" * 32)
+    message = siwe_message(api, Account.from_key(key).address, new_nonce(api))
+    with api.client() as client:
+        answer = client.post("/v1/auth/siwe", json={"message": message, "signature": sign(message, other)})
+    assert answer.status_code == 401
+    assert answer.json()["detail"].startswith("sign-in refused")
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type", "status", "code"),
+    [
+        (b"{}", "text/plain", 415, "unsupported_media_type"),
+        (b"{not json", "application/json", 400, "malformed_json"),
+        (b"[1, 2]", "application/json", 400, "malformed_json"),
+        (b'{"message": 1, "signature": "0x"}', "application/json", 422, "invalid_field"),
+        (b'{"message": "hello", "signature": "0x00"}', "application/json", 400, "malformed_siwe_message"),
+        (b'{"message": "' + b"a" * 70_000 + b'"}', "application/json", 413, "body_too_large"),
+    ],
+)
+def test_malformed_sign_in_bodies_get_problem_details(
+    api: Api, content: bytes, content_type: str, status: int, code: str
+) -> None:
+    with api.client() as client:
+        answer = client.post("/v1/auth/siwe", content=content, headers={"Content-Type": content_type})
+    assert answer.status_code == status
+    assert answer.headers["content-type"] == "application/problem+json"
+    problem = answer.json()
+    assert problem["type"].endswith("/" + code) and problem["status"] == status
+    assert "Traceback" not in answer.text
+
+
+def test_api_key_authenticates_and_sees_balance(api: Api) -> None:
+    with api.client(api.key) as client:
+        me = client.get("/v1/me").json()
+    assert me["account"]["name"] == "alice"
+    assert me["key_id"] == api.key.split("_")[1]
+    assert me["balance"]["available"] == {"base_units": str(25 * IPSX), "ipsx": "25"}
+    assert me["balance"]["reserved"]["base_units"] == "0"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "",
+        "Basic abc",
+        "Bearer",
+        "Bearer ipsx_000000000000_" + "A" * 32,
+        "Bearer not.a.jwt",
+        "Bearer " + "x" * 5000,
+    ],
+)
+def test_bad_credentials_get_401(api: Api, header: str) -> None:
+    with api.client() as client:
+        answer = client.get("/v1/me", headers={"Authorization": header} if header else {})
+    assert answer.status_code == 401
+    assert answer.json()["type"].endswith("/unauthorized")
+
+
+def test_a_token_signed_with_another_secret_is_refused(api: Api) -> None:
+    import jwt
+
+    forged = jwt.encode(
+        {
+            "sub": "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed",
+            "aud": "ipsx-api",
+            "iss": "ipsx",
+            "iat": 1,
+            "exp": 2**40,
+        },
+        "another-secret-that-is-long-enough-32b",
+        algorithm="HS256",
+    )
+    with api.client(forged) as client:
+        assert client.get("/v1/me").status_code == 401
+
+
+def test_keys_create_list_revoke(api: Api) -> None:
+    session = sign_in(api, bytes.fromhex("66" * 32))
+    with api.client(str(session["token"])) as client:
+        created = client.post("/v1/keys", json={"label": "scraper 1"})
+        assert created.status_code == 201
+        new = created.json()
+        assert new["label"] == "scraper 1" and new["secret"].startswith(f"ipsx_{new['key_id']}_")
+        listed = client.get("/v1/keys").json()["items"]
+        assert [key["key_id"] for key in listed] == [new["key_id"]]
+        assert "secret" not in listed[0]
+    # The new key works on its own...
+    with api.client(new["secret"]) as client:
+        assert client.get("/v1/me").json()["account"]["name"] == session["account"]["name"]  # type: ignore[index]
+    # ...another account cannot revoke it...
+    with api.client(api.key) as client:
+        assert client.delete(f"/v1/keys/{new['key_id']}").status_code == 404
+    # ...its owner can, once, and then it stops working.
+    with api.client(str(session["token"])) as client:
+        assert client.delete(f"/v1/keys/{new['key_id']}").status_code == 204
+        assert client.delete(f"/v1/keys/{new['key_id']}").status_code == 404
+    with api.client(new["secret"]) as client:
+        assert client.get("/v1/me").status_code == 401
+
+
+def test_ledger_statement_pages_through_entries(api: Api) -> None:
+    for i in range(3):
+        api.ipsx("account", "credit", "alice", "0.5", "--reference", f"page-{i}")
+    with api.client(api.key) as client:
+        first = client.get("/v1/ledger", params={"limit": 2}).json()
+        second = client.get("/v1/ledger", params={"limit": 2, "cursor": first["next_cursor"]}).json()
+    assert [item["reference"] for item in first["items"]] == ["page-2", "page-1"]
+    assert second["items"][0]["reference"] == "page-0"
+    assert first["items"][0]["amount"] == {"base_units": str(IPSX // 2), "ipsx": "0.5"}
+    assert first["items"][0]["credit"] == "requester:alice"
+
+
+@pytest.mark.parametrize(
+    "query", [{"limit": "0"}, {"limit": "101"}, {"limit": "x"}, {"cursor": "%%%"}, {"cursor": "WzFd"}]
+)
+def test_bad_pagination_is_a_400(api: Api, query: dict[str, str]) -> None:
+    with api.client(api.key) as client:
+        answer = client.get("/v1/usage", params=query)
+    assert answer.status_code == 400
+    assert answer.json()["type"].rsplit("/", 1)[1] in ("bad_limit", "bad_cursor")
+
+
+def test_unknown_route_and_method_are_problems(api: Api) -> None:
+    with api.client() as client:
+        missing = client.get("/v1/nothing")
+        wrong = client.put("/v1/me")
+    assert (missing.status_code, missing.json()["title"]) == (404, "not found")
+    assert wrong.status_code == 405 and "GET" in wrong.headers["allow"]
+
+
+def test_health_and_readiness(api: Api) -> None:
+    with api.client() as client:
+        assert client.get("/healthz").json() == {"status": "ok"}
+        ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ready", "checks": {"postgres": "ok", "redis": "ok"}}
+
+
+def test_secrets_never_reach_the_log(api: Api) -> None:
+    with api.client(api.key) as client:
+        client.get("/v1/me")
+    log = api.log.read_text()
+    assert api.key not in log
+    assert api.env["IPSX_JWT_SECRET"] not in log
