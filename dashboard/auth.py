@@ -51,13 +51,15 @@ async def sign_in(
 ) -> tuple[str, Account]:
     """Check a signed EIP-4361 message; returns a session token and the (maybe new) account.
 
-    Raises Problem 400 for a message that does not parse, 401 for a wrong signature, an unknown
-    or used nonce, another domain or chain, or an expired message.
+    Raises Problem 401 for a message that does not parse (it cannot sign anyone in), a wrong
+    signature, an unknown or used nonce, another domain or chain, or an expired message.
     """
     try:
         parsed = siwe.SiweMessage.from_message(message)
     except Exception:  # the parser raises several types for malformed messages
-        raise Problem(400, "malformed_siwe_message", "the message is not an EIP-4361 message") from None
+        raise Problem(
+            401, "malformed_siwe_message", "the message is not an EIP-4361 message", headers=_BEARER
+        ) from None
     if int(parsed.chain_id) != settings.chain_id:
         raise unauthorized(
             f"the message is for chain {parsed.chain_id}, this service is on {settings.chain_id}"

@@ -31,9 +31,15 @@ _PAGE_PARAMS = [
         "required": False,
         "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 50},
     },
-    {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string", "maxLength": 512}},
+    {
+        "name": "cursor",
+        "in": "query",
+        "required": False,
+        "description": "opaque: the next_cursor of the previous page",
+        "schema": {"type": "string", "maxLength": 512},
+    },
 ]
-_PAGE_ERRORS = {**_AUTH_ERRORS, "400": _problem("bad limit or cursor")}
+_PAGE_ERRORS = {**_AUTH_ERRORS, "400": _problem("bad limit or cursor, or an unknown query parameter")}
 _BODY_ERRORS = {
     "400": _problem("the body is not a JSON object"),
     "413": _problem("the body is too large"),
@@ -237,7 +243,9 @@ def document() -> dict[str, Any]:
                             },
                         ),
                         **_BODY_ERRORS,
-                        "401": _problem("wrong signature, nonce, domain, chain or time"),
+                        "401": _problem(
+                            "not an EIP-4361 message, or wrong signature, nonce, domain, chain or time"
+                        ),
                     },
                 }
             },
@@ -273,7 +281,7 @@ def document() -> dict[str, Any]:
                             "application/json": {
                                 "schema": {
                                     "type": "object",
-                                    "properties": {"label": {"type": "string", "maxLength": 100}},
+                                    "properties": {"label": {"type": "string", "pattern": "^[ -~]{0,100}$"}},
                                 }
                             }
                         },

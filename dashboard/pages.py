@@ -23,7 +23,13 @@ def encode_cursor(key: list[Any]) -> str:
 
 
 def page_params(request: web.Request, max_limit: int) -> tuple[int, list[Any] | None]:
-    """``(limit, cursor key or None)``; raises Problem 400 for a bad limit or cursor."""
+    """``(limit, cursor key or None)``; raises Problem 400 for a bad limit or cursor, or for a
+    query parameter the operation does not take (a misspelt ``limt`` is an error, not ignored)."""
+    unknown = sorted(set(request.query) - {"limit", "cursor"})
+    if unknown:
+        raise Problem(400, "unknown_parameter", f"unknown query parameter {unknown[0][:40]!r}")
+    if len(request.query.getall("limit", [])) > 1 or len(request.query.getall("cursor", [])) > 1:
+        raise Problem(400, "repeated_parameter", "give limit and cursor at most once each")
     text = request.query.get("limit", str(DEFAULT_LIMIT))
     if not text.isdigit() or not 1 <= int(text) <= max_limit:
         raise Problem(400, "bad_limit", f"limit must be an integer from 1 to {max_limit}")

@@ -114,10 +114,13 @@ async def read_json(request: web.Request) -> dict[str, Any]:
 def field(
     body: dict[str, Any], name: str, kind: type, *, optional: bool = False, max_len: int = 10_000
 ) -> Any:
-    """``body[name]`` checked to be of ``kind`` (a str at most ``max_len`` long); 422 otherwise."""
-    value = body.get(name)
-    if value is None and optional:
+    """``body[name]`` checked to be of ``kind`` (a str at most ``max_len`` long); 422 otherwise.
+
+    ``optional`` lets the field be absent (then ``None`` is returned), never ``null``.
+    """
+    if optional and name not in body:
         return None
+    value = body.get(name)
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise Problem(422, "invalid_field", f"{name!r} must be a {kind.__name__}", field=name)
     if isinstance(value, str) and len(value) > max_len:

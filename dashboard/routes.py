@@ -22,6 +22,7 @@ from dashboard.problems import Problem, field, json_response, read_json
 routes = web.RouteTableDef()
 
 _KEY_ID = re.compile(r"[0-9a-f]{12}")
+_LABEL = re.compile(r"[ -~]{0,100}")  # printable ASCII, as the OpenAPI document says
 
 
 def _amount(value: int) -> dict[str, str]:
@@ -138,6 +139,8 @@ async def create_key(request: web.Request) -> web.Response:
     caller = await _caller(request)
     body = await read_json(request)
     label = field(body, "label", str, optional=True, max_len=accounts.MAX_LABEL_LEN) or ""
+    if not _LABEL.fullmatch(label):
+        raise Problem(422, "invalid_field", "'label' must be printable ASCII", field="label")
     try:
         new = await accounts.create_key(request.app[PG], account_name=caller.account.name, label=label)
     except InvalidAccount as error:
