@@ -1,7 +1,9 @@
 """PostgreSQL access for billing: the connection pool and the forward-only migrations.
 
 Migrations are ``migrations/NNN_name.sql`` files applied in order of their number, each in its own
-transaction, and recorded in ``schema_migrations`` under their stem (``001_accounts``). Several
+transaction, and recorded in ``schema_migrations`` under their stem (``001_accounts``). Each package
+that owns tables keeps its files in its own ``migrations/`` folder (``billing/``, ``matching/``);
+the numbers are one sequence across them. Several
 processes may call :func:`migrate` at once: a transaction-scoped advisory lock serialises them and
 each file is applied exactly once.
 """
@@ -19,6 +21,8 @@ import asyncpg
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+# Every package's migrations, in no particular order: the file numbers order them.
+MIGRATIONS_DIRS = (MIGRATIONS_DIR, Path(__file__).parent.parent / "matching" / "migrations")
 
 _MIGRATION_NAME = re.compile(r"[0-9]{3}_[a-z0-9_]+\.sql", re.ASCII)
 
@@ -39,13 +43,16 @@ async def connect(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg
     return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
 
 
-def migration_files(directory: Path = MIGRATIONS_DIR) -> list[Path]:
-    """The migration files in ``directory``, in the order they apply.
+def migration_files(*directories: Path) -> list[Path]:
+    """The migration files in ``directories`` (default: every package's), in the order they apply.
 
     Raises ``ValueError`` when a ``.sql`` file is misnamed or two files share a number, since
     either would make the order ambiguous.
     """
-    files = sorted(directory.glob("*.sql"))
+    files = sorted(
+        (path for directory in directories or MIGRATIONS_DIRS for path in directory.glob("*.sql")),
+        key=lambda path: path.name,
+    )
     numbers: set[str] = set()
     for path in files:
         if not _MIGRATION_NAME.fullmatch(path.name):
@@ -57,11 +64,11 @@ def migration_files(directory: Path = MIGRATIONS_DIR) -> list[Path]:
     return files
 
 
-async def migrate(pool: asyncpg.Pool, *, directory: Path = MIGRATIONS_DIR) -> list[str]:
+async def migrate(pool: asyncpg.Pool, *, directories: tuple[Path, ...] = MIGRATIONS_DIRS) -> list[str]:
     """Apply the migrations not applied yet; return the versions applied by this call, in order."""
     applied: list[str] = []
     async with pool.acquire() as conn:
-        for path in migration_files(directory):
+        for path in migration_files(*directories):
             version = path.stem
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)

@@ -51,49 +51,59 @@ async def reserve(pool: asyncpg.Pool, account: str, amount: Amount, reference: s
     is below ``amount`` (nothing is written), ``InvalidAmount`` for a bad amount.
     """
     async with pool.acquire() as conn, conn.transaction():
-        created = await conn.fetchval(
-            "INSERT INTO ledger_holds (reference, account, amount) VALUES ($1, $2, $3)"
-            " ON CONFLICT (reference) DO NOTHING RETURNING id",
-            reference,
-            account,
-            int(amount),
+        return await reserve_in(conn, account, amount, reference)
+
+
+async def reserve_in(conn: asyncpg.Connection, account: str, amount: Amount, reference: str) -> Hold:
+    """:func:`reserve` on ``conn``, inside the caller's transaction."""
+    created = await conn.fetchval(
+        "INSERT INTO ledger_holds (reference, account, amount) VALUES ($1, $2, $3)"
+        " ON CONFLICT (reference) DO NOTHING RETURNING id",
+        reference,
+        account,
+        int(amount),
+    )
+    if created is not None:
+        await post_in(
+            conn,
+            [Leg(account, hold_account(account), amount)],
+            kind="reserve",
+            reference=f"reserve:{reference}",
         )
-        if created is not None:
-            await post_in(
-                conn,
-                [Leg(account, hold_account(account), amount)],
-                kind="reserve",
-                reference=f"reserve:{reference}",
-            )
-        row = await conn.fetchrow(_SELECT, reference)
+    row = await conn.fetchrow(_SELECT, reference)
     return _hold(row)
 
 
-async def _resolve(
-    pool: asyncpg.Pool, reference: str, payouts: Sequence[tuple[str, Amount]], kind: str
-) -> Hold:
+async def _resolve(pool: asyncpg.Pool, reference: str, payouts: Sequence[tuple[str, Amount]]) -> Hold:
     async with pool.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow(_SELECT + " FOR UPDATE", reference)
-        if row is None:
-            raise UnknownHold(reference)
-        hold = _hold(row)
-        if hold.state != "pending":
-            raise HoldResolved(reference, hold.state)
-        total = sum(int(amount) for _, amount in payouts)
-        if total > hold.amount or any(int(amount) < 0 for _, amount in payouts):
-            raise HoldExceeded(reference, hold.amount, total)
-        held = hold_account(hold.account)
-        legs = [Leg(held, credit, amount) for credit, amount in payouts if amount > 0]
-        if hold.amount - total > 0:
-            legs.append(Leg(held, hold.account, Amount(hold.amount - total)))
-        await post_in(conn, legs, kind=kind, reference=f"{kind}:{reference}")
-        state = "posted" if payouts else "voided"
-        await conn.execute(
-            "UPDATE ledger_holds SET state = $2, posted = $3, resolved_at = now() WHERE reference = $1",
-            reference,
-            state,
-            total,
-        )
+        return await resolve_in(conn, reference, payouts)
+
+
+async def resolve_in(conn: asyncpg.Connection, reference: str, payouts: Sequence[tuple[str, Amount]]) -> Hold:
+    """Post ``payouts`` out of the hold and void the rest (no payouts: void it all), on ``conn``
+    inside the caller's transaction; raises as :func:`post` does."""
+    kind = "post" if payouts else "void"
+    row = await conn.fetchrow(_SELECT + " FOR UPDATE", reference)
+    if row is None:
+        raise UnknownHold(reference)
+    hold = _hold(row)
+    if hold.state != "pending":
+        raise HoldResolved(reference, hold.state)
+    total = sum(int(amount) for _, amount in payouts)
+    if total > hold.amount or any(int(amount) < 0 for _, amount in payouts):
+        raise HoldExceeded(reference, hold.amount, total)
+    held = hold_account(hold.account)
+    legs = [Leg(held, credit, amount) for credit, amount in payouts if amount > 0]
+    if hold.amount - total > 0:
+        legs.append(Leg(held, hold.account, Amount(hold.amount - total)))
+    await post_in(conn, legs, kind=kind, reference=f"{kind}:{reference}")
+    state = "posted" if payouts else "voided"
+    await conn.execute(
+        "UPDATE ledger_holds SET state = $2, posted = $3, resolved_at = now() WHERE reference = $1",
+        reference,
+        state,
+        total,
+    )
     return Hold(reference, hold.account, hold.amount, Amount(total), state)
 
 
@@ -106,12 +116,12 @@ async def post(pool: asyncpg.Pool, reference: str, payouts: Sequence[tuple[str, 
     """
     if not payouts:
         raise ValueError("post needs at least one payout; use void to release a hold")
-    return await _resolve(pool, reference, payouts, "post")
+    return await _resolve(pool, reference, payouts)
 
 
 async def void(pool: asyncpg.Pool, reference: str) -> Hold:
     """Resolve the hold by returning all of it to its account; raises as :func:`post` does."""
-    return await _resolve(pool, reference, (), "void")
+    return await _resolve(pool, reference, ())
 
 
 async def get(pool: asyncpg.Pool, reference: str) -> Hold | None:

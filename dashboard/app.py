@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 from collections.abc import AsyncIterator
 
+import asyncpg
 from aiohttp import web
 from redis.asyncio import Redis
 
 from billing import db
 from dashboard import openapi
-from dashboard.appkeys import PG, REDIS, SETTINGS
+from dashboard.appkeys import MARKET, PG, REDIS, SETTINGS
 from dashboard.problems import json_response, problems_middleware
 from dashboard.routes import routes
+from dashboard.routes_market import routes as market_routes
 from dashboard.settings import ApiSettings
+from matching.market import Market
+
+# pg_advisory_lock key of the process that runs the market (one per deployment)
+MARKET_LOCK = int.from_bytes(hashlib.sha256(b"ipsx.matching.market").digest()[:8], "big", signed=True)
 
 log = logging.getLogger("ipsx.api")
 
@@ -35,7 +42,13 @@ def build_app(settings: ApiSettings) -> web.Application:
         app[PG] = await db.connect(settings.database_url, min_size=1, max_size=10)
         app[REDIS] = Redis.from_url(settings.redis_url)
         try:
-            yield
+            if settings.market:
+                async with _market(app[PG], app[REDIS]) as market:
+                    if market is not None:
+                        app[MARKET] = market
+                    yield
+            else:
+                yield
         finally:
             await app[REDIS].aclose()
             await app[PG].close()
@@ -43,7 +56,28 @@ def build_app(settings: ApiSettings) -> web.Application:
     app.cleanup_ctx.append(resources)
     app.router.add_get("/openapi.json", _openapi)
     app.router.add_routes(routes)
+    app.router.add_routes(market_routes)
     return app
+
+
+@contextlib.asynccontextmanager
+async def _market(pool: asyncpg.Pool, redis: Redis) -> AsyncIterator[Market | None]:
+    """Run the market here if no other process does (a session advisory lock says who does)."""
+    async with pool.acquire() as holder:
+        if not await holder.fetchval("SELECT pg_try_advisory_lock($1)", MARKET_LOCK):
+            log.warning("another process runs the market; this API node answers market calls with 503")
+            yield None
+            return
+        market = Market(pool, redis)
+        await market.load()
+        stop = asyncio.Event()
+        task = asyncio.create_task(market.run(stop))
+        try:
+            yield market
+        finally:
+            stop.set()
+            await task
+            await holder.execute("SELECT pg_advisory_unlock($1)", MARKET_LOCK)
 
 
 @contextlib.asynccontextmanager

@@ -7,7 +7,9 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from dashboard.settings import ApiSettings
+from matching.market import Market
 
 SETTINGS = web.AppKey("settings", ApiSettings)
 PG = web.AppKey("pg", asyncpg.Pool)
 REDIS = web.AppKey("redis", Redis)
+MARKET = web.AppKey("market", Market)

@@ -25,3 +25,4 @@ class ApiSettings:
     jwt_issuer: str = "ipsx"
     max_body: int = 64 * KIB
     page_limit: int = 100  # the most items one page of a list returns
+    market: bool = True  # run the market here (if no other process holds its lock)

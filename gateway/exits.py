@@ -11,11 +11,22 @@ from gateway.conn import Conn
 from gateway.targeting import Targeting
 from gateway.tunnel import DialError, TunnelHub
 from gateway.wire import DialErrorCode
+from matching.orders import RequestFilters
+from matching.routing import DealRoutes
 from pool.select import Selector
 
 
 class NoExit(Exception):
     """No live exit satisfies the requester's filters (never a silent fallback to others)."""
+
+
+class NoDeal(Exception):
+    """The market opened no deal for the requester: ``reason`` is ``insufficient_funds``,
+    ``no_offer`` or ``unavailable``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass(slots=True)
@@ -44,18 +55,54 @@ class ExitDialer:
     """
 
     def __init__(
-        self, hub: TunnelHub, selector: Selector, publisher: UsagePublisher, *, node: str, max_attempts: int
+        self,
+        hub: TunnelHub,
+        selector: Selector,
+        publisher: UsagePublisher,
+        *,
+        node: str,
+        max_attempts: int,
+        routes: DealRoutes | None = None,
     ) -> None:
         self._hub = hub
         self._selector = selector
         self._publisher = publisher
         self._node = node
         self._max_attempts = max_attempts
+        self._routes = routes
+
+    async def _ask_spot(self, targeting: Targeting, protocol: str) -> dict[str, str]:
+        """Ask the market for spot deals matching the targeting; their routes, or NoDeal."""
+        if self._routes is None:
+            raise RuntimeError("spot deals asked of a gateway without the market")
+        filters = RequestFilters(
+            country=targeting.filters.country,
+            region=targeting.filters.region,
+            city=targeting.filters.city,
+            asn=targeting.filters.asn,
+            type=targeting.filters.type,
+            protocol=_MARKET_PROTOCOL.get(protocol, "https"),
+        )
+        answer = await self._routes.ask_spot(targeting.account, filters)
+        if answer != "ok":
+            raise NoDeal(answer)
+        return await self._routes.routes(targeting.account)
+
+    def _of_deal(self, routes: dict[str, str], targeting: Targeting) -> dict[str, str]:
+        if targeting.deal is None:
+            return routes
+        return {exit_id: deal for exit_id, deal in routes.items() if deal == targeting.deal}
 
     async def open(self, targeting: Targeting, host: str, port: int, protocol: str) -> Stream:
-        """Raises NoExit or the last DialError."""
+        """Raises NoExit, NoDeal or the last DialError."""
         excluded: set[str] = set()
         last_error: DialError | None = None
+        # With the market in force, only the exits of the requester's active deals serve it;
+        # when none of them fits, the market is asked once for spot deals that do.
+        deal_exits: dict[str, str] | None = None
+        asked_spot = False
+        if self._routes is not None:
+            deal_exits = self._of_deal(await self._routes.routes(targeting.account), targeting)
         for attempt in range(1, self._max_attempts + 1):
             choice = await self._selector.select(
                 targeting.account,
@@ -63,7 +110,19 @@ class ExitDialer:
                 session=targeting.session,
                 session_ttl=targeting.sessttl,
                 exclude=frozenset(excluded),
+                only=None if deal_exits is None else frozenset(deal_exits),
             )
+            if choice is None and deal_exits is not None and not asked_spot and targeting.deal is None:
+                asked_spot = True
+                deal_exits = await self._ask_spot(targeting, protocol)
+                choice = await self._selector.select(
+                    targeting.account,
+                    targeting.filters,
+                    session=targeting.session,
+                    session_ttl=targeting.sessttl,
+                    exclude=frozenset(excluded),
+                    only=frozenset(deal_exits),
+                )
             if choice is None:
                 break
             stream_id = os.urandom(16).hex()
@@ -86,7 +145,7 @@ class ExitDialer:
                 requester=targeting.account,
                 protocol=protocol,
                 target=f"{host}:{port}",
-                deal_id=targeting.deal,
+                deal_id=targeting.deal if deal_exits is None else deal_exits[choice.exit_id],
                 attempts=attempt,
             )
         if last_error is not None:
@@ -131,3 +190,10 @@ DIAL_ERRORS: dict[DialErrorCode, tuple[int, str, int]] = {
     DialErrorCode.EXIT: (502, "exit_failed", 1),
 }
 NO_EXIT = (502, "no_exit_matches", 3)
+_MARKET_PROTOCOL = {"http": "http", "connect": "https", "socks5": "socks5"}  # stream kind → offer protocol
+# The market opened no deal: status, X-IPSX-Error reason, SOCKS5 reply code, message.
+NO_DEAL: dict[str, tuple[int, str, int, str]] = {
+    "insufficient_funds": (402, "insufficient_funds", 2, "your balance does not cover a deal; top it up"),
+    "no_offer": (502, "no_offer_matches", 3, "no offer matches the requested targeting at your prices"),
+    "unavailable": (503, "market_unavailable", 1, "the market did not answer; try again"),
+}

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from gateway import http1
 from gateway.conn import Conn, ConnectionClosed
-from gateway.exits import ExitDialer, NoExit, Stream
+from gateway.exits import ExitDialer, NoDeal, NoExit, Stream
 from gateway.refusals import dial_refusal, http_error
 from gateway.settings import GatewaySettings
 from gateway.targeting import Targeting
@@ -110,7 +110,7 @@ class PlainForwarder:
     ) -> _Upstream:
         try:
             stream = await self._dialer.open(targeting, host, port, "http")
-        except (DialError, NoExit) as error:
+        except (DialError, NoExit, NoDeal) as error:
             raise dial_refusal(error) from None
         return _Upstream(stream, key)
 

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from billing.errors import AccountsUnavailable
 from gateway import http1, socks5
 from gateway.conn import Conn, ConnectionClosed
-from gateway.exits import DIAL_ERRORS, NO_EXIT, ExitDialer, NoExit, Stream
+from gateway.exits import DIAL_ERRORS, NO_DEAL, NO_EXIT, ExitDialer, NoDeal, NoExit, Stream
 from gateway.forward import PlainForwarder
 from gateway.refusals import Refused, dial_refusal, http_error
 from gateway.relay import Splice, SpliceResult
@@ -152,7 +152,7 @@ class Front:
         targeting = await self._http_auth(head)
         try:
             stream = await self._dialer.open(targeting, host, port, "connect")
-        except (DialError, NoExit) as error:
+        except (DialError, NoExit, NoDeal) as error:
             raise dial_refusal(error) from None
         conn.write(_CONNECTED)
         self._splice(conn, stream, rest)
@@ -234,6 +234,11 @@ class Front:
             stream = await self._dialer.open(targeting, request.host, request.port, "socks5")
         except NoExit:
             conn.write(server.send_reply(socks5.ReplyCode(NO_EXIT[2])))
+            conn.close()
+            return
+        except NoDeal as refusal:
+            code = NO_DEAL.get(refusal.reason, NO_DEAL["unavailable"])[2]
+            conn.write(server.send_reply(socks5.ReplyCode(code)))
             conn.close()
             return
         except DialError as error:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gateway import http1
-from gateway.exits import DIAL_ERRORS, NO_EXIT, NoExit
+from gateway.exits import DIAL_ERRORS, NO_DEAL, NO_EXIT, NoDeal, NoExit
 from gateway.tunnel import DialError
 
 
@@ -19,7 +19,10 @@ def http_error(status: int, code: str, message: str, extra: list[tuple[str, str]
     return Refused(http1.error_response(status, message, headers=headers))
 
 
-def dial_refusal(error: DialError | NoExit) -> Refused:
+def dial_refusal(error: DialError | NoExit | NoDeal) -> Refused:
+    if isinstance(error, NoDeal):
+        status, code, _, message = NO_DEAL.get(error.reason, NO_DEAL["unavailable"])
+        return http_error(status, code, message)
     if isinstance(error, NoExit):
         status, code, _ = NO_EXIT
         return http_error(status, code, "no exit matches the requested targeting")

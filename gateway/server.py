@@ -18,6 +18,7 @@ from gateway.exits import ExitDialer
 from gateway.front import Front
 from gateway.settings import GatewaySettings
 from gateway.tunnel import TunnelHub
+from matching.routing import DealRoutes
 from pool.nodes import NodeInfo, NodeRegistry
 from pool.registry import ExitRegistry
 from pool.select import Selector
@@ -65,7 +66,12 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayPor
 
         keys = KeyCache(pg, ttl=settings.auth_cache_ttl)
         dialer = ExitDialer(
-            hub, selector, publisher, node=settings.node_id, max_attempts=settings.max_attempts
+            hub,
+            selector,
+            publisher,
+            node=settings.node_id,
+            max_attempts=settings.max_attempts,
+            routes=DealRoutes(redis) if settings.market else None,
         )
         front = Front(settings, dialer, keys.check)
         stack.callback(front.abort_all)

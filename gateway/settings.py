@@ -31,6 +31,9 @@ class GatewaySettings:
     # that is a wildcard address, whatever host the agent already reached the gateway at.
     advertise_host: str | None = None
     reuse_port: bool = False  # share the requester ports with sibling processes (--workers)
+    # Route each requester only through the exits of its active deals (spot deals when it has
+    # none); off: any live exit that matches, usage not attributed to deals (no market running).
+    market: bool = False
     node_id: str = field(default_factory=default_node_id)
     limits: Limits = field(default_factory=Limits)
     handshake_timeout: float = 10 * SECONDS  # a client's request head / SOCKS5 handshake

@@ -46,6 +46,12 @@ def _add_gateway(sub: argparse._SubParsersAction[Any]) -> None:
         "(default: --tunnel-host, or the host they already dialed if that is 0.0.0.0)",
     )
     p.add_argument(
+        "--market",
+        action="store_true",
+        help="route each requester only through the exits of its active deals, asking the market "
+        "(run by `ipsx api`) for spot deals when it has none; without it any matching exit serves",
+    )
+    p.add_argument(
         "--workers",
         type=int,
         default=1,

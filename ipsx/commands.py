@@ -56,6 +56,7 @@ def cmd_gateway(args: argparse.Namespace, env: Environment) -> None:
         tunnel_cert=args.tunnel_cert,
         tunnel_key=args.tunnel_key,
         advertise_host=args.advertise_host,
+        market=args.market,
     )
     if args.workers == 1:
         runtime.run(lambda stop: run_gateway(settings, stop))

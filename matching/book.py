@@ -12,17 +12,22 @@ scans cheap:
 
 Offers of one bucket are grouped in price levels ``(price_per_gb, price_per_hour)``, each level
 holding its offers' arrival sequences in order. Which level is cheapest depends on the request
-(its traffic and duration weigh the two prices), so :meth:`OfferIndex.cheapest` walks two sorted
-lists of levels, one per price, with the threshold algorithm (Fagin et al.): the cost at the
-next unseen price of each list bounds every level not seen yet, so a level is yielded once
-nothing unseen can beat it, in exact (cost, sequence) order.
+(its traffic and duration weigh the two prices), so :meth:`OfferIndex.cheapest` walks sorted
+lists of levels with the threshold algorithm (Fagin et al.): a lower bound on the cost of every
+level not seen yet lets it yield an offer once nothing unseen can beat it, in exact
+(cost, arrival) order, after reading only the head of each list.
+
+Resting requests sit in :class:`RequestQueue` s, one per bucket and deal class, in priority
+order (willingness to pay, then arrival), in blocks that know their highest bids: an arriving
+offer skips whole blocks of requests that bid below it.
 """
 
 from __future__ import annotations
 
 import heapq
+import itertools
 from bisect import bisect_left, bisect_right, insort
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from matching.errors import InvalidOrder
 from matching.orders import BYTES_PER_GB, HOUR, ExitAttributes, Offer, Request, is_expired
@@ -31,8 +36,15 @@ DEDICATED, SHARED = 0, 1  # deal classes; an index into Book.free and Book.waiti
 
 Bucket = tuple[str | None, str | None]  # (country, type), None standing for "any"
 Level = tuple[int, int]  # (price_per_gb, price_per_hour)
-RequestKey = tuple[float, int]  # (-willingness, seq): ascending order is request priority
-BEFORE_ALL: RequestKey = (float("-inf"), -1)
+# (-willingness, seq, max_price_per_gb, max_price_per_hour): ascending order is request priority
+# (seq is unique, so the prices never take part in a comparison; they are there to be read).
+RequestKey = tuple[float, int, int, int]
+BEFORE_ALL: RequestKey = (float("-inf"), -1, 0, 0)
+_START: Level = (-1, -1)  # sorts before every level
+_PAST = 1 << 512  # above any price (prices are at most 10**78): (p, _PAST) sorts after (p, *)
+_BLOCK = 32  # requests per block of a RequestQueue (blocks split at twice that)
+_GB_ONLY, _HOUR_ONLY, _BOTH = 1, 2, 4  # the sources of OfferIndex.cheapest, as bits
+_ALL_SOURCES = _GB_ONLY | _HOUR_ONLY | _BOTH
 
 
 def buckets_of(attributes: ExitAttributes) -> tuple[Bucket, Bucket, Bucket, Bucket]:
@@ -60,7 +72,12 @@ class RestingRequest:
     def __init__(self, request: Request, seq: int, filled: int, exits: set[str]) -> None:
         self.request = request
         self.seq = seq
-        self.key: RequestKey = (-request.willingness, seq)
+        self.key: RequestKey = (
+            -request.willingness,
+            seq,
+            request.max_price_per_gb,
+            request.max_price_per_hour,
+        )
         self.filled = filled
         self.exits = exits  # membership tests only: sets of str iterate in hash order
 
@@ -91,32 +108,55 @@ class ExitState:
 
 
 class _Levels:
-    """One bucket of an offer index: price levels and the two price-sorted lists of them."""
+    """One bucket of an offer index: its price levels, in sorted lists by pricing kind.
 
-    __slots__ = ("by_gb", "by_hour", "levels")
+    Most offers price one dimension only, and a level priced per GB only costs a request in the
+    order of its price per GB, whatever the request: such levels sit in one sorted list of
+    prices, as do the per-hour-only ones. Only levels with both prices need the two-list walk.
+    ``version`` changes whenever a list does, so a walk knows when its positions went stale.
+    """
+
+    __slots__ = ("both_gb", "both_hour", "gb_only", "hour_only", "levels", "version")
 
     def __init__(self) -> None:
         self.levels: dict[Level, list[int]] = {}  # level -> ascending seqs, never empty
-        self.by_gb: list[Level] = []  # (price_per_gb, price_per_hour), ascending
-        self.by_hour: list[Level] = []  # (price_per_hour, price_per_gb), ascending
+        self.gb_only: list[int] = []  # price_per_gb of levels with price_per_hour 0, ascending
+        self.hour_only: list[int] = []  # price_per_hour of levels with price_per_gb 0, ascending
+        self.both_gb: list[Level] = []  # (price_per_gb, price_per_hour) of the other levels, ascending
+        self.both_hour: list[Level] = []  # the same levels as (price_per_hour, price_per_gb), ascending
+        self.version = 0
 
     def add(self, level: Level, seq: int) -> None:
         seqs = self.levels.get(level)
-        if seqs is None:
-            self.levels[level] = [seq]
-            insort(self.by_gb, level)
-            insort(self.by_hour, (level[1], level[0]))
-        else:
+        if seqs is not None:
             insort(seqs, seq)
+            return
+        self.levels[level] = [seq]
+        gb, hour = level
+        if not hour:
+            insort(self.gb_only, gb)
+        elif not gb:
+            insort(self.hour_only, hour)
+        else:
+            insort(self.both_gb, level)
+            insort(self.both_hour, (hour, gb))
+        self.version += 1
 
     def remove(self, level: Level, seq: int) -> None:
         seqs = self.levels[level]
         del seqs[bisect_left(seqs, seq)]
-        if not seqs:
-            del self.levels[level]
-            del self.by_gb[bisect_left(self.by_gb, level)]
-            swapped = (level[1], level[0])
-            del self.by_hour[bisect_left(self.by_hour, swapped)]
+        if seqs:
+            return
+        del self.levels[level]
+        gb, hour = level
+        if not hour:
+            del self.gb_only[bisect_left(self.gb_only, gb)]
+        elif not gb:
+            del self.hour_only[bisect_left(self.hour_only, hour)]
+        else:
+            del self.both_gb[bisect_left(self.both_gb, level)]
+            del self.both_hour[bisect_left(self.both_hour, (hour, gb))]
+        self.version += 1
 
 
 class OfferIndex:
@@ -148,15 +188,20 @@ class OfferIndex:
     def cheapest(self, bucket: Bucket, request: Request) -> Iterator[tuple[int, int]]:
         """``(cost, seq)`` of the bucket's offers within ``request``'s max prices, cheapest first.
 
-        Cost is the cost estimate for ``request``; equal costs come in arrival order. The walk
-        tolerates offers leaving the index between two steps (a fill parks its exit): they are
-        simply not yielded. Offers entering meanwhile may be missed; the engine adds none while
-        it walks.
+        Cost is the cost estimate for ``request``; equal costs come in arrival order. Levels come
+        from three sources, each with a lower bound on what it has not produced yet: the
+        per-GB-only and per-hour-only lists (the next price's cost) and the two lists of
+        two-price levels (the cost at the next price of each, as in the threshold algorithm).
+        The walk advances the source with the lowest bound and yields an offer once its cost is
+        below every bound, which makes the order exact. It tolerates offers leaving the index
+        between two steps (a fill parks its exit): they are simply not yielded. Offers entering
+        meanwhile may be missed; the engine adds none while it walks.
         """
         found = self._buckets.get(bucket)
         if found is None:
             return
-        levels, by_gb, by_hour = found.levels, found.by_gb, found.by_hour
+        levels, gb_only, hour_only = found.levels, found.gb_only, found.hour_only
+        both_gb, both_hour = found.both_gb, found.both_hour
         traffic, duration = request.traffic_bytes, request.duration_s
         max_gb, max_hour = request.max_price_per_gb, request.max_price_per_hour
 
@@ -164,21 +209,50 @@ class OfferIndex:
             return -(-gb * traffic // BYTES_PER_GB) - (-hour * duration // HOUR)
 
         heap: list[tuple[int, int, Level]] = []  # (cost, seq, level): each seen level's next offer
-        seen: set[Level] = set()
-        gb_at: Level = (-1, -1)  # last entry taken from each list; the walk resumes after it
-        hour_at: Level = (-1, -1)
-        # With no traffic the per-GB price costs nothing, so only the per-hour list can raise
-        # the bound; reading the other would be wasted work.
-        use_gb = traffic > 0
-        turn = False
+        seen: set[Level] = set()  # two-price levels already pushed (they are in both lists)
+        # Last entry taken from each list (the walk resumes after it) and the position after it,
+        # trusted while the bucket's version is unchanged.
+        g_at, h_at, bg_at, bh_at = -1, -1, _START, _START
+        gi = hi = bgi = bhi = 0
+        if not traffic:
+            # Without traffic every per-GB-only level costs 0, the least possible: they all go
+            # first, merged by arrival, and that list has nothing more to bound.
+            gi = bisect_right(gb_only, max_gb)
+            g_at = gb_only[gi - 1] if gi else -1
+            heap = [(0, levels[(gb, 0)][0], (gb, 0)) for gb in gb_only[:gi]]
+            heapq.heapify(heap)
+        version = found.version
+        # The two-price lists are read in turn; without traffic the per-GB one bounds nothing.
+        turn = traffic > 0
+        g_bound = h_bound = b_bound = None
+        stale = _ALL_SOURCES  # bounds to recompute: a source moved or the lists changed
         while True:
-            gi = bisect_right(by_gb, gb_at)
-            hi = bisect_right(by_hour, hour_at)
-            gb_open = gi < len(by_gb) and by_gb[gi][0] <= max_gb
-            hour_open = hi < len(by_hour) and by_hour[hi][0] <= max_hour
-            # Every level not seen yet lies after both cursors: it costs at least `bound`, and
-            # once one list is past its max price, no unseen level is affordable at all.
-            bound = cost(by_gb[gi][0], by_hour[hi][0]) if gb_open and hour_open else None
+            if version != found.version:
+                version, stale = found.version, _ALL_SOURCES
+                gi, hi = bisect_right(gb_only, g_at), bisect_right(hour_only, h_at)
+                bgi, bhi = bisect_right(both_gb, bg_at), bisect_right(both_hour, bh_at)
+            if stale:
+                if stale & _GB_ONLY:
+                    in_range = gi < len(gb_only) and gb_only[gi] <= max_gb
+                    g_bound = cost(gb_only[gi], 0) if in_range else None
+                if stale & _HOUR_ONLY:
+                    in_range = hi < len(hour_only) and hour_only[hi] <= max_hour
+                    h_bound = cost(0, hour_only[hi]) if in_range else None
+                if stale & _BOTH:
+                    # Past its max price in either list, no unseen two-price level is affordable.
+                    in_range = (
+                        bgi < len(both_gb)
+                        and bhi < len(both_hour)
+                        and both_gb[bgi][0] <= max_gb
+                        and both_hour[bhi][0] <= max_hour
+                    )
+                    b_bound = cost(both_gb[bgi][0], both_hour[bhi][0]) if in_range else None
+                stale = 0
+            bound = g_bound
+            if h_bound is not None and (bound is None or h_bound < bound):
+                bound = h_bound
+            if b_bound is not None and (bound is None or b_bound < bound):
+                bound = b_bound
             if heap and (bound is None or heap[0][0] < bound):
                 price, seq, level = heapq.heappop(heap)
                 seqs = levels.get(level)
@@ -194,39 +268,142 @@ class OfferIndex:
                 continue
             if bound is None:
                 return
-            if use_gb and turn:
-                level = gb_at = by_gb[gi]
+            if bound == g_bound:
+                g_at = gb_only[gi]
+                gi += 1
+                stale = _GB_ONLY
+                level = (g_at, 0)
+            elif bound == h_bound:
+                h_at = hour_only[hi]
+                hi += 1
+                stale = _HOUR_ONLY
+                level = (0, h_at)
             else:
-                hour_at = by_hour[hi]
-                level = (hour_at[1], hour_at[0])
-            turn = not turn
-            if level in seen or level[0] > max_gb or level[1] > max_hour:
-                continue
-            seen.add(level)
+                stale = _BOTH
+                if turn:
+                    level = bg_at = both_gb[bgi]
+                    bgi += 1
+                    if level[1] > max_hour:  # so is the rest of this price per GB: skip it
+                        bg_at = (level[0], _PAST)
+                        bgi = bisect_right(both_gb, bg_at)
+                else:
+                    bh_at = both_hour[bhi]
+                    bhi += 1
+                    level = (bh_at[1], bh_at[0])
+                    if level[0] > max_gb:  # so is the rest of this price per hour: skip it
+                        bh_at = (bh_at[0], _PAST)
+                        bhi = bisect_right(both_hour, bh_at)
+                turn = traffic > 0 and not turn
+                if level in seen or level[0] > max_gb or level[1] > max_hour:
+                    continue
+                seen.add(level)
             heapq.heappush(heap, (cost(*level), levels[level][0], level))
 
 
+class RequestQueue:
+    """One bucket's resting requests of one deal class, in priority order, in small blocks.
+
+    Each block knows the highest max prices among its requests, so a scan for an offer skips
+    whole blocks of requests that bid below it (the usual reason a request rests) without
+    looking at them one by one.
+    """
+
+    __slots__ = ("_blocks", "_firsts")
+
+    def __init__(self) -> None:
+        self._blocks: list[_Block] = []
+        self._firsts: list[RequestKey] = []  # first key of each block, for bisect
+
+    def add(self, key: RequestKey) -> None:
+        blocks, firsts = self._blocks, self._firsts
+        if not blocks:
+            blocks.append(_Block([key]))
+            firsts.append(key)
+            return
+        bi = max(bisect_right(firsts, key) - 1, 0)
+        block = blocks[bi]
+        insort(block.keys, key)
+        firsts[bi] = block.keys[0]
+        block.max_gb = max(block.max_gb, key[2])
+        block.max_hour = max(block.max_hour, key[3])
+        if len(block.keys) > 2 * _BLOCK:
+            tail = _Block(block.keys[_BLOCK:])
+            del block.keys[_BLOCK:]
+            block.update()
+            blocks.insert(bi + 1, tail)
+            firsts.insert(bi + 1, tail.keys[0])
+
+    def remove(self, key: RequestKey) -> None:
+        bi = bisect_right(self._firsts, key) - 1
+        block = self._blocks[bi]
+        del block.keys[bisect_left(block.keys, key)]
+        if not block.keys:
+            del self._blocks[bi], self._firsts[bi]
+            return
+        self._firsts[bi] = block.keys[0]
+        block.update()
+
+    def first(
+        self, after: RequestKey, gb: int, hour: int, test: Callable[[int], bool]
+    ) -> tuple[RequestKey | None, RequestKey]:
+        """The first key after ``after`` that bids at least ``gb``/``hour`` and whose seq passes ``test``.
+
+        Also returns the last key passed over, the cursor for the next call: a key skipped for a
+        given offer stays skipped while the offer's prices and the request do not change.
+        """
+        blocks = self._blocks
+        last = after
+        bi = max(bisect_right(self._firsts, after) - 1, 0)
+        for block in itertools.islice(blocks, bi, None):
+            keys = block.keys
+            if block.max_gb < gb or block.max_hour < hour:
+                last = max(last, keys[-1])
+                continue
+            for i in range(bisect_right(keys, last), len(keys)):
+                key = keys[i]
+                if key[2] >= gb and key[3] >= hour and test(key[1]):
+                    return key, last
+                last = key
+        return None, last
+
+
+class _Block:
+    __slots__ = ("keys", "max_gb", "max_hour")
+
+    def __init__(self, keys: list[RequestKey]) -> None:
+        self.keys = keys
+        self.max_gb = self.max_hour = 0
+        self.update()
+
+    def update(self) -> None:
+        self.max_gb = max(key[2] for key in self.keys)
+        self.max_hour = max(key[3] for key in self.keys)
+
+
 class RequestIndex:
-    """Resting requests of one deal class, by the bucket their filters name, in priority order."""
+    """Resting requests of one deal class, by the bucket their filters name."""
 
     __slots__ = ("_buckets",)
 
     def __init__(self) -> None:
-        self._buckets: dict[Bucket, list[RequestKey]] = {}
+        self._buckets: dict[Bucket, RequestQueue] = {}
 
     def add(self, rr: RestingRequest) -> None:
-        insort(self._buckets.setdefault(self._bucket(rr), []), rr.key)
+        self.queue(self._bucket(rr)).add(rr.key)
 
     def remove(self, rr: RestingRequest) -> None:
-        keys = self._buckets[self._bucket(rr)]
-        del keys[bisect_left(keys, rr.key)]
+        self._buckets[self._bucket(rr)].remove(rr.key)
 
-    def lists_for(self, attributes: ExitAttributes) -> list[list[RequestKey]]:
-        """The live, priority-sorted key lists of requests whose bucket admits ``attributes``.
+    def queue(self, bucket: Bucket) -> RequestQueue:
+        """The bucket's queue; queues are never replaced, so a caller may hold one across fills."""
+        found = self._buckets.get(bucket)
+        if found is None:
+            found = self._buckets[bucket] = RequestQueue()
+        return found
 
-        Lists are never replaced, only mutated, so a caller may hold them across fills.
-        """
-        return [self._buckets.setdefault(bucket, []) for bucket in buckets_of(attributes)]
+    def queues_for(self, attributes: ExitAttributes) -> list[RequestQueue]:
+        """The queues of requests whose bucket admits an exit with ``attributes``."""
+        return [self.queue(bucket) for bucket in buckets_of(attributes)]
 
     @staticmethod
     def _bucket(rr: RestingRequest) -> Bucket:
@@ -255,11 +432,7 @@ class Book:
 
     def add_offer(self, offer: Offer) -> RestingOffer:
         """Rest ``offer`` with a fresh sequence; ``InvalidOrder`` if another provider lends its exit."""
-        state = self.exits.get(offer.exit_id)
-        if state is None:
-            state = self.exits[offer.exit_id] = ExitState(offer.provider)
-        elif state.provider != offer.provider:
-            raise InvalidOrder("exit_id", "this exit is lent by another provider")
+        state = self.claim_exit(offer.exit_id, offer.provider)
         ro = RestingOffer(offer, self.next_seq())
         self.offers[offer.offer_id] = ro
         self.offers_by_seq[ro.seq] = ro
@@ -297,6 +470,15 @@ class Book:
     def replace_request(self, rr: RestingRequest, request: Request) -> None:
         """Swap in an amended ``request`` keeping ``rr``'s place (its priority key must not change)."""
         rr.request = request
+
+    def claim_exit(self, exit_id: str, provider: str) -> ExitState:
+        """The exit's state, created for ``provider`` if new; ``InvalidOrder`` if another lends it."""
+        state = self.exits.get(exit_id)
+        if state is None:
+            state = self.exits[exit_id] = ExitState(provider)
+        elif state.provider != provider:
+            raise InvalidOrder("exit_id", "this exit is lent by another provider")
+        return state
 
     def occupy(self, exit_id: str, cls: int) -> None:
         """Count one more active deal of class ``cls`` on the exit and park what is now full."""

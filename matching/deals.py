@@ -402,10 +402,10 @@ TERMINAL: frozenset[State] = frozenset(State) - {state for state, _ in TRANSITIO
 def apply(deal: Deal, event: Event) -> tuple[Deal, TransitionRecord]:
     """Apply ``event`` to ``deal``; return the new deal and the record of the transition.
 
-    Raises ``InvalidTransition`` when (state, event) is not in :data:`TRANSITIONS` or its
-    precondition fails (``guard`` names it), ``WrongActor`` when ``event.actor`` may not cause it,
-    and ``InvalidEvent`` when ``event.at`` is earlier than ``deal.last_at``. ``deal`` itself is
-    never changed.
+    Checks, in this order: ``InvalidTransition`` when (state, event) is not in :data:`TRANSITIONS`;
+    ``WrongActor`` when ``event.actor`` may not cause it there; ``InvalidEvent`` when ``event.at``
+    is earlier than ``deal.last_at``; ``InvalidTransition`` with ``guard`` set when the
+    transition's precondition fails. On any of them nothing changed; ``deal`` itself never does.
     """
     transition = TRANSITIONS.get((deal.state, event.kind))
     if transition is None:

@@ -23,14 +23,29 @@ its id is reported in :attr:`MatchResult.unfunded`.
 from __future__ import annotations
 
 import dataclasses
-from bisect import bisect_right
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
 from billing.ledger import Amount
-from matching.book import BEFORE_ALL, DEDICATED, SHARED, Book, Level, RestingOffer, RestingRequest
-from matching.errors import DuplicateOrder, InsufficientFunds, InvalidOrder, UnknownDeal, UnknownOrder
+from matching.book import (
+    BEFORE_ALL,
+    DEDICATED,
+    SHARED,
+    Book,
+    Level,
+    RequestKey,
+    RestingOffer,
+    RestingRequest,
+)
+from matching.errors import (
+    DuplicateDeal,
+    DuplicateOrder,
+    InsufficientFunds,
+    InvalidOrder,
+    UnknownDeal,
+    UnknownOrder,
+)
 from matching.orders import Offer, Request, RequestFilters, is_expired
 
 
@@ -135,13 +150,20 @@ class RequestStatus:
 
 
 class Engine:
-    """The order book and the matching rules. Not thread-safe: one owner calls it in sequence."""
+    """The order book and the matching rules.
+
+    Not thread-safe: one owner calls it in sequence. ``now`` is whatever clock the owner uses
+    (seconds), and must not go backwards from one call to the next: an order expired at one
+    call must stay expired at the next.
+    """
 
     def __init__(self, funds: Funds) -> None:
         self._funds = funds
         self._book = Book()
         self._deals: dict[str, Fill] = {}
         self._deal_no = 0
+        # Exits held by restored deals, by request id, until that request is placed again.
+        self._restored_exits: dict[str, set[str]] = {}
 
     # -- orders ------------------------------------------------------------------------------
 
@@ -166,7 +188,8 @@ class Engine:
         ``InvalidOrder`` as :meth:`place_offer` does.
         """
         self._check_new(request.request_id, request.expires_at, now)
-        rr = RestingRequest(request, self._book.next_seq(), 0, set())
+        exits = self._restored_exits.pop(request.request_id, set())
+        rr = RestingRequest(request, self._book.next_seq(), 0, exits)
         return self._fill_and_rest(rr, now, may_rest=request.rest)
 
     def cancel(self, order_id: str) -> None:
@@ -273,6 +296,26 @@ class Engine:
             self._serve(ro, now, fills, unfunded)
         return MatchResult(tuple(fills), False, tuple(unfunded))
 
+    def restore_deal(self, deal: Fill) -> None:
+        """Re-open a deal recorded before a restart: it takes its room on the exit again.
+
+        For the persistence edge rebuilding an engine: restore every live deal first, then place
+        the resting orders again (a request with ``ips`` reduced by what its restored deals
+        hold; it will not be given their exits again). No :class:`Funds` call is made: the
+        reserve is taken to be held still, and :meth:`end_deal` releases it as usual. New deal
+        numbers continue after the highest restored one. Raises ``DuplicateDeal`` if the deal
+        is open already and ``InvalidOrder`` if another provider lends its exit.
+        """
+        if deal.deal_id in self._deals:
+            raise DuplicateDeal(deal.deal_id)
+        self._book.claim_exit(deal.exit_id, deal.provider)
+        self._deals[deal.deal_id] = deal
+        self._book.occupy(deal.exit_id, DEDICATED if deal.dedicated else SHARED)
+        self._restored_exits.setdefault(deal.request_id, set()).add(deal.exit_id)
+        number = deal.deal_id.rpartition("_")[2]
+        if number.isascii() and number.isdigit():
+            self._deal_no = max(self._deal_no, int(number))
+
     def spot(
         self,
         requester: str,
@@ -374,41 +417,45 @@ class Engine:
     def _serve(self, ro: RestingOffer, now: float, fills: list[Fill], unfunded: list[str]) -> None:
         """Fill resting requests against ``ro`` in request priority while its exit has room.
 
-        A k-way merge over the priority-sorted request lists that admit the exit (four buckets per
-        deal class). Each list keeps a cursor past the requests already found incompatible: room
-        only shrinks during the walk, so they stay incompatible.
+        A k-way merge over the priority-ordered request queues that admit the exit (four buckets
+        per deal class). Each queue keeps a cursor past the requests already found incompatible:
+        room only shrinks during the walk, so they stay incompatible.
         """
         book, offer = self._book, ro.offer
-        lists = [
-            (cls, keys)
+        requests, exit_id = book.requests_by_seq, offer.exit_id
+
+        def takes(seq: int) -> bool:
+            rr = requests[seq]
+            return exit_id not in rr.exits and rr.request.accepts(offer, now)
+
+        queues = [
+            (cls, queue)
             for cls in (DEDICATED, SHARED)
-            for keys in book.waiting[cls].lists_for(offer.attributes)
+            for queue in book.waiting[cls].queues_for(offer.attributes)
         ]
-        after = [BEFORE_ALL] * len(lists)
+        after = [BEFORE_ALL] * len(queues)
         while ro.free[DEDICATED] or ro.free[SHARED]:
-            best: RestingRequest | None = None
+            best: RequestKey | None = None
             best_slot = -1
-            for slot, (cls, keys) in enumerate(lists):
-                if not ro.free[cls]:
-                    continue
-                for i in range(bisect_right(keys, after[slot]), len(keys)):
-                    rr = book.requests_by_seq[keys[i][1]]
-                    if offer.exit_id not in rr.exits and rr.request.accepts(offer, now):
-                        if best is None or rr.key < best.key:
-                            best, best_slot = rr, slot
-                        break
-                    after[slot] = keys[i]
+            for slot, (cls, queue) in enumerate(queues):
+                if ro.free[cls]:
+                    key, after[slot] = queue.first(
+                        after[slot], offer.price_per_gb, offer.price_per_hour, takes
+                    )
+                    if key is not None and (best is None or key < best):
+                        best, best_slot = key, slot
             if best is None:
                 return
-            after[best_slot] = best.key
-            cost = best.request.cost_of(offer)
-            if not self._funds.try_reserve(best.request.requester, cost):
-                book.remove_request(best)
-                unfunded.append(best.request.request_id)
+            after[best_slot] = best
+            rr = requests[best[1]]
+            cost = rr.request.cost_of(offer)
+            if not self._funds.try_reserve(rr.request.requester, cost):
+                book.remove_request(rr)
+                unfunded.append(rr.request.request_id)
                 continue
-            fills.append(self._open(best, ro, cost, now))
-            if best.remaining == 0:
-                book.remove_request(best)
+            fills.append(self._open(rr, ro, cost, now))
+            if rr.remaining == 0:
+                book.remove_request(rr)
 
     def _open(
         self, rr: RestingRequest, ro: RestingOffer, cost: Amount, now: float, *, spot: bool = False

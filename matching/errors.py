@@ -47,6 +47,14 @@ class UnknownDeal(MatchingError, LookupError):
         self.deal_id = deal_id
 
 
+class DuplicateDeal(MatchingError, ValueError):
+    """A deal restored into the engine is already open there."""
+
+    def __init__(self, deal_id: str) -> None:
+        super().__init__(f"deal {deal_id!r} is already open")
+        self.deal_id = deal_id
+
+
 class InsufficientFunds(MatchingError):
     """``requester`` could not reserve ``amount`` base units for a spot deal.
 

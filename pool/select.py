@@ -97,9 +97,20 @@ class Selector:
         """Forget cached candidates (an exit joined or left this node)."""
         self._cache.clear()
 
-    async def choose(self, filters: ExitFilters, *, exclude: frozenset[str] = frozenset()) -> str | None:
-        """A fresh exit for one connection: the least loaded, rotating among equals."""
+    async def choose(
+        self,
+        filters: ExitFilters,
+        *,
+        exclude: frozenset[str] = frozenset(),
+        only: frozenset[str] | None = None,
+    ) -> str | None:
+        """A fresh exit for one connection: the least loaded, rotating among equals.
+
+        ``only``, when given, restricts the choice to those exits (a requester's deal exits).
+        """
         ids = await self.candidates(filters)
+        if only is not None:
+            ids = [exit_id for exit_id in ids if exit_id in only]
         count = len(ids)
         if count == 0:
             return None
@@ -128,6 +139,7 @@ class Selector:
         session: str | None = None,
         session_ttl: int | None = None,
         exclude: frozenset[str] = frozenset(),
+        only: frozenset[str] | None = None,
     ) -> Choice | None:
         """The exit for a new connection of ``account``, or None if no live exit matches.
 
@@ -136,7 +148,7 @@ class Selector:
         excluded) a new exit is chosen and the session is rebound to it.
         """
         if session is None:
-            chosen = await self.choose(filters, exclude=exclude)
+            chosen = await self.choose(filters, exclude=exclude, only=only)
             return None if chosen is None else Choice(chosen, sticky=False)
         ttl = session_ttl or DEFAULT_SESSION_TTL
         key = keys.session(account, session)
@@ -145,11 +157,12 @@ class Selector:
             exit_id = _text(bound)
             if (
                 exit_id not in exclude
+                and (only is None or exit_id in only)
                 and self._is_available(exit_id)
                 and exit_id in await self.candidates(filters)
             ):
                 return Choice(exit_id, sticky=True)
-        chosen = await self.choose(filters, exclude=exclude)
+        chosen = await self.choose(filters, exclude=exclude, only=only)
         if chosen is None:
             return None
         await self._redis.set(key, chosen, ex=ttl)

@@ -1,0 +1,309 @@
+"""The market's REST API: offers, requests, cancelling, deals, and public market data."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import asyncpg
+import orjson
+from aiohttp import web
+
+from billing import ledger
+from dashboard.appkeys import MARKET, PG, SETTINGS
+from dashboard.pages import encode_cursor, page_params
+from dashboard.problems import Problem, json_response, read_json
+from dashboard.routes import _caller
+from matching.engine import Fill, MatchResult
+from matching.errors import InvalidOrder, MatchingError
+from matching.market import Market, MarketRefused
+
+routes = web.RouteTableDef()
+
+
+def _market(request: web.Request) -> Market:
+    market = request.app.get(MARKET)
+    if market is None:
+        raise Problem(503, "market_unavailable", "this API node does not run the market")
+    return market
+
+
+def _amount(value: int) -> dict[str, str]:
+    return {"base_units": str(value), "ipsx": ledger.format_amount(ledger.Amount(value))}
+
+
+def _fill_json(fill: Fill) -> dict[str, Any]:
+    return {
+        "deal_id": fill.deal_id,
+        "request_id": fill.request_id,
+        "offer_id": fill.offer_id,
+        "exit_id": fill.exit_id,
+        "price_per_gb": _amount(fill.price_per_gb),
+        "price_per_hour": _amount(fill.price_per_hour),
+        "reserve": _amount(fill.reserve),
+        "duration_s": fill.duration_s,
+        "traffic_bytes": fill.traffic_bytes,
+        "dedicated": fill.dedicated,
+    }
+
+
+def _order_id(request: web.Request, account: str) -> str | None:
+    """The order id an ``Idempotency-Key`` names: the same key from the same account places the
+    order once; a retry answers with the order already placed."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 200 or not key.isprintable():
+        raise Problem(400, "bad_idempotency_key", "Idempotency-Key must be 1 to 200 printable characters")
+    return "k" + hashlib.sha256(f"{account}\n{key}".encode()).hexdigest()[:40]
+
+
+async def _replay(request: web.Request, order_id: str | None, account: str) -> web.Response | None:
+    if order_id is None:
+        return None
+    row = await request.app[PG].fetchrow(
+        "SELECT side, account, state, filled FROM market_orders WHERE order_id = $1", order_id
+    )
+    if row is None:
+        return None
+    if row["account"] != account:
+        raise Problem(409, "conflict", "this idempotency key was used for another order")
+    deals = await request.app[PG].fetch(
+        "SELECT deal_id FROM deals WHERE request_id = $1 OR offer_id = $1 ORDER BY deal_id", order_id
+    )
+    return json_response(
+        {
+            "order_id": order_id,
+            "side": row["side"],
+            "state": row["state"],
+            "filled": row["filled"],
+            "deal_ids": [deal["deal_id"] for deal in deals],
+            "replayed": True,
+        }
+    )
+
+
+def _placed(order_id: str, side: str, result: MatchResult) -> web.Response:
+    return json_response(
+        {
+            "order_id": order_id,
+            "side": side,
+            "resting": result.rested,
+            "deals": [_fill_json(fill) for fill in result.fills],
+            "stopped_for_funds": result.stopped_for_funds,
+        },
+        201,
+    )
+
+
+def _refusal(error: Exception) -> Problem:
+    if isinstance(error, MarketRefused):
+        return Problem(error.status, error.code, error.detail)
+    if isinstance(error, InvalidOrder):
+        return Problem(422, "invalid_order", str(error), field=error.field)
+    return Problem(422, "refused", str(error))
+
+
+@routes.post("/v1/offers")
+async def place_offer(request: web.Request) -> web.Response:
+    caller = await _caller(request)
+    market = _market(request)
+    body = await read_json(request)
+    order_id = _order_id(request, caller.account.name)
+    replay = await _replay(request, order_id, caller.account.name)
+    if replay is not None:
+        return replay
+    if order_id is not None:
+        body["offer_id"] = order_id
+    try:
+        offer, result = await market.place_offer(caller.account.name, caller.account.address, body)
+    except (MarketRefused, MatchingError, TypeError, ValueError) as error:
+        raise _refusal(error) from None
+    return _placed(offer.offer_id, "offer", result)
+
+
+@routes.post("/v1/requests")
+async def place_request(request: web.Request) -> web.Response:
+    caller = await _caller(request)
+    market = _market(request)
+    body = await read_json(request)
+    order_id = _order_id(request, caller.account.name)
+    replay = await _replay(request, order_id, caller.account.name)
+    if replay is not None:
+        return replay
+    if order_id is not None:
+        body["request_id"] = order_id
+    try:
+        placed, result = await market.place_request(caller.account.name, body)
+    except (MarketRefused, MatchingError, TypeError, ValueError) as error:
+        raise _refusal(error) from None
+    return _placed(placed.request_id, "request", result)
+
+
+@routes.delete("/v1/orders/{order_id}")
+async def cancel(request: web.Request) -> web.Response:
+    caller = await _caller(request)
+    try:
+        await _market(request).cancel(caller.account.name, request.match_info["order_id"][:64])
+    except MarketRefused as error:
+        raise _refusal(error) from None
+    return web.Response(status=204)
+
+
+@routes.get("/v1/orders")
+async def list_orders(request: web.Request) -> web.Response:
+    caller = await _caller(request)
+    limit, cursor = page_params(request, request.app[SETTINGS].page_limit)
+    before = _int_cursor(cursor)
+    rows = await request.app[PG].fetch(
+        """
+        SELECT seq, order_id, side, state, filled, terms::text AS terms, created_at FROM market_orders
+        WHERE account = $1 AND ($2::bigint IS NULL OR seq < $2) ORDER BY seq DESC LIMIT $3
+        """,
+        caller.account.name,
+        before,
+        limit,
+    )
+    items = [
+        {
+            "order_id": row["order_id"],
+            "side": row["side"],
+            "state": row["state"],
+            "filled": row["filled"],
+            "terms": orjson.loads(row["terms"]),
+            "created_at": row["created_at"].isoformat(),
+        }
+        for row in rows
+    ]
+    next_cursor = encode_cursor([rows[-1]["seq"]]) if len(rows) == limit else None
+    return json_response({"items": items, "next_cursor": next_cursor})
+
+
+def _int_cursor(cursor: list[Any] | None) -> int | None:
+    if cursor is None:
+        return None
+    if len(cursor) != 1 or not isinstance(cursor[0], int) or isinstance(cursor[0], bool):
+        raise Problem(400, "bad_cursor", "the cursor is not one this API handed out")
+    return cursor[0]
+
+
+def _deal_json(row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "deal_id": row["deal_id"],
+        "role": row["role"],
+        "state": row["state"],
+        "exit_id": row["exit_id"],
+        "requester": row["requester"],
+        "provider": row["provider"],
+        "spot": row["spot"],
+        "price_per_gb": _amount(int(row["price_per_gb"])),
+        "price_per_hour": _amount(int(row["price_per_hour"])),
+        "reserve": _amount(int(row["reserve"])),
+        "charge": None if row["charge"] is None else _amount(int(row["charge"])),
+        "commission": None if row["commission"] is None else _amount(int(row["commission"])),
+        "billable_bytes": row["billable_bytes"],
+        "created_at": row["created_at"].isoformat(),
+    }
+
+
+_DEAL_COLUMNS = """
+    deal_id, state, exit_id, requester, provider, spot, price_per_gb::text, price_per_hour::text,
+    reserve::text, charge::text, commission::text, billable_bytes, created_at,
+    CASE WHEN requester = $1 THEN 'requester' ELSE 'provider' END AS role
+"""
+
+
+@routes.get("/v1/deals")
+async def list_deals(request: web.Request) -> web.Response:
+    """The caller's deals, as requester or as provider, newest first."""
+    caller = await _caller(request)
+    limit, cursor = page_params(request, request.app[SETTINGS].page_limit)
+    if cursor is not None and (len(cursor) != 2 or not all(isinstance(part, str) for part in cursor)):
+        raise Problem(400, "bad_cursor", "the cursor is not one this API handed out")
+    rows = await request.app[PG].fetch(
+        f"SELECT {_DEAL_COLUMNS} FROM deals"  # noqa: S608
+        " WHERE (requester = $1 OR provider = $1)"
+        " AND ($2::text IS NULL OR (created_at, deal_id) < ($2::timestamptz, $3))"
+        " ORDER BY created_at DESC, deal_id DESC LIMIT $4",
+        caller.account.name,
+        None if cursor is None else cursor[0],
+        "" if cursor is None else cursor[1],
+        limit,
+    )
+    items = [_deal_json(row) for row in rows]
+    last = rows[-1] if len(rows) == limit else None
+    next_cursor = None if last is None else encode_cursor([last["created_at"].isoformat(), last["deal_id"]])
+    return json_response({"items": items, "next_cursor": next_cursor})
+
+
+@routes.get("/v1/deals/{deal_id}")
+async def get_deal(request: web.Request) -> web.Response:
+    caller = await _caller(request)
+    pool = request.app[PG]
+    row = await pool.fetchrow(
+        f"SELECT {_DEAL_COLUMNS} FROM deals WHERE deal_id = $2 AND (requester = $1 OR provider = $1)",  # noqa: S608
+        caller.account.name,
+        request.match_info["deal_id"][:128],
+    )
+    if row is None:
+        raise Problem(404, "not_found", "you have no deal with this id")
+    transitions = await pool.fetch(
+        "SELECT from_state, to_state, event, actor, at, detail, noop FROM deal_transitions"
+        " WHERE deal_id = $1 ORDER BY id",
+        row["deal_id"],
+    )
+    return json_response({**_deal_json(row), "transitions": [dict(t) for t in transitions]})
+
+
+@routes.get("/v1/market/depth")
+async def depth(request: web.Request) -> web.Response:
+    """Public: resting offers with room, by price level, for a country and IP type."""
+    market = _market(request)
+    unknown = set(request.query) - {"country", "type"}
+    if unknown:
+        raise Problem(400, "unknown_parameter", f"unknown query parameter {sorted(unknown)[0][:40]!r}")
+    try:
+        levels = market.depth(request.query.get("country"), request.query.get("type"))
+    except InvalidOrder as error:
+        raise Problem(400, "bad_filter", str(error), field=error.field) from None
+    return json_response(
+        {
+            "levels": [
+                {"price_per_gb": _amount(gb), "price_per_hour": _amount(hour), "offers": count}
+                for gb, hour, count in levels
+            ]
+        }
+    )
+
+
+@routes.get("/v1/market/prices")
+async def prices(request: web.Request) -> web.Response:
+    """Public: a price index per country and IP type, from the deals of the last 24 hours."""
+    if request.query:
+        raise Problem(400, "unknown_parameter", "this operation takes no query parameters")
+    rows = await request.app[PG].fetch(
+        """
+        SELECT o.terms->'attributes'->>'country' AS country, o.terms->'attributes'->>'type' AS type,
+               count(*) AS deals,
+               percentile_disc(0.5) WITHIN GROUP (ORDER BY d.price_per_gb)::text AS median_gb,
+               percentile_disc(0.5) WITHIN GROUP (ORDER BY d.price_per_hour)::text AS median_hour
+        FROM deals d JOIN market_orders o ON o.order_id = d.offer_id
+        WHERE d.created_at > now() - interval '24 hours'
+        GROUP BY 1, 2 ORDER BY 1, 2
+        """
+    )
+    return json_response(
+        {
+            "window_hours": 24,
+            "index": [
+                {
+                    "country": row["country"],
+                    "type": row["type"],
+                    "deals": row["deals"],
+                    "median_price_per_gb": _amount(int(row["median_gb"])),
+                    "median_price_per_hour": _amount(int(row["median_hour"])),
+                }
+                for row in rows
+            ],
+        }
+    )

@@ -1,0 +1,550 @@
+"""The market: the one writer of the order book and the deal book.
+
+It keeps :class:`matching.engine.Engine` in memory and makes every change durable in PostgreSQL in
+one transaction per operation: the order, the deals it opened, their reserves (``billing.holds``,
+one hold per deal, referenced by the deal id) and every deal transition. If a transaction fails,
+the in-memory book is rebuilt from the database, which stays the truth.
+
+Deals follow :mod:`matching.deals`; the market drives them on a tick: a deal becomes active when
+its exit is live in the pool (the agent's heartbeat is the provider's "ready"), ends when its
+time frame does or its exit goes away, is reconciled from both meters once the usage of its last
+streams had time to be ingested, and is settled through its hold (payout, commission, release).
+The exits of active deals are published to Redis for the gateway (:mod:`matching.routing`).
+
+One process runs the market (the API process); an advisory lock keeps a second one out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import asyncpg
+import orjson
+from redis.asyncio import Redis
+
+from billing import holds, ledger
+from billing.errors import InsufficientFunds as LedgerInsufficientFunds
+from billing.ledger import Amount
+from matching import routing, store
+from matching.deals import Actor, Deal, Event, EventKind, State, apply, propose
+from matching.engine import Engine, Fill, MatchResult
+from matching.errors import InvalidOrder, MatchingError
+from matching.orders import ExitAttributes, Offer, Request, RequestFilters
+from matching.settlement import (
+    SettlementAccounts,
+    Tolerance,
+    automatic_resolution,
+    billable_seconds,
+    hold_payouts,
+    reconcile,
+    settle,
+)
+from pool.registry import ExitRegistry
+
+log = logging.getLogger("ipsx.market")
+
+SECONDS = 1.0
+IPSX = 10**18
+SPOT_MAX_PRICE = Amount(10 * IPSX)  # per GB and per hour, unless the operator sets others
+_LIVE = (State.PROPOSED, State.ACTIVE)  # deals that hold room on their exit
+
+
+@dataclass(frozen=True, slots=True)
+class MarketSettings:
+    commission_bps: int = 1_000  # the operator's commission: 10 % of each charge
+    ready_timeout: int = 60  # seconds a deal waits for its exit to come online, then is cancelled
+    settle_grace: float = 5 * SECONDS  # after a deal ends, time for its last usage to be ingested
+    tick_interval: float = 1 * SECONDS
+    tolerance: Tolerance = field(default_factory=Tolerance)
+    # Spot deals: opened for traffic that comes without an order, at most at these prices.
+    spot_ips: int = 8
+    spot_duration_s: int = 600
+    spot_traffic_bytes: int = 10**9
+    spot_max_price_per_gb: Amount = SPOT_MAX_PRICE
+    spot_max_price_per_hour: Amount = SPOT_MAX_PRICE
+
+
+class MarketRefused(MatchingError):
+    """An operation the market refuses: ``code`` is a stable slug, ``status`` the HTTP answer."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
+class _LedgerFunds:
+    """The engine's view of requesters' available balances, refreshed from the ledger before
+    each operation; the ledger refuses for real when the operation is committed."""
+
+    def __init__(self) -> None:
+        self.available: dict[str, int] = {}
+
+    def try_reserve(self, requester: str, amount: Amount) -> bool:
+        if self.available.get(requester, 0) < amount:
+            return False
+        self.available[requester] -= amount
+        return True
+
+    def release(self, requester: str, amount: Amount) -> None:
+        self.available[requester] = self.available.get(requester, 0) + amount
+
+
+def _accounts() -> SettlementAccounts:
+    return SettlementAccounts(
+        reserve=lambda name: holds.hold_account(ledger.requester_account(name)),
+        available=ledger.requester_account,
+        payout=ledger.provider_account,
+        commission=ledger.COMMISSION,
+    )
+
+
+class Market:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        redis: Redis,
+        settings: MarketSettings | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._pool = pool
+        self._redis = redis
+        self.settings = settings or MarketSettings()
+        self._clock = clock
+        self._registry = ExitRegistry(redis)
+        self._funds = _LedgerFunds()
+        self._engine = Engine(self._funds)
+        self._fills: dict[str, Fill] = {}
+        self._deals: dict[str, Deal] = {}  # deals not closed yet
+        self._spot: set[str] = set()
+        self._lock = asyncio.Lock()
+        self._sequence = 0
+
+    # -- start-up --------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Rebuild the book from PostgreSQL: live deals first (they hold room), then open orders."""
+        async with self._lock:
+            await self._load()
+
+    async def _load(self) -> None:
+        self._funds = _LedgerFunds()
+        self._engine = Engine(self._funds)
+        self._fills, self._deals, self._spot = {}, {}, set()
+        for row in await store.live_deals(self._pool):
+            deal = store.deal_from(orjson.loads(row["record"]))
+            fill = Fill(
+                deal_id=row["deal_id"],
+                request_id=row["request_id"],
+                offer_id=row["offer_id"],
+                requester=row["requester"],
+                provider=row["provider"],
+                exit_id=row["exit_id"],
+                price_per_gb=Amount(int(row["price_per_gb"])),
+                price_per_hour=Amount(int(row["price_per_hour"])),
+                duration_s=row["duration_s"],
+                traffic_bytes=row["traffic_bytes"],
+                dedicated=row["dedicated"],
+                reserve=Amount(int(row["reserve"])),
+                opened_at=float(row["created"]),
+            )
+            self._deals[deal.deal_id] = deal
+            self._fills[deal.deal_id] = fill
+            if row["spot"]:
+                self._spot.add(deal.deal_id)
+            if deal.state in _LIVE:
+                self._engine.restore_deal(fill)
+        rows = await store.open_orders(self._pool)
+        await self._refresh_funds(row["account"] for row in rows if row["side"] == "request")
+        now = self._clock()
+        replayed: list[MatchResult] = []
+        for row in rows:
+            terms = orjson.loads(row["terms"])
+            if row["side"] == "offer":
+                replayed.append(self._engine.place_offer(store.offer_from(terms), now))
+            else:
+                request = store.request_from(terms)
+                request = replace(request, ips=request.ips - row["filled"])
+                replayed.append(self._engine.place_request(request, now))
+        # Room freed while no market ran (deals that ended) may fill resting requests now.
+        for result in replayed:
+            if result.fills or result.unfunded:
+                await self._commit(result)
+        await routing.publish_all(self._redis, self._active_routes())
+        log.info("market loaded: %d open orders, %d live deals", len(rows), len(self._deals))
+
+    # -- orders ------------------------------------------------------------------------------
+
+    def _new_id(self, prefix: str) -> str:
+        self._sequence += 1
+        return f"{prefix}{int(self._clock() * 1000):x}{self._sequence:04x}"
+
+    async def place_offer(
+        self, account: str, address: str, terms: dict[str, Any]
+    ) -> tuple[Offer, MatchResult]:
+        """Offer one of the caller's live exits; its attributes come from the pool, not the caller.
+
+        Raises MarketRefused (404 unknown exit, 403 another provider's exit) or
+        ``matching.errors.InvalidOrder`` for bad terms.
+        """
+        exit_id = str(terms.get("exit_id", ""))[:128]
+        info = await self._registry.get(exit_id) if exit_id else None
+        if info is None:
+            raise MarketRefused(404, "unknown_exit", "no live exit has this id; is its agent online?")
+        if info.provider != address:
+            raise MarketRefused(403, "not_your_exit", "this exit belongs to another provider")
+        attributes = ExitAttributes(
+            country=info.country, type=info.type, region=info.region, city=info.city, asn=info.asn
+        )
+        offer = Offer(
+            offer_id=str(terms.get("offer_id") or self._new_id("o")),
+            provider=account,
+            exit_id=exit_id,
+            attributes=attributes,
+            price_per_gb=Amount(_int(terms, "price_per_gb", 0)),
+            price_per_hour=Amount(_int(terms, "price_per_hour", 0)),
+            min_duration_s=_int(terms, "min_duration_s", 5),
+            max_duration_s=_int(terms, "max_duration_s", 30 * 86_400),
+            protocols=frozenset(terms.get("protocols") or ("http", "https", "socks5")),
+            sharing=str(terms.get("sharing", "both")),
+            shared_capacity=_int(terms, "shared_capacity", 1),
+            expires_at=_float(terms, "expires_at"),
+        )
+        async with self._lock:
+            await self._check_new_order(offer.offer_id)
+            await self._refresh_funds(status.request.requester for status in self._engine.resting_requests())
+            result = self._engine.place_offer(offer, self._clock())
+            await self._commit(result, placed=("offer", account, offer.offer_id, store.offer_terms(offer)))
+        return offer, result
+
+    async def place_request(self, account: str, terms: dict[str, Any]) -> tuple[Request, MatchResult]:
+        """A request order of ``account``; reserves are taken for each deal it opens."""
+        request = request_for(account, terms, str(terms.get("request_id") or self._new_id("r")))
+        async with self._lock:
+            await self._check_new_order(request.request_id)
+            await self._refresh_funds([account])
+            result = self._engine.place_request(request, self._clock())
+            await self._commit(
+                result, placed=("request", account, request.request_id, store.request_terms(request))
+            )
+        return request, result
+
+    async def cancel(self, account: str, order_id: str) -> None:
+        """Cancel one of ``account``'s resting orders; MarketRefused 404 if it has none by that id."""
+        async with self._lock:
+            owner = await self._pool.fetchval(
+                "SELECT account FROM market_orders WHERE order_id = $1 AND state = 'open'", order_id
+            )
+            if owner != account:
+                raise MarketRefused(404, "unknown_order", "you have no open order with this id")
+            self._engine.cancel(order_id)
+            async with self._pool.acquire() as conn, conn.transaction():
+                await store.update_order(conn, order_id, state="cancelled")
+
+    async def spot(self, account: str, filters: RequestFilters) -> MatchResult:
+        """Open spot deals for traffic that came without an order: up to ``spot_ips`` shared
+        exits at the best prices under the spot maximums, immediate-or-cancel."""
+        s = self.settings
+        request = Request(
+            request_id=self._new_id("s"),
+            requester=account,
+            filters=filters,
+            ips=s.spot_ips,
+            duration_s=s.spot_duration_s,
+            traffic_bytes=s.spot_traffic_bytes,
+            max_price_per_gb=s.spot_max_price_per_gb,
+            max_price_per_hour=s.spot_max_price_per_hour,
+            dedicated=False,
+            rest=False,
+        )
+        async with self._lock:
+            await self._refresh_funds([account])
+            result = self._engine.place_request(request, self._clock())
+            await self._commit(result, spot=True)
+        return result
+
+    async def _check_new_order(self, order_id: str) -> None:
+        if await store.order_exists(self._pool, order_id):
+            raise MarketRefused(409, "duplicate_order", "an order with this id exists")
+
+    async def _refresh_funds(self, requesters: Iterable[str]) -> None:
+        names = sorted(set(requesters))
+        if not names:
+            return
+        rows = await self._pool.fetch(
+            "SELECT account, balance::text AS balance FROM ledger_balances WHERE account = ANY($1::text[])",
+            [ledger.requester_account(name) for name in names],
+        )
+        found = {row["account"]: int(row["balance"]) for row in rows}
+        for name in names:
+            self._funds.available[name] = found.get(ledger.requester_account(name), 0)
+
+    def depth(self, country: str | None, type: str | None) -> list[tuple[Amount, Amount, int]]:
+        """Price levels of resting offers with room; raises ``InvalidOrder`` for bad filters."""
+        return self._engine.depth(country, type)
+
+    # -- making it durable -------------------------------------------------------------------
+
+    async def _commit(
+        self,
+        result: MatchResult,
+        *,
+        placed: tuple[str, str, str, dict[str, Any]] | None = None,
+        spot: bool = False,
+    ) -> None:
+        now = int(self._clock())
+        new: list[tuple[Fill, Deal]] = []
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                if placed is not None:
+                    await store.insert_order(conn, *placed)
+                for fill in result.fills:
+                    deal = propose(
+                        deal_id=fill.deal_id,
+                        requester=fill.requester,
+                        provider=fill.provider,
+                        exit_id=fill.exit_id,
+                        price_per_gb=fill.price_per_gb,
+                        price_per_hour=fill.price_per_hour,
+                        reserve=fill.reserve,
+                        duration_s=fill.duration_s,
+                        traffic_bytes=fill.traffic_bytes,
+                        created_at=now,
+                        accepted=True,  # the requester placed the order (or sent the traffic)
+                    )
+                    await store.insert_deal(conn, fill, deal, spot=spot)
+                    if fill.reserve > 0:
+                        await holds.reserve_in(
+                            conn, ledger.requester_account(fill.requester), fill.reserve, fill.deal_id
+                        )
+                    if not spot:
+                        await store.update_order(conn, fill.request_id, filled_delta=1)
+                    new.append((fill, deal))
+                resting = {status.request.request_id for status in self._engine.resting_requests()}
+                touched = {fill.request_id for fill in result.fills} | set(result.unfunded)
+                for request_id in sorted(touched - resting):
+                    if not spot:
+                        await store.update_order(conn, request_id, state="done")
+                if placed is not None and placed[0] == "request" and placed[2] not in resting:
+                    await store.update_order(conn, placed[2], state="done")
+        except (LedgerInsufficientFunds, asyncpg.PostgresError):
+            log.warning("market commit failed; reloading the book from the database", exc_info=True)
+            await self._load()
+            raise MarketRefused(409, "conflict", "the book changed meanwhile; try again") from None
+        for fill, deal in new:
+            self._fills[fill.deal_id] = fill
+            self._deals[fill.deal_id] = deal
+            if spot:
+                self._spot.add(fill.deal_id)
+        if new:
+            await self._activate([deal.deal_id for _, deal in new])
+
+    async def _apply(self, deal_id: str, event: Event, conn: asyncpg.Connection | None = None) -> Deal:
+        deal, record = apply(self._deals[deal_id], event)
+        if conn is None:
+            async with self._pool.acquire() as own, own.transaction():
+                await store.save_deal(own, deal, record)
+        else:
+            await store.save_deal(conn, deal, record)
+        if deal.state in (State.SETTLED, State.CANCELLED, State.EXPIRED):
+            self._deals.pop(deal_id, None)
+            self._fills.pop(deal_id, None)
+            self._spot.discard(deal_id)
+        else:
+            self._deals[deal_id] = deal
+        return deal
+
+    # -- the deal lifecycle ------------------------------------------------------------------
+
+    def _active_routes(self) -> dict[str, dict[str, str]]:
+        routes: dict[str, dict[str, str]] = {}
+        for deal in self._deals.values():
+            if deal.state is State.ACTIVE:
+                routes.setdefault(deal.requester, {})[deal.exit_id] = deal.deal_id
+        return routes
+
+    async def _activate(self, deal_ids: list[str]) -> None:
+        """Proposed deals whose exit is live become active and routable."""
+        live = await self._registry.live_ids()
+        now = int(self._clock())
+        for deal_id in deal_ids:
+            deal = self._deals.get(deal_id)
+            if deal is None or deal.state is not State.PROPOSED or deal.exit_id not in live:
+                continue
+            deal = await self._apply(deal_id, Event(EventKind.READY, Actor.PROVIDER, max(now, deal.last_at)))
+            if deal.state is State.ACTIVE:
+                await routing.publish(self._redis, deal.requester, deal.exit_id, deal.deal_id)
+
+    async def tick(self) -> None:
+        """One pass of the timers: expiries, activations, ends, reconciliation and settlement."""
+        async with self._lock:
+            now_f = self._clock()
+            now = int(now_f)
+            for order_id in self._engine.expire(now_f):
+                async with self._pool.acquire() as conn, conn.transaction():
+                    await store.update_order(conn, order_id, state="expired")
+            await self._activate([d.deal_id for d in self._deals.values() if d.state is State.PROPOSED])
+            live = await self._registry.live_ids()
+            for deal in list(self._deals.values()):
+                await self._advance(deal, now, live)
+
+    async def _advance(self, deal: Deal, now: int, live: set[str]) -> None:
+        at = max(now, deal.last_at)
+        if deal.state is State.PROPOSED and now - deal.created_at >= self.settings.ready_timeout:
+            await self._end(deal, Event(EventKind.READY_TIMEOUT, Actor.SYSTEM, at))
+        elif deal.state is State.ACTIVE and deal.activated_at is not None:
+            if now >= deal.activated_at + deal.duration_s:
+                await self._end(deal, Event(EventKind.TIME_FRAME_ENDED, Actor.SYSTEM, at))
+            elif deal.exit_id not in live:
+                await self._end(deal, Event(EventKind.STOPPED, Actor.GATEWAY, at))
+        elif deal.state in (State.COMPLETED, State.DISPUTED, State.RESOLVED):
+            ended = deal.ended_at or deal.last_at
+            if self._clock() - ended >= self.settings.settle_grace:
+                await self._close(deal, at)
+
+    async def _end(self, deal: Deal, event: Event) -> None:
+        """The deal stops serving: unroute its exit, free its room, and cancel or complete it."""
+        await routing.withdraw(self._redis, deal.requester, deal.exit_id)
+        ended = await self._apply(deal.deal_id, event)
+        if ended.state is State.CANCELLED and deal.reserve > 0:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await holds.resolve_in(conn, deal.deal_id, ())
+        freed = self._engine.end_deal(deal.deal_id, float(event.at))
+        if freed.fills or freed.unfunded:
+            await self._refresh_funds(fill.requester for fill in freed.fills)
+            await self._commit(freed)
+
+    async def _close(self, deal: Deal, at: int) -> None:
+        """Reconcile both meters, resolve a mismatch by the automatic rule, settle the hold."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            if deal.gateway_bytes is None:
+                gateway, agent = await store.metered(conn, deal.deal_id)
+                reconciliation = reconcile(gateway, agent, self.settings.tolerance)
+                deal = await self._apply(
+                    deal.deal_id,
+                    Event(EventKind.METERS_RECONCILED, Actor.SYSTEM, at, reconciliation=reconciliation),
+                    conn,
+                )
+                if deal.state is State.DISPUTED:
+                    deal = await self._apply(
+                        deal.deal_id,
+                        Event(
+                            EventKind.DISPUTE_RESOLVED,
+                            Actor.SYSTEM,
+                            at,
+                            billable_bytes=automatic_resolution(reconciliation),
+                        ),
+                        conn,
+                    )
+            if deal.state not in (State.COMPLETED, State.RESOLVED) or deal.billable_bytes is None:
+                return  # a complaint's dispute waits for an operator
+            settlement = settle(
+                deal, deal.billable_bytes, billable_seconds(deal), self.settings.commission_bps
+            )
+            if deal.reserve > 0:
+                await holds.resolve_in(conn, deal.deal_id, hold_payouts(settlement, _accounts()))
+            await store.settled(
+                conn, deal.deal_id, int(settlement.charge), int(settlement.commission), deal.billable_bytes
+            )
+            await self._apply(deal.deal_id, Event(EventKind.SETTLE, Actor.SYSTEM, at), conn)
+        log.info(
+            "deal %s settled: %d bytes, charge %s IPSX (commission %s)",
+            deal.deal_id,
+            deal.billable_bytes,
+            ledger.format_amount(settlement.charge),
+            ledger.format_amount(settlement.commission),
+        )
+
+    # -- running -----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Tick and answer the gateways' spot requests until ``stop`` is set."""
+        spot = asyncio.create_task(self._serve_spot(stop))
+        try:
+            while not stop.is_set():
+                try:
+                    await self.tick()
+                except Exception:  # one bad tick must not stop the market; the next one retries
+                    log.exception("market tick failed")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.settings.tick_interval)
+        finally:
+            spot.cancel()
+
+    async def _serve_spot(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                asked = await routing.next_spot_request(self._redis, wait=1)
+            except Exception:  # Redis away: try again shortly
+                log.warning("spot queue unavailable", exc_info=True)
+                await asyncio.sleep(1)
+                continue
+            if asked is None:
+                continue
+            answer = await self._answer_spot(asked)
+            await routing.answer_spot(self._redis, asked.reply_to, answer)
+
+    async def _answer_spot(self, asked: routing.SpotRequest) -> str:
+        try:
+            result = await self.spot(asked.requester, asked.filters)
+        except MarketRefused:
+            return "unavailable"
+        except MatchingError:
+            return "no_offer"
+        if result.fills:
+            return "ok"
+        return "insufficient_funds" if result.unfunded else "no_offer"
+
+
+def _int(terms: dict[str, Any], name: str, default: int) -> int:
+    value = terms.get(name, default)
+    if isinstance(value, str) and value.isdigit() and len(value) <= 80:
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise InvalidOrder(name, "must be an integer (amounts in base units, as a string or a number)")
+
+
+def _float(terms: dict[str, Any], name: str) -> float | None:
+    value = terms.get(name)
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    raise InvalidOrder(name, "must be a number of unix seconds")
+
+
+def request_for(account: str, terms: dict[str, Any], request_id: str) -> Request:
+    """A Request of ``account`` from API terms; raises ``InvalidOrder``."""
+    raw = terms.get("filters") or {}
+    if not isinstance(raw, dict):
+        raise InvalidOrder("filters", "must be an object")
+    filters = RequestFilters(
+        country=raw.get("country"),
+        region=raw.get("region"),
+        city=raw.get("city"),
+        asn=raw.get("asn"),
+        type=raw.get("type"),
+        protocol=str(raw.get("protocol", "http")),
+    )
+    return Request(
+        request_id=request_id,
+        requester=account,
+        filters=filters,
+        ips=_int(terms, "ips", 1),
+        duration_s=_int(terms, "duration_s", 3600),
+        traffic_bytes=_int(terms, "traffic_bytes", 0),
+        max_price_per_gb=Amount(_int(terms, "max_price_per_gb", 0)),
+        max_price_per_hour=Amount(_int(terms, "max_price_per_hour", 0)),
+        dedicated=bool(terms.get("dedicated", False)),
+        rest=bool(terms.get("rest", True)),
+        expires_at=_float(terms, "expires_at"),
+    )

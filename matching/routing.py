@@ -1,0 +1,171 @@
+"""What the gateway learns from the market, through Redis: which exits a requester's active deals
+cover (and under which deal), and spot deals asked for traffic that came without an order.
+
+The market writes ``ipsx:market:routes:{<requester>}`` (a hash exit id → deal id) as deals become
+active and end. A gateway node reads it per requester (cached for ``cache_ttl``) and routes the
+requester's streams only through those exits. A requester with no active deal gets spot deals: the
+gateway pushes a request on ``ipsx:market:spot`` and waits for the market's short answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from matching.errors import InvalidOrder
+from matching.orders import RequestFilters
+
+SPOT_QUEUE = "ipsx:market:spot"
+_REPLY_TTL = 30  # seconds an unread spot answer is kept
+
+
+def routes_key(requester: str) -> str:
+    return f"ipsx:market:routes:{{{requester}}}"
+
+
+def _reply_key(token: str) -> str:
+    return f"ipsx:market:spot:reply:{token}"
+
+
+# -- the market's side ------------------------------------------------------------------------
+
+
+async def publish(redis: Redis, requester: str, exit_id: str, deal_id: str) -> None:
+    await redis.hset(routes_key(requester), exit_id, deal_id)
+
+
+async def withdraw(redis: Redis, requester: str, exit_id: str) -> None:
+    await redis.hdel(routes_key(requester), exit_id)
+
+
+async def publish_all(redis: Redis, routes: Mapping[str, Mapping[str, str]]) -> None:
+    """Replace every requester's routes with ``routes`` (at market start-up)."""
+    stale = [key async for key in redis.scan_iter(match="ipsx:market:routes:*", count=500)]
+    async with redis.pipeline(transaction=False) as pipe:
+        for key in stale:
+            pipe.delete(key)
+        for requester, exits in routes.items():
+            if exits:
+                mapping: Any = dict(exits)  # redis-py's Mapping key type is invariant
+                pipe.hset(routes_key(requester), mapping=mapping)
+        await pipe.execute()
+
+
+@dataclass(frozen=True, slots=True)
+class SpotRequest:
+    requester: str
+    filters: RequestFilters
+    reply_to: str
+
+
+async def next_spot_request(redis: Redis, *, wait: float) -> SpotRequest | None:
+    """The next well-formed spot request, or None after ``wait`` seconds (or for a bad one)."""
+    popped: Any = await redis.brpop([SPOT_QUEUE], timeout=wait)
+    if popped is None:
+        return None
+    try:
+        body = orjson.loads(popped[1])
+        raw = body["filters"]
+        filters = RequestFilters(
+            country=raw.get("country"),
+            region=raw.get("region"),
+            city=raw.get("city"),
+            asn=raw.get("asn"),
+            type=raw.get("type"),
+            protocol=str(raw.get("protocol", "http")),
+        )
+        return SpotRequest(str(body["requester"]), filters, str(body["reply_to"]))
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, InvalidOrder):
+        return None
+
+
+async def answer_spot(redis: Redis, reply_to: str, answer: str) -> None:
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.lpush(_reply_key(reply_to), answer)
+        pipe.expire(_reply_key(reply_to), _REPLY_TTL)
+        await pipe.execute()
+
+
+# -- the gateway's side -----------------------------------------------------------------------
+
+
+class DealRoutes:
+    """A gateway node's view of the market: the routes of a requester, and spot requests."""
+
+    def __init__(self, redis: Redis, *, cache_ttl: float = 1.0, spot_timeout: float = 3.0) -> None:
+        self._redis = redis
+        self._cache_ttl = cache_ttl
+        self._spot_timeout = spot_timeout
+        self._cache: dict[str, tuple[float, dict[str, str]]] = {}
+        self._asking: dict[tuple[str, RequestFilters], asyncio.Future[str]] = {}
+
+    async def routes(self, requester: str) -> dict[str, str]:
+        """Exit id → deal id of the requester's active deals (possibly ``cache_ttl`` old)."""
+        now = time.monotonic()
+        cached = self._cache.get(requester)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        raw = await self._redis.hgetall(routes_key(requester))
+        found = {_text(k): _text(v) for k, v in raw.items()}
+        if len(self._cache) > 100_000:
+            self._cache.clear()
+        self._cache[requester] = (now + self._cache_ttl, found)
+        return found
+
+    def forget(self, requester: str) -> None:
+        self._cache.pop(requester, None)
+
+    async def ask_spot(self, requester: str, filters: RequestFilters) -> str:
+        """Ask the market for spot deals: ``ok``, ``no_offer``, ``insufficient_funds`` or
+        ``unavailable`` (no answer in time). Concurrent asks for the same terms share one."""
+        key = (requester, filters)
+        pending = self._asking.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._asking[key] = future
+        try:
+            answer = await self._ask(requester, filters)
+            future.set_result(answer)
+            return answer
+        except BaseException as error:
+            future.set_exception(error)
+            raise
+        finally:
+            del self._asking[key]
+            if not future.done():
+                future.cancel()
+            elif future.exception() is not None:
+                pass  # retrieved here so asyncio does not warn about it
+
+    async def _ask(self, requester: str, filters: RequestFilters) -> str:
+        token = secrets.token_hex(12)
+        body = {
+            "requester": requester,
+            "filters": {
+                "country": filters.country,
+                "region": filters.region,
+                "city": filters.city,
+                "asn": filters.asn,
+                "type": filters.type,
+                "protocol": filters.protocol,
+            },
+            "reply_to": token,
+        }
+        await self._redis.lpush(SPOT_QUEUE, orjson.dumps(body))
+        answer: Any = await self._redis.brpop([_reply_key(token)], timeout=self._spot_timeout)
+        self.forget(requester)
+        if answer is None:
+            return "unavailable"
+        return _text(answer[1])
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

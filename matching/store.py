@@ -1,0 +1,208 @@
+"""The market's tables in PostgreSQL: orders, deals and deal transitions (SQL lives here only).
+
+Orders are stored with their terms as JSON (amounts as decimal strings, so no precision is lost)
+and rebuilt into :mod:`matching.orders` objects when the market loads; deals keep their
+:class:`matching.deals.Deal` record as JSON beside the columns that are queried.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import asyncpg
+import orjson
+
+from billing.ledger import Amount
+from matching.deals import Deal, State, TransitionRecord
+from matching.engine import Fill
+from matching.orders import ExitAttributes, Offer, Request, RequestFilters
+
+_AMOUNTS = ("price_per_gb", "price_per_hour", "max_price_per_gb", "max_price_per_hour", "reserve")
+
+
+def _plain(value: dict[str, Any]) -> dict[str, Any]:
+    """A dataclass dict made JSON-safe: amounts as strings, frozensets as sorted lists."""
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if key in _AMOUNTS:
+            out[key] = str(item)
+        elif isinstance(item, frozenset):
+            out[key] = sorted(item)
+        elif isinstance(item, dict):
+            out[key] = _plain(item)
+        else:
+            out[key] = item
+    return out
+
+
+def offer_terms(offer: Offer) -> dict[str, Any]:
+    return _plain(asdict(offer))
+
+
+def request_terms(request: Request) -> dict[str, Any]:
+    return _plain(asdict(request))
+
+
+def offer_from(terms: dict[str, Any]) -> Offer:
+    values = dict(terms)
+    values["attributes"] = ExitAttributes(**values["attributes"])
+    values["protocols"] = frozenset(values["protocols"])
+    for key in ("price_per_gb", "price_per_hour"):
+        values[key] = Amount(int(values[key]))
+    return Offer(**values)
+
+
+def request_from(terms: dict[str, Any]) -> Request:
+    values = dict(terms)
+    values["filters"] = RequestFilters(**values["filters"])
+    for key in ("max_price_per_gb", "max_price_per_hour"):
+        values[key] = Amount(int(values[key]))
+    return Request(**values)
+
+
+def deal_record(deal: Deal) -> dict[str, Any]:
+    return _plain(asdict(deal))
+
+
+def deal_from(record: dict[str, Any]) -> Deal:
+    values = dict(record)
+    values["state"] = State(values["state"])
+    for key in ("price_per_gb", "price_per_hour", "reserve"):
+        values[key] = Amount(int(values[key]))
+    return Deal(**values)
+
+
+async def insert_order(
+    conn: asyncpg.Connection, side: str, account: str, order_id: str, terms: dict[str, Any]
+) -> None:
+    await conn.execute(
+        "INSERT INTO market_orders (order_id, side, account, terms) VALUES ($1, $2, $3, $4::jsonb)",
+        order_id,
+        side,
+        account,
+        orjson.dumps(terms).decode(),
+    )
+
+
+async def update_order(
+    conn: asyncpg.Connection,
+    order_id: str,
+    *,
+    state: str | None = None,
+    filled_delta: int = 0,
+    terms: dict[str, Any] | None = None,
+) -> None:
+    await conn.execute(
+        """
+        UPDATE market_orders
+        SET state = COALESCE($2, state), filled = filled + $3,
+            terms = COALESCE($4::jsonb, terms), updated_at = now()
+        WHERE order_id = $1
+        """,
+        order_id,
+        state,
+        filled_delta,
+        None if terms is None else orjson.dumps(terms).decode(),
+    )
+
+
+async def order_exists(conn: asyncpg.Connection | asyncpg.Pool, order_id: str) -> bool:
+    return bool(await conn.fetchval("SELECT 1 FROM market_orders WHERE order_id = $1", order_id))
+
+
+async def open_orders(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+    """Open orders in arrival order: ``side``, ``account``, ``terms`` (dict), ``filled``."""
+    rows = await pool.fetch(
+        "SELECT order_id, side, account, terms::text AS terms, filled FROM market_orders"
+        " WHERE state = 'open' ORDER BY seq"
+    )
+    return list(rows)
+
+
+async def insert_deal(conn: asyncpg.Connection, fill: Fill, deal: Deal, *, spot: bool) -> None:
+    await conn.execute(
+        """
+        INSERT INTO deals (deal_id, request_id, offer_id, requester, provider, exit_id, price_per_gb,
+                           price_per_hour, reserve, duration_s, traffic_bytes, dedicated, spot, state,
+                           record)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15::jsonb)
+        """,
+        fill.deal_id,
+        fill.request_id,
+        fill.offer_id,
+        fill.requester,
+        fill.provider,
+        fill.exit_id,
+        int(fill.price_per_gb),
+        int(fill.price_per_hour),
+        int(fill.reserve),
+        fill.duration_s,
+        fill.traffic_bytes,
+        fill.dedicated,
+        spot,
+        deal.state.value,
+        orjson.dumps(deal_record(deal)).decode(),
+    )
+
+
+async def save_deal(conn: asyncpg.Connection, deal: Deal, record: TransitionRecord) -> None:
+    """Store the deal's new state and the transition that led to it."""
+    await conn.execute(
+        "UPDATE deals SET state = $2, record = $3::jsonb, updated_at = now() WHERE deal_id = $1",
+        deal.deal_id,
+        deal.state.value,
+        orjson.dumps(deal_record(deal)).decode(),
+    )
+    await conn.execute(
+        """
+        INSERT INTO deal_transitions (deal_id, from_state, to_state, event, actor, at, detail, noop)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+        """,
+        record.deal_id,
+        record.from_state.value,
+        record.to_state.value,
+        record.event.value,
+        record.actor.value,
+        record.at,
+        record.detail,
+        record.noop,
+    )
+
+
+async def settled(
+    conn: asyncpg.Connection, deal_id: str, charge: int, commission: int, billable: int
+) -> None:
+    await conn.execute(
+        "UPDATE deals SET charge = $2, commission = $3, billable_bytes = $4 WHERE deal_id = $1",
+        deal_id,
+        charge,
+        commission,
+        billable,
+    )
+
+
+async def live_deals(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+    """Deals not closed yet, oldest first, with their engine-side columns and record."""
+    rows = await pool.fetch(
+        """
+        SELECT deal_id, request_id, offer_id, requester, provider, exit_id, price_per_gb::text,
+               price_per_hour::text, reserve::text, duration_s, traffic_bytes, dedicated, spot,
+               record::text AS record, extract(epoch FROM created_at)::float8 AS created
+        FROM deals WHERE state NOT IN ('settled', 'cancelled', 'expired') ORDER BY created_at, deal_id
+        """
+    )
+    return list(rows)
+
+
+async def metered(conn: asyncpg.Connection | asyncpg.Pool, deal_id: str) -> tuple[int, int]:
+    """``(gateway bytes, agent bytes)`` metered for the deal so far, up and down summed."""
+    row = await conn.fetchrow(
+        """
+        SELECT COALESCE(SUM(gateway_bytes_up + gateway_bytes_down), 0)::int8 AS gateway,
+               COALESCE(SUM(COALESCE(agent_bytes_up + agent_bytes_down, 0)), 0)::int8 AS agent
+        FROM metered_streams WHERE deal_id = $1
+        """,
+        deal_id,
+    )
+    return int(row["gateway"]), int(row["agent"])

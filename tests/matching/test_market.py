@@ -1,0 +1,318 @@
+"""The market on real PostgreSQL and Redis: orders to deals, reserves, routes, the deal lifecycle
+driven by its clock, settlement to the base unit, reload after a restart, and spot deals."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import asyncpg
+import pytest
+from redis.asyncio import Redis
+
+from billing import holds, ledger
+from billing.accounts import create_account
+from billing.ledger import COMMISSION, TREASURY, Amount, balance, check_balances, transfer
+from matching import routing
+from matching.deals import State
+from matching.market import Market, MarketRefused, MarketSettings
+from matching.orders import RequestFilters
+from pool.models import ExitInfo
+from pool.registry import ExitRegistry
+
+IPSX = 10**18
+PROVIDER_ADDRESS = "0xfB6916095ca1df60bB79Ce92cE3Ea74c37c5d359"
+REQUESTER_ADDRESS = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
+GB = 10**9
+
+
+class Clock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def online(rds: Redis, exit_id: str, country: str = "fr", provider: str = PROVIDER_ADDRESS) -> ExitInfo:
+    info = ExitInfo(exit_id=exit_id, provider=provider, node="n1", bind="127.0.0.2", country=country)
+    await ExitRegistry(rds).register([info])
+    return info
+
+
+async def offline(rds: Redis, info: ExitInfo) -> None:
+    await ExitRegistry(rds).deregister("n1", [info])
+
+
+@pytest.fixture
+async def market(pg: asyncpg.Pool, rds: Redis) -> Market:
+    await create_account(pg, address=PROVIDER_ADDRESS, name="bob")
+    await create_account(pg, address=REQUESTER_ADDRESS, name="alice")
+    await transfer(
+        pg, debit=TREASURY, credit=ledger.requester_account("alice"), amount=Amount(10 * IPSX), kind="credit"
+    )
+    m = Market(pg, rds, MarketSettings(settle_grace=5, ready_timeout=60), clock=Clock())
+    await m.load()
+    return m
+
+
+def clock(market: Market) -> Clock:
+    return market._clock  # type: ignore[return-value]
+
+
+REQUEST = {
+    "filters": {"country": "fr", "protocol": "https"},
+    "ips": 1,
+    "duration_s": 600,
+    "traffic_bytes": GB,
+    "max_price_per_gb": str(2 * IPSX),
+    "max_price_per_hour": "0",
+}
+
+
+async def offer(market: Market, exit_id: str, price_gb: int = IPSX, **extra: object) -> str:
+    placed, _ = await market.place_offer(
+        "bob", PROVIDER_ADDRESS, {"exit_id": exit_id, "price_per_gb": str(price_gb), **extra}
+    )
+    return placed.offer_id
+
+
+async def test_a_request_meets_an_offer_reserves_and_routes(
+    market: Market, pg: asyncpg.Pool, rds: Redis
+) -> None:
+    await online(rds, "e1")
+    await offer(market, "e1", price_gb=IPSX)
+    request, result = await market.place_request("alice", REQUEST)
+    assert len(result.fills) == 1 and not result.rested
+    fill = result.fills[0]
+    assert (fill.exit_id, fill.price_per_gb, fill.reserve) == ("e1", IPSX, IPSX)  # 1 GB at 1 IPSX/GB
+    # The reserve moved to alice's hold, and the deal is active and routed (the exit is live).
+    assert await balance(pg, ledger.requester_account("alice")) == 9 * IPSX
+    assert await holds.reserved(pg, ledger.requester_account("alice")) == IPSX
+    assert await pg.fetchval("SELECT state FROM deals WHERE deal_id = $1", fill.deal_id) == "active"
+    assert await rds.hgetall(routing.routes_key("alice")) == {b"e1": fill.deal_id.encode()}
+    assert (
+        await pg.fetchval("SELECT state FROM market_orders WHERE order_id = $1", request.request_id) == "done"
+    )
+    events = await pg.fetch(
+        "SELECT event, actor, to_state FROM deal_transitions WHERE deal_id = $1 ORDER BY id", fill.deal_id
+    )
+    assert [tuple(e) for e in events] == [("ready", "provider", "active")]
+
+
+async def test_offers_only_for_own_live_exits(market: Market, rds: Redis) -> None:
+    with pytest.raises(MarketRefused) as unknown:
+        await offer(market, "nope")
+    assert unknown.value.status == 404
+    await online(rds, "e2", provider=REQUESTER_ADDRESS)
+    with pytest.raises(MarketRefused) as other:
+        await offer(market, "e2")
+    assert (other.value.status, other.value.code) == (403, "not_your_exit")
+
+
+async def test_a_request_beyond_the_balance_opens_no_deal_and_moves_nothing(
+    market: Market, pg: asyncpg.Pool, rds: Redis
+) -> None:
+    await online(rds, "e1")
+    await offer(market, "e1", price_gb=IPSX)
+    _, result = await market.place_request(
+        "alice", {**REQUEST, "traffic_bytes": 11 * GB, "max_price_per_gb": str(IPSX)}
+    )
+    assert result.fills == () and result.stopped_for_funds
+    assert await balance(pg, ledger.requester_account("alice")) == 10 * IPSX
+    assert await pg.fetchval("SELECT count(*) FROM deals") == 0
+
+
+async def usage(pg: asyncpg.Pool, deal_id: str, gateway: int, agent: int | None, at: float) -> None:
+    event_id = uuid.uuid4().hex
+    await pg.execute(
+        "INSERT INTO usage_events (event_id, deal_id, requester, provider, exit_id, node, protocol, target,"
+        " bytes_up, bytes_down, opened_at, closed_at, outcome, attempts)"
+        " VALUES ($1, $2, 'alice', $3, 'e1', 'n1', 'connect', 'x:443', 0, $4,"
+        " to_timestamp($5), to_timestamp($5), 'ok', 1)",
+        event_id,
+        deal_id,
+        PROVIDER_ADDRESS,
+        gateway,
+        at,
+    )
+    if agent is not None:
+        await pg.execute(
+            "INSERT INTO agent_reports (event_id, provider, exit_id, bytes_up, bytes_down, opened_at,"
+            " closed_at, outcome) VALUES ($1, $2, 'e1', 0, $3, to_timestamp($4), to_timestamp($4), 'ok')",
+            event_id,
+            PROVIDER_ADDRESS,
+            agent,
+            at,
+        )
+
+
+async def test_deal_completes_reconciles_and_settles_to_the_base_unit(
+    market: Market, pg: asyncpg.Pool, rds: Redis
+) -> None:
+    await online(rds, "e1")
+    await offer(market, "e1", price_gb=IPSX)
+    _, result = await market.place_request("alice", REQUEST)
+    deal_id = result.fills[0].deal_id
+    await usage(pg, deal_id, 300_000_000, 300_000_000, clock(market).now)  # 0.3 GB, both meters agree
+    clock(market).now += 600
+    await market.tick()  # time frame ended -> completed, route withdrawn
+    assert await pg.fetchval("SELECT state FROM deals WHERE deal_id = $1", deal_id) == "completed"
+    assert await rds.hgetall(routing.routes_key("alice")) == {}
+    clock(market).now += 5
+    await market.tick()  # grace passed -> reconciled and settled
+    row = await pg.fetchrow(
+        "SELECT state, charge::text, commission::text, billable_bytes FROM deals WHERE deal_id = $1", deal_id
+    )
+    charge = 3 * IPSX // 10  # 0.3 GB at 1 IPSX/GB
+    commission = charge // 10
+    assert dict(row) == {
+        "state": "settled",
+        "charge": str(charge),
+        "commission": str(commission),
+        "billable_bytes": 300_000_000,
+    }
+    assert await balance(pg, ledger.requester_account("alice")) == 10 * IPSX - charge
+    assert await balance(pg, ledger.provider_account("bob")) == charge - commission
+    assert await balance(pg, COMMISSION) == commission
+    assert await holds.reserved(pg, ledger.requester_account("alice")) == 0
+    assert await pg.fetchval("SELECT SUM(balance)::text FROM ledger_balances") == "0"
+    assert await check_balances(pg) == {}
+    events = [
+        r["event"]
+        for r in await pg.fetch("SELECT event FROM deal_transitions WHERE deal_id = $1 ORDER BY id", deal_id)
+    ]
+    assert events == ["ready", "time_frame_ended", "meters_reconciled", "settle"]
+
+
+async def test_meters_that_disagree_bill_the_lower_count(
+    market: Market, pg: asyncpg.Pool, rds: Redis
+) -> None:
+    await online(rds, "e1")
+    await offer(market, "e1", price_gb=IPSX)
+    _, result = await market.place_request("alice", REQUEST)
+    deal_id = result.fills[0].deal_id
+    await usage(pg, deal_id, 500_000_000, 400_000_000, clock(market).now)  # 20 % apart
+    clock(market).now += 600
+    await market.tick()  # completed
+    clock(market).now += 5
+    await market.tick()  # reconciled: disputed, resolved by the automatic rule, settled
+    row = await pg.fetchrow(
+        "SELECT state, billable_bytes, charge::text FROM deals WHERE deal_id = $1", deal_id
+    )
+    assert (row["state"], row["billable_bytes"], int(row["charge"])) == (
+        "settled",
+        400_000_000,
+        4 * IPSX // 10,
+    )
+    events = [
+        (r["event"], r["to_state"])
+        for r in await pg.fetch(
+            "SELECT event, to_state FROM deal_transitions WHERE deal_id = $1 ORDER BY id", deal_id
+        )
+    ]
+    assert events[-3:] == [
+        ("meters_reconciled", "disputed"),
+        ("dispute_resolved", "resolved"),
+        ("settle", "settled"),
+    ]
+
+
+async def test_a_deal_whose_exit_never_comes_online_is_cancelled_and_its_reserve_returned(
+    market: Market, pg: asyncpg.Pool, rds: Redis
+) -> None:
+    info = await online(rds, "e1")
+    await offer(market, "e1", price_gb=IPSX)
+    await offline(rds, info)
+    _, result = await market.place_request("alice", REQUEST)
+    deal_id = result.fills[0].deal_id
+    assert await pg.fetchval("SELECT state FROM deals WHERE deal_id = $1", deal_id) == "proposed"
+    assert await rds.hgetall(routing.routes_key("alice")) == {}
+    clock(market).now += 60
+    await market.tick()
+    assert await pg.fetchval("SELECT state FROM deals WHERE deal_id = $1", deal_id) == "cancelled"
+    assert await balance(pg, ledger.requester_account("alice")) == 10 * IPSX
+    assert (await holds.get(pg, deal_id)).state == "voided"  # type: ignore[union-attr]
+
+
+async def test_an_exit_that_goes_offline_ends_its_active_deal(
+    market: Market, pg: asyncpg.Pool, rds: Redis
+) -> None:
+    info = await online(rds, "e1")
+    await offer(market, "e1", price_gb=IPSX)
+    _, result = await market.place_request("alice", REQUEST)
+    await offline(rds, info)
+    clock(market).now += 10
+    await market.tick()
+    row = await pg.fetchrow("SELECT state FROM deals WHERE deal_id = $1", result.fills[0].deal_id)
+    assert row["state"] == "completed"
+    last = await pg.fetchrow("SELECT event, actor FROM deal_transitions ORDER BY id DESC LIMIT 1")
+    assert tuple(last) == ("stopped", "gateway")
+
+
+async def test_a_resting_request_fills_when_an_offer_arrives(
+    market: Market, pg: asyncpg.Pool, rds: Redis
+) -> None:
+    request, result = await market.place_request("alice", {**REQUEST, "ips": 2})
+    assert result.fills == () and result.rested
+    await online(rds, "e1")
+    await online(rds, "e2")
+    await offer(market, "e1")
+    await offer(market, "e2")
+    row = await pg.fetchrow("SELECT state, filled FROM market_orders WHERE order_id = $1", request.request_id)
+    assert (row["state"], row["filled"]) == ("done", 2)
+    assert set(await rds.hkeys(routing.routes_key("alice"))) == {b"e1", b"e2"}
+
+
+async def test_the_book_survives_a_restart(market: Market, pg: asyncpg.Pool, rds: Redis) -> None:
+    await online(rds, "e1")
+    await online(rds, "e2")
+    await offer(market, "e1", sharing="dedicated")
+    _, first = await market.place_request("alice", {**REQUEST, "dedicated": True})
+    await offer(market, "e2", price_gb=3 * IPSX)  # above alice's max price: rests
+    resting, _ = await market.place_request("alice", {**REQUEST, "dedicated": True})
+    again = Market(pg, rds, market.settings, clock=clock(market))
+    await again.load()
+    # e1 is still held by the restored dedicated deal; e2 is too dear: nothing new, nothing lost.
+    assert [o.offer_id for o in again._engine.resting_offers()] == [
+        o.offer_id for o in market._engine.resting_offers()
+    ]
+    assert [s.request.request_id for s in again._engine.resting_requests()] == [resting.request_id]
+    assert [d.deal_id for d in again._engine.active_deals()] == [first.fills[0].deal_id]
+    assert again._deals[first.fills[0].deal_id].state is State.ACTIVE
+
+
+async def test_cancel_only_own_open_orders(market: Market, pg: asyncpg.Pool) -> None:
+    request, _ = await market.place_request("alice", REQUEST)
+    with pytest.raises(MarketRefused):
+        await market.cancel("bob", request.request_id)
+    await market.cancel("alice", request.request_id)
+    assert (
+        await pg.fetchval("SELECT state FROM market_orders WHERE order_id = $1", request.request_id)
+        == "cancelled"
+    )
+    assert market._engine.resting_requests() == []
+
+
+async def test_spot_through_the_redis_queue(market: Market, pg: asyncpg.Pool, rds: Redis) -> None:
+    for n in range(3):
+        await online(rds, f"e{n}")
+        await offer(market, f"e{n}", price_gb=IPSX, shared_capacity=4)
+    stop = asyncio.Event()
+    running = asyncio.create_task(market.run(stop))
+    try:
+        routes = routing.DealRoutes(rds)
+        assert await routes.ask_spot("alice", RequestFilters(country="fr", protocol="https")) == "ok"
+        found = await routes.routes("alice")
+        assert set(found) == {"e0", "e1", "e2"}
+        assert await pg.fetchval("SELECT count(*) FROM deals WHERE spot AND state = 'active'") == 3
+        # No offer in Germany; and a requester with no money gets no deal.
+        assert await routes.ask_spot("alice", RequestFilters(country="de", protocol="https")) == "no_offer"
+        await create_account(pg, address="0x" + "12" * 20, name="carol")
+        assert (
+            await routes.ask_spot("carol", RequestFilters(country="fr", protocol="https"))
+            == "insufficient_funds"
+        )
+    finally:
+        stop.set()
+        await running
