@@ -40,6 +40,23 @@ _PAGE_PARAMS = [
     },
 ]
 _PAGE_ERRORS = {**_AUTH_ERRORS, "400": _problem("bad limit or cursor, or an unknown query parameter")}
+_BASE_UNITS = {
+    "description": "base units (18 decimals), as a decimal string or an integer",
+    "anyOf": [{"type": "string", "pattern": "^[0-9]{1,78}$"}, {"type": "integer", "minimum": 0}],
+}
+_IDEMPOTENCY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "the same key from the same account places the order once; a retry gets it back",
+    "schema": {"type": "string", "pattern": "^[ -~]{1,200}$"},
+}
+_MARKET_ERRORS = {
+    "403": _problem("the exit belongs to another provider"),
+    "404": _problem("no live exit has this id"),
+    "409": _problem("an order with this id exists, or the book changed meanwhile"),
+    "503": _problem("this API node does not run the market"),
+}
 _BODY_ERRORS = {
     "400": _problem("the body is not a JSON object"),
     "413": _problem("the body is too large"),
@@ -139,6 +156,65 @@ SCHEMAS: dict[str, Any] = {
             "agent_bytes": {"oneOf": [_ref("Bytes"), {"type": "null"}]},
         },
     },
+    "Deal": {
+        "type": "object",
+        "required": ["deal_id", "role", "state", "exit_id", "price_per_gb", "price_per_hour", "reserve"],
+        "properties": {
+            "deal_id": _STR,
+            "role": {"enum": ["requester", "provider"]},
+            "state": {
+                "enum": [
+                    "proposed",
+                    "active",
+                    "completed",
+                    "cancelled",
+                    "expired",
+                    "disputed",
+                    "resolved",
+                    "settled",
+                ]
+            },
+            "exit_id": _STR,
+            "requester": _STR,
+            "provider": _STR,
+            "spot": {"type": "boolean"},
+            "price_per_gb": _ref("Amount"),
+            "price_per_hour": _ref("Amount"),
+            "reserve": _ref("Amount"),
+            "charge": {"oneOf": [_ref("Amount"), {"type": "null"}]},
+            "commission": {"oneOf": [_ref("Amount"), {"type": "null"}]},
+            "billable_bytes": {"type": ["integer", "null"]},
+            "created_at": _STR,
+            "transitions": {"type": "array", "items": {"type": "object"}},
+        },
+    },
+    "Order": {
+        "type": "object",
+        "required": ["order_id", "side", "state", "filled", "terms", "created_at"],
+        "properties": {
+            "order_id": _STR,
+            "side": {"enum": ["offer", "request"]},
+            "state": {"enum": ["open", "done", "cancelled", "expired"]},
+            "filled": {"type": "integer"},
+            "terms": {"type": "object"},
+            "created_at": _STR,
+        },
+    },
+    "Placed": {
+        "type": "object",
+        "required": ["order_id", "side"],
+        "properties": {
+            "order_id": _STR,
+            "side": {"enum": ["offer", "request"]},
+            "resting": {"type": "boolean"},
+            "deals": {"type": "array", "items": {"type": "object"}},
+            "stopped_for_funds": {"type": "boolean"},
+            "replayed": {"type": "boolean"},
+            "state": _STR,
+            "filled": {"type": "integer"},
+            "deal_ids": {"type": "array", "items": _STR},
+        },
+    },
     "LedgerEntry": {
         "type": "object",
         "required": ["id", "kind", "debit", "credit", "amount", "reference", "created_at"],
@@ -162,7 +238,8 @@ def document() -> dict[str, Any]:
         "info": {
             "title": "IPSX API",
             "version": "1",
-            "description": "Accounts, API keys, balances, usage and ledger of the IP Sharing Exchange. "
+            "description": "Accounts, API keys, balances, usage, ledger and market of the IP Sharing "
+            "Exchange. "
             "Errors are RFC 9457 problem details. Amounts are exact base units (18 decimals).",
         },
         "components": {
@@ -313,6 +390,173 @@ def document() -> dict[str, Any]:
                     "responses": {
                         "200": _json("metered streams, newest first", _page("UsageItem")),
                         **_PAGE_ERRORS,
+                    },
+                }
+            },
+            "/v1/offers": {
+                "post": {
+                    "operationId": "placeOffer",
+                    "summary": "Offer one of your live exits",
+                    "security": secured,
+                    "parameters": [_IDEMPOTENCY],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["exit_id"],
+                                    "properties": {
+                                        "exit_id": {"type": "string", "maxLength": 128},
+                                        "price_per_gb": _BASE_UNITS,
+                                        "price_per_hour": _BASE_UNITS,
+                                        "min_duration_s": {"type": "integer", "minimum": 5},
+                                        "max_duration_s": {"type": "integer", "maximum": 2592000},
+                                        "protocols": {
+                                            "type": "array",
+                                            "items": {"enum": ["http", "https", "socks5"]},
+                                            "minItems": 1,
+                                        },
+                                        "sharing": {"enum": ["dedicated", "shared", "both"]},
+                                        "shared_capacity": {
+                                            "type": "integer",
+                                            "minimum": 1,
+                                            "maximum": 10000,
+                                        },
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "201": _json("placed, with the deals it opened", _ref("Placed")),
+                        "200": _json("this Idempotency-Key's order, placed before", _ref("Placed")),
+                        **_BODY_ERRORS,
+                        **_AUTH_ERRORS,
+                        **_MARKET_ERRORS,
+                    },
+                }
+            },
+            "/v1/requests": {
+                "post": {
+                    "operationId": "placeRequest",
+                    "summary": "Ask for IPs: filters, count, duration, traffic allowance, max prices",
+                    "description": "Each deal it opens reserves its cost at the offer's prices from "
+                    "your balance; what cannot be filled rests on the book unless rest is false.",
+                    "security": secured,
+                    "parameters": [_IDEMPOTENCY],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "filters": {
+                                            "type": "object",
+                                            "properties": {
+                                                "country": {"type": "string", "pattern": "^[a-z]{2}$"},
+                                                "type": {"enum": ["residential", "mobile", "datacenter"]},
+                                                "protocol": {"enum": ["http", "https", "socks5"]},
+                                            },
+                                        },
+                                        "ips": {"type": "integer", "minimum": 1, "maximum": 10000},
+                                        "duration_s": {"type": "integer", "minimum": 5, "maximum": 2592000},
+                                        "traffic_bytes": {"type": "integer", "minimum": 0},
+                                        "max_price_per_gb": _BASE_UNITS,
+                                        "max_price_per_hour": _BASE_UNITS,
+                                        "dedicated": {"type": "boolean"},
+                                        "rest": {"type": "boolean"},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "201": _json("placed, with the deals it opened", _ref("Placed")),
+                        "200": _json("this Idempotency-Key's order, placed before", _ref("Placed")),
+                        **_BODY_ERRORS,
+                        **_AUTH_ERRORS,
+                        **_MARKET_ERRORS,
+                    },
+                }
+            },
+            "/v1/orders": {
+                "get": {
+                    "operationId": "listOrders",
+                    "security": secured,
+                    "parameters": _PAGE_PARAMS,
+                    "responses": {"200": _json("your orders, newest first", _page("Order")), **_PAGE_ERRORS},
+                }
+            },
+            "/v1/orders/{order_id}": {
+                "delete": {
+                    "operationId": "cancelOrder",
+                    "security": secured,
+                    "parameters": [{"name": "order_id", "in": "path", "required": True, "schema": _STR}],
+                    "responses": {
+                        "204": {"description": "cancelled"},
+                        "404": _problem("you have no open order with this id"),
+                        "503": _problem("this API node does not run the market"),
+                        **_AUTH_ERRORS,
+                    },
+                }
+            },
+            "/v1/deals": {
+                "get": {
+                    "operationId": "listDeals",
+                    "security": secured,
+                    "parameters": _PAGE_PARAMS,
+                    "responses": {
+                        "200": _json("your deals as requester or provider, newest first", _page("Deal")),
+                        **_PAGE_ERRORS,
+                    },
+                }
+            },
+            "/v1/deals/{deal_id}": {
+                "get": {
+                    "operationId": "getDeal",
+                    "security": secured,
+                    "parameters": [{"name": "deal_id", "in": "path", "required": True, "schema": _STR}],
+                    "responses": {
+                        "200": _json("the deal and every transition, with who caused it", _ref("Deal")),
+                        "404": _problem("you have no deal with this id"),
+                        **_AUTH_ERRORS,
+                    },
+                }
+            },
+            "/v1/market/depth": {
+                "get": {
+                    "operationId": "marketDepth",
+                    "summary": "Public: resting offers with room, by price level",
+                    "parameters": [
+                        {
+                            "name": "country",
+                            "in": "query",
+                            "schema": {"type": "string", "pattern": "^[a-z]{2}$"},
+                        },
+                        {
+                            "name": "type",
+                            "in": "query",
+                            "schema": {"enum": ["residential", "mobile", "datacenter"]},
+                        },
+                    ],
+                    "responses": {
+                        "200": _json("price levels", {"type": "object", "required": ["levels"]}),
+                        "400": _problem("a bad filter or an unknown parameter"),
+                        "503": _problem("this API node does not run the market"),
+                    },
+                }
+            },
+            "/v1/market/prices": {
+                "get": {
+                    "operationId": "marketPrices",
+                    "summary": "Public: median deal prices per country and IP type over 24 hours",
+                    "responses": {
+                        "200": _json(
+                            "the price index", {"type": "object", "required": ["window_hours", "index"]}
+                        ),
+                        "400": _problem("an unknown parameter"),
                     },
                 }
             },

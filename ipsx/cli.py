@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ipsx import runtime
+from ipsx.client_commands import add_client_commands
 from ipsx.settings import Environment
 
 DESCRIPTION = """\
@@ -166,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=18000,
         help="port of the demo page that shows which exit a request left from (default: %(default)s)",
     )
+    demo.add_argument("--api-port", type=int, default=8000, help="REST API port (default: %(default)s)")
     demo.add_argument(
         "--once",
         action="store_true",
@@ -190,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     klist.add_argument("account")
     krevoke = key.add_parser("revoke", help="revoke a key")
     krevoke.add_argument("key_id")
+
+    add_client_commands(sub)
 
     wallet = sub.add_parser("wallet", help="wallet helpers").add_subparsers(dest="action", required=True)
     wnew = wallet.add_parser("new", help="create a new wallet key file (hex, mode 0600)")

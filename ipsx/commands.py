@@ -20,6 +20,7 @@ from gateway.agent.settings import AgentSettings, ExitSpec, create_key_file, loa
 from gateway.server import run_gateway
 from gateway.settings import GatewaySettings, default_node_id
 from ipsx import runtime
+from ipsx.client_commands import ClientError, run_client_command
 from ipsx.settings import Environment
 from ipsx.supervisor import run_workers, worker_settings
 
@@ -146,6 +147,7 @@ def cmd_demo(args: argparse.Namespace, env: Environment) -> None:
         socks_port=args.socks_port,
         tunnel_port=args.tunnel_port,
         origin_port=args.origin_port,
+        api_port=args.api_port,
         once=args.once,
     )
     runtime.run(lambda stop: run_demo(options, env, stop))
@@ -213,3 +215,13 @@ def cmd_wallet(args: argparse.Namespace, env: Environment) -> None:
     except OSError as error:
         raise UsageError(f"cannot write {out}: {error.strerror}") from None
     print(f"wallet {address} written to {out}")
+
+
+def _client_command(args: argparse.Namespace, env: Environment) -> None:
+    try:
+        run_client_command(args)
+    except ClientError as error:
+        raise UsageError(str(error)) from None
+
+
+cmd_order = cmd_deals = cmd_usage = cmd_market = _client_command

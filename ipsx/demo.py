@@ -1,9 +1,11 @@
 """``ipsx demo``: the whole network on one machine, with nothing to install or configure.
 
 PostgreSQL and Redis come from wheels unless ``IPSX_DATABASE_URL`` / ``IPSX_REDIS_URL`` point
-elsewhere; the gateway, a billing worker, three provider agents (127.0.0.2-4, three countries)
-and a small origin run in this process. A demo requester is created and funded, and its proxy
-URLs are printed and written to ``<data-dir>/demo.json``.
+elsewhere; the gateway (with the market in force), a billing worker, the REST API (which runs the
+market), three provider agents (127.0.0.2-4, three countries) and a small origin run in this
+process. Each demo provider signs in with its wallet and offers its exit; a demo requester is
+created and funded, its traffic gets spot deals, and its proxy URLs are printed and written to
+``<data-dir>/demo.json``.
 """
 
 from __future__ import annotations
@@ -13,14 +15,19 @@ import contextlib
 import json
 import logging
 import os
+import secrets
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+from eth_account.signers.local import LocalAccount
 
-from billing import accounts, db, ledger
+from billing import accounts, db, holds, ledger
 from billing.worker import WorkerSettings, run_worker
+from dashboard.app import running_api
+from dashboard.settings import ApiSettings
 from gateway.agent.client import run_agent
 from gateway.agent.policy import ExitPolicy
 from gateway.agent.settings import AgentSettings, ExitSpec, create_key_file, load_key
@@ -28,6 +35,7 @@ from gateway.server import running_gateway
 from gateway.settings import GatewaySettings
 from ipsx.embedded import embedded_postgres, embedded_redis
 from ipsx.origin import Origin
+from ipsx.sdk import Client
 from ipsx.settings import Environment
 
 log = logging.getLogger("ipsx.demo")
@@ -39,6 +47,7 @@ DEMO_EXITS = (
     ExitSpec(bind="127.0.0.3", country="de", city="berlin", type="residential"),
     ExitSpec(bind="127.0.0.4", country="us", city="new_york", type="datacenter"),
 )
+DEMO_PRICES = ("1", "1.2", "0.8")  # IPSX per GB asked by the three demo providers
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +57,7 @@ class DemoOptions:
     socks_port: int = 1080
     tunnel_port: int = 8443
     origin_port: int = 18000
+    api_port: int = 8000
     once: bool = False
 
 
@@ -108,7 +118,19 @@ async def run_demo(options: DemoOptions, env: Environment, stop: asyncio.Event) 
             socks_port=options.socks_port,
             tunnel_port=options.tunnel_port,
             node_id="demo-node",
+            market=True,
         )
+        # Sign-in messages name the API's host:port, so the port is fixed before the API starts.
+        api_port = options.api_port or _free_port()
+        api_settings = ApiSettings(
+            database_url=database,
+            redis_url=redis,
+            jwt_secret=secrets.token_urlsafe(32),
+            port=api_port,
+            siwe_domain=f"127.0.0.1:{api_port}",
+        )
+        api_port = await stack.enter_async_context(running_api(api_settings))
+        api_url = f"http://127.0.0.1:{api_port}"
         ports = await stack.enter_async_context(running_gateway(settings))
         origin = Origin("127.0.0.1", options.origin_port).start()  # 127.0.0.1 only: a demo page
         stack.callback(origin.stop)
@@ -121,9 +143,11 @@ async def run_demo(options: DemoOptions, env: Environment, stop: asyncio.Event) 
             )
         )
         agent_stop = asyncio.Event()
+        wallets = []
         for index, spec in enumerate(DEMO_EXITS, start=1):
             key_path = data_dir / "wallets" / f"provider{index}.key"
             _wallet(key_path)
+            wallets.append(load_key(key_path, None))
             agent = AgentSettings(
                 gateway_host="127.0.0.1",
                 gateway_port=ports.tunnel,
@@ -142,6 +166,7 @@ async def run_demo(options: DemoOptions, env: Environment, stop: asyncio.Event) 
             "http_proxy": http_proxy,
             "socks_proxy": socks_proxy,
             "origin": origin.url("/ip"),
+            "api": api_url,
             "database_url": database,
             "redis_url": redis,
         }
@@ -150,6 +175,7 @@ async def run_demo(options: DemoOptions, env: Environment, stop: asyncio.Event) 
         with os.fdopen(fd, "w") as handle:
             json.dump(state, handle, indent=2)
         await _wait_for_exits(redis, len(DEMO_EXITS))
+        await asyncio.to_thread(_offer_exits, api_url, wallets, redis)
         _print_banner(state, state_path)
         try:
             if options.once:
@@ -162,6 +188,40 @@ async def run_demo(options: DemoOptions, env: Environment, stop: asyncio.Event) 
             await asyncio.sleep(0.3)  # let the worker ingest the last usage events
             worker_stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _offer_exits(api_url: str, wallets: list[LocalAccount], redis_url: str) -> None:
+    """Each demo provider signs in with its wallet (over the API, as a real one would) and offers
+    its exit at its price, shared by up to 16 requesters at once."""
+    import redis as sync_redis
+
+    client = sync_redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        owned: dict[str, str] = {}
+        for key in client.scan_iter(match="ipsx:{pool}:exit:*"):
+            owner = client.hget(key, "provider")
+            if isinstance(owner, str):
+                owned[owner] = str(key).rsplit(":", 1)[1]
+    finally:
+        client.close()
+    for wallet, price in zip(wallets, DEMO_PRICES, strict=True):
+        exit_id = owned.get(wallet.address)
+        if exit_id is None:
+            log.warning("the exit of %s is not online; it makes no offer", wallet.address)
+            continue
+        Client.sign_in(api_url, wallet).place_offer(
+            exit_id=exit_id,
+            price_per_gb=str(ledger.parse_amount(price)),
+            sharing="shared",
+            shared_capacity=16,
+            idempotency_key=f"demo-offer-{exit_id}",
+        )
 
 
 async def _wait_for_exits(redis_url: str, count: int) -> None:
@@ -195,6 +255,9 @@ IPSX demo is running. In another terminal:
   curl -x "$SOCKS_PROXY" {state["origin"]}
   curl -x "{germany}" {state["origin"]}    # German exits only
 
+Your traffic goes through spot deals with the three demo providers' offers; see them with
+  IPSX_TOKEN={state["secret"]} ipsx deals --api {state["api"]}
+The REST API is at {state["api"]} (OpenAPI document: {state["api"]}/openapi.json).
 The same settings are in {state_path}. Metered usage lands in PostgreSQL (table usage_events).
 Ctrl-C stops everything.
 """,
@@ -208,8 +271,12 @@ async def _self_check(state: dict[str, str], pool: asyncpg.Pool) -> None:
         "curl", "-sS", "-x", state["http_proxy"], state["origin"], stdout=asyncio.subprocess.PIPE
     )
     out, _ = await proc.communicate()
-    balance = await ledger.balance(pool, ledger.requester_account(state["account"]))
-    print(f"demo balance:   {ledger.format_amount(balance)} IPSX")
+    requester = ledger.requester_account(state["account"])
+    available, reserved = await ledger.balance(pool, requester), await holds.reserved(pool, requester)
+    print(
+        f"demo balance:   {ledger.format_amount(ledger.Amount(available + reserved))} IPSX "
+        f"({ledger.format_amount(reserved)} of it reserved by the spot deals this request opened)"
+    )
     print(f"via HTTP proxy: {out.decode().strip()}")
     proc = await asyncio.create_subprocess_exec(
         "curl", "-sS", "-x", state["socks_proxy"], state["origin"], stdout=asyncio.subprocess.PIPE
@@ -218,15 +285,15 @@ async def _self_check(state: dict[str, str], pool: asyncpg.Pool) -> None:
     print(f"via SOCKS5:     {out.decode().strip()}")
     for _ in range(50):
         rows = await pool.fetch(
-            "SELECT protocol, exit_id, bytes_up, bytes_down FROM usage_events "
+            "SELECT protocol, exit_id, deal_id, bytes_up, bytes_down FROM usage_events "
             "WHERE requester = $1 ORDER BY closed_at DESC LIMIT 2",
             state["account"],
         )
         if len(rows) >= 2:
             for row in rows:
                 print(
-                    f"metered: {row['protocol']:<7} exit {row['exit_id']} up {row['bytes_up']} B "
-                    f"down {row['bytes_down']} B"
+                    f"metered: {row['protocol']:<7} exit {row['exit_id']} deal {row['deal_id']} "
+                    f"up {row['bytes_up']} B down {row['bytes_down']} B"
                 )
             return
         await asyncio.sleep(0.1)

@@ -34,7 +34,7 @@ from billing.ledger import Amount
 from matching import routing, store
 from matching.deals import Actor, Deal, Event, EventKind, State, apply, propose
 from matching.engine import Engine, Fill, MatchResult
-from matching.errors import InvalidOrder, MatchingError
+from matching.errors import MatchingError
 from matching.orders import ExitAttributes, Offer, Request, RequestFilters
 from matching.settlement import (
     SettlementAccounts,
@@ -45,6 +45,7 @@ from matching.settlement import (
     reconcile,
     settle,
 )
+from matching.terms import offer_for, request_for
 from pool.registry import ExitRegistry
 
 log = logging.getLogger("ipsx.market")
@@ -204,19 +205,8 @@ class Market:
         attributes = ExitAttributes(
             country=info.country, type=info.type, region=info.region, city=info.city, asn=info.asn
         )
-        offer = Offer(
-            offer_id=str(terms.get("offer_id") or self._new_id("o")),
-            provider=account,
-            exit_id=exit_id,
-            attributes=attributes,
-            price_per_gb=Amount(_int(terms, "price_per_gb", 0)),
-            price_per_hour=Amount(_int(terms, "price_per_hour", 0)),
-            min_duration_s=_int(terms, "min_duration_s", 5),
-            max_duration_s=_int(terms, "max_duration_s", 30 * 86_400),
-            protocols=frozenset(terms.get("protocols") or ("http", "https", "socks5")),
-            sharing=str(terms.get("sharing", "both")),
-            shared_capacity=_int(terms, "shared_capacity", 1),
-            expires_at=_float(terms, "expires_at"),
+        offer = offer_for(
+            account, exit_id, attributes, terms, str(terms.get("offer_id") or self._new_id("o"))
         )
         async with self._lock:
             await self._check_new_order(offer.offer_id)
@@ -394,7 +384,14 @@ class Market:
             await self._activate([d.deal_id for d in self._deals.values() if d.state is State.PROPOSED])
             live = await self._registry.live_ids()
             for deal in list(self._deals.values()):
-                await self._advance(deal, now, live)
+                try:
+                    await self._advance(deal, now, live)
+                except Exception:
+                    # The transaction rolled back but the in-memory deal may have moved on:
+                    # the database is the truth, so the book is rebuilt from it.
+                    log.exception("deal %s could not advance; reloading the book", deal.deal_id)
+                    await self._load()
+                    return
 
     async def _advance(self, deal: Deal, now: int, live: set[str]) -> None:
         at = max(now, deal.last_at)
@@ -502,49 +499,3 @@ class Market:
         if result.fills:
             return "ok"
         return "insufficient_funds" if result.unfunded else "no_offer"
-
-
-def _int(terms: dict[str, Any], name: str, default: int) -> int:
-    value = terms.get(name, default)
-    if isinstance(value, str) and value.isdigit() and len(value) <= 80:
-        return int(value)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    raise InvalidOrder(name, "must be an integer (amounts in base units, as a string or a number)")
-
-
-def _float(terms: dict[str, Any], name: str) -> float | None:
-    value = terms.get(name)
-    if value is None:
-        return None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    raise InvalidOrder(name, "must be a number of unix seconds")
-
-
-def request_for(account: str, terms: dict[str, Any], request_id: str) -> Request:
-    """A Request of ``account`` from API terms; raises ``InvalidOrder``."""
-    raw = terms.get("filters") or {}
-    if not isinstance(raw, dict):
-        raise InvalidOrder("filters", "must be an object")
-    filters = RequestFilters(
-        country=raw.get("country"),
-        region=raw.get("region"),
-        city=raw.get("city"),
-        asn=raw.get("asn"),
-        type=raw.get("type"),
-        protocol=str(raw.get("protocol", "http")),
-    )
-    return Request(
-        request_id=request_id,
-        requester=account,
-        filters=filters,
-        ips=_int(terms, "ips", 1),
-        duration_s=_int(terms, "duration_s", 3600),
-        traffic_bytes=_int(terms, "traffic_bytes", 0),
-        max_price_per_gb=Amount(_int(terms, "max_price_per_gb", 0)),
-        max_price_per_hour=Amount(_int(terms, "max_price_per_hour", 0)),
-        dedicated=bool(terms.get("dedicated", False)),
-        rest=bool(terms.get("rest", True)),
-        expires_at=_float(terms, "expires_at"),
-    )

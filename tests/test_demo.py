@@ -30,6 +30,8 @@ def test_demo_once_relays_through_demo_exits_and_meters_it(tmp_path: Path) -> No
         "0",
         "--origin-port",
         "0",
+        "--api-port",
+        "0",
     ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -38,7 +40,10 @@ def test_demo_once_relays_through_demo_exits_and_meters_it(tmp_path: Path) -> No
     via_socks = re.search(r"via SOCKS5:\s+(\S+)", out)
     assert via_http is not None and via_http.group(1) in {"127.0.0.2", "127.0.0.3", "127.0.0.4"}
     assert via_socks is not None and via_socks.group(1) in {"127.0.0.2", "127.0.0.3", "127.0.0.4"}
-    assert len(re.findall(r"metered: (http|socks5)\s+exit \w+ up \d+ B down \d+ B", out)) == 2
+    # Each stream was carried by a deal: the spot deals the demo market opened for the traffic.
+    assert (
+        len(re.findall(r"metered: (http|socks5)\s+exit \w+ deal (?!None)\w+ up \d+ B down \d+ B", out)) == 2
+    )
     assert re.search(r"export http_proxy=http://demo:ipsx_\w+_\S+@127\.0\.0\.1:\d+", out)
     assert "SOCKS_PROXY=socks5h://demo:" in out
 
@@ -73,6 +78,8 @@ def test_demo_serves_until_ctrl_c_then_stops_everything(tmp_path: Path) -> None:
         "--tunnel-port",
         "0",
         "--origin-port",
+        "0",
+        "--api-port",
         "0",
     ]
     demo = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

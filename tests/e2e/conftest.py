@@ -23,6 +23,8 @@ import asyncpg
 import pytest
 import redis
 
+from gateway.agent.settings import load_key
+from gateway.tunnel import exit_id_for
 from ipsx.origin import Origin
 
 ADMIN_DSN = os.environ.get("IPSX_TEST_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -153,6 +155,31 @@ class Stack:
             return {m.decode().rsplit("|", 1)[1] for m in members}
         finally:
             client.close()
+
+    def nodes_of(self, exit_id: str) -> set[str]:
+        """The gateway nodes that hold a live tunnel to ``exit_id``."""
+        client = redis.Redis.from_url(REDIS_URL)
+        try:
+            floor = int((time.time() - 10) * 1000)
+            members = client.zrangebyscore("ipsx:{pool}:alive", floor, "+inf")
+            return {
+                node for node, _, exit in (m.decode().rpartition("|") for m in members) if exit == exit_id
+            }
+        finally:
+            client.close()
+
+    def exit_id(self, agent: str, bind: str) -> str:
+        """The exit id the agent ``agent`` (its wallet in ``<agent>.key``) gets for ``bind``."""
+        return exit_id_for(load_key(self.tmp / f"{agent}.key", None).address, bind)
+
+    def wait_exit_on(self, exit_id: str, nodes: set[str], timeout: float = 30.0) -> None:
+        """Until every one of ``nodes`` holds a tunnel to ``exit_id`` (agents learn new nodes from
+        the node registry within a few seconds)."""
+        deadline = time.monotonic() + timeout
+        while not nodes <= self.nodes_of(exit_id):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{exit_id} reached {self.nodes_of(exit_id)}, not all of {nodes}")
+            time.sleep(0.1)
 
     def wait_exits(self, count: int, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout

@@ -102,6 +102,7 @@ def test_two_workers_share_the_ports_and_agents_reach_both(stack: Stack) -> None
             time.sleep(0.1)
         assert "gateway node wk-1 announced at 127.0.0.1:" in agent_log.read_text()
         assert {"wk-0", "wk-1"} <= _registered_nodes()
+        stack.wait_exit_on(stack.exit_id("agent-workers", "127.0.0.8"), {"wk-0", "wk-1"})
 
         # Connections spread over both workers (the kernel picks by the client's port), and every
         # one of them is served through the agent: neither worker lacks the tunnel.
@@ -119,6 +120,7 @@ def test_two_workers_share_the_ports_and_agents_reach_both(stack: Stack) -> None
         while "restarting it" not in log.read_text() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert "exited with status -9; restarting it" in log.read_text()
+        stack.wait_exit_on(stack.exit_id("agent-workers", "127.0.0.8"), {"wk-0", "wk-1"})
         restarted = time.time()
         assert _wait_for_nodes(stack, proxy, restarted, {"wk-0", "wk-1"}) == {"wk-0", "wk-1"}
         assert len(_children(parent.pid)) == 2

@@ -1,0 +1,199 @@
+"""CLI commands that talk to the REST API through :mod:`ipsx.sdk`: orders, deals, usage, market.
+
+They reach the API at ``--api`` (``IPSX_API_URL``, default ``http://127.0.0.1:8000``) with an API
+key or session token (``--token`` / ``IPSX_TOKEN``), or sign in with a wallet key file (``--key``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from billing.errors import InvalidAmount
+from billing.ledger import parse_amount
+from gateway.agent.settings import load_key
+from ipsx.sdk import ApiError, Client
+
+DEFAULT_API = "http://127.0.0.1:8000"
+_DURATION = re.compile(r"([0-9]{1,9})(s|m|h|d)?")
+_SIZE = re.compile(r"([0-9]{1,15})(B|KB|MB|GB|TB)?", re.IGNORECASE)
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+_SIZES = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+
+
+class ClientError(Exception):
+    """A bad argument, or the API refused: the message says which."""
+
+
+def duration(text: str) -> int:
+    """``90``, ``45s``, ``30m``, ``2h``, ``1d`` → seconds."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError("a duration like 90, 45s, 30m, 2h or 1d")
+    return int(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+def size(text: str) -> int:
+    """``500MB``, ``5GB`` (decimal units, as traffic is billed) → bytes."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError("a size like 500MB or 5GB")
+    return int(match.group(1)) * _SIZES[(match.group(2) or "b").lower()]
+
+
+def price(text: str) -> str:
+    """An IPSX amount (``1.5``) → base units as a decimal string."""
+    try:
+        return str(parse_amount(text))
+    except InvalidAmount as error:
+        raise argparse.ArgumentTypeError(error.reason) from None
+
+
+def add_client_commands(sub: argparse._SubParsersAction[Any]) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--api", default=os.environ.get("IPSX_API_URL", DEFAULT_API), help="API base URL")
+    common.add_argument("--token", help="API key or session token (default: IPSX_TOKEN)")
+    common.add_argument("--key", help="wallet key file: sign in with Ethereum instead of a token")
+    common.add_argument("--json", action="store_true", help="print the API's JSON as is")
+
+    order = sub.add_parser("order", help="place, list and cancel market orders (through the API)")
+    actions = order.add_subparsers(dest="action", required=True)
+    offer = actions.add_parser("offer", parents=[common], help="offer one of your live exits")
+    offer.add_argument("--exit", required=True, dest="exit_id", help="the exit id (`ipsx provide` logs it)")
+    offer.add_argument("--price-per-gb", type=price, default="0", help="IPSX per GB (default: 0)")
+    offer.add_argument("--price-per-hour", type=price, default="0", help="IPSX per hour (default: 0)")
+    offer.add_argument("--sharing", choices=("dedicated", "shared", "both"), default="both")
+    offer.add_argument("--capacity", type=int, default=1, help="concurrent shared deals (default: 1)")
+    request = actions.add_parser("request", parents=[common], help="ask for IPs")
+    request.add_argument("--country", help="ISO 3166-1 alpha-2, e.g. fr")
+    request.add_argument("--type", choices=("residential", "mobile", "datacenter"))
+    request.add_argument("--protocol", choices=("http", "https", "socks5"), default="https")
+    request.add_argument("--ips", type=int, default=1, help="distinct exits wanted (default: 1)")
+    request.add_argument("--duration", type=duration, default=3600, help="per deal, e.g. 30m (default: 1h)")
+    request.add_argument(
+        "--traffic", type=size, default=10**9, help="allowance per deal, e.g. 5GB (default: 1GB)"
+    )
+    request.add_argument("--max-price-per-gb", type=price, default="0", help="IPSX per GB at most")
+    request.add_argument("--max-price-per-hour", type=price, default="0", help="IPSX per hour at most")
+    request.add_argument("--dedicated", action="store_true", help="exits no one else uses meanwhile")
+    request.add_argument("--ioc", action="store_true", help="immediate-or-cancel: never rest on the book")
+    request.add_argument("--idempotency-key", help="retrying with the same key places the order once")
+    actions.add_parser("list", parents=[common], help="your orders, newest first")
+    cancel = actions.add_parser("cancel", parents=[common], help="cancel an open order")
+    cancel.add_argument("order_id")
+
+    sub.add_parser("deals", parents=[common], help="your deals (as requester or provider), newest first")
+    sub.add_parser("usage", parents=[common], help="your metered streams, newest first")
+    market = sub.add_parser("market", parents=[common], help="public market data: depth and price index")
+    market.add_argument("--country")
+    market.add_argument("--type", choices=("residential", "mobile", "datacenter"))
+
+
+def _client(args: argparse.Namespace) -> Client:
+    try:
+        if args.key:
+            return Client.sign_in(args.api, load_key(Path(args.key), os.environ.get("IPSX_KEY_PASSWORD")))
+        return Client(args.api, token=args.token or os.environ.get("IPSX_TOKEN"))
+    except (OSError, ValueError) as error:
+        raise ClientError(f"cannot sign in: {error}") from None
+
+
+def _show(args: argparse.Namespace, data: Any, lines: list[str]) -> None:
+    print(json.dumps(data, indent=2) if args.json else "\n".join(lines))
+
+
+def _run(args: argparse.Namespace) -> None:
+    api = _client(args)
+    if args.command == "order" and args.action == "offer":
+        placed = api.place_offer(
+            exit_id=args.exit_id,
+            price_per_gb=args.price_per_gb,
+            price_per_hour=args.price_per_hour,
+            sharing=args.sharing,
+            shared_capacity=args.capacity,
+        )
+        _show(
+            args,
+            placed,
+            [f"offer {placed['order_id']} placed; {len(placed.get('deals', []))} deal(s) opened"],
+        )
+    elif args.command == "order" and args.action == "request":
+        filters = {"country": args.country, "type": args.type, "protocol": args.protocol}
+        placed = api.place_request(
+            idempotency_key=args.idempotency_key,
+            filters={k: v for k, v in filters.items() if v is not None},
+            ips=args.ips,
+            duration_s=args.duration,
+            traffic_bytes=args.traffic,
+            max_price_per_gb=args.max_price_per_gb,
+            max_price_per_hour=args.max_price_per_hour,
+            dedicated=args.dedicated,
+            rest=not args.ioc,
+        )
+        deals = placed.get("deals", [])
+        lines = [f"request {placed['order_id']}: {len(deals)} deal(s) opened"]
+        lines += [
+            f"  {d['deal_id']}  exit {d['exit_id']}  {d['price_per_gb']['ipsx']} IPSX/GB"
+            f"  reserve {d['reserve']['ipsx']}"
+            for d in deals
+        ]
+        if placed.get("resting"):
+            lines.append("  the rest waits on the book")
+        _show(args, placed, lines)
+    elif args.command == "order" and args.action == "list":
+        items = list(api.orders())
+        _show(
+            args,
+            items,
+            [f"{o['order_id']}  {o['side']:7}  {o['state']:9}  filled {o['filled']}" for o in items],
+        )
+    elif args.command == "order" and args.action == "cancel":
+        api.cancel(args.order_id)
+        print(f"order {args.order_id} cancelled")
+    elif args.command == "deals":
+        items = list(api.deals())
+        _show(
+            args,
+            items,
+            [
+                f"{d['deal_id']}  {d['role']:9}  {d['state']:9}  exit {d['exit_id']}"
+                f"  charge {d['charge']['ipsx'] if d['charge'] else '-'}"
+                for d in items
+            ],
+        )
+    elif args.command == "usage":
+        items = list(api.usage())
+        _show(
+            args,
+            items,
+            [
+                f"{u['closed_at']}  {u['target']:30}  up {u['gateway_bytes']['up']}"
+                f"  down {u['gateway_bytes']['down']}  deal {u['deal_id'] or '-'}"
+                for u in items
+            ],
+        )
+    elif args.command == "market":
+        levels = api.depth(args.country, args.type)
+        _show(
+            args,
+            levels,
+            [
+                f"{lv['price_per_gb']['ipsx']:>10} IPSX/GB  {lv['price_per_hour']['ipsx']:>8} IPSX/h"
+                f"  {lv['offers']} offer(s)"
+                for lv in levels
+            ],
+        )
+
+
+def run_client_command(args: argparse.Namespace) -> None:
+    """Run one client command; raises ClientError with the API's answer when it refuses."""
+    try:
+        _run(args)
+    except ApiError as error:
+        raise ClientError(f"the API refused: {error.detail} ({error.status} {error.code})") from None
+    except OSError as error:
+        raise ClientError(f"cannot reach the API at {args.api}: {error}") from None

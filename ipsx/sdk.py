@@ -1,0 +1,161 @@
+"""A small Python client of the IPSX REST API (standard library only), used by the CLI.
+
+    from ipsx.sdk import Client
+    api = Client("http://127.0.0.1:8000", token="ipsx_…")          # an API key …
+    api = Client.sign_in("http://127.0.0.1:8000", wallet_account)   # … or Sign-In with Ethereum
+    api.place_request(filters={"country": "fr"}, ips=20, duration_s=1800,
+                      traffic_bytes=5 * 10**9, max_price_per_gb="2000000000000000000")
+
+Errors come back as :class:`ApiError` carrying the problem document's status, code and detail.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+from eth_account.messages import encode_defunct
+from eth_account.signers.local import LocalAccount
+
+DEFAULT_TIMEOUT = 30.0
+
+
+class ApiError(Exception):
+    """The API answered with an error: ``status``, the problem's ``code`` and ``detail``."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(f"{status} {code}: {detail}")
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
+def siwe_message(domain: str, uri: str, address: str, nonce: str, chain_id: int) -> str:
+    """An EIP-4361 message for signing in to the API at ``domain``, valid for five minutes."""
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    stamp = now.isoformat().replace("+00:00", "Z")
+    until = (now + dt.timedelta(minutes=5)).isoformat().replace("+00:00", "Z")
+    return (
+        f"{domain} wants you to sign in with your Ethereum account:\n{address}\n\n"
+        "Sign in to IPSX\n\n"
+        f"URI: {uri}\nVersion: 1\nChain ID: {chain_id}\nNonce: {nonce}\n"
+        f"Issued At: {stamp}\nExpiration Time: {until}"
+    )
+
+
+class Client:
+    def __init__(self, base_url: str, *, token: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._token = token
+        self._timeout = timeout
+
+    @classmethod
+    def sign_in(cls, base_url: str, account: LocalAccount, *, timeout: float = DEFAULT_TIMEOUT) -> Client:
+        """Sign in with the wallet ``account`` (EIP-4361); the client then carries the session token."""
+        client = cls(base_url, timeout=timeout)
+        nonce = client._call("POST", "/v1/auth/nonce", {})
+        message = siwe_message(
+            nonce["domain"], client.base_url + "/", account.address, nonce["nonce"], nonce["chain_id"]
+        )
+        signature = account.sign_message(encode_defunct(text=message)).signature.hex()
+        session = client._call(
+            "POST", "/v1/auth/siwe", {"message": message, "signature": "0x" + signature.removeprefix("0x")}
+        )
+        client._token = session["token"]
+        return client
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        query: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        url = self.base_url + path
+        if query:
+            url += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(url, data=data, method=method)  # noqa: S310 (the caller's URL)
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        if self._token:
+            request.add_header("Authorization", f"Bearer {self._token}")
+        for name, value in (headers or {}).items():
+            request.add_header(name, value)
+        try:
+            with urllib.request.urlopen(request, timeout=self._timeout) as response:  # noqa: S310
+                raw = response.read()
+        except urllib.error.HTTPError as error:
+            raise _api_error(error) from None
+        return json.loads(raw) if raw else None
+
+    def _pages(self, path: str, limit: int) -> Iterator[dict[str, Any]]:
+        cursor = None
+        while True:
+            page = self._call("GET", path, query={"limit": limit, "cursor": cursor})
+            yield from page["items"]
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
+    # -- the API -------------------------------------------------------------------------------
+
+    def me(self) -> dict[str, Any]:
+        return dict(self._call("GET", "/v1/me"))
+
+    def create_key(self, label: str = "") -> dict[str, Any]:
+        return dict(self._call("POST", "/v1/keys", {"label": label}))
+
+    def revoke_key(self, key_id: str) -> None:
+        self._call("DELETE", f"/v1/keys/{urllib.parse.quote(key_id, safe='')}")
+
+    def usage(self, limit: int = 50) -> Iterator[dict[str, Any]]:
+        return self._pages("/v1/usage", limit)
+
+    def ledger(self, limit: int = 50) -> Iterator[dict[str, Any]]:
+        return self._pages("/v1/ledger", limit)
+
+    def orders(self, limit: int = 50) -> Iterator[dict[str, Any]]:
+        return self._pages("/v1/orders", limit)
+
+    def deals(self, limit: int = 50) -> Iterator[dict[str, Any]]:
+        return self._pages("/v1/deals", limit)
+
+    def deal(self, deal_id: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"/v1/deals/{urllib.parse.quote(deal_id, safe='')}"))
+
+    def place_offer(self, *, idempotency_key: str | None = None, **terms: Any) -> dict[str, Any]:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        return dict(self._call("POST", "/v1/offers", terms, headers=headers))
+
+    def place_request(self, *, idempotency_key: str | None = None, **terms: Any) -> dict[str, Any]:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        return dict(self._call("POST", "/v1/requests", terms, headers=headers))
+
+    def cancel(self, order_id: str) -> None:
+        self._call("DELETE", f"/v1/orders/{urllib.parse.quote(order_id, safe='')}")
+
+    def depth(self, country: str | None = None, type: str | None = None) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/v1/market/depth", query={"country": country, "type": type})["levels"])
+
+    def prices(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/v1/market/prices")["index"])
+
+
+def _api_error(error: urllib.error.HTTPError) -> ApiError:
+    try:
+        problem = json.loads(error.read())
+        return ApiError(
+            error.code, str(problem.get("type", "")).rsplit("/", 1)[-1], str(problem.get("detail", ""))
+        )
+    except (ValueError, AttributeError):
+        return ApiError(error.code, "http_error", error.reason)

@@ -1,0 +1,156 @@
+"""End-to-end market: providers sign in with their wallets and offer their exits, a requester
+buys IPs through the SDK, and a gateway node with --market routes its traffic only through the
+exits of its deals (spot deals when it has none), attributes every stream to a deal, refuses a
+requester who cannot pay with 402, and the deal settles to the base unit."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+import redis
+
+from gateway.agent.settings import load_key
+from ipsx.sdk import Client
+from tests.e2e.conftest import EXITS, REDIS_URL, Stack, free_port, wait_port
+from tests.e2e.test_proxy import curl
+
+IPSX = 10**18
+PRICES = {"fr": IPSX, "de": 2 * IPSX, "us": 3 * IPSX // 2}  # per GB
+
+
+@dataclass
+class Market:
+    api: Client  # alice, by API key
+    url: str
+    proxy_port: int
+
+    def proxy(self, stack: Stack, suffix: str = "", secret: str | None = None, account: str = "") -> str:
+        return (
+            f"http://{account or stack.account}{suffix}:{secret or stack.secret}@127.0.0.1:{self.proxy_port}"
+        )
+
+
+@pytest.fixture(scope="module")
+def market(stack: Stack) -> Iterator[Market]:
+    api_port, http_port, tunnel_port = free_port(), free_port(), free_port()
+    stack.env["IPSX_JWT_SECRET"] = secrets.token_urlsafe(32)
+    api = stack.spawn("api", "--port", str(api_port), log="api.log")
+    gateway = stack.spawn_gateway("market-node", http_port, tunnel_port, "--market")
+    url = f"http://127.0.0.1:{api_port}"
+    try:
+        wait_port(api_port)
+        wait_port(http_port)
+        for country, bind in EXITS.items():
+            stack.wait_exit_on(stack.exit_id(f"agent-{country}", bind), {"market-node"})
+        stack.ipsx("account", "credit", "alice", "5", "--reference", "market-e2e-funding")
+        # Each demo provider signs in with its wallet (its account is created on first sign-in) and
+        # offers its exit, which it finds among the live exits it owns.
+        for country in EXITS:
+            wallet = load_key(stack.tmp / f"agent-{country}.key", None)
+            provider = Client.sign_in(url, wallet)
+            exit_id = _exit_of(stack, wallet.address)
+            provider.place_offer(
+                exit_id=exit_id, price_per_gb=str(PRICES[country]), sharing="shared", shared_capacity=4
+            )
+        yield Market(Client(url, token=stack.secret), url, http_port)
+    finally:
+        for proc in (gateway, api):
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=15)
+
+
+def _exit_of(stack: Stack, address: str) -> str:
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        for key in client.scan_iter(match="ipsx:{pool}:exit:*"):
+            if client.hget(key, "provider") == address.encode():
+                return key.decode().rsplit(":", 1)[1]
+    finally:
+        client.close()
+    raise AssertionError(f"no live exit of {address}")
+
+
+def test_a_request_order_routes_only_through_its_deal_and_settles(stack: Stack, market: Market) -> None:
+    placed = market.api.place_request(
+        filters={"country": "fr", "protocol": "http"},
+        ips=1,
+        duration_s=6,
+        traffic_bytes=10**9,
+        max_price_per_gb=str(2 * IPSX),
+        rest=False,
+    )
+    assert len(placed["deals"]) == 1
+    deal = placed["deals"][0]
+    assert deal["price_per_gb"]["base_units"] == str(IPSX) and deal["reserve"]["ipsx"] == "1"
+    # Only the deal's exit serves alice, whatever she asks for within it.
+    answers = {
+        curl("-x", market.proxy(stack, "-country-fr"), stack.origin.url("/ip")).stdout for _ in range(4)
+    }
+    assert answers == {EXITS["fr"]}
+    rows = stack.wait_usage("deal_id = $1", deal["deal_id"], count=4)
+    assert {row["exit_id"] for row in rows} == {deal["exit_id"]}
+    # The deal ends after 6 s; the market reconciles both meters and settles through the hold.
+    deadline = time.monotonic() + 40
+    while market.api.deal(deal["deal_id"])["state"] != "settled" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    settled = market.api.deal(deal["deal_id"])
+    assert settled["state"] == "settled"
+    metered = sum(
+        row["gateway_bytes_up"] + row["gateway_bytes_down"]
+        for row in stack.wait_usage("deal_id = $1", deal["deal_id"], count=4)
+    )
+    charge = -(-IPSX * metered // 10**9)
+    assert settled["billable_bytes"] == metered
+    assert settled["charge"]["base_units"] == str(charge)
+    assert settled["commission"]["base_units"] == str(charge // 10)
+    assert [t["event"] for t in settled["transitions"]] == [
+        "ready",
+        "time_frame_ended",
+        "meters_reconciled",
+        "settle",
+    ]
+    # Money adds up to the base unit across every account.
+    assert stack.query("SELECT SUM(balance)::text AS total FROM ledger_balances")[0]["total"] == "0"
+
+
+def test_traffic_without_an_order_gets_spot_deals(stack: Stack, market: Market) -> None:
+    assert curl("-x", market.proxy(stack, "-country-de"), stack.origin.url("/ip")).stdout == EXITS["de"]
+    # No order of alice's covers Germany: the gateway asked the market, which opened a spot deal on
+    # the German offer at its price, and the stream is metered under it.
+    spot = [d for d in market.api.deals() if d["spot"] and d["state"] == "active"]
+    german = [d for d in spot if d["price_per_gb"]["base_units"] == str(PRICES["de"])]
+    assert len(german) == 1
+    rows = stack.wait_usage("deal_id = $1", german[0]["deal_id"])
+    assert {row["exit_id"] for row in rows} == {german[0]["exit_id"]}
+    assert (
+        stack.query("SELECT count(*) AS n FROM usage_events WHERE node = 'market-node' AND deal_id IS NULL")[
+            0
+        ]["n"]
+        == 0
+    )
+
+
+def test_a_requester_who_cannot_pay_gets_402_and_nothing_relayed(stack: Stack, market: Market) -> None:
+    stack.ipsx("account", "create", "--address", "0x" + "34" * 20, "--name", "broke")
+    secret = re.search(r"secret: (\S+)", stack.ipsx("key", "create", "broke").stdout)
+    assert secret is not None
+    result = curl(
+        "-i", "-x", market.proxy(stack, secret=secret.group(1), account="broke"), stack.origin.url("/ip")
+    )
+    assert result.stdout.startswith("HTTP/1.1 402")
+    assert "X-IPSX-Error: insufficient_funds" in result.stdout
+    assert stack.query("SELECT count(*) AS n FROM usage_events WHERE requester = 'broke'")[0]["n"] == 0
+
+
+def test_market_data_is_public(stack: Stack, market: Market) -> None:
+    depth = httpx.get(f"{market.url}/v1/market/depth", params={"country": "us"}).json()
+    assert depth["levels"][0]["price_per_gb"]["base_units"] == str(PRICES["us"])
+    prices = httpx.get(f"{market.url}/v1/market/prices").json()
+    assert any(row["country"] == "fr" for row in prices["index"])
