@@ -45,6 +45,8 @@ class PlainForwarder:
         self._settings = settings
         self._dialer = dialer
         self._authorize = authorize
+        self.exchanging = 0  # requests in flight (a kept-alive connection between two is idle)
+        self.draining = False  # the node is stopping: close each connection after its exchange
 
     async def run(self, conn: Conn, reader: http1.HeadReader, head: http1.RequestHead) -> None:
         """Plain-HTTP forwarding with keep-alive on both sides while the target stays the same."""
@@ -72,6 +74,7 @@ class PlainForwarder:
                 reused = upstream is not None
                 if upstream is None:
                     upstream = await self._open_upstream(targeting, host, port, key)
+                self.exchanging += 1
                 try:
                     keep_alive = await self._exchange(conn, reader, head, upstream, origin_target, reused)
                 except _StaleUpstream:
@@ -80,7 +83,9 @@ class PlainForwarder:
                     self._end_upstream(upstream, "exit_closed")
                     upstream = await self._open_upstream(targeting, host, port, key)
                     keep_alive = await self._exchange(conn, reader, head, upstream, origin_target, False)
-                if not keep_alive:
+                finally:
+                    self.exchanging -= 1
+                if not keep_alive or self.draining:
                     break
                 reader.reset()
                 next_head = reader.feed(b"")

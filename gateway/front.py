@@ -248,6 +248,15 @@ class Front:
         conn.write(server.send_reply(socks5.ReplyCode.SUCCEEDED))
         self._splice(conn, stream, server.trailing)
 
+    @property
+    def busy(self) -> int:
+        """Streams in flight: tunnels being relayed and plain-HTTP exchanges under way."""
+        return len(self.splices) + self._forwarder.exchanging
+
+    def drain(self) -> None:
+        """From now on, kept-alive plain-HTTP connections close after their current exchange."""
+        self._forwarder.draining = True
+
     def abort_all(self) -> None:
         for splice in list(self.splices):
             splice.abort()

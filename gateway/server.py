@@ -90,6 +90,8 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayPor
         socks = Listener(front.handle)
         socks_port = await socks.start(settings.host, settings.socks_port, reuse_port=reuse)
         stack.push_async_callback(socks.close)
+        # Runs first on the way out: stop taking clients, leave the registry, let streams finish.
+        stack.push_async_callback(_drain, settings, (http, socks), front, nodes, me, announcer)
 
         sweeper = asyncio.create_task(_sweep(registry, settings.heartbeat_interval))
         stack.callback(sweeper.cancel)
@@ -104,6 +106,35 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayPor
             tunnel_port,
         )
         yield GatewayPorts(http=http_port, socks=socks_port, tunnel=tunnel_port)
+
+
+async def _drain(
+    settings: GatewaySettings,
+    listeners: tuple[Listener, ...],
+    front: Front,
+    nodes: NodeRegistry,
+    me: NodeInfo,
+    announcer: asyncio.Task[None],
+) -> None:
+    """Graceful stop: no new clients, out of the node registry (agents and balancers move on),
+    then up to ``drain_timeout`` for the streams in flight; whatever is left is cut after."""
+    for listener in listeners:
+        listener.stop_accepting()
+    front.drain()
+    announcer.cancel()
+    try:
+        await nodes.withdraw(me.node)
+    except Exception:  # Redis down: the node ages out of the registry on its own
+        log.warning("could not withdraw node %s from the registry", me.node)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.drain_timeout
+    if front.busy:
+        log.info("draining %d stream(s) for up to %.0fs", front.busy, settings.drain_timeout)
+    # Polled: streams end in two places (splices, plain exchanges), and only while stopping.
+    while front.busy and loop.time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.1)
+    if front.busy:
+        log.warning("cutting %d stream(s) still open after the drain", front.busy)
 
 
 async def _announce(nodes: NodeRegistry, me: NodeInfo, hub: TunnelHub) -> None:

@@ -46,6 +46,7 @@ class GatewaySettings:
     auth_cache_ttl: float = 30 * SECONDS
     candidate_cache_ttl: float = 1 * SECONDS
     max_exits_per_agent: int = 256
+    drain_timeout: float = 30 * SECONDS  # on stop, streams in flight get this long to finish
 
     def advertised_tunnel(self, bound_port: int) -> str:
         """This node's tunnel endpoint as announced to agents: ``HOST:PORT`` or ``:PORT``."""

@@ -47,6 +47,13 @@ def _add_gateway(sub: argparse._SubParsersAction[Any]) -> None:
         "(default: --tunnel-host, or the host they already dialed if that is 0.0.0.0)",
     )
     p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        help="on SIGTERM/SIGINT, seconds the streams in flight get to finish before they are cut "
+        "(default: %(default)s); new clients are refused meanwhile",
+    )
+    p.add_argument(
         "--market",
         action="store_true",
         help="route each requester only through the exits of its active deals, asking the market "

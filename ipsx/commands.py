@@ -58,6 +58,7 @@ def cmd_gateway(args: argparse.Namespace, env: Environment) -> None:
         tunnel_key=args.tunnel_key,
         advertise_host=args.advertise_host,
         market=args.market,
+        drain_timeout=args.drain_timeout,
     )
     if args.workers == 1:
         runtime.run(lambda stop: run_gateway(settings, stop))

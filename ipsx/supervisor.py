@@ -24,7 +24,7 @@ from ipsx import runtime
 log = logging.getLogger("ipsx.supervisor")
 
 RESTART_DELAY = 1.0  # seconds before a worker that died is started again
-STOP_GRACE = 15.0  # seconds workers get to drain after SIGTERM before they are killed
+STOP_GRACE = 10.0  # seconds beyond the workers' own drain timeout before they are killed
 
 
 def worker_settings(settings: GatewaySettings, workers: int) -> list[GatewaySettings]:
@@ -89,7 +89,7 @@ def run_workers(all_settings: list[GatewaySettings], *, verbose: bool = False) -
         for process in processes:
             if process.is_alive() and process.pid is not None:
                 process.terminate()
-        deadline = time.monotonic() + STOP_GRACE
+        deadline = time.monotonic() + max(s.drain_timeout for s in all_settings) + STOP_GRACE
         for process in processes:
             process.join(max(0.0, deadline - time.monotonic()))
             if process.is_alive():
