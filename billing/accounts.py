@@ -40,6 +40,11 @@ class Account:
     created_at: datetime
 
 
+SCOPES = frozenset({"proxy", "read", "trade", "keys"})
+"""What a key may do: ``proxy`` use the gateways, ``read`` read the API, ``trade`` place and cancel
+orders, ``keys`` make and revoke (sub-)keys. A session from signing in with the wallet may do all."""
+
+
 @dataclass(frozen=True, slots=True)
 class ApiKey:
     key_id: str
@@ -47,7 +52,10 @@ class ApiKey:
     account_name: str
     label: str
     created_at: datetime
-    revoked_at: datetime | None
+    revoked_at: datetime | None  # the key's, or its parent's when that was revoked first
+    scopes: frozenset[str] = SCOPES
+    spend_limit: int | None = None  # base units the deals opened through the key may cost at most
+    parent_key_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +111,9 @@ def _api_key(row: Any) -> ApiKey:
         label=row["label"],
         created_at=row["created_at"],
         revoked_at=row["revoked_at"],
+        scopes=frozenset(row["scopes"]),
+        spend_limit=None if row["spend_limit"] is None else int(row["spend_limit"]),
+        parent_key_id=row["parent_key_id"],
     )
 
 
@@ -150,31 +161,84 @@ async def list_accounts(pool: asyncpg.Pool) -> list[Account]:
 
 
 _KEY_COLUMNS = """
-    k.key_id, k.account_id, a.name AS account_name, k.label, k.created_at, k.revoked_at
+    k.key_id, k.account_id, a.name AS account_name, k.label, k.created_at,
+    COALESCE(k.revoked_at, p.revoked_at) AS revoked_at, k.scopes, k.spend_limit::text AS spend_limit,
+    k.parent_key_id
 """
+_KEY_TABLES = (
+    "api_keys k JOIN accounts a ON a.id = k.account_id LEFT JOIN api_keys p ON p.key_id = k.parent_key_id"
+)
 
 
-async def create_key(pool: asyncpg.Pool, *, account_name: str, label: str = "") -> NewKey:
-    """Create an API key for an account; raises ``UnknownAccount`` or ``InvalidAccount(field="label")``."""
+def _check_key_terms(
+    scopes: frozenset[str], spend_limit: int | None, parent: ApiKey | None, account_id: int
+) -> None:
+    if not scopes or not scopes <= SCOPES:
+        raise InvalidAccount("scopes", f"must be a non-empty subset of {', '.join(sorted(SCOPES))}")
+    if spend_limit is not None and (
+        not isinstance(spend_limit, int) or isinstance(spend_limit, bool) or not 0 < spend_limit < 10**78
+    ):
+        raise InvalidAccount("spend_limit", "must be a positive number of base units")
+    if parent is None:
+        return
+    if parent.account_id != account_id or parent.revoked_at is not None:
+        raise InvalidAccount("parent", "the parent key is not a live key of this account")
+    if parent.parent_key_id is not None:
+        raise InvalidAccount("parent", "a sub-key cannot make keys")
+    if not scopes <= parent.scopes:
+        raise InvalidAccount("scopes", "a sub-key cannot have scopes its parent lacks")
+    if parent.spend_limit is not None and (spend_limit is None or spend_limit > parent.spend_limit):
+        raise InvalidAccount("spend_limit", "a sub-key's spend limit cannot exceed its parent's")
+
+
+async def create_key(
+    pool: asyncpg.Pool,
+    *,
+    account_name: str,
+    label: str = "",
+    scopes: frozenset[str] = SCOPES,
+    spend_limit: int | None = None,
+    parent: ApiKey | None = None,
+) -> NewKey:
+    """Create an API key for an account, or a sub-key of ``parent`` (never wider than it).
+
+    Raises ``UnknownAccount``, or ``InvalidAccount`` with ``field`` ``label``, ``scopes``,
+    ``spend_limit`` or ``parent``.
+    """
     if not isinstance(label, str) or len(label) > MAX_LABEL_LEN or not label.isprintable():
         raise InvalidAccount("label", f"must be printable and at most {MAX_LABEL_LEN} characters")
     account = await get_account(pool, account_name)
     if account is None:
         raise UnknownAccount(account_name)
+    if parent is not None:  # as it is now, not as the caller last saw it
+        row = await pool.fetchrow(
+            f"SELECT {_KEY_COLUMNS} FROM {_KEY_TABLES} WHERE k.key_id = $1",  # noqa: S608
+            parent.key_id,
+        )
+        if row is None:
+            raise InvalidAccount("parent", "the parent key is not a live key of this account")
+        parent = _api_key(row)
+    _check_key_terms(frozenset(scopes), spend_limit, parent, account.id)
     for _ in range(_NEW_KEY_ATTEMPTS):
         key_id = secrets.token_hex(6)
         secret = f"ipsx_{key_id}_{secrets.token_urlsafe(24)}"
         try:
             row = await pool.fetchrow(
                 """
-                INSERT INTO api_keys (key_id, account_id, label, secret_sha256) VALUES ($1, $2, $3, $4)
-                RETURNING key_id, account_id, $5::text AS account_name, label, created_at, revoked_at
+                INSERT INTO api_keys (key_id, account_id, label, secret_sha256, scopes, spend_limit,
+                                      parent_key_id)
+                VALUES ($1, $2, $3, $4, $6::text[], $7::numeric, $8)
+                RETURNING key_id, account_id, $5::text AS account_name, label, created_at, revoked_at,
+                          scopes, spend_limit::text AS spend_limit, parent_key_id
                 """,
                 key_id,
                 account.id,
                 label,
                 _digest(secret),
                 account.name,
+                sorted(scopes),
+                spend_limit,
+                None if parent is None else parent.key_id,
             )
         except asyncpg.UniqueViolationError:
             continue  # a 48-bit key id collided; draw another
@@ -183,7 +247,8 @@ async def create_key(pool: asyncpg.Pool, *, account_name: str, label: str = "") 
 
 
 async def revoke_key(pool: asyncpg.Pool, key_id: str, *, account_id: int | None = None) -> bool:
-    """Revoke a key; ``True`` when this call revoked it, ``False`` if unknown or already revoked.
+    """Revoke a key (its sub-keys stop working with it); ``True`` when this call revoked it,
+    ``False`` if unknown or already revoked.
 
     With ``account_id`` only a key of that account is revoked (another's counts as unknown).
     """
@@ -205,7 +270,7 @@ async def list_keys(pool: asyncpg.Pool, account_name: str) -> list[ApiKey]:
     if account is None:
         raise UnknownAccount(account_name)
     rows = await pool.fetch(
-        f"SELECT {_KEY_COLUMNS} FROM api_keys k JOIN accounts a ON a.id = k.account_id"  # noqa: S608
+        f"SELECT {_KEY_COLUMNS} FROM {_KEY_TABLES}"  # noqa: S608
         " WHERE k.account_id = $1 ORDER BY k.created_at, k.key_id",
         account.id,
     )
@@ -229,7 +294,7 @@ async def authenticate(pool: asyncpg.Pool, account_name: str, secret: str) -> Ap
         return None
     row = await pool.fetchrow(
         f"SELECT {_KEY_COLUMNS}, k.secret_sha256"  # noqa: S608
-        " FROM api_keys k JOIN accounts a ON a.id = k.account_id WHERE k.key_id = $1",
+        f" FROM {_KEY_TABLES} WHERE k.key_id = $1",
         match.group(1),
     )
     if row is None:
@@ -252,7 +317,7 @@ async def authenticate_secret(pool: asyncpg.Pool, secret: str) -> ApiKey | None:
         return None
     row = await pool.fetchrow(
         f"SELECT {_KEY_COLUMNS}, k.secret_sha256"  # noqa: S608
-        " FROM api_keys k JOIN accounts a ON a.id = k.account_id WHERE k.key_id = $1",
+        f" FROM {_KEY_TABLES} WHERE k.key_id = $1",
         match.group(1),
     )
     if row is None or not hmac.compare_digest(bytes(row["secret_sha256"]), _digest(secret)):

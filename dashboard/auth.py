@@ -19,7 +19,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from billing import accounts
-from billing.accounts import Account
+from billing.accounts import Account, ApiKey
 from billing.errors import AccountExists
 from dashboard.problems import Problem
 from dashboard.settings import ApiSettings
@@ -30,10 +30,20 @@ _BEARER = {"WWW-Authenticate": 'Bearer realm="ipsx"'}
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """The caller: its account, and the API key it used (``None`` when signed in with a wallet)."""
+    """The caller: its account, and the API key it used (``None`` when signed in with a wallet,
+    which may do everything its account may)."""
 
     account: Account
-    key_id: str | None
+    key: ApiKey | None = None
+
+    @property
+    def key_id(self) -> str | None:
+        return None if self.key is None else self.key.key_id
+
+    def require(self, scope: str) -> None:
+        """Raise Problem 403 unless the caller's key has ``scope``."""
+        if self.key is not None and scope not in self.key.scopes:
+            raise Problem(403, "insufficient_scope", f"this API key lacks the {scope!r} scope", scope=scope)
 
 
 def unauthorized(detail: str) -> Problem:
@@ -120,7 +130,7 @@ async def authenticate(request: web.Request, pool: asyncpg.Pool, settings: ApiSe
         account = await accounts.get_account(pool, key.account_name)
         if account is None:
             raise unauthorized("unknown or revoked API key")
-        return Principal(account, key.key_id)
+        return Principal(account, key)
     try:
         claims = jwt.decode(
             token,
@@ -137,4 +147,4 @@ async def authenticate(request: web.Request, pool: asyncpg.Pool, settings: ApiSe
     account = await accounts.get_account_by_address(pool, str(claims["sub"]))
     if account is None:
         raise unauthorized("the account of this token no longer exists")
-    return Principal(account, None)
+    return Principal(account)

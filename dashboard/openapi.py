@@ -23,7 +23,10 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-_AUTH_ERRORS = {"401": _problem("no valid session token or API key")}
+_AUTH_ERRORS = {
+    "401": _problem("no valid session token or API key"),
+    "403": _problem("the API key lacks the scope this operation needs"),
+}
 _PAGE_PARAMS = [
     {
         "name": "limit",
@@ -122,8 +125,16 @@ SCHEMAS: dict[str, Any] = {
     },
     "ApiKey": {
         "type": "object",
-        "required": ["key_id", "label", "created_at", "revoked_at"],
-        "properties": {"key_id": _STR, "label": _STR, "created_at": _STR, "revoked_at": _NULLABLE_STR},
+        "required": ["key_id", "label", "scopes", "created_at", "revoked_at"],
+        "properties": {
+            "key_id": _STR,
+            "label": _STR,
+            "scopes": {"type": "array", "items": {"enum": ["proxy", "read", "trade", "keys"]}},
+            "spend_limit": {"oneOf": [_ref("Amount"), {"type": "null"}]},
+            "parent_key_id": _NULLABLE_STR,
+            "created_at": _STR,
+            "revoked_at": _NULLABLE_STR,
+        },
     },
     "NewApiKey": {
         "allOf": [
@@ -358,7 +369,16 @@ def document() -> dict[str, Any]:
                             "application/json": {
                                 "schema": {
                                     "type": "object",
-                                    "properties": {"label": {"type": "string", "pattern": "^[ -~]{0,100}$"}},
+                                    "properties": {
+                                        "label": {"type": "string", "pattern": "^[ -~]{0,100}$"},
+                                        "scopes": {
+                                            "type": "array",
+                                            "items": {"enum": ["proxy", "read", "trade", "keys"]},
+                                            "minItems": 1,
+                                            "uniqueItems": True,
+                                        },
+                                        "spend_limit": {"type": "string", "pattern": "^[1-9][0-9]{0,76}$"},
+                                    },
                                 }
                             }
                         },

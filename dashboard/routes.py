@@ -38,13 +38,19 @@ def _key_json(key: ApiKey) -> dict[str, Any]:
     return {
         "key_id": key.key_id,
         "label": key.label,
+        "scopes": sorted(key.scopes),
+        "spend_limit": None if key.spend_limit is None else _amount(key.spend_limit),
+        "parent_key_id": key.parent_key_id,
         "created_at": key.created_at.isoformat(),
         "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
     }
 
 
-async def _caller(request: web.Request) -> Principal:
-    return await auth.authenticate(request, request.app[PG], request.app[SETTINGS])
+async def _caller(request: web.Request, scope: str = "read") -> Principal:
+    """The authenticated caller, whose key must have ``scope``; Problem 401 or 403 otherwise."""
+    caller = await auth.authenticate(request, request.app[PG], request.app[SETTINGS])
+    caller.require(scope)
+    return caller
 
 
 def _services(request: web.Request) -> tuple[asyncpg.Pool, Redis]:
@@ -129,20 +135,40 @@ async def me(request: web.Request) -> web.Response:
 
 @routes.get("/v1/keys")
 async def list_keys(request: web.Request) -> web.Response:
-    caller = await _caller(request)
+    caller = await _caller(request, "keys")
     keys = await accounts.list_keys(request.app[PG], caller.account.name)
     return json_response({"items": [_key_json(key) for key in keys]})
 
 
 @routes.post("/v1/keys")
 async def create_key(request: web.Request) -> web.Response:
-    caller = await _caller(request)
+    """A new key; made with a key, it is that key's sub-key (never wider, revoked with it)."""
+    caller = await _caller(request, "keys")
     body = await read_json(request)
     label = field(body, "label", str, optional=True, max_len=accounts.MAX_LABEL_LEN) or ""
     if not _LABEL.fullmatch(label):
         raise Problem(422, "invalid_field", "'label' must be printable ASCII", field="label")
+    scopes = field(body, "scopes", list, optional=True)
+    if scopes is not None and (
+        not all(isinstance(scope, str) for scope in scopes) or len(set(scopes)) != len(scopes)
+    ):
+        raise Problem(422, "invalid_field", "'scopes' must be a list of distinct strings", field="scopes")
+    limit = field(body, "spend_limit", str, optional=True, max_len=80)
+    if limit is not None and not limit.isdigit():
+        raise Problem(
+            422, "invalid_field", "'spend_limit' must be base units, as digits", field="spend_limit"
+        )
     try:
-        new = await accounts.create_key(request.app[PG], account_name=caller.account.name, label=label)
+        new = await accounts.create_key(
+            request.app[PG],
+            account_name=caller.account.name,
+            label=label,
+            scopes=frozenset(scopes)
+            if scopes is not None
+            else (caller.key.scopes if caller.key else accounts.SCOPES),
+            spend_limit=None if limit is None else int(limit),
+            parent=caller.key,
+        )
     except InvalidAccount as error:
         raise Problem(422, "invalid_field", error.reason, field=error.field) from None
     return json_response({**_key_json(new.key), "secret": new.secret}, 201)
@@ -150,7 +176,7 @@ async def create_key(request: web.Request) -> web.Response:
 
 @routes.delete("/v1/keys/{key_id}")
 async def revoke_key(request: web.Request) -> web.Response:
-    caller = await _caller(request)
+    caller = await _caller(request, "keys")
     key_id = request.match_info["key_id"]
     if not _KEY_ID.fullmatch(key_id) or not await accounts.revoke_key(
         request.app[PG], key_id, account_id=caller.account.id

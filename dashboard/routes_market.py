@@ -106,7 +106,7 @@ def _refusal(error: Exception) -> Problem:
 
 @routes.post("/v1/offers")
 async def place_offer(request: web.Request) -> web.Response:
-    caller = await _caller(request)
+    caller = await _caller(request, "trade")
     market = _market(request)
     body = await read_json(request)
     order_id = _order_id(request, caller.account.name)
@@ -124,7 +124,7 @@ async def place_offer(request: web.Request) -> web.Response:
 
 @routes.post("/v1/requests")
 async def place_request(request: web.Request) -> web.Response:
-    caller = await _caller(request)
+    caller = await _caller(request, "trade")
     market = _market(request)
     body = await read_json(request)
     order_id = _order_id(request, caller.account.name)
@@ -134,7 +134,7 @@ async def place_request(request: web.Request) -> web.Response:
     if order_id is not None:
         body["request_id"] = order_id
     try:
-        placed, result = await market.place_request(caller.account.name, body)
+        placed, result = await market.place_request(caller.account.name, body, key_id=caller.key_id)
     except (MarketRefused, MatchingError, TypeError, ValueError) as error:
         raise _refusal(error) from None
     return _placed(placed.request_id, "request", result)
@@ -142,7 +142,7 @@ async def place_request(request: web.Request) -> web.Response:
 
 @routes.delete("/v1/orders/{order_id}")
 async def cancel(request: web.Request) -> web.Response:
-    caller = await _caller(request)
+    caller = await _caller(request, "trade")
     try:
         await _market(request).cancel(caller.account.name, request.match_info["order_id"][:64])
     except MarketRefused as error:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
+from billing.accounts import ApiKey
 from billing.errors import AccountsUnavailable
 from gateway import http1, socks5
 from gateway.conn import Conn, ConnectionClosed
@@ -30,7 +32,7 @@ from gateway.tunnel import DialError
 
 log = logging.getLogger("ipsx.gateway.front")
 
-Authenticate = Callable[[str, str], Awaitable[object | None]]
+Authenticate = Callable[[str, str], Awaitable[ApiKey | None]]
 _CONNECTED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 _PARSE_CACHE_SIZE = 4096
 _REALM = [("Proxy-Authenticate", 'Basic realm="IPSX"')]
@@ -93,7 +95,8 @@ class Front:
         """The client's targeting, or None when the credentials are wrong. Raises TargetingError."""
         account = username.split("-", 1)[0].lower()
         try:
-            if not account or await self._authenticate(account, password) is None:
+            key = await self._authenticate(account, password) if account else None
+            if key is None or "proxy" not in key.scopes:  # a key without the scope is no credential here
                 return None
         except AccountsUnavailable:
             log.warning("credentials of %r could not be checked: accounts database unavailable", account[:32])
@@ -104,7 +107,7 @@ class Front:
             if len(self._parsed) >= _PARSE_CACHE_SIZE:
                 self._parsed.clear()
             self._parsed[username] = targeting
-        return targeting
+        return replace(targeting, key=key.key_id)
 
     # HTTP
     async def _read_head(self, conn: Conn, reader: http1.HeadReader, data: bytes) -> http1.RequestHead | None:

@@ -64,6 +64,7 @@ class Targeting:
     deal: str | None = None
     maxprice: int | None = None  # IPSX base units (10**-18 IPSX) per GB
     proto: str | None = None
+    key: str | None = None  # the API key that authenticated the client (set after the check)
 
 
 def _match(pattern: re.Pattern[str], value: str, *, lower: bool) -> re.Match[str] | None:

@@ -195,6 +195,15 @@ def build_parser() -> argparse.ArgumentParser:
     kcreate = key.add_parser("create", help="create an API key; the secret is shown once")
     kcreate.add_argument("account", help="account name")
     kcreate.add_argument("--label", default="", help="a note for you")
+    kcreate.add_argument(
+        "--scopes",
+        default="proxy,read,trade,keys",
+        help="what the key may do, comma-separated: proxy (use the gateways), read, trade (orders), "
+        "keys (make sub-keys) (default: %(default)s)",
+    )
+    kcreate.add_argument(
+        "--spend-limit", help="IPSX the deals opened through this key may cost at most (default: none)"
+    )
     klist = key.add_parser("list", help="list an account's keys")
     klist.add_argument("account")
     krevoke = key.add_parser("revoke", help="revoke a key")

@@ -191,12 +191,24 @@ def cmd_key(args: argparse.Namespace, env: Environment) -> None:
         pool = await db.open_migrated(env.database, max_size=2)
         try:
             if args.action == "create":
-                new = await accounts.create_key(pool, account_name=args.account, label=args.label)
+                scopes = frozenset(part.strip() for part in args.scopes.split(",") if part.strip())
+                limit = None if args.spend_limit is None else ledger.parse_amount(args.spend_limit)
+                new = await accounts.create_key(
+                    pool, account_name=args.account, label=args.label, scopes=scopes, spend_limit=limit
+                )
                 print(f"key id: {new.key.key_id}\nsecret: {new.secret}\n(the secret is shown only now)")
             elif args.action == "list":
                 for key in await accounts.list_keys(pool, args.account):
                     state = "revoked" if key.revoked_at else "active"
-                    print(f"{key.key_id}  {state:<8} {key.created_at:%Y-%m-%d %H:%M}  {key.label}")
+                    shown = (
+                        "-"
+                        if key.spend_limit is None
+                        else ledger.format_amount(ledger.Amount(key.spend_limit))
+                    )
+                    print(
+                        f"{key.key_id}  {state:<8} {key.created_at:%Y-%m-%d %H:%M}  "
+                        f"{','.join(sorted(key.scopes)):<22} limit {shown:<8} {key.label}"
+                    )
             elif args.action == "revoke":
                 print("revoked" if await accounts.revoke_key(pool, args.key_id) else "no such active key")
         except BillingError as error:

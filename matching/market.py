@@ -212,20 +212,39 @@ class Market:
             await self._check_new_order(offer.offer_id)
             await self._refresh_funds(status.request.requester for status in self._engine.resting_requests())
             result = self._engine.place_offer(offer, self._clock())
-            await self._commit(result, placed=("offer", account, offer.offer_id, store.offer_terms(offer)))
+            await self._commit(
+                result, placed=("offer", account, offer.offer_id, store.offer_terms(offer), None)
+            )
         return offer, result
 
-    async def place_request(self, account: str, terms: dict[str, Any]) -> tuple[Request, MatchResult]:
-        """A request order of ``account``; reserves are taken for each deal it opens."""
+    async def place_request(
+        self, account: str, terms: dict[str, Any], *, key_id: str | None = None
+    ) -> tuple[Request, MatchResult]:
+        """A request order of ``account``; reserves are taken for each deal it opens.
+
+        Placed with an API key that has a spend limit, the order is immediate-or-cancel and its
+        deals may not reserve more than what the limit has left.
+        """
         request = request_for(account, terms, str(terms.get("request_id") or self._new_id("r")))
         async with self._lock:
             await self._check_new_order(request.request_id)
             await self._refresh_funds([account])
+            if await self._limit_to_key(account, key_id):
+                request = replace(request, rest=False)
             result = self._engine.place_request(request, self._clock())
-            await self._commit(
-                result, placed=("request", account, request.request_id, store.request_terms(request))
-            )
+            placed = ("request", account, request.request_id, store.request_terms(request), key_id)
+            await self._commit(result, placed=placed)
         return request, result
+
+    async def _limit_to_key(self, account: str, key_id: str | None) -> bool:
+        """Cap the account's available funds for this operation at the key's budget, if any."""
+        if key_id is None:
+            return False
+        budget = await store.key_budget(self._pool, key_id)
+        if budget is None:
+            return False
+        self._funds.available[account] = min(self._funds.available.get(account, 0), budget)
+        return True
 
     async def cancel(self, account: str, order_id: str) -> None:
         """Cancel one of ``account``'s resting orders; MarketRefused 404 if it has none by that id."""
@@ -239,7 +258,7 @@ class Market:
             async with self._pool.acquire() as conn, conn.transaction():
                 await store.update_order(conn, order_id, state="cancelled")
 
-    async def spot(self, account: str, filters: RequestFilters) -> MatchResult:
+    async def spot(self, account: str, filters: RequestFilters, *, key_id: str | None = None) -> MatchResult:
         """Open spot deals for traffic that came without an order: up to ``spot_ips`` shared
         exits at the best prices under the spot maximums, immediate-or-cancel."""
         s = self.settings
@@ -257,8 +276,9 @@ class Market:
         )
         async with self._lock:
             await self._refresh_funds([account])
+            await self._limit_to_key(account, key_id)
             result = self._engine.place_request(request, self._clock())
-            await self._commit(result, spot=True)
+            await self._commit(result, spot=True, key_id=key_id)
         return result
 
     async def _check_new_order(self, order_id: str) -> None:
@@ -287,8 +307,9 @@ class Market:
         self,
         result: MatchResult,
         *,
-        placed: tuple[str, str, str, dict[str, Any]] | None = None,
+        placed: tuple[str, str, str, dict[str, Any], str | None] | None = None,
         spot: bool = False,
+        key_id: str | None = None,
     ) -> None:
         now = int(self._clock())
         new: list[tuple[Fill, Deal]] = []
@@ -310,7 +331,7 @@ class Market:
                         created_at=now,
                         accepted=True,  # the requester placed the order (or sent the traffic)
                     )
-                    await store.insert_deal(conn, fill, deal, spot=spot)
+                    await store.insert_deal(conn, fill, deal, spot=spot, key_id=key_id)
                     if fill.reserve > 0:
                         await holds.reserve_in(
                             conn, ledger.requester_account(fill.requester), fill.reserve, fill.deal_id
@@ -491,7 +512,7 @@ class Market:
 
     async def _answer_spot(self, asked: routing.SpotRequest) -> str:
         try:
-            result = await self.spot(asked.requester, asked.filters)
+            result = await self.spot(asked.requester, asked.filters, key_id=asked.key_id)
         except MarketRefused:
             return "unavailable"
         except MatchingError:

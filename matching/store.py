@@ -74,14 +74,21 @@ def deal_from(record: dict[str, Any]) -> Deal:
 
 
 async def insert_order(
-    conn: asyncpg.Connection, side: str, account: str, order_id: str, terms: dict[str, Any]
+    conn: asyncpg.Connection,
+    side: str,
+    account: str,
+    order_id: str,
+    terms: dict[str, Any],
+    key_id: str | None = None,
 ) -> None:
     await conn.execute(
-        "INSERT INTO market_orders (order_id, side, account, terms) VALUES ($1, $2, $3, $4::jsonb)",
+        "INSERT INTO market_orders (order_id, side, account, terms, key_id)"
+        " VALUES ($1, $2, $3, $4::jsonb, $5)",
         order_id,
         side,
         account,
         orjson.dumps(terms).decode(),
+        key_id,
     )
 
 
@@ -120,13 +127,16 @@ async def open_orders(pool: asyncpg.Pool) -> list[asyncpg.Record]:
     return list(rows)
 
 
-async def insert_deal(conn: asyncpg.Connection, fill: Fill, deal: Deal, *, spot: bool) -> None:
+async def insert_deal(
+    conn: asyncpg.Connection, fill: Fill, deal: Deal, *, spot: bool, key_id: str | None = None
+) -> None:
     await conn.execute(
         """
         INSERT INTO deals (deal_id, request_id, offer_id, requester, provider, exit_id, price_per_gb,
                            price_per_hour, reserve, duration_s, traffic_bytes, dedicated, spot, state,
-                           record)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15::jsonb)
+                           record, key_id)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15::jsonb,
+                COALESCE($16, (SELECT key_id FROM market_orders WHERE order_id = $2)))
         """,
         fill.deal_id,
         fill.request_id,
@@ -143,7 +153,25 @@ async def insert_deal(conn: asyncpg.Connection, fill: Fill, deal: Deal, *, spot:
         spot,
         deal.state.value,
         orjson.dumps(deal_record(deal)).decode(),
+        key_id,
     )
+
+
+async def key_budget(conn: asyncpg.Connection | asyncpg.Pool, key_id: str) -> int | None:
+    """What the key may still open deals for (its spend limit less what its deals cost or hold),
+    or None when the key has no limit."""
+    row = await conn.fetchrow(
+        """
+        SELECT k.spend_limit::text AS spend_limit,
+               (SELECT COALESCE(SUM(COALESCE(d.charge, d.reserve)), 0) FROM deals d
+                 WHERE d.key_id = k.key_id AND d.state NOT IN ('cancelled', 'expired'))::text AS spent
+        FROM api_keys k WHERE k.key_id = $1
+        """,
+        key_id,
+    )
+    if row is None or row["spend_limit"] is None:
+        return None
+    return max(0, int(row["spend_limit"]) - int(row["spent"]))
 
 
 async def save_deal(conn: asyncpg.Connection, deal: Deal, record: TransitionRecord) -> None:

@@ -31,7 +31,15 @@ from billing.errors import AccountExists, AccountsUnavailable, BillingError, Inv
 ALICE = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"  # the EIP-55 reference address
 BOB = "0xfB6916095ca1df60bB79Ce92cE3Ea74c37c5d359"
 
-MIGRATIONS = ["001_accounts", "002_usage", "003_ledger", "004_ledger_movements", "005_market"]
+MIGRATIONS = [
+    "001_accounts",
+    "002_usage",
+    "003_ledger",
+    "004_ledger_movements",
+    "005_market",
+    "006_key_scopes",
+    "007_order_keys",
+]
 
 
 async def test_migrate_call_is_idempotent(fresh_database_url: str) -> None:

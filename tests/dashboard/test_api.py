@@ -250,3 +250,41 @@ def test_secrets_never_reach_the_log(api: Api) -> None:
     log = api.log.read_text()
     assert api.key not in log
     assert api.env["IPSX_JWT_SECRET"] not in log
+
+
+def test_a_key_made_by_a_key_is_its_sub_key_and_no_wider(api: Api) -> None:
+    with api.client(api.key) as client:
+        made = client.post("/v1/keys", json={"label": "reader", "scopes": ["read"], "spend_limit": "1000"})
+        assert made.status_code == 201
+        sub = made.json()
+        assert (sub["scopes"], sub["parent_key_id"]) == (["read"], api.key.split("_")[1])
+        assert sub["spend_limit"] == {"base_units": "1000", "ipsx": "0.000000000000001"}
+    with api.client(sub["secret"]) as reader:
+        assert reader.get("/v1/me").status_code == 200
+        denied = reader.post("/v1/requests", json={"ips": 1})
+        assert denied.status_code == 403
+        assert denied.json()["type"].endswith("/insufficient_scope") and denied.json()["scope"] == "trade"
+        assert reader.get("/v1/keys").status_code == 403  # no "keys" scope
+    # A sub-key cannot be made wider than the key that makes it.
+    with api.client(api.key) as client:
+        parent = client.post("/v1/keys", json={"scopes": ["read", "keys"]}).json()
+    with api.client(parent["secret"]) as narrow:
+        wider = narrow.post("/v1/keys", json={"scopes": ["read", "trade"]})
+    assert (wider.status_code, wider.json()["field"]) == (422, "parent")  # a sub-key makes no keys
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"scopes": []}, "scopes"),
+        ({"scopes": ["root"]}, "scopes"),
+        ({"scopes": "read"}, "scopes"),
+        ({"spend_limit": "-5"}, "spend_limit"),
+        ({"spend_limit": 5}, "spend_limit"),
+    ],
+)
+def test_bad_key_terms_are_422(api: Api, body: dict[str, object], field: str) -> None:
+    session = sign_in(api, bytes.fromhex("77" * 32))
+    with api.client(str(session["token"])) as client:
+        answer = client.post("/v1/keys", json=body)
+    assert (answer.status_code, answer.json()["field"]) == (422, field)

@@ -118,6 +118,20 @@ def test_missing_or_wrong_credentials_relay_nothing(stack: Stack) -> None:
     assert settled_usage_count(stack) == before
 
 
+def test_a_key_without_the_proxy_scope_is_refused_like_a_wrong_one(stack: Stack) -> None:
+    out = stack.ipsx("key", "create", "alice", "--scopes", "read,trade", "--label", "api only").stdout
+    secret = re.search(r"secret: (\S+)", out)
+    assert secret is not None
+    before = settled_usage_count(stack)
+    http = curl("-i", "-x", stack.proxy(secret=secret.group(1)), stack.origin.url("/ip"))
+    socks = curl("-x", stack.proxy(scheme="socks5h", secret=secret.group(1)), stack.origin.url("/ip"))
+    assert http.stdout.startswith("HTTP/1.1 407")
+    assert socks.returncode == 97
+    assert settled_usage_count(stack) == before
+    listed = stack.ipsx("key", "list", "alice").stdout
+    assert re.search(r"active\s+\S+ \S+\s+read,trade\s+limit -\s+api only", listed)
+
+
 def test_proxy_credentials_and_ipsx_headers_never_reach_the_origin(stack: Stack) -> None:
     result = curl(
         "-x", stack.proxy(), "-H", "X-IPSX-Country: fr", "-H", "X-Kept: yes", stack.origin.url("/headers")

@@ -11,7 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from billing import holds, ledger
-from billing.accounts import create_account
+from billing.accounts import create_account, create_key
 from billing.ledger import COMMISSION, TREASURY, Amount, balance, check_balances, transfer
 from matching import routing
 from matching.deals import State
@@ -316,3 +316,27 @@ async def test_spot_through_the_redis_queue(market: Market, pg: asyncpg.Pool, rd
     finally:
         stop.set()
         await running
+
+
+async def test_a_key_spend_limit_caps_what_its_orders_reserve(
+    market: Market, pg: asyncpg.Pool, rds: Redis
+) -> None:
+    for n in range(3):
+        await online(rds, f"e{n}")
+        await offer(market, f"e{n}", price_gb=IPSX)  # each deal reserves 1 IPSX (1 GB)
+    limited = await create_key(pg, account_name="alice", spend_limit=3 * IPSX // 2)
+    request, result = await market.place_request("alice", {**REQUEST, "ips": 3}, key_id=limited.key.key_id)
+    # 1.5 IPSX of budget: one deal, the rest dropped (a limited key's orders never rest).
+    assert len(result.fills) == 1 and result.stopped_for_funds and not result.rested
+    assert (
+        await pg.fetchval("SELECT key_id FROM deals WHERE deal_id = $1", result.fills[0].deal_id)
+        == limited.key.key_id
+    )
+    assert (
+        await pg.fetchval("SELECT state FROM market_orders WHERE order_id = $1", request.request_id) == "done"
+    )
+    # The next order through the same key has 0.5 IPSX left: nothing; without the key, the balance rules.
+    _, again = await market.place_request("alice", REQUEST, key_id=limited.key.key_id)
+    assert again.fills == ()
+    _, free = await market.place_request("alice", REQUEST)
+    assert len(free.fills) == 1
