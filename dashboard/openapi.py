@@ -545,6 +545,61 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
+            "/v1/me/preferences": {
+                "get": {
+                    "operationId": "getPreferences",
+                    "security": secured,
+                    "responses": {
+                        "200": _json("your defaults for traffic without an order", {"type": "object"}),
+                        **_AUTH_ERRORS,
+                    },
+                },
+                "put": {
+                    "operationId": "putPreferences",
+                    "summary": "Set the most your spot deals may cost per GB (null: the market's default)",
+                    "security": secured,
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "spot_max_price_per_gb": {
+                                            "oneOf": [
+                                                {"type": "string", "pattern": "^[1-9][0-9]{0,77}$"},
+                                                {"type": "null"},
+                                            ]
+                                        }
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _json("the preferences now", {"type": "object"}),
+                        **_BODY_ERRORS,
+                        **_AUTH_ERRORS,
+                    },
+                },
+            },
+            "/v1/profiles/{name}": {
+                "get": {
+                    "operationId": "profile",
+                    "summary": "An account's record as provider and requester, from its deals' outcomes",
+                    "security": secured,
+                    "parameters": [{"name": "name", "in": "path", "required": True, "schema": _STR}],
+                    "responses": {
+                        "200": _json(
+                            "deals, settlements, disputes, bytes, money, and the provider rating",
+                            {"type": "object", "required": ["name", "provider", "requester"]},
+                        ),
+                        "404": _problem("no deals are recorded for this account"),
+                        **_AUTH_ERRORS,
+                    },
+                }
+            },
             "/v1/market/depth": {
                 "get": {
                     "operationId": "marketDepth",

@@ -14,6 +14,7 @@ from dashboard.appkeys import MARKET, PG, SETTINGS
 from dashboard.pages import encode_cursor, page_params
 from dashboard.problems import Problem, json_response, read_json
 from dashboard.routes import _caller
+from matching import store
 from matching.engine import Fill, MatchResult
 from matching.errors import InvalidOrder, MatchingError
 from matching.market import Market, MarketRefused
@@ -305,5 +306,89 @@ async def prices(request: web.Request) -> web.Response:
                 }
                 for row in rows
             ],
+        }
+    )
+
+
+@routes.get("/v1/me/preferences")
+async def get_preferences(request: web.Request) -> web.Response:
+    caller = await _caller(request)
+    price = await store.spot_max_price(request.app[PG], caller.account.name)
+    return json_response({"spot_max_price_per_gb": None if price is None else _amount(price)})
+
+
+@routes.put("/v1/me/preferences")
+async def put_preferences(request: web.Request) -> web.Response:
+    """The account's defaults for traffic without an order (``null`` restores the market's)."""
+    caller = await _caller(request, "trade")
+    body = await read_json(request)
+    if set(body) - {"spot_max_price_per_gb"}:
+        raise Problem(422, "invalid_field", "unknown preference", field=sorted(set(body))[0][:40])
+    value = body.get("spot_max_price_per_gb")
+    if value is not None and (
+        not isinstance(value, str) or not value.isdigit() or len(value) > 78 or int(value) == 0
+    ):
+        raise Problem(
+            422, "invalid_field", "a positive number of base units, as digits", field="spot_max_price_per_gb"
+        )
+    await store.set_spot_max_price(
+        request.app[PG], caller.account.name, None if value is None else int(value)
+    )
+    return json_response({"spot_max_price_per_gb": None if value is None else _amount(int(value))})
+
+
+@routes.get("/v1/profiles/{name}")
+async def profile(request: web.Request) -> web.Response:
+    """An account's record as provider and as requester, derived from its deals' outcomes.
+
+    The provider rating is 5 * (settled deals that were never disputed) / (deals closed: settled
+    or cancelled), to one decimal; ``null`` before any deal closed.
+    """
+    await _caller(request)
+    name = request.match_info["name"][:32]
+    row = await request.app[PG].fetchrow(
+        """
+        WITH d AS (
+            SELECT d.*, EXISTS (SELECT 1 FROM deal_transitions t
+                                WHERE t.deal_id = d.deal_id AND t.to_state = 'disputed') AS disputed
+            FROM deals d WHERE d.provider = $1 OR d.requester = $1
+        )
+        SELECT
+            count(*) FILTER (WHERE provider = $1) AS p_deals,
+            count(*) FILTER (WHERE provider = $1 AND state = 'settled') AS p_settled,
+            count(*) FILTER (WHERE provider = $1 AND state = 'settled' AND NOT disputed) AS p_clean,
+            count(*) FILTER (WHERE provider = $1 AND state = 'cancelled') AS p_cancelled,
+            count(*) FILTER (WHERE provider = $1 AND disputed) AS p_disputed,
+            COALESCE(sum(billable_bytes) FILTER (WHERE provider = $1), 0)::int8 AS p_bytes,
+            COALESCE(sum(charge - commission) FILTER (WHERE provider = $1), 0)::text AS p_earned,
+            count(*) FILTER (WHERE requester = $1) AS r_deals,
+            count(*) FILTER (WHERE requester = $1 AND state = 'settled') AS r_settled,
+            count(*) FILTER (WHERE requester = $1 AND disputed) AS r_disputed,
+            COALESCE(sum(charge) FILTER (WHERE requester = $1), 0)::text AS r_spent
+        FROM d
+        """,
+        name,
+    )
+    if row is None or (row["p_deals"] == 0 and row["r_deals"] == 0):
+        raise Problem(404, "not_found", "no deals are recorded for this account")
+    closed = row["p_settled"] + row["p_cancelled"]
+    return json_response(
+        {
+            "name": name,
+            "provider": {
+                "deals": row["p_deals"],
+                "settled": row["p_settled"],
+                "cancelled": row["p_cancelled"],
+                "disputed": row["p_disputed"],
+                "bytes_carried": row["p_bytes"],
+                "earned": _amount(int(row["p_earned"])),
+                "rating": round(5 * row["p_clean"] / closed, 1) if closed else None,
+            },
+            "requester": {
+                "deals": row["r_deals"],
+                "settled": row["r_settled"],
+                "disputed": row["r_disputed"],
+                "spent": _amount(int(row["r_spent"])),
+            },
         }
     )

@@ -83,7 +83,7 @@ class ExitDialer:
             type=targeting.filters.type,
             protocol=_MARKET_PROTOCOL.get(protocol, "https"),
         )
-        answer = await self._routes.ask_spot(targeting.account, filters, targeting.key)
+        answer = await self._routes.ask_spot(targeting.account, filters, targeting.key, targeting.maxprice)
         if answer != "ok":
             raise NoDeal(answer)
         return await self._routes.routes(targeting.account)

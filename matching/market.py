@@ -258,10 +258,20 @@ class Market:
             async with self._pool.acquire() as conn, conn.transaction():
                 await store.update_order(conn, order_id, state="cancelled")
 
-    async def spot(self, account: str, filters: RequestFilters, *, key_id: str | None = None) -> MatchResult:
+    async def spot(
+        self,
+        account: str,
+        filters: RequestFilters,
+        *,
+        key_id: str | None = None,
+        max_price_per_gb: int | None = None,
+    ) -> MatchResult:
         """Open spot deals for traffic that came without an order: up to ``spot_ips`` shared
-        exits at the best prices under the spot maximums, immediate-or-cancel."""
+        exits at the best prices, immediate-or-cancel. The price per GB is capped by
+        ``max_price_per_gb`` (the connection's ``maxprice``), else the account's preference, else
+        the market's default."""
         s = self.settings
+        cap = max_price_per_gb or await store.spot_max_price(self._pool, account) or s.spot_max_price_per_gb
         request = Request(
             request_id=self._new_id("s"),
             requester=account,
@@ -269,7 +279,7 @@ class Market:
             ips=s.spot_ips,
             duration_s=s.spot_duration_s,
             traffic_bytes=s.spot_traffic_bytes,
-            max_price_per_gb=s.spot_max_price_per_gb,
+            max_price_per_gb=Amount(cap),
             max_price_per_hour=s.spot_max_price_per_hour,
             dedicated=False,
             rest=False,
@@ -512,7 +522,9 @@ class Market:
 
     async def _answer_spot(self, asked: routing.SpotRequest) -> str:
         try:
-            result = await self.spot(asked.requester, asked.filters, key_id=asked.key_id)
+            result = await self.spot(
+                asked.requester, asked.filters, key_id=asked.key_id, max_price_per_gb=asked.max_price_per_gb
+            )
         except MarketRefused:
             return "unavailable"
         except MatchingError:

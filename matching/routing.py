@@ -64,6 +64,7 @@ class SpotRequest:
     filters: RequestFilters
     reply_to: str
     key_id: str | None = None  # the API key the traffic came with (its spend limit applies)
+    max_price_per_gb: int | None = None  # the connection's maxprice, in base units
 
 
 async def next_spot_request(redis: Redis, *, wait: float) -> SpotRequest | None:
@@ -82,9 +83,13 @@ async def next_spot_request(redis: Redis, *, wait: float) -> SpotRequest | None:
             type=raw.get("type"),
             protocol=str(raw.get("protocol", "http")),
         )
-        key_id = body.get("key_id")
+        key_id, price = body.get("key_id"), body.get("max_price_per_gb")
         return SpotRequest(
-            str(body["requester"]), filters, str(body["reply_to"]), None if key_id is None else str(key_id)
+            str(body["requester"]),
+            filters,
+            str(body["reply_to"]),
+            None if key_id is None else str(key_id),
+            price if isinstance(price, int) and not isinstance(price, bool) and 0 < price < 10**78 else None,
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, InvalidOrder):
         return None
@@ -108,7 +113,7 @@ class DealRoutes:
         self._cache_ttl = cache_ttl
         self._spot_timeout = spot_timeout
         self._cache: dict[str, tuple[float, dict[str, str]]] = {}
-        self._asking: dict[tuple[str, RequestFilters, str | None], asyncio.Future[str]] = {}
+        self._asking: dict[tuple[str, RequestFilters, str | None, int | None], asyncio.Future[str]] = {}
 
     async def routes(self, requester: str) -> dict[str, str]:
         """Exit id → deal id of the requester's active deals (possibly ``cache_ttl`` old)."""
@@ -126,17 +131,23 @@ class DealRoutes:
     def forget(self, requester: str) -> None:
         self._cache.pop(requester, None)
 
-    async def ask_spot(self, requester: str, filters: RequestFilters, key_id: str | None = None) -> str:
+    async def ask_spot(
+        self,
+        requester: str,
+        filters: RequestFilters,
+        key_id: str | None = None,
+        max_price_per_gb: int | None = None,
+    ) -> str:
         """Ask the market for spot deals: ``ok``, ``no_offer``, ``insufficient_funds`` or
         ``unavailable`` (no answer in time). Concurrent asks for the same terms share one."""
-        key = (requester, filters, key_id)
+        key = (requester, filters, key_id, max_price_per_gb)
         pending = self._asking.get(key)
         if pending is not None:
             return await asyncio.shield(pending)
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._asking[key] = future
         try:
-            answer = await self._ask(requester, filters, key_id)
+            answer = await self._ask(requester, filters, key_id, max_price_per_gb)
             future.set_result(answer)
             return answer
         except BaseException as error:
@@ -149,7 +160,9 @@ class DealRoutes:
             elif future.exception() is not None:
                 pass  # retrieved here so asyncio does not warn about it
 
-    async def _ask(self, requester: str, filters: RequestFilters, key_id: str | None) -> str:
+    async def _ask(
+        self, requester: str, filters: RequestFilters, key_id: str | None, max_price_per_gb: int | None
+    ) -> str:
         token = secrets.token_hex(12)
         body = {
             "requester": requester,
@@ -163,6 +176,7 @@ class DealRoutes:
             },
             "reply_to": token,
             "key_id": key_id,
+            "max_price_per_gb": max_price_per_gb,
         }
         await self._redis.lpush(SPOT_QUEUE, orjson.dumps(body))
         answer: Any = await self._redis.brpop([_reply_key(token)], timeout=self._spot_timeout)

@@ -234,3 +234,23 @@ async def metered(conn: asyncpg.Connection | asyncpg.Pool, deal_id: str) -> tupl
         deal_id,
     )
     return int(row["gateway"]), int(row["agent"])
+
+
+async def spot_max_price(conn: asyncpg.Connection | asyncpg.Pool, account: str) -> int | None:
+    """The account's preferred spot price cap per GB, or None for the market's default."""
+    value = await conn.fetchval(
+        "SELECT spot_max_price_per_gb::text FROM account_preferences WHERE account = $1", account
+    )
+    return None if value is None else int(value)
+
+
+async def set_spot_max_price(pool: asyncpg.Pool, account: str, price: int | None) -> None:
+    await pool.execute(
+        """
+        INSERT INTO account_preferences (account, spot_max_price_per_gb) VALUES ($1, $2::numeric)
+        ON CONFLICT (account) DO UPDATE SET spot_max_price_per_gb = EXCLUDED.spot_max_price_per_gb,
+                                            updated_at = now()
+        """,
+        account,
+        price,
+    )

@@ -39,6 +39,7 @@ MIGRATIONS = [
     "005_market",
     "006_key_scopes",
     "007_order_keys",
+    "008_preferences",
 ]
 
 

@@ -288,3 +288,20 @@ def test_bad_key_terms_are_422(api: Api, body: dict[str, object], field: str) ->
     with api.client(str(session["token"])) as client:
         answer = client.post("/v1/keys", json=body)
     assert (answer.status_code, answer.json()["field"]) == (422, field)
+
+
+def test_preferences_round_trip_and_refuse_bad_values(api: Api) -> None:
+    with api.client(api.key) as client:
+        assert client.get("/v1/me/preferences").json() == {"spot_max_price_per_gb": None}
+        put = client.put("/v1/me/preferences", json={"spot_max_price_per_gb": str(IPSX // 2)})
+        assert put.json() == {"spot_max_price_per_gb": {"base_units": str(IPSX // 2), "ipsx": "0.5"}}
+        assert client.get("/v1/me/preferences").json() == put.json()
+        for bad in ({"spot_max_price_per_gb": "0"}, {"spot_max_price_per_gb": 5}, {"colour": "red"}):
+            assert client.put("/v1/me/preferences", json=bad).status_code == 422
+        assert client.put("/v1/me/preferences", json={"spot_max_price_per_gb": None}).status_code == 200
+
+
+def test_profile_of_an_account_without_deals_is_404(api: Api) -> None:
+    with api.client(api.key) as client:
+        answer = client.get("/v1/profiles/nobody")
+    assert answer.status_code == 404 and answer.json()["type"].endswith("/not_found")

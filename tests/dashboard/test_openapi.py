@@ -11,7 +11,7 @@ schema cannot state and are answered with a 422 (tests/matching covers them).
 from __future__ import annotations
 
 import schemathesis
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, assume, settings
 from schemathesis.checks import positive_data_acceptance
 
 from dashboard import openapi
@@ -24,6 +24,9 @@ _PAGINATED = ("/v1/usage", "/v1/ledger", "/v1/orders", "/v1/deals")
 @schema.parametrize()
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 def test_api_conforms_to_its_openapi_document(case: schemathesis.Case, api: Api) -> None:
+    # A made-up Content-Length or Transfer-Encoding is refused by aiohttp's HTTP parser with its
+    # own 400 before any handler runs: HTTP framing, not this API's contract, so not drawn here.
+    assume(not {name.lower() for name in (case.headers or {})} & {"content-length", "transfer-encoding"})
     paginated = case.operation.path in _PAGINATED and "cursor" in (case.query or {})
     order = case.operation.path == "/v1/requests"
     case.call_and_validate(

@@ -116,6 +116,13 @@ def test_a_request_order_routes_only_through_its_deal_and_settles(stack: Stack, 
         "meters_reconciled",
         "settle",
     ]
+    # The provider's profile counts the clean settlement.
+    provider = settled["provider"]
+    record = httpx.get(
+        f"{market.url}/v1/profiles/{provider}", headers={"Authorization": f"Bearer {stack.secret}"}
+    ).json()
+    assert record["provider"]["settled"] >= 1 and record["provider"]["rating"] == 5.0
+    assert int(record["provider"]["earned"]["base_units"]) >= charge - charge // 10
     # Money adds up to the base unit across every account.
     assert stack.query("SELECT SUM(balance)::text AS total FROM ledger_balances")[0]["total"] == "0"
 

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from billing import holds, ledger
 from billing.accounts import create_account, create_key
 from billing.ledger import COMMISSION, TREASURY, Amount, balance, check_balances, transfer
-from matching import routing
+from matching import routing, store
 from matching.deals import State
 from matching.market import Market, MarketRefused, MarketSettings
 from matching.orders import RequestFilters
@@ -340,3 +340,18 @@ async def test_a_key_spend_limit_caps_what_its_orders_reserve(
     assert again.fills == ()
     _, free = await market.place_request("alice", REQUEST)
     assert len(free.fills) == 1
+
+
+async def test_spot_price_cap_comes_from_maxprice_then_preference_then_default(
+    market: Market, pg: asyncpg.Pool, rds: Redis
+) -> None:
+    await online(rds, "e1")
+    await offer(market, "e1", price_gb=IPSX, shared_capacity=8)
+    fr = RequestFilters(country="fr", protocol="https")
+    await store.set_spot_max_price(pg, "alice", IPSX // 2)  # alice pays at most 0.5 IPSX/GB
+    assert (await market.spot("alice", fr)).fills == ()
+    # A connection's maxprice overrides the preference...
+    assert len((await market.spot("alice", fr, max_price_per_gb=IPSX)).fills) == 1
+    # ...and without a preference the market's default cap (10 IPSX/GB) applies.
+    await store.set_spot_max_price(pg, "alice", None)
+    assert len((await market.spot("alice", fr)).fills) == 1
