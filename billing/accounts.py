@@ -283,26 +283,12 @@ async def authenticate(pool: asyncpg.Pool, account_name: str, secret: str) -> Ap
     Never raises for bad input: a malformed name or secret, an unknown or revoked key, or another
     account's key all give ``None``. Database errors do propagate.
     """
-    if not isinstance(account_name, str) or not isinstance(secret, str) or len(secret) > _SECRET_MAX_LEN:
-        return None
     try:
         name = validate_name(account_name)
     except InvalidAccount:
         return None
-    match = _SECRET.fullmatch(secret)
-    if match is None:
-        return None
-    row = await pool.fetchrow(
-        f"SELECT {_KEY_COLUMNS}, k.secret_sha256"  # noqa: S608
-        f" FROM {_KEY_TABLES} WHERE k.key_id = $1",
-        match.group(1),
-    )
-    if row is None:
-        return None
-    digest_ok = hmac.compare_digest(bytes(row["secret_sha256"]), _digest(secret))
-    if not digest_ok or row["account_name"] != name or row["revoked_at"] is not None:
-        return None
-    return _api_key(row)
+    key = await authenticate_secret(pool, secret)
+    return key if key is not None and key.account_name == name else None
 
 
 async def authenticate_secret(pool: asyncpg.Pool, secret: str) -> ApiKey | None:

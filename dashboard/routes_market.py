@@ -102,43 +102,43 @@ def _refusal(error: Exception) -> Problem:
         return Problem(error.status, error.code, error.detail)
     if isinstance(error, InvalidOrder):
         return Problem(422, "invalid_order", str(error), field=error.field)
-    return Problem(422, "refused", str(error))
+    if isinstance(error, MatchingError):
+        return Problem(422, "refused", str(error))
+    # A TypeError or ValueError from terms of the wrong shape: say so, not what Python said.
+    return Problem(422, "invalid_order", "the order's terms are malformed")
+
+
+async def _place(request: web.Request, side: str) -> web.Response:
+    """Place an offer or a request order of the caller (``side``), once per Idempotency-Key."""
+    caller = await _caller(request, "trade")
+    market = _market(request)
+    body = await read_json(request)
+    order_id = _order_id(request, caller.account.name)
+    replay = await _replay(request, order_id, caller.account.name)
+    if replay is not None:
+        return replay
+    if order_id is not None:
+        body[f"{side}_id"] = order_id
+    try:
+        if side == "offer":
+            offer, result = await market.place_offer(caller.account.name, caller.account.address, body)
+            placed_id = offer.offer_id
+        else:
+            placed, result = await market.place_request(caller.account.name, body, key_id=caller.key_id)
+            placed_id = placed.request_id
+    except (MarketRefused, MatchingError, TypeError, ValueError) as error:
+        raise _refusal(error) from None
+    return _placed(placed_id, side, result)
 
 
 @routes.post("/v1/offers")
 async def place_offer(request: web.Request) -> web.Response:
-    caller = await _caller(request, "trade")
-    market = _market(request)
-    body = await read_json(request)
-    order_id = _order_id(request, caller.account.name)
-    replay = await _replay(request, order_id, caller.account.name)
-    if replay is not None:
-        return replay
-    if order_id is not None:
-        body["offer_id"] = order_id
-    try:
-        offer, result = await market.place_offer(caller.account.name, caller.account.address, body)
-    except (MarketRefused, MatchingError, TypeError, ValueError) as error:
-        raise _refusal(error) from None
-    return _placed(offer.offer_id, "offer", result)
+    return await _place(request, "offer")
 
 
 @routes.post("/v1/requests")
 async def place_request(request: web.Request) -> web.Response:
-    caller = await _caller(request, "trade")
-    market = _market(request)
-    body = await read_json(request)
-    order_id = _order_id(request, caller.account.name)
-    replay = await _replay(request, order_id, caller.account.name)
-    if replay is not None:
-        return replay
-    if order_id is not None:
-        body["request_id"] = order_id
-    try:
-        placed, result = await market.place_request(caller.account.name, body, key_id=caller.key_id)
-    except (MarketRefused, MatchingError, TypeError, ValueError) as error:
-        raise _refusal(error) from None
-    return _placed(placed.request_id, "request", result)
+    return await _place(request, "request")
 
 
 @routes.delete("/v1/orders/{order_id}")

@@ -13,7 +13,7 @@ from gateway.tunnel import DialError, TunnelHub
 from gateway.wire import DialErrorCode
 from matching.orders import RequestFilters
 from matching.routing import DealRoutes
-from pool.select import Selector
+from pool.select import Choice, Selector
 
 
 class NoExit(Exception):
@@ -93,6 +93,18 @@ class ExitDialer:
             return routes
         return {exit_id: deal for exit_id, deal in routes.items() if deal == targeting.deal}
 
+    async def _select(
+        self, targeting: Targeting, excluded: set[str], deal_exits: dict[str, str] | None
+    ) -> Choice | None:
+        return await self._selector.select(
+            targeting.account,
+            targeting.filters,
+            session=targeting.session,
+            session_ttl=targeting.sessttl,
+            exclude=frozenset(excluded),
+            only=None if deal_exits is None else frozenset(deal_exits),
+        )
+
     async def open(self, targeting: Targeting, host: str, port: int, protocol: str) -> Stream:
         """Raises NoExit, NoDeal or the last DialError."""
         excluded: set[str] = set()
@@ -104,25 +116,11 @@ class ExitDialer:
         if self._routes is not None:
             deal_exits = self._of_deal(await self._routes.routes(targeting.account), targeting)
         for attempt in range(1, self._max_attempts + 1):
-            choice = await self._selector.select(
-                targeting.account,
-                targeting.filters,
-                session=targeting.session,
-                session_ttl=targeting.sessttl,
-                exclude=frozenset(excluded),
-                only=None if deal_exits is None else frozenset(deal_exits),
-            )
+            choice = await self._select(targeting, excluded, deal_exits)
             if choice is None and deal_exits is not None and not asked_spot and targeting.deal is None:
                 asked_spot = True
                 deal_exits = await self._ask_spot(targeting, protocol)
-                choice = await self._selector.select(
-                    targeting.account,
-                    targeting.filters,
-                    session=targeting.session,
-                    session_ttl=targeting.sessttl,
-                    exclude=frozenset(excluded),
-                    only=frozenset(deal_exits),
-                )
+                choice = await self._select(targeting, excluded, deal_exits)
             if choice is None:
                 break
             stream_id = os.urandom(16).hex()

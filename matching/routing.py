@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 
 from matching.errors import InvalidOrder
 from matching.orders import RequestFilters
+from matching.terms import filters_from
 
 SPOT_QUEUE = "ipsx:market:spot"
 _REPLY_TTL = 30  # seconds an unread spot answer is kept
@@ -74,15 +75,7 @@ async def next_spot_request(redis: Redis, *, wait: float) -> SpotRequest | None:
         return None
     try:
         body = orjson.loads(popped[1])
-        raw = body["filters"]
-        filters = RequestFilters(
-            country=raw.get("country"),
-            region=raw.get("region"),
-            city=raw.get("city"),
-            asn=raw.get("asn"),
-            type=raw.get("type"),
-            protocol=str(raw.get("protocol", "http")),
-        )
+        filters = filters_from(body["filters"])
         key_id, price = body.get("key_id"), body.get("max_price_per_gb")
         return SpotRequest(
             str(body["requester"]),

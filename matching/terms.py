@@ -72,12 +72,11 @@ def _float(terms: dict[str, Any], name: str) -> float | None:
     raise InvalidOrder(name, "must be a number of unix seconds")
 
 
-def request_for(account: str, terms: dict[str, Any], request_id: str) -> Request:
-    """A Request of ``account`` from API terms; raises ``InvalidOrder``."""
-    raw = terms.get("filters", {})
+def filters_from(raw: object) -> RequestFilters:
+    """RequestFilters from a JSON object (absent keys: any); raises ``InvalidOrder``."""
     if not isinstance(raw, dict):
         raise InvalidOrder("filters", "must be an object")
-    filters = RequestFilters(
+    return RequestFilters(
         country=raw.get("country"),
         region=raw.get("region"),
         city=raw.get("city"),
@@ -85,6 +84,11 @@ def request_for(account: str, terms: dict[str, Any], request_id: str) -> Request
         type=raw.get("type"),
         protocol=str(raw.get("protocol", "http")),
     )
+
+
+def request_for(account: str, terms: dict[str, Any], request_id: str) -> Request:
+    """A Request of ``account`` from API terms; raises ``InvalidOrder``."""
+    filters = filters_from(terms.get("filters", {}))
     return Request(
         request_id=request_id,
         requester=account,

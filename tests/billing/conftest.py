@@ -59,7 +59,7 @@ async def drop_database(name: str) -> None:
         await conn.close()
 
 
-async def _create_and_migrate(name: str) -> str:
+async def create_and_migrate(name: str) -> str:
     url = await create_database(name)
     pool = await db.connect(url, max_size=2)
     try:
@@ -73,7 +73,7 @@ async def _create_and_migrate(name: str) -> str:
 def database_url() -> Iterator[str]:
     """URL of the session's migrated database (sync, so it does not pin an event loop)."""
     name = f"ipsx_test_billing_{os.getpid()}"
-    url = asyncio.run(_create_and_migrate(name))
+    url = asyncio.run(create_and_migrate(name))
     yield url
     asyncio.run(drop_database(name))
 

@@ -12,25 +12,15 @@ import pytest
 from redis.asyncio import Redis
 
 from billing import db
-from tests.billing.conftest import create_database, drop_database
+from tests.billing.conftest import create_and_migrate, drop_database
 
 REDIS_URL = os.environ.get("IPSX_TEST_MARKET_REDIS_URL", "redis://127.0.0.1:6379/7")
-
-
-async def _create(name: str) -> str:
-    url = await create_database(name)
-    pool = await db.connect(url, max_size=2)
-    try:
-        await db.migrate(pool)
-    finally:
-        await pool.close()
-    return url
 
 
 @pytest.fixture(scope="session")
 def market_database_url() -> Iterator[str]:
     name = f"ipsx_test_market_{os.getpid()}"
-    url = asyncio.run(_create(name))
+    url = asyncio.run(create_and_migrate(name))
     yield url
     asyncio.run(drop_database(name))
 
