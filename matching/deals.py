@@ -12,7 +12,7 @@ States::
     proposed --(provider ready/serving + requester accepted, either order)--> active
     proposed --ready_timeout | requester_cancel | provider_cancel--> cancelled      (terminal)
     proposed --time_frame_ended--> expired                                          (terminal)
-    active   --time_frame_ended | provider stopped--> completed
+    active   --time_frame_ended | allowance_used | provider stopped--> completed
     active | completed --requester complaint--> disputed
     completed --meters_reconciled: match--> completed ; mismatch--> disputed
     disputed --dispute_resolved (operator or automatic rule)--> resolved
@@ -74,6 +74,7 @@ class EventKind(enum.StrEnum):
     COMPLAINT = "complaint"
     READY_TIMEOUT = "ready_timeout"
     TIME_FRAME_ENDED = "time_frame_ended"
+    ALLOWANCE_USED = "allowance_used"  # the deal carried its traffic allowance
     REQUESTER_CANCEL = "requester_cancel"
     PROVIDER_CANCEL = "provider_cancel"
     METERS_RECONCILED = "meters_reconciled"
@@ -367,6 +368,7 @@ TRANSITIONS: Mapping[tuple[State, EventKind], Transition] = MappingProxyType(
         (_S.ACTIVE, _K.OK): _repeat(_S.ACTIVE, _REQUESTER),
         (_S.ACTIVE, _K.STOPPED): _go(_S.COMPLETED, "provider stopped early", _PROVIDER_OR_GATEWAY, "end"),
         (_S.ACTIVE, _K.TIME_FRAME_ENDED): _go(_S.COMPLETED, "time frame ended", _SYSTEM, "end"),
+        (_S.ACTIVE, _K.ALLOWANCE_USED): _go(_S.COMPLETED, "traffic allowance used", _SYSTEM, "end"),
         (_S.ACTIVE, _K.COMPLAINT): _go(_S.DISPUTED, "requester complaint", _REQUESTER, "end"),
         (_S.COMPLETED, _K.STOPPED): _repeat(_S.COMPLETED, _PROVIDER_OR_GATEWAY),
         (_S.COMPLETED, _K.OK): _repeat(_S.COMPLETED, _REQUESTER),

@@ -414,9 +414,13 @@ class Market:
                     await store.update_order(conn, order_id, state="expired")
             await self._activate([d.deal_id for d in self._deals.values() if d.state is State.PROPOSED])
             live = await self._registry.live_ids()
+            carried = await store.carried(
+                self._pool,
+                [d.deal_id for d in self._deals.values() if d.state is State.ACTIVE and d.traffic_bytes > 0],
+            )
             for deal in list(self._deals.values()):
                 try:
-                    await self._advance(deal, now, live)
+                    await self._advance(deal, now, live, carried.get(deal.deal_id, 0))
                 except Exception:
                     # The transaction rolled back but the in-memory deal may have moved on:
                     # the database is the truth, so the book is rebuilt from it.
@@ -424,13 +428,17 @@ class Market:
                     await self._load()
                     return
 
-    async def _advance(self, deal: Deal, now: int, live: set[str]) -> None:
+    async def _advance(self, deal: Deal, now: int, live: set[str], carried: int) -> None:
+        """Move one deal on by its timers; ``carried`` is what its finished streams metered."""
         at = max(now, deal.last_at)
         if deal.state is State.PROPOSED and now - deal.created_at >= self.settings.ready_timeout:
             await self._end(deal, Event(EventKind.READY_TIMEOUT, Actor.SYSTEM, at))
         elif deal.state is State.ACTIVE and deal.activated_at is not None:
             if now >= deal.activated_at + deal.duration_s:
                 await self._end(deal, Event(EventKind.TIME_FRAME_ENDED, Actor.SYSTEM, at))
+            elif deal.traffic_bytes > 0 and carried >= deal.traffic_bytes:
+                # Its reserve covers no more: new streams go to other deals (or a new spot deal).
+                await self._end(deal, Event(EventKind.ALLOWANCE_USED, Actor.SYSTEM, at))
             elif deal.exit_id not in live:
                 await self._end(deal, Event(EventKind.STOPPED, Actor.GATEWAY, at))
         elif deal.state in (State.COMPLETED, State.DISPUTED, State.RESOLVED):

@@ -254,3 +254,15 @@ async def set_spot_max_price(pool: asyncpg.Pool, account: str, price: int | None
         account,
         price,
     )
+
+
+async def carried(pool: asyncpg.Pool, deal_ids: list[str]) -> dict[str, int]:
+    """Bytes (up and down) the gateways metered so far on each of ``deal_ids``' finished streams."""
+    if not deal_ids:
+        return {}
+    rows = await pool.fetch(
+        "SELECT deal_id, SUM(bytes_up + bytes_down)::int8 AS carried FROM usage_events"
+        " WHERE deal_id = ANY($1::text[]) GROUP BY deal_id",
+        deal_ids,
+    )
+    return {row["deal_id"]: int(row["carried"]) for row in rows}

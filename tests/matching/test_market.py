@@ -355,3 +355,27 @@ async def test_spot_price_cap_comes_from_maxprice_then_preference_then_default(
     # ...and without a preference the market's default cap (10 IPSX/GB) applies.
     await store.set_spot_max_price(pg, "alice", None)
     assert len((await market.spot("alice", fr)).fills) == 1
+
+
+async def test_a_deal_that_carried_its_allowance_ends_and_its_exit_is_unrouted(
+    market: Market, pg: asyncpg.Pool, rds: Redis
+) -> None:
+    await online(rds, "e1")
+    await offer(market, "e1", price_gb=IPSX)
+    _, result = await market.place_request("alice", REQUEST)  # 1 GB allowance
+    deal_id = result.fills[0].deal_id
+    await usage(pg, deal_id, 600_000_000, 600_000_000, clock(market).now)
+    clock(market).now += 1
+    await market.tick()
+    assert await pg.fetchval("SELECT state FROM deals WHERE deal_id = $1", deal_id) == "active"
+    await usage(pg, deal_id, 400_000_000, 400_000_000, clock(market).now)  # 1 GB carried in all
+    clock(market).now += 1
+    await market.tick()
+    assert await pg.fetchval("SELECT state FROM deals WHERE deal_id = $1", deal_id) == "completed"
+    assert await rds.hgetall(routing.routes_key("alice")) == {}
+    last = await pg.fetchrow("SELECT event, actor, detail FROM deal_transitions ORDER BY id DESC LIMIT 1")
+    assert tuple(last) == ("allowance_used", "system", "traffic allowance used")
+    clock(market).now += 5
+    await market.tick()  # settled for exactly the allowance its reserve covered
+    row = await pg.fetchrow("SELECT state, charge::text FROM deals WHERE deal_id = $1", deal_id)
+    assert (row["state"], int(row["charge"])) == ("settled", IPSX)
