@@ -510,6 +510,38 @@ def document() -> dict[str, Any]:
                 }
             },
             "/v1/orders/{order_id}": {
+                "patch": {
+                    "operationId": "amendOrder",
+                    "summary": "Change an open order's prices (offer) or IPs and max prices (request)",
+                    "description": "A changed price re-queues the order (it loses time priority) and "
+                    "may trade at once; fewer IPs keep it.",
+                    "security": secured,
+                    "parameters": [{"name": "order_id", "in": "path", "required": True, "schema": _STR}],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "price_per_gb": _BASE_UNITS,
+                                        "price_per_hour": _BASE_UNITS,
+                                        "ips": {"type": "integer", "minimum": 1, "maximum": 10000},
+                                        "max_price_per_gb": _BASE_UNITS,
+                                        "max_price_per_hour": _BASE_UNITS,
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _json("amended, with the deals it opened", {"type": "object"}),
+                        "404": _problem("you have no open order with this id"),
+                        "503": _problem("this API node does not run the market"),
+                        **_BODY_ERRORS,
+                        **_AUTH_ERRORS,
+                    },
+                },
                 "delete": {
                     "operationId": "cancelOrder",
                     "security": secured,
@@ -520,7 +552,7 @@ def document() -> dict[str, Any]:
                         "503": _problem("this API node does not run the market"),
                         **_AUTH_ERRORS,
                     },
-                }
+                },
             },
             "/v1/deals": {
                 "get": {

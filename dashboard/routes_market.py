@@ -151,6 +151,26 @@ async def cancel(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+@routes.patch("/v1/orders/{order_id}")
+async def amend(request: web.Request) -> web.Response:
+    """Change an open order: an offer's prices, a request's IPs or max prices (base units)."""
+    caller = await _caller(request, "trade")
+    market = _market(request)
+    body = await read_json(request)
+    order_id = request.match_info["order_id"][:64]
+    try:
+        result = await market.amend(caller.account.name, order_id, body)
+    except (MarketRefused, MatchingError, TypeError, ValueError) as error:
+        raise _refusal(error) from None
+    return json_response(
+        {
+            "order_id": order_id,
+            "deals": [_fill_json(fill) for fill in result.fills],
+            "stopped_for_funds": result.stopped_for_funds,
+        }
+    )
+
+
 @routes.get("/v1/orders")
 async def list_orders(request: web.Request) -> web.Response:
     caller = await _caller(request)

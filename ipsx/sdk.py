@@ -141,6 +141,11 @@ class Client:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         return dict(self._call("POST", "/v1/requests", terms, headers=headers))
 
+    def amend(self, order_id: str, **changes: Any) -> dict[str, Any]:
+        """Change an open order: ``price_per_gb``/``price_per_hour`` of an offer, ``ips``/
+        ``max_price_per_gb``/``max_price_per_hour`` of a request (amounts in base units)."""
+        return dict(self._call("PATCH", f"/v1/orders/{urllib.parse.quote(order_id, safe='')}", changes))
+
     def cancel(self, order_id: str) -> None:
         self._call("DELETE", f"/v1/orders/{urllib.parse.quote(order_id, safe='')}")
 

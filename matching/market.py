@@ -45,7 +45,7 @@ from matching.settlement import (
     reconcile,
     settle,
 )
-from matching.terms import offer_for, request_for
+from matching.terms import amendment, offer_for, request_for
 from pool.registry import ExitRegistry
 
 log = logging.getLogger("ipsx.market")
@@ -257,6 +257,38 @@ class Market:
             self._engine.cancel(order_id)
             async with self._pool.acquire() as conn, conn.transaction():
                 await store.update_order(conn, order_id, state="cancelled")
+
+    async def amend(self, account: str, order_id: str, changes: dict[str, Any]) -> MatchResult:
+        """Amend one of ``account``'s open orders: an offer's prices, a request's IPs or max prices.
+
+        A changed price re-queues the order and may trade at once (see ``Engine.amend_*``).
+        Raises MarketRefused 404 for no such open order of the account, ``InvalidOrder`` for bad
+        values or a field that side does not have.
+        """
+        async with self._lock:
+            row = await self._pool.fetchrow(
+                "SELECT account, side, terms::text AS terms FROM market_orders"
+                " WHERE order_id = $1 AND state = 'open'",
+                order_id,
+            )
+            if row is None or row["account"] != account:
+                raise MarketRefused(404, "unknown_order", "you have no open order with this id")
+            now = self._clock()
+            kwargs = amendment(row["side"], changes)
+            if row["side"] == "offer":
+                await self._refresh_funds(
+                    status.request.requester for status in self._engine.resting_requests()
+                )
+                result = self._engine.amend_offer(order_id, now=now, **kwargs)
+            else:
+                await self._refresh_funds([account])
+                result = self._engine.amend_request(order_id, now=now, **kwargs)
+            terms = orjson.loads(row["terms"])
+            terms.update({k: (v if k == "ips" else str(v)) for k, v in kwargs.items() if v is not None})
+            async with self._pool.acquire() as conn, conn.transaction():
+                await store.update_order(conn, order_id, terms=terms)
+            await self._commit(result)
+        return result
 
     async def spot(
         self,

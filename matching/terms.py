@@ -102,3 +102,29 @@ def request_for(account: str, terms: dict[str, Any], request_id: str) -> Request
         rest=_bool(terms, "rest", True),
         expires_at=_float(terms, "expires_at"),
     )
+
+
+_AMENDABLE = {
+    "offer": ("price_per_gb", "price_per_hour"),
+    "request": ("ips", "max_price_per_gb", "max_price_per_hour"),
+}
+
+
+def amendment(side: str, changes: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments for ``Engine.amend_offer`` / ``amend_request`` from API changes.
+
+    Raises ``InvalidOrder`` for a field that side cannot amend or a value of the wrong kind.
+    """
+    allowed = _AMENDABLE[side]
+    extra = sorted(set(changes) - set(allowed))
+    if extra:
+        raise InvalidOrder(extra[0][:40], f"cannot be amended on this {side}")
+    out: dict[str, Any] = {}
+    for name in allowed:
+        if changes.get(name) is None:
+            out[name] = None
+        elif name == "ips":
+            out[name] = _int(changes, name, 0)
+        else:
+            out[name] = Amount(_int(changes, name, 0))
+    return out

@@ -305,3 +305,28 @@ def test_profile_of_an_account_without_deals_is_404(api: Api) -> None:
     with api.client(api.key) as client:
         answer = client.get("/v1/profiles/nobody")
     assert answer.status_code == 404 and answer.json()["type"].endswith("/not_found")
+
+
+def test_amending_orders_over_the_api(api: Api) -> None:
+    with api.client(api.key) as client:
+        placed = client.post(
+            "/v1/requests",
+            json={
+                "filters": {"country": "fr"},
+                "ips": 3,
+                "duration_s": 60,
+                "traffic_bytes": 10**6,
+                "max_price_per_gb": "1000",
+            },
+        ).json()
+        assert placed["resting"] is True
+        order_id = placed["order_id"]
+        fewer = client.patch(f"/v1/orders/{order_id}", json={"ips": 2})
+        assert fewer.status_code == 200 and fewer.json()["deals"] == []
+        listed = {o["order_id"]: o for o in client.get("/v1/orders").json()["items"]}
+        assert listed[order_id]["terms"]["ips"] == 2
+        foreign = client.patch(f"/v1/orders/{order_id}", json={"price_per_gb": "5"})
+        assert (foreign.status_code, foreign.json()["field"]) == (422, "price_per_gb")
+        assert client.patch("/v1/orders/nope", json={"ips": 1}).status_code == 404
+        assert client.delete(f"/v1/orders/{order_id}").status_code == 204
+        assert client.patch(f"/v1/orders/{order_id}", json={"ips": 1}).status_code == 404

@@ -15,6 +15,7 @@ from billing.accounts import create_account, create_key
 from billing.ledger import COMMISSION, TREASURY, Amount, balance, check_balances, transfer
 from matching import routing, store
 from matching.deals import State
+from matching.errors import InvalidOrder
 from matching.market import Market, MarketRefused, MarketSettings
 from matching.orders import RequestFilters
 from pool.models import ExitInfo
@@ -379,3 +380,33 @@ async def test_a_deal_that_carried_its_allowance_ends_and_its_exit_is_unrouted(
     await market.tick()  # settled for exactly the allowance its reserve covered
     row = await pg.fetchrow("SELECT state, charge::text FROM deals WHERE deal_id = $1", deal_id)
     assert (row["state"], int(row["charge"])) == ("settled", IPSX)
+
+
+async def test_amending_a_resting_request_to_a_higher_price_trades_at_once(
+    market: Market, pg: asyncpg.Pool, rds: Redis
+) -> None:
+    await online(rds, "e1")
+    await offer(market, "e1", price_gb=3 * IPSX)
+    request, result = await market.place_request("alice", REQUEST)  # max 2 IPSX/GB: rests
+    assert result.fills == () and result.rested
+    amended = await market.amend("alice", request.request_id, {"max_price_per_gb": str(3 * IPSX)})
+    assert len(amended.fills) == 1 and amended.fills[0].price_per_gb == 3 * IPSX
+    terms = await pg.fetchval(
+        "SELECT terms->>'max_price_per_gb' FROM market_orders WHERE order_id = $1", request.request_id
+    )
+    assert terms == str(3 * IPSX)
+    assert (
+        await pg.fetchval("SELECT state FROM market_orders WHERE order_id = $1", request.request_id) == "done"
+    )
+
+
+async def test_amend_refuses_others_orders_and_foreign_fields(market: Market, rds: Redis) -> None:
+    await online(rds, "e1")
+    offer_id = await offer(market, "e1", price_gb=3 * IPSX)
+    with pytest.raises(MarketRefused):
+        await market.amend("alice", offer_id, {"price_per_gb": "1"})
+    with pytest.raises(InvalidOrder) as foreign:
+        await market.amend("bob", offer_id, {"ips": 2})
+    assert foreign.value.field == "ips"
+    await market.amend("bob", offer_id, {"price_per_gb": str(IPSX)})
+    assert [o.price_per_gb for o in market._engine.resting_offers()] == [IPSX]
