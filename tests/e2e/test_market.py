@@ -57,7 +57,7 @@ def market(stack: Stack) -> Iterator[Market]:
             provider = Client.sign_in(url, wallet)
             exit_id = _exit_of(stack, wallet.address)
             provider.place_offer(
-                exit_id=exit_id, price_per_gb=str(PRICES[country]), sharing="shared", shared_capacity=4
+                exit_id=exit_id, price_per_gb=str(PRICES[country]), sharing="both", shared_capacity=4
             )
         yield Market(Client(url, token=stack.secret), url, http_port)
     finally:
@@ -161,3 +161,47 @@ def test_market_data_is_public(stack: Stack, market: Market) -> None:
     assert depth["levels"][0]["price_per_gb"]["base_units"] == str(PRICES["us"])
     prices = httpx.get(f"{market.url}/v1/market/prices").json()
     assert any(row["country"] == "fr" for row in prices["index"])
+
+
+def test_a_dedicated_exit_serves_one_requester_only(stack: Stack, market: Market) -> None:
+    # carol, a second requester with her own money and key.
+    stack.ipsx("account", "create", "--address", "0x" + "56" * 20, "--name", "carol")
+    stack.ipsx("account", "credit", "carol", "5", "--reference", "market-e2e-carol")
+    carol = re.search(r"secret: (\S+)", stack.ipsx("key", "create", "carol").stdout)
+    assert carol is not None
+    # alice takes the US exit for herself.
+    placed = market.api.place_request(
+        filters={"country": "us", "protocol": "http"},
+        ips=1,
+        duration_s=120,
+        traffic_bytes=10**8,
+        max_price_per_gb=str(2 * IPSX),
+        dedicated=True,
+        rest=False,
+    )
+    assert len(placed["deals"]) == 1 and placed["deals"][0]["dedicated"] is True
+    assert curl("-x", market.proxy(stack, "-country-us"), stack.origin.url("/ip")).stdout == EXITS["us"]
+    # carol's US traffic finds no exit to share: the only one is alice's alone.
+    refused = curl(
+        "-i",
+        "-x",
+        market.proxy(stack, "-country-us", secret=carol.group(1), account="carol"),
+        stack.origin.url("/ip"),
+    )
+    assert refused.stdout.startswith("HTTP/1.1 502") and "X-IPSX-Error: no_offer_matches" in refused.stdout
+    # Elsewhere carol is served, through deals of her own.
+    assert (
+        curl(
+            "-x",
+            market.proxy(stack, "-country-fr", secret=carol.group(1), account="carol"),
+            stack.origin.url("/ip"),
+        ).stdout
+        == EXITS["fr"]
+    )
+    rows = stack.wait_usage("requester = 'carol' AND node = 'market-node' AND target LIKE '%'", count=1)
+    owners = {
+        r["requester"]
+        for r in stack.query("SELECT requester FROM deals WHERE deal_id = $1", rows[0]["deal_id"])
+    }
+    assert owners == {"carol"}
+    assert stack.query("SELECT SUM(balance)::text AS total FROM ledger_balances")[0]["total"] == "0"
