@@ -205,3 +205,42 @@ def test_a_dedicated_exit_serves_one_requester_only(stack: Stack, market: Market
     }
     assert owners == {"carol"}
     assert stack.query("SELECT SUM(balance)::text AS total FROM ledger_balances")[0]["total"] == "0"
+
+
+def test_the_command_line_client(stack: Stack, market: Market) -> None:
+    api = ["--api", market.url, "--token", stack.secret]
+    depth = stack.ipsx("market", *api, "--country", "fr").stdout
+    assert re.search(r"^\s+1 IPSX/GB\s+0 IPSX/h\s+1 offer\(s\)$", depth, re.MULTILINE)
+    placed = stack.ipsx(
+        "order",
+        "request",
+        *api,
+        "--country",
+        "de",
+        "--protocol",
+        "http",
+        "--ips",
+        "1",
+        "--duration",
+        "1m",
+        "--traffic",
+        "100MB",
+        "--max-price-per-gb",
+        "2",
+        "--ioc",
+    ).stdout
+    found = re.search(
+        r"request (\w+): 1 deal\(s\) opened\n  (\w+)  exit \w+  2 IPSX/GB  reserve 0\.2", placed
+    )
+    assert found is not None, placed
+    deals = stack.ipsx("deals", *api).stdout
+    assert re.search(rf"^{found.group(2)}\s+requester\s+active", deals, re.MULTILINE)
+    orders = stack.ipsx("order", "list", *api).stdout
+    assert re.search(rf"^{found.group(1)}\s+request\s+done\s+filled 1$", orders, re.MULTILINE)
+    refused = stack.ipsx("order", "cancel", *api, "nope", check=False)
+    assert (
+        refused.returncode == 2
+        and "the API refused: you have no open order with this id (404" in refused.stderr
+    )
+    bad = stack.ipsx("order", "request", *api, "--traffic", "lots", check=False)
+    assert bad.returncode == 2 and "a size like 500MB or 5GB" in bad.stderr
