@@ -501,6 +501,43 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
+            "/v1/packages": {
+                "post": {
+                    "operationId": "placePackage",
+                    "summary": "Buy a package: IPs for a duration with a total traffic allowance",
+                    "description": "Placed as the request order it maps onto: each IP's deal gets an "
+                    "even share of the traffic, rounded up; it rests unless rest is false.",
+                    "security": secured,
+                    "parameters": [_IDEMPOTENCY],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "filters": {"type": "object"},
+                                        "count": {"type": "integer", "minimum": 1, "maximum": 10000},
+                                        "duration_s": {"type": "integer", "minimum": 5, "maximum": 2592000},
+                                        "total_traffic_bytes": {"type": "integer", "minimum": 0},
+                                        "max_price_per_gb": _BASE_UNITS,
+                                        "max_price_per_hour": _BASE_UNITS,
+                                        "dedicated": {"type": "boolean"},
+                                        "rest": {"type": "boolean"},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "201": _json("placed, with the deals it opened", _ref("Placed")),
+                        "200": _json("this Idempotency-Key's order, placed before", _ref("Placed")),
+                        **_BODY_ERRORS,
+                        **_AUTH_ERRORS,
+                        **_MARKET_ERRORS,
+                    },
+                }
+            },
             "/v1/orders": {
                 "get": {
                     "operationId": "listOrders",

@@ -18,6 +18,7 @@ from matching import store
 from matching.engine import Fill, MatchResult
 from matching.errors import InvalidOrder, MatchingError
 from matching.market import Market, MarketRefused
+from matching.terms import package_for, request_for
 
 routes = web.RouteTableDef()
 
@@ -59,16 +60,34 @@ def _order_id(request: web.Request, account: str) -> str | None:
     return "k" + hashlib.sha256(f"{account}\n{key}".encode()).hexdigest()[:40]
 
 
-async def _replay(request: web.Request, order_id: str | None, account: str) -> web.Response | None:
+async def _replay(
+    request: web.Request, order_id: str | None, account: str, side: str, body: dict[str, Any]
+) -> web.Response | None:
+    """The order an Idempotency-Key already placed, if the retry asks for the same one.
+
+    A retry must carry the same terms: a request or package whose terms do not parse is answered
+    422, and one whose terms differ from the order placed under the key 409.
+    """
     if order_id is None:
         return None
     row = await request.app[PG].fetchrow(
-        "SELECT side, account, state, filled FROM market_orders WHERE order_id = $1", order_id
+        "SELECT side, account, state, filled, terms::text AS terms FROM market_orders WHERE order_id = $1",
+        order_id,
     )
     if row is None:
         return None
     if row["account"] != account:
         raise Problem(409, "conflict", "this idempotency key was used for another order")
+    if side != "offer":
+        build = request_for if side == "request" else package_for
+        try:
+            again = build(account, {**body, "request_id": order_id}, order_id)
+        except (MatchingError, TypeError, ValueError) as error:
+            raise _refusal(error) from None
+        stored = orjson.loads(row["terms"])
+        # A spend-limited key's orders are made immediate-or-cancel when placed: not a difference.
+        if {**store.request_terms(again), "rest": stored.get("rest")} != stored:
+            raise Problem(409, "conflict", "this idempotency key was used for an order with other terms")
     deals = await request.app[PG].fetch(
         "SELECT deal_id FROM deals WHERE request_id = $1 OR offer_id = $1 ORDER BY deal_id", order_id
     )
@@ -114,21 +133,24 @@ async def _place(request: web.Request, side: str) -> web.Response:
     market = _market(request)
     body = await read_json(request)
     order_id = _order_id(request, caller.account.name)
-    replay = await _replay(request, order_id, caller.account.name)
+    replay = await _replay(request, order_id, caller.account.name, side, body)
     if replay is not None:
         return replay
     if order_id is not None:
-        body[f"{side}_id"] = order_id
+        body["offer_id" if side == "offer" else "request_id"] = order_id
     try:
         if side == "offer":
             offer, result = await market.place_offer(caller.account.name, caller.account.address, body)
             placed_id = offer.offer_id
-        else:
+        elif side == "request":
             placed, result = await market.place_request(caller.account.name, body, key_id=caller.key_id)
+            placed_id = placed.request_id
+        else:
+            placed, result = await market.place_package(caller.account.name, body, key_id=caller.key_id)
             placed_id = placed.request_id
     except (MarketRefused, MatchingError, TypeError, ValueError) as error:
         raise _refusal(error) from None
-    return _placed(placed_id, side, result)
+    return _placed(placed_id, "offer" if side == "offer" else "request", result)
 
 
 @routes.post("/v1/offers")
@@ -139,6 +161,12 @@ async def place_offer(request: web.Request) -> web.Response:
 @routes.post("/v1/requests")
 async def place_request(request: web.Request) -> web.Response:
     return await _place(request, "request")
+
+
+@routes.post("/v1/packages")
+async def place_package(request: web.Request) -> web.Response:
+    """A package (IPs, duration, total traffic, dedicated or shared) as the request it maps onto."""
+    return await _place(request, "package")
 
 
 @routes.delete("/v1/orders/{order_id}")

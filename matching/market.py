@@ -45,7 +45,7 @@ from matching.settlement import (
     reconcile,
     settle,
 )
-from matching.terms import amendment, offer_for, request_for
+from matching.terms import amendment, offer_for, package_for, request_for
 from pool.registry import ExitRegistry
 
 log = logging.getLogger("ipsx.market")
@@ -226,6 +226,19 @@ class Market:
         deals may not reserve more than what the limit has left.
         """
         request = request_for(account, terms, str(terms.get("request_id") or self._new_id("r")))
+        return await self._place_request(account, request, key_id)
+
+    async def place_package(
+        self, account: str, terms: dict[str, Any], *, key_id: str | None = None
+    ) -> tuple[Request, MatchResult]:
+        """A package as IPSX sold them (IPs, duration, total traffic, dedicated or shared), placed
+        as the request order it maps onto (``matching.orders.package_request``)."""
+        request = package_for(account, terms, str(terms.get("request_id") or self._new_id("p")))
+        return await self._place_request(account, request, key_id)
+
+    async def _place_request(
+        self, account: str, request: Request, key_id: str | None
+    ) -> tuple[Request, MatchResult]:
         async with self._lock:
             await self._check_new_order(request.request_id)
             await self._refresh_funds([account])

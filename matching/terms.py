@@ -18,6 +18,7 @@ from matching.orders import (
     Offer,
     Request,
     RequestFilters,
+    package_request,
 )
 
 
@@ -99,6 +100,24 @@ def request_for(account: str, terms: dict[str, Any], request_id: str) -> Request
         max_price_per_gb=Amount(_int(terms, "max_price_per_gb", 0)),
         max_price_per_hour=Amount(_int(terms, "max_price_per_hour", 0)),
         dedicated=_bool(terms, "dedicated", False),
+        rest=_bool(terms, "rest", True),
+        expires_at=_float(terms, "expires_at"),
+    )
+
+
+def package_for(account: str, terms: dict[str, Any], request_id: str) -> Request:
+    """The request order a package maps onto: ``count`` IPs for ``duration_s`` sharing
+    ``total_traffic_bytes``; raises ``InvalidOrder``."""
+    return package_request(
+        request_id=request_id,
+        requester=account,
+        count=_int(terms, "count", 1),
+        duration_s=_int(terms, "duration_s", 3600),
+        total_traffic_bytes=_int(terms, "total_traffic_bytes", 0),
+        dedicated=_bool(terms, "dedicated", False),
+        max_price_per_gb=Amount(_int(terms, "max_price_per_gb", 0)),
+        max_price_per_hour=Amount(_int(terms, "max_price_per_hour", 0)),
+        filters=filters_from(terms.get("filters", {})),
         rest=_bool(terms, "rest", True),
         expires_at=_float(terms, "expires_at"),
     )

@@ -330,3 +330,30 @@ def test_amending_orders_over_the_api(api: Api) -> None:
         assert client.patch("/v1/orders/nope", json={"ips": 1}).status_code == 404
         assert client.delete(f"/v1/orders/{order_id}").status_code == 204
         assert client.patch(f"/v1/orders/{order_id}", json={"ips": 1}).status_code == 404
+
+
+def test_a_package_over_the_api_rests_until_offers_come(api: Api) -> None:
+    with api.client(api.key) as client:
+        package = {
+            "filters": {"country": "de"},
+            "count": 5,
+            "duration_s": 1800,
+            "total_traffic_bytes": 5 * 10**9,
+            "max_price_per_gb": "1000",
+        }
+        answer = client.post("/v1/packages", json=package, headers={"Idempotency-Key": "package-1"})
+        assert answer.status_code == 201
+        placed = answer.json()
+        assert (placed["side"], placed["resting"], placed["deals"]) == ("request", True, [])
+        orders = {o["order_id"]: o for o in client.get("/v1/orders").json()["items"]}
+        assert orders[placed["order_id"]]["terms"]["traffic_bytes"] == 10**9  # 5 GB shared by 5 IPs
+        # A retry with the same key and terms gets the same order; with other terms, a conflict.
+        again = client.post("/v1/packages", json=package, headers={"Idempotency-Key": "package-1"})
+        assert again.status_code == 200 and again.json()["replayed"] is True
+        assert again.json()["order_id"] == placed["order_id"]
+        other = client.post(
+            "/v1/packages", json={**package, "count": 6}, headers={"Idempotency-Key": "package-1"}
+        )
+        assert other.status_code == 409
+        bad = client.post("/v1/packages", json={"count": 0, "max_price_per_gb": "1"})
+        assert (bad.status_code, bad.json()["field"]) == (422, "ips")

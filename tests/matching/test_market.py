@@ -410,3 +410,25 @@ async def test_amend_refuses_others_orders_and_foreign_fields(market: Market, rd
     assert foreign.value.field == "ips"
     await market.amend("bob", offer_id, {"price_per_gb": str(IPSX)})
     assert [o.price_per_gb for o in market._engine.resting_offers()] == [IPSX]
+
+
+async def test_a_package_is_placed_as_the_request_it_maps_onto(
+    market: Market, pg: asyncpg.Pool, rds: Redis
+) -> None:
+    for n in range(2):
+        await online(rds, f"e{n}")
+        await offer(market, f"e{n}", price_gb=IPSX)
+    package = {
+        "filters": {"country": "fr", "protocol": "https"},
+        "count": 2,
+        "duration_s": 600,
+        "total_traffic_bytes": 3 * 10**9,  # 1.5 GB for each of the two IPs
+        "max_price_per_gb": str(2 * IPSX),
+    }
+    request, result = await market.place_package("alice", package)
+    assert request.ips == 2 and request.traffic_bytes == 1_500_000_000
+    assert [fill.reserve for fill in result.fills] == [3 * IPSX // 2, 3 * IPSX // 2]
+    assert (
+        await pg.fetchval("SELECT side FROM market_orders WHERE order_id = $1", request.request_id)
+        == "request"
+    )
