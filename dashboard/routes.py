@@ -25,7 +25,7 @@ _KEY_ID = re.compile(r"[0-9a-f]{12}")
 _LABEL = re.compile(r"[ -~]{0,100}")  # printable ASCII, as the OpenAPI document says
 
 
-def _amount(value: int) -> dict[str, str]:
+def amount_json(value: int) -> dict[str, str]:
     """Money in the API: exact base units as a string, and the decimal IPSX form for people."""
     return {"base_units": str(value), "ipsx": ledger.format_amount(ledger.Amount(value))}
 
@@ -39,14 +39,14 @@ def _key_json(key: ApiKey) -> dict[str, Any]:
         "key_id": key.key_id,
         "label": key.label,
         "scopes": sorted(key.scopes),
-        "spend_limit": None if key.spend_limit is None else _amount(key.spend_limit),
+        "spend_limit": None if key.spend_limit is None else amount_json(key.spend_limit),
         "parent_key_id": key.parent_key_id,
         "created_at": key.created_at.isoformat(),
         "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
     }
 
 
-async def _caller(request: web.Request, scope: str = "read") -> Principal:
+async def authorized(request: web.Request, scope: str = "read") -> Principal:
     """The authenticated caller, whose key must have ``scope``; Problem 401 or 403 otherwise."""
     caller = await auth.authenticate(request, request.app[PG], request.app[SETTINGS])
     caller.require(scope)
@@ -117,7 +117,7 @@ async def sign_in(request: web.Request) -> web.Response:
 
 @routes.get("/v1/me")
 async def me(request: web.Request) -> web.Response:
-    caller = await _caller(request)
+    caller = await authorized(request)
     pool = request.app[PG]
     requester = ledger.requester_account(caller.account.name)
     return json_response(
@@ -125,9 +125,11 @@ async def me(request: web.Request) -> web.Response:
             "account": _account_json(caller.account),
             "key_id": caller.key_id,
             "balance": {
-                "available": _amount(await ledger.balance(pool, requester)),
-                "reserved": _amount(await holds.reserved(pool, requester)),
-                "earned": _amount(await ledger.balance(pool, ledger.provider_account(caller.account.name))),
+                "available": amount_json(await ledger.balance(pool, requester)),
+                "reserved": amount_json(await holds.reserved(pool, requester)),
+                "earned": amount_json(
+                    await ledger.balance(pool, ledger.provider_account(caller.account.name))
+                ),
             },
         }
     )
@@ -135,7 +137,7 @@ async def me(request: web.Request) -> web.Response:
 
 @routes.get("/v1/keys")
 async def list_keys(request: web.Request) -> web.Response:
-    caller = await _caller(request, "keys")
+    caller = await authorized(request, "keys")
     keys = await accounts.list_keys(request.app[PG], caller.account.name)
     return json_response({"items": [_key_json(key) for key in keys]})
 
@@ -143,7 +145,7 @@ async def list_keys(request: web.Request) -> web.Response:
 @routes.post("/v1/keys")
 async def create_key(request: web.Request) -> web.Response:
     """A new key; made with a key, it is that key's sub-key (never wider, revoked with it)."""
-    caller = await _caller(request, "keys")
+    caller = await authorized(request, "keys")
     body = await read_json(request)
     label = field(body, "label", str, optional=True, max_len=accounts.MAX_LABEL_LEN) or ""
     if not _LABEL.fullmatch(label):
@@ -176,7 +178,7 @@ async def create_key(request: web.Request) -> web.Response:
 
 @routes.delete("/v1/keys/{key_id}")
 async def revoke_key(request: web.Request) -> web.Response:
-    caller = await _caller(request, "keys")
+    caller = await authorized(request, "keys")
     key_id = request.match_info["key_id"]
     if not _KEY_ID.fullmatch(key_id) or not await accounts.revoke_key(
         request.app[PG], key_id, account_id=caller.account.id
@@ -188,7 +190,7 @@ async def revoke_key(request: web.Request) -> web.Response:
 @routes.get("/v1/usage")
 async def usage(request: web.Request) -> web.Response:
     """The caller's metered streams, newest first, with both meters side by side."""
-    caller = await _caller(request)
+    caller = await authorized(request)
     limit, cursor = page_params(request, request.app[SETTINGS].page_limit)
     after_time, after_id = _usage_cursor(cursor)
     rows = await request.app[PG].fetch(
@@ -235,7 +237,7 @@ def _usage_cursor(cursor: list[Any] | None) -> tuple[dt.datetime | None, str]:
 @routes.get("/v1/ledger")
 async def statement(request: web.Request) -> web.Response:
     """Entries touching the caller's ledger accounts (requester, its holds, provider), newest first."""
-    caller = await _caller(request)
+    caller = await authorized(request)
     limit, cursor = page_params(request, request.app[SETTINGS].page_limit)
     if cursor is not None and (len(cursor) != 1 or not isinstance(cursor[0], int)):
         raise Problem(400, "bad_cursor", "the cursor is not one this API handed out")
@@ -262,7 +264,7 @@ async def statement(request: web.Request) -> web.Response:
             "kind": row["kind"],
             "debit": row["debit_account"],
             "credit": row["credit_account"],
-            "amount": _amount(int(row["amount"])),
+            "amount": amount_json(int(row["amount"])),
             "reference": row["reference"],
             "created_at": row["created_at"].isoformat(),
         }

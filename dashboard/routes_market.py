@@ -9,11 +9,10 @@ import asyncpg
 import orjson
 from aiohttp import web
 
-from billing import ledger
 from dashboard.appkeys import MARKET, PG, SETTINGS
 from dashboard.pages import encode_cursor, page_params
 from dashboard.problems import Problem, json_response, read_json
-from dashboard.routes import _caller
+from dashboard.routes import amount_json, authorized
 from matching import store
 from matching.engine import Fill, MatchResult
 from matching.errors import InvalidOrder, MatchingError
@@ -30,19 +29,15 @@ def _market(request: web.Request) -> Market:
     return market
 
 
-def _amount(value: int) -> dict[str, str]:
-    return {"base_units": str(value), "ipsx": ledger.format_amount(ledger.Amount(value))}
-
-
 def _fill_json(fill: Fill) -> dict[str, Any]:
     return {
         "deal_id": fill.deal_id,
         "request_id": fill.request_id,
         "offer_id": fill.offer_id,
         "exit_id": fill.exit_id,
-        "price_per_gb": _amount(fill.price_per_gb),
-        "price_per_hour": _amount(fill.price_per_hour),
-        "reserve": _amount(fill.reserve),
+        "price_per_gb": amount_json(fill.price_per_gb),
+        "price_per_hour": amount_json(fill.price_per_hour),
+        "reserve": amount_json(fill.reserve),
         "duration_s": fill.duration_s,
         "traffic_bytes": fill.traffic_bytes,
         "dedicated": fill.dedicated,
@@ -129,7 +124,7 @@ def _refusal(error: Exception) -> Problem:
 
 async def _place(request: web.Request, side: str) -> web.Response:
     """Place an offer or a request order of the caller (``side``), once per Idempotency-Key."""
-    caller = await _caller(request, "trade")
+    caller = await authorized(request, "trade")
     market = _market(request)
     body = await read_json(request)
     order_id = _order_id(request, caller.account.name)
@@ -171,7 +166,7 @@ async def place_package(request: web.Request) -> web.Response:
 
 @routes.delete("/v1/orders/{order_id}")
 async def cancel(request: web.Request) -> web.Response:
-    caller = await _caller(request, "trade")
+    caller = await authorized(request, "trade")
     try:
         await _market(request).cancel(caller.account.name, request.match_info["order_id"][:64])
     except MarketRefused as error:
@@ -182,7 +177,7 @@ async def cancel(request: web.Request) -> web.Response:
 @routes.patch("/v1/orders/{order_id}")
 async def amend(request: web.Request) -> web.Response:
     """Change an open order: an offer's prices, a request's IPs or max prices (base units)."""
-    caller = await _caller(request, "trade")
+    caller = await authorized(request, "trade")
     market = _market(request)
     body = await read_json(request)
     order_id = request.match_info["order_id"][:64]
@@ -201,7 +196,7 @@ async def amend(request: web.Request) -> web.Response:
 
 @routes.get("/v1/orders")
 async def list_orders(request: web.Request) -> web.Response:
-    caller = await _caller(request)
+    caller = await authorized(request)
     limit, cursor = page_params(request, request.app[SETTINGS].page_limit)
     before = _int_cursor(cursor)
     rows = await request.app[PG].fetch(
@@ -245,11 +240,11 @@ def _deal_json(row: asyncpg.Record) -> dict[str, Any]:
         "requester": row["requester"],
         "provider": row["provider"],
         "spot": row["spot"],
-        "price_per_gb": _amount(int(row["price_per_gb"])),
-        "price_per_hour": _amount(int(row["price_per_hour"])),
-        "reserve": _amount(int(row["reserve"])),
-        "charge": None if row["charge"] is None else _amount(int(row["charge"])),
-        "commission": None if row["commission"] is None else _amount(int(row["commission"])),
+        "price_per_gb": amount_json(int(row["price_per_gb"])),
+        "price_per_hour": amount_json(int(row["price_per_hour"])),
+        "reserve": amount_json(int(row["reserve"])),
+        "charge": None if row["charge"] is None else amount_json(int(row["charge"])),
+        "commission": None if row["commission"] is None else amount_json(int(row["commission"])),
         "billable_bytes": row["billable_bytes"],
         "created_at": row["created_at"].isoformat(),
     }
@@ -265,7 +260,7 @@ _DEAL_COLUMNS = """
 @routes.get("/v1/deals")
 async def list_deals(request: web.Request) -> web.Response:
     """The caller's deals, as requester or as provider, newest first."""
-    caller = await _caller(request)
+    caller = await authorized(request)
     limit, cursor = page_params(request, request.app[SETTINGS].page_limit)
     if cursor is not None and (len(cursor) != 2 or not all(isinstance(part, str) for part in cursor)):
         raise Problem(400, "bad_cursor", "the cursor is not one this API handed out")
@@ -287,7 +282,7 @@ async def list_deals(request: web.Request) -> web.Response:
 
 @routes.get("/v1/deals/{deal_id}")
 async def get_deal(request: web.Request) -> web.Response:
-    caller = await _caller(request)
+    caller = await authorized(request)
     pool = request.app[PG]
     row = await pool.fetchrow(
         f"SELECT {_DEAL_COLUMNS} FROM deals WHERE deal_id = $2 AND (requester = $1 OR provider = $1)",  # noqa: S608
@@ -318,7 +313,7 @@ async def depth(request: web.Request) -> web.Response:
     return json_response(
         {
             "levels": [
-                {"price_per_gb": _amount(gb), "price_per_hour": _amount(hour), "offers": count}
+                {"price_per_gb": amount_json(gb), "price_per_hour": amount_json(hour), "offers": count}
                 for gb, hour, count in levels
             ]
         }
@@ -349,8 +344,8 @@ async def prices(request: web.Request) -> web.Response:
                     "country": row["country"],
                     "type": row["type"],
                     "deals": row["deals"],
-                    "median_price_per_gb": _amount(int(row["median_gb"])),
-                    "median_price_per_hour": _amount(int(row["median_hour"])),
+                    "median_price_per_gb": amount_json(int(row["median_gb"])),
+                    "median_price_per_hour": amount_json(int(row["median_hour"])),
                 }
                 for row in rows
             ],
@@ -360,15 +355,15 @@ async def prices(request: web.Request) -> web.Response:
 
 @routes.get("/v1/me/preferences")
 async def get_preferences(request: web.Request) -> web.Response:
-    caller = await _caller(request)
+    caller = await authorized(request)
     price = await store.spot_max_price(request.app[PG], caller.account.name)
-    return json_response({"spot_max_price_per_gb": None if price is None else _amount(price)})
+    return json_response({"spot_max_price_per_gb": None if price is None else amount_json(price)})
 
 
 @routes.put("/v1/me/preferences")
 async def put_preferences(request: web.Request) -> web.Response:
     """The account's defaults for traffic without an order (``null`` restores the market's)."""
-    caller = await _caller(request, "trade")
+    caller = await authorized(request, "trade")
     body = await read_json(request)
     if set(body) - {"spot_max_price_per_gb"}:
         raise Problem(422, "invalid_field", "unknown preference", field=sorted(set(body))[0][:40])
@@ -382,7 +377,7 @@ async def put_preferences(request: web.Request) -> web.Response:
     await store.set_spot_max_price(
         request.app[PG], caller.account.name, None if value is None else int(value)
     )
-    return json_response({"spot_max_price_per_gb": None if value is None else _amount(int(value))})
+    return json_response({"spot_max_price_per_gb": None if value is None else amount_json(int(value))})
 
 
 @routes.get("/v1/profiles/{name}")
@@ -392,7 +387,7 @@ async def profile(request: web.Request) -> web.Response:
     The provider rating is 5 * (settled deals that were never disputed) / (deals closed: settled
     or cancelled), to one decimal; ``null`` before any deal closed.
     """
-    await _caller(request)
+    await authorized(request)
     name = request.match_info["name"][:32]
     row = await request.app[PG].fetchrow(
         """
@@ -429,14 +424,14 @@ async def profile(request: web.Request) -> web.Response:
                 "cancelled": row["p_cancelled"],
                 "disputed": row["p_disputed"],
                 "bytes_carried": row["p_bytes"],
-                "earned": _amount(int(row["p_earned"])),
+                "earned": amount_json(int(row["p_earned"])),
                 "rating": round(5 * row["p_clean"] / closed, 1) if closed else None,
             },
             "requester": {
                 "deals": row["r_deals"],
                 "settled": row["r_settled"],
                 "disputed": row["r_disputed"],
-                "spent": _amount(int(row["r_spent"])),
+                "spent": amount_json(int(row["r_spent"])),
             },
         }
     )

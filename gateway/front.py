@@ -54,7 +54,7 @@ class Front:
         self._authenticate = authenticate
         self.splices: set[Splice] = set()
         # Scrapers send the same few user names over and over: parsed once, reused.
-        self._parsed: dict[str, Targeting] = {}
+        self._parsed: dict[tuple[str, str], Targeting] = {}
         self._forwarder = PlainForwarder(settings, dialer, self._http_auth)
 
     async def handle(self, conn: Conn) -> None:
@@ -101,13 +101,14 @@ class Front:
         except AccountsUnavailable:
             log.warning("credentials of %r could not be checked: accounts database unavailable", account[:32])
             raise
-        targeting = self._parsed.get(username)
+        # Cached with the key it came with, so a connection costs a lookup and no copy.
+        targeting = self._parsed.get((username, key.key_id))
         if targeting is None:
-            targeting = parse_username(username)  # raises before anything is cached
+            targeting = replace(parse_username(username), key=key.key_id)  # raises before caching
             if len(self._parsed) >= _PARSE_CACHE_SIZE:
                 self._parsed.clear()
-            self._parsed[username] = targeting
-        return replace(targeting, key=key.key_id)
+            self._parsed[(username, key.key_id)] = targeting
+        return targeting
 
     # HTTP
     async def _read_head(self, conn: Conn, reader: http1.HeadReader, data: bytes) -> http1.RequestHead | None:

@@ -123,9 +123,7 @@ class Market:
         self._registry = ExitRegistry(redis)
         self._funds = _LedgerFunds()
         self._engine = Engine(self._funds)
-        self._fills: dict[str, Fill] = {}
         self._deals: dict[str, Deal] = {}  # deals not closed yet
-        self._spot: set[str] = set()
         self._lock = asyncio.Lock()
         self._sequence = 0
 
@@ -139,7 +137,7 @@ class Market:
     async def _load(self) -> None:
         self._funds = _LedgerFunds()
         self._engine = Engine(self._funds)
-        self._fills, self._deals, self._spot = {}, {}, set()
+        self._deals = {}
         for row in await store.live_deals(self._pool):
             deal = store.deal_from(orjson.loads(row["record"]))
             fill = Fill(
@@ -158,9 +156,6 @@ class Market:
                 opened_at=float(row["created"]),
             )
             self._deals[deal.deal_id] = deal
-            self._fills[deal.deal_id] = fill
-            if row["spot"]:
-                self._spot.add(deal.deal_id)
             if deal.state in _LIVE:
                 self._engine.restore_deal(fill)
         rows = await store.open_orders(self._pool)
@@ -406,10 +401,7 @@ class Market:
             await self._load()
             raise MarketRefused(409, "conflict", "the book changed meanwhile; try again") from None
         for fill, deal in new:
-            self._fills[fill.deal_id] = fill
             self._deals[fill.deal_id] = deal
-            if spot:
-                self._spot.add(fill.deal_id)
         if new:
             await self._activate([deal.deal_id for _, deal in new])
 
@@ -422,8 +414,6 @@ class Market:
             await store.save_deal(conn, deal, record)
         if deal.state in (State.SETTLED, State.CANCELLED, State.EXPIRED):
             self._deals.pop(deal_id, None)
-            self._fills.pop(deal_id, None)
-            self._spot.discard(deal_id)
         else:
             self._deals[deal_id] = deal
         return deal

@@ -141,17 +141,18 @@ class DealRoutes:
         self._asking[key] = future
         try:
             answer = await self._ask(requester, filters, key_id, max_price_per_gb)
-            future.set_result(answer)
-            return answer
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
         except BaseException as error:
             future.set_exception(error)
+            future.exception()  # retrieved: the waiters re-raise it, and asyncio need not warn
             raise
+        else:
+            future.set_result(answer)
+            return answer
         finally:
             del self._asking[key]
-            if not future.done():
-                future.cancel()
-            elif future.exception() is not None:
-                pass  # retrieved here so asyncio does not warn about it
 
     async def _ask(
         self, requester: str, filters: RequestFilters, key_id: str | None, max_price_per_gb: int | None

@@ -11,28 +11,21 @@ import sys
 from pathlib import Path
 
 
+def _embedded_env() -> dict[str, str]:
+    """The environment without service URLs: the demo then embeds PostgreSQL and Redis."""
+    return {k: v for k, v in os.environ.items() if k not in ("IPSX_DATABASE_URL", "IPSX_REDIS_URL")}
+
+
+def _demo_command(data_dir: Path, *extra: str) -> list[str]:
+    """``ipsx demo`` in ``data_dir`` with every port chosen by the system."""
+    ports = [arg for name in ("http", "socks", "tunnel", "origin", "api") for arg in (f"--{name}-port", "0")]
+    return [sys.executable, "-m", "ipsx", "demo", *extra, "--data-dir", str(data_dir), *ports]
+
+
 def test_demo_once_relays_through_demo_exits_and_meters_it(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("IPSX_DATABASE_URL", "IPSX_REDIS_URL")}
+    env = _embedded_env()
     data_dir = tmp_path / "state"
-    command = [
-        sys.executable,
-        "-m",
-        "ipsx",
-        "demo",
-        "--once",
-        "--data-dir",
-        str(data_dir),
-        "--http-port",
-        "0",
-        "--socks-port",
-        "0",
-        "--tunnel-port",
-        "0",
-        "--origin-port",
-        "0",
-        "--api-port",
-        "0",
-    ]
+    command = _demo_command(data_dir, "--once")
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
@@ -63,25 +56,8 @@ def test_demo_once_relays_through_demo_exits_and_meters_it(tmp_path: Path) -> No
 
 
 def test_demo_serves_until_ctrl_c_then_stops_everything(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("IPSX_DATABASE_URL", "IPSX_REDIS_URL")}
-    command = [
-        sys.executable,
-        "-m",
-        "ipsx",
-        "demo",
-        "--data-dir",
-        str(tmp_path / "state"),
-        "--http-port",
-        "0",
-        "--socks-port",
-        "0",
-        "--tunnel-port",
-        "0",
-        "--origin-port",
-        "0",
-        "--api-port",
-        "0",
-    ]
+    env = _embedded_env()
+    command = _demo_command(tmp_path / "state")
     demo = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         banner = []
