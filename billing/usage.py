@@ -17,7 +17,7 @@ import logging
 import math
 import re
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 
 import orjson
@@ -265,6 +265,9 @@ class UsagePublisher:
     error they stay and the flusher retries with exponential backoff, so nothing is lost while the
     process lives (the buffer is unbounded during an outage). A failure in the middle of a
     pipeline can send some items twice; ingestion is idempotent by ``event_id``.
+
+    An item may carry an ``on_sent`` callback, called once Redis has accepted it: the gateway
+    confirms an agent's usage report to the agent only then.
     """
 
     backoff_initial = 0.1
@@ -284,7 +287,7 @@ class UsagePublisher:
         self._stream = stream
         self._flush_interval = flush_interval
         self._max_batch = max_batch
-        self._buffer: deque[UsageEvent | AgentReport] = deque()
+        self._buffer: deque[tuple[UsageEvent | AgentReport, Callable[[], None] | None]] = deque()
         self._wakeup = asyncio.Event()
         self._flush_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -296,14 +299,15 @@ class UsagePublisher:
         """Items published but not yet accepted by Redis."""
         return len(self._buffer)
 
-    def publish(self, item: UsageEvent | AgentReport) -> None:
+    def publish(self, item: UsageEvent | AgentReport, on_sent: Callable[[], None] | None = None) -> None:
         """Queue ``item`` for sending; never blocks, never touches the network.
 
-        Items published after :meth:`close` stay queued until an explicit :meth:`flush`.
+        ``on_sent`` is called once Redis has accepted the item. Items published after
+        :meth:`close` stay queued until an explicit :meth:`flush`.
         """
         if not isinstance(item, UsageEvent | AgentReport):
             raise TypeError("publish takes a UsageEvent or an AgentReport")
-        self._buffer.append(item)
+        self._buffer.append((item, on_sent))
         # While failing, only close() may cut the backoff short.
         if len(self._buffer) >= self._max_batch and not self._failing:
             self._wakeup.set()
@@ -323,10 +327,12 @@ class UsagePublisher:
         async with self._flush_lock:
             while self._buffer:
                 count = min(len(self._buffer), self._max_batch)
-                batch = [self._buffer[index] for index in range(count)]
+                batch = [self._buffer[index][0] for index in range(count)]
                 await self._redis.xadd(self._stream, encode_batch(batch))  # type: ignore[arg-type]
                 for _ in range(count):
-                    self._buffer.popleft()
+                    _, on_sent = self._buffer.popleft()
+                    if on_sent is not None:
+                        on_sent()
                 sent += count
         return sent
 

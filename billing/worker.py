@@ -60,6 +60,7 @@ class WorkerSettings:
     claim_idle_ms: int = 60_000
     dead_stream: str = USAGE_DEAD_STREAM
     delete_acked: bool = True
+    db_pool: int = 2  # one batch is stored at a time; the second connection covers a reconnect
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -245,7 +246,7 @@ async def run_worker(settings: WorkerSettings, *, stop: asyncio.Event | None = N
     migrated (:func:`billing.db.migrate`).
     """
     stop = stop if stop is not None else asyncio.Event()
-    pool = await db.connect(settings.database_url)
+    pool = await db.connect(settings.database_url, min_size=1, max_size=settings.db_pool)
     redis = Redis.from_url(settings.redis_url)
     log.info("billing worker %s reading %s as group %s", settings.consumer, settings.stream, settings.group)
     handled = 0

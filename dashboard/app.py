@@ -39,7 +39,7 @@ def build_app(settings: ApiSettings) -> web.Application:
     app[SETTINGS] = settings
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        app[PG] = await db.connect(settings.database_url, min_size=1, max_size=10)
+        app[PG] = await db.connect(settings.database_url, min_size=1, max_size=settings.db_pool)
         app[REDIS] = Redis.from_url(settings.redis_url)
         try:
             if settings.market:

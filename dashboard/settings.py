@@ -25,4 +25,5 @@ class ApiSettings:
     jwt_issuer: str = "ipsx"
     max_body: int = 64 * KIB
     page_limit: int = 100  # the most items one page of a list returns
+    db_pool: int = 10  # PostgreSQL connections at most
     market: bool = True  # run the market here (if no other process holds its lock)

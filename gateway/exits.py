@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from billing.usage import UsageEvent, UsagePublisher
 from gateway.conn import Conn
 from gateway.targeting import Targeting
+from gateway.tickets import Ticket
 from gateway.tunnel import DialError, TunnelHub
 from gateway.wire import DialErrorCode
 from matching.orders import RequestFilters
@@ -123,12 +124,22 @@ class ExitDialer:
                 choice = await self._select(targeting, excluded, deal_exits)
             if choice is None:
                 break
-            stream_id = os.urandom(16).hex()
+            deal_id = targeting.deal if deal_exits is None else deal_exits[choice.exit_id]
+            ticket = Ticket(
+                stream=os.urandom(16).hex(),
+                node=self._node,
+                exit=choice.exit_id,
+                requester=targeting.account,
+                deal=deal_id or "",
+                protocol=protocol,
+                target=f"{host}:{port}",
+                attempts=attempt,
+            )
             info = self._hub.exit_info(choice.exit_id)  # read before the await: the link may drop
             try:
                 if info is None:
                     raise DialError(DialErrorCode.EXIT, "exit is offline", exit_id=choice.exit_id)
-                conn = await self._hub.open_stream(choice.exit_id, host, port, stream_id)
+                conn = await self._hub.open_stream(ticket, host, port)
             except DialError as error:
                 last_error = error
                 if not error.code.retryable:
@@ -137,13 +148,13 @@ class ExitDialer:
                 continue
             return Stream(
                 conn=conn,
-                stream_id=stream_id,
+                stream_id=ticket.stream,
                 exit_id=choice.exit_id,
                 provider=info.provider,
                 requester=targeting.account,
                 protocol=protocol,
-                target=f"{host}:{port}",
-                deal_id=targeting.deal if deal_exits is None else deal_exits[choice.exit_id],
+                target=ticket.target,
+                deal_id=deal_id,
                 attempts=attempt,
             )
         if last_error is not None:

@@ -17,6 +17,7 @@ from gateway.conn import Listener
 from gateway.exits import ExitDialer
 from gateway.front import Front
 from gateway.settings import GatewaySettings
+from gateway.tickets import TicketKey
 from gateway.tunnel import TunnelHub
 from matching.routing import DealRoutes
 from pool.nodes import NodeInfo, NodeRegistry
@@ -44,7 +45,7 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayPor
     async with contextlib.AsyncExitStack() as stack:
         redis = aioredis.Redis.from_url(settings.redis_url)
         stack.push_async_callback(redis.aclose)
-        pg = await db.connect(settings.database_url, min_size=1, max_size=4)
+        pg = await db.connect(settings.database_url, min_size=1, max_size=settings.db_pool)
         stack.push_async_callback(pg.close)
         publisher = UsagePublisher(redis)
         await publisher.start()
@@ -52,7 +53,13 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayPor
 
         registry = ExitRegistry(redis, heartbeat_ttl=settings.heartbeat_ttl)
         selector_ref: list[Selector] = []
-        hub = TunnelHub(settings, registry, publisher, on_change=lambda: selector_ref[0].invalidate())
+        hub = TunnelHub(
+            settings,
+            registry,
+            publisher,
+            tickets=await TicketKey.shared(redis),
+            on_change=lambda: selector_ref[0].invalidate(),
+        )
         selector = Selector(
             redis,
             settings.node_id,

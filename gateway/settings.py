@@ -47,6 +47,7 @@ class GatewaySettings:
     candidate_cache_ttl: float = 1 * SECONDS
     max_exits_per_agent: int = 256
     drain_timeout: float = 30 * SECONDS  # on stop, streams in flight get this long to finish
+    db_pool: int = 4  # PostgreSQL connections at most (API-key lookups, cached; market reads)
 
     def advertised_tunnel(self, bound_port: int) -> str:
         """This node's tunnel endpoint as announced to agents: ``HOST:PORT`` or ``:PORT``."""

@@ -23,11 +23,12 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 
 from billing.accounts import normalize_address
-from billing.errors import InvalidAccount
-from billing.usage import AgentReport, UsagePublisher
+from billing.errors import InvalidAccount, MalformedEvent
+from billing.usage import AgentReport, UsageEvent, UsagePublisher
 from gateway import wire
 from gateway.conn import Conn, ConnectionClosed
 from gateway.settings import GatewaySettings
+from gateway.tickets import Ticket, TicketKey
 from gateway.wire import DialErrorCode, WireError
 from pool.models import EXIT_TYPES, ExitInfo
 from pool.nodes import NodeInfo
@@ -101,6 +102,31 @@ class ProviderLink:
         self.streams: set[str] = set()  # streams opened here whose agent report is still due
         self.closed = False
         self.last_seen = time.monotonic()
+        self._acks: list[str] = []
+        self._held: list[str] = []
+
+    def ack(self, stream: str) -> None:
+        """Confirm to the agent, with the next batch, that its report of ``stream`` is in Redis."""
+        self._reply(self._acks, stream)
+
+    def hold(self, stream: str) -> None:
+        """Tell the agent, with the next batch, to report ``stream`` again later (see ``_orphan``)."""
+        self._reply(self._held, stream)
+
+    def _reply(self, batch: list[str], stream: str) -> None:
+        if not self._acks and not self._held:
+            asyncio.get_running_loop().call_soon(self._send_replies)
+        batch.append(stream)
+
+    def _send_replies(self) -> None:
+        acks, self._acks = self._acks, []
+        held, self._held = self._held, []
+        if self.closed:
+            return  # the agent reports them again through a node it still reaches
+        if acks:
+            self.control.write(wire.encode({"t": "acked", "streams": acks}))
+        if held:
+            self.control.write(wire.encode({"t": "held", "streams": held}))
 
     def add_idle(self, conn: Conn) -> None:
         while self.waiters:
@@ -182,11 +208,13 @@ class TunnelHub:
         registry: ExitRegistry,
         publisher: UsagePublisher,
         *,
+        tickets: TicketKey,
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self._settings = settings
         self._registry = registry
         self._publisher = publisher
+        self._tickets = tickets
         self._on_change = on_change
         self._links: dict[str, ProviderLink] = {}  # by data token
         self._by_exit: dict[str, ProviderLink] = {}
@@ -194,6 +222,7 @@ class TunnelHub:
         self._server: asyncio.Server | None = None
         self._control_tasks: set[asyncio.Task[None]] = set()
         self._nodes: list[dict[str, str]] = []  # the live gateway nodes, as agents are told
+        self._live: set[str] = set()
 
     def set_nodes(self, nodes: list[NodeInfo]) -> None:
         """Tell every connected agent when the set of live gateway nodes changes."""
@@ -201,6 +230,7 @@ class TunnelHub:
         if listed == self._nodes:
             return
         self._nodes = listed
+        self._live = {info.node for info in nodes}
         message = wire.encode({"t": "nodes", "nodes": listed})
         for link in self._by_provider.values():
             if not link.closed:
@@ -223,12 +253,13 @@ class TunnelHub:
     def links(self) -> list[ProviderLink]:
         return list(self._by_provider.values())
 
-    async def open_stream(self, exit_id: str, host: str, port: int, stream_id: str) -> Conn:
-        """A data connection on which the agent has dialed ``host:port`` from ``exit_id``.
+    async def open_stream(self, ticket: Ticket, host: str, port: int) -> Conn:
+        """A data connection on which the agent has dialed ``host:port`` from ``ticket.exit``.
 
-        The caller owns the returned connection and must call ``stream_closed`` when done.
-        Raises DialError.
+        The agent gets the signed ticket with the dial. The caller owns the returned connection
+        and must call ``stream_closed`` when done. Raises DialError.
         """
+        exit_id, stream_id = ticket.exit, ticket.stream
         link = self._by_exit.get(exit_id)
         if link is None or link.closed:
             raise DialError(DialErrorCode.EXIT, "exit is offline", exit_id=exit_id)
@@ -237,7 +268,17 @@ class TunnelHub:
         link.active[exit_id] += 1
         try:
             conn.write(
-                wire.encode({"t": "dial", "stream": stream_id, "exit": exit_id, "host": host, "port": port})
+                wire.encode(
+                    {
+                        "t": "dial",
+                        "stream": stream_id,
+                        "exit": exit_id,
+                        "host": host,
+                        "port": port,
+                        "ticket": ticket.to_wire(),
+                        "mac": self._tickets.sign(ticket),
+                    }
+                )
             )
             conn.set_deadline(timeout)
             answer = wire.decode(await conn.read_line(wire.MAX_LINE))
@@ -407,9 +448,8 @@ class TunnelHub:
     def _agent_report(self, link: ProviderLink, message: dict[str, Any]) -> None:
         stream = wire.field(message, "stream", str)
         exit_id = wire.field(message, "exit", str)
-        if stream not in link.streams or exit_id not in link.exits:
-            return  # not a stream this node opened through this agent: ignore, never trust
-        link.streams.discard(stream)
+        if exit_id not in link.exits:
+            return  # not an exit of this agent: ignore, never trust
         up, down = wire.field(message, "up", int), wire.field(message, "down", int)
         opened, closed = (
             float(wire.field(message, "opened", (int, float))),
@@ -418,7 +458,54 @@ class TunnelHub:
         if up < 0 or down < 0 or closed < opened:
             raise WireError("bad usage report")
         outcome = str(message.get("outcome", ""))[:32]
-        self._publisher.publish(AgentReport(stream, link.address, exit_id, up, down, opened, closed, outcome))
+        try:
+            report = AgentReport(stream, link.address, exit_id, up, down, opened, closed, outcome)
+        except MalformedEvent as exc:
+            raise WireError(f"bad usage report: {exc.reason}") from None
+        if stream in link.streams:
+            link.streams.discard(stream)
+            self._publisher.publish(report, lambda: link.ack(stream))
+        elif "ticket" in message:
+            self._orphan(link, report, message)
+
+    def _orphan(self, link: ProviderLink, report: AgentReport, message: dict[str, Any]) -> None:
+        """A report of a stream this link did not open: its agent could not deliver it to the
+        node that did. Taken on the signed ticket alone; metered here too if that node is gone."""
+        try:
+            ticket = self._tickets.check(message["ticket"], message.get("mac"))
+        except WireError:
+            log.warning("provider %s reported a stream with a bad ticket", link.address)
+            return
+        if ticket.stream != report.event_id or ticket.exit != report.exit_id:
+            log.warning("provider %s reported a stream under another stream's ticket", link.address)
+            return
+        stream = ticket.stream
+        if ticket.node != self._settings.node_id:
+            if ticket.node in self._live:
+                # The opening node still announces itself: it may yet publish its own usage
+                # event, which must win. The agent asks again once the node is gone or reached.
+                link.hold(stream)
+                return
+            self._publisher.publish(
+                UsageEvent(
+                    event_id=stream,
+                    deal_id=ticket.deal or None,
+                    requester=ticket.requester,
+                    provider=link.address,
+                    exit_id=ticket.exit,
+                    node=ticket.node,
+                    protocol=ticket.protocol,
+                    target=ticket.target,
+                    bytes_up=report.bytes_up,
+                    bytes_down=report.bytes_down,
+                    opened_at=report.opened_at,
+                    closed_at=report.closed_at,
+                    outcome="node_lost",
+                    attempts=ticket.attempts,
+                )
+            )
+            log.info("metered stream %s of lost node %s from its agent's report", stream, ticket.node[:64])
+        self._publisher.publish(report, lambda: link.ack(stream))
 
     async def _drop(self, link: ProviderLink, why: str) -> None:
         if link.closed and self._by_provider.get(link.address) is not link:

@@ -15,15 +15,24 @@ Control connection (agent → gateway first)::
            or {"t": "error", "reason": "…"} and close
     agent: {"t": "hb"}                                      every heartbeat seconds
     agent: {"t": "usage", "stream": …, "exit": …, "up": …, "down": …,
-            "opened": …, "closed": …, "outcome": …}        the agent's own meter, per stream
+            "opened": …, "closed": …, "outcome": …,
+            "ticket": […], "mac": "<hex>"}                  the agent's own meter, per stream
+    gw:    {"t": "acked", "streams": […]}                   those reports are in Redis
+    gw:    {"t": "held", "streams": […]}                    report those again later
     gw:    {"t": "more", "n": 8}                            open more idle data connections
+    gw:    {"t": "nodes", "nodes": [{"node": …, "tunnel": "HOST:PORT"}, …]}   live gateway nodes
 
 Data connection::
 
     agent: {"t": "data", "token": "<hex>"}
-    gw:    {"t": "dial", "stream": "<event id>", "exit": "<exit id>", "host": …, "port": …}
+    gw:    {"t": "dial", "stream": "<event id>", "exit": "<exit id>", "host": …, "port": …,
+            "ticket": […], "mac": "<hex>"}
     agent: {"t": "ok"}  or  {"t": "err", "code": "<DialErrorCode>", "reason": "…"}
     then raw bytes both ways.
+
+The ticket is the stream's billing facts signed by the gateway nodes (``gateway.tickets``). The
+agent keeps each report until ``acked``; a report whose node is gone goes, with its ticket, to
+another node, which meters the stream from it.
 """
 
 from __future__ import annotations

@@ -67,6 +67,18 @@ def _add_gateway(sub: argparse._SubParsersAction[Any]) -> None:
         "ports (SO_REUSEPORT); worker i is node NODE-ID-i with its tunnel port at --tunnel-port + i, "
         "and agents that reach one of them open tunnels to all",
     )
+    _add_db_pool(p, 4, per="each gateway process")
+
+
+def _add_db_pool(parser: argparse.ArgumentParser, default: int, *, per: str = "this process") -> None:
+    parser.add_argument(
+        "--db-pool",
+        type=int,
+        default=default,
+        metavar="N",
+        help=f"PostgreSQL connections {per} keeps at most (default: %(default)s). Keep the sum "
+        "over all processes below the server's max_connections",
+    )
 
 
 def _add_provide(sub: argparse._SubParsersAction[Any]) -> None:
@@ -136,7 +148,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_gateway(sub)
     _add_provide(sub)
-    sub.add_parser("worker", help="run a billing worker (usage stream → PostgreSQL)")
+    worker = sub.add_parser(
+        "worker",
+        help="run a billing worker (usage stream → PostgreSQL)",
+        description="Ingest the usage stream into PostgreSQL, each event exactly once. Run as many "
+        "as you like: they share the stream as one consumer group, and each claims the entries a "
+        "dead worker read but never confirmed.",
+    )
+    worker.add_argument("--consumer", help="this worker's name in the consumer group (default: HOSTNAME-PID)")
+    worker.add_argument(
+        "--claim-idle",
+        type=float,
+        default=60.0,
+        help="seconds an entry read by another worker may stay unconfirmed before this one takes "
+        "it over (default: %(default)s)",
+    )
+    worker.add_argument(
+        "--batch", type=int, default=500, help="stream entries per read (default: %(default)s)"
+    )
+    _add_db_pool(worker, 2)
     api = sub.add_parser(
         "api",
         help="run the REST API (sign-in with Ethereum, keys, balances, usage, ledger)",
@@ -151,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: HOST:PORT)",
     )
     api.add_argument("--chain-id", type=int, default=1, help="chain sign-in messages must name (default: 1)")
+    _add_db_pool(api, 10)
     sub.add_parser("migrate", help="create the database if needed and apply migrations")
 
     demo = sub.add_parser(

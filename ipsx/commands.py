@@ -59,6 +59,7 @@ def cmd_gateway(args: argparse.Namespace, env: Environment) -> None:
         advertise_host=args.advertise_host,
         market=args.market,
         drain_timeout=args.drain_timeout,
+        db_pool=args.db_pool,
     )
     if args.workers == 1:
         runtime.run(lambda stop: run_gateway(settings, stop))
@@ -71,7 +72,16 @@ def cmd_gateway(args: argparse.Namespace, env: Environment) -> None:
 
 
 def cmd_worker(args: argparse.Namespace, env: Environment) -> None:
-    settings = WorkerSettings(redis_url=env.redis, database_url=env.database)
+    if args.claim_idle <= 0 or args.batch < 1 or args.db_pool < 1:
+        raise UsageError("--claim-idle, --batch and --db-pool must be positive")
+    settings = WorkerSettings(
+        redis_url=env.redis,
+        database_url=env.database,
+        batch=args.batch,
+        claim_idle_ms=int(args.claim_idle * 1000),
+        db_pool=args.db_pool,
+        **({"consumer": args.consumer} if args.consumer else {}),
+    )
     runtime.run(lambda stop: run_worker(settings, stop=stop))
 
 
@@ -87,6 +97,7 @@ def cmd_api(args: argparse.Namespace, env: Environment) -> None:
         port=args.port,
         siwe_domain=args.siwe_domain or f"{args.host}:{args.port}",
         chain_id=args.chain_id,
+        db_pool=args.db_pool,
     )
     runtime.run(lambda stop: run_api(settings, stop))
 

@@ -27,6 +27,10 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "ipsx-origin"
 
+    def setup(self) -> None:
+        self.server.accepted.add()  # type: ignore[attr-defined]
+        super().setup()
+
     def log_message(self, format: str, *args: object) -> None:
         pass
 
@@ -117,6 +121,16 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, bytes(body), "application/octet-stream")
 
 
+class _Counter:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.value = 0
+
+    def add(self) -> None:
+        with self._lock:
+            self.value += 1
+
+
 class _V6Server(ThreadingHTTPServer):
     address_family = socket.AF_INET6
 
@@ -136,6 +150,8 @@ class Origin:
         if tls is not None:
             self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
         self._server.daemon_threads = True
+        self._accepted = _Counter()
+        self._server.accepted = self._accepted  # type: ignore[attr-defined]
         self.host = host
         self.port = int(self._server.server_address[1])
         self._scheme = "https" if tls is not None else "http"
@@ -145,6 +161,11 @@ class Origin:
     def start(self) -> Origin:
         self._thread.start()
         return self
+
+    @property
+    def connections(self) -> int:
+        """Connections accepted so far (each stream through an exit is one)."""
+        return self._accepted.value
 
     def url(self, path: str = "/") -> str:
         return f"{self._scheme}://{self._url_host}:{self.port}{path}"

@@ -51,3 +51,8 @@ def gateway_nodes() -> str:
 def gateway_node(node: str) -> str:
     """Hash: where agents reach gateway node ``node`` (its tunnel endpoint) and since when."""
     return f"{PREFIX}:gwnode:{node}"
+
+
+def ticket_key() -> str:
+    """String: the key gateway nodes sign stream tickets with (``gateway.tickets``)."""
+    return "ipsx:gateway:ticketkey"

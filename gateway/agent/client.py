@@ -89,6 +89,97 @@ def parse_nodes(raw: Any, default_host: str) -> list[tuple[str, str, int]]:
     return nodes
 
 
+class UsageReports:
+    """The agent's usage reports, each kept until a gateway node confirms it is in Redis.
+
+    A report goes to the node that opened its stream, on the session that carried it. When that
+    session ends first — the node died, or the link dropped — its unconfirmed reports become
+    orphans: each is handed, with the stream's signed ticket, to the opening node once it is
+    reached again, or to any other node. A node that is not the opener takes it only once the
+    opener has left the node registry (until then it answers ``held`` and the report waits
+    ``retry`` seconds), and meters the stream from it, so no relayed byte goes unmetered.
+    """
+
+    retry = 2.0
+    max_orphans = 100_000
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, AgentSession] = {}  # by node: the sessions that are serving
+        self._orphans: dict[str, tuple[dict[str, Any], float]] = {}  # stream → (report, not before)
+
+    @property
+    def orphans(self) -> int:
+        return len(self._orphans)
+
+    def attach(self, session: AgentSession) -> None:
+        if session.node is not None:
+            self._sessions[session.node] = session
+            self.flush()
+
+    def detach(self, session: AgentSession) -> None:
+        if session.node is not None and self._sessions.get(session.node) is session:
+            del self._sessions[session.node]
+        if session.unacked:
+            log.info(
+                "%d usage report(s) of gateway node %s unconfirmed; they go to another node",
+                len(session.unacked),
+                session.node,
+            )
+            for stream, message in session.unacked.items():
+                self._keep(stream, message, 0.0)
+            session.unacked.clear()
+            self.flush()
+
+    def submit(self, session: AgentSession, message: dict[str, Any]) -> None:
+        if session.node is not None and self._sessions.get(session.node) is session:
+            session.send_report(message)
+        else:
+            self._keep(message["stream"], message, 0.0)
+            self.flush()
+
+    def acked(self, session: AgentSession, streams: Any) -> None:
+        for stream in streams if isinstance(streams, list) else ():
+            if isinstance(stream, str):
+                session.unacked.pop(stream, None)
+
+    def held(self, session: AgentSession, streams: Any) -> None:
+        later = time.monotonic() + self.retry
+        for stream in streams if isinstance(streams, list) else ():
+            message = session.unacked.pop(stream, None) if isinstance(stream, str) else None
+            if message is not None:
+                self._keep(stream, message, later)
+
+    def flush(self) -> None:
+        """Hand the orphans that are due to the node that opened them or to any serving node."""
+        if not self._orphans or not self._sessions:
+            return
+        now = time.monotonic()
+        anyone = next(iter(self._sessions.values()))
+        for stream, (message, not_before) in list(self._orphans.items()):
+            if not_before > now:
+                continue
+            ticket = message.get("ticket")
+            opener = ticket[1] if isinstance(ticket, list) and len(ticket) > 1 else None
+            del self._orphans[stream]
+            self._sessions.get(opener, anyone).send_report(message)  # type: ignore[arg-type]
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Retry the held orphans until ``stop`` is set."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.retry)
+            self.flush()
+        if self._orphans:
+            log.warning("stopping with %d usage report(s) no gateway node confirmed", len(self._orphans))
+
+    def _keep(self, stream: str, message: dict[str, Any], not_before: float) -> None:
+        if len(self._orphans) >= self.max_orphans and stream not in self._orphans:
+            oldest = next(iter(self._orphans))
+            del self._orphans[oldest]
+            log.error("too many unconfirmed usage reports; dropped the report of stream %s", oldest)
+        self._orphans[stream] = (message, not_before)
+
+
 class AgentSession:
     """One login to one gateway node; ends when the control connection does.
 
@@ -103,11 +194,14 @@ class AgentSession:
         *,
         expect_node: str | None = None,
         on_nodes: NodesCallback | None = None,
+        reports: UsageReports | None = None,
     ) -> None:
         self._settings = settings
         self._resolver = resolver or Resolver()
         self._expect_node = expect_node
         self._on_nodes = on_nodes
+        self._reports = reports or UsageReports()
+        self.unacked: dict[str, dict[str, Any]] = {}  # reports sent here, by stream, until acked
         self.node: str | None = None
         self._welcome_nodes: Any = None
         self._gateway: tuple[int, str] | None = None
@@ -198,6 +292,7 @@ class AgentSession:
             self._spawn_data()
         self._nodes_heard(self._welcome_nodes)
         beat = asyncio.create_task(self._beat(control))
+        self._reports.attach(self)
         try:
             while True:
                 line = await control.read_line(wire.MAX_LINE)
@@ -208,6 +303,10 @@ class AgentSession:
                     # below bring it back down to pool_size as streams use them up.
                     for _ in range(max(0, min(wanted, self._settings.pool_size * 4 - self._pooled))):
                         self._spawn_data()
+                elif message["t"] == "acked":
+                    self._reports.acked(self, message.get("streams"))
+                elif message["t"] == "held":
+                    self._reports.held(self, message.get("streams"))
                 elif message["t"] == "nodes":
                     self._nodes_heard(message.get("nodes"))
                 elif message["t"] == "error":
@@ -215,13 +314,16 @@ class AgentSession:
         finally:
             beat.cancel()
             control.close()
+            self._reports.detach(self)
 
     async def _beat(self, control: Conn) -> None:
         while not control.closed:
             control.write(wire.encode({"t": "hb"}))
             await asyncio.sleep(self._heartbeat)
 
-    def report(self, message: dict[str, Any]) -> None:
+    def send_report(self, message: dict[str, Any]) -> None:
+        """Send a usage report on this session; it stays in ``unacked`` until the node confirms."""
+        self.unacked[message["stream"]] = message
         if self._control is not None and not self._control.closed:
             self._control.write(wire.encode(message))
 
@@ -256,6 +358,7 @@ class AgentSession:
             exit_id = wire.field(request, "exit", str)
             host = wire.field(request, "host", str)
             port = wire.field(request, "port", int)
+            ticket = (request.get("ticket"), request.get("mac"))
         except WireError:
             conn.close()
             return
@@ -270,7 +373,7 @@ class AgentSession:
             conn.close()
             return
         conn.write(wire.encode({"t": "ok"}))
-        self._relay(conn, destination, stream, exit_id, opened_at)
+        self._relay(conn, destination, stream, exit_id, opened_at, ticket)
 
     async def _dial(self, host: str, port: int, bind: str) -> Conn:
         s = self._settings
@@ -302,7 +405,13 @@ class AgentSession:
         return destination
 
     def _relay(
-        self, gateway_conn: Conn, destination: Conn, stream: str, exit_id: str, opened_at: float
+        self,
+        gateway_conn: Conn,
+        destination: Conn,
+        stream: str,
+        exit_id: str,
+        opened_at: float,
+        ticket: tuple[Any, Any],
     ) -> None:
         try:
             a, a_data, a_eof = gateway_conn.detach()
@@ -315,7 +424,8 @@ class AgentSession:
         def done(result: SpliceResult) -> None:
             self.splices.discard(splice)
             outcome = _OUTCOMES.get(result.outcome, result.outcome)
-            self.report(
+            self._reports.submit(
+                self,
                 {
                     "t": "usage",
                     "stream": stream,
@@ -325,7 +435,9 @@ class AgentSession:
                     "opened": opened_at,
                     "closed": result.closed_at,
                     "outcome": outcome,
-                }
+                    "ticket": ticket[0],
+                    "mac": ticket[1],
+                },
             )
 
         splice = Splice(
@@ -358,13 +470,16 @@ async def _stay_logged_in(
     expect_node: str | None = None,
     on_nodes: NodesCallback | None = None,
     on_session: Callable[[AgentSession | None], None] = lambda session: None,
+    reports: UsageReports | None = None,
 ) -> None:
     """Keep one session to one gateway address until ``stop`` is set (or the task is cancelled),
     reconnecting with jittered backoff. ``on_session`` hears each login and each loss."""
     backoff = settings.backoff_initial
     where = f"{settings.gateway_host}:{settings.gateway_port}"
     while not stop.is_set():
-        session = AgentSession(settings, resolver, expect_node=expect_node, on_nodes=on_nodes)
+        session = AgentSession(
+            settings, resolver, expect_node=expect_node, on_nodes=on_nodes, reports=reports
+        )
         serving = None
         try:
             await session.login()
@@ -407,8 +522,10 @@ class _Fleet:
         self._entry_node: str | None = None  # the node the entry session is logged in to
         self._nodes: list[tuple[str, str, int]] = []
         self._direct: dict[str, tuple[tuple[str, int], asyncio.Task[None]]] = {}
+        self._reports = UsageReports()
 
     async def run(self) -> None:
+        retrying = asyncio.create_task(self._reports.run(self._stop))
         try:
             await _stay_logged_in(
                 self._settings,
@@ -416,8 +533,10 @@ class _Fleet:
                 self._stop,
                 on_nodes=self._heard,
                 on_session=self._entry_changed,
+                reports=self._reports,
             )
         finally:
+            retrying.cancel()
             for _, task in self._direct.values():
                 task.cancel()
             if self._direct:
@@ -445,7 +564,14 @@ class _Fleet:
                 continue
             direct = replace(self._settings, gateway_host=host, gateway_port=port)
             task = asyncio.create_task(
-                _stay_logged_in(direct, self._resolver, self._stop, expect_node=node, on_nodes=self._heard)
+                _stay_logged_in(
+                    direct,
+                    self._resolver,
+                    self._stop,
+                    expect_node=node,
+                    on_nodes=self._heard,
+                    reports=self._reports,
+                )
             )
             self._direct[node] = ((host, port), task)
             log.info("gateway node %s announced at %s:%d; opening a tunnel to it", node, host, port)

@@ -8,6 +8,7 @@ answers with the source address each request came from.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -60,6 +61,7 @@ class Stack:
     origin: Origin
     database_url: str
     tmp: Path
+    redis_url: str = REDIS_URL
     agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -148,7 +150,7 @@ class Stack:
         proc.wait(timeout=10)
 
     def live_exits(self) -> set[str]:
-        client = redis.Redis.from_url(REDIS_URL)
+        client = redis.Redis.from_url(self.redis_url)
         try:
             floor = int((time.time() - 10) * 1000)
             members = client.zrangebyscore("ipsx:{pool}:alive", floor, "+inf")
@@ -158,7 +160,7 @@ class Stack:
 
     def nodes_of(self, exit_id: str) -> set[str]:
         """The gateway nodes that hold a live tunnel to ``exit_id``."""
-        client = redis.Redis.from_url(REDIS_URL)
+        client = redis.Redis.from_url(self.redis_url)
         try:
             floor = int((time.time() - 10) * 1000)
             members = client.zrangebyscore("ipsx:{pool}:alive", floor, "+inf")
@@ -229,14 +231,15 @@ async def _drop_database(name: str) -> None:
         await admin.close()
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    tmp = tmp_path_factory.mktemp("stack")
-    name = f"ipsx_test_e2e_{os.getpid()}"
+@contextlib.contextmanager
+def running_stack(tmp: Path, name: str, redis_url: str, *, gateway: bool = True) -> Iterator[Stack]:
+    """A database ``name`` made afresh, the Redis database ``redis_url`` emptied, an origin, an
+    account ``alice`` with a key, and (with ``gateway``) one gateway node, a worker and the three
+    agents of ``EXITS``; everything stopped and dropped on the way out."""
     asyncio.run(_create_database(name))
     database_url = ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}"
-    redis.Redis.from_url(REDIS_URL).flushdb()
-    env = {**os.environ, "IPSX_DATABASE_URL": database_url, "IPSX_REDIS_URL": REDIS_URL}
+    redis.Redis.from_url(redis_url).flushdb()
+    env = {**os.environ, "IPSX_DATABASE_URL": database_url, "IPSX_REDIS_URL": redis_url}
     origin = Origin("127.0.0.1", 0).start()
     stack = Stack(
         env=env,
@@ -248,6 +251,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         origin=origin,
         database_url=database_url,
         tmp=tmp,
+        redis_url=redis_url,
     )
     try:
         stack.ipsx("migrate")
@@ -257,25 +261,26 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         if secret is None:
             raise RuntimeError(f"no secret in {out!r}")
         stack.account, stack.secret = "alice", secret.group(1)
-        stack.spawn(
-            "gateway",
-            "--http-port",
-            str(stack.http_port),
-            "--socks-port",
-            str(stack.socks_port),
-            "--tunnel-port",
-            str(stack.tunnel_port),
-            "--node-id",
-            "test-node",
-            "--handshake-timeout",
-            "2",
-            log="gateway.log",
-        )
-        stack.spawn("worker", log="worker.log")
-        wait_port(stack.tunnel_port)
-        for country, bind in EXITS.items():
-            stack.start_agent(f"agent-{country}", bind, country, "--allow-private")
-        stack.wait_exits(len(EXITS))
+        if gateway:
+            stack.spawn(
+                "gateway",
+                "--http-port",
+                str(stack.http_port),
+                "--socks-port",
+                str(stack.socks_port),
+                "--tunnel-port",
+                str(stack.tunnel_port),
+                "--node-id",
+                "test-node",
+                "--handshake-timeout",
+                "2",
+                log="gateway.log",
+            )
+            stack.spawn("worker", log="worker.log")
+            wait_port(stack.tunnel_port)
+            for country, bind in EXITS.items():
+                stack.start_agent(f"agent-{country}", bind, country, "--allow-private")
+            stack.wait_exits(len(EXITS))
         yield stack
     finally:
         for proc in stack.processes:
@@ -288,3 +293,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 proc.kill()
         origin.stop()
         asyncio.run(_drop_database(name))
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(tmp_path_factory.mktemp("stack"), f"ipsx_test_e2e_{os.getpid()}", REDIS_URL) as stack:
+        yield stack

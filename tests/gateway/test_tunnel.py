@@ -32,6 +32,7 @@ from gateway.agent.policy import ExitPolicy
 from gateway.agent.settings import AgentSettings, ExitSpec
 from gateway.conn import Conn, ConnectionClosed
 from gateway.settings import GatewaySettings
+from gateway.tickets import Ticket, TicketKey
 from gateway.tunnel import DialError, TunnelHub, exit_id_for
 from gateway.wire import DialErrorCode
 from pool import keys
@@ -39,6 +40,13 @@ from pool.registry import ExitRegistry
 
 REDIS_URL = os.environ.get("IPSX_TEST_REDIS_URL", "redis://127.0.0.1:6379/12")
 NODE = "gw-test"
+
+
+def ticket(exit_id: str, stream: str, *, node: str = NODE) -> Ticket:
+    """The ticket the front would give a stream of account ``alice`` through ``exit_id``."""
+    return Ticket(stream, node, exit_id, "alice", "", "connect", "127.0.0.1:80", 1)
+
+
 BIND = "127.0.0.2"
 ALLOW_PRIVATE = ExitPolicy(allow_private=True)
 WAIT = 10.0  # seconds before a wait for an event is given up (a failure, not a measurement)
@@ -76,7 +84,7 @@ async def running_gateway(redis: Redis, **overrides: Any) -> AsyncIterator[Gatew
     registry = ExitRegistry(redis, heartbeat_ttl=settings.heartbeat_ttl)
     publisher = UsagePublisher(redis, flush_interval=0.02)
     await publisher.start()
-    hub = TunnelHub(settings, registry, publisher)
+    hub = TunnelHub(settings, registry, publisher, tickets=await TicketKey.shared(redis))
     port = await hub.start("127.0.0.1", 0)
     try:
         yield Gateway(hub, registry, redis, settings, publisher, port)
@@ -411,7 +419,7 @@ async def test_handle_garbage_refused(gateway: Gateway, first: bytes, reason: st
 async def test_open_stream_echo(gateway: Gateway, start_agent: StartAgent, echo_port: int) -> None:
     agent = await start_agent()
     stream_id = uuid.uuid4().hex
-    conn = await gateway.hub.open_stream(agent.exit_id, "127.0.0.1", echo_port, stream_id)
+    conn = await gateway.hub.open_stream(ticket(agent.exit_id, stream_id), "127.0.0.1", echo_port)
     try:
         assert gateway.hub.load(agent.exit_id) == 1
         payload = os.urandom(300_000)
@@ -453,7 +461,7 @@ async def stream_length(redis: Redis) -> bool:
 async def test_open_stream_sequential(gateway: Gateway, start_agent: StartAgent, echo_port: int) -> None:
     agent = await start_agent(pool_size=1)
     for index in range(5):
-        conn = await gateway.hub.open_stream(agent.exit_id, "127.0.0.1", echo_port, uuid.uuid4().hex)
+        conn = await gateway.hub.open_stream(ticket(agent.exit_id, uuid.uuid4().hex), "127.0.0.1", echo_port)
         try:
             message = f"message {index}".encode()
             conn.write(message)
@@ -478,7 +486,7 @@ async def usage_count(redis: Redis, count: int) -> bool:
 async def test_open_stream_policy_refused(gateway: Gateway, start_agent: StartAgent, echo_port: int) -> None:
     agent = await start_agent(ExitPolicy())  # no allow_private
     with pytest.raises(DialError) as info:
-        await gateway.hub.open_stream(agent.exit_id, "127.0.0.1", echo_port, uuid.uuid4().hex)
+        await gateway.hub.open_stream(ticket(agent.exit_id, uuid.uuid4().hex), "127.0.0.1", echo_port)
     assert info.value.code is DialErrorCode.POLICY
     assert info.value.reason == "private, loopback, link-local or reserved destination"
     assert info.value.exit_id == agent.exit_id
@@ -490,7 +498,7 @@ async def test_open_stream_policy_refused(gateway: Gateway, start_agent: StartAg
 async def test_open_stream_policy_port_refused(gateway: Gateway, start_agent: StartAgent) -> None:
     agent = await start_agent()
     with pytest.raises(DialError) as info:
-        await gateway.hub.open_stream(agent.exit_id, "127.0.0.1", 25, uuid.uuid4().hex)
+        await gateway.hub.open_stream(ticket(agent.exit_id, uuid.uuid4().hex), "127.0.0.1", 25)
     assert info.value.code is DialErrorCode.POLICY
     assert info.value.reason == "port 25 (mail) is not allowed by this exit"
 
@@ -498,7 +506,7 @@ async def test_open_stream_policy_port_refused(gateway: Gateway, start_agent: St
 async def test_open_stream_refused(gateway: Gateway, start_agent: StartAgent, closed_port: int) -> None:
     agent = await start_agent()
     with pytest.raises(DialError) as info:
-        await gateway.hub.open_stream(agent.exit_id, "127.0.0.1", closed_port, uuid.uuid4().hex)
+        await gateway.hub.open_stream(ticket(agent.exit_id, uuid.uuid4().hex), "127.0.0.1", closed_port)
     assert info.value.code is DialErrorCode.REFUSED
     assert info.value.exit_id == agent.exit_id
     assert gateway.hub.load(agent.exit_id) == 0
@@ -507,7 +515,7 @@ async def test_open_stream_refused(gateway: Gateway, start_agent: StartAgent, cl
 
 async def test_open_stream_unknown_exit(gateway: Gateway) -> None:
     with pytest.raises(DialError) as info:
-        await gateway.hub.open_stream("0123456789abcdef", "127.0.0.1", 80, uuid.uuid4().hex)
+        await gateway.hub.open_stream(ticket("0123456789abcdef", uuid.uuid4().hex), "127.0.0.1", 80)
     assert info.value.code is DialErrorCode.EXIT
     assert info.value.exit_id == "0123456789abcdef"
 
@@ -519,7 +527,7 @@ async def test_control_closed_deregisters(gateway: Gateway, start_agent: StartAg
     agent = await start_agent(serve=False)  # no data connections: a stream has to wait for one
     assert gateway.hub.is_available(agent.exit_id)
     waiting = [
-        asyncio.create_task(gateway.hub.open_stream(agent.exit_id, "127.0.0.1", 80, uuid.uuid4().hex))
+        asyncio.create_task(gateway.hub.open_stream(ticket(agent.exit_id, uuid.uuid4().hex), "127.0.0.1", 80))
         for _ in range(2)
     ]
     await asyncio.sleep(0.05)
@@ -535,7 +543,7 @@ async def test_control_closed_deregisters(gateway: Gateway, start_agent: StartAg
     await until(lambda: live_ids_empty(gateway))
     await until(lambda: pool_keys_empty(gateway))
     with pytest.raises(DialError) as info:
-        await gateway.hub.open_stream(agent.exit_id, "127.0.0.1", 80, uuid.uuid4().hex)
+        await gateway.hub.open_stream(ticket(agent.exit_id, uuid.uuid4().hex), "127.0.0.1", 80)
     assert info.value.code is DialErrorCode.EXIT
 
 

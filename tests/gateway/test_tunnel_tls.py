@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from gateway.agent.client import AgentSession
 from gateway.agent.settings import AgentSettings, ExitSpec
 from gateway.tunnel import exit_id_for
-from tests.gateway.test_tunnel import ALLOW_PRIVATE, BIND, WAIT, Gateway, running_gateway
+from tests.gateway.test_tunnel import ALLOW_PRIVATE, BIND, WAIT, Gateway, running_gateway, ticket
 from tests.tls import self_signed
 
 
@@ -58,7 +58,7 @@ async def test_stream_through_a_tls_tunnel(
     try:
         exit_id = exit_id_for(settings.account.address, BIND)
         assert tls_gateway.hub.is_available(exit_id)
-        conn = await tls_gateway.hub.open_stream(exit_id, "127.0.0.1", echo_port, uuid.uuid4().hex)
+        conn = await tls_gateway.hub.open_stream(ticket(exit_id, uuid.uuid4().hex), "127.0.0.1", echo_port)
         assert conn.transport is not None
         assert conn.transport.get_extra_info("ssl_object") is not None  # the data connection is TLS
         payload = os.urandom(200_000)
