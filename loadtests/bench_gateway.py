@@ -55,13 +55,15 @@ import psutil
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 VENV_BIN = Path(sys.executable).parent
-ALL_TARGETS = ("direct", "squid", "proxypy", "ipsx", "ipsx-ondemand")
+ALL_TARGETS = ("direct", "squid", "proxypy", "ipsx", "ipsx-ondemand", "ipsx-1w")
+DEFAULT_TARGETS = ALL_TARGETS[:5]
 LABELS = {
     "direct": "direct",
     "squid": "squid",
     "proxypy": "proxy.py",
     "ipsx": "IPSX (pool 64)",
     "ipsx-ondemand": "IPSX on-demand (pool 1)",
+    "ipsx-1w": "IPSX --workers 1 (pool 64)",
 }
 ORIGIN_HOST, ORIGIN_PORT = "127.0.0.1", 18080
 ORIGIN = f"{ORIGIN_HOST}:{ORIGIN_PORT}"
@@ -391,6 +393,7 @@ class Running:
     roles: dict[str, int] = field(default_factory=dict)  # proxy processes measured, by role
     info_roles: dict[str, list[int]] = field(default_factory=dict)  # measured, not the proxy itself
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)  # stopped in this order
+    workers: int = 1  # gateway worker processes (IPSX)
 
     @property
     def proxy_url(self) -> str | None:
@@ -578,9 +581,10 @@ class Bench:
         if target == "proxypy":
             argv = [str(VENV_BIN / "proxy"), "--hostname", "127.0.0.1", "--port", str(PROXYPY_PORT)]
             return self._start_simple(target, run, argv, PROXYPY_PORT, "proxy.py")
-        if target in ("ipsx", "ipsx-ondemand"):
-            pool = self.args.ipsx_pool if target == "ipsx" else 1
-            return self._start_ipsx(target, run, pool)
+        if target in ("ipsx", "ipsx-ondemand", "ipsx-1w"):
+            pool = 1 if target == "ipsx-ondemand" else self.args.ipsx_pool
+            workers = 1 if target == "ipsx-1w" else self.args.ipsx_workers
+            return self._start_ipsx(target, run, pool, workers)
         raise StartError(f"unknown target {target!r}")
 
     def _start_simple(self, target: str, run: int, argv: list[str], port: int, role: str) -> Running:
@@ -598,18 +602,17 @@ class Bench:
             raise
         return running
 
-    def _start_ipsx(self, target: str, run: int, pool: int) -> Running:
+    def _start_ipsx(self, target: str, run: int, pool: int, workers: int) -> Running:
         if self.ipsx_setup_error:
             raise StartError(f"IPSX set-up failed: {self.ipsx_setup_error}")
         assert self.ipsx_secret is not None and self.wallet is not None
-        workers = self.args.ipsx_workers
         for port in (IPSX_HTTP, IPSX_SOCKS, *range(IPSX_TUNNEL, IPSX_TUNNEL + workers)):
             if port_open(port):
                 raise StartError(f"port {port} is already in use")
         self.flush_redis()
         ipsx = self.ipsx_command
         env = self.ipsx_env
-        running = Running(target, ("127.0.0.1", IPSX_HTTP), auth=f"bench:{self.ipsx_secret}")
+        running = Running(target, ("127.0.0.1", IPSX_HTTP), auth=f"bench:{self.ipsx_secret}", workers=workers)
         try:
             gateway = PROCS.start(
                 f"{target}-gateway",
@@ -875,16 +878,14 @@ class Bench:
         record["pids"] = dict(running.roles)
         agent = running.roles.get("agent")
         if agent is not None:
-            record["agent_data_conns_at_start"] = agent_data_connections(agent, self.args.ipsx_workers)
+            record["agent_data_conns_at_start"] = agent_data_connections(agent, running.workers)
         phases: dict[str, Any] = {}
         record["phases"] = phases
         try:
             if running.proxy is not None and self.args.idle_tunnels > 0:
                 phases["idle"] = self.measured_quietly(running, lambda: self.phase_idle(running), run, target)
                 if agent is not None:
-                    phases["idle"]["agent_data_conns_after"] = agent_data_connections(
-                        agent, self.args.ipsx_workers
-                    )
+                    phases["idle"]["agent_data_conns_after"] = agent_data_connections(agent, running.workers)
                 log(f"[run {run}] {target}: {describe('idle', phases['idle'])}")
             plan: list[tuple[str, Callable[[], dict[str, Any]]]] = [
                 ("tunnels", lambda: self._load(running, "tunnels")),
@@ -895,9 +896,7 @@ class Bench:
                 phases[name] = self.measured_quietly(running, body, run, target)
                 phases[name]["time_wait_after"] = time_wait_sockets()
                 if agent is not None:
-                    phases[name]["agent_data_conns_after"] = agent_data_connections(
-                        agent, self.args.ipsx_workers
-                    )
+                    phases[name]["agent_data_conns_after"] = agent_data_connections(agent, running.workers)
                 log(f"[run {run}] {target}: {describe(name, phases[name])}")
             for proc in running.procs:
                 if proc.poll() is not None:
@@ -1143,6 +1142,7 @@ RATIOS: list[tuple[str, str, str]] = [
     ("IPSX ÷ proxy.py", "ipsx", "proxypy"),
     ("IPSX ÷ squid", "ipsx", "squid"),
     ("IPSX on-demand ÷ IPSX", "ipsx-ondemand", "ipsx"),
+    ("IPSX ÷ IPSX --workers 1", "ipsx", "ipsx-1w"),
 ]
 RATIO_ROWS: list[tuple[str, str]] = [
     ("keep-alive req/s", "ka_rps"),
@@ -1313,8 +1313,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--targets",
-        default=",".join(ALL_TARGETS),
-        help="comma-separated, in the order run (default: %(default)s)",
+        default=",".join(DEFAULT_TARGETS),
+        help="comma-separated, in the order run (default: %(default)s; 'ipsx-1w' is IPSX with "
+        "gateway --workers 1, the baseline of the multi-process scaling figure)",
     )
     parser.add_argument(
         "--out", type=Path, help="JSON results (default: loadtests/results/bench-<date-time>.json)"
@@ -1332,7 +1333,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--ipsx-workers",
         type=int,
         default=2,
-        help="gateway --workers of both IPSX targets (default: %(default)s, one per core here)",
+        help="gateway --workers of the 'ipsx' and 'ipsx-ondemand' targets (default: %(default)s, "
+        "one per core here)",
     )
     parser.add_argument(
         "--drain",
