@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from ipsx import runtime
+from ipsx import health, runtime
 from ipsx.client_commands import add_client_commands
 from ipsx.settings import Environment
 
@@ -183,6 +184,19 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--chain-id", type=int, default=1, help="chain sign-in messages must name (default: 1)")
     _add_db_pool(api, 10)
     sub.add_parser("migrate", help="create the database if needed and apply migrations")
+    health = sub.add_parser(
+        "health",
+        help="check that a service is up (exit status 0) or not (1): for container health checks",
+        description="tcp://HOST:PORT passes when something accepts connections there (a gateway's "
+        "proxy port); http://HOST:PORT/PATH when a GET answers 2xx (the API's /readyz).",
+    )
+    health.add_argument(
+        "target",
+        nargs="?",
+        default=os.environ.get("IPSX_HEALTHCHECK", "tcp://127.0.0.1:8080"),
+        help="what to check (default: $IPSX_HEALTHCHECK, else %(default)s)",
+    )
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds (default: %(default)s)")
 
     demo = sub.add_parser(
         "demo",
@@ -250,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.command == "health":  # every few seconds in a container: no heavy imports
+        sys.exit(health.run(args.target, args.timeout))
     runtime.setup_logging(args.verbose)
     env = Environment.from_env()
     from ipsx import commands
