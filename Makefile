@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: setup demo test lint unit bench clean
+.PHONY: setup clients demo test lint unit bench clean
 
 setup: $(STAMP)
 
@@ -24,7 +24,12 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-unit: setup
+# Clients the tests drive besides Python's: curl, and docker-compose to validate docker/compose.yaml.
+clients:
+	@command -v curl >/dev/null && command -v docker-compose >/dev/null || \
+		{ apt-get update -q && apt-get install -y -q curl docker-compose; }
+
+unit: setup clients
 	$(BIN)/pytest
 
 test: lint unit
