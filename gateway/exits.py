@@ -128,6 +128,7 @@ class ExitDialer:
             ticket = Ticket(
                 stream=os.urandom(16).hex(),
                 node=self._node,
+                boot=self._hub.boot,
                 exit=choice.exit_id,
                 requester=targeting.account,
                 deal=deal_id or "",

@@ -52,12 +52,14 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayPor
         stack.push_async_callback(publisher.close)
 
         registry = ExitRegistry(redis, heartbeat_ttl=settings.heartbeat_ttl)
+        boot = TicketKey.new_boot()
         selector_ref: list[Selector] = []
         hub = TunnelHub(
             settings,
             registry,
             publisher,
             tickets=await TicketKey.shared(redis),
+            boot=boot,
             on_change=lambda: selector_ref[0].invalidate(),
         )
         selector = Selector(
@@ -85,7 +87,7 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayPor
 
         tunnel_port = await hub.start(settings.tunnel_host, settings.tunnel_port)
         nodes = NodeRegistry(redis, ttl=settings.heartbeat_ttl)
-        me = NodeInfo(settings.node_id, settings.advertised_tunnel(tunnel_port))
+        me = NodeInfo(settings.node_id, settings.advertised_tunnel(tunnel_port), boot)
         await _announce(nodes, me, hub)
         announcer = asyncio.create_task(_keep_announcing(nodes, me, hub, settings.heartbeat_interval))
         stack.push_async_callback(_withdraw, nodes, me, announcer)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -24,10 +25,15 @@ from gateway.wire import WireError
 from pool import keys
 
 MAC_HEX = 32  # 128 bits of HMAC-SHA256
+_MAC_RE = re.compile(rf"[0-9a-f]{{{MAC_HEX}}}")
 
 
 @dataclass(frozen=True, slots=True)
 class Ticket:
+    """A stream's billing facts. ``node`` and ``boot`` name the node process that opened it:
+    a node restarted under the same id has a new ``boot``, so its predecessor's streams are
+    known to be lost."""
+
     stream: str
     node: str
     exit: str
@@ -36,6 +42,7 @@ class Ticket:
     protocol: str
     target: str
     attempts: int
+    boot: str
 
     def to_wire(self) -> list[Any]:
         return [
@@ -47,19 +54,20 @@ class Ticket:
             self.protocol,
             self.target,
             self.attempts,
+            self.boot,
         ]
 
     @classmethod
     def from_wire(cls, raw: Any) -> Ticket:
-        if not isinstance(raw, list) or len(raw) != 8:
+        if not isinstance(raw, list) or len(raw) != 9:
             raise WireError("bad ticket")
-        stream, node, exit_id, requester, deal, protocol, target, attempts = raw
-        texts = (stream, node, exit_id, requester, deal, protocol, target)
+        stream, node, exit_id, requester, deal, protocol, target, attempts, boot = raw
+        texts = (stream, node, boot, exit_id, requester, deal, protocol, target)
         if not all(isinstance(text, str) and len(text) <= 300 for text in texts):
             raise WireError("bad ticket")
         if not isinstance(attempts, int) or isinstance(attempts, bool) or not 0 < attempts < 100:
             raise WireError("bad ticket")
-        return cls(stream, node, exit_id, requester, deal, protocol, target, attempts)
+        return cls(stream, node, exit_id, requester, deal, protocol, target, attempts, boot)
 
 
 class TicketKey:
@@ -79,9 +87,18 @@ class TicketKey:
     def check(self, raw: Any, mac: Any) -> Ticket:
         """The ticket ``raw`` if ``mac`` is its signature; raises WireError otherwise."""
         ticket = Ticket.from_wire(raw)
-        if not isinstance(mac, str) or not hmac.compare_digest(mac, self.sign(ticket)):
+        if (
+            not isinstance(mac, str)
+            or not _MAC_RE.fullmatch(mac)
+            or not hmac.compare_digest(mac, self.sign(ticket))
+        ):
             raise WireError("ticket signature does not match")
         return ticket
+
+    @staticmethod
+    def new_boot() -> str:
+        """A token that tells this node process from earlier ones under the same node id."""
+        return secrets.token_hex(8)
 
     @classmethod
     async def shared(cls, redis: aioredis.Redis) -> TicketKey:

@@ -104,6 +104,7 @@ class ProviderLink:
         self.last_seen = time.monotonic()
         self._acks: list[str] = []
         self._held: list[str] = []
+        self._refused: list[str] = []
 
     def ack(self, stream: str) -> None:
         """Confirm to the agent, with the next batch, that its report of ``stream`` is in Redis."""
@@ -113,20 +114,23 @@ class ProviderLink:
         """Tell the agent, with the next batch, to report ``stream`` again later (see ``_orphan``)."""
         self._reply(self._held, stream)
 
+    def refuse(self, stream: str) -> None:
+        """Tell the agent, with the next batch, that no node will take its report of ``stream``."""
+        self._reply(self._refused, stream)
+
     def _reply(self, batch: list[str], stream: str) -> None:
-        if not self._acks and not self._held:
+        if not self._acks and not self._held and not self._refused:
             asyncio.get_running_loop().call_soon(self._send_replies)
         batch.append(stream)
 
     def _send_replies(self) -> None:
-        acks, self._acks = self._acks, []
-        held, self._held = self._held, []
+        replies = {"acked": self._acks, "held": self._held, "refused": self._refused}
+        self._acks, self._held, self._refused = [], [], []
         if self.closed:
             return  # the agent reports them again through a node it still reaches
-        if acks:
-            self.control.write(wire.encode({"t": "acked", "streams": acks}))
-        if held:
-            self.control.write(wire.encode({"t": "held", "streams": held}))
+        for kind, streams in replies.items():
+            if streams:
+                self.control.write(wire.encode({"t": kind, "streams": streams}))
 
     def add_idle(self, conn: Conn) -> None:
         while self.waiters:
@@ -209,12 +213,14 @@ class TunnelHub:
         publisher: UsagePublisher,
         *,
         tickets: TicketKey,
+        boot: str,
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self._settings = settings
         self._registry = registry
         self._publisher = publisher
         self._tickets = tickets
+        self.boot = boot  # this process's boot token, in the tickets it signs
         self._on_change = on_change
         self._links: dict[str, ProviderLink] = {}  # by data token
         self._by_exit: dict[str, ProviderLink] = {}
@@ -222,7 +228,7 @@ class TunnelHub:
         self._server: asyncio.Server | None = None
         self._control_tasks: set[asyncio.Task[None]] = set()
         self._nodes: list[dict[str, str]] = []  # the live gateway nodes, as agents are told
-        self._live: set[str] = set()
+        self._live: dict[str, str] = {}  # live node → its boot token
 
     def set_nodes(self, nodes: list[NodeInfo]) -> None:
         """Tell every connected agent when the set of live gateway nodes changes."""
@@ -230,7 +236,7 @@ class TunnelHub:
         if listed == self._nodes:
             return
         self._nodes = listed
-        self._live = {info.node for info in nodes}
+        self._live = {info.node: info.boot for info in nodes}
         message = wire.encode({"t": "nodes", "nodes": listed})
         for link in self._by_provider.values():
             if not link.closed:
@@ -470,42 +476,52 @@ class TunnelHub:
 
     def _orphan(self, link: ProviderLink, report: AgentReport, message: dict[str, Any]) -> None:
         """A report of a stream this link did not open: its agent could not deliver it to the
-        node that did. Taken on the signed ticket alone; metered here too if that node is gone."""
+        node process that did. Taken on the signed ticket alone, and metered here too once that
+        process is known to be gone (out of the registry, or its node id restarted)."""
+        stream = report.event_id
         try:
             ticket = self._tickets.check(message["ticket"], message.get("mac"))
-        except WireError:
-            log.warning("provider %s reported a stream with a bad ticket", link.address)
+            if ticket.stream != stream or ticket.exit != report.exit_id:
+                raise WireError("the ticket is another stream's")
+        except WireError as exc:
+            log.warning("provider %s reported stream %s with a bad ticket: %s", link.address, stream, exc)
+            link.refuse(stream)
             return
-        if ticket.stream != report.event_id or ticket.exit != report.exit_id:
-            log.warning("provider %s reported a stream under another stream's ticket", link.address)
+        if ticket.node == self._settings.node_id and ticket.boot == self.boot:
+            # Opened by this very process through a link since replaced: the front meters it.
+            self._publisher.publish(report, lambda: link.ack(stream))
             return
-        stream = ticket.stream
-        if ticket.node != self._settings.node_id:
-            if ticket.node in self._live:
-                # The opening node still announces itself: it may yet publish its own usage
-                # event, which must win. The agent asks again once the node is gone or reached.
-                link.hold(stream)
-                return
-            self._publisher.publish(
-                UsageEvent(
-                    event_id=stream,
-                    deal_id=ticket.deal or None,
-                    requester=ticket.requester,
-                    provider=link.address,
-                    exit_id=ticket.exit,
-                    node=ticket.node,
-                    protocol=ticket.protocol,
-                    target=ticket.target,
-                    bytes_up=report.bytes_up,
-                    bytes_down=report.bytes_down,
-                    opened_at=report.opened_at,
-                    closed_at=report.closed_at,
-                    outcome="node_lost",
-                    attempts=ticket.attempts,
-                )
+        if self._live.get(ticket.node) == ticket.boot:
+            # The opening process still announces itself: it may yet publish its own usage
+            # event, which must win. The agent asks again once it is gone or reached.
+            link.hold(stream)
+            return
+        try:
+            lost = UsageEvent(
+                event_id=stream,
+                deal_id=ticket.deal or None,
+                requester=ticket.requester,
+                provider=link.address,
+                exit_id=ticket.exit,
+                node=ticket.node,
+                protocol=ticket.protocol,
+                target=ticket.target,
+                bytes_up=report.bytes_up,
+                bytes_down=report.bytes_down,
+                opened_at=report.opened_at,
+                closed_at=report.closed_at,
+                outcome="node_lost",
+                attempts=ticket.attempts,
             )
-            log.info("metered stream %s of lost node %s from its agent's report", stream, ticket.node[:64])
+        except MalformedEvent as exc:
+            log.warning(
+                "stream %s of lost node %s cannot be metered: %s", stream, ticket.node[:64], exc.reason
+            )
+            link.refuse(stream)
+            return
+        self._publisher.publish(lost)
         self._publisher.publish(report, lambda: link.ack(stream))
+        log.info("metered stream %s of lost node %s from its agent's report", stream, ticket.node[:64])
 
     async def _drop(self, link: ProviderLink, why: str) -> None:
         if link.closed and self._by_provider.get(link.address) is not link:

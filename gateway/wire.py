@@ -19,6 +19,7 @@ Control connection (agent → gateway first)::
             "ticket": […], "mac": "<hex>"}                  the agent's own meter, per stream
     gw:    {"t": "acked", "streams": […]}                   those reports are in Redis
     gw:    {"t": "held", "streams": […]}                    report those again later
+    gw:    {"t": "refused", "streams": […]}                 no node will take those (bad ticket)
     gw:    {"t": "more", "n": 8}                            open more idle data connections
     gw:    {"t": "nodes", "nodes": [{"node": …, "tunnel": "HOST:PORT"}, …]}   live gateway nodes
 

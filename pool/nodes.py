@@ -26,6 +26,7 @@ class NodeInfo:
 
     node: str
     tunnel: str
+    boot: str = ""  # the node process's boot token (``gateway.tickets``): changes on restart
 
     def to_wire(self) -> dict[str, str]:
         return {"node": self.node, "tunnel": self.tunnel}
@@ -45,7 +46,7 @@ class NodeRegistry:
     async def announce(self, info: NodeInfo) -> None:
         """Add or refresh ``info``; call it more often than every ``ttl`` seconds."""
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.gateway_node(info.node), mapping={"tunnel": info.tunnel})
+            pipe.hset(keys.gateway_node(info.node), mapping={"tunnel": info.tunnel, "boot": info.boot})
             pipe.pexpire(keys.gateway_node(info.node), int(self._ttl * 3000))
             pipe.zadd(keys.gateway_nodes(), {info.node: int(time.time() * 1000)})
             await pipe.execute()
@@ -68,6 +69,10 @@ class NodeRegistry:
             return []
         async with self._redis.pipeline(transaction=False) as pipe:
             for node in ids:
-                pipe.hget(keys.gateway_node(node), "tunnel")
-            tunnels = await pipe.execute()
-        return [NodeInfo(node, _text(tunnel)) for node, tunnel in zip(ids, tunnels, strict=True) if tunnel]
+                pipe.hmget(keys.gateway_node(node), ["tunnel", "boot"])
+            found = await pipe.execute()
+        return [
+            NodeInfo(node, _text(tunnel), _text(boot or b""))
+            for node, (tunnel, boot) in zip(ids, found, strict=True)
+            if tunnel
+        ]

@@ -149,6 +149,11 @@ class UsageReports:
             if message is not None:
                 self._keep(stream, message, later)
 
+    def refused(self, session: AgentSession, streams: Any) -> None:
+        for stream in streams if isinstance(streams, list) else ():
+            if isinstance(stream, str) and session.unacked.pop(stream, None) is not None:
+                log.error("gateway node %s refused the usage report of stream %s", session.node, stream)
+
     def flush(self) -> None:
         """Hand the orphans that are due to the node that opened them or to any serving node."""
         if not self._orphans or not self._sessions:
@@ -307,6 +312,8 @@ class AgentSession:
                     self._reports.acked(self, message.get("streams"))
                 elif message["t"] == "held":
                     self._reports.held(self, message.get("streams"))
+                elif message["t"] == "refused":
+                    self._reports.refused(self, message.get("streams"))
                 elif message["t"] == "nodes":
                     self._nodes_heard(message.get("nodes"))
                 elif message["t"] == "error":

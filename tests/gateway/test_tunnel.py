@@ -40,11 +40,12 @@ from pool.registry import ExitRegistry
 
 REDIS_URL = os.environ.get("IPSX_TEST_REDIS_URL", "redis://127.0.0.1:6379/12")
 NODE = "gw-test"
+BOOT = "b007b007b007b007"  # the boot token of the hub under test
 
 
 def ticket(exit_id: str, stream: str, *, node: str = NODE) -> Ticket:
     """The ticket the front would give a stream of account ``alice`` through ``exit_id``."""
-    return Ticket(stream, node, exit_id, "alice", "", "connect", "127.0.0.1:80", 1)
+    return Ticket(stream, node, exit_id, "alice", "", "connect", "127.0.0.1:80", 1, BOOT)
 
 
 BIND = "127.0.0.2"
@@ -84,7 +85,7 @@ async def running_gateway(redis: Redis, **overrides: Any) -> AsyncIterator[Gatew
     registry = ExitRegistry(redis, heartbeat_ttl=settings.heartbeat_ttl)
     publisher = UsagePublisher(redis, flush_interval=0.02)
     await publisher.start()
-    hub = TunnelHub(settings, registry, publisher, tickets=await TicketKey.shared(redis))
+    hub = TunnelHub(settings, registry, publisher, tickets=await TicketKey.shared(redis), boot=BOOT)
     port = await hub.start("127.0.0.1", 0)
     try:
         yield Gateway(hub, registry, redis, settings, publisher, port)

@@ -60,3 +60,11 @@ async def test_node_hash_expires_on_its_own_if_never_withdrawn(redis: Redis) -> 
 def test_node_keys_share_the_pool_hash_tag() -> None:
     assert keys.gateway_nodes().startswith("ipsx:{pool}:")
     assert keys.gateway_node("x").startswith("ipsx:{pool}:")
+
+
+async def test_live_nodes_carry_their_boot_token(redis: Redis) -> None:
+    nodes = NodeRegistry(redis, ttl=10)
+    await nodes.announce(NodeInfo("gw-a", ":8443", "boot-1"))
+    assert await nodes.live() == [NodeInfo("gw-a", ":8443", "boot-1")]
+    await nodes.announce(NodeInfo("gw-a", ":8443", "boot-2"))  # restarted under the same id
+    assert await nodes.live() == [NodeInfo("gw-a", ":8443", "boot-2")]
