@@ -26,6 +26,7 @@ from billing import db
 from billing.errors import MalformedEvent
 from billing.keys import USAGE_DEAD_STREAM, USAGE_GROUP, USAGE_STREAM
 from billing.usage import AgentReport, UsageEvent, decode_entry
+from pool.client import redis_from_url
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +248,7 @@ async def run_worker(settings: WorkerSettings, *, stop: asyncio.Event | None = N
     """
     stop = stop if stop is not None else asyncio.Event()
     pool = await db.connect(settings.database_url, min_size=1, max_size=settings.db_pool)
-    redis = Redis.from_url(settings.redis_url)
+    redis = redis_from_url(settings.redis_url)
     log.info("billing worker %s reading %s as group %s", settings.consumer, settings.stream, settings.group)
     handled = 0
     window_start = time.monotonic()

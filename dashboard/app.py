@@ -20,6 +20,7 @@ from dashboard.routes import routes
 from dashboard.routes_market import routes as market_routes
 from dashboard.settings import ApiSettings
 from matching.market import Market
+from pool.client import redis_from_url
 
 # pg_advisory_lock key of the process that runs the market (one per deployment)
 MARKET_LOCK = int.from_bytes(hashlib.sha256(b"ipsx.matching.market").digest()[:8], "big", signed=True)
@@ -40,7 +41,7 @@ def build_app(settings: ApiSettings) -> web.Application:
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         app[PG] = await db.connect(settings.database_url, min_size=1, max_size=settings.db_pool)
-        app[REDIS] = Redis.from_url(settings.redis_url)
+        app[REDIS] = redis_from_url(settings.redis_url)
         try:
             if settings.market:
                 async with _market(app[PG], app[REDIS]) as market:

@@ -8,8 +8,6 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
-
 from billing import db
 from billing.accounts import KeyCache
 from billing.usage import UsagePublisher
@@ -20,6 +18,7 @@ from gateway.settings import GatewaySettings
 from gateway.tickets import TicketKey
 from gateway.tunnel import TunnelHub
 from matching.routing import DealRoutes
+from pool.client import redis_from_url
 from pool.nodes import NodeInfo, NodeRegistry
 from pool.registry import ExitRegistry
 from pool.select import Selector
@@ -43,7 +42,7 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayPor
     Resources are opened in order and closed in reverse, whatever fails in between.
     """
     async with contextlib.AsyncExitStack() as stack:
-        redis = aioredis.Redis.from_url(settings.redis_url)
+        redis = redis_from_url(settings.redis_url)
         stack.push_async_callback(redis.aclose)
         pg = await db.connect(settings.database_url, min_size=1, max_size=settings.db_pool)
         stack.push_async_callback(pg.close)

@@ -1,18 +1,19 @@
-"""IPSX's Redis usage against a Redis server in cluster mode.
+"""IPSX's Redis usage against Redis Cluster: key layout and routing.
 
 Redis Cluster refuses a Lua script, a MULTI/EXEC transaction or a multi-key command whose keys
 hash to different slots (``CROSSSLOT``), and it does so even on a single node that owns all 16384
-slots. This module starts such a node (its own ``redis-server --cluster-enabled yes`` on a free
-loopback port, never the machine's Redis) and runs every Redis operation of the pool, the billing
+slots. This module starts such clusters of its own (``redis-server --cluster-enabled yes`` on free
+loopback ports, never the machine's Redis) and runs every Redis operation of the pool, the billing
 publisher and worker, the market routes, the gateway's ticket key and the API's sign-in nonces
-against it, checking each operation's result.
+against them, checking each operation's result, twice:
 
-The pool's Lua scripts are also run a second time with a ``#!lua`` shebang: Redis then also
-refuses a script that reaches, by a name it builds itself, a key in another slot than its declared
-keys, which plain (shebang-less) scripts are allowed to do on a node that owns every slot.
+- with a plain client on a one-node cluster: the server refuses any cross-slot operation;
+- with the client production makes of ``redis+cluster://`` (``pool.client``) on three masters
+  that share the slots: every key must be routed to the master that owns it.
 
-One node owns every slot, so a plain client meets no MOVED redirection: the module proves the key
-layout (hash tags), not how a client would route between several masters.
+The pool's Lua scripts are also run with a ``#!lua`` shebang: Redis then also refuses a script
+that reaches, by a name it builds itself, a key in another slot than its declared keys, which
+plain (shebang-less) scripts are allowed to do on a node that owns every slot.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import redis
 from eth_account import Account
 from eth_account.messages import encode_defunct
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ClusterCrossSlotError, ResponseError
 from siwe import SiweMessage
 
@@ -52,6 +54,7 @@ from gateway.tickets import Ticket, TicketKey
 from matching import routing
 from matching.orders import RequestFilters
 from pool import keys
+from pool.client import redis_from_url
 from pool.models import ExitFilters
 from pool.nodes import NodeInfo, NodeRegistry
 from pool.registry import ExitRegistry
@@ -78,75 +81,117 @@ def _log_of(path: Path) -> str:
     return path.read_text(errors="replace")[-4000:] if path.exists() else ""
 
 
+@contextlib.contextmanager
+def _cluster(directory: Path, masters: int) -> Iterator[list[tuple[str, int]]]:
+    """A Redis Cluster of ``masters`` nodes on loopback, the 16384 slots split evenly between
+    them; yields their (host, port), stops them after."""
+    servers: list[subprocess.Popen[bytes]] = []
+    clients: list[redis.Redis] = []
+    nodes: list[tuple[str, int]] = []
+    bus_ports: list[int] = []
+    try:
+        for index in range(masters):
+            port, bus_port = _free_ports()
+            home = directory / f"node-{index}"
+            home.mkdir()
+            with open(home / "redis.log", "wb") as log:
+                servers.append(
+                    subprocess.Popen(
+                        [
+                            REDIS_SERVER,
+                            "--port",
+                            str(port),
+                            "--cluster-port",
+                            str(bus_port),
+                            "--bind",
+                            "127.0.0.1",
+                            "--cluster-enabled",
+                            "yes",
+                            "--cluster-config-file",
+                            str(home / "nodes.conf"),
+                            "--save",
+                            "",
+                            "--appendonly",
+                            "no",
+                            "--dir",
+                            str(home),
+                        ],
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+            nodes.append(("127.0.0.1", port))
+            bus_ports.append(bus_port)
+            clients.append(redis.Redis(host="127.0.0.1", port=port, socket_timeout=5))
+        deadline = time.monotonic() + 20
+        for index, client in enumerate(clients):
+            while True:
+                if servers[index].poll() is not None:
+                    log_text = _log_of(directory / f"node-{index}" / "redis.log")
+                    raise RuntimeError(f"redis-server exited ({servers[index].returncode}):\n{log_text}")
+                with contextlib.suppress(redis.ConnectionError):
+                    if client.ping():
+                        break
+                if time.monotonic() > deadline:
+                    raise RuntimeError("redis-server did not answer")
+                time.sleep(0.05)
+            info: Any = client.info("cluster")
+            assert info["cluster_enabled"] == 1, info
+            first = 16384 * index // masters
+            last = 16384 * (index + 1) // masters - 1
+            assert client.cluster("ADDSLOTSRANGE", first, last)
+        for client in clients[1:]:
+            client.cluster("MEET", *nodes[0], bus_ports[0])
+        for client in clients:
+            while True:
+                state: Any = client.cluster("INFO")  # parsed into a dict by redis-py
+                if state["cluster_state"] == "ok" and int(state["cluster_known_nodes"]) == masters:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the cluster never got to cluster_state:ok:\n{state}")
+                time.sleep(0.05)
+            assert int(state["cluster_slots_assigned"]) == 16384, state
+        yield nodes
+    finally:
+        for client in clients:
+            client.close()
+        for server in servers:
+            server.terminate()
+        for server in servers:
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+
+
 @pytest.fixture(scope="module")
 def cluster_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
-    """A one-node Redis Cluster owning all 16384 slots: (host, port)."""
-    directory = tmp_path_factory.mktemp("redis-cluster")
-    port, bus_port = _free_ports()
-    log_path = directory / "redis.log"
-    with open(log_path, "wb") as log:
-        server = subprocess.Popen(
-            [
-                REDIS_SERVER,
-                "--port",
-                str(port),
-                "--cluster-port",
-                str(bus_port),
-                "--bind",
-                "127.0.0.1",
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                str(directory / "nodes.conf"),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(directory),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            if server.poll() is not None:
-                raise RuntimeError(f"redis-server exited ({server.returncode}):\n{_log_of(log_path)}")
-            with contextlib.suppress(redis.ConnectionError):
-                if client.ping():
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server did not answer:\n{_log_of(log_path)}")
-            time.sleep(0.05)
-        info: Any = client.info("cluster")
-        assert info["cluster_enabled"] == 1, info
-        assert client.cluster("ADDSLOTSRANGE", 0, 16383)
-        while True:
-            state: Any = client.cluster("INFO")  # parsed into a dict by redis-py
-            if state["cluster_state"] == "ok":
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the cluster never got to cluster_state:ok:\n{state}")
-            time.sleep(0.05)
-        assert int(state["cluster_slots_assigned"]) == 16384, state
-        yield "127.0.0.1", port
-    finally:
-        client.close()
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+    """A one-node Redis Cluster owning all 16384 slots: (host, port). A plain client meets no
+    redirection there, and the node still refuses every cross-slot operation."""
+    with _cluster(tmp_path_factory.mktemp("redis-cluster-1"), 1) as nodes:
+        yield nodes[0]
 
 
-@pytest.fixture
-async def rds(cluster_node: tuple[str, int]) -> AsyncIterator[Redis]:
-    """A plain client on the cluster node, every key flushed before and after the test."""
-    host, port = cluster_node
-    client = Redis(host=host, port=port)
+@pytest.fixture(scope="module")
+def cluster_of_three(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[tuple[str, int]]]:
+    """Three masters sharing the slots: the cluster client must route every key to its owner."""
+    with _cluster(tmp_path_factory.mktemp("redis-cluster-3"), 3) as nodes:
+        yield nodes
+
+
+@pytest.fixture(params=["one-node", "three-masters"])
+async def rds(request: pytest.FixtureRequest) -> AsyncIterator[Redis]:
+    """A client, every key flushed before and after the test: a plain one on the one-node
+    cluster, and the cluster-aware one production makes of ``redis+cluster://`` on three masters
+    (slot routing, pipelines split by node, single-slot transactions)."""
+    if request.param == "one-node":
+        host, port = request.getfixturevalue("cluster_node")
+        client = Redis(host=host, port=port)
+    else:
+        nodes = request.getfixturevalue("cluster_of_three")
+        client = redis_from_url("redis+cluster://" + ",".join(f"{host}:{port}" for host, port in nodes))
+        assert isinstance(client, RedisCluster)
     await client.flushall()
     yield client
     await client.flushall()
@@ -213,7 +258,18 @@ def _ms_ago(seconds: float) -> int:
 # -- the fixture enforces what a cluster enforces -----------------------------------------------
 
 
-async def test_the_node_refuses_cross_slot_transactions_commands_and_scripts(rds: Redis) -> None:
+@pytest.fixture
+async def plain(cluster_node: tuple[str, int]) -> AsyncIterator[Redis]:
+    """A plain client: it sends what it is given, so the server's own refusals show."""
+    client = Redis(host=cluster_node[0], port=cluster_node[1])
+    await client.flushall()
+    yield client
+    await client.flushall()
+    await client.aclose()
+
+
+async def test_the_node_refuses_cross_slot_transactions_commands_and_scripts(plain: Redis) -> None:
+    rds = plain
     assert await rds.cluster("KEYSLOT", "a") != await rds.cluster("KEYSLOT", "b")
     with pytest.raises(ClusterCrossSlotError, match=CROSSSLOT):
         async with rds.pipeline(transaction=True) as pipe:
