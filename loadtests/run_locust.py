@@ -211,6 +211,7 @@ def run_scenario(stack: Stack, scenario: str, args: argparse.Namespace, logs: Pa
     prefix = logs / scenario
     before_cpu = stack.cpu_seconds()
     before_metered = asyncio.run(_metered(stack.env["IPSX_DATABASE_URL"]))
+    before_origin = stack.origin.connections
     command = [
         str(Path(sys.executable).parent / "locust"),
         "-f",
@@ -233,6 +234,7 @@ def run_scenario(stack: Stack, scenario: str, args: argparse.Namespace, logs: Pa
     after_cpu = stack.cpu_seconds()
     time.sleep(2)  # the last usage events reach PostgreSQL
     after_metered = asyncio.run(_metered(stack.env["IPSX_DATABASE_URL"]))
+    origin_connections = stack.origin.connections - before_origin
     with open(f"{prefix}_stats.csv", newline="") as handle:
         total = next(row for row in csv.DictReader(handle) if row["Name"] == "Aggregated")
     requests = int(total["Request Count"])
@@ -245,6 +247,7 @@ def run_scenario(stack: Stack, scenario: str, args: argparse.Namespace, logs: Pa
         "p95": float(total["95%"]),
         "p99": float(total["99%"]),
         "streams": after_metered[0] - before_metered[0],
+        "origin": origin_connections,
         "mb": (after_metered[1] - before_metered[1]) / 1e6,
     }
     for role in ("gateway", "agents"):
@@ -259,14 +262,14 @@ def markdown(rows: list[dict[str, float | str]], args: argparse.Namespace) -> st
         "3 agents; locust and the stack share this machine.",
         "",
         "| scenario | requests | failures | req/s | p50 ms | p95 ms | p99 ms | gateway CPU µs/req "
-        "| agents CPU µs/req | streams metered | MB metered |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| agents CPU µs/req | origin connections | streams metered | MB metered |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         lines.append(
             f"| {row['scenario']} | {row['requests']:,} | {row['failures']:,} | {row['rps']:,.0f} "
             f"| {row['p50']:.0f} | {row['p95']:.0f} | {row['p99']:.0f} | {row['cpu_gateway']:,.0f} "
-            f"| {row['cpu_agents']:,.0f} | {row['streams']:,} | {row['mb']:.2f} |"
+            f"| {row['cpu_agents']:,.0f} | {row['origin']:,} | {row['streams']:,} | {row['mb']:.2f} |"
         )
     return "\n".join(lines) + "\n"
 
