@@ -4,26 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 from collections.abc import AsyncIterator
 
-import asyncpg
+import aiohttp
 from aiohttp import web
-from redis.asyncio import Redis
 
 from billing import db
 from dashboard import openapi
-from dashboard.appkeys import MARKET, PG, REDIS, SETTINGS
+from dashboard.appkeys import HTTP, PG, REDIS, SEAT, SETTINGS
+from dashboard.leader import MarketSeat, default_advertise_url
 from dashboard.problems import json_response, problems_middleware
 from dashboard.routes import routes
 from dashboard.routes_market import routes as market_routes
 from dashboard.settings import ApiSettings
-from matching.market import Market
 from pool.client import redis_from_url
-
-# pg_advisory_lock key of the process that runs the market (one per deployment)
-MARKET_LOCK = int.from_bytes(hashlib.sha256(b"ipsx.matching.market").digest()[:8], "big", signed=True)
 
 log = logging.getLogger("ipsx.api")
 
@@ -42,15 +37,21 @@ def build_app(settings: ApiSettings) -> web.Application:
     async def resources(app: web.Application) -> AsyncIterator[None]:
         app[PG] = await db.connect(settings.database_url, min_size=1, max_size=settings.db_pool)
         app[REDIS] = redis_from_url(settings.redis_url)
+        app[HTTP] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
+        app[SEAT] = seat = MarketSeat(app[PG], app[REDIS], settings.advertise_url)
+        stop = asyncio.Event()
+        leading = asyncio.create_task(seat.run(stop)) if settings.market else None
+        if leading is not None:  # serve once this node knows whether it runs the market
+            await asyncio.wait(
+                {leading, asyncio.create_task(seat.settled.wait())}, return_when="FIRST_COMPLETED"
+            )
         try:
-            if settings.market:
-                async with _market(app[PG], app[REDIS]) as market:
-                    if market is not None:
-                        app[MARKET] = market
-                    yield
-            else:
-                yield
+            yield
         finally:
+            stop.set()
+            if leading is not None:
+                await leading
+            await app[HTTP].close()
             await app[REDIS].aclose()
             await app[PG].close()
 
@@ -59,26 +60,6 @@ def build_app(settings: ApiSettings) -> web.Application:
     app.router.add_routes(routes)
     app.router.add_routes(market_routes)
     return app
-
-
-@contextlib.asynccontextmanager
-async def _market(pool: asyncpg.Pool, redis: Redis) -> AsyncIterator[Market | None]:
-    """Run the market here if no other process does (a session advisory lock says who does)."""
-    async with pool.acquire() as holder:
-        if not await holder.fetchval("SELECT pg_try_advisory_lock($1)", MARKET_LOCK):
-            log.warning("another process runs the market; this API node answers market calls with 503")
-            yield None
-            return
-        market = Market(pool, redis)
-        await market.load()
-        stop = asyncio.Event()
-        task = asyncio.create_task(market.run(stop))
-        try:
-            yield market
-        finally:
-            stop.set()
-            await task
-            await holder.execute("SELECT pg_advisory_unlock($1)", MARKET_LOCK)
 
 
 @contextlib.asynccontextmanager
@@ -93,6 +74,8 @@ async def running_api(settings: ApiSettings) -> AsyncIterator[int]:
         port = settings.port
         if isinstance(server, asyncio.Server) and server.sockets:
             port = int(server.sockets[0].getsockname()[1])
+        if not settings.advertise_url:  # other API nodes forward market calls here
+            runner.app[SEAT].advertise(default_advertise_url(settings.host, port))
         log.info("API on http://%s:%d (OpenAPI document at /openapi.json)", settings.host, port)
         yield port
     finally:

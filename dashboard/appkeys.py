@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import aiohttp
 import asyncpg
 from aiohttp import web
 from redis.asyncio import Redis
 
+from dashboard.leader import MarketSeat
 from dashboard.settings import ApiSettings
-from matching.market import Market
 
 SETTINGS = web.AppKey("settings", ApiSettings)
 PG = web.AppKey("pg", asyncpg.Pool)
 REDIS = web.AppKey("redis", Redis)
-MARKET = web.AppKey("market", Market)
+SEAT = web.AppKey("seat", MarketSeat)  # whether this node runs the market, and who does
+HTTP = web.AppKey("http", aiohttp.ClientSession)  # to forward market calls to the market's node

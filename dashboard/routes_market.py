@@ -5,28 +5,46 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+import aiohttp
 import asyncpg
 import orjson
 from aiohttp import web
 
-from dashboard.appkeys import MARKET, PG, SETTINGS
+from dashboard.appkeys import HTTP, PG, SEAT, SETTINGS
 from dashboard.pages import encode_cursor, page_params
 from dashboard.problems import Problem, json_response, read_json
 from dashboard.routes import amount_json, authorized
 from matching import store
 from matching.engine import Fill, MatchResult
 from matching.errors import InvalidOrder, MatchingError
-from matching.market import Market, MarketRefused
+from matching.market import MarketRefused
 from matching.terms import package_for, request_for
 
 routes = web.RouteTableDef()
 
 
-def _market(request: web.Request) -> Market:
-    market = request.app.get(MARKET)
-    if market is None:
-        raise Problem(503, "market_unavailable", "this API node does not run the market")
-    return market
+FORWARDED = "X-IPSX-Forwarded"  # a market call one API node passed to the market's node
+_FORWARDED_HEADERS = ("Authorization", "Idempotency-Key", "Content-Type")
+
+
+async def _forward(request: web.Request) -> web.Response:
+    """Pass a market call to the API node that runs the market, and its answer back as it is."""
+    leader = None if FORWARDED in request.headers else await request.app[SEAT].leader_url()
+    if leader is None:
+        raise Problem(503, "market_unavailable", "no API node runs the market right now; try again shortly")
+    headers = {name: value for name in _FORWARDED_HEADERS if (value := request.headers.get(name))}
+    headers[FORWARDED] = "1"
+    body = await request.read()
+    try:
+        async with request.app[HTTP].request(
+            request.method, leader + request.path_qs, data=body, headers=headers, allow_redirects=False
+        ) as answer:
+            payload = await answer.read()
+            content_type = answer.headers.get("Content-Type", "application/json")
+            status = answer.status
+    except (aiohttp.ClientError, TimeoutError):
+        raise Problem(503, "market_unavailable", "the market's API node did not answer; try again") from None
+    return web.Response(status=status, body=payload, headers={"Content-Type": content_type})
 
 
 def _fill_json(fill: Fill) -> dict[str, Any]:
@@ -125,7 +143,9 @@ def _refusal(error: Exception) -> Problem:
 async def _place(request: web.Request, side: str) -> web.Response:
     """Place an offer or a request order of the caller (``side``), once per Idempotency-Key."""
     caller = await authorized(request, "trade")
-    market = _market(request)
+    market = request.app[SEAT].market
+    if market is None:
+        return await _forward(request)
     body = await read_json(request)
     order_id = _order_id(request, caller.account.name)
     replay = await _replay(request, order_id, caller.account.name, side, body)
@@ -167,8 +187,11 @@ async def place_package(request: web.Request) -> web.Response:
 @routes.delete("/v1/orders/{order_id}")
 async def cancel(request: web.Request) -> web.Response:
     caller = await authorized(request, "trade")
+    market = request.app[SEAT].market
+    if market is None:
+        return await _forward(request)
     try:
-        await _market(request).cancel(caller.account.name, request.match_info["order_id"][:64])
+        await market.cancel(caller.account.name, request.match_info["order_id"][:64])
     except MarketRefused as error:
         raise _refusal(error) from None
     return web.Response(status=204)
@@ -178,7 +201,9 @@ async def cancel(request: web.Request) -> web.Response:
 async def amend(request: web.Request) -> web.Response:
     """Change an open order: an offer's prices, a request's IPs or max prices (base units)."""
     caller = await authorized(request, "trade")
-    market = _market(request)
+    market = request.app[SEAT].market
+    if market is None:
+        return await _forward(request)
     body = await read_json(request)
     order_id = request.match_info["order_id"][:64]
     try:
@@ -302,10 +327,12 @@ async def get_deal(request: web.Request) -> web.Response:
 @routes.get("/v1/market/depth")
 async def depth(request: web.Request) -> web.Response:
     """Public: resting offers with room, by price level, for a country and IP type."""
-    market = _market(request)
     unknown = set(request.query) - {"country", "type"}
     if unknown:
         raise Problem(400, "unknown_parameter", f"unknown query parameter {sorted(unknown)[0][:40]!r}")
+    market = request.app[SEAT].market
+    if market is None:  # the book is in the memory of the market's node
+        return await _forward(request)
     try:
         levels = market.depth(request.query.get("country"), request.query.get("type"))
     except InvalidOrder as error:

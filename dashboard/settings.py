@@ -26,4 +26,7 @@ class ApiSettings:
     max_body: int = 64 * KIB
     page_limit: int = 100  # the most items one page of a list returns
     db_pool: int = 10  # PostgreSQL connections at most
+    # where the other API nodes reach this one to forward market calls when it runs the market
+    # (default http://HOST:PORT, the machine's name when HOST is 0.0.0.0)
+    advertise_url: str | None = None
     market: bool = True  # run the market here (if no other process holds its lock)

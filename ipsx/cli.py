@@ -182,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: HOST:PORT)",
     )
     api.add_argument("--chain-id", type=int, default=1, help="chain sign-in messages must name (default: 1)")
+    api.add_argument(
+        "--advertise-url",
+        help="where the other API nodes reach this one: one node runs the market and the others "
+        "forward market calls to it (default: http://HOST:PORT, the machine's name for 0.0.0.0)",
+    )
     _add_db_pool(api, 10)
     sub.add_parser("migrate", help="create the database if needed and apply migrations")
     health = sub.add_parser(

@@ -98,6 +98,7 @@ def cmd_api(args: argparse.Namespace, env: Environment) -> None:
         siwe_domain=args.siwe_domain or f"{args.host}:{args.port}",
         chain_id=args.chain_id,
         db_pool=args.db_pool,
+        advertise_url=args.advertise_url,
     )
     runtime.run(lambda stop: run_api(settings, stop))
 
