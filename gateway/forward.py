@@ -34,6 +34,7 @@ class _ExitLost(ConnectionClosed):
 class _Upstream:
     stream: Stream
     key: tuple[str, int, Targeting]
+    reader: http1.ResponseHeadReader  # reused for every response on this stream
     up: int = 0
     down: int = 0
 
@@ -117,7 +118,7 @@ class PlainForwarder:
             stream = await self._dialer.open(targeting, host, port, "http")
         except (DialError, NoExit, NoDeal) as error:
             raise dial_refusal(error) from None
-        return _Upstream(stream, key)
+        return _Upstream(stream, key, http1.ResponseHeadReader(self._settings.limits))
 
     def _end_upstream(self, upstream: _Upstream, outcome: str) -> None:
         upstream.stream.conn.close()
@@ -216,7 +217,9 @@ class PlainForwarder:
         self, conn: Conn, exit_conn: Conn, upstream: _Upstream, *, stale_ok: bool
     ) -> tuple[http1.ResponseHead, bytes]:
         """The final response head (interim 1xx ones are passed on) and the bytes after it."""
-        response_reader = http1.ResponseHeadReader(self._settings.limits)
+        response_reader = upstream.reader
+        response_reader.rest = b""  # the bytes after the last head were that response's body
+        response_reader.reset()
         seen = 0
         chunk = b""
         while True:
@@ -240,4 +243,5 @@ class PlainForwarder:
             if not response.is_interim:
                 return response, chunk
             conn.write(http1.response_head_bytes(response, close=False))
-            response_reader = http1.ResponseHeadReader(self._settings.limits)
+            response_reader.rest = b""  # fed again as ``chunk`` for the next head
+            response_reader.reset()

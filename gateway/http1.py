@@ -12,7 +12,7 @@ import functools
 import ipaddress
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Literal, NoReturn
 
@@ -105,12 +105,14 @@ class RequestHead:
 
 @dataclass(slots=True)
 class ResponseHead:
-    """A parsed response head, like :class:`RequestHead`."""
+    """A parsed response head, like :class:`RequestHead`; ``raw`` is the head as received
+    (without its final CRLFCRLF), when it was parsed from bytes."""
 
     version: str
     status: int
     reason: str
     headers: list[tuple[str, str]]
+    raw: bytes = field(default=b"", compare=False, repr=False)
 
     @property
     def is_interim(self) -> bool:
@@ -318,7 +320,7 @@ class ResponseHeadReader(_HeadBuffer):
         if len(code) != 3 or not code.isdigit() or code[:1] == b"0":
             _upstream_fail(502, "malformed status code")
         reason = parts[2] if len(parts) == 3 else b""
-        return ResponseHead(version, int(code), reason.decode("latin-1"), headers)
+        return ResponseHead(version, int(code), reason.decode("latin-1"), headers, head)
 
 
 @dataclass(frozen=True, slots=True)
@@ -649,12 +651,34 @@ def origin_request_bytes(head: RequestHead, host: str, port: int, origin_target:
     return "\r\n".join(lines).encode("latin-1")
 
 
+def _as_received(head: ResponseHead) -> bool:
+    """Whether ``head`` may go to the client byte for byte: an HTTP/1.1 status line, no
+    ``X-IPSX-*``, no Content-Length beside Transfer-Encoding, and no hop-by-hop field but a
+    ``Connection: keep-alive``, which says what the client's connection does anyway."""
+    if not head.raw.startswith(b"HTTP/1.1 "):
+        return False
+    framing = 0
+    for name, value in head.headers:
+        lname = name.lower()
+        if lname in HOP_BY_HOP:
+            if lname != "connection" or value.lower() != "keep-alive":
+                return False
+        elif lname == "content-length" or lname == "transfer-encoding":
+            framing += 1
+        elif lname.startswith("x-ipsx-"):
+            return False
+    return framing <= 1
+
+
 def response_head_bytes(head: ResponseHead, *, close: bool) -> bytes:
     """The response head to send to the client, as HTTP/1.1, without hop-by-hop headers.
 
     Content-Length is dropped when Transfer-Encoding is present (RFC 9112 §6.3); ``close`` adds
-    ``Connection: close``.
+    ``Connection: close``. A head that needs none of that goes out as it came (the common
+    case, and the cheapest).
     """
+    if not close and _as_received(head):
+        return head.raw + b"\r\n\r\n"
     headers = _forwarded_headers(head.headers)
     if head.get("transfer-encoding") is not None:
         headers = [(name, value) for name, value in headers if name.lower() != "content-length"]

@@ -8,6 +8,7 @@ that goes through the gateway to it checks our parser against an independent imp
     GET  /chunked/N       N bytes, chunked
     GET  /slow/N          N bytes in 64 KiB pieces, 20 ms apart (for mid-stream failures)
     GET  /status/NNN      an empty response with that status
+    GET  /early           "ok" after a 103 Early Hints interim response
     POST /echo            the request body back (Content-Length or chunked request)
 """
 
@@ -92,6 +93,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._stream(size, delay=0.02)
         elif path.startswith("/status/") and path[8:11].isdigit():
             self._send(int(path[8:11]), b"")
+        elif path.startswith("/early"):  # a 103 Early Hints head before the final response
+            self.wfile.write(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
+            self._send(200, b"ok")
         elif path.startswith("/headers"):
             body = "".join(f"{name}: {value}\n" for name, value in self.headers.items()).encode()
             self._send(200, body)

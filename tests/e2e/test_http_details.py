@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -52,6 +55,43 @@ def test_head_and_no_content_responses_keep_the_connection_usable(stack: Stack) 
     assert head.headers["Content-Length"] == "5000" and head.content == b""
     assert empty.status_code == 204
     assert after.content == b"x" * 7
+
+
+def test_interim_responses_pass_on_and_the_next_exchange_reuses_the_stream(stack: Stack) -> None:
+    """103 Early Hints then the final response, twice on one kept-alive connection: each head
+    reaches the client as the origin sent it (hop-by-hop fields aside), bodies framed right."""
+    host, port = "127.0.0.1", stack.http_port
+    auth = base64.b64encode(f"{stack.account}:{stack.secret}".encode()).decode()
+    url = stack.origin.url("/early")
+    request = (
+        f"GET {url} HTTP/1.1\r\nHost: 127.0.0.1:{stack.origin.port}\r\n"
+        f"Proxy-Authorization: Basic {auth}\r\n\r\n"
+    ).encode()
+    started = time.time()
+    with socket.create_connection((host, port), timeout=10) as client:
+        received = b""
+        for _ in range(2):
+            client.sendall(request)
+            while received.count(b"\r\n\r\nok") < _ + 1:
+                data = client.recv(65536)
+                assert data, received
+                received += data
+    exchanges = received.split(b"\r\n\r\nok")
+    assert exchanges[2] == b""  # nothing after the second body
+    for exchange in exchanges[:2]:
+        interim, _, final = exchange.partition(b"\r\n\r\n")
+        assert interim == b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload"
+        assert final.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert b"\r\nContent-Length: 2" in final
+        assert b"Proxy-" not in final
+    # One stream carried both exchanges, and the heads went out as they came: the bytes metered
+    # from the exit are the bytes the client got.
+    target = f"127.0.0.1:{stack.origin.port}"
+    rows = stack.wait_usage(
+        "target = $1 AND protocol = 'http' AND opened_at >= to_timestamp($2)", target, started
+    )
+    assert len(rows) == 1
+    assert rows[0]["gateway_bytes_down"] == len(received)
 
 
 @pytest.fixture
