@@ -61,5 +61,20 @@ def redis_from_url(url: str) -> Redis:
     if not service or (db and not db.isdigit()):
         raise ValueError(f"expected redis+sentinel://HOSTS/SERVICE[/DB], got {_redacted(url)!r}")
     sentinel = Sentinel(hosts, ssl=tls)  # type: ignore[no-untyped-call]
-    master: Redis = sentinel.master_for(service, password=password, db=int(db or 0), ssl=tls)
+    master: _SentinelMaster = sentinel.master_for(
+        service, redis_class=_SentinelMaster, password=password, db=int(db or 0), ssl=tls
+    )
+    master.watchers = sentinel
     return master
+
+
+class _SentinelMaster(Redis):
+    """The master Sentinel names; closing it also closes the connections to the Sentinels."""
+
+    watchers: Sentinel | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        if self.watchers is not None:
+            for client in self.watchers.sentinels:
+                await client.aclose()

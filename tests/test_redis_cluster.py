@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import gc
 import os
 import shutil
 import socket
@@ -197,10 +196,6 @@ async def rds(request: pytest.FixtureRequest) -> AsyncIterator[Redis]:
     yield client
     await client.flushall()
     await client.aclose()
-    # A full run once reported an unclosed stream writer from a client of this fixture, in a
-    # later test's set-up: collect what is left while this test's loop still runs, so such
-    # connections are closed here rather than reported wherever the collector happens to run.
-    gc.collect()
 
 
 @pytest.fixture(scope="module")
