@@ -60,7 +60,9 @@ def add_client_commands(sub: argparse._SubParsersAction[Any]) -> None:
     common.add_argument("--key", help="wallet key file: sign in with Ethereum instead of a token")
     common.add_argument("--json", action="store_true", help="print the API's JSON as is")
 
-    order = sub.add_parser("order", help="place, list and cancel market orders (through the API)")
+    order = sub.add_parser(
+        "order", help="place, amend, list and cancel market orders and packages (through the API)"
+    )
     actions = order.add_subparsers(dest="action", required=True)
     offer = actions.add_parser("offer", parents=[common], help="offer one of your live exits")
     offer.add_argument("--exit", required=True, dest="exit_id", help="the exit id (`ipsx provide` logs it)")
@@ -82,6 +84,27 @@ def add_client_commands(sub: argparse._SubParsersAction[Any]) -> None:
     request.add_argument("--dedicated", action="store_true", help="exits no one else uses meanwhile")
     request.add_argument("--ioc", action="store_true", help="immediate-or-cancel: never rest on the book")
     request.add_argument("--idempotency-key", help="retrying with the same key places the order once")
+    package = actions.add_parser(
+        "package",
+        parents=[common],
+        help="buy a package: IPs for a duration with one traffic allowance (placed as a request)",
+    )
+    package.add_argument("--country", help="ISO 3166-1 alpha-2, e.g. fr")
+    package.add_argument("--type", choices=("residential", "mobile", "datacenter"))
+    package.add_argument("--count", type=int, default=1, help="IPs in the package (default: 1)")
+    package.add_argument("--duration", type=duration, default=3600, help="e.g. 30m (default: 1h)")
+    package.add_argument("--traffic", type=size, required=True, help="total for all its IPs, e.g. 5GB")
+    package.add_argument("--max-price-per-gb", type=price, default="0", help="IPSX per GB at most")
+    package.add_argument("--max-price-per-hour", type=price, default="0", help="IPSX per hour at most")
+    package.add_argument("--dedicated", action="store_true", help="exits no one else uses meanwhile")
+    package.add_argument("--idempotency-key", help="retrying with the same key places the package once")
+    amend = actions.add_parser("amend", parents=[common], help="change an open order")
+    amend.add_argument("order_id")
+    amend.add_argument("--ips", type=int, help="a request's IPs still wanted")
+    amend.add_argument("--max-price-per-gb", type=price, help="a request's new cap, IPSX per GB")
+    amend.add_argument("--max-price-per-hour", type=price, help="a request's new cap, IPSX per hour")
+    amend.add_argument("--price-per-gb", type=price, help="an offer's new price, IPSX per GB")
+    amend.add_argument("--price-per-hour", type=price, help="an offer's new price, IPSX per hour")
     actions.add_parser("list", parents=[common], help="your orders, newest first")
     cancel = actions.add_parser("cancel", parents=[common], help="cancel an open order")
     cancel.add_argument("order_id")
@@ -144,6 +167,32 @@ def _run(args: argparse.Namespace) -> None:
         if placed.get("resting"):
             lines.append("  the rest waits on the book")
         _show(args, placed, lines)
+    elif args.command == "order" and args.action == "package":
+        filters = {"country": args.country, "type": args.type}
+        placed = api.place_package(
+            idempotency_key=args.idempotency_key,
+            filters={k: v for k, v in filters.items() if v is not None},
+            count=args.count,
+            duration_s=args.duration,
+            total_traffic_bytes=args.traffic,
+            max_price_per_gb=args.max_price_per_gb,
+            max_price_per_hour=args.max_price_per_hour,
+            dedicated=args.dedicated,
+        )
+        deals = placed.get("deals", [])
+        lines = [f"package {placed['order_id']}: {len(deals)} deal(s) opened"]
+        lines += [f"  {d['deal_id']}  exit {d['exit_id']}  reserve {d['reserve']['ipsx']}" for d in deals]
+        if placed.get("resting"):
+            lines.append("  the rest waits on the book")
+        _show(args, placed, lines)
+    elif args.command == "order" and args.action == "amend":
+        fields = ("ips", "max_price_per_gb", "max_price_per_hour", "price_per_gb", "price_per_hour")
+        changes = {name: getattr(args, name) for name in fields if getattr(args, name) is not None}
+        if not changes:
+            raise ClientError("say what to change: --ips, --max-price-per-gb, --price-per-gb, …")
+        amended = api.amend(args.order_id, **changes)
+        opened = amended.get("deals", [])
+        _show(args, amended, [f"order {args.order_id} amended; {len(opened)} deal(s) opened"])
     elif args.command == "order" and args.action == "list":
         items = list(api.orders())
         _show(

@@ -141,6 +141,12 @@ class Client:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         return dict(self._call("POST", "/v1/requests", terms, headers=headers))
 
+    def place_package(self, *, idempotency_key: str | None = None, **terms: Any) -> dict[str, Any]:
+        """A package: ``count`` IPs for ``duration_s`` sharing ``total_traffic_bytes``, placed as
+        the request order it maps onto."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        return dict(self._call("POST", "/v1/packages", terms, headers=headers))
+
     def amend(self, order_id: str, **changes: Any) -> dict[str, Any]:
         """Change an open order: ``price_per_gb``/``price_per_hour`` of an offer, ``ips``/
         ``max_price_per_gb``/``max_price_per_hour`` of a request (amounts in base units)."""

@@ -244,3 +244,39 @@ def test_the_command_line_client(stack: Stack, market: Market) -> None:
     )
     bad = stack.ipsx("order", "request", *api, "--traffic", "lots", check=False)
     assert bad.returncode == 2 and "a size like 500MB or 5GB" in bad.stderr
+
+    # A package no offer can fill at its price rests on the book as the request order it maps
+    # onto; its IPs can be lowered, and an offer's field is refused.
+    package = stack.ipsx(
+        "order",
+        "package",
+        *api,
+        "--country",
+        "us",
+        "--count",
+        "3",
+        "--duration",
+        "30m",
+        "--traffic",
+        "3GB",
+        "--max-price-per-gb",
+        "0.001",
+    ).stdout
+    rested = re.search(r"^package (\w+): 0 deal\(s\) opened\n  the rest waits on the book$", package, re.M)
+    assert rested is not None, package
+    package_id = rested.group(1)
+    terms = stack.query("SELECT terms FROM market_orders WHERE order_id = $1", package_id)[0]["terms"]
+    assert '"ips": 3' in terms and '"traffic_bytes": 1000000000' in terms  # 3 GB shared by 3 IPs
+    amended = stack.ipsx("order", "amend", *api, package_id, "--ips", "2").stdout
+    assert amended == f"order {package_id} amended; 0 deal(s) opened\n"
+    assert (
+        '"ips": 2'
+        in stack.query("SELECT terms FROM market_orders WHERE order_id = $1", package_id)[0]["terms"]
+    )
+    wrong = stack.ipsx("order", "amend", *api, package_id, "--price-per-gb", "1", check=False)
+    assert (
+        wrong.returncode == 2 and "the API refused" in wrong.stderr and "(422 invalid_order)" in wrong.stderr
+    )
+    nothing = stack.ipsx("order", "amend", *api, package_id, check=False)
+    assert nothing.returncode == 2 and "say what to change" in nothing.stderr
+    stack.ipsx("order", "cancel", *api, package_id)
