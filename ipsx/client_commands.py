@@ -129,6 +129,20 @@ def _show(args: argparse.Namespace, data: Any, lines: list[str]) -> None:
     print(json.dumps(data, indent=2) if args.json else "\n".join(lines))
 
 
+def _placed_lines(kind: str, placed: dict[str, Any]) -> list[str]:
+    """A placed request or package: its deals, and whether the rest waits on the book."""
+    deals = placed.get("deals", [])
+    lines = [f"{kind} {placed['order_id']}: {len(deals)} deal(s) opened"]
+    lines += [
+        f"  {d['deal_id']}  exit {d['exit_id']}  {d['price_per_gb']['ipsx']} IPSX/GB"
+        f"  reserve {d['reserve']['ipsx']}"
+        for d in deals
+    ]
+    if placed.get("resting"):
+        lines.append("  the rest waits on the book")
+    return lines
+
+
 def _run(args: argparse.Namespace) -> None:
     api = _client(args)
     if args.command == "order" and args.action == "offer":
@@ -157,16 +171,7 @@ def _run(args: argparse.Namespace) -> None:
             dedicated=args.dedicated,
             rest=not args.ioc,
         )
-        deals = placed.get("deals", [])
-        lines = [f"request {placed['order_id']}: {len(deals)} deal(s) opened"]
-        lines += [
-            f"  {d['deal_id']}  exit {d['exit_id']}  {d['price_per_gb']['ipsx']} IPSX/GB"
-            f"  reserve {d['reserve']['ipsx']}"
-            for d in deals
-        ]
-        if placed.get("resting"):
-            lines.append("  the rest waits on the book")
-        _show(args, placed, lines)
+        _show(args, placed, _placed_lines("request", placed))
     elif args.command == "order" and args.action == "package":
         filters = {"country": args.country, "type": args.type}
         placed = api.place_package(
@@ -179,12 +184,7 @@ def _run(args: argparse.Namespace) -> None:
             max_price_per_hour=args.max_price_per_hour,
             dedicated=args.dedicated,
         )
-        deals = placed.get("deals", [])
-        lines = [f"package {placed['order_id']}: {len(deals)} deal(s) opened"]
-        lines += [f"  {d['deal_id']}  exit {d['exit_id']}  reserve {d['reserve']['ipsx']}" for d in deals]
-        if placed.get("resting"):
-            lines.append("  the rest waits on the book")
-        _show(args, placed, lines)
+        _show(args, placed, _placed_lines("package", placed))
     elif args.command == "order" and args.action == "amend":
         fields = ("ips", "max_price_per_gb", "max_price_per_hour", "price_per_gb", "price_per_hour")
         changes = {name: getattr(args, name) for name in fields if getattr(args, name) is not None}

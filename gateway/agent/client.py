@@ -329,7 +329,15 @@ class AgentSession:
             await asyncio.sleep(self._heartbeat)
 
     def send_report(self, message: dict[str, Any]) -> None:
-        """Send a usage report on this session; it stays in ``unacked`` until the node confirms."""
+        """Send a usage report on this session; it stays in ``unacked`` until the node confirms
+        (at most ``UsageReports.max_orphans`` of them: a node that never confirms, e.g. of an
+        older version, must not make this grow without bound)."""
+        if len(self.unacked) >= self._reports.max_orphans and message["stream"] not in self.unacked:
+            oldest = next(iter(self.unacked))
+            del self.unacked[oldest]
+            log.error(
+                "gateway node %s confirms no usage report; forgot the one of stream %s", self.node, oldest
+            )
         self.unacked[message["stream"]] = message
         if self._control is not None and not self._control.closed:
             self._control.write(wire.encode(message))

@@ -981,3 +981,16 @@ async def test_agent_orphan_held_then_metered_by_another_node(
         stop.set()
         async with asyncio.timeout(WAIT):
             await retrying
+
+
+def test_a_node_that_never_confirms_cannot_grow_the_unconfirmed_reports_without_bound() -> None:
+    reports = UsageReports()
+    reports.max_orphans = 3
+    session = session_to(reports, "n1")
+    reports.attach(session)
+    sent = [report_of("n1") for _ in range(5)]
+    for message in sent:
+        reports.submit(session, message)
+    assert list(session.unacked) == [message["stream"] for message in sent[2:]]
+    reports.submit(session, sent[4])  # the same report again replaces, drops nothing
+    assert list(session.unacked) == [message["stream"] for message in sent[2:]]
