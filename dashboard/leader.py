@@ -88,6 +88,8 @@ class MarketSeat:
                         following_logged = True
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("market leadership check failed (%s); retrying", type(exc).__name__)
+            except Exception:  # e.g. the book failed to load: try again rather than never lead
+                log.exception("market leadership failed; retrying")
             finally:
                 self.settled.set()
             with contextlib.suppress(TimeoutError):
@@ -110,7 +112,10 @@ class MarketSeat:
         finally:
             self.market = None
             market_stop.set()
-            await task
+            try:
+                await task
+            except Exception:  # the market failed: step down; the lock is tried again after retry
+                log.exception("the market stopped on an error")
             with contextlib.suppress(Exception):  # the session may be gone, and the lock with it
                 await holder.execute("SELECT pg_advisory_unlock($1)", MARKET_LOCK)
             with contextlib.suppress(RedisError):
