@@ -41,6 +41,7 @@ class Account:
 
 
 SCOPES = frozenset({"proxy", "read", "trade", "keys"})
+OPERATOR = "operator"  # decides disputed deals; granted by the operator's command line only
 """What a key may do: ``proxy`` use the gateways, ``read`` read the API, ``trade`` place and cancel
 orders, ``keys`` make and revoke (sub-)keys. A session from signing in with the wallet may do all."""
 
@@ -171,10 +172,16 @@ _KEY_TABLES = (
 
 
 def _check_key_terms(
-    scopes: frozenset[str], spend_limit: int | None, parent: ApiKey | None, account_id: int
+    scopes: frozenset[str],
+    spend_limit: int | None,
+    parent: ApiKey | None,
+    account_id: int,
+    grantable: frozenset[str],
 ) -> None:
-    if not scopes or not scopes <= SCOPES:
-        raise InvalidAccount("scopes", f"must be a non-empty subset of {', '.join(sorted(SCOPES))}")
+    if not scopes or not scopes <= grantable:
+        raise InvalidAccount("scopes", f"must be a non-empty subset of {', '.join(sorted(grantable))}")
+    if OPERATOR in scopes and parent is not None:
+        raise InvalidAccount("scopes", "a sub-key cannot have the operator scope")
     if spend_limit is not None and (
         not isinstance(spend_limit, int) or isinstance(spend_limit, bool) or not 0 < spend_limit < 10**78
     ):
@@ -199,9 +206,11 @@ async def create_key(
     scopes: frozenset[str] = SCOPES,
     spend_limit: int | None = None,
     parent: ApiKey | None = None,
+    operator: bool = False,
 ) -> NewKey:
     """Create an API key for an account, or a sub-key of ``parent`` (never wider than it).
 
+    ``operator`` lets ``scopes`` include the operator scope (the operator's command line only).
     Raises ``UnknownAccount``, or ``InvalidAccount`` with ``field`` ``label``, ``scopes``,
     ``spend_limit`` or ``parent``.
     """
@@ -218,7 +227,8 @@ async def create_key(
         if row is None:
             raise InvalidAccount("parent", "the parent key is not a live key of this account")
         parent = _api_key(row)
-    _check_key_terms(frozenset(scopes), spend_limit, parent, account.id)
+    grantable = SCOPES | {OPERATOR} if operator else SCOPES
+    _check_key_terms(frozenset(scopes), spend_limit, parent, account.id, grantable)
     for _ in range(_NEW_KEY_ATTEMPTS):
         key_id = secrets.token_hex(6)
         secret = f"ipsx_{key_id}_{secrets.token_urlsafe(24)}"

@@ -41,7 +41,10 @@ class Principal:
         return None if self.key is None else self.key.key_id
 
     def require(self, scope: str) -> None:
-        """Raise Problem 403 unless the caller's key has ``scope``."""
+        """Raise Problem 403 unless the caller's key has ``scope``. The operator scope is never
+        implied: a wallet session does not have it, only a key the operator's CLI made."""
+        if scope == accounts.OPERATOR and (self.key is None or scope not in self.key.scopes):
+            raise Problem(403, "insufficient_scope", "this needs an operator API key", scope=scope)
         if self.key is not None and scope not in self.key.scopes:
             raise Problem(403, "insufficient_scope", f"this API key lacks the {scope!r} scope", scope=scope)
 

@@ -58,7 +58,7 @@ _MARKET_ERRORS = {
     "403": _problem("the exit belongs to another provider"),
     "404": _problem("no live exit has this id"),
     "409": _problem("an order with this id exists, or the book changed meanwhile"),
-    "503": _problem("this API node does not run the market"),
+    "503": _problem("no API node runs the market right now"),
 }
 _BODY_ERRORS = {
     "400": _problem("the body is not a JSON object"),
@@ -574,7 +574,7 @@ def document() -> dict[str, Any]:
                     "responses": {
                         "200": _json("amended, with the deals it opened", {"type": "object"}),
                         "404": _problem("you have no open order with this id"),
-                        "503": _problem("this API node does not run the market"),
+                        "503": _problem("no API node runs the market right now"),
                         **_BODY_ERRORS,
                         **_AUTH_ERRORS,
                     },
@@ -586,7 +586,7 @@ def document() -> dict[str, Any]:
                     "responses": {
                         "204": {"description": "cancelled"},
                         "404": _problem("you have no open order with this id"),
-                        "503": _problem("this API node does not run the market"),
+                        "503": _problem("no API node runs the market right now"),
                         **_AUTH_ERRORS,
                     },
                 },
@@ -610,6 +610,99 @@ def document() -> dict[str, Any]:
                     "responses": {
                         "200": _json("the deal and every transition, with who caused it", _ref("Deal")),
                         "404": _problem("you have no deal with this id"),
+                        **_AUTH_ERRORS,
+                    },
+                }
+            },
+            "/v1/deals/{deal_id}/reports": {
+                "post": {
+                    "operationId": "reportOnDeal",
+                    "summary": "Report on your deal as its provider (ready, serving, stopped) or "
+                    "requester (accepted, ok, complaint); either may cancel it before it is active",
+                    "description": "A complaint disputes the deal: its reserve stays held until an "
+                    "operator decides what it bills.",
+                    "security": secured,
+                    "parameters": [{"name": "deal_id", "in": "path", "required": True, "schema": _STR}],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["report"],
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "report": {
+                                            "type": "string",
+                                            "enum": [
+                                                "ready",
+                                                "serving",
+                                                "stopped",
+                                                "accepted",
+                                                "ok",
+                                                "complaint",
+                                                "cancel",
+                                            ],
+                                        }
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _json("the deal's state after the report", {"type": "object"}),
+                        "404": _problem("you are no party to an open deal with this id"),
+                        "409": _problem("the deal's state does not take this report"),
+                        "503": _problem("no API node runs the market right now"),
+                        **_BODY_ERRORS,
+                        **_AUTH_ERRORS,
+                    },
+                }
+            },
+            "/v1/deals/{deal_id}/resolution": {
+                "post": {
+                    "operationId": "resolveDispute",
+                    "summary": "Operator: decide what a disputed deal bills; the market then settles it",
+                    "description": "Needs an API key with the operator scope, which only "
+                    "`ipsx key create --scopes operator` grants.",
+                    "security": secured,
+                    "parameters": [{"name": "deal_id", "in": "path", "required": True, "schema": _STR}],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "oneOf": [
+                                        {
+                                            "type": "object",
+                                            "required": ["bill"],
+                                            "additionalProperties": False,
+                                            "properties": {
+                                                "bill": {
+                                                    "type": "string",
+                                                    "enum": ["gateway", "agent", "lower", "none"],
+                                                }
+                                            },
+                                        },
+                                        {
+                                            "type": "object",
+                                            "required": ["billable_bytes"],
+                                            "additionalProperties": False,
+                                            "properties": {
+                                                "billable_bytes": {"type": "integer", "minimum": 0}
+                                            },
+                                        },
+                                    ]
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _json("the deal, resolved", {"type": "object"}),
+                        "404": _problem("no open deal has this id"),
+                        "409": _problem("the deal is not disputed"),
+                        "503": _problem("no API node runs the market right now"),
+                        **_BODY_ERRORS,
                         **_AUTH_ERRORS,
                     },
                 }
@@ -688,7 +781,7 @@ def document() -> dict[str, Any]:
                     "responses": {
                         "200": _json("price levels", {"type": "object", "required": ["levels"]}),
                         "400": _problem("a bad filter or an unknown parameter"),
-                        "503": _problem("this API node does not run the market"),
+                        "503": _problem("no API node runs the market right now"),
                     },
                 }
             },

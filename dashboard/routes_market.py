@@ -324,6 +324,57 @@ async def get_deal(request: web.Request) -> web.Response:
     return json_response({**_deal_json(row), "transitions": [dict(t) for t in transitions]})
 
 
+@routes.post("/v1/deals/{deal_id}/reports")
+async def report_on_deal(request: web.Request) -> web.Response:
+    """A party's report on its deal: the provider's ready / serving / stopped, the requester's
+    accepted / ok / complaint (a complaint disputes the deal), or cancel before it is active."""
+    caller = await authorized(request, "trade")
+    market = request.app[SEAT].market
+    if market is None:
+        return await _forward(request)
+    body = await read_json(request)
+    what = body.get("report")
+    if set(body) != {"report"} or not isinstance(what, str):
+        raise Problem(422, "invalid_field", 'send {"report": "..."} and nothing else', field="report")
+    try:
+        deal = await market.report(caller.account.name, request.match_info["deal_id"][:128], what[:32])
+    except MarketRefused as error:
+        raise _refusal(error) from None
+    return json_response({"deal_id": deal.deal_id, "state": str(deal.state)})
+
+
+_BILLS = ("gateway", "agent", "lower", "none")
+
+
+@routes.post("/v1/deals/{deal_id}/resolution")
+async def resolve_dispute(request: web.Request) -> web.Response:
+    """Operator only: decide a disputed deal — bill the gateway's count, the agent's, the lower
+    of the two, nothing, or ``billable_bytes`` — and the market settles it on its next tick."""
+    await authorized(request, "operator")
+    market = request.app[SEAT].market
+    if market is None:
+        return await _forward(request)
+    body = await read_json(request)
+    deal_id = request.match_info["deal_id"][:128]
+    if set(body) == {"bill"} and body["bill"] in _BILLS:
+        gateway, agent = await store.metered(request.app[PG], deal_id)
+        billable = {"gateway": gateway, "agent": agent, "lower": min(gateway, agent), "none": 0}[body["bill"]]
+    elif set(body) == {"billable_bytes"} and type(body["billable_bytes"]) is int:
+        billable = body["billable_bytes"]
+    else:
+        raise Problem(
+            422,
+            "invalid_field",
+            'send {"bill": "gateway" | "agent" | "lower" | "none"} or {"billable_bytes": N}',
+            field="bill",
+        )
+    try:
+        deal = await market.resolve(deal_id, billable)
+    except (MarketRefused, MatchingError) as error:
+        raise _refusal(error) from None
+    return json_response({"deal_id": deal.deal_id, "state": str(deal.state), "billable_bytes": billable})
+
+
 @routes.get("/v1/market/depth")
 async def depth(request: web.Request) -> web.Response:
     """Public: resting offers with room, by price level, for a country and IP type."""

@@ -249,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--scopes",
         default="proxy,read,trade,keys",
         help="what the key may do, comma-separated: proxy (use the gateways), read, trade (orders), "
-        "keys (make sub-keys) (default: %(default)s)",
+        "keys (make sub-keys), operator (decide disputed deals; only this command grants it) "
+        "(default: %(default)s)",
     )
     kcreate.add_argument(
         "--spend-limit", help="IPSX the deals opened through this key may cost at most (default: none)"

@@ -206,7 +206,12 @@ def cmd_key(args: argparse.Namespace, env: Environment) -> None:
                 scopes = frozenset(part.strip() for part in args.scopes.split(",") if part.strip())
                 limit = None if args.spend_limit is None else ledger.parse_amount(args.spend_limit)
                 new = await accounts.create_key(
-                    pool, account_name=args.account, label=args.label, scopes=scopes, spend_limit=limit
+                    pool,
+                    account_name=args.account,
+                    label=args.label,
+                    scopes=scopes,
+                    spend_limit=limit,
+                    operator=True,  # this command line is the operator's
                 )
                 print(f"key id: {new.key.key_id}\nsecret: {new.secret}\n(the secret is shown only now)")
             elif args.action == "list":

@@ -32,6 +32,7 @@ from billing import holds, ledger
 from billing.errors import InsufficientFunds as LedgerInsufficientFunds
 from billing.ledger import Amount
 from matching import routing, store
+from matching.deal_errors import EventRefused
 from matching.deals import Actor, Deal, Event, EventKind, State, apply, propose
 from matching.engine import Engine, Fill, MatchResult
 from matching.errors import MatchingError
@@ -69,6 +70,23 @@ class MarketSettings:
     spot_traffic_bytes: int = 10**9
     spot_max_price_per_gb: Amount = SPOT_MAX_PRICE
     spot_max_price_per_hour: Amount = SPOT_MAX_PRICE
+
+
+# What each party of a deal may report over the API, and the event each report is.
+_PARTY_REPORTS: dict[Actor, dict[str, EventKind]] = {
+    Actor.PROVIDER: {
+        "ready": EventKind.READY,
+        "serving": EventKind.SERVING,
+        "stopped": EventKind.STOPPED,
+        "cancel": EventKind.PROVIDER_CANCEL,
+    },
+    Actor.REQUESTER: {
+        "accepted": EventKind.ACCEPTED,
+        "ok": EventKind.OK,
+        "complaint": EventKind.COMPLAINT,
+        "cancel": EventKind.REQUESTER_CANCEL,
+    },
+}
 
 
 class MarketRefused(MatchingError):
@@ -265,6 +283,55 @@ class Market:
             self._engine.cancel(order_id)
             async with self._pool.acquire() as conn, conn.transaction():
                 await store.update_order(conn, order_id, state="cancelled")
+
+    async def report(self, account: str, deal_id: str, what: str) -> Deal:
+        """A party's report on one of its deals: the provider's ``ready``/``serving``/``stopped``,
+        the requester's ``accepted``/``ok``/``complaint``, or ``cancel`` from either before it
+        is active. A report that ends the deal unroutes its exit and frees its room.
+
+        Raises MarketRefused: 404 when the account is no party to an open deal by that id, 422
+        for a report its side cannot make, 409 when the deal's state does not allow it.
+        """
+        async with self._lock:
+            deal = self._deals.get(deal_id)
+            if deal is None or account not in (deal.requester, deal.provider):
+                raise MarketRefused(404, "unknown_deal", "you are no party to an open deal with this id")
+            actor = Actor.REQUESTER if account == deal.requester else Actor.PROVIDER
+            kind = _PARTY_REPORTS[actor].get(what)
+            if kind is None:
+                allowed = ", ".join(sorted(_PARTY_REPORTS[actor]))
+                raise MarketRefused(422, "invalid_report", f"as the deal's {actor}, report one of: {allowed}")
+            event = Event(kind, actor, max(int(self._clock()), deal.last_at))
+            try:
+                after, _ = apply(deal, event)
+            except EventRefused:
+                raise MarketRefused(
+                    409, "conflict", f"a {deal.state} deal does not take {what!r} from its {actor}"
+                ) from None
+            serving = (State.PROPOSED, State.ACTIVE)
+            if deal.state in serving and after.state not in serving:
+                await self._end(deal, event)
+            else:
+                await self._apply(deal_id, event)
+            return self._deals.get(deal_id, after)
+
+    async def resolve(self, deal_id: str, billable_bytes: int) -> Deal:
+        """The operator's decision on a disputed deal: the bytes it bills (the next tick settles
+        it). Raises MarketRefused 404 for no such open deal, 409 unless it is disputed, and
+        ``InvalidEvent`` for a byte count out of range."""
+        async with self._lock:
+            deal = self._deals.get(deal_id)
+            if deal is None:
+                raise MarketRefused(404, "unknown_deal", "no open deal has this id")
+            if deal.state is not State.DISPUTED:
+                raise MarketRefused(409, "conflict", f"the deal is {deal.state}, not disputed")
+            event = Event(
+                EventKind.DISPUTE_RESOLVED,
+                Actor.OPERATOR,
+                max(int(self._clock()), deal.last_at),
+                billable_bytes=billable_bytes,
+            )
+            return await self._apply(deal_id, event)
 
     async def amend(self, account: str, order_id: str, changes: dict[str, Any]) -> MatchResult:
         """Amend one of ``account``'s open orders: an offer's prices, a request's IPs or max prices.
@@ -496,7 +563,10 @@ class Market:
     async def _close(self, deal: Deal, at: int) -> None:
         """Reconcile both meters, resolve a mismatch by the automatic rule, settle the hold."""
         async with self._pool.acquire() as conn, conn.transaction():
-            if deal.gateway_bytes is None:
+            # A dispute the requester opened is an operator's to decide (see ``resolve``); one
+            # the meters opened is decided here by the automatic rule.
+            complained = deal.state is State.DISPUTED
+            if deal.gateway_bytes is None and deal.state in (State.COMPLETED, State.DISPUTED):
                 gateway, agent = await store.metered(conn, deal.deal_id)
                 reconciliation = reconcile(gateway, agent, self.settings.tolerance)
                 deal = await self._apply(
@@ -504,7 +574,7 @@ class Market:
                     Event(EventKind.METERS_RECONCILED, Actor.SYSTEM, at, reconciliation=reconciliation),
                     conn,
                 )
-                if deal.state is State.DISPUTED:
+                if deal.state is State.DISPUTED and not complained:
                     deal = await self._apply(
                         deal.deal_id,
                         Event(

@@ -40,6 +40,7 @@ MIGRATIONS = [
     "006_key_scopes",
     "007_order_keys",
     "008_preferences",
+    "009_operator_scope",
 ]
 
 
@@ -187,6 +188,26 @@ async def test_create_key_refuses_unknown_account_and_bad_label(pool: asyncpg.Po
     with pytest.raises(InvalidAccount) as bad_label:
         await create_key(pool, account_name="alice", label="x" * 101)
     assert bad_label.value.field == "label"
+
+
+async def test_only_the_operator_command_line_grants_the_operator_scope(pool: asyncpg.Pool) -> None:
+    await create_account(pool, address=ALICE, name="alice")
+    with pytest.raises(InvalidAccount) as refused:
+        await create_key(pool, account_name="alice", scopes=frozenset({"operator"}))
+    assert refused.value.field == "scopes"
+    operator = await create_key(pool, account_name="alice", scopes=frozenset({"operator"}), operator=True)
+    assert operator.key.scopes == frozenset({"operator"})
+    stored = await pool.fetchval("SELECT scopes FROM api_keys WHERE key_id = $1", operator.key.key_id)
+    assert stored == ["operator"]
+    with pytest.raises(InvalidAccount) as sub_key:
+        await create_key(
+            pool, account_name="alice", scopes=frozenset({"operator"}), parent=operator.key, operator=True
+        )
+    assert sub_key.value.field == "scopes"
+    with pytest.raises(asyncpg.CheckViolationError):  # the database refuses unknown scopes too
+        await pool.execute(
+            "UPDATE api_keys SET scopes = ARRAY['root'] WHERE key_id = $1", operator.key.key_id
+        )
 
 
 async def test_authenticate_call(pool: asyncpg.Pool) -> None:

@@ -280,3 +280,73 @@ def test_the_command_line_client(stack: Stack, market: Market) -> None:
     nothing = stack.ipsx("order", "amend", *api, package_id, check=False)
     assert nothing.returncode == 2 and "say what to change" in nothing.stderr
     stack.ipsx("order", "cancel", *api, package_id)
+
+
+def test_a_complaint_disputes_the_deal_and_an_operator_decides_what_it_bills(
+    stack: Stack, market: Market
+) -> None:
+    placed = market.api.place_request(
+        filters={"country": "de", "protocol": "http"},
+        ips=1,
+        duration_s=3600,
+        traffic_bytes=10**9,
+        max_price_per_gb=str(2 * IPSX),
+        rest=False,
+    )
+    deal_id = placed["deals"][0]["deal_id"]
+    deadline = time.monotonic() + 20
+    while market.api.deal(deal_id)["state"] != "active" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert curl("-x", market.proxy(stack, "-country-de"), stack.origin.url("/bytes/5000")).returncode == 0
+    stack.wait_usage("deal_id = $1", deal_id)
+    reports = f"{market.url}/v1/deals/{deal_id}/reports"
+    alice = {"Authorization": f"Bearer {stack.secret}"}
+    # The requester may not speak for the provider, nor report on a deal that is not hers.
+    wrong = httpx.post(reports, json={"report": "ready"}, headers=alice)
+    assert (wrong.status_code, wrong.json()["type"].rsplit("/", 1)[1]) == (422, "invalid_report")
+    unknown = httpx.post(f"{market.url}/v1/deals/nope/reports", json={"report": "ok"}, headers=alice)
+    assert unknown.status_code == 404
+    complaint = httpx.post(reports, json={"report": "complaint"}, headers=alice)
+    assert complaint.status_code == 200 and complaint.json()["state"] == "disputed"
+    assert httpx.post(reports, json={"report": "cancel"}, headers=alice).status_code == 409
+    # After the settle grace the market records both meters but leaves the dispute to an operator.
+    deadline = time.monotonic() + 30
+    while "meters_reconciled" not in [t["event"] for t in market.api.deal(deal_id)["transitions"]]:
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    time.sleep(2)  # ticks go on
+    assert market.api.deal(deal_id)["state"] == "disputed"
+
+    resolution = f"{market.url}/v1/deals/{deal_id}/resolution"
+    assert httpx.post(resolution, json={"bill": "lower"}, headers=alice).status_code == 403  # no operator key
+    stack.ipsx("account", "create", "--address", "0x" + "0e" * 20, "--name", "ops")
+    operator_key = re.search(
+        r"secret: (\S+)", stack.ipsx("key", "create", "ops", "--scopes", "operator").stdout
+    )
+    assert operator_key is not None
+    ops = {"Authorization": f"Bearer {operator_key.group(1)}"}
+    # The API never grants the operator scope.
+    granted = httpx.post(f"{market.url}/v1/keys", json={"scopes": ["operator"]}, headers=alice)
+    assert granted.status_code == 422
+    assert httpx.post(resolution, json={"bill": "everything"}, headers=ops).status_code == 422
+    decided = httpx.post(resolution, json={"bill": "lower"}, headers=ops)
+    assert decided.status_code == 200 and decided.json()["state"] == "resolved", decided.text
+    assert httpx.post(resolution, json={"bill": "none"}, headers=ops).status_code == 409  # decided once
+    gateway, agent = stack.query(
+        "SELECT COALESCE(SUM(gateway_bytes_up + gateway_bytes_down), 0)::int8 AS g,"
+        " COALESCE(SUM(agent_bytes_up + agent_bytes_down), 0)::int8 AS a"
+        " FROM metered_streams WHERE deal_id = $1",
+        deal_id,
+    )[0]
+    assert decided.json()["billable_bytes"] == min(gateway, agent) > 5000
+
+    deadline = time.monotonic() + 40
+    while market.api.deal(deal_id)["state"] != "settled" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    settled = market.api.deal(deal_id)
+    assert settled["state"] == "settled"
+    assert settled["billable_bytes"] == min(gateway, agent)
+    steps = [(t["event"], t["actor"]) for t in settled["transitions"]]
+    assert ("complaint", "requester") in steps and ("dispute_resolved", "operator") in steps
+    assert steps[-1] == ("settle", "system")
+    assert stack.query("SELECT SUM(balance)::text AS total FROM ledger_balances")[0]["total"] == "0"
