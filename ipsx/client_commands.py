@@ -110,6 +110,25 @@ def add_client_commands(sub: argparse._SubParsersAction[Any]) -> None:
     cancel.add_argument("order_id")
 
     sub.add_parser("deals", parents=[common], help="your deals (as requester or provider), newest first")
+    deal = sub.add_parser("deal", help="report on one of your deals, or (operator) decide a dispute")
+    deal_actions = deal.add_subparsers(dest="action", required=True)
+    report = deal_actions.add_parser(
+        "report",
+        parents=[common],
+        help="as provider: ready, serving, stopped; as requester: accepted, ok, complaint; "
+        "either: cancel (before it is active)",
+    )
+    report.add_argument("deal_id")
+    report.add_argument(
+        "report", choices=("ready", "serving", "stopped", "accepted", "ok", "complaint", "cancel")
+    )
+    resolve = deal_actions.add_parser(
+        "resolve", parents=[common], help="operator: decide what a disputed deal bills (operator API key)"
+    )
+    resolve.add_argument("deal_id")
+    decision = resolve.add_mutually_exclusive_group(required=True)
+    decision.add_argument("--bill", choices=("gateway", "agent", "lower", "none"), help="whose count")
+    decision.add_argument("--bytes", type=int, dest="billable_bytes", help="an explicit byte count")
     sub.add_parser("usage", parents=[common], help="your metered streams, newest first")
     market = sub.add_parser("market", parents=[common], help="public market data: depth and price index")
     market.add_argument("--country")
@@ -213,6 +232,16 @@ def _run(args: argparse.Namespace) -> None:
                 f"  charge {d['charge']['ipsx'] if d['charge'] else '-'}"
                 for d in items
             ],
+        )
+    elif args.command == "deal" and args.action == "report":
+        answer = api.report(args.deal_id, args.report)
+        _show(args, answer, [f"deal {answer['deal_id']} is {answer['state']}"])
+    elif args.command == "deal" and args.action == "resolve":
+        answer = api.resolve(args.deal_id, bill=args.bill, billable_bytes=args.billable_bytes)
+        _show(
+            args,
+            answer,
+            [f"deal {answer['deal_id']} is {answer['state']}; it bills {answer['billable_bytes']} bytes"],
         )
     elif args.command == "usage":
         items = list(api.usage())

@@ -133,6 +133,23 @@ class Client:
     def deal(self, deal_id: str) -> dict[str, Any]:
         return dict(self._call("GET", f"/v1/deals/{urllib.parse.quote(deal_id, safe='')}"))
 
+    def report(self, deal_id: str, report: str) -> dict[str, Any]:
+        """Report on your deal: ``ready``/``serving``/``stopped`` as its provider,
+        ``accepted``/``ok``/``complaint`` as its requester, or ``cancel`` before it is active."""
+        path = f"/v1/deals/{urllib.parse.quote(deal_id, safe='')}/reports"
+        return dict(self._call("POST", path, {"report": report}))
+
+    def resolve(
+        self, deal_id: str, *, bill: str | None = None, billable_bytes: int | None = None
+    ) -> dict[str, Any]:
+        """Operator: decide a disputed deal — ``bill`` one of gateway, agent, lower, none, or an
+        explicit ``billable_bytes``."""
+        body: dict[str, Any] = (
+            {"bill": bill} if billable_bytes is None else {"billable_bytes": billable_bytes}
+        )
+        path = f"/v1/deals/{urllib.parse.quote(deal_id, safe='')}/resolution"
+        return dict(self._call("POST", path, body))
+
     def place_offer(self, *, idempotency_key: str | None = None, **terms: Any) -> dict[str, Any]:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         return dict(self._call("POST", "/v1/offers", terms, headers=headers))

@@ -5,6 +5,7 @@ requester who cannot pay with 402, and the deal settles to the base unit."""
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import signal
@@ -306,8 +307,10 @@ def test_a_complaint_disputes_the_deal_and_an_operator_decides_what_it_bills(
     assert (wrong.status_code, wrong.json()["type"].rsplit("/", 1)[1]) == (422, "invalid_report")
     unknown = httpx.post(f"{market.url}/v1/deals/nope/reports", json={"report": "ok"}, headers=alice)
     assert unknown.status_code == 404
-    complaint = httpx.post(reports, json={"report": "complaint"}, headers=alice)
-    assert complaint.status_code == 200 and complaint.json()["state"] == "disputed"
+    complaint = stack.ipsx(
+        "deal", "report", "--api", market.url, "--token", stack.secret, deal_id, "complaint"
+    )
+    assert complaint.stdout == f"deal {deal_id} is disputed\n"
     assert httpx.post(reports, json={"report": "cancel"}, headers=alice).status_code == 409
     # After the settle grace the market records both meters but leaves the dispute to an operator.
     deadline = time.monotonic() + 30
@@ -329,8 +332,34 @@ def test_a_complaint_disputes_the_deal_and_an_operator_decides_what_it_bills(
     granted = httpx.post(f"{market.url}/v1/keys", json={"scopes": ["operator"]}, headers=alice)
     assert granted.status_code == 422
     assert httpx.post(resolution, json={"bill": "everything"}, headers=ops).status_code == 422
-    decided = httpx.post(resolution, json={"bill": "lower"}, headers=ops)
-    assert decided.status_code == 200 and decided.json()["state"] == "resolved", decided.text
+    # The command line, as the requester (no operator key) and as the operator.
+    not_yours = stack.ipsx(
+        "deal",
+        "resolve",
+        "--api",
+        market.url,
+        "--token",
+        stack.secret,
+        deal_id,
+        "--bill",
+        "lower",
+        check=False,
+    )
+    assert not_yours.returncode == 2 and "(403 insufficient_scope)" in not_yours.stderr
+    decided_cli = stack.ipsx(
+        "deal",
+        "resolve",
+        "--api",
+        market.url,
+        "--token",
+        operator_key.group(1),
+        deal_id,
+        "--bill",
+        "lower",
+        "--json",
+    ).stdout
+    decided = json.loads(decided_cli)
+    assert decided["state"] == "resolved", decided_cli
     assert httpx.post(resolution, json={"bill": "none"}, headers=ops).status_code == 409  # decided once
     gateway, agent = stack.query(
         "SELECT COALESCE(SUM(gateway_bytes_up + gateway_bytes_down), 0)::int8 AS g,"
@@ -338,7 +367,7 @@ def test_a_complaint_disputes_the_deal_and_an_operator_decides_what_it_bills(
         " FROM metered_streams WHERE deal_id = $1",
         deal_id,
     )[0]
-    assert decided.json()["billable_bytes"] == min(gateway, agent) > 5000
+    assert decided["billable_bytes"] == min(gateway, agent) > 5000
 
     deadline = time.monotonic() + 40
     while market.api.deal(deal_id)["state"] != "settled" and time.monotonic() < deadline:
