@@ -699,7 +699,7 @@ def document() -> dict[str, Any]:
                     },
                     "responses": {
                         "200": _json("the deal, resolved", {"type": "object"}),
-                        "404": _problem("no open deal has this id"),
+                        "404": _problem("no deal has this id"),
                         "409": _problem("the deal is not disputed"),
                         "503": _problem("no API node runs the market right now"),
                         **_BODY_ERRORS,

@@ -317,14 +317,19 @@ class Market:
 
     async def resolve(self, deal_id: str, billable_bytes: int) -> Deal:
         """The operator's decision on a disputed deal: the bytes it bills (the next tick settles
-        it). Raises MarketRefused 404 for no such open deal, 409 unless it is disputed, and
+        it). Raises MarketRefused 404 for no such deal, 409 unless it is disputed, and
         ``InvalidEvent`` for a byte count out of range."""
         async with self._lock:
             deal = self._deals.get(deal_id)
-            if deal is None:
-                raise MarketRefused(404, "unknown_deal", "no open deal has this id")
-            if deal.state is not State.DISPUTED:
-                raise MarketRefused(409, "conflict", f"the deal is {deal.state}, not disputed")
+            state = (
+                deal.state
+                if deal is not None
+                else await self._pool.fetchval("SELECT state FROM deals WHERE deal_id = $1", deal_id)
+            )
+            if state is None:
+                raise MarketRefused(404, "unknown_deal", "no deal has this id")
+            if deal is None or deal.state is not State.DISPUTED:
+                raise MarketRefused(409, "conflict", f"the deal is {state}, not disputed")
             event = Event(
                 EventKind.DISPUTE_RESOLVED,
                 Actor.OPERATOR,
