@@ -86,7 +86,7 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayPor
 
         tunnel_port = await hub.start(settings.tunnel_host, settings.tunnel_port)
         nodes = NodeRegistry(redis, ttl=settings.heartbeat_ttl)
-        me = NodeInfo(settings.node_id, settings.advertised_tunnel(tunnel_port), boot)
+        me = NodeInfo(settings.node_id, settings.advertised_tunnel(tunnel_port), boot, settings.region)
         await _announce(nodes, me, hub)
         announcer = asyncio.create_task(_keep_announcing(nodes, me, hub, settings.heartbeat_interval))
         stack.push_async_callback(_withdraw, nodes, me, announcer)

@@ -30,6 +30,7 @@ class GatewaySettings:
     # The host agents are told to dial this node's tunnel port at; default tunnel_host, or, when
     # that is a wildcard address, whatever host the agent already reached the gateway at.
     advertise_host: str | None = None
+    region: str = ""  # announced with the node: agents of a region keep tunnels to its nodes only
     reuse_port: bool = False  # share the requester ports with sibling processes (--workers)
     # Route each requester only through the exits of its active deals (spot deals when it has
     # none); off: any live exit that matches, usage not attributed to deals (no market running).

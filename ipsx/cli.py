@@ -48,6 +48,12 @@ def _add_gateway(sub: argparse._SubParsersAction[Any]) -> None:
         "(default: --tunnel-host, or the host they already dialed if that is 0.0.0.0)",
     )
     p.add_argument(
+        "--region",
+        default="",
+        help="this node's region, announced to agents: those started with --gateway-region keep "
+        "tunnels to the nodes of their region only (default: none)",
+    )
+    p.add_argument(
         "--drain-timeout",
         type=float,
         default=30.0,
@@ -138,6 +144,11 @@ def _add_provide(sub: argparse._SubParsersAction[Any]) -> None:
         type=int,
         default=16,
         help="idle data connections kept open to the gateway (default: %(default)s)",
+    )
+    p.add_argument(
+        "--gateway-region",
+        help="keep tunnels only to the gateway nodes of this region (their --region); "
+        "default: to every live node",
     )
 
 

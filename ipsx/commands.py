@@ -58,6 +58,7 @@ def cmd_gateway(args: argparse.Namespace, env: Environment) -> None:
         tunnel_key=args.tunnel_key,
         advertise_host=args.advertise_host,
         market=args.market,
+        region=args.region,
         drain_timeout=args.drain_timeout,
         db_pool=args.db_pool,
     )
@@ -143,6 +144,7 @@ def agent_settings(args: argparse.Namespace) -> AgentSettings:
         tls=tls,
         ca_file=args.gateway_ca,
         pool_size=max(1, args.pool_size),
+        gateway_region=args.gateway_region,
     )
 
 

@@ -27,9 +27,13 @@ class NodeInfo:
     node: str
     tunnel: str
     boot: str = ""  # the node process's boot token (``gateway.tickets``): changes on restart
+    region: str = ""  # agents of a region keep tunnels to its nodes only ("": no region)
 
     def to_wire(self) -> dict[str, str]:
-        return {"node": self.node, "tunnel": self.tunnel}
+        wire = {"node": self.node, "tunnel": self.tunnel}
+        if self.region:
+            wire["region"] = self.region
+        return wire
 
 
 def _text(value: Any) -> str:
@@ -46,7 +50,10 @@ class NodeRegistry:
     async def announce(self, info: NodeInfo) -> None:
         """Add or refresh ``info``; call it more often than every ``ttl`` seconds."""
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.gateway_node(info.node), mapping={"tunnel": info.tunnel, "boot": info.boot})
+            pipe.hset(
+                keys.gateway_node(info.node),
+                mapping={"tunnel": info.tunnel, "boot": info.boot, "region": info.region},
+            )
             pipe.pexpire(keys.gateway_node(info.node), int(self._ttl * 3000))
             pipe.zadd(keys.gateway_nodes(), {info.node: int(time.time() * 1000)})
             await pipe.execute()
@@ -69,10 +76,10 @@ class NodeRegistry:
             return []
         async with self._redis.pipeline(transaction=False) as pipe:
             for node in ids:
-                pipe.hmget(keys.gateway_node(node), ["tunnel", "boot"])
+                pipe.hmget(keys.gateway_node(node), ["tunnel", "boot", "region"])
             found = await pipe.execute()
         return [
-            NodeInfo(node, _text(tunnel), _text(boot or b""))
-            for node, (tunnel, boot) in zip(ids, found, strict=True)
+            NodeInfo(node, _text(tunnel), _text(boot or b""), _text(region or b""))
+            for node, (tunnel, boot, region) in zip(ids, found, strict=True)
             if tunnel
         ]

@@ -67,19 +67,24 @@ NodesCallback = Callable[["AgentSession", list[tuple[str, str, int]]], None]
 MAX_NODES = 64  # gateway nodes an agent keeps tunnels to
 
 
-def parse_nodes(raw: Any, default_host: str) -> list[tuple[str, str, int]]:
-    """The gateway's node list → (node, host, port) triples; malformed entries are skipped.
+def parse_nodes(raw: Any, default_host: str, region: str | None = None) -> list[tuple[str, str, int]]:
+    """The gateway's node list → (node, host, port) triples; malformed entries are skipped, and
+    with ``region`` so are the nodes of other regions (at most ``MAX_NODES`` are kept).
 
     A tunnel address of ``:PORT`` means the host this agent already reached the gateway at.
     """
     nodes: list[tuple[str, str, int]] = []
     if not isinstance(raw, list):
         return nodes
-    for entry in raw[:MAX_NODES]:
+    for entry in raw[: MAX_NODES * 16]:
+        if len(nodes) == MAX_NODES:
+            break
         if not isinstance(entry, dict):
             continue
         node, tunnel = entry.get("node"), entry.get("tunnel")
         if not isinstance(node, str) or not isinstance(tunnel, str) or not 0 < len(node) <= 128:
+            continue
+        if region is not None and entry.get("region", "") != region:
             continue
         host, sep, port_text = tunnel.rpartition(":")
         host = host.removeprefix("[").removesuffix("]") or default_host
@@ -286,7 +291,8 @@ class AgentSession:
 
     def _nodes_heard(self, raw: Any) -> None:
         if self._on_nodes is not None:
-            self._on_nodes(self, parse_nodes(raw, self._settings.gateway_host))
+            s = self._settings
+            self._on_nodes(self, parse_nodes(raw, s.gateway_host, s.gateway_region))
 
     async def serve(self) -> None:
         """Keep the data pool full and the heartbeat going until the control connection ends."""

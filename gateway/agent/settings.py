@@ -106,6 +106,7 @@ class AgentSettings:
     tls: bool = False  # connect to the gateway's tunnel endpoint with TLS
     ca_file: str | None = None  # CA bundle that signed the gateway's certificate (default: system's)
     pool_size: int = 16  # idle data connections kept open to the gateway
+    gateway_region: str | None = None  # keep tunnels to the gateway nodes of this region only
     dial_timeout: float = 8 * SECONDS
     handshake_timeout: float = 10 * SECONDS
     idle_timeout: float = 300 * SECONDS

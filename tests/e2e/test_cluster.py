@@ -40,6 +40,7 @@ SLOW = 4 * 1024 * 1024  # /slow/ sends 64 KiB every 20 ms: over a second for thi
 class Cluster:
     stack: Stack
     http: dict[str, int]  # node → its HTTP proxy port
+    tunnel: dict[str, int]  # node → its provider tunnel port
     gateways: dict[str, subprocess.Popen[bytes]]
     worker: subprocess.Popen[bytes]
 
@@ -75,7 +76,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             )
         for country, bind in EXITS.items():
             stack.wait_exit_on(stack.exit_id(f"agent-{country}", bind), set(NODES))
-        yield Cluster(stack, http, gateways, worker)
+        yield Cluster(stack, http, tunnel, gateways, worker)
 
 
 def _fetch(proxy: str, url: str) -> str:
@@ -263,3 +264,35 @@ def test_a_killed_worker_s_pending_entries_are_ingested_once_by_another(cluster:
     finally:
         successor.send_signal(signal.SIGTERM)
         successor.wait(timeout=10)
+
+
+def test_an_agent_with_a_region_keeps_tunnels_to_that_region_s_nodes_only(cluster: Cluster) -> None:
+    stack = cluster.stack
+    http_port, tunnel_port = free_port(), free_port()
+    regional = stack.spawn_gateway("node-eu", http_port, tunnel_port, "--region", "eu")
+    try:
+        wait_port(tunnel_port)
+        # Given node-a (of no region) to log in to, the agent learns node-eu and keeps to it.
+        stack.start_agent(
+            "agent-eu",
+            "127.0.0.9",
+            "nl",
+            "--allow-private",
+            "--gateway-region",
+            "eu",
+            gateway=f"127.0.0.1:{cluster.tunnel['node-a']}",
+        )
+        exit_id = stack.exit_id("agent-eu", "127.0.0.9")
+        stack.wait_exit_on(exit_id, {"node-a", "node-eu"})
+        time.sleep(4)  # more than a registry round: it would have reached node-c by now
+        assert stack.nodes_of(exit_id) == {"node-a", "node-eu"}
+        # An agent of no region reaches the new node like any other.
+        fr = stack.exit_id("agent-fr", EXITS["fr"])
+        stack.wait_exit_on(fr, {"node-eu"})
+        proxy = f"http://{stack.account}-country-nl:{stack.secret}@127.0.0.1:{http_port}"
+        assert stack.wait_served(proxy, "127.0.0.9") == "127.0.0.9"
+    finally:
+        if "agent-eu" in stack.agents:
+            stack.stop_agent("agent-eu")
+        regional.send_signal(signal.SIGTERM)
+        regional.wait(timeout=40)

@@ -88,3 +88,24 @@ def test_impossible_worker_layouts_are_refused(overrides: dict[str, int], count:
 def test_advertised_tunnel_address(tunnel_host: str, advertise_host: str | None, expected: str) -> None:
     settings = _settings(tunnel_host=tunnel_host, advertise_host=advertise_host)
     assert settings.advertised_tunnel(8443) == expected
+
+
+def test_an_agent_with_a_region_keeps_only_the_nodes_of_that_region() -> None:
+    raw = [
+        {"node": "eu-1", "tunnel": "10.0.0.1:8443", "region": "eu"},
+        {"node": "us-1", "tunnel": "10.0.1.1:8443", "region": "us"},
+        {"node": "plain", "tunnel": "10.0.2.1:8443"},
+        {"node": "eu-2", "tunnel": ":8444", "region": "eu"},
+    ]
+    assert parse_nodes(raw, "gw", "eu") == [("eu-1", "10.0.0.1", 8443), ("eu-2", "gw", 8444)]
+    assert parse_nodes(raw, "gw", "") == [("plain", "10.0.2.1", 8443)]  # the nodes of no region
+    assert [node for node, _, _ in parse_nodes(raw, "gw")] == ["eu-1", "us-1", "plain", "eu-2"]
+
+
+def test_nodes_of_other_regions_do_not_use_up_the_cap() -> None:
+    others = [
+        {"node": f"us-{i}", "tunnel": f"10.0.1.{i % 250}:8443", "region": "us"} for i in range(MAX_NODES * 2)
+    ]
+    mine = {"node": "eu-1", "tunnel": "10.0.0.1:8443", "region": "eu"}
+    assert parse_nodes([*others, mine], "gw", "eu") == [("eu-1", "10.0.0.1", 8443)]
+    assert len(parse_nodes([*others, mine], "gw")) == MAX_NODES

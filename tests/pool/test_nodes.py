@@ -68,3 +68,15 @@ async def test_live_nodes_carry_their_boot_token(redis: Redis) -> None:
     assert await nodes.live() == [NodeInfo("gw-a", ":8443", "boot-1")]
     await nodes.announce(NodeInfo("gw-a", ":8443", "boot-2"))  # restarted under the same id
     assert await nodes.live() == [NodeInfo("gw-a", ":8443", "boot-2")]
+
+
+async def test_a_node_s_region_is_announced_and_told_to_agents(redis: Redis) -> None:
+    nodes = NodeRegistry(redis, ttl=10)
+    await nodes.announce(NodeInfo("gw-eu", ":8443", "boot-1", "eu"))
+    await nodes.announce(NodeInfo("gw-any", ":8444", "boot-2"))
+    live = await nodes.live()
+    assert live == [NodeInfo("gw-any", ":8444", "boot-2", ""), NodeInfo("gw-eu", ":8443", "boot-1", "eu")]
+    assert [info.to_wire() for info in live] == [
+        {"node": "gw-any", "tunnel": ":8444"},
+        {"node": "gw-eu", "tunnel": ":8443", "region": "eu"},
+    ]
