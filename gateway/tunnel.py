@@ -266,6 +266,7 @@ class TunnelHub:
         and must call ``stream_closed`` when done. Raises DialError.
         """
         exit_id, stream_id = ticket.exit, ticket.stream
+        wire_ticket = ticket.to_wire()
         link = self._by_exit.get(exit_id)
         if link is None or link.closed:
             raise DialError(DialErrorCode.EXIT, "exit is offline", exit_id=exit_id)
@@ -281,8 +282,8 @@ class TunnelHub:
                         "exit": exit_id,
                         "host": host,
                         "port": port,
-                        "ticket": ticket.to_wire(),
-                        "mac": self._tickets.sign(ticket),
+                        "ticket": wire_ticket,
+                        "mac": self._tickets.sign_wire(wire_ticket),
                     }
                 )
             )

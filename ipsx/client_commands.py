@@ -148,6 +148,11 @@ def _show(args: argparse.Namespace, data: Any, lines: list[str]) -> None:
     print(json.dumps(data, indent=2) if args.json else "\n".join(lines))
 
 
+def _filters(args: argparse.Namespace, *names: str) -> dict[str, str]:
+    """The order filters the command line gave, by name."""
+    return {name: value for name in names if (value := getattr(args, name)) is not None}
+
+
 def _placed_lines(kind: str, placed: dict[str, Any]) -> list[str]:
     """A placed request or package: its deals, and whether the rest waits on the book."""
     deals = placed.get("deals", [])
@@ -178,10 +183,9 @@ def _run(args: argparse.Namespace) -> None:
             [f"offer {placed['order_id']} placed; {len(placed.get('deals', []))} deal(s) opened"],
         )
     elif args.command == "order" and args.action == "request":
-        filters = {"country": args.country, "type": args.type, "protocol": args.protocol}
         placed = api.place_request(
             idempotency_key=args.idempotency_key,
-            filters={k: v for k, v in filters.items() if v is not None},
+            filters=_filters(args, "country", "type", "protocol"),
             ips=args.ips,
             duration_s=args.duration,
             traffic_bytes=args.traffic,
@@ -192,10 +196,9 @@ def _run(args: argparse.Namespace) -> None:
         )
         _show(args, placed, _placed_lines("request", placed))
     elif args.command == "order" and args.action == "package":
-        filters = {"country": args.country, "type": args.type}
         placed = api.place_package(
             idempotency_key=args.idempotency_key,
-            filters={k: v for k, v in filters.items() if v is not None},
+            filters=_filters(args, "country", "type"),
             count=args.count,
             duration_s=args.duration,
             total_traffic_bytes=args.traffic,

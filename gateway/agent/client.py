@@ -143,21 +143,16 @@ class UsageReports:
             self.flush()
 
     def acked(self, session: AgentSession, streams: Any) -> None:
-        for stream in streams if isinstance(streams, list) else ():
-            if isinstance(stream, str):
-                session.unacked.pop(stream, None)
+        _take(session, streams)
 
     def held(self, session: AgentSession, streams: Any) -> None:
         later = time.monotonic() + self.retry
-        for stream in streams if isinstance(streams, list) else ():
-            message = session.unacked.pop(stream, None) if isinstance(stream, str) else None
-            if message is not None:
-                self._keep(stream, message, later)
+        for stream, message in _take(session, streams):
+            self._keep(stream, message, later)
 
     def refused(self, session: AgentSession, streams: Any) -> None:
-        for stream in streams if isinstance(streams, list) else ():
-            if isinstance(stream, str) and session.unacked.pop(stream, None) is not None:
-                log.error("gateway node %s refused the usage report of stream %s", session.node, stream)
+        for stream, _ in _take(session, streams):
+            log.error("gateway node %s refused the usage report of stream %s", session.node, stream)
 
     def flush(self) -> None:
         """Hand the orphans that are due to the node that opened them or to any serving node."""
@@ -188,6 +183,17 @@ class UsageReports:
             del self._orphans[oldest]
             log.error("too many unconfirmed usage reports; dropped the report of stream %s", oldest)
         self._orphans[stream] = (message, not_before)
+
+
+def _take(session: AgentSession, streams: Any) -> list[tuple[str, dict[str, Any]]]:
+    """The reports a node's reply names (a list of stream ids; anything else names none), taken
+    out of ``session.unacked``."""
+    taken = []
+    for stream in streams if isinstance(streams, list) else ():
+        message = session.unacked.pop(stream, None) if isinstance(stream, str) else None
+        if message is not None:
+            taken.append((stream, message))
+    return taken
 
 
 class AgentSession:
