@@ -41,9 +41,13 @@ class Account:
 
 
 SCOPES = frozenset({"proxy", "read", "trade", "keys"})
+WITHDRAW = "withdraw"  # request withdrawals to the account's wallet; only on keys that ask for it
 OPERATOR = "operator"  # decides disputed deals; granted by the operator's command line only
+GRANTABLE = SCOPES | {WITHDRAW}
 """What a key may do: ``proxy`` use the gateways, ``read`` read the API, ``trade`` place and cancel
-orders, ``keys`` make and revoke (sub-)keys. A session from signing in with the wallet may do all."""
+orders, ``keys`` make and revoke (sub-)keys; these are a new key's scopes unless it asks for
+others. ``withdraw`` requests withdrawals and is given only to a key that asks for it. A session
+from signing in with the wallet may do all of these; the operator scope is never implied."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +231,7 @@ async def create_key(
         if row is None:
             raise InvalidAccount("parent", "the parent key is not a live key of this account")
         parent = _api_key(row)
-    grantable = SCOPES | {OPERATOR} if operator else SCOPES
+    grantable = GRANTABLE | {OPERATOR} if operator else GRANTABLE
     _check_key_terms(frozenset(scopes), spend_limit, parent, account.id, grantable)
     for _ in range(_NEW_KEY_ATTEMPTS):
         key_id = secrets.token_hex(6)

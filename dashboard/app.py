@@ -17,6 +17,7 @@ from dashboard.leader import MarketSeat, default_advertise_url
 from dashboard.problems import json_response, problems_middleware
 from dashboard.routes import routes
 from dashboard.routes_market import routes as market_routes
+from dashboard.routes_withdrawals import routes as withdrawal_routes
 from dashboard.settings import ApiSettings
 from pool.client import redis_from_url
 
@@ -59,6 +60,7 @@ def build_app(settings: ApiSettings) -> web.Application:
     app.router.add_get("/openapi.json", _openapi)
     app.router.add_routes(routes)
     app.router.add_routes(market_routes)
+    app.router.add_routes(withdrawal_routes)
     return app
 
 

@@ -68,6 +68,23 @@ _BODY_ERRORS = {
 }
 
 
+_WITHDRAWAL_ID = {
+    "name": "withdrawal_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 1},
+}
+
+
+def _object_body(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"type": "object", "required": required, "properties": properties}}
+        },
+    }
+
+
 def _page(item: str) -> dict[str, Any]:
     return {
         "type": "object",
@@ -129,7 +146,10 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "key_id": _STR,
             "label": _STR,
-            "scopes": {"type": "array", "items": {"enum": ["proxy", "read", "trade", "keys"]}},
+            "scopes": {
+                "type": "array",
+                "items": {"enum": ["proxy", "read", "trade", "keys", "withdraw", "operator"]},
+            },
             "spend_limit": {"oneOf": [_ref("Amount"), {"type": "null"}]},
             "parent_key_id": _NULLABLE_STR,
             "created_at": _STR,
@@ -224,6 +244,22 @@ SCHEMAS: dict[str, Any] = {
             "state": _STR,
             "filled": {"type": "integer"},
             "deal_ids": {"type": "array", "items": _STR},
+        },
+    },
+    "Withdrawal": {
+        "type": "object",
+        "required": ["withdrawal_id", "source", "amount", "address", "state", "created_at"],
+        "properties": {
+            "withdrawal_id": {"type": "integer"},
+            "source": {"enum": ["balance", "earnings"]},
+            "amount": _ref("Amount"),
+            "address": {"type": "string", "description": "the account's wallet, where the tokens go"},
+            "state": {"enum": ["pending", "completed", "rejected", "cancelled"]},
+            "tx_hash": _NULLABLE_STR,
+            "reason": _NULLABLE_STR,
+            "key_id": _NULLABLE_STR,
+            "created_at": _STR,
+            "resolved_at": _NULLABLE_STR,
         },
     },
     "LedgerEntry": {
@@ -373,7 +409,7 @@ def document() -> dict[str, Any]:
                                         "label": {"type": "string", "pattern": "^[ -~]{0,100}$"},
                                         "scopes": {
                                             "type": "array",
-                                            "items": {"enum": ["proxy", "read", "trade", "keys"]},
+                                            "items": {"enum": ["proxy", "read", "trade", "keys", "withdraw"]},
                                             "minItems": 1,
                                             "uniqueItems": True,
                                         },
@@ -794,6 +830,109 @@ def document() -> dict[str, Any]:
                             "the price index", {"type": "object", "required": ["window_hours", "index"]}
                         ),
                         "400": _problem("an unknown parameter"),
+                    },
+                }
+            },
+            "/v1/withdrawals": {
+                "get": {
+                    "operationId": "listWithdrawals",
+                    "security": secured,
+                    "parameters": _PAGE_PARAMS,
+                    "responses": {
+                        "200": _json("the caller's withdrawals, newest first", _page("Withdrawal")),
+                        **_PAGE_ERRORS,
+                    },
+                },
+                "post": {
+                    "operationId": "requestWithdrawal",
+                    "summary": "Reserve funds to be sent to your wallet address (needs the withdraw scope)",
+                    "security": secured,
+                    "parameters": [
+                        {**_IDEMPOTENCY, "description": "the same key from the same account asks once"}
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["amount"],
+                                    "properties": {
+                                        "amount": {"type": "string", "pattern": "^[1-9][0-9]{0,77}$"},
+                                        "source": {"enum": ["balance", "earnings"], "default": "balance"},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "201": _json("the withdrawal, pending", _ref("Withdrawal")),
+                        "200": _json(
+                            "the withdrawal this Idempotency-Key already asked for", _ref("Withdrawal")
+                        ),
+                        "402": _problem("the balance or earnings do not cover the amount"),
+                        "409": _problem("the Idempotency-Key was used for another withdrawal"),
+                        **_BODY_ERRORS,
+                        **_AUTH_ERRORS,
+                    },
+                },
+            },
+            "/v1/withdrawals/{withdrawal_id}": {
+                "parameters": [_WITHDRAWAL_ID],
+                "get": {
+                    "operationId": "getWithdrawal",
+                    "security": secured,
+                    "responses": {
+                        "200": _json("the withdrawal", _ref("Withdrawal")),
+                        "404": _problem("no withdrawal of the caller has this id"),
+                        **_AUTH_ERRORS,
+                    },
+                },
+                "delete": {
+                    "operationId": "cancelWithdrawal",
+                    "summary": "Take back a pending withdrawal (needs the withdraw scope)",
+                    "security": secured,
+                    "responses": {
+                        "200": _json("the withdrawal, cancelled", _ref("Withdrawal")),
+                        "404": _problem("no withdrawal of the caller has this id"),
+                        "409": _problem("the withdrawal is no longer pending"),
+                        **_AUTH_ERRORS,
+                    },
+                },
+            },
+            "/v1/withdrawals/{withdrawal_id}/completion": {
+                "post": {
+                    "operationId": "completeWithdrawal",
+                    "summary": "Operator: the tokens were sent in this transaction",
+                    "security": secured,
+                    "parameters": [_WITHDRAWAL_ID],
+                    "requestBody": _object_body(
+                        ["tx_hash"], {"tx_hash": {"type": "string", "pattern": "^0x[0-9a-fA-F]{64}$"}}
+                    ),
+                    "responses": {
+                        "200": _json("the withdrawal, completed", _ref("Withdrawal")),
+                        "404": _problem("no withdrawal has this id"),
+                        "409": _problem("the withdrawal is no longer pending"),
+                        **_BODY_ERRORS,
+                        **_AUTH_ERRORS,
+                    },
+                }
+            },
+            "/v1/withdrawals/{withdrawal_id}/rejection": {
+                "post": {
+                    "operationId": "rejectWithdrawal",
+                    "summary": "Operator: refuse the withdrawal; its funds go back",
+                    "security": secured,
+                    "parameters": [_WITHDRAWAL_ID],
+                    "requestBody": _object_body(
+                        ["reason"], {"reason": {"type": "string", "minLength": 1, "maxLength": 200}}
+                    ),
+                    "responses": {
+                        "200": _json("the withdrawal, rejected", _ref("Withdrawal")),
+                        "404": _problem("no withdrawal has this id"),
+                        "409": _problem("the withdrawal is no longer pending"),
+                        **_BODY_ERRORS,
+                        **_AUTH_ERRORS,
                     },
                 }
             },

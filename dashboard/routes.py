@@ -155,6 +155,11 @@ async def create_key(request: web.Request) -> web.Response:
         not all(isinstance(scope, str) for scope in scopes) or len(set(scopes)) != len(scopes)
     ):
         raise Problem(422, "invalid_field", "'scopes' must be a list of distinct strings", field="scopes")
+    lacking = accounts.GRANTABLE - (caller.key.scopes if caller.key else accounts.GRANTABLE)
+    if scopes is not None and set(scopes) & lacking:
+        raise Problem(
+            403, "insufficient_scope", "a key cannot make a key with scopes it lacks", field="scopes"
+        )
     limit = field(body, "spend_limit", str, optional=True, max_len=80)
     if limit is not None and not limit.isdigit():
         raise Problem(

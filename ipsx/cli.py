@@ -260,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--scopes",
         default="proxy,read,trade,keys",
         help="what the key may do, comma-separated: proxy (use the gateways), read, trade (orders), "
-        "keys (make sub-keys), operator (decide disputed deals; only this command grants it) "
+        "keys (make sub-keys), withdraw (request withdrawals; never given unless asked for), "
+        "operator (decide disputed deals and withdrawals; only this command grants it) "
         "(default: %(default)s)",
     )
     kcreate.add_argument(

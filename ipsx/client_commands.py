@@ -1,4 +1,5 @@
-"""CLI commands that talk to the REST API through :mod:`ipsx.sdk`: orders, deals, usage, market.
+"""CLI commands that talk to the REST API through :mod:`ipsx.sdk`: orders, deals, usage, market,
+withdrawals.
 
 They reach the API at ``--api`` (``IPSX_API_URL``, default ``http://127.0.0.1:8000``) with an API
 key or session token (``--token`` / ``IPSX_TOKEN``), or sign in with a wallet key file (``--key``).
@@ -129,6 +130,36 @@ def add_client_commands(sub: argparse._SubParsersAction[Any]) -> None:
     decision = resolve.add_mutually_exclusive_group(required=True)
     decision.add_argument("--bill", choices=("gateway", "agent", "lower", "none"), help="whose count")
     decision.add_argument("--bytes", type=int, dest="billable_bytes", help="an explicit byte count")
+    withdrawal = sub.add_parser(
+        "withdrawal", help="take funds out to your wallet; (operator) complete or reject withdrawals"
+    )
+    w_actions = withdrawal.add_subparsers(dest="action", required=True)
+    w_request = w_actions.add_parser(
+        "request",
+        parents=[common],
+        help="reserve IPSX to be sent to your wallet address (an API key needs the withdraw scope)",
+    )
+    w_request.add_argument("amount", type=price, help="IPSX, e.g. 12.5")
+    w_request.add_argument(
+        "--source",
+        choices=("balance", "earnings"),
+        default="balance",
+        help="your spendable balance or your earnings as a provider (default: %(default)s)",
+    )
+    w_request.add_argument("--idempotency-key", help="retrying with the same key asks once")
+    w_actions.add_parser("list", parents=[common], help="your withdrawals, newest first")
+    w_cancel = w_actions.add_parser("cancel", parents=[common], help="take back a pending withdrawal")
+    w_cancel.add_argument("withdrawal_id", type=int)
+    w_complete = w_actions.add_parser(
+        "complete", parents=[common], help="operator: the tokens were sent (operator API key)"
+    )
+    w_complete.add_argument("withdrawal_id", type=int)
+    w_complete.add_argument("--tx", required=True, dest="tx_hash", help="the transfer's transaction hash")
+    w_reject = w_actions.add_parser(
+        "reject", parents=[common], help="operator: refuse a withdrawal; its funds go back"
+    )
+    w_reject.add_argument("withdrawal_id", type=int)
+    w_reject.add_argument("--reason", required=True, help="what its owner is told")
     sub.add_parser("usage", parents=[common], help="your metered streams, newest first")
     market = sub.add_parser("market", parents=[common], help="public market data: depth and price index")
     market.add_argument("--country")
@@ -246,6 +277,8 @@ def _run(args: argparse.Namespace) -> None:
             answer,
             [f"deal {answer['deal_id']} is {answer['state']}; it bills {answer['billable_bytes']} bytes"],
         )
+    elif args.command == "withdrawal":
+        _withdrawal(args, api)
     elif args.command == "usage":
         items = list(api.usage())
         _show(
@@ -268,6 +301,32 @@ def _run(args: argparse.Namespace) -> None:
                 for lv in levels
             ],
         )
+
+
+def _withdrawal_line(w: dict[str, Any]) -> str:
+    line = f"withdrawal {w['withdrawal_id']}  {w['state']:9}  {w['amount']['ipsx']} IPSX from {w['source']}"
+    line += f" to {w['address']}"
+    if w.get("tx_hash"):
+        line += f"  tx {w['tx_hash']}"
+    if w.get("reason"):
+        line += f"  ({w['reason']})"
+    return line
+
+
+def _withdrawal(args: argparse.Namespace, api: Client) -> None:
+    if args.action == "list":
+        items = list(api.withdrawals())
+        _show(args, items, [_withdrawal_line(w) for w in items] or ["no withdrawals"])
+        return
+    if args.action == "request":
+        answer = api.withdraw(int(args.amount), source=args.source, idempotency_key=args.idempotency_key)
+    elif args.action == "cancel":
+        answer = api.cancel_withdrawal(args.withdrawal_id)
+    elif args.action == "complete":
+        answer = api.complete_withdrawal(args.withdrawal_id, args.tx_hash)
+    else:
+        answer = api.reject_withdrawal(args.withdrawal_id, args.reason)
+    _show(args, answer, [_withdrawal_line(answer)])
 
 
 def run_client_command(args: argparse.Namespace) -> None:

@@ -256,4 +256,4 @@ def _client_command(args: argparse.Namespace, env: Environment) -> None:
         raise UsageError(str(error)) from None
 
 
-cmd_order = cmd_deals = cmd_deal = cmd_usage = cmd_market = _client_command
+cmd_order = cmd_deals = cmd_deal = cmd_usage = cmd_market = cmd_withdrawal = _client_command

@@ -172,6 +172,30 @@ class Client:
     def cancel(self, order_id: str) -> None:
         self._call("DELETE", f"/v1/orders/{urllib.parse.quote(order_id, safe='')}")
 
+    def withdraw(
+        self, amount: int, *, source: str = "balance", idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        """Ask for ``amount`` base units of your ``balance`` or ``earnings`` to be sent to your
+        wallet address (a key needs the ``withdraw`` scope); the funds are reserved meanwhile."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        body = {"amount": str(amount), "source": source}
+        return dict(self._call("POST", "/v1/withdrawals", body, headers=headers))
+
+    def withdrawals(self, limit: int = 50) -> Iterator[dict[str, Any]]:
+        return self._pages("/v1/withdrawals", limit)
+
+    def cancel_withdrawal(self, withdrawal_id: int) -> dict[str, Any]:
+        return dict(self._call("DELETE", f"/v1/withdrawals/{int(withdrawal_id)}"))
+
+    def complete_withdrawal(self, withdrawal_id: int, tx_hash: str) -> dict[str, Any]:
+        """Operator: the tokens were sent in ``tx_hash``."""
+        path = f"/v1/withdrawals/{int(withdrawal_id)}/completion"
+        return dict(self._call("POST", path, {"tx_hash": tx_hash}))
+
+    def reject_withdrawal(self, withdrawal_id: int, reason: str) -> dict[str, Any]:
+        """Operator: refuse the withdrawal; its funds go back."""
+        return dict(self._call("POST", f"/v1/withdrawals/{int(withdrawal_id)}/rejection", {"reason": reason}))
+
     def depth(self, country: str | None = None, type: str | None = None) -> list[dict[str, Any]]:
         return list(self._call("GET", "/v1/market/depth", query={"country": country, "type": type})["levels"])
 

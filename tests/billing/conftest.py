@@ -32,6 +32,7 @@ TABLES = (
     "ledger_movements",
     "ledger_balances",
     "ledger_holds",
+    "withdrawals",
 )
 
 

@@ -41,6 +41,7 @@ MIGRATIONS = [
     "007_order_keys",
     "008_preferences",
     "009_operator_scope",
+    "010_withdrawals",
 ]
 
 

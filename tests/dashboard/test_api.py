@@ -270,7 +270,9 @@ def test_a_key_made_by_a_key_is_its_sub_key_and_no_wider(api: Api) -> None:
         parent = client.post("/v1/keys", json={"scopes": ["read", "keys"]}).json()
     with api.client(parent["secret"]) as narrow:
         wider = narrow.post("/v1/keys", json={"scopes": ["read", "trade"]})
-    assert (wider.status_code, wider.json()["field"]) == (422, "parent")  # a sub-key makes no keys
+        same = narrow.post("/v1/keys", json={"scopes": ["read"]})
+    assert (wider.status_code, wider.json()["field"]) == (403, "scopes")
+    assert (same.status_code, same.json()["field"]) == (422, "parent")  # a sub-key makes no keys
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,172 @@
+"""Withdrawals on the real PostgreSQL ledger: reserve, complete, reject, cancel, idempotency, races."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from billing import holds, withdrawals
+from billing.accounts import create_account
+from billing.errors import InsufficientFunds, InvalidAmount, UnknownAccount
+from billing.ledger import TREASURY, Amount, balance, check_balances, transfer
+from billing.withdrawals import CHAIN, ReferenceReused, UnknownWithdrawal, WithdrawalResolved
+
+ALICE_ADDRESS = "0x" + "a1" * 20
+TX = "0x" + "ab" * 32
+
+
+@pytest.fixture
+async def alice(pool: asyncpg.Pool) -> str:
+    account = await create_account(pool, address=ALICE_ADDRESS, name="alice")
+    await transfer(pool, debit=TREASURY, credit="requester:alice", amount=Amount(1000), kind="credit")
+    await transfer(pool, debit=TREASURY, credit="provider:alice", amount=Amount(300), kind="credit")
+    return account.name
+
+
+async def test_request_call_reserves_the_amount_to_the_accounts_own_address(
+    pool: asyncpg.Pool, alice: str
+) -> None:
+    withdrawal, created = await withdrawals.request(pool, account_name=alice, amount=Amount(400))
+    assert created
+    assert (withdrawal.state, withdrawal.amount, withdrawal.source) == ("pending", 400, "balance")
+    assert withdrawal.address == (await pool.fetchval("SELECT address FROM accounts WHERE name = 'alice'"))
+    assert await balance(pool, "requester:alice") == 600
+    assert await holds.reserved(pool, "requester:alice") == 400
+    assert await balance(pool, CHAIN) == 0
+
+
+async def test_request_from_earnings_takes_the_provider_account(pool: asyncpg.Pool, alice: str) -> None:
+    withdrawal, _ = await withdrawals.request(pool, account_name=alice, amount=Amount(300), source="earnings")
+    assert withdrawal.source == "earnings"
+    assert await balance(pool, "provider:alice") == 0
+    assert await balance(pool, "requester:alice") == 1000
+
+
+async def test_request_above_available_funds_writes_nothing(pool: asyncpg.Pool, alice: str) -> None:
+    with pytest.raises(InsufficientFunds):
+        await withdrawals.request(pool, account_name=alice, amount=Amount(301), source="earnings")
+    assert await pool.fetchval("SELECT count(*) FROM withdrawals") == 0
+    assert await balance(pool, "provider:alice") == 300
+
+
+@pytest.mark.parametrize("amount", [0, -1, 10**78, True, 1.5])
+async def test_request_refuses_a_bad_amount(pool: asyncpg.Pool, alice: str, amount: object) -> None:
+    with pytest.raises(InvalidAmount):
+        await withdrawals.request(pool, account_name=alice, amount=amount)  # type: ignore[arg-type]
+
+
+async def test_request_refuses_an_unknown_source_and_account(pool: asyncpg.Pool, alice: str) -> None:
+    with pytest.raises(ValueError, match="source"):
+        await withdrawals.request(pool, account_name=alice, amount=Amount(1), source="treasury")
+    with pytest.raises(UnknownAccount):
+        await withdrawals.request(pool, account_name="nobody", amount=Amount(1))
+
+
+async def test_request_with_a_used_reference_returns_the_first_and_moves_nothing(
+    pool: asyncpg.Pool, alice: str
+) -> None:
+    first, created = await withdrawals.request(pool, account_name=alice, amount=Amount(100), reference="r1")
+    again, created_again = await withdrawals.request(
+        pool, account_name=alice, amount=Amount(100), reference="r1"
+    )
+    assert (created, created_again, again.id) == (True, False, first.id)
+    assert await balance(pool, "requester:alice") == 900
+    with pytest.raises(ReferenceReused):
+        await withdrawals.request(pool, account_name=alice, amount=Amount(101), reference="r1")
+    with pytest.raises(ReferenceReused):
+        await withdrawals.request(
+            pool, account_name=alice, amount=Amount(100), reference="r1", source="earnings"
+        )
+
+
+async def test_complete_state_posts_the_hold_to_the_chain(pool: asyncpg.Pool, alice: str) -> None:
+    withdrawal, _ = await withdrawals.request(pool, account_name=alice, amount=Amount(250))
+    done = await withdrawals.complete(pool, withdrawal.id, TX.upper().replace("0X", "0x"))
+    assert (done.state, done.tx_hash, done.resolved_at is not None) == ("completed", TX, True)
+    assert await balance(pool, "requester:alice") == 750
+    assert await holds.reserved(pool, "requester:alice") == 0
+    assert await balance(pool, CHAIN) == 250
+    assert await check_balances(pool) == {}
+    total = await pool.fetchval("SELECT sum(balance) FROM ledger_balances")
+    assert total == 0
+
+
+@pytest.mark.parametrize("action", ["reject", "cancel"])
+async def test_reject_and_cancel_give_the_funds_back(pool: asyncpg.Pool, alice: str, action: str) -> None:
+    withdrawal, _ = await withdrawals.request(pool, account_name=alice, amount=Amount(250))
+    if action == "reject":
+        done = await withdrawals.reject(pool, withdrawal.id, "address under review")
+        assert done.reason == "address under review"
+    else:
+        done = await withdrawals.cancel(pool, withdrawal.id, account_name=alice)
+    assert done.state == ("rejected" if action == "reject" else "cancelled")
+    assert await balance(pool, "requester:alice") == 1000
+    assert await holds.reserved(pool, "requester:alice") == 0
+    assert await balance(pool, CHAIN) == 0
+
+
+async def test_a_withdrawal_resolves_exactly_once(pool: asyncpg.Pool, alice: str) -> None:
+    withdrawal, _ = await withdrawals.request(pool, account_name=alice, amount=Amount(100))
+    await withdrawals.complete(pool, withdrawal.id, TX)
+    with pytest.raises(WithdrawalResolved) as info:
+        await withdrawals.reject(pool, withdrawal.id, "too late")
+    assert info.value.state == "completed"
+    with pytest.raises(WithdrawalResolved):
+        await withdrawals.cancel(pool, withdrawal.id, account_name=alice)
+    assert await balance(pool, CHAIN) == 100
+
+
+async def test_cancel_of_another_accounts_withdrawal_is_unknown(pool: asyncpg.Pool, alice: str) -> None:
+    await create_account(pool, address="0x" + "b2" * 20, name="bob")
+    withdrawal, _ = await withdrawals.request(pool, account_name=alice, amount=Amount(100))
+    with pytest.raises(UnknownWithdrawal):
+        await withdrawals.cancel(pool, withdrawal.id, account_name="bob")
+    with pytest.raises(UnknownWithdrawal):
+        await withdrawals.complete(pool, withdrawal.id + 1, TX)
+    assert (await withdrawals.get(pool, withdrawal.id)).state == "pending"  # type: ignore[union-attr]
+
+
+async def test_complete_refuses_a_malformed_or_reused_transaction_hash(
+    pool: asyncpg.Pool, alice: str
+) -> None:
+    one, _ = await withdrawals.request(pool, account_name=alice, amount=Amount(1))
+    two, _ = await withdrawals.request(pool, account_name=alice, amount=Amount(2))
+    for bad in ("0x1234", TX + "00", "ab" * 32, "0x" + "zz" * 32):
+        with pytest.raises(ValueError, match="hex"):
+            await withdrawals.complete(pool, one.id, bad)
+    await withdrawals.complete(pool, one.id, TX)
+    with pytest.raises(ValueError, match="already records"):
+        await withdrawals.complete(pool, two.id, TX)
+    assert (await withdrawals.get(pool, two.id)).state == "pending"  # type: ignore[union-attr]
+    assert await balance(pool, CHAIN) == 1
+
+
+@pytest.mark.parametrize("reason", ["", "x" * 201, "line\nbreak"])
+async def test_reject_refuses_a_bad_reason(pool: asyncpg.Pool, alice: str, reason: str) -> None:
+    withdrawal, _ = await withdrawals.request(pool, account_name=alice, amount=Amount(1))
+    with pytest.raises(ValueError, match="reason"):
+        await withdrawals.reject(pool, withdrawal.id, reason)
+
+
+async def test_parallel_requests_never_overdraw(pool: asyncpg.Pool, alice: str) -> None:
+    results = await asyncio.gather(
+        *(withdrawals.request(pool, account_name=alice, amount=Amount(70)) for _ in range(30)),
+        return_exceptions=True,
+    )
+    made = [result for result in results if not isinstance(result, BaseException)]
+    refused = [result for result in results if isinstance(result, InsufficientFunds)]
+    assert (len(made), len(refused)) == (14, 16)  # 14 x 70 = 980 of the 1000
+    assert await balance(pool, "requester:alice") == 20
+    assert await holds.reserved(pool, "requester:alice") == 980
+    assert await pool.fetchval("SELECT count(*) FROM withdrawals") == 14
+
+
+async def test_listing_is_newest_first_and_filters(pool: asyncpg.Pool, alice: str) -> None:
+    made = [(await withdrawals.request(pool, account_name=alice, amount=Amount(n)))[0] for n in (1, 2, 3)]
+    await withdrawals.cancel(pool, made[1].id, account_name=alice)
+    assert [w.amount for w in await withdrawals.listing(pool, account_name=alice)] == [3, 2, 1]
+    assert [w.amount for w in await withdrawals.listing(pool, state="pending")] == [3, 1]
+    assert [w.amount for w in await withdrawals.listing(pool, before=made[2].id, limit=1)] == [2]
+    assert await withdrawals.listing(pool, account_name="bob") == []
