@@ -833,6 +833,51 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
+            "/v1/orders/{order_id}/pac": {
+                "get": {
+                    "operationId": "orderPac",
+                    "summary": "The PAC file URL of a request order, for browsers and OS proxy settings",
+                    "security": secured,
+                    "parameters": [
+                        {"name": "order_id", "in": "path", "required": True, "schema": _STR},
+                    ],
+                    "responses": {
+                        "200": _json(
+                            "the capability URL of the PAC file, and the proxy user name to give",
+                            {
+                                "type": "object",
+                                "required": ["order_id", "pac_url", "proxy", "proxy_username"],
+                                "properties": {
+                                    "order_id": _STR,
+                                    "pac_url": _STR,
+                                    "proxy": _STR,
+                                    "proxy_username": _STR,
+                                },
+                            },
+                        ),
+                        "404": _problem("no order of the caller has this id"),
+                        "409": _problem("the order is an offer"),
+                        **_AUTH_ERRORS,
+                    },
+                }
+            },
+            "/pac/{account}/{order_id}/{token}.pac": {
+                "get": {
+                    "operationId": "pacFile",
+                    "summary": "Public: an order's PAC file, to whoever holds its capability URL",
+                    "parameters": [
+                        {"name": name, "in": "path", "required": True, "schema": _STR}
+                        for name in ("account", "order_id", "token")
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "the proxy auto-config script",
+                            "content": {"application/x-ns-proxy-autoconfig": {"schema": _STR}},
+                        },
+                        "404": _problem("no PAC file at this URL"),
+                    },
+                }
+            },
             "/v1/withdrawals": {
                 "get": {
                     "operationId": "listWithdrawals",

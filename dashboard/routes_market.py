@@ -10,6 +10,7 @@ import asyncpg
 import orjson
 from aiohttp import web
 
+from dashboard import pac
 from dashboard.appkeys import HTTP, PG, SEAT, SETTINGS
 from dashboard.pages import encode_cursor, page_params
 from dashboard.problems import Problem, json_response, read_json
@@ -246,6 +247,51 @@ async def list_orders(request: web.Request) -> web.Response:
     ]
     next_cursor = encode_cursor([rows[-1]["seq"]]) if len(rows) == limit else None
     return json_response({"items": items, "next_cursor": next_cursor})
+
+
+@routes.get("/v1/orders/{order_id}/pac")
+async def order_pac(request: web.Request) -> web.Response:
+    """The PAC file URL of one of the caller's request orders, and the proxy user name to use."""
+    caller = await authorized(request)
+    order_id = request.match_info["order_id"]
+    side = await request.app[PG].fetchval(
+        "SELECT side FROM market_orders WHERE order_id = $1 AND account = $2",
+        order_id[:64],
+        caller.account.name,
+    )
+    if side is None:
+        raise Problem(404, "not_found", "no order of yours has this id")
+    if side != "request":
+        raise Problem(409, "conflict", "an offer has no PAC file: it is for requests and packages")
+    settings = request.app[SETTINGS]
+    capability = pac.path(settings.jwt_secret, caller.account.name, order_id)
+    return json_response(
+        {
+            "order_id": order_id,
+            "pac_url": str(request.url.with_path(capability)),
+            "proxy": settings.proxy_address,
+            "proxy_username": pac.username(caller.account.name, order_id),
+        }
+    )
+
+
+@routes.get("/pac/{account}/{order_id}/{token}.pac")
+async def pac_file(request: web.Request) -> web.Response:
+    """Public, for browsers: the order's PAC file, to whoever holds its capability URL."""
+    account, order_id = request.match_info["account"], request.match_info["order_id"]
+    settings = request.app[SETTINGS]
+    if not pac.check(settings.jwt_secret, account, order_id, request.match_info["token"]):
+        raise Problem(404, "not_found", "no PAC file here")
+    found = await request.app[PG].fetchval(
+        "SELECT 1 FROM market_orders WHERE order_id = $1 AND account = $2", order_id, account
+    )
+    if found is None:
+        raise Problem(404, "not_found", "no PAC file here")
+    return web.Response(
+        text=pac.render(settings.proxy_address, account, order_id),
+        content_type=pac.CONTENT_TYPE,
+        headers={"Cache-Control": "private, max-age=300"},
+    )
 
 
 def _int_cursor(cursor: list[Any] | None) -> int | None:

@@ -30,3 +30,5 @@ class ApiSettings:
     # (default http://HOST:PORT, the machine's name when HOST is 0.0.0.0)
     advertise_url: str | None = None
     market: bool = True  # run the market here (if no other process holds its lock)
+    # the gateway's HTTP proxy, HOST:PORT as browsers reach it: what the orders' PAC files name
+    proxy_address: str = "127.0.0.1:8080"

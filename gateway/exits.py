@@ -12,7 +12,7 @@ from gateway.targeting import Targeting
 from gateway.tickets import Ticket
 from gateway.tunnel import DialError, TunnelHub
 from gateway.wire import DialErrorCode
-from matching.orders import RequestFilters
+from matching.orders import RequestFilters, order_of
 from matching.routing import DealRoutes
 from pool.select import Choice, Selector
 
@@ -90,9 +90,12 @@ class ExitDialer:
         return await self._routes.routes(targeting.account)
 
     def _of_deal(self, routes: dict[str, str], targeting: Targeting) -> dict[str, str]:
-        if targeting.deal is None:
-            return routes
-        return {exit_id: deal for exit_id, deal in routes.items() if deal == targeting.deal}
+        """The routes the targeting may use: all, or those of one deal or of one order's deals."""
+        if targeting.deal is not None:
+            routes = {exit_id: deal for exit_id, deal in routes.items() if deal == targeting.deal}
+        if targeting.order is not None:
+            routes = {exit_id: deal for exit_id, deal in routes.items() if order_of(deal) == targeting.order}
+        return routes
 
     async def _select(
         self, targeting: Targeting, excluded: set[str], deal_exits: dict[str, str] | None
@@ -118,7 +121,8 @@ class ExitDialer:
             deal_exits = self._of_deal(await self._routes.routes(targeting.account), targeting)
         for attempt in range(1, self._max_attempts + 1):
             choice = await self._select(targeting, excluded, deal_exits)
-            if choice is None and deal_exits is not None and not asked_spot and targeting.deal is None:
+            pinned = targeting.deal is not None or targeting.order is not None  # no spot deal then
+            if choice is None and deal_exits is not None and not asked_spot and not pinned:
                 asked_spot = True
                 deal_exits = await self._ask_spot(targeting, protocol)
                 choice = await self._select(targeting, excluded, deal_exits)

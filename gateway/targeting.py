@@ -62,6 +62,7 @@ class Targeting:
     session: str | None = None
     sessttl: int | None = None  # seconds
     deal: str | None = None
+    order: str | None = None  # a request order: only the exits of its active deals
     maxprice: int | None = None  # IPSX base units (10**-18 IPSX) per GB
     proto: str | None = None
     key: str | None = None  # the API key that authenticated the client (set after the check)
@@ -118,6 +119,12 @@ def _deal(value: str) -> str:
     return value
 
 
+def _order(value: str) -> str:
+    if not _match(_DEAL, value, lower=False):
+        raise ValueError(f"expected an order id of 1 to 64 of A-Z, a-z, 0-9, '_', got '{_show(value)}'")
+    return value
+
+
 def parse_price(value: str) -> int:
     """Decimal IPSX text ("2.5") as base units (18 decimals), exactly. Raises ValueError."""
     found = _match(_PRICE, value, lower=False)
@@ -147,6 +154,7 @@ _PARSERS: Final[dict[str, Callable[[str], str | int]]] = {
     "session": _session,
     "sessttl": _sessttl,
     "deal": _deal,
+    "order": _order,
     "maxprice": parse_price,
     "proto": _proto,
 }
@@ -188,6 +196,7 @@ def _with(t: Targeting, values: dict[str, str | int]) -> Targeting:
         session=_text(values, "session", t.session),
         sessttl=_number(values, "sessttl", t.sessttl),
         deal=_text(values, "deal", t.deal),
+        order=_text(values, "order", t.order),
         maxprice=_number(values, "maxprice", t.maxprice),
         proto=_text(values, "proto", t.proto),
     )

@@ -198,6 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the other API nodes reach this one: one node runs the market and the others "
         "forward market calls to it (default: http://HOST:PORT, the machine's name for 0.0.0.0)",
     )
+    api.add_argument(
+        "--proxy-address",
+        default="127.0.0.1:8080",
+        help="the gateway's HTTP proxy as browsers reach it, HOST:PORT: what the orders' PAC files "
+        "name (default: %(default)s)",
+    )
     _add_db_pool(api, 10)
     sub.add_parser("migrate", help="create the database if needed and apply migrations")
     health = sub.add_parser(

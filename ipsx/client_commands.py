@@ -109,6 +109,10 @@ def add_client_commands(sub: argparse._SubParsersAction[Any]) -> None:
     actions.add_parser("list", parents=[common], help="your orders, newest first")
     cancel = actions.add_parser("cancel", parents=[common], help="cancel an open order")
     cancel.add_argument("order_id")
+    pac_file = actions.add_parser(
+        "pac", parents=[common], help="the PAC file URL of a request order, for browsers and OS settings"
+    )
+    pac_file.add_argument("order_id")
 
     sub.add_parser("deals", parents=[common], help="your deals (as requester or provider), newest first")
     deal = sub.add_parser("deal", help="report on one of your deals, or (operator) decide a dispute")
@@ -256,6 +260,14 @@ def _run(args: argparse.Namespace) -> None:
     elif args.command == "order" and args.action == "cancel":
         api.cancel(args.order_id)
         print(f"order {args.order_id} cancelled")
+    elif args.command == "order" and args.action == "pac":
+        pac = api.order_pac(args.order_id)
+        lines = [
+            f"PAC file URL:  {pac['pac_url']}",
+            f"proxy:         {pac['proxy']}",
+            f"user name:     {pac['proxy_username']}  (password: your API key's secret)",
+        ]
+        _show(args, pac, lines)
     elif args.command == "deals":
         items = list(api.deals())
         _show(

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from billing import accounts, db, ledger
 from billing.errors import BillingError
 from billing.worker import WorkerSettings, run_worker
+from dashboard import pac
 from dashboard.app import run_api
 from dashboard.settings import ApiSettings
 from gateway.agent.client import run_agent
@@ -90,6 +91,8 @@ def cmd_api(args: argparse.Namespace, env: Environment) -> None:
     secret = os.environ.get("IPSX_JWT_SECRET", "")
     if len(secret.encode()) < 32:
         raise UsageError("set IPSX_JWT_SECRET to a random string of at least 32 bytes")
+    if not pac.valid_proxy_address(args.proxy_address):
+        raise UsageError(f"--proxy-address must be HOST:PORT (got {args.proxy_address[:60]!r})")
     settings = ApiSettings(
         database_url=env.database,
         redis_url=env.redis,
@@ -100,6 +103,7 @@ def cmd_api(args: argparse.Namespace, env: Environment) -> None:
         chain_id=args.chain_id,
         db_pool=args.db_pool,
         advertise_url=args.advertise_url,
+        proxy_address=args.proxy_address,
     )
     runtime.run(lambda stop: run_api(settings, stop))
 

@@ -128,6 +128,7 @@ async def run_demo(options: DemoOptions, env: Environment, stop: asyncio.Event) 
             jwt_secret=secrets.token_urlsafe(32),
             port=api_port,
             siwe_domain=f"127.0.0.1:{api_port}",
+            proxy_address=f"127.0.0.1:{options.http_port or 8080}",
         )
         api_port = await stack.enter_async_context(running_api(api_settings))
         api_url = f"http://127.0.0.1:{api_port}"

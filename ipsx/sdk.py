@@ -172,6 +172,11 @@ class Client:
     def cancel(self, order_id: str) -> None:
         self._call("DELETE", f"/v1/orders/{urllib.parse.quote(order_id, safe='')}")
 
+    def order_pac(self, order_id: str) -> dict[str, Any]:
+        """The PAC file URL of your request order (``pac_url``), for browsers and OS proxy
+        settings, and the proxy user name (``proxy_username``) they answer the gateway with."""
+        return dict(self._call("GET", f"/v1/orders/{urllib.parse.quote(order_id, safe='')}/pac"))
+
     def withdraw(
         self, amount: int, *, source: str = "balance", idempotency_key: str | None = None
     ) -> dict[str, Any]:

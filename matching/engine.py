@@ -46,7 +46,7 @@ from matching.errors import (
     UnknownDeal,
     UnknownOrder,
 )
-from matching.orders import Offer, Request, RequestFilters, is_expired
+from matching.orders import Offer, Request, RequestFilters, deal_id_for, is_expired
 
 
 class Funds(Protocol):
@@ -463,7 +463,7 @@ class Engine:
         """Record a deal of ``rr`` on ``ro``'s exit (its reserve already held) and take the room."""
         self._deal_no += 1
         request, offer = rr.request, ro.offer
-        deal_id = f"spot_{self._deal_no}" if spot else f"{request.request_id}_{self._deal_no}"
+        deal_id = deal_id_for(request.request_id, self._deal_no, spot=spot)
         deal = Fill(
             deal_id=deal_id,
             request_id=deal_id if spot else request.request_id,

@@ -54,6 +54,21 @@ def is_expired(expires_at: float | None, now: float) -> bool:
     return expires_at is not None and expires_at <= now
 
 
+def deal_id_for(request_id: str, number: int, *, spot: bool = False) -> str:
+    """The id of the ``number``-th deal the engine opens: ``<request id>_<number>`` for a deal of
+    a request order, ``spot_<number>`` for a spot deal. :func:`order_of` reads it back."""
+    return f"spot_{number}" if spot else f"{request_id}_{number}"
+
+
+def order_of(deal_id: str) -> str | None:
+    """The request order a deal belongs to (``None`` for a spot deal); the number after the last
+    ``_`` is the deal's own, so an order id that holds ``_`` itself is still read whole."""
+    order, _, number = deal_id.rpartition("_")
+    if not order or not number.isdigit() or order == "spot":
+        return None
+    return order
+
+
 def _check_id(name: str, value: object) -> None:
     if not isinstance(value, str) or not _ID.fullmatch(value):
         raise InvalidOrder(name, "must be 1-64 characters among A-Z, a-z, 0-9 and _")

@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ import pytest
 import redis
 
 from gateway.agent.settings import load_key
-from ipsx.sdk import Client
+from ipsx.sdk import ApiError, Client
 from tests.e2e.conftest import EXITS, REDIS_URL, Stack, free_port, wait_port
 from tests.e2e.test_proxy import curl
 
@@ -42,7 +44,9 @@ class Market:
 def market(stack: Stack) -> Iterator[Market]:
     api_port, http_port, tunnel_port = free_port(), free_port(), free_port()
     stack.env["IPSX_JWT_SECRET"] = secrets.token_urlsafe(32)
-    api = stack.spawn("api", "--port", str(api_port), log="api.log")
+    api = stack.spawn(
+        "api", "--port", str(api_port), "--proxy-address", f"127.0.0.1:{http_port}", log="api.log"
+    )
     gateway = stack.spawn_gateway("market-node", http_port, tunnel_port, "--market")
     url = f"http://127.0.0.1:{api_port}"
     try:
@@ -379,3 +383,80 @@ def test_a_complaint_disputes_the_deal_and_an_operator_decides_what_it_bills(
     assert ("complaint", "requester") in steps and ("dispute_resolved", "operator") in steps
     assert steps[-1] == ("settle", "system")
     assert stack.query("SELECT SUM(balance)::text AS total FROM ledger_balances")[0]["total"] == "0"
+
+
+# The two PAC helper functions the order's PAC file calls, as browsers provide them ("*" globs only).
+_PAC_RUNTIME = r"""
+function isPlainHostName(host) { return host.indexOf(".") < 0; }
+function shExpMatch(text, pattern) {
+  var parts = pattern.split("*").map(function (part) { return part.replace(/[.+?^${}()|[\]\\]/g, "\\$&"); });
+  return new RegExp("^" + parts.join(".*") + "$").test(text);
+}
+"""
+
+
+def find_proxy(script: str, url: str, host: str) -> str:
+    """What the PAC ``script`` answers for ``url``, evaluated by node as a browser would."""
+    node = shutil.which("node")
+    assert node is not None, "the PAC test needs node (installed on every machine of this project)"
+    call = f"process.stdout.write(FindProxyForURL({json.dumps(url)}, {json.dumps(host)}));"
+    program = f"{_PAC_RUNTIME}\n{script}\n{call}"
+    return subprocess.run(
+        [node, "-e", program], capture_output=True, text=True, timeout=20, check=True
+    ).stdout
+
+
+def test_a_pac_file_per_order_routes_a_browser_through_that_orders_deals(
+    stack: Stack, market: Market
+) -> None:
+    orders = {}
+    for country in ("fr", "de"):
+        placed = market.api.place_request(
+            filters={"country": country, "protocol": "https"},
+            ips=1,
+            duration_s=60,
+            traffic_bytes=10**8,
+            max_price_per_gb=str(2 * IPSX),
+            rest=False,
+        )
+        assert len(placed["deals"]) == 1
+        orders[country] = placed
+    bearer = {"Authorization": f"Bearer {stack.secret}"}
+    info = httpx.get(f"{market.url}/v1/orders/{orders['fr']['order_id']}/pac", headers=bearer).json()
+    assert info["proxy"] == f"127.0.0.1:{market.proxy_port}"
+    assert info["proxy_username"] == f"{stack.account}-order-{orders['fr']['order_id']}"
+    # The browser fetches the PAC file without credentials: the URL itself is the capability.
+    fetched = httpx.get(info["pac_url"])
+    assert fetched.status_code == 200
+    assert fetched.headers["content-type"].startswith("application/x-ns-proxy-autoconfig")
+    assert stack.secret not in fetched.text
+    proxy = find_proxy(fetched.text, "https://example.test/page", "example.test")
+    assert proxy == f"PROXY {info['proxy']}"  # no DIRECT fallback around the gateway
+    assert find_proxy(fetched.text, "http://localhost:3000/", "localhost") == "DIRECT"
+    # The browser then answers the gateway's 407 with the user name and the API key's secret: every
+    # connection leaves through the order's deal, not through alice's other deals (the German
+    # order's, the German spot deal, her dedicated US exit), plain HTTP and CONNECT alike.
+    via = f"http://{info['proxy']}"
+    user = f"{info['proxy_username']}:{stack.secret}"
+    assert {curl("-x", via, "-U", user, stack.origin.url("/ip")).stdout for _ in range(4)} == {EXITS["fr"]}
+    tunneled = curl("-p", "-x", via, "-U", user, stack.origin.url("/ip"))
+    assert tunneled.stdout == EXITS["fr"]
+    de_user = f"{stack.account}-order-{orders['de']['order_id']}:{stack.secret}"
+    assert curl("-x", via, "-U", de_user, stack.origin.url("/ip")).stdout == EXITS["de"]
+    fr_deal = orders["fr"]["deals"][0]["deal_id"]
+    rows = stack.wait_usage("deal_id = $1", fr_deal, count=5)
+    assert {row["exit_id"] for row in rows} == {orders["fr"]["deals"][0]["exit_id"]}
+    # An order with no active deal serves nothing: no spot deal is opened behind the pin.
+    deals_before = len(list(market.api.deals()))
+    refused = curl(
+        "-i", "-x", via, "-U", f"{stack.account}-order-nosuch:{stack.secret}", stack.origin.url("/ip")
+    )
+    assert refused.stdout.startswith("HTTP/1.1 502"), refused.stdout
+    assert len(list(market.api.deals())) == deals_before
+    # A forged or foreign capability finds nothing; another account cannot get the order's URL.
+    assert httpx.get(info["pac_url"][:-8] + "AAAAAAA.pac").status_code == 404
+    stranger = Client.sign_in(market.url, load_key(stack.tmp / "agent-fr.key", None))
+    with pytest.raises(ApiError) as foreign:
+        stranger.order_pac(orders["fr"]["order_id"])
+    assert foreign.value.status == 404
+    assert market.api.order_pac(orders["de"]["order_id"])["proxy_username"].endswith(orders["de"]["order_id"])

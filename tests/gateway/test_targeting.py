@@ -50,7 +50,7 @@ def test_parse_username_account_only_is_lower_cased() -> None:
 def test_parse_username_every_key() -> None:
     username = (
         "Bob_1-country-FR-region-Ile_De_France-city-Paris-asn-AS3215-type-Mobile-session-AbC123"
-        "-sessttl-600-deal-Deal_42-maxprice-2.5-proto-SOCKS5"
+        "-sessttl-600-deal-Deal_42-order-r19c_0001-maxprice-2.5-proto-SOCKS5"
     )
     assert parse_username(username) == Targeting(
         account="bob_1",
@@ -58,6 +58,7 @@ def test_parse_username_every_key() -> None:
         session="AbC123",
         sessttl=600,
         deal="Deal_42",
+        order="r19c_0001",
         maxprice=2 * IPSX + IPSX // 2,
         proto="socks5",
     )
@@ -141,6 +142,8 @@ def test_parse_price_too_many_decimals_says_so() -> None:
         ("alice-sessttl-86401", "sessttl", "1 to 86400"),
         ("alice-sessttl-1h", "sessttl", "1 to 86400"),
         ("alice-deal-d.1", "deal", "deal id"),
+        ("alice-order-r.1", "order", "order id"),
+        ("alice-order-" + "r" * 65, "order", "order id"),
         ("alice-maxprice-0", "maxprice", "greater than 0"),
         ("alice-maxprice-cheap", "maxprice", "decimal amount"),
         ("alice-proto-ftp", "proto", "http, https, socks5"),
@@ -219,6 +222,7 @@ def test_apply_headers_every_header() -> None:
         ("X-IPSX-Session", "abc"),
         ("X-IPSX-Sessttl", "30"),
         ("X-IPSX-Deal", "deal_1"),
+        ("X-IPSX-Order", "r1"),
         ("X-IPSX-Maxprice", "0.5"),
         ("X-IPSX-Proto", "https"),
     ]
@@ -228,6 +232,7 @@ def test_apply_headers_every_header() -> None:
         session="abc",
         sessttl=30,
         deal="deal_1",
+        order="r1",
         maxprice=IPSX // 2,
         proto="https",
     )

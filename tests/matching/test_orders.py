@@ -17,7 +17,9 @@ from matching.orders import (
     Request,
     RequestFilters,
     cost_estimate,
+    deal_id_for,
     is_expired,
+    order_of,
     package_request,
 )
 
@@ -275,3 +277,17 @@ def test_package_request_validates_like_a_request(changes: dict[str, Any], field
     with pytest.raises(InvalidOrder) as caught:
         package_request(**fields)
     assert caught.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("request_id", "number", "spot"),
+    [("r19c0001", 7, False), ("k_with_under_scores", 12, False), ("x", 1, False), ("ignored", 3, True)],
+)
+def test_order_of_reads_back_the_order_of_a_deal_id(request_id: str, number: int, spot: bool) -> None:
+    deal_id = deal_id_for(request_id, number, spot=spot)
+    assert order_of(deal_id) == (None if spot else request_id)
+
+
+@pytest.mark.parametrize("deal_id", ["", "r1", "r1_", "_5", "r1_x", "spot_9"])
+def test_order_of_is_none_for_an_id_the_engine_never_makes_for_an_order(deal_id: str) -> None:
+    assert order_of(deal_id) is None
