@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from billing.usage import UsageEvent, UsagePublisher
+from gateway.allowance import AllowanceGuard, Watched
 from gateway.conn import Conn
 from gateway.targeting import Targeting
 from gateway.tickets import Ticket
@@ -45,6 +46,7 @@ class Stream:
     attempts: int
     opened_at: float = field(default_factory=time.time)
     finished: bool = False
+    watched: Watched | None = None  # held to its deal's traffic allowance while it runs
 
 
 class ExitDialer:
@@ -64,8 +66,10 @@ class ExitDialer:
         node: str,
         max_attempts: int,
         routes: DealRoutes | None = None,
+        guard: AllowanceGuard | None = None,
     ) -> None:
         self._hub = hub
+        self._guard = guard
         self._selector = selector
         self._publisher = publisher
         self._node = node
@@ -95,6 +99,9 @@ class ExitDialer:
             routes = {exit_id: deal for exit_id, deal in routes.items() if deal == targeting.deal}
         if targeting.order is not None:
             routes = {exit_id: deal for exit_id, deal in routes.items() if order_of(deal) == targeting.order}
+        guard = self._guard
+        if guard is not None:  # a deal that carried its allowance takes no new stream
+            routes = {exit_id: deal for exit_id, deal in routes.items() if not guard.exhausted(deal)}
         return routes
 
     async def _select(
@@ -161,10 +168,17 @@ class ExitDialer:
                 target=ticket.target,
                 deal_id=deal_id,
                 attempts=attempt,
+                watched=self._watch(targeting.account, deal_id),
             )
         if last_error is not None:
             raise last_error
         raise NoExit("no live exit matches the requested filters")
+
+    def _watch(self, requester: str, deal_id: str | None) -> Watched | None:
+        if self._guard is None or self._routes is None or not deal_id:
+            return None
+        allowance = self._routes.allowance(requester, deal_id)
+        return self._guard.watch(requester, deal_id, allowance) if allowance > 0 else None
 
     def finish(
         self, stream: Stream, *, up: int, down: int, outcome: str, closed_at: float | None = None
@@ -174,6 +188,8 @@ class ExitDialer:
             return
         stream.finished = True
         self._hub.stream_closed(stream.exit_id)
+        if stream.watched is not None and self._guard is not None:
+            self._guard.done(stream.watched, up + down)
         self._publisher.publish(
             UsageEvent(
                 event_id=stream.stream_id,

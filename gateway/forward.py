@@ -118,7 +118,11 @@ class PlainForwarder:
             stream = await self._dialer.open(targeting, host, port, "http")
         except (DialError, NoExit, NoDeal) as error:
             raise dial_refusal(error) from None
-        return _Upstream(stream, key, http1.ResponseHeadReader(self._settings.limits))
+        upstream = _Upstream(stream, key, http1.ResponseHeadReader(self._settings.limits))
+        if stream.watched is not None:
+            stream.watched.gauge = lambda: upstream.up + upstream.down
+            stream.watched.cut = stream.conn.close
+        return upstream
 
     def _end_upstream(self, upstream: _Upstream, outcome: str) -> None:
         upstream.stream.conn.close()

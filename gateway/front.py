@@ -191,6 +191,9 @@ class Front:
         )
         if not stream.finished:
             self.splices.add(splice)
+            if stream.watched is not None:
+                stream.watched.gauge = lambda: splice.a_to_b + splice.b_to_a
+                stream.watched.cut = lambda: splice.end("allowance_used")
 
     # SOCKS5
     async def _socks5(self, conn: Conn, first: bytes) -> None:

@@ -170,6 +170,13 @@ class Splice:
                 side.transport.close()
         on_done(SpliceResult(self.a.count, self.b.count, self._opened_at, time.time(), outcome))
 
+    def end(self, outcome: str) -> None:
+        """Stop relaying: what each side already took is still delivered, then both close."""
+        for side in (self.a, self.b):
+            if not side.lost:
+                side.transport.pause_reading()
+        self._finish(outcome)
+
     def abort(self) -> None:
         """Cut both sides now (shutdown)."""
         for side in (self.a, self.b):

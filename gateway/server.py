@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from billing import db
 from billing.accounts import KeyCache
 from billing.usage import UsagePublisher
+from gateway.allowance import AllowanceGuard
 from gateway.conn import Listener
 from gateway.exits import ExitDialer
 from gateway.front import Front
@@ -73,6 +74,11 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayPor
         stack.push_async_callback(hub.close)
 
         keys = KeyCache(pg, ttl=settings.auth_cache_ttl)
+        guard = AllowanceGuard(redis, interval=settings.allowance_interval) if settings.market else None
+        if guard is not None:  # stopped after the drain: the last streams' bytes are counted too
+            guard_stop = asyncio.Event()
+            guarding = asyncio.create_task(guard.run(guard_stop))
+            stack.push_async_callback(_stop_task, guard_stop, guarding)
         dialer = ExitDialer(
             hub,
             selector,
@@ -80,6 +86,7 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayPor
             node=settings.node_id,
             max_attempts=settings.max_attempts,
             routes=DealRoutes(redis) if settings.market else None,
+            guard=guard,
         )
         front = Front(settings, dialer, keys.check)
         stack.callback(front.abort_all)
@@ -114,6 +121,11 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayPor
             tunnel_port,
         )
         yield GatewayPorts(http=http_port, socks=socks_port, tunnel=tunnel_port)
+
+
+async def _stop_task(stop: asyncio.Event, task: asyncio.Task[None]) -> None:
+    stop.set()
+    await task
 
 
 async def _drain(

@@ -46,6 +46,9 @@ class GatewaySettings:
     heartbeat_ttl: float = 10 * SECONDS  # an exit silent this long is out of selection
     auth_cache_ttl: float = 30 * SECONDS
     candidate_cache_ttl: float = 1 * SECONDS
+    # how often a node adds its streams' bytes to their deals' counters (--market): a stream runs
+    # past its deal's traffic allowance by at most what it carries in this long
+    allowance_interval: float = 0.5 * SECONDS
     max_exits_per_agent: int = 256
     drain_timeout: float = 30 * SECONDS  # on stop, streams in flight get this long to finish
     db_pool: int = 4  # PostgreSQL connections at most (API-key lookups, cached; market reads)

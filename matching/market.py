@@ -492,11 +492,11 @@ class Market:
 
     # -- the deal lifecycle ------------------------------------------------------------------
 
-    def _active_routes(self) -> dict[str, dict[str, str]]:
-        routes: dict[str, dict[str, str]] = {}
+    def _active_routes(self) -> dict[str, dict[str, str | tuple[str, int]]]:
+        routes: dict[str, dict[str, str | tuple[str, int]]] = {}
         for deal in self._deals.values():
             if deal.state is State.ACTIVE:
-                routes.setdefault(deal.requester, {})[deal.exit_id] = deal.deal_id
+                routes.setdefault(deal.requester, {})[deal.exit_id] = (deal.deal_id, deal.traffic_bytes)
         return routes
 
     async def _activate(self, deal_ids: list[str]) -> None:
@@ -509,7 +509,9 @@ class Market:
                 continue
             deal = await self._apply(deal_id, Event(EventKind.READY, Actor.PROVIDER, max(now, deal.last_at)))
             if deal.state is State.ACTIVE:
-                await routing.publish(self._redis, deal.requester, deal.exit_id, deal.deal_id)
+                await routing.publish(
+                    self._redis, deal.requester, deal.exit_id, deal.deal_id, deal.traffic_bytes
+                )
 
     async def tick(self) -> None:
         """One pass of the timers: expiries, activations, ends, reconciliation and settlement."""
@@ -555,7 +557,7 @@ class Market:
 
     async def _end(self, deal: Deal, event: Event) -> None:
         """The deal stops serving: unroute its exit, free its room, and cancel or complete it."""
-        await routing.withdraw(self._redis, deal.requester, deal.exit_id)
+        await routing.withdraw(self._redis, deal.requester, deal.exit_id, deal.deal_id)
         ended = await self._apply(deal.deal_id, event)
         if ended.state is State.CANCELLED and deal.reserve > 0:
             async with self._pool.acquire() as conn, conn.transaction():

@@ -1,9 +1,10 @@
 """What the gateway learns from the market, through Redis: which exits a requester's active deals
 cover (and under which deal), and spot deals asked for traffic that came without an order.
 
-The market writes ``ipsx:market:routes:{<requester>}`` (a hash exit id → deal id) as deals become
-active and end. A gateway node reads it per requester (cached for ``cache_ttl``) and routes the
-requester's streams only through those exits. A requester with no active deal gets spot deals: the
+The market writes ``ipsx:market:routes:{<requester>}`` (a hash exit id → deal id, and ``@<deal id>``
+→ the deal's traffic allowance in bytes for a deal that has one) as deals become active and end. A
+gateway node reads it per requester (cached for ``cache_ttl``) and routes the requester's streams
+only through those exits. A requester with no active deal gets spot deals: the
 gateway pushes a request on ``ipsx:market:spot`` and waits for the market's short answer.
 """
 
@@ -38,23 +39,40 @@ def _reply_key(token: str) -> str:
 # -- the market's side ------------------------------------------------------------------------
 
 
-async def publish(redis: Redis, requester: str, exit_id: str, deal_id: str) -> None:
-    await redis.hset(routes_key(requester), exit_id, deal_id)
+_ALLOWANCE = "@"  # a routes hash field "@<deal id>" holds that deal's traffic allowance (exit ids are hex)
 
 
-async def withdraw(redis: Redis, requester: str, exit_id: str) -> None:
-    await redis.hdel(routes_key(requester), exit_id)
+def _fields(exit_id: str, deal_id: str, allowance: int) -> dict[str, str]:
+    fields = {exit_id: deal_id}
+    if allowance > 0:
+        fields[_ALLOWANCE + deal_id] = str(allowance)
+    return fields
 
 
-async def publish_all(redis: Redis, routes: Mapping[str, Mapping[str, str]]) -> None:
-    """Replace every requester's routes with ``routes`` (at market start-up)."""
+async def publish(redis: Redis, requester: str, exit_id: str, deal_id: str, allowance: int = 0) -> None:
+    """Route the requester's traffic through ``exit_id`` under ``deal_id``; an ``allowance`` > 0
+    is the bytes the deal may carry, which the gateways hold its streams to."""
+    mapping: Any = _fields(exit_id, deal_id, allowance)
+    await redis.hset(routes_key(requester), mapping=mapping)
+
+
+async def withdraw(redis: Redis, requester: str, exit_id: str, deal_id: str | None = None) -> None:
+    await redis.hdel(routes_key(requester), exit_id, *([_ALLOWANCE + deal_id] if deal_id else []))
+
+
+async def publish_all(redis: Redis, routes: Mapping[str, Mapping[str, str | tuple[str, int]]]) -> None:
+    """Replace every requester's routes with ``routes`` (at market start-up): requester → exit id →
+    deal id, or (deal id, traffic allowance)."""
     stale = [key async for key in redis.scan_iter(match="ipsx:market:routes:*", count=500)]
     async with redis.pipeline(transaction=False) as pipe:
         for key in stale:
             pipe.delete(key)
         for requester, exits in routes.items():
-            if exits:
-                mapping: Any = dict(exits)  # redis-py's Mapping key type is invariant
+            mapping: Any = {}  # redis-py's Mapping key type is invariant
+            for exit_id, deal in exits.items():
+                deal_id, allowance = (deal, 0) if isinstance(deal, str) else deal
+                mapping.update(_fields(exit_id, deal_id, allowance))
+            if mapping:
                 pipe.hset(routes_key(requester), mapping=mapping)
         await pipe.execute()
 
@@ -105,7 +123,7 @@ class DealRoutes:
         self._redis = redis
         self._cache_ttl = cache_ttl
         self._spot_timeout = spot_timeout
-        self._cache: dict[str, tuple[float, dict[str, str]]] = {}
+        self._cache: dict[str, tuple[float, dict[str, str], dict[str, int]]] = {}
         self._asking: dict[tuple[str, RequestFilters, str | None, int | None], asyncio.Future[str]] = {}
 
     async def routes(self, requester: str) -> dict[str, str]:
@@ -115,11 +133,24 @@ class DealRoutes:
         if cached is not None and cached[0] > now:
             return cached[1]
         raw = await self._redis.hgetall(routes_key(requester))
-        found = {_text(k): _text(v) for k, v in raw.items()}
+        found: dict[str, str] = {}
+        allowances: dict[str, int] = {}
+        for key, value in raw.items():
+            name, text = _text(key), _text(value)
+            if not name.startswith(_ALLOWANCE):
+                found[name] = text
+            elif text.isdigit():
+                allowances[name[1:]] = int(text)
         if len(self._cache) > 100_000:
             self._cache.clear()
-        self._cache[requester] = (now + self._cache_ttl, found)
+        self._cache[requester] = (now + self._cache_ttl, found, allowances)
         return found
+
+    def allowance(self, requester: str, deal_id: str) -> int:
+        """The traffic allowance of one of the requester's deals, as last read by :meth:`routes`
+        (0: none, or not known)."""
+        cached = self._cache.get(requester)
+        return 0 if cached is None else cached[2].get(deal_id, 0)
 
     def forget(self, requester: str) -> None:
         self._cache.pop(requester, None)

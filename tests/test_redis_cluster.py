@@ -50,6 +50,7 @@ from billing.worker import WorkerSettings, _read, ensure_group, ingest_once
 from dashboard import auth
 from dashboard.problems import Problem
 from dashboard.settings import ApiSettings
+from gateway.allowance import AllowanceGuard, used_key
 from gateway.tickets import Ticket, TicketKey
 from matching import routing
 from matching.orders import RequestFilters
@@ -554,6 +555,31 @@ async def test_routes_publish_withdraw_and_publish_all(rds: Redis) -> None:
     assert await routes.routes("carol") == {"e7": "d7"}
     stored = sorted([key.decode() async for key in rds.scan_iter(match="ipsx:market:routes:*")])
     assert stored == [routing.routes_key("alice"), routing.routes_key("carol")]
+
+
+async def test_route_allowances_and_the_allowance_counters(rds: Redis) -> None:
+    await routing.publish(rds, "alice", "e1", "d1", 5_000)
+    await routing.publish(rds, "alice", "e2", "d2")  # a time-only deal: no allowance field
+    routes = routing.DealRoutes(rds, cache_ttl=0)
+    assert await routes.routes("alice") == {"e1": "d1", "e2": "d2"}
+    assert (routes.allowance("alice", "d1"), routes.allowance("alice", "d2")) == (5_000, 0)
+    await routing.withdraw(rds, "alice", "e1", "d1")
+    assert await rds.hgetall(routing.routes_key("alice")) == {b"e2": b"d2"}
+    await routing.publish_all(rds, {"bob": {"e3": ("d3", 7), "e4": "d4"}})
+    assert await routes.routes("bob") == {"e3": "d3", "e4": "d4"}
+    assert routes.allowance("bob", "d3") == 7
+    # Two requesters' counters (two slots) in one non-transactional pipeline.
+    guard = AllowanceGuard(rds)
+    carried = {"bob": 0, "carol": 0}
+    cut: list[str] = []
+    for requester, deal in (("bob", "d3"), ("carol", "d9")):
+        watched = guard.watch(requester, deal, 7 if requester == "bob" else 100)
+        watched.gauge = lambda requester=requester: carried[requester]  # type: ignore[misc]
+        watched.cut = lambda deal=deal: cut.append(deal)  # type: ignore[misc]
+    carried.update(bob=8, carol=3)
+    await guard.flush()
+    assert cut == ["d3"]
+    assert int(await rds.get(used_key("carol", "d9"))) == 3
 
 
 async def test_spot_request_round_trip(rds: Redis) -> None:

@@ -460,3 +460,44 @@ def test_a_pac_file_per_order_routes_a_browser_through_that_orders_deals(
         stranger.order_pac(orders["fr"]["order_id"])
     assert foreign.value.status == 404
     assert market.api.order_pac(orders["de"]["order_id"])["proxy_username"].endswith(orders["de"]["order_id"])
+
+
+def test_one_long_lived_tunnel_ends_once_its_deal_carried_the_allowance(stack: Stack, market: Market) -> None:
+    allowance, body = 2 * 10**6, 200 * 10**6
+    placed = market.api.place_request(
+        filters={"country": "fr", "protocol": "https"},
+        ips=1,
+        duration_s=120,
+        traffic_bytes=allowance,
+        max_price_per_gb=str(2 * IPSX),
+        rest=False,
+    )
+    (deal,) = placed["deals"]
+    user = f"{stack.account}-order-{placed['order_id']}:{stack.secret}"
+    # One CONNECT tunnel, read at 4 MB/s: the 200 MB body would take 50 s; the tunnel is cut once
+    # the deal's counter passes 2 MB, at the gateway's next half-second pass.
+    started = time.monotonic()
+    download = subprocess.run(
+        ["curl", "-sS", "-p", "-x", f"http://127.0.0.1:{market.proxy_port}", "-U", user,
+         "--limit-rate", "4M", "-o", "/dev/null", "-w", "%{size_download}", "--max-time", "40",
+         stack.origin.url(f"/bytes/{body}")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    elapsed = time.monotonic() - started
+    assert download.returncode in (18, 56), download.stderr  # the transfer was cut short
+    received = int(download.stdout)
+    assert elapsed < 30
+    (row,) = stack.wait_usage("deal_id = $1", deal["deal_id"], count=1)
+    assert row["outcome"] == "allowance_used"
+    metered = row["gateway_bytes_up"] + row["gateway_bytes_down"]
+    assert allowance <= metered < body // 4
+    # Ended, not reset: the client got every byte it is billed for (all but the heads).
+    assert row["gateway_bytes_down"] - 1000 <= received <= row["gateway_bytes_down"]
+    # The deal ends on its allowance and bills what was metered, up to its reserve.
+    deadline = time.monotonic() + 40
+    while market.api.deal(deal["deal_id"])["state"] != "settled" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    settled = market.api.deal(deal["deal_id"])
+    assert settled["state"] == "settled"
+    assert "allowance_used" in [t["event"] for t in settled["transitions"]]
+    assert int(settled["charge"]["base_units"]) <= int(deal["reserve"]["base_units"])

@@ -309,6 +309,28 @@ async def test_splice_abort(connect: Connect) -> None:
     assert len(done.results) == 1
 
 
+async def test_splice_end_delivers_what_was_taken_then_closes(connect: Connect) -> None:
+    conn_a, alice = await connect()
+    conn_b, bob = await connect()
+    small_buffers(conn_b.transport.get_extra_info("socket"), bob.writer.get_extra_info("socket"))  # type: ignore[union-attr]
+    a, _, _ = conn_a.detach()
+    b, _, _ = conn_b.detach()
+    done = Done()
+    splice = Splice(a, b, on_done=done, high_water=64 * 1024)
+    payload = os.urandom(2 * MB)
+    alice.send(payload)  # bob reads nothing for now: part of it waits in B's write buffer
+    await until(lambda: b.get_write_buffer_size() > 0)
+    splice.end("allowance_used")
+    taken = splice.a_to_b
+    assert 0 < taken < len(payload)
+    received = await bob.read_all()  # every byte taken from A, then EOF, not a reset
+    assert received == payload[:taken]
+    result = await done.wait(splice)
+    assert (result.outcome, result.a_to_b) == ("allowance_used", taken)
+    splice.end("allowance_used")  # a second end changes nothing
+    assert len(done.results) == 1
+
+
 async def test_splice_flow_control(connect: Connect) -> None:
     conn_a, alice = await connect()
     conn_b, bob = await connect()

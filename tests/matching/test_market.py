@@ -91,7 +91,11 @@ async def test_a_request_meets_an_offer_reserves_and_routes(
     assert await balance(pg, ledger.requester_account("alice")) == 9 * IPSX
     assert await holds.reserved(pg, ledger.requester_account("alice")) == IPSX
     assert await pg.fetchval("SELECT state FROM deals WHERE deal_id = $1", fill.deal_id) == "active"
-    assert await rds.hgetall(routing.routes_key("alice")) == {b"e1": fill.deal_id.encode()}
+    # Routed, with the traffic allowance the gateways hold its streams to.
+    assert await rds.hgetall(routing.routes_key("alice")) == {
+        b"e1": fill.deal_id.encode(),
+        b"@" + fill.deal_id.encode(): str(GB).encode(),
+    }
     assert (
         await pg.fetchval("SELECT state FROM market_orders WHERE order_id = $1", request.request_id) == "done"
     )
@@ -262,7 +266,8 @@ async def test_a_resting_request_fills_when_an_offer_arrives(
     await offer(market, "e2")
     row = await pg.fetchrow("SELECT state, filled FROM market_orders WHERE order_id = $1", request.request_id)
     assert (row["state"], row["filled"]) == ("done", 2)
-    assert set(await rds.hkeys(routing.routes_key("alice"))) == {b"e1", b"e2"}
+    exits = {key for key in await rds.hkeys(routing.routes_key("alice")) if not key.startswith(b"@")}
+    assert exits == {b"e1", b"e2"}
 
 
 async def test_the_book_survives_a_restart(market: Market, pg: asyncpg.Pool, rds: Redis) -> None:
