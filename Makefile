@@ -8,7 +8,9 @@ STAMP   = $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 .PHONY: setup clients demo test lint unit bench clean
 
-setup: $(STAMP)
+NODE_MODULES = contracts/node_modules/.package-lock.json
+
+setup: $(STAMP) $(NODE_MODULES)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,12 +19,19 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
+# The Solidity compiler, OpenZeppelin and anvil, pinned by contracts/package-lock.json.
+$(NODE_MODULES): contracts/package-lock.json
+	@command -v npm >/dev/null || { apt-get update -q && apt-get install -y -q nodejs npm; }
+	cd contracts && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
 demo: setup
 	$(BIN)/ipsx demo
 
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/python -m contracts.build --check
 
 # Clients the tests drive besides Python's: curl, and docker-compose to validate docker/compose.yaml.
 clients:
