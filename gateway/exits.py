@@ -126,6 +126,11 @@ class ExitDialer:
         asked_spot = False
         if self._routes is not None:
             deal_exits = self._of_deal(await self._routes.routes(targeting.account), targeting)
+            if not deal_exits and (targeting.deal is not None or targeting.order is not None):
+                # A deal opened since the routes were cached (an order placed a moment ago):
+                # read them afresh rather than refuse a connection that names it.
+                self._routes.forget(targeting.account)
+                deal_exits = self._of_deal(await self._routes.routes(targeting.account), targeting)
         for attempt in range(1, self._max_attempts + 1):
             choice = await self._select(targeting, excluded, deal_exits)
             pinned = targeting.deal is not None or targeting.order is not None  # no spot deal then
