@@ -159,6 +159,26 @@ async def get_account_by_address(pool: asyncpg.Pool, address: str) -> Account | 
     return None if row is None else _account(row)
 
 
+async def account_for_address(pool: asyncpg.Pool, address: str) -> Account:
+    """The account of a wallet address, created when it has none (a first sign-in, a first
+    channel on-chain) with the name ``w_`` and the address's first 8 hex digits (12, 16, then 40
+    when taken). Raises ``InvalidAccount`` for a malformed address, ``AccountExists`` (field
+    ``name``) in the unlikely case that every name is taken."""
+    account = await get_account_by_address(pool, address)
+    if account is not None:
+        return account
+    digits = normalize_address(address).lower().removeprefix("0x")
+    for length in (8, 12, 16, 40):
+        try:
+            return await create_account(pool, address=address, name=f"w_{digits[:length]}")
+        except AccountExists as exists:
+            if exists.field == "address":  # created by a concurrent caller
+                found = await get_account_by_address(pool, address)
+                if found is not None:
+                    return found
+    raise AccountExists("name")
+
+
 async def list_accounts(pool: asyncpg.Pool) -> list[Account]:
     """Every account, oldest first."""
     rows = await pool.fetch("SELECT id, address, name, created_at FROM accounts ORDER BY id")

@@ -91,19 +91,10 @@ async def sign_in(
 
 
 async def _account_for(pool: asyncpg.Pool, address: str) -> Account:
-    account = await accounts.get_account_by_address(pool, address)
-    if account is not None:
-        return account
-    digits = address.lower().removeprefix("0x")
-    for length in (8, 12, 16, 40):
-        try:
-            return await accounts.create_account(pool, address=address, name=f"w_{digits[:length]}")
-        except AccountExists as exists:
-            if exists.field == "address":  # created by a concurrent sign-in
-                found = await accounts.get_account_by_address(pool, address)
-                if found is not None:
-                    return found
-    raise Problem(409, "account_conflict", "no free account name for this address")
+    try:
+        return await accounts.account_for_address(pool, address)
+    except AccountExists:
+        raise Problem(409, "account_conflict", "no free account name for this address") from None
 
 
 def issue_token(settings: ApiSettings, account: Account) -> str:

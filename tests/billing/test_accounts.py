@@ -42,6 +42,7 @@ MIGRATIONS = [
     "008_preferences",
     "009_operator_scope",
     "010_withdrawals",
+    "011_channels",
 ]
 
 
