@@ -501,3 +501,150 @@ def test_one_long_lived_tunnel_ends_once_its_deal_carried_the_allowance(stack: S
     assert settled["state"] == "settled"
     assert "allowance_used" in [t["event"] for t in settled["transitions"]]
     assert int(settled["charge"]["base_units"]) <= int(deal["reserve"]["base_units"])
+
+
+# The scripted market: three providers of its own (Italy, Spain, the Netherlands) and two new
+# requesters, several orders each, traffic through the gateway with curl, every deal settled.
+SCRIPT_EXITS = {
+    "it": ("127.0.0.21", IPSX),
+    "es": ("127.0.0.22", 3 * IPSX // 2),
+    "nl": ("127.0.0.23", 2 * IPSX),
+}
+
+
+def _balances(stack: Stack) -> dict[str, int]:
+    return {
+        row["account"]: int(row["balance"])
+        for row in stack.query("SELECT account, balance FROM ledger_balances")
+    }
+
+
+def _key_of(stack: Stack, name: str) -> str:
+    stack.ipsx("account", "create", "--address", "0x" + secrets.token_hex(20), "--name", name)
+    stack.ipsx("account", "credit", name, "3", "--reference", f"script-{name}")
+    found = re.search(r"secret: (\S+)", stack.ipsx("key", "create", name).stdout)
+    assert found is not None
+    return found.group(1)
+
+
+@pytest.mark.timeout(180)
+def test_a_scripted_market_matches_routes_settles_and_balances_to_the_base_unit(
+    stack: Stack, market: Market
+) -> None:
+    before = _balances(stack)
+    providers: dict[str, str] = {}  # country → the provider's account name
+    try:
+        for country, (bind, _) in SCRIPT_EXITS.items():
+            stack.start_agent(f"script-{country}", bind, country, "--type", "mobile", "--allow-private")
+        for country, (bind, price) in SCRIPT_EXITS.items():
+            exit_id = stack.exit_id(f"script-{country}", bind)
+            stack.wait_exit_on(exit_id, {"market-node"})
+            provider = Client.sign_in(market.url, load_key(stack.tmp / f"script-{country}.key", None))
+            providers[country] = provider.me()["account"]["name"]
+            provider.place_offer(
+                exit_id=exit_id, price_per_gb=str(price), sharing="shared", shared_capacity=4
+            )
+        tessa, ugo = _key_of(stack, "tessa"), _key_of(stack, "ugo")
+        as_tessa, as_ugo = Client(market.url, token=tessa), Client(market.url, token=ugo)
+        common = {"duration_s": 8, "traffic_bytes": 10**8, "rest": False}
+        # tessa buys one Italian and one Spanish IP; ugo two mobile IPs anywhere at up to 1.5 IPSX/GB
+        # (the Italian and the Spanish: the Dutch one is dearer), and a Dutch IP at up to 1.2 IPSX/GB,
+        # which rests on the book unfilled.
+        bought = {
+            "tessa": [
+                as_tessa.place_request(
+                    filters={"country": c, "protocol": "https"},
+                    ips=1,
+                    max_price_per_gb=str(2 * IPSX),
+                    **common,
+                )
+                for c in ("it", "es")
+            ],
+            "ugo": [
+                as_ugo.place_request(
+                    filters={"type": "mobile", "protocol": "https"},
+                    ips=2,
+                    max_price_per_gb=str(3 * IPSX // 2),
+                    **common,
+                )
+            ],
+        }
+        resting = as_ugo.place_request(
+            filters={"country": "nl", "protocol": "https"}, ips=1, duration_s=8, traffic_bytes=10**8,
+            max_price_per_gb=str(6 * IPSX // 5),
+        )  # fmt: skip
+        assert resting["deals"] == [] and resting["resting"]
+        deals = {name: [d for order in orders for d in order["deals"]] for name, orders in bought.items()}
+        exits_of = {name: {d["exit_id"] for d in found} for name, found in deals.items()}
+        by_exit = {stack.exit_id(f"script-{c}", bind): bind for c, (bind, _) in SCRIPT_EXITS.items()}
+        assert {by_exit[e] for e in exits_of["tessa"]} == {"127.0.0.21", "127.0.0.22"}
+        assert {by_exit[e] for e in exits_of["ugo"]} == {"127.0.0.21", "127.0.0.22"}
+        # Traffic: each requester's connections leave only through its own deals' exits.
+        proxy = f"http://127.0.0.1:{market.proxy_port}"
+        seen: dict[str, set[str]] = {"tessa": set(), "ugo": set()}
+        for name, secret in (("tessa", tessa), ("ugo", ugo)):
+            for suffix in ("", "-country-it", "-country-es", ""):
+                answer = curl("-p", "-x", proxy, "-U", f"{name}{suffix}:{secret}", stack.origin.url("/ip"))
+                seen[name].add(answer.stdout)
+        assert seen == {"tessa": {"127.0.0.21", "127.0.0.22"}, "ugo": {"127.0.0.21", "127.0.0.22"}}
+        # ugo's Dutch order rests unfilled, and no spot deal is made above his price cap.
+        refused = curl(
+            "-i",
+            "-x",
+            f"http://ugo-country-nl-maxprice-1.2:{ugo}@127.0.0.1:{market.proxy_port}",
+            stack.origin.url("/ip"),
+        )
+        assert refused.stdout.startswith("HTTP/1.1 502") and "no_offer_matches" in refused.stdout
+        as_ugo.cancel(resting["order_id"])
+        all_deals = [d["deal_id"] for found in deals.values() for d in found]
+        rows = stack.wait_usage("deal_id = ANY($1::text[])", all_deals, count=8)
+        for row in rows:
+            owner = "tessa" if row["requester"] == "tessa" else "ugo"
+            assert row["exit_id"] in exits_of[owner]
+        # Every deal ends with its time frame, reconciles both meters and settles.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            states = {
+                row["state"]
+                for row in stack.query("SELECT state FROM deals WHERE deal_id = ANY($1::text[])", all_deals)
+            }
+            if states == {"settled"}:
+                break
+            time.sleep(0.5)
+        assert states == {"settled"}
+        settled = {row["deal_id"]: row for row in stack.query(
+            "SELECT deal_id, requester, provider, price_per_gb::text, charge::text, commission::text,"
+            " billable_bytes FROM deals WHERE deal_id = ANY($1::text[])", all_deals)}  # fmt: skip
+        # Each charge is the metered bytes at the deal's price, rounded up; 10 % of it is commission.
+        for deal_id, row in settled.items():
+            metered = sum(
+                r["gateway_bytes_up"] + r["gateway_bytes_down"] for r in rows if r["deal_id"] == deal_id
+            )
+            assert row["billable_bytes"] == metered > 0
+            charge = -(-int(row["price_per_gb"]) * metered // 10**9)
+            assert (int(row["charge"]), int(row["commission"])) == (charge, charge // 10)
+        # The ledger moved exactly those amounts, to the base unit.
+        after = _balances(stack)
+        delta = {
+            account: after.get(account, 0) - before.get(account, 0) for account in set(after) | set(before)
+        }
+        charges = {
+            name: sum(int(r["charge"]) for r in settled.values() if r["requester"] == name)
+            for name in ("tessa", "ugo")
+        }
+        for name in ("tessa", "ugo"):
+            assert delta[f"requester:{name}"] == 3 * IPSX - charges[name]
+            assert delta.get(f"hold:requester:{name}", 0) == 0
+        for country, provider in providers.items():
+            earned = sum(
+                int(r["charge"]) - int(r["commission"]) for r in settled.values() if r["provider"] == provider
+            )
+            assert delta.get(f"provider:{provider}", 0) == earned, country
+        script_commission = sum(int(r["commission"]) for r in settled.values())
+        assert delta["operator:commission"] >= script_commission  # other tests' deals may settle meanwhile
+        # Nothing but the two credits came into the books: every account sums to zero.
+        assert sum(after.values()) == 0
+        assert delta["operator:treasury"] <= -6 * IPSX
+    finally:
+        for country in SCRIPT_EXITS:
+            stack.stop_agent(f"script-{country}")
