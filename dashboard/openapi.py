@@ -68,6 +68,18 @@ _BODY_ERRORS = {
 }
 
 
+_SCHEDULE = {
+    "type": "string",
+    "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]):[0-5][0-9]$",
+    "description": "the daily UTC window the offer trades in (22:00-07:00 wraps midnight); its deals end "
+    "before the window closes",
+}
+_UNIX_TIME = {
+    "type": "number",
+    "minimum": 0,
+    "maximum": 10**11,
+    "description": "unix seconds; starts_at to expires_at is the time frame a request's deals may open in",
+}
 _WITHDRAWAL_ID = {
     "name": "withdrawal_id",
     "in": "path",
@@ -479,6 +491,8 @@ def document() -> dict[str, Any]:
                                             "minimum": 1,
                                             "maximum": 10000,
                                         },
+                                        "schedule": _SCHEDULE,
+                                        "expires_at": _UNIX_TIME,
                                     },
                                 }
                             }
@@ -523,6 +537,8 @@ def document() -> dict[str, Any]:
                                         "max_price_per_hour": _BASE_UNITS,
                                         "dedicated": {"type": "boolean"},
                                         "rest": {"type": "boolean"},
+                                        "starts_at": _UNIX_TIME,
+                                        "expires_at": _UNIX_TIME,
                                     },
                                 }
                             }
@@ -560,6 +576,8 @@ def document() -> dict[str, Any]:
                                         "max_price_per_hour": _BASE_UNITS,
                                         "dedicated": {"type": "boolean"},
                                         "rest": {"type": "boolean"},
+                                        "starts_at": _UNIX_TIME,
+                                        "expires_at": _UNIX_TIME,
                                     },
                                 }
                             }

@@ -8,6 +8,7 @@ key or session token (``--token`` / ``IPSX_TOKEN``), or sign in with a wallet ke
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import re
@@ -21,6 +22,7 @@ from ipsx.sdk import ApiError, Client
 
 DEFAULT_API = "http://127.0.0.1:8000"
 _DURATION = re.compile(r"([0-9]{1,9})(s|m|h|d)?")
+_SCHEDULE = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]):[0-5][0-9]")
 _SIZE = re.compile(r"([0-9]{1,15})(B|KB|MB|GB|TB)?", re.IGNORECASE)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 _SIZES = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
@@ -54,6 +56,31 @@ def price(text: str) -> str:
         raise argparse.ArgumentTypeError(error.reason) from None
 
 
+def schedule(text: str) -> str:
+    """``HH:MM-HH:MM`` in UTC."""
+    if not _SCHEDULE.fullmatch(text):
+        raise argparse.ArgumentTypeError("a daily UTC window like 22:00-07:00")
+    return text
+
+
+def moment(text: str) -> float:
+    """An ISO 8601 time (``2026-12-01T08:00Z``; UTC when no offset is given) or unix seconds."""
+    if text.isdigit():
+        return float(text)
+    try:
+        parsed = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("an ISO 8601 time like 2026-12-01T08:00Z, or unix seconds") from None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)).timestamp()
+
+
+def _time_frame(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--starts-at", type=moment, help="open no deal before this time (default: now)")
+    parser.add_argument(
+        "--ends-at", type=moment, dest="expires_at", help="open no deal after this time (default: none)"
+    )
+
+
 def add_client_commands(sub: argparse._SubParsersAction[Any]) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--api", default=os.environ.get("IPSX_API_URL", DEFAULT_API), help="API base URL")
@@ -66,11 +93,20 @@ def add_client_commands(sub: argparse._SubParsersAction[Any]) -> None:
     )
     actions = order.add_subparsers(dest="action", required=True)
     offer = actions.add_parser("offer", parents=[common], help="offer one of your live exits")
-    offer.add_argument("--exit", required=True, dest="exit_id", help="the exit id (`ipsx provide` logs it)")
+    offer.add_argument(
+        "--exit",
+        required=True,
+        action="append",
+        dest="exit_ids",
+        help="the exit id (`ipsx provide` logs it); repeat it to offer several exits, one order each",
+    )
     offer.add_argument("--price-per-gb", type=price, default="0", help="IPSX per GB (default: 0)")
     offer.add_argument("--price-per-hour", type=price, default="0", help="IPSX per hour (default: 0)")
     offer.add_argument("--sharing", choices=("dedicated", "shared", "both"), default="both")
     offer.add_argument("--capacity", type=int, default=1, help="concurrent shared deals (default: 1)")
+    offer.add_argument(
+        "--schedule", type=schedule, help="trade only in this daily UTC window, e.g. 22:00-07:00"
+    )
     request = actions.add_parser("request", parents=[common], help="ask for IPs")
     request.add_argument("--country", help="ISO 3166-1 alpha-2, e.g. fr")
     request.add_argument("--type", choices=("residential", "mobile", "datacenter"))
@@ -85,6 +121,7 @@ def add_client_commands(sub: argparse._SubParsersAction[Any]) -> None:
     request.add_argument("--dedicated", action="store_true", help="exits no one else uses meanwhile")
     request.add_argument("--ioc", action="store_true", help="immediate-or-cancel: never rest on the book")
     request.add_argument("--idempotency-key", help="retrying with the same key places the order once")
+    _time_frame(request)
     package = actions.add_parser(
         "package",
         parents=[common],
@@ -99,6 +136,7 @@ def add_client_commands(sub: argparse._SubParsersAction[Any]) -> None:
     package.add_argument("--max-price-per-hour", type=price, default="0", help="IPSX per hour at most")
     package.add_argument("--dedicated", action="store_true", help="exits no one else uses meanwhile")
     package.add_argument("--idempotency-key", help="retrying with the same key places the package once")
+    _time_frame(package)
     amend = actions.add_parser("amend", parents=[common], help="change an open order")
     amend.add_argument("order_id")
     amend.add_argument("--ips", type=int, help="a request's IPs still wanted")
@@ -183,9 +221,9 @@ def _show(args: argparse.Namespace, data: Any, lines: list[str]) -> None:
     print(json.dumps(data, indent=2) if args.json else "\n".join(lines))
 
 
-def _filters(args: argparse.Namespace, *names: str) -> dict[str, str]:
-    """The order filters the command line gave, by name."""
-    return {name: value for name in names if (value := getattr(args, name)) is not None}
+def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The optional order terms the command line gave, by name."""
+    return {name: value for name in names if (value := getattr(args, name, None)) is not None}
 
 
 def _placed_lines(kind: str, placed: dict[str, Any]) -> list[str]:
@@ -205,22 +243,30 @@ def _placed_lines(kind: str, placed: dict[str, Any]) -> list[str]:
 def _run(args: argparse.Namespace) -> None:
     api = _client(args)
     if args.command == "order" and args.action == "offer":
-        placed = api.place_offer(
-            exit_id=args.exit_id,
-            price_per_gb=args.price_per_gb,
-            price_per_hour=args.price_per_hour,
-            sharing=args.sharing,
-            shared_capacity=args.capacity,
-        )
+        offers = [
+            api.place_offer(
+                exit_id=exit_id,
+                price_per_gb=args.price_per_gb,
+                price_per_hour=args.price_per_hour,
+                sharing=args.sharing,
+                shared_capacity=args.capacity,
+                **_given(args, "schedule"),
+            )
+            for exit_id in args.exit_ids
+        ]
         _show(
             args,
-            placed,
-            [f"offer {placed['order_id']} placed; {len(placed.get('deals', []))} deal(s) opened"],
+            offers[0] if len(offers) == 1 else offers,
+            [
+                f"offer {placed['order_id']} placed for exit {exit_id}; "
+                f"{len(placed.get('deals', []))} deal(s) opened"
+                for exit_id, placed in zip(args.exit_ids, offers, strict=True)
+            ],
         )
     elif args.command == "order" and args.action == "request":
         placed = api.place_request(
             idempotency_key=args.idempotency_key,
-            filters=_filters(args, "country", "type", "protocol"),
+            filters=_given(args, "country", "type", "protocol"),
             ips=args.ips,
             duration_s=args.duration,
             traffic_bytes=args.traffic,
@@ -228,18 +274,20 @@ def _run(args: argparse.Namespace) -> None:
             max_price_per_hour=args.max_price_per_hour,
             dedicated=args.dedicated,
             rest=not args.ioc,
+            **_given(args, "starts_at", "expires_at"),
         )
         _show(args, placed, _placed_lines("request", placed))
     elif args.command == "order" and args.action == "package":
         placed = api.place_package(
             idempotency_key=args.idempotency_key,
-            filters=_filters(args, "country", "type"),
+            filters=_given(args, "country", "type"),
             count=args.count,
             duration_s=args.duration,
             total_traffic_bytes=args.traffic,
             max_price_per_gb=args.max_price_per_gb,
             max_price_per_hour=args.max_price_per_hour,
             dedicated=args.dedicated,
+            **_given(args, "starts_at", "expires_at"),
         )
         _show(args, placed, _placed_lines("package", placed))
     elif args.command == "order" and args.action == "amend":

@@ -369,6 +369,14 @@ class Engine:
         """Resting offers, in time priority (arrival or last re-queue)."""
         return [ro.offer for ro in self._book.offers.values()]
 
+    def resting_offer(self, offer_id: str) -> Offer | None:
+        """The offer resting under ``offer_id``, as the book holds it."""
+        ro = self._book.offers.get(offer_id)
+        return None if ro is None else ro.offer
+
+    def is_resting(self, order_id: str) -> bool:
+        return order_id in self._book.offers or order_id in self._book.requests
+
     def resting_requests(self) -> list[RequestStatus]:
         """Resting requests, in arrival order (see ``seq``; priority also weighs max prices)."""
         return [RequestStatus(rr.request, rr.filled, rr.seq) for rr in self._book.requests.values()]

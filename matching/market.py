@@ -36,7 +36,7 @@ from matching.deal_errors import EventRefused
 from matching.deals import Actor, Deal, Event, EventKind, State, apply, propose
 from matching.engine import Engine, Fill, MatchResult
 from matching.errors import MatchingError
-from matching.orders import ExitAttributes, Offer, Request, RequestFilters
+from matching.orders import ExitAttributes, Offer, Request, RequestFilters, is_expired, schedule_window
 from matching.settlement import (
     SettlementAccounts,
     Tolerance,
@@ -55,6 +55,7 @@ SECONDS = 1.0
 IPSX = 10**18
 SPOT_MAX_PRICE = Amount(10 * IPSX)  # per GB and per hour, unless the operator sets others
 _LIVE = (State.PROPOSED, State.ACTIVE)  # deals that hold room on their exit
+_RECLIP_S = 60  # a scheduled offer is re-placed once its window's end cuts its deals this much shorter
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +143,11 @@ class Market:
         self._funds = _LedgerFunds()
         self._engine = Engine(self._funds)
         self._deals: dict[str, Deal] = {}  # deals not closed yet
+        # Open orders the engine holds only part of the time: offers with a daily schedule (as
+        # placed; the engine holds them, clipped to the window, while it is open) and requests
+        # waiting for their time frame to start (with the IPs already filled and the key used).
+        self._scheduled: dict[str, Offer] = {}
+        self._waiting: dict[str, tuple[Request, int, str | None]] = {}
         self._lock = asyncio.Lock()
         self._sequence = 0
 
@@ -156,6 +162,7 @@ class Market:
         self._funds = _LedgerFunds()
         self._engine = Engine(self._funds)
         self._deals = {}
+        self._scheduled, self._waiting = {}, {}
         for row in await store.live_deals(self._pool):
             deal = store.deal_from(orjson.loads(row["record"]))
             fill = Fill(
@@ -183,9 +190,13 @@ class Market:
         for row in rows:
             terms = orjson.loads(row["terms"])
             if row["side"] == "offer":
-                replayed.append(self._engine.place_offer(store.offer_from(terms), now))
+                offer = self._hold_offer(store.offer_from(terms), now)
+                if offer is not None:
+                    replayed.append(self._engine.place_offer(offer, now))
             else:
                 request = store.request_from(terms)
+                if self._hold_request(request, row["filled"], row["key_id"], now):
+                    continue
                 request = replace(request, ips=request.ips - row["filled"])
                 replayed.append(self._engine.place_request(request, now))
         # Room freed while no market ran (deals that ended) may fill resting requests now.
@@ -224,7 +235,9 @@ class Market:
         async with self._lock:
             await self._check_new_order(offer.offer_id)
             await self._refresh_funds(status.request.requester for status in self._engine.resting_requests())
-            result = self._engine.place_offer(offer, self._clock())
+            now = self._clock()
+            held = self._hold_offer(offer, now)
+            result = MatchResult(rested=True) if held is None else self._engine.place_offer(held, now)
             await self._commit(
                 result, placed=("offer", account, offer.offer_id, store.offer_terms(offer), None)
             )
@@ -257,10 +270,76 @@ class Market:
             await self._refresh_funds([account])
             if await self._limit_to_key(account, key_id):
                 request = replace(request, rest=False)
-            result = self._engine.place_request(request, self._clock())
             placed = ("request", account, request.request_id, store.request_terms(request), key_id)
+            if self._hold_request(request, 0, key_id, self._clock()):
+                await self._commit(MatchResult(rested=True), placed=placed)
+                return request, MatchResult(rested=True)
+            result = self._engine.place_request(request, self._clock())
             await self._commit(result, placed=placed)
         return request, result
+
+    # -- orders the engine holds part of the time ---------------------------------------------
+
+    def _hold_offer(self, offer: Offer, now: float) -> Offer | None:
+        """The offer as the engine may hold it at ``now``: as it is without a schedule; inside its
+        window, for deals that end before the window closes; ``None`` outside it (the market keeps
+        it, and puts it on the book when its window opens)."""
+        if offer.schedule is None:
+            return offer
+        self._scheduled[offer.offer_id] = offer
+        window = schedule_window(offer.schedule, now)
+        left = 0 if window is None else int(window[1] - now)
+        if window is None or left < offer.min_duration_s:
+            return None
+        closes = window[1] - offer.min_duration_s  # after that no deal fits the window
+        expires_at = closes if offer.expires_at is None else min(offer.expires_at, closes)
+        return replace(offer, max_duration_s=min(offer.max_duration_s, left), expires_at=expires_at)
+
+    def _hold_request(self, request: Request, filled: int, key_id: str | None, now: float) -> bool:
+        """Keep a request whose time frame has not started off the book; True if it waits."""
+        if request.starts_at is None or request.starts_at <= now:
+            return False
+        self._waiting[request.request_id] = (request, filled, key_id)
+        return True
+
+    async def _reschedule(self, now: float) -> None:
+        """Put offers on the book as their windows open and take them off as they close (a held
+        offer is re-placed, clipped again, as its window's end nears), and requests as their time
+        frames start. Orders that expired meanwhile are marked so."""
+        for offer_id, offer in list(self._scheduled.items()):
+            if is_expired(offer.expires_at, now):
+                await self._expired(offer_id)
+                continue
+            held, admitted = self._engine.resting_offer(offer_id), self._hold_offer(offer, now)
+            if admitted is None:
+                if held is not None:
+                    self._engine.cancel(offer_id)
+                continue
+            if held is not None and held.max_duration_s - admitted.max_duration_s < _RECLIP_S:
+                continue
+            if held is not None:
+                self._engine.cancel(offer_id)
+            await self._refresh_funds(status.request.requester for status in self._engine.resting_requests())
+            await self._commit(self._engine.place_offer(admitted, now))
+        for request_id, (request, filled, key_id) in list(self._waiting.items()):
+            if is_expired(request.expires_at, now):
+                await self._expired(request_id)
+            elif request.starts_at is not None and request.starts_at <= now:
+                del self._waiting[request_id]
+                await self._refresh_funds([request.requester])
+                if await self._limit_to_key(request.requester, key_id):
+                    request = replace(request, rest=False)
+                result = self._engine.place_request(replace(request, ips=request.ips - filled), now)
+                await self._commit(result)
+                if not self._engine.is_resting(request_id):
+                    async with self._pool.acquire() as conn, conn.transaction():
+                        await store.update_order(conn, request_id, state="done")
+
+    async def _expired(self, order_id: str) -> None:
+        self._scheduled.pop(order_id, None)
+        self._waiting.pop(order_id, None)
+        async with self._pool.acquire() as conn, conn.transaction():
+            await store.update_order(conn, order_id, state="expired")
 
     async def _limit_to_key(self, account: str, key_id: str | None) -> bool:
         """Cap the account's available funds for this operation at the key's budget, if any."""
@@ -280,7 +359,10 @@ class Market:
             )
             if owner != account:
                 raise MarketRefused(404, "unknown_order", "you have no open order with this id")
-            self._engine.cancel(order_id)
+            self._scheduled.pop(order_id, None)
+            self._waiting.pop(order_id, None)
+            if self._engine.is_resting(order_id):
+                self._engine.cancel(order_id)
             async with self._pool.acquire() as conn, conn.transaction():
                 await store.update_order(conn, order_id, state="cancelled")
 
@@ -355,11 +437,20 @@ class Market:
                 raise MarketRefused(404, "unknown_order", "you have no open order with this id")
             now = self._clock()
             kwargs = amendment(row["side"], changes)
+            changed = {name: value for name, value in kwargs.items() if value is not None}
+            result = MatchResult(rested=True)
             if row["side"] == "offer":
-                await self._refresh_funds(
-                    status.request.requester for status in self._engine.resting_requests()
-                )
-                result = self._engine.amend_offer(order_id, now=now, **kwargs)
+                scheduled = self._scheduled.get(order_id)
+                if scheduled is not None:
+                    self._scheduled[order_id] = replace(scheduled, **changed)
+                if scheduled is None or self._engine.is_resting(order_id):
+                    await self._refresh_funds(
+                        status.request.requester for status in self._engine.resting_requests()
+                    )
+                    result = self._engine.amend_offer(order_id, now=now, **kwargs)
+            elif order_id in self._waiting:
+                request, filled, key_id = self._waiting[order_id]
+                self._waiting[order_id] = (replace(request, **changed), filled, key_id)
             else:
                 await self._refresh_funds([account])
                 result = self._engine.amend_request(order_id, now=now, **kwargs)
@@ -466,7 +557,8 @@ class Market:
                 for request_id in sorted(touched - resting):
                     if not spot:
                         await store.update_order(conn, request_id, state="done")
-                if placed is not None and placed[0] == "request" and placed[2] not in resting:
+                waits = placed is not None and placed[2] in self._waiting
+                if placed is not None and placed[0] == "request" and placed[2] not in resting and not waits:
                     await store.update_order(conn, placed[2], state="done")
         except (LedgerInsufficientFunds, asyncpg.PostgresError):
             log.warning("market commit failed; reloading the book from the database", exc_info=True)
@@ -519,8 +611,11 @@ class Market:
             now_f = self._clock()
             now = int(now_f)
             for order_id in self._engine.expire(now_f):
-                async with self._pool.acquire() as conn, conn.transaction():
-                    await store.update_order(conn, order_id, state="expired")
+                scheduled = self._scheduled.get(order_id)
+                if scheduled is not None and not is_expired(scheduled.expires_at, now_f):
+                    continue  # its window closed: it waits for the next one
+                await self._expired(order_id)
+            await self._reschedule(now_f)
             await self._activate([d.deal_id for d in self._deals.values() if d.state is State.PROPOSED])
             live = await self._registry.live_ids()
             carried = await store.carried(

@@ -86,6 +86,25 @@ def _check_price(name: str, value: object) -> None:
     _check_int(name, value, 0, MAX_AMOUNT)
 
 
+_SCHEDULE = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])-([01][0-9]|2[0-3]):([0-5][0-9])", re.ASCII)
+
+
+def schedule_window(schedule: str, now: float) -> tuple[float, float] | None:
+    """The daily UTC window ``"HH:MM-HH:MM"`` (it may wrap midnight: ``"22:00-07:00"``) that
+    contains ``now``, as ``(opened, closes)`` in seconds, or ``None`` when ``now`` is outside it."""
+    found = _SCHEDULE.fullmatch(schedule)
+    if found is None:
+        raise InvalidOrder("schedule", "must be HH:MM-HH:MM in UTC, e.g. 22:00-07:00")
+    start = int(found.group(1)) * 3600 + int(found.group(2)) * 60
+    end = int(found.group(3)) * 3600 + int(found.group(4)) * 60
+    length = (end - start) % DAY or DAY  # equal ends: all day
+    midnight = now - now % DAY
+    for opened in (midnight + start - DAY, midnight + start):
+        if opened <= now < opened + length:
+            return opened, opened + length
+    return None
+
+
 def _check_expiry(value: object) -> None:
     if value is None:
         return
@@ -139,7 +158,9 @@ class Offer:
     ``sharing`` says which requests it serves: ``"dedicated"`` (one deal holds the whole exit),
     ``"shared"`` (up to ``shared_capacity`` concurrent shared deals) or ``"both"``. Either price
     may be 0, not both. ``expires_at`` is in the same clock as the engine's ``now``; ``None`` means
-    the offer rests until cancelled.
+    the offer rests until cancelled. ``schedule`` is a daily UTC window: the market puts the
+    offer on the book only inside it, for deals that end before it closes (the engine itself
+    does not read it).
     """
 
     offer_id: str
@@ -154,6 +175,7 @@ class Offer:
     sharing: str = "both"
     shared_capacity: int = 1
     expires_at: float | None = None
+    schedule: str | None = None  # "HH:MM-HH:MM" UTC: the daily window the offer trades in
 
     def __post_init__(self) -> None:
         _check_id("offer_id", self.offer_id)
@@ -176,6 +198,10 @@ class Offer:
         _check_choice("sharing", self.sharing, SHARING)
         _check_int("shared_capacity", self.shared_capacity, 1, MAX_SHARED_CAPACITY)
         _check_expiry(self.expires_at)
+        if self.schedule is not None:
+            if not isinstance(self.schedule, str):
+                raise InvalidOrder("schedule", "must be HH:MM-HH:MM in UTC, e.g. 22:00-07:00")
+            schedule_window(self.schedule, 0.0)  # validates it
 
     @property
     def serves_dedicated(self) -> bool:
@@ -230,7 +256,9 @@ class Request:
     Each deal lasts ``duration_s`` with a traffic allowance of ``traffic_bytes`` and trades at the
     offer's prices, which must not exceed ``max_price_per_gb`` / ``max_price_per_hour``.
     ``dedicated`` asks for exits no one else uses meanwhile. ``rest=False`` is immediate-or-cancel:
-    what cannot be filled at once is dropped; ``rest=True`` leaves it on the book.
+    what cannot be filled at once is dropped; ``rest=True`` leaves it on the book. A time frame
+    (``starts_at`` to ``expires_at``) says when its deals may open: the market keeps the request
+    off the book until ``starts_at`` (the engine itself does not read it).
     """
 
     request_id: str
@@ -244,6 +272,7 @@ class Request:
     dedicated: bool = False
     rest: bool = True
     expires_at: float | None = None
+    starts_at: float | None = None  # with expires_at, the time frame its deals may open in
 
     def __post_init__(self) -> None:
         _check_id("request_id", self.request_id)
@@ -263,6 +292,13 @@ class Request:
         if not isinstance(self.rest, bool):
             raise InvalidOrder("rest", "must be a bool")
         _check_expiry(self.expires_at)
+        if self.starts_at is not None:
+            if not isinstance(self.starts_at, int | float) or isinstance(self.starts_at, bool):
+                raise InvalidOrder("starts_at", "must be a finite number of seconds or None")
+            if not math.isfinite(self.starts_at):
+                raise InvalidOrder("starts_at", "must be a finite number of seconds or None")
+            if self.expires_at is not None and self.expires_at <= self.starts_at:
+                raise InvalidOrder("expires_at", "must be after starts_at")
 
     @property
     def willingness(self) -> Amount:
@@ -306,6 +342,7 @@ def package_request(
     filters: RequestFilters | None = None,
     rest: bool = True,
     expires_at: float | None = None,
+    starts_at: float | None = None,
 ) -> Request:
     """The request for a package as IPSX sold them: ``count`` IPs for ``duration_s``.
 
@@ -328,4 +365,5 @@ def package_request(
         dedicated=dedicated,
         rest=rest,
         expires_at=expires_at,
+        starts_at=starts_at,
     )

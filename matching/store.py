@@ -119,9 +119,9 @@ async def order_exists(conn: asyncpg.Connection | asyncpg.Pool, order_id: str) -
 
 
 async def open_orders(pool: asyncpg.Pool) -> list[asyncpg.Record]:
-    """Open orders in arrival order: ``side``, ``account``, ``terms`` (dict), ``filled``."""
+    """Open orders in arrival order: ``side``, ``account``, ``terms`` (JSON), ``filled``, ``key_id``."""
     rows = await pool.fetch(
-        "SELECT order_id, side, account, terms::text AS terms, filled FROM market_orders"
+        "SELECT order_id, side, account, terms::text AS terms, filled, key_id FROM market_orders"
         " WHERE state = 'open' ORDER BY seq"
     )
     return list(rows)

@@ -45,6 +45,7 @@ def offer_for(
         sharing=sharing,
         shared_capacity=_int(terms, "shared_capacity", 1),
         expires_at=_float(terms, "expires_at"),
+        schedule=terms.get("schedule"),
     )
 
 
@@ -102,6 +103,7 @@ def request_for(account: str, terms: dict[str, Any], request_id: str) -> Request
         dedicated=_bool(terms, "dedicated", False),
         rest=_bool(terms, "rest", True),
         expires_at=_float(terms, "expires_at"),
+        starts_at=_float(terms, "starts_at"),
     )
 
 
@@ -120,6 +122,7 @@ def package_for(account: str, terms: dict[str, Any], request_id: str) -> Request
         filters=filters_from(terms.get("filters", {})),
         rest=_bool(terms, "rest", True),
         expires_at=_float(terms, "expires_at"),
+        starts_at=_float(terms, "starts_at"),
     )
 
 

@@ -5,6 +5,7 @@ requester who cannot pay with 402, and the deal settles to the base unit."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import secrets
@@ -249,6 +250,24 @@ def test_the_command_line_client(stack: Stack, market: Market) -> None:
     )
     bad = stack.ipsx("order", "request", *api, "--traffic", "lots", check=False)
     assert bad.returncode == 2 and "a size like 500MB or 5GB" in bad.stderr
+
+    # A request whose time frame starts tomorrow waits, off the book, with its terms kept.
+    tomorrow = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+    end = str(int(tomorrow.timestamp()) + 3600)
+    later = stack.ipsx(
+        "order", "request", *api, "--country", "de", "--max-price-per-gb", "2",
+        "--starts-at", tomorrow.strftime("%Y-%m-%dT%H:%M"), "--ends-at", end,
+    ).stdout  # fmt: skip
+    waiting = re.search(r"^request (\w+): 0 deal\(s\) opened\n  the rest waits on the book$", later, re.M)
+    assert waiting is not None, later
+    terms = json.loads(
+        stack.query("SELECT terms::text FROM market_orders WHERE order_id = $1", waiting.group(1))[0][0]
+    )
+    assert terms["starts_at"] == float(int(tomorrow.timestamp()) // 60 * 60)
+    assert terms["expires_at"] == float(int(tomorrow.timestamp()) + 3600)
+    stack.ipsx("order", "cancel", *api, waiting.group(1))
+    bad_time = stack.ipsx("order", "request", *api, "--starts-at", "soon", check=False)
+    assert bad_time.returncode == 2 and "ISO 8601" in bad_time.stderr
 
     # A package no offer can fill at its price rests on the book as the request order it maps
     # onto; its IPs can be lowered, and an offer's field is refused.

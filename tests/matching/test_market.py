@@ -437,3 +437,117 @@ async def test_a_package_is_placed_as_the_request_it_maps_onto(
         await pg.fetchval("SELECT side FROM market_orders WHERE order_id = $1", request.request_id)
         == "request"
     )
+
+
+# Schedules and time frames. The test clock starts at 08:00 UTC.
+HOUR = 3600
+
+
+async def test_a_scheduled_offer_trades_only_inside_its_daily_window(
+    market: Market, pg: asyncpg.Pool, rds: Redis
+) -> None:
+    await online(rds, "e1")
+    offer_id = await offer(market, "e1", schedule="10:00-12:00")
+    _, early = await market.place_request("alice", {**REQUEST, "rest": False})
+    assert early.fills == ()  # 08:00: the offer waits for its window
+    assert market._engine.resting_offers() == []
+    resting, _ = await market.place_request("alice", REQUEST)
+    clock(market).now += 2 * HOUR  # 10:00
+    await market.tick()
+    (deal,) = [d for d in market._engine.active_deals() if d.request_id == resting.request_id]
+    assert deal.offer_id == offer_id
+    clock(market).now += 2 * HOUR  # 12:00: the window closed, the offer is off the book
+    await market.tick()
+    assert market._engine.resting_offers() == []
+    assert await pg.fetchval("SELECT state FROM market_orders WHERE order_id = $1", offer_id) == "open"
+    _, late = await market.place_request("alice", {**REQUEST, "rest": False})
+    assert late.fills == ()
+    clock(market).now += 22 * HOUR  # 10:00 the next day: back on the book
+    await market.tick()
+    assert [o.offer_id for o in market._engine.resting_offers()] == [offer_id]
+
+
+async def test_deals_of_a_scheduled_offer_end_before_its_window_closes(market: Market, rds: Redis) -> None:
+    await online(rds, "e1")
+    await offer(market, "e1", schedule="07:30-08:20", sharing="shared", shared_capacity=4)  # 20 minutes left
+    _, long = await market.place_request("alice", {**REQUEST, "duration_s": 1800, "rest": False})
+    assert long.fills == ()
+    _, short = await market.place_request("alice", {**REQUEST, "duration_s": 600, "rest": False})
+    assert len(short.fills) == 1
+    clock(market).now += 15 * 60  # 08:15: five minutes left
+    await market.tick()
+    (held,) = market._engine.resting_offers()
+    assert held.max_duration_s == 300
+    _, too_long = await market.place_request("alice", {**REQUEST, "duration_s": 600, "rest": False})
+    assert too_long.fills == ()
+
+
+async def test_a_request_waits_for_its_time_frame(market: Market, pg: asyncpg.Pool, rds: Redis) -> None:
+    await online(rds, "e1")
+    await offer(market, "e1")
+    start = clock(market).now + 300
+    request, placed = await market.place_request(
+        "alice", {**REQUEST, "starts_at": start, "expires_at": start + HOUR, "rest": False}
+    )
+    assert placed.fills == () and placed.rested
+    assert await holds.reserved(pg, ledger.requester_account("alice")) == 0
+    clock(market).now += 100
+    await market.tick()
+    assert market._engine.active_deals() == []
+    # A restart meanwhile keeps it waiting.
+    again = Market(pg, rds, market.settings, clock=clock(market))
+    await again.load()
+    assert again._engine.resting_requests() == [] and request.request_id in again._waiting
+    clock(market).now += 200  # its time frame starts: it trades, immediate-or-cancel as asked
+    await again.tick()
+    (deal,) = again._engine.active_deals()
+    assert deal.request_id == request.request_id
+    assert await holds.reserved(pg, ledger.requester_account("alice")) == IPSX
+    row = await pg.fetchrow("SELECT state, filled FROM market_orders WHERE order_id = $1", request.request_id)
+    assert (row["state"], row["filled"]) == ("done", 1)
+
+
+async def test_waiting_orders_can_be_amended_cancelled_and_expire(
+    market: Market, pg: asyncpg.Pool, rds: Redis
+) -> None:
+    await online(rds, "e1")
+    offer_id = await offer(market, "e1", schedule="10:00-12:00")
+    await market.amend("bob", offer_id, {"price_per_gb": str(3 * IPSX)})
+    assert market._scheduled[offer_id].price_per_gb == 3 * IPSX
+    start = clock(market).now + HOUR
+    request, _ = await market.place_request(
+        "alice", {**REQUEST, "starts_at": start, "expires_at": start + 60}
+    )
+    await market.amend("alice", request.request_id, {"ips": 2})
+    assert market._waiting[request.request_id][0].ips == 2
+    await market.cancel("bob", offer_id)
+    assert await pg.fetchval("SELECT state FROM market_orders WHERE order_id = $1", offer_id) == "cancelled"
+    clock(market).now += HOUR + 61  # past the request's time frame before it could trade
+    await market.tick()
+    state = await pg.fetchval("SELECT state FROM market_orders WHERE order_id = $1", request.request_id)
+    assert state == "expired" and request.request_id not in market._waiting
+
+
+@pytest.mark.parametrize(
+    ("terms", "field"),
+    [
+        ({"schedule": "25:00-01:00"}, "schedule"),
+        ({"schedule": "10-12"}, "schedule"),
+        ({"schedule": 10}, "schedule"),
+    ],
+)
+async def test_a_bad_schedule_is_refused(
+    market: Market, rds: Redis, terms: dict[str, object], field: str
+) -> None:
+    await online(rds, "e1")
+    with pytest.raises(InvalidOrder) as info:
+        await offer(market, "e1", **terms)
+    assert info.value.field == field
+
+
+async def test_a_time_frame_that_ends_before_it_starts_is_refused(market: Market) -> None:
+    with pytest.raises(InvalidOrder) as info:
+        await market.place_request(
+            "alice", {**REQUEST, "starts_at": 2_000_000_000, "expires_at": 1_999_999_999}
+        )
+    assert info.value.field == "expires_at"

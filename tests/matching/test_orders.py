@@ -21,6 +21,7 @@ from matching.orders import (
     is_expired,
     order_of,
     package_request,
+    schedule_window,
 )
 
 IPSX = 10**18
@@ -291,3 +292,23 @@ def test_order_of_reads_back_the_order_of_a_deal_id(request_id: str, number: int
 @pytest.mark.parametrize("deal_id", ["", "r1", "r1_", "_5", "r1_x", "spot_9"])
 def test_order_of_is_none_for_an_id_the_engine_never_makes_for_an_order(deal_id: str) -> None:
     assert order_of(deal_id) is None
+
+
+MIDNIGHT = 1_799_971_200.0  # a UTC midnight
+
+
+@pytest.mark.parametrize(
+    ("schedule", "at", "window"),
+    [
+        ("10:00-12:00", 11 * 3600, (10 * 3600, 12 * 3600)),
+        ("10:00-12:00", 12 * 3600, None),  # the end is excluded
+        ("10:00-12:00", 10 * 3600, (10 * 3600, 12 * 3600)),
+        ("22:00-07:00", 23 * 3600, (22 * 3600, 31 * 3600)),  # wraps midnight
+        ("22:00-07:00", 3 * 3600, (-2 * 3600, 7 * 3600)),  # in the part after midnight
+        ("22:00-07:00", 12 * 3600, None),
+        ("00:00-00:00", 5 * 3600, (0, 24 * 3600)),  # equal ends: all day
+    ],
+)
+def test_schedule_window(schedule: str, at: int, window: tuple[int, int] | None) -> None:
+    found = schedule_window(schedule, MIDNIGHT + at)
+    assert found == (None if window is None else (MIDNIGHT + window[0], MIDNIGHT + window[1]))
