@@ -258,6 +258,19 @@ SCHEMAS: dict[str, Any] = {
             "deal_ids": {"type": "array", "items": _STR},
         },
     },
+    "Exit": {
+        "type": "object",
+        "required": ["exit_id", "bind", "country", "region", "city", "asn", "type"],
+        "properties": {
+            "exit_id": _STR,
+            "bind": _STR,
+            "country": _STR,
+            "region": _STR,
+            "city": _STR,
+            "asn": {"type": "integer"},
+            "type": {"enum": ["residential", "mobile", "datacenter"]},
+        },
+    },
     "Withdrawal": {
         "type": "object",
         "required": ["withdrawal_id", "source", "amount", "address", "state", "created_at"],
@@ -848,6 +861,24 @@ def document() -> dict[str, Any]:
                             "the price index", {"type": "object", "required": ["window_hours", "index"]}
                         ),
                         "400": _problem("an unknown parameter"),
+                    },
+                }
+            },
+            "/v1/exits": {
+                "get": {
+                    "operationId": "myExits",
+                    "summary": "Your live exits as a provider (what your agents declared), to offer them",
+                    "security": secured,
+                    "responses": {
+                        "200": _json(
+                            "every live exit of the caller's wallet",
+                            {
+                                "type": "object",
+                                "required": ["items"],
+                                "properties": {"items": {"type": "array", "items": _ref("Exit")}},
+                            },
+                        ),
+                        **_AUTH_ERRORS,
                     },
                 }
             },

@@ -11,7 +11,7 @@ import orjson
 from aiohttp import web
 
 from dashboard import pac
-from dashboard.appkeys import HTTP, PG, SEAT, SETTINGS
+from dashboard.appkeys import HTTP, PG, REDIS, SEAT, SETTINGS
 from dashboard.pages import encode_cursor, page_params
 from dashboard.problems import Problem, json_response, read_json
 from dashboard.routes import amount_json, authorized
@@ -20,6 +20,7 @@ from matching.engine import Fill, MatchResult
 from matching.errors import InvalidOrder, MatchingError
 from matching.market import MarketRefused
 from matching.terms import package_for, request_for
+from pool.registry import ExitRegistry
 
 routes = web.RouteTableDef()
 
@@ -247,6 +248,27 @@ async def list_orders(request: web.Request) -> web.Response:
     ]
     next_cursor = encode_cursor([rows[-1]["seq"]]) if len(rows) == limit else None
     return json_response({"items": items, "next_cursor": next_cursor})
+
+
+@routes.get("/v1/exits")
+async def my_exits(request: web.Request) -> web.Response:
+    """The caller's live exits as a provider (its agents declared them), to offer them."""
+    caller = await authorized(request)
+    live = await ExitRegistry(request.app[REDIS]).list_live()
+    items = [
+        {
+            "exit_id": info.exit_id,
+            "bind": info.bind,
+            "country": info.country,
+            "region": info.region,
+            "city": info.city,
+            "asn": info.asn,
+            "type": info.type,
+        }
+        for info in live
+        if info.provider == caller.account.address
+    ]
+    return json_response({"items": items})
 
 
 @routes.get("/v1/orders/{order_id}/pac")

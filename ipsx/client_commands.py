@@ -93,13 +93,20 @@ def add_client_commands(sub: argparse._SubParsersAction[Any]) -> None:
     )
     actions = order.add_subparsers(dest="action", required=True)
     offer = actions.add_parser("offer", parents=[common], help="offer one of your live exits")
-    offer.add_argument(
+    which = offer.add_mutually_exclusive_group(required=True)
+    which.add_argument(
         "--exit",
-        required=True,
         action="append",
         dest="exit_ids",
         help="the exit id (`ipsx provide` logs it); repeat it to offer several exits, one order each",
     )
+    which.add_argument(
+        "--all-exits",
+        action="store_true",
+        help="offer every live exit of your wallet (narrowed by --exit-country / --exit-type)",
+    )
+    offer.add_argument("--exit-country", help="with --all-exits: only exits in this country")
+    offer.add_argument("--exit-type", choices=("residential", "mobile", "datacenter"))
     offer.add_argument("--price-per-gb", type=price, default="0", help="IPSX per GB (default: 0)")
     offer.add_argument("--price-per-hour", type=price, default="0", help="IPSX per hour (default: 0)")
     offer.add_argument("--sharing", choices=("dedicated", "shared", "both"), default="both")
@@ -243,6 +250,14 @@ def _placed_lines(kind: str, placed: dict[str, Any]) -> list[str]:
 def _run(args: argparse.Namespace) -> None:
     api = _client(args)
     if args.command == "order" and args.action == "offer":
+        if args.all_exits:
+            args.exit_ids = [
+                e["exit_id"]
+                for e in api.exits()
+                if args.exit_country in (None, e["country"]) and args.exit_type in (None, e["type"])
+            ]
+            if not args.exit_ids:
+                raise ClientError("no live exit of yours matches; is your agent online?")
         offers = [
             api.place_offer(
                 exit_id=exit_id,

@@ -172,6 +172,10 @@ class Client:
     def cancel(self, order_id: str) -> None:
         self._call("DELETE", f"/v1/orders/{urllib.parse.quote(order_id, safe='')}")
 
+    def exits(self) -> list[dict[str, Any]]:
+        """Your live exits as a provider: id, source address and attributes."""
+        return list(self._call("GET", "/v1/exits")["items"])
+
     def order_pac(self, order_id: str) -> dict[str, Any]:
         """The PAC file URL of your request order (``pac_url``), for browsers and OS proxy
         settings, and the proxy user name (``proxy_username``) they answer the gateway with."""

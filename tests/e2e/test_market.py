@@ -667,3 +667,26 @@ def test_a_scripted_market_matches_routes_settles_and_balances_to_the_base_unit(
     finally:
         for country in SCRIPT_EXITS:
             stack.stop_agent(f"script-{country}")
+
+
+def test_a_provider_offers_all_its_live_exits_from_the_command_line(stack: Stack, market: Market) -> None:
+    key = str(stack.tmp / "agent-fr.key")
+    fr_exit = stack.exit_id("agent-fr", EXITS["fr"])
+    provider = Client.sign_in(market.url, load_key(stack.tmp / "agent-fr.key", None))
+    assert [(e["exit_id"], e["bind"], e["country"]) for e in provider.exits()] == [
+        (fr_exit, EXITS["fr"], "fr")
+    ]
+    api = ["--api", market.url, "--key", key]
+    placed = stack.ipsx(
+        "order", "offer", *api, "--all-exits", "--exit-country", "fr", "--price-per-gb", "50",
+        "--schedule", "00:00-00:00",
+    ).stdout  # fmt: skip
+    found = re.fullmatch(rf"offer (\w+) placed for exit {fr_exit}; 0 deal\(s\) opened\n", placed)
+    assert found is not None, placed
+    terms = json.loads(
+        stack.query("SELECT terms::text FROM market_orders WHERE order_id = $1", found.group(1))[0][0]
+    )
+    assert terms["schedule"] == "00:00-00:00" and terms["exit_id"] == fr_exit
+    stack.ipsx("order", "cancel", *api, found.group(1))
+    none = stack.ipsx("order", "offer", *api, "--all-exits", "--exit-country", "de", check=False)
+    assert none.returncode == 2 and "no live exit of yours matches" in none.stderr
