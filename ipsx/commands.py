@@ -261,3 +261,15 @@ def _client_command(args: argparse.Namespace, env: Environment) -> None:
 
 
 cmd_order = cmd_deals = cmd_deal = cmd_usage = cmd_market = cmd_withdrawal = _client_command
+
+
+def cmd_chain(args: argparse.Namespace, env: Environment) -> None:
+    from ipsx import chain_commands  # web3 is loaded by the chain commands only
+
+    chain_commands.cmd_chain(args, env)
+
+
+def cmd_reconcile(args: argparse.Namespace, env: Environment) -> None:
+    from ipsx import chain_commands
+
+    chain_commands.cmd_reconcile(args, env)
