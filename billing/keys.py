@@ -8,3 +8,4 @@ USAGE_STREAM = "ipsx:usage"
 USAGE_DEAD_STREAM = "ipsx:usage:dead"
 #: The consumer group of the billing workers on ``USAGE_STREAM``.
 USAGE_GROUP = "billing"
+PAYMENT_CUTOFF = "ipsx:payments:cutoff"  # requester → unpaid base units, for those above the limit

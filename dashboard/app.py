@@ -11,12 +11,14 @@ import aiohttp
 from aiohttp import web
 
 from billing import db
+from billing.payments import PaymentSettings
 from dashboard import openapi
 from dashboard.appkeys import HTTP, PG, REDIS, SEAT, SETTINGS
 from dashboard.leader import MarketSeat, default_advertise_url
 from dashboard.problems import json_response, problems_middleware
 from dashboard.routes import routes
 from dashboard.routes_market import routes as market_routes
+from dashboard.routes_payments import routes as payment_routes
 from dashboard.routes_withdrawals import routes as withdrawal_routes
 from dashboard.settings import ApiSettings
 from pool.client import redis_from_url
@@ -39,7 +41,8 @@ def build_app(settings: ApiSettings) -> web.Application:
         app[PG] = await db.connect(settings.database_url, min_size=1, max_size=settings.db_pool)
         app[REDIS] = redis_from_url(settings.redis_url)
         app[HTTP] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
-        app[SEAT] = seat = MarketSeat(app[PG], app[REDIS], settings.advertise_url)
+        payments = PaymentSettings(unpaid_limit=settings.unpaid_limit, interval=settings.invoice_interval)
+        app[SEAT] = seat = MarketSeat(app[PG], app[REDIS], settings.advertise_url, payments=payments)
         stop = asyncio.Event()
         leading = asyncio.create_task(seat.run(stop)) if settings.market else None
         if leading is not None:  # serve once this node knows whether it runs the market
@@ -61,6 +64,7 @@ def build_app(settings: ApiSettings) -> web.Application:
     app.router.add_routes(routes)
     app.router.add_routes(market_routes)
     app.router.add_routes(withdrawal_routes)
+    app.router.add_routes(payment_routes)
     return app
 
 

@@ -20,6 +20,7 @@ import asyncpg
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from billing.payments import Invoicer, PaymentSettings
 from matching.market import Market
 
 log = logging.getLogger("ipsx.api.leader")
@@ -47,7 +48,9 @@ class MarketSeat:
         *,
         retry: float = 2.0,
         announce_ttl: float = 10.0,
+        payments: PaymentSettings | None = None,
     ) -> None:
+        self._payments = payments or PaymentSettings()
         self._pool = pool
         self._redis = redis
         self._url = advertise_url
@@ -100,6 +103,8 @@ class MarketSeat:
         await market.load()
         market_stop = asyncio.Event()
         task = asyncio.create_task(market.run(market_stop))
+        # The market's node also bills channel-funded requesters and keeps the cut-off list.
+        invoicing = asyncio.create_task(Invoicer(self._pool, self._redis, self._payments).run(market_stop))
         self.market = market
         self.settled.set()
         log.info("this API node runs the market (announced as %s)", self._url)
@@ -112,6 +117,10 @@ class MarketSeat:
         finally:
             self.market = None
             market_stop.set()
+            try:
+                await invoicing
+            except Exception:
+                log.exception("invoicing stopped on an error")
             try:
                 await task
             except Exception:  # the market failed: step down; the lock is tried again after retry

@@ -271,6 +271,35 @@ SCHEMAS: dict[str, Any] = {
             "type": {"enum": ["residential", "mobile", "datacenter"]},
         },
     },
+    "Channel": {
+        "type": "object",
+        "required": ["channel_id", "role", "sender", "receiver", "deposit", "state", "proof_balance"],
+        "properties": {
+            "channel_id": _STR,
+            "role": {"enum": ["requester", "provider"]},
+            "sender": _STR,
+            "receiver": _STR,
+            "deposit": _ref("Amount"),
+            "state": {"enum": ["open", "closing", "settled"]},
+            "proof_balance": _ref("Amount"),
+            "closing_balance": {"oneOf": [_ref("Amount"), {"type": "null"}]},
+            "settle_after": {"type": ["integer", "null"]},
+        },
+    },
+    "Invoice": {
+        "type": "object",
+        "required": ["invoice_id", "channel_id", "amount", "cumulative", "deal_ids", "state", "created_at"],
+        "properties": {
+            "invoice_id": {"type": "integer"},
+            "channel_id": _STR,
+            "amount": _ref("Amount"),
+            "cumulative": _ref("Amount"),
+            "deal_ids": {"type": "array", "items": _STR},
+            "state": {"enum": ["open", "paid"]},
+            "created_at": _STR,
+            "paid_at": _NULLABLE_STR,
+        },
+    },
     "Withdrawal": {
         "type": "object",
         "required": ["withdrawal_id", "source", "amount", "address", "state", "created_at"],
@@ -924,6 +953,79 @@ def document() -> dict[str, Any]:
                             "content": {"application/x-ns-proxy-autoconfig": {"schema": _STR}},
                         },
                         "404": _problem("no PAC file at this URL"),
+                    },
+                }
+            },
+            "/v1/payments/domain": {
+                "get": {
+                    "operationId": "paymentDomain",
+                    "summary": "Public: the EIP-712 domain balance proofs are signed for",
+                    "responses": {
+                        "200": _json(
+                            "the chain id and the PaymentChannels contract",
+                            {
+                                "type": "object",
+                                "required": ["chain_id", "verifying_contract"],
+                                "properties": {"chain_id": {"type": "integer"}, "verifying_contract": _STR},
+                            },
+                        ),
+                        "503": _problem("this API node takes no channel payments"),
+                    },
+                }
+            },
+            "/v1/channels": {
+                "get": {
+                    "operationId": "myChannels",
+                    "summary": "Your open payment channels, as the chain watcher confirmed them",
+                    "security": secured,
+                    "responses": {
+                        "200": _json(
+                            "the caller's channels",
+                            {
+                                "type": "object",
+                                "required": ["items"],
+                                "properties": {"items": {"type": "array", "items": _ref("Channel")}},
+                            },
+                        ),
+                        **_AUTH_ERRORS,
+                    },
+                }
+            },
+            "/v1/invoices": {
+                "get": {
+                    "operationId": "listInvoices",
+                    "summary": "What your settled deals cost, billed to your channel, newest first",
+                    "security": secured,
+                    "parameters": _PAGE_PARAMS,
+                    "responses": {"200": _json("the caller's invoices", _page("Invoice")), **_PAGE_ERRORS},
+                }
+            },
+            "/v1/invoices/{invoice_id}/payment": {
+                "post": {
+                    "operationId": "payInvoice",
+                    "summary": "Pay an invoice with your balance proof of its cumulative amount",
+                    "description": "The proof is your EIP-712 BalanceProof(channelId, balance) signature "
+                    "for the domain of /v1/payments/domain; it pays this invoice and every earlier one of "
+                    "the channel.",
+                    "security": secured,
+                    "parameters": [
+                        {
+                            "name": "invoice_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "integer", "minimum": 1},
+                        }
+                    ],
+                    "requestBody": _object_body(
+                        ["signature"], {"signature": {"type": "string", "pattern": "^0x[0-9a-fA-F]{130}$"}}
+                    ),
+                    "responses": {
+                        "200": _json("the invoice, paid", _ref("Invoice")),
+                        "404": _problem("no invoice of the caller has this id"),
+                        "422": _problem("the balance proof was refused (reason says why)"),
+                        "503": _problem("this API node takes no channel payments"),
+                        **_BODY_ERRORS,
+                        **_AUTH_ERRORS,
                     },
                 }
             },

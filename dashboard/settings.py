@@ -32,3 +32,9 @@ class ApiSettings:
     market: bool = True  # run the market here (if no other process holds its lock)
     # the gateway's HTTP proxy, HOST:PORT as browsers reach it: what the orders' PAC files name
     proxy_address: str = "127.0.0.1:8080"
+    # Payments over channels: the PaymentChannels contract (on chain_id) whose balance proofs pay
+    # invoices (None: invoices cannot be paid here), and the unpaid usage, in base units, a
+    # channel-funded requester may owe before the gateways answer it 402.
+    channels_address: str | None = None
+    unpaid_limit: int = 10**18
+    invoice_interval: float = 2.0

@@ -126,6 +126,8 @@ class ExitDialer:
         asked_spot = False
         if self._routes is not None:
             deal_exits = self._of_deal(await self._routes.routes(targeting.account), targeting)
+            if self._routes.cut_off(targeting.account):
+                raise NoDeal("payment_required")
             if not deal_exits and (targeting.deal is not None or targeting.order is not None):
                 # A deal opened since the routes were cached (an order placed a moment ago):
                 # read them afresh rather than refuse a connection that names it.
@@ -231,4 +233,10 @@ NO_DEAL: dict[str, tuple[int, str, int, str]] = {
     "insufficient_funds": (402, "insufficient_funds", 2, "your balance does not cover a deal; top it up"),
     "no_offer": (502, "no_offer_matches", 3, "no offer matches the requested targeting at your prices"),
     "unavailable": (503, "market_unavailable", 1, "the market did not answer; try again"),
+    "payment_required": (
+        402,
+        "payment_required",
+        2,
+        "your unpaid usage is above the limit: sign your open invoices (ipsx pay) to go on",
+    ),
 }

@@ -344,6 +344,20 @@ def build_parser() -> argparse.ArgumentParser:
         "forward market calls to it (default: http://HOST:PORT, the machine's name for 0.0.0.0)",
     )
     api.add_argument(
+        "--channels-address",
+        help="the PaymentChannels contract (on --chain-id) whose balance proofs pay invoices "
+        "(default: none, no channel payments)",
+    )
+    api.add_argument(
+        "--unpaid-limit",
+        default="1",
+        help="IPSX of settled usage a channel-funded requester may owe before the gateways answer "
+        "402 (default: %(default)s)",
+    )
+    api.add_argument(
+        "--invoice-interval", type=float, default=2.0, help="seconds between invoicing passes (default: 2)"
+    )
+    api.add_argument(
         "--proxy-address",
         default="127.0.0.1:8080",
         help="the gateway's HTTP proxy as browsers reach it, HOST:PORT: what the orders' PAC files "

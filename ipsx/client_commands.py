@@ -12,12 +12,14 @@ import datetime as dt
 import json
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
 from billing.errors import InvalidAmount
 from billing.ledger import parse_amount
 from gateway.agent.settings import load_key
+from ipsx.payagent import PaymentAgent
 from ipsx.sdk import ApiError, Client
 
 DEFAULT_API = "http://127.0.0.1:8000"
@@ -209,6 +211,22 @@ def add_client_commands(sub: argparse._SubParsersAction[Any]) -> None:
     )
     w_reject.add_argument("withdrawal_id", type=int)
     w_reject.add_argument("--reason", required=True, help="what its owner is told")
+    pay = sub.add_parser(
+        "pay",
+        parents=[common],
+        help="run your payment agent: pay your channel's invoices with balance proofs (needs --key)",
+        description="Signs, with the wallet of --key, the balance proofs that pay your open invoices, "
+        "after checking each: it must continue the last balance signed, stay within the channel's "
+        "deposit, --max-invoice and --budget. Runs until Ctrl-C (or one pass with --once).",
+    )
+    pay.add_argument(
+        "--max-invoice", type=price, default=str(10 * 10**18), help="IPSX per invoice at most (default: 10)"
+    )
+    pay.add_argument(
+        "--budget", type=price, default=str(100 * 10**18), help="IPSX this run signs at most (default: 100)"
+    )
+    pay.add_argument("--interval", type=float, default=5.0, help="seconds between passes (default: 5)")
+    pay.add_argument("--once", action="store_true", help="one pass, then exit")
     sub.add_parser("usage", parents=[common], help="your metered streams, newest first")
     market = sub.add_parser("market", parents=[common], help="public market data: depth and price index")
     market.add_argument("--country")
@@ -354,6 +372,8 @@ def _run(args: argparse.Namespace) -> None:
         )
     elif args.command == "withdrawal":
         _withdrawal(args, api)
+    elif args.command == "pay":
+        _pay(args, api)
     elif args.command == "usage":
         items = list(api.usage())
         _show(
@@ -376,6 +396,25 @@ def _run(args: argparse.Namespace) -> None:
                 for lv in levels
             ],
         )
+
+
+def _pay(args: argparse.Namespace, api: Client) -> None:
+    if not args.key:
+        raise ClientError("ipsx pay signs balance proofs: give your wallet with --key")
+    wallet = load_key(Path(args.key), os.environ.get("IPSX_KEY_PASSWORD"))
+    agent = PaymentAgent(api, wallet, max_invoice=int(args.max_invoice), budget=int(args.budget))
+    while True:
+        done = agent.pay_once()
+        for paid in done.paid:
+            print(
+                f"paid invoice {paid['invoice_id']}: balance {paid['cumulative']['ipsx']} IPSX signed",
+                flush=True,
+            )
+        for invoice_id, why in done.refused:
+            print(f"invoice {invoice_id} not paid: {why}", flush=True)
+        if args.once:
+            return
+        time.sleep(args.interval)
 
 
 def _withdrawal_line(w: dict[str, Any]) -> str:

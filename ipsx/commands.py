@@ -9,6 +9,8 @@ import secrets
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from eth_utils.address import is_address
+
 from billing import accounts, db, ledger
 from billing.errors import BillingError
 from billing.worker import WorkerSettings, run_worker
@@ -93,6 +95,14 @@ def cmd_api(args: argparse.Namespace, env: Environment) -> None:
         raise UsageError("set IPSX_JWT_SECRET to a random string of at least 32 bytes")
     if not pac.valid_proxy_address(args.proxy_address):
         raise UsageError(f"--proxy-address must be HOST:PORT (got {args.proxy_address[:60]!r})")
+    try:
+        unpaid_limit = ledger.parse_amount(args.unpaid_limit)
+    except BillingError as error:
+        raise UsageError(f"--unpaid-limit: {error}") from None
+    if args.channels_address is not None and not is_address(args.channels_address):
+        raise UsageError("--channels-address must be a 0x address")
+    if args.invoice_interval <= 0:
+        raise UsageError("--invoice-interval must be positive")
     settings = ApiSettings(
         database_url=env.database,
         redis_url=env.redis,
@@ -104,6 +114,9 @@ def cmd_api(args: argparse.Namespace, env: Environment) -> None:
         db_pool=args.db_pool,
         advertise_url=args.advertise_url,
         proxy_address=args.proxy_address,
+        channels_address=args.channels_address,
+        unpaid_limit=unpaid_limit,
+        invoice_interval=args.invoice_interval,
     )
     runtime.run(lambda stop: run_api(settings, stop))
 
@@ -260,7 +273,7 @@ def _client_command(args: argparse.Namespace, env: Environment) -> None:
         raise UsageError(str(error)) from None
 
 
-cmd_order = cmd_deals = cmd_deal = cmd_usage = cmd_market = cmd_withdrawal = _client_command
+cmd_order = cmd_deals = cmd_deal = cmd_usage = cmd_market = cmd_withdrawal = cmd_pay = _client_command
 
 
 def cmd_chain(args: argparse.Namespace, env: Environment) -> None:

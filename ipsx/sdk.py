@@ -205,6 +205,21 @@ class Client:
         """Operator: refuse the withdrawal; its funds go back."""
         return dict(self._call("POST", f"/v1/withdrawals/{int(withdrawal_id)}/rejection", {"reason": reason}))
 
+    def payment_domain(self) -> dict[str, Any]:
+        """The EIP-712 domain (``chain_id``, ``verifying_contract``) balance proofs are signed for."""
+        return dict(self._call("GET", "/v1/payments/domain"))
+
+    def channels(self) -> list[dict[str, Any]]:
+        """Your open payment channels, as the chain watcher confirmed them."""
+        return list(self._call("GET", "/v1/channels")["items"])
+
+    def invoices(self, limit: int = 50) -> Iterator[dict[str, Any]]:
+        return self._pages("/v1/invoices", limit)
+
+    def pay_invoice(self, invoice_id: int, signature: str) -> dict[str, Any]:
+        """Pay an invoice with your balance proof (0x-hex signature) of its cumulative amount."""
+        return dict(self._call("POST", f"/v1/invoices/{int(invoice_id)}/payment", {"signature": signature}))
+
     def depth(self, country: str | None = None, type: str | None = None) -> list[dict[str, Any]]:
         return list(self._call("GET", "/v1/market/depth", query={"country": country, "type": type})["levels"])
 

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
+from billing.keys import PAYMENT_CUTOFF
 from matching.errors import InvalidOrder
 from matching.orders import RequestFilters
 from matching.terms import filters_from
@@ -123,7 +124,7 @@ class DealRoutes:
         self._redis = redis
         self._cache_ttl = cache_ttl
         self._spot_timeout = spot_timeout
-        self._cache: dict[str, tuple[float, dict[str, str], dict[str, int]]] = {}
+        self._cache: dict[str, tuple[float, dict[str, str], dict[str, int], bool]] = {}
         self._asking: dict[tuple[str, RequestFilters, str | None, int | None], asyncio.Future[str]] = {}
 
     async def routes(self, requester: str) -> dict[str, str]:
@@ -132,7 +133,10 @@ class DealRoutes:
         cached = self._cache.get(requester)
         if cached is not None and cached[0] > now:
             return cached[1]
-        raw = await self._redis.hgetall(routes_key(requester))
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(routes_key(requester))
+            pipe.hexists(PAYMENT_CUTOFF, requester)
+            raw, cut_off = await pipe.execute()
         found: dict[str, str] = {}
         allowances: dict[str, int] = {}
         for key, value in raw.items():
@@ -143,8 +147,14 @@ class DealRoutes:
                 allowances[name[1:]] = int(text)
         if len(self._cache) > 100_000:
             self._cache.clear()
-        self._cache[requester] = (now + self._cache_ttl, found, allowances)
+        self._cache[requester] = (now + self._cache_ttl, found, allowances, bool(cut_off))
         return found
+
+    def cut_off(self, requester: str) -> bool:
+        """Whether the requester owes more unpaid usage than the limit allows, as last read by
+        :meth:`routes` (the invoicer keeps the list: ``billing.payments``)."""
+        cached = self._cache.get(requester)
+        return cached is not None and cached[3]
 
     def allowance(self, requester: str, deal_id: str) -> int:
         """The traffic allowance of one of the requester's deals, as last read by :meth:`routes`

@@ -43,6 +43,7 @@ MIGRATIONS = [
     "009_operator_scope",
     "010_withdrawals",
     "011_channels",
+    "012_invoices",
 ]
 
 

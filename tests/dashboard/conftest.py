@@ -24,6 +24,7 @@ from tests.e2e.conftest import free_port
 
 REDIS_URL = os.environ.get("IPSX_TEST_API_REDIS_URL", "redis://127.0.0.1:6379/8")
 ALICE = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
+CHANNELS_ADDRESS = "0xCcCCccccCCCCcCCCCCCcCcCccCcCCCcCcccccccC"  # the PaymentChannels address proofs name
 
 
 @dataclass
@@ -76,7 +77,20 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
         api.ipsx("account", "credit", "alice", "25", "--reference", "test-funding")
         with open(log, "ab") as handle:
             server = subprocess.Popen(
-                [sys.executable, "-m", "ipsx", "api", "--port", str(port)],
+                [
+                    sys.executable,
+                    "-m",
+                    "ipsx",
+                    "api",
+                    "--port",
+                    str(port),
+                    "--channels-address",
+                    CHANNELS_ADDRESS,
+                    "--unpaid-limit",
+                    "0.0000000000000005",  # 500 base units
+                    "--invoice-interval",
+                    "0.2",
+                ],
                 env=env,
                 stdout=handle,
                 stderr=subprocess.STDOUT,

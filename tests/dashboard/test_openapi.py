@@ -18,7 +18,7 @@ from dashboard import openapi
 from tests.dashboard.conftest import Api
 
 schema = schemathesis.openapi.from_dict(openapi.document())
-_PAGINATED = ("/v1/usage", "/v1/ledger", "/v1/orders", "/v1/deals", "/v1/withdrawals")
+_PAGINATED = ("/v1/usage", "/v1/ledger", "/v1/orders", "/v1/deals", "/v1/withdrawals", "/v1/invoices")
 
 
 @schema.parametrize()

@@ -27,6 +27,7 @@ from tests.e2e.test_proxy import curl
 
 IPSX = 10**18
 PRICES = {"fr": IPSX, "de": 2 * IPSX, "us": 3 * IPSX // 2}  # per GB
+CHANNELS = "0xCcCCccccCCCCcCCCCCCcCcCccCcCCCcCcccccccC"  # the PaymentChannels address proofs name
 
 
 @dataclass
@@ -46,8 +47,10 @@ def market(stack: Stack) -> Iterator[Market]:
     api_port, http_port, tunnel_port = free_port(), free_port(), free_port()
     stack.env["IPSX_JWT_SECRET"] = secrets.token_urlsafe(32)
     api = stack.spawn(
-        "api", "--port", str(api_port), "--proxy-address", f"127.0.0.1:{http_port}", log="api.log"
-    )
+        "api", "--port", str(api_port), "--proxy-address", f"127.0.0.1:{http_port}",
+        "--channels-address", CHANNELS, "--unpaid-limit", "0.5", "--invoice-interval", "0.2",
+        log="api.log",
+    )  # fmt: skip
     gateway = stack.spawn_gateway("market-node", http_port, tunnel_port, "--market")
     url = f"http://127.0.0.1:{api_port}"
     try:
@@ -690,3 +693,39 @@ def test_a_provider_offers_all_its_live_exits_from_the_command_line(stack: Stack
     stack.ipsx("order", "cancel", *api, found.group(1))
     none = stack.ipsx("order", "offer", *api, "--all-exits", "--exit-country", "de", check=False)
     assert none.returncode == 2 and "no live exit of yours matches" in none.stderr
+
+
+def test_a_requester_that_stops_paying_is_cut_off_until_its_agent_pays(stack: Stack, market: Market) -> None:
+    wallet = stack.tmp / "dora.key"
+    address = stack.ipsx("wallet", "new", "--out", str(wallet)).stdout.split()[1]
+    stack.ipsx("account", "create", "--address", address, "--name", "dora")
+    stack.ipsx("account", "credit", "dora", "2", "--reference", "market-e2e-dora")
+    secret = re.search(r"secret: (\S+)", stack.ipsx("key", "create", "dora").stdout)
+    assert secret is not None
+    # dora pays over a channel (as the chain watcher records one), and a deal of hers settled for
+    # 0.6 IPSX: more than the 0.5 IPSX of unpaid usage this market allows.
+    stack.query(
+        "INSERT INTO channels (channel_id, contract, sender, receiver, role, account_id, deposit,"
+        " opened_block) SELECT $1, $2, $3, $4, 'requester', id, $5, 1 FROM accounts WHERE name = 'dora'",
+        "0x" + secrets.token_hex(32), CHANNELS, address, "0x" + "0f" * 20, 2 * IPSX,
+    )  # fmt: skip
+    stack.query(
+        "INSERT INTO deals (deal_id, request_id, offer_id, requester, provider, exit_id, price_per_gb,"
+        " price_per_hour, reserve, duration_s, traffic_bytes, dedicated, state, record, charge, commission)"
+        " VALUES ('rdora_1', 'rdora', 'o', 'dora', 'bob', 'e', 1, 0, $1, 60, 0, false, 'settled', '{}',"
+        " $1, 0)",
+        6 * IPSX // 10,
+    )  # fmt: skip
+    proxy = market.proxy(stack, "-country-fr", secret=secret.group(1), account="dora")
+    deadline = time.monotonic() + 20
+    while "402 Payment Required" not in (refused := curl("-i", "-x", proxy, stack.origin.url("/ip")).stdout):
+        assert time.monotonic() < deadline, refused
+        time.sleep(0.2)
+    assert "X-IPSX-Error: payment_required" in refused
+    # Her agent checks the invoice against its budget and signs the balance proof that pays it.
+    paid = stack.ipsx("pay", "--api", market.url, "--key", str(wallet), "--once", "--max-invoice", "1").stdout
+    assert re.fullmatch(r"paid invoice \d+: balance 0\.6 IPSX signed\n", paid), paid
+    deadline = time.monotonic() + 20
+    while (served := curl("-x", proxy, stack.origin.url("/ip")).stdout) != EXITS["fr"]:
+        assert time.monotonic() < deadline, served
+        time.sleep(0.2)

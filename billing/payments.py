@@ -1,0 +1,232 @@
+"""Paying for usage over payment channels: invoices, the balance proofs that pay them, and who is
+cut off for unpaid usage.
+
+A requester that opened a channel to the operator (the hub) pays for its settled deals with
+balance proofs: each invoice bills the settled deals not billed before and names the cumulative
+balance its proof must state (the previous invoice's plus its amount, never past the deposit).
+The requester's payment agent checks an invoice against its own budget and signs that balance;
+:func:`pay` verifies the proof (``billing.channels.record_proof``: signature, signer, deposit,
+staleness) and marks the invoice, and every earlier one of the channel, paid.
+
+A requester's *unpaid* amount is what its settled usage costs beyond the proofs it signed: open
+invoices, and settled deals not invoiced yet. Above a limit the gateways refuse its new
+connections with 402 until it pays. A requester without a channel (funded by an operator credit)
+has prepaid and is never cut off here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from dataclasses import dataclass
+
+import asyncpg
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from billing import channels
+from billing.errors import BillingError
+from billing.keys import PAYMENT_CUTOFF
+from billing.ledger import Amount
+from contracts import proofs
+
+log = logging.getLogger("ipsx.billing.payments")
+
+
+class UnknownInvoice(BillingError, LookupError):
+    def __init__(self, invoice_id: int) -> None:
+        super().__init__(f"no invoice {invoice_id}")
+        self.invoice_id = invoice_id
+
+
+@dataclass(frozen=True, slots=True)
+class Invoice:
+    invoice_id: int
+    channel_id: str
+    account: str  # the requester's account name
+    amount: Amount
+    cumulative: Amount  # the balance the proof that pays it states
+    deal_ids: tuple[str, ...]
+    state: str  # open | paid
+    created_at: dt.datetime
+    paid_at: dt.datetime | None
+
+
+_SELECT = """
+SELECT i.invoice_id, i.channel_id, a.name, i.amount::text, i.cumulative::text,
+       COALESCE((SELECT array_agg(d.deal_id ORDER BY d.deal_id) FROM invoiced_deals d
+                 WHERE d.invoice_id = i.invoice_id), '{}') AS deal_ids,
+       i.state, i.created_at, i.paid_at
+FROM invoices i JOIN accounts a ON a.id = i.account_id
+"""
+
+
+def _invoice(row: asyncpg.Record) -> Invoice:
+    return Invoice(
+        int(row[0]), row[1], row[2], Amount(int(row[3])), Amount(int(row[4])), tuple(row[5]), row[6],
+        row[7], row[8],
+    )  # fmt: skip
+
+
+# Settled deals with a charge that no invoice billed yet, oldest first.
+_UNBILLED = """
+SELECT d.deal_id, d.charge::text AS charge FROM deals d
+WHERE d.requester = $1 AND d.state = 'settled' AND d.charge > 0
+  AND NOT EXISTS (SELECT 1 FROM invoiced_deals b WHERE b.deal_id = d.deal_id)
+ORDER BY d.updated_at, d.deal_id
+"""
+
+
+async def invoice_due(pool: asyncpg.Pool) -> list[Invoice]:
+    """Bill every channel-funded requester's settled deals not billed yet: one invoice per
+    requester with such deals, on its oldest open channel, up to the channel's deposit (deals
+    beyond it wait for a top-up or another channel). Returns the invoices made."""
+    made: list[Invoice] = []
+    accounts = await pool.fetch(
+        "SELECT DISTINCT ON (c.account_id) c.channel_id, a.name FROM channels c"
+        " JOIN accounts a ON a.id = c.account_id"
+        " WHERE c.role = 'requester' AND c.state = 'open' ORDER BY c.account_id, c.created_at"
+    )
+    for row in accounts:
+        invoice = await _invoice_channel(pool, row["channel_id"], row["name"])
+        if invoice is not None:
+            made.append(invoice)
+    return made
+
+
+async def _invoice_channel(pool: asyncpg.Pool, channel_id: str, account: str) -> Invoice | None:
+    async with pool.acquire() as conn, conn.transaction():
+        channel = await channels.lock_in(conn, channel_id)  # one invoicer per channel at a time
+        if channel is None or channel.state != "open" or channel.account_id is None:
+            return None
+        billed = await conn.fetchval(
+            "SELECT max(cumulative)::text FROM invoices WHERE channel_id = $1", channel.channel_id
+        )
+        base = max(int(billed or 0), int(channel.proof_balance))
+        deals: list[tuple[str, int]] = []
+        total = 0
+        for deal in await conn.fetch(_UNBILLED, account):
+            charge = int(deal["charge"])
+            if base + total + charge > channel.deposit:
+                break
+            deals.append((deal["deal_id"], charge))
+            total += charge
+        if not deals:
+            return None
+        invoice_id = await conn.fetchval(
+            "INSERT INTO invoices (channel_id, account_id, amount, cumulative) VALUES ($1, $2, $3, $4)"
+            " RETURNING invoice_id",
+            channel.channel_id,
+            channel.account_id,
+            total,
+            base + total,
+        )
+        await conn.executemany(
+            "INSERT INTO invoiced_deals (deal_id, invoice_id, charge) VALUES ($1, $2, $3)",
+            [(deal_id, invoice_id, charge) for deal_id, charge in deals],
+        )
+        row = await conn.fetchrow(_SELECT + " WHERE i.invoice_id = $1", invoice_id)
+    return _invoice(row)
+
+
+async def pay(
+    pool: asyncpg.Pool, invoice_id: int, signature: str, *, account: str, domain: proofs.ChannelDomain
+) -> Invoice:
+    """Pay one of ``account``'s invoices with its balance proof for the invoice's cumulative
+    amount; that invoice and every earlier one of its channel are then paid. Paying a paid
+    invoice again changes nothing. Raises ``UnknownInvoice`` (also for another account's) and
+    ``channels.ProofRejected`` with the proof's fault."""
+    row = await pool.fetchrow(_SELECT + " WHERE i.invoice_id = $1", invoice_id)
+    if row is None or row[2] != account:
+        raise UnknownInvoice(invoice_id)
+    invoice = _invoice(row)
+    if invoice.state == "paid":
+        return invoice
+    channel = await channels.record_proof(
+        pool, invoice.channel_id, invoice.cumulative, signature, domain=domain
+    )
+    await pool.execute(
+        "UPDATE invoices SET state = 'paid', paid_at = now()"
+        " WHERE channel_id = $1 AND cumulative <= $2 AND state = 'open'",
+        channel.channel_id,
+        int(channel.proof_balance),
+    )
+    return _invoice(await pool.fetchrow(_SELECT + " WHERE i.invoice_id = $1", invoice_id))
+
+
+async def listing(
+    pool: asyncpg.Pool, *, account: str, state: str | None = None, before: int | None = None, limit: int = 100
+) -> list[Invoice]:
+    """The account's invoices, newest first."""
+    rows = await pool.fetch(
+        _SELECT + " WHERE a.name = $1 AND ($2::text IS NULL OR i.state = $2)"
+        " AND ($3::bigint IS NULL OR i.invoice_id < $3) ORDER BY i.invoice_id DESC LIMIT $4",
+        account,
+        state,
+        before,
+        limit,
+    )
+    return [_invoice(row) for row in rows]
+
+
+async def unpaid(pool: asyncpg.Pool) -> dict[str, int]:
+    """Every channel-funded requester's unpaid amount (open invoices plus settled deals not
+    billed yet), by account name; requesters that owe nothing are left out."""
+    rows = await pool.fetch(
+        """
+        WITH payers AS (
+            SELECT DISTINCT a.id, a.name FROM channels c JOIN accounts a ON a.id = c.account_id
+            WHERE c.role = 'requester' AND c.state <> 'settled'
+        )
+        SELECT p.name,
+               COALESCE((SELECT sum(amount) FROM invoices i
+                         WHERE i.account_id = p.id AND i.state = 'open'), 0)
+             + COALESCE((SELECT sum(d.charge) FROM deals d
+                         WHERE d.requester = p.name AND d.state = 'settled' AND d.charge > 0
+                           AND NOT EXISTS (SELECT 1 FROM invoiced_deals b WHERE b.deal_id = d.deal_id)), 0)
+               AS owed
+        FROM payers p
+        """
+    )
+    return {row["name"]: int(row["owed"]) for row in rows if int(row["owed"]) > 0}
+
+
+# -- the invoicer: bills, and tells the gateways who is cut off ------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentSettings:
+    unpaid_limit: int = 10**18  # base units of settled usage a requester may owe before 402
+    interval: float = 2.0  # seconds between two invoicing passes
+
+
+class Invoicer:
+    """Bills settled deals and keeps the gateways' cut-off list current, every ``interval``."""
+
+    def __init__(self, pool: asyncpg.Pool, redis: Redis, settings: PaymentSettings) -> None:
+        self._pool = pool
+        self._redis = redis
+        self.settings = settings
+
+    async def pass_once(self) -> dict[str, int]:
+        """Invoice what is due, then publish who owes more than the limit; returns them."""
+        await invoice_due(self._pool)
+        owing = await unpaid(self._pool)
+        over = {name: owed for name, owed in owing.items() if owed > self.settings.unpaid_limit}
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(PAYMENT_CUTOFF)
+            if over:
+                pipe.hset(PAYMENT_CUTOFF, mapping={name: str(owed) for name, owed in over.items()})
+            await pipe.execute()
+        return over
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.pass_once()
+            except (asyncpg.PostgresError, OSError, RedisError):
+                log.warning("invoicing pass failed; retrying", exc_info=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.interval)

@@ -1,0 +1,113 @@
+"""The REST API's payments: the payment-channel domain agents sign for, a requester's channels
+and invoices, and paying an invoice with a balance proof."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from eth_utils.address import to_checksum_address
+
+from billing import channels, payments
+from billing.channels import Channel, ProofRejected
+from billing.payments import Invoice, UnknownInvoice
+from contracts import proofs
+from dashboard.appkeys import PG, SETTINGS
+from dashboard.pages import encode_cursor, page_params
+from dashboard.problems import Problem, field, json_response, read_json
+from dashboard.routes import amount_json, authorized
+from dashboard.settings import ApiSettings
+
+routes = web.RouteTableDef()
+
+_MAX_ID = 2**63 - 1
+
+
+def domain_of(settings: ApiSettings) -> proofs.ChannelDomain:
+    """The EIP-712 domain balance proofs are signed for; Problem 503 when none is configured."""
+    if settings.channels_address is None:
+        raise Problem(503, "payments_unavailable", "this API node takes no channel payments")
+    address = to_checksum_address(settings.channels_address)
+    return proofs.ChannelDomain(chain_id=settings.chain_id, verifying_contract=address)
+
+
+def _invoice_json(invoice: Invoice) -> dict[str, Any]:
+    return {
+        "invoice_id": invoice.invoice_id,
+        "channel_id": invoice.channel_id,
+        "amount": amount_json(invoice.amount),
+        "cumulative": amount_json(invoice.cumulative),
+        "deal_ids": list(invoice.deal_ids),
+        "state": invoice.state,
+        "created_at": invoice.created_at.isoformat(),
+        "paid_at": invoice.paid_at.isoformat() if invoice.paid_at else None,
+    }
+
+
+def _channel_json(channel: Channel) -> dict[str, Any]:
+    return {
+        "channel_id": channel.channel_id,
+        "role": channel.role,
+        "sender": channel.sender,
+        "receiver": channel.receiver,
+        "deposit": amount_json(channel.deposit),
+        "state": channel.state,
+        "proof_balance": amount_json(channel.proof_balance),
+        "closing_balance": None if channel.closing_balance is None else amount_json(channel.closing_balance),
+        "settle_after": channel.settle_after,
+    }
+
+
+@routes.get("/v1/payments/domain")
+async def payment_domain(request: web.Request) -> web.Response:
+    """Public: the EIP-712 domain of the PaymentChannels contract balance proofs are signed for."""
+    domain = domain_of(request.app[SETTINGS])
+    return json_response({"chain_id": domain.chain_id, "verifying_contract": domain.verifying_contract})
+
+
+@routes.get("/v1/channels")
+async def my_channels(request: web.Request) -> web.Response:
+    """The caller's open channels, as the chain watcher confirmed them."""
+    caller = await authorized(request)
+    found = [
+        channel
+        for role in channels.ROLES
+        for channel in await channels.for_account(request.app[PG], caller.account.id, role)
+    ]
+    return json_response({"items": [_channel_json(channel) for channel in found]})
+
+
+@routes.get("/v1/invoices")
+async def list_invoices(request: web.Request) -> web.Response:
+    """The caller's invoices, newest first."""
+    caller = await authorized(request)
+    limit, cursor = page_params(request, request.app[SETTINGS].page_limit)
+    if cursor is not None and (len(cursor) != 1 or not isinstance(cursor[0], int)):
+        raise Problem(400, "bad_cursor", "the cursor is not one this API handed out")
+    before = None if cursor is None else cursor[0]
+    items = await payments.listing(request.app[PG], account=caller.account.name, before=before, limit=limit)
+    next_cursor = encode_cursor([items[-1].invoice_id]) if len(items) == limit else None
+    return json_response({"items": [_invoice_json(item) for item in items], "next_cursor": next_cursor})
+
+
+@routes.post("/v1/invoices/{invoice_id}/payment")
+async def pay_invoice(request: web.Request) -> web.Response:
+    """Pay an invoice with the channel sender's balance proof of its cumulative amount."""
+    caller = await authorized(request, "trade")
+    text = request.match_info["invoice_id"]
+    if not text.isdigit() or not 0 < int(text) <= _MAX_ID:
+        raise Problem(404, "not_found", "no invoice of yours has this id")
+    domain = domain_of(request.app[SETTINGS])
+    body = await read_json(request)
+    signature = field(body, "signature", str, max_len=200)
+    try:
+        invoice = await payments.pay(
+            request.app[PG], int(text), signature, account=caller.account.name, domain=domain
+        )
+    except UnknownInvoice:
+        raise Problem(404, "not_found", "no invoice of yours has this id") from None
+    except ProofRejected as rejected:
+        raise Problem(
+            422, "proof_rejected", f"the balance proof was refused: {rejected.reason}", reason=rejected.reason
+        ) from None
+    return json_response(_invoice_json(invoice))

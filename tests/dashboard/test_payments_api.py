@@ -1,0 +1,133 @@
+"""Paying over a channel through the live API: the market's node invoices settled deals, the
+requester's payment agent (the SDK's, signing real EIP-712 balance proofs) checks and pays
+them within its budget, a bad proof is refused with its reason, and the cut-off list follows."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Iterator
+
+import asyncpg
+import pytest
+import redis
+from eth_account import Account
+
+from billing.keys import PAYMENT_CUTOFF
+from ipsx.payagent import PaymentAgent
+from ipsx.sdk import ApiError, Client
+from tests.dashboard.conftest import CHANNELS_ADDRESS, REDIS_URL, Api
+
+OPERATOR = "0x" + "0f" * 20
+
+
+class Payer:
+    """A requester with a channel to the operator, as the chain watcher would have recorded it."""
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
+        self.wallet = Account.create()
+        self.name = f"p{secrets.token_hex(4)}"
+        self.channel = "0x" + secrets.token_hex(32)
+        api.ipsx("account", "create", "--address", self.wallet.address, "--name", self.name)
+        self.sql(
+            "INSERT INTO channels (channel_id, contract, sender, receiver, role, account_id, deposit,"
+            " opened_block) SELECT $1, $2, $3, $4, 'requester', id, 1000, 1 FROM accounts WHERE name = $5",
+            self.channel,
+            CHANNELS_ADDRESS,
+            self.wallet.address,
+            OPERATOR,
+            self.name,
+        )
+        found = api.ipsx("key", "create", self.name)
+        self.client = Client(api.url, token=found.split("secret: ")[1].split()[0])
+
+    def sql(self, query: str, *args: object) -> list[asyncpg.Record]:
+        async def go() -> list[asyncpg.Record]:
+            conn = await asyncpg.connect(self.api.database_url)
+            try:
+                return list(await conn.fetch(query, *args))
+            finally:
+                await conn.close()
+
+        return asyncio.run(go())
+
+    def settle(self, charge: int) -> None:
+        """A deal of this requester, settled by the market for ``charge`` base units."""
+        self.sql(
+            "INSERT INTO deals (deal_id, request_id, offer_id, requester, provider, exit_id,"
+            " price_per_gb, price_per_hour, reserve, duration_s, traffic_bytes, dedicated, state, record,"
+            " charge, commission)"
+            " VALUES ($1, 'r', 'o', $2, 'bob', 'e1', 1, 0, $3, 60, 0, false, 'settled', '{}', $3, 0)",
+            f"r{secrets.token_hex(6)}_1",
+            self.name,
+            charge,
+        )
+
+    def invoices(self, count: int) -> list[dict[str, object]]:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            found = list(self.client.invoices())
+            if len(found) >= count:
+                return found
+            time.sleep(0.1)
+        raise TimeoutError(f"the market's node made {len(found)} invoice(s), not {count}")
+
+
+@pytest.fixture
+def payer(api: Api) -> Iterator[Payer]:
+    yield Payer(api)
+
+
+def test_the_agent_pays_what_the_hub_invoiced_and_the_cutoff_follows(payer: Payer) -> None:
+    payer.settle(300)
+    payer.settle(400)  # 700 owed: above the 500 the test API allows
+    (invoice,) = payer.invoices(1)
+    assert (invoice["amount"]["base_units"], invoice["cumulative"]["base_units"]) == ("700", "700")
+    cutoff = redis.Redis.from_url(REDIS_URL)
+    deadline = time.monotonic() + 20
+    while cutoff.hget(PAYMENT_CUTOFF, payer.name) is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert cutoff.hget(PAYMENT_CUTOFF, payer.name) == b"700"
+    agent = PaymentAgent(payer.client, payer.wallet, max_invoice=1000, budget=1000)
+    done = agent.pay_once()
+    assert done.refused == [] and [p["state"] for p in done.paid] == ["paid"]
+    (channel,) = payer.client.channels()
+    assert channel["proof_balance"]["base_units"] == "700"
+    deadline = time.monotonic() + 20
+    while cutoff.hget(PAYMENT_CUTOFF, payer.name) is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert cutoff.hget(PAYMENT_CUTOFF, payer.name) is None
+    cutoff.close()
+
+
+def test_the_agent_refuses_an_invoice_beyond_its_budget(payer: Payer) -> None:
+    payer.settle(200)
+    payer.invoices(1)
+    payer.settle(250)
+    payer.invoices(2)
+    agent = PaymentAgent(payer.client, payer.wallet, max_invoice=1000, budget=300)
+    done = agent.pay_once()  # the first fits the budget, the second would exceed it
+    assert [p["cumulative"]["base_units"] for p in done.paid] == ["200"]
+    ((refused_id, why),) = done.refused
+    assert "over the budget 300" in why
+    states = {i["invoice_id"]: i["state"] for i in payer.client.invoices()}
+    assert states[refused_id] == "open" and sorted(states.values()) == ["open", "paid"]
+    assert agent.spent == 200
+
+
+def test_a_forged_or_foreign_proof_is_refused_with_its_reason(payer: Payer, api: Api) -> None:
+    payer.settle(100)
+    (invoice,) = payer.invoices(1)
+    stranger = Account.create()
+    forged = PaymentAgent(payer.client, stranger, max_invoice=1000, budget=1000)
+    assert forged.pay_once().refused == [(invoice["invoice_id"], "not a channel of this wallet")]
+    with pytest.raises(ApiError) as refused:
+        payer.client.pay_invoice(int(invoice["invoice_id"]), "0x" + "00" * 65)
+    assert (refused.value.status, refused.value.code) == (422, "proof_rejected")
+    other = Payer(api)
+    with pytest.raises(ApiError) as foreign:
+        other.client.pay_invoice(int(invoice["invoice_id"]), "0x" + "00" * 65)
+    assert foreign.value.status == 404
+    assert payer.client.payment_domain() == {"chain_id": 1, "verifying_contract": CHANNELS_ADDRESS}
