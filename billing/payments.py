@@ -20,13 +20,14 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
+from eth_account.signers.local import LocalAccount
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from billing import channels
+from billing import channels, payouts
 from billing.errors import BillingError
 from billing.keys import PAYMENT_CUTOFF
 from billing.ledger import Amount
@@ -200,6 +201,10 @@ async def unpaid(pool: asyncpg.Pool) -> dict[str, int]:
 class PaymentSettings:
     unpaid_limit: int = 10**18  # base units of settled usage a requester may owe before 402
     interval: float = 2.0  # seconds between two invoicing passes
+    # The hub's side: the operator's wallet and the channels' domain, to promise providers their
+    # earnings over its payout channels (billing.payouts); None: no payouts signed here.
+    operator: LocalAccount | None = field(default=None, repr=False)
+    domain: proofs.ChannelDomain | None = None
 
 
 class Invoicer:
@@ -211,8 +216,11 @@ class Invoicer:
         self.settings = settings
 
     async def pass_once(self) -> dict[str, int]:
-        """Invoice what is due, then publish who owes more than the limit; returns them."""
+        """Invoice what is due, promise providers their earnings (with an operator wallet), then
+        publish who owes more than the limit; returns them."""
         await invoice_due(self._pool)
+        if self.settings.operator is not None and self.settings.domain is not None:
+            await payouts.promise_earnings(self._pool, self.settings.operator, self.settings.domain)
         owing = await unpaid(self._pool)
         over = {name: owed for name, owed in owing.items() if owed > self.settings.unpaid_limit}
         async with self._redis.pipeline(transaction=True) as pipe:

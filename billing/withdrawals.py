@@ -22,10 +22,10 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from billing import holds
+from billing import holds, payouts
 from billing.accounts import get_account
-from billing.errors import BillingError, InvalidAmount, UnknownAccount
-from billing.ledger import MAX_AMOUNT, Amount, provider_account, requester_account
+from billing.errors import BillingError, InsufficientFunds, InvalidAmount, UnknownAccount
+from billing.ledger import MAX_AMOUNT, Amount, balance, provider_account, requester_account
 
 CHAIN = "external:chain"  # the ledger's image of the chain: tokens withdrawn leave the books here
 
@@ -121,6 +121,10 @@ async def request(
     account = await get_account(pool, account_name)
     if account is None:
         raise UnknownAccount(account_name)
+    if source == "earnings":  # what payout channels already promise it is not the provider's to take
+        free = int(await balance(pool, ledger_account)) - int(await payouts.promised(pool, account.name))
+        if amount > free:
+            raise InsufficientFunds(ledger_account, amount, max(free, 0))
     reference = reference or f"w-{secrets.token_hex(12)}"
     async with pool.acquire() as conn, conn.transaction():
         row_id = await conn.fetchval(

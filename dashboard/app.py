@@ -11,13 +11,14 @@ import aiohttp
 from aiohttp import web
 
 from billing import db
-from billing.payments import PaymentSettings
 from dashboard import openapi
 from dashboard.appkeys import HTTP, PG, REDIS, SEAT, SETTINGS
 from dashboard.leader import MarketSeat, default_advertise_url
 from dashboard.problems import json_response, problems_middleware
 from dashboard.routes import routes
+from dashboard.routes_anchors import routes as anchor_routes
 from dashboard.routes_market import routes as market_routes
+from dashboard.routes_payments import payment_settings
 from dashboard.routes_payments import routes as payment_routes
 from dashboard.routes_withdrawals import routes as withdrawal_routes
 from dashboard.settings import ApiSettings
@@ -41,7 +42,7 @@ def build_app(settings: ApiSettings) -> web.Application:
         app[PG] = await db.connect(settings.database_url, min_size=1, max_size=settings.db_pool)
         app[REDIS] = redis_from_url(settings.redis_url)
         app[HTTP] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
-        payments = PaymentSettings(unpaid_limit=settings.unpaid_limit, interval=settings.invoice_interval)
+        payments = payment_settings(settings)
         app[SEAT] = seat = MarketSeat(app[PG], app[REDIS], settings.advertise_url, payments=payments)
         stop = asyncio.Event()
         leading = asyncio.create_task(seat.run(stop)) if settings.market else None
@@ -65,6 +66,7 @@ def build_app(settings: ApiSettings) -> web.Application:
     app.router.add_routes(market_routes)
     app.router.add_routes(withdrawal_routes)
     app.router.add_routes(payment_routes)
+    app.router.add_routes(anchor_routes)
     return app
 
 

@@ -110,6 +110,36 @@ def _page(item: str) -> dict[str, Any]:
 
 _STR = {"type": "string"}
 _NULLABLE_STR = {"type": ["string", "null"]}
+_HASH = {"type": "string", "pattern": "^0x[0-9a-f]{64}$"}
+_DIGITS = {"type": "string", "pattern": "^[0-9]+$"}
+_ANCHOR_RECORD = {
+    "version": {"const": 1},
+    "deal_id": _STR,
+    "requester": _STR,
+    "provider": _STR,
+    "exit_id": _STR,
+    "price_per_gb": _DIGITS,
+    "price_per_hour": _DIGITS,
+    "billable_bytes": {"type": "integer", "minimum": 0},
+    "charge": _DIGITS,
+    "commission": _DIGITS,
+    "settled_at": {"type": "integer", "minimum": 0},
+}
+_ANCHOR_PROOF = {
+    "deal_id": _STR,
+    "record": {"type": "object", "required": list(_ANCHOR_RECORD), "properties": _ANCHOR_RECORD},
+    "encoded_record": {"type": "string", "pattern": "^0x([0-9a-f]{2})*$"},
+    "leaf": _HASH,
+    "leaf_index": {"type": "integer", "minimum": 0},
+    "proof": {"type": "array", "items": _HASH},
+    "batch_id": {"type": "integer", "minimum": 1},
+    "root": _HASH,
+    "record_count": {"type": "integer", "minimum": 1},
+    "contract": {"type": "string", "pattern": "^0x[0-9a-fA-F]{40}$"},
+    "chain_id": {"type": "integer"},
+    "tx_hash": _HASH,
+    "block_number": {"type": "integer", "minimum": 0},
+}
 
 SCHEMAS: dict[str, Any] = {
     "Problem": {
@@ -231,6 +261,15 @@ SCHEMAS: dict[str, Any] = {
             "transitions": {"type": "array", "items": {"type": "object"}},
         },
     },
+    "AnchorProof": {
+        "type": "object",
+        "description": "A settled deal's inclusion proof in a batch anchored on DealAnchor. The leaf is "
+        "keccak256(keccak256(encoded_record)); encoded_record is the ABI encoding of the record's fields "
+        "(version, deal_id, requester, provider, exit_id, price_per_gb, price_per_hour, billable_bytes, "
+        "charge, commission, settled_at), built from the deal as the books hold it now.",
+        "required": list(_ANCHOR_PROOF),
+        "properties": _ANCHOR_PROOF,
+    },
     "Order": {
         "type": "object",
         "required": ["order_id", "side", "state", "filled", "terms", "created_at"],
@@ -282,6 +321,11 @@ SCHEMAS: dict[str, Any] = {
             "deposit": _ref("Amount"),
             "state": {"enum": ["open", "closing", "settled"]},
             "proof_balance": _ref("Amount"),
+            "proof_signature": {
+                "type": ["string", "null"],
+                "description": "the sender's balance proof of proof_balance: on a payout channel, the "
+                "operator's promise the provider can close the channel with",
+            },
             "closing_balance": {"oneOf": [_ref("Amount"), {"type": "null"}]},
             "settle_after": {"type": ["integer", "null"]},
         },
@@ -751,6 +795,22 @@ def document() -> dict[str, Any]:
                         "409": _problem("the deal's state does not take this report"),
                         "503": _problem("no API node runs the market right now"),
                         **_BODY_ERRORS,
+                        **_AUTH_ERRORS,
+                    },
+                }
+            },
+            "/v1/deals/{deal_id}/anchor": {
+                "get": {
+                    "operationId": "getDealAnchor",
+                    "summary": "A settled deal's record and its inclusion proof in a batch anchored on-chain",
+                    "description": "For the deal's requester or provider, or an operator key. Check it "
+                    "with `ipsx verify DEAL`, or with DealAnchor.verify(batch_id, leaf, proof).",
+                    "security": secured,
+                    "parameters": [{"name": "deal_id", "in": "path", "required": True, "schema": _STR}],
+                    "responses": {
+                        "200": _json("the record, leaf, proof and anchored batch", _ref("AnchorProof")),
+                        "404": _problem("you have no deal with this id in an anchored batch (yet)"),
+                        "409": _problem("the deal is no longer a settled deal"),
                         **_AUTH_ERRORS,
                     },
                 }

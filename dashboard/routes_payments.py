@@ -6,11 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
+from eth_account import Account
 from eth_utils.address import to_checksum_address
 
 from billing import channels, payments
 from billing.channels import Channel, ProofRejected
-from billing.payments import Invoice, UnknownInvoice
+from billing.payments import Invoice, PaymentSettings, UnknownInvoice
 from contracts import proofs
 from dashboard.appkeys import PG, SETTINGS
 from dashboard.pages import encode_cursor, page_params
@@ -29,6 +30,18 @@ def domain_of(settings: ApiSettings) -> proofs.ChannelDomain:
         raise Problem(503, "payments_unavailable", "this API node takes no channel payments")
     address = to_checksum_address(settings.channels_address)
     return proofs.ChannelDomain(chain_id=settings.chain_id, verifying_contract=address)
+
+
+def payment_settings(settings: ApiSettings) -> PaymentSettings:
+    """The invoicer's settings: limits, and the operator's wallet when this node signs payouts."""
+    domain = None if settings.channels_address is None else domain_of(settings)
+    operator = None if settings.operator_key is None else Account.from_key(settings.operator_key)
+    return PaymentSettings(
+        unpaid_limit=settings.unpaid_limit,
+        interval=settings.invoice_interval,
+        operator=operator,
+        domain=domain,
+    )
 
 
 def _invoice_json(invoice: Invoice) -> dict[str, Any]:
@@ -53,6 +66,7 @@ def _channel_json(channel: Channel) -> dict[str, Any]:
         "deposit": amount_json(channel.deposit),
         "state": channel.state,
         "proof_balance": amount_json(channel.proof_balance),
+        "proof_signature": channel.proof_signature,
         "closing_balance": None if channel.closing_balance is None else amount_json(channel.closing_balance),
         "settle_after": channel.settle_after,
     }

@@ -16,8 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from eth_utils.address import to_checksum_address
+
 from billing.errors import InvalidAmount
-from billing.ledger import parse_amount
+from billing.ledger import Amount, format_amount, parse_amount
+from contracts import proofs
 from gateway.agent.settings import load_key
 from ipsx.payagent import PaymentAgent
 from ipsx.sdk import ApiError, Client
@@ -227,6 +230,20 @@ def add_client_commands(sub: argparse._SubParsersAction[Any]) -> None:
     )
     pay.add_argument("--interval", type=float, default=5.0, help="seconds between passes (default: 5)")
     pay.add_argument("--once", action="store_true", help="one pass, then exit")
+    payouts = sub.add_parser(
+        "payouts",
+        parents=[common],
+        help="as a provider: check and keep the payout proofs the hub signed for your earnings",
+        description="Fetches your payout channels' latest balance proofs, checks that each is the "
+        "operator's signature for that channel and not below the one you hold, and keeps the "
+        "highest in --store: with it you can close the channel on-chain and be paid.",
+    )
+    payouts.add_argument(
+        "--store",
+        type=Path,
+        default=Path(".ipsx/payouts.json"),
+        help="where the proofs are kept (default: %(default)s)",
+    )
     sub.add_parser("usage", parents=[common], help="your metered streams, newest first")
     market = sub.add_parser("market", parents=[common], help="public market data: depth and price index")
     market.add_argument("--country")
@@ -374,6 +391,8 @@ def _run(args: argparse.Namespace) -> None:
         _withdrawal(args, api)
     elif args.command == "pay":
         _pay(args, api)
+    elif args.command == "payouts":
+        _payouts(args, api)
     elif args.command == "usage":
         items = list(api.usage())
         _show(
@@ -415,6 +434,49 @@ def _pay(args: argparse.Namespace, api: Client) -> None:
         if args.once:
             return
         time.sleep(args.interval)
+
+
+def _payouts(args: argparse.Namespace, api: Client) -> None:
+    if not args.key:
+        raise ClientError("ipsx payouts checks proofs made out to your wallet: give it with --key")
+    wallet = load_key(Path(args.key), os.environ.get("IPSX_KEY_PASSWORD"))
+    raw = api.payment_domain()
+    domain = proofs.ChannelDomain(
+        chain_id=int(raw["chain_id"]), verifying_contract=to_checksum_address(raw["verifying_contract"])
+    )
+    store: Path = args.store
+    try:
+        kept: dict[str, Any] = json.loads(store.read_text()) if store.exists() else {}
+    except (OSError, ValueError) as error:
+        raise ClientError(f"cannot read {store}: {error}") from None
+    lines = []
+    for channel in api.channels():
+        if channel["role"] != "provider" or channel["receiver"] != wallet.address:
+            continue
+        channel_id, signature = channel["channel_id"], channel.get("proof_signature")
+        balance = int(channel["proof_balance"]["base_units"])
+        held = int(kept.get(channel_id, {}).get("balance", 0))
+        if signature is None or balance <= held:
+            lines.append(f"channel {channel_id}: {format_amount(Amount(held))} IPSX promised, nothing new")
+            continue
+        try:
+            signer = proofs.recover_balance_proof_signer(
+                domain, bytes.fromhex(channel_id[2:]), balance, bytes.fromhex(signature[2:])
+            )
+        except (ValueError, proofs.InvalidSignatureError):
+            signer = None
+        if signer != channel["sender"]:
+            lines.append(f"channel {channel_id}: the proof shown is not the operator's signature; not kept")
+            continue
+        kept[channel_id] = {"balance": str(balance), "signature": signature, "sender": channel["sender"]}
+        lines.append(
+            f"channel {channel_id}: {format_amount(Amount(balance))} IPSX promised"
+            f" (was {format_amount(Amount(held))}), proof kept"
+        )
+    store.parent.mkdir(parents=True, exist_ok=True)
+    store.write_text(json.dumps(kept, indent=2))
+    store.chmod(0o600)
+    _show(args, kept, lines or ["no payout channel to your wallet"])
 
 
 def _withdrawal_line(w: dict[str, Any]) -> str:

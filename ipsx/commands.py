@@ -9,6 +9,7 @@ import secrets
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from eth_account import Account
 from eth_utils.address import is_address
 
 from billing import accounts, db, ledger
@@ -117,8 +118,21 @@ def cmd_api(args: argparse.Namespace, env: Environment) -> None:
         channels_address=args.channels_address,
         unpaid_limit=unpaid_limit,
         invoice_interval=args.invoice_interval,
+        operator_key=_operator_key(args.channels_address),
     )
     runtime.run(lambda stop: run_api(settings, stop))
+
+
+def _operator_key(channels_address: str | None) -> str | None:
+    """IPSX_OPERATOR_KEY (hex) when payouts are on; never from the command line, never printed."""
+    key = os.environ.get("IPSX_OPERATOR_KEY") or None
+    if key is None or channels_address is None:
+        return None
+    try:
+        Account.from_key(key)
+    except (ValueError, TypeError):
+        raise UsageError("IPSX_OPERATOR_KEY is not a private key (hex)") from None
+    return key
 
 
 def parse_gateway_address(text: str) -> tuple[str, int, bool]:
@@ -273,7 +287,9 @@ def _client_command(args: argparse.Namespace, env: Environment) -> None:
         raise UsageError(str(error)) from None
 
 
-cmd_order = cmd_deals = cmd_deal = cmd_usage = cmd_market = cmd_withdrawal = cmd_pay = _client_command
+cmd_order = cmd_deals = cmd_deal = cmd_usage = cmd_market = cmd_withdrawal = cmd_pay = cmd_payouts = (
+    _client_command
+)
 
 
 def cmd_chain(args: argparse.Namespace, env: Environment) -> None:
@@ -286,3 +302,9 @@ def cmd_reconcile(args: argparse.Namespace, env: Environment) -> None:
     from ipsx import chain_commands
 
     chain_commands.cmd_reconcile(args, env)
+
+
+def cmd_verify(args: argparse.Namespace, env: Environment) -> None:
+    from ipsx import chain_commands
+
+    chain_commands.cmd_verify(args, env)

@@ -25,6 +25,7 @@ from tests.e2e.conftest import free_port
 REDIS_URL = os.environ.get("IPSX_TEST_API_REDIS_URL", "redis://127.0.0.1:6379/8")
 ALICE = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
 CHANNELS_ADDRESS = "0xCcCCccccCCCCcCCCCCCcCcCccCcCCCcCcccccccC"  # the PaymentChannels address proofs name
+OPERATOR_KEY = "0x" + "0e" * 32  # the hub's wallet: it signs providers' payout proofs
 
 
 @dataclass
@@ -63,6 +64,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
         "IPSX_DATABASE_URL": database_url,
         "IPSX_REDIS_URL": REDIS_URL,
         "IPSX_JWT_SECRET": secrets.token_urlsafe(32),
+        "IPSX_OPERATOR_KEY": OPERATOR_KEY,
     }
     log = tmp_path_factory.mktemp("api") / "api.log"
     server = None

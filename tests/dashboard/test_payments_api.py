@@ -5,9 +5,11 @@ them within its budget, a bad proof is refused with its reason, and the cut-off 
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -15,9 +17,10 @@ import redis
 from eth_account import Account
 
 from billing.keys import PAYMENT_CUTOFF
+from billing.ledger import TREASURY, Amount, transfer
 from ipsx.payagent import PaymentAgent
 from ipsx.sdk import ApiError, Client
-from tests.dashboard.conftest import CHANNELS_ADDRESS, REDIS_URL, Api
+from tests.dashboard.conftest import CHANNELS_ADDRESS, OPERATOR_KEY, REDIS_URL, Api
 
 OPERATOR = "0x" + "0f" * 20
 
@@ -131,3 +134,44 @@ def test_a_forged_or_foreign_proof_is_refused_with_its_reason(payer: Payer, api:
         other.client.pay_invoice(int(invoice["invoice_id"]), "0x" + "00" * 65)
     assert foreign.value.status == 404
     assert payer.client.payment_domain() == {"chain_id": 1, "verifying_contract": CHANNELS_ADDRESS}
+
+
+def test_a_provider_keeps_the_payout_proofs_the_hub_signs_for_its_earnings(api: Api, tmp_path: Path) -> None:
+    key_file = tmp_path / "provider.key"
+    address = api.ipsx("wallet", "new", "--out", str(key_file)).split()[1]
+    name = f"v{secrets.token_hex(4)}"
+    api.ipsx("account", "create", "--address", address, "--name", name)
+    channel = "0x" + secrets.token_hex(32)
+    operator = Account.from_key(OPERATOR_KEY).address
+
+    async def setup() -> None:
+        conn = await asyncpg.connect(api.database_url)
+        try:
+            await conn.execute(
+                "INSERT INTO channels (channel_id, contract, sender, receiver, role, account_id, deposit,"
+                " opened_block)"
+                " SELECT $1, $2, $3, $4, 'provider', id, 10000, 1 FROM accounts WHERE name = $5",
+                channel, CHANNELS_ADDRESS, operator, address, name,
+            )  # fmt: skip
+        finally:
+            await conn.close()
+        pool = await asyncpg.create_pool(api.database_url, min_size=1, max_size=1)
+        try:
+            await transfer(
+                pool, debit=TREASURY, credit=f"provider:{name}", amount=Amount(2500), kind="payout"
+            )
+        finally:
+            await pool.close()
+
+    asyncio.run(setup())
+    store = tmp_path / "payouts.json"
+    command = ["payouts", "--api", api.url, "--key", str(key_file), "--store", str(store)]
+    deadline = time.monotonic() + 20
+    while "proof kept" not in (out := api.ipsx(*command)):
+        assert time.monotonic() < deadline, out
+        time.sleep(0.2)
+    assert out == f"channel {channel}: 0.0000000000000025 IPSX promised (was 0), proof kept\n"
+    kept = json.loads(store.read_text())[channel]
+    assert (kept["balance"], kept["sender"]) == ("2500", operator)
+    assert store.stat().st_mode & 0o077 == 0
+    assert "nothing new" in api.ipsx(*command)
