@@ -1,4 +1,5 @@
-"""The operator's chain commands: ``ipsx chain deploy``, ``ipsx chain watch`` and ``ipsx reconcile``.
+"""The chain commands: ``ipsx chain deploy``, ``ipsx chain watch``, ``ipsx chain anchor``,
+``ipsx reconcile`` (the operator's) and ``ipsx verify`` (anyone's: a deal's anchor proof).
 
 They share a deployment file (JSON, default ``.ipsx/chain.json``) that ``deploy`` writes: the
 chain id, the block the deployment started in (the watcher's start block), the operator and the
@@ -23,21 +24,23 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Final, cast
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 import asyncpg
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import AsyncHTTPProvider, AsyncWeb3, HTTPProvider, Web3
-from web3.exceptions import Web3Exception
+from web3.exceptions import ContractLogicError, Web3Exception
 from web3.middleware import SignAndSendRawMiddlewareBuilder
 from web3.middleware.base import Web3Middleware
 from web3.types import BlockData, RPCEndpoint, RPCResponse
 
 from billing import db
+from billing.anchoring import Anchorer, AnchorError, AnchorSettings, DealRecord
 from billing.chain import ChainSettings, ChainWatcher, DeepReorg
 from billing.reconcile import Report, format_report, reconcile
+from contracts import load, merkle
 from contracts.deploy import DEFAULT_CHALLENGE_PERIOD, Allocations, DeploymentError, SaleTerms, deploy
 from gateway.agent.settings import load_key
 from ipsx import runtime
@@ -51,6 +54,7 @@ DEFAULT_RPC_URL: Final = "http://127.0.0.1:8545"
 RPC_TIMEOUT: Final = 30 * SECONDS
 SALE_ALLOCATION: Final = 900_000_000 * 10**18  # the TokenSale's 50 % (contracts/README.md)
 EXIT_DEEP_REORG: Final = 3  # `ipsx chain watch` stopped because the chain reorganised too deep
+EXIT_ANCHOR_CONFLICT: Final = 3  # `ipsx chain anchor` stopped: the chain and the database disagree
 CONTRACTS: Final = ("IPSXToken", "TokenSale", "PaymentChannels", "DealAnchor")
 _CONNECTION_ERRORS: Final = (OSError, aiohttp.ClientError, TimeoutError, Web3Exception)
 
@@ -65,6 +69,8 @@ def cmd_chain(args: argparse.Namespace, env: Environment) -> None:
     quiet_providers(args)
     if args.action == "deploy":
         deploy_command(args)
+    elif args.action == "anchor":
+        anchor_command(args, env)
     else:
         watch_command(args, env)
 
@@ -126,6 +132,10 @@ class DeploymentFile:
     @property
     def token(self) -> str:
         return self.contracts["IPSXToken"]
+
+    @property
+    def anchor(self) -> str:
+        return self.contracts["DealAnchor"]
 
     @classmethod
     def load(cls, path: Path) -> DeploymentFile:
@@ -400,3 +410,188 @@ def cmd_reconcile(args: argparse.Namespace, env: Environment) -> None:
     print(format_report(report))
     if not report.ok:
         sys.exit(1)
+
+
+# ---- ipsx chain anchor ---------------------------------------------------------------------------
+
+
+def anchor_command(args: argparse.Namespace, env: Environment) -> None:
+    record = DeploymentFile.load(args.deployment)
+    account = operator_key(args.key)
+    if args.interval <= 0 or args.max_batch < 1 or args.db_pool < 1:
+        raise UsageError("--interval, --max-batch and --db-pool must be positive")
+    url = rpc_url(args)
+    settings = AnchorSettings(
+        anchor_address=record.anchor,
+        operator_key="0x" + account.key.hex().removeprefix("0x"),
+        rpc_url=url,
+        interval=args.interval,
+        max_batch=args.max_batch,
+    )
+    stopped: list[AnchorError] = []
+
+    async def main(stop: asyncio.Event) -> None:
+        async with node(url, record):
+            pass  # only its checks: the anchorer makes its own connection
+        pool = await open_pool(env.database, args.db_pool)
+        try:
+            async with Anchorer(pool, settings) as anchorer:
+                owner = await anchorer.owner()
+                if owner != anchorer.operator:
+                    raise UsageError(
+                        f"DealAnchor {record.anchor} is owned by {owner}, not by the key's {account.address}"
+                    )
+                log.info("anchoring to DealAnchor %s every %s s, %d deals per batch at most",
+                         record.anchor, args.interval, args.max_batch)  # fmt: skip
+                try:
+                    await (_anchor_once(anchorer) if args.once else anchorer.run(stop))
+                except AnchorError as error:
+                    stopped.append(error)
+        except _CONNECTION_ERRORS as error:
+            raise UsageError(f"anchoring failed: {type(error).__name__}: {error}") from None
+        finally:
+            await pool.close()
+
+    runtime.run(main)
+    if stopped:
+        print(f"ipsx chain anchor: stopped: {stopped[0]}", file=sys.stderr)
+        sys.exit(EXIT_ANCHOR_CONFLICT)
+
+
+async def _anchor_once(anchorer: Anchorer) -> None:
+    batch = await anchorer.anchor_once()
+    if batch is None:
+        print("nothing to anchor (no settled deal outside a batch, or another anchorer is at work)")
+    else:
+        print(f"batch {batch.batch_id} anchored: {batch.record_count} deals, root {batch.root}, "
+              f"tx {batch.tx_hash}")  # fmt: skip
+
+
+# ---- ipsx verify ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Verdict:
+    """The checks ``ipsx verify`` made, in order: (passed, what, detail)."""
+
+    checks: list[tuple[bool, str, str]]
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.checks) and all(passed for passed, _, _ in self.checks)
+
+    def add(self, passed: bool, what: str, detail: str) -> bool:
+        self.checks.append((passed, what, detail))
+        return passed
+
+
+def cmd_verify(args: argparse.Namespace, env: Environment) -> None:
+    quiet_providers(args)
+    deployment = None if args.deployment is None else DeploymentFile.load(args.deployment)
+    token = args.token or os.environ.get("IPSX_TOKEN")
+    url = rpc_url(args)
+    verdict = Verdict([])
+    body = asyncio.run(_fetch_anchor(args.api, args.deal, token))
+    if body is None:
+        verdict.add(
+            False, "anchored", "the API has no anchored batch with this deal (yet), or it is not yours"
+        )
+    else:
+        try:
+            asyncio.run(_check(body, verdict, url, deployment))
+        except (KeyError, TypeError, ValueError) as error:
+            verdict.add(False, "answer", f"the API's answer is not an anchor proof: {error}")
+    print(f"deal {args.deal}:")
+    for passed, what, detail in verdict.checks:
+        print(f"  {'ok  ' if passed else 'FAIL'}  {what}: {detail}")
+    if verdict.ok and body is not None:
+        print(f"VERIFIED: deal {args.deal} is in batch {body['batch_id']} of DealAnchor {body['contract']}")
+    else:
+        print(f"NOT VERIFIED: deal {args.deal}")
+        sys.exit(1)
+
+
+async def _fetch_anchor(api: str, deal: str, token: str | None) -> dict[str, Any] | None:
+    """The API's anchor proof of ``deal`` (``None``: 404); ``UsageError`` for any other failure."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    endpoint = f"{api.rstrip('/')}/v1/deals/{quote(deal, safe='')}/anchor"
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=RPC_TIMEOUT)) as http,
+            http.get(endpoint, headers=headers) as response,
+        ):
+            if response.status == 404:
+                return None
+            if response.status != 200:
+                text = (await response.text())[:300]
+                raise UsageError(f"the API answered {response.status}: {text}")
+            body = await response.json()
+    except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+        raise UsageError(f"cannot get the anchor proof from {shown(api)}: {type(error).__name__}") from None
+    if not isinstance(body, dict):
+        raise UsageError("the API's answer is not a JSON object")
+    return body
+
+
+def _bytes32(text: Any) -> bytes:
+    value = bytes.fromhex(str(text).removeprefix("0x"))
+    if len(value) != 32:
+        raise ValueError(f"{str(text)[:70]!r} is not 32 bytes")
+    return value
+
+
+async def _check(body: dict[str, Any], verdict: Verdict, url: str, deployment: DeploymentFile | None) -> None:
+    """Adds to ``verdict`` the record, leaf, off-chain and on-chain checks of the API's ``body``."""
+    record = DealRecord.from_json(body["record"])
+    encoded = record.encode()
+    same = encoded == bytes.fromhex(str(body["encoded_record"]).removeprefix("0x"))
+    verdict.add(same, "record", "its fields encode to the bytes served" if same else "its fields do not "
+                "encode to the bytes served")  # fmt: skip
+    leaf, anchored = merkle.leaf_hash(encoded), _bytes32(body["leaf"])
+    verdict.add(leaf == anchored, "leaf", f"0x{leaf.hex()}" if leaf == anchored else
+                f"the record hashes to 0x{leaf.hex()}, the leaf anchored is 0x{anchored.hex()}")  # fmt: skip
+    proof, root = [_bytes32(node) for node in body["proof"]], _bytes32(body["root"])
+    leads = merkle.verify(root, leaf, proof)
+    verdict.add(leads, "off-chain", f"the proof ({len(proof)} hashes) {'leads' if leads else 'does not lead'}"
+                f" to root 0x{root.hex()}")  # fmt: skip
+    address = Web3.to_checksum_address(str(body["contract"]))
+    if deployment is not None and address != deployment.anchor:
+        verdict.add(False, "contract", f"the API names {address}, {deployment.path} has {deployment.anchor}")
+        return
+    timeout = aiohttp.ClientTimeout(total=RPC_TIMEOUT)
+    w3 = AsyncWeb3(
+        AsyncHTTPProvider(url, request_kwargs={"timeout": timeout}, exception_retry_configuration=None)
+    )
+    try:
+        batch_id, chain_id = int(body["batch_id"]), int(body["chain_id"])
+        await _check_on_chain(w3, verdict, address, chain_id, batch_id, root, leaf, proof)
+    except _CONNECTION_ERRORS as error:
+        raise UsageError(f"cannot read the chain at {shown(url)}: {type(error).__name__}") from None
+    finally:
+        await w3.provider.disconnect()
+
+
+async def _check_on_chain(
+    w3: AsyncWeb3[Any], verdict: Verdict, address: str, chain_id: int, batch_id: int, root: bytes,
+    leaf: bytes, proof: list[bytes],
+) -> None:  # fmt: skip
+    on = await w3.eth.chain_id
+    if not verdict.add(
+        on == chain_id, "chain", f"chain {on}" + ("" if on == chain_id else f", the API says {chain_id}")
+    ):
+        return
+    anchor = w3.eth.contract(address=Web3.to_checksum_address(address), abi=load("DealAnchor").abi)
+    try:
+        chain_root = bytes((await anchor.functions.getBatch(batch_id).call())[0])
+        included = bool(await anchor.functions.verify(batch_id, leaf, proof).call())
+    except ContractLogicError:
+        verdict.add(False, "on-chain", f"DealAnchor {address} has no batch {batch_id}")
+        return
+    verdict.add(
+        chain_root == root,
+        "batch root",
+        f"DealAnchor {address} batch {batch_id} has root 0x{chain_root.hex()}",
+    )
+    verdict.add(
+        included, "on-chain", f"DealAnchor.verify(batch {batch_id}, leaf, proof) = {str(included).lower()}"
+    )

@@ -280,6 +280,58 @@ def _add_chain(sub: argparse._SubParsersAction[Any]) -> None:
     )
     _add_db_pool(w, 2)
 
+    a = actions.add_parser(
+        "anchor",
+        parents=[rpc, deployment, key],
+        help="anchor settled deals on-chain: batches of records, their Merkle roots posted to DealAnchor",
+        description="Every --interval, put up to --max-batch settled deals not anchored yet in a batch, "
+        "post its Merkle root to the deployment's DealAnchor from the operator's wallet (its owner) and "
+        "record the batch once the transaction is mined; the API then serves each deal's inclusion "
+        "proof (`ipsx verify DEAL`). A batch interrupted by a crash is finished first at the next start. "
+        "Runs until SIGINT/SIGTERM, or once with --once. Exits with status 3 when the contract's "
+        "batches and the database's disagree. The database is IPSX_DATABASE_URL.",
+    )
+    a.add_argument("--once", action="store_true", help="anchor one batch (if any deal waits) and exit")
+    a.add_argument(
+        "--interval",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="seconds between batches (default: %(default)s)",
+    )
+    a.add_argument(
+        "--max-batch",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="deals per batch at most (default: %(default)s)",
+    )
+    _add_db_pool(a, 2)
+
+    v = sub.add_parser(
+        "verify",
+        parents=[rpc],
+        help="check that a deal's record is anchored on-chain (its inclusion proof, from the API)",
+        description="Fetch the deal's anchor proof from the API, recompute its leaf from the record, "
+        "check the proof against the batch root off-chain and with DealAnchor.verify on the node, "
+        "and print a verdict. Exit status 0 when every check passes, 1 otherwise.",
+    )
+    v.add_argument("deal", metavar="DEAL", help="the deal id")
+    v.add_argument(
+        "--api",
+        default=os.environ.get("IPSX_API_URL", "http://127.0.0.1:8000"),
+        metavar="URL",
+        help="API base URL (default: $IPSX_API_URL, else http://127.0.0.1:8000)",
+    )
+    v.add_argument("--token", help="API key or session token of a party to the deal (default: IPSX_TOKEN)")
+    v.add_argument(
+        "--deployment",
+        type=Path,
+        metavar="FILE",
+        help="a file `ipsx chain deploy` wrote: its DealAnchor must be the one the API names "
+        "(default: trust the API's contract address, checked on the node)",
+    )
+
     r = sub.add_parser(
         "reconcile",
         parents=[rpc, deployment],

@@ -44,6 +44,7 @@ MIGRATIONS = [
     "010_withdrawals",
     "011_channels",
     "012_invoices",
+    "013_anchors",
 ]
 
 

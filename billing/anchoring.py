@@ -1,0 +1,555 @@
+"""Anchoring: batches of settled deals → a Merkle root posted to ``DealAnchor`` on a schedule.
+
+**The record.** A settled deal is anchored as its canonical record: the Solidity ABI encoding
+(``abi.encode``, so a contract can decode it too) of, in this order::
+
+    uint8   version          1
+    string  dealId
+    string  requester        account names, as the deals table holds them
+    string  provider
+    string  exitId
+    uint256 pricePerGb       IPSX base units
+    uint256 pricePerHour     IPSX base units
+    uint64  billableBytes
+    uint256 charge           IPSX base units: what the requester paid
+    uint256 commission       IPSX base units: the operator's part of the charge
+    uint64  settledAt        unix seconds
+
+Its tree leaf is ``keccak256(keccak256(record))`` (:mod:`contracts.merkle`, ``DealAnchor.leafOf``).
+
+**A batch** holds up to ``max_batch`` settled deals not anchored yet, oldest settlement first. It
+is posted as ``anchor(batchId, root, recordCount, totalAmount, totalBytes)`` from the operator
+(the contract's owner), ``totalAmount`` being the sum of the charges and ``totalBytes`` of the
+billable bytes; ``batchId`` is the contract's next id.
+
+**Crash safety.** The batch and its records are written first, as ``pending``; then the
+transaction is sent (its hash kept on the batch) and, once it is mined, the batch becomes
+``anchored``. Whatever the anchorer was doing when it stopped, the next one finishes the pending
+batch before planning another: it reads the contract's ``batchCount`` and that batch's root, and
+records the batch if the chain has it (finding its transaction by its ``BatchAnchored`` log),
+waits for the transaction sent earlier if the node still has it pending, or posts it again. A
+batch is never posted under two ids, nor a deal put in two batches (``anchor_records`` is keyed by
+the deal). A chain whose batches disagree with the database raises :class:`AnchorConflict`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Final
+
+import aiohttp
+import asyncpg
+from eth_abi.abi import decode as abi_decode
+from eth_abi.abi import encode as abi_encode
+from eth_abi.exceptions import DecodingError, EncodingError
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from eth_typing import ChecksumAddress
+from eth_utils.address import to_checksum_address
+from hexbytes import HexBytes
+from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3.contract import AsyncContract
+from web3.exceptions import ContractLogicError, TimeExhausted, TransactionNotFound, Web3Exception
+
+from contracts import load
+from contracts.merkle import MerkleTree, leaf_hash, verify
+
+log = logging.getLogger(__name__)
+
+SECONDS: Final = 1.0
+RECORD_VERSION: Final = 1
+RECORD_TYPES: Final = (
+    "uint8", "string", "string", "string", "string", "uint256", "uint256", "uint64", "uint256",
+    "uint256", "uint64",
+)  # fmt: skip
+_AMOUNTS: Final = ("price_per_gb", "price_per_hour", "charge", "commission")
+
+
+class AnchorError(RuntimeError):
+    """Anchoring cannot go on without an operator looking."""
+
+
+class AnchorConflict(AnchorError):
+    """The contract's batch ``batch_id`` is not the database's (``chain_root`` is ``None`` when the
+    contract has no such batch), or the contract holds batches the database does not know."""
+
+    def __init__(self, contract: str, batch_id: int, reason: str, chain_root: str | None = None) -> None:
+        super().__init__(f"DealAnchor {contract}, batch {batch_id}: {reason}")
+        self.contract = contract
+        self.batch_id = batch_id
+        self.reason = reason
+        self.chain_root = chain_root
+
+
+class AnchorReverted(AnchorError):
+    """The anchor transaction ``tx_hash`` reverted (the key is not the contract's owner?)."""
+
+    def __init__(self, batch_id: int, tx_hash: str) -> None:
+        super().__init__(f"anchoring batch {batch_id} reverted (transaction {tx_hash})")
+        self.batch_id = batch_id
+        self.tx_hash = tx_hash
+
+
+@dataclass(frozen=True, slots=True)
+class DealRecord:
+    """The anchored facts of one settled deal; amounts in base units (see the module docstring)."""
+
+    deal_id: str
+    requester: str
+    provider: str
+    exit_id: str
+    price_per_gb: int
+    price_per_hour: int
+    billable_bytes: int
+    charge: int
+    commission: int
+    settled_at: int
+
+    def _values(self) -> tuple[Any, ...]:
+        return (RECORD_VERSION, self.deal_id, self.requester, self.provider, self.exit_id,
+                self.price_per_gb, self.price_per_hour, self.billable_bytes, self.charge,
+                self.commission, self.settled_at)  # fmt: skip
+
+    def encode(self) -> bytes:
+        """The canonical bytes; raises ``ValueError`` for a value out of its ABI type's range."""
+        try:
+            return bytes(abi_encode(RECORD_TYPES, self._values()))
+        except EncodingError as error:
+            raise ValueError(f"deal {self.deal_id!r} cannot be encoded: {error}") from None
+
+    @property
+    def leaf(self) -> bytes:
+        return leaf_hash(self.encode())
+
+    @classmethod
+    def decode(cls, data: bytes) -> DealRecord:
+        """The record ``data`` encodes; ``ValueError`` unless it is canonical and version 1."""
+        try:
+            values = abi_decode(RECORD_TYPES, data)
+        except (DecodingError, ValueError, UnicodeDecodeError) as error:
+            raise ValueError(f"not an encoded deal record: {error}") from None
+        if values[0] != RECORD_VERSION:
+            raise ValueError(f"unknown record version {values[0]}")
+        record = cls(*values[1:])
+        if record.encode() != data:
+            raise ValueError("not the canonical encoding of its record")
+        return record
+
+    def to_json(self) -> dict[str, Any]:
+        """Amounts as decimal strings (exact), counts and times as integers."""
+        out: dict[str, Any] = {"version": RECORD_VERSION}
+        for name in _FIELDS:
+            value = getattr(self, name)
+            out[name] = str(value) if name in _AMOUNTS else value
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any) -> DealRecord:
+        """The inverse of :meth:`to_json`; ``ValueError`` on anything else (untrusted input)."""
+        if not isinstance(data, dict) or data.get("version") != RECORD_VERSION:
+            raise ValueError("not a version 1 deal record")
+        values: dict[str, Any] = {}
+        for name in _FIELDS:
+            value = data.get(name)
+            if name in _AMOUNTS:
+                if not isinstance(value, str) or not value.isdigit() or len(value) > 78:
+                    raise ValueError(f"{name} must be base units as a decimal string")
+                value = int(value)
+            elif name in ("billable_bytes", "settled_at"):
+                if type(value) is not int or value < 0:
+                    raise ValueError(f"{name} must be a non-negative integer")
+            elif not isinstance(value, str):
+                raise ValueError(f"{name} must be a string")
+            values[name] = value
+        return cls(**values)
+
+
+_FIELDS: Final = tuple(item.name for item in fields(DealRecord))
+
+
+@dataclass(frozen=True, slots=True)
+class AnchorProof:
+    """Where a deal is anchored: its record as anchored, leaf, proof and the batch's root."""
+
+    deal_id: str
+    record: bytes
+    leaf: bytes
+    leaf_index: int
+    proof: list[bytes]
+    batch_id: int
+    root: bytes
+    record_count: int
+    contract: str
+    chain_id: int
+    tx_hash: str
+    block_number: int
+
+    def verifies(self, record: bytes | None = None) -> bool:
+        """Whether ``record`` (default: the one anchored) is proven under the root, off-chain."""
+        return verify(self.root, leaf_hash(self.record if record is None else record), self.proof)
+
+
+@dataclass(frozen=True, slots=True)
+class AnchorSettings:
+    """Where DealAnchor is, who posts to it, and how often."""
+
+    anchor_address: str  # the DealAnchor contract
+    operator_key: str = field(repr=False)  # hex private key of its owner
+    rpc_url: str = "http://127.0.0.1:8545"
+    web3_factory: Callable[[], AsyncWeb3[Any]] | None = None  # instead of rpc_url; the caller closes it
+    interval: float = 60 * SECONDS  # between batches
+    max_batch: int = 1_000  # records per batch at most
+    receipt_timeout: float = 120 * SECONDS  # for the anchor transaction to be mined
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1 or self.interval <= 0 or self.receipt_timeout <= 0:
+            raise ValueError("max_batch, interval and receipt_timeout must be positive")
+
+
+# ---- the records, in the database ------------------------------------------------------------------
+
+_RECORD_COLUMNS = """
+    deal_id, requester, provider, exit_id, price_per_gb::text, price_per_hour::text, billable_bytes,
+    charge::text, commission::text, (record->>'settled_at')::bigint AS settled_at
+"""
+_SETTLED = """
+    state = 'settled' AND charge IS NOT NULL AND commission IS NOT NULL
+    AND billable_bytes IS NOT NULL AND record->>'settled_at' IS NOT NULL
+"""
+
+
+def _record(row: asyncpg.Record) -> DealRecord:
+    return DealRecord(
+        deal_id=row["deal_id"], requester=row["requester"], provider=row["provider"],
+        exit_id=row["exit_id"], price_per_gb=int(row["price_per_gb"]),
+        price_per_hour=int(row["price_per_hour"]), billable_bytes=int(row["billable_bytes"]),
+        charge=int(row["charge"]), commission=int(row["commission"]), settled_at=int(row["settled_at"]),
+    )  # fmt: skip
+
+
+async def next_batch(pool: asyncpg.Pool | asyncpg.Connection, limit: int) -> list[DealRecord]:
+    """Up to ``limit`` settled deals in no batch yet, oldest settlement first."""
+    rows = await pool.fetch(
+        f"SELECT {_RECORD_COLUMNS} FROM deals d WHERE {_SETTLED}"  # noqa: S608 (constants only)
+        " AND NOT EXISTS (SELECT 1 FROM anchor_records a WHERE a.deal_id = d.deal_id)"
+        " ORDER BY (record->>'settled_at')::bigint, deal_id LIMIT $1",
+        limit,
+    )
+    return [_record(row) for row in rows]
+
+
+async def current_record(pool: asyncpg.Pool, deal_id: str) -> DealRecord | None:
+    """The record of ``deal_id`` as the deals table holds it now (``None``: not a settled deal)."""
+    row = await pool.fetchrow(
+        f"SELECT {_RECORD_COLUMNS} FROM deals WHERE deal_id = $1 AND {_SETTLED}",  # noqa: S608
+        deal_id,
+    )
+    return None if row is None else _record(row)
+
+
+async def proof_for(pool: asyncpg.Pool, deal_id: str) -> AnchorProof | None:
+    """Where ``deal_id`` is anchored, or ``None`` while it is in no mined batch."""
+    row = await pool.fetchrow(
+        """
+        SELECT r.deal_id, r.record, r.leaf, r.leaf_index, r.proof, b.batch_id, b.root, b.record_count,
+               b.contract, b.chain_id, b.tx_hash, b.block_number
+        FROM anchor_records r JOIN anchor_batches b USING (contract, batch_id)
+        WHERE r.deal_id = $1 AND b.state = 'anchored'
+        """,
+        deal_id,
+    )
+    if row is None:
+        return None
+    return AnchorProof(
+        deal_id=row["deal_id"], record=bytes(row["record"]), leaf=HexBytes(row["leaf"]),
+        leaf_index=row["leaf_index"], proof=[HexBytes(node) for node in row["proof"]],
+        batch_id=row["batch_id"], root=HexBytes(row["root"]), record_count=row["record_count"],
+        contract=row["contract"], chain_id=row["chain_id"], tx_hash=row["tx_hash"],
+        block_number=row["block_number"],
+    )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A batch written ahead of its transaction (``tx_hash``: the last post sent, if any)."""
+
+    contract: str
+    batch_id: int
+    root: str
+    record_count: int
+    total_amount: int
+    total_bytes: int
+    from_block: int
+    tx_hash: str | None = None
+
+
+async def _pending(pool: asyncpg.Pool, contract: str) -> Batch | None:
+    row = await pool.fetchrow(
+        "SELECT contract, batch_id, root, record_count, total_amount::text, total_bytes::text,"
+        " from_block, tx_hash FROM anchor_batches WHERE contract = $1 AND state = 'pending'",
+        contract,
+    )
+    if row is None:
+        return None
+    return Batch(
+        row["contract"], row["batch_id"], row["root"], row["record_count"], int(row["total_amount"]),
+        int(row["total_bytes"]), row["from_block"], row["tx_hash"],
+    )  # fmt: skip
+
+
+async def _write_ahead(
+    pool: asyncpg.Pool, batch: Batch, chain_id: int, records: Sequence[DealRecord], tree: MerkleTree
+) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "INSERT INTO anchor_batches (contract, batch_id, chain_id, root, record_count, total_amount,"
+            " total_bytes, from_block) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            batch.contract, batch.batch_id, chain_id, batch.root, batch.record_count,
+            batch.total_amount, batch.total_bytes, batch.from_block,
+        )  # fmt: skip
+        await conn.executemany(
+            "INSERT INTO anchor_records (deal_id, contract, batch_id, leaf_index, leaf, record, proof)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            [
+                (record.deal_id, batch.contract, batch.batch_id, tree.positions[leaf], _hex(leaf),
+                 encoded, [_hex(node) for node in tree.proof(leaf)])
+                for record in records
+                for encoded in [record.encode()]
+                for leaf in [leaf_hash(encoded)]
+            ],
+        )  # fmt: skip
+
+
+def _hex(value: bytes) -> str:
+    return "0x" + bytes(value).hex()
+
+
+def _lock_key(contract: str) -> int:
+    digest = hashlib.sha256(f"ipsx.billing.anchoring:{contract}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+# ---- the anchorer -----------------------------------------------------------------------------------
+
+
+class Anchorer:
+    """Posts the batches of one DealAnchor contract; see the module docstring.
+
+    Drive it with :meth:`run`, or step by step with :meth:`anchor_once` (or :meth:`prepare`,
+    :meth:`post` and :meth:`record`). Close it with :meth:`aclose` (or ``async with``).
+    """
+
+    def __init__(self, pool: asyncpg.Pool, settings: AnchorSettings) -> None:
+        self._pool = pool
+        self._settings = settings
+        self._owns_w3 = settings.web3_factory is None
+        self._w3: AsyncWeb3[Any] = (
+            AsyncWeb3(AsyncHTTPProvider(settings.rpc_url))
+            if settings.web3_factory is None
+            else settings.web3_factory()
+        )
+        self.contract: ChecksumAddress = to_checksum_address(settings.anchor_address)
+        self._anchor: AsyncContract = self._w3.eth.contract(address=self.contract, abi=load("DealAnchor").abi)
+        self._operator: LocalAccount = Account.from_key(settings.operator_key)
+
+    @property
+    def operator(self) -> ChecksumAddress:
+        return self._operator.address
+
+    async def aclose(self) -> None:
+        if self._owns_w3:
+            await self._w3.provider.disconnect()
+
+    async def __aenter__(self) -> Anchorer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def owner(self) -> ChecksumAddress:
+        """The contract's owner: the only account whose posts it accepts."""
+        return to_checksum_address(await self._anchor.functions.owner().call())
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Anchor every ``interval`` until ``stop`` is set (a full batch is followed by the next
+        at once). A failing node or database is logged and retried; an
+        :class:`AnchorError` ends the loop, raised."""
+        while not stop.is_set():
+            batch = None
+            try:
+                batch = await self.anchor_once()
+            except (OSError, aiohttp.ClientError, Web3Exception, asyncpg.PostgresError,
+                    asyncpg.InterfaceError) as exc:  # fmt: skip
+                log.warning("anchoring failed, retrying: %s", exc)
+            if batch is not None and batch.record_count >= self._settings.max_batch:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._settings.interval)
+
+    async def anchor_once(self) -> Batch | None:
+        """Finish the pending batch, else anchor the next one; returns the batch anchored, or
+        ``None`` when there was nothing to anchor or another anchorer is at work.
+
+        Raises :class:`AnchorConflict`, :class:`AnchorReverted`, or :class:`AnchorError` for a
+        deal row no record can hold.
+        """
+        async with self._exclusive() as alone:
+            if not alone:
+                return None
+            batch = await self.prepare()
+            if batch is None:
+                return None
+            if not await self._on_chain(batch):
+                await self.post(batch)
+            return await self.record(batch)
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self) -> AsyncIterator[bool]:
+        """Whether this is the only anchorer of the contract now (a PostgreSQL advisory lock)."""
+        async with self._pool.acquire() as conn:
+            key = _lock_key(self.contract)
+            alone = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", key))
+            try:
+                yield alone
+            finally:
+                if alone:
+                    await conn.execute("SELECT pg_advisory_unlock($1)", key)
+
+    async def prepare(self) -> Batch | None:
+        """The pending batch, else the next one written ahead (``None``: nothing to anchor)."""
+        pending = await _pending(self._pool, self.contract)
+        if pending is not None:
+            return pending
+        count = int(await self._anchor.functions.batchCount().call())
+        known = await self._pool.fetchval(
+            "SELECT COALESCE(MAX(batch_id), 0) FROM anchor_batches WHERE contract = $1", self.contract
+        )
+        if count != known:
+            raise AnchorConflict(
+                self.contract, count, f"the contract has {count} batches, this database knows {known}"
+            )
+        records = await next_batch(self._pool, self._settings.max_batch)
+        if not records:
+            return None
+        try:
+            tree = MerkleTree.from_records(record.encode() for record in records)
+        except ValueError as error:  # a deal row no record can hold: an operator must look
+            raise AnchorError(f"cannot anchor the next batch: {error}") from None
+        batch = Batch(
+            contract=self.contract,
+            batch_id=count + 1,
+            root=_hex(tree.root),
+            record_count=len(records),
+            total_amount=sum(record.charge for record in records),
+            total_bytes=sum(record.billable_bytes for record in records),
+            from_block=int(await self._w3.eth.block_number),
+        )
+        await _write_ahead(self._pool, batch, int(await self._w3.eth.chain_id), records, tree)
+        log.info("batch %d planned: %d deals, root %s", batch.batch_id, batch.record_count, batch.root)
+        return batch
+
+    async def _on_chain(self, batch: Batch) -> bool:
+        """Whether the contract holds ``batch`` (``False``: it is the next one to post)."""
+        count = int(await self._anchor.functions.batchCount().call())
+        if count < batch.batch_id - 1:
+            raise AnchorConflict(self.contract, batch.batch_id, f"the contract has only {count} batches")
+        if count == batch.batch_id - 1:
+            return False
+        root = _hex(bytes((await self._anchor.functions.getBatch(batch.batch_id).call())[0]))
+        if root != batch.root:
+            raise AnchorConflict(self.contract, batch.batch_id, f"anchored with root {root}", root)
+        return True
+
+    async def post(self, batch: Batch) -> None:
+        """Post ``batch`` unless the transaction sent earlier is still pending, and wait until it
+        is mined. A revert because the batch got on-chain meanwhile is no error."""
+        if batch.tx_hash is not None and await self._pending_tx(batch.tx_hash):
+            receipt = await self._receipt(batch.tx_hash)
+        else:
+            tx_hash = await self._send(batch)
+            if tx_hash is None:
+                return  # a post sent earlier got mined meanwhile
+            await self._pool.execute(
+                "UPDATE anchor_batches SET tx_hash = $3 WHERE contract = $1 AND batch_id = $2",
+                batch.contract, batch.batch_id, tx_hash,
+            )  # fmt: skip
+            receipt = await self._receipt(tx_hash)
+        if receipt["status"] != 1 and not await self._on_chain(batch):
+            raise AnchorReverted(batch.batch_id, HexBytes(receipt["transactionHash"]).to_0x_hex())
+
+    async def _pending_tx(self, tx_hash: str) -> bool:
+        try:
+            await self._w3.eth.get_transaction(HexBytes(tx_hash))
+        except TransactionNotFound:
+            return False  # dropped, or never reached the node: post again
+        return True
+
+    async def _receipt(self, tx_hash: str) -> Any:
+        try:
+            return await self._w3.eth.wait_for_transaction_receipt(
+                HexBytes(tx_hash), timeout=self._settings.receipt_timeout
+            )
+        except TimeExhausted:
+            raise TimeoutError(f"anchor transaction {tx_hash} not mined yet") from None
+
+    async def _send(self, batch: Batch) -> str | None:
+        """The hash of the transaction sent; ``None`` when the batch is on-chain already."""
+        call = self._anchor.functions.anchor(
+            batch.batch_id, HexBytes(batch.root), batch.record_count, batch.total_amount, batch.total_bytes
+        )
+        try:
+            tx = await call.build_transaction(
+                {
+                    "from": self.operator,
+                    "nonce": await self._w3.eth.get_transaction_count(self.operator, "pending"),
+                    "chainId": await self._w3.eth.chain_id,
+                }
+            )
+        except ContractLogicError as error:  # the gas estimate saw the revert
+            if await self._on_chain(batch):
+                return None
+            raise AnchorReverted(batch.batch_id, f"(not sent: {error})") from None
+        signed = self._operator.sign_transaction(tx)  # type: ignore[arg-type]
+        return HexBytes(await self._w3.eth.send_raw_transaction(signed.raw_transaction)).to_0x_hex()
+
+    async def record(self, batch: Batch) -> Batch:
+        """Mark ``batch`` anchored with the transaction that holds it on-chain; returns it as
+        recorded. Raises :class:`AnchorConflict` when the contract does not hold it."""
+        if not await self._on_chain(batch):
+            raise AnchorConflict(self.contract, batch.batch_id, "not on-chain (yet)")
+        event = self._anchor.events.BatchAnchored()
+        logs = await self._w3.eth.get_logs(
+            {
+                "address": self.contract,
+                "fromBlock": batch.from_block,
+                "toBlock": "latest",
+                "topics": [HexBytes(event.topic), HexBytes(batch.batch_id.to_bytes(32, "big"))],
+            }
+        )
+        if not logs:
+            raise AnchorConflict(
+                self.contract, batch.batch_id, f"no BatchAnchored log since {batch.from_block}"
+            )
+        tx_hash = HexBytes(logs[0]["transactionHash"]).to_0x_hex()
+        block = int(logs[0]["blockNumber"])
+        await self._pool.execute(
+            "UPDATE anchor_batches SET state = 'anchored', tx_hash = $3, block_number = $4,"
+            " anchored_at = now() WHERE contract = $1 AND batch_id = $2 AND state = 'pending'",
+            batch.contract, batch.batch_id, tx_hash, block,
+        )  # fmt: skip
+        log.info("batch %d anchored in block %d (tx %s)", batch.batch_id, block, tx_hash)
+        return Batch(
+            batch.contract, batch.batch_id, batch.root, batch.record_count, batch.total_amount,
+            batch.total_bytes, batch.from_block, tx_hash,
+        )  # fmt: skip
+
+
+async def anchor_once(pool: asyncpg.Pool, settings: AnchorSettings) -> Batch | None:
+    """One :meth:`Anchorer.anchor_once` with a connection of its own."""
+    async with Anchorer(pool, settings) as anchorer:
+        return await anchorer.anchor_once()
