@@ -1051,6 +1051,40 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
+            "/v1/channels/{channel_id}/consent": {
+                "post": {
+                    "operationId": "channelConsent",
+                    "summary": "The operator's consent to close your requester channel cooperatively",
+                    "description": "Given once every invoice is paid, at the balance of your latest proof, "
+                    "which it returns with it: submit both to cooperativeClose (ipsx channel close).",
+                    "security": secured,
+                    "parameters": [{"name": "channel_id", "in": "path", "required": True, "schema": _STR}],
+                    "responses": {
+                        "200": _json(
+                            "the balance, your proof of it and the operator's consent",
+                            {
+                                "type": "object",
+                                "required": [
+                                    "channel_id",
+                                    "balance",
+                                    "balance_signature",
+                                    "consent_signature",
+                                ],
+                                "properties": {
+                                    "channel_id": _STR,
+                                    "balance": _ref("Amount"),
+                                    "balance_signature": _NULLABLE_STR,
+                                    "consent_signature": _STR,
+                                },
+                            },
+                        ),
+                        "404": _problem("no requester channel of the caller has this id"),
+                        "409": _problem("the channel is closing or settled, or invoices are unpaid"),
+                        "503": _problem("this API node does not sign for the operator"),
+                        **_AUTH_ERRORS,
+                    },
+                }
+            },
             "/v1/invoices": {
                 "get": {
                     "operationId": "listInvoices",

@@ -125,3 +125,41 @@ async def pay_invoice(request: web.Request) -> web.Response:
             422, "proof_rejected", f"the balance proof was refused: {rejected.reason}", reason=rejected.reason
         ) from None
     return json_response(_invoice_json(invoice))
+
+
+@routes.post("/v1/channels/{channel_id}/consent")
+async def closing_consent(request: web.Request) -> web.Response:
+    """The operator's consent to close one of the caller's requester channels cooperatively, at
+    the balance of the latest proof IPSX holds: given once every invoice is paid, so the chain pays
+    the operator exactly what the caller's settled usage cost and refunds the rest at once."""
+    caller = await authorized(request, "trade")
+    settings = request.app[SETTINGS]
+    domain = domain_of(settings)
+    if settings.operator_key is None:
+        raise Problem(503, "payments_unavailable", "this API node does not sign for the operator")
+    pool = request.app[PG]
+    try:
+        channel = await channels.get(pool, request.match_info["channel_id"].lower())
+    except ValueError:
+        channel = None
+    if channel is None or channel.account_id != caller.account.id or channel.role != "requester":
+        raise Problem(404, "not_found", "no requester channel of yours has this id")
+    if channel.state != "open":
+        raise Problem(409, "conflict", f"the channel is {channel.state}", state=channel.state)
+    owed = (await payments.unpaid(pool)).get(caller.account.name, 0)
+    if owed > 0:
+        raise Problem(
+            409, "unpaid_usage", f"pay your invoices first: {owed} base units are unpaid", owed=str(owed)
+        )
+    balance = int(channel.proof_balance)
+    consent = proofs.sign_closing_consent(
+        domain, channel.id_bytes, balance, Account.from_key(settings.operator_key).key
+    )
+    return json_response(
+        {
+            "channel_id": channel.channel_id,
+            "balance": amount_json(balance),
+            "balance_signature": channel.proof_signature,
+            "consent_signature": "0x" + consent.hex(),
+        }
+    )

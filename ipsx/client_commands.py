@@ -244,6 +244,34 @@ def add_client_commands(sub: argparse._SubParsersAction[Any]) -> None:
         default=Path(".ipsx/payouts.json"),
         help="where the proofs are kept (default: %(default)s)",
     )
+    chain = argparse.ArgumentParser(add_help=False)
+    chain.add_argument(
+        "--rpc",
+        default=os.environ.get("IPSX_RPC_URL", "http://127.0.0.1:8545"),
+        help="Ethereum node (default: $IPSX_RPC_URL or http://127.0.0.1:8545)",
+    )
+    chain.add_argument(
+        "--deployment",
+        type=Path,
+        default=Path(".ipsx/chain.json"),
+        help="the contracts' addresses, as `ipsx chain deploy` wrote them (default: %(default)s)",
+    )
+    channel = sub.add_parser("channel", help="open or close your payment channel on-chain (needs --key)")
+    channel_actions = channel.add_subparsers(dest="action", required=True)
+    c_open = channel_actions.add_parser(
+        "open", parents=[common, chain], help="as a requester: open a channel to the operator with IPSX"
+    )
+    c_open.add_argument("--deposit", required=True, help="IPSX to lock in the channel, e.g. 25")
+    c_close = channel_actions.add_parser(
+        "close",
+        parents=[common, chain],
+        help="close a channel cooperatively: a requester's (once its invoices are paid) or a provider's "
+        "payout channel (with the proof `ipsx payouts` kept)",
+    )
+    c_close.add_argument("channel_id")
+    c_close.add_argument(
+        "--store", type=Path, default=Path(".ipsx/payouts.json"), help="a provider's kept payout proofs"
+    )
     sub.add_parser("usage", parents=[common], help="your metered streams, newest first")
     market = sub.add_parser("market", parents=[common], help="public market data: depth and price index")
     market.add_argument("--country")
@@ -479,6 +507,20 @@ def _payouts(args: argparse.Namespace, api: Client) -> None:
     _show(args, kept, lines or ["no payout channel to your wallet"])
 
 
+def _channel(args: argparse.Namespace) -> None:
+    from ipsx import channel_commands  # web3 is loaded by the chain commands only
+
+    if not args.key:
+        raise ClientError(f"ipsx channel {args.action} signs with your wallet: give it with --key")
+    try:
+        if args.action == "open":
+            channel_commands.open_channel(args)
+        else:
+            channel_commands.close_channel(args, _client(args))
+    except channel_commands.ChannelError as error:
+        raise ClientError(str(error)) from None
+
+
 def _withdrawal_line(w: dict[str, Any]) -> str:
     line = f"withdrawal {w['withdrawal_id']}  {w['state']:9}  {w['amount']['ipsx']} IPSX from {w['source']}"
     line += f" to {w['address']}"
@@ -508,6 +550,9 @@ def _withdrawal(args: argparse.Namespace, api: Client) -> None:
 def run_client_command(args: argparse.Namespace) -> None:
     """Run one client command; raises ClientError with the API's answer when it refuses."""
     try:
+        if args.command == "channel":
+            _channel(args)
+            return
         _run(args)
     except ApiError as error:
         raise ClientError(f"the API refused: {error.detail} ({error.status} {error.code})") from None

@@ -288,8 +288,8 @@ def _client_command(args: argparse.Namespace, env: Environment) -> None:
 
 
 cmd_order = cmd_deals = cmd_deal = cmd_usage = cmd_market = cmd_withdrawal = cmd_pay = cmd_payouts = (
-    _client_command
-)
+    cmd_channel
+) = _client_command
 
 
 def cmd_chain(args: argparse.Namespace, env: Environment) -> None:

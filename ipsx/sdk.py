@@ -213,6 +213,11 @@ class Client:
         """Your open payment channels, as the chain watcher confirmed them."""
         return list(self._call("GET", "/v1/channels")["items"])
 
+    def channel_consent(self, channel_id: str) -> dict[str, Any]:
+        """The operator's consent to close your requester channel cooperatively at the balance of
+        your latest proof (once every invoice is paid), with that proof."""
+        return dict(self._call("POST", f"/v1/channels/{urllib.parse.quote(channel_id, safe='')}/consent", {}))
+
     def invoices(self, limit: int = 50) -> Iterator[dict[str, Any]]:
         return self._pages("/v1/invoices", limit)
 

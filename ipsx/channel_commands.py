@@ -1,0 +1,117 @@
+"""``ipsx channel open|close``: a wallet's side of its payment channels, on-chain.
+
+A requester opens a channel to the operator with IPSX (approve, then ``open``); the operator's
+chain watcher credits the deposit once confirmed. To close, a requester asks the API for the
+operator's consent (given once every invoice is paid) and submits ``cooperativeClose`` with its
+own latest balance proof; a provider closes a payout channel with the operator's latest proof
+(kept by ``ipsx payouts``) and its own consent. Transactions are signed locally with the wallet
+of ``--key``; the node never holds it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+from web3 import Web3
+from web3.exceptions import ContractLogicError, Web3Exception
+from web3.logs import DISCARD
+from web3.middleware import SignAndSendRawMiddlewareBuilder
+
+from billing.ledger import format_amount, parse_amount
+from contracts import proofs
+from contracts.deploy import contract_at
+from gateway.agent.settings import load_key
+from ipsx.chain_commands import DeploymentFile
+from ipsx.sdk import Client
+
+RECEIPT_TIMEOUT = 120.0
+
+
+class ChannelError(Exception):
+    """The channel command cannot go on; the message says why."""
+
+
+def _web3(args: argparse.Namespace, wallet: LocalAccount) -> Web3:
+    w3 = Web3(Web3.HTTPProvider(args.rpc, request_kwargs={"timeout": 30}))
+    w3.middleware_onion.inject(SignAndSendRawMiddlewareBuilder.build(wallet), layer=0)
+    return w3
+
+
+def _transact(w3: Web3, call: Any, wallet: LocalAccount, what: str) -> Any:
+    try:
+        tx = call.transact({"from": wallet.address})
+        receipt = w3.eth.wait_for_transaction_receipt(tx, timeout=RECEIPT_TIMEOUT)
+    except ContractLogicError as error:
+        raise ChannelError(f"{what} reverted: {error}") from None
+    except (Web3Exception, OSError, ValueError) as error:
+        raise ChannelError(f"{what} failed: {type(error).__name__}: {error}") from None
+    if receipt["status"] != 1:
+        raise ChannelError(f"{what} failed in block {receipt['blockNumber']}")
+    print(f"{what}: mined in block {receipt['blockNumber']}", flush=True)
+    return receipt
+
+
+def open_channel(args: argparse.Namespace) -> None:
+    """Approve the deposit and open a channel from the wallet to the operator."""
+    wallet = load_key(Path(args.key), os.environ.get("IPSX_KEY_PASSWORD"))
+    deployment = DeploymentFile.load(args.deployment)
+    amount = int(parse_amount(args.deposit))
+    w3 = _web3(args, wallet)
+    token = contract_at(w3, "IPSXToken", deployment.token)
+    channels = contract_at(w3, "PaymentChannels", deployment.channels)
+    _transact(w3, token.functions.approve(channels.address, amount), wallet, "approve")
+    receipt = _transact(w3, channels.functions.open(deployment.operator, amount), wallet, "open")
+    (opened,) = channels.events.ChannelOpened().process_receipt(receipt, errors=DISCARD)
+    channel_id = "0x" + bytes(opened["args"]["channelId"]).hex()
+    print(f"channel {channel_id} opened to {deployment.operator} with {format_amount(amount)} IPSX")  # type: ignore[arg-type]
+
+
+def close_channel(args: argparse.Namespace, api: Client) -> None:
+    """Close one of the wallet's channels cooperatively, as its requester or its provider."""
+    wallet = load_key(Path(args.key), os.environ.get("IPSX_KEY_PASSWORD"))
+    deployment = DeploymentFile.load(args.deployment)
+    channel_id = args.channel_id.lower()
+    found = [c for c in api.channels() if c["channel_id"] == channel_id]
+    if not found:
+        raise ChannelError(f"no open channel of yours has the id {channel_id}")
+    channel = found[0]
+    domain = proofs.ChannelDomain(chain_id=deployment.chain_id, verifying_contract=deployment.channels)  # type: ignore[arg-type]
+    id_bytes = bytes.fromhex(channel_id[2:])
+    if channel["role"] == "requester":
+        consent = api.channel_consent(channel_id)
+        balance = int(consent["balance"]["base_units"])
+        proof = consent["balance_signature"] or "0x"
+        closing = consent["consent_signature"]
+    else:
+        kept = _kept_payout(args.store, channel_id)
+        balance, proof = int(kept["balance"]), kept["signature"]
+        closing = "0x" + proofs.sign_closing_consent(domain, id_bytes, balance, wallet.key).hex()
+    w3 = _web3(args, wallet)
+    channels = contract_at(w3, "PaymentChannels", deployment.channels)
+    call = channels.functions.cooperativeClose(
+        id_bytes, balance, bytes.fromhex(proof[2:]), bytes.fromhex(closing[2:])
+    )
+    receipt = _transact(w3, call, wallet, "cooperativeClose")
+    (settled,) = channels.events.ChannelSettled().process_receipt(receipt, errors=DISCARD)
+    paid, refunded = int(settled["args"]["paid"]), int(settled["args"]["refunded"])
+    print(
+        f"channel {channel_id} closed: {format_amount(paid)} IPSX to the receiver, "  # type: ignore[arg-type]
+        f"{format_amount(refunded)} IPSX back to the sender"  # type: ignore[arg-type]
+    )
+
+
+def _kept_payout(store: Path, channel_id: str) -> dict[str, Any]:
+    try:
+        kept: dict[str, Any] = json.loads(store.read_text())[channel_id]
+    except FileNotFoundError:
+        raise ChannelError(f"no payout proofs kept in {store}: run `ipsx payouts` first") from None
+    except KeyError:
+        raise ChannelError(f"{store} holds no proof for {channel_id}: run `ipsx payouts` first") from None
+    except (OSError, ValueError) as error:
+        raise ChannelError(f"cannot read {store}: {error}") from None
+    return kept
