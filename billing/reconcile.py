@@ -187,9 +187,12 @@ async def reconcile(
     *,
     block: int | None = None,
     max_range: int = MAX_RANGE,
+    anchor_address: str | None = None,
 ) -> Report:
     """Compare the ledger and the channels table with the chain at ``block`` (default: the
-    watcher's cursor, else the latest block); see the module docstring for the checks."""
+    watcher's cursor, else the latest block); see the module docstring for the checks. With
+    ``anchor_address`` (the DealAnchor), each anchored batch is checked too: its root, count and
+    totals on-chain against the database, and its totals against the deals it holds now."""
     address = to_checksum_address(channels_address)
     if block is None:
         cursor = await read_cursor(pool, cursor_name(address))
@@ -235,6 +238,9 @@ async def reconcile(
     expected_chain = -deposited + refunded + paid_out + withdrawn
     checks.append(_equal(f"{CHAIN} balance", expected_chain, int(await balance(pool, CHAIN))))
 
+    if anchor_address is not None:
+        checks.extend(await _anchor_checks(pool, w3, to_checksum_address(anchor_address), block))
+
     shortfalls = [
         Shortfall(settled_ids.get(reference.removesuffix(":shortfall"), "?"), leg["credit_account"],
                   leg["kind"], Amount(int(leg["amount"])))
@@ -243,6 +249,40 @@ async def reconcile(
         if leg["kind"] in ("unpaid_usage", "overpaid_payout")
     ]  # fmt: skip
     return Report(block=block, checks=tuple(checks), shortfalls=tuple(shortfalls))
+
+
+async def _anchor_checks(pool: asyncpg.Pool, w3: AsyncWeb3[Any], address: str, block: int) -> list[Check]:
+    anchor = w3.eth.contract(address=to_checksum_address(address), abi=load("DealAnchor").abi)
+    batches = await pool.fetch(
+        """
+        SELECT b.batch_id, b.root, b.record_count, b.total_amount::text AS total_amount,
+               b.total_bytes::text AS total_bytes, s.charges, s.bytes
+        FROM anchor_batches b
+        LEFT JOIN LATERAL (
+            SELECT COALESCE(sum(d.charge), 0)::text AS charges,
+                   COALESCE(sum(d.billable_bytes), 0)::text AS bytes
+            FROM anchor_records r JOIN deals d USING (deal_id)
+            WHERE r.contract = b.contract AND r.batch_id = b.batch_id
+        ) s ON true
+        WHERE b.contract = $1 AND b.state = 'anchored' ORDER BY b.batch_id
+        """,
+        address,
+    )
+    count = await anchor.functions.batchCount().call(block_identifier=block)
+    checks = [_equal("anchored batches on-chain", len(batches), int(count))]
+    for row in batches:
+        label = f"anchored batch {row['batch_id']}"
+        root, records, _, total_amount, total_bytes = await anchor.functions.getBatch(row["batch_id"]).call(
+            block_identifier=block
+        )
+        stored = (row["root"], row["record_count"], int(row["total_amount"]), int(row["total_bytes"]))
+        checks.append(_equal(f"{label}: root", stored[0], "0x" + bytes(root).hex()))
+        checks.append(_equal(f"{label}: records", stored[1], int(records)))
+        checks.append(_equal(f"{label}: total charged", stored[2], int(total_amount)))
+        checks.append(_equal(f"{label}: total bytes", stored[3], int(total_bytes)))
+        checks.append(_equal(f"{label}: its deals' charges now", stored[2], int(row["charges"])))
+        checks.append(_equal(f"{label}: its deals' bytes now", stored[3], int(row["bytes"])))
+    return checks
 
 
 def _show(value: int | str) -> str:

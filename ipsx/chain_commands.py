@@ -400,7 +400,9 @@ def cmd_reconcile(args: argparse.Namespace, env: Environment) -> None:
         async with node(url, record) as w3:
             pool = await open_pool(env.database, 2)
             try:
-                return await reconcile(pool, w3, record.channels, record.token, block=args.block)
+                return await reconcile(
+                    pool, w3, record.channels, record.token, block=args.block, anchor_address=record.anchor
+                )
             except _CONNECTION_ERRORS as error:
                 raise UsageError(f"reading the chain at {shown(url)} failed: {error}") from None
             finally:

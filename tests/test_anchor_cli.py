@@ -326,3 +326,21 @@ def test_anchor_commands_have_help(command: tuple[str, ...]) -> None:
     assert result.returncode == 0
     assert result.stdout.startswith("usage: ipsx " + " ".join(command))
     assert "--rpc URL" in result.stdout
+
+
+def test_reconcile_checks_anchored_batches_against_the_chain_and_the_deals(
+    setup: Setup, anchored: subprocess.CompletedProcess[str]
+) -> None:
+    args = ("reconcile", "--rpc", setup.rpc, "--deployment", str(setup.deployment))
+    clean = ipsx(*args, env=setup.env)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "anchored batch 1: total charged" in clean.stdout
+    deal = setup.deals[0]
+    sql(setup.database_url, "UPDATE deals SET charge = charge + 7 WHERE deal_id = $1", deal)
+    try:
+        tampered = ipsx(*args, env=setup.env)
+    finally:
+        sql(setup.database_url, "UPDATE deals SET charge = charge - 7 WHERE deal_id = $1", deal)
+    assert tampered.returncode == 1
+    failing = [line.strip() for line in tampered.stdout.splitlines() if line.strip().startswith("MISMATCH  ")]
+    assert len(failing) == 1 and "anchored batch 1: its deals' charges now" in failing[0], tampered.stdout
