@@ -22,6 +22,7 @@ from dashboard.routes_payments import payment_settings
 from dashboard.routes_payments import routes as payment_routes
 from dashboard.routes_withdrawals import routes as withdrawal_routes
 from dashboard.settings import ApiSettings
+from matching.market import MarketSettings
 from pool.client import redis_from_url
 
 log = logging.getLogger("ipsx.api")
@@ -43,7 +44,12 @@ def build_app(settings: ApiSettings) -> web.Application:
         app[REDIS] = redis_from_url(settings.redis_url)
         app[HTTP] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
         payments = payment_settings(settings)
-        app[SEAT] = seat = MarketSeat(app[PG], app[REDIS], settings.advertise_url, payments=payments)
+        market = MarketSettings(
+            spot_duration_s=settings.spot_duration_s, spot_traffic_bytes=settings.spot_traffic_bytes
+        )
+        app[SEAT] = seat = MarketSeat(
+            app[PG], app[REDIS], settings.advertise_url, payments=payments, market=market
+        )
         stop = asyncio.Event()
         leading = asyncio.create_task(seat.run(stop)) if settings.market else None
         if leading is not None:  # serve once this node knows whether it runs the market

@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from billing.payments import Invoicer, PaymentSettings
-from matching.market import Market
+from matching.market import Market, MarketSettings
 
 log = logging.getLogger("ipsx.api.leader")
 
@@ -49,8 +49,10 @@ class MarketSeat:
         retry: float = 2.0,
         announce_ttl: float = 10.0,
         payments: PaymentSettings | None = None,
+        market: MarketSettings | None = None,
     ) -> None:
         self._payments = payments or PaymentSettings()
+        self._market_settings = market
         self._pool = pool
         self._redis = redis
         self._url = advertise_url
@@ -99,7 +101,7 @@ class MarketSeat:
                 await asyncio.wait_for(stop.wait(), self._retry)
 
     async def _lead(self, holder: asyncpg.Connection, stop: asyncio.Event) -> None:
-        market = Market(self._pool, self._redis)
+        market = Market(self._pool, self._redis, self._market_settings)
         await market.load()
         market_stop = asyncio.Event()
         task = asyncio.create_task(market.run(market_stop))

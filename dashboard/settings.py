@@ -30,6 +30,8 @@ class ApiSettings:
     # (default http://HOST:PORT, the machine's name when HOST is 0.0.0.0)
     advertise_url: str | None = None
     market: bool = True  # run the market here (if no other process holds its lock)
+    spot_duration_s: int = 600  # how long a spot deal opened for traffic without an order lasts
+    spot_traffic_bytes: int = 10**9  # and the traffic it may carry
     # the gateway's HTTP proxy, HOST:PORT as browsers reach it: what the orders' PAC files name
     proxy_address: str = "127.0.0.1:8080"
     # Payments over channels: the PaymentChannels contract (on chain_id) whose balance proofs pay

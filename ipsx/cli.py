@@ -396,6 +396,18 @@ def build_parser() -> argparse.ArgumentParser:
         "forward market calls to it (default: http://HOST:PORT, the machine's name for 0.0.0.0)",
     )
     api.add_argument(
+        "--spot-duration",
+        type=int,
+        default=600,
+        help="seconds a spot deal (traffic without an order) lasts (default: %(default)s)",
+    )
+    api.add_argument(
+        "--spot-traffic-gb",
+        type=int,
+        default=1,
+        help="GB a spot deal may carry; its reserve is this at the offer's price (default: %(default)s)",
+    )
+    api.add_argument(
         "--channels-address",
         help="the PaymentChannels contract (on --chain-id) whose balance proofs pay invoices "
         "(default: none, no channel payments)",

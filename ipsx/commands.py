@@ -104,6 +104,10 @@ def cmd_api(args: argparse.Namespace, env: Environment) -> None:
         raise UsageError("--channels-address must be a 0x address")
     if args.invoice_interval <= 0:
         raise UsageError("--invoice-interval must be positive")
+    if not 5 <= args.spot_duration <= 30 * 86_400:
+        raise UsageError("--spot-duration must be 5 seconds to 30 days")
+    if not 1 <= args.spot_traffic_gb <= 10**6:
+        raise UsageError("--spot-traffic-gb must be 1 to 1,000,000")
     settings = ApiSettings(
         database_url=env.database,
         redis_url=env.redis,
@@ -118,6 +122,8 @@ def cmd_api(args: argparse.Namespace, env: Environment) -> None:
         channels_address=args.channels_address,
         unpaid_limit=unpaid_limit,
         invoice_interval=args.invoice_interval,
+        spot_duration_s=args.spot_duration,
+        spot_traffic_bytes=args.spot_traffic_gb * 10**9,
         operator_key=_operator_key(args.channels_address),
     )
     runtime.run(lambda stop: run_api(settings, stop))

@@ -24,6 +24,7 @@ proxy process is read, which gives CPU µs per request / per tunnel and CPU-seco
 from __future__ import annotations
 
 import argparse
+import asyncio
 import atexit
 import base64
 import contextlib
@@ -55,7 +56,10 @@ import psutil
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 VENV_BIN = Path(sys.executable).parent
-ALL_TARGETS = ("direct", "squid", "proxypy", "ipsx", "ipsx-ondemand", "ipsx-1w")
+ALL_TARGETS = (
+    "direct", "squid", "proxypy", "ipsx", "ipsx-ondemand", "ipsx-1w", "ipsx-market", "ipsx-market-paid",
+)  # fmt: skip
+MARKET_TARGETS = ("ipsx-market", "ipsx-market-paid")
 DEFAULT_TARGETS = ALL_TARGETS[:5]
 LABELS = {
     "direct": "direct",
@@ -64,12 +68,21 @@ LABELS = {
     "ipsx": "IPSX (pool 64)",
     "ipsx-ondemand": "IPSX on-demand (pool 1)",
     "ipsx-1w": "IPSX --workers 1 (pool 64)",
+    "ipsx-market": "IPSX --market, payments off",
+    "ipsx-market-paid": "IPSX --market, paying over a channel",
 }
 ORIGIN_HOST, ORIGIN_PORT = "127.0.0.1", 18080
 ORIGIN = f"{ORIGIN_HOST}:{ORIGIN_PORT}"
 SQUID_PORT = 13128
 PROXYPY_PORT = 18899
 IPSX_HTTP, IPSX_SOCKS, IPSX_TUNNEL = 18180, 18181, 18182
+IPSX_API, ANVIL_PORT = 18190, 18545
+ANVIL = REPO / "contracts" / "node_modules" / ".bin" / "anvil"
+# The market targets: spot deals of 5 s (so usage settles and is invoiced while a phase runs) at
+# a small price, with an allowance no phase reaches; the paying requester's limits never bind.
+MARKET_API_ARGS = ("--spot-duration", "5", "--spot-traffic-gb", "1000", "--invoice-interval", "1")
+OFFER_PRICE_PER_GB = str(10**15)  # 0.001 IPSX
+PAYER_FUNDS = 10**6  # IPSX
 IPSX_DB = "postgresql://postgres@127.0.0.1:5432/ipsx_bench"
 IPSX_REDIS = "redis://127.0.0.1:6379/14"
 KIB = 1024
@@ -461,6 +474,15 @@ class Bench:
     origin_pid: int | None = None
     ipsx_src: Path | None = None  # a snapshot of the code measured (None: the installed tree)
     ipsx_code: dict[str, Any] = field(default_factory=dict)
+    targets: list[str] = field(default_factory=list)
+    # the market targets: the provider's offer (placed once), and the paying requester's chain
+    offered: bool = False
+    anvil: subprocess.Popen[bytes] | None = None
+    rpc: str = ""
+    operator_key: str = field(default="", repr=False)
+    deployment: Path | None = None
+    payer_wallet: Path | None = None
+    payer_secret: str = field(default="", repr=False)
 
     @property
     def ipsx_env(self) -> dict[str, str]:
@@ -525,12 +547,12 @@ class Bench:
         return self.logs / f"run{run}-{target}-{role}.log"
 
     # IPSX set-up, once per benchmark
-    def ipsx_cli(self, *argv: str, timeout: float = 60) -> str:
+    def ipsx_cli(self, *argv: str, timeout: float = 60, extra_env: dict[str, str] | None = None) -> str:
         done = subprocess.run(
             [*self.ipsx_command, *argv],
             capture_output=True,
             timeout=timeout,
-            env=_child_env(self.ipsx_env),
+            env=_child_env({**self.ipsx_env, **(extra_env or {})}),
             cwd=self.work,
             check=False,
         )
@@ -554,8 +576,65 @@ class Bench:
             self.ipsx_secret = match.group(1)
             self.wallet = self.work / "wallet.key"
             self.ipsx_cli("wallet", "new", "--out", str(self.wallet))
+            if any(t in MARKET_TARGETS for t in self.targets):
+                self.ipsx_cli(
+                    "account", "credit", "bench", str(PAYER_FUNDS), "--reference", "bench-market-funds"
+                )
+            if "ipsx-market-paid" in self.targets:
+                self.setup_chain()
         except (StartError, subprocess.TimeoutExpired, OSError) as error:
             self.ipsx_setup_error = str(error)
+
+    def setup_chain(self) -> None:
+        """For the paying target, once: anvil, the contracts, and a requester ('benchpay') whose
+        channel to the operator funds it, credited by the chain watcher of the first run."""
+        from web3 import Web3
+
+        if not ANVIL.exists():
+            raise StartError(f"{ANVIL} is missing (make setup installs it)")
+        config = self.work / "anvil.json"
+        anvil = PROCS.start(
+            "anvil",
+            [str(ANVIL), "--host", "127.0.0.1", "--port", str(ANVIL_PORT), "--config-out", str(config)],
+            self.logs / "anvil.log",
+        )
+        wait_port(ANVIL_PORT, [anvil], 30)
+        self.anvil = anvil
+        self.rpc = f"http://127.0.0.1:{ANVIL_PORT}"
+        self.operator_key = json.loads(config.read_text())["private_keys"][0]
+        self.deployment = self.work / "chain.json"
+        self.ipsx_cli(
+            "chain", "deploy", "--rpc", self.rpc, "--out", str(self.deployment), "--sale-duration", "60",
+            timeout=180, extra_env={"IPSX_OPERATOR_KEY": self.operator_key},
+        )  # fmt: skip
+        record = json.loads(self.deployment.read_text())
+        w3 = Web3(Web3.HTTPProvider(self.rpc))
+        operator = w3.eth.accounts[0]  # anvil holds its key: it is the deployment's operator
+        w3.provider.make_request("evm_increaseTime", [61])  # type: ignore[arg-type]
+        w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+        abi = {name: json.loads((REPO / "contracts" / "artifacts" / f"{name}.json").read_text())["abi"]
+               for name in ("TokenSale", "IPSXToken")}  # fmt: skip
+        sale = w3.eth.contract(address=record["contracts"]["TokenSale"], abi=abi["TokenSale"])
+        token = w3.eth.contract(address=record["contracts"]["IPSXToken"], abi=abi["IPSXToken"])
+        w3.eth.wait_for_transaction_receipt(sale.functions.finalize().transact({"from": operator}))
+        self.payer_wallet = self.work / "payer.key"
+        payer = self.ipsx_cli("wallet", "new", "--out", str(self.payer_wallet)).split()[1]
+        self.ipsx_cli("account", "create", "--address", payer, "--name", "benchpay")
+        match = re.search(r"secret:\s*(\S+)", self.ipsx_cli("key", "create", "benchpay"))
+        if match is None:
+            raise StartError("no secret for benchpay")
+        self.payer_secret = match.group(1)
+        w3.eth.wait_for_transaction_receipt(
+            w3.eth.send_transaction({"from": operator, "to": payer, "value": 10**19})
+        )
+        w3.eth.wait_for_transaction_receipt(
+            token.functions.transfer(payer, PAYER_FUNDS * 10**18).transact({"from": operator})
+        )
+        self.ipsx_cli(
+            "channel", "open", "--key", str(self.payer_wallet), "--rpc", self.rpc,
+            "--deployment", str(self.deployment), "--deposit", str(PAYER_FUNDS), timeout=120,
+        )  # fmt: skip
+        w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]  # its one confirmation
 
     def flush_redis(self) -> None:
         import redis
@@ -581,7 +660,7 @@ class Bench:
         if target == "proxypy":
             argv = [str(VENV_BIN / "proxy"), "--hostname", "127.0.0.1", "--port", str(PROXYPY_PORT)]
             return self._start_simple(target, run, argv, PROXYPY_PORT, "proxy.py")
-        if target in ("ipsx", "ipsx-ondemand", "ipsx-1w"):
+        if target in ("ipsx", "ipsx-ondemand", "ipsx-1w", *MARKET_TARGETS):
             pool = 1 if target == "ipsx-ondemand" else self.args.ipsx_pool
             workers = 1 if target == "ipsx-1w" else self.args.ipsx_workers
             return self._start_ipsx(target, run, pool, workers)
@@ -612,8 +691,13 @@ class Bench:
         self.flush_redis()
         ipsx = self.ipsx_command
         env = self.ipsx_env
-        running = Running(target, ("127.0.0.1", IPSX_HTTP), auth=f"bench:{self.ipsx_secret}", workers=workers)
+        market, paid = target in MARKET_TARGETS, target == "ipsx-market-paid"
+        auth = f"benchpay:{self.payer_secret}" if paid else f"bench:{self.ipsx_secret}"
+        running = Running(target, ("127.0.0.1", IPSX_HTTP), auth=auth, workers=workers)
         try:
+            api = self._start_api(target, run, paid) if market else None
+            if api is not None:
+                running.procs.append(api)
             gateway = PROCS.start(
                 f"{target}-gateway",
                 [
@@ -629,6 +713,7 @@ class Bench:
                     "bench",
                     "--workers",
                     str(workers),
+                    *(["--market"] if market else []),
                 ],
                 self.log_path(run, target, "gateway"),
                 env,
@@ -666,11 +751,71 @@ class Bench:
             running.roles = {"gateway": gateway.pid, "agent": agent.pid}
             running.info_roles = {"worker": [worker.pid]}
             wait_agent_on_every_worker(agent.pid, workers, 60)
+            if api is not None:  # the market, its invoicer, and (paid) the chain side, measured apart
+                running.procs.append(api)
+                running.info_roles["api"] = [api.pid]
+                self._offer_once()
+            if paid:
+                for role, proc in self._start_payments(target, run).items():
+                    running.procs.append(proc)
+                    running.info_roles[role] = [proc.pid]
             wait_live(running, 60)
         except BaseException:
             self.stop(running)
             raise
         return running
+
+    def _start_api(self, target: str, run: int, paid: bool) -> subprocess.Popen[bytes]:
+        if port_open(IPSX_API):
+            raise StartError(f"port {IPSX_API} is already in use")
+        argv = [*self.ipsx_command, "api", "--port", str(IPSX_API), *MARKET_API_ARGS]
+        extra = {"IPSX_JWT_SECRET": "bench-jwt-secret-" + "0" * 32}
+        if paid:
+            assert self.deployment is not None
+            record = json.loads(self.deployment.read_text())
+            argv += ["--channels-address", record["contracts"]["PaymentChannels"],
+                     "--chain-id", str(record["chain_id"]), "--unpaid-limit", str(PAYER_FUNDS)]  # fmt: skip
+            extra["IPSX_OPERATOR_KEY"] = self.operator_key
+        api = PROCS.start(
+            f"{target}-api", argv, self.log_path(run, target, "api"), {**self.ipsx_env, **extra}, self.work
+        )
+        wait_port(IPSX_API, [api], 60)
+        return api
+
+    def _offer_once(self) -> None:
+        """The provider offers its exit (the market keeps the order across runs)."""
+        if self.offered:
+            return
+        from gateway.agent.settings import load_key
+        from ipsx.sdk import Client
+
+        assert self.wallet is not None
+        provider = Client.sign_in(f"http://127.0.0.1:{IPSX_API}", load_key(self.wallet, None))
+        for exit_info in provider.exits():
+            provider.place_offer(
+                exit_id=exit_info["exit_id"], price_per_gb=OFFER_PRICE_PER_GB, sharing="shared",
+                shared_capacity=10_000,
+            )  # fmt: skip
+        self.offered = True
+
+    def _start_payments(self, target: str, run: int) -> dict[str, subprocess.Popen[bytes]]:
+        """The chain watcher and the paying requester's agent, for the paid target."""
+        assert self.deployment is not None and self.payer_wallet is not None
+        env = {**self.ipsx_env, "IPSX_OPERATOR_KEY": self.operator_key}
+        chain = ["--rpc", self.rpc, "--deployment", str(self.deployment)]
+        watch = PROCS.start(
+            f"{target}-watch",
+            [*self.ipsx_command, "chain", "watch", *chain, "--confirmations", "1", "--poll", "0.5"],
+            self.log_path(run, target, "watch"), env, self.work,
+        )  # fmt: skip
+        pay = PROCS.start(
+            f"{target}-pay",
+            [*self.ipsx_command, "pay", "--api", f"http://127.0.0.1:{IPSX_API}",
+             "--key", str(self.payer_wallet), "--interval", "1",
+             "--max-invoice", str(PAYER_FUNDS), "--budget", str(PAYER_FUNDS)],
+            self.log_path(run, target, "pay"), self.ipsx_env, self.work,
+        )  # fmt: skip
+        return {"watch": watch, "pay": pay}
 
     def stop(self, running: Running) -> None:
         for proc in running.procs:
@@ -901,9 +1046,31 @@ class Bench:
             for proc in running.procs:
                 if proc.poll() is not None:
                     record.setdefault("died", []).append(f"{proc.args[1:2]} exited {proc.returncode}")
+            if target in MARKET_TARGETS:
+                record["market"] = self.market_activity()
+                log(f"[run {run}] {target}: so far {record['market']}")
         finally:
             self.stop(running)
         return record
+
+    def market_activity(self) -> dict[str, int]:
+        """Deals, invoices and paid invoices so far: the market and payments did run."""
+        import asyncpg
+
+        async def counts() -> dict[str, int]:
+            conn = await asyncpg.connect(self.args.database_url)
+            try:
+                row = await conn.fetchrow(
+                    "SELECT (SELECT count(*) FROM deals) AS deals,"
+                    " (SELECT count(*) FROM deals WHERE state = 'settled') AS settled,"
+                    " (SELECT count(*) FROM invoices) AS invoices,"
+                    " (SELECT count(*) FROM invoices WHERE state = 'paid') AS paid"
+                )
+                return {key: int(row[key]) for key in ("deals", "settled", "invoices", "paid")}
+            finally:
+                await conn.close()
+
+        return asyncio.run(counts())
 
 
 class _LineReader:
@@ -1143,6 +1310,8 @@ RATIOS: list[tuple[str, str, str]] = [
     ("IPSX ÷ squid", "ipsx", "squid"),
     ("IPSX on-demand ÷ IPSX", "ipsx-ondemand", "ipsx"),
     ("IPSX ÷ IPSX --workers 1", "ipsx", "ipsx-1w"),
+    ("market ÷ no market", "ipsx-market", "ipsx"),
+    ("payments on ÷ off", "ipsx-market-paid", "ipsx-market"),
 ]
 RATIO_ROWS: list[tuple[str, str]] = [
     ("keep-alive req/s", "ka_rps"),
@@ -1411,7 +1580,7 @@ def main(argv: list[str] | None = None) -> int:
     atexit.register(PROCS.stop_all)
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _on_signal)
-    bench = Bench(args, work, logs, refs)
+    bench = Bench(args, work, logs, refs, targets=targets)
     command = " ".join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])])
     meta = {
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),

@@ -39,7 +39,7 @@ from tests.e2e.conftest import free_port
 
 TOKEN = 10**18
 WAIT = 30.0  # seconds another process gets to reach a state (a deadline, not a measurement)
-REDIS_URL = os.environ.get("IPSX_TEST_ANCHOR_REDIS_URL", "redis://127.0.0.1:6379/14")
+REDIS_URL = os.environ.get("IPSX_TEST_ANCHOR_REDIS_URL", "redis://127.0.0.1:6379/5")
 PARTIES = {  # alice requests, bob provides, carol is no party to the deals
     "alice": "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed",
     "bob": "0xfB6916095ca1df60bB79Ce92cE3Ea74c37c5d359",
