@@ -447,8 +447,10 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="run the whole network on this machine with embedded services",
         description="Start PostgreSQL and Redis (embedded unless IPSX_DATABASE_URL / "
-        "IPSX_REDIS_URL are set), a gateway, a worker and three demo providers "
-        "on 127.0.0.2-4, create a funded demo requester and print proxy URLs.",
+        "IPSX_REDIS_URL are set), a local chain with the IPSX contracts (anvil, installed by make "
+        "setup), a gateway, a worker, the API with the market and three demo providers on "
+        "127.0.0.2-4; the demo requester pays over a payment channel (an operator credit without "
+        "anvil). Prints proxy URLs.",
     )
     demo.add_argument(
         "--data-dir", type=Path, default=Path(".ipsx"), help="state directory (default: %(default)s)"

@@ -4,8 +4,15 @@ PostgreSQL and Redis come from wheels unless ``IPSX_DATABASE_URL`` / ``IPSX_REDI
 elsewhere; the gateway (with the market in force), a billing worker, the REST API (which runs the
 market), three provider agents (127.0.0.2-4, three countries) and a small origin run in this
 process. Each demo provider signs in with its wallet and offers its exit; a demo requester is
-created and funded, its traffic gets spot deals, and its proxy URLs are printed and written to
+created, its traffic gets spot deals, and its proxy URLs are printed and written to
 ``<data-dir>/demo.json``.
+
+The demo requester pays on-chain when anvil is installed (``ipsx.demo_chain``): the contracts are
+deployed on a local chain kept in the data dir, the requester opens a channel to the operator with
+1000 IPSX, the chain watcher credits the deposit, the API invoices its settled deals and its
+payment agent pays them with balance proofs. Without anvil it is funded by an operator credit
+instead, and nothing is paid. Never both: the invoicer bills every settled deal of a requester
+with a channel, so usage a credit paid for would be paid a second time from the deposit.
 """
 
 from __future__ import annotations
@@ -20,11 +27,12 @@ import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 from eth_account.signers.local import LocalAccount
 
-from billing import accounts, db, holds, ledger
+from billing import accounts, channels, db, holds, ledger, payments
 from billing.worker import WorkerSettings, run_worker
 from dashboard.app import running_api
 from dashboard.settings import ApiSettings
@@ -33,21 +41,27 @@ from gateway.agent.policy import ExitPolicy
 from gateway.agent.settings import AgentSettings, ExitSpec, create_key_file, load_key
 from gateway.server import running_gateway
 from gateway.settings import GatewaySettings
+from ipsx import demo_chain
+from ipsx.demo_chain import ChainUnavailable, DemoChain
 from ipsx.embedded import embedded_postgres, embedded_redis
 from ipsx.origin import Origin
-from ipsx.sdk import Client
+from ipsx.sdk import ApiError, Client
 from ipsx.settings import Environment
 
 log = logging.getLogger("ipsx.demo")
 
 DEMO_ACCOUNT = "demo"
-DEMO_CREDIT = "1000"  # IPSX
+DEMO_CREDIT = "1000"  # IPSX, when the demo does not pay on-chain
+DEMO_CREDIT_REFERENCE = "demo-initial-credit"
 DEMO_EXITS = (
     ExitSpec(bind="127.0.0.2", country="fr", city="paris", type="residential"),
     ExitSpec(bind="127.0.0.3", country="de", city="berlin", type="residential"),
     ExitSpec(bind="127.0.0.4", country="us", city="new_york", type="datacenter"),
 )
 DEMO_PRICES = ("1", "1.2", "0.8")  # IPSX per GB asked by the three demo providers
+PAID_DEAL_SECONDS = 5  # the deal `--once` buys to show it paid: the market's shortest
+PAYMENT_WAIT_POLLS = 240  # of 0.25 s: the deal's 5 s, the market's settle grace, invoicing, paying
+PAYOUT_WAIT_POLLS = 20  # of 0.25 s: the invoicing passes after the one that billed the deal
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +100,9 @@ def _wallet(path: Path) -> str:
     return str(load_key(path, None).address)
 
 
-async def _demo_requester(pool: asyncpg.Pool, data_dir: Path) -> tuple[str, str]:
-    """The demo account's name and API secret, created and funded once."""
+async def _demo_requester(pool: asyncpg.Pool, data_dir: Path, *, credit: bool) -> tuple[str, str]:
+    """The demo account's name and API secret, created once (and with ``credit``, funded by an
+    operator credit once)."""
     state_file = data_dir / "demo.json"
     if state_file.exists():
         state = json.loads(state_file.read_text())
@@ -97,9 +112,81 @@ async def _demo_requester(pool: asyncpg.Pool, data_dir: Path) -> tuple[str, str]
     if await accounts.get_account(pool, DEMO_ACCOUNT) is None:
         address = _wallet(data_dir / "wallets" / "requester.key")
         await accounts.create_account(pool, address=address, name=DEMO_ACCOUNT)
-    await ledger.credit_account(pool, DEMO_ACCOUNT, ledger.parse_amount(DEMO_CREDIT), "demo-initial-credit")
+    if credit:
+        await ledger.credit_account(
+            pool, DEMO_ACCOUNT, ledger.parse_amount(DEMO_CREDIT), DEMO_CREDIT_REFERENCE
+        )
     new = await accounts.create_key(pool, account_name=DEMO_ACCOUNT, label="demo")
     return DEMO_ACCOUNT, new.secret
+
+
+async def _payment_chain(
+    stack: contextlib.AsyncExitStack, pool: asyncpg.Pool, data_dir: Path
+) -> DemoChain | None:
+    """The demo's chain with its contracts and the requester's channel, anvil kept running in
+    ``stack``; ``None``, said why, when the demo cannot pay on-chain."""
+    off = "on-chain payments are off:"
+    if await pool.fetchval("SELECT 1 FROM ledger_movements WHERE reference = $1", DEMO_CREDIT_REFERENCE):
+        print(f"{off} this data dir's demo requester was funded by an operator credit "
+              "(remove the data dir for a demo that pays on-chain)", flush=True)  # fmt: skip
+        return None
+    command = demo_chain.anvil_command()
+    if command is None:
+        # The in-process eth-tester chain would not do: it blocks the event loop the gateway
+        # shares while it mines, and its state would not outlive the run while the ledger does.
+        print(f"{off} anvil is not installed (`make setup` installs it); the demo requester is "
+              f"funded by an operator credit of {DEMO_CREDIT} IPSX instead", flush=True)  # fmt: skip
+        return None
+    logging.getLogger("web3.providers").setLevel(logging.WARNING)
+    requester = _wallet(data_dir / "wallets" / "requester.key")
+    providers = [_wallet(data_dir / "wallets" / f"provider{i}.key") for i in range(1, len(DEMO_EXITS) + 1)]
+    try:
+        rpc_url = await stack.enter_async_context(demo_chain.running_anvil(command, data_dir / "chain"))
+        print(f"chain: anvil at {rpc_url} (state kept in {data_dir / 'chain'})", flush=True)
+        chain = await asyncio.to_thread(
+            demo_chain.prepare,
+            rpc_url,
+            data_dir,
+            load_key(data_dir / "wallets" / "requester.key", None),
+            providers,
+        )
+    except ChainUnavailable as why:
+        print(f"{off} {why}", flush=True)
+        return None
+    done = "deployed" if chain.deployed else "deployed by an earlier run"
+    print(f"contracts {done} on chain {chain.chain_id} (recorded in {chain.deployment_file}):", flush=True)
+    for name, address in chain.contracts.items():
+        print(f"  {name:<16} {address}")
+    verb = "opened" if chain.opened else "opened by an earlier run"
+    print(f"channel {chain.channel_id} {verb}: demo wallet {requester} -> operator {chain.operator}")
+    deposit = ledger.format_amount(ledger.Amount(demo_chain.PAYOUT_DEPOSIT))
+    print(f"payout channels: operator -> each of the {len(providers)} demo providers, {deposit} IPSX each")
+    return chain
+
+
+async def _report_deposit(pool: asyncpg.Pool, chain: DemoChain) -> None:
+    deposit = await demo_chain.credited_deposit(pool, chain.channel_id)
+    if deposit is None:
+        print("the chain watcher has not credited the channel's deposit yet", flush=True)
+        return
+    print(
+        f"deposit credited by the chain watcher: {ledger.format_amount(ledger.Amount(deposit))} IPSX "
+        f"to {DEMO_ACCOUNT}'s account",
+        flush=True,
+    )
+
+
+def _payment_settings(chain: DemoChain | None) -> dict[str, Any]:
+    """The API's payment options: with a chain, its market node invoices channel-funded
+    requesters every half second and signs providers' payouts with the operator's wallet."""
+    if chain is None:
+        return {}
+    return {
+        "channels_address": chain.channels,
+        "chain_id": chain.chain_id,
+        "operator_key": chain.operator_key,
+        "invoice_interval": 0.5,
+    }
 
 
 async def run_demo(options: DemoOptions, env: Environment, stop: asyncio.Event) -> None:
@@ -109,7 +196,13 @@ async def run_demo(options: DemoOptions, env: Environment, stop: asyncio.Event) 
         database, redis = await stack.enter_async_context(_services(options, env))
         pool = await db.open_migrated(database, max_size=4)
         stack.push_async_callback(pool.close)
-        account, secret = await _demo_requester(pool, data_dir)
+        chain = await _payment_chain(stack, pool, data_dir)
+        # A data dir whose requester has a channel is never credited, even when its chain is gone.
+        credit = chain is None and not (data_dir / "chain.json").exists()
+        account, secret = await _demo_requester(pool, data_dir, credit=credit)
+        if chain is not None:
+            await stack.enter_async_context(demo_chain.running_watcher(pool, chain))
+            await _report_deposit(pool, chain)
 
         settings = GatewaySettings(
             redis_url=redis,
@@ -129,6 +222,8 @@ async def run_demo(options: DemoOptions, env: Environment, stop: asyncio.Event) 
             port=api_port,
             siwe_domain=f"127.0.0.1:{api_port}",
             proxy_address=f"127.0.0.1:{options.http_port or 8080}",
+            spot_duration_s=60,  # the demo's traffic is settled, invoiced and paid within a minute
+            **_payment_settings(chain),
         )
         api_port = await stack.enter_async_context(running_api(api_settings))
         api_url = f"http://127.0.0.1:{api_port}"
@@ -177,10 +272,17 @@ async def run_demo(options: DemoOptions, env: Environment, stop: asyncio.Event) 
             json.dump(state, handle, indent=2)
         await _wait_for_exits(redis, len(DEMO_EXITS))
         await asyncio.to_thread(_offer_exits, api_url, wallets, redis)
-        _print_banner(state, state_path)
+        if chain is not None:
+            requester_wallet = load_key(data_dir / "wallets" / "requester.key", None)
+            await stack.enter_async_context(
+                demo_chain.running_payment_agent(api_url, secret, requester_wallet)
+            )
+        _print_banner(state, state_path, chain)
         try:
             if options.once:
                 await _self_check(state, pool)
+                if chain is not None:
+                    await _payment_check(state, pool, chain)
             else:
                 await stop.wait()
         finally:
@@ -242,7 +344,7 @@ async def _wait_for_exits(redis_url: str, count: int) -> None:
         await client.aclose()
 
 
-def _print_banner(state: dict[str, str], state_path: Path) -> None:
+def _print_banner(state: dict[str, str], state_path: Path, chain: DemoChain | None) -> None:
     germany = state["http_proxy"].replace(f"//{state['account']}:", f"//{state['account']}-country-de:")
     print(
         f"""
@@ -259,11 +361,21 @@ IPSX demo is running. In another terminal:
 Your traffic goes through spot deals with the three demo providers' offers; see them with
   IPSX_TOKEN={state["secret"]} ipsx deals --api {state["api"]}
 The REST API is at {state["api"]} (OpenAPI document: {state["api"]}/openapi.json).
-The same settings are in {state_path}. Metered usage lands in PostgreSQL (table usage_events).
+The same settings are in {state_path}. Metered usage lands in PostgreSQL (table usage_events).{
+            "" if chain is None else _chain_banner(state, chain)
+        }
 Ctrl-C stops everything.
 """,
         flush=True,
     )
+
+
+def _chain_banner(state: dict[str, str], chain: DemoChain) -> str:
+    return f"""
+Payments are on-chain: when a deal settles, the API invoices it and the demo's payment agent
+pays with a balance proof on channel {chain.channel_id} (spot deals last 10 minutes).
+  IPSX_TOKEN={state["secret"]} ipsx invoices --api {state["api"]}
+  ipsx reconcile --rpc {chain.rpc_url} --deployment {chain.deployment_file}"""
 
 
 async def _self_check(state: dict[str, str], pool: asyncpg.Pool) -> None:
@@ -299,3 +411,70 @@ async def _self_check(state: dict[str, str], pool: asyncpg.Pool) -> None:
             return
         await asyncio.sleep(0.1)
     print("usage not yet ingested")
+
+
+async def _payment_check(state: dict[str, str], pool: asyncpg.Pool, chain: DemoChain) -> None:
+    """Buy a 5-second deal, send one request through it, and wait until the deal is settled,
+    invoiced and paid with a balance proof (``--once`` with a chain)."""
+    client = Client(state["api"], token=state["secret"])
+    try:
+        placed = await asyncio.to_thread(
+            client.place_request,
+            filters={"protocol": "http"},
+            ips=1,
+            duration_s=PAID_DEAL_SECONDS,
+            traffic_bytes=10**6,
+            max_price_per_gb=str(ledger.parse_amount("2")),
+            rest=False,
+        )
+    except (ApiError, OSError) as error:
+        print(f"the market refused the paid request: {error}", flush=True)
+        return
+    if not placed["deals"]:
+        print("no deal for the paid request: no exit offered itself")
+        return
+    deal_id = placed["deals"][0]["deal_id"]
+    user = f"//{state['account']}:"
+    pinned = state["http_proxy"].replace(user, f"//{state['account']}-order-{placed['order_id']}:")
+    proc = await asyncio.create_subprocess_exec(
+        "curl", "-sS", "-x", pinned, state["origin"], stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    got = out.decode().strip()
+    print(f"via a {PAID_DEAL_SECONDS}-second deal {deal_id}: {got}; waiting for it to settle and be paid…",
+          flush=True)  # fmt: skip
+    for _ in range(PAYMENT_WAIT_POLLS):
+        for invoice in await payments.listing(pool, account=state["account"], state="paid"):
+            if deal_id in invoice.deal_ids:
+                held = await channels.get(pool, invoice.channel_id)
+                proof = "none" if held is None else ledger.format_amount(held.proof_balance)
+                print(
+                    f"invoice {invoice.invoice_id} paid with a balance proof: "
+                    f"{ledger.format_amount(invoice.amount)} IPSX for {len(invoice.deal_ids)} deal(s), "
+                    f"cumulative {ledger.format_amount(invoice.cumulative)} IPSX on channel "
+                    f"{invoice.channel_id} (the operator holds a proof of {proof} IPSX)",
+                    flush=True,
+                )
+                await _report_payout(pool, chain)
+                return
+        await asyncio.sleep(0.25)
+    print(f"deal {deal_id} was not invoiced and paid in time", flush=True)
+
+
+async def _report_payout(pool: asyncpg.Pool, chain: DemoChain) -> None:
+    """Print the payout proofs the operator signed for the providers' earnings (shortly after
+    the invoicing pass that billed the deal)."""
+    for _ in range(PAYOUT_WAIT_POLLS):
+        held = [await channels.get(pool, channel_id) for channel_id in chain.payout_channels.values()]
+        promised = [channel for channel in held if channel is not None and channel.proof_balance > 0]
+        if promised:
+            for channel in promised:
+                print(
+                    f"payout: the operator signed a balance proof of "
+                    f"{ledger.format_amount(channel.proof_balance)} IPSX to provider {channel.receiver} "
+                    f"on channel {channel.channel_id}",
+                    flush=True,
+                )
+            return
+        await asyncio.sleep(0.25)
+    print("payout: no proof signed for the providers yet", flush=True)
