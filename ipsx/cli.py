@@ -150,6 +150,20 @@ def _add_provide(sub: argparse._SubParsersAction[Any]) -> None:
         help="keep tunnels only to the gateway nodes of this region (their --region); "
         "default: to every live node",
     )
+    p.add_argument(
+        "--payouts-api",
+        help="the IPSX API: check and keep, every --payouts-interval, the payout proofs the hub signs "
+        "for your earnings (as `ipsx payouts` does; default: not checked)",
+    )
+    p.add_argument(
+        "--payouts-store",
+        type=Path,
+        default=Path(".ipsx/payouts.json"),
+        help="where the payout proofs are kept (default: %(default)s)",
+    )
+    p.add_argument(
+        "--payouts-interval", type=float, default=30.0, help="seconds between payout checks (default: 30)"
+    )
 
 
 CHAIN_KEY_HELP = (

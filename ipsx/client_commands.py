@@ -16,13 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from eth_utils.address import to_checksum_address
-
 from billing.errors import InvalidAmount
-from billing.ledger import Amount, format_amount, parse_amount
-from contracts import proofs
+from billing.ledger import parse_amount
 from gateway.agent.settings import load_key
-from ipsx.payagent import PaymentAgent
+from ipsx.payagent import PaymentAgent, keep_payouts
 from ipsx.sdk import ApiError, Client
 
 DEFAULT_API = "http://127.0.0.1:8000"
@@ -468,42 +465,10 @@ def _payouts(args: argparse.Namespace, api: Client) -> None:
     if not args.key:
         raise ClientError("ipsx payouts checks proofs made out to your wallet: give it with --key")
     wallet = load_key(Path(args.key), os.environ.get("IPSX_KEY_PASSWORD"))
-    raw = api.payment_domain()
-    domain = proofs.ChannelDomain(
-        chain_id=int(raw["chain_id"]), verifying_contract=to_checksum_address(raw["verifying_contract"])
-    )
-    store: Path = args.store
     try:
-        kept: dict[str, Any] = json.loads(store.read_text()) if store.exists() else {}
-    except (OSError, ValueError) as error:
-        raise ClientError(f"cannot read {store}: {error}") from None
-    lines = []
-    for channel in api.channels():
-        if channel["role"] != "provider" or channel["receiver"] != wallet.address:
-            continue
-        channel_id, signature = channel["channel_id"], channel.get("proof_signature")
-        balance = int(channel["proof_balance"]["base_units"])
-        held = int(kept.get(channel_id, {}).get("balance", 0))
-        if signature is None or balance <= held:
-            lines.append(f"channel {channel_id}: {format_amount(Amount(held))} IPSX promised, nothing new")
-            continue
-        try:
-            signer = proofs.recover_balance_proof_signer(
-                domain, bytes.fromhex(channel_id[2:]), balance, bytes.fromhex(signature[2:])
-            )
-        except (ValueError, proofs.InvalidSignatureError):
-            signer = None
-        if signer != channel["sender"]:
-            lines.append(f"channel {channel_id}: the proof shown is not the operator's signature; not kept")
-            continue
-        kept[channel_id] = {"balance": str(balance), "signature": signature, "sender": channel["sender"]}
-        lines.append(
-            f"channel {channel_id}: {format_amount(Amount(balance))} IPSX promised"
-            f" (was {format_amount(Amount(held))}), proof kept"
-        )
-    store.parent.mkdir(parents=True, exist_ok=True)
-    store.write_text(json.dumps(kept, indent=2))
-    store.chmod(0o600)
+        kept, lines = keep_payouts(api, wallet, args.store)
+    except OSError as error:
+        raise ClientError(f"cannot keep the proofs in {args.store}: {error}") from None
     _show(args, kept, lines or ["no payout channel to your wallet"])
 
 

@@ -25,6 +25,7 @@ from gateway.server import run_gateway
 from gateway.settings import GatewaySettings, default_node_id
 from ipsx import runtime
 from ipsx.client_commands import ClientError, run_client_command
+from ipsx.payagent import keep_payouts_every
 from ipsx.settings import Environment
 from ipsx.supervisor import run_workers, worker_settings
 
@@ -187,7 +188,24 @@ def agent_settings(args: argparse.Namespace) -> AgentSettings:
 
 def cmd_provide(args: argparse.Namespace, env: Environment) -> None:
     settings = agent_settings(args)
-    runtime.run(lambda stop: run_agent(settings, stop))
+    if args.payouts_interval <= 0:
+        raise UsageError("--payouts-interval must be positive")
+
+    async def provide(stop: asyncio.Event) -> None:
+        keeping = None
+        if args.payouts_api:
+            keeping = asyncio.create_task(
+                keep_payouts_every(
+                    args.payouts_api, settings.account, args.payouts_store, args.payouts_interval, stop
+                )
+            )
+        try:
+            await run_agent(settings, stop)
+        finally:
+            if keeping is not None:
+                keeping.cancel()
+
+    runtime.run(provide)
 
 
 def cmd_demo(args: argparse.Namespace, env: Environment) -> None:

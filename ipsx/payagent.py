@@ -1,4 +1,6 @@
-"""The requester's payment agent: pays its invoices with balance proofs, within its own budget.
+"""The users' payment agents: a requester's pays its invoices with balance proofs within its own
+budget (:class:`PaymentAgent`); a provider's keeps the payout proofs the hub signs for it
+(:func:`keep_payouts`).
 
 Each pass reads the open invoices of the wallet's channels, oldest first, and checks them against
 what the agent itself knows: every invoice must continue the last balance it signed (its
@@ -11,15 +13,20 @@ more than the requester agreed to.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
 from eth_utils.address import to_checksum_address
 
+from billing.ledger import Amount, format_amount
 from contracts import proofs
-from ipsx.sdk import Client
+from ipsx.sdk import ApiError, Client
 
 log = logging.getLogger("ipsx.pay")
 
@@ -108,3 +115,67 @@ class PaymentAgent:
             expected,
             channel["channel_id"],
         )
+
+
+def keep_payouts(client: Client, wallet: LocalAccount, store: Path) -> tuple[dict[str, Any], list[str]]:
+    """Check the latest payout proof of each of the wallet's payout channels (the operator's
+    EIP-712 signature for that channel, above the one held) and keep the highest in ``store``
+    (JSON, mode 0600): with it the provider closes the channel on-chain and is paid. Returns what
+    is kept and a line per channel. Raises ``OSError`` when the store cannot be read or written."""
+    raw = client.payment_domain()
+    domain = proofs.ChannelDomain(
+        chain_id=int(raw["chain_id"]), verifying_contract=to_checksum_address(raw["verifying_contract"])
+    )
+    try:
+        kept: dict[str, Any] = json.loads(store.read_text()) if store.exists() else {}
+    except ValueError as error:
+        raise OSError(f"{store} is not a JSON file of kept proofs ({error})") from None
+    lines = []
+    for channel in client.channels():
+        if channel["role"] != "provider" or channel["receiver"] != wallet.address:
+            continue
+        channel_id, signature = channel["channel_id"], channel.get("proof_signature")
+        balance = int(channel["proof_balance"]["base_units"])
+        held = int(kept.get(channel_id, {}).get("balance", 0))
+        if signature is None or balance <= held:
+            lines.append(f"channel {channel_id}: {format_amount(Amount(held))} IPSX promised, nothing new")
+            continue
+        try:
+            signer = proofs.recover_balance_proof_signer(
+                domain, bytes.fromhex(channel_id[2:]), balance, bytes.fromhex(signature[2:])
+            )
+        except (ValueError, proofs.InvalidSignatureError):
+            signer = None
+        if signer != channel["sender"]:
+            lines.append(f"channel {channel_id}: the proof shown is not the operator's signature; not kept")
+            log.warning("payout proof on channel %s not signed by its sender: not kept", channel_id)
+            continue
+        kept[channel_id] = {"balance": str(balance), "signature": signature, "sender": channel["sender"]}
+        lines.append(
+            f"channel {channel_id}: {format_amount(Amount(balance))} IPSX promised"
+            f" (was {format_amount(Amount(held))}), proof kept"
+        )
+    store.parent.mkdir(parents=True, exist_ok=True)
+    store.write_text(json.dumps(kept, indent=2))
+    store.chmod(0o600)
+    return kept, lines
+
+
+async def keep_payouts_every(
+    api_url: str, wallet: LocalAccount, store: Path, interval: float, stop: asyncio.Event
+) -> None:
+    """The provider agent's side of payouts: :func:`keep_payouts` every ``interval`` seconds
+    until ``stop``, signed in with the agent's wallet; failures are logged and retried."""
+
+    def once() -> list[str]:
+        return keep_payouts(Client.sign_in(api_url, wallet), wallet, store)[1]
+
+    while not stop.is_set():
+        try:
+            for line in await asyncio.to_thread(once):
+                if "kept" in line:
+                    log.info("%s", line)
+        except (OSError, ValueError, ApiError) as error:
+            log.warning("payout proofs not checked: %s", error)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)

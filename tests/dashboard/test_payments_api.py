@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -175,3 +178,20 @@ def test_a_provider_keeps_the_payout_proofs_the_hub_signs_for_its_earnings(api: 
     assert (kept["balance"], kept["sender"]) == ("2500", operator)
     assert store.stat().st_mode & 0o077 == 0
     assert "nothing new" in api.ipsx(*command)
+    # The provider's agent keeps them by itself with --payouts-api (even before it reaches a gateway).
+    agent_store = tmp_path / "agent-payouts.json"
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "ipsx", "provide", "--key", str(key_file), "--gateway", "127.0.0.1:1",
+         "--payouts-api", api.url, "--payouts-store", str(agent_store), "--payouts-interval", "0.3"],
+        env=api.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not (agent_store.exists() and channel in agent_store.read_text()):
+            assert time.monotonic() < deadline and agent.poll() is None
+            time.sleep(0.2)
+        assert json.loads(agent_store.read_text())[channel]["balance"] == "2500"
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        _, errors = agent.communicate(timeout=15)
+    assert agent.returncode == 0 and b"Traceback" not in errors
