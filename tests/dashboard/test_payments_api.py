@@ -59,16 +59,17 @@ class Payer:
 
         return asyncio.run(go())
 
-    def settle(self, charge: int) -> None:
-        """A deal of this requester, settled by the market for ``charge`` base units."""
+    def settle(self, *charges: int) -> None:
+        """Deals of this requester, settled by the market for ``charges`` base units, all in one
+        statement (so one invoicing pass sees all of them or none)."""
         self.sql(
             "INSERT INTO deals (deal_id, request_id, offer_id, requester, provider, exit_id,"
             " price_per_gb, price_per_hour, reserve, duration_s, traffic_bytes, dedicated, state, record,"
             " charge, commission)"
-            " VALUES ($1, 'r', 'o', $2, 'bob', 'e1', 1, 0, $3, 60, 0, false, 'settled', '{}', $3, 0)",
-            f"r{secrets.token_hex(6)}_1",
+            " SELECT 'r' || md5(random()::text) || '_1', 'r', 'o', $1, 'bob', 'e1', 1, 0, c, 60, 0, false,"
+            " 'settled', '{}', c, 0 FROM unnest($2::numeric[]) AS c",
             self.name,
-            charge,
+            list(charges),
         )
 
     def invoices(self, count: int) -> list[dict[str, object]]:
@@ -87,8 +88,7 @@ def payer(api: Api) -> Iterator[Payer]:
 
 
 def test_the_agent_pays_what_the_hub_invoiced_and_the_cutoff_follows(payer: Payer) -> None:
-    payer.settle(300)
-    payer.settle(400)  # 700 owed: above the 500 the test API allows
+    payer.settle(300, 400)  # 700 owed: above the 500 the test API allows
     (invoice,) = payer.invoices(1)
     assert (invoice["amount"]["base_units"], invoice["cumulative"]["base_units"]) == ("700", "700")
     cutoff = redis.Redis.from_url(REDIS_URL)
