@@ -482,6 +482,7 @@ class Bench:
     operator_key: str = field(default="", repr=False)
     deployment: Path | None = None
     payer_wallet: Path | None = None
+    payer_name: str = ""
     payer_secret: str = field(default="", repr=False)
 
     @property
@@ -586,7 +587,7 @@ class Bench:
             self.ipsx_setup_error = str(error)
 
     def setup_chain(self) -> None:
-        """For the paying target, once: anvil, the contracts, and a requester ('benchpay') whose
+        """For the paying target, once: anvil, the contracts, and a requester (``pay<hex>``) whose
         channel to the operator funds it, credited by the chain watcher of the first run."""
         from web3 import Web3
 
@@ -619,10 +620,11 @@ class Bench:
         w3.eth.wait_for_transaction_receipt(sale.functions.finalize().transact({"from": operator}))
         self.payer_wallet = self.work / "payer.key"
         payer = self.ipsx_cli("wallet", "new", "--out", str(self.payer_wallet)).split()[1]
-        self.ipsx_cli("account", "create", "--address", payer, "--name", "benchpay")
-        match = re.search(r"secret:\s*(\S+)", self.ipsx_cli("key", "create", "benchpay"))
+        self.payer_name = f"pay{secrets.token_hex(4)}"  # a new wallet each benchmark: a new account
+        self.ipsx_cli("account", "create", "--address", payer, "--name", self.payer_name)
+        match = re.search(r"secret:\s*(\S+)", self.ipsx_cli("key", "create", self.payer_name))
         if match is None:
-            raise StartError("no secret for benchpay")
+            raise StartError(f"no secret for {self.payer_name}")
         self.payer_secret = match.group(1)
         w3.eth.wait_for_transaction_receipt(
             w3.eth.send_transaction({"from": operator, "to": payer, "value": 10**19})
@@ -692,7 +694,7 @@ class Bench:
         ipsx = self.ipsx_command
         env = self.ipsx_env
         market, paid = target in MARKET_TARGETS, target == "ipsx-market-paid"
-        auth = f"benchpay:{self.payer_secret}" if paid else f"bench:{self.ipsx_secret}"
+        auth = f"{self.payer_name}:{self.payer_secret}" if paid else f"bench:{self.ipsx_secret}"
         running = Running(target, ("127.0.0.1", IPSX_HTTP), auth=auth, workers=workers)
         try:
             api = self._start_api(target, run, paid) if market else None
