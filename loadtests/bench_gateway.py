@@ -593,6 +593,7 @@ class Bench:
 
         if not ANVIL.exists():
             raise StartError(f"{ANVIL} is missing (make setup installs it)")
+        self.forget_chain()  # a new anvil redeploys at the same addresses: the old chain's state must go
         config = self.work / "anvil.json"
         anvil = PROCS.start(
             "anvil",
@@ -1054,6 +1055,21 @@ class Bench:
         finally:
             self.stop(running)
         return record
+
+    def forget_chain(self) -> None:
+        """Forget what an earlier benchmark's chain left in the benchmark's database."""
+        import asyncpg
+
+        async def truncate() -> None:
+            conn = await asyncpg.connect(self.args.database_url)
+            try:
+                await conn.execute(
+                    "TRUNCATE chain_cursors, chain_logs, invoiced_deals, invoices, channels CASCADE"
+                )
+            finally:
+                await conn.close()
+
+        asyncio.run(truncate())
 
     def market_activity(self) -> dict[str, int]:
         """Deals, invoices and paid invoices so far: the market and payments did run."""
