@@ -31,7 +31,7 @@ def page_params(request: web.Request, max_limit: int) -> tuple[int, list[Any] | 
     if len(request.query.getall("limit", [])) > 1 or len(request.query.getall("cursor", [])) > 1:
         raise Problem(400, "repeated_parameter", "give limit and cursor at most once each")
     text = request.query.get("limit", str(DEFAULT_LIMIT))
-    if not text.isdigit() or not 1 <= int(text) <= max_limit:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= max_limit:
         raise Problem(400, "bad_limit", f"limit must be an integer from 1 to {max_limit}")
     raw = request.query.get("cursor")
     if raw is None:

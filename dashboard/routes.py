@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
 from typing import Any
 
@@ -51,6 +52,18 @@ async def authorized(request: web.Request, scope: str = "read") -> Principal:
     caller = await auth.authenticate(request, request.app[PG], request.app[SETTINGS])
     caller.require(scope)
     return caller
+
+
+def idempotency_reference(request: web.Request, account: str) -> str | None:
+    """What the request's ``Idempotency-Key`` names for ``account`` (an order id, a withdrawal's
+    reference): the same key from the same account names the same one, so a retry is answered
+    with what the first call did. ``None`` without the header; Problem 400 for a bad key."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 200 or not key.isprintable():
+        raise Problem(400, "bad_idempotency_key", "Idempotency-Key must be 1 to 200 printable characters")
+    return "k" + hashlib.sha256(f"{account}\n{key}".encode()).hexdigest()[:40]
 
 
 def _services(request: web.Request) -> tuple[asyncpg.Pool, Redis]:
@@ -161,7 +174,7 @@ async def create_key(request: web.Request) -> web.Response:
             403, "insufficient_scope", "a key cannot make a key with scopes it lacks", field="scopes"
         )
     limit = field(body, "spend_limit", str, optional=True, max_len=80)
-    if limit is not None and not limit.isdigit():
+    if limit is not None and not (limit.isascii() and limit.isdigit()):
         raise Problem(
             422, "invalid_field", "'spend_limit' must be base units, as digits", field="spend_limit"
         )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import aiohttp
@@ -14,7 +13,7 @@ from dashboard import pac
 from dashboard.appkeys import HTTP, PG, REDIS, SEAT, SETTINGS
 from dashboard.pages import encode_cursor, page_params
 from dashboard.problems import Problem, json_response, read_json
-from dashboard.routes import amount_json, authorized
+from dashboard.routes import amount_json, authorized, idempotency_reference
 from matching import store
 from matching.engine import Fill, MatchResult
 from matching.errors import InvalidOrder, MatchingError
@@ -62,17 +61,6 @@ def _fill_json(fill: Fill) -> dict[str, Any]:
         "traffic_bytes": fill.traffic_bytes,
         "dedicated": fill.dedicated,
     }
-
-
-def _order_id(request: web.Request, account: str) -> str | None:
-    """The order id an ``Idempotency-Key`` names: the same key from the same account places the
-    order once; a retry answers with the order already placed."""
-    key = request.headers.get("Idempotency-Key")
-    if key is None:
-        return None
-    if not 1 <= len(key) <= 200 or not key.isprintable():
-        raise Problem(400, "bad_idempotency_key", "Idempotency-Key must be 1 to 200 printable characters")
-    return "k" + hashlib.sha256(f"{account}\n{key}".encode()).hexdigest()[:40]
 
 
 async def _replay(
@@ -149,7 +137,7 @@ async def _place(request: web.Request, side: str) -> web.Response:
     if market is None:
         return await _forward(request)
     body = await read_json(request)
-    order_id = _order_id(request, caller.account.name)
+    order_id = idempotency_reference(request, caller.account.name)  # the order it places once
     replay = await _replay(request, order_id, caller.account.name, side, body)
     if replay is not None:
         return replay
@@ -515,7 +503,10 @@ async def put_preferences(request: web.Request) -> web.Response:
         raise Problem(422, "invalid_field", "unknown preference", field=sorted(set(body))[0][:40])
     value = body.get("spot_max_price_per_gb")
     if value is not None and (
-        not isinstance(value, str) or not value.isdigit() or len(value) > 78 or int(value) == 0
+        not isinstance(value, str)
+        or not (value.isascii() and value.isdigit())
+        or len(value) > 78
+        or int(value) == 0
     ):
         raise Problem(
             422, "invalid_field", "a positive number of base units, as digits", field="spot_max_price_per_gb"

@@ -109,7 +109,7 @@ async def pay_invoice(request: web.Request) -> web.Response:
     """Pay an invoice with the channel sender's balance proof of its cumulative amount."""
     caller = await authorized(request, "trade")
     text = request.match_info["invoice_id"]
-    if not text.isdigit() or not 0 < int(text) <= _MAX_ID:
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) <= _MAX_ID:
         raise Problem(404, "not_found", "no invoice of yours has this id")
     domain = domain_of(request.app[SETTINGS])
     body = await read_json(request)

@@ -3,7 +3,6 @@ completes (with the transfer's hash) or rejects; the owner may cancel while it i
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 from aiohttp import web
@@ -14,7 +13,7 @@ from billing.withdrawals import ReferenceReused, UnknownWithdrawal, Withdrawal, 
 from dashboard.appkeys import PG, SETTINGS
 from dashboard.pages import encode_cursor, page_params
 from dashboard.problems import Problem, field, json_response, read_json
-from dashboard.routes import amount_json, authorized
+from dashboard.routes import amount_json, authorized, idempotency_reference
 
 routes = web.RouteTableDef()
 
@@ -38,19 +37,9 @@ def _json(withdrawal: Withdrawal) -> dict[str, Any]:
 
 def _withdrawal_id(request: web.Request) -> int:
     text = request.match_info["withdrawal_id"]
-    if not text.isdigit() or not 0 < int(text) <= _MAX_ID:
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) <= _MAX_ID:
         raise Problem(404, "not_found", "no withdrawal has this id")
     return int(text)
-
-
-def _reference(request: web.Request, account: str) -> str | None:
-    """The withdrawal an ``Idempotency-Key`` names: the same key from the same account asks once."""
-    key = request.headers.get("Idempotency-Key")
-    if key is None:
-        return None
-    if not 1 <= len(key) <= 200 or not key.isprintable():
-        raise Problem(400, "bad_idempotency_key", "Idempotency-Key must be 1 to 200 printable characters")
-    return "k" + hashlib.sha256(f"{account}\n{key}".encode()).hexdigest()[:40]
 
 
 def _resolved(error: WithdrawalResolved) -> Problem:
@@ -61,10 +50,10 @@ def _resolved(error: WithdrawalResolved) -> Problem:
 async def request_withdrawal(request: web.Request) -> web.Response:
     """Reserve an amount of the caller's balance or earnings to be sent to its wallet address."""
     caller = await authorized(request, accounts.WITHDRAW)
-    reference = _reference(request, caller.account.name)
+    reference = idempotency_reference(request, caller.account.name)
     body = await read_json(request)
     amount = field(body, "amount", str, max_len=80)
-    if not amount.isdigit() or amount.startswith("0"):
+    if not (amount.isascii() and amount.isdigit()) or amount.startswith("0"):
         raise Problem(422, "invalid_field", "'amount' must be positive base units, as digits", field="amount")
     source = field(body, "source", str, optional=True, max_len=20) or "balance"
     if source not in withdrawals.SOURCES:

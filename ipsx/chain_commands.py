@@ -41,7 +41,14 @@ from billing.anchoring import Anchorer, AnchorError, AnchorSettings, DealRecord
 from billing.chain import ChainSettings, ChainWatcher, DeepReorg
 from billing.reconcile import Report, format_report, reconcile
 from contracts import load, merkle
-from contracts.deploy import DEFAULT_CHALLENGE_PERIOD, Allocations, DeploymentError, SaleTerms, deploy
+from contracts.deploy import (
+    DEFAULT_CHALLENGE_PERIOD,
+    Allocations,
+    Deployment,
+    DeploymentError,
+    SaleTerms,
+    deploy,
+)
 from gateway.agent.settings import load_key
 from ipsx import runtime
 from ipsx.commands import UsageError
@@ -304,10 +311,36 @@ def deploy_command(args: argparse.Namespace) -> None:
         raise UsageError(str(error)) from None
     except _CONNECTION_ERRORS as error:
         raise UsageError(f"deployment failed: {error}") from None
-    record = {
+    record = deployment_record(
+        deployment,
+        block=min(mined, default=int(latest["number"]) + 1),
+        deployer=account.address,
+        operator=operator,
+        challenge_period=challenge_period,
+        sale=sale,
+        allocations=allocations,
+    )
+    _write(out, record)
+    for name, address in deployment.addresses.items():
+        print(f"{name:<16} {address}")
+    print(f"deployment recorded in {out}")
+
+
+def deployment_record(
+    deployment: Deployment,
+    *,
+    block: int,
+    deployer: str,
+    operator: str,
+    challenge_period: int,
+    sale: SaleTerms,
+    allocations: Allocations,
+) -> dict[str, Any]:
+    """What a deployment file holds (:class:`DeploymentFile` reads it back)."""
+    return {
         "chain_id": deployment.chain_id,
-        "block": min(mined, default=int(latest["number"]) + 1),
-        "deployer": account.address,
+        "block": block,
+        "deployer": deployer,
         "operator": operator,
         "challenge_period": challenge_period,
         "contracts": dict(deployment.addresses),
@@ -317,10 +350,6 @@ def deploy_command(args: argparse.Namespace) -> None:
                         "team": allocations.team},
         "deployed_at": int(time.time()),
     }  # fmt: skip
-    _write(out, record)
-    for name, address in deployment.addresses.items():
-        print(f"{name:<16} {address}")
-    print(f"deployment recorded in {out}")
 
 
 def _write(out: Path, record: dict[str, Any]) -> None:

@@ -38,6 +38,7 @@ from billing.chain import ChainSettings, ChainWatcher, DeepReorg
 from contracts import PACKAGE_DIR
 from contracts.deploy import Allocations, DeploymentError, SaleTerms, contract_at, deploy
 from gateway.agent.settings import create_key_file, load_key
+from ipsx.chain_commands import deployment_record
 from ipsx.payagent import PaymentAgent
 from ipsx.sdk import ApiError, Client
 
@@ -245,19 +246,15 @@ def _deploy(w3: Web3, operator: LocalAccount, path: Path) -> dict[str, Any]:
     )
     _send(w3, deployment.sale.functions.finalize(), operator.address)
     # The format of `ipsx chain deploy`, so `ipsx reconcile --deployment` reads it.
-    record: dict[str, Any] = {
-        "chain_id": deployment.chain_id,
-        "block": int(latest["number"]) + 1,
-        "deployer": operator.address,
-        "operator": operator.address,
-        "challenge_period": CHALLENGE_PERIOD,
-        "contracts": dict(deployment.addresses),
-        "sale": {"wallet": sale.wallet, "rate": sale.rate, "cap": str(sale.cap), "start": sale.start,
-                 "end": sale.end},
-        "allocations": {"early_adopters": operator.address, "bounty": operator.address,
-                        "team": operator.address},
-        "deployed_at": int(time.time()),
-    }  # fmt: skip
+    record = deployment_record(
+        deployment,
+        block=int(latest["number"]) + 1,
+        deployer=operator.address,
+        operator=operator.address,
+        challenge_period=CHALLENGE_PERIOD,
+        sale=sale,
+        allocations=allocations,
+    )
     _write(path, record)
     return record
 

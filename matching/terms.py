@@ -51,7 +51,7 @@ def offer_for(
 
 def _int(terms: dict[str, Any], name: str, default: int) -> int:
     value = terms.get(name, default)
-    if isinstance(value, str) and value.isdigit() and len(value) <= 80:
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 80:
         return int(value)
     if isinstance(value, int) and not isinstance(value, bool):
         return value

@@ -10,6 +10,8 @@ schema cannot state and are answered with a 422 (tests/matching covers them).
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 import schemathesis
 from hypothesis import HealthCheck, assume, settings
 from schemathesis.checks import positive_data_acceptance
@@ -27,6 +29,8 @@ def test_api_conforms_to_its_openapi_document(case: schemathesis.Case, api: Api)
     # A made-up Content-Length or Transfer-Encoding is refused by aiohttp's HTTP parser with its
     # own 400 before any handler runs: HTTP framing, not this API's contract, so not drawn here.
     assume(not {name.lower() for name in (case.headers or {})} & {"content-length", "transfer-encoding"})
+    # Likewise a request line past aiohttp's 8,190-byte limit gets its parser's plain 400.
+    assume(len(urlencode(case.query or {}, doseq=True)) + len(case.formatted_path) < 8000)
     paginated = case.operation.path in _PAGINATED and "cursor" in (case.query or {})
     order = case.operation.path in ("/v1/requests", "/v1/packages")
     case.call_and_validate(

@@ -125,7 +125,8 @@ def test_withdrawal_above_the_balance_is_402_and_moves_nothing(api: Api) -> None
 @pytest.mark.parametrize(
     "body",
     [{}, {"amount": 5}, {"amount": "0"}, {"amount": "-1"}, {"amount": "01"}, {"amount": "1e18"},
-     {"amount": "9" * 81}, {"amount": "1", "source": "treasury"}, {"amount": "1", "source": None}],
+     {"amount": "9" * 81}, {"amount": "1", "source": "treasury"}, {"amount": "1", "source": None},
+     {"amount": "\uff11\uff12"}],  # full-width digits: str.isdigit() says yes, the schema says no
 )  # fmt: skip
 def test_malformed_withdrawal_bodies_are_422(api: Api, body: dict[str, object]) -> None:
     name, _ = new_account(api)
@@ -192,3 +193,12 @@ def test_the_withdrawal_commands_drive_the_api(api: Api, operator: str) -> None:
     with pytest.raises(subprocess.CalledProcessError) as refused:
         api.ipsx("withdrawal", "request", "100", *common)
     assert "402 insufficient_funds" in refused.value.stderr
+
+
+def test_numbers_in_paths_and_queries_are_ascii_digits_only(api: Api) -> None:
+    name, _ = new_account(api)
+    with api.client(key(api, name, "read,withdraw,keys")) as client:
+        assert client.get("/v1/withdrawals", params={"limit": "\uff15"}).status_code == 400
+        assert client.get("/v1/withdrawals/\uff11").status_code == 404
+        refused = client.post("/v1/keys", json={"spend_limit": "\uff15"})
+        assert (refused.status_code, refused.json()["field"]) == (422, "spend_limit")
