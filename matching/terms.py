@@ -21,6 +21,8 @@ from matching.orders import (
     package_request,
 )
 
+MAX_UNIX_TIME = 10**11  # unix seconds: a time past this (the year 5138) is a mistake, not a plan
+
 
 def offer_for(
     account: str, exit_id: str, attributes: ExitAttributes, terms: dict[str, Any], offer_id: str
@@ -69,9 +71,9 @@ def _float(terms: dict[str, Any], name: str) -> float | None:
     value = terms.get(name)
     if value is None:
         return None
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= MAX_UNIX_TIME:
         return float(value)
-    raise InvalidOrder(name, "must be a number of unix seconds")
+    raise InvalidOrder(name, f"must be a number of unix seconds from 0 to {MAX_UNIX_TIME:.0e}")
 
 
 def filters_from(raw: object) -> RequestFilters:

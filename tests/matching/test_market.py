@@ -551,3 +551,13 @@ async def test_a_time_frame_that_ends_before_it_starts_is_refused(market: Market
             "alice", {**REQUEST, "starts_at": 2_000_000_000, "expires_at": 1_999_999_999}
         )
     assert info.value.field == "expires_at"
+
+
+@pytest.mark.parametrize("when", [-1, 10**11 + 1, 6.65e16])
+async def test_a_time_outside_unix_seconds_0_to_1e11_is_refused(market: Market, when: float) -> None:
+    with pytest.raises(InvalidOrder) as info:
+        await market.place_request("alice", {**REQUEST, "expires_at": when})
+    assert info.value.field == "expires_at"
+    with pytest.raises(InvalidOrder) as started:
+        await market.place_request("alice", {**REQUEST, "starts_at": when})
+    assert started.value.field == "starts_at"
