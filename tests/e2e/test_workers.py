@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -68,9 +69,19 @@ def _wait_for_nodes(
     return seen
 
 
+def _bindable(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def test_two_workers_share_the_ports_and_agents_reach_both(stack: Stack) -> None:
     http_port, socks_port, tunnel_port = free_port(), free_port(), free_port()
-    while tunnel_port + 1 in (http_port, socks_port):
+    # the second worker's tunnel port is the next one: it must be free too
+    while tunnel_port + 1 in (http_port, socks_port) or not _bindable(tunnel_port + 1):
         tunnel_port = free_port()
     parent = stack.spawn(
         "gateway",
