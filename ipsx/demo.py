@@ -7,12 +7,13 @@ process. Each demo provider signs in with its wallet and offers its exit; a demo
 created, its traffic gets spot deals, and its proxy URLs are printed and written to
 ``<data-dir>/demo.json``.
 
-The demo requester pays on-chain when anvil is installed (``ipsx.demo_chain``): the contracts are
-deployed on a local chain kept in the data dir, the requester opens a channel to the operator with
-1000 IPSX, the chain watcher credits the deposit, the API invoices its settled deals and its
-payment agent pays them with balance proofs. Without anvil it is funded by an operator credit
-instead, and nothing is paid. Never both: the invoicer bills every settled deal of a requester
-with a channel, so usage a credit paid for would be paid a second time from the deposit.
+The demo requester pays on-chain (``ipsx.demo_chain``): the contracts are deployed on a local
+chain kept in the data dir (anvil when ``make setup`` installed it, else ``ipsx devchain``), the
+requester opens a channel to the operator with 1000 IPSX, the chain watcher credits the deposit,
+the API invoices its settled deals and its payment agent pays them with balance proofs. Only a
+data dir whose requester was funded by an operator credit (before the devchain existed) or whose
+chain cannot start goes without: never both, since the invoicer bills every settled deal of a
+requester with a channel, and usage a credit paid for would be paid a second time from the deposit.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from gateway.agent.settings import AgentSettings, ExitSpec, create_key_file, loa
 from gateway.server import running_gateway
 from gateway.settings import GatewaySettings
 from ipsx import demo_chain
-from ipsx.demo_chain import ChainUnavailable, DemoChain
+from ipsx.demo_chain import ChainChoice, ChainUnavailable, DemoChain
 from ipsx.embedded import embedded_postgres, embedded_redis
 from ipsx.origin import Origin
 from ipsx.sdk import ApiError, Client
@@ -73,6 +74,7 @@ class DemoOptions:
     origin_port: int = 18000
     api_port: int = 8000
     once: bool = False
+    chain: ChainChoice = "auto"  # the node of a new data dir's chain: anvil when installed, else devchain
 
 
 @contextlib.asynccontextmanager
@@ -121,28 +123,26 @@ async def _demo_requester(pool: asyncpg.Pool, data_dir: Path, *, credit: bool) -
 
 
 async def _payment_chain(
-    stack: contextlib.AsyncExitStack, pool: asyncpg.Pool, data_dir: Path
+    stack: contextlib.AsyncExitStack, pool: asyncpg.Pool, data_dir: Path, want: ChainChoice
 ) -> DemoChain | None:
-    """The demo's chain with its contracts and the requester's channel, anvil kept running in
+    """The demo's chain with its contracts and the requester's channel, its node kept running in
     ``stack``; ``None``, said why, when the demo cannot pay on-chain."""
     off = "on-chain payments are off:"
     if await pool.fetchval("SELECT 1 FROM ledger_movements WHERE reference = $1", DEMO_CREDIT_REFERENCE):
         print(f"{off} this data dir's demo requester was funded by an operator credit "
               "(remove the data dir for a demo that pays on-chain)", flush=True)  # fmt: skip
         return None
-    command = demo_chain.anvil_command()
-    if command is None:
-        # The in-process eth-tester chain would not do: it blocks the event loop the gateway
-        # shares while it mines, and its state would not outlive the run while the ledger does.
-        print(f"{off} anvil is not installed (`make setup` installs it); the demo requester is "
-              f"funded by an operator credit of {DEMO_CREDIT} IPSX instead", flush=True)  # fmt: skip
-        return None
     logging.getLogger("web3.providers").setLevel(logging.WARNING)
     requester = _wallet(data_dir / "wallets" / "requester.key")
     providers = [_wallet(data_dir / "wallets" / f"provider{i}.key") for i in range(1, len(DEMO_EXITS) + 1)]
+    anvil = demo_chain.anvil_command()
     try:
-        rpc_url = await stack.enter_async_context(demo_chain.running_anvil(command, data_dir / "chain"))
-        print(f"chain: anvil at {rpc_url} (state kept in {data_dir / 'chain'})", flush=True)
+        node = demo_chain.choose_node(data_dir / "chain", anvil, want)
+        if node.name == "devchain" and anvil is None:
+            print("anvil is not installed (`make setup` installs it): the demo chain runs on "
+                  "ipsx devchain (eth-tester, in its own process)", flush=True)  # fmt: skip
+        rpc_url = await stack.enter_async_context(demo_chain.running_node(node, data_dir / "chain"))
+        print(f"chain: {node.name} at {rpc_url} (state kept in {data_dir / 'chain'})", flush=True)
         chain = await asyncio.to_thread(
             demo_chain.prepare,
             rpc_url,
@@ -196,7 +196,7 @@ async def run_demo(options: DemoOptions, env: Environment, stop: asyncio.Event) 
         database, redis = await stack.enter_async_context(_services(options, env))
         pool = await db.open_migrated(database, max_size=4)
         stack.push_async_callback(pool.close)
-        chain = await _payment_chain(stack, pool, data_dir)
+        chain = await _payment_chain(stack, pool, data_dir, options.chain)
         # A data dir whose requester has a channel is never credited, even when its chain is gone.
         credit = chain is None and not (data_dir / "chain.json").exists()
         account, secret = await _demo_requester(pool, data_dir, credit=credit)

@@ -1,8 +1,13 @@
-"""The demo's chain: anvil with its state in the data dir, the IPSX contracts deployed on it, and
-the demo requester's payment channel to the operator.
+"""The demo's chain: a local node with its state in the data dir, the IPSX contracts deployed on
+it, and the demo requester's payment channel to the operator.
+
+The node is anvil when ``make setup`` installed it, else ``ipsx devchain`` (eth-tester, in its own
+process): both serve JSON-RPC on a loopback port, mine a block per transaction and hold anvil's
+development accounts, so everything after the start is the same. A data dir keeps the node it
+started with (its state file says which).
 
 The chain lives as long as the data dir, like the embedded PostgreSQL whose ledger mirrors it:
-anvil loads ``<data-dir>/chain/anvil-state.json`` when it starts and writes it back when it stops,
+the node loads ``<data-dir>/chain/<node>-state`` when it starts and writes it back when it stops,
 so a second run finds the contracts of ``<data-dir>/chain.json`` and the channel it opened.
 Nothing here is faked: the deposit reaches the ledger through the chain watcher, and invoices are
 paid with balance proofs the contract would honour.
@@ -18,12 +23,13 @@ import json
 import logging
 import os
 import re
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import asyncpg
 from eth_account.signers.local import LocalAccount
@@ -44,13 +50,16 @@ from ipsx.sdk import ApiError, Client
 
 log = logging.getLogger("ipsx.demo")
 
+ChainChoice = Literal["auto", "anvil", "devchain"]
+
 SECONDS: Final = 1.0
 IPSX: Final = 10**18
 ETHER: Final = 10**18
 DEMO_DEPOSIT: Final = 1000 * IPSX  # what the demo requester locks in its channel
 PAYOUT_DEPOSIT: Final = 10 * IPSX  # what the operator locks in its payout channel to each provider
 CHALLENGE_PERIOD: Final = 3600  # seconds
-ANVIL_START_TIMEOUT: Final = 30 * SECONDS
+NODE_START_TIMEOUT: Final = 30 * SECONDS
+STATE_FILES: Final = {"anvil": "anvil-state.json", "devchain": "devchain-state.bin"}  # in <data-dir>/chain
 RECEIPT_TIMEOUT: Final = 30 * SECONDS
 SALE_RATE: Final = 1000  # IPSX base units per wei; the demo sale is over before anyone buys
 SALE_ALLOCATION: Final = 900_000_000 * IPSX
@@ -83,6 +92,17 @@ class DemoChain:
         return self.contracts["PaymentChannels"]
 
 
+@dataclass(frozen=True, slots=True)
+class ChainNode:
+    """A local node the demo runs: ``command`` takes ``--host``, ``--port`` and ``--state`` as
+    anvil does and prints ``Listening on HOST:PORT``; ``options`` follow them."""
+
+    name: str
+    command: list[str]
+    state_file: str  # in the chain dir
+    options: tuple[str, ...] = ()
+
+
 def anvil_command() -> list[str] | None:
     """The anvil of ``make setup`` (the npm package's platform binary, else its node wrapper);
     ``None`` when it is not installed."""
@@ -93,26 +113,51 @@ def anvil_command() -> list[str] | None:
     return [str(wrapper)] if wrapper.exists() else None
 
 
-@contextlib.asynccontextmanager
-async def running_anvil(command: list[str], workdir: Path) -> AsyncIterator[str]:
-    """Run anvil on a free loopback port with its state in ``workdir``; yields its RPC URL.
+def devchain_node() -> ChainNode:
+    """``ipsx devchain`` in a child process that ends with this one, even when this one is killed."""
+    command = [sys.executable, "-m", "ipsx.devchain"]
+    return ChainNode("devchain", command, STATE_FILES["devchain"], ("--exit-with-parent",))
 
-    Anvil runs in its own session, so a Ctrl-C in the terminal reaches the demo only, and the
-    demo stops anvil (SIGTERM: it writes its state) after everything that uses it. Raises
+
+def choose_node(workdir: Path, anvil: list[str] | None, want: ChainChoice = "auto") -> ChainNode:
+    """The node of the chain kept in ``workdir``: the one whose state is there, else the one
+    ``want`` names, else (``auto``) anvil when installed (``anvil`` is its command, ``None``
+    when it is not) and the devchain when not.
+
+    Raises ``ChainUnavailable`` when ``workdir`` holds the other node's chain, or anvil is
+    needed and not installed.
+    """
+    kept = next((name for name, file in STATE_FILES.items() if (workdir / file).exists()), None)
+    if kept is not None and want not in ("auto", kept):
+        raise ChainUnavailable(f"this data dir's chain runs on {kept}; remove the data dir to use {want}")
+    name = kept or (want if want != "auto" else "devchain" if anvil is None else "anvil")
+    if name == "devchain":
+        return devchain_node()
+    if anvil is None:
+        which = "this data dir's chain runs on anvil, which" if kept else "anvil"
+        raise ChainUnavailable(f"{which} is not installed (`make setup` installs it)")
+    return ChainNode("anvil", anvil, STATE_FILES["anvil"])
+
+
+@contextlib.asynccontextmanager
+async def running_node(node: ChainNode, workdir: Path) -> AsyncIterator[str]:
+    """Run ``node`` on a free loopback port with its state in ``workdir``; yields its RPC URL.
+
+    The node runs in its own session, so a Ctrl-C in the terminal reaches the demo only, and the
+    demo stops it (SIGTERM: it writes its state) after everything that uses it. Raises
     ``ChainUnavailable`` when it does not start.
     """
-    log_path = workdir / "anvil.log"
+    log_path = workdir / f"{node.name}.log"
     await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
     with await asyncio.to_thread(log_path.open, "wb") as log_file:
         proc = await asyncio.create_subprocess_exec(
-            *command,
-            "--host", "127.0.0.1", "--port", "0",
-            "--state", str(workdir / "anvil-state.json"),
+            *node.command,
+            "--host", "127.0.0.1", "--port", "0", "--state", str(workdir / node.state_file), *node.options,
             stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=asyncio.subprocess.STDOUT,
             env={**os.environ, "NO_COLOR": "1"}, start_new_session=True,
         )  # fmt: skip
     try:
-        yield await _anvil_url(proc, log_path)
+        yield await _node_url(node.name, proc, log_path)
     finally:
         if proc.returncode is None:
             proc.terminate()
@@ -123,17 +168,17 @@ async def running_anvil(command: list[str], workdir: Path) -> AsyncIterator[str]
                 await proc.wait()
 
 
-async def _anvil_url(proc: asyncio.subprocess.Process, log_path: Path) -> str:
-    deadline = time.monotonic() + ANVIL_START_TIMEOUT
+async def _node_url(name: str, proc: asyncio.subprocess.Process, log_path: Path) -> str:
+    deadline = time.monotonic() + NODE_START_TIMEOUT
     while time.monotonic() < deadline:
         if proc.returncode is not None:
-            raise ChainUnavailable(f"anvil exited with status {proc.returncode} (see {log_path})")
+            raise ChainUnavailable(f"{name} exited with status {proc.returncode} (see {log_path})")
         text = await asyncio.to_thread(log_path.read_text, errors="replace")
         match = re.search(r"Listening on ([\d.]+):(\d+)", text)
         if match:
             return f"http://{match[1]}:{match[2]}"
         await asyncio.sleep(0.05)
-    raise ChainUnavailable(f"anvil did not start within {ANVIL_START_TIMEOUT:.0f} s (see {log_path})")
+    raise ChainUnavailable(f"{name} did not start within {NODE_START_TIMEOUT:.0f} s (see {log_path})")
 
 
 def _wallet(path: Path) -> LocalAccount:
@@ -216,7 +261,7 @@ def _send(w3: Web3, call: Any, sender: str) -> Any:
 
 
 def _fund_gas(w3: Web3, address: str) -> None:
-    """Ether for gas from anvil's first (unlocked) account."""
+    """Ether for gas from the node's first (unlocked) account: anvil's, or the devchain's same one."""
     tx = w3.eth.send_transaction({"from": w3.eth.accounts[0], "to": address, "value": Wei(10 * ETHER)})
     w3.eth.wait_for_transaction_receipt(tx, timeout=RECEIPT_TIMEOUT)
 
@@ -279,7 +324,7 @@ def _open_channel(w3: Web3, record: dict[str, Any], operator: LocalAccount, requ
 async def running_watcher(pool: asyncpg.Pool, chain: DemoChain) -> AsyncIterator[None]:
     """The operator's chain watcher, polling every half second until the block ends.
 
-    No confirmations: anvil is a single local node that mines a block per transaction, so
+    No confirmations: the node is a single local one that mines a block per transaction, so
     nothing reorganises it, and with one confirmation a channel's last event would wait for
     somebody's next transaction.
     """

@@ -3,6 +3,7 @@ installs it): the user's first command, run for real, paid for on-chain end to e
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -12,10 +13,24 @@ import subprocess
 import sys
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from web3 import Web3
 
-from ipsx.demo_chain import anvil_command
+from contracts.deploy import contract_at
+from ipsx.demo_chain import (
+    DEMO_DEPOSIT,
+    PAYOUT_DEPOSIT,
+    ChainUnavailable,
+    DemoChain,
+    anvil_command,
+    choose_node,
+    prepare,
+    running_node,
+)
 
 ANVIL = anvil_command() is not None
 CHANNEL = r"channel (0x[0-9a-f]{64})"
@@ -59,26 +74,20 @@ def test_demo_once_relays_through_demo_exits_and_meters_it(tmp_path: Path) -> No
 
     assert "demo balance:   1000 IPSX" in out
     assert "Traceback" not in result.stderr
-    if ANVIL:
-        _assert_paid_on_chain(out, data_dir, first_run=True)
-    else:
-        assert "on-chain payments are off: anvil is not installed" in out
+    _assert_paid_on_chain(out, data_dir, first_run=True)  # on anvil, or on ipsx devchain without it
 
     # A second run reuses the data dir: the same account and key, funded once only.
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads((data_dir / "demo.json").read_text())["secret"] == state["secret"]
     assert "Traceback" not in again.stderr
-    if ANVIL:
-        # The chain kept its state in the data dir: the same contracts and channel, and the
-        # balance is the one deposit less what the first run's deals cost.
-        _assert_paid_on_chain(again.stdout, data_dir, first_run=False)
-        assert re.findall(CHANNEL + " opened", out)[0] == re.findall(CHANNEL + " opened", again.stdout)[0]
-        balance = re.search(r"demo balance:   ([\d.]+) IPSX", again.stdout)
-        assert balance is not None
-        assert Decimal(999) < Decimal(balance.group(1)) < Decimal(1000)
-    else:
-        assert "demo balance:   1000 IPSX" in again.stdout
+    # The chain kept its state in the data dir: the same contracts and channel, and the balance
+    # is the one deposit less what the first run's deals cost.
+    _assert_paid_on_chain(again.stdout, data_dir, first_run=False)
+    assert re.findall(CHANNEL + " opened", out)[0] == re.findall(CHANNEL + " opened", again.stdout)[0]
+    balance = re.search(r"demo balance:   ([\d.]+) IPSX", again.stdout)
+    assert balance is not None
+    assert Decimal(999) < Decimal(balance.group(1)) < Decimal(1000)
 
 
 def _assert_paid_on_chain(out: str, data_dir: Path, *, first_run: bool) -> None:
@@ -86,7 +95,7 @@ def _assert_paid_on_chain(out: str, data_dir: Path, *, first_run: bool) -> None:
     watcher credited its deposit, and the deal ``--once`` bought was invoiced and paid."""
     deployment = json.loads((data_dir / "chain.json").read_text())
     channels_address = deployment["contracts"]["PaymentChannels"]
-    assert re.search(r"chain: anvil at http://127\.0\.0\.1:\d+", out), out
+    assert re.search(r"chain: (anvil|devchain) at http://127\.0\.0\.1:\d+", out), out
     assert f"PaymentChannels  {channels_address}" in out
     earlier = "" if first_run else " by an earlier run"
     assert f"contracts deployed{earlier} on chain {deployment['chain_id']}" in out
@@ -139,9 +148,109 @@ def test_demo_serves_until_ctrl_c_then_stops_everything(tmp_path: Path) -> None:
     assert demo.returncode == 0, err[-2000:]
     assert "PostgreSQL stopped" in err and "Redis stopped" in err
     assert "Traceback" not in err
-    anvil = re.search(r"chain: anvil at http://127\.0\.0\.1:(\d+)", text)
-    if ANVIL:
-        assert anvil is not None, text
-        with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", int(anvil[1]))):
-            pass  # anvil was stopped with the demo
-        assert (tmp_path / "state" / "chain" / "anvil-state.json").exists()  # written as it stopped
+    node = re.search(r"chain: (anvil|devchain) at http://127\.0\.0\.1:(\d+)", text)
+    assert node is not None, text
+    assert node[1] == ("anvil" if ANVIL else "devchain")
+    with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", int(node[2]))):
+        pass  # the chain was stopped with the demo
+    state = "anvil-state.json" if ANVIL else "devchain-state.bin"
+    assert (tmp_path / "state" / "chain" / state).exists()  # written as it stopped
+
+
+# ---- the demo's chain without anvil: ipsx devchain ---------------------------------------------------
+
+# `ipsx demo --once` with DemoOptions.chain = "devchain" (what `ipsx demo --chain devchain` will run).
+DEVCHAIN_DEMO = """
+import sys
+from pathlib import Path
+from ipsx import runtime
+from ipsx.demo import DemoOptions, run_demo
+from ipsx.settings import Environment
+runtime.setup_logging(False)
+ports = dict(http_port=0, socks_port=0, tunnel_port=0, origin_port=0, api_port=0)
+options = DemoOptions(data_dir=Path(sys.argv[1]), once=True, chain="devchain", **ports)
+runtime.run(lambda stop: run_demo(options, Environment.from_env(), stop))
+"""
+
+
+def _channel_on_chain(rpc_url: str, chain: DemoChain) -> tuple[Any, ...]:
+    w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 30}))
+    contract = contract_at(w3, "PaymentChannels", chain.channels)
+    token = contract_at(w3, "IPSXToken", chain.contracts["IPSXToken"])
+    sender, settle_after, receiver, deposit, _ = contract.functions.getChannel(
+        bytes.fromhex(chain.channel_id[2:])
+    ).call()
+    return sender, settle_after, receiver, deposit, token.functions.balanceOf(contract.address).call()
+
+
+async def test_demo_chain_without_anvil_opens_the_channel_on_the_devchain_and_keeps_it(
+    tmp_path: Path,
+) -> None:
+    workdir = tmp_path / "chain"
+    node = choose_node(workdir, anvil=None)
+    assert node.name == "devchain"
+    requester: LocalAccount = Account.create()
+    providers = [Account.create().address for _ in range(3)]
+    async with running_node(node, workdir) as rpc_url:
+        chain = await asyncio.to_thread(prepare, rpc_url, tmp_path, requester, providers)
+        on_chain = await asyncio.to_thread(_channel_on_chain, rpc_url, chain)
+    assert (chain.chain_id, chain.deployed, chain.opened) == (31337, True, True)
+    sender, settle_after, receiver, deposit, locked = on_chain
+    assert (sender, settle_after, receiver, deposit) == (requester.address, 0, chain.operator, DEMO_DEPOSIT)
+    assert locked == DEMO_DEPOSIT + len(providers) * PAYOUT_DEPOSIT  # and the three payout channels'
+    assert (workdir / "devchain-state.bin").exists()  # written as it stopped
+
+    # The data dir keeps its chain on the devchain, even once anvil is installed.
+    again_node = choose_node(workdir, anvil=["/nowhere/anvil"])
+    assert again_node.name == "devchain"
+    async with running_node(again_node, workdir) as rpc_url:
+        again = await asyncio.to_thread(prepare, rpc_url, tmp_path, requester, providers)
+        assert await asyncio.to_thread(_channel_on_chain, rpc_url, again) == on_chain
+    assert (again.deployed, again.opened) == (False, False)
+    assert (again.channel_id, again.contracts, again.payout_channels) == (
+        chain.channel_id, chain.contracts, chain.payout_channels
+    )  # fmt: skip
+
+
+def test_choose_node_keeps_the_node_whose_state_the_data_dir_holds(tmp_path: Path) -> None:
+    anvil = ["/opt/anvil"]
+    assert choose_node(tmp_path, anvil).name == "anvil"
+    assert choose_node(tmp_path, anvil, "devchain").name == "devchain"
+    assert choose_node(tmp_path, None).command[1:] == ["-m", "ipsx.devchain"]
+    with pytest.raises(ChainUnavailable, match="anvil is not installed"):
+        choose_node(tmp_path, None, "anvil")
+    (tmp_path / "anvil-state.json").write_text("{}")
+    assert choose_node(tmp_path, anvil).command == anvil
+    with pytest.raises(ChainUnavailable, match="runs on anvil, which is not installed"):
+        choose_node(tmp_path, None)
+    with pytest.raises(ChainUnavailable, match="runs on anvil; remove the data dir to use devchain"):
+        choose_node(tmp_path, anvil, "devchain")
+
+
+@pytest.mark.timeout(240)
+def test_demo_once_on_the_devchain_is_paid_on_chain_end_to_end(tmp_path: Path) -> None:
+    data_dir = tmp_path / "state"
+    result = subprocess.run(
+        [sys.executable, "-c", DEVCHAIN_DEMO, str(data_dir)],
+        env=_embedded_env(), capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    assert "Traceback" not in result.stderr
+    node = re.search(r"chain: devchain at http://127\.0\.0\.1:(\d+) ", out)
+    assert node is not None, out
+    deployment = json.loads((data_dir / "chain.json").read_text())
+    assert deployment["chain_id"] == 31337
+    assert f"contracts deployed on chain 31337 (recorded in {data_dir / 'chain.json'})" in out
+    opened = re.search(CHANNEL + " opened: demo wallet 0x[0-9a-fA-F]{40} -> operator ", out)
+    assert opened is not None and opened.group(1) == deployment["demo_channel"]["channel_id"], out
+    assert "deposit credited by the chain watcher: 1000 IPSX to demo's account" in out
+    paid = re.search(r"invoice \d+ paid with a balance proof: [\d.]+ IPSX for \d+ deal\(s\), "
+                     r"cumulative ([\d.]+) IPSX on " + CHANNEL, out)  # fmt: skip
+    assert paid is not None and paid.group(2) == opened.group(1), out
+    assert Decimal(paid.group(1)) > 0
+    assert re.search(r"payout: the operator signed a balance proof of [\d.]+ IPSX to provider 0x", out), out
+    # The devchain stopped with the demo, and wrote its state for the next run.
+    with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", int(node[1]))):
+        pass
+    assert (data_dir / "chain" / "devchain-state.bin").exists()
