@@ -9,17 +9,23 @@ from dataclasses import dataclass, field
 from billing.usage import UsageEvent, UsagePublisher
 from gateway.allowance import AllowanceGuard, Watched
 from gateway.conn import Conn
-from gateway.targeting import Targeting
+from gateway.targeting import BAN_SESSION_EXIT, Targeting
 from gateway.tickets import Ticket
 from gateway.tunnel import DialError, TunnelHub
 from gateway.wire import DialErrorCode
 from matching.orders import RequestFilters, order_of
 from matching.routing import DealRoutes
+from pool.bans import DEFAULT_BAN_TTL, BanBook
+from pool.health import ExitHealth
 from pool.select import Choice, Selector
 
 
 class NoExit(Exception):
     """No live exit satisfies the requester's filters (never a silent fallback to others)."""
+
+
+class BadBan(NoExit):
+    """A ban that names no exit: ``1`` (or a domain) without a session bound to one."""
 
 
 class NoDeal(Exception):
@@ -67,8 +73,14 @@ class ExitDialer:
         max_attempts: int,
         routes: DealRoutes | None = None,
         guard: AllowanceGuard | None = None,
+        bans: BanBook | None = None,
+        ban_ttl: int = DEFAULT_BAN_TTL,
+        health: ExitHealth | None = None,
     ) -> None:
         self._hub = hub
+        self._health = health
+        self._bans = bans
+        self._ban_ttl = ban_ttl
         self._guard = guard
         self._selector = selector
         self._publisher = publisher
@@ -116,9 +128,42 @@ class ExitDialer:
             only=None if deal_exits is None else frozenset(deal_exits),
         )
 
-    async def open(self, targeting: Targeting, host: str, port: int, protocol: str) -> Stream:
-        """Raises NoExit, NoDeal or the last DialError."""
-        excluded: set[str] = set()
+    async def _banned(self, targeting: Targeting, host: str) -> frozenset[str]:
+        """The exits this connection may not use: the requester's bans for the host, after
+        recording the one the connection asks for (``targeting.ban``). Raises BadBan."""
+        bans = self._bans
+        if bans is None:
+            return frozenset()
+        wanted = targeting.ban
+        if wanted is not None:
+            domain = host
+            if len(wanted) == 16 and "." not in wanted:  # an exit id from X-IPSX-Exit
+                exit_id: str | None = wanted
+            else:
+                if wanted != BAN_SESSION_EXIT:
+                    domain = wanted
+                if targeting.session is None:
+                    raise BadBan("ban 1 needs a session; without one, name the exit id from X-IPSX-Exit")
+                exit_id = await bans.session_exit(targeting.account, targeting.session)
+            if exit_id is not None:  # a session not bound yet has no exit to ban
+                await bans.ban(targeting.account, domain, exit_id, self._ban_ttl)
+        return await bans.banned(targeting.account, host)
+
+    async def open(
+        self,
+        targeting: Targeting,
+        host: str,
+        port: int,
+        protocol: str,
+        *,
+        avoid: frozenset[str] = frozenset(),
+    ) -> Stream:
+        """A stream to ``host:port`` through an exit the targeting allows, none of ``avoid``.
+
+        Raises NoExit (BadBan for a ban naming no exit), NoDeal or the last DialError.
+        """
+        banned = await self._banned(targeting, host)
+        excluded: set[str] = set(avoid) | banned
         last_error: DialError | None = None
         # With the market in force, only the exits of the requester's active deals serve it;
         # when none of them fits, the market is asked once for spot deals that do.
@@ -155,16 +200,27 @@ class ExitDialer:
                 attempts=attempt,
             )
             info = self._hub.exit_info(choice.exit_id)  # read before the await: the link may drop
+            health = self._health
+            started = time.monotonic()
             try:
                 if info is None:
                     raise DialError(DialErrorCode.EXIT, "exit is offline", exit_id=choice.exit_id)
                 conn = await self._hub.open_stream(ticket, host, port)
             except DialError as error:
+                if health is not None:
+                    fault = error.code in _EXIT_FAULTS
+                    health.dial_failed(choice.exit_id, error.code.value, exit_fault=fault)
                 last_error = error
                 if not error.code.retryable:
                     raise
                 excluded.add(choice.exit_id)
                 continue
+            except BaseException:
+                if health is not None:
+                    health.dial_abandoned(choice.exit_id)  # the client left mid-dial
+                raise
+            if health is not None:
+                health.dial_ok(choice.exit_id, time.monotonic() - started)
             return Stream(
                 conn=conn,
                 stream_id=ticket.stream,
@@ -179,6 +235,8 @@ class ExitDialer:
             )
         if last_error is not None:
             raise last_error
+        if banned:
+            raise NoExit("no live exit matches the requested filters but those banned for this domain")
         raise NoExit("no live exit matches the requested filters")
 
     def _watch(self, requester: str, deal_id: str | None) -> Watched | None:
@@ -195,6 +253,12 @@ class ExitDialer:
             return
         stream.finished = True
         self._hub.stream_closed(stream.exit_id)
+        closed = max(stream.opened_at, time.time() if closed_at is None else closed_at)
+        if self._health is not None:
+            seconds = closed - stream.opened_at
+            self._health.stream_done(
+                stream.exit_id, up + down, seconds, ok=outcome != "exit_lost", reason=outcome
+            )
         if stream.watched is not None and self._guard is not None:
             self._guard.done(stream.watched, up + down)
         self._publisher.publish(
@@ -210,7 +274,7 @@ class ExitDialer:
                 bytes_up=up,
                 bytes_down=down,
                 opened_at=stream.opened_at,
-                closed_at=max(stream.opened_at, time.time() if closed_at is None else closed_at),
+                closed_at=closed,
                 outcome=outcome,
                 attempts=stream.attempts,
             )
@@ -227,6 +291,9 @@ DIAL_ERRORS: dict[DialErrorCode, tuple[int, str, int]] = {
     DialErrorCode.EXIT: (502, "exit_failed", 1),
 }
 NO_EXIT = (502, "no_exit_matches", 3)
+# Dial failures that count against the exit's health: the destination's own (refused, does not
+# resolve, unreachable, not allowed) say nothing about the exit.
+_EXIT_FAULTS = frozenset({DialErrorCode.EXIT, DialErrorCode.TIMEOUT})
 _MARKET_PROTOCOL = {"http": "http", "connect": "https", "socks5": "socks5"}  # stream kind → offer protocol
 # The market opened no deal: status, X-IPSX-Error reason, SOCKS5 reply code, message.
 NO_DEAL: dict[str, tuple[int, str, int, str]] = {

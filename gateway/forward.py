@@ -4,6 +4,12 @@ Both sides are kept alive while the client keeps asking the same origin with the
 targeting: one exit stream carries many requests. Each request head is rewritten to origin form
 without proxy credentials, ``X-IPSX-*`` and hop-by-hop headers; bodies are relayed as they come,
 framed by ``http1.BodyTracker`` without re-encoding.
+
+Every response says which exit served it (``X-IPSX-Exit``) and how many exits the request was
+sent to (``X-IPSX-Tries``). A request whose targeting asks for retries (``X-IPSX-Retry-On:
+403,429``, ``X-IPSX-Max-Retries: 2``) is sent again through another exit when the origin answers
+one of those statuses — only for idempotent methods with a body small enough to keep, and only
+once another exit is dialled: when none is left the client gets the origin's own answer.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from dataclasses import dataclass
 from gateway import http1
 from gateway.conn import Conn, ConnectionClosed
 from gateway.exits import ExitDialer, NoDeal, NoExit, Stream
-from gateway.refusals import dial_refusal, http_error
+from gateway.refusals import Refused, dial_refusal, http_error
 from gateway.settings import GatewaySettings
 from gateway.targeting import Targeting
 from gateway.tunnel import DialError
@@ -28,6 +34,19 @@ class _StaleUpstream(Exception):
 
 class _ExitLost(ConnectionClosed):
     """The exit's side of a plain-HTTP exchange failed mid-response."""
+
+
+def _outcome_of(error: BaseException) -> str:
+    """The usage outcome of a stream whose exchange ended with ``error``."""
+    if isinstance(error, _ExitLost):
+        return "exit_lost"
+    if isinstance(error, TimeoutError):
+        return "idle"
+    return "client_lost"
+
+
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+DEFAULT_MAX_RETRIES = 1  # when a request names statuses to retry on but no number of retries
 
 
 @dataclass(slots=True)
@@ -77,13 +96,9 @@ class PlainForwarder:
                     upstream = await self._open_upstream(targeting, host, port, key)
                 self.exchanging += 1
                 try:
-                    keep_alive = await self._exchange(conn, reader, head, upstream, origin_target, reused)
-                except _StaleUpstream:
-                    # The origin closed a kept-alive connection just as it was reused, before any
-                    # byte of a response: nothing reached the client, so a new stream retries it.
-                    self._end_upstream(upstream, "exit_closed")
-                    upstream = await self._open_upstream(targeting, host, port, key)
-                    keep_alive = await self._exchange(conn, reader, head, upstream, origin_target, False)
+                    keep_alive, upstream = await self._exchange(
+                        conn, reader, head, upstream, origin_target, reused, targeting
+                    )
                 finally:
                     self.exchanging -= 1
                 if not keep_alive or self.draining:
@@ -112,10 +127,15 @@ class PlainForwarder:
         conn.close()
 
     async def _open_upstream(
-        self, targeting: Targeting, host: str, port: int, key: tuple[str, int, Targeting]
+        self,
+        targeting: Targeting,
+        host: str,
+        port: int,
+        key: tuple[str, int, Targeting],
+        avoid: frozenset[str] = frozenset(),
     ) -> _Upstream:
         try:
-            stream = await self._dialer.open(targeting, host, port, "http")
+            stream = await self._dialer.open(targeting, host, port, "http", avoid=avoid)
         except (DialError, NoExit, NoDeal) as error:
             raise dial_refusal(error) from None
         upstream = _Upstream(stream, key, http1.ResponseHeadReader(self._settings.limits))
@@ -136,15 +156,13 @@ class PlainForwarder:
         upstream: _Upstream,
         origin_target: str,
         reused: bool,
-    ) -> bool:
-        """One request and its response. Returns whether both sides may keep the connection.
+        targeting: Targeting,
+    ) -> tuple[bool, _Upstream]:
+        """One request and its response, through as many exits as its retry rule allows.
 
-        Raises _StaleUpstream when a ``reused`` upstream closed before answering a request
-        without a body (safe to send again), _ExitLost when the exit failed mid-response.
+        Returns whether both sides may keep the connection, and the upstream that answered.
+        Raises _ExitLost when the exit failed mid-response.
         """
-        idle = self._settings.idle_timeout
-        exit_conn = upstream.stream.conn
-        host, port, _ = upstream.key
         framing = http1.request_body_framing(head)
         if framing.kind != "none" and (head.get("expect") or "").lower() == "100-continue":
             # Answer the client's expectation here so its body is not held up by a round trip
@@ -153,18 +171,109 @@ class PlainForwarder:
             head = http1.RequestHead(
                 head.method, head.target, head.version, [h for h in head.headers if h[0].lower() != "expect"]
             )
-        out = http1.origin_request_bytes(head, host, port, origin_target)
-        upstream.up += len(out)
-        exit_conn.write(out)
-        if framing.kind != "none":
-            await self._pump_request_body(conn, reader, exit_conn, upstream, framing)
-        response, chunk = await self._response_head(
-            conn, exit_conn, upstream, stale_ok=reused and framing.kind == "none"
-        )
+        current = [upstream]
+        try:
+            keep_alive = await self._exchange_through(
+                conn, reader, head, current, origin_target, reused, targeting
+            )
+        except BaseException as error:
+            # A retry moved the request to another stream, which run() does not know of: it
+            # ends here (the first one was ended when the retry began).
+            if current[0] is not upstream:
+                self._end_upstream(current[0], _outcome_of(error))
+            raise
+        return keep_alive, current[0]
+
+    async def _exchange_through(
+        self,
+        conn: Conn,
+        reader: http1.HeadReader,
+        head: http1.RequestHead,
+        current: list[_Upstream],
+        origin_target: str,
+        reused: bool,
+        targeting: Targeting,
+    ) -> bool:
+        """``_exchange`` with the stream in use kept in ``current[0]``."""
+        upstream = current[0]
+        framing = http1.request_body_framing(head)
+        retry_on, retries = self._retry_rule(targeting, head)
+        out = http1.origin_request_bytes(head, upstream.key[0], upstream.key[1], origin_target)
+        body: bytes | None = None  # the request body as sent, kept while a retry may need it
+        tried: list[str] = []
+        while True:
+            exit_conn = upstream.stream.conn
+            upstream.up += len(out)
+            exit_conn.write(out)
+            if body is not None:
+                upstream.up += len(body)
+                exit_conn.write(body)
+            elif framing.kind != "none":
+                keep = self._settings.retry_body_limit if retries else 0
+                body = await self._pump_request_body(conn, reader, exit_conn, upstream, framing, keep=keep)
+            try:
+                response, chunk = await self._response_head(
+                    conn, exit_conn, upstream, stale_ok=reused and framing.kind == "none"
+                )
+            except _StaleUpstream:
+                # The origin closed a kept-alive connection just as it was reused, before any
+                # byte of a response: nothing reached the client, so a new stream retries it.
+                self._end_upstream(upstream, "exit_closed")
+                upstream = current[0] = await self._open_upstream(targeting, *upstream.key[:2], upstream.key)
+                reused = False
+                continue
+            if (
+                response.status in retry_on
+                and len(tried) < retries
+                and (framing.kind == "none" or body is not None)
+            ):
+                fresh = await self._another_upstream(
+                    targeting, upstream, frozenset((*tried, upstream.stream.exit_id))
+                )
+                if fresh is not None:
+                    tried.append(upstream.stream.exit_id)
+                    self._end_upstream(upstream, "retried")
+                    upstream = current[0] = fresh
+                    reused = False
+                    continue
+            break
+        served_by = upstream.stream.exit_id.encode()
+        extra = b"X-IPSX-Exit: %s\r\nX-IPSX-Tries: %d\r\n" % (served_by, len(tried) + 1)
+        return await self._relay_response(conn, head, response, chunk, upstream, extra)
+
+    def _retry_rule(self, targeting: Targeting, head: http1.RequestHead) -> tuple[frozenset[int], int]:
+        """The statuses this request is retried on and how many retries it may take."""
+        if not targeting.retryon or head.method not in IDEMPOTENT_METHODS:
+            return frozenset(), 0
+        retries = DEFAULT_MAX_RETRIES if targeting.maxretries is None else targeting.maxretries
+        return targeting.retryon, retries
+
+    async def _another_upstream(
+        self, targeting: Targeting, upstream: _Upstream, avoid: frozenset[str]
+    ) -> _Upstream | None:
+        """A stream to the same origin through an exit not in ``avoid``, or None if none answers."""
+        host, port, _ = upstream.key
+        try:
+            return await self._open_upstream(targeting, host, port, upstream.key, avoid)
+        except Refused:
+            return None
+
+    async def _relay_response(
+        self,
+        conn: Conn,
+        head: http1.RequestHead,
+        response: http1.ResponseHead,
+        chunk: bytes,
+        upstream: _Upstream,
+        extra: bytes,
+    ) -> bool:
+        """Relay a response, head then body. Returns whether both sides may keep the connection."""
+        idle = self._settings.idle_timeout
+        exit_conn = upstream.stream.conn
         response_framing = http1.response_body_framing(head.method, response)
         close = http1.wants_close(head) or response_framing.kind == "close"
         # The head goes out with the first piece of the body, in one system call.
-        pending: bytes | None = http1.response_head_bytes(response, close=close)
+        pending: bytes | None = http1.response_head_bytes(response, close=close, extra=extra)
         tracker = http1.BodyTracker(response_framing, self._settings.limits, upstream=True)
         while response_framing.kind != "none" and not tracker.done:
             if not chunk:
@@ -201,8 +310,13 @@ class PlainForwarder:
         exit_conn: Conn,
         upstream: _Upstream,
         framing: http1.BodyFraming,
-    ) -> None:
+        *,
+        keep: int = 0,
+    ) -> bytes | None:
+        """Relay the request body to the exit as it comes. Returns it whole if it is at most
+        ``keep`` bytes (a retry may send it again), else None."""
         body = http1.BodyTracker(framing, self._settings.limits)
+        kept: bytearray | None = bytearray() if keep else None
         data = reader.rest
         reader.rest = b""
         while not body.done:
@@ -214,8 +328,13 @@ class PlainForwarder:
             used = body.feed(data)
             upstream.up += used
             exit_conn.write(data[:used])
+            if kept is not None:
+                kept += data[:used]
+                if len(kept) > keep:
+                    kept = None
             data = data[used:]
         reader.rest = data
+        return None if kept is None else bytes(kept)
 
     async def _response_head(
         self, conn: Conn, exit_conn: Conn, upstream: _Upstream, *, stale_ok: bool

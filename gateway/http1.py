@@ -670,15 +670,15 @@ def _as_received(head: ResponseHead) -> bool:
     return framing <= 1
 
 
-def response_head_bytes(head: ResponseHead, *, close: bool) -> bytes:
+def response_head_bytes(head: ResponseHead, *, close: bool, extra: bytes = b"") -> bytes:
     """The response head to send to the client, as HTTP/1.1, without hop-by-hop headers.
 
     Content-Length is dropped when Transfer-Encoding is present (RFC 9112 §6.3); ``close`` adds
-    ``Connection: close``. A head that needs none of that goes out as it came (the common
-    case, and the cheapest).
+    ``Connection: close``; ``extra`` is header lines of our own, each ending in CRLF. A head
+    that needs none of that goes out as it came (the common case, and the cheapest).
     """
     if not close and _as_received(head):
-        return head.raw + b"\r\n\r\n"
+        return head.raw + b"\r\n" + extra + b"\r\n"
     headers = _forwarded_headers(head.headers)
     if head.get("transfer-encoding") is not None:
         headers = [(name, value) for name, value in headers if name.lower() != "content-length"]
@@ -686,8 +686,8 @@ def response_head_bytes(head: ResponseHead, *, close: bool) -> bytes:
     lines.extend(f"{name}: {value}" for name, value in headers)
     if close:
         lines.append("Connection: close")
-    lines.append("\r\n")
-    return "\r\n".join(lines).encode("latin-1")
+    lines.append("")
+    return "\r\n".join(lines).encode("latin-1") + extra + b"\r\n"
 
 
 _PHRASES = {status.value: status.phrase for status in HTTPStatus}

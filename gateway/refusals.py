@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gateway import http1
-from gateway.exits import DIAL_ERRORS, NO_DEAL, NO_EXIT, NoDeal, NoExit
+from gateway.exits import DIAL_ERRORS, NO_DEAL, NO_EXIT, BadBan, NoDeal, NoExit
 from gateway.tunnel import DialError
 
 
@@ -23,6 +23,8 @@ def dial_refusal(error: DialError | NoExit | NoDeal) -> Refused:
     if isinstance(error, NoDeal):
         status, code, _, message = NO_DEAL.get(error.reason, NO_DEAL["unavailable"])
         return http_error(status, code, message)
+    if isinstance(error, BadBan):
+        return http_error(400, "bad_ban", str(error))
     if isinstance(error, NoExit):
         status, code, _ = NO_EXIT
         return http_error(status, code, "no exit matches the requested targeting")

@@ -1,7 +1,16 @@
 """A requester's targeting, from the proxy username and ``X-IPSX-*`` headers (SPEC §6).
 
 Username: ``<account>[-<key>-<value>]…``; the same keys as ``X-IPSX-<Key>`` headers override the
-username's. Every malformed, unknown or repeated key raises :class:`TargetingError` naming the key.
+username's (a header may spell a key with hyphens: ``X-IPSX-Retry-On`` is the ``retryon`` key).
+Every malformed, unknown or repeated key raises :class:`TargetingError` naming the key.
+
+Besides choosing exits, three keys carry scraper rules (SPEC §6b):
+
+- ``ban``: ``1`` bans the session's current exit for the destination's domain; a 16-hex exit id
+  (from a response's ``X-IPSX-Exit``) bans that exit; a dotted domain without hyphens bans the
+  session's exit for that domain (the username form, where no header can be sent).
+- ``retryon``: comma-separated statuses (``403,429``) on which a plain-HTTP request of an
+  idempotent method is retried through another exit; ``maxretries``: at most this many retries.
 """
 
 from __future__ import annotations
@@ -32,6 +41,11 @@ _SESSION = re.compile(r"[A-Za-z0-9]{1,32}")
 _SESSTTL = re.compile(r"[0-9]{1,5}")
 _DEAL = re.compile(r"[A-Za-z0-9_]{1,64}")
 _PRICE = re.compile(r"([0-9]{1,30})(?:\.([0-9]+))?")
+_EXIT_ID = re.compile(r"[0-9a-f]{16}")
+_BAN_DOMAIN = re.compile(r"(?=.{1,253}$)(?:[a-z0-9_]{1,63}\.)+[a-z0-9_]{1,63}")
+_STATUS_LIST = re.compile(r"[1-5][0-9][0-9](?:,[1-5][0-9][0-9]){0,15}")
+MAX_RETRIES = 5
+BAN_SESSION_EXIT = "1"  # the ``ban`` value that means "the session's current exit"
 _SHOWN = 40
 
 
@@ -51,6 +65,7 @@ class TargetingError(ValueError):
 
 
 NO_FILTERS: Final = ExitFilters()
+_Value = str | int | frozenset[int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +80,9 @@ class Targeting:
     order: str | None = None  # a request order: only the exits of its active deals
     maxprice: int | None = None  # IPSX base units (10**-18 IPSX) per GB
     proto: str | None = None
+    ban: str | None = None  # BAN_SESSION_EXIT, an exit id, or a domain (see the module docstring)
+    retryon: frozenset[int] | None = None  # plain-HTTP statuses retried through another exit
+    maxretries: int | None = None
     key: str | None = None  # the API key that authenticated the client (set after the check)
 
 
@@ -145,7 +163,27 @@ def _proto(value: str) -> str:
     return value.lower()
 
 
-_PARSERS: Final[dict[str, Callable[[str], str | int]]] = {
+def _ban(value: str) -> str:
+    text = value.lower() if value.isascii() else ""
+    if text == BAN_SESSION_EXIT or _EXIT_ID.fullmatch(text) or _BAN_DOMAIN.fullmatch(text):
+        return text
+    raise ValueError(f"expected 1, an exit id from X-IPSX-Exit or a domain, got '{_show(value)}'")
+
+
+def _retryon(value: str) -> frozenset[int]:
+    text = value.replace(" ", "")
+    if not _match(_STATUS_LIST, text, lower=False):
+        raise ValueError(f"expected comma-separated HTTP statuses like 403,429, got '{_show(value)}'")
+    return frozenset(int(code) for code in text.split(","))
+
+
+def _maxretries(value: str) -> int:
+    if not (value.isascii() and value.isdigit() and len(value) <= 2 and int(value) <= MAX_RETRIES):
+        raise ValueError(f"expected a number of retries from 0 to {MAX_RETRIES}, got '{_show(value)}'")
+    return int(value)
+
+
+_PARSERS: Final[dict[str, Callable[[str], str | int | frozenset[int]]]] = {
     "country": _country,
     "region": _place,
     "city": _place,
@@ -157,10 +195,13 @@ _PARSERS: Final[dict[str, Callable[[str], str | int]]] = {
     "order": _order,
     "maxprice": parse_price,
     "proto": _proto,
+    "ban": _ban,
+    "retryon": _retryon,
+    "maxretries": _maxretries,
 }
 
 
-def _parse_value(key: str, shown_key: str, value: str) -> str | int:
+def _parse_value(key: str, shown_key: str, value: str) -> _Value:
     if not value:
         raise TargetingError(shown_key, "missing value")
     try:
@@ -169,17 +210,22 @@ def _parse_value(key: str, shown_key: str, value: str) -> str | int:
         raise TargetingError(shown_key, str(exc)) from None
 
 
-def _text(values: dict[str, str | int], key: str, current: str | None) -> str | None:
+def _codes(values: dict[str, _Value], key: str, current: frozenset[int] | None) -> frozenset[int] | None:
+    value = values.get(key)
+    return value if isinstance(value, frozenset) else current
+
+
+def _text(values: dict[str, _Value], key: str, current: str | None) -> str | None:
     value = values.get(key)
     return value if isinstance(value, str) else current
 
 
-def _number(values: dict[str, str | int], key: str, current: int | None) -> int | None:
+def _number(values: dict[str, _Value], key: str, current: int | None) -> int | None:
     value = values.get(key)
     return value if isinstance(value, int) else current
 
 
-def _with(t: Targeting, values: dict[str, str | int]) -> Targeting:
+def _with(t: Targeting, values: dict[str, _Value]) -> Targeting:
     """``t`` with the parsed ``values`` (by key) replacing its own."""
     if not values:
         return t
@@ -199,6 +245,10 @@ def _with(t: Targeting, values: dict[str, str | int]) -> Targeting:
         order=_text(values, "order", t.order),
         maxprice=_number(values, "maxprice", t.maxprice),
         proto=_text(values, "proto", t.proto),
+        ban=_text(values, "ban", t.ban),
+        retryon=_codes(values, "retryon", t.retryon),
+        maxretries=_number(values, "maxretries", t.maxretries),
+        key=t.key,
     )
 
 
@@ -209,7 +259,7 @@ def parse_username(username: str) -> Targeting:
     account, *parts = username.split("-")
     if not _match(_ACCOUNT, account, lower=True):
         raise TargetingError("account", "expected 1 to 32 of a-z, 0-9, '_'")
-    values: dict[str, str | int] = {}
+    values: dict[str, _Value] = {}
     for index in range(0, len(parts), 2):
         raw_key = parts[index]
         key = raw_key.lower()
@@ -228,14 +278,14 @@ def apply_headers(t: Targeting, headers: list[tuple[str, str]]) -> Targeting:
     Header names in PASSTHROUGH_CONTROL_HEADERS are skipped; any other unknown ``X-IPSX-*`` name
     is refused.
     """
-    values: dict[str, str | int] = {}
+    values: dict[str, _Value] = {}
     for name, value in headers:
         if name[:7].lower() != HEADER_PREFIX:
             continue
         lname = name.lower()
         if lname in PASSTHROUGH_CONTROL_HEADERS:
             continue
-        key = lname[len(HEADER_PREFIX) :]
+        key = lname[len(HEADER_PREFIX) :].replace("-", "")
         if key not in _PARSERS:
             raise TargetingError(name, "unknown header")
         if key in values:

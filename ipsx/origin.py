@@ -9,7 +9,12 @@ that goes through the gateway to it checks our parser against an independent imp
     GET  /slow/N          N bytes in 64 KiB pieces, 20 ms apart (for mid-stream failures)
     GET  /status/NNN      an empty response with that status
     GET  /early           "ok" after a 103 Early Hints interim response
+    GET  /deny/ADDR/…     403 to a client from ADDR, the client's address to any other
+    GET  /guard/N/SITE/…  a site that bans each source address after N requests: the first N
+                          from an address get 200 and the address, every later one 403
+    GET  /headers         the request's headers, one per line
     POST /echo            the request body back (Content-Length or chunked request)
+    PUT  /…               the same, but 403 on /deny/ADDR/… to a client from ADDR
 """
 
 from __future__ import annotations
@@ -96,11 +101,26 @@ class _Handler(BaseHTTPRequestHandler):
         elif path.startswith("/early"):  # a 103 Early Hints head before the final response
             self.wfile.write(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
             self._send(200, b"ok")
+        elif path.startswith("/deny/"):
+            source = self.client_address[0]
+            denied = path.split("/")[2]
+            self._send(403 if source == denied else 200, source.encode())
+        elif path.startswith("/guard/"):
+            self._guard(path)
         elif path.startswith("/headers"):
             body = "".join(f"{name}: {value}\n" for name, value in self.headers.items()).encode()
             self._send(200, body)
         else:
             self._send(404, b"not found\n")
+
+    def _guard(self, path: str) -> None:
+        parts = path.split("/")
+        if len(parts) < 4 or not parts[2].isascii() or not parts[2].isdigit():
+            self._send(400, b"expected /guard/N/SITE\n")
+            return
+        source = self.client_address[0]
+        seen = self.server.guard.count((parts[3], source))  # type: ignore[attr-defined]
+        self._send(200 if seen <= int(parts[2]) else 403, source.encode())
 
     def _stream(self, size: int, *, delay: float) -> None:
         block = b"x" * _PIECE
@@ -114,6 +134,16 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(delay)
 
     def do_POST(self) -> None:
+        self._send(200, self._body(), "application/octet-stream")
+
+    def do_PUT(self) -> None:
+        body = self._body()
+        if self.path.startswith("/deny/") and self.path.split("/")[2] == self.client_address[0]:
+            self._send(403, b"")
+        else:
+            self._send(200, body, "application/octet-stream")
+
+    def _body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             body = bytearray()
             while True:
@@ -126,7 +156,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.rfile.readline()
         else:
             body = bytearray(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
-        self._send(200, bytes(body), "application/octet-stream")
+        return bytes(body)
 
 
 class _Counter:
@@ -137,6 +167,20 @@ class _Counter:
     def add(self) -> None:
         with self._lock:
             self.value += 1
+
+
+class _Tally:
+    """Requests counted per key, across the server's threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, str], int] = {}
+
+    def count(self, key: tuple[str, str]) -> int:
+        """Count one more request for ``key``; returns how many there have been."""
+        with self._lock:
+            self._counts[key] = seen = self._counts.get(key, 0) + 1
+            return seen
 
 
 class _Server(ThreadingHTTPServer):
@@ -164,6 +208,7 @@ class Origin:
         self._server.daemon_threads = True
         self._accepted = _Counter()
         self._server.accepted = self._accepted  # type: ignore[attr-defined]
+        self._server.guard = _Tally()  # type: ignore[attr-defined]
         self.host = host
         self.port = int(self._server.server_address[1])
         self._scheme = "https" if tls is not None else "http"

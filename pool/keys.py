@@ -56,3 +56,23 @@ def gateway_node(node: str) -> str:
 def ticket_key() -> str:
     """String: the key gateway nodes sign stream tickets with (``gateway.tickets``)."""
     return "ipsx:gateway:ticketkey"
+
+
+def bans(account: str, domain: str) -> str:
+    """Sorted set: exits ``account`` banned for ``domain`` → when each ban ends (unix seconds).
+
+    Tagged by account, so the lookups of a host and its parent domains are one pipeline."""
+    return f"ipsx:ban:{{{account}}}:{domain}"
+
+
+def exit_health(exit_id: str) -> str:
+    """Hash: an exit's decayed dial and stream counters, streak and circuit breaker (``pool.health``).
+
+    Tagged by exit rather than ``{pool}``: every gateway node writes it each second, so the
+    writes spread over the cluster; the breaker scripts touch this one key only."""
+    return f"ipsx:health:{{{exit_id}}}"
+
+
+def exit_errors(exit_id: str) -> str:
+    """List: the exit's most recent errors, newest first, as JSON (same slot as its health hash)."""
+    return f"ipsx:health:{{{exit_id}}}:errors"

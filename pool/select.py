@@ -1,14 +1,16 @@
-"""Exit selection: filters, rotation, load spreading and sticky sessions.
+"""Exit selection: filters, rotation, load spreading, exit health and sticky sessions.
 
 The candidate set for a filter comes from Redis (one script call: index intersection plus
 liveness) and is cached for ``cache_ttl`` seconds per filter, so a rotating scraper opening
 thousands of tunnels a second costs Redis one call per filter per second. The node's own view —
 is the exit's tunnel up here, how many streams does it carry — is asked of the caller through
-two callbacks, so an exit that just died is never picked from a stale cache.
+two callbacks, so an exit that just died is never picked from a stale cache. Exit health
+(``pool.health``), when given, is read from the node's memory too: quarantines and weights.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from pool import keys
+from pool.health import Breaker, ExitHealth
 from pool.models import ExitFilters
 
 # KEYS[1] node set, KEYS[2] alive zset, KEYS[3..] index sets; ARGV[1] oldest live heartbeat (ms),
@@ -43,6 +46,20 @@ def _text(value: bytes | str) -> str:
 
 
 DEFAULT_SESSION_TTL = 600  # seconds; a sticky session lives this long after its last use
+_GOLDEN = (math.sqrt(5) - 1) / 2  # steps of a Weyl sequence: evenly spread, never repeating
+
+
+def _rotate(exits: list[str], weights: list[float], turn: int) -> str:
+    """The exit whose turn ``turn`` is: in order when the weights are equal, else each in
+    proportion to its weight (``turn`` walks the golden-ratio sequence over the weight line)."""
+    if all(weight == weights[0] for weight in weights):
+        return exits[turn % len(exits)]
+    point = (turn * _GOLDEN) % 1.0 * sum(weights)
+    for exit_id, weight in zip(exits, weights, strict=True):
+        point -= weight
+        if point < 0:
+            return exit_id
+    return exits[-1]  # rounding at the far end of the line
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,11 +82,13 @@ class Selector:
         load: Callable[[str], int],
         heartbeat_ttl: float = 10.0,
         cache_ttl: float = 1.0,
+        health: ExitHealth | None = None,
     ) -> None:
         self._redis = redis
         self._node = node
         self._is_available = is_available
         self._load = load
+        self._health = health
         self._heartbeat_ttl = heartbeat_ttl
         self._cache_ttl = cache_ttl
         self._cache: dict[ExitFilters, tuple[float, list[str]]] = {}
@@ -103,33 +122,69 @@ class Selector:
         *,
         exclude: frozenset[str] = frozenset(),
         only: frozenset[str] | None = None,
+        accept: Callable[[str], bool] | None = None,
     ) -> str | None:
-        """A fresh exit for one connection: the least loaded, rotating among equals.
+        """A fresh exit for one connection, or None when no exit may take it.
 
-        ``only``, when given, restricts the choice to those exits (a requester's deal exits).
+        Skipped: exits in ``exclude``, outside ``only`` (when given: a requester's deal exits),
+        unavailable on this node, or refused by ``accept``. Without health: the least loaded,
+        rotating among equals. With health: quarantined exits are skipped, and a half-open one
+        is taken first, as its breaker's probe. Among the rest, the lowest load relative to
+        weight (``load / weight``); ties, such as an idle pool, rotate in proportion to weight,
+        so a slow or failing exit gets fewer connections but still some (equal weights rotate
+        in turn). When every remaining exit is quarantined, the one whose cool-down ends first
+        is probed early rather than the requester told there is no exit; a probe already in
+        flight on this node blocks that, and None is returned.
         """
         ids = await self.candidates(filters)
         if only is not None:
             ids = [exit_id for exit_id in ids if exit_id in only]
-        count = len(ids)
-        if count == 0:
+        if not ids:
             return None
+        health = self._health
+        now = health.now() if health is not None else 0.0
         least: list[str] = []
-        least_load = 0
+        weights: list[float] = []
+        least_score = 0.0
+        quarantined: list[str] = []
         for exit_id in ids:
             if exit_id in exclude or not self._is_available(exit_id):
                 continue
-            load = self._load(exit_id)
-            if not least or load < least_load:
-                least, least_load = [exit_id], load
-            elif load == least_load:
+            if accept is not None and not accept(exit_id):
+                continue
+            weight = 1.0
+            if health is not None:
+                state = health.state(exit_id, now)
+                if state is Breaker.HALF_OPEN and health.begin_probe(exit_id, now):
+                    return exit_id
+                if state is not Breaker.CLOSED:
+                    quarantined.append(exit_id)
+                    continue
+                weight = health.weight(exit_id)
+            score = self._load(exit_id) / weight
+            if not least or score < least_score:
+                least, weights, least_score = [exit_id], [weight], score
+            elif score == least_score:
                 least.append(exit_id)
+                weights.append(weight)
         if not least:
-            return None
-        # Rotate among the least loaded only, so no exit inherits the turns of a busy or
-        # excluded neighbour.
+            return self._last_resort(quarantined, now)
+        # Rotate among the best only, so no exit inherits the turns of a busy or excluded
+        # neighbour.
         self._cursor = (self._cursor + 1) % (1 << 30)
-        return least[self._cursor % len(least)]
+        return _rotate(least, weights, self._cursor)
+
+    def _last_resort(self, quarantined: list[str], now: float) -> str | None:
+        """Probe early the quarantined exit whose cool-down ends first, if it may be probed."""
+        health = self._health
+        if health is None or not quarantined:
+            return None
+        first = min(quarantined, key=health.quarantined_until)
+        return first if health.begin_probe(first, now) else None
+
+    def _fit_for_session(self, exit_id: str) -> bool:
+        """A session stays on its exit only while the exit's breaker is closed."""
+        return self._health is None or self._health.state(exit_id) is Breaker.CLOSED
 
     async def select(
         self,
@@ -140,15 +195,17 @@ class Selector:
         session_ttl: int | None = None,
         exclude: frozenset[str] = frozenset(),
         only: frozenset[str] | None = None,
+        accept: Callable[[str], bool] | None = None,
     ) -> Choice | None:
         """The exit for a new connection of ``account``, or None if no live exit matches.
 
-        With a ``session`` the exit it is bound to is reused while it is live and matches, and
-        the session's TTL slides forward on every use; otherwise (or if that exit is gone or
-        excluded) a new exit is chosen and the session is rebound to it.
+        With a ``session`` the exit it is bound to is reused while it is live, matches, is
+        accepted and (with health) its breaker is closed, and the session's TTL slides forward
+        on every use; otherwise a new exit is chosen (see :meth:`choose`) and the session is
+        rebound to it.
         """
         if session is None:
-            chosen = await self.choose(filters, exclude=exclude, only=only)
+            chosen = await self.choose(filters, exclude=exclude, only=only, accept=accept)
             return None if chosen is None else Choice(chosen, sticky=False)
         ttl = session_ttl or DEFAULT_SESSION_TTL
         key = keys.session(account, session)
@@ -159,10 +216,12 @@ class Selector:
                 exit_id not in exclude
                 and (only is None or exit_id in only)
                 and self._is_available(exit_id)
+                and (accept is None or accept(exit_id))
+                and self._fit_for_session(exit_id)
                 and exit_id in await self.candidates(filters)
             ):
                 return Choice(exit_id, sticky=True)
-        chosen = await self.choose(filters, exclude=exclude, only=only)
+        chosen = await self.choose(filters, exclude=exclude, only=only, accept=accept)
         if chosen is None:
             return None
         await self._redis.set(key, chosen, ex=ttl)

@@ -252,7 +252,9 @@ def test_apply_headers_strips_value_whitespace() -> None:
     [
         ([("X-IPSX-Colour", "red")], "X-IPSX-Colour", "unknown header"),
         ([("X-IPSX-", "x")], "X-IPSX-", "unknown header"),
-        ([("X-IPSX-Ban", "example.com")], "X-IPSX-Ban", "unknown header"),
+        ([("X-IPSX-Ban", "2")], "X-IPSX-Ban", "an exit id from X-IPSX-Exit"),
+        ([("X-IPSX-Retry-On", "403;429")], "X-IPSX-Retry-On", "comma-separated"),
+        ([("X-IPSX-Max-Retries", "6")], "X-IPSX-Max-Retries", "from 0 to 5"),
         ([("X-IPSX-Country", "france")], "X-IPSX-Country", "2-letter"),
         ([("X-IPSX-Asn", "x")], "X-IPSX-Asn", "AS number"),
         ([("X-IPSX-Maxprice", "-1")], "X-IPSX-Maxprice", "decimal amount"),
@@ -269,10 +271,10 @@ def test_apply_headers_errors_name_header_and_reason(
 
 
 def test_apply_headers_passthrough_control_headers_are_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(targeting, "PASSTHROUGH_CONTROL_HEADERS", frozenset({"x-ipsx-ban"}))
+    monkeypatch.setattr(targeting, "PASSTHROUGH_CONTROL_HEADERS", frozenset({"x-ipsx-trace"}))
     base = Targeting("alice")
-    assert apply_headers(base, [("X-IPSX-Ban", "example.com")]) == base
-    assert apply_headers(base, [("X-IPSX-Ban", "x"), ("X-IPSX-Type", "mobile")]).filters.type == "mobile"
+    assert apply_headers(base, [("X-IPSX-Trace", "example.com")]) == base
+    assert apply_headers(base, [("X-IPSX-Trace", "x"), ("X-IPSX-Type", "mobile")]).filters.type == "mobile"
 
 
 # --- parse_basic_credentials --------------------------------------------------------------------
@@ -359,3 +361,47 @@ def test_parse_price_round_trips_decimal_text(units: int, decimals: int) -> None
     scaled = units * 10 ** (18 - decimals)
     text = f"{scaled // IPSX}.{scaled % IPSX:018d}"[: -(18 - decimals) or None].rstrip(".")
     assert parse_price(text) == scaled
+
+
+# --- scraper rules: ban, retryon, maxretries ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("1", "1"),
+        ("0123456789ABCDEF", "0123456789abcdef"),
+        ("Shop.Example.com", "shop.example.com"),
+        ("example.co.uk", "example.co.uk"),
+    ],
+)
+def test_ban_accepts_session_exit_exit_id_or_domain(value: str, expected: str) -> None:
+    assert parse_username(f"alice-ban-{value}").ban == expected
+    assert apply_headers(Targeting("alice"), [("X-IPSX-Ban", value)]).ban == expected
+
+
+@pytest.mark.parametrize("value", ["0", "2", "yes", "0123456789abcde", "localhost", "a..b", "ex_ample.", "é.com"])
+def test_ban_refuses_anything_else(value: str) -> None:
+    error = header_error([("X-IPSX-Ban", value)])
+    assert error.key == "X-IPSX-Ban"
+    assert "exit id" in error.reason
+
+
+def test_retry_rules_from_username_and_headers() -> None:
+    t = parse_username("alice-retryon-403,429-maxretries-2")
+    assert (t.retryon, t.maxretries) == (frozenset({403, 429}), 2)
+    overridden = apply_headers(t, [("X-IPSX-Retry-On", "503, 502"), ("X-IPSX-Max-Retries", "0")])
+    assert (overridden.retryon, overridden.maxretries) == (frozenset({502, 503}), 0)
+    # Both header spellings name the same key, so giving both is a repetition.
+    assert header_error([("X-IPSX-Retry-On", "403"), ("X-IPSX-RetryOn", "429")]).reason == "repeated header"
+
+
+@pytest.mark.parametrize("value", ["", "600", "99", "403,", "403,,429", "4O3", ",".join(["403"] * 17)])
+def test_retryon_refuses_malformed_lists(value: str) -> None:
+    error = header_error([("X-IPSX-Retry-On", value)])
+    assert error.key == "X-IPSX-Retry-On"
+
+
+def test_headers_keep_the_api_key_the_username_was_checked_with() -> None:
+    checked = Targeting("alice", key="k1")
+    assert apply_headers(checked, [("X-IPSX-Country", "fr")]).key == "k1"

@@ -353,3 +353,54 @@ async def test_select_sessions_per_account(redis: Redis, view: NodeView) -> None
     assert await bound(redis, "bob", "s1") == bob.exit_id
     assert await selector.select("alice", FR, session="s1") == Choice(alice.exit_id, sticky=True)
     assert await selector.select("bob", FR, session="s1") == Choice(bob.exit_id, sticky=True)
+
+
+# the accept predicate (per-domain bans, provider policies)
+
+
+async def test_choose_accept(redis: Redis) -> None:
+    await register(redis, "a", "b", "c")
+    view = NodeView(loads={"a": 3, "b": 1, "c": 2})
+    selector = selector_for(redis, view)
+    assert await selector.choose(FR, accept=lambda exit_id: exit_id != "b") == "c"  # next least loaded
+    picks = Counter(
+        [await selector.choose(FR, accept=lambda exit_id: exit_id in {"a", "c"}) for _ in range(4)]
+    )
+    assert picks == {"c": 4}
+    assert await selector.choose(FR, accept=lambda _: False) is None
+
+
+async def test_choose_accept_asked_only_of_eligible_exits(redis: Redis) -> None:
+    await register(redis, "a", "b", "c")
+    asked: list[str] = []
+
+    def accept(exit_id: str) -> bool:
+        asked.append(exit_id)
+        return True
+
+    selector = selector_for(redis, NodeView(down={"c"}))
+    assert await selector.choose(FR, exclude=frozenset({"a"}), accept=accept) == "b"
+    assert asked == ["b"]
+
+
+async def test_select_session_rebinds_when_not_accepted(redis: Redis, view: NodeView) -> None:
+    await register(redis, "a", "b")
+    selector = selector_for(redis, view)
+    first = await selector.select("alice", FR, session="s1")
+    assert first is not None
+    other = "b" if first.exit_id == "a" else "a"
+    refused = first.exit_id
+    choice = await selector.select("alice", FR, session="s1", accept=lambda exit_id: exit_id != refused)
+    assert choice == Choice(other, sticky=False)
+    assert await bound(redis, "alice", "s1") == other
+    # The session now lives on the other exit, for every later request.
+    assert await selector.select("alice", FR, session="s1") == Choice(other, sticky=True)
+
+
+async def test_select_accept_refusing_all(redis: Redis, view: NodeView) -> None:
+    await register(redis, "a")
+    selector = selector_for(redis, view)
+    assert await selector.select("alice", FR, session="s1") == Choice("a", sticky=False)
+    assert await selector.select("alice", FR, session="s1", accept=lambda _: False) is None
+    assert await bound(redis, "alice", "s1") == "a"  # no exit to rebind to: the binding stays
+    assert await selector.select("alice", FR, accept=lambda _: False) is None

@@ -1,0 +1,125 @@
+"""Functional tests of per-domain exit bans against a real Redis."""
+
+from __future__ import annotations
+
+import pytest
+from redis.asyncio import Redis
+
+from pool import keys
+from pool.bans import MAX_BAN_TTL, BanBook, domain_of, lookup_domains
+
+
+class Clock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("Example.COM.", "example.com"),
+        ("www.example.com", "example.com"),
+        ("www.com", "www.com"),  # a bare "www" domain keeps its name
+        ("shop.example.com", "shop.example.com"),
+        ("127.0.0.1", "127.0.0.1"),
+    ],
+)
+def test_domain_of(host: str, expected: str) -> None:
+    assert domain_of(host) == expected
+
+
+def test_lookup_domains_walks_up_to_two_labels() -> None:
+    assert lookup_domains("a.shop.example.com") == ["a.shop.example.com", "shop.example.com", "example.com"]
+    assert lookup_domains("www.example.com") == ["example.com"]
+    assert lookup_domains("localhost") == ["localhost"]
+    assert lookup_domains("10.1.2.3") == ["10.1.2.3"]
+    assert lookup_domains("[::1]") == ["[::1]"]
+    deep = "a.b.c.d.e.f.g.h.example.com"
+    assert lookup_domains(deep)[-1] == "example.com"
+    assert len(lookup_domains(deep)) == 6
+
+
+async def test_ban_keeps_the_exit_away_from_the_domain_and_its_subdomains(redis: Redis) -> None:
+    book = BanBook(redis, cache_ttl=0)
+    await book.ban("alice", "example.com", "e1", ttl=60)
+    assert await book.banned("alice", "example.com") == {"e1"}
+    assert await book.banned("alice", "shop.example.com") == {"e1"}
+    assert await book.banned("alice", "www.example.com") == {"e1"}
+    assert await book.banned("alice", "example.org") == frozenset()
+    assert await book.banned("bob", "example.com") == frozenset()  # bans are per requester
+
+
+async def test_a_subdomain_ban_does_not_reach_the_parent(redis: Redis) -> None:
+    book = BanBook(redis, cache_ttl=0)
+    await book.ban("alice", "shop.example.com", "e1", ttl=60)
+    assert await book.banned("alice", "example.com") == frozenset()
+    assert await book.banned("alice", "a.shop.example.com") == {"e1"}
+
+
+async def test_bans_end_after_their_ttl_and_the_key_expires(redis: Redis) -> None:
+    clock = Clock()
+    book = BanBook(redis, cache_ttl=0, clock=clock)
+    ends = await book.ban("alice", "example.com", "e1", ttl=30)
+    assert ends == int(clock.now) + 30
+    clock.now += 31
+    assert await book.banned("alice", "example.com") == frozenset()
+    assert await redis.ttl(keys.bans("alice", "example.com")) > 0  # Redis drops the set by itself
+
+
+async def test_a_shorter_ban_never_shortens_a_longer_one(redis: Redis) -> None:
+    clock = Clock()
+    book = BanBook(redis, cache_ttl=0, clock=clock)
+    await book.ban("alice", "example.com", "e1", ttl=600)
+    assert await book.ban("alice", "example.com", "e1", ttl=10) == int(clock.now) + 600
+    await book.ban("alice", "example.com", "e2", ttl=10)
+    assert await book.listed("alice", "example.com") == {
+        "e1": int(clock.now) + 600,
+        "e2": int(clock.now) + 10,
+    }
+
+
+async def test_ended_bans_are_swept_when_a_new_one_is_recorded(redis: Redis) -> None:
+    clock = Clock()
+    book = BanBook(redis, cache_ttl=0, clock=clock)
+    await book.ban("alice", "example.com", "old", ttl=5)
+    clock.now += 10
+    await book.ban("alice", "example.com", "new", ttl=5)
+    assert await redis.zrange(keys.bans("alice", "example.com"), 0, -1) == [b"new"]
+
+
+async def test_lift_ends_a_ban_early(redis: Redis) -> None:
+    book = BanBook(redis, cache_ttl=60)
+    await book.ban("alice", "example.com", "e1", ttl=60)
+    assert await book.banned("alice", "example.com") == {"e1"}
+    assert await book.lift("alice", "example.com", "e1") is True
+    assert await book.lift("alice", "example.com", "e1") is False
+    assert await book.banned("alice", "example.com") == frozenset()  # its own cache was dropped
+
+
+async def test_other_nodes_see_a_ban_once_their_cache_ends(redis: Redis) -> None:
+    clock = Clock()
+    here = BanBook(redis, cache_ttl=1.0, clock=clock)
+    there = BanBook(redis, cache_ttl=1.0, clock=clock)
+    assert await there.banned("alice", "example.com") == frozenset()  # cached for a second
+    await here.ban("alice", "example.com", "e1", ttl=60)
+    assert await here.banned("alice", "example.com") == {"e1"}  # the recording node at once
+    assert await there.banned("alice", "example.com") == frozenset()
+    clock.now += 1.5
+    assert await there.banned("alice", "example.com") == {"e1"}
+
+
+@pytest.mark.parametrize("ttl", [0, -1, MAX_BAN_TTL + 1])
+async def test_ban_ttl_out_of_range_is_refused(redis: Redis, ttl: int) -> None:
+    with pytest.raises(ValueError, match="from 1 to"):
+        await BanBook(redis).ban("alice", "example.com", "e1", ttl=ttl)
+    assert await redis.exists(keys.bans("alice", "example.com")) == 0
+
+
+async def test_session_exit_reads_the_binding(redis: Redis) -> None:
+    book = BanBook(redis)
+    assert await book.session_exit("alice", "s1") is None
+    await redis.set(keys.session("alice", "s1"), "e7")
+    assert await book.session_exit("alice", "s1") == "e7"
