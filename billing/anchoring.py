@@ -23,13 +23,15 @@ is posted as ``anchor(batchId, root, recordCount, totalAmount, totalBytes)`` fro
 billable bytes; ``batchId`` is the contract's next id.
 
 **Crash safety.** The batch and its records are written first, as ``pending``; then the
-transaction is sent (its hash kept on the batch) and, once it is mined, the batch becomes
-``anchored``. Whatever the anchorer was doing when it stopped, the next one finishes the pending
-batch before planning another: it reads the contract's ``batchCount`` and that batch's root, and
-records the batch if the chain has it (finding its transaction by its ``BatchAnchored`` log),
-waits for the transaction sent earlier if the node still has it pending, or posts it again. A
-batch is never posted under two ids, nor a deal put in two batches (``anchor_records`` is keyed by
-the deal). A chain whose batches disagree with the database raises :class:`AnchorConflict`.
+transaction is sent (its hash kept on the batch) and, once its block is ``confirmations`` deep,
+the batch becomes ``anchored`` (only then are its proofs served: a reorganisation may still drop
+a shallower block, and the batch is then posted again). Whatever the anchorer was doing when it
+stopped, the next one finishes the pending batch before planning another: it reads the
+contract's ``batchCount`` and that batch's root, and records the batch if the chain has it
+(finding its transaction by its ``BatchAnchored`` log), waits for the transaction sent earlier if
+the node still has it pending, or posts it again. A batch is never posted under two ids, nor a
+deal put in two batches (``anchor_records`` is keyed by the deal). A chain whose batches disagree
+with the database raises :class:`AnchorConflict`.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import contextlib
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Final
 
 import aiohttp
@@ -205,10 +207,13 @@ class AnchorSettings:
     interval: float = 60 * SECONDS  # between batches
     max_batch: int = 1_000  # records per batch at most
     receipt_timeout: float = 120 * SECONDS  # for the anchor transaction to be mined
+    confirmations: int = 6  # blocks on top of the anchor transaction's before the batch counts
 
     def __post_init__(self) -> None:
         if self.max_batch < 1 or self.interval <= 0 or self.receipt_timeout <= 0:
             raise ValueError("max_batch, interval and receipt_timeout must be positive")
+        if self.confirmations < 0:
+            raise ValueError("confirmations must be >= 0")
 
 
 # ---- the records, in the database ------------------------------------------------------------------
@@ -286,6 +291,8 @@ class Batch:
     total_bytes: int
     from_block: int
     tx_hash: str | None = None
+    mined_in: int | None = None  # the block of its BatchAnchored log, once seen
+    anchored: bool = False  # mined and ``confirmations`` deep: recorded as anchored
 
 
 async def _pending(pool: asyncpg.Pool, contract: str) -> Batch | None:
@@ -376,8 +383,8 @@ class Anchorer:
         return to_checksum_address(await self._anchor.functions.owner().call())
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Anchor every ``interval`` until ``stop`` is set (a full batch is followed by the next
-        at once). A failing node or database is logged and retried; an
+        """Anchor every ``interval`` until ``stop`` is set (a full batch, once confirmed, is
+        followed by the next at once). A failing node or database is logged and retried; an
         :class:`AnchorError` ends the loop, raised."""
         while not stop.is_set():
             batch = None
@@ -386,13 +393,14 @@ class Anchorer:
             except (OSError, aiohttp.ClientError, Web3Exception, asyncpg.PostgresError,
                     asyncpg.InterfaceError) as exc:  # fmt: skip
                 log.warning("anchoring failed, retrying: %s", exc)
-            if batch is not None and batch.record_count >= self._settings.max_batch:
+            if batch is not None and batch.anchored and batch.record_count >= self._settings.max_batch:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._settings.interval)
 
     async def anchor_once(self) -> Batch | None:
-        """Finish the pending batch, else anchor the next one; returns the batch anchored, or
+        """Finish the pending batch, else anchor the next one; returns that batch (``anchored``
+        once its block is deep enough, else mined and waiting for confirmations: call again), or
         ``None`` when there was nothing to anchor or another anchorer is at work.
 
         Raises :class:`AnchorConflict`, :class:`AnchorReverted`, or :class:`AnchorError` for a
@@ -518,8 +526,9 @@ class Anchorer:
         return HexBytes(await self._w3.eth.send_raw_transaction(signed.raw_transaction)).to_0x_hex()
 
     async def record(self, batch: Batch) -> Batch:
-        """Mark ``batch`` anchored with the transaction that holds it on-chain; returns it as
-        recorded. Raises :class:`AnchorConflict` when the contract does not hold it."""
+        """Mark ``batch`` anchored with the transaction that holds it on-chain, once that is
+        ``confirmations`` blocks deep; returns it with its block (``anchored`` False while it is
+        shallower). Raises :class:`AnchorConflict` when the contract does not hold it."""
         if not await self._on_chain(batch):
             raise AnchorConflict(self.contract, batch.batch_id, "not on-chain (yet)")
         event = self._anchor.events.BatchAnchored()
@@ -537,16 +546,22 @@ class Anchorer:
             )
         tx_hash = HexBytes(logs[0]["transactionHash"]).to_0x_hex()
         block = int(logs[0]["blockNumber"])
+        mined = Batch(
+            batch.contract, batch.batch_id, batch.root, batch.record_count, batch.total_amount,
+            batch.total_bytes, batch.from_block, tx_hash, block,
+        )  # fmt: skip
+        head = int(await self._w3.eth.block_number)
+        if head - block < self._settings.confirmations:
+            log.info("batch %d mined in block %d: %d of %d confirmations", batch.batch_id, block,
+                     head - block, self._settings.confirmations)  # fmt: skip
+            return mined
         await self._pool.execute(
             "UPDATE anchor_batches SET state = 'anchored', tx_hash = $3, block_number = $4,"
             " anchored_at = now() WHERE contract = $1 AND batch_id = $2 AND state = 'pending'",
             batch.contract, batch.batch_id, tx_hash, block,
         )  # fmt: skip
         log.info("batch %d anchored in block %d (tx %s)", batch.batch_id, block, tx_hash)
-        return Batch(
-            batch.contract, batch.batch_id, batch.root, batch.record_count, batch.total_amount,
-            batch.total_bytes, batch.from_block, tx_hash,
-        )  # fmt: skip
+        return replace(mined, anchored=True)
 
 
 async def anchor_once(pool: asyncpg.Pool, settings: AnchorSettings) -> Batch | None:

@@ -451,6 +451,8 @@ def anchor_command(args: argparse.Namespace, env: Environment) -> None:
     account = operator_key(args.key)
     if args.interval <= 0 or args.max_batch < 1 or args.db_pool < 1:
         raise UsageError("--interval, --max-batch and --db-pool must be positive")
+    if args.confirmations < 0:
+        raise UsageError("--confirmations must be >= 0")
     url = rpc_url(args)
     settings = AnchorSettings(
         anchor_address=record.anchor,
@@ -458,6 +460,7 @@ def anchor_command(args: argparse.Namespace, env: Environment) -> None:
         rpc_url=url,
         interval=args.interval,
         max_batch=args.max_batch,
+        confirmations=args.confirmations,
     )
     stopped: list[AnchorError] = []
 
@@ -472,10 +475,12 @@ def anchor_command(args: argparse.Namespace, env: Environment) -> None:
                     raise UsageError(
                         f"DealAnchor {record.anchor} is owned by {owner}, not by the key's {account.address}"
                     )
-                log.info("anchoring to DealAnchor %s every %s s, %d deals per batch at most",
-                         record.anchor, args.interval, args.max_batch)  # fmt: skip
+                log.info("anchoring to DealAnchor %s every %s s, %d deals per batch at most, "
+                         "%d confirmations", record.anchor, args.interval, args.max_batch,
+                         args.confirmations)  # fmt: skip
                 try:
-                    await (_anchor_once(anchorer) if args.once else anchorer.run(stop))
+                    poll = min(args.interval, _CONFIRMATION_POLL)
+                    await (_anchor_once(anchorer, stop, poll) if args.once else anchorer.run(stop))
                 except AnchorError as error:
                     stopped.append(error)
         except _CONNECTION_ERRORS as error:
@@ -489,9 +494,23 @@ def anchor_command(args: argparse.Namespace, env: Environment) -> None:
         sys.exit(EXIT_ANCHOR_CONFLICT)
 
 
-async def _anchor_once(anchorer: Anchorer) -> None:
+_CONFIRMATION_POLL = 2.0  # seconds between looks at the chain while a batch gets its confirmations
+
+
+async def _anchor_once(anchorer: Anchorer, stop: asyncio.Event, poll: float) -> None:
     batch = await anchorer.anchor_once()
-    if batch is None:
+    shown: int | None = None
+    while batch is not None and not batch.anchored and not stop.is_set():
+        if batch.mined_in != shown:
+            shown = batch.mined_in
+            print(f"batch {batch.batch_id} mined in block {batch.mined_in}, tx {batch.tx_hash}: "
+                  "waiting for its confirmations", flush=True)  # fmt: skip
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), poll)
+        batch = await anchorer.anchor_once()
+    if batch is not None and not batch.anchored:
+        print(f"stopped before batch {batch.batch_id} had its confirmations; the next run records it")
+    elif batch is None:
         print("nothing to anchor (no settled deal outside a batch, or another anchorer is at work)")
     else:
         print(f"batch {batch.batch_id} anchored: {batch.record_count} deals, root {batch.root}, "

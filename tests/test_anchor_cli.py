@@ -184,7 +184,7 @@ def _healthy(api: str) -> bool:
 def anchored(setup: Setup) -> subprocess.CompletedProcess[str]:
     """``ipsx chain anchor --once`` over the three settled deals."""
     args = ("chain", "anchor", "--once", "--rpc", setup.rpc, "--deployment", str(setup.deployment))
-    return ipsx(*args, env=setup.env)
+    return ipsx(*args, "--confirmations", "0", env=setup.env)
 
 
 # ---- ipsx chain anchor ---------------------------------------------------------------------------
@@ -204,7 +204,8 @@ def test_anchor_once_call_posts_one_batch(setup: Setup, anchored: subprocess.Com
 def test_anchor_runs_until_sigterm(
     setup: Setup, anchored: subprocess.CompletedProcess[str], tmp_path: Path
 ) -> None:
-    args = ("--rpc", setup.rpc, "--deployment", str(setup.deployment), "--interval", "0.05")
+    args = ("--rpc", setup.rpc, "--deployment", str(setup.deployment), "--interval", "0.05",
+            "--confirmations", "0")  # fmt: skip
     with (tmp_path / "anchor.log").open("w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "ipsx", "chain", "anchor", *args],
@@ -232,8 +233,33 @@ def test_anchor_runs_until_sigterm(
     assert "anchoring to DealAnchor" in text and "Traceback" not in text
     assert setup.verify(later).returncode == 0
     nothing = ipsx("chain", "anchor", "--once", "--rpc", setup.rpc, "--deployment", str(setup.deployment),
-                   env=setup.env)  # fmt: skip
+                   "--confirmations", "0", env=setup.env)  # fmt: skip
     assert nothing.returncode == 0 and nothing.stdout.startswith("nothing to anchor")
+
+
+def test_anchor_once_waits_for_its_confirmations_and_says_so(setup: Setup, tmp_path: Path) -> None:
+    (later,) = settle(setup.database_url, 1)
+    args = ("chain", "anchor", "--once", "--rpc", setup.rpc, "--deployment", str(setup.deployment),
+            "--confirmations", "3", "--interval", "0.2")  # fmt: skip
+    with (tmp_path / "anchor.out").open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "ipsx", *args], stdout=out, stderr=subprocess.PIPE,
+                                text=True, env=setup.env)  # fmt: skip
+    try:
+        wait_until(lambda: "waiting for its confirmations" in (tmp_path / "anchor.out").read_text(),
+                   "the batch mined", proc)  # fmt: skip
+        assert proc.poll() is None  # still waiting: the proof is not served before the batch counts
+        assert setup.verify(later).returncode != 0
+        for _ in range(3):
+            setup.chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    text = (tmp_path / "anchor.out").read_text()
+    assert re.search(r"batch \d+ mined in block \d+, tx 0x[0-9a-f]{64}: waiting for its confirmations", text)
+    assert re.search(r"batch \d+ anchored: 1 deals", text), text
+    assert setup.verify(later).returncode == 0
 
 
 def test_anchor_refuses_a_key_that_does_not_own_the_contract(setup: Setup) -> None:

@@ -71,6 +71,7 @@ class Stack:
             "rpc_url": str(self.chain.w3.provider.endpoint_uri),  # type: ignore[attr-defined]
             "interval": 0.01,
             "max_batch": 100,
+            "confirmations": 0,
         }
         values.update(overrides)
         return AnchorSettings(**values)
@@ -324,6 +325,35 @@ async def test_anchor_once_after_a_crash_while_the_post_is_pending_waits_for_it(
     assert batch is not None and batch.batch_id == 1
     assert stack.nonce() == nonce + 1  # the one transaction sent before the crash, nothing more
     assert stack.batch_count() == 1
+
+
+async def test_anchor_once_state_a_batch_counts_only_once_confirmations_deep(stack: Stack) -> None:
+    deals = await stack.settle(2)
+    anchorer = stack.anchorer(confirmations=2)
+    mined = await anchorer.anchor_once()
+    assert mined is not None and not mined.anchored
+    receipt = stack.chain.w3.eth.get_transaction_receipt(mined.tx_hash)  # type: ignore[arg-type]
+    assert mined.mined_in == receipt["blockNumber"]
+    # On-chain already, but not deep enough: still pending here, and no proof is served yet.
+    assert stack.batch_count() == 1
+    assert await stack.pool.fetchval("SELECT state FROM anchor_batches WHERE batch_id = 1") == "pending"
+    assert await anchoring.proof_for(stack.pool, deals[0]) is None
+    nonce = stack.nonce()
+    stack.chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+    waiting = await stack.anchorer(confirmations=2).anchor_once()  # a restart finds it pending
+    assert waiting is not None and not waiting.anchored and waiting.batch_id == 1
+    stack.chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+    done = await anchorer.anchor_once()
+    assert done is not None and done.anchored and (done.batch_id, done.tx_hash) == (1, mined.tx_hash)
+    assert stack.nonce() == nonce  # waiting sent nothing: the one post
+    row = await stack.pool.fetchrow("SELECT state, block_number FROM anchor_batches WHERE batch_id = 1")
+    assert (row["state"], row["block_number"]) == ("anchored", receipt["blockNumber"])
+    assert {p.deal_id for d in deals if (p := await anchoring.proof_for(stack.pool, d))} == set(deals)
+
+
+def test_anchor_settings_refuse_negative_confirmations(stack: Stack) -> None:
+    with pytest.raises(ValueError, match="confirmations"):
+        stack.settings(confirmations=-1)
 
 
 async def test_anchor_once_conflict_when_the_chain_has_a_batch_the_database_lacks(stack: Stack) -> None:
