@@ -1,8 +1,9 @@
 """The provider tunnel endpoint: agents log in, declare exits, and lend data connections.
 
 See ``gateway.wire`` for the protocol. A ``ProviderLink`` is one logged-in agent: its control
-connection, its exits, and its idle data connections. ``TunnelHub`` owns the links of this node
-and opens streams through them for the front.
+connection, its exits, its idle data connections, and what it advertised — its exit policy,
+its limits and whether it is serving now. ``TunnelHub`` owns the links of this node, opens
+streams through them for the front, and tells the exit selection which exits would refuse.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from billing.accounts import normalize_address
 from billing.errors import InvalidAccount, MalformedEvent
 from billing.usage import AgentReport, UsageEvent, UsagePublisher
 from gateway import wire
+from gateway.agent.caps import Limits, ServingState
+from gateway.agent.policy import ExitPolicy
 from gateway.conn import Conn, ConnectionClosed
 from gateway.settings import GatewaySettings
 from gateway.tickets import Ticket, TicketKey
@@ -86,16 +89,28 @@ def parse_exits(raw: Any, provider: str, node: str, limit: int) -> list[ExitInfo
 
 
 class ProviderLink:
-    """One logged-in agent on this node."""
+    """One logged-in agent on this node, with the policy, limits and serving state it advertised."""
 
     def __init__(
-        self, address: str, token: str, control: Conn, exits: list[ExitInfo], pool_size: int
+        self,
+        address: str,
+        token: str,
+        control: Conn,
+        exits: list[ExitInfo],
+        pool_size: int,
+        *,
+        policy: ExitPolicy | None = None,
+        limits: Limits | None = None,
+        state: ServingState | None = None,
     ) -> None:
         self.address = address
         self.token = token
         self.control = control
         self.exits = {info.exit_id: info for info in exits}
         self.pool_size = pool_size
+        self.policy = policy or ExitPolicy()
+        self.limits = limits or Limits()
+        self.state = state or ServingState()
         self.idle: deque[Conn] = deque()
         self.waiters: deque[asyncio.Future[Conn]] = deque()
         self.active: dict[str, int] = dict.fromkeys(self.exits, 0)
@@ -215,8 +230,10 @@ class TunnelHub:
         tickets: TicketKey,
         boot: str,
         on_change: Callable[[], None] = lambda: None,
+        on_login: Callable[[list[str]], None] = lambda exit_ids: None,
     ) -> None:
         self._settings = settings
+        self._on_login = on_login  # told the exit ids of an agent that just logged in
         self._registry = registry
         self._publisher = publisher
         self._tickets = tickets
@@ -244,8 +261,28 @@ class TunnelHub:
 
     # what the front and the selector ask
     def is_available(self, exit_id: str) -> bool:
+        """Whether ``exit_id`` has a live tunnel here and its agent takes new streams now (not
+        outside its serving hours, no cap reached)."""
         link = self._by_exit.get(exit_id)
-        return link is not None and not link.closed
+        return link is not None and not link.closed and link.state.serving
+
+    def refusal(self, exit_id: str, host: str, port: int, protocol: str) -> str | None:
+        """Why the agent of ``exit_id`` would refuse a ``protocol`` stream (``http``, ``connect``
+        or ``https``, ``socks5``) to ``host:port``; None when, as far as the gateway can tell,
+        it would accept. Checks what the agent advertised without any DNS lookup: its serving
+        state, protocols, ports and blocked domain suffixes, and — only when ``host`` is an IP
+        literal — its blocked networks and private ranges. The agent checks again after DNS."""
+        link = self._by_exit.get(exit_id)
+        if link is None or link.closed:
+            return "exit is offline"
+        if not link.state.serving:
+            return link.state.reason
+        return link.policy.refusal(host, port, protocol)
+
+    def serving_state(self, exit_id: str) -> ServingState | None:
+        """What the agent of ``exit_id`` last said about serving; None if it is not linked here."""
+        link = self._by_exit.get(exit_id)
+        return None if link is None else link.state
 
     def load(self, exit_id: str) -> int:
         link = self._by_exit.get(exit_id)
@@ -397,17 +434,23 @@ class TunnelHub:
             raise WireError("signature does not match the address")
         exits = parse_exits(login.get("exits"), address, settings.node_id, settings.max_exits_per_agent)
         pool_size = min(_MAX_POOL, max(1, wire.field(login, "pool", int, optional=True) or 16))
+        policy = ExitPolicy.from_wire(login.get("policy"))
+        limits = Limits.from_wire(login.get("policy"))
+        state = ServingState.from_wire(login.get("state"))
 
         previous = self._by_provider.get(address)
         if previous is not None:
             await self._drop(previous, "replaced by a new login")
-        link = ProviderLink(address, secrets.token_hex(32), conn, exits, pool_size)
+        link = ProviderLink(
+            address, secrets.token_hex(32), conn, exits, pool_size, policy=policy, limits=limits, state=state
+        )
         self._links[link.token] = link
         self._by_provider[address] = link
         for exit_id in link.exits:
             self._by_exit[exit_id] = link
         await self._registry.register(exits)
         self._on_change()
+        self._on_login(list(link.exits))
         conn.write(
             wire.encode(
                 {
@@ -419,7 +462,12 @@ class TunnelHub:
                 }
             )
         )
-        log.info("provider %s online with %d exit(s)", address, len(exits))
+        log.info(
+            "provider %s online with %d exit(s)%s",
+            address,
+            len(exits),
+            "" if state.serving else f", not serving ({state.reason})",
+        )
         try:
             await self._control_loop(link)
         finally:
@@ -446,11 +494,24 @@ class TunnelHub:
                     await self._registry.heartbeat(self._settings.node_id, list(link.exits))
                 elif kind == "usage":
                     self._agent_report(link, message)
+                elif kind == "state":
+                    self._state_report(link, message)
                 else:
                     raise WireError(f"unexpected message {kind[:20]!r}")
             except WireError as exc:
                 log.warning("provider %s sent a bad message: %s", link.address, exc)
                 return
+
+    def _state_report(self, link: ProviderLink, message: dict[str, Any]) -> None:
+        """The agent starts or stops taking streams (serving hours, caps): the selector sees it
+        through ``is_available`` at the next pick."""
+        state = ServingState.from_wire(message)
+        if state != link.state:
+            link.state = state
+            if state.serving:
+                log.info("provider %s serving again", link.address)
+            else:
+                log.info("provider %s not serving: %s", link.address, state.reason)
 
     def _agent_report(self, link: ProviderLink, message: dict[str, Any]) -> None:
         stream = wire.field(message, "stream", str)

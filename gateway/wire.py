@@ -10,10 +10,13 @@ Control connection (agent → gateway first)::
     agent: {"t": "hello", "v": 1, "address": "0x…"}
     gw:    {"t": "challenge", "nonce": "<hex>", "node": "<node id>"}
     agent: {"t": "login", "signature": "0x…", "exits": [{"bind": …, "country": …}, …],
-            "policy": {…}, "pool": 16}
+            "policy": {…}, "state": {…}, "pool": 16}
     gw:    {"t": "welcome", "token": "<hex>", "exits": {"<bind>": "<exit id>"}, "heartbeat": 3}
            or {"t": "error", "reason": "…"} and close
     agent: {"t": "hb"}                                      every heartbeat seconds
+    agent: {"t": "state", "serving": false, "reason": "daily cap of 2.0 GB reached",
+            "until": 1767225600.0}                          the agent stops (or starts again,
+                                                            "serving": true) taking streams
     agent: {"t": "usage", "stream": …, "exit": …, "up": …, "down": …,
             "opened": …, "closed": …, "outcome": …,
             "ticket": […], "mac": "<hex>"}                  the agent's own meter, per stream
@@ -34,6 +37,23 @@ Data connection::
 The ticket is the stream's billing facts signed by the gateway nodes (``gateway.tickets``). The
 agent keeps each report until ``acked``; a report whose node is gone goes, with its ticket, to
 another node, which meters the stream from it.
+
+The login's ``policy`` is what the agent will refuse, so the gateway need not pick an exit that
+would (``ExitPolicy`` and ``Limits`` in ``gateway.agent``; every field optional)::
+
+    {"allow_private": false, "allow_smtp": false, "ports": [80, 443] | null,
+     "protocols": ["http", "https", "socks5"] | null,  "block_domains": ["example.com"],
+     "block_networks": ["10.0.0.0/8"], "cap_day": <bytes> | null, "cap_month": <bytes> | null,
+     "rate_stream": <bytes/s> | null, "rate_total": <bytes/s> | null,
+     "hours": ["22:00-07:00"], "tz": "Europe/Paris" | null}
+
+``state`` (in the login, and the ``state`` message whenever it changes) says whether the agent
+takes new streams: ``{"serving": true}``, or ``{"serving": false, "reason": "…", "until": <unix
+time or null>}`` outside its serving hours or with a cap reached; ``until`` is a hint, the agent
+sends ``"serving": true`` when it serves again. A dial it refuses for its state is answered
+``err`` with code ``exit`` (another exit may serve); one its policy refuses, with ``policy``. A
+stream that reaches a cap mid-way is ended like one the destination closed, and its usage report
+(outcome ``cap_reached``) counts exactly the bytes relayed.
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 The agent never listens. It logs in by signing the gateway's challenge with its wallet key,
 keeps ``pool_size`` idle data connections open so a new stream costs the gateway no connection
 setup, applies its exit policy to every destination after DNS resolution, and counts the bytes
-of each stream itself so the two meters can be compared.
+of each stream itself so the two meters can be compared. Its governor (``gateway.agent.governor``)
+holds the provider's caps, rates and serving hours: the sessions refuse dials while it is not
+serving, tell their gateway node when that changes, and relay capped or paced streams through it.
 """
 
 from __future__ import annotations
@@ -23,10 +25,13 @@ from typing import Any
 from eth_account.messages import encode_defunct
 
 from gateway import wire
+from gateway.agent.caps import ServingState
 from gateway.agent.connect import open_conn
+from gateway.agent.governor import Governor, StreamGate
 from gateway.agent.policy import PolicyRefused, family_of, pick_address
 from gateway.agent.resolver import Resolver
 from gateway.agent.settings import AgentSettings
+from gateway.agent.throttle import GatedTransport
 from gateway.conn import Conn, ConnectionClosed
 from gateway.relay import Splice, SpliceResult
 from gateway.wire import DialErrorCode, WireError
@@ -60,6 +65,7 @@ _OUTCOMES = {
     "a_lost": "gateway_lost",
     "b_lost": "destination_lost",
 }
+CAP_REACHED = "cap_reached"  # the outcome of a stream cut at the provider's data cap
 
 
 NodesCallback = Callable[["AgentSession", list[tuple[str, str, int]]], None]
@@ -211,9 +217,12 @@ class AgentSession:
         expect_node: str | None = None,
         on_nodes: NodesCallback | None = None,
         reports: UsageReports | None = None,
+        governor: Governor | None = None,
     ) -> None:
         self._settings = settings
         self._resolver = resolver or Resolver()
+        self._governor = governor or Governor(settings.limits)
+        self._advertised = self._governor.state  # the serving state this session's node knows
         self._expect_node = expect_node
         self._on_nodes = on_nodes
         self._reports = reports or UsageReports()
@@ -266,13 +275,15 @@ class AgentSession:
             if self._expect_node is not None and node != self._expect_node:
                 raise LoginRefused(f"reached gateway node {node[:64]!r}, not {self._expect_node[:64]!r}")
             signed = s.account.sign_message(encode_defunct(text=wire.login_message(node, nonce)))
+            self._advertised = self._governor.state
             control.write(
                 wire.encode(
                     {
                         "t": "login",
                         "signature": "0x" + signed.signature.hex().removeprefix("0x"),
                         "exits": [spec.to_wire() for spec in s.exits],
-                        "policy": s.policy.to_wire(),
+                        "policy": {**s.policy.to_wire(), **s.limits.to_wire()},
+                        "state": self._advertised.to_wire(),
                         "pool": s.pool_size,
                     }
                 )
@@ -310,6 +321,8 @@ class AgentSession:
         self._nodes_heard(self._welcome_nodes)
         beat = asyncio.create_task(self._beat(control))
         self._reports.attach(self)
+        self._governor.listen(self._state_changed)
+        self._state_changed(self._governor.state)  # in case it changed since the login
         try:
             while True:
                 line = await control.read_line(wire.MAX_LINE)
@@ -331,9 +344,17 @@ class AgentSession:
                 elif message["t"] == "error":
                     raise LoginRefused(str(message.get("reason"))[:200])
         finally:
+            self._governor.unlisten(self._state_changed)
             beat.cancel()
             control.close()
             self._reports.detach(self)
+
+    def _state_changed(self, state: ServingState) -> None:
+        """Tell this session's gateway node that the agent now serves, or no longer does."""
+        if state == self._advertised or self._control is None or self._control.closed:
+            return
+        self._advertised = state
+        self._control.write(wire.encode({"t": "state", **state.to_wire()}))
 
     async def _beat(self, control: Conn) -> None:
         while not control.closed:
@@ -390,22 +411,29 @@ class AgentSession:
             conn.close()
             return
         opened_at = time.time()
+        protocol, deal = _stream_kind(ticket[0])
         try:
             bind = self._binds.get(exit_id)
             if bind is None:
                 raise _Dial(DialErrorCode.EXIT, "unknown exit")
-            destination = await self._dial(host, port, bind)
+            destination = await self._dial(host, port, bind, protocol)
         except _Dial as failure:
             conn.write(wire.encode({"t": "err", "code": failure.code.value, "reason": failure.reason}))
             conn.close()
             return
         conn.write(wire.encode({"t": "ok"}))
-        self._relay(conn, destination, stream, exit_id, opened_at, ticket)
+        self._relay(conn, destination, stream, exit_id, opened_at, ticket, deal)
 
-    async def _dial(self, host: str, port: int, bind: str) -> Conn:
+    async def _dial(self, host: str, port: int, bind: str, protocol: str | None) -> Conn:
         s = self._settings
+        not_serving = self._governor.refusal()
+        if not_serving is not None:
+            # The exit's state, not the destination's fault: retryable, another exit may serve.
+            raise _Dial(DialErrorCode.EXIT, f"not serving: {not_serving}")
         try:
+            s.policy.check_protocol(protocol)
             s.policy.check_port(port)
+            s.policy.check_host(host)
         except PolicyRefused as refusal:
             raise _Dial(DialErrorCode.POLICY, refusal.reason) from None
         infos = self._resolver.cached(host)
@@ -439,6 +467,7 @@ class AgentSession:
         exit_id: str,
         opened_at: float,
         ticket: tuple[Any, Any],
+        deal: str = "",
     ) -> None:
         try:
             a, a_data, a_eof = gateway_conn.detach()
@@ -447,9 +476,14 @@ class AgentSession:
             gateway_conn.close()
             destination.close()
             return
+        gate = self._governor.gate()
+        if gate is not None:
+            a, a_data = _gated(a, a_data, gate, up=True)
+            b, b_data = _gated(b, b_data, gate, up=False)
 
         def done(result: SpliceResult) -> None:
             self.splices.discard(splice)
+            self._governor.finished(gate, deal, result.a_to_b, result.b_to_a)
             outcome = _OUTCOMES.get(result.outcome, result.outcome)
             self._reports.submit(
                 self,
@@ -479,6 +513,10 @@ class AgentSession:
             opened_at=opened_at,
         )
         self.splices.add(splice)
+        if gate is not None:
+            gate.cut = lambda: splice.end(CAP_REACHED)
+            if gate.exhausted:  # the bytes read during the dial already reached the cap
+                gate.cut()
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -487,6 +525,27 @@ class AgentSession:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._control is not None:
             self._control.close()
+
+
+def _stream_kind(raw_ticket: Any) -> tuple[str | None, str]:
+    """The stream protocol (``http``, ``connect``, ``socks5``) and deal id a dial's ticket names;
+    (None, "") without a readable ticket. The ticket's MAC is the gateway nodes' business: the
+    node that sent it is trusted with what it says about its own stream."""
+    if isinstance(raw_ticket, list) and len(raw_ticket) == 9:
+        protocol, deal = raw_ticket[5], raw_ticket[4]
+        if isinstance(protocol, str) and isinstance(deal, str):
+            return protocol[:16], deal[:128]
+    return None, ""
+
+
+def _gated(
+    transport: asyncio.Transport, data: bytes, gate: StreamGate, *, up: bool
+) -> tuple[asyncio.Transport, bytes]:
+    """``transport`` through ``gate``, and the part of ``data`` (read during the dial) it admits."""
+    if data:
+        allowed, _ = gate.admit(len(data), up)
+        data = data[:allowed]
+    return GatedTransport(transport, gate, up=up, linger=up), data
 
 
 async def _stay_logged_in(
@@ -498,6 +557,7 @@ async def _stay_logged_in(
     on_nodes: NodesCallback | None = None,
     on_session: Callable[[AgentSession | None], None] = lambda session: None,
     reports: UsageReports | None = None,
+    governor: Governor | None = None,
 ) -> None:
     """Keep one session to one gateway address until ``stop`` is set (or the task is cancelled),
     reconnecting with jittered backoff. ``on_session`` hears each login and each loss."""
@@ -505,7 +565,7 @@ async def _stay_logged_in(
     where = f"{settings.gateway_host}:{settings.gateway_port}"
     while not stop.is_set():
         session = AgentSession(
-            settings, resolver, expect_node=expect_node, on_nodes=on_nodes, reports=reports
+            settings, resolver, expect_node=expect_node, on_nodes=on_nodes, reports=reports, governor=governor
         )
         serving = None
         try:
@@ -542,9 +602,10 @@ class _Fleet:
     """An agent's sessions: one to the gateway address it was given (the entry point, possibly a
     load balancer) and one to every other live gateway node that the nodes announce."""
 
-    def __init__(self, settings: AgentSettings, stop: asyncio.Event) -> None:
+    def __init__(self, settings: AgentSettings, stop: asyncio.Event, governor: Governor) -> None:
         self._settings = settings
         self._stop = stop
+        self._governor = governor
         self._resolver = Resolver()
         self._entry_node: str | None = None  # the node the entry session is logged in to
         self._nodes: list[tuple[str, str, int]] = []
@@ -553,6 +614,7 @@ class _Fleet:
 
     async def run(self) -> None:
         retrying = asyncio.create_task(self._reports.run(self._stop))
+        governing = asyncio.create_task(self._governor.run(self._stop))
         try:
             await _stay_logged_in(
                 self._settings,
@@ -561,6 +623,7 @@ class _Fleet:
                 on_nodes=self._heard,
                 on_session=self._entry_changed,
                 reports=self._reports,
+                governor=self._governor,
             )
         finally:
             retrying.cancel()
@@ -568,6 +631,11 @@ class _Fleet:
                 task.cancel()
             if self._direct:
                 await asyncio.gather(*(task for _, task in self._direct.values()), return_exceptions=True)
+            if self._stop.is_set():
+                await governing  # its last save of the state file, once the sessions are gone
+            else:
+                governing.cancel()
+                await asyncio.gather(governing, return_exceptions=True)
 
     def _entry_changed(self, session: AgentSession | None) -> None:
         self._entry_node = None if session is None else session.node
@@ -598,12 +666,25 @@ class _Fleet:
                     expect_node=node,
                     on_nodes=self._heard,
                     reports=self._reports,
+                    governor=self._governor,
                 )
             )
             self._direct[node] = ((host, port), task)
             log.info("gateway node %s announced at %s:%d; opening a tunnel to it", node, host, port)
 
 
-async def run_agent(settings: AgentSettings, stop: asyncio.Event) -> None:
-    """Serve every live gateway node until ``stop`` is set, reconnecting with jittered backoff."""
-    await _Fleet(settings, stop).run()
+async def run_agent(
+    settings: AgentSettings, stop: asyncio.Event, *, governor: Governor | None = None
+) -> None:
+    """Serve every live gateway node until ``stop`` is set, reconnecting with jittered backoff.
+
+    ``governor`` defaults to one with the settings' limits and state file.
+    """
+    if governor is None:
+        governor = Governor(
+            settings.limits,
+            state_file=settings.state_file,
+            address=settings.account.address,
+            policy=settings.policy,
+        )
+    await _Fleet(settings, stop, governor).run()

@@ -13,6 +13,7 @@ from typing import cast
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
+from gateway.agent.caps import Limits
 from gateway.agent.policy import ExitPolicy
 from pool.models import EXIT_TYPES
 
@@ -73,6 +74,12 @@ def parse_exit(text: str, defaults: ExitSpec) -> ExitSpec:
     return spec
 
 
+def state_file_for(key: Path, state_dir: Path | None = None) -> Path:
+    """Where the agent with wallet file ``key`` keeps its usage: ``KEYFILE.usage.json`` in
+    ``state_dir``, by default next to the key."""
+    return (state_dir or key.parent) / f"{key.name}.usage.json"
+
+
 def create_key_file(path: Path) -> str:
     """Write a new wallet's private key (hex) to ``path``, readable by its owner only.
 
@@ -103,6 +110,8 @@ class AgentSettings:
     account: LocalAccount = field(repr=False)
     exits: tuple[ExitSpec, ...] = (ExitSpec(),)
     policy: ExitPolicy = field(default_factory=ExitPolicy)
+    limits: Limits = field(default_factory=Limits)  # caps, rates, serving hours
+    state_file: Path | None = None  # where the usage counted against the caps is kept
     tls: bool = False  # connect to the gateway's tunnel endpoint with TLS
     ca_file: str | None = None  # CA bundle that signed the gateway's certificate (default: system's)
     pool_size: int = 16  # idle data connections kept open to the gateway

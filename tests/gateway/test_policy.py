@@ -1,4 +1,5 @@
-"""Unit tests of the agent's exit policy: addresses, ports, port lists and address picking.
+"""Unit tests of the agent's exit policy: addresses, ports, protocols, blocked destinations, the
+wire form the gateway rebuilds, and address picking.
 
 Public addresses appear only as values; nothing here connects anywhere.
 """
@@ -17,9 +18,13 @@ from gateway.agent.policy import (
     ExitPolicy,
     PolicyRefused,
     family_of,
+    normalize_domain,
+    parse_blocked,
     parse_ports,
+    parse_protocols,
     pick_address,
 )
+from gateway.wire import WireError
 
 PRIVATE_REASON = "private, loopback, link-local or reserved destination"
 MULTICAST_REASON = "multicast or unspecified destination"
@@ -214,9 +219,205 @@ def test_check_port_refuses_invalid(port: int, policy: ExitPolicy) -> None:
 
 
 def test_to_wire_call() -> None:
-    assert ExitPolicy().to_wire() == {"allow_private": False, "allow_smtp": False, "ports": None}
+    assert ExitPolicy().to_wire() == {
+        "allow_private": False,
+        "allow_smtp": False,
+        "ports": None,
+        "protocols": None,
+        "block_domains": [],
+        "block_networks": [],
+    }
     wire = ExitPolicy(allow_private=True, ports=frozenset({443, 80})).to_wire()
-    assert wire == {"allow_private": True, "allow_smtp": False, "ports": [80, 443]}
+    assert wire == {
+        "allow_private": True,
+        "allow_smtp": False,
+        "ports": [80, 443],
+        "protocols": None,
+        "block_domains": [],
+        "block_networks": [],
+    }
+
+
+def test_to_wire_blocked_and_protocols() -> None:
+    domains, networks = parse_blocked(["b.example,a.example", "2001:db8::/32", "10.0.0.0/8"])
+    policy = ExitPolicy(
+        protocols=frozenset({"socks5", "http"}), blocked_domains=domains, blocked_networks=networks
+    )
+    wire = policy.to_wire()
+    assert wire["protocols"] == ["http", "socks5"]
+    assert wire["block_domains"] == ["a.example", "b.example"]
+    assert wire["block_networks"] == ["10.0.0.0/8", "2001:db8::/32"]  # IPv4 first, then IPv6
+
+
+# from_wire: what the gateway rebuilds from an agent's login
+
+
+def test_from_wire_round_trip() -> None:
+    domains, networks = parse_blocked(["example.com", "192.0.2.0/24"])
+    policy = ExitPolicy(
+        allow_smtp=True,
+        ports=frozenset({80, 443}),
+        protocols=frozenset({"https"}),
+        blocked_domains=domains,
+        blocked_networks=networks,
+    )
+    assert ExitPolicy.from_wire(policy.to_wire()) == policy
+
+
+def test_from_wire_older_agent_keeps_defaults() -> None:
+    old = {"allow_private": True, "allow_smtp": False, "ports": None}
+    assert ExitPolicy.from_wire(old) == ExitPolicy(allow_private=True)
+    assert ExitPolicy.from_wire(None) == ExitPolicy()
+
+
+def test_from_wire_ignores_the_limits_fields() -> None:
+    assert ExitPolicy.from_wire({"cap_day": 5, "hours": ["22:00-07:00"]}) == ExitPolicy()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        [],
+        {"allow_private": "yes"},
+        {"ports": [0]},
+        {"ports": [True]},
+        {"ports": "80"},
+        {"protocols": ["ftp"]},
+        {"protocols": []},
+        {"block_domains": ["a" * 300]},
+        {"block_domains": [""]},
+        {"block_domains": "example.com"},
+        {"block_networks": ["10.0.0.0/33"]},
+        {"block_networks": [7]},
+        {"block_networks": ["10.0.0.0/8"] * 10_001},
+    ],
+)
+def test_from_wire_malformed_raises(raw: object) -> None:
+    with pytest.raises(WireError):
+        ExitPolicy.from_wire(raw)
+
+
+# protocols, blocked domains and networks
+
+
+@pytest.mark.parametrize(
+    ("kind", "allowed"),
+    [("http", True), ("https", False), ("connect", False), ("socks5", True), ("ftp", False), (None, False)],
+)
+def test_check_protocol_call(kind: str | None, allowed: bool) -> None:
+    policy = ExitPolicy(protocols=frozenset({"http", "socks5"}))
+    if allowed:
+        policy.check_protocol(kind)
+        return
+    with pytest.raises(PolicyRefused) as refused:
+        policy.check_protocol(kind)
+    if kind in ("https", "connect"):
+        assert refused.value.reason == "protocol https is not allowed by this exit"
+
+
+@pytest.mark.parametrize("kind", ["http", "connect", "socks5", None, "anything"])
+def test_check_protocol_all_allowed_by_default(kind: str | None) -> None:
+    ExitPolicy().check_protocol(kind)
+
+
+@pytest.mark.parametrize("host", ["example.com", "a.example.com", "x.y.EXAMPLE.com", "example.com."])
+def test_check_host_refuses_blocked_suffix(host: str) -> None:
+    policy = ExitPolicy(blocked_domains=frozenset({"example.com"}))
+    with pytest.raises(PolicyRefused) as refused:
+        policy.check_host(host)
+    assert refused.value.reason == "destinations under example.com are blocked by this exit"
+
+
+@pytest.mark.parametrize("host", ["notexample.com", "example.org", "com", "example.com.evil.net", "1.2.3.4"])
+def test_check_host_allows_others(host: str) -> None:
+    ExitPolicy(blocked_domains=frozenset({"example.com"})).check_host(host)
+
+
+@pytest.mark.parametrize(
+    ("address", "blocked"),
+    [
+        ("93.184.215.14", True),
+        ("93.184.216.1", False),
+        ("::ffff:93.184.215.14", True),  # the IPv4 address inside an IPv6 one is checked too
+        ("2606:4700::1111", True),
+        ("2606:4701::1", False),
+    ],
+)
+def test_check_address_refuses_blocked_networks(address: str, blocked: bool) -> None:
+    _, networks = parse_blocked(["93.184.215.0/24,2606:4700::/32"])
+    policy = ExitPolicy(blocked_networks=networks)
+    if not blocked:
+        policy.check_address(ipaddress.ip_address(address))
+        return
+    assert "blocked by this exit" in refusal(policy, address)
+
+
+def test_pick_address_skips_blocked_network() -> None:
+    _, networks = parse_blocked(["93.184.215.14"])
+    policy = ExitPolicy(blocked_networks=networks)
+    infos = [info(socket.AF_INET, "93.184.215.14"), info(socket.AF_INET, "1.1.1.1")]
+    assert pick_address(infos, policy, None) == (socket.AF_INET, "1.1.1.1")
+    with pytest.raises(PolicyRefused) as refused:
+        pick_address(infos[:1], policy, None)
+    assert refused.value.reason == "destination 93.184.215.14 is in 93.184.215.14/32, blocked by this exit"
+
+
+# parse_blocked, parse_protocols, normalize_domain
+
+
+def test_parse_blocked_call() -> None:
+    domains, networks = parse_blocked(["Example.COM., *.ads.test", "10.0.0.0/8,192.0.2.7", "[2001:db8::1]"])
+    assert domains == {"example.com", "ads.test"}
+    assert {str(network) for network in networks} == {"10.0.0.0/8", "192.0.2.7/32", "2001:db8::1/128"}
+
+
+@pytest.mark.parametrize("text", ["exa mple..com", "a" * 64 + ".com", ".", "bad..name"])
+def test_parse_blocked_errors(text: str) -> None:
+    with pytest.raises(ValueError, match="bad domain"):
+        parse_blocked([text])
+
+
+def test_normalize_domain_idna() -> None:
+    assert normalize_domain("Bücher.example") == "xn--bcher-kva.example"
+
+
+def test_parse_protocols_call() -> None:
+    assert parse_protocols(["HTTP", " socks5 "]) == {"http", "socks5"}
+    with pytest.raises(ValueError, match="unknown protocol 'ftp'"):
+        parse_protocols(["ftp"])
+
+
+# refusal: what the gateway asks without DNS
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "protocol", "reason"),
+    [
+        ("www.example.org", 443, "connect", None),
+        ("www.example.org", 443, "https", None),
+        ("www.example.org", 443, "socks5", "protocol socks5 is not allowed by this exit"),
+        ("www.example.org", 8080, "connect", "port 8080 is not allowed by this exit"),
+        ("ads.blocked.test", 443, "connect", "destinations under blocked.test are blocked by this exit"),
+        (
+            "93.184.215.14",
+            443,
+            "connect",
+            "destination 93.184.215.14 is in 93.184.215.0/24, blocked by this exit",
+        ),
+        ("10.1.2.3", 443, "connect", PRIVATE_REASON),
+        ("[::1]", 443, "http", PRIVATE_REASON),
+        ("1.1.1.1", 80, "http", None),
+    ],
+)
+def test_refusal_call(host: str, port: int, protocol: str, reason: str | None) -> None:
+    domains, networks = parse_blocked(["blocked.test,93.184.215.0/24"])
+    policy = ExitPolicy(
+        ports=frozenset({80, 443}),
+        protocols=frozenset({"http", "https"}),
+        blocked_domains=domains,
+        blocked_networks=networks,
+    )
+    assert policy.refusal(host, port, protocol) == reason
 
 
 # parse_ports

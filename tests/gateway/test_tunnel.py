@@ -27,8 +27,10 @@ from redis.asyncio import Redis
 from billing.keys import USAGE_STREAM
 from billing.usage import AgentReport, UsageEvent, UsagePublisher, decode_entry
 from gateway import wire
+from gateway.agent.caps import Limits, ServingState, parse_window
 from gateway.agent.client import AgentSession, LoginRefused
-from gateway.agent.policy import ExitPolicy
+from gateway.agent.governor import Governor
+from gateway.agent.policy import ExitPolicy, parse_blocked
 from gateway.agent.settings import AgentSettings, ExitSpec
 from gateway.conn import Conn, ConnectionClosed
 from gateway.settings import GatewaySettings
@@ -127,7 +129,14 @@ async def stop_agent(agent: Agent) -> None:
 async def agent_starter(gateway: Gateway) -> AsyncIterator[StartAgent]:
     started: list[Agent] = []
 
-    async def start(policy: ExitPolicy = ALLOW_PRIVATE, *, serve: bool = True, pool_size: int = 2) -> Agent:
+    async def start(
+        policy: ExitPolicy = ALLOW_PRIVATE,
+        *,
+        serve: bool = True,
+        pool_size: int = 2,
+        limits: Limits | None = None,
+        governor: Governor | None = None,
+    ) -> Agent:
         account = Account.create()
         settings = AgentSettings(
             gateway_host="127.0.0.1",
@@ -135,11 +144,12 @@ async def agent_starter(gateway: Gateway) -> AsyncIterator[StartAgent]:
             account=account,
             exits=(ExitSpec(bind=BIND, country="fr"),),
             policy=policy,
+            limits=limits or Limits(),
             pool_size=pool_size,
             dial_timeout=5.0,
             handshake_timeout=5.0,
         )
-        session = AgentSession(settings)
+        session = AgentSession(settings, governor=governor)
         agent = Agent(session, account, exit_id_for(account.address, BIND), None)
         started.append(agent)
         await session.login()
@@ -617,3 +627,187 @@ async def test_heartbeat_refreshes_liveness(redis: Redis) -> None:
 
         await until(beaten)
         assert gateway.hub.is_available(agent.exit_id)  # a beating agent is never dropped
+
+
+# what the agent advertises: policy, limits, serving state
+
+
+async def test_refusal_call(gateway: Gateway, start_agent: StartAgent) -> None:
+    domains, networks = parse_blocked(["blocked.test,93.184.215.0/24"])
+    policy = ExitPolicy(
+        ports=frozenset({80, 443}),
+        protocols=frozenset({"http", "https"}),
+        blocked_domains=domains,
+        blocked_networks=networks,
+    )
+    agent = await start_agent(policy, limits=Limits(cap_day=10**9, hours=(parse_window("00:00-23:59"),)))
+    hub, exit_id = gateway.hub, agent.exit_id
+    link = hub.links[0]
+    assert link.policy == policy
+    assert link.limits.cap_day == 10**9 and [str(w) for w in link.limits.hours] == ["00:00-23:59"]
+    assert hub.refusal(exit_id, "www.example.org", 443, "connect") is None
+    assert hub.refusal(exit_id, "www.example.org", 80, "http") is None
+    assert (
+        hub.refusal(exit_id, "www.example.org", 443, "socks5")
+        == "protocol socks5 is not allowed by this exit"
+    )
+    assert hub.refusal(exit_id, "www.example.org", 22, "connect") == "port 22 is not allowed by this exit"
+    assert hub.refusal(exit_id, "a.blocked.test", 443, "https") == (
+        "destinations under blocked.test are blocked by this exit"
+    )
+    assert hub.refusal(exit_id, "93.184.215.14", 443, "connect") == (
+        "destination 93.184.215.14 is in 93.184.215.0/24, blocked by this exit"
+    )
+    assert hub.refusal(exit_id, "10.0.0.1", 443, "connect") == (
+        "private, loopback, link-local or reserved destination"
+    )
+    assert hub.refusal("0123456789abcdef", "www.example.org", 443, "connect") == "exit is offline"
+
+
+async def test_refusal_matches_the_agents_own(
+    gateway: Gateway, start_agent: StartAgent, echo_port: int
+) -> None:
+    agent = await start_agent(ExitPolicy(allow_private=True, protocols=frozenset({"http"})))
+    assert gateway.hub.refusal(agent.exit_id, "127.0.0.1", echo_port, "connect") == (
+        "protocol https is not allowed by this exit"
+    )
+    with pytest.raises(DialError) as info:  # asked anyway, the agent refuses for the same reason
+        await gateway.hub.open_stream(ticket(agent.exit_id, uuid.uuid4().hex), "127.0.0.1", echo_port)
+    assert info.value.code is DialErrorCode.POLICY
+    assert info.value.reason == "protocol https is not allowed by this exit"
+
+
+async def test_open_stream_blocked_domain_refused_before_dns(
+    gateway: Gateway, start_agent: StartAgent
+) -> None:
+    domains, _ = parse_blocked(["invalid"])
+    agent = await start_agent(ExitPolicy(allow_private=True, blocked_domains=domains))
+    with pytest.raises(DialError) as info:  # "x.invalid" never resolves: a DNS error if it were looked up
+        await gateway.hub.open_stream(ticket(agent.exit_id, uuid.uuid4().hex), "x.invalid", 80)
+    assert info.value.code is DialErrorCode.POLICY
+    assert info.value.reason == "destinations under invalid are blocked by this exit"
+
+
+async def test_open_stream_blocked_network_refused_after_dns(
+    gateway: Gateway, start_agent: StartAgent, echo_port: int
+) -> None:
+    _, networks = parse_blocked(["127.0.0.0/8"])
+    agent = await start_agent(ExitPolicy(allow_private=True, blocked_networks=networks))
+    assert gateway.hub.refusal(agent.exit_id, "localhost", echo_port, "connect") is None  # no DNS here
+    with pytest.raises(DialError) as info:
+        await gateway.hub.open_stream(ticket(agent.exit_id, uuid.uuid4().hex), "localhost", echo_port)
+    assert info.value.code is DialErrorCode.POLICY
+    assert info.value.reason == "destination 127.0.0.1 is in 127.0.0.0/8, blocked by this exit"
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_serving_state_follows_the_hours(
+    gateway: Gateway, start_agent: StartAgent, echo_port: int
+) -> None:
+    noon = 1_777_000_000 - 1_777_000_000 % 86_400 + 12 * 3600  # 12:00 UTC
+    clock = Clock(noon)
+    governor = Governor(Limits(hours=(parse_window("22:00-07:00"),), tz="UTC"), clock=clock)
+    agent = await start_agent(governor=governor)
+    hub, exit_id = gateway.hub, agent.exit_id
+    closed = ServingState(False, "outside the serving hours (22:00-07:00)", noon + 10 * 3600)
+    assert hub.serving_state(exit_id) == closed  # advertised with the login
+    assert not hub.is_available(exit_id)  # so the selector passes it by
+    assert hub.refusal(exit_id, "127.0.0.1", echo_port, "connect") == closed.reason
+    with pytest.raises(DialError) as info:  # asked anyway, the agent refuses, retryably
+        await hub.open_stream(ticket(exit_id, uuid.uuid4().hex), "127.0.0.1", echo_port)
+    assert info.value.code is DialErrorCode.EXIT
+    assert info.value.reason == "not serving: outside the serving hours (22:00-07:00)"
+
+    clock.now = noon + 10 * 3600  # 22:00
+    governor.refresh()
+    await until(lambda: hub.is_available(exit_id))
+    assert hub.serving_state(exit_id) == ServingState()
+    assert hub.refusal(exit_id, "127.0.0.1", echo_port, "connect") is None
+    conn = await hub.open_stream(ticket(exit_id, uuid.uuid4().hex), "127.0.0.1", echo_port)
+    conn.close()
+    hub.stream_closed(exit_id)
+
+    clock.now = noon + 19 * 3600  # 07:00 the next day
+    governor.refresh()
+    await until(lambda: not hub.is_available(exit_id))
+    assert hub.serving_state(exit_id) == ServingState(
+        False, "outside the serving hours (22:00-07:00)", noon + 34 * 3600
+    )
+
+
+async def read_until_eof(conn: Conn) -> bytes:
+    received = b""
+    async with asyncio.timeout(WAIT):
+        while chunk := await conn.read():
+            received += chunk
+    return received
+
+
+async def test_cap_reached_mid_stream_ends_it_and_meters_it_once(
+    gateway: Gateway, start_agent: StartAgent, echo_port: int
+) -> None:
+    cap = 100_000
+    agent = await start_agent(limits=Limits(cap_day=cap))
+    hub, exit_id = gateway.hub, agent.exit_id
+    stream_id = uuid.uuid4().hex
+    conn = await hub.open_stream(ticket(exit_id, stream_id), "127.0.0.1", echo_port)
+    try:
+        first = os.urandom(40_000)
+        conn.write(first)
+        echoed = b""
+        async with asyncio.timeout(WAIT):
+            while len(echoed) < len(first):
+                echoed += await conn.read()
+        assert echoed == first  # 80,000 bytes of the cap used, both ways
+        conn.write(os.urandom(40_000))  # only 20,000 of these fit
+        echoed += await read_until_eof(conn)  # the agent ends the stream cleanly: EOF, not a reset
+    finally:
+        conn.close()
+        hub.stream_closed(exit_id)
+    assert echoed == first  # the stream ended at the cap, before any of the rest came back
+
+    await until(lambda: usage_count(gateway.redis, 1))
+    await asyncio.sleep(0.1)
+    reports = [report for report in await usage_reports(gateway.redis) if report.event_id == stream_id]
+    assert len(reports) == 1  # reported once
+    report = reports[0]
+    assert isinstance(report, AgentReport)
+    assert (report.bytes_up, report.bytes_down) == (60_000, 40_000)  # exactly what was relayed
+    assert report.outcome == "cap_reached"
+
+    await until(lambda: not hub.is_available(exit_id))
+    state = hub.serving_state(exit_id)
+    assert state is not None and state.reason == "daily cap of 100.0 kB reached"
+    with pytest.raises(DialError) as info:
+        await hub.open_stream(ticket(exit_id, uuid.uuid4().hex), "127.0.0.1", echo_port)
+    assert info.value.code is DialErrorCode.EXIT
+    assert info.value.reason == "not serving: daily cap of 100.0 kB reached"
+
+
+async def test_rate_limited_stream_relays_every_byte(
+    gateway: Gateway, start_agent: StartAgent, echo_port: int
+) -> None:
+    agent = await start_agent(limits=Limits(rate_stream=2_000_000, rate_total=4_000_000))
+    stream_id = uuid.uuid4().hex
+    conn = await gateway.hub.open_stream(ticket(agent.exit_id, stream_id), "127.0.0.1", echo_port)
+    payload = os.urandom(600_000)  # several times the buckets' burst: reading pauses and resumes
+    try:
+        conn.write(payload)
+        assert conn.transport is not None
+        conn.transport.write_eof()
+        echoed = await read_until_eof(conn)
+    finally:
+        conn.close()
+        gateway.hub.stream_closed(agent.exit_id)
+    assert echoed == payload
+    await until(lambda: usage_count(gateway.redis, 1))
+    (report,) = await usage_reports(gateway.redis)
+    assert (report.bytes_up, report.bytes_down) == (len(payload), len(payload))
+    assert report.outcome == "gateway_closed"
