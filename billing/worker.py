@@ -10,11 +10,12 @@ others.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,14 @@ from redis.exceptions import RedisError, ResponseError
 from billing import db
 from billing.errors import MalformedEvent
 from billing.keys import USAGE_DEAD_STREAM, USAGE_GROUP, USAGE_STREAM
+from billing.metrics import (
+    WorkerCollector,
+    WorkerStats,
+    new_registry,
+    postgres_problem,
+    redis_problem,
+    serving_metrics,
+)
 from billing.usage import AgentReport, UsageEvent, decode_entry
 from pool.client import redis_from_url
 
@@ -48,7 +57,9 @@ class WorkerSettings:
 
     Both URLs may carry passwords, so neither is in the repr. ``delete_acked`` removes entries
     from the stream once ingested, which keeps it from growing without bound; turn it off if
-    another consumer group also reads the stream.
+    another consumer group also reads the stream. ``metrics_port`` (None: off) serves /metrics,
+    /healthz and /readyz on ``metrics_host``, unauthenticated: keep it on loopback or a private
+    network.
     """
 
     redis_url: str = field(repr=False)
@@ -62,6 +73,8 @@ class WorkerSettings:
     dead_stream: str = USAGE_DEAD_STREAM
     delete_acked: bool = True
     db_pool: int = 2  # one batch is stored at a time; the second connection covers a reconnect
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -133,12 +146,25 @@ def _columns(items: Sequence[object], names: Sequence[str]) -> list[list[Any]]:
     return [[getattr(item, name) for item in items] for name in names]
 
 
-async def _store(pool: asyncpg.Pool, events: Sequence[UsageEvent], reports: Sequence[AgentReport]) -> None:
+def _inserted(status: str) -> int:
+    """The row count of an ``INSERT 0 <rows>`` command status."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def _store(
+    pool: asyncpg.Pool, events: Sequence[UsageEvent], reports: Sequence[AgentReport]
+) -> tuple[int, int]:
+    """Store what is new; returns the events and the reports that were (the others were stored
+    before: delivery is at-least-once)."""
+    stored_events = stored_reports = 0
     async with pool.acquire() as conn, conn.transaction():
         if events:
-            await conn.execute(_INSERT_EVENTS, *_columns(events, _EVENT_COLUMNS))
+            stored_events = _inserted(await conn.execute(_INSERT_EVENTS, *_columns(events, _EVENT_COLUMNS)))
         if reports:
-            await conn.execute(_INSERT_REPORTS, *_columns(reports, _REPORT_COLUMNS))
+            stored_reports = _inserted(
+                await conn.execute(_INSERT_REPORTS, *_columns(reports, _REPORT_COLUMNS))
+            )
+    return stored_events, stored_reports
 
 
 async def _read(redis: Redis, settings: WorkerSettings) -> list[_Entry]:
@@ -173,7 +199,9 @@ async def _dead_letter(
     await redis.xadd(settings.dead_stream, record)  # type: ignore[arg-type]
 
 
-async def ingest_once(redis: Redis, pool: asyncpg.Pool, settings: WorkerSettings) -> int:
+async def ingest_once(
+    redis: Redis, pool: asyncpg.Pool, settings: WorkerSettings, stats: WorkerStats | None = None
+) -> int:
     """Read one batch from the usage stream, store it, and ack it; return the records handled.
 
     A record is one usage event or agent report (an entry may hold a batch of them), or one
@@ -181,7 +209,8 @@ async def ingest_once(redis: Redis, pool: asyncpg.Pool, settings: WorkerSettings
 
     Malformed entries are logged by id, copied to ``settings.dead_stream`` and acked. Entries are
     acked only after the database commit: if storing fails the error propagates and the entries
-    stay pending, to be claimed again after ``claim_idle_ms``.
+    stay pending, to be claimed again after ``claim_idle_ms``. ``stats`` counts what was stored,
+    skipped as a duplicate and dead-lettered.
     """
     entries = await _read(redis, settings)
     if not entries:
@@ -189,7 +218,7 @@ async def ingest_once(redis: Redis, pool: asyncpg.Pool, settings: WorkerSettings
     events: dict[str, UsageEvent] = {}
     reports: dict[str, AgentReport] = {}
     dead: list[tuple[bytes, Mapping[bytes, bytes], str]] = []
-    handled = 0
+    handled = seen_events = seen_reports = 0
     for entry_id, fields in entries:
         if fields is None:  # deleted from the stream while pending: nothing to ingest
             continue
@@ -217,10 +246,13 @@ async def ingest_once(redis: Redis, pool: asyncpg.Pool, settings: WorkerSettings
         for item in items:
             if isinstance(item, UsageEvent):
                 events.setdefault(item.event_id, item)
+                seen_events += 1
             else:
                 reports.setdefault(item.event_id, item)
+                seen_reports += 1
+    stored = (0, 0)
     if events or reports:
-        await _store(pool, list(events.values()), list(reports.values()))
+        stored = await _store(pool, list(events.values()), list(reports.values()))
     for entry_id, fields, reason in dead:
         await _dead_letter(redis, settings, entry_id, fields, reason)
     ids = [entry_id for entry_id, _ in entries]
@@ -229,6 +261,12 @@ async def ingest_once(redis: Redis, pool: asyncpg.Pool, settings: WorkerSettings
     if settings.delete_acked:
         pipe.xdel(settings.stream, *ids)
     await pipe.execute()
+    if stats is not None:
+        stats.batch("event", seen_events, stored[0])
+        stats.batch("report", seen_reports, stored[1])
+        stats.dead_lettered += len(dead)
+        stats.batches += 1
+        stats.last_batch_at = time.time()
     return handled
 
 
@@ -238,6 +276,38 @@ async def _wait(stop: asyncio.Event, seconds: float) -> None:
             await stop.wait()
     except TimeoutError:
         pass
+
+
+def _failed_service(error: Exception) -> str:
+    if isinstance(error, RedisError):
+        return "redis"
+    if isinstance(error, asyncpg.PostgresError | asyncpg.InterfaceError):
+        return "database"
+    return "network"  # an OSError from either client
+
+
+@contextlib.asynccontextmanager
+async def _metrics(
+    settings: WorkerSettings, redis: Redis, pool: asyncpg.Pool, stats: WorkerStats
+) -> AsyncIterator[None]:
+    """Serve the worker's metrics and health beside the ingestion when ``metrics_port`` is set."""
+    if settings.metrics_port is None:
+        yield
+        return
+    collector = WorkerCollector(stats, settings.consumer)
+
+    async def ready() -> list[str]:
+        problems = [await redis_problem(redis), await postgres_problem(pool)]
+        return [problem for problem in problems if problem is not None]
+
+    async with serving_metrics(
+        settings.metrics_host,
+        settings.metrics_port,
+        new_registry(collector),
+        ready=ready,
+        refresh=lambda: collector.refresh(redis, settings.stream, settings.group),
+    ):
+        yield
 
 
 async def run_worker(settings: WorkerSettings, *, stop: asyncio.Event | None = None) -> None:
@@ -254,34 +324,37 @@ async def run_worker(settings: WorkerSettings, *, stop: asyncio.Event | None = N
     window_start = time.monotonic()
     delay = _RETRY_INITIAL
     need_group = True
+    stats = WorkerStats()
     try:
-        while not stop.is_set():
-            try:
-                if need_group:
-                    await ensure_group(redis, settings.stream, settings.group)
-                    need_group = False
-                handled += await ingest_once(redis, pool, settings)
-            except (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                if isinstance(exc, ResponseError) and str(exc).startswith("NOGROUP"):
-                    need_group = True  # the stream or group was deleted under us
-                log.warning(
-                    "usage ingestion failed (%s: %s); retrying in %.1fs", type(exc).__name__, exc, delay
-                )
-                await _wait(stop, delay)
-                delay = min(_RETRY_MAX, delay * 2)
-                continue
-            delay = _RETRY_INITIAL
-            now = time.monotonic()
-            if now - window_start >= PROGRESS_INTERVAL:
-                per_minute = handled * 60 / (now - window_start)
-                log.info(
-                    "billing worker %s: %d entries in the last %.0fs (%.0f/min)",
-                    settings.consumer,
-                    handled,
-                    now - window_start,
-                    per_minute,
-                )
-                handled, window_start = 0, now
+        async with _metrics(settings, redis, pool, stats):
+            while not stop.is_set():
+                try:
+                    if need_group:
+                        await ensure_group(redis, settings.stream, settings.group)
+                        need_group = False
+                    handled += await ingest_once(redis, pool, settings, stats)
+                except (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    if isinstance(exc, ResponseError) and str(exc).startswith("NOGROUP"):
+                        need_group = True  # the stream or group was deleted under us
+                    stats.errors[_failed_service(exc)] += 1
+                    log.warning(
+                        "usage ingestion failed (%s: %s); retrying in %.1fs", type(exc).__name__, exc, delay
+                    )
+                    await _wait(stop, delay)
+                    delay = min(_RETRY_MAX, delay * 2)
+                    continue
+                delay = _RETRY_INITIAL
+                now = time.monotonic()
+                if now - window_start >= PROGRESS_INTERVAL:
+                    per_minute = handled * 60 / (now - window_start)
+                    log.info(
+                        "billing worker %s: %d entries in the last %.0fs (%.0f/min)",
+                        settings.consumer,
+                        handled,
+                        now - window_start,
+                        per_minute,
+                    )
+                    handled, window_start = 0, now
     finally:
         await pool.close()
         await redis.aclose()

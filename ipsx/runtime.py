@@ -5,18 +5,33 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
-import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from ipsx import logs
 
-def setup_logging(verbose: bool = False) -> None:
+LOG_FORMAT_ENV = "IPSX_LOG_FORMAT"
+
+
+def setup_logging(verbose: bool = False, log_format: str | None = None) -> None:
+    """Log to stderr, secrets redacted, as text (for people) or JSON lines (for log pipelines).
+
+    ``log_format`` is "text" or "json"; ``None`` reads ``IPSX_LOG_FORMAT`` (default text), which
+    the gateway's worker processes inherit. An unknown format falls back to text, with a warning.
+    Does nothing when the root logger already has handlers (``logging.basicConfig`` semantics).
+    """
+    chosen = log_format if log_format is not None else os.environ.get(LOG_FORMAT_ENV) or "text"
+    unknown = chosen not in logs.FORMATS
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
+        handlers=[logs.make_handler("text" if unknown else chosen)],
     )
+    if unknown:
+        logging.getLogger("ipsx").warning(
+            "unknown log format %r (%s or %s); logging text", chosen[:20], *logs.FORMATS
+        )
 
 
 def run(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:

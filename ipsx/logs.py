@@ -1,0 +1,170 @@
+"""Log output: text for people (the default) or one JSON object per line, never a secret.
+
+Every record goes through :class:`RedactFilter` on the way out, whatever the format: API key
+secrets keep their key id only, ``Authorization``/``Proxy-Authorization`` values, bearer and basic
+credentials, JWTs, PEM private keys, 32-byte hex keys, passwords in URLs
+(``redis://:pass@host``) and ``password=``-style pairs are replaced by ``[REDACTED]``. Redaction
+is by pattern: it is the last line of defence, not a licence to log secrets (log key ids).
+
+``REQUEST_ID`` carries the id of the API request being served (see ``dashboard.metrics``) into
+the JSON lines of every record logged while serving it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+import sys
+from collections.abc import Mapping
+from contextvars import ContextVar
+from typing import IO, Any
+
+import orjson
+
+FORMATS = ("text", "json")
+TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+REDACTED = "[REDACTED]"
+
+REQUEST_ID: ContextVar[str | None] = ContextVar("ipsx_request_id", default=None)
+
+# The attributes every LogRecord has; anything else on a record came in through ``extra=``.
+_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+_SECRET_NAME = re.compile(
+    r"(?i)pass(word|wd|phrase)?|secret|token|authorization|api[_-]?key|private[_-]?key|cookie|credential"
+)
+# A 32-byte hex value is a private key until a label says it is a transaction or block hash.
+_HASH_LABEL = re.compile(r"(?i)\b(tx|tx_?hash|block_?hash|hash)[ =:]\s?$")
+_HEX32 = re.compile(r"(?<![0-9A-Za-z])(?:0x)?[0-9a-fA-F]{64}(?![0-9A-Za-z])")
+_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (
+        re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)", re.S),
+        REDACTED,
+    ),
+    # scheme://user:password@host: the user stays, the password goes
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/?#@\s]*):[^@/?#\s]+@"), rf"\1:{REDACTED}@"),
+    # header values, as "Proxy-Authorization: Basic …" or "'authorization': 'Bearer …'"
+    (
+        re.compile(
+            r"(?i)\b((?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?)(?:(?:basic|bearer|digest)\s+)?[^\s\"',;}]+"
+        ),
+        rf"\1{REDACTED}",
+    ),
+    (re.compile(r"(?i)\b(basic|bearer)\s+[A-Za-z0-9+/=._~-]{8,}"), rf"\1 {REDACTED}"),
+    (re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"), REDACTED),
+    # API key secrets ipsx_<key id>_<random>: the key id is no secret and says which key it was
+    (re.compile(r"(?<![A-Za-z0-9])(ipsx_[0-9a-f]{12}_)[A-Za-z0-9_-]+"), rf"\1{REDACTED}"),
+    (
+        re.compile(
+            r"(?i)\b((?:[a-z_]*_)?(?:password|passwd|secret|token|api[_-]?key|private[_-]?key)"
+            r"[\"']?\s*[:=]\s*[\"']?)[^\s\"',;&}]+"
+        ),
+        rf"\1{REDACTED}",
+    ),
+)
+
+
+def _hex_key(match: re.Match[str]) -> str:
+    before = match.string[max(0, match.start() - 16) : match.start()]
+    return match.group(0) if _HASH_LABEL.search(before) else REDACTED
+
+
+def redact(text: str) -> str:
+    """``text`` with every secret-looking part replaced by ``[REDACTED]``."""
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    return _HEX32.sub(_hex_key, text)
+
+
+def _redact_value(name: str, value: Any) -> Any:
+    if _SECRET_NAME.search(name):
+        return REDACTED
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, Mapping):
+        return {str(k): _redact_value(str(k), v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        # Each container keeps its kind: another handler may hash a tuple (mitmproxy's does).
+        items = [_redact_value("", item) for item in value]
+        if isinstance(value, list):
+            return items
+        if isinstance(value, tuple):
+            return tuple(items)
+        try:
+            return frozenset(items) if isinstance(value, frozenset) else set(items)
+        except TypeError:  # an item became unhashable
+            return items
+    return value
+
+
+class RedactFilter(logging.Filter):
+    """Rewrites each record in place so that no handler after it sees a secret: the message
+    (formatted with its arguments), the exception and stack text, and ``extra=`` fields (those
+    named like a secret are blanked whatever their value). Never drops a record."""
+
+    _exceptions = logging.Formatter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # bad arguments: logging would report it; keep the text, not the args
+            message = f"{record.msg!s} (the log arguments could not be formatted)"
+        record.msg, record.args = redact(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self._exceptions.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        for name, value in list(record.__dict__.items()):
+            if name not in _STANDARD and not name.startswith("_"):
+                record.__dict__[name] = _redact_value(name, value)
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``time`` (UTC, ISO 8601), ``level``, ``logger``, ``message``,
+    ``request_id`` while an API request is served, the record's ``extra=`` fields, and ``exc`` /
+    ``stack`` when the record carries them. Values JSON cannot hold are written as strings;
+    integers stay numbers, however large."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        created = dt.datetime.fromtimestamp(record.created, dt.UTC)
+        out: dict[str, Any] = {
+            "time": created.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        request_id = REQUEST_ID.get()
+        if request_id is not None:
+            out["request_id"] = request_id
+        for name, value in record.__dict__.items():
+            if name not in _STANDARD and not name.startswith("_"):
+                out.setdefault(name, value)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            out["exc"] = record.exc_text
+        if record.stack_info:
+            out["stack"] = self.formatStack(record.stack_info)
+        try:
+            return orjson.dumps(out, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+        except TypeError:  # an integer past 64 bits (token amounts in base units are)
+            return json.dumps(out, default=str, ensure_ascii=False)
+
+
+def make_handler(log_format: str = "text", stream: IO[str] | None = None) -> logging.Handler:
+    """A stream handler (stderr by default) writing ``log_format`` ("text" or "json") through
+    :class:`RedactFilter`; raises ValueError for another format."""
+    if log_format not in FORMATS:
+        raise ValueError(f"log format must be one of {', '.join(FORMATS)}, not {log_format[:20]!r}")
+    handler = logging.StreamHandler(sys.stderr if stream is None else stream)
+    handler.addFilter(RedactFilter())
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    return handler

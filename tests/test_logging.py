@@ -1,0 +1,221 @@
+"""Log output: JSON lines with their fields and the request id, and no secret in any format.
+
+Records go through the handler ``ipsx.logs.make_handler`` builds, into a string buffer; the
+process-wide setup (``runtime.setup_logging``, IPSX_LOG_FORMAT) runs in a child process so the
+test session's logging is left alone.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import jwt
+import pytest
+
+from ipsx import logs
+
+API_KEY = "ipsx_0123456789ab_" + "Zx9-_" * 6 + "Qq"  # the shape accounts.create_key gives
+PRIVATE_KEY = "0x" + "4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318"
+JWT = jwt.encode({"sub": "0xabc", "exp": 2_000_000_000}, "k" * 32, algorithm="HS256")
+PEM = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----"
+SECRETS = (
+    "Zx9-_Zx9-_",  # the random part of API_KEY
+    PRIVATE_KEY[2:],
+    JWT,
+    "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC",
+    "hunter2",
+    "s3cr3t-db",
+    "dXNlcjpwYXNzd29yZA",
+    "sk-live-42",
+)
+
+
+class Capture:
+    def __init__(self, log_format: str) -> None:
+        self.buffer = io.StringIO()
+        self.logger = logging.getLogger(f"ipsx.test.{log_format}")
+        self.logger.handlers = [logs.make_handler(log_format, self.buffer)]
+        self.logger.setLevel(logging.DEBUG)
+        self.logger.propagate = False
+
+    def lines(self) -> list[str]:
+        return self.buffer.getvalue().splitlines()
+
+    def records(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.lines()]
+
+
+@pytest.fixture
+def json_log() -> Iterator[Capture]:
+    capture = Capture("json")
+    yield capture
+    capture.logger.handlers = []
+
+
+@pytest.fixture
+def text_log() -> Iterator[Capture]:
+    capture = Capture("text")
+    yield capture
+    capture.logger.handlers = []
+
+
+def test_json_line_fields(json_log: Capture) -> None:
+    json_log.logger.info("stream %s closed after %d bytes", "abc", 42, extra={"exit_id": "e1", "bytes": 42})
+    [record] = json_log.records()
+    assert record["level"] == "INFO"
+    assert record["logger"] == "ipsx.test.json"
+    assert record["message"] == "stream abc closed after 42 bytes"
+    assert record["exit_id"] == "e1"
+    assert record["bytes"] == 42
+    assert record["time"].endswith("Z") and "T" in record["time"]
+    assert "request_id" not in record  # no request is being served
+
+
+def test_json_line_carries_the_request_id_of_the_context(json_log: Capture) -> None:
+    token = logs.REQUEST_ID.set("req-42")
+    try:
+        json_log.logger.warning("inside")
+    finally:
+        logs.REQUEST_ID.reset(token)
+    json_log.logger.warning("outside")
+    inside, outside = json_log.records()
+    assert inside["request_id"] == "req-42"
+    assert "request_id" not in outside
+
+
+def test_json_line_holds_the_exception_and_odd_values(json_log: Capture) -> None:
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        json_log.logger.exception("failed", extra={"when": object(), "by_exit": {7: "x"}})
+    json_log.logger.info("credited", extra={"amount": 25 * 10**18})  # past 64 bits
+    record, credited = json_log.records()
+    assert record["level"] == "ERROR"
+    assert "RuntimeError: boom" in record["exc"]
+    assert record["when"].startswith("<object object")  # not JSON: written as a string
+    assert record["by_exit"] == {"7": "x"}
+    assert credited["amount"] == 25 * 10**18
+
+
+@pytest.mark.parametrize(
+    ("message", "kept"),
+    [
+        (f"key {API_KEY} refused", "key ipsx_0123456789ab_[REDACTED] refused"),
+        (f"wallet {PRIVATE_KEY}", "wallet [REDACTED]"),
+        (f"token {JWT}", "token [REDACTED]"),
+        (f"key file:\n{PEM}\n", "key file:\n[REDACTED]\n"),
+        ("redis at redis://:hunter2@cache:6379/0", "redis at redis://:[REDACTED]@cache:6379/0"),
+        ("db postgresql://ipsx:s3cr3t-db@db/ipsx down", "db postgresql://ipsx:[REDACTED]@db/ipsx down"),
+        ("Proxy-Authorization: Basic dXNlcjpwYXNzd29yZA==", "Proxy-Authorization: [REDACTED]"),
+        ("headers {'authorization': 'Bearer sk-live-42'}", "headers {'authorization': '[REDACTED]'}"),
+        ("sent Basic dXNlcjpwYXNzd29yZA== upstream", "sent Basic [REDACTED] upstream"),
+        ("login password=hunter2 user=bob", "login password=[REDACTED] user=bob"),
+        ('{"api_key": "sk-live-42"}', '{"api_key": "[REDACTED]"}'),
+    ],
+)
+def test_redact(message: str, kept: str) -> None:
+    assert logs.redact(message) == kept
+
+
+def test_redact_keeps_what_is_no_secret() -> None:
+    tx = "0x" + "ab" * 32
+    text = f"batch 3 anchored in block 12 (tx {tx}); key 0123456789ab; http://gw:8080/path?a=1"
+    assert logs.redact(text) == text
+
+
+def test_no_secret_in_json_lines(json_log: Capture) -> None:
+    json_log.logger.info("connecting to %s with %s", "redis://:hunter2@r:6379", API_KEY)
+    json_log.logger.info(
+        "request", extra={"headers": {"Proxy-Authorization": "Basic dXNlcjpwYXNzd29yZA=="}, "jwt_note": JWT}
+    )
+    json_log.logger.info("settings", extra={"password": "sk-live-42", "signer": PRIVATE_KEY})
+    try:
+        raise ValueError(f"could not load {PEM}")
+    except ValueError:
+        json_log.logger.exception("wallet")
+    output = json_log.buffer.getvalue()
+    for secret in SECRETS:
+        assert secret not in output
+    first, second, third, fourth = json_log.records()
+    assert first["message"] == "connecting to redis://:[REDACTED]@r:6379 with ipsx_0123456789ab_[REDACTED]"
+    assert second["headers"] == {"Proxy-Authorization": "[REDACTED]"}
+    assert second["jwt_note"] == "[REDACTED]"
+    assert third["password"] == "[REDACTED]"
+    assert third["signer"] == "[REDACTED]"
+    assert "ValueError: could not load [REDACTED]" in fourth["exc"]
+
+
+def test_no_secret_in_text_lines(text_log: Capture) -> None:
+    text_log.logger.warning("retrying postgresql://ipsx:s3cr3t-db@db/ipsx with key %s", API_KEY)
+    try:
+        raise ConnectionError("redis://:hunter2@cache refused")
+    except ConnectionError:
+        text_log.logger.exception("lost")
+    output = text_log.buffer.getvalue()
+    for secret in SECRETS:
+        assert secret not in output
+    assert "WARNING ipsx.test.text: retrying postgresql://ipsx:[REDACTED]@db/ipsx" in output
+    assert "ConnectionError: redis://:[REDACTED]@cache refused" in output
+
+
+def test_unformattable_arguments_do_not_break_logging(json_log: Capture) -> None:
+    json_log.logger.info("two %s %s", "only-one")
+    [record] = json_log.records()
+    assert record["message"] == "two %s %s (the log arguments could not be formatted)"
+
+
+def test_make_handler_refuses_an_unknown_format() -> None:
+    with pytest.raises(ValueError, match="log format must be one of text, json"):
+        logs.make_handler("xml")
+
+
+_CHILD = """
+import logging
+from ipsx import runtime
+runtime.setup_logging()
+logging.getLogger("ipsx.child").info("using %s", "redis://:hunter2@r:6379/0", extra={"node": "n1"})
+"""
+
+
+def _child_stderr(log_format: str) -> list[str]:
+    env = {**os.environ, "IPSX_LOG_FORMAT": log_format}
+    done = subprocess.run(
+        [sys.executable, "-c", _CHILD], env=env, capture_output=True, text=True, timeout=30, check=True
+    )
+    return done.stderr.splitlines()
+
+
+def test_setup_logging_json_from_the_environment() -> None:
+    [line] = _child_stderr("json")
+    record = json.loads(line)
+    assert record["logger"] == "ipsx.child"
+    assert record["message"] == "using redis://:[REDACTED]@r:6379/0"
+    assert record["node"] == "n1"
+
+
+def test_setup_logging_text_is_the_default_and_unknown_formats_fall_back() -> None:
+    [line] = _child_stderr("")
+    assert line.endswith("INFO    ipsx.child: using redis://:[REDACTED]@r:6379/0")
+    warning, line = _child_stderr("yaml")
+    assert "unknown log format 'yaml' (text or json); logging text" in warning
+    assert line.endswith("ipsx.child: using redis://:[REDACTED]@r:6379/0")
+
+
+def test_redacted_extra_fields_keep_their_container_kind() -> None:
+    record = logging.LogRecord("t", logging.INFO, __file__, 1, "m", None, None)
+    key = "ipsx_0123456789ab_" + "s" * 40
+    record.__dict__.update(
+        {"peer": ("127.0.0.1", 8080), "tags": [key], "names": frozenset({"a"}), "seen": {"b"}}
+    )
+    assert logs.RedactFilter().filter(record)
+    assert record.__dict__["peer"] == ("127.0.0.1", 8080)  # still a tuple: handlers may hash it
+    hash(record.__dict__["peer"])
+    assert record.__dict__["tags"] == [logs.redact(key)] and key not in str(record.__dict__["tags"])
+    assert record.__dict__["names"] == frozenset({"a"}) and record.__dict__["seen"] == {"b"}
