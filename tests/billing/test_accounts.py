@@ -45,6 +45,7 @@ MIGRATIONS = [
     "011_channels",
     "012_invoices",
     "013_anchors",
+    "014_inspection_cas",
 ]
 
 
