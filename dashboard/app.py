@@ -11,12 +11,14 @@ import aiohttp
 from aiohttp import web
 
 from billing import db
-from dashboard import openapi
+from dashboard import metrics, openapi
 from dashboard.appkeys import HTTP, PG, REDIS, SEAT, SETTINGS
 from dashboard.leader import MarketSeat, default_advertise_url
 from dashboard.problems import json_response, problems_middleware
 from dashboard.routes import routes
 from dashboard.routes_anchors import routes as anchor_routes
+from dashboard.routes_bans import routes as ban_routes
+from dashboard.routes_inspect import routes as inspect_routes
 from dashboard.routes_market import routes as market_routes
 from dashboard.routes_payments import payment_settings
 from dashboard.routes_payments import routes as payment_routes
@@ -36,7 +38,10 @@ def build_app(settings: ApiSettings) -> web.Application:
     """The API application; PostgreSQL and Redis are opened when it starts."""
     if len(settings.jwt_secret.encode()) < 32:
         raise ValueError("the JWT secret must be at least 32 bytes")
-    app = web.Application(middlewares=[problems_middleware], client_max_size=settings.max_body)
+    api_metrics = metrics.ApiMetrics()
+    app = web.Application(
+        middlewares=[metrics.observe(api_metrics), problems_middleware], client_max_size=settings.max_body
+    )
     app[SETTINGS] = settings
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
@@ -68,11 +73,14 @@ def build_app(settings: ApiSettings) -> web.Application:
 
     app.cleanup_ctx.append(resources)
     app.router.add_get("/openapi.json", _openapi)
+    app.router.add_get("/metrics", metrics.endpoint(api_metrics))
     app.router.add_routes(routes)
     app.router.add_routes(market_routes)
     app.router.add_routes(withdrawal_routes)
     app.router.add_routes(payment_routes)
     app.router.add_routes(anchor_routes)
+    app.router.add_routes(ban_routes)
+    app.router.add_routes(inspect_routes)
     return app
 
 

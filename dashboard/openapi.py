@@ -377,6 +377,16 @@ SCHEMAS: dict[str, Any] = {
 
 
 def document() -> dict[str, Any]:
+    """The whole document: the paths below and those of the route modules with their own entries."""
+    from dashboard import openapi_rules, routes_inspect  # they import this module's helpers
+
+    doc = _document()
+    doc["paths"].update(openapi_rules.PATHS)
+    doc["paths"].update(routes_inspect.PATHS)
+    return doc
+
+
+def _document() -> dict[str, Any]:
     secured: list[dict[str, list[str]]] = [{"bearer": []}]
     return {
         "openapi": "3.1.0",
@@ -407,6 +417,24 @@ def document() -> dict[str, Any]:
                     "responses": {
                         "200": _json("PostgreSQL and Redis answer", {"type": "object"}),
                         "503": _json("a backing service does not answer", {"type": "object"}),
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Operator: Prometheus metrics of this API node",
+                    "description": "Requests by route template and status, their latency, the ledger's "
+                    "balances per account kind and the open deals, in the Prometheus text format "
+                    "(OpenMetrics when the Accept header asks for it). Needs an API key with the "
+                    "operator scope, which only `ipsx key create --scopes operator` grants.",
+                    "security": secured,
+                    "responses": {
+                        "200": {
+                            "description": "the metrics",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        },
+                        **_AUTH_ERRORS,
                     },
                 }
             },

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from billing.usage import UsageEvent, UsagePublisher
 from gateway.allowance import AllowanceGuard, Watched
 from gateway.conn import Conn
+from gateway.metrics import GatewayStats
 from gateway.targeting import BAN_SESSION_EXIT, Targeting
 from gateway.tickets import Ticket
 from gateway.tunnel import DialError, TunnelHub
@@ -76,8 +78,10 @@ class ExitDialer:
         bans: BanBook | None = None,
         ban_ttl: int = DEFAULT_BAN_TTL,
         health: ExitHealth | None = None,
+        stats: GatewayStats | None = None,
     ) -> None:
         self._hub = hub
+        self._stats = GatewayStats() if stats is None else stats
         self._health = health
         self._bans = bans
         self._ban_ttl = ban_ttl
@@ -102,6 +106,7 @@ class ExitDialer:
         )
         answer = await self._routes.ask_spot(targeting.account, filters, targeting.key, targeting.maxprice)
         if answer != "ok":
+            self._stats.refused(answer)
             raise NoDeal(answer)
         return await self._routes.routes(targeting.account)
 
@@ -117,16 +122,24 @@ class ExitDialer:
         return routes
 
     async def _select(
-        self, targeting: Targeting, excluded: set[str], deal_exits: dict[str, str] | None
+        self,
+        targeting: Targeting,
+        excluded: set[str],
+        deal_exits: dict[str, str] | None,
+        accept: Callable[[str], bool],
     ) -> Choice | None:
-        return await self._selector.select(
+        started = time.perf_counter()
+        choice = await self._selector.select(
             targeting.account,
             targeting.filters,
             session=targeting.session,
             session_ttl=targeting.sessttl,
             exclude=frozenset(excluded),
             only=None if deal_exits is None else frozenset(deal_exits),
+            accept=accept,
         )
+        self._stats.selection.observe(time.perf_counter() - started)
+        return choice
 
     async def _banned(self, targeting: Targeting, host: str) -> frozenset[str]:
         """The exits this connection may not use: the requester's bans for the host, after
@@ -143,6 +156,7 @@ class ExitDialer:
                 if wanted != BAN_SESSION_EXIT:
                     domain = wanted
                 if targeting.session is None:
+                    self._stats.refused("bad_ban")
                     raise BadBan("ban 1 needs a session; without one, name the exit id from X-IPSX-Exit")
                 exit_id = await bans.session_exit(targeting.account, targeting.session)
             if exit_id is not None:  # a session not bound yet has no exit to ban
@@ -164,6 +178,14 @@ class ExitDialer:
         """
         banned = await self._banned(targeting, host)
         excluded: set[str] = set(avoid) | banned
+        refusals: list[str] = []  # the first refusal an exit's advertised policy would give
+        hub = self._hub
+
+        def accept(exit_id: str) -> bool:
+            reason = hub.refusal(exit_id, host, port, protocol)
+            if reason is not None and not refusals:
+                refusals.append(reason)
+            return reason is None
         last_error: DialError | None = None
         # With the market in force, only the exits of the requester's active deals serve it;
         # when none of them fits, the market is asked once for spot deals that do.
@@ -172,6 +194,7 @@ class ExitDialer:
         if self._routes is not None:
             deal_exits = self._of_deal(await self._routes.routes(targeting.account), targeting)
             if self._routes.cut_off(targeting.account):
+                self._stats.refused("payment_required")
                 raise NoDeal("payment_required")
             if not deal_exits and (targeting.deal is not None or targeting.order is not None):
                 # A deal opened since the routes were cached (an order placed a moment ago):
@@ -179,12 +202,12 @@ class ExitDialer:
                 self._routes.forget(targeting.account)
                 deal_exits = self._of_deal(await self._routes.routes(targeting.account), targeting)
         for attempt in range(1, self._max_attempts + 1):
-            choice = await self._select(targeting, excluded, deal_exits)
+            choice = await self._select(targeting, excluded, deal_exits, accept)
             pinned = targeting.deal is not None or targeting.order is not None  # no spot deal then
             if choice is None and deal_exits is not None and not asked_spot and not pinned:
                 asked_spot = True
                 deal_exits = await self._ask_spot(targeting, protocol)
-                choice = await self._select(targeting, excluded, deal_exits)
+                choice = await self._select(targeting, excluded, deal_exits, accept)
             if choice is None:
                 break
             deal_id = targeting.deal if deal_exits is None else deal_exits[choice.exit_id]
@@ -207,6 +230,7 @@ class ExitDialer:
                     raise DialError(DialErrorCode.EXIT, "exit is offline", exit_id=choice.exit_id)
                 conn = await self._hub.open_stream(ticket, host, port)
             except DialError as error:
+                self._stats.dial_error(error.code)
                 if health is not None:
                     fault = error.code in _EXIT_FAULTS
                     health.dial_failed(choice.exit_id, error.code.value, exit_fault=fault)
@@ -221,6 +245,7 @@ class ExitDialer:
                 raise
             if health is not None:
                 health.dial_ok(choice.exit_id, time.monotonic() - started)
+            self._stats.stream_opened(protocol)
             return Stream(
                 conn=conn,
                 stream_id=ticket.stream,
@@ -235,6 +260,10 @@ class ExitDialer:
             )
         if last_error is not None:
             raise last_error
+        if refusals:  # every matching exit's agent would refuse: its reason, as a policy refusal
+            self._stats.refused("policy")
+            raise DialError(DialErrorCode.POLICY, refusals[0])
+        self._stats.refused("no_exit")
         if banned:
             raise NoExit("no live exit matches the requested filters but those banned for this domain")
         raise NoExit("no live exit matches the requested filters")
@@ -252,6 +281,7 @@ class ExitDialer:
         if stream.finished:
             return
         stream.finished = True
+        self._stats.stream_closed(stream.protocol, up, down)
         self._hub.stream_closed(stream.exit_id)
         closed = max(stream.opened_at, time.time() if closed_at is None else closed_at)
         if self._health is not None:

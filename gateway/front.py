@@ -18,6 +18,7 @@ from gateway import http1, socks5
 from gateway.conn import Conn, ConnectionClosed
 from gateway.exits import DIAL_ERRORS, NO_DEAL, NO_EXIT, ExitDialer, NoDeal, NoExit, Stream
 from gateway.forward import PlainForwarder
+from gateway.metrics import GatewayStats
 from gateway.refusals import Refused, dial_refusal, http_error
 from gateway.relay import Splice, SpliceResult
 from gateway.settings import GatewaySettings
@@ -33,7 +34,8 @@ from gateway.tunnel import DialError
 log = logging.getLogger("ipsx.gateway.front")
 
 Authenticate = Callable[[str, str], Awaitable[ApiKey | None]]
-_CONNECTED = b"HTTP/1.1 200 Connection established\r\n\r\n"
+# The tunnel's answer names the exit it leaves through (X-IPSX-Exit, as on plain-HTTP responses).
+_CONNECTED = b"HTTP/1.1 200 Connection established\r\nX-IPSX-Exit: %s\r\n\r\n"
 _PARSE_CACHE_SIZE = 4096
 _REALM = [("Proxy-Authenticate", 'Basic realm="IPSX"')]
 # How a spliced stream ended, in the requester's terms (A is the client, B the exit).
@@ -48,8 +50,16 @@ _OUTCOMES = {
 class Front:
     """Serves one client connection at a time per task; shared state lives in the collaborators."""
 
-    def __init__(self, settings: GatewaySettings, dialer: ExitDialer, authenticate: Authenticate) -> None:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        dialer: ExitDialer,
+        authenticate: Authenticate,
+        *,
+        stats: GatewayStats | None = None,
+    ) -> None:
         self._settings = settings
+        self._stats = GatewayStats() if stats is None else stats
         self._dialer = dialer
         self._authenticate = authenticate
         self.splices: set[Splice] = set()
@@ -123,15 +133,19 @@ class Front:
     async def _http_auth(self, head: http1.RequestHead) -> Targeting:
         credentials = parse_basic_credentials(head.get("proxy-authorization") or "")
         if credentials is None:
+            self._stats.auth_failed("missing")
             raise http_error(407, "auth_required", "proxy authentication required", _REALM)
         try:
             targeting = await self._targeting(*credentials)
             if targeting is None:
+                self._stats.auth_failed("invalid")
                 raise http_error(407, "auth_failed", "proxy authentication failed", _REALM)
             return apply_headers(targeting, head.headers)
         except TargetingError as error:
+            self._stats.auth_failed("bad_targeting")
             raise http_error(400, "bad_targeting", str(error)) from None
         except AccountsUnavailable:
+            self._stats.auth_failed("unavailable")
             raise http_error(
                 503, "auth_unavailable", "credentials cannot be checked now; try again"
             ) from None
@@ -158,7 +172,7 @@ class Front:
             stream = await self._dialer.open(targeting, host, port, "connect")
         except (DialError, NoExit, NoDeal) as error:
             raise dial_refusal(error) from None
-        conn.write(_CONNECTED)
+        conn.write(_CONNECTED % stream.exit_id.encode())
         self._splice(conn, stream, rest)
 
     def _splice(self, client: Conn, stream: Stream, client_data: bytes) -> None:
@@ -211,8 +225,13 @@ class Front:
                     if isinstance(event, socks5.AuthRequest):
                         try:
                             targeting = await self._targeting(event.username, event.password)
-                        except (TargetingError, AccountsUnavailable):
+                        except (TargetingError, AccountsUnavailable) as error:
                             targeting = None
+                            unavailable = isinstance(error, AccountsUnavailable)
+                            self._stats.auth_failed("unavailable" if unavailable else "bad_targeting")
+                        else:
+                            if targeting is None:
+                                self._stats.auth_failed("invalid")
                         conn.write(server.send_auth_result(targeting is not None))
                         if targeting is None:
                             conn.close()
@@ -230,6 +249,8 @@ class Front:
                     conn.close()
                     return
         except socks5.Socks5Error as error:
+            if error.reply == b"\x05\xff":  # no username/password offered
+                self._stats.auth_failed("missing")
             if error.reply:
                 conn.write(error.reply)
             conn.close()

@@ -8,18 +8,24 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from redis.asyncio import Redis
+
 from billing import db
 from billing.accounts import KeyCache
+from billing.metrics import new_registry, redis_problem, serving_metrics
 from billing.usage import UsagePublisher
 from gateway.allowance import AllowanceGuard
 from gateway.conn import Listener
 from gateway.exits import ExitDialer
 from gateway.front import Front
+from gateway.metrics import GatewayCollector, GatewayStats
 from gateway.settings import GatewaySettings
 from gateway.tickets import TicketKey
 from gateway.tunnel import TunnelHub
 from matching.routing import DealRoutes
+from pool.bans import BanBook
 from pool.client import redis_from_url
+from pool.health import ExitHealth
 from pool.nodes import NodeInfo, NodeRegistry
 from pool.registry import ExitRegistry
 from pool.select import Selector
@@ -34,6 +40,7 @@ class GatewayPorts:
     http: int
     socks: int
     tunnel: int
+    metrics: int | None = None  # None: metrics not served (settings.metrics_port is None)
 
 
 @contextlib.asynccontextmanager
@@ -54,6 +61,9 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayPor
         registry = ExitRegistry(redis, heartbeat_ttl=settings.heartbeat_ttl)
         boot = TicketKey.new_boot()
         selector_ref: list[Selector] = []
+        health = ExitHealth(redis, settings.node_id)
+        await health.start()
+        stack.push_async_callback(health.close)  # after the drain: the last streams' records are written
         hub = TunnelHub(
             settings,
             registry,
@@ -61,6 +71,7 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayPor
             tickets=await TicketKey.shared(redis),
             boot=boot,
             on_change=lambda: selector_ref[0].invalidate(),
+            on_login=health.reconnected,
         )
         selector = Selector(
             redis,
@@ -69,11 +80,13 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayPor
             load=hub.load,
             heartbeat_ttl=settings.heartbeat_ttl,
             cache_ttl=settings.candidate_cache_ttl,
+            health=health,
         )
         selector_ref.append(selector)
         stack.push_async_callback(hub.close)
 
         keys = KeyCache(pg, ttl=settings.auth_cache_ttl)
+        stats = GatewayStats()
         guard = AllowanceGuard(redis, interval=settings.allowance_interval) if settings.market else None
         if guard is not None:  # stopped after the drain: the last streams' bytes are counted too
             guard_stop = asyncio.Event()
@@ -87,8 +100,12 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayPor
             max_attempts=settings.max_attempts,
             routes=DealRoutes(redis) if settings.market else None,
             guard=guard,
+            bans=BanBook(redis),
+            ban_ttl=settings.ban_ttl,
+            health=health,
+            stats=stats,
         )
-        front = Front(settings, dialer, keys.check)
+        front = Front(settings, dialer, keys.check, stats=stats)
         stack.callback(front.abort_all)
 
         tunnel_port = await hub.start(settings.tunnel_host, settings.tunnel_port)
@@ -105,6 +122,19 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayPor
         socks = Listener(front.handle)
         socks_port = await socks.start(settings.host, settings.socks_port, reuse_port=reuse)
         stack.push_async_callback(socks.close)
+        metrics_port = None
+        if settings.metrics_port is not None:  # served until the drain is over: /readyz says 503 then
+            collector = GatewayCollector(
+                stats, node=settings.node_id, front=front, hub=hub, publisher=publisher
+            )
+            metrics_port = await stack.enter_async_context(
+                serving_metrics(
+                    settings.metrics_host,
+                    settings.metrics_port,
+                    new_registry(collector),
+                    ready=lambda: _not_ready(redis, (http, socks)),
+                )
+            )
         # Runs first on the way out: stop taking clients, leave the registry, let streams finish.
         stack.push_async_callback(_drain, settings, (http, socks), front, nodes, me, announcer)
 
@@ -120,7 +150,19 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayPor
             settings.tunnel_host,
             tunnel_port,
         )
-        yield GatewayPorts(http=http_port, socks=socks_port, tunnel=tunnel_port)
+        yield GatewayPorts(http=http_port, socks=socks_port, tunnel=tunnel_port, metrics=metrics_port)
+
+
+async def _not_ready(redis: Redis, listeners: tuple[Listener, ...]) -> list[str]:
+    """Why the node should not get clients: its proxy ports stopped accepting (it is draining),
+    or Redis (exits, sessions, usage) does not answer."""
+    problems = []
+    if not all(listener.server is not None and listener.server.is_serving() for listener in listeners):
+        problems.append("proxy ports not accepting")
+    redis_down = await redis_problem(redis)
+    if redis_down is not None:
+        problems.append(redis_down)
+    return problems
 
 
 async def _stop_task(stop: asyncio.Event, task: asyncio.Task[None]) -> None:

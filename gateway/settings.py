@@ -52,6 +52,12 @@ class GatewaySettings:
     max_exits_per_agent: int = 256
     drain_timeout: float = 30 * SECONDS  # on stop, streams in flight get this long to finish
     db_pool: int = 4  # PostgreSQL connections at most (API-key lookups, cached; market reads)
+    # /metrics, /healthz and /readyz on a port of their own (None: not served; 9108 is customary).
+    # Unauthenticated: keep metrics_host on loopback or a private network, never public.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None
+    ban_ttl: int = 3600  # seconds an X-IPSX-Ban keeps an exit away from a requester's domain
+    retry_body_limit: int = 64 * 1024  # bytes of a request body kept so a retry can resend it
 
     def advertised_tunnel(self, bound_port: int) -> str:
         """This node's tunnel endpoint as announced to agents: ``HOST:PORT`` or ``:PORT``."""

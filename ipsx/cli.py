@@ -10,6 +10,8 @@ from typing import Any
 
 from ipsx import health, runtime
 from ipsx.client_commands import add_client_commands
+from ipsx.devchain import add_devchain_parser
+from ipsx.inspect_command import add_inspect_command
 from ipsx.settings import Environment
 
 DESCRIPTION = """\
@@ -74,7 +76,21 @@ def _add_gateway(sub: argparse._SubParsersAction[Any]) -> None:
         "ports (SO_REUSEPORT); worker i is node NODE-ID-i with its tunnel port at --tunnel-port + i, "
         "and agents that reach one of them open tunnels to all",
     )
+    _add_metrics(p, "9108", "each further --workers process uses the next port")
     _add_db_pool(p, 4, per="each gateway process")
+
+
+def _add_metrics(parser: argparse.ArgumentParser, example: str, extra: str = "") -> None:
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help=f"serve Prometheus /metrics, /healthz and /readyz on this port (e.g. {example}; default: "
+        f"off){'; ' + extra if extra else ''}. Unauthenticated: keep --metrics-host private",
+    )
+    parser.add_argument(
+        "--metrics-host", default="127.0.0.1", help="address for --metrics-port (default: %(default)s)"
+    )
 
 
 def _add_db_pool(parser: argparse.ArgumentParser, default: int, *, per: str = "this process") -> None:
@@ -88,14 +104,43 @@ def _add_db_pool(parser: argparse.ArgumentParser, default: int, *, per: str = "t
     )
 
 
+PROVIDE_EPILOG = """\
+Examples:
+  ipsx provide --key wallet.key --gateway gw.example:8443 \\
+      --bind 203.0.113.7,country=fr,type=datacenter
+  ipsx provide --key wallet.key --gateway gw.example:8443 --cap-day 5GB --cap-month 100 \\
+      --rate-total 20 --hours 22:00-07:00 --tz Europe/Paris --protocols https,socks5 \\
+      --block example.com,10.0.0.0/8
+  ipsx provide status --key wallet.key
+      what the agent served today and this month, its caps and hours, what it earned
+
+Sizes are decimal: a plain number is GB; 500MB, 1.5GB, 2TB and 2GiB also work. Rates are per
+second: a plain number is Mbit/s; 500kbit and 1Gbit also work. Caps count both directions and
+start afresh at local midnight (and on the 1st); the counts are kept in KEYFILE.usage.json
+(next to the key, or in --state-dir), so restarting the agent does not reset them. A stream
+that reaches a cap ends there; the agent tells the gateway it is not serving until the cap
+resets or its --hours open again, and the gateway does not send it streams meanwhile.
+"""
+
+
 def _add_provide(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser(
         "provide",
-        help="share this machine's IP addresses as exits",
-        description="Run a provider agent. It only dials out (no inbound port needed), logs in with "
-        "your wallet, and relays streams from the exits you declare.",
-        epilog="Example: ipsx provide --key wallet.key --gateway gw.example:8443 "
-        "--bind 203.0.113.7,country=fr,type=datacenter",
+        help="share this machine's IP addresses as exits (`ipsx provide status`: what it served)",
+        description="Run a provider agent. It only dials out (no inbound port needed), logs in\n"
+        "with your wallet, and relays streams from the exits you declare, within the caps,\n"
+        "bandwidth, hours, protocols and destinations you allow.",
+        epilog=PROVIDE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "action",
+        nargs="?",
+        choices=("run", "status"),
+        default="run",
+        help="run: serve (the default); status: show what the agent with this --key served today "
+        "and this month (bytes, streams, per deal), its caps, hours and whether it serves now, and "
+        "what it earned when it keeps payout proofs (--payouts-api)",
     )
     p.add_argument(
         "--key",
@@ -106,8 +151,8 @@ def _add_provide(sub: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument(
         "--gateway",
-        required=True,
-        help="the gateway's tunnel endpoint: HOST:PORT, or tls://HOST:PORT when it has --tunnel-cert",
+        help="the gateway's tunnel endpoint: HOST:PORT, or tls://HOST:PORT when it has --tunnel-cert "
+        "(required to serve)",
     )
     p.add_argument(
         "--gateway-ca", help="CA bundle that signed the gateway's certificate (default: the system's)"
@@ -133,6 +178,59 @@ def _add_provide(sub: argparse._SubParsersAction[Any]) -> None:
         help="kind of IP (default: %(default)s)",
     )
     p.add_argument("--ports", help="destination ports allowed, e.g. 80,443,8000-8100 (default: all but mail)")
+    p.add_argument(
+        "--protocols",
+        metavar="LIST",
+        help="the stream protocols served, of http (plain HTTP requests), https (CONNECT tunnels) and "
+        "socks5, e.g. https,socks5 (default: all)",
+    )
+    p.add_argument(
+        "--block",
+        action="append",
+        default=[],
+        metavar="LIST",
+        help="destinations refused: domains (example.com also blocks every name under it) and "
+        "networks or addresses (10.0.0.0/8, 192.0.2.7, 2001:db8::/32; checked on the address a "
+        "name resolves to). Comma-separated; repeat for more",
+    )
+    limits = p.add_argument_group(
+        "caps, bandwidth and hours (enforced by the agent, advertised to the gateway)"
+    )
+    limits.add_argument(
+        "--cap-day",
+        metavar="SIZE",
+        help="data served per local day at most, up and down together: GB, or with a unit (500MB)",
+    )
+    limits.add_argument(
+        "--cap-month", metavar="SIZE", help="data served per calendar month at most (as --cap-day)"
+    )
+    limits.add_argument(
+        "--rate-stream", metavar="RATE", help="bandwidth per stream at most: Mbit/s, or with a unit (500kbit)"
+    )
+    limits.add_argument(
+        "--rate-total", metavar="RATE", help="bandwidth of all streams together at most (as --rate-stream)"
+    )
+    limits.add_argument(
+        "--hours",
+        action="append",
+        default=[],
+        metavar="HH:MM-HH:MM",
+        help="serve only in this local time window, e.g. 22:00-07:00 (crossing midnight is fine). "
+        "Repeat, or separate with commas, for several (default: all day)",
+    )
+    limits.add_argument(
+        "--tz",
+        metavar="ZONE",
+        help="the time zone of --hours and of the caps' days and months, e.g. Europe/Paris "
+        "(default: this machine's)",
+    )
+    limits.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help="where the agent keeps KEYFILE.usage.json, its usage counted against the caps "
+        "(default: the folder of --key)",
+    )
     p.add_argument("--allow-smtp", action="store_true", help="also allow mail ports (25, 465, 587, 2525)")
     p.add_argument(
         "--allow-private",
@@ -300,12 +398,26 @@ def _add_chain(sub: argparse._SubParsersAction[Any]) -> None:
         help="anchor settled deals on-chain: batches of records, their Merkle roots posted to DealAnchor",
         description="Every --interval, put up to --max-batch settled deals not anchored yet in a batch, "
         "post its Merkle root to the deployment's DealAnchor from the operator's wallet (its owner) and "
-        "record the batch once the transaction is mined; the API then serves each deal's inclusion "
-        "proof (`ipsx verify DEAL`). A batch interrupted by a crash is finished first at the next start. "
-        "Runs until SIGINT/SIGTERM, or once with --once. Exits with status 3 when the contract's "
-        "batches and the database's disagree. The database is IPSX_DATABASE_URL.",
+        "record the batch once the transaction is --confirmations deep; the API then serves each "
+        "deal's inclusion proof (`ipsx verify DEAL`). A batch interrupted by a crash is finished "
+        "first at the next start. Runs until SIGINT/SIGTERM, or once with --once. Exits with "
+        "status 3 when the contract's batches and the database's disagree. The database is "
+        "IPSX_DATABASE_URL.",
     )
-    a.add_argument("--once", action="store_true", help="anchor one batch (if any deal waits) and exit")
+    a.add_argument(
+        "--once",
+        action="store_true",
+        help="anchor one batch (if any deal waits), wait for its confirmations and exit",
+    )
+    a.add_argument(
+        "--confirmations",
+        type=int,
+        default=6,
+        metavar="N",
+        help="blocks on top of the anchor transaction's before its batch counts and its proofs are "
+        "served; a reorganisation shallower than that makes the batch be posted again "
+        "(default: %(default)s; 0 on a local development chain)",
+    )
     a.add_argument(
         "--interval",
         type=float,
@@ -368,6 +480,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ipsx", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="log as text (the default) or as JSON lines with request ids; also IPSX_LOG_FORMAT. "
+        "Secrets (keys, passwords, tokens) are redacted either way",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_gateway(sub)
     _add_provide(sub)
@@ -389,6 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--batch", type=int, default=500, help="stream entries per read (default: %(default)s)"
     )
+    _add_metrics(worker, "9109")
     _add_db_pool(worker, 2)
     api = sub.add_parser(
         "api",
@@ -463,8 +582,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start PostgreSQL and Redis (embedded unless IPSX_DATABASE_URL / "
         "IPSX_REDIS_URL are set), a local chain with the IPSX contracts (anvil, installed by make "
         "setup), a gateway, a worker, the API with the market and three demo providers on "
-        "127.0.0.2-4; the demo requester pays over a payment channel (an operator credit without "
-        "anvil). Prints proxy URLs.",
+        "127.0.0.2-4; the demo requester pays over a payment channel (on ipsx devchain, the "
+        "in-process chain, without anvil). Prints proxy URLs.",
+    )
+    demo.add_argument(
+        "--chain",
+        choices=("auto", "anvil", "devchain"),
+        default="auto",
+        help="the local chain of a new data dir: anvil when installed, else ipsx devchain "
+        "(default: %(default)s)",
     )
     demo.add_argument(
         "--data-dir", type=Path, default=Path(".ipsx"), help="state directory (default: %(default)s)"
@@ -518,7 +644,10 @@ def build_parser() -> argparse.ArgumentParser:
     krevoke.add_argument("key_id")
 
     add_client_commands(sub)
+
+    add_inspect_command(sub)
     _add_chain(sub)
+    add_devchain_parser(sub)
 
     wallet = sub.add_parser("wallet", help="wallet helpers").add_subparsers(dest="action", required=True)
     wnew = wallet.add_parser("new", help="create a new wallet key file (hex, mode 0600)")
@@ -530,7 +659,9 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "health":  # every few seconds in a container: no heavy imports
         sys.exit(health.run(args.target, args.timeout))
-    runtime.setup_logging(args.verbose)
+    if args.log_format:  # also for the processes this one starts (gateway --workers, the demo's)
+        os.environ["IPSX_LOG_FORMAT"] = args.log_format
+    runtime.setup_logging(args.verbose, args.log_format)
     env = Environment.from_env()
     from ipsx import commands
 

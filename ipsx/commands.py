@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import os
 import secrets
+import zoneinfo
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from eth_account import Account
@@ -18,9 +22,19 @@ from billing.worker import WorkerSettings, run_worker
 from dashboard import pac
 from dashboard.app import run_api
 from dashboard.settings import ApiSettings
+from gateway.agent.caps import Limits, parse_rate, parse_size, parse_window
 from gateway.agent.client import run_agent
-from gateway.agent.policy import ExitPolicy, parse_ports
-from gateway.agent.settings import AgentSettings, ExitSpec, create_key_file, load_key, parse_exit
+from gateway.agent.governor import Governor
+from gateway.agent.policy import ExitPolicy, parse_blocked, parse_ports, parse_protocols
+from gateway.agent.settings import (
+    AgentSettings,
+    ExitSpec,
+    create_key_file,
+    load_key,
+    parse_exit,
+    state_file_for,
+)
+from gateway.agent.status import describe, read_status
 from gateway.server import run_gateway
 from gateway.settings import GatewaySettings, default_node_id
 from ipsx import runtime
@@ -66,6 +80,8 @@ def cmd_gateway(args: argparse.Namespace, env: Environment) -> None:
         region=args.region,
         drain_timeout=args.drain_timeout,
         db_pool=args.db_pool,
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port,
     )
     if args.workers == 1:
         runtime.run(lambda stop: run_gateway(settings, stop))
@@ -86,6 +102,8 @@ def cmd_worker(args: argparse.Namespace, env: Environment) -> None:
         batch=args.batch,
         claim_idle_ms=int(args.claim_idle * 1000),
         db_pool=args.db_pool,
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port,
         **({"consumer": args.consumer} if args.consumer else {}),
     )
     runtime.run(lambda stop: run_worker(settings, stop=stop))
@@ -155,6 +173,8 @@ def parse_gateway_address(text: str) -> tuple[str, int, bool]:
 
 
 def agent_settings(args: argparse.Namespace) -> AgentSettings:
+    if not args.gateway:
+        raise UsageError("--gateway is required to serve (HOST:PORT or tls://HOST:PORT)")
     host, port, tls = parse_gateway_address(args.gateway)
     if args.gateway_ca and not tls:
         raise UsageError("--gateway-ca needs a tls:// gateway")
@@ -172,7 +192,22 @@ def agent_settings(args: argparse.Namespace) -> AgentSettings:
         ports = parse_ports(args.ports) if args.ports else None
     except ValueError as error:
         raise UsageError(str(error)) from None
-    policy = ExitPolicy(allow_private=args.allow_private, allow_smtp=args.allow_smtp, ports=ports)
+    try:
+        protocols = parse_protocols(args.protocols.split(",")) if args.protocols else None
+    except ValueError as error:
+        raise UsageError(f"--protocols: {error}") from None
+    try:
+        blocked_domains, blocked_networks = parse_blocked(args.block)
+    except ValueError as error:
+        raise UsageError(f"--block: {error}") from None
+    policy = ExitPolicy(
+        allow_private=args.allow_private,
+        allow_smtp=args.allow_smtp,
+        ports=ports,
+        protocols=protocols,
+        blocked_domains=blocked_domains,
+        blocked_networks=blocked_networks,
+    )
     return AgentSettings(
         gateway_host=host,
         gateway_port=port,
@@ -183,29 +218,113 @@ def agent_settings(args: argparse.Namespace) -> AgentSettings:
         ca_file=args.gateway_ca,
         pool_size=max(1, args.pool_size),
         gateway_region=args.gateway_region,
+        limits=agent_limits(args),
+        state_file=state_file_for(args.key, args.state_dir),
+    )
+
+
+def agent_limits(args: argparse.Namespace) -> Limits:
+    """The caps, rates and hours of ``ipsx provide``'s flags; raises UsageError."""
+
+    def parsed(flag: str, text: str | None, parse: Any) -> Any:
+        try:
+            return None if text is None else parse(text)
+        except ValueError as error:
+            raise UsageError(f"{flag}: {error}") from None
+
+    if args.tz is not None:
+        try:
+            zoneinfo.ZoneInfo(args.tz)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise UsageError(f"--tz: no time zone named {args.tz[:60]!r} (e.g. Europe/Paris, UTC)") from None
+    windows = [text for item in args.hours for text in item.split(",") if text.strip()]
+    return Limits(
+        cap_day=parsed("--cap-day", args.cap_day, parse_size),
+        cap_month=parsed("--cap-month", args.cap_month, parse_size),
+        rate_stream=parsed("--rate-stream", args.rate_stream, parse_rate),
+        rate_total=parsed("--rate-total", args.rate_total, parse_rate),
+        hours=tuple(sorted({parsed("--hours", text, parse_window) for text in windows})),
+        tz=args.tz,
     )
 
 
 def cmd_provide(args: argparse.Namespace, env: Environment) -> None:
+    if args.action == "status":
+        provide_status(args)
+        return
     settings = agent_settings(args)
     if args.payouts_interval <= 0:
         raise UsageError("--payouts-interval must be positive")
+    governor = Governor(
+        settings.limits,
+        state_file=settings.state_file,
+        address=settings.account.address,
+        policy=settings.policy,
+    )
 
     async def provide(stop: asyncio.Event) -> None:
-        keeping = None
+        tasks = []
         if args.payouts_api:
-            keeping = asyncio.create_task(
-                keep_payouts_every(
-                    args.payouts_api, settings.account, args.payouts_store, args.payouts_interval, stop
+            tasks.append(
+                asyncio.create_task(
+                    keep_payouts_every(
+                        args.payouts_api, settings.account, args.payouts_store, args.payouts_interval, stop
+                    )
                 )
             )
+            tasks.append(
+                asyncio.create_task(_note_payouts(args.payouts_store, governor, args.payouts_interval, stop))
+            )
         try:
-            await run_agent(settings, stop)
+            await run_agent(settings, stop, governor=governor)
         finally:
-            if keeping is not None:
-                keeping.cancel()
+            for task in tasks:
+                task.cancel()
 
     runtime.run(provide)
+
+
+def _payouts_total(store: Path) -> int | None:
+    """The total of the payout proofs kept in ``store`` (base units); None when there is no store.
+    Raises OSError or ValueError when it cannot be read."""
+    try:
+        kept = json.loads(store.read_text())
+    except FileNotFoundError:
+        return None
+    if not isinstance(kept, dict):
+        raise ValueError(f"{store} is not a file of payout proofs")
+    return sum(int(proof["balance"]) for proof in kept.values())
+
+
+async def _note_payouts(store: Path, governor: Governor, interval: float, stop: asyncio.Event) -> None:
+    """Tell the governor the payout proofs' total every ``interval`` seconds, so the state file
+    knows what was earned today (``ipsx provide status``)."""
+    while not stop.is_set():
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            total = await asyncio.to_thread(_payouts_total, store)
+            if total is not None:
+                governor.note_payouts(total)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
+
+
+def provide_status(args: argparse.Namespace) -> None:
+    """``ipsx provide status``: print what the agent of ``--key`` keeps in its state file."""
+    path = state_file_for(args.key, args.state_dir)
+    try:
+        status = read_status(path)
+    except FileNotFoundError:
+        raise UsageError(
+            f"no state file at {path}: has an agent run with this --key (and --state-dir) here?"
+        ) from None
+    except (OSError, ValueError, KeyError) as error:
+        raise UsageError(f"cannot read the state file {path}: {error}") from None
+    try:
+        payouts = _payouts_total(args.payouts_store)
+    except (OSError, ValueError, KeyError, TypeError):
+        payouts = None
+    for line in describe(status, payouts=payouts, payouts_store=str(args.payouts_store)):
+        print(line)
 
 
 def cmd_demo(args: argparse.Namespace, env: Environment) -> None:
@@ -219,8 +338,24 @@ def cmd_demo(args: argparse.Namespace, env: Environment) -> None:
         origin_port=args.origin_port,
         api_port=args.api_port,
         once=args.once,
+        chain=args.chain,
     )
     runtime.run(lambda stop: run_demo(options, env, stop))
+
+
+def cmd_inspect(args: argparse.Namespace, env: Environment) -> None:
+    from ipsx import inspect_command  # mitmproxy is loaded by this command only
+
+    inspect_command.cmd_inspect(args, env)
+
+
+def cmd_devchain(args: argparse.Namespace, env: Environment) -> None:
+    from ipsx import devchain
+
+    try:
+        devchain.run(args)
+    except (OSError, devchain.StateFileError) as error:
+        raise UsageError(str(error)) from None
 
 
 def cmd_account(args: argparse.Namespace, env: Environment) -> None:

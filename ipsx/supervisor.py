@@ -28,18 +28,23 @@ STOP_GRACE = 10.0  # seconds beyond the workers' own drain timeout before they a
 
 
 def worker_settings(settings: GatewaySettings, workers: int) -> list[GatewaySettings]:
-    """One node's settings per worker: ``NODE-i`` with its tunnel port at ``tunnel_port + i``."""
+    """One node's settings per worker: ``NODE-i`` with its tunnel port at ``tunnel_port + i`` (and
+    its metrics port, if any, at ``metrics_port + i``)."""
     if workers < 1:
         raise ValueError("--workers must be at least 1")
     if workers > 1 and 0 in (settings.http_port, settings.socks_port, settings.tunnel_port):
         raise ValueError("--workers above 1 needs fixed ports (port 0 cannot be shared)")
     if settings.tunnel_port + workers - 1 > 65535:
         raise ValueError("the workers' tunnel ports would pass 65535")
+    metrics = settings.metrics_port
+    if metrics is not None and ((metrics == 0 and workers > 1) or metrics + workers - 1 > 65535):
+        raise ValueError("the workers' metrics ports need a fixed first port and must stay under 65536")
     return [
         replace(
             settings,
             node_id=f"{settings.node_id}-{index}",
             tunnel_port=settings.tunnel_port + index,
+            metrics_port=None if metrics is None else metrics + index,
             reuse_port=True,
         )
         for index in range(workers)

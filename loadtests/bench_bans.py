@@ -10,7 +10,7 @@ each as its own account against its own site name:
 
 Reported for each: answers received, requests per useful answer, requests served by an exit
 after the scraper banned it (must be 0), the load per exit (requests it carried; the bar is no
-exit above 2× the mean) and the gateway's CPU time per request.
+exit above twice the mean) and the gateway's CPU time per request.
 
     python loadtests/bench_bans.py [--exits 20] [--per-exit 25] [--sessions 8] [--json out.json]
 
@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--exits", type=int, default=20, help="exits lent by the agent (default 20)")
     parser.add_argument("--per-exit", type=int, default=25, help="requests the site lets each exit make")
     parser.add_argument(
-        "--job", type=float, default=0.9, help="useful answers wanted, as a share of what the site gives (0.9)"
+        "--job", type=float, default=0.9, help="useful answers wanted, as a share of what the site gives"
     )
     parser.add_argument("--sessions", type=int, default=8, help="concurrent sticky sessions (default 8)")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -313,7 +313,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['gateway_cpu_ms_per_request']} |"
         )
     if args.json:
-        args.json.write_text(json.dumps({"exits": args.exits, "per_exit": args.per_exit, "results": results}, indent=2))
+        found = {"exits": args.exits, "per_exit": args.per_exit, "results": results}
+        args.json.write_text(json.dumps(found, indent=2))
 
 
 if __name__ == "__main__":

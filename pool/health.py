@@ -27,6 +27,7 @@ from pool import keys
 from pool.health_record import (
     CLOSE_LUA,
     NEGLIGIBLE,
+    RECALL_LUA,
     TRIP_LUA,
     HealthSettings,
     SharedRecord,
@@ -132,10 +133,11 @@ class ExitHealth:
         self._known: dict[str, _Known] = {}
         self._touched: set[str] = set()
         self._pending: dict[str, _Pending] = {}
-        self._moves: dict[str, tuple[str, str]] = {}  # exit → ("trip", why) | ("close", "")
+        self._moves: dict[str, tuple[str, str]] = {}  # exit → ("trip", why) | ("close" | "recall", "")
         self._stale: dict[str, list[str]] = {}
         self._trip = redis.register_script(TRIP_LUA)
         self._close = redis.register_script(CLOSE_LUA)
+        self._recall = redis.register_script(RECALL_LUA)
         self._lock = asyncio.Lock()
         self._wakeup = asyncio.Event()
         self._closing = False
@@ -197,6 +199,16 @@ class ExitHealth:
             self._note_error(pending, self._clock(), reason)
 
     # selection: memory only
+
+    def reconnected(self, exit_ids: Iterable[str]) -> None:
+        """The exits' agent logged in again: their quarantines end now, so each one's next
+        selection is its probe (a fresh tunnel is better news than a cool-down running out)."""
+        now = self._clock()
+        for exit_id in exit_ids:
+            known = self._known.get(exit_id)
+            if known is not None and self._state(known, now) is Breaker.OPEN:
+                known.shared.until = now
+                self._moves[exit_id] = ("recall", "")
 
     def now(self) -> float:
         return self._clock()
@@ -407,7 +419,9 @@ class ExitHealth:
         latencies = [c["lat"] / c["ok"] for c in views if c["ok"] >= NEGLIGIBLE and c["lat"] > 0]
         reference = statistics.median(latencies) if latencies else None
         for known in self._known.values():
-            known.weight = weight_of(known.shared.counts, reference, self.settings.weight_floor)
+            known.weight = weight_of(
+                known.shared.counts, reference, self.settings.weight_floor, self.settings.latency_slack
+            )
 
     async def _write(self, batch: dict[str, _Pending], stale: dict[str, list[str]]) -> None:
         settings, now = self.settings, self._clock()
@@ -442,6 +456,9 @@ class ExitHealth:
         retention = int(settings.retention * 1000)
         if move == "close":
             await self._close(keys=[key], args=[retention])
+            return
+        if move == "recall":
+            await self._recall(keys=[key], args=[int(self._clock() * 1000)])
             return
         now_ms = int(self._clock() * 1000)
         ms = [int(value * 1000) for value in (settings.cooldown, settings.max_cooldown, settings.trip_memory)]

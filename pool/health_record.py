@@ -49,6 +49,7 @@ class HealthSettings:
     probe_timeout: float = 30 * SECONDS  # a probe with no outcome this long is given up
     degraded_rate: float = 0.9  # reported "degraded" under this dial (or stream) success rate
     weight_floor: float = 0.05  # the least selection weight of an exit that is not quarantined
+    latency_slack: float = 0.05 * SECONDS  # dial latencies closer than about this weigh the same
     recent_errors: int = 20  # errors kept per exit
     retention: float = 24 * 3600 * SECONDS  # an exit's health keys outlive its last record this long
 
@@ -107,6 +108,14 @@ redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 1
 """
 
+# KEYS[1] the exit's health hash; ARGV[1] now (ms). The exit's agent came back: a cool-down still
+# running ends now, so the next selection probes the exit instead of waiting it out.
+RECALL_LUA = """
+local until_ms = tonumber(redis.call('HGET', KEYS[1], 'until') or 0)
+if until_ms > tonumber(ARGV[1]) then redis.call('HSET', KEYS[1], 'until', ARGV[1]) end
+return until_ms
+"""
+
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
@@ -155,20 +164,25 @@ def decode_record(raw: Mapping[Any, Any], now: float, settings: HealthSettings) 
     return shared
 
 
-def weight_of(counts: Mapping[str, float], reference: float | None, floor: float) -> float:
+def weight_of(
+    counts: Mapping[str, float], reference: float | None, floor: float, slack: float = 0.0
+) -> float:
     """An exit's selection weight in [``floor``, 1]; 1 for an exit with no record.
 
-    ``((ok + 1) / (ok + fail + 1))**2 * (sok + 1) / (sok + slost + 1) * min(1, reference / latency)``
+    ``((ok + 1) / (ok + fail + 1))**2 * (sok + 1) / (sok + slost + 1)
+    * min(1, (reference + slack) / (latency + slack))``
     with decayed counts: one virtual success keeps a single failure from zeroing a new exit; the
     dial rate is squared because every failed dial costs the requester a retry. ``latency`` is the
     exit's mean dial latency and ``reference`` the median of the exits this node knows, so an exit
-    twice as slow as the typical one gets half the weight, and none gets more for being faster.
+    twice as slow as the typical one gets about half the weight, and none gets more for being
+    faster; ``slack`` keeps differences of a few milliseconds (scheduling noise, not a slow
+    exit) from weighing anything.
     """
     ok, fail = counts["ok"], counts["fail"]
     value = ((ok + 1) / (ok + fail + 1)) ** 2
     value *= (counts["sok"] + 1) / (counts["sok"] + counts["slost"] + 1)
     if reference is not None and ok >= NEGLIGIBLE and counts["lat"] > 0:
-        value *= min(1.0, reference * ok / counts["lat"])
+        value *= min(1.0, (reference + slack) / (counts["lat"] / ok + slack))
     return max(floor, min(1.0, value))
 
 

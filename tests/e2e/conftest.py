@@ -62,6 +62,7 @@ class Stack:
     database_url: str
     tmp: Path
     redis_url: str = REDIS_URL
+    metrics_port: int = 0  # the gateway's /metrics, /healthz, /readyz
     agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -246,6 +247,7 @@ def running_stack(tmp: Path, name: str, redis_url: str, *, gateway: bool = True)
         http_port=free_port(),
         socks_port=free_port(),
         tunnel_port=free_port(),
+        metrics_port=free_port(),
         account="",
         secret="",
         origin=origin,
@@ -274,6 +276,8 @@ def running_stack(tmp: Path, name: str, redis_url: str, *, gateway: bool = True)
                 "test-node",
                 "--handshake-timeout",
                 "2",
+                "--metrics-port",
+                str(stack.metrics_port),
                 log="gateway.log",
             )
             stack.spawn("worker", log="worker.log")

@@ -190,7 +190,7 @@ def test_metered_bytes_equal_what_curl_transferred(stack: Stack, scheme: str, tm
         # curl counts the CONNECT exchange too; the tunnel's payload is what came after it.
         sent = [int(n) for n in re.findall(r"=> Send header, (\d+) bytes", trace.read_text())]
         size_request -= sent[0]
-        size_header -= len(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        size_header -= len(f"HTTP/1.1 200 Connection established\r\nX-IPSX-Exit: {'0' * 16}\r\n\r\n")
     row = _latest(stack, scheme, before)
     # Inside a tunnel the metered bytes are exactly the client's payload: its request as sent
     # and the origin's response as received; the CONNECT / SOCKS5 handshake is not metered.
@@ -216,7 +216,10 @@ def test_plain_http_metering_counts_the_forwarded_exchange(stack: Stack) -> None
     )
     size_header, size_download = map(int, result.stdout.split())
     row = _latest(stack, "http", before)
-    assert row["gateway_bytes_down"] == size_header + size_download
+    # The client also got the gateway's own X-IPSX-Exit and X-IPSX-Tries lines, which never
+    # crossed the exit: the meter counts what the exit carried, not them.
+    ours = len(f"X-IPSX-Exit: {'0' * 16}\r\nX-IPSX-Tries: 1\r\n")
+    assert row["gateway_bytes_down"] == size_header - ours + size_download
     assert row["agent_bytes_down"] == row["gateway_bytes_down"]
     assert row["agent_bytes_up"] == row["gateway_bytes_up"]
 

@@ -380,7 +380,9 @@ def test_ban_accepts_session_exit_exit_id_or_domain(value: str, expected: str) -
     assert apply_headers(Targeting("alice"), [("X-IPSX-Ban", value)]).ban == expected
 
 
-@pytest.mark.parametrize("value", ["0", "2", "yes", "0123456789abcde", "localhost", "a..b", "ex_ample.", "é.com"])
+@pytest.mark.parametrize(
+    "value", ["0", "2", "yes", "0123456789abcde", "localhost", "a..b", "ex_ample.", "é.com", "\u212a.com"]
+)
 def test_ban_refuses_anything_else(value: str) -> None:
     error = header_error([("X-IPSX-Ban", value)])
     assert error.key == "X-IPSX-Ban"

@@ -31,6 +31,7 @@ SETTINGS = HealthSettings(
     trip_memory=600,
     probe_timeout=5,
     recent_errors=5,
+    latency_slack=0,  # the weight formula's latency term exactly (the slack has its own test)
 )
 FR = ExitFilters(country="fr")
 
@@ -320,6 +321,33 @@ async def test_probe_success_closes(redis: Redis, clock: Clock) -> None:
     assert health.state("a") is Breaker.CLOSED
 
 
+async def test_reconnected_agent_ends_the_quarantine_on_every_node(redis: Redis, clock: Clock) -> None:
+    health = await tripped(redis, clock)
+    other = node(redis, clock, "n2")
+    other.state("a")
+    await other.refresh()
+    assert other.state("a") is Breaker.OPEN
+    clock.advance(1)  # well inside the 10 s cool-down
+    health.reconnected(["a", "never-seen"])
+    assert health.state("a") is Breaker.HALF_OPEN  # its next selection is the probe
+    await health.sync()
+    await other.refresh()
+    assert other.state("a") is Breaker.HALF_OPEN
+    assert health.begin_probe("a")
+    health.dial_ok("a", 0.01)
+    assert health.state("a") is Breaker.CLOSED
+
+
+async def test_reconnected_leaves_a_closed_breaker_alone(redis: Redis, clock: Clock) -> None:
+    health = node(redis, clock)
+    health.dial_ok("a", 0.01)
+    await health.sync()
+    health.reconnected(["a"])
+    await health.sync()
+    assert health.state("a") is Breaker.CLOSED
+    assert (await shared(redis, "a", clock))["quarantined_until"] is None
+
+
 async def test_probe_answered_by_destination_closes(redis: Redis, clock: Clock) -> None:
     health = await tripped(redis, clock)
     clock.advance(10)
@@ -423,6 +451,18 @@ async def test_weights(redis: Redis, clock: Clock) -> None:
     assert health.weight("lossy") == pytest.approx(4 / 5)
     assert health.weight("new") == 1.0
     assert health.snapshot(["slow"])["slow"]["weight"] == 0.25
+
+
+async def test_latency_slack_ignores_milliseconds_but_not_a_slow_exit(redis: Redis, clock: Clock) -> None:
+    health = node(redis, clock, trip_streak=100, min_attempts=1000, latency_slack=0.05)
+    for _ in range(10):
+        for exit_id, latency in (("a", 0.002), ("b", 0.002), ("noisy", 0.008), ("slow", 0.5)):
+            health.dial_ok(exit_id, latency)
+    await health.sync()
+    # reference: the median of 2, 2, 8 and 500 ms = 5 ms
+    assert health.weight("noisy") == pytest.approx(55 / 58)
+    assert health.weight("noisy") > 0.9
+    assert health.weight("slow") == pytest.approx(55 / 550)
 
 
 async def test_weight_has_a_floor(redis: Redis, clock: Clock) -> None:
