@@ -308,6 +308,23 @@ SCHEMAS: dict[str, Any] = {
             "city": _STR,
             "asn": {"type": "integer"},
             "type": {"enum": ["residential", "mobile", "datacenter"]},
+            "health": _ref("ExitHealth"),
+        },
+    },
+    "ExitHealth": {
+        "type": "object",
+        "description": "decayed over the last minutes, over every gateway node",
+        "required": ["state", "success_rate", "dial_latency_ms", "throughput_bps", "recent_errors"],
+        "properties": {
+            "state": {"enum": ["healthy", "degraded", "quarantined", "probing"]},
+            "success_rate": {"type": ["number", "null"], "description": "dials that got through"},
+            "attempts": {"type": "number"},
+            "dial_latency_ms": {"type": ["number", "null"]},
+            "throughput_bps": {"type": ["number", "null"], "description": "bits per second of stream time"},
+            "stream_success_rate": {"type": ["number", "null"]},
+            "quarantined_until": {"type": ["number", "null"], "description": "unix seconds"},
+            "trips": {"type": "integer"},
+            "recent_errors": {"type": "array", "items": {"type": "object"}},
         },
     },
     "Channel": {

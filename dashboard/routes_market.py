@@ -19,6 +19,7 @@ from matching.engine import Fill, MatchResult
 from matching.errors import InvalidOrder, MatchingError
 from matching.market import MarketRefused
 from matching.terms import package_for, request_for
+from pool.health import reports as health_reports
 from pool.registry import ExitRegistry
 
 routes = web.RouteTableDef()
@@ -240,9 +241,12 @@ async def list_orders(request: web.Request) -> web.Response:
 
 @routes.get("/v1/exits")
 async def my_exits(request: web.Request) -> web.Response:
-    """The caller's live exits as a provider (its agents declared them), to offer them."""
+    """The caller's live exits as a provider (its agents declared them), to offer them, with each
+    one's health as the gateway nodes see it (success rate, dial latency, throughput, errors)."""
     caller = await authorized(request)
     live = await ExitRegistry(request.app[REDIS]).list_live()
+    mine = [info for info in live if info.provider == caller.account.address]
+    health = await health_reports(request.app[REDIS], [info.exit_id for info in mine])
     items = [
         {
             "exit_id": info.exit_id,
@@ -252,9 +256,9 @@ async def my_exits(request: web.Request) -> web.Response:
             "city": info.city,
             "asn": info.asn,
             "type": info.type,
+            "health": health[info.exit_id],
         }
-        for info in live
-        if info.provider == caller.account.address
+        for info in mine
     ]
     return json_response({"items": items})
 

@@ -141,6 +141,11 @@ class ExitDialer:
         self._stats.selection.observe(time.perf_counter() - started)
         return choice
 
+    async def is_banned(self, account: str, host: str, exit_id: str) -> bool:
+        """Whether ``account`` banned ``exit_id`` for ``host`` (a kept-alive stream asks before
+        each request: a ban from another connection applies to it too)."""
+        return self._bans is not None and exit_id in await self._bans.banned(account, host)
+
     async def _banned(self, targeting: Targeting, host: str) -> frozenset[str]:
         """The exits this connection may not use: the requester's bans for the host, after
         recording the one the connection asks for (``targeting.ban``). Raises BadBan."""

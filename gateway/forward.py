@@ -15,7 +15,7 @@ once another exit is dialled: when none is left the client gets the origin's own
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gateway import http1
 from gateway.conn import Conn, ConnectionClosed
@@ -75,18 +75,25 @@ class PlainForwarder:
         targeting: Targeting | None = None
         outcome = "client_closed"
         try:
+            from_headers = False  # the targeting came from the previous request's X-IPSX-* headers
             while True:
                 host, port, origin_target = http1.parse_absolute_uri(head.target)
                 header = head.get("proxy-authorization")
-                if (
-                    targeting is None
-                    or header != auth_header
-                    or any(name[:7].lower() == "x-ipsx-" for name, _ in head.headers)
-                ):
+                has_headers = any(name[:7].lower() == "x-ipsx-" for name, _ in head.headers)
+                if targeting is None or header != auth_header or has_headers or from_headers:
+                    # Headers speak for their own request only: the next one is read afresh.
                     targeting = await self._authorize(head)
-                    auth_header = header
-                key = (host, port, targeting)
-                if upstream is not None and (upstream.key != key or upstream.stream.conn.at_eof):
+                    auth_header, from_headers = header, has_headers
+                # A ban is an instruction about this request, not a kind of stream: it never keeps
+                # the stream it asks to leave, and the stream it gets serves the next requests.
+                banning = targeting.ban is not None
+                key = (host, port, replace(targeting, ban=None) if banning else targeting)
+                if upstream is not None and (
+                    upstream.key != key
+                    or upstream.stream.conn.at_eof
+                    or banning
+                    or await self._dialer.is_banned(targeting.account, host, upstream.stream.exit_id)
+                ):
                     self._end_upstream(
                         upstream, "exit_closed" if upstream.stream.conn.at_eof else "client_closed"
                     )

@@ -5,8 +5,10 @@ source address past its N-th request (the origin's ``/guard/N/SITE``). Two runs 
 each as its own account against its own site name:
 
 - ``bans``: on a 403 the session's next request carries ``X-IPSX-Ban: 1``;
-- ``rotation only`` (the baseline): the session just asks again, as a scraper on a proxy network
-  without bans does; its exits keep serving 403s from the site.
+- ``sticky, no bans`` (a baseline): the session just asks again, as a scraper on a proxy network
+  without bans does; its exit keeps serving 403s from the site;
+- ``rotating, no bans`` (a baseline): no session, a new exit per request; every exit keeps being
+  used after the site banned it.
 
 Reported for each: answers received, requests per useful answer, requests served by an exit
 after the scraper banned it (must be 0), the load per exit (requests it carried; the bar is no
@@ -190,21 +192,22 @@ class Tally:
     no_exit: int = 0  # the gateway had no exit left that is not banned
     errors: Counter[str] = field(default_factory=Counter)
     load: Counter[str] = field(default_factory=Counter)  # requests carried, per exit address
-    banned: set[str] = field(default_factory=set)
-    after_ban: int = 0  # requests an exit carried after the scraper banned it
+    banned_at: dict[str, float] = field(default_factory=dict)  # exit → when its ban was answered
+    after_ban: int = 0  # requests sent after an exit's ban was answered that it still carried
 
 
 def scrape(
     stack: Stack, origin: Origin, account: str, secret: str, site: str, *, per_exit: int, target: int,
-    sessions: int, use_bans: bool,
+    sessions: int, mode: str,
 ) -> dict[str, Any]:  # fmt: skip
     tally = Tally()
     url = origin.url(f"/guard/{per_exit}/{site}")
     budget = target * 4  # requests at most, so a scraper that cannot finish stops
 
     def session(number: int) -> None:
-        proxy = f"http://{account}-session-s{number}:{secret}@127.0.0.1:{stack.http_port}"
-        ban_next = False
+        user = account if mode == "rotating" else f"{account}-session-s{number}"
+        proxy = f"http://{user}:{secret}@127.0.0.1:{stack.http_port}"
+        ban_next: str | None = None  # the exit the next request bans (the session's, on a 403)
         with requests.Session() as client:
             client.proxies = {"http": proxy}
             while True:
@@ -213,6 +216,9 @@ def scrape(
                         return
                     tally.requests += 1
                 headers = {"X-IPSX-Ban": "1"} if ban_next else {}
+                if mode == "rotating":  # a new connection, so a new exit, for every request
+                    headers["Connection"] = "close"
+                sent = time.monotonic()
                 try:
                     answer = client.get(url, headers=headers, timeout=30)
                 except requests.RequestException as error:
@@ -220,6 +226,9 @@ def scrape(
                         tally.errors[type(error).__name__] += 1
                     continue
                 with tally.lock:
+                    if ban_next is not None:  # the gateway took the ban with this request
+                        tally.banned_at.setdefault(ban_next, time.monotonic())
+                        ban_next = None
                     if answer.status_code == 502 and answer.headers.get("X-IPSX-Error") == "no_exit_matches":
                         tally.no_exit += 1
                         return
@@ -228,16 +237,14 @@ def scrape(
                         tally.errors[str(answer.status_code)] += 1
                         continue
                     tally.load[source] += 1
-                    if source in tally.banned:
+                    if tally.banned_at.get(source, sent) < sent:
                         tally.after_ban += 1
                     if answer.status_code == 200:
                         tally.useful += 1
-                        ban_next = False
                     else:
                         tally.refused += 1
-                        if use_bans:
-                            ban_next = True
-                            tally.banned.add(source)
+                        if mode == "bans":
+                            ban_next = source
 
     gateway = psutil.Process(stack.procs[0].pid)
     cpu_before = sum(gateway.cpu_times()[:2])
@@ -252,7 +259,7 @@ def scrape(
     loads = [tally.load.get(f"127.0.0.{n + 2}", 0) for n in range(stack.exits)]
     mean = statistics.fmean(loads)
     return {
-        "mode": "bans" if use_bans else "rotation only",
+        "mode": {"bans": "bans", "sticky": "sticky, no bans", "rotating": "rotating, no bans"}[mode],
         "useful": tally.useful,
         "target": target,
         "completed": tally.useful >= target,
@@ -260,7 +267,7 @@ def scrape(
         "requests_per_useful": round(tally.requests / max(tally.useful, 1), 3),
         "refused_403": tally.refused,
         "served_after_ban": tally.after_ban,
-        "exits_banned": len(tally.banned),
+        "exits_banned": len(tally.banned_at),
         "load_max": max(loads),
         "load_mean": round(mean, 2),
         "load_max_over_mean": round(max(loads) / mean, 3) if mean else None,
@@ -289,14 +296,14 @@ def main(argv: list[str] | None = None) -> None:
     try:
         log(f"starting a gateway, a worker and an agent with {args.exits} exits")
         with running_stack(args.exits) as stack:
-            for number, use_bans in enumerate((False, True), start=1):
-                name = "banning" if use_bans else "rotating"
+            for number, mode in enumerate(("sticky", "rotating", "bans"), start=1):
+                name = {"bans": "banning", "sticky": "sticking", "rotating": "rotating"}[mode]
                 secret = stack.account(name, number)
                 log(f"{name}: {target} useful answers wanted from a site that bans after {args.per_exit}")
                 results.append(
                     scrape(
                         stack, origin, name, secret, f"site{number}", per_exit=args.per_exit, target=target,
-                        sessions=args.sessions, use_bans=use_bans,
+                        sessions=args.sessions, mode=mode,
                     )
                 )  # fmt: skip
                 log(json.dumps(results[-1]))

@@ -729,3 +729,21 @@ def test_a_requester_that_stops_paying_is_cut_off_until_its_agent_pays(stack: St
     while (served := curl("-x", proxy, stack.origin.url("/ip")).stdout) != EXITS["fr"]:
         assert time.monotonic() < deadline, served
         time.sleep(0.2)
+
+
+def test_a_provider_sees_its_exits_health_after_traffic(stack: Stack, market: Market) -> None:
+    for _ in range(3):
+        assert curl("-x", market.proxy(stack, "-country-fr"), stack.origin.url("/ip")).stdout == EXITS["fr"]
+    wallet = load_key(stack.tmp / "agent-fr.key", None)
+    provider = Client.sign_in(market.url, wallet)
+    deadline = time.monotonic() + 15  # each gateway node writes its records every second
+    while True:
+        (mine,) = provider.exits()
+        health = mine["health"]
+        if health["success_rate"] is not None or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert mine["bind"] == EXITS["fr"]
+    assert health["state"] == "healthy" and health["success_rate"] == 1.0
+    assert health["dial_latency_ms"] is not None and health["dial_latency_ms"] > 0
+    assert health["quarantined_until"] is None and health["recent_errors"] == []
