@@ -12,7 +12,7 @@ _DOMAIN = {
     "type": "string",
     "minLength": 1,
     "maxLength": 253,
-    "pattern": "^[A-Za-z0-9_.-]+$",
+    "pattern": "^[A-Za-z0-9_-]{1,63}([.][A-Za-z0-9_-]{1,63})*$",
     "description": "a host name or IP address; a ban covers its subdomains too",
 }
 _EXIT_ID = {"type": "string", "pattern": "^[0-9a-f]{16}$", "description": "as a response's X-IPSX-Exit"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import secrets
 from collections import Counter
 
 import pytest
@@ -28,7 +29,8 @@ class Requester:
         number = next(_accounts)
         self.stack = stack
         self.name = f"rules{number}"
-        stack.ipsx("account", "create", "--address", "0x" + f"{number:02x}" * 20, "--name", self.name)
+        # A wallet of its own: other modules' accounts share this stack's database.
+        stack.ipsx("account", "create", "--address", "0x" + secrets.token_hex(20), "--name", self.name)
         found = re.search(r"secret: (\S+)", stack.ipsx("key", "create", self.name).stdout)
         assert found is not None
         self.secret = found.group(1)
