@@ -37,6 +37,7 @@ lint: setup
 clients:
 	@command -v curl >/dev/null && command -v docker-compose >/dev/null || \
 		{ apt-get update -q && apt-get install -y -q curl docker-compose; }
+	@test -x /usr/bin/chromium || { apt-get update -q && apt-get install -y -q chromium; }
 
 unit: setup clients
 	$(BIN)/pytest

@@ -24,6 +24,7 @@ from dashboard.routes_payments import payment_settings
 from dashboard.routes_payments import routes as payment_routes
 from dashboard.routes_withdrawals import routes as withdrawal_routes
 from dashboard.settings import ApiSettings
+from dashboard.web import add_web_routes
 from matching.market import MarketSettings
 from pool.client import redis_from_url
 
@@ -81,6 +82,7 @@ def build_app(settings: ApiSettings) -> web.Application:
     app.router.add_routes(anchor_routes)
     app.router.add_routes(ban_routes)
     app.router.add_routes(inspect_routes)
+    add_web_routes(app)
     return app
 
 

@@ -43,3 +43,17 @@ class ApiSettings:
     # the operator's wallet (hex key): with channels_address, the market's node signs providers'
     # payout proofs with it (billing.payouts); None: no payouts signed
     operator_key: str | None = field(default=None, repr=False)
+    # The web dashboard (dashboard.web). Sessions are a JWT in an HttpOnly cookie, for web_session_ttl.
+    web_session_ttl: float = 8 * 60 * 60 * SECONDS
+    # sign-in attempts one client address may make per web_signin_window before it is answered 429
+    web_signin_limit: int = 10
+    web_signin_window: float = 60 * SECONDS
+    # with an account name, the sign-in page offers a one-click login as that account: for
+    # `ipsx demo` only, since anyone who reaches the dashboard may then act as it
+    web_demo_account: str | None = None
+    web_live_interval: float = 1 * SECONDS  # how often the live page's event stream pushes totals
+    # the gateway's SOCKS5 port as users reach it, HOST:PORT (the HTTP one is proxy_address)
+    socks_address: str = "127.0.0.1:1080"
+    # where users reach this API, e.g. https://dash.example.com: the base of the PAC URLs the pages
+    # show (None: the URL the request came in on)
+    public_url: str | None = None

@@ -560,6 +560,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="the gateway's HTTP proxy as browsers reach it, HOST:PORT: what the orders' PAC files "
         "name (default: %(default)s)",
     )
+    api.add_argument(
+        "--socks-address",
+        default="127.0.0.1:1080",
+        help="the gateway's SOCKS5 port as users reach it, HOST:PORT, shown by the dashboard's proxy "
+        "URL builder (default: %(default)s)",
+    )
+    api.add_argument(
+        "--public-url",
+        help="where users reach this API and dashboard, e.g. https://dash.example.com: the base of "
+        "the PAC URLs the pages show; with https the session cookie is Secure (default: the URL "
+        "each request came in on)",
+    )
+    api.add_argument(
+        "--web-signin-limit",
+        type=int,
+        default=10,
+        metavar="N",
+        help="dashboard sign-in attempts one client address may make per minute (default: %(default)s)",
+    )
+    api.add_argument(
+        "--web-live-interval",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="how often the dashboard's live view pushes the caller's totals (default: %(default)s)",
+    )
+    api.add_argument(
+        "--web-demo-account",
+        metavar="NAME",
+        help="offer a one-click dashboard login as this account: for demos only, since anyone "
+        "who reaches the dashboard may then act as it",
+    )
     _add_db_pool(api, 10)
     sub.add_parser("migrate", help="create the database if needed and apply migrations")
     health = sub.add_parser(

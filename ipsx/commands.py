@@ -143,6 +143,11 @@ def cmd_api(args: argparse.Namespace, env: Environment) -> None:
         invoice_interval=args.invoice_interval,
         spot_duration_s=args.spot_duration,
         spot_traffic_bytes=args.spot_traffic_gb * 10**9,
+        socks_address=args.socks_address,
+        public_url=args.public_url,
+        web_signin_limit=args.web_signin_limit,
+        web_demo_account=args.web_demo_account,
+        web_live_interval=args.web_live_interval,
         operator_key=_operator_key(args.channels_address),
     )
     runtime.run(lambda stop: run_api(settings, stop))

@@ -222,6 +222,8 @@ async def run_demo(options: DemoOptions, env: Environment, stop: asyncio.Event) 
             port=api_port,
             siwe_domain=f"127.0.0.1:{api_port}",
             proxy_address=f"127.0.0.1:{options.http_port or 8080}",
+            socks_address=f"127.0.0.1:{options.socks_port or 1080}",
+            web_demo_account=DEMO_ACCOUNT,  # the dashboard's one-click "Enter the demo"
             spot_duration_s=60,  # the demo's traffic is settled, invoiced and paid within a minute
             **_payment_settings(chain),
         )
@@ -348,7 +350,8 @@ def _print_banner(state: dict[str, str], state_path: Path, chain: DemoChain | No
     germany = state["http_proxy"].replace(f"//{state['account']}:", f"//{state['account']}-country-de:")
     print(
         f"""
-IPSX demo is running. In another terminal:
+IPSX demo is running. Dashboard: {state["api"]}/  (click "Enter the demo", then run the curl
+below: the overview's chart moves within a second). In another terminal:
 
   export http_proxy={state["http_proxy"]}
   export HTTP_PROXY=$http_proxy HTTPS_PROXY=$http_proxy https_proxy=$http_proxy

@@ -1,0 +1,39 @@
+"""The dashboard's web pages, served by the API process: sign-in (wallet, API key, demo) and the
+requester's pages, server-rendered with Jinja2, with a little JavaScript for the live chart (Server-
+Sent Events from ``/web/live``), copying, the wallet and the theme toggle.
+
+``add_web_routes(app)`` adds them to the API application built by ``dashboard.app.build_app``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from dashboard.web import live, manage, requester, signin
+from dashboard.web.live import LIVE_STOP
+from dashboard.web.render import STATIC_DIR, STATIC_ROUTE, page
+
+__all__ = ["add_web_routes"]
+
+
+@page
+async def _not_found(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPNotFound(reason="there is no such page")
+
+
+async def _end_live_streams(app: web.Application) -> None:
+    app[LIVE_STOP].set()
+
+
+def add_web_routes(app: web.Application) -> None:
+    """Serve the pages (``/``, ``/signin``, ``/web/…``) and their assets (``/web/static/…``)."""
+    app[LIVE_STOP] = asyncio.Event()
+    app.on_shutdown.append(_end_live_streams)
+    app.router.add_routes(signin.routes)
+    app.router.add_routes(requester.routes)
+    app.router.add_routes(manage.routes)
+    app.router.add_routes(live.routes)
+    app.router.add_static("/web/static", STATIC_DIR, name=STATIC_ROUTE, append_version=True)
+    app.router.add_route("*", "/web/{tail:.*}", _not_found)  # last: any other /web/ path
