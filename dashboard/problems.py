@@ -71,12 +71,15 @@ _HTTP_CODES = {
 }
 
 
+REQUEST_ID = web.RequestKey("request_id", str)  # the id in X-Request-Id, as the logs carry it
+
+
 @web.middleware
 async def problems_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = request.headers.get("X-Request-Id", "")[:64] or secrets.token_hex(8)
     if not request_id.isprintable():
         request_id = secrets.token_hex(8)
-    request["request_id"] = request_id
+    request[REQUEST_ID] = request_id
     try:
         response = await handler(request)
     except Problem as problem:

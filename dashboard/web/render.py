@@ -15,7 +15,7 @@ import jinja2
 from aiohttp import web
 
 from billing import ledger
-from dashboard.problems import Problem
+from dashboard.problems import REQUEST_ID, Problem
 from dashboard.web import session as sessions
 
 log = logging.getLogger("ipsx.web")
@@ -125,7 +125,7 @@ def error_page(
     response = render(
         request,
         "error.html",
-        {"status": status, "detail": detail, "request_id": request.get("request_id", "")},
+        {"status": status, "detail": detail, "request_id": request.get(REQUEST_ID, "")},
         status=status,
         session=session if isinstance(session, sessions.WebSession) else None,
     )
@@ -150,7 +150,7 @@ def page(handler: PageHandler) -> PageHandler:
                 raise
             return error_page(request, error.status, error.reason)
         except Exception:
-            request_id = request.get("request_id") or secrets.token_hex(8)
+            request_id = request.get(REQUEST_ID) or secrets.token_hex(8)
             log.exception("unhandled error in %s %s (request %s)", request.method, request.path, request_id)
             return error_page(request, 500, f"the server failed; quote request {request_id}")
 

@@ -234,15 +234,12 @@ def _rest_token(web_api: WebApi, key: bytes) -> str:
     return str(json.loads(answer.text)["token"])
 
 
-# dashboard.problems keeps the request id under a str key, which aiohttp 3.14 warns about
-@pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
 async def test_cookies_are_secure_when_the_dashboard_is_reached_over_https(web_api: WebApi) -> None:
     """Behind a TLS-terminating proxy (``public_url`` https) the cookies carry Secure."""
     from aiohttp.test_utils import TestClient, TestServer
 
     from dashboard.app import build_app
     from dashboard.settings import ApiSettings
-    from dashboard.web import add_web_routes
     from tests.web.conftest import REDIS_URL
 
     settings = ApiSettings(
@@ -253,8 +250,7 @@ async def test_cookies_are_secure_when_the_dashboard_is_reached_over_https(web_a
         public_url="https://dashboard.example",
     )
     app = build_app(settings)
-    if "web-overview" not in app.router.named_resources():
-        add_web_routes(app)
+    assert "web-overview" in app.router.named_resources()  # build_app registers the pages
     async with TestClient(TestServer(app)) as client:
         page = await client.get("/signin")
         assert "Secure" in page.headers["Set-Cookie"]
