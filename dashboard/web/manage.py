@@ -100,7 +100,9 @@ def _refused(error: Exception) -> Problem:
     return Problem(422, "invalid_order", "the order's terms are malformed")
 
 
-async def _forward(request: web.Request, session: WebSession, method: str, path: str, body: Any) -> Any:
+async def forward_to_market(
+    request: web.Request, session: WebSession, method: str, path: str, body: Any
+) -> Any:
     """A market call passed to the API node that runs the market, as the wallet's session.
 
     A session opened with an API key cannot be forwarded (the key's secret is not kept), so it
@@ -136,7 +138,7 @@ async def place_order(request: web.Request) -> web.StreamResponse:
     terms = order_terms(form)
     market = request.app[SEAT].market
     if market is None:
-        placed = await _forward(request, session, "POST", "/v1/requests", terms)
+        placed = await forward_to_market(request, session, "POST", "/v1/requests", terms)
         return redirect(f"/web/orders?placed={placed['order_id']}")
     try:
         order, _ = await market.place_request(session.account.name, terms, key_id=session.principal.key_id)
@@ -154,7 +156,7 @@ async def cancel_order(request: web.Request) -> web.StreamResponse:
         raise Problem(404, "not_found", "you have no open order with this id")
     market = request.app[SEAT].market
     if market is None:
-        await _forward(request, session, "DELETE", f"/v1/orders/{order_id}", None)
+        await forward_to_market(request, session, "DELETE", f"/v1/orders/{order_id}", None)
     else:
         try:
             await market.cancel(session.account.name, order_id)

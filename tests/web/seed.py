@@ -3,16 +3,24 @@ functions; usage rows in usage_events' own shape), for pages that need history t
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import threading
 import time
 import uuid
+from dataclasses import replace
 
 import asyncpg
+import httpx
+import redis.asyncio
 
 from billing.ledger import Amount
 from matching import store
 from matching.deals import State, propose
 from matching.engine import Fill
+from pool.health import ExitHealth
+from pool.models import ExitInfo
+from pool.registry import ExitRegistry
 
 IPSX = 10**18
 
@@ -145,3 +153,172 @@ async def usage(
             "attempts",
         ],
     )
+
+
+# -- providers, exits and the market, for the provider's and the operator's pages ------------
+
+
+async def metered(
+    conn: asyncpg.Connection,
+    *,
+    requester: str,
+    provider: str,
+    exit_id: str,
+    deal_id: str | None,
+    sizes: list[int],
+    agent_sizes: list[int] | None = None,
+    outcome: str = "client_closed",
+) -> None:
+    """Streams of ``sizes`` bytes (down) counted by the gateway (``usage_events``, ``provider``
+    the exit's wallet address as the gateway records it) and, with ``agent_sizes``, the same
+    streams as the provider agent counted them (``agent_reports``, same event ids)."""
+    closed = dt.datetime.now(dt.UTC)
+    opened = closed - dt.timedelta(seconds=1)
+    ids = [uuid.uuid4().hex for _ in sizes]
+    await conn.copy_records_to_table(
+        "usage_events",
+        records=[
+            (event_id, deal_id, requester, provider, exit_id, "node", "connect", "example.com:443", 0, size,
+             opened, closed, outcome, 1)
+            for event_id, size in zip(ids, sizes, strict=True)
+        ],
+        columns=["event_id", "deal_id", "requester", "provider", "exit_id", "node", "protocol", "target",
+                 "bytes_up", "bytes_down", "opened_at", "closed_at", "outcome", "attempts"],
+    )  # fmt: skip
+    if agent_sizes is not None:
+        await conn.copy_records_to_table(
+            "agent_reports",
+            records=[
+                (event_id, provider, exit_id, 0, size, opened, closed, outcome)
+                for event_id, size in zip(ids, agent_sizes, strict=True)
+            ],
+            columns=["event_id", "provider", "exit_id", "bytes_up", "bytes_down", "opened_at", "closed_at",
+                     "outcome"],
+        )  # fmt: skip
+
+
+class LiveExits:
+    """Exits registered in the pool as a gateway node does (``pool.registry``), kept live by a
+    heartbeat every second from a thread until ``close`` deregisters them."""
+
+    NODE = "web-test-node"
+
+    def __init__(self, redis_url: str, exits: list[ExitInfo]) -> None:
+        self.redis_url = redis_url
+        self.exits = [replace(info, node=self.NODE) for info in exits]
+        self._stop = threading.Event()
+        asyncio.run(self._call("register"))
+        self._thread = threading.Thread(target=self._beat, name="web-test-heartbeat", daemon=True)
+        self._thread.start()
+
+    async def _call(self, what: str) -> None:
+        client = redis.asyncio.Redis.from_url(self.redis_url)
+        try:
+            registry = ExitRegistry(client)
+            if what == "register":
+                await registry.register(self.exits)
+            elif what == "heartbeat":
+                await registry.heartbeat(self.NODE, [info.exit_id for info in self.exits])
+            else:
+                await registry.deregister(self.NODE, self.exits)
+        finally:
+            await client.aclose()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(1.0):
+            asyncio.run(self._call("heartbeat"))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        asyncio.run(self._call("deregister"))
+
+
+def address_of(database_url: str, name: str) -> str:
+    """The account's wallet address as stored (checksummed)."""
+
+    async def go() -> str:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return str(await conn.fetchval("SELECT address FROM accounts WHERE name = $1", name))
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+def wait_for_state(database_url: str, deal_id: str, state: str, timeout: float = 45.0) -> asyncpg.Record:
+    """Poll until the market moved the deal to ``state``; its row then (AssertionError on timeout)."""
+
+    async def go() -> asyncpg.Record:
+        conn = await asyncpg.connect(database_url)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                row = await conn.fetchrow(
+                    "SELECT state, charge::text AS charge, commission::text AS commission, billable_bytes"
+                    " FROM deals WHERE deal_id = $1",
+                    deal_id,
+                )
+                if row is not None and row["state"] == state:
+                    return row
+                assert time.monotonic() < deadline, f"deal {deal_id} is {row and row['state']}, not {state}"
+                await asyncio.sleep(0.2)
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+def open_deal(api_url: str, secret: str, filters: dict[str, str], max_price_per_gb: int) -> str:
+    """A one-IP, immediate-or-cancel request order through the REST API; the deal it opened."""
+    placed = httpx.post(
+        f"{api_url}/v1/requests",
+        headers={"Authorization": f"Bearer {secret}"},
+        json={"filters": filters, "ips": 1, "duration_s": 600, "traffic_bytes": 10**9,
+              "max_price_per_gb": str(max_price_per_gb), "rest": False},
+        timeout=15,
+    )  # fmt: skip
+    assert placed.status_code == 201, placed.text
+    deals = placed.json()["deals"]
+    assert len(deals) == 1, placed.text
+    return str(deals[0]["deal_id"])
+
+
+def report(api_url: str, secret: str, deal_id: str, what: str) -> None:
+    """A party's report on its deal (``POST /v1/deals/{id}/reports``)."""
+    answer = httpx.post(
+        f"{api_url}/v1/deals/{deal_id}/reports",
+        headers={"Authorization": f"Bearer {secret}"},
+        json={"report": what},
+        timeout=15,
+    )
+    assert answer.status_code == 200, answer.text
+
+
+async def quarantine(redis_url: str, exit_id: str, reason: str = "timeout", failures: int = 5) -> None:
+    """Trip ``exit_id``'s circuit breaker as a gateway node would: ``failures`` exit-blamed dial
+    failures in a row, recorded and flushed through ``pool.health.ExitHealth``."""
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        health = ExitHealth(client, "web-test-gateway")
+        for _ in range(failures):
+            health.dial_failed(exit_id, reason)
+        await health.flush()
+    finally:
+        await client.aclose()
+
+
+async def record_dials(redis_url: str, exit_id: str, ok: list[float], failed: list[str]) -> None:
+    """Dials through ``exit_id`` as a gateway node records them: ``ok`` latencies in seconds,
+    ``failed`` reasons (exit-blamed), flushed to the shared health record."""
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        health = ExitHealth(client, "web-test-gateway")
+        for latency in ok:
+            health.dial_ok(exit_id, latency)
+        for reason in failed:
+            health.dial_failed(exit_id, reason)
+        await health.flush()
+    finally:
+        await client.aclose()
