@@ -6,18 +6,19 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import asyncpg
 from redis.asyncio import Redis
 
-from billing import db
+from billing import db, resellers
 from billing.accounts import KeyCache
 from billing.metrics import new_registry, redis_problem, serving_metrics
 from billing.usage import UsagePublisher
 from gateway.allowance import AllowanceGuard
 from gateway.conn import Listener
 from gateway.exits import ExitDialer
-from gateway.front import Front
+from gateway.front import Brand, Front
 from gateway.metrics import GatewayCollector, GatewayStats
 from gateway.settings import GatewaySettings
 from gateway.tickets import TicketKey
@@ -41,6 +42,7 @@ class GatewayPorts:
     socks: int
     tunnel: int
     metrics: int | None = None  # None: metrics not served (settings.metrics_port is None)
+    resellers: dict[str, int] = field(default_factory=dict)  # reseller account name → its port
 
 
 @contextlib.asynccontextmanager
@@ -107,6 +109,9 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayPor
         )
         front = Front(settings, dialer, keys.check, stats=stats)
         stack.callback(front.abort_all)
+        branded = await _reseller_fronts(settings, pg, dialer, stats)
+        for _, reseller_front in branded:
+            stack.callback(reseller_front.abort_all)
 
         tunnel_port = await hub.start(settings.tunnel_host, settings.tunnel_port)
         nodes = NodeRegistry(redis, ttl=settings.heartbeat_ttl)
@@ -122,6 +127,13 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayPor
         socks = Listener(front.handle)
         socks_port = await socks.start(settings.host, settings.socks_port, reuse_port=reuse)
         stack.push_async_callback(socks.close)
+        listeners = [http, socks]
+        reseller_ports: dict[str, int] = {}
+        for (name, port), (_, reseller_front) in zip(settings.reseller_ports, branded, strict=True):
+            listener = Listener(reseller_front.handle)
+            reseller_ports[name] = await listener.start(settings.host, port, reuse_port=reuse)
+            stack.push_async_callback(listener.close)
+            listeners.append(listener)
         metrics_port = None
         if settings.metrics_port is not None:  # served until the drain is over: /readyz says 503 then
             collector = GatewayCollector(
@@ -132,11 +144,12 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayPor
                     settings.metrics_host,
                     settings.metrics_port,
                     new_registry(collector),
-                    ready=lambda: _not_ready(redis, (http, socks)),
+                    ready=lambda: _not_ready(redis, tuple(listeners)),
                 )
             )
         # Runs first on the way out: stop taking clients, leave the registry, let streams finish.
-        stack.push_async_callback(_drain, settings, (http, socks), front, nodes, me, announcer)
+        fronts = (front, *(reseller_front for _, reseller_front in branded))
+        stack.push_async_callback(_drain, settings, tuple(listeners), fronts, nodes, me, announcer)
 
         sweeper = asyncio.create_task(_sweep(registry, settings.heartbeat_interval))
         stack.callback(sweeper.cancel)
@@ -150,7 +163,40 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayPor
             settings.tunnel_host,
             tunnel_port,
         )
-        yield GatewayPorts(http=http_port, socks=socks_port, tunnel=tunnel_port, metrics=metrics_port)
+        for (name, _), (reseller, _) in zip(settings.reseller_ports, branded, strict=True):
+            log.info(
+                "reseller %s (%s): listener on %s:%d",
+                name,
+                reseller.brand,
+                settings.host,
+                reseller_ports[name],
+            )
+        yield GatewayPorts(
+            http=http_port,
+            socks=socks_port,
+            tunnel=tunnel_port,
+            metrics=metrics_port,
+            resellers=reseller_ports,
+        )
+
+
+async def _reseller_fronts(
+    settings: GatewaySettings, pg: asyncpg.Pool, dialer: ExitDialer, stats: GatewayStats
+) -> list[tuple[resellers.Reseller, Front]]:
+    """A front per white-label listener of the settings: its brand, its sub-users' credentials
+    and standing. Raises ValueError for a name that is no reseller's."""
+    fronts = []
+    for name, _ in settings.reseller_ports:
+        reseller = await resellers.get_reseller(pg, name)
+        if reseller is None:
+            raise ValueError(f"--reseller-port: no reseller is called {name!r}")
+        keys = KeyCache(pg, ttl=settings.auth_cache_ttl, lookup=resellers.subuser_lookup(reseller.account_id))
+        standing = resellers.StandingCache(pg, ttl=settings.standing_ttl)
+        brand = Brand(reseller.brand, reseller.header_token)
+        fronts.append(
+            (reseller, Front(settings, dialer, keys.check, stats=stats, brand=brand, admit=standing.refusal))
+        )
+    return fronts
 
 
 async def _not_ready(redis: Redis, listeners: tuple[Listener, ...]) -> list[str]:
@@ -173,7 +219,7 @@ async def _stop_task(stop: asyncio.Event, task: asyncio.Task[None]) -> None:
 async def _drain(
     settings: GatewaySettings,
     listeners: tuple[Listener, ...],
-    front: Front,
+    fronts: tuple[Front, ...],
     nodes: NodeRegistry,
     me: NodeInfo,
     announcer: asyncio.Task[None],
@@ -182,7 +228,8 @@ async def _drain(
     then up to ``drain_timeout`` for the streams in flight; whatever is left is cut after."""
     for listener in listeners:
         listener.stop_accepting()
-    front.drain()
+    for front in fronts:
+        front.drain()
     announcer.cancel()
     try:
         await nodes.withdraw(me.node)
@@ -190,13 +237,17 @@ async def _drain(
         log.warning("could not withdraw node %s from the registry", me.node)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + settings.drain_timeout
-    if front.busy:
-        log.info("draining %d stream(s) for up to %.0fs", front.busy, settings.drain_timeout)
+
+    def busy() -> int:
+        return sum(front.busy for front in fronts)
+
+    if busy():
+        log.info("draining %d stream(s) for up to %.0fs", busy(), settings.drain_timeout)
     # Polled: streams end in two places (splices, plain exchanges), and only while stopping.
-    while front.busy and loop.time() < deadline:  # noqa: ASYNC110
+    while busy() and loop.time() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.1)
-    if front.busy:
-        log.warning("cutting %d stream(s) still open after the drain", front.busy)
+    if busy():
+        log.warning("cutting %d stream(s) still open after the drain", busy())
 
 
 async def _announce(nodes: NodeRegistry, me: NodeInfo, hub: TunnelHub) -> None:

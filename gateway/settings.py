@@ -57,6 +57,12 @@ class GatewaySettings:
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None
     ban_ttl: int = 3600  # seconds an X-IPSX-Ban keeps an exit away from a requester's domain
+    # White-label listeners: (reseller account name, port) pairs, each a port of its own (HTTP and
+    # SOCKS5 on one, on ``host``) where the reseller's sub-users, and only they, authenticate,
+    # under the reseller's brand. A load balancer routes the reseller's hostname to its port.
+    reseller_ports: tuple[tuple[str, int], ...] = ()
+    # how long a listener trusts a sub-user's standing (suspended, monthly quota and spend limit)
+    standing_ttl: float = 5 * SECONDS
     retry_body_limit: int = 64 * 1024  # bytes of a request body kept so a retry can resend it
 
     def advertised_tunnel(self, bound_port: int) -> str:

@@ -28,7 +28,7 @@ import asyncpg
 import orjson
 from redis.asyncio import Redis
 
-from billing import holds, ledger
+from billing import holds, ledger, resellers
 from billing.errors import InsufficientFunds as LedgerInsufficientFunds
 from billing.ledger import Amount
 from matching import routing, store
@@ -694,6 +694,7 @@ class Market:
             )
             if deal.reserve > 0:
                 await holds.resolve_in(conn, deal.deal_id, hold_payouts(settlement, _accounts()))
+            await resellers.charge_markup_in(conn, deal.deal_id, deal.requester, settlement.charge)
             await store.settled(
                 conn, deal.deal_id, int(settlement.charge), int(settlement.commission), deal.billable_bytes
             )

@@ -37,6 +37,18 @@ bit): nothing is taken beyond what the requester locked for the deal.
 :func:`ledger_legs` lists the double-entry legs that carry a settlement out, as data, and
 :func:`hold_payouts` the same as payouts of a ``billing.holds`` hold; writing them is ``billing``'s
 job.
+
+**Reseller markup.** A white-label reseller's sub-user pays, on top of the charge (the provider's
+price, the commission included), the reseller's markup, a rate in basis points of the charge
+(:func:`markup`)::
+
+    due     = charge * markup_bps // 10_000
+    charged = min(due, available)
+
+It rounds *down*, like the commission: a reseller never takes more than its stated rate. It is
+charged after the hold is resolved, from the sub-user's available balance (the released part of its
+reserve included), in the settlement's transaction; what the balance cannot cover is a
+``shortfall``, recorded, never an overdraft. ``billing.resellers.charge_markup_in`` posts it.
 """
 
 from __future__ import annotations
@@ -280,9 +292,45 @@ class LedgerLeg:
         return Leg(self.debit, self.credit, self.amount)
 
 
+MAX_MARKUP_BPS = 100_000  # a reseller's markup is at most 1000 % of the charge
+
+
+@dataclass(frozen=True, slots=True)
+class Markup:
+    """A reseller's markup on one settled charge, in base units.
+
+    Invariants: ``due == charge * markup_bps // 10_000``, ``charged + shortfall == due``,
+    ``0 <= charged <= available``.
+    """
+
+    charge: Amount
+    markup_bps: int
+    due: Amount
+    charged: Amount  # what the sub-user's available balance covered, moved to the reseller
+
+    @property
+    def shortfall(self) -> Amount:
+        """What the sub-user's balance could not cover (the reseller goes without it)."""
+        return Amount(self.due - self.charged)
+
+
+def markup(charge: Amount, markup_bps: int, available: int) -> Markup:
+    """The markup of ``markup_bps`` on ``charge``, charged up to ``available``.
+
+    See the module docstring. Raises ``InvalidSettlementInput`` for a value that is not an int,
+    is negative, or is beyond ``MAX_AMOUNT`` (amounts) or ``MAX_MARKUP_BPS``.
+    """
+    _check_int("charge", charge, MAX_AMOUNT)
+    _check_int("markup_bps", markup_bps, MAX_MARKUP_BPS)
+    _check_int("available", available, MAX_AMOUNT)
+    due = charge * markup_bps // BPS
+    return Markup(Amount(charge), markup_bps, Amount(due), Amount(min(due, available)))
+
+
 KIND_PAYOUT = "deal_payout"
 KIND_COMMISSION = "deal_commission"
 KIND_RELEASE = "deal_release"
+KIND_MARKUP = "deal_markup"  # a sub-user's markup to its reseller (``billing.resellers``)
 
 
 def ledger_legs(settlement: Settlement, accounts: SettlementAccounts) -> list[LedgerLeg]:
