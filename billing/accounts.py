@@ -13,6 +13,7 @@ import re
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -61,6 +62,16 @@ class ApiKey:
     scopes: frozenset[str] = SCOPES
     spend_limit: int | None = None  # base units the deals opened through the key may cost at most
     parent_key_id: str | None = None
+    # A white-label sub-user's key: its reseller's account id and the name the reseller knows it
+    # by (its proxy user name on the reseller's listener); None for an ordinary account's key.
+    reseller_id: int | None = None
+    subuser: str | None = None
+    # Standing rules every connection made with the key gets unless it says otherwise, in the proxy
+    # user name's grammar without the account ("retryon-403,429-maxretries-2"); None: none.
+    rules: str | None = None
+
+
+MAX_RULES_LEN = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,11 +130,18 @@ def _api_key(row: Any) -> ApiKey:
         scopes=frozenset(row["scopes"]),
         spend_limit=None if row["spend_limit"] is None else int(row["spend_limit"]),
         parent_key_id=row["parent_key_id"],
+        reseller_id=row["reseller_id"],
+        subuser=row["subuser"],
+        rules=row["rules"],
     )
 
 
-async def create_account(pool: asyncpg.Pool, *, address: str, name: str) -> Account:
-    """Create an account; raises ``InvalidAccount`` or ``AccountExists`` (``.field`` says which)."""
+async def create_account(pool: asyncpg.Pool | asyncpg.Connection, *, address: str, name: str) -> Account:
+    """Create an account; raises ``InvalidAccount`` or ``AccountExists`` (``.field`` says which).
+
+    ``pool`` may be a connection inside a transaction (a reseller's sub-user is made with its
+    account at once); the caller then wraps the call in a savepoint to retry on ``AccountExists``.
+    """
     address = normalize_address(address)
     name = validate_name(name)
     try:
@@ -188,10 +206,11 @@ async def list_accounts(pool: asyncpg.Pool) -> list[Account]:
 _KEY_COLUMNS = """
     k.key_id, k.account_id, a.name AS account_name, k.label, k.created_at,
     COALESCE(k.revoked_at, p.revoked_at) AS revoked_at, k.scopes, k.spend_limit::text AS spend_limit,
-    k.parent_key_id
+    k.parent_key_id, s.reseller_id, s.name AS subuser, k.rules
 """
 _KEY_TABLES = (
     "api_keys k JOIN accounts a ON a.id = k.account_id LEFT JOIN api_keys p ON p.key_id = k.parent_key_id"
+    " LEFT JOIN reseller_subusers s ON s.account_id = k.account_id"
 )
 
 
@@ -231,15 +250,19 @@ async def create_key(
     spend_limit: int | None = None,
     parent: ApiKey | None = None,
     operator: bool = False,
+    rules: str | None = None,
 ) -> NewKey:
     """Create an API key for an account, or a sub-key of ``parent`` (never wider than it).
 
     ``operator`` lets ``scopes`` include the operator scope (the operator's command line only).
-    Raises ``UnknownAccount``, or ``InvalidAccount`` with ``field`` ``label``, ``scopes``,
-    ``spend_limit`` or ``parent``.
+    ``rules`` are the key's standing rules, already checked by the caller against the gateway's
+    grammar (``gateway.targeting.parse_rules``). Raises ``UnknownAccount``, or ``InvalidAccount``
+    with ``field`` ``label``, ``scopes``, ``spend_limit``, ``rules`` or ``parent``.
     """
     if not isinstance(label, str) or len(label) > MAX_LABEL_LEN or not label.isprintable():
         raise InvalidAccount("label", f"must be printable and at most {MAX_LABEL_LEN} characters")
+    if rules is not None and (not isinstance(rules, str) or not 0 < len(rules) <= MAX_RULES_LEN):
+        raise InvalidAccount("rules", f"must be 1 to {MAX_RULES_LEN} characters")
     account = await get_account(pool, account_name)
     if account is None:
         raise UnknownAccount(account_name)
@@ -260,10 +283,12 @@ async def create_key(
             row = await pool.fetchrow(
                 """
                 INSERT INTO api_keys (key_id, account_id, label, secret_sha256, scopes, spend_limit,
-                                      parent_key_id)
-                VALUES ($1, $2, $3, $4, $6::text[], $7::numeric, $8)
+                                      parent_key_id, rules)
+                VALUES ($1, $2, $3, $4, $6::text[], $7::numeric, $8, $9)
                 RETURNING key_id, account_id, $5::text AS account_name, label, created_at, revoked_at,
-                          scopes, spend_limit::text AS spend_limit, parent_key_id
+                          scopes, spend_limit::text AS spend_limit, parent_key_id, rules,
+                          (SELECT reseller_id FROM reseller_subusers WHERE account_id = $2) AS reseller_id,
+                          (SELECT name FROM reseller_subusers WHERE account_id = $2) AS subuser
                 """,
                 key_id,
                 account.id,
@@ -273,6 +298,7 @@ async def create_key(
                 sorted(scopes),
                 spend_limit,
                 None if parent is None else parent.key_id,
+                rules,
             )
         except asyncpg.UniqueViolationError:
             continue  # a 48-bit key id collided; draw another
@@ -315,14 +341,18 @@ async def authenticate(pool: asyncpg.Pool, account_name: str, secret: str) -> Ap
     """The live key ``secret`` belongs to, if it belongs to ``account_name``; else ``None``.
 
     Never raises for bad input: a malformed name or secret, an unknown or revoked key, or another
-    account's key all give ``None``. Database errors do propagate.
+    account's key all give ``None``. A white-label sub-user's key gives ``None`` too: it proxies
+    on its reseller's listener only, by the name its reseller gave it
+    (``billing.resellers.subuser_lookup``). Database errors do propagate.
     """
     try:
         name = validate_name(account_name)
     except InvalidAccount:
         return None
     key = await authenticate_secret(pool, secret)
-    return key if key is not None and key.account_name == name else None
+    if key is None or key.account_name != name or key.reseller_id is not None:
+        return None
+    return key
 
 
 async def authenticate_secret(pool: asyncpg.Pool, secret: str) -> ApiKey | None:
@@ -346,6 +376,9 @@ async def authenticate_secret(pool: asyncpg.Pool, secret: str) -> ApiKey | None:
 
 
 _CacheKey = tuple[str, bytes]
+Lookup = Callable[[asyncpg.Pool, str, str], Awaitable[ApiKey | None]]
+"""How a :class:`KeyCache` checks credentials it has no fresh answer for: ``(pool, name, secret)``
+to the live key or ``None``, like :func:`authenticate` (the default)."""
 
 
 class KeyCache:
@@ -355,6 +388,8 @@ class KeyCache:
     Accepted credentials are cached ``ttl`` seconds (a revoked key keeps working that long at
     most), refused ones ``negative_ttl`` seconds. Concurrent checks of the same uncached
     credentials share one database query. When ``max_entries`` is reached the oldest entry goes.
+    ``lookup`` answers what the cache cannot (a reseller's listener checks its sub-users'
+    credentials with ``billing.resellers.subuser_lookup``).
     """
 
     def __init__(
@@ -364,10 +399,12 @@ class KeyCache:
         ttl: float = 30.0,
         negative_ttl: float = 2.0,
         max_entries: int = 100_000,
+        lookup: Lookup | None = None,
     ) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         self._pool = pool
+        self._lookup_key: Lookup = authenticate if lookup is None else lookup
         self._ttl = ttl
         self._negative_ttl = negative_ttl
         self._max_entries = max_entries
@@ -406,7 +443,7 @@ class KeyCache:
 
     async def _lookup(self, cache_key: _CacheKey, account_name: str, secret: str) -> ApiKey | None:
         try:
-            answer = await authenticate(self._pool, account_name, secret)
+            answer = await self._lookup_key(self._pool, account_name, secret)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise AccountsUnavailable() from exc  # nothing cached: the next check asks again
         finally:

@@ -22,6 +22,7 @@ from dashboard.routes_inspect import routes as inspect_routes
 from dashboard.routes_market import routes as market_routes
 from dashboard.routes_payments import payment_settings
 from dashboard.routes_payments import routes as payment_routes
+from dashboard.routes_resellers import routes as reseller_routes
 from dashboard.routes_withdrawals import routes as withdrawal_routes
 from dashboard.settings import ApiSettings
 from dashboard.web import add_web_routes
@@ -82,6 +83,7 @@ def build_app(settings: ApiSettings) -> web.Application:
     app.router.add_routes(anchor_routes)
     app.router.add_routes(ban_routes)
     app.router.add_routes(inspect_routes)
+    app.router.add_routes(reseller_routes)
     add_web_routes(app)
     return app
 

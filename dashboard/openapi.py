@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from dashboard import key_rules
+
 _PROBLEM = {"$ref": "#/components/schemas/Problem"}
 
 
@@ -193,6 +195,7 @@ SCHEMAS: dict[str, Any] = {
                 "items": {"enum": ["proxy", "read", "trade", "keys", "withdraw", "operator"]},
             },
             "spend_limit": {"oneOf": [_ref("Amount"), {"type": "null"}]},
+            "rules": {"oneOf": [key_rules.SCHEMA, {"type": "null"}]},
             "parent_key_id": _NULLABLE_STR,
             "created_at": _STR,
             "revoked_at": _NULLABLE_STR,
@@ -395,11 +398,12 @@ SCHEMAS: dict[str, Any] = {
 
 def document() -> dict[str, Any]:
     """The whole document: the paths below and those of the route modules with their own entries."""
-    from dashboard import openapi_rules, routes_inspect  # they import this module's helpers
+    from dashboard import openapi_rules, routes_inspect, routes_resellers  # they import this module's helpers
 
     doc = _document()
     doc["paths"].update(openapi_rules.PATHS)
     doc["paths"].update(routes_inspect.PATHS)
+    doc["paths"].update(routes_resellers.PATHS)
     return doc
 
 
@@ -557,6 +561,7 @@ def _document() -> dict[str, Any]:
                                             "uniqueItems": True,
                                         },
                                         "spend_limit": {"type": "string", "pattern": "^[1-9][0-9]{0,76}$"},
+                                        "rules": key_rules.SCHEMA,
                                     },
                                 }
                             }

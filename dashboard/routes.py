@@ -17,6 +17,7 @@ from billing.errors import InvalidAccount
 from dashboard import auth
 from dashboard.appkeys import PG, REDIS, SETTINGS
 from dashboard.auth import Principal
+from dashboard.key_rules import rules_json, rules_text
 from dashboard.pages import encode_cursor, page_params
 from dashboard.problems import Problem, field, json_response, read_json
 
@@ -41,6 +42,7 @@ def _key_json(key: ApiKey) -> dict[str, Any]:
         "label": key.label,
         "scopes": sorted(key.scopes),
         "spend_limit": None if key.spend_limit is None else amount_json(key.spend_limit),
+        "rules": rules_json(key.rules),
         "parent_key_id": key.parent_key_id,
         "created_at": key.created_at.isoformat(),
         "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
@@ -178,11 +180,13 @@ async def create_key(request: web.Request) -> web.Response:
         raise Problem(
             422, "invalid_field", "'spend_limit' must be base units, as digits", field="spend_limit"
         )
+    rules = rules_text(field(body, "rules", dict, optional=True))
     try:
         new = await accounts.create_key(
             request.app[PG],
             account_name=caller.account.name,
             label=label,
+            rules=rules,
             scopes=frozenset(scopes)
             if scopes is not None
             else (caller.key.scopes if caller.key else accounts.SCOPES),

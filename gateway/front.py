@@ -3,21 +3,29 @@
 The protocol cores (``http1``, ``socks5``, ``targeting``) are sans-IO; this module does the
 socket work around them. Authentication happens before anything else: an unauthenticated
 client gets 407 (SOCKS5: method 0xFF / auth failure), no exit is chosen and no byte is relayed.
+
+A white-label reseller's listener is a front with a :class:`Brand`: its clients authenticate as
+the reseller's sub-users, an ``admit`` hook refuses a sub-user whose standing stops new streams
+(suspended, monthly quota or spend limit reached), and nothing it answers names IPSX — the
+``Proxy-Authenticate`` realm is the brand, the gateway's own ``X-IPSX-*`` response headers are
+``X-<brand token>-*`` there, and refusal texts are rewritten the same way. Targeting headers are
+still read as ``X-IPSX-*`` (they are stripped before anything is forwarded).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from billing.accounts import ApiKey
 from billing.errors import AccountsUnavailable
 from gateway import http1, socks5
 from gateway.conn import Conn, ConnectionClosed
 from gateway.exits import DIAL_ERRORS, NO_DEAL, NO_EXIT, ExitDialer, NoDeal, NoExit, Stream
-from gateway.forward import PlainForwarder
+from gateway.forward import Authorize, PlainForwarder, _Upstream
 from gateway.metrics import GatewayStats
 from gateway.refusals import Refused, dial_refusal, http_error
 from gateway.relay import Splice, SpliceResult
@@ -27,17 +35,90 @@ from gateway.targeting import (
     TargetingError,
     apply_headers,
     parse_basic_credentials,
+    parse_rules,
     parse_username,
+    with_rules,
 )
 from gateway.tunnel import DialError
 
 log = logging.getLogger("ipsx.gateway.front")
 
 Authenticate = Callable[[str, str], Awaitable[ApiKey | None]]
+# An account's standing: why its new streams are refused (a key of STANDING_REFUSALS), or None.
+Admit = Callable[[str], Awaitable[str | None]]
 # The tunnel's answer names the exit it leaves through (X-IPSX-Exit, as on plain-HTTP responses).
-_CONNECTED = b"HTTP/1.1 200 Connection established\r\nX-IPSX-Exit: %s\r\n\r\n"
+_CONNECTED = b"HTTP/1.1 200 Connection established\r\nX-%s-Exit: %s\r\n\r\n"
 _PARSE_CACHE_SIZE = 4096
-_REALM = [("Proxy-Authenticate", 'Basic realm="IPSX"')]
+# A white-label sub-user's standing refuses its new streams: HTTP status, X-*-Error reason,
+# SOCKS5 reply code (2: not allowed by ruleset), message.
+STANDING_REFUSALS: dict[str, tuple[int, str, int, str]] = {
+    "suspended": (403, "account_suspended", 2, "this account is suspended"),
+    "quota_exceeded": (403, "quota_exceeded", 2, "this account's monthly traffic quota is used up"),
+    "spend_limit_reached": (402, "spend_limit_reached", 2, "this account's monthly spend limit is reached"),
+}
+_PLATFORM = "IPSX"
+_PLATFORM_WORD = re.compile(r"ipsx", re.IGNORECASE)
+_PLATFORM_HEADER = re.compile(r"x-ipsx-", re.IGNORECASE)
+_HEADER_LINE = re.compile(rb"^X-IPSX-", re.IGNORECASE | re.MULTILINE)
+# Refusal texts that name the platform's own tools, said without them on a reseller's listener.
+_UNBRANDED_TEXTS = {
+    "payment_required": "your unpaid usage is above the limit: pay your open invoices to go on",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Brand:
+    """What a listener calls itself: ``name`` in the realm and texts, ``token`` in header names
+    (``X-<token>-Error``). ``name`` is printable ASCII without '"' or '\\'; ``token`` letters
+    and digits."""
+
+    name: str = _PLATFORM
+    token: str = _PLATFORM
+
+    @property
+    def realm(self) -> list[tuple[str, str]]:
+        return [("Proxy-Authenticate", f'Basic realm="{self.name}"')]
+
+    @property
+    def is_platform(self) -> bool:
+        return self.token == _PLATFORM and self.name == _PLATFORM
+
+    def rewrite(self, response: bytes) -> bytes:
+        """An error response of ours (``http1.error_response``) as this brand says it: header
+        names ``X-IPSX-*`` become ``X-<token>-*`` and the platform's name in the text the brand's."""
+        if self.is_platform:
+            return response
+        head, _, body = response.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers: list[tuple[str, str]] = []
+        code = ""
+        close = False
+        for line in lines[1:]:
+            name, _, value = line.partition(": ")
+            lname = name.lower()
+            if lname in ("content-type", "content-length"):
+                continue
+            if lname == "connection":
+                close = close or value.lower() == "close"
+                continue
+            if lname == "x-ipsx-error":
+                code = value
+            if lname.startswith("x-ipsx-"):
+                name = f"X-{self.token}-{name[7:]}"
+            headers.append((name, _PLATFORM_WORD.sub(self.name, value)))
+        text = _UNBRANDED_TEXTS.get(code) or body.decode("utf-8", "replace").rstrip("\n")
+        text = _PLATFORM_WORD.sub(self.name, _PLATFORM_HEADER.sub(f"X-{self.token}-", text))
+        return http1.error_response(status, text, headers=headers, close=close)
+
+    def header_lines(self, extra: bytes) -> bytes:
+        """Header lines of ours (``X-IPSX-Exit: …\\r\\n``) with this brand's names."""
+        if self.is_platform:
+            return extra
+        return _HEADER_LINE.sub(b"X-" + self.token.encode("ascii") + b"-", extra)
+
+
+PLATFORM = Brand()
 # How a spliced stream ended, in the requester's terms (A is the client, B the exit).
 _OUTCOMES = {
     "a_closed": "client_closed",
@@ -47,8 +128,39 @@ _OUTCOMES = {
 }
 
 
+class _BrandedForwarder(PlainForwarder):
+    """Plain-HTTP forwarding whose own response headers carry the listener's brand."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        dialer: ExitDialer,
+        authorize: Authorize,
+        brand: Brand,
+    ) -> None:
+        super().__init__(settings, dialer, authorize)
+        self._brand = brand
+
+    async def _relay_response(
+        self,
+        conn: Conn,
+        head: http1.RequestHead,
+        response: http1.ResponseHead,
+        chunk: bytes,
+        upstream: _Upstream,
+        extra: bytes,
+    ) -> bool:
+        return await super()._relay_response(
+            conn, head, response, chunk, upstream, self._brand.header_lines(extra)
+        )
+
+
 class Front:
-    """Serves one client connection at a time per task; shared state lives in the collaborators."""
+    """Serves one client connection at a time per task; shared state lives in the collaborators.
+
+    ``brand`` and ``admit`` make it a reseller's listener (see the module docstring);
+    ``authenticate`` then checks the reseller's sub-users' credentials.
+    """
 
     def __init__(
         self,
@@ -57,15 +169,23 @@ class Front:
         authenticate: Authenticate,
         *,
         stats: GatewayStats | None = None,
+        brand: Brand = PLATFORM,
+        admit: Admit | None = None,
     ) -> None:
         self._settings = settings
         self._stats = GatewayStats() if stats is None else stats
         self._dialer = dialer
         self._authenticate = authenticate
+        self._brand = brand
+        self._admit = admit
         self.splices: set[Splice] = set()
         # Scrapers send the same few user names over and over: parsed once, reused.
         self._parsed: dict[tuple[str, str], Targeting] = {}
-        self._forwarder = PlainForwarder(settings, dialer, self._http_auth)
+        self._forwarder = (
+            PlainForwarder(settings, dialer, self._http_auth)
+            if brand.is_platform
+            else _BrandedForwarder(settings, dialer, self._http_auth, brand)
+        )
 
     async def handle(self, conn: Conn) -> None:
         socks = False
@@ -87,7 +207,7 @@ class Front:
                 conn.write(http1.error_response(408, "request timeout"))
             conn.close()
         except Refused as refused:
-            conn.write(refused.response)
+            conn.write(self._brand.rewrite(refused.response))
             conn.close()
         except (ConnectionClosed, ConnectionError):
             conn.abort()
@@ -114,7 +234,12 @@ class Front:
         # Cached with the key it came with, so a connection costs a lookup and no copy.
         targeting = self._parsed.get((username, key.key_id))
         if targeting is None:
-            targeting = replace(parse_username(username), key=key.key_id)  # raises before caching
+            # The key's account is the one billed: on a reseller's listener the user name is the
+            # sub-user's name there, and its account has an internal name of its own.
+            parsed = parse_username(username)  # raises before caching
+            if key.rules:  # the key's standing rules, for what the user name leaves unset
+                parsed = with_rules(parsed, parse_rules(key.rules))
+            targeting = replace(parsed, account=key.account_name, key=key.key_id)
             if len(self._parsed) >= _PARSE_CACHE_SIZE:
                 self._parsed.clear()
             self._parsed[(username, key.key_id)] = targeting
@@ -130,16 +255,31 @@ class Front:
             head = reader.feed(data)
         return head
 
+    async def _refusal(self, account: str) -> str | None:
+        """Why the account's standing refuses new streams (a key of STANDING_REFUSALS), or None.
+        Raises AccountsUnavailable."""
+        if self._admit is None:
+            return None
+        refusal = await self._admit(account)
+        if refusal is not None:
+            self._stats.refused(refusal)
+        return refusal
+
     async def _http_auth(self, head: http1.RequestHead) -> Targeting:
         credentials = parse_basic_credentials(head.get("proxy-authorization") or "")
+        realm = self._brand.realm
         if credentials is None:
             self._stats.auth_failed("missing")
-            raise http_error(407, "auth_required", "proxy authentication required", _REALM)
+            raise http_error(407, "auth_required", "proxy authentication required", realm)
         try:
             targeting = await self._targeting(*credentials)
             if targeting is None:
                 self._stats.auth_failed("invalid")
-                raise http_error(407, "auth_failed", "proxy authentication failed", _REALM)
+                raise http_error(407, "auth_failed", "proxy authentication failed", realm)
+            refusal = await self._refusal(targeting.account)
+            if refusal is not None:
+                status, code, _, message = STANDING_REFUSALS.get(refusal, STANDING_REFUSALS["suspended"])
+                raise http_error(status, code, message)
             return apply_headers(targeting, head.headers)
         except TargetingError as error:
             self._stats.auth_failed("bad_targeting")
@@ -172,7 +312,7 @@ class Front:
             stream = await self._dialer.open(targeting, host, port, "connect")
         except (DialError, NoExit, NoDeal) as error:
             raise dial_refusal(error) from None
-        conn.write(_CONNECTED % stream.exit_id.encode())
+        conn.write(_CONNECTED % (self._brand.token.encode("ascii"), stream.exit_id.encode()))
         self._splice(conn, stream, rest)
 
     def _splice(self, client: Conn, stream: Stream, client_data: bytes) -> None:
@@ -258,6 +398,15 @@ class Front:
     async def _socks5_connect(
         self, conn: Conn, server: socks5.Socks5Server, targeting: Targeting, request: socks5.ConnectRequest
     ) -> None:
+        try:
+            standing = await self._refusal(targeting.account)
+        except AccountsUnavailable:
+            standing = "unavailable"
+        if standing is not None:
+            code = STANDING_REFUSALS[standing][2] if standing in STANDING_REFUSALS else 1
+            conn.write(server.send_reply(socks5.ReplyCode(code)))
+            conn.close()
+            return
         try:
             stream = await self._dialer.open(targeting, request.host, request.port, "socks5")
         except NoExit:

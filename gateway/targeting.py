@@ -18,7 +18,7 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 from pool.models import EXIT_TYPES, ExitFilters
@@ -270,6 +270,43 @@ def parse_username(username: str) -> Targeting:
         value = parts[index + 1] if index + 1 < len(parts) else ""
         values[key] = _parse_value(key, key, value)
     return _with(Targeting(account=account.lower()), values)
+
+
+# The keys an API key's standing rules may set (``parse_rules``): what every connection made with
+# the key gets unless its user name or headers say otherwise.
+RULE_KEYS: Final = frozenset({"country", "region", "city", "asn", "type", "sessttl", "retryon", "maxretries"})
+MAX_RULES = 200  # characters
+
+
+def parse_rules(text: str) -> Targeting:
+    """An API key's standing rules, written like a user name's keys without the account
+    (``retryon-403,429-maxretries-2``), as a Targeting of account ``""``. Raises TargetingError."""
+    if len(text) > MAX_RULES:
+        raise TargetingError("rules", f"longer than {MAX_RULES} characters")
+    parts = text.split("-") if text else []
+    for index in range(0, len(parts), 2):
+        key = parts[index].lower()
+        if key in _PARSERS and key not in RULE_KEYS:
+            raise TargetingError(key, "not a standing rule: give it per connection")
+    return replace(parse_username("_-" + text if text else "_"), account="")
+
+
+def with_rules(t: Targeting, rules: Targeting) -> Targeting:
+    """``t`` with every key it leaves unset taken from ``rules`` (its key's standing rules)."""
+    f, r = t.filters, rules.filters
+    return replace(
+        t,
+        filters=ExitFilters(
+            country=f.country if f.country is not None else r.country,
+            region=f.region if f.region is not None else r.region,
+            city=f.city if f.city is not None else r.city,
+            asn=f.asn if f.asn is not None else r.asn,
+            type=f.type if f.type is not None else r.type,
+        ),
+        sessttl=t.sessttl if t.sessttl is not None else rules.sessttl,
+        retryon=t.retryon if t.retryon is not None else rules.retryon,
+        maxretries=t.maxretries if t.maxretries is not None else rules.maxretries,
+    )
 
 
 def apply_headers(t: Targeting, headers: list[tuple[str, str]]) -> Targeting:

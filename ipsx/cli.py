@@ -12,6 +12,7 @@ from ipsx import health, runtime
 from ipsx.client_commands import add_client_commands
 from ipsx.devchain import add_devchain_parser
 from ipsx.inspect_command import add_inspect_command
+from ipsx.reseller_commands import add_reseller_commands, parse_reseller_port
 from ipsx.settings import Environment
 
 DESCRIPTION = """\
@@ -75,6 +76,15 @@ def _add_gateway(sub: argparse._SubParsersAction[Any]) -> None:
         help="gateway processes on this host (default: %(default)s). They share the HTTP and SOCKS5 "
         "ports (SO_REUSEPORT); worker i is node NODE-ID-i with its tunnel port at --tunnel-port + i, "
         "and agents that reach one of them open tunnels to all",
+    )
+    p.add_argument(
+        "--reseller-port",
+        action="append",
+        type=parse_reseller_port,
+        default=[],
+        metavar="RESELLER=PORT",
+        help="a white-label listener (HTTP and SOCKS5, on --host) where RESELLER's sub-users, and only "
+        "they, authenticate, under its brand; repeatable",
     )
     _add_metrics(p, "9108", "each further --workers process uses the next port")
     _add_db_pool(p, 4, per="each gateway process")
@@ -670,6 +680,13 @@ def build_parser() -> argparse.ArgumentParser:
     kcreate.add_argument(
         "--spend-limit", help="IPSX the deals opened through this key may cost at most (default: none)"
     )
+    kcreate.add_argument(
+        "--rules",
+        metavar="KEY-VALUE[-KEY-VALUE…]",
+        help="standing rules every connection made with this key gets unless its user name or "
+        "headers say otherwise, in the user name's grammar: retryon-403,429-maxretries-2, "
+        "country-fr-type-mobile, sessttl-300 (default: none)",
+    )
     klist = key.add_parser("list", help="list an account's keys")
     klist.add_argument("account")
     krevoke = key.add_parser("revoke", help="revoke a key")
@@ -678,6 +695,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_client_commands(sub)
 
     add_inspect_command(sub)
+    add_reseller_commands(sub)
     _add_chain(sub)
     add_devchain_parser(sub)
 

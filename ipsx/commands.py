@@ -37,6 +37,7 @@ from gateway.agent.settings import (
 from gateway.agent.status import describe, read_status
 from gateway.server import run_gateway
 from gateway.settings import GatewaySettings, default_node_id
+from gateway.targeting import TargetingError, parse_rules
 from ipsx import runtime
 from ipsx.client_commands import ClientError, run_client_command
 from ipsx.payagent import keep_payouts_every
@@ -82,6 +83,7 @@ def cmd_gateway(args: argparse.Namespace, env: Environment) -> None:
         db_pool=args.db_pool,
         metrics_host=args.metrics_host,
         metrics_port=args.metrics_port,
+        reseller_ports=tuple(args.reseller_port),
     )
     if args.workers == 1:
         runtime.run(lambda stop: run_gateway(settings, stop))
@@ -402,6 +404,11 @@ def cmd_key(args: argparse.Namespace, env: Environment) -> None:
             if args.action == "create":
                 scopes = frozenset(part.strip() for part in args.scopes.split(",") if part.strip())
                 limit = None if args.spend_limit is None else ledger.parse_amount(args.spend_limit)
+                if args.rules:
+                    try:
+                        parse_rules(args.rules)
+                    except TargetingError as error:
+                        raise UsageError(f"--rules: {error}") from None
                 new = await accounts.create_key(
                     pool,
                     account_name=args.account,
@@ -409,6 +416,7 @@ def cmd_key(args: argparse.Namespace, env: Environment) -> None:
                     scopes=scopes,
                     spend_limit=limit,
                     operator=True,  # this command line is the operator's
+                    rules=args.rules or None,
                 )
                 print(f"key id: {new.key.key_id}\nsecret: {new.secret}\n(the secret is shown only now)")
             elif args.action == "list":
@@ -422,6 +430,7 @@ def cmd_key(args: argparse.Namespace, env: Environment) -> None:
                     print(
                         f"{key.key_id}  {state:<8} {key.created_at:%Y-%m-%d %H:%M}  "
                         f"{','.join(sorted(key.scopes)):<22} limit {shown:<8} {key.label}"
+                        + (f"  rules {key.rules}" if key.rules else "")
                     )
             elif args.action == "revoke":
                 print("revoked" if await accounts.revoke_key(pool, args.key_id) else "no such active key")
@@ -454,6 +463,12 @@ def _client_command(args: argparse.Namespace, env: Environment) -> None:
 cmd_order = cmd_deals = cmd_deal = cmd_usage = cmd_market = cmd_withdrawal = cmd_pay = cmd_payouts = (
     cmd_channel
 ) = _client_command
+
+
+def cmd_reseller(args: argparse.Namespace, env: Environment) -> None:
+    from ipsx import reseller_commands
+
+    reseller_commands.cmd_reseller(args, env)
 
 
 def cmd_chain(args: argparse.Namespace, env: Environment) -> None:

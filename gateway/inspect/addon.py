@@ -49,7 +49,9 @@ from gateway.targeting import (
     TargetingError,
     apply_headers,
     parse_basic_credentials,
+    parse_rules,
     parse_username,
+    with_rules,
 )
 
 log = logging.getLogger("ipsx.inspect")
@@ -188,6 +190,8 @@ class Inspector:
         connect_headers = rules.ipsx_headers(_text_headers(headers))
         try:
             targeting = parse_username(username)
+            if key.rules:  # the key's standing rules (retries too), as on the gateway's ports
+                targeting = with_rules(targeting, parse_rules(key.rules))
             apply_headers(targeting, connect_headers)
         except TargetingError as error:
             raise InspectError(str(error), status=400, code="bad_targeting") from None

@@ -46,6 +46,10 @@ MIGRATIONS = [
     "012_invoices",
     "013_anchors",
     "014_inspection_cas",
+    "015_resellers",
+    "016_key_rules",
+    "017_usage_time_index",
+    "018_deals_settled_index",
 ]
 
 

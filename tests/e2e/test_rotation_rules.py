@@ -25,13 +25,13 @@ ADDRESSES = set(EXITS.values())
 class Requester:
     """A fresh account with a proxy key, and requests through the gateway as that account."""
 
-    def __init__(self, stack: Stack) -> None:
+    def __init__(self, stack: Stack, *key_options: str) -> None:
         number = next(_accounts)
         self.stack = stack
         self.name = f"rules{number}"
         # A wallet of its own: other modules' accounts share this stack's database.
         stack.ipsx("account", "create", "--address", "0x" + secrets.token_hex(20), "--name", self.name)
-        found = re.search(r"secret: (\S+)", stack.ipsx("key", "create", self.name).stdout)
+        found = re.search(r"secret: (\S+)", stack.ipsx("key", "create", self.name, *key_options).stdout)
         assert found is not None
         self.secret = found.group(1)
 
@@ -93,6 +93,19 @@ def test_retry_on_403_goes_through_another_exit_and_moves_the_session(requester:
     assert response.headers["X-IPSX-Tries"] == "2"
     # The session now lives on the exit that answered.
     assert requester.get("/ip", "-session-r1").text == response.text
+
+
+def test_a_keys_standing_rules_apply_unless_the_connection_says_otherwise(stack: Stack) -> None:
+    scraper = Requester(stack, "--rules", "retryon-403-maxretries-1")
+    first = scraper.get("/ip", "-session-k1").text
+    retried = scraper.get(f"/deny/{first}", "-session-k1")  # no header: the key's rule retries
+    assert (retried.status_code, retried.headers["X-IPSX-Tries"]) == (200, "2")
+    second = retried.text
+    # The user name (or a header) overrides the key's rule for its connection.
+    kept = scraper.get(f"/deny/{second}", "-session-k1-maxretries-0")
+    assert (kept.status_code, kept.headers["X-IPSX-Tries"]) == (403, "1")
+    refused = stack.ipsx("key", "create", scraper.name, "--rules", "session-s1", check=False)
+    assert refused.returncode != 0 and "not a standing rule" in refused.stderr
 
 
 def test_retry_rule_in_the_username_applies_too(requester: Requester) -> None:

@@ -407,3 +407,42 @@ def test_retryon_refuses_malformed_lists(value: str) -> None:
 def test_headers_keep_the_api_key_the_username_was_checked_with() -> None:
     checked = Targeting("alice", key="k1")
     assert apply_headers(checked, [("X-IPSX-Country", "fr")]).key == "k1"
+
+
+# --- an API key's standing rules --------------------------------------------------------------------
+
+
+def test_parse_rules_reads_the_keys_a_key_may_set() -> None:
+    rules = targeting.parse_rules("retryon-403,429-maxretries-2-country-FR-type-mobile-sessttl-90")
+    assert rules.account == ""
+    assert (rules.retryon, rules.maxretries) == (frozenset({403, 429}), 2)
+    assert (rules.filters.country, rules.filters.type, rules.sessttl) == ("fr", "mobile", 90)
+    assert targeting.parse_rules("") == Targeting("")
+
+
+@pytest.mark.parametrize("key", ["session", "deal", "order", "ban", "maxprice", "proto"])
+def test_parse_rules_refuses_what_belongs_to_one_connection(key: str) -> None:
+    with pytest.raises(TargetingError) as raised:
+        targeting.parse_rules(f"country-fr-{key}-1")
+    assert raised.value.key == key
+    assert "per connection" in raised.value.reason
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [("retryon-abc", "retryon"), ("colour-red", "colour"), ("country", "country"), ("x" * 201, "rules")],
+)
+def test_parse_rules_refuses_malformed_text(text: str, key: str) -> None:
+    with pytest.raises(TargetingError) as raised:
+        targeting.parse_rules(text)
+    assert raised.value.key == key
+
+
+def test_with_rules_fills_only_what_the_connection_leaves_unset() -> None:
+    rules = targeting.parse_rules("retryon-403-maxretries-2-country-fr-sessttl-60")
+    mine = targeting.with_rules(parse_username("alice-country-de-session-s1-maxretries-0"), rules)
+    assert (mine.account, mine.session, mine.filters.country) == ("alice", "s1", "de")
+    assert (mine.retryon, mine.maxretries, mine.sessttl) == (frozenset({403}), 0, 60)
+    # Headers still come last and override both.
+    assert apply_headers(mine, [("X-IPSX-Retry-On", "429")]).retryon == frozenset({429})
+    assert targeting.with_rules(parse_username("bob"), Targeting("")) == parse_username("bob")
