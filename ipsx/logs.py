@@ -38,8 +38,9 @@ _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) 
 _SECRET_NAME = re.compile(
     r"(?i)pass(word|wd|phrase)?|secret|token|authorization|api[_-]?key|private[_-]?key|cookie|credential"
 )
-# A 32-byte hex value is a private key until a label says it is a transaction or block hash.
-_HASH_LABEL = re.compile(r"(?i)\b(tx|tx_?hash|block_?hash|hash)[ =:]\s?$")
+# A 32-byte hex value is a private key until a label says it is a public one: a transaction or
+# block hash, a payment channel's id, a Merkle root or leaf, a log topic.
+_HASH_LABEL = re.compile(r"(?i)\b(tx|tx_?hash|block_?hash|hash|channel|channel_?id|root|leaf|topic)[ =:]\s?$")
 _HEX32 = re.compile(r"(?<![0-9A-Za-z])(?:0x)?[0-9a-fA-F]{64}(?![0-9A-Za-z])")
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (

@@ -11,10 +11,12 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
@@ -117,6 +119,29 @@ def _assert_paid_on_chain(out: str, data_dir: Path, *, first_run: bool) -> None:
 
 
 @pytest.mark.timeout(120)
+def _assert_dashboard_shows_the_traffic(banner: str) -> None:
+    """The dashboard the banner names: "Enter the demo" signs in, and the overview counts the
+    requests just made (on the demo's embedded Redis and PostgreSQL)."""
+    found = re.search(r"Dashboard: (http://127\.0\.0\.1:\d+)/", banner)
+    assert found is not None, banner
+    with httpx.Client(base_url=found.group(1), timeout=10) as browser:
+        page = browser.get("/signin")
+        assert page.status_code == 200 and "Enter the demo" in page.text
+        token = re.search(r'name="signin_token" value="([^"]+)"', page.text)
+        assert token is not None
+        entered = browser.post("/signin/demo", data={"signin_token": token.group(1)})
+        assert entered.status_code in (302, 303), entered.text
+        deadline = time.monotonic() + 20
+        while True:  # the worker ingests the streams within a second or two
+            overview = browser.get("/web/overview")
+            assert overview.status_code == 200
+            shown = re.search(r'data-requests-today="(\d+)"', overview.text)
+            if (shown is not None and int(shown.group(1)) >= 6) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert shown is not None and int(shown.group(1)) >= 6, overview.text[:2000]
+
+
 def test_demo_serves_until_ctrl_c_then_stops_everything(tmp_path: Path) -> None:
     env = _embedded_env()
     command = _demo_command(tmp_path / "state")
@@ -142,6 +167,7 @@ def test_demo_serves_until_ctrl_c_then_stops_everything(tmp_path: Path) -> None:
             for _ in range(6)
         }
         assert seen == {"127.0.0.2", "127.0.0.3", "127.0.0.4"}  # the three demo exits, in rotation
+        _assert_dashboard_shows_the_traffic(text)
     finally:
         demo.send_signal(signal.SIGINT)
         _, err = demo.communicate(timeout=60)

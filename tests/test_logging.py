@@ -128,6 +128,9 @@ def test_redact_keeps_what_is_no_secret() -> None:
     tx = "0x" + "ab" * 32
     text = f"batch 3 anchored in block 12 (tx {tx}); key 0123456789ab; http://gw:8080/path?a=1"
     assert logs.redact(text) == text
+    public = f"channel {tx} opened; root {tx}; channel_id={tx}"
+    assert logs.redact(public) == public
+    assert logs.redact(f"operator key {tx}") == "operator key [REDACTED]"
 
 
 def test_no_secret_in_json_lines(json_log: Capture) -> None:

@@ -210,8 +210,10 @@ async def count_signin(request: web.Request) -> None:
 
 
 async def _increment(redis: Redis, key: str, window: int) -> int:
+    # SET NX EX opens the window once and INCR keeps its TTL (EXPIRE NX would need Redis 7; the
+    # demo's embedded Redis is 6.2).
     async with redis.pipeline(transaction=True) as pipe:
+        pipe.set(key, 0, ex=window, nx=True)
         pipe.incr(key)
-        pipe.expire(key, window, nx=True)
-        count, _ = await pipe.execute()
+        _, count = await pipe.execute()
     return int(count)
