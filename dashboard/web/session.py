@@ -120,7 +120,8 @@ async def _load(request: web.Request) -> WebSession | None:
     key = None
     if via == "key":
         key = await live_key(request, account, str(claims.get("kid", "")))
-        if key is None:
+        # A white-label sub-user's key never opens the IPSX-branded pages, whenever it signed in.
+        if key is None or key.reseller_id is not None:
             return None
     return WebSession(Principal(account, key), csrf, str(via))
 

@@ -10,7 +10,8 @@ from aiohttp import web
 from eth_utils.address import is_address, to_checksum_address
 from siwe import SiweMessage
 
-from billing import accounts
+from billing import accounts, resellers
+from billing.accounts import ApiKey
 from dashboard import auth
 from dashboard.appkeys import PG, REDIS, SETTINGS
 from dashboard.problems import Problem, field, json_response, read_json
@@ -59,7 +60,8 @@ def _signed_in(request: web.Request, token: str) -> web.Response:
 @routes.post("/signin/key", name="web-signin-key")
 @page
 async def signin_with_key(request: web.Request) -> web.StreamResponse:
-    """Sign in with an API key's secret: the session has that key's scopes."""
+    """Sign in with an API key's secret: the session has that key's scopes. A white-label
+    sub-user's key is refused (403): it belongs to its reseller's customer."""
     form = await request.post()
     token = form.get("signin_token")
     sessions.check_signin_token(request, token if isinstance(token, str) else None)
@@ -74,7 +76,20 @@ async def signin_with_key(request: web.Request) -> web.StreamResponse:
     account = None if key is None else await accounts.get_account(pool, key.account_name)
     if key is None or account is None:
         raise Problem(401, "unauthorized", "unknown or revoked API key")
+    await _refuse_subuser(request, key)
     return _signed_in(request, sessions.issue(request.app[SETTINGS], account, via="key", key=key))
+
+
+async def _refuse_subuser(request: web.Request, key: ApiKey) -> None:
+    """Problem 403 for a white-label sub-user's key: its customer signs in where its reseller
+    says (the reseller's own site, under its brand), never into the IPSX dashboard."""
+    if key.reseller_id is None:
+        return
+    reseller = await resellers.reseller_of(request.app[PG], key.reseller_id)
+    brand = reseller.brand if reseller is not None else "your proxy provider"
+    raise Problem(
+        403, "subuser_key", f"this key belongs to a customer of {brand}; sign in where {brand} tells you"
+    )
 
 
 @routes.post("/signin/demo", name="web-signin-demo")

@@ -14,6 +14,7 @@ import asyncpg
 import httpx
 import redis.asyncio
 
+from billing import resellers
 from billing.ledger import Amount
 from matching import store
 from matching.deals import State, propose
@@ -322,3 +323,19 @@ async def record_dials(redis_url: str, exit_id: str, ok: list[float], failed: li
         await health.flush()
     finally:
         await client.aclose()
+
+
+# -- white-label resellers, for the reseller's pages -------------------------------------------
+
+
+async def reseller_markup(
+    conn: asyncpg.Connection, *, deal_id: str, requester: str, charge: int, at: dt.datetime | None = None
+) -> None:
+    """The markup on the settled deal ``deal_id`` of the sub-user ``requester`` (internal name),
+    charged as settlement charges it (``billing.resellers.charge_markup_in``); with ``at``, the
+    deal and its markup are dated then (a day of another month, say)."""
+    async with conn.transaction():
+        await resellers.charge_markup_in(conn, deal_id, requester, Amount(charge))
+    if at is not None:
+        await conn.execute("UPDATE reseller_markups SET created_at = $2 WHERE deal_id = $1", deal_id, at)
+        await conn.execute("UPDATE deals SET updated_at = $2 WHERE deal_id = $1", deal_id, at)
