@@ -52,6 +52,11 @@ def _invalid(reason: str) -> Problem:
     return Problem(422, "invalid_field", f"'rules': {reason}", field="rules")
 
 
+def _integer(item: Any) -> Any:
+    """JSON's 2.0 is the integer 2 (JSON Schema says so); anything else as it came."""
+    return int(item) if isinstance(item, float) and item.is_integer() else item
+
+
 def rules_text(value: dict[str, Any] | None) -> str | None:
     """The stored form of a ``rules`` object (None for none or an empty one); Problem 422 when it
     holds an unknown field or a value the gateway would refuse."""
@@ -64,10 +69,12 @@ def rules_text(value: dict[str, Any] | None) -> str | None:
         if name == "retry_on":
             if not isinstance(item, list) or not item or len(item) > 16:
                 raise _invalid("'retry_on' must be a list of 1 to 16 HTTP statuses")
+            item = [_integer(code) for code in item]
             if not all(type(code) is int and 100 <= code <= 599 for code in item):
                 raise _invalid("'retry_on' must hold HTTP statuses from 100 to 599")
             text = ",".join(str(code) for code in item)
         elif name in _INTEGERS:
+            item = _integer(item)
             if type(item) is not int:
                 raise _invalid(f"'{name}' must be an integer")
             text = str(item)

@@ -72,6 +72,7 @@ PATHS: dict[str, Any] = {
                         },
                     },
                 ),
+                "400": _problem("an unknown or repeated query parameter"),
                 "422": _problem("the domain is malformed"),
                 **_AUTH_ERRORS,
             },

@@ -33,10 +33,12 @@ def _domain(text: str, name: str = "domain") -> str:
 
 
 def _ttl(body: dict[str, Any]) -> int:
-    ttl = field(body, "ttl", int, optional=True)
-    if ttl is None:
+    ttl = body.get("ttl")
+    if ttl is None and "ttl" not in body:
         return DEFAULT_BAN_TTL
-    if isinstance(ttl, bool) or not 1 <= ttl <= MAX_BAN_TTL:
+    if isinstance(ttl, float) and ttl.is_integer():  # JSON's 60.0 is the integer 60
+        ttl = int(ttl)
+    if type(ttl) is not int or not 1 <= ttl <= MAX_BAN_TTL:
         reason = f"'ttl' must be whole seconds from 1 to {MAX_BAN_TTL}"
         raise Problem(422, "invalid_field", reason, field="ttl")
     return int(ttl)
@@ -85,6 +87,10 @@ async def ban_exit(request: web.Request) -> web.Response:
 async def list_bans(request: web.Request) -> web.Response:
     """The caller's bans in force recorded for one domain (``?domain=``)."""
     caller = await authorized(request, "proxy")
+    unknown = sorted(set(request.query) - {"domain"})
+    if unknown or len(request.query.getall("domain", [])) > 1:
+        shown = unknown[0][:40] if unknown else "domain"
+        raise Problem(400, "unknown_parameter", f"unknown or repeated query parameter {shown!r}")
     domain = _domain(request.query.get("domain", ""))
     listed = await _book(request).listed(caller.account.name, domain)
     bans = [{"exit_id": exit_id, "until": until} for exit_id, until in sorted(listed.items())]

@@ -128,3 +128,12 @@ def test_bans_need_the_proxy_scope_and_are_per_account(api: Api) -> None:
         client.post("/v1/bans", json={"exit_id": EXIT, "domain": "example.com"})
     assert banned(other, "example.com") == {EXIT}
     assert banned(name, "example.com") == set()
+
+
+def test_listing_bans_refuses_unknown_or_repeated_parameters(api: Api) -> None:
+    _, secret = requester(api)
+    with api.client(secret) as client:
+        assert client.get("/v1/bans", params={"domain": "example.com", "limit": "5"}).status_code == 400
+        repeated = client.get("/v1/bans", params=[("domain", "a.com"), ("domain", "b.com")])
+        assert repeated.status_code == 400
+        assert client.get("/v1/bans", params={"domain": "example.com"}).status_code == 200

@@ -746,4 +746,8 @@ def test_a_provider_sees_its_exits_health_after_traffic(stack: Stack, market: Ma
     assert mine["bind"] == EXITS["fr"]
     assert health["state"] == "healthy" and health["success_rate"] == 1.0
     assert health["dial_latency_ms"] is not None and health["dial_latency_ms"] > 0
-    assert health["quarantined_until"] is None and health["recent_errors"] == []
+    assert health["quarantined_until"] is None
+    # Earlier tests on this shared stack had destinations refuse (policy, refused): those are the
+    # destination's errors, noted but never the exit's failures.
+    destinations = {"policy", "refused", "dns", "unreachable"}
+    assert {error["reason"] for error in health["recent_errors"]} <= destinations
