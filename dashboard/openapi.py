@@ -960,7 +960,8 @@ def _document() -> dict[str, Any]:
                     "parameters": [{"name": "name", "in": "path", "required": True, "schema": _STR}],
                     "responses": {
                         "200": _json(
-                            "deals, settlements, disputes, bytes, money, and the provider rating",
+                            "deals, settlements, disputes, bytes and the provider rating; the money "
+                            "(earned, spent) only for the account itself and the operator, else null",
                             {"type": "object", "required": ["name", "provider", "requester"]},
                         ),
                         "404": _problem("no deals are recorded for this account"),

@@ -9,6 +9,7 @@ import asyncpg
 import orjson
 from aiohttp import web
 
+from billing.accounts import OPERATOR
 from dashboard import pac
 from dashboard.appkeys import HTTP, PG, REDIS, SEAT, SETTINGS
 from dashboard.pages import encode_cursor, page_params
@@ -526,10 +527,13 @@ async def profile(request: web.Request) -> web.Response:
     """An account's record as provider and as requester, derived from its deals' outcomes.
 
     The provider rating is 5 * (settled deals that were never disputed) / (deals closed: settled
-    or cancelled), to one decimal; ``null`` before any deal closed.
+    or cancelled), to one decimal; ``null`` before any deal closed. The record is public to signed-
+    in callers, the money is not: ``earned`` and ``spent`` are the account's own (and the
+    operator's) to see, ``null`` for anyone else.
     """
-    await authorized(request)
+    caller = await authorized(request)
     name = request.match_info["name"][:32]
+    own = caller.account.name == name or (caller.key is not None and OPERATOR in caller.key.scopes)
     row = await request.app[PG].fetchrow(
         """
         WITH d AS (
@@ -565,14 +569,14 @@ async def profile(request: web.Request) -> web.Response:
                 "cancelled": row["p_cancelled"],
                 "disputed": row["p_disputed"],
                 "bytes_carried": row["p_bytes"],
-                "earned": amount_json(int(row["p_earned"])),
+                "earned": amount_json(int(row["p_earned"])) if own else None,
                 "rating": round(5 * row["p_clean"] / closed, 1) if closed else None,
             },
             "requester": {
                 "deals": row["r_deals"],
                 "settled": row["r_settled"],
                 "disputed": row["r_disputed"],
-                "spent": amount_json(int(row["r_spent"])),
+                "spent": amount_json(int(row["r_spent"])) if own else None,
             },
         }
     )
