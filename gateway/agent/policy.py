@@ -239,8 +239,10 @@ def _blocked_suffix(blocked: frozenset[str], host: str) -> str | None:
 
 
 @functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=8192)
 def _literal(host: str) -> str | None:
-    """``host`` as a canonical address if it is an IP literal (``[…]`` allowed), else None."""
+    """``host`` as a canonical address if it is an IP literal (``[…]`` allowed), else None; cached,
+    since exit selection asks it of every candidate of every connection, mostly of the same hosts."""
     try:
         return str(ipaddress.ip_address(host.removeprefix("[").removesuffix("]").split("%", 1)[0]))
     except ValueError:
