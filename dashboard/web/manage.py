@@ -151,6 +151,14 @@ async def place_order(request: web.Request) -> web.StreamResponse:
 @page
 async def cancel_order(request: web.Request) -> web.StreamResponse:
     session, _ = await posted(request, "trade")
+    order_id = await cancel_own_order(request, session)
+    return redirect(f"/web/orders?cancelled={order_id}")
+
+
+async def cancel_own_order(request: web.Request, session: WebSession) -> str:
+    """Cancel the signed-in account's order (a request or an offer) named in the path, on this
+    node's market or through the node that runs it; returns its id. Raises Problem 404 or the
+    market's refusal."""
     order_id = request.match_info["order_id"]
     if not _ORDER_ID.fullmatch(order_id):
         raise Problem(404, "not_found", "you have no open order with this id")
@@ -162,7 +170,7 @@ async def cancel_order(request: web.Request) -> web.StreamResponse:
             await market.cancel(session.account.name, order_id)
         except MarketRefused as error:
             raise _refused(error) from None
-    return redirect(f"/web/orders?cancelled={order_id}")
+    return order_id
 
 
 @routes.get("/web/keys", name="web-keys")

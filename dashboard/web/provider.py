@@ -222,17 +222,7 @@ async def place_offer(request: web.Request) -> web.StreamResponse:
 @page
 async def cancel_offer(request: web.Request) -> web.StreamResponse:
     session, _ = await posted(request, "trade")
-    order_id = request.match_info["order_id"]
-    if not _ORDER_ID.fullmatch(order_id):
-        raise Problem(404, "not_found", "you have no open order with this id")
-    market = request.app[SEAT].market
-    if market is None:
-        await manage.forward_to_market(request, session, "DELETE", f"/v1/orders/{order_id}", None)
-    else:
-        try:
-            await market.cancel(session.account.name, order_id)
-        except MarketRefused as error:
-            raise _refused(error) from None
+    order_id = await manage.cancel_own_order(request, session)
     return redirect(f"/web/provider/offers?cancelled={order_id}")
 
 
