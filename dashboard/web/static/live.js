@@ -4,13 +4,10 @@
   var canvas = document.getElementById("live-chart");
   var live = document.getElementById("live");
   var status = document.getElementById("live-status");
-  if (!canvas || !live || typeof Chart === "undefined") return;
+  if (!canvas || !live || typeof Chart === "undefined" || !window.IpsxCharts) return;
 
   var initial = JSON.parse(document.getElementById("series-data").textContent);
-  function css(name) { return getComputedStyle(document.documentElement).getPropertyValue(name).trim(); }
-  function labels(seconds) {
-    return seconds.map(function (t) { return new Date(t * 1000).toISOString().substr(11, 8); });
-  }
+  var charts = window.IpsxCharts, labels = charts.labels;
 
   var chart = new Chart(canvas, {
     type: "line",
@@ -33,27 +30,8 @@
     }
   });
 
-  function paint() {
-    var fg = css("--fg"), border = css("--border");
-    var colours = [css("--chart-1"), css("--chart-2")];
-    chart.data.datasets.forEach(function (set, i) { set.borderColor = colours[i]; set.backgroundColor = colours[i]; });
-    Object.values(chart.options.scales).forEach(function (scale) {
-      scale.ticks.color = fg;
-      scale.grid.color = border;
-      if (scale.title) scale.title.color = fg;
-    });
-    chart.options.plugins.legend.labels.color = fg;
-    chart.update();
-  }
-  paint();
-  document.addEventListener("ipsx-theme", paint);
-
-  function set(id, text) { var el = document.getElementById(id); if (el) el.textContent = text; }
-  function size(bytes) {
-    var units = ["B", "kB", "MB", "GB", "TB"], value = bytes, i = 0;
-    while (Math.abs(value) >= 1000 && i < units.length - 1) { value /= 1000; i++; }
-    return i === 0 ? value + " B" : value.toFixed(1) + " " + units[i];
-  }
+  charts.themed(chart);
+  var set = charts.set, size = charts.size;
 
   var source = new EventSource("/web/live");
   source.addEventListener("totals", function (event) {
