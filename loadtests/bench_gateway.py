@@ -6,7 +6,7 @@ in production (``ipsx gateway`` + ``ipsx worker`` + ``ipsx provide``, on Postgre
 Each target is started alone, measured, and stopped by its PID; runs are interleaved across
 targets and the table shows medians over the runs.
 
-Phases, per target and run (see loadtests/README.md for what each figure means):
+Phases, per target and run (see loadtests/README.md for what each figure means; --phases picks some):
 
 1. idle       1,000 idle CONNECT tunnels held open; RSS growth per tunnel of each proxy process;
 2. tunnels    64 clients, each CONNECT → GET /1k → close in a loop (loadtests/tunnel_load.py);
@@ -35,6 +35,7 @@ import json
 import os
 import platform
 import re
+import resource
 import secrets
 import select
 import shutil
@@ -230,6 +231,36 @@ def other_processes_cpu(exclude: set[int]) -> dict[tuple[int, float], float]:
                 t.user + t.system + t.children_user + t.children_system
             )
     return out
+
+
+_STAT_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def machine_jiffies() -> dict[str, int]:
+    """The machine's CPU time by kind from /proc/stat, all cores summed, in clock ticks."""
+    with open("/proc/stat") as stat:
+        values = stat.readline().split()[1 : 1 + len(_STAT_FIELDS)]
+    return dict(zip(_STAT_FIELDS, map(int, values), strict=True))
+
+
+def machine_shares(before: dict[str, int], after: dict[str, int]) -> dict[str, float]:
+    """How the machine's CPU time between two snapshots split, in % of all cores: ``busy``
+    (everything but idle and iowait), ``softirq`` (network work not charged to any process)
+    and ``steal`` (taken by the hypervisor)."""
+    delta = {kind: after[kind] - before[kind] for kind in _STAT_FIELDS}
+    total = sum(delta.values()) or 1
+    busy = total - delta["idle"] - delta["iowait"]
+    return {
+        "busy": busy / total * 100,
+        "softirq": delta["softirq"] / total * 100,
+        "steal": delta["steal"] / total * 100,
+    }
+
+
+def children_cpu_seconds() -> float:
+    """CPU time of this script's reaped children: the load generators (wrk, tunnel_load.py)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def time_wait_sockets() -> dict[str, int]:
@@ -830,6 +861,7 @@ class Bench:
         snap.update({f"{role}:sys": cpu_system_seconds([pid]) for role, pid in running.roles.items()})
         for role, pids in running.info_roles.items():
             snap[role] = cpu_seconds(pids)
+        snap["origin"] = cpu_seconds([self.origin_pid]) if self.origin_pid is not None else 0.0
         services = {pid: cpu_seconds([pid]) for pid in service_pids()}
         return snap, services
 
@@ -844,12 +876,15 @@ class Bench:
     def measured(self, running: Running, body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         before, services_before = self._cpu_snapshot(running)
         others_before = other_processes_cpu(self._ours(running))
+        jiffies, loadgen = machine_jiffies(), children_cpu_seconds()
         wall = time.monotonic()
         try:
             result = body()
         except (subprocess.SubprocessError, OSError, ValueError, KeyError, RuntimeError) as error:
             result = {"failed": f"{type(error).__name__}: {error}"}
         wall_s = time.monotonic() - wall
+        loadgen = children_cpu_seconds() - loadgen
+        result["machine_pct"] = machine_shares(jiffies, machine_jiffies())
         others_after = other_processes_cpu(self._ours(running))
         after, services_after = self._cpu_snapshot(running)
         # CPU spent meanwhile by processes this benchmark did not start (another user of the
@@ -863,6 +898,7 @@ class Bench:
         result["cpu_s"]["redis+postgres"] = sum(
             max(0.0, cpu - services_before.get(pid, 0.0)) for pid, cpu in services_after.items()
         )
+        result["cpu_s"]["loadgen"] = loadgen
         result["wall_s"] = wall_s
         time.sleep(self.args.settle)
         return result
@@ -1030,7 +1066,8 @@ class Bench:
         phases: dict[str, Any] = {}
         record["phases"] = phases
         try:
-            if running.proxy is not None and self.args.idle_tunnels > 0:
+            wanted = self.args.phases
+            if running.proxy is not None and self.args.idle_tunnels > 0 and "idle" in wanted:
                 phases["idle"] = self.measured_quietly(running, lambda: self.phase_idle(running), run, target)
                 if agent is not None:
                     phases["idle"]["agent_data_conns_after"] = agent_data_connections(agent, running.workers)
@@ -1041,6 +1078,8 @@ class Bench:
                 ("bulk", lambda: self._load(running, "bulk")),
             ]
             for name, body in plan:
+                if name not in wanted:
+                    continue
                 phases[name] = self.measured_quietly(running, body, run, target)
                 phases[name]["time_wait_after"] = time_wait_sockets()
                 if agent is not None:
@@ -1180,6 +1219,8 @@ def _proxy_cpu(phase: dict[str, Any], roles: list[str]) -> dict[str, float]:
     for role in ("worker", "redis+postgres"):
         if role in cpu:
             out[role] = cpu[role]
+    if "loadgen" in cpu:
+        out["loadgen+origin"] = cpu["loadgen"] + cpu.get("origin", 0.0)
     return out
 
 
@@ -1236,6 +1277,8 @@ def run_metrics(record: dict[str, Any]) -> dict[str, float]:
         if ka["requests"]:
             for role, s in _proxy_cpu(ka, roles).items():
                 m[f"cpu_req.{role}"] = s / ka["requests"] * 1e6
+        for kind, pct in ka.get("machine_pct", {}).items():
+            m[f"ka_machine.{kind}"] = pct
     tun = phases.get("tunnels", {})
     if "rate" in tun:
         m["tun_rate"] = tun["rate"]
@@ -1294,6 +1337,10 @@ ROWS: list[Row] = [
     ("proxy CPU µs per keep-alive request (IPSX: gateway+agent)", "cpu_req.proxy", ",.1f"),
     ("  IPSX gateway CPU µs per request", "cpu_req.gateway", ",.1f"),
     ("  IPSX agent CPU µs per request", "cpu_req.agent", ",.1f"),
+    ("  load generator + origin CPU µs per request (wrk, nginx)", "cpu_req.loadgen+origin", ",.1f"),
+    ("  machine CPU busy in the keep-alive phase, % of all cores", "ka_machine.busy", ".0f"),
+    ("    of which softirq (not charged to any process), %", "ka_machine.softirq", ".1f"),
+    ("    steal (hypervisor), %", "ka_machine.steal", ".1f"),
     ("proxy CPU µs per new tunnel (IPSX: gateway+agent)", "cpu_tun.proxy", ",.1f"),
     ("  IPSX gateway CPU µs per tunnel", "cpu_tun.gateway", ",.1f"),
     ("  IPSX agent CPU µs per tunnel", "cpu_tun.agent", ",.1f"),
@@ -1481,6 +1528,17 @@ def machine() -> dict[str, Any]:
     }
 
 
+PHASES = ("idle", "tunnels", "keepalive", "bulk")
+
+
+def _phase_list(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in PHASES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"phases are {', '.join(PHASES)}; got {text!r}")
+    return names
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n", 1)[0]
@@ -1495,6 +1553,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--runs", type=int, default=3, help="runs, interleaved across targets (default: 3)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per load phase (default: 10)")
+    parser.add_argument(
+        "--phases",
+        type=_phase_list,
+        default=PHASES,
+        help="comma-separated phases to run, in their fixed order (default: %s)" % ",".join(PHASES),
+    )
     parser.add_argument(
         "--quick", action="store_true", help="smoke test: one run of 3 s phases and 200 idle tunnels"
     )
