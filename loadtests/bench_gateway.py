@@ -1339,8 +1339,8 @@ ROWS: list[Row] = [
     ("  IPSX agent CPU µs per request", "cpu_req.agent", ",.1f"),
     ("  load generator + origin CPU µs per request (wrk, nginx)", "cpu_req.loadgen+origin", ",.1f"),
     ("  machine CPU busy in the keep-alive phase, % of all cores", "ka_machine.busy", ".0f"),
-    ("    of which softirq (not charged to any process), %", "ka_machine.softirq", ".1f"),
-    ("    steal (hypervisor), %", "ka_machine.steal", ".1f"),
+    ("    softirq (network work charged to no process), % of all cores", "ka_machine.softirq", ".1f"),
+    ("    steal (taken by the hypervisor), % of all cores", "ka_machine.steal", ".1f"),
     ("proxy CPU µs per new tunnel (IPSX: gateway+agent)", "cpu_tun.proxy", ",.1f"),
     ("  IPSX gateway CPU µs per tunnel", "cpu_tun.gateway", ",.1f"),
     ("  IPSX agent CPU µs per tunnel", "cpu_tun.agent", ",.1f"),
@@ -1557,7 +1557,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--phases",
         type=_phase_list,
         default=PHASES,
-        help="comma-separated phases to run, in their fixed order (default: %s)" % ",".join(PHASES),
+        help=f"comma-separated phases to run, in their fixed order (default: {','.join(PHASES)})",
     )
     parser.add_argument(
         "--quick", action="store_true", help="smoke test: one run of 3 s phases and 200 idle tunnels"
