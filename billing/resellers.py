@@ -47,7 +47,7 @@ from billing.errors import (
     UnknownAccount,
 )
 from billing.ledger import MAX_AMOUNT, Amount, Leg, post_in
-from matching.settlement import KIND_MARKUP, MAX_MARKUP_BPS, Markup, markup
+from matching.settlement import BPS, KIND_MARKUP, MAX_MARKUP_BPS, Markup, markup
 
 SUBUSER_SCOPES = frozenset({"proxy", "read", "keys"})  # what a sub-user's key may be given
 DEFAULT_SUBUSER_SCOPES = frozenset({"proxy", "read"})
@@ -597,6 +597,25 @@ class StandingCache:
 
 
 # -- settlement --------------------------------------------------------------------------------
+
+
+async def markups_of(pool: asyncpg.Pool, names: Sequence[str]) -> dict[str, int]:
+    """The markup (basis points) each sub-user among the account ``names`` pays its reseller;
+    accounts that are no sub-user are left out. The market holds a sub-user's orders to what its
+    balance covers with the markup on top, so the markup charged at settlement is never short."""
+    rows = await pool.fetch(
+        "SELECT a.name, r.markup_bps FROM accounts a JOIN reseller_subusers s ON s.account_id = a.id"
+        " JOIN resellers r ON r.account_id = s.reseller_id WHERE a.name = ANY($1::text[])",
+        list(names),
+    )
+    return {row["name"]: row["markup_bps"] for row in rows}
+
+
+def spendable(balance: int, markup_bps: int) -> int:
+    """The largest charge ``balance`` covers together with its markup of ``markup_bps``: ``c``
+    with ``c + c * markup_bps // 10_000 <= balance`` (``matching.settlement.markup`` rounds down),
+    i.e. ``c * (10_000 + markup_bps) < (balance + 1) * 10_000``."""
+    return ((balance + 1) * BPS - 1) // (BPS + markup_bps)
 
 
 async def charge_markup_in(

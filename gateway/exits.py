@@ -191,6 +191,7 @@ class ExitDialer:
             if reason is not None and not refusals:
                 refusals.append(reason)
             return reason is None
+
         last_error: DialError | None = None
         # With the market in force, only the exits of the requester's active deals serve it;
         # when none of them fits, the market is asked once for spot deals that do.

@@ -77,6 +77,7 @@ class PlainForwarder:
         try:
             from_headers = False  # the targeting came from the previous request's X-IPSX-* headers
             while True:
+                self._own_headers(head)
                 host, port, origin_target = http1.parse_absolute_uri(head.target)
                 header = head.get("proxy-authorization")
                 has_headers = any(name[:7].lower() == "x-ipsx-" for name, _ in head.headers)
@@ -132,6 +133,9 @@ class PlainForwarder:
             if upstream is not None:
                 self._end_upstream(upstream, outcome)
         conn.close()
+
+    def _own_headers(self, head: http1.RequestHead) -> None:
+        """Hook: a white-label listener's forwarder reads its brand's header names as X-IPSX-*."""
 
     async def _open_upstream(
         self,

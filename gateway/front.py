@@ -8,8 +8,9 @@ A white-label reseller's listener is a front with a :class:`Brand`: its clients 
 the reseller's sub-users, an ``admit`` hook refuses a sub-user whose standing stops new streams
 (suspended, monthly quota or spend limit reached), and nothing it answers names IPSX — the
 ``Proxy-Authenticate`` realm is the brand, the gateway's own ``X-IPSX-*`` response headers are
-``X-<brand token>-*`` there, and refusal texts are rewritten the same way. Targeting headers are
-still read as ``X-IPSX-*`` (they are stripped before anything is forwarded).
+``X-<brand token>-*`` there, and refusal texts are rewritten the same way. Its clients send
+targeting and rule headers under the brand's name (``X-<brand token>-Session``) or the platform's;
+both are stripped before anything is forwarded.
 """
 
 from __future__ import annotations
@@ -111,6 +112,18 @@ class Brand:
         text = _PLATFORM_WORD.sub(self.name, _PLATFORM_HEADER.sub(f"X-{self.token}-", text))
         return http1.error_response(status, text, headers=headers, close=close)
 
+    def own_headers(self, head: http1.RequestHead) -> None:
+        """Read the brand's request headers (``X-<token>-Session: s1``) as the platform's
+        ``X-IPSX-*`` ones, in place, so they target the request and never reach the origin."""
+        if self.is_platform:
+            return
+        prefix = f"x-{self.token.lower()}-"
+        size = len(prefix)
+        head.headers[:] = [
+            ("X-IPSX-" + name[size:], value) if name[:size].lower() == prefix else (name, value)
+            for name, value in head.headers
+        ]
+
     def header_lines(self, extra: bytes) -> bytes:
         """Header lines of ours (``X-IPSX-Exit: …\\r\\n``) with this brand's names."""
         if self.is_platform:
@@ -140,6 +153,9 @@ class _BrandedForwarder(PlainForwarder):
     ) -> None:
         super().__init__(settings, dialer, authorize)
         self._brand = brand
+
+    def _own_headers(self, head: http1.RequestHead) -> None:
+        self._brand.own_headers(head)
 
     async def _relay_response(
         self,
@@ -299,6 +315,7 @@ class Front:
                 return
             conn.clear_deadline()
             if head.method == "CONNECT":
+                self._brand.own_headers(head)
                 await self._connect(conn, head, reader.rest)
             else:
                 await self._forwarder.run(conn, reader, head)

@@ -507,8 +507,13 @@ class Market:
             [ledger.requester_account(name) for name in names],
         )
         found = {row["account"]: int(row["balance"]) for row in rows}
+        # A reseller's sub-user pays its markup on top of each settled charge: its orders may
+        # reserve only what leaves the markup covered.
+        markups = await resellers.markups_of(self._pool, names)
         for name in names:
-            self._funds.available[name] = found.get(ledger.requester_account(name), 0)
+            funds = found.get(ledger.requester_account(name), 0)
+            bps = markups.get(name)
+            self._funds.available[name] = funds if bps is None else resellers.spendable(funds, bps)
 
     def depth(self, country: str | None, type: str | None) -> list[tuple[Amount, Amount, int]]:
         """Price levels of resting offers with room; raises ``InvalidOrder`` for bad filters."""

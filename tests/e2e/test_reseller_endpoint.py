@@ -194,6 +194,32 @@ def test_a_wrong_password_on_the_resellers_port_gets_a_branded_407(stack: Stack,
     _no_platform(bad.stdout)
 
 
+def test_request_headers_under_the_brands_name_target_and_stay_at_the_gateway(
+    stack: Stack, reseller: Reseller
+) -> None:
+    # The reseller's customers target with X-<brand>-* headers, as its documentation says.
+    for country in ("fr", "us"):
+        named = curl("-x", reseller.proxy(), "-H", f"X-{TOKEN}-Country: {country}", stack.origin.url("/ip"))
+        assert named.stdout == EXITS[country]
+    # Neither the brand's nor the platform's form reaches the origin; other headers do.
+    echoed = curl(
+        "-x", reseller.proxy(), "-H", f"X-{TOKEN}-Country: de", "-H", "X-IPSX-Session: s1",
+        "-H", "X-Shop-Order: 42", stack.origin.url("/headers"),
+    )  # fmt: skip
+    assert "X-Shop-Order: 42" in echoed.stdout
+    assert TOKEN.lower() not in echoed.stdout.lower() and "ipsx" not in echoed.stdout.lower()
+    # A tunnel's CONNECT carries them as proxy headers.
+    tunnel = curl(
+        "-p", "-x", reseller.proxy(), "--proxy-header", f"X-{TOKEN}-Country: de", stack.origin.url("/ip")
+    )
+    assert tunnel.stdout == EXITS["de"]
+    # An unknown one is refused under the brand's name, naming no platform.
+    bad = curl("-i", "-x", reseller.proxy(), "-H", f"X-{TOKEN}-Colour: red", stack.origin.url("/ip"))
+    assert bad.stdout.startswith("HTTP/1.1 400") and f"X-{TOKEN}-Error: bad_targeting" in bad.stdout
+    assert f"X-{TOKEN}-Colour" in bad.stdout
+    _no_platform(bad.stdout)
+
+
 def test_the_markup_is_charged_to_the_subuser_and_credited_to_the_reseller(
     stack: Stack, reseller: Reseller
 ) -> None:

@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from billing import holds, ledger
+from billing import holds, ledger, resellers
 from billing.accounts import create_account, create_key
 from billing.ledger import COMMISSION, TREASURY, Amount, balance, check_balances, transfer
 from matching import routing, store
@@ -18,6 +18,7 @@ from matching.deals import State
 from matching.errors import InvalidOrder
 from matching.market import Market, MarketRefused, MarketSettings
 from matching.orders import RequestFilters
+from matching.settlement import markup
 from pool.models import ExitInfo
 from pool.registry import ExitRegistry
 
@@ -128,18 +129,21 @@ async def test_a_request_beyond_the_balance_opens_no_deal_and_moves_nothing(
     assert await pg.fetchval("SELECT count(*) FROM deals") == 0
 
 
-async def usage(pg: asyncpg.Pool, deal_id: str, gateway: int, agent: int | None, at: float) -> None:
+async def usage(
+    pg: asyncpg.Pool, deal_id: str, gateway: int, agent: int | None, at: float, requester: str = "alice"
+) -> None:
     event_id = uuid.uuid4().hex
     await pg.execute(
         "INSERT INTO usage_events (event_id, deal_id, requester, provider, exit_id, node, protocol, target,"
         " bytes_up, bytes_down, opened_at, closed_at, outcome, attempts)"
-        " VALUES ($1, $2, 'alice', $3, 'e1', 'n1', 'connect', 'x:443', 0, $4,"
+        " VALUES ($1, $2, $6, $3, 'e1', 'n1', 'connect', 'x:443', 0, $4,"
         " to_timestamp($5), to_timestamp($5), 'ok', 1)",
         event_id,
         deal_id,
         PROVIDER_ADDRESS,
         gateway,
         at,
+        requester,
     )
     if agent is not None:
         await pg.execute(
@@ -150,6 +154,46 @@ async def usage(pg: asyncpg.Pool, deal_id: str, gateway: int, agent: int | None,
             agent,
             at,
         )
+
+
+async def test_a_subusers_orders_leave_its_resellers_markup_covered(
+    market: Market, pg: asyncpg.Pool, rds: Redis
+) -> None:
+    # alice resells with a 25 % markup; her sub-user's 1 GB deal at 1 IPSX/GB reserves 1 IPSX
+    # and, used in full, owes her 0.25 IPSX on top: 1.25 IPSX in all.
+    reseller = await resellers.create_reseller(pg, "alice", brand="Acme", markup_bps=2500)
+    sub = await resellers.create_subuser(pg, reseller.account_id, "shop")
+    fund = Amount(5 * IPSX // 4 - 1)
+    await resellers.transfer(pg, reseller.account_id, "shop", fund, to_subuser=True, reference="f1")
+    await online(rds, "e1")
+    await offer(market, "e1", price_gb=IPSX)
+    _, short = await market.place_request(sub.account_name, {**REQUEST, "max_price_per_gb": str(IPSX)})
+    assert short.fills == () and short.stopped_for_funds  # the reserve fits, the markup would not
+    assert await pg.fetchval("SELECT count(*) FROM deals") == 0
+    await resellers.transfer(pg, reseller.account_id, "shop", Amount(1), to_subuser=True, reference="f2")
+    _, result = await market.place_request(sub.account_name, {**REQUEST, "max_price_per_gb": str(IPSX)})
+    assert [fill.reserve for fill in result.fills] == [IPSX]
+    deal_id = result.fills[0].deal_id
+    await usage(pg, deal_id, GB, GB, clock(market).now, requester=sub.account_name)
+    clock(market).now += 600
+    await market.tick()
+    clock(market).now += 5
+    await market.tick()
+    row = await pg.fetchrow(
+        "SELECT due::text, charged::text FROM reseller_markups WHERE deal_id = $1", deal_id
+    )
+    assert dict(row) == {"due": str(IPSX // 4), "charged": str(IPSX // 4)}  # charged in full
+    assert await balance(pg, ledger.requester_account(sub.account_name)) == 0
+    assert await balance(pg, ledger.provider_account("alice")) == IPSX // 4
+    assert await check_balances(pg) == {}
+
+
+def test_spendable_leaves_the_markup_covered_to_the_base_unit() -> None:
+    cases = [(12_500, 2500), (12_499, 2500), (10**18, 1), (10**18 + 7, 333), (7, 10_000), (0, 300), (5, 0)]
+    for balance_, bps in cases:
+        spend = resellers.spendable(balance_, bps)
+        assert spend + markup(Amount(spend), bps, balance_).due <= balance_
+        assert spend + 1 + markup(Amount(spend + 1), bps, balance_).due > balance_  # the largest such
 
 
 async def test_deal_completes_reconciles_and_settles_to_the_base_unit(
