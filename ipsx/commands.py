@@ -358,10 +358,11 @@ def cmd_inspect(args: argparse.Namespace, env: Environment) -> None:
 
 def cmd_devchain(args: argparse.Namespace, env: Environment) -> None:
     from ipsx import devchain
+    from ipsx.devchain_node import StateFileError
 
     try:
         devchain.run(args)
-    except (OSError, devchain.StateFileError) as error:
+    except (OSError, StateFileError) as error:
         raise UsageError(str(error)) from None
 
 

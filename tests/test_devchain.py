@@ -39,7 +39,8 @@ from web3.middleware import SignAndSendRawMiddlewareBuilder
 from billing import channels, db, ledger
 from billing.chain import ChainSettings, ChainWatcher
 from contracts.deploy import contract_at
-from ipsx.devchain import DevChain, DevchainSettings, StateFileError, running_devchain
+from ipsx.devchain import DevchainSettings, running_devchain
+from ipsx.devchain_node import DevChain, StateFileError
 from tests.contracts.chain import error_selector, events
 
 ADMIN_URL = os.environ.get("IPSX_TEST_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
