@@ -245,8 +245,8 @@ def machine_jiffies() -> dict[str, int]:
 
 def machine_shares(before: dict[str, int], after: dict[str, int]) -> dict[str, float]:
     """How the machine's CPU time between two snapshots split, in % of all cores: ``busy``
-    (everything but idle and iowait), ``softirq`` (network work not charged to any process)
-    and ``steal`` (taken by the hypervisor)."""
+    (everything but idle and iowait), ``softirq`` (network work; with tick-based accounting it
+    is also in the stime of the process it interrupted) and ``steal`` (taken by the hypervisor)."""
     delta = {kind: after[kind] - before[kind] for kind in _STAT_FIELDS}
     total = sum(delta.values()) or 1
     busy = total - delta["idle"] - delta["iowait"]
@@ -1339,7 +1339,7 @@ ROWS: list[Row] = [
     ("  IPSX agent CPU µs per request", "cpu_req.agent", ",.1f"),
     ("  load generator + origin CPU µs per request (wrk, nginx)", "cpu_req.loadgen+origin", ",.1f"),
     ("  machine CPU busy in the keep-alive phase, % of all cores", "ka_machine.busy", ".0f"),
-    ("    softirq (network work charged to no process), % of all cores", "ka_machine.softirq", ".1f"),
+    ("    of which softirq (network work, also in the processes' figures), %", "ka_machine.softirq", ".1f"),
     ("    steal (taken by the hypervisor), % of all cores", "ka_machine.steal", ".1f"),
     ("proxy CPU µs per new tunnel (IPSX: gateway+agent)", "cpu_tun.proxy", ",.1f"),
     ("  IPSX gateway CPU µs per tunnel", "cpu_tun.gateway", ",.1f"),
