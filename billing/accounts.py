@@ -343,7 +343,7 @@ async def authenticate(pool: asyncpg.Pool, account_name: str, secret: str) -> Ap
     Never raises for bad input: a malformed name or secret, an unknown or revoked key, or another
     account's key all give ``None``. A white-label sub-user's key gives ``None`` too: it proxies
     on its reseller's listener only, by the name its reseller gave it
-    (``billing.resellers.subuser_lookup``). Database errors do propagate.
+    (``billing.reseller_terms.subuser_lookup``). Database errors do propagate.
     """
     try:
         name = validate_name(account_name)
@@ -389,7 +389,7 @@ class KeyCache:
     most), refused ones ``negative_ttl`` seconds. Concurrent checks of the same uncached
     credentials share one database query. When ``max_entries`` is reached the oldest entry goes.
     ``lookup`` answers what the cache cannot (a reseller's listener checks its sub-users'
-    credentials with ``billing.resellers.subuser_lookup``).
+    credentials with ``billing.reseller_terms.subuser_lookup``).
     """
 
     def __init__(

@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from billing import holds, ledger, resellers
+from billing import holds, ledger, reseller_terms, resellers
 from billing.errors import InsufficientFunds, InvalidAccount, InvalidAmount
 from billing.resellers import KEEP, Reseller, Subuser
 from dashboard import auth
@@ -107,7 +107,7 @@ def _invalid(error: resellers.InvalidReseller | InvalidAccount) -> Problem:
 @routes.get("/v1/reseller")
 async def get_reseller(request: web.Request) -> web.Response:
     reseller = await _reseller(request)
-    earned = await resellers.markup_earned(request.app[PG], reseller.account_id)
+    earned = await reseller_terms.markup_earned(request.app[PG], reseller.account_id)
     return json_response(_reseller_json(reseller, earned))
 
 
@@ -126,7 +126,7 @@ async def put_reseller(request: web.Request) -> web.Response:
         )
     except resellers.InvalidReseller as error:
         raise _invalid(error) from None
-    earned = await resellers.markup_earned(request.app[PG], reseller.account_id)
+    earned = await reseller_terms.markup_earned(request.app[PG], reseller.account_id)
     return json_response(_reseller_json(reseller, earned))
 
 
@@ -164,7 +164,7 @@ async def get_subuser(request: web.Request) -> web.Response:
     reseller = await _reseller(request)
     sub = await _subuser(request, reseller)
     pool = request.app[PG]
-    standing = await resellers.standing(pool, sub.account_name)
+    standing = await reseller_terms.standing(pool, sub.account_name)
     account = ledger.requester_account(sub.account_name)
     month: dict[str, Any] | None = None
     if standing is not None:
@@ -245,7 +245,11 @@ async def create_subuser_key(request: web.Request) -> web.Response:
     except InvalidAccount as error:
         raise _invalid(error) from None
     return json_response(
-        {**_key_json(new.key), "secret": new.secret, "proxy_password": resellers.proxy_password(new.secret)},
+        {
+            **_key_json(new.key),
+            "secret": new.secret,
+            "proxy_password": reseller_terms.proxy_password(new.secret),
+        },
         201,
     )
 
@@ -308,13 +312,13 @@ def _month(request: web.Request) -> tuple[str, dt.datetime, dt.datetime]:
         raise Problem(400, "unknown_parameter", f"unknown query parameter {unknown[0][:40]!r}")
     text = request.query.get("month")
     if text is None:
-        start = resellers.month_start(dt.datetime.now(dt.UTC))
+        start = reseller_terms.month_start(dt.datetime.now(dt.UTC))
     else:
         found = _MONTH.fullmatch(text)
         if found is None:
             raise Problem(400, "bad_month", "month must be YYYY-MM")
         start = dt.datetime(int(found.group(1)), int(found.group(2)), 1, tzinfo=dt.UTC)
-    return f"{start:%Y-%m}", start, resellers.next_month(start)
+    return f"{start:%Y-%m}", start, reseller_terms.next_month(start)
 
 
 @routes.get("/v1/reseller/usage")
@@ -322,7 +326,7 @@ async def usage(request: web.Request) -> web.Response:
     """Each sub-user's traffic, settled charges and the markup it paid, in one calendar month."""
     reseller = await _reseller(request)
     month, start, end = _month(request)
-    rows = await resellers.usage_report(request.app[PG], reseller.account_id, start, end)
+    rows = await reseller_terms.usage_report(request.app[PG], reseller.account_id, start, end)
     items = [
         {
             "name": row.name,

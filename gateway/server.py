@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import asyncpg
 from redis.asyncio import Redis
 
-from billing import db, resellers
+from billing import db, reseller_terms, resellers
 from billing.accounts import KeyCache
 from billing.metrics import new_registry, redis_problem, serving_metrics
 from billing.usage import UsagePublisher
@@ -190,8 +190,10 @@ async def _reseller_fronts(
         reseller = await resellers.get_reseller(pg, name)
         if reseller is None:
             raise ValueError(f"--reseller-port: no reseller is called {name!r}")
-        keys = KeyCache(pg, ttl=settings.auth_cache_ttl, lookup=resellers.subuser_lookup(reseller.account_id))
-        standing = resellers.StandingCache(pg, ttl=settings.standing_ttl)
+        keys = KeyCache(
+            pg, ttl=settings.auth_cache_ttl, lookup=reseller_terms.subuser_lookup(reseller.account_id)
+        )
+        standing = reseller_terms.StandingCache(pg, ttl=settings.standing_ttl)
         brand = Brand(reseller.brand, reseller.header_token)
         fronts.append(
             (reseller, Front(settings, dialer, keys.check, stats=stats, brand=brand, admit=standing.refusal))

@@ -17,7 +17,7 @@ from typing import Any
 
 import asyncpg
 
-from billing import db, ledger, resellers
+from billing import db, ledger, reseller_terms, resellers
 from billing.errors import BillingError
 from billing.resellers import KEEP, Reseller
 from gateway.agent.caps import format_bytes, parse_size
@@ -185,7 +185,7 @@ async def _subuser_list(pool: asyncpg.Pool, args: argparse.Namespace) -> None:
     while True:
         page = await resellers.list_subusers(pool, reseller.account_id, after=after, limit=200)
         for sub in page:
-            standing = await resellers.standing(pool, sub.account_name)
+            standing = await reseller_terms.standing(pool, sub.account_name)
             used = "-" if standing is None else format_bytes(standing.used_bytes)
             spent = "-" if standing is None else _shown(standing.spent)
             quota = "none" if sub.quota_bytes is None else format_bytes(sub.quota_bytes)
@@ -221,8 +221,8 @@ async def _subuser_key(pool: asyncpg.Pool, args: argparse.Namespace) -> None:
     )
     print(
         f"key id: {new.key.key_id}\nsecret: {new.secret}\n"
-        f"proxy password: {resellers.proxy_password(new.secret)}  (the same, as the sub-user gives it on the"
-        " reseller's listener)\n(the secret is shown only now)"
+        f"proxy password: {reseller_terms.proxy_password(new.secret)}  (the same, as the sub-user gives it"
+        " on the reseller's listener)\n(the secret is shown only now)"
     )
 
 
@@ -244,13 +244,15 @@ async def _fund(pool: asyncpg.Pool, args: argparse.Namespace) -> None:
 async def _usage(pool: asyncpg.Pool, args: argparse.Namespace) -> None:
     reseller = await _reseller(pool, args.reseller)
     if args.month is None:
-        start = resellers.month_start(dt.datetime.now(dt.UTC))
+        start = reseller_terms.month_start(dt.datetime.now(dt.UTC))
     else:
         found = _MONTH.fullmatch(args.month)
         if found is None:
             raise ResellerCommandError("--month must be YYYY-MM")
         start = dt.datetime(int(found.group(1)), int(found.group(2)), 1, tzinfo=dt.UTC)
-    rows = await resellers.usage_report(pool, reseller.account_id, start, resellers.next_month(start))
+    rows = await reseller_terms.usage_report(
+        pool, reseller.account_id, start, reseller_terms.next_month(start)
+    )
     print(f"{reseller.name} ({reseller.brand}), {start:%Y-%m}:")
     for row in rows:
         print(

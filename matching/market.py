@@ -28,7 +28,7 @@ import asyncpg
 import orjson
 from redis.asyncio import Redis
 
-from billing import holds, ledger, resellers
+from billing import holds, ledger, reseller_terms
 from billing.errors import InsufficientFunds as LedgerInsufficientFunds
 from billing.ledger import Amount
 from matching import routing, store
@@ -509,11 +509,11 @@ class Market:
         found = {row["account"]: int(row["balance"]) for row in rows}
         # A reseller's sub-user pays its markup on top of each settled charge: its orders may
         # reserve only what leaves the markup covered.
-        markups = await resellers.markups_of(self._pool, names)
+        markups = await reseller_terms.markups_of(self._pool, names)
         for name in names:
             funds = found.get(ledger.requester_account(name), 0)
             bps = markups.get(name)
-            self._funds.available[name] = funds if bps is None else resellers.spendable(funds, bps)
+            self._funds.available[name] = funds if bps is None else reseller_terms.spendable(funds, bps)
 
     def depth(self, country: str | None, type: str | None) -> list[tuple[Amount, Amount, int]]:
         """Price levels of resting offers with room; raises ``InvalidOrder`` for bad filters."""
@@ -699,7 +699,7 @@ class Market:
             )
             if deal.reserve > 0:
                 await holds.resolve_in(conn, deal.deal_id, hold_payouts(settlement, _accounts()))
-            await resellers.charge_markup_in(conn, deal.deal_id, deal.requester, settlement.charge)
+            await reseller_terms.charge_markup_in(conn, deal.deal_id, deal.requester, settlement.charge)
             await store.settled(
                 conn, deal.deal_id, int(settlement.charge), int(settlement.commission), deal.billable_bytes
             )

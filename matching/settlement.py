@@ -48,7 +48,7 @@ price, the commission included), the reseller's markup, a rate in basis points o
 It rounds *down*, like the commission: a reseller never takes more than its stated rate. It is
 charged after the hold is resolved, from the sub-user's available balance (the released part of its
 reserve included), in the settlement's transaction; what the balance cannot cover is a
-``shortfall``, recorded, never an overdraft. ``billing.resellers.charge_markup_in`` posts it.
+``shortfall``, recorded, never an overdraft. ``billing.reseller_terms.charge_markup_in`` posts it.
 """
 
 from __future__ import annotations
@@ -330,7 +330,7 @@ def markup(charge: Amount, markup_bps: int, available: int) -> Markup:
 KIND_PAYOUT = "deal_payout"
 KIND_COMMISSION = "deal_commission"
 KIND_RELEASE = "deal_release"
-KIND_MARKUP = "deal_markup"  # a sub-user's markup to its reseller (``billing.resellers``)
+KIND_MARKUP = "deal_markup"  # a sub-user's markup to its reseller (``billing.reseller_terms``)
 
 
 def ledger_legs(settlement: Settlement, accounts: SettlementAccounts) -> list[LedgerLeg]:

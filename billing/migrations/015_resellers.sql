@@ -1,4 +1,4 @@
--- White-label resellers (read and written by billing/resellers.py only).
+-- White-label resellers (read and written by billing/resellers.py and billing/reseller_terms.py only).
 --
 -- A reseller is an account the operator flagged as one: it has a brand (what its customers see on
 -- its gateway listener instead of IPSX), a markup in basis points of each settled charge of its

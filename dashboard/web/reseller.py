@@ -25,7 +25,7 @@ from urllib.parse import quote
 import asyncpg
 from aiohttp import web
 
-from billing import resellers
+from billing import reseller_terms, resellers
 from billing.resellers import Reseller, Subuser
 from dashboard.appkeys import PG, SETTINGS
 from dashboard.problems import Problem
@@ -122,7 +122,7 @@ async def subusers_page(request: web.Request) -> web.StreamResponse:
             "reseller": reseller,
             "endpoint": data.endpoint(reseller, request.app[SETTINGS].proxy_address),
             "funds": await data.funds(pool, reseller),
-            "earned": int(await resellers.markup_earned(pool, reseller.account_id)),
+            "earned": int(await reseller_terms.markup_earned(pool, reseller.account_id)),
             "month": month,
             "rows": rows,
             "live_url": live_url,
@@ -197,7 +197,7 @@ async def earnings_page(request: web.Request) -> web.StreamResponse:
         "reseller_earnings.html",
         {
             "reseller": reseller,
-            "earned": int(await resellers.markup_earned(pool, reseller.account_id)),
+            "earned": int(await reseller_terms.markup_earned(pool, reseller.account_id)),
             "funds": await data.funds(pool, reseller),
             "month": data.month_totals(now, usage.values()),
             "by_subuser": [row for row in usage.values() if row.markup_due or row.charged],
@@ -247,7 +247,7 @@ async def live_snapshot(request: web.Request, reseller: Reseller, after: str | N
             "charged": _amount(month.charged),
             "markup": _amount(month.markup),
         },
-        "earned": _amount(int(await resellers.markup_earned(pool, reseller.account_id))),
+        "earned": _amount(int(await reseller_terms.markup_earned(pool, reseller.account_id))),
         "funds": {"available": _amount(found.available), "earnings": _amount(found.earnings)},
         "subusers": {
             row.sub.name: {

@@ -1,10 +1,10 @@
 """What the reseller's pages read: the sub-users' month against their limits and the markup the
 reseller earned, always for the signed-in reseller's own account id.
 
-The figures come from ``billing.resellers`` (``standing``, ``usage_report``, ``markup_earned``,
+The figures come from ``billing.reseller_terms`` (``standing``, ``usage_report``, ``markup_earned``,
 the functions ``/v1/reseller/*`` answers with) and, per day, from ``dashboard.web.queries``'
 requester usage per day for a sub-user's internal account. The markup per day is the one
-aggregation ``billing.resellers`` has no function for: :func:`markup_days` reads its
+aggregation ``billing.reseller_terms`` has no function for: :func:`markup_days` reads its
 ``reseller_markups`` rows, filtered by the reseller's account id.
 """
 
@@ -17,8 +17,9 @@ from typing import Final
 
 import asyncpg
 
-from billing import ledger, resellers
-from billing.resellers import Reseller, Subuser, SubuserUsage
+from billing import ledger, reseller_terms
+from billing.reseller_terms import SubuserUsage
+from billing.resellers import Reseller, Subuser
 from dashboard.web import queries
 
 GB: Final = 10**9  # quotas are entered in decimal gigabytes, as per-GB prices count them
@@ -99,8 +100,8 @@ class Month:
 
 
 def this_month(now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
-    start = resellers.month_start(now)
-    return start, resellers.next_month(start)
+    start = reseller_terms.month_start(now)
+    return start, reseller_terms.next_month(start)
 
 
 async def month_usage(
@@ -108,7 +109,7 @@ async def month_usage(
 ) -> dict[str, SubuserUsage]:
     """The calendar month so far of the reseller's sub-users (those in ``names``, or all), by name."""
     start, end = this_month(now)
-    report = await resellers.usage_report(pool, reseller_id, start, end, names=names)
+    report = await reseller_terms.usage_report(pool, reseller_id, start, end, names=names)
     return {row.name: row for row in report}
 
 
@@ -116,7 +117,7 @@ def month_totals(now: dt.datetime, usage: Iterable[SubuserUsage]) -> Month:
     """The month's totals over ``usage`` (all the sub-users' rows, for the reseller's totals)."""
     rows = list(usage)
     return Month(
-        label=f"{resellers.month_start(now):%Y-%m}",
+        label=f"{reseller_terms.month_start(now):%Y-%m}",
         streams=sum(row.streams for row in rows),
         bytes=sum(row.bytes_up + row.bytes_down for row in rows),
         charged=sum(row.charged for row in rows),
@@ -131,7 +132,7 @@ async def subuser_rows(
     and its row of the month's report."""
     rows = []
     for sub in subs:
-        standing = await resellers.standing(pool, sub.account_name, now=now)
+        standing = await reseller_terms.standing(pool, sub.account_name, now=now)
         usage = report.get(sub.name)
         rows.append(
             SubuserRow(

@@ -17,7 +17,7 @@ from typing import Any, Final
 from aiohttp import web
 from multidict import MultiDictProxy
 
-from billing import ledger, resellers
+from billing import ledger, reseller_terms, resellers
 from billing.accounts import NewKey
 from billing.errors import InsufficientFunds, InvalidAccount, InvalidAmount
 from billing.resellers import Reseller, Subuser
@@ -76,7 +76,7 @@ def _key_created(
     request: web.Request, session: WebSession, reseller: Reseller, sub: Subuser, new: NewKey, *, first: bool
 ) -> web.Response:
     endpoint = data.endpoint(reseller, request.app[SETTINGS].proxy_address)
-    password = resellers.proxy_password(new.secret)
+    password = reseller_terms.proxy_password(new.secret)
     return render(
         request,
         "reseller_key_created.html",

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from billing import accounts, holds, ledger, resellers
+from billing import accounts, holds, ledger, reseller_terms, resellers
 from billing.accounts import KeyCache
 from billing.errors import HoldResolved, InsufficientFunds, InvalidAccount, UnknownAccount
 from billing.ledger import COMMISSION, Amount, provider_account, requester_account
@@ -89,7 +89,7 @@ async def _settle(pool: asyncpg.Pool, terms: Terms, billable_bytes: int) -> Mark
     settlement = settle(terms, billable_bytes, billable_seconds(terms), 1_000)
     async with pool.acquire() as conn, conn.transaction():
         await holds.resolve_in(conn, terms.deal_id, hold_payouts(settlement, ACCOUNTS))
-        return await resellers.charge_markup_in(conn, terms.deal_id, terms.requester, settlement.charge)
+        return await reseller_terms.charge_markup_in(conn, terms.deal_id, terms.requester, settlement.charge)
 
 
 async def _total(pool: asyncpg.Pool) -> int:
@@ -163,7 +163,7 @@ async def test_charge_markup_in_call_charges_subuser_and_credits_reseller_exactl
     ]
     assert await ledger.check_balances(pool) == {}
     assert await _total(pool) == 0
-    assert await resellers.markup_earned(pool, acme.account_id) == due
+    assert await reseller_terms.markup_earned(pool, acme.account_id) == due
 
 
 async def test_charge_markup_in_call_is_idempotent_with_the_settlement(pool: asyncpg.Pool) -> None:
@@ -178,7 +178,9 @@ async def test_charge_markup_in_call_is_idempotent_with_the_settlement(pool: asy
     with pytest.raises(HoldResolved):  # the hold resolves once: the whole retry rolls back
         await _settle(pool, terms, GB // 2)
     async with pool.acquire() as conn, conn.transaction():  # the markup alone, again
-        assert await resellers.charge_markup_in(conn, "deal-2", bob.account_name, Amount(IPSX // 2)) is None
+        assert (
+            await reseller_terms.charge_markup_in(conn, "deal-2", bob.account_name, Amount(IPSX // 2)) is None
+        )
 
     assert await pool.fetch("SELECT account, balance::text FROM ledger_balances ORDER BY account") == before
     assert await pool.fetchval("SELECT count(*) FROM reseller_markups WHERE deal_id = 'deal-2'") == 1
@@ -329,14 +331,14 @@ async def test_subuser_lookup_call_accepts_its_own_subusers_only(pool: asyncpg.P
     await accounts.create_account(pool, address="0x" + "c" * 40, name="carol")
     carol = (await accounts.create_key(pool, account_name="carol")).secret
 
-    acme_listener = resellers.subuser_lookup(acme.account_id)
+    acme_listener = reseller_terms.subuser_lookup(acme.account_id)
     found = await acme_listener(pool, "BOB", secret)
     assert found is not None and found.account_name == bob.account_name
-    password = resellers.proxy_password(secret)
+    password = reseller_terms.proxy_password(secret)
     assert not password.startswith("ipsx") and await acme_listener(pool, "bob", password) == found
     assert await acme_listener(pool, bob.account_name, secret) is None  # the internal name is no user name
     assert await acme_listener(pool, "carol", carol) is None  # an ordinary account's key
-    assert await resellers.subuser_lookup(other.account_id)(pool, "bob", secret) is None  # globex's bob
+    assert await reseller_terms.subuser_lookup(other.account_id)(pool, "bob", secret) is None  # globex's bob
     # The main port's check never accepts a sub-user's key, by either name.
     assert await accounts.authenticate(pool, bob.account_name, secret) is None
     assert await accounts.authenticate(pool, "bob", secret) is None
@@ -352,23 +354,25 @@ async def test_standing_call_counts_the_months_traffic_against_the_quota(pool: a
     acme = await _reseller(pool)
     bob = await resellers.create_subuser(pool, acme.account_id, "bob", quota_bytes=1_000)
     await _usage(pool, bob.account_name, 400, 500)
-    await _usage(pool, bob.account_name, 10**6, 0, at=resellers.month_start(NOW) - dt.timedelta(seconds=1))
-    standing = await resellers.standing(pool, bob.account_name)
+    await _usage(
+        pool, bob.account_name, 10**6, 0, at=reseller_terms.month_start(NOW) - dt.timedelta(seconds=1)
+    )
+    standing = await reseller_terms.standing(pool, bob.account_name)
     assert standing is not None and standing.used_bytes == 900 and standing.refusal is None
 
     await _usage(pool, bob.account_name, 100, 0)
-    standing = await resellers.standing(pool, bob.account_name)
+    standing = await reseller_terms.standing(pool, bob.account_name)
     assert standing is not None and standing.used_bytes == 1_000 and standing.refusal == "quota_exceeded"
-    next_month = resellers.next_month(resellers.month_start(NOW))
-    fresh = await resellers.standing(pool, bob.account_name, now=next_month)
+    next_month = reseller_terms.next_month(reseller_terms.month_start(NOW))
+    fresh = await reseller_terms.standing(pool, bob.account_name, now=next_month)
     assert fresh is not None and fresh.used_bytes == 0 and fresh.refusal is None
     await resellers.update_subuser(pool, acme.account_id, "bob", suspended=True)
-    standing = await resellers.standing(pool, bob.account_name)
+    standing = await reseller_terms.standing(pool, bob.account_name)
     assert standing is not None and standing.refusal == "suspended"
     await resellers.update_subuser(pool, acme.account_id, "bob", suspended=False, quota_bytes=None)
-    standing = await resellers.standing(pool, bob.account_name)
+    standing = await reseller_terms.standing(pool, bob.account_name)
     assert standing is not None and standing.refusal is None
-    assert await resellers.standing(pool, "acme") is None  # no sub-user
+    assert await reseller_terms.standing(pool, "acme") is None  # no sub-user
 
 
 async def test_standing_call_counts_charges_markups_and_open_traffic_against_the_spend_limit(
@@ -391,24 +395,24 @@ async def test_standing_call_counts_charges_markups_and_open_traffic_against_the
     open_cost = -(-IPSX * 200_000_001 // GB)
     spent = IPSX // 10 + IPSX // 40 + open_cost + open_cost * 2_500 // 10_000
 
-    standing = await resellers.standing(pool, bob.account_name)
+    standing = await reseller_terms.standing(pool, bob.account_name)
     assert standing is not None and standing.spent == spent and standing.refusal is None
     await resellers.update_subuser(pool, acme.account_id, "bob", spend_limit=spent)
-    standing = await resellers.standing(pool, bob.account_name)
+    standing = await reseller_terms.standing(pool, bob.account_name)
     assert standing is not None and standing.refusal == "spend_limit_reached"
     await resellers.update_subuser(pool, acme.account_id, "bob", spend_limit=spent + 1)
-    standing = await resellers.standing(pool, bob.account_name)
+    standing = await reseller_terms.standing(pool, bob.account_name)
     assert standing is not None and standing.refusal is None
 
 
 async def test_standing_cache_call_keeps_an_answer_for_its_ttl(pool: asyncpg.Pool) -> None:
     acme = await _reseller(pool)
     bob = await resellers.create_subuser(pool, acme.account_id, "bob", quota_bytes=0)
-    cache = resellers.StandingCache(pool, ttl=3600)
+    cache = reseller_terms.StandingCache(pool, ttl=3600)
     assert await cache.refusal(bob.account_name) == "quota_exceeded"
     await resellers.update_subuser(pool, acme.account_id, "bob", quota_bytes=None)
     assert await cache.refusal(bob.account_name) == "quota_exceeded"  # still the cached answer
-    assert await resellers.StandingCache(pool, ttl=0).refusal(bob.account_name) is None
+    assert await reseller_terms.StandingCache(pool, ttl=0).refusal(bob.account_name) is None
     assert await cache.refusal("carol") is None  # not a sub-user: nothing to refuse
 
 
@@ -428,12 +432,12 @@ async def test_usage_report_call_sums_each_subuser_of_the_reseller_only(pool: as
     owed = await _settle(pool, Terms("deal-9", bob.account_name), GB)
     assert owed is not None
 
-    start = resellers.month_start(NOW)
-    rows = await resellers.usage_report(pool, acme.account_id, start, resellers.next_month(start))
+    start = reseller_terms.month_start(NOW)
+    rows = await reseller_terms.usage_report(pool, acme.account_id, start, reseller_terms.next_month(start))
     assert [(r.name, r.streams, r.bytes_up, r.bytes_down, r.markup_charged) for r in rows] == [
         ("bob", 2, 101, 202, owed.charged),
         (dave.name, 0, 0, 0, 0),
     ]
     assert rows[0].markup_due == owed.due == IPSX // 4
-    earlier = await resellers.usage_report(pool, acme.account_id, start - dt.timedelta(days=40), start)
+    earlier = await reseller_terms.usage_report(pool, acme.account_id, start - dt.timedelta(days=40), start)
     assert [(r.streams, r.markup_charged) for r in earlier] == [(0, 0), (0, 0)]

@@ -14,7 +14,7 @@ import asyncpg
 import httpx
 import redis.asyncio
 
-from billing import resellers
+from billing import reseller_terms
 from billing.ledger import Amount
 from matching import store
 from matching.deals import State, propose
@@ -332,10 +332,10 @@ async def reseller_markup(
     conn: asyncpg.Connection, *, deal_id: str, requester: str, charge: int, at: dt.datetime | None = None
 ) -> None:
     """The markup on the settled deal ``deal_id`` of the sub-user ``requester`` (internal name),
-    charged as settlement charges it (``billing.resellers.charge_markup_in``); with ``at``, the
+    charged as settlement charges it (``billing.reseller_terms.charge_markup_in``); with ``at``, the
     deal and its markup are dated then (a day of another month, say)."""
     async with conn.transaction():
-        await resellers.charge_markup_in(conn, deal_id, requester, Amount(charge))
+        await reseller_terms.charge_markup_in(conn, deal_id, requester, Amount(charge))
     if at is not None:
         await conn.execute("UPDATE reseller_markups SET created_at = $2 WHERE deal_id = $1", deal_id, at)
         await conn.execute("UPDATE deals SET updated_at = $2 WHERE deal_id = $1", deal_id, at)
