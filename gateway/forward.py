@@ -3,7 +3,7 @@
 Both sides are kept alive while the client keeps asking the same origin with the same
 targeting: one exit stream carries many requests. Each request head is rewritten to origin form
 without proxy credentials, ``X-IPSX-*`` and hop-by-hop headers; bodies are relayed as they come,
-framed by ``http1.BodyTracker`` without re-encoding.
+framed by ``http1_body.BodyTracker`` without re-encoding.
 
 Every response says which exit served it (``X-IPSX-Exit``) and how many exits the request was
 sent to (``X-IPSX-Tries``). A request whose targeting asks for retries (``X-IPSX-Retry-On:
@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
-from gateway import http1
+from gateway import http1, http1_body, http1_write
 from gateway.conn import Conn, ConnectionClosed
 from gateway.exits import ExitDialer, NoDeal, NoExit, Stream
 from gateway.refusals import Refused, dial_refusal, http_error
@@ -174,7 +174,7 @@ class PlainForwarder:
         Returns whether both sides may keep the connection, and the upstream that answered.
         Raises _ExitLost when the exit failed mid-response.
         """
-        framing = http1.request_body_framing(head)
+        framing = http1_body.request_body_framing(head)
         if framing.kind != "none" and (head.get("expect") or "").lower() == "100-continue":
             # Answer the client's expectation here so its body is not held up by a round trip
             # to the origin; the origin gets the request without the Expect header.
@@ -207,9 +207,9 @@ class PlainForwarder:
     ) -> bool:
         """``_exchange`` with the stream in use kept in ``current[0]``."""
         upstream = current[0]
-        framing = http1.request_body_framing(head)
+        framing = http1_body.request_body_framing(head)
         retry_on, retries = self._retry_rule(targeting, head)
-        out = http1.origin_request_bytes(head, upstream.key[0], upstream.key[1], origin_target)
+        out = http1_write.origin_request_bytes(head, upstream.key[0], upstream.key[1], origin_target)
         body: bytes | None = None  # the request body as sent, kept while a retry may need it
         tried: list[str] = []
         while True:
@@ -281,11 +281,11 @@ class PlainForwarder:
         """Relay a response, head then body. Returns whether both sides may keep the connection."""
         idle = self._settings.idle_timeout
         exit_conn = upstream.stream.conn
-        response_framing = http1.response_body_framing(head.method, response)
-        close = http1.wants_close(head) or response_framing.kind == "close"
+        response_framing = http1_body.response_body_framing(head.method, response)
+        close = http1_write.wants_close(head) or response_framing.kind == "close"
         # The head goes out with the first piece of the body, in one system call.
-        pending: bytes | None = http1.response_head_bytes(response, close=close, extra=extra)
-        tracker = http1.BodyTracker(response_framing, self._settings.limits, upstream=True)
+        pending: bytes | None = http1_write.response_head_bytes(response, close=close, extra=extra)
+        tracker = http1_body.BodyTracker(response_framing, self._settings.limits, upstream=True)
         while response_framing.kind != "none" and not tracker.done:
             if not chunk:
                 if pending is not None:
@@ -320,13 +320,13 @@ class PlainForwarder:
         reader: http1.HeadReader,
         exit_conn: Conn,
         upstream: _Upstream,
-        framing: http1.BodyFraming,
+        framing: http1_body.BodyFraming,
         *,
         keep: int = 0,
     ) -> bytes | None:
         """Relay the request body to the exit as it comes. Returns it whole if it is at most
         ``keep`` bytes (a retry may send it again), else None."""
-        body = http1.BodyTracker(framing, self._settings.limits)
+        body = http1_body.BodyTracker(framing, self._settings.limits)
         kept: bytearray | None = bytearray() if keep else None
         data = reader.rest
         reader.rest = b""
@@ -376,6 +376,6 @@ class PlainForwarder:
             chunk = response_reader.rest
             if not response.is_interim:
                 return response, chunk
-            conn.write(http1.response_head_bytes(response, close=False))
+            conn.write(http1_write.response_head_bytes(response, close=False))
             response_reader.rest = b""  # fed again as ``chunk`` for the next head
             response_reader.reset()

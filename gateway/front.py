@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 
 from billing.accounts import ApiKey
 from billing.errors import AccountsUnavailable
-from gateway import http1, socks5
+from gateway import http1, http1_write, socks5
 from gateway.conn import Conn, ConnectionClosed
 from gateway.exits import DIAL_ERRORS, NO_DEAL, NO_EXIT, ExitDialer, NoDeal, NoExit, Stream
 from gateway.forward import Authorize, PlainForwarder, _Upstream
@@ -85,7 +85,7 @@ class Brand:
         return self.token == _PLATFORM and self.name == _PLATFORM
 
     def rewrite(self, response: bytes) -> bytes:
-        """An error response of ours (``http1.error_response``) as this brand says it: header
+        """An error response of ours (``http1_write.error_response``) as this brand says it: header
         names ``X-IPSX-*`` become ``X-<token>-*`` and the platform's name in the text the brand's."""
         if self.is_platform:
             return response
@@ -110,7 +110,7 @@ class Brand:
             headers.append((name, _PLATFORM_WORD.sub(self.name, value)))
         text = _UNBRANDED_TEXTS.get(code) or body.decode("utf-8", "replace").rstrip("\n")
         text = _PLATFORM_WORD.sub(self.name, _PLATFORM_HEADER.sub(f"X-{self.token}-", text))
-        return http1.error_response(status, text, headers=headers, close=close)
+        return http1_write.error_response(status, text, headers=headers, close=close)
 
     def own_headers(self, head: http1.RequestHead) -> None:
         """Read the brand's request headers (``X-<token>-Session: s1``) as the platform's
@@ -220,7 +220,7 @@ class Front:
                 await self._http(conn, first)
         except TimeoutError:
             if not socks:  # SOCKS5 has no way to say it: the connection is just closed
-                conn.write(http1.error_response(408, "request timeout"))
+                conn.write(http1_write.error_response(408, "request timeout"))
             conn.close()
         except Refused as refused:
             conn.write(self._brand.rewrite(refused.response))
@@ -233,7 +233,7 @@ class Front:
         except Exception:
             log.exception("internal error on a client connection")
             if not socks:
-                conn.write(http1.error_response(500, "internal error"))
+                conn.write(http1_write.error_response(500, "internal error"))
             conn.close()
 
     # authentication and targeting, shared by both protocols

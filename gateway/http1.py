@@ -1,9 +1,9 @@
-"""HTTP/1.1 for a forward proxy, without I/O: message heads, body framing, targets, rewritten heads.
+"""HTTP/1.1 for a forward proxy, without I/O: its errors and limits, message heads, request targets.
 
-Everything here takes bytes or parsed heads and returns parsed heads, counts or bytes. The client's
-mistakes raise :class:`ProtocolError` (carrying the status to answer with); the origin's raise
-:class:`UpstreamProtocolError` (answered with 502). Bodies are never re-encoded: :class:`BodyTracker`
-only says how many bytes belong to the body, so the relay forwards them unchanged.
+Everything here takes bytes or a request target and returns parsed heads or (host, port). The
+client's mistakes raise :class:`ProtocolError` (carrying the status to answer with); the origin's
+raise :class:`UpstreamProtocolError` (answered with 502). Where a body ends is
+:mod:`gateway.http1_body`'s to say; the heads sent on are built by :mod:`gateway.http1_write`.
 """
 
 from __future__ import annotations
@@ -11,10 +11,9 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from http import HTTPStatus
-from typing import Literal, NoReturn
+from typing import NoReturn
 
 
 class ProtocolError(Exception):
@@ -60,11 +59,8 @@ DEFAULT_LIMITS = Limits()
 
 _TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _VCHAR = bytes(range(0x21, 0x7F))
-_HEXDIG = b"0123456789abcdefABCDEF"
 # Bytes allowed anywhere in a head (CR and LF only as CRLF, checked separately): no other CTL, no DEL.
 _HEAD_BYTES = b"\t\r\n" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
-# Bytes allowed in a field value, a reason phrase or a chunk extension.
-_TEXT_BYTES = b"\t" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
 _DNS_NAME = re.compile(r"[a-z0-9_-]{1,63}+(?:\.[a-z0-9_-]{1,63}+)*+\.?")
 # A field section (control characters already refused): one regex pass per head, not per line.
 _NAME_PATTERN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]++"
@@ -323,187 +319,6 @@ class ResponseHeadReader(_HeadBuffer):
         return ResponseHead(version, int(code), reason.decode("latin-1"), headers, head)
 
 
-@dataclass(frozen=True, slots=True)
-class BodyFraming:
-    """How a message body ends: no body, after ``length`` bytes, at the last chunk, or at EOF."""
-
-    kind: Literal["none", "length", "chunked", "close"]
-    length: int = 0
-
-
-NO_BODY = BodyFraming("none")
-CHUNKED = BodyFraming("chunked")
-UNTIL_CLOSE = BodyFraming("close")
-
-
-def _content_length(values: list[str], fail: Fail) -> int:
-    found: int | None = None
-    for value in values:
-        for part in value.split(","):
-            text = part.strip()
-            if not text or len(text) > 18 or not text.isascii() or not text.isdigit():
-                fail(400, "invalid Content-Length")
-            length = int(text)
-            if found is not None and length != found:
-                fail(400, "conflicting Content-Length values")
-            found = length
-    return found if found is not None else 0
-
-
-def _final_coding_is_chunked(values: list[str], fail: Fail) -> bool:
-    codings = [c.strip().lower() for value in values for c in value.split(",")]
-    codings = [c for c in codings if c]
-    if not codings:
-        fail(400, "empty Transfer-Encoding")
-    for coding in codings:
-        name = coding.partition(";")[0].rstrip(" \t").encode("latin-1")
-        if not name or name.translate(None, _TCHAR):
-            fail(400, "invalid transfer coding")
-    if codings.count("chunked") > 1:
-        fail(400, "chunked applied more than once")
-    return codings[-1] == "chunked"
-
-
-def request_body_framing(head: RequestHead) -> BodyFraming:
-    """How the request body is framed (RFC 9112 §6.3). Raises ProtocolError 400 or 501."""
-    te = head.get_all("transfer-encoding")
-    cl = head.get_all("content-length")
-    if te:
-        if cl:
-            _client_fail(400, "both Transfer-Encoding and Content-Length")
-        if head.version == "HTTP/1.0":
-            _client_fail(400, "Transfer-Encoding in an HTTP/1.0 request")
-        if not _final_coding_is_chunked(te, _client_fail):
-            _client_fail(501, "transfer coding not supported")
-        return CHUNKED
-    if cl:
-        return BodyFraming("length", _content_length(cl, _client_fail))
-    return NO_BODY
-
-
-def response_body_framing(request_method: str, head: ResponseHead) -> BodyFraming:
-    """How the response body is framed (RFC 9112 §6.3). Raises UpstreamProtocolError."""
-    status = head.status
-    if request_method == "HEAD" or status < 200 or status in (204, 304):
-        return NO_BODY
-    te = head.get_all("transfer-encoding")
-    if te:
-        if head.version == "HTTP/1.0":
-            _upstream_fail(502, "Transfer-Encoding in an HTTP/1.0 response")
-        # With Transfer-Encoding any Content-Length is ignored (and dropped by response_head_bytes).
-        return CHUNKED if _final_coding_is_chunked(te, _upstream_fail) else UNTIL_CLOSE
-    cl = head.get_all("content-length")
-    if cl:
-        return BodyFraming("length", _content_length(cl, _upstream_fail))
-    return UNTIL_CLOSE
-
-
-_SIZE, _DATA, _DATA_CRLF, _TRAILER = range(4)
-
-
-class BodyTracker:
-    """Finds where a body ends in the byte stream, without changing or copying its bytes."""
-
-    __slots__ = ("_crlf", "_fail", "_kind", "_limits", "_line", "_remaining", "_state", "_trailer", "done")
-
-    def __init__(
-        self, framing: BodyFraming, limits: Limits = DEFAULT_LIMITS, *, upstream: bool = False
-    ) -> None:
-        self._kind = framing.kind
-        self._limits = limits
-        self._fail: Fail = _upstream_fail if upstream else _client_fail
-        self._remaining = framing.length
-        self._state = _SIZE
-        self._line = bytearray()  # a chunk-size or trailer line split across feeds
-        self._crlf = 0  # bytes of the CRLF after chunk data already seen
-        self._trailer = 0  # trailer section bytes so far
-        self.done = framing.kind == "none" or (framing.kind == "length" and framing.length <= 0)
-
-    def feed(self, data: bytes) -> int:
-        """How many leading bytes of ``data`` belong to the body; sets ``done`` at its end.
-
-        A "close" body takes everything and is never done. Raises ProtocolError (400), or
-        UpstreamProtocolError when built with ``upstream=True``, on malformed chunked framing.
-        """
-        if self.done:
-            return 0
-        if self._kind == "length":
-            take = min(len(data), self._remaining)
-            self._remaining -= take
-            self.done = self._remaining == 0
-            return take
-        if self._kind == "close":
-            return len(data)
-        return self._feed_chunked(data)
-
-    def _feed_chunked(self, data: bytes) -> int:
-        pos, end = 0, len(data)
-        while pos < end:
-            state = self._state
-            if state == _DATA:
-                take = min(self._remaining, end - pos)
-                pos += take
-                self._remaining -= take
-                if not self._remaining:
-                    self._state = _DATA_CRLF
-            elif state == _DATA_CRLF:
-                if data[pos] != b"\r\n"[self._crlf]:
-                    self._fail(400, "chunk data not followed by CRLF")
-                pos += 1
-                self._crlf += 1
-                if self._crlf == 2:
-                    self._crlf = 0
-                    self._state = _SIZE
-            else:
-                newline = data.find(b"\n", pos)
-                if newline == -1:
-                    self._line += data[pos:]
-                    self._check_line_size(len(self._line) - 1)
-                    return end
-                line = bytes(self._line) + data[pos : newline + 1] if self._line else data[pos : newline + 1]
-                self._line.clear()
-                pos = newline + 1
-                self._check_line_size(len(line) - 2)
-                if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
-                    self._fail(400, "bare CR or LF in chunked framing")
-                if state == _SIZE:
-                    self._size_line(line[:-2])
-                elif self._trailer_line(line[:-2]):
-                    self.done = True
-                    return pos
-        return pos
-
-    def _check_line_size(self, size: int) -> None:
-        if self._state == _SIZE:
-            if size > self._limits.max_chunk_line:
-                self._fail(400, "chunk size line too long")
-        elif self._trailer + size > self._limits.max_trailer_bytes:
-            self._fail(400, "trailer section too large")
-
-    def _size_line(self, line: bytes) -> None:
-        size, semi, ext = line.partition(b";")
-        if semi:
-            size = size.rstrip(b" \t")
-            if ext.translate(None, _TEXT_BYTES):
-                self._fail(400, "control character in a chunk extension")
-        if not size or len(size) > 16 or size.translate(None, _HEXDIG):
-            self._fail(400, "invalid chunk size")
-        self._remaining = int(size, 16)
-        self._state = _DATA if self._remaining else _TRAILER
-
-    def _trailer_line(self, line: bytes) -> bool:
-        """Account for one trailer line; True at the empty line ending the message."""
-        self._trailer += len(line) + 2
-        if not line:
-            return True
-        colon = line.find(b":")
-        if colon <= 0 or line[:colon].translate(None, _TCHAR):
-            self._fail(400, "invalid trailer field")
-        if line[colon + 1 :].translate(None, _TEXT_BYTES):
-            self._fail(400, "control character in a trailer field")
-        return False
-
-
 def normalize_host(host: str) -> str | None:
     """A DNS name (lower-cased) or dotted-quad IPv4 literal, or None when ``host`` is neither.
 
@@ -592,138 +407,3 @@ def parse_authority(target: str) -> tuple[str, int]:
     if "@" in target:
         _client_fail(400, "userinfo in the authority is not allowed")
     return _split_host_port(target, None)
-
-
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "upgrade",
-    }
-)
-# Naming these in Connection must not change how the next hop frames the message.
-_NEVER_CONNECTION_STRIPPED = frozenset({"host", "content-length", "transfer-encoding"})
-
-
-def _connection_tokens(headers: list[tuple[str, str]], names: tuple[str, ...] = ("connection",)) -> set[str]:
-    tokens: set[str] = set()
-    for name, value in headers:
-        if name.lower() in names:
-            tokens.update(token.strip().lower() for token in value.split(","))
-    return tokens
-
-
-def _forwarded_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    drop = HOP_BY_HOP | (_connection_tokens(headers) - _NEVER_CONNECTION_STRIPPED)
-    return [
-        (name, value)
-        for name, value in headers
-        if (lname := name.lower()) not in drop and not lname.startswith("x-ipsx-")
-    ]
-
-
-def origin_request_bytes(head: RequestHead, host: str, port: int, origin_target: str) -> bytes:
-    """The request head to send to the origin, as HTTP/1.1 with ``origin_target``.
-
-    Drops hop-by-hop headers, headers named in Connection (except framing ones) and ``X-IPSX-*``.
-    The Host header (RFC 9112 §3.2.2) is the target's authority, in place of the client's first
-    Host header, or appended when the client sent none.
-    """
-    shown = f"[{host}]" if ":" in host else host
-    authority = shown if port == 80 else f"{shown}:{port}"
-    lines = [f"{head.method} {origin_target} HTTP/1.1"]
-    host_written = False
-    for name, value in _forwarded_headers(head.headers):
-        if name.lower() == "host":
-            if host_written:
-                continue
-            host_written = True
-            value = authority
-        lines.append(f"{name}: {value}")
-    if not host_written:
-        lines.append(f"Host: {authority}")
-    lines.append("\r\n")
-    return "\r\n".join(lines).encode("latin-1")
-
-
-def _as_received(head: ResponseHead) -> bool:
-    """Whether ``head`` may go to the client byte for byte: an HTTP/1.1 status line, no
-    ``X-IPSX-*``, no Content-Length beside Transfer-Encoding, and no hop-by-hop field but a
-    ``Connection: keep-alive``, which says what the client's connection does anyway."""
-    if not head.raw.startswith(b"HTTP/1.1 "):
-        return False
-    framing = 0
-    for name, value in head.headers:
-        lname = name.lower()
-        if lname in HOP_BY_HOP:
-            if lname != "connection" or value.lower() != "keep-alive":
-                return False
-        elif lname == "content-length" or lname == "transfer-encoding":
-            framing += 1
-        elif lname.startswith("x-ipsx-"):
-            return False
-    return framing <= 1
-
-
-def response_head_bytes(head: ResponseHead, *, close: bool, extra: bytes = b"") -> bytes:
-    """The response head to send to the client, as HTTP/1.1, without hop-by-hop headers.
-
-    Content-Length is dropped when Transfer-Encoding is present (RFC 9112 §6.3); ``close`` adds
-    ``Connection: close``; ``extra`` is header lines of our own, each ending in CRLF. A head
-    that needs none of that goes out as it came (the common case, and the cheapest).
-    """
-    if not close and _as_received(head):
-        return head.raw + b"\r\n" + extra + b"\r\n"
-    headers = _forwarded_headers(head.headers)
-    if head.get("transfer-encoding") is not None:
-        headers = [(name, value) for name, value in headers if name.lower() != "content-length"]
-    lines = [f"HTTP/1.1 {head.status} {head.reason}"]
-    lines.extend(f"{name}: {value}" for name, value in headers)
-    if close:
-        lines.append("Connection: close")
-    lines.append("")
-    return "\r\n".join(lines).encode("latin-1") + extra + b"\r\n"
-
-
-_PHRASES = {status.value: status.phrase for status in HTTPStatus}
-# Control characters (and DEL) become spaces in header values we build ourselves.
-_CTL_TO_SPACE = {code: " " for code in [*range(0x20), 0x7F] if code != 0x09}
-
-
-def error_response(
-    status: int, reason: str, *, headers: Sequence[tuple[str, str]] = (), close: bool = True
-) -> bytes:
-    """A small text/plain response whose body is ``reason`` + newline.
-
-    Extra ``headers`` values are made safe (control characters become spaces, non-latin-1
-    characters '?'); a name that is not a token is our bug and raises ValueError.
-    """
-    if not 100 <= status <= 999:
-        raise ValueError(f"invalid status {status}")
-    body = (reason + "\n").encode("utf-8")
-    lines = [
-        f"HTTP/1.1 {status} {_PHRASES.get(status, 'Error')}",
-        "Content-Type: text/plain; charset=utf-8",
-        f"Content-Length: {len(body)}",
-    ]
-    for name, value in headers:
-        if not name or not name.isascii() or name.encode("ascii").translate(None, _TCHAR):
-            raise ValueError(f"invalid header name {name!r}")
-        lines.append(f"{name}: {value.translate(_CTL_TO_SPACE).strip()}")
-    if close:
-        lines.append("Connection: close")
-    lines.append("\r\n")
-    return "\r\n".join(lines).encode("latin-1", "replace") + body
-
-
-def wants_close(head: RequestHead) -> bool:
-    """Whether the client asked to close after this exchange (``Connection``/``Proxy-Connection``)."""
-    tokens = _connection_tokens(head.headers, ("connection", "proxy-connection"))
-    if "close" in tokens:
-        return True
-    return head.version == "HTTP/1.0" and "keep-alive" not in tokens

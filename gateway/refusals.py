@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway import http1
+from gateway import http1_write
 from gateway.exits import DIAL_ERRORS, NO_DEAL, NO_EXIT, BadBan, NoDeal, NoExit
 from gateway.tunnel import DialError
 
@@ -16,7 +16,7 @@ class Refused(Exception):
 
 def http_error(status: int, code: str, message: str, extra: list[tuple[str, str]] | None = None) -> Refused:
     headers = [("X-IPSX-Error", code), *(extra or [])]
-    return Refused(http1.error_response(status, message, headers=headers))
+    return Refused(http1_write.error_response(status, message, headers=headers))
 
 
 def dial_refusal(error: DialError | NoExit | NoDeal) -> Refused:
