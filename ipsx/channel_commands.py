@@ -26,7 +26,7 @@ from billing.ledger import format_amount, parse_amount
 from contracts import proofs
 from contracts.deploy import contract_at
 from gateway.agent.settings import load_key
-from ipsx.chain_commands import DeploymentFile
+from ipsx.chain_access import DeploymentFile
 from ipsx.sdk import Client
 
 RECEIPT_TIMEOUT = 120.0

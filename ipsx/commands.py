@@ -485,6 +485,6 @@ def cmd_reconcile(args: argparse.Namespace, env: Environment) -> None:
 
 
 def cmd_verify(args: argparse.Namespace, env: Environment) -> None:
-    from ipsx import chain_commands
+    from ipsx import verify_command
 
-    chain_commands.cmd_verify(args, env)
+    verify_command.cmd_verify(args, env)

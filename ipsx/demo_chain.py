@@ -44,7 +44,7 @@ from billing.chain import ChainSettings, ChainWatcher, DeepReorg
 from contracts import PACKAGE_DIR
 from contracts.deploy import Allocations, DeploymentError, SaleTerms, contract_at, deploy
 from gateway.agent.settings import create_key_file, load_key
-from ipsx.chain_commands import deployment_record
+from ipsx.chain_deploy import deployment_record
 from ipsx.payagent import PaymentAgent
 from ipsx.sdk import ApiError, Client
 
