@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from dashboard.openapi import _AUTH_ERRORS, _BODY_ERRORS, _json, _object_body, _problem
+from dashboard.openapi_base import _AUTH_ERRORS, _BODY_ERRORS, _SECURED, _json, _object_body, _problem
 from pool.bans import MAX_BAN_TTL
 
-_SECURED: list[dict[str, list[str]]] = [{"bearer": []}]
 _DOMAIN = {
     "type": "string",
     "minLength": 1,

@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from dashboard.appkeys import PG, REDIS
-from dashboard.openapi import _AUTH_ERRORS, _BODY_ERRORS, _json, _object_body
+from dashboard.openapi_base import _AUTH_ERRORS, _BODY_ERRORS, _json, _object_body
 from dashboard.problems import field, json_response, read_json
 from dashboard.routes import authorized
 from gateway.inspect import ca, state

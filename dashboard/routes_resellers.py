@@ -22,7 +22,7 @@ from billing.errors import InsufficientFunds, InvalidAccount, InvalidAmount
 from billing.resellers import KEEP, Reseller, Subuser
 from dashboard import auth
 from dashboard.appkeys import PG, SETTINGS
-from dashboard.openapi import _AUTH_ERRORS, _BODY_ERRORS, _PAGE_PARAMS, _json, _problem, _ref
+from dashboard.openapi_base import _AUTH_ERRORS, _BODY_ERRORS, _PAGE_PARAMS, _json, _problem, _ref
 from dashboard.pages import encode_cursor, page_params
 from dashboard.problems import Problem, field, json_response, read_json
 from dashboard.routes import _key_json, amount_json, idempotency_reference
