@@ -13,7 +13,8 @@ from gateway.conn import Conn
 from gateway.metrics import GatewayStats
 from gateway.targeting import BAN_SESSION_EXIT, Targeting
 from gateway.tickets import Ticket
-from gateway.tunnel import DialError, TunnelHub
+from gateway.tunnel import TunnelHub
+from gateway.tunnel_streams import DialError
 from gateway.wire import DialErrorCode
 from matching.orders import RequestFilters, order_of
 from matching.routing import DealRoutes

@@ -23,7 +23,7 @@ from gateway.exits import ExitDialer, NoDeal, NoExit, Stream
 from gateway.refusals import Refused, dial_refusal, http_error
 from gateway.settings import GatewaySettings
 from gateway.targeting import Targeting
-from gateway.tunnel import DialError
+from gateway.tunnel_streams import DialError
 
 Authorize = Callable[[http1.RequestHead], Awaitable[Targeting]]
 

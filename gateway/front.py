@@ -40,7 +40,7 @@ from gateway.targeting import (
     parse_username,
     with_rules,
 )
-from gateway.tunnel import DialError
+from gateway.tunnel_streams import DialError
 
 log = logging.getLogger("ipsx.gateway.front")
 

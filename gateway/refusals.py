@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from gateway import http1_write
 from gateway.exits import DIAL_ERRORS, NO_DEAL, NO_EXIT, BadBan, NoDeal, NoExit
-from gateway.tunnel import DialError
+from gateway.tunnel_streams import DialError
 
 
 class Refused(Exception):

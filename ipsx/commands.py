@@ -23,7 +23,7 @@ from dashboard import pac
 from dashboard.app import run_api
 from dashboard.settings import ApiSettings
 from gateway.agent.caps import Limits, parse_rate, parse_size, parse_window
-from gateway.agent.client import run_agent
+from gateway.agent.fleet import run_agent
 from gateway.agent.governor import Governor
 from gateway.agent.policy import ExitPolicy, parse_blocked, parse_ports, parse_protocols
 from gateway.agent.settings import (

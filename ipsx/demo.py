@@ -37,7 +37,7 @@ from billing import accounts, channels, db, holds, ledger, payments
 from billing.worker import WorkerSettings, run_worker
 from dashboard.app import running_api
 from dashboard.settings import ApiSettings
-from gateway.agent.client import run_agent
+from gateway.agent.fleet import run_agent
 from gateway.agent.policy import ExitPolicy
 from gateway.agent.settings import AgentSettings, ExitSpec, create_key_file, load_key
 from gateway.server import running_gateway

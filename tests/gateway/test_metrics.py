@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 from billing import accounts, db
-from gateway.agent.client import run_agent
+from gateway.agent.fleet import run_agent
 from gateway.agent.policy import ExitPolicy
 from gateway.agent.settings import AgentSettings, ExitSpec
 from gateway.metrics import SELECTION_BUCKETS, GatewayStats, Histogram

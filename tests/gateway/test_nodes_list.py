@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.agent.client import MAX_NODES, parse_nodes
+from gateway.agent.session import MAX_NODES, parse_nodes
 from gateway.settings import GatewaySettings
 from ipsx.supervisor import worker_settings
 

@@ -27,7 +27,8 @@ from redis.asyncio import Redis
 from billing.keys import USAGE_STREAM
 from billing.usage import AgentReport, UsageEvent, UsagePublisher
 from gateway import wire
-from gateway.agent.client import AgentSession, UsageReports
+from gateway.agent.outbox import UsageReports
+from gateway.agent.session import AgentSession
 from gateway.agent.settings import AgentSettings, ExitSpec
 from gateway.conn import Conn
 from gateway.settings import GatewaySettings

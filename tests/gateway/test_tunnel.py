@@ -28,14 +28,15 @@ from billing.keys import USAGE_STREAM
 from billing.usage import AgentReport, UsageEvent, UsagePublisher, decode_entry
 from gateway import wire
 from gateway.agent.caps import Limits, ServingState, parse_window
-from gateway.agent.client import AgentSession, LoginRefused
 from gateway.agent.governor import Governor
 from gateway.agent.policy import ExitPolicy, parse_blocked
+from gateway.agent.session import AgentSession, LoginRefused
 from gateway.agent.settings import AgentSettings, ExitSpec
 from gateway.conn import Conn, ConnectionClosed
 from gateway.settings import GatewaySettings
 from gateway.tickets import Ticket, TicketKey
-from gateway.tunnel import DialError, TunnelHub, exit_id_for
+from gateway.tunnel import TunnelHub, exit_id_for
+from gateway.tunnel_streams import DialError
 from gateway.wire import DialErrorCode
 from pool import keys
 from pool.registry import ExitRegistry

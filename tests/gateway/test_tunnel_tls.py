@@ -13,7 +13,7 @@ import pytest
 from eth_account import Account
 from redis.asyncio import Redis
 
-from gateway.agent.client import AgentSession
+from gateway.agent.session import AgentSession
 from gateway.agent.settings import AgentSettings, ExitSpec
 from gateway.tunnel import exit_id_for
 from tests.gateway.test_tunnel import ALLOW_PRIVATE, BIND, WAIT, Gateway, running_gateway, ticket

@@ -1,4 +1,4 @@
-"""The provider agent: dials out to a gateway node, lends it data connections, dials for it.
+"""One login of a provider agent to one gateway node: lends it data connections, dials for it.
 
 The agent never listens. It logs in by signing the gateway's challenge with its wallet key,
 keeps ``pool_size`` idle data connections open so a new stream costs the gateway no connection
@@ -6,20 +6,18 @@ setup, applies its exit policy to every destination after DNS resolution, and co
 of each stream itself so the two meters can be compared. Its governor (``gateway.agent.governor``)
 holds the provider's caps, rates and serving hours: the sessions refuse dials while it is not
 serving, tell their gateway node when that changes, and relay capped or paced streams through it.
+Each stream's usage report leaves through the outbox (``gateway.agent.outbox``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
-import random
 import socket
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 from eth_account.messages import encode_defunct
@@ -28,6 +26,7 @@ from gateway import wire
 from gateway.agent.caps import ServingState
 from gateway.agent.connect import open_conn
 from gateway.agent.governor import Governor, StreamGate
+from gateway.agent.outbox import UsageReports
 from gateway.agent.policy import PolicyRefused, family_of, pick_address
 from gateway.agent.resolver import Resolver
 from gateway.agent.settings import AgentSettings
@@ -98,108 +97,6 @@ def parse_nodes(raw: Any, default_host: str, region: str | None = None) -> list[
             continue
         nodes.append((node, host, int(port_text)))
     return nodes
-
-
-class UsageReports:
-    """The agent's usage reports, each kept until a gateway node confirms it is in Redis.
-
-    A report goes to the node that opened its stream, on the session that carried it. When that
-    session ends first — the node died, or the link dropped — its unconfirmed reports become
-    orphans: each is handed, with the stream's signed ticket, to the opening node once it is
-    reached again, or to any other node. A node that is not the opener takes it only once the
-    opener has left the node registry (until then it answers ``held`` and the report waits
-    ``retry`` seconds), and meters the stream from it, so no relayed byte goes unmetered.
-    """
-
-    retry = 2.0
-    max_orphans = 100_000
-
-    def __init__(self) -> None:
-        self._sessions: dict[str, AgentSession] = {}  # by node: the sessions that are serving
-        self._orphans: dict[str, tuple[dict[str, Any], float]] = {}  # stream → (report, not before)
-
-    @property
-    def orphans(self) -> int:
-        return len(self._orphans)
-
-    def attach(self, session: AgentSession) -> None:
-        if session.node is not None:
-            self._sessions[session.node] = session
-            self.flush()
-
-    def detach(self, session: AgentSession) -> None:
-        if session.node is not None and self._sessions.get(session.node) is session:
-            del self._sessions[session.node]
-        if session.unacked:
-            log.info(
-                "%d usage report(s) of gateway node %s unconfirmed; they go to another node",
-                len(session.unacked),
-                session.node,
-            )
-            for stream, message in session.unacked.items():
-                self._keep(stream, message, 0.0)
-            session.unacked.clear()
-            self.flush()
-
-    def submit(self, session: AgentSession, message: dict[str, Any]) -> None:
-        if session.node is not None and self._sessions.get(session.node) is session:
-            session.send_report(message)
-        else:
-            self._keep(message["stream"], message, 0.0)
-            self.flush()
-
-    def acked(self, session: AgentSession, streams: Any) -> None:
-        _take(session, streams)
-
-    def held(self, session: AgentSession, streams: Any) -> None:
-        later = time.monotonic() + self.retry
-        for stream, message in _take(session, streams):
-            self._keep(stream, message, later)
-
-    def refused(self, session: AgentSession, streams: Any) -> None:
-        for stream, _ in _take(session, streams):
-            log.error("gateway node %s refused the usage report of stream %s", session.node, stream)
-
-    def flush(self) -> None:
-        """Hand the orphans that are due to the node that opened them or to any serving node."""
-        if not self._orphans or not self._sessions:
-            return
-        now = time.monotonic()
-        anyone = next(iter(self._sessions.values()))
-        for stream, (message, not_before) in list(self._orphans.items()):
-            if not_before > now:
-                continue
-            ticket = message.get("ticket")
-            opener = ticket[1] if isinstance(ticket, list) and len(ticket) > 1 else None
-            del self._orphans[stream]
-            self._sessions.get(opener, anyone).send_report(message)  # type: ignore[arg-type]
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Retry the held orphans until ``stop`` is set."""
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.retry)
-            self.flush()
-        if self._orphans:
-            log.warning("stopping with %d usage report(s) no gateway node confirmed", len(self._orphans))
-
-    def _keep(self, stream: str, message: dict[str, Any], not_before: float) -> None:
-        if len(self._orphans) >= self.max_orphans and stream not in self._orphans:
-            oldest = next(iter(self._orphans))
-            del self._orphans[oldest]
-            log.error("too many unconfirmed usage reports; dropped the report of stream %s", oldest)
-        self._orphans[stream] = (message, not_before)
-
-
-def _take(session: AgentSession, streams: Any) -> list[tuple[str, dict[str, Any]]]:
-    """The reports a node's reply names (a list of stream ids; anything else names none), taken
-    out of ``session.unacked``."""
-    taken = []
-    for stream in streams if isinstance(streams, list) else ():
-        message = session.unacked.pop(stream, None) if isinstance(stream, str) else None
-        if message is not None:
-            taken.append((stream, message))
-    return taken
 
 
 class AgentSession:
@@ -546,145 +443,3 @@ def _gated(
         allowed, _ = gate.admit(len(data), up)
         data = data[:allowed]
     return GatedTransport(transport, gate, up=up, linger=up), data
-
-
-async def _stay_logged_in(
-    settings: AgentSettings,
-    resolver: Resolver,
-    stop: asyncio.Event,
-    *,
-    expect_node: str | None = None,
-    on_nodes: NodesCallback | None = None,
-    on_session: Callable[[AgentSession | None], None] = lambda session: None,
-    reports: UsageReports | None = None,
-    governor: Governor | None = None,
-) -> None:
-    """Keep one session to one gateway address until ``stop`` is set (or the task is cancelled),
-    reconnecting with jittered backoff. ``on_session`` hears each login and each loss."""
-    backoff = settings.backoff_initial
-    where = f"{settings.gateway_host}:{settings.gateway_port}"
-    while not stop.is_set():
-        session = AgentSession(
-            settings, resolver, expect_node=expect_node, on_nodes=on_nodes, reports=reports, governor=governor
-        )
-        serving = None
-        try:
-            await session.login()
-            on_session(session)
-            backoff = settings.backoff_initial
-            serving = asyncio.create_task(session.serve())
-            stopping = asyncio.create_task(stop.wait())
-            try:
-                await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stopping.cancel()
-            if serving.done():
-                serving.result()
-        except LoginRefused as refused:
-            log.error("the gateway at %s refused this agent: %s", where, refused)
-        except (OSError, ConnectionClosed, WireError, TimeoutError, ValueError) as exc:
-            log.warning("connection to the gateway at %s lost (%s); reconnecting", where, type(exc).__name__)
-        finally:
-            if serving is not None and not serving.done():
-                serving.cancel()
-            if session.node is not None:
-                on_session(None)
-            await session.close()
-        if stop.is_set():
-            break
-        delay = backoff * (0.5 + random.random())
-        backoff = min(backoff * 2, settings.backoff_max)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), delay)
-
-
-class _Fleet:
-    """An agent's sessions: one to the gateway address it was given (the entry point, possibly a
-    load balancer) and one to every other live gateway node that the nodes announce."""
-
-    def __init__(self, settings: AgentSettings, stop: asyncio.Event, governor: Governor) -> None:
-        self._settings = settings
-        self._stop = stop
-        self._governor = governor
-        self._resolver = Resolver()
-        self._entry_node: str | None = None  # the node the entry session is logged in to
-        self._nodes: list[tuple[str, str, int]] = []
-        self._direct: dict[str, tuple[tuple[str, int], asyncio.Task[None]]] = {}
-        self._reports = UsageReports()
-
-    async def run(self) -> None:
-        retrying = asyncio.create_task(self._reports.run(self._stop))
-        governing = asyncio.create_task(self._governor.run(self._stop))
-        try:
-            await _stay_logged_in(
-                self._settings,
-                self._resolver,
-                self._stop,
-                on_nodes=self._heard,
-                on_session=self._entry_changed,
-                reports=self._reports,
-                governor=self._governor,
-            )
-        finally:
-            retrying.cancel()
-            for _, task in self._direct.values():
-                task.cancel()
-            if self._direct:
-                await asyncio.gather(*(task for _, task in self._direct.values()), return_exceptions=True)
-            if self._stop.is_set():
-                await governing  # its last save of the state file, once the sessions are gone
-            else:
-                governing.cancel()
-                await asyncio.gather(governing, return_exceptions=True)
-
-    def _entry_changed(self, session: AgentSession | None) -> None:
-        self._entry_node = None if session is None else session.node
-        self._reconcile()
-
-    def _heard(self, session: AgentSession, nodes: list[tuple[str, str, int]]) -> None:
-        self._nodes = nodes
-        self._reconcile()
-
-    def _reconcile(self) -> None:
-        if self._stop.is_set():
-            return
-        wanted = {node: (host, port) for node, host, port in self._nodes if node != self._entry_node}
-        for node, (where, task) in list(self._direct.items()):
-            if wanted.get(node) != where:
-                task.cancel()
-                del self._direct[node]
-                log.info("gateway node %s left; tunnel closed", node)
-        for node, (host, port) in wanted.items():
-            if node in self._direct:
-                continue
-            direct = replace(self._settings, gateway_host=host, gateway_port=port)
-            task = asyncio.create_task(
-                _stay_logged_in(
-                    direct,
-                    self._resolver,
-                    self._stop,
-                    expect_node=node,
-                    on_nodes=self._heard,
-                    reports=self._reports,
-                    governor=self._governor,
-                )
-            )
-            self._direct[node] = ((host, port), task)
-            log.info("gateway node %s announced at %s:%d; opening a tunnel to it", node, host, port)
-
-
-async def run_agent(
-    settings: AgentSettings, stop: asyncio.Event, *, governor: Governor | None = None
-) -> None:
-    """Serve every live gateway node until ``stop`` is set, reconnecting with jittered backoff.
-
-    ``governor`` defaults to one with the settings' limits and state file.
-    """
-    if governor is None:
-        governor = Governor(
-            settings.limits,
-            state_file=settings.state_file,
-            address=settings.account.address,
-            policy=settings.policy,
-        )
-    await _Fleet(settings, stop, governor).run()
