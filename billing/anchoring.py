@@ -1,21 +1,9 @@
 """Anchoring: batches of settled deals → a Merkle root posted to ``DealAnchor`` on a schedule.
 
-**The record.** A settled deal is anchored as its canonical record: the Solidity ABI encoding
-(``abi.encode``, so a contract can decode it too) of, in this order::
-
-    uint8   version          1
-    string  dealId
-    string  requester        account names, as the deals table holds them
-    string  provider
-    string  exitId
-    uint256 pricePerGb       IPSX base units
-    uint256 pricePerHour     IPSX base units
-    uint64  billableBytes
-    uint256 charge           IPSX base units: what the requester paid
-    uint256 commission       IPSX base units: the operator's part of the charge
-    uint64  settledAt        unix seconds
-
-Its tree leaf is ``keccak256(keccak256(record))`` (:mod:`contracts.merkle`, ``DealAnchor.leafOf``).
+This module owns the batches' lifecycle: planning a batch, the ``anchor_batches`` and
+``anchor_records`` rows written for it, its posts to the contract and its confirmations. The
+records it holds are :mod:`billing.deal_record`'s, read by :mod:`billing.anchor_proofs`, which
+also serves the proofs of anchored batches.
 
 **A batch** holds up to ``max_batch`` settled deals not anchored yet, oldest settlement first. It
 is posted as ``anchor(batchId, root, recordCount, totalAmount, totalBytes)`` from the operator
@@ -41,14 +29,11 @@ import contextlib
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 import aiohttp
 import asyncpg
-from eth_abi.abi import decode as abi_decode
-from eth_abi.abi import encode as abi_encode
-from eth_abi.exceptions import DecodingError, EncodingError
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress
@@ -58,18 +43,14 @@ from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.contract import AsyncContract
 from web3.exceptions import ContractLogicError, TimeExhausted, TransactionNotFound, Web3Exception
 
+from billing.anchor_proofs import next_batch
+from billing.deal_record import DealRecord
 from contracts import load
-from contracts.merkle import MerkleTree, leaf_hash, verify
+from contracts.merkle import MerkleTree, leaf_hash
 
 log = logging.getLogger(__name__)
 
 SECONDS: Final = 1.0
-RECORD_VERSION: Final = 1
-RECORD_TYPES: Final = (
-    "uint8", "string", "string", "string", "string", "uint256", "uint256", "uint64", "uint256",
-    "uint256", "uint64",
-)  # fmt: skip
-_AMOUNTS: Final = ("price_per_gb", "price_per_hour", "charge", "commission")
 
 
 class AnchorError(RuntimeError):
@@ -98,105 +79,6 @@ class AnchorReverted(AnchorError):
 
 
 @dataclass(frozen=True, slots=True)
-class DealRecord:
-    """The anchored facts of one settled deal; amounts in base units (see the module docstring)."""
-
-    deal_id: str
-    requester: str
-    provider: str
-    exit_id: str
-    price_per_gb: int
-    price_per_hour: int
-    billable_bytes: int
-    charge: int
-    commission: int
-    settled_at: int
-
-    def _values(self) -> tuple[Any, ...]:
-        return (RECORD_VERSION, self.deal_id, self.requester, self.provider, self.exit_id,
-                self.price_per_gb, self.price_per_hour, self.billable_bytes, self.charge,
-                self.commission, self.settled_at)  # fmt: skip
-
-    def encode(self) -> bytes:
-        """The canonical bytes; raises ``ValueError`` for a value out of its ABI type's range."""
-        try:
-            return bytes(abi_encode(RECORD_TYPES, self._values()))
-        except EncodingError as error:
-            raise ValueError(f"deal {self.deal_id!r} cannot be encoded: {error}") from None
-
-    @property
-    def leaf(self) -> bytes:
-        return leaf_hash(self.encode())
-
-    @classmethod
-    def decode(cls, data: bytes) -> DealRecord:
-        """The record ``data`` encodes; ``ValueError`` unless it is canonical and version 1."""
-        try:
-            values = abi_decode(RECORD_TYPES, data)
-        except (DecodingError, ValueError, UnicodeDecodeError) as error:
-            raise ValueError(f"not an encoded deal record: {error}") from None
-        if values[0] != RECORD_VERSION:
-            raise ValueError(f"unknown record version {values[0]}")
-        record = cls(*values[1:])
-        if record.encode() != data:
-            raise ValueError("not the canonical encoding of its record")
-        return record
-
-    def to_json(self) -> dict[str, Any]:
-        """Amounts as decimal strings (exact), counts and times as integers."""
-        out: dict[str, Any] = {"version": RECORD_VERSION}
-        for name in _FIELDS:
-            value = getattr(self, name)
-            out[name] = str(value) if name in _AMOUNTS else value
-        return out
-
-    @classmethod
-    def from_json(cls, data: Any) -> DealRecord:
-        """The inverse of :meth:`to_json`; ``ValueError`` on anything else (untrusted input)."""
-        if not isinstance(data, dict) or data.get("version") != RECORD_VERSION:
-            raise ValueError("not a version 1 deal record")
-        values: dict[str, Any] = {}
-        for name in _FIELDS:
-            value = data.get(name)
-            if name in _AMOUNTS:
-                if not isinstance(value, str) or not value.isdigit() or len(value) > 78:
-                    raise ValueError(f"{name} must be base units as a decimal string")
-                value = int(value)
-            elif name in ("billable_bytes", "settled_at"):
-                if type(value) is not int or value < 0:
-                    raise ValueError(f"{name} must be a non-negative integer")
-            elif not isinstance(value, str):
-                raise ValueError(f"{name} must be a string")
-            values[name] = value
-        return cls(**values)
-
-
-_FIELDS: Final = tuple(item.name for item in fields(DealRecord))
-
-
-@dataclass(frozen=True, slots=True)
-class AnchorProof:
-    """Where a deal is anchored: its record as anchored, leaf, proof and the batch's root."""
-
-    deal_id: str
-    record: bytes
-    leaf: bytes
-    leaf_index: int
-    proof: list[bytes]
-    batch_id: int
-    root: bytes
-    record_count: int
-    contract: str
-    chain_id: int
-    tx_hash: str
-    block_number: int
-
-    def verifies(self, record: bytes | None = None) -> bool:
-        """Whether ``record`` (default: the one anchored) is proven under the root, off-chain."""
-        return verify(self.root, leaf_hash(self.record if record is None else record), self.proof)
-
-
-@dataclass(frozen=True, slots=True)
 class AnchorSettings:
     """Where DealAnchor is, who posts to it, and how often."""
 
@@ -216,67 +98,7 @@ class AnchorSettings:
             raise ValueError("confirmations must be >= 0")
 
 
-# ---- the records, in the database ------------------------------------------------------------------
-
-_RECORD_COLUMNS = """
-    deal_id, requester, provider, exit_id, price_per_gb::text, price_per_hour::text, billable_bytes,
-    charge::text, commission::text, (record->>'settled_at')::bigint AS settled_at
-"""
-_SETTLED = """
-    state = 'settled' AND charge IS NOT NULL AND commission IS NOT NULL
-    AND billable_bytes IS NOT NULL AND record->>'settled_at' IS NOT NULL
-"""
-
-
-def _record(row: asyncpg.Record) -> DealRecord:
-    return DealRecord(
-        deal_id=row["deal_id"], requester=row["requester"], provider=row["provider"],
-        exit_id=row["exit_id"], price_per_gb=int(row["price_per_gb"]),
-        price_per_hour=int(row["price_per_hour"]), billable_bytes=int(row["billable_bytes"]),
-        charge=int(row["charge"]), commission=int(row["commission"]), settled_at=int(row["settled_at"]),
-    )  # fmt: skip
-
-
-async def next_batch(pool: asyncpg.Pool | asyncpg.Connection, limit: int) -> list[DealRecord]:
-    """Up to ``limit`` settled deals in no batch yet, oldest settlement first."""
-    rows = await pool.fetch(
-        f"SELECT {_RECORD_COLUMNS} FROM deals d WHERE {_SETTLED}"  # noqa: S608 (constants only)
-        " AND NOT EXISTS (SELECT 1 FROM anchor_records a WHERE a.deal_id = d.deal_id)"
-        " ORDER BY (record->>'settled_at')::bigint, deal_id LIMIT $1",
-        limit,
-    )
-    return [_record(row) for row in rows]
-
-
-async def current_record(pool: asyncpg.Pool, deal_id: str) -> DealRecord | None:
-    """The record of ``deal_id`` as the deals table holds it now (``None``: not a settled deal)."""
-    row = await pool.fetchrow(
-        f"SELECT {_RECORD_COLUMNS} FROM deals WHERE deal_id = $1 AND {_SETTLED}",  # noqa: S608
-        deal_id,
-    )
-    return None if row is None else _record(row)
-
-
-async def proof_for(pool: asyncpg.Pool, deal_id: str) -> AnchorProof | None:
-    """Where ``deal_id`` is anchored, or ``None`` while it is in no mined batch."""
-    row = await pool.fetchrow(
-        """
-        SELECT r.deal_id, r.record, r.leaf, r.leaf_index, r.proof, b.batch_id, b.root, b.record_count,
-               b.contract, b.chain_id, b.tx_hash, b.block_number
-        FROM anchor_records r JOIN anchor_batches b USING (contract, batch_id)
-        WHERE r.deal_id = $1 AND b.state = 'anchored'
-        """,
-        deal_id,
-    )
-    if row is None:
-        return None
-    return AnchorProof(
-        deal_id=row["deal_id"], record=bytes(row["record"]), leaf=HexBytes(row["leaf"]),
-        leaf_index=row["leaf_index"], proof=[HexBytes(node) for node in row["proof"]],
-        batch_id=row["batch_id"], root=HexBytes(row["root"]), record_count=row["record_count"],
-        contract=row["contract"], chain_id=row["chain_id"], tx_hash=row["tx_hash"],
-        block_number=row["block_number"],
-    )  # fmt: skip
+# ---- the batches, in the database ------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)

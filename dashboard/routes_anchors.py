@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from billing import accounts, anchoring
+from billing import accounts, anchor_proofs
 from dashboard.appkeys import PG
 from dashboard.problems import Problem, json_response
 from dashboard.routes import authorized
@@ -40,10 +40,10 @@ async def deal_anchor(request: web.Request) -> web.Response:
         caller.account.name,
         operator,
     )
-    found = None if party is None else await anchoring.proof_for(pool, deal_id)
+    found = None if party is None else await anchor_proofs.proof_for(pool, deal_id)
     if found is None:
         raise Problem(404, "not_found", _NOT_FOUND)
-    record = await anchoring.current_record(pool, deal_id)
+    record = await anchor_proofs.current_record(pool, deal_id)
     try:
         encoded = None if record is None else record.encode()
     except ValueError:

@@ -16,7 +16,7 @@ import aiohttp
 from web3 import AsyncHTTPProvider, AsyncWeb3, Web3
 from web3.exceptions import ContractLogicError
 
-from billing.anchoring import DealRecord
+from billing.deal_record import DealRecord
 from contracts import load, merkle
 from ipsx.chain_access import CONNECTION_ERRORS, RPC_TIMEOUT, DeploymentFile, quiet_providers, rpc_url, shown
 from ipsx.commands import UsageError

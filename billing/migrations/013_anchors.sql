@@ -35,7 +35,7 @@ CREATE TABLE anchor_records (
     batch_id    BIGINT NOT NULL,
     leaf_index  INT NOT NULL CHECK (leaf_index >= 0),  -- among the batch's sorted leaves
     leaf        TEXT NOT NULL CHECK (leaf ~ '^0x[0-9a-f]{64}$'),
-    record      BYTEA NOT NULL,                    -- the canonical encoding hashed (billing.anchoring)
+    record      BYTEA NOT NULL,                    -- the canonical encoding hashed (billing.deal_record)
     proof       TEXT[] NOT NULL,                   -- sibling hashes from the leaf up to the root
     FOREIGN KEY (contract, batch_id) REFERENCES anchor_batches (contract, batch_id),
     UNIQUE (contract, batch_id, leaf_index)

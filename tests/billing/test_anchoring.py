@@ -20,15 +20,9 @@ import orjson
 import pytest
 from eth_typing import ChecksumAddress
 
-from billing import anchoring
-from billing.anchoring import (
-    AnchorConflict,
-    Anchorer,
-    AnchorError,
-    AnchorReverted,
-    AnchorSettings,
-    DealRecord,
-)
+from billing import anchor_proofs
+from billing.anchoring import AnchorConflict, Anchorer, AnchorError, AnchorReverted, AnchorSettings
+from billing.deal_record import DealRecord
 from contracts import merkle
 from contracts.deploy import deploy_contract
 from tests.billing.conftest import create_and_migrate, drop_database
@@ -172,9 +166,9 @@ def test_record_encode_refuses_values_out_of_range() -> None:
 async def test_next_batch_state_settled_deals_oldest_first(stack: Stack) -> None:
     first = await stack.settle(3)
     await stack.settle(1, state="active")  # not settled: never anchored
-    assert [r.deal_id for r in await anchoring.next_batch(stack.pool, 10)] == first
-    assert [r.deal_id for r in await anchoring.next_batch(stack.pool, 2)] == first[:2]
-    (record, *_) = await anchoring.next_batch(stack.pool, 1)
+    assert [r.deal_id for r in await anchor_proofs.next_batch(stack.pool, 10)] == first
+    assert [r.deal_id for r in await anchor_proofs.next_batch(stack.pool, 2)] == first[:2]
+    (record, *_) = await anchor_proofs.next_batch(stack.pool, 1)
     assert (record.charge, record.commission, record.price_per_gb) == (3 * TOKEN, 3 * TOKEN // 10, TOKEN)
 
 
@@ -187,7 +181,7 @@ async def test_anchor_once_call_state_event(stack: Stack) -> None:
     assert batch is not None and batch.batch_id == 1 and batch.record_count == 3
     # the chain: the batch with its root, count and totals, and its event
     root, count, _, total_amount, total_bytes = stack.anchor.functions.getBatch(1).call()
-    records = await anchoring.next_batch(stack.pool, 10)
+    records = await anchor_proofs.next_batch(stack.pool, 10)
     assert records == []
     assert "0x" + bytes(root).hex() == batch.root
     assert (count, total_amount, total_bytes) == (3, 9 * TOKEN, batch.total_bytes)
@@ -211,7 +205,7 @@ async def test_anchor_once_call_state_event(stack: Stack) -> None:
     later = await stack.settle(2)
     second = await stack.anchorer().anchor_once()
     assert second is not None and (second.batch_id, second.record_count) == (2, 2)
-    assert {p.deal_id for d in later if (p := await anchoring.proof_for(stack.pool, d))} == set(later)
+    assert {p.deal_id for d in later if (p := await anchor_proofs.proof_for(stack.pool, d))} == set(later)
     assert stack.batch_count() == 2
 
 
@@ -239,13 +233,13 @@ async def test_anchor_once_concurrent_anchorers_anchor_each_deal_once(stack: Sta
 
 async def test_proof_for_verifies_off_chain_and_on_chain(stack: Stack) -> None:
     deals = await stack.settle(5)
-    assert await anchoring.proof_for(stack.pool, deals[0]) is None  # not anchored yet
+    assert await anchor_proofs.proof_for(stack.pool, deals[0]) is None  # not anchored yet
     batch = await stack.anchorer().anchor_once()
     assert batch is not None
     for deal_id in deals:
-        found = await anchoring.proof_for(stack.pool, deal_id)
+        found = await anchor_proofs.proof_for(stack.pool, deal_id)
         assert found is not None and found.batch_id == 1 and found.tx_hash == batch.tx_hash
-        assert found.record == (await anchoring.current_record(stack.pool, deal_id)).encode()  # type: ignore[union-attr]
+        assert found.record == (await anchor_proofs.current_record(stack.pool, deal_id)).encode()  # type: ignore[union-attr]
         assert found.leaf == merkle.leaf_hash(found.record)
         assert found.verifies()
         assert stack.anchor.functions.verify(1, found.leaf, found.proof).call() is True
@@ -255,11 +249,11 @@ async def test_proof_for_verifies_off_chain_and_on_chain(stack: Stack) -> None:
 async def test_proof_for_tampered_record_fails_off_chain_and_on_chain(stack: Stack) -> None:
     (deal_id, *_) = await stack.settle(3)
     assert await stack.anchorer().anchor_once() is not None
-    found = await anchoring.proof_for(stack.pool, deal_id)
+    found = await anchor_proofs.proof_for(stack.pool, deal_id)
     assert found is not None
     # the books changed after anchoring: one base unit more charged
     await stack.pool.execute("UPDATE deals SET charge = charge + 1 WHERE deal_id = $1", deal_id)
-    tampered = await anchoring.current_record(stack.pool, deal_id)
+    tampered = await anchor_proofs.current_record(stack.pool, deal_id)
     assert tampered is not None and tampered.charge == 3 * TOKEN + 1
     assert not found.verifies(tampered.encode())
     assert stack.anchor.functions.verify(1, tampered.leaf, found.proof).call() is False
@@ -277,7 +271,7 @@ async def test_anchor_once_after_a_crash_between_post_and_record_records_the_bat
     assert planned is not None
     await crashed.post(planned)  # mined on-chain, never recorded: the process died here
     assert stack.batch_count() == 1
-    assert await anchoring.proof_for(stack.pool, deals[0]) is None
+    assert await anchor_proofs.proof_for(stack.pool, deals[0]) is None
     nonce = stack.nonce()
 
     batch = await stack.anchorer().anchor_once()  # the restarted process
@@ -286,7 +280,7 @@ async def test_anchor_once_after_a_crash_between_post_and_record_records_the_bat
     assert stack.batch_count() == 1
     row = await stack.pool.fetchrow("SELECT state, tx_hash FROM anchor_batches WHERE batch_id = 1")
     assert row["state"] == "anchored" and row["tx_hash"] == batch.tx_hash
-    found = await anchoring.proof_for(stack.pool, deals[0])
+    found = await anchor_proofs.proof_for(stack.pool, deals[0])
     assert found is not None and found.verifies()
     assert stack.anchor.functions.verify(1, found.leaf, found.proof).call() is True
 
@@ -337,7 +331,7 @@ async def test_anchor_once_state_a_batch_counts_only_once_confirmations_deep(sta
     # On-chain already, but not deep enough: still pending here, and no proof is served yet.
     assert stack.batch_count() == 1
     assert await stack.pool.fetchval("SELECT state FROM anchor_batches WHERE batch_id = 1") == "pending"
-    assert await anchoring.proof_for(stack.pool, deals[0]) is None
+    assert await anchor_proofs.proof_for(stack.pool, deals[0]) is None
     nonce = stack.nonce()
     stack.chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
     waiting = await stack.anchorer(confirmations=2).anchor_once()  # a restart finds it pending
@@ -348,7 +342,7 @@ async def test_anchor_once_state_a_batch_counts_only_once_confirmations_deep(sta
     assert stack.nonce() == nonce  # waiting sent nothing: the one post
     row = await stack.pool.fetchrow("SELECT state, block_number FROM anchor_batches WHERE batch_id = 1")
     assert (row["state"], row["block_number"]) == ("anchored", receipt["blockNumber"])
-    assert {p.deal_id for d in deals if (p := await anchoring.proof_for(stack.pool, d))} == set(deals)
+    assert {p.deal_id for d in deals if (p := await anchor_proofs.proof_for(stack.pool, d))} == set(deals)
 
 
 def test_anchor_settings_refuse_negative_confirmations(stack: Stack) -> None:
