@@ -18,10 +18,14 @@ from dashboard.problems import json_response, problems_middleware
 from dashboard.routes import routes
 from dashboard.routes_anchors import routes as anchor_routes
 from dashboard.routes_bans import routes as ban_routes
+from dashboard.routes_deals import routes as deal_routes
 from dashboard.routes_inspect import routes as inspect_routes
 from dashboard.routes_market import routes as market_routes
+from dashboard.routes_orders import routes as order_routes
 from dashboard.routes_payments import payment_settings
 from dashboard.routes_payments import routes as payment_routes
+from dashboard.routes_reseller_reports import routes as reseller_report_routes
+from dashboard.routes_reseller_subusers import routes as reseller_subuser_routes
 from dashboard.routes_resellers import routes as reseller_routes
 from dashboard.routes_withdrawals import routes as withdrawal_routes
 from dashboard.settings import ApiSettings
@@ -77,6 +81,8 @@ def build_app(settings: ApiSettings) -> web.Application:
     app.router.add_get("/openapi.json", _openapi)
     app.router.add_get("/metrics", metrics.endpoint(api_metrics))
     app.router.add_routes(routes)
+    app.router.add_routes(order_routes)
+    app.router.add_routes(deal_routes)
     app.router.add_routes(market_routes)
     app.router.add_routes(withdrawal_routes)
     app.router.add_routes(payment_routes)
@@ -84,6 +90,8 @@ def build_app(settings: ApiSettings) -> web.Application:
     app.router.add_routes(ban_routes)
     app.router.add_routes(inspect_routes)
     app.router.add_routes(reseller_routes)
+    app.router.add_routes(reseller_subuser_routes)
+    app.router.add_routes(reseller_report_routes)
     add_web_routes(app)
     return app
 

@@ -4,8 +4,8 @@ It is the contract the API tests hold the server to (schemathesis fuzzes every o
 so a route added without its entry fails them. This module only assembles the document: each
 area's paths and component schemas live in its own module (``openapi_accounts``, ``openapi_orders``,
 ``openapi_deals``, ``openapi_market``, ``openapi_payments``, ``openapi_withdrawals``,
-``openapi_node``, ``openapi_rules``) or next to its routes (``routes_inspect``,
-``routes_resellers``), all written with the shared vocabulary of ``openapi_base``.
+``openapi_node``, ``openapi_rules``, ``openapi_resellers``) or next to its routes
+(``routes_inspect``), all written with the shared vocabulary of ``openapi_base``.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from dashboard import (
     openapi_node,
     openapi_orders,
     openapi_payments,
+    openapi_resellers,
     openapi_rules,
     openapi_withdrawals,
     routes_inspect,
-    routes_resellers,
 )
 
 _SCHEMAS = (
@@ -46,7 +46,7 @@ _PATHS = (
     openapi_withdrawals.PATHS,
     openapi_rules.PATHS,
     routes_inspect.PATHS,
-    routes_resellers.PATHS,
+    openapi_resellers.PATHS,
 )
 
 

@@ -1,4 +1,4 @@
-"""OpenAPI entries of deals (``routes_market.py``, ``routes_anchors.py``): listing and reading
+"""OpenAPI entries of deals (``routes_deals.py``, ``routes_anchors.py``): listing and reading
 deals, the parties' reports on them, a settled deal's anchored inclusion proof, and the
 operator's resolution of a dispute; with the ``Deal`` and ``AnchorProof`` schemas. Merged by
 ``openapi.document()``.

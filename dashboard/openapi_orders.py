@@ -1,4 +1,4 @@
-"""OpenAPI entries of market orders (``routes_market.py``): placing offers, requests and packages
+"""OpenAPI entries of market orders (``routes_orders.py``): placing offers, requests and packages
 (with an Idempotency-Key), listing, amending and cancelling orders, and a request order's PAC file;
 with the ``Order`` and ``Placed`` schemas and the order terms' field schemas (prices in base
 units, schedule, time frame). Merged by ``openapi.document()``.
