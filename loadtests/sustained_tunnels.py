@@ -23,6 +23,17 @@ import time
 from pathlib import Path
 
 import bench_gateway as bg
+from gatebench.constants import HERE, IPSX_HTTP
+from gatebench.ipsx_setup import IpsxSetup, describe_code
+from gatebench.measure import (
+    agent_data_connections,
+    cpu_seconds,
+    cpu_system_seconds,
+    drain_time_wait,
+    time_wait_sockets,
+)
+from gatebench.procs import PROCS, log
+from gatebench.targets import Launcher, start_origin
 
 
 def main() -> int:
@@ -40,35 +51,36 @@ def main() -> int:
         ["--ipsx-pool", str(args.pool_size), "--ipsx-code", args.ipsx_code]
     )
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    logs = bg.HERE / "results" / f"sustained-logs-{stamp}"
+    logs = HERE / "results" / f"sustained-logs-{stamp}"
     logs.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="ipsx-sustained-"))
-    refs = bench_args.refs if (bench_args.refs / "wrk_abs.lua").exists() else bg.HERE / "refs"
-    bench = bg.Bench(bench_args, work, logs, refs)
+    refs = bench_args.refs if (bench_args.refs / "wrk_abs.lua").exists() else HERE / "refs"
+    ipsx = IpsxSetup(bench_args, work, logs)
+    launcher = Launcher(bench_args, logs, refs, ipsx)
     slices: list[dict[str, object]] = []
     try:
-        bench.origin_pid = bg.start_origin(work, logs).pid
-        bench.pin_ipsx_code()
-        bg.log(f"IPSX code measured: {bg.describe_code(bench.ipsx_code)}")
-        bench.setup_ipsx()
-        if bench.ipsx_setup_error:
-            print(f"IPSX set-up failed: {bench.ipsx_setup_error}", file=sys.stderr)
+        start_origin(work, logs)
+        ipsx.pin_code()
+        log(f"IPSX code measured: {describe_code(ipsx.code)}")
+        ipsx.prepare()
+        if ipsx.setup_error:
+            print(f"IPSX set-up failed: {ipsx.setup_error}", file=sys.stderr)
             return 1
-        drained = bg.drain_time_wait(500, 70)
-        bg.log(f"TIME_WAIT before start: {drained}")
-        running = bench.start("ipsx", 1)
+        drained = drain_time_wait(500, 70)
+        log(f"TIME_WAIT before start: {drained}")
+        running = launcher.start("ipsx", 1)
         agent = running.roles["agent"]
-        bg.log(f"IPSX up, agent data connections: {bg.agent_data_connections(agent)}")
+        log(f"IPSX up, agent data connections: {agent_data_connections(agent)}")
         for index in range(1, args.slices + 1):
-            before = {r: (bg.cpu_seconds([p]), bg.cpu_system_seconds([p])) for r, p in running.roles.items()}
+            before = {r: (cpu_seconds([p]), cpu_system_seconds([p])) for r, p in running.roles.items()}
             done = subprocess.run(
                 [
                     sys.executable,
-                    str(bg.HERE / "tunnel_load.py"),
+                    str(HERE / "tunnel_load.py"),
                     "--mode",
                     "tunnels",
                     "--proxy",
-                    f"127.0.0.1:{bg.IPSX_HTTP}",
+                    f"127.0.0.1:{IPSX_HTTP}",
                     "--auth",
                     str(running.auth),
                     "--duration",
@@ -81,7 +93,7 @@ def main() -> int:
                 check=False,
             )
             result = json.loads(done.stdout.decode().strip().splitlines()[-1])
-            after = {r: (bg.cpu_seconds([p]), bg.cpu_system_seconds([p])) for r, p in running.roles.items()}
+            after = {r: (cpu_seconds([p]), cpu_system_seconds([p])) for r, p in running.roles.items()}
             ok = max(1, int(result["ok"]))
             cpu = {
                 role: {
@@ -101,8 +113,8 @@ def main() -> int:
                 "errors": result["errors"],
                 "error_samples": result["error_samples"],
                 "cpu": cpu,
-                "time_wait": bg.time_wait_sockets(),
-                "agent_data_conns": bg.agent_data_connections(agent),
+                "time_wait": time_wait_sockets(),
+                "agent_data_conns": agent_data_connections(agent),
             }
             slices.append(row)
             per = ", ".join(
@@ -111,14 +123,14 @@ def main() -> int:
             )
             tw = row["time_wait"]
             assert isinstance(tw, dict)
-            bg.log(
+            log(
                 f"slice {index}: {result['rate']:,.0f} tunnels/s, p50 {result['p50_ms'] or 0:.0f} ms, "
                 f"p99 {result['p99_ms'] or 0:.0f} ms, errors {result['errors'] or 0}; {per}; TIME_WAIT "
                 f"{tw['total']:,} ({tw['from_127.0.0.2']:,} from 127.0.0.2); agent data connections "
                 f"{row['agent_data_conns']}"
             )
     finally:
-        bg.PROCS.stop_all()
+        PROCS.stop_all()
         shutil.rmtree(work, ignore_errors=True)
         if args.out:
             args.out.write_text(json.dumps(slices, indent=1))
