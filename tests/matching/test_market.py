@@ -329,7 +329,7 @@ async def test_the_book_survives_a_restart(market: Market, pg: asyncpg.Pool, rds
     ]
     assert [s.request.request_id for s in again._engine.resting_requests()] == [resting.request_id]
     assert [d.deal_id for d in again._engine.active_deals()] == [first.fills[0].deal_id]
-    assert again._deals[first.fills[0].deal_id].state is State.ACTIVE
+    assert again._book.deals[first.fills[0].deal_id].state is State.ACTIVE
 
 
 async def test_cancel_only_own_open_orders(market: Market, pg: asyncpg.Pool) -> None:
@@ -541,7 +541,7 @@ async def test_a_request_waits_for_its_time_frame(market: Market, pg: asyncpg.Po
     # A restart meanwhile keeps it waiting.
     again = Market(pg, rds, market.settings, clock=clock(market))
     await again.load()
-    assert again._engine.resting_requests() == [] and request.request_id in again._waiting
+    assert again._engine.resting_requests() == [] and request.request_id in again._orders.waiting
     clock(market).now += 200  # its time frame starts: it trades, immediate-or-cancel as asked
     await again.tick()
     (deal,) = again._engine.active_deals()
@@ -557,19 +557,19 @@ async def test_waiting_orders_can_be_amended_cancelled_and_expire(
     await online(rds, "e1")
     offer_id = await offer(market, "e1", schedule="10:00-12:00")
     await market.amend("bob", offer_id, {"price_per_gb": str(3 * IPSX)})
-    assert market._scheduled[offer_id].price_per_gb == 3 * IPSX
+    assert market._orders.scheduled[offer_id].price_per_gb == 3 * IPSX
     start = clock(market).now + HOUR
     request, _ = await market.place_request(
         "alice", {**REQUEST, "starts_at": start, "expires_at": start + 60}
     )
     await market.amend("alice", request.request_id, {"ips": 2})
-    assert market._waiting[request.request_id][0].ips == 2
+    assert market._orders.waiting[request.request_id][0].ips == 2
     await market.cancel("bob", offer_id)
     assert await pg.fetchval("SELECT state FROM market_orders WHERE order_id = $1", offer_id) == "cancelled"
     clock(market).now += HOUR + 61  # past the request's time frame before it could trade
     await market.tick()
     state = await pg.fetchval("SELECT state FROM market_orders WHERE order_id = $1", request.request_id)
-    assert state == "expired" and request.request_id not in market._waiting
+    assert state == "expired" and request.request_id not in market._orders.waiting
 
 
 @pytest.mark.parametrize(
