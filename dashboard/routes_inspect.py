@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from dashboard.appkeys import PG, REDIS
+from dashboard.appkeys import PG, REDIS, SETTINGS
 from dashboard.openapi_base import _AUTH_ERRORS, _BODY_ERRORS, _json, _object_body
 from dashboard.problems import field, json_response, read_json
 from dashboard.routes import authorized
@@ -55,7 +55,12 @@ async def put_inspection(request: web.Request) -> web.Response:
     body = await read_json(request)
     enabled = field(body, "enabled", bool)
     if enabled:
-        await ca.authority_for(request.app[PG], caller.account.id, caller.account.name)
+        await ca.authority_for(
+            request.app[PG],
+            caller.account.id,
+            caller.account.name,
+            secret=request.app[SETTINGS].inspect_ca_secret,
+        )
     await state.set_enabled(request.app[REDIS], caller.account.name, enabled)
     return json_response(await _state_json(request, caller.account.id, caller.account.name))
 
@@ -64,7 +69,12 @@ async def put_inspection(request: web.Request) -> web.Response:
 async def get_ca(request: web.Request) -> web.Response:
     """The account's CA certificate (PEM), made on the first request; never its key."""
     caller = await authorized(request)
-    authority = await ca.authority_for(request.app[PG], caller.account.id, caller.account.name)
+    authority = await ca.authority_for(
+        request.app[PG],
+        caller.account.id,
+        caller.account.name,
+        secret=request.app[SETTINGS].inspect_ca_secret,
+    )
     return web.Response(
         body=authority.cert_pem,
         content_type="application/x-pem-file",

@@ -43,6 +43,9 @@ class ApiSettings:
     # the operator's wallet (hex key): with channels_address, the market's node signs providers'
     # payout proofs with it (billing.payouts); None: no payouts signed
     operator_key: str | None = field(default=None, repr=False)
+    # seals the accounts' TLS-inspection CA keys in PostgreSQL (gateway.inspect.ca); the same
+    # IPSX_INSPECT_CA_SECRET as the inspecting nodes'. None: stored unsealed
+    inspect_ca_secret: str | None = field(default=None, repr=False)
     # The web dashboard (dashboard.web). Sessions are a JWT in an HttpOnly cookie, for web_session_ttl.
     web_session_ttl: float = 8 * 60 * 60 * SECONDS
     # sign-in attempts one client address may make per web_signin_window before it is answered 429

@@ -35,6 +35,7 @@ from gateway.agent.settings import (
     state_file_for,
 )
 from gateway.agent.status import describe, read_status
+from gateway.inspect.settings import check_ca_secret
 from gateway.server import run_gateway
 from gateway.settings import GatewaySettings, default_node_id
 from gateway.targeting import TargetingError, parse_rules
@@ -129,6 +130,10 @@ def cmd_api(args: argparse.Namespace, env: Environment) -> None:
         raise UsageError("--spot-duration must be 5 seconds to 30 days")
     if not 1 <= args.spot_traffic_gb <= 10**6:
         raise UsageError("--spot-traffic-gb must be 1 to 1,000,000")
+    try:
+        inspect_ca_secret = check_ca_secret(os.environ.get("IPSX_INSPECT_CA_SECRET") or None)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     settings = ApiSettings(
         database_url=env.database,
         redis_url=env.redis,
@@ -151,6 +156,7 @@ def cmd_api(args: argparse.Namespace, env: Environment) -> None:
         web_demo_account=args.web_demo_account,
         web_live_interval=args.web_live_interval,
         operator_key=_operator_key(args.channels_address),
+        inspect_ca_secret=inspect_ca_secret,
     )
     runtime.run(lambda stop: run_api(settings, stop))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Any
 
@@ -21,7 +22,8 @@ _DESCRIPTION = (
     "installed their account's CA (GET /v1/inspection/ca.pem) use it as their HTTPS proxy, with the "
     "same credentials and targeting as the gateway's; each decrypted request goes on through the "
     "gateway (--gateway), which meters and bills it, and the X-IPSX-Retry-On / X-IPSX-Ban rules apply "
-    "to HTTPS too. Never on the gateway's own port."
+    "to HTTPS too. Never on the gateway's own port. Set IPSX_INSPECT_CA_SECRET (16 characters or "
+    "more, the API's too) to keep the accounts' CA keys sealed in PostgreSQL."
 )
 
 
@@ -92,6 +94,7 @@ def _settings(args: argparse.Namespace, env: Environment) -> InspectSettings:
         max_response_body=args.max_response_body,
         idle_timeout=args.idle_timeout,
         db_pool=args.db_pool,
+        ca_secret=os.environ.get("IPSX_INSPECT_CA_SECRET") or None,
     )
 
 
@@ -100,6 +103,10 @@ def _run(settings: InspectSettings, *, verbose: bool) -> None:
 
     if not verbose:  # mitmproxy logs every client connection at INFO
         logging.getLogger("mitmproxy").setLevel(logging.WARNING)
+    if settings.ca_secret is None:
+        logging.getLogger("ipsx.inspect").warning(
+            "IPSX_INSPECT_CA_SECRET is not set: accounts' CA keys are stored unsealed in PostgreSQL"
+        )
     runtime.run(lambda stop: run_inspector(settings, stop))
 
 

@@ -108,7 +108,8 @@ def add_api_command(sub: argparse._SubParsersAction[Any]) -> None:
         "api",
         help="run the REST API (sign-in with Ethereum, keys, balances, usage, ledger)",
         description="Serve the REST API; its OpenAPI document is at /openapi.json. Session tokens "
-        "are signed with IPSX_JWT_SECRET (at least 32 bytes; required).",
+        "are signed with IPSX_JWT_SECRET (at least 32 bytes; required). IPSX_INSPECT_CA_SECRET (16 "
+        "characters or more, the inspecting nodes' too) seals the TLS-inspection CA keys it makes.",
     )
     api.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     api.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")

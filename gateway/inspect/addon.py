@@ -221,14 +221,23 @@ class Inspector:
         if store is not None:
             self._stores.move_to_end(requester.account_id)
             return store
+        secret = self._settings.ca_secret
         try:
-            authority = await ca.authority_for(self._pg, requester.account_id, requester.account)
+            authority = await ca.authority_for(
+                self._pg, requester.account_id, requester.account, secret=secret
+            )
+            key = authority.private_key(secret)
+        except ca.CaKeyLocked as locked:
+            log.error("the inspection CA of %r: %s", requester.account, locked)
+            raise InspectError(
+                "the account's CA cannot be loaded right now", status=503, code="ca_unavailable"
+            ) from None
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, LookupError):
             log.warning("the inspection CA of %r could not be loaded", requester.account)
             raise InspectError(
                 "the account's CA cannot be loaded right now", status=503, code="ca_unavailable"
             ) from None
-        store = CertStore(authority.private_key(), Cert(authority.certificate), None, self._dhparams)
+        store = CertStore(key, Cert(authority.certificate), None, self._dhparams)
         self._stores[requester.account_id] = store
         while len(self._stores) > self._settings.ca_cache_size:
             self._stores.popitem(last=False)

@@ -5,6 +5,11 @@ kept in PostgreSQL (table ``inspection_cas``, migration 014), so every inspectin
 certificates with the same CA. Two nodes making one at once both insert ``ON CONFLICT DO NOTHING``
 and both read back the row that won. The private key never leaves this module's callers' memory
 but through that table: it is not in any repr, log line or error message.
+
+With a secret (``IPSX_INSPECT_CA_SECRET``, given to the API and to every inspecting node) the key is
+stored sealed: PKCS#8 encrypted with that secret, so a copy of the database alone cannot mint
+certificates the account's clients trust. A key stored before the secret was set is sealed the
+next time :func:`authority_for` reads it with one.
 """
 
 from __future__ import annotations
@@ -21,8 +26,22 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 KEY_SIZE = 2048
+_SEALED = b"-----BEGIN ENCRYPTED PRIVATE KEY-----"
 VALIDITY = dt.timedelta(days=10 * 365)
 BACKDATE = dt.timedelta(days=2)  # clients with a clock a little behind still accept it
+
+
+class CaKeyLocked(Exception):
+    """The CA's key is sealed and the secret to open it is missing or wrong."""
+
+
+def _key_pem(key: rsa.RSAPrivateKey, secret: str | None) -> bytes:
+    sealing: serialization.KeySerializationEncryption = (
+        serialization.NoEncryption()
+        if secret is None
+        else serialization.BestAvailableEncryption(secret.encode("utf-8"))
+    )
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, sealing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,17 +63,31 @@ class Authority:
         der = self.certificate.public_bytes(serialization.Encoding.DER)
         return hashlib.sha256(der).hexdigest()
 
-    def private_key(self) -> rsa.RSAPrivateKey:
-        key = serialization.load_pem_private_key(self.key_pem, password=None)
+    @property
+    def sealed(self) -> bool:
+        """Whether the stored key is encrypted with the secret."""
+        return self.key_pem.startswith(_SEALED)
+
+    def private_key(self, secret: str | None = None) -> rsa.RSAPrivateKey:
+        """The CA's key; ``secret`` opens a sealed one. Raises CaKeyLocked without the right one."""
+        if self.sealed and secret is None:
+            raise CaKeyLocked("the inspection CA's key is sealed: set IPSX_INSPECT_CA_SECRET")
+        try:
+            key = serialization.load_pem_private_key(
+                self.key_pem, password=secret.encode("utf-8") if self.sealed and secret else None
+            )
+        except ValueError:
+            raise CaKeyLocked("the inspection CA's key does not open with IPSX_INSPECT_CA_SECRET") from None
         if not isinstance(key, rsa.RSAPrivateKey):  # only this module writes the table
             raise TypeError("an inspection CA's key must be RSA")
         return key
 
 
 def new_authority(
-    account: str, *, key_size: int = KEY_SIZE, now: dt.datetime | None = None
+    account: str, *, key_size: int = KEY_SIZE, secret: str | None = None
 ) -> tuple[bytes, bytes]:
-    """A fresh self-signed CA for ``account`` (its name): (certificate PEM, private key PEM).
+    """A fresh self-signed CA for ``account`` (its name): (certificate PEM, private key PEM, sealed
+    with ``secret`` when given).
 
     CPU-bound (an RSA key generation): call it in a thread from async code.
     """
@@ -94,10 +127,7 @@ def new_authority(
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+    return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key, secret)
 
 
 def _authority(row: asyncpg.Record) -> Authority:
@@ -118,12 +148,20 @@ async def find_authority(pool: asyncpg.Pool, account_id: int) -> Authority | Non
     return None if row is None else _authority(row)
 
 
-async def authority_for(pool: asyncpg.Pool, account_id: int, account: str) -> Authority:
-    """The account's CA, made now if it has none (the same one for every caller, whoever wins)."""
+async def authority_for(
+    pool: asyncpg.Pool, account_id: int, account: str, *, secret: str | None = None
+) -> Authority:
+    """The account's CA, made now if it has none (the same one for every caller, whoever wins).
+
+    With ``secret``, a new key is stored sealed and an unsealed one found is sealed in place (a
+    sealed one is returned as it is: :meth:`Authority.private_key` opens it).
+    """
     found = await find_authority(pool, account_id)
     if found is not None:
+        if secret is not None and not found.sealed:
+            found = await _seal(pool, found, secret)
         return found
-    cert_pem, key_pem = await asyncio.to_thread(new_authority, account)
+    cert_pem, key_pem = await asyncio.to_thread(new_authority, account, secret=secret)
     await pool.execute(
         "INSERT INTO inspection_cas (account_id, cert_pem, key_pem) VALUES ($1, $2, $3)"
         " ON CONFLICT (account_id) DO NOTHING",
@@ -135,3 +173,18 @@ async def authority_for(pool: asyncpg.Pool, account_id: int, account: str) -> Au
     if made is None:  # the account was deleted meanwhile (the row references it)
         raise LookupError(f"no account with id {account_id}")
     return made
+
+
+async def _seal(pool: asyncpg.Pool, authority: Authority, secret: str) -> Authority:
+    """Store the CA's key sealed with ``secret`` (once: a node that sealed it first wins)."""
+    sealed = _key_pem(authority.private_key(), secret).decode("ascii")
+    await pool.execute(
+        "UPDATE inspection_cas SET key_pem = $2 WHERE account_id = $1 AND key_pem = $3",
+        authority.account_id,
+        sealed,
+        authority.key_pem.decode("ascii"),
+    )
+    found = await find_authority(pool, authority.account_id)
+    if found is None:
+        raise LookupError(f"no account with id {authority.account_id}")
+    return found

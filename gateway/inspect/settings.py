@@ -6,6 +6,14 @@ from dataclasses import dataclass, field
 
 SECONDS = 1.0
 MIB = 1024 * 1024
+MIN_CA_SECRET = 16  # characters of IPSX_INSPECT_CA_SECRET at least
+
+
+def check_ca_secret(secret: str | None) -> str | None:
+    """``secret`` if it can seal CA keys (``None``: they are stored unsealed); raises ValueError."""
+    if secret is not None and len(secret) < MIN_CA_SECRET:
+        raise ValueError(f"IPSX_INSPECT_CA_SECRET must be at least {MIN_CA_SECRET} characters")
+    return secret
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +34,7 @@ class InspectSettings:
     ca_cache_size: int = 1024  # accounts whose CA (and leaf certificates) stay in memory
     drain_timeout: float = 10 * SECONDS  # on stop, open client connections get this long
     db_pool: int = 2
+    ca_secret: str | None = field(default=None, repr=False)  # seals accounts' CA keys (gateway.inspect.ca)
 
     def __post_init__(self) -> None:
         if (self.host, self.port) == (self.gateway_host, self.gateway_port):
@@ -36,3 +45,4 @@ class InspectSettings:
             raise ValueError("body caps and max_idle_tunnels must not be negative")
         if min(self.connect_timeout, self.idle_timeout, self.drain_timeout) <= 0 or self.db_pool < 1:
             raise ValueError("timeouts and db_pool must be positive")
+        check_ca_secret(self.ca_secret)

@@ -50,6 +50,7 @@ MIGRATIONS = [
     "016_key_rules",
     "017_usage_time_index",
     "018_deals_settled_index",
+    "019_inspection_ca_sealed",
 ]
 
 

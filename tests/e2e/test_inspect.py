@@ -34,6 +34,7 @@ from tests.tls import self_signed
 # load take most of it).
 pytestmark = pytest.mark.timeout(180)
 
+CA_SECRET = "e2e-inspection-ca-secret"
 # The API with the inspection routes, whether or not dashboard/app.py registers them yet.
 _API = """
 import os, sys
@@ -47,6 +48,7 @@ async def main(stop):
     settings = ApiSettings(
         database_url=os.environ["IPSX_DATABASE_URL"], redis_url=os.environ["IPSX_REDIS_URL"],
         jwt_secret="inspect-tests-" + "x" * 32, port=int(sys.argv[1]), market=False,
+        inspect_ca_secret=os.environ["IPSX_INSPECT_CA_SECRET"],
     )
     app = build_app(settings)
     paths = {r.resource.canonical for r in app.router.routes() if r.resource is not None}
@@ -160,8 +162,10 @@ def _head_and_body(output: str) -> tuple[dict[str, str], str, int]:
 
 
 def _spawn(stack: Stack, args: list[str], log: str) -> subprocess.Popen[bytes]:
+    """The API and the inspecting worker, sealing the accounts' CA keys with the same secret."""
+    env = {**stack.env, "IPSX_INSPECT_CA_SECRET": CA_SECRET}
     with open(stack.tmp / log, "ab") as handle:
-        proc = subprocess.Popen(args, env=stack.env, stdout=handle, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(args, env=env, stdout=handle, stderr=subprocess.STDOUT)
     stack.processes.append(proc)  # stopped with the stack if a test leaves it running
     return proc
 
@@ -247,6 +251,10 @@ def test_get_inspection_state_and_ca_call(inspecting: Inspecting) -> None:
     assert state["ca"]["sha256"] == pem.headers["x-ipsx-ca-sha256"]
     assert hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem.text)).hexdigest() == state["ca"]["sha256"]
     assert inspecting.cas["bob"].read_bytes() != inspecting.cas["alice"].read_bytes()
+    # The keys are stored sealed with IPSX_INSPECT_CA_SECRET: the database alone cannot mint.
+    keys = inspecting.stack.query("SELECT key_pem FROM inspection_cas")
+    assert len(keys) == 2
+    assert all(row["key_pem"].startswith("-----BEGIN ENCRYPTED PRIVATE KEY-----") for row in keys)
 
 
 def test_put_inspection_call_refuses_bad_bodies(inspecting: Inspecting) -> None:

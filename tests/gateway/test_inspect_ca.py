@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 
 from billing import accounts, db
 from gateway.inspect import ca, keys, state
+from gateway.inspect.settings import InspectSettings
 from tests.billing.conftest import create_and_migrate, drop_database
 
 
@@ -102,6 +103,43 @@ async def test_authority_for_call_accounts_differ(pool: asyncpg.Pool) -> None:
     first = await ca.authority_for(pool, alice.id, alice.name)
     second = await ca.authority_for(pool, bob.id, bob.name)
     assert first.fingerprint != second.fingerprint
+
+
+SECRET = "inspection-ca-secret-for-tests"
+
+
+async def test_authority_for_call_with_a_secret_stores_the_key_sealed(pool: asyncpg.Pool) -> None:
+    alice = await _account(pool, "alice", "aa")
+    made = await ca.authority_for(pool, alice.id, alice.name, secret=SECRET)
+    stored = await pool.fetchval("SELECT key_pem FROM inspection_cas WHERE account_id = $1", alice.id)
+    assert stored.startswith("-----BEGIN ENCRYPTED PRIVATE KEY-----") and made.sealed
+    # The database alone does not give the key; the secret does, and it is the CA's.
+    with pytest.raises(ca.CaKeyLocked, match="IPSX_INSPECT_CA_SECRET"):
+        made.private_key()
+    with pytest.raises(ca.CaKeyLocked, match="does not open"):
+        made.private_key("another-secret-of-enough-length")
+    assert made.private_key(SECRET).public_key() == made.certificate.public_key()
+    again = await ca.authority_for(pool, alice.id, alice.name, secret=SECRET)
+    assert (again.cert_pem, again.key_pem) == (made.cert_pem, made.key_pem)  # sealed once
+
+
+async def test_authority_for_call_seals_a_key_stored_before_the_secret(pool: asyncpg.Pool) -> None:
+    alice = await _account(pool, "alice", "aa")
+    plain = await ca.authority_for(pool, alice.id, alice.name)
+    assert not plain.sealed and plain.key_pem.startswith(b"-----BEGIN PRIVATE KEY-----")
+    sealed = await ca.authority_for(pool, alice.id, alice.name, secret=SECRET)
+    # The same CA (clients that installed it keep trusting it), its key now sealed in the table.
+    assert sealed.sealed and sealed.fingerprint == plain.fingerprint
+    stored = await pool.fetchval("SELECT key_pem FROM inspection_cas WHERE account_id = $1", alice.id)
+    assert stored == sealed.key_pem.decode() and "BEGIN PRIVATE KEY" not in stored
+    assert sealed.private_key(SECRET).private_numbers() == plain.private_key().private_numbers()
+
+
+def test_inspect_settings_refuse_a_short_ca_secret() -> None:
+    with pytest.raises(ValueError, match="at least 16 characters"):
+        InspectSettings(redis_url="redis://x", database_url="postgresql://x", ca_secret="short")
+    settings = InspectSettings(redis_url="redis://x", database_url="postgresql://x", ca_secret=SECRET)
+    assert SECRET not in repr(settings)
 
 
 async def test_authority_for_call_unknown_account(pool: asyncpg.Pool) -> None:
