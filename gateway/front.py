@@ -10,7 +10,8 @@ the reseller's sub-users, an ``admit`` hook refuses a sub-user whose standing st
 ``Proxy-Authenticate`` realm is the brand, the gateway's own ``X-IPSX-*`` response headers are
 ``X-<brand token>-*`` there, and refusal texts are rewritten the same way. Its clients send
 targeting and rule headers under the brand's name (``X-<brand token>-Session``) or the platform's;
-both are stripped before anything is forwarded.
+both are read and stripped before anything is forwarded (other ``X-<brand token>-*`` headers are
+the client's own and pass).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from gateway.targeting import (
     Targeting,
     TargetingError,
     apply_headers,
+    is_header_key,
     parse_basic_credentials,
     parse_rules,
     parse_username,
@@ -113,14 +115,18 @@ class Brand:
         return http1_write.error_response(status, text, headers=headers, close=close)
 
     def own_headers(self, head: http1.RequestHead) -> None:
-        """Read the brand's request headers (``X-<token>-Session: s1``) as the platform's
-        ``X-IPSX-*`` ones, in place, so they target the request and never reach the origin."""
+        """Read the brand's targeting and rule headers (``X-<token>-Session: s1``) as the
+        platform's ``X-IPSX-*`` ones, in place, so they target the request and never reach the
+        origin. Only the names the platform reads are taken: a brand called Request leaves the
+        client's ``X-Request-ID`` alone."""
         if self.is_platform:
             return
         prefix = f"x-{self.token.lower()}-"
         size = len(prefix)
         head.headers[:] = [
-            ("X-IPSX-" + name[size:], value) if name[:size].lower() == prefix else (name, value)
+            ("X-IPSX-" + name[size:], value)
+            if name[:size].lower() == prefix and is_header_key(name[size:])
+            else (name, value)
             for name, value in head.headers
         ]
 

@@ -309,6 +309,12 @@ def with_rules(t: Targeting, rules: Targeting) -> Targeting:
     )
 
 
+def is_header_key(name: str) -> bool:
+    """Whether ``name`` (``Session``, ``retry-on``…) follows ``X-IPSX-`` in a header this
+    module reads: the keys of the user name, dashes allowed."""
+    return name.lower().replace("-", "") in _PARSERS
+
+
 def apply_headers(t: Targeting, headers: list[tuple[str, str]]) -> Targeting:
     """``t`` overridden by any ``X-IPSX-<Key>`` headers. Raises TargetingError naming the header.
 

@@ -213,11 +213,14 @@ def test_request_headers_under_the_brands_name_target_and_stay_at_the_gateway(
         "-p", "-x", reseller.proxy(), "--proxy-header", f"X-{TOKEN}-Country: de", stack.origin.url("/ip")
     )
     assert tunnel.stdout == EXITS["de"]
-    # An unknown one is refused under the brand's name, naming no platform.
-    bad = curl("-i", "-x", reseller.proxy(), "-H", f"X-{TOKEN}-Colour: red", stack.origin.url("/ip"))
+    # A bad value is refused under the brand's name, naming no platform; a header under the
+    # brand's name that the gateway does not read is the client's own and goes to the origin.
+    bad = curl("-i", "-x", reseller.proxy(), "-H", f"X-{TOKEN}-Country: france", stack.origin.url("/ip"))
     assert bad.stdout.startswith("HTTP/1.1 400") and f"X-{TOKEN}-Error: bad_targeting" in bad.stdout
-    assert f"X-{TOKEN}-Colour" in bad.stdout
+    assert f"X-{TOKEN}-Country" in bad.stdout
     _no_platform(bad.stdout)
+    own = curl("-x", reseller.proxy(), "-H", f"X-{TOKEN}-Colour: red", stack.origin.url("/headers"))
+    assert f"X-{TOKEN}-Colour: red" in own.stdout
 
 
 def test_the_markup_is_charged_to_the_subuser_and_credited_to_the_reseller(
