@@ -17,12 +17,12 @@
       return i === 0 ? value + " B" : value.toFixed(1) + " " + units[i];
     },
     set: function (id, text) { var el = document.getElementById(id); if (el) el.textContent = text; },
-    // Paint a two-series chart in the theme's colours now and whenever the theme changes.
+    // Paint a chart in the theme's two series colours now and whenever the theme changes.
     themed: function (chart) {
       function paint() {
         var fg = css("--fg"), border = css("--border");
         var colours = [css("--chart-1"), css("--chart-2")];
-        chart.data.datasets.forEach(function (set, i) { set.borderColor = colours[i]; set.backgroundColor = colours[i]; });
+        chart.data.datasets.forEach(function (set, i) { set.borderColor = colours[i % 2]; set.backgroundColor = colours[i % 2]; });
         Object.values(chart.options.scales).forEach(function (scale) {
           scale.ticks.color = fg;
           scale.grid.color = border;

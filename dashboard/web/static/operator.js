@@ -3,29 +3,8 @@
 // order book's depth chart.
 (function () {
   "use strict";
-  function css(name) { return getComputedStyle(document.documentElement).getPropertyValue(name).trim(); }
-  function size(bytes) {
-    var units = ["B", "kB", "MB", "GB", "TB"], value = bytes, i = 0;
-    while (Math.abs(value) >= 1000 && i < units.length - 1) { value /= 1000; i++; }
-    return i === 0 ? value + " B" : value.toFixed(1) + " " + units[i];
-  }
+  var charts = window.IpsxCharts, css = charts.css, size = charts.size, themed = charts.themed;
   function sum(values) { return values.reduce(function (a, b) { return a + b; }, 0); }
-  function themed(chart) {
-    var paint = function () {
-      var fg = css("--fg"), border = css("--border");
-      var colours = [css("--chart-1"), css("--chart-2")];
-      chart.data.datasets.forEach(function (set, i) { set.borderColor = colours[i % 2]; set.backgroundColor = colours[i % 2]; });
-      Object.values(chart.options.scales).forEach(function (scale) {
-        scale.ticks.color = fg;
-        scale.grid.color = border;
-        if (scale.title) scale.title.color = fg;
-      });
-      chart.options.plugins.legend.labels.color = fg;
-      chart.update();
-    };
-    paint();
-    document.addEventListener("ipsx-theme", paint);
-  }
 
   // The world map: countries with live exits in the accent colour, more exits more opaque.
   var mapBox = document.getElementById("exit-map");
