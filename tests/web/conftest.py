@@ -27,11 +27,13 @@ import asyncpg
 import httpx
 import pytest
 import redis
+from playwright.sync_api import Browser, sync_playwright
 
 from matching.deals import State
 from tests.billing.conftest import create_database, drop_database
 from tests.e2e.conftest import free_port
 from tests.web import seed
+from tests.web.browser import ARTIFACTS, CHROMIUM
 
 REDIS_URL = os.environ.get("IPSX_TEST_WEB_REDIS_URL", "redis://127.0.0.1:6379/0")
 SIGNIN_LIMIT = 5
@@ -252,3 +254,13 @@ def web_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebApi]:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=15)
         asyncio.run(drop_database(name))
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium driven by Playwright, for the browser tests (``tests.web.browser``)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM)
+        yield launched
+        launched.close()

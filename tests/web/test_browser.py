@@ -12,37 +12,25 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
-import shutil
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
-import httpx
 import pytest
 from eth_account import Account
 from eth_account.messages import encode_defunct
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from gateway.agent.settings import load_key
 from ipsx.sdk import Client
 from tests.e2e.conftest import EXITS, Stack, free_port, running_stack, wait_port
+from tests.web.browser import NEEDS, shot, start_api
 
-CHROMIUM = os.environ.get("IPSX_TEST_CHROMIUM", "/usr/bin/chromium")
 REDIS_URL = os.environ.get("IPSX_TEST_WEB_E2E_REDIS_URL", "redis://127.0.0.1:6379/6")
-ARTIFACTS = Path(os.environ.get("IPSX_TEST_ARTIFACTS", Path(__file__).parent / "artifacts"))
 IPSX = 10**18
 
-pytestmark = [
-    pytest.mark.skipif(
-        not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)"
-    ),
-    pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed"),
-]
+pytestmark = NEEDS
 
 
 @dataclass
@@ -50,31 +38,6 @@ class Dashboard:
     url: str
     stack: Stack
     http_port: int
-
-
-def _start_api(stack: Stack, port: int, http_port: int, socks_port: int) -> subprocess.Popen[bytes]:
-    env = {**stack.env, "IPSX_JWT_SECRET": secrets.token_urlsafe(32)}
-    args = ["--port", str(port), "--proxy-address", f"127.0.0.1:{http_port}",
-            "--socks-address", f"127.0.0.1:{socks_port}", "--web-demo-account", "alice",
-            "--spot-duration", "30", "--web-live-interval", "0.5"]  # fmt: skip
-    with open(stack.tmp / "api.log", "ab") as handle:
-        api = subprocess.Popen(
-            [sys.executable, "-m", "ipsx", "api", *args],
-            env=env,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-        )
-    stack.processes.append(api)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return api
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline or api.poll() is not None:
-            raise RuntimeError((stack.tmp / "api.log").read_text()[-3000:])
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +56,7 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
         stack.wait_exits(len(EXITS))
         stack.ipsx("account", "credit", "alice", "5", "--reference", "web-e2e-funding")
         port = free_port()
-        _start_api(stack, port, stack.http_port, stack.socks_port)
+        start_api(stack, port, "--web-demo-account", "alice")
         url = f"http://127.0.0.1:{port}"
         for country, bind in EXITS.items():
             wallet = load_key(tmp / f"agent-{country}.key", None)
@@ -108,19 +71,6 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
         for proc in stack.processes:  # the API first, so the gateway's spot asks find it gone last
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM)
-        yield launched
-        launched.close()
-
-
-def shot(page: Page, name: str) -> None:
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
 def nav(page: Page, name: str) -> None:

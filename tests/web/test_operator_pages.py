@@ -15,27 +15,27 @@ import asyncio
 import hashlib
 import html
 import json
-import os
 import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
 import redis
+from playwright.sync_api import Browser, Page, expect
 
 from billing.keys import PAYMENT_CUTOFF, USAGE_STREAM
 from dashboard.web.render import STATIC_DIR
 from pool.models import ExitInfo
 from tests.web import seed
+from tests.web.browser import CHROMIUM, shot
 from tests.web.conftest import REDIS_URL, WebApi, WebClient
 from tests.web.test_pages import wallet_session
 
 IPSX = 10**18
-CHROMIUM = os.environ.get("IPSX_TEST_CHROMIUM", "/usr/bin/chromium")
-ARTIFACTS = Path(os.environ.get("IPSX_TEST_ARTIFACTS", Path(__file__).parent / "artifacts"))
 EXITS = {"0a" * 8: ("ca", "residential"), "0b" * 8: ("ca", "datacenter"), "0c" * 8: ("br", "residential"),
          "0d" * 8: ("au", "mobile")}  # fmt: skip
 QUARANTINED = "0d" * 8
@@ -304,14 +304,13 @@ def test_the_vendored_map_is_the_one_the_readme_names() -> None:
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM}")
 @pytest.mark.timeout(120)
-def test_the_provider_page_and_the_operator_map_in_a_browser(web_api: WebApi, network: Network) -> None:
-    from playwright.sync_api import Page, expect, sync_playwright
-
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+def test_the_provider_page_and_the_operator_map_in_a_browser(
+    web_api: WebApi, network: Network, browser: Browser
+) -> None:
     problems: list[str] = []
 
-    def open_as(browser: object, account: str, **options: object) -> Page:
-        context = browser.new_context(**options)  # type: ignore[attr-defined]
+    def open_as(account: str, **options: Any) -> Page:
+        context = browser.new_context(**options)
         page: Page = context.new_page()
         page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
         page.on("pageerror", lambda error: problems.append(str(error)))
@@ -321,40 +320,31 @@ def test_the_provider_page_and_the_operator_map_in_a_browser(web_api: WebApi, ne
         expect(page).to_have_url(re.compile(r"/web/overview$"))
         return page
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM)
-        try:
-            page = open_as(browser, "opprov", viewport={"width": 1280, "height": 900})
-            page.get_by_role("navigation", name="Main").get_by_role("link", name="Provider").click()
-            expect(page).to_have_url(re.compile(r"/web/provider$"))
-            expect(page.locator("#live-status")).to_contain_text("live, updated", timeout=15_000)
-            expect(page.locator("#exits tbody tr")).to_have_count(4)
-            expect(page.locator(f'tr[data-exit="{QUARANTINED}"] .health')).to_have_text("quarantined")
-            assert page.evaluate("Chart.getChart('provider-chart').data.datasets.length") == 2
-            page.screenshot(path=str(ARTIFACTS / "11-provider.png"), full_page=True)
+    page = open_as("opprov", viewport={"width": 1280, "height": 900})
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Provider").click()
+    expect(page).to_have_url(re.compile(r"/web/provider$"))
+    expect(page.locator("#live-status")).to_contain_text("live, updated", timeout=15_000)
+    expect(page.locator("#exits tbody tr")).to_have_count(4)
+    expect(page.locator(f'tr[data-exit="{QUARANTINED}"] .health')).to_have_text("quarantined")
+    assert page.evaluate("Chart.getChart('provider-chart').data.datasets.length") == 2
+    shot(page, "11-provider")
 
-            page = open_as(browser, "ops", viewport={"width": 1280, "height": 900})
-            page.get_by_role("navigation", name="Main").get_by_role("link", name="Operator").click()
-            expect(page).to_have_url(re.compile(r"/web/operator$"))
-            regions = page.locator("#exit-map svg path.jvm-region")
-            expect(regions.first).to_be_attached()
-            assert regions.count() > 150  # the world's countries
-            accent = page.evaluate(
-                "getComputedStyle(document.documentElement).getPropertyValue('--accent').trim()"
-            )
-            assert page.locator('#exit-map path[data-code="CA"]').get_attribute("fill") == accent
-            assert page.locator('#exit-map path[data-code="FR"]').get_attribute("fill") != accent
-            expect(page.locator("#live-status")).to_contain_text("live, updated", timeout=15_000)
-            expect(page.locator('#alerts li[data-kind="quarantined"]')).to_have_count(1)
-            page.screenshot(path=str(ARTIFACTS / "12-operator-map.png"), full_page=True)
+    page = open_as("ops", viewport={"width": 1280, "height": 900})
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Operator").click()
+    expect(page).to_have_url(re.compile(r"/web/operator$"))
+    regions = page.locator("#exit-map svg path.jvm-region")
+    expect(regions.first).to_be_attached()
+    assert regions.count() > 150  # the world's countries
+    accent = page.evaluate("getComputedStyle(document.documentElement).getPropertyValue('--accent').trim()")
+    assert page.locator('#exit-map path[data-code="CA"]').get_attribute("fill") == accent
+    assert page.locator('#exit-map path[data-code="FR"]').get_attribute("fill") != accent
+    expect(page.locator("#live-status")).to_contain_text("live, updated", timeout=15_000)
+    expect(page.locator('#alerts li[data-kind="quarantined"]')).to_have_count(1)
+    shot(page, "12-operator-map")
 
-            phone = open_as(
-                browser, "ops", viewport={"width": 375, "height": 780}, color_scheme="dark", is_mobile=True
-            )
-            phone.goto(web_api.url + "/web/operator")
-            expect(phone.locator("#exit-map svg path.jvm-region").first).to_be_attached()
-            assert phone.evaluate("document.documentElement.scrollWidth") <= 375
-            phone.screenshot(path=str(ARTIFACTS / "13-operator-phone-dark.png"), full_page=True)
-        finally:
-            browser.close()
+    phone = open_as("ops", viewport={"width": 375, "height": 780}, color_scheme="dark", is_mobile=True)
+    phone.goto(web_api.url + "/web/operator")
+    expect(phone.locator("#exit-map svg path.jvm-region").first).to_be_attached()
+    assert phone.evaluate("document.documentElement.scrollWidth") <= 375
+    shot(phone, "13-operator-phone-dark")
     assert problems == [], problems  # no script error, nothing refused by the CSP

@@ -15,37 +15,25 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
-import shutil
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
-import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from gateway.agent.settings import load_key
 from ipsx.sdk import Client
 from tests.e2e.conftest import EXITS, Stack, free_port, running_stack, wait_port
+from tests.web.browser import NEEDS, shot, start_api
 
-CHROMIUM = os.environ.get("IPSX_TEST_CHROMIUM", "/usr/bin/chromium")
 REDIS_URL = os.environ.get("IPSX_TEST_WEB_E2E_REDIS_URL", "redis://127.0.0.1:6379/6")
-ARTIFACTS = Path(os.environ.get("IPSX_TEST_ARTIFACTS", Path(__file__).parent / "artifacts"))
 IPSX = 10**18
 RESELLER, BRAND = "rs_shop", "Shop Proxy"
 
-pytestmark = [
-    pytest.mark.skipif(
-        not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)"
-    ),
-    pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed"),
-]
+pytestmark = NEEDS
 
 
 @dataclass
@@ -60,30 +48,6 @@ def _secret(output: str) -> str:
     found = re.search(r"secret: (\S+)", output)
     assert found is not None, output
     return found.group(1)
-
-
-def _start_api(stack: Stack, port: int) -> None:
-    args = ["--port", str(port), "--proxy-address", f"127.0.0.1:{stack.http_port}",
-            "--socks-address", f"127.0.0.1:{stack.socks_port}", "--spot-duration", "30",
-            "--web-live-interval", "0.5"]  # fmt: skip
-    with open(stack.tmp / "api.log", "ab") as handle:
-        api = subprocess.Popen(
-            [sys.executable, "-m", "ipsx", "api", *args],
-            env={**stack.env, "IPSX_JWT_SECRET": secrets.token_urlsafe(32)},
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-        )
-    stack.processes.append(api)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline or api.poll() is not None:
-            raise RuntimeError((stack.tmp / "api.log").read_text()[-3000:])
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +71,7 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
         stack.start_agent("agent-fr", EXITS["fr"], "fr", "--allow-private")
         stack.wait_exits(1)
         port = free_port()
-        _start_api(stack, port)
+        start_api(stack, port)
         url = f"http://127.0.0.1:{port}"
         wallet = load_key(tmp / "agent-fr.key", None)
         Client.sign_in(url, wallet).place_offer(
@@ -121,19 +85,6 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
         for proc in stack.processes:  # the API first, so the gateway's spot asks find it gone last
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM)
-        yield launched
-        launched.close()
-
-
-def shot(page: Page, name: str) -> None:
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
 def sign_in(page: Page, shop: Shop, secret: str) -> None:
