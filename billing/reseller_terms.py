@@ -28,7 +28,7 @@ from billing import accounts, ledger
 from billing.accounts import ApiKey, Lookup, validate_name
 from billing.errors import AccountsUnavailable, InvalidAccount
 from billing.ledger import MAX_AMOUNT, Amount, Leg, post_in
-from matching.settlement import BPS, KIND_MARKUP, Markup, markup
+from matching.settlement import KIND_MARKUP, Markup, markup
 
 _SECRET_PREFIX = "ipsx_"  # noqa: S105 -- the prefix of every API key secret (billing.accounts), no secret
 _LIVE_DEALS = ("proposed", "active", "completed", "disputed", "resolved")
@@ -203,13 +203,6 @@ async def markups_of(pool: asyncpg.Pool, names: Sequence[str]) -> dict[str, int]
         list(names),
     )
     return {row["name"]: row["markup_bps"] for row in rows}
-
-
-def spendable(balance: int, markup_bps: int) -> int:
-    """The largest charge ``balance`` covers together with its markup of ``markup_bps``: ``c``
-    with ``c + c * markup_bps // 10_000 <= balance`` (``matching.settlement.markup`` rounds down),
-    i.e. ``c * (10_000 + markup_bps) < (balance + 1) * 10_000``."""
-    return ((balance + 1) * BPS - 1) // (BPS + markup_bps)
 
 
 async def charge_markup_in(

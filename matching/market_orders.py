@@ -23,6 +23,7 @@ from billing.ledger import Amount
 from matching import store
 from matching.engine import Engine, MatchResult
 from matching.orders import Offer, Request, is_expired, schedule_window
+from matching.settlement import covered_charge
 from matching.terms import amendment
 
 _RECLIP_S = 60  # a scheduled offer is re-placed once its window's end cuts its deals this much shorter
@@ -63,7 +64,7 @@ class LedgerFunds:
         for name in names:
             funds = found.get(ledger.requester_account(name), 0)
             bps = markups.get(name)
-            self.available[name] = funds if bps is None else reseller_terms.spendable(funds, bps)
+            self.available[name] = funds if bps is None else covered_charge(funds, bps)
 
     async def limit_to_key(self, account: str, key_id: str | None) -> bool:
         """Cap the account's available funds for this operation at the key's budget, if any."""

@@ -327,6 +327,13 @@ def markup(charge: Amount, markup_bps: int, available: int) -> Markup:
     return Markup(Amount(charge), markup_bps, Amount(due), Amount(min(due, available)))
 
 
+def covered_charge(balance: int, markup_bps: int) -> int:
+    """The largest charge ``balance`` pays together with its markup of ``markup_bps`` (the
+    inverse of :func:`markup`, which rounds down): ``c`` with ``c + c * markup_bps // 10_000 <=
+    balance``, i.e. ``c * (10_000 + markup_bps) < (balance + 1) * 10_000``."""
+    return ((balance + 1) * BPS - 1) // (BPS + markup_bps)
+
+
 KIND_PAYOUT = "deal_payout"
 KIND_COMMISSION = "deal_commission"
 KIND_RELEASE = "deal_release"

@@ -30,6 +30,7 @@ from matching.settlement import (
     Markup,
     SettlementAccounts,
     billable_seconds,
+    covered_charge,
     hold_payouts,
     markup,
     settle,
@@ -237,6 +238,14 @@ def test_markup_call_invariants(charge: int, bps: int, available: int) -> None:
     assert owed.due * 10_000 <= charge * bps < (owed.due + 1) * 10_000
     assert owed.charged + owed.shortfall == owed.due
     assert 0 <= owed.charged <= available
+
+
+def test_covered_charge_call_leaves_the_markup_covered_to_the_base_unit() -> None:
+    cases = [(12_500, 2500), (12_499, 2500), (10**18, 1), (10**18 + 7, 333), (7, 10_000), (0, 300), (5, 0)]
+    for balance_, bps in cases:
+        spend = covered_charge(balance_, bps)
+        assert spend + markup(Amount(spend), bps, balance_).due <= balance_
+        assert spend + 1 + markup(Amount(spend + 1), bps, balance_).due > balance_  # the largest such
 
 
 # -- tenancy -----------------------------------------------------------------------------------

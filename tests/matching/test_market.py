@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from billing import holds, ledger, reseller_terms, resellers
+from billing import holds, ledger, resellers
 from billing.accounts import create_account, create_key
 from billing.ledger import COMMISSION, TREASURY, Amount, balance, check_balances, transfer
 from matching import routing, store
@@ -18,7 +18,6 @@ from matching.deals import State
 from matching.errors import InvalidOrder
 from matching.market import Market, MarketRefused, MarketSettings
 from matching.orders import RequestFilters
-from matching.settlement import markup
 from pool.models import ExitInfo
 from pool.registry import ExitRegistry
 
@@ -186,14 +185,6 @@ async def test_a_subusers_orders_leave_its_resellers_markup_covered(
     assert await balance(pg, ledger.requester_account(sub.account_name)) == 0
     assert await balance(pg, ledger.provider_account("alice")) == IPSX // 4
     assert await check_balances(pg) == {}
-
-
-def test_spendable_leaves_the_markup_covered_to_the_base_unit() -> None:
-    cases = [(12_500, 2500), (12_499, 2500), (10**18, 1), (10**18 + 7, 333), (7, 10_000), (0, 300), (5, 0)]
-    for balance_, bps in cases:
-        spend = reseller_terms.spendable(balance_, bps)
-        assert spend + markup(Amount(spend), bps, balance_).due <= balance_
-        assert spend + 1 + markup(Amount(spend + 1), bps, balance_).due > balance_  # the largest such
 
 
 async def test_deal_completes_reconciles_and_settles_to_the_base_unit(
