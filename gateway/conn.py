@@ -153,6 +153,10 @@ class Conn(asyncio.Protocol):
             self.transport.resume_reading()
         return data
 
+    def peek(self, size: int) -> bytes:
+        """Up to ``size`` buffered bytes, left in the buffer."""
+        return bytes(self._buffer[:size])
+
     def take_line(self, limit: int) -> bytes | None:
         """A buffered ``\\n``-terminated line (without it), or None if none is complete yet.
 

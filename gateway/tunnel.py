@@ -1,11 +1,12 @@
 """The provider tunnel endpoint: agents log in, declare exits, and lend data connections.
 
 See ``gateway.wire`` for the protocol. ``TunnelHub`` listens for agents and sorts each new
-connection by its first line: a data connection goes to its link's idle pool
-(``gateway.tunnel_streams``), a hello starts a login — the agent signs a challenge with its
-wallet key — and then the control loop: heartbeats, serving-state changes, usage reports
-(``gateway.tunnel_reports``), and the live node list sent to every agent. When the control
-connection ends the link is dropped and its exits deregistered.
+connection by its first line (a connection that starts with a WebSocket upgrade is sorted by the
+first line of the stream it carries, see ``gateway.wstunnel``): a data connection goes to its
+link's idle pool (``gateway.tunnel_streams``), a hello starts a login — the agent signs a
+challenge with its wallet key — and then the control loop: heartbeats, serving-state changes,
+usage reports (``gateway.tunnel_reports``), and the live node list sent to every agent. When the
+control connection ends the link is dropped and its exits deregistered.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from eth_account.messages import encode_defunct
 from billing.accounts import normalize_address
 from billing.errors import InvalidAccount
 from billing.usage import UsagePublisher
-from gateway import wire
+from gateway import wire, wstunnel
 from gateway.agent.caps import Limits, ServingState
 from gateway.agent.policy import ExitPolicy
 from gateway.conn import Conn, ConnectionClosed
@@ -79,12 +80,13 @@ def parse_exits(raw: Any, provider: str, node: str, limit: int) -> list[ExitInfo
 class _AgentConn(Conn):
     """A connection an agent opened, until its first line says what it is for."""
 
-    __slots__ = ("_hub", "_timer")
+    __slots__ = ("_hub", "_timer", "upgraded")
 
-    def __init__(self, hub: TunnelHub) -> None:
+    def __init__(self, hub: TunnelHub, *, upgraded: bool = False) -> None:
         super().__init__()
         self._hub = hub
         self._timer: asyncio.TimerHandle | None = None
+        self.upgraded = upgraded  # carried over a WebSocket (no second upgrade inside it)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -165,6 +167,9 @@ class TunnelHub(LinkTable):
         """Sort a new connection by its first line: data connections are taken in right here,
         without a task (an agent opens one per stream); a hello starts the control task."""
         try:
+            if not conn.upgraded and wstunnel.looks_like_upgrade(conn.peek(1)):
+                self._upgrade(conn)
+                return
             line = conn.take_line(wire.MAX_LINE)
             if line is None:
                 return
@@ -180,6 +185,18 @@ class TunnelHub(LinkTable):
                 raise WireError("expected hello or data")
         except (WireError, ValueError) as exc:
             self.refuse(conn, str(exc))
+
+    def _upgrade(self, conn: _AgentConn) -> None:
+        """A WebSocket agent: the handshake runs on the connection's transport, then the stream
+        it carries is sorted by its first line like any other (see ``gateway.wstunnel``)."""
+        conn.sorted()
+        transport, received, _ = conn.detach()
+        wstunnel.accept(
+            transport,
+            received,
+            lambda: _AgentConn(self, upgraded=True),
+            timeout=self._settings.handshake_timeout,
+        )
 
     def refuse(self, conn: Conn, reason: str) -> None:
         log.info("tunnel connection refused: %s", reason)

@@ -9,9 +9,10 @@ import json
 import os
 import secrets
 import zoneinfo
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from eth_account import Account
 from eth_utils.address import is_address
@@ -173,24 +174,67 @@ def _operator_key(channels_address: str | None) -> str | None:
     return key
 
 
-def parse_gateway_address(text: str) -> tuple[str, int, bool]:
-    """``HOST:PORT``, ``tcp://HOST:PORT`` or ``tls://HOST:PORT`` → (host, port, tls)."""
+GATEWAY_FORMS = "HOST:PORT, tls://HOST:PORT, ws://HOST[:PORT][/PATH] or wss://HOST[:PORT][/PATH]"
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayAddress:
+    """Where ``ipsx provide`` dials: host, port, TLS or not, and the WebSocket path if any."""
+
+    host: str
+    port: int
+    tls: bool
+    websocket_path: str | None = None  # a ws:// or wss:// tunnel (None: the native protocol)
+
+
+def parse_gateway_address(text: str) -> GatewayAddress:
+    """``HOST:PORT``, ``tcp://HOST:PORT``, ``tls://HOST:PORT``, ``ws://HOST[:PORT][/PATH]`` or
+    ``wss://…`` (ports 80 and 443 by default) → GatewayAddress; raises UsageError."""
     parts = urlsplit(text if "//" in text else f"tcp://{text}")
     try:
         port = parts.port
     except ValueError:
         port = None
-    if parts.scheme not in ("tcp", "tls") or not parts.hostname or not port:
-        raise UsageError(f"--gateway must be HOST:PORT or tls://HOST:PORT (got {text[:60]!r})")
-    return parts.hostname, port, parts.scheme == "tls"
+    websocket = parts.scheme in ("ws", "wss")
+    if websocket and port is None:
+        port = 443 if parts.scheme == "wss" else 80
+    path = parts.path or "/"
+    if (
+        parts.scheme not in ("tcp", "tls", "ws", "wss")
+        or not parts.hostname
+        or not port
+        or parts.query
+        or parts.fragment
+        or parts.username is not None
+        or (not websocket and parts.path not in ("", "/"))
+    ):
+        raise UsageError(f"--gateway must be {GATEWAY_FORMS} (got {text[:60]!r})")
+    return GatewayAddress(parts.hostname, port, parts.scheme in ("tls", "wss"), path if websocket else None)
+
+
+def parse_proxy_address(text: str) -> tuple[tuple[str, int], str | None]:
+    """``http://[USER:PASSWORD@]HOST:PORT`` → ((host, port), "user:password" or None); raises
+    UsageError without echoing the text (it may hold a password)."""
+    parts = urlsplit(text)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme != "http" or not parts.hostname or not port or parts.path not in ("", "/") or parts.query:
+        raise UsageError("--gateway-proxy must be http://[USER:PASSWORD@]HOST:PORT")
+    credentials = None
+    if parts.username is not None:
+        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+    return (parts.hostname, port), credentials
 
 
 def agent_settings(args: argparse.Namespace) -> AgentSettings:
     if not args.gateway:
-        raise UsageError("--gateway is required to serve (HOST:PORT or tls://HOST:PORT)")
-    host, port, tls = parse_gateway_address(args.gateway)
-    if args.gateway_ca and not tls:
-        raise UsageError("--gateway-ca needs a tls:// gateway")
+        raise UsageError(f"--gateway is required to serve ({GATEWAY_FORMS})")
+    gateway = parse_gateway_address(args.gateway)
+    if args.gateway_ca and not gateway.tls:
+        raise UsageError("--gateway-ca needs a tls:// or wss:// gateway")
+    proxy, proxy_credentials = parse_proxy_address(args.gateway_proxy) if args.gateway_proxy else (None, None)
     try:
         account = load_key(args.key, os.environ.get("IPSX_KEY_PASSWORD"))
     except (OSError, ValueError) as error:
@@ -222,13 +266,16 @@ def agent_settings(args: argparse.Namespace) -> AgentSettings:
         blocked_networks=blocked_networks,
     )
     return AgentSettings(
-        gateway_host=host,
-        gateway_port=port,
+        gateway_host=gateway.host,
+        gateway_port=gateway.port,
         account=account,
         exits=exits,
         policy=policy,
-        tls=tls,
+        tls=gateway.tls,
         ca_file=args.gateway_ca,
+        websocket_path=gateway.websocket_path,
+        proxy=proxy,
+        proxy_credentials=proxy_credentials,
         pool_size=max(1, args.pool_size),
         gateway_region=args.gateway_region,
         limits=agent_limits(args),

@@ -5,6 +5,7 @@ bandwidth, hours and payouts, and ``ipsx provide status``. :mod:`ipsx.commands` 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -56,11 +57,20 @@ def add_provide_command(sub: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument(
         "--gateway",
-        help="the gateway's tunnel endpoint: HOST:PORT, or tls://HOST:PORT when it has --tunnel-cert "
-        "(required to serve)",
+        help="the gateway's tunnel endpoint (required to serve): HOST:PORT, tls://HOST:PORT when it "
+        "has --tunnel-cert, or ws://HOST[:PORT][/PATH] / wss://HOST[:PORT][/PATH] to tunnel over "
+        "WebSocket where only web traffic gets out (same port; wss is TLS)",
     )
     p.add_argument(
         "--gateway-ca", help="CA bundle that signed the gateway's certificate (default: the system's)"
+    )
+    p.add_argument(
+        "--gateway-proxy",
+        default=os.environ.get("IPSX_GATEWAY_PROXY") or None,
+        metavar="http://[USER:PASSWORD@]HOST:PORT",
+        help="reach the gateway through this HTTP proxy (CONNECT), where the network allows nothing "
+        "else; with tls:// or wss:// the proxy sees only TLS. Default: $IPSX_GATEWAY_PROXY, which keeps "
+        "a password out of the process list",
     )
     p.add_argument(
         "--bind",

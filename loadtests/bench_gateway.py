@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--targets",
         default=",".join(DEFAULT_TARGETS),
         help="comma-separated, in the order run (default: %(default)s; 'ipsx-1w' is IPSX with "
-        "gateway --workers 1, the baseline of the multi-process scaling figure)",
+        "gateway --workers 1, the baseline of the multi-process scaling figure; 'ipsx-ws' is IPSX "
+        "with the agent tunnelling over WebSocket)",
     )
     parser.add_argument(
         "--out", type=Path, help="JSON results (default: loadtests/results/bench-<date-time>.json)"

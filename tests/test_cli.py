@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from ipsx.commands import GatewayAddress, parse_gateway_address
+
 
 def ipsx(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "ipsx", *args], capture_output=True, text=True, timeout=60)
@@ -51,8 +53,15 @@ def test_wallet_new_into_a_missing_folder_is_a_clear_error(tmp_path: Path) -> No
         (["--bind", "127.0.0.2,country=france"], "country must be a 2-letter"),
         (["--bind", "127.0.0.2,colour=red"], "unknown exit attribute"),
         (["--ports", "8000-"], "bad port range"),
-        (["--gateway", "wss://gw:8443"], "--gateway must be HOST:PORT or tls://HOST:PORT"),
-        (["--gateway-ca", "/etc/ssl/certs/ca-certificates.crt"], "--gateway-ca needs a tls:// gateway"),
+        (["--gateway", "https://gw:8443"], "--gateway must be HOST:PORT, tls://HOST:PORT, ws://"),
+        (["--gateway", "tls://gw:8443/tunnel"], "--gateway must be HOST:PORT"),
+        (["--gateway", "wss://gw:8443/tunnel?x=1"], "--gateway must be HOST:PORT"),
+        (["--gateway", "wss://user:pw@gw/"], "--gateway must be HOST:PORT"),
+        (["--gateway-ca", "/etc/ssl/certs/ca-certificates.crt"], "--gateway-ca needs a tls:// or wss://"),
+        (
+            ["--gateway", "ws://gw:8080", "--gateway-ca", "/etc/ssl/certs/ca-certificates.crt"],
+            "needs a tls://",
+        ),
     ],
 )
 def test_provide_refuses_bad_arguments_clearly(tmp_path: Path, args: list[str], message: str) -> None:
@@ -66,6 +75,22 @@ def test_provide_refuses_bad_arguments_clearly(tmp_path: Path, args: list[str], 
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("gw.example:8443", GatewayAddress("gw.example", 8443, False)),
+        ("tcp://gw.example:8443", GatewayAddress("gw.example", 8443, False)),
+        ("tls://gw.example:8443/", GatewayAddress("gw.example", 8443, True)),
+        ("ws://gw.example", GatewayAddress("gw.example", 80, False, "/")),
+        ("wss://gw.example:8443", GatewayAddress("gw.example", 8443, True, "/")),
+        ("wss://gw.example/ipsx/tunnel", GatewayAddress("gw.example", 443, True, "/ipsx/tunnel")),
+        ("ws://[::1]:9000/", GatewayAddress("::1", 9000, False, "/")),
+    ],
+)
+def test_gateway_addresses(text: str, expected: GatewayAddress) -> None:
+    assert parse_gateway_address(text) == expected
 
 
 def test_provide_with_an_unreadable_key_names_the_file_not_the_key(tmp_path: Path) -> None:

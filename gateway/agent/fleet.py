@@ -15,6 +15,7 @@ import random
 from collections.abc import Callable
 from dataclasses import replace
 
+from gateway.agent.connect import ProxyRefused
 from gateway.agent.governor import Governor
 from gateway.agent.outbox import UsageReports
 from gateway.agent.resolver import Resolver
@@ -22,6 +23,7 @@ from gateway.agent.session import AgentSession, LoginRefused, NodesCallback
 from gateway.agent.settings import AgentSettings
 from gateway.conn import ConnectionClosed
 from gateway.wire import WireError
+from gateway.wstunnel import HandshakeFailed
 
 log = logging.getLogger("ipsx.agent")
 
@@ -60,6 +62,8 @@ async def _stay_logged_in(
                 serving.result()
         except LoginRefused as refused:
             log.error("the gateway at %s refused this agent: %s", where, refused)
+        except (ProxyRefused, HandshakeFailed) as exc:  # the proxy's or the gateway's answer says why
+            log.warning("cannot reach the gateway at %s: %s; retrying", where, exc)
         except (OSError, ConnectionClosed, WireError, TimeoutError, ValueError) as exc:
             log.warning("connection to the gateway at %s lost (%s); reconnecting", where, type(exc).__name__)
         finally:

@@ -22,9 +22,9 @@ from typing import Any
 
 from eth_account.messages import encode_defunct
 
-from gateway import wire
+from gateway import wire, wstunnel
 from gateway.agent.caps import ServingState
-from gateway.agent.connect import open_conn
+from gateway.agent.connect import open_conn, start_tls, through_proxy
 from gateway.agent.governor import Governor, StreamGate
 from gateway.agent.outbox import UsageReports
 from gateway.agent.policy import PolicyRefused, family_of, pick_address
@@ -70,6 +70,7 @@ CAP_REACHED = "cap_reached"  # the outcome of a stream cut at the provider's dat
 NodesCallback = Callable[["AgentSession", list[tuple[str, str, int]]], None]
 
 MAX_NODES = 64  # gateway nodes an agent keeps tunnels to
+_USER_AGENT = f"ipsx-agent (tunnel v{wire.PROTOCOL_VERSION})"  # a WebSocket tunnel's upgrade request
 
 
 def parse_nodes(raw: Any, default_host: str, region: str | None = None) -> list[tuple[str, str, int]]:
@@ -137,24 +138,41 @@ class AgentSession:
         self.served = 0
 
     async def _connect(self) -> Conn:
-        """A new connection to the gateway (its address is resolved once per session)."""
+        """A new connection to the gateway, through the agent's HTTP proxy if it has one (the
+        address dialled is resolved once per session; the proxy resolves the gateway's name)."""
         s = self._settings
+        host, port = s.proxy or (s.gateway_host, s.gateway_port)
         if self._gateway is None:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                s.gateway_host, s.gateway_port, type=socket.SOCK_STREAM
-            )
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
             self._gateway = (int(infos[0][0]), str(infos[0][4][0]))
         family, address = self._gateway
         if s.tls and self._tls is None:
             self._tls = ssl.create_default_context(cafile=s.ca_file)
-        return await open_conn(
-            family,
-            address,
-            s.gateway_port,
-            within=s.handshake_timeout,
-            tls=self._tls,
-            server_hostname=s.gateway_host if s.tls else None,
-        )
+        if s.proxy is None:
+            conn = await open_conn(
+                family,
+                address,
+                port,
+                within=s.handshake_timeout,
+                tls=self._tls,
+                server_hostname=s.gateway_host if s.tls else None,
+            )
+        else:
+            conn = await open_conn(family, address, port, within=s.handshake_timeout)
+            try:
+                await through_proxy(
+                    conn, s.gateway_host, s.gateway_port, s.proxy_credentials, within=s.handshake_timeout
+                )
+                if self._tls is not None:
+                    await start_tls(conn, self._tls, s.gateway_host, within=s.handshake_timeout)
+            except BaseException:
+                conn.abort()
+                raise
+        if s.websocket_path is None:
+            return conn
+        host = f"[{s.gateway_host}]" if ":" in s.gateway_host else s.gateway_host
+        url = f"{'wss' if s.tls else 'ws'}://{host}:{s.gateway_port}{s.websocket_path}"
+        return await wstunnel.connect(conn, url, within=s.handshake_timeout, user_agent=_USER_AGENT)
 
     async def login(self) -> None:
         s = self._settings

@@ -114,6 +114,9 @@ class AgentSettings:
     state_file: Path | None = None  # where the usage counted against the caps is kept
     tls: bool = False  # connect to the gateway's tunnel endpoint with TLS
     ca_file: str | None = None  # CA bundle that signed the gateway's certificate (default: system's)
+    websocket_path: str | None = None  # tunnel as a WebSocket at this path (ws:// or wss:// with tls)
+    proxy: tuple[str, int] | None = None  # reach the gateway through this HTTP proxy (CONNECT)
+    proxy_credentials: str | None = field(default=None, repr=False)  # its "user:password"
     pool_size: int = 16  # idle data connections kept open to the gateway
     gateway_region: str | None = None  # keep tunnels to the gateway nodes of this region only
     dial_timeout: float = 8 * SECONDS

@@ -94,6 +94,7 @@ RATIOS: list[tuple[str, str, str]] = [
     ("IPSX ÷ squid", "ipsx", "squid"),
     ("IPSX on-demand ÷ IPSX", "ipsx-ondemand", "ipsx"),
     ("IPSX ÷ IPSX --workers 1", "ipsx", "ipsx-1w"),
+    ("WebSocket tunnel ÷ native", "ipsx-ws", "ipsx"),
     ("market ÷ no market", "ipsx-market", "ipsx"),
     ("payments on ÷ off", "ipsx-market-paid", "ipsx-market"),
 ]

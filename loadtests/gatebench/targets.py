@@ -200,7 +200,7 @@ class Launcher:
         if target == "proxypy":
             argv = [str(VENV_BIN / "proxy"), "--hostname", "127.0.0.1", "--port", str(PROXYPY_PORT)]
             return self._start_simple(target, run, argv, PROXYPY_PORT, "proxy.py")
-        if target in ("ipsx", "ipsx-ondemand", "ipsx-1w", *MARKET_TARGETS):
+        if target in ("ipsx", "ipsx-ondemand", "ipsx-1w", "ipsx-ws", *MARKET_TARGETS):
             pool = 1 if target == "ipsx-ondemand" else self.args.ipsx_pool
             workers = 1 if target == "ipsx-1w" else self.args.ipsx_workers
             return self._start_ipsx(target, run, pool, workers)
@@ -277,7 +277,7 @@ class Launcher:
                     "--key",
                     str(self.ipsx.wallet),
                     "--gateway",
-                    f"127.0.0.1:{IPSX_TUNNEL}",
+                    f"{'ws://' if target == 'ipsx-ws' else ''}127.0.0.1:{IPSX_TUNNEL}",
                     "--bind",
                     "127.0.0.2",
                     "--country",

@@ -78,12 +78,14 @@ class Gateway:
 @contextlib.asynccontextmanager
 async def running_gateway(redis: Redis, **overrides: Any) -> AsyncIterator[Gateway]:
     settings = GatewaySettings(
-        redis_url=REDIS_URL,
-        database_url="unused",
-        node_id=NODE,
-        handshake_timeout=5.0,
-        dial_timeout=5.0,
-        **overrides,
+        **{
+            "redis_url": REDIS_URL,
+            "database_url": "unused",
+            "node_id": NODE,
+            "handshake_timeout": 5.0,
+            "dial_timeout": 5.0,
+            **overrides,
+        }
     )
     registry = ExitRegistry(redis, heartbeat_ttl=settings.heartbeat_ttl)
     publisher = UsagePublisher(redis, flush_interval=0.02)
@@ -409,7 +411,7 @@ async def test_handle_unknown_data_token_refused(gateway: Gateway, start_agent: 
 @pytest.mark.parametrize(
     ("first", "reason"),
     [
-        (b"GET / HTTP/1.1\r\n", "not JSON"),
+        (b"POST / HTTP/1.1\r\n", "not JSON"),  # (GET starts a WebSocket: test_tunnel_websocket.py)
         (b"\x16\x03\x01\x02\x00\n", "not JSON"),
         (b"[1, 2]\n", "not a message object"),
         (b'{"t": "login"}\n', "expected hello or data"),
