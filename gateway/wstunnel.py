@@ -9,27 +9,38 @@ native protocol's first line), so ``wss://`` is the TLS tunnel port with a WebSo
 
 ``WsTransport`` presents the message stream as an ordinary ``asyncio.Transport``: ``Conn``, the
 tunnel hub and the splice run on it unchanged, and both meters count the stream's bytes, not the
-framing. The handshake, framing and masking are the ``websockets`` library's sans-I/O protocol
-(masking in its C extension). WebSocket has no half-close; an empty binary message stands for it
-(the stream never sends one otherwise: ``write(b"")`` sends nothing), so a requester that shuts
-its sending side is heard as EOF at the destination, as over plain TCP.
+framing. WebSocket has no half-close; an empty binary message stands for it (the stream never
+sends one otherwise: ``write(b"")`` sends nothing), so a requester that shuts its sending side is
+heard as EOF at the destination, as over plain TCP.
+
+The upgrade handshake is the ``websockets`` library's sans-I/O protocol. The frames after it are
+read and written here, on the hot path: the library parses each frame through generators and
+copies it whole, which cost this tunnel a third of its keep-alive throughput in the benchmark
+(``loadtests/RESULTS.md``); here a frame is one ``writev`` of header and payload, and a payload
+is handed on chunk by chunk as it arrives, unmasked by the library's C ``apply_mask``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import struct
 from collections.abc import Callable
 from typing import Any
 
 from websockets.client import ClientProtocol
-from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import SEND_EOF, Side, State
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
 from gateway.conn import Conn
+
+try:
+    from websockets.speedups import apply_mask  # the library's C masking
+except ImportError:  # pragma: no cover - a build of websockets without its C extension
+    from websockets.utils import apply_mask
 
 log = logging.getLogger("ipsx.gateway.ws")
 
@@ -38,8 +49,6 @@ _LIBRARY_LOG = logging.getLogger("ipsx.gateway.ws.frames")
 _LIBRARY_LOG.setLevel(logging.WARNING)
 
 PATHS = frozenset({"/", "/tunnel"})  # where the gateway takes the upgrade
-MAX_MESSAGE = 1024 * 1024  # largest message taken from the peer (a write is split below this)
-_CHUNK = 256 * 1024  # largest message written: one read of the relay, at most
 MAX_HANDSHAKE = 16 * 1024  # bytes of upgrade request or response read before giving up
 SERVER = "ipsx-gateway"
 _REFUSALS = {
@@ -47,7 +56,10 @@ _REFUSALS = {
     408: "the WebSocket handshake took too long\n",
     431: "the WebSocket upgrade request is too long\n",
 }
-_BINARY, _CONT, _TEXT, _CLOSE = Opcode.BINARY, Opcode.CONT, Opcode.TEXT, Opcode.CLOSE
+_CONT, _TEXT, _BINARY, _CLOSE, _PING, _PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+_OPCODES = frozenset({_CONT, _TEXT, _BINARY, _CLOSE, _PING, _PONG})
+CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, CLOSE_UNSUPPORTED = 1000, 1002, 1003
+_ECHOED = frozenset({1000, 1001})  # close codes echoed back; any other is answered with 1000
 
 
 class HandshakeFailed(ConnectionError):
@@ -66,16 +78,8 @@ class WsTransport(asyncio.Transport):
 
     # what Conn and Splice use
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._closing or self._eof_sent or not data:
-            return
-        ws = self._wire.ws
-        if len(data) <= _CHUNK:
-            ws.send_binary(bytes(data))
-        else:
-            view = memoryview(data)
-            for start in range(0, len(view), _CHUNK):
-                ws.send_binary(bytes(view[start : start + _CHUNK]))
-        self._wire.flush()
+        if not self._closing and not self._eof_sent and data:
+            self._wire.send(_BINARY, data)
 
     def writelines(self, list_of_data: Any) -> None:
         self.write(b"".join(list_of_data))
@@ -87,14 +91,12 @@ class WsTransport(asyncio.Transport):
         if self._closing or self._eof_sent:
             return
         self._eof_sent = True
-        self._wire.ws.send_binary(b"")
-        self._wire.flush()
+        self._wire.send(_BINARY, b"")  # an empty message: no more data this way
 
     def close(self) -> None:
-        if self._closing:
-            return
-        self._closing = True
-        self._wire.close_stream()
+        if not self._closing:
+            self._closing = True
+            self._wire.fail(CLOSE_NORMAL)
 
     def abort(self) -> None:
         self._closing = True
@@ -135,8 +137,33 @@ class WsTransport(asyncio.Transport):
         return self._protocol
 
 
+class _Masks:
+    """Masking keys for the agent's frames, drawn from the OS's random source a page at a time
+    (one ``getrandom`` per 1,024 frames instead of one per frame)."""
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._at = 0
+
+    def next(self) -> bytes:
+        if self._at >= len(self._pool):
+            self._pool, self._at = os.urandom(4096), 0
+        key = self._pool[self._at : self._at + 4]
+        self._at += 4
+        return key
+
+
+_MASKS = _Masks()
+
+
 class _Wire(asyncio.Protocol):
-    """The protocol on the real transport: runs the handshake, then (un)frames for ``WsTransport``."""
+    """The protocol on the real transport: the handshake (the library's), then the frames.
+
+    Frames are read as a stream: a data frame's payload goes to the stream's protocol chunk by
+    chunk as it arrives (unmasked in C), so no frame is ever buffered whole and a frame's size
+    needs no limit. Control frames (125 bytes at most) are answered here: ping with pong, close
+    with close.
+    """
 
     def __init__(
         self,
@@ -148,38 +175,148 @@ class _Wire(asyncio.Protocol):
         self.ws = ws
         self.raw = raw
         self.stream: WsTransport | None = None
+        self._client = ws.side is Side.CLIENT  # masks what it sends; reads unmasked frames
         self._on_handshake: Callable[[_Wire, Request | Response | None], None] | None = on_handshake
         self._handshake_bytes = 0
-        self._held = bytearray()  # a server's handshake bytes, until the request is complete
+        self._held = bytearray()  # the handshake's bytes until its head is complete
+        self._head_fed = False  # the library has the head
         # Why a handshake ended without its request or response: the HTTP status a server answers
         # (408 too slow, 431 too long, 400 not an upgrade request); 0 when the connection is gone.
         self.failure = 0
         self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
             timeout, self._handshake_over, None, 408
         )
+        # the frame being read
+        self._head = bytearray()  # its header, while incomplete
+        self._left = 0  # payload bytes still to come
+        self._opcode = 0
+        self._mask: bytes | None = None
+        self._at = 0  # payload bytes read so far (where the mask stands)
+        self._control = bytearray()  # a control frame's payload
+        self._eof_frame = False  # the frame is an empty binary message: the peer's half-close
+        self._closed = False  # a close frame was sent: nothing more goes out, nothing is read
         raw.set_protocol(self)
 
     def open(self, protocol: asyncio.Protocol) -> WsTransport:
-        """The handshake succeeded: from now on messages go to ``protocol`` through a WsTransport."""
+        """The handshake succeeded: from now on the stream goes to ``protocol`` through a WsTransport."""
         stream = self.stream = WsTransport(self)
         stream.set_protocol(protocol)
         protocol.connection_made(stream)
         return stream
 
     def flush(self) -> None:
+        """Write what the library has to send during the handshake."""
         for chunk in self.ws.data_to_send():
             if chunk is SEND_EOF or not chunk:
                 if not self.raw.is_closing():
-                    self.raw.close()  # the closing handshake or a refusal is complete
+                    self.raw.close()  # a refusal is complete
                 return
             self.raw.write(chunk)
 
-    def close_stream(self) -> None:
-        """Close with status 1000 and let the transport flush it, then close the connection."""
-        if self.ws.state is State.OPEN:
-            self.ws.send_close(1000)
-            self.flush()
+    # writing frames
+    def send(self, opcode: int, data: bytes | bytearray | memoryview) -> None:
+        if self._closed or self.raw.is_closing():
+            return
+        size = len(data)
+        mask_bit = 0x80 if self._client else 0
+        if size < 126:
+            header = bytes((0x80 | opcode, mask_bit | size))
+        elif size < 65536:
+            header = struct.pack("!BBH", 0x80 | opcode, mask_bit | 126, size)
+        else:
+            header = struct.pack("!BBQ", 0x80 | opcode, mask_bit | 127, size)
+        if self._client:
+            key = _MASKS.next()
+            self.raw.writelines((header, key, apply_mask(bytes(data), key)))
+        else:
+            self.raw.writelines((header, data))
+
+    def fail(self, code: int, reason: str = "") -> None:
+        """Send a close frame with ``code`` (once) and close the connection once it is written."""
+        if not self._closed and not self.raw.is_closing():
+            self.send(_CLOSE, struct.pack("!H", code) + reason.encode()[:120])
+            self._closed = True
         self.raw.close()
+
+    # reading frames
+    def _frames(self, data: bytes) -> None:
+        at, size = 0, len(data)
+        while at < size and not self._closed:
+            if self._left:
+                take = min(self._left, size - at)
+                chunk = data if take == size else data[at : at + take]
+                at += take
+                self._payload(chunk)
+                continue
+            head = self._head
+            need = 2 if len(head) < 2 else _header_size(head[1])
+            if len(head) < need:
+                take = min(need - len(head), size - at)
+                head += data[at : at + take]
+                at += take
+                if len(head) == 2:
+                    need = _header_size(head[1])
+                if len(head) < need:
+                    continue
+            if not self._start(head):
+                return
+            head.clear()
+            if not self._left:
+                self._frame_done()
+
+    def _start(self, head: bytearray) -> bool:
+        """Take a frame's header; False (and the connection failed) if it breaks the protocol."""
+        first, second = head[0], head[1]
+        opcode, size = first & 0x0F, second & 0x7F
+        if size == 126:
+            size = int.from_bytes(head[2:4], "big")
+        elif size == 127:
+            size = int.from_bytes(head[2:10], "big")
+        masked = bool(second & 0x80)
+        if first & 0x70 or masked == self._client or size >= 1 << 63 or opcode not in _OPCODES:
+            self.fail(CLOSE_PROTOCOL_ERROR, "bad frame")
+            return False
+        if opcode >= _CLOSE and (size > 125 or not first & 0x80):
+            self.fail(CLOSE_PROTOCOL_ERROR, "bad control frame")
+            return False
+        if opcode == _TEXT:
+            self.fail(CLOSE_UNSUPPORTED, "binary messages only")
+            return False
+        self._opcode, self._left, self._at = opcode, size, 0
+        self._mask = bytes(head[-4:]) if masked else None
+        self._eof_frame = opcode == _BINARY and size == 0 and bool(first & 0x80)
+        return True
+
+    def _payload(self, chunk: bytes) -> None:
+        mask = self._mask
+        if mask is not None:
+            turn = self._at & 3
+            chunk = apply_mask(chunk, mask[turn:] + mask[:turn] if turn else mask)
+        self._left -= len(chunk)
+        self._at += len(chunk)
+        if self._opcode < _CLOSE:
+            stream = self.stream
+            if stream is not None and stream._protocol is not None:
+                stream._protocol.data_received(chunk)
+        else:
+            self._control += chunk
+        if not self._left:
+            self._frame_done()
+
+    def _frame_done(self) -> None:
+        opcode = self._opcode
+        if opcode < _CLOSE:
+            if self._eof_frame and self.stream is not None and self.stream._protocol is not None:
+                self._eof_frame = False
+                self.stream._protocol.eof_received()
+            return
+        payload = bytes(self._control)
+        self._control.clear()
+        if opcode == _PING:
+            self.send(_PONG, payload)
+        elif opcode == _CLOSE:  # echo the code and close: the stream sees connection_lost
+            code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else CLOSE_NORMAL
+            self.fail(code if code in _ECHOED else CLOSE_NORMAL)
 
     def _handshake_over(self, event: Request | Response | None, failure: int = 0) -> None:
         if self._on_handshake is not None:
@@ -193,65 +330,47 @@ class _Wire(asyncio.Protocol):
 
     # asyncio callbacks
     def data_received(self, data: bytes) -> None:
-        if self._on_handshake is not None:
-            self._handshake_bytes += len(data)
-            if self._handshake_bytes > MAX_HANDSHAKE:
-                self._handshake_over(None, 431)
-                self.raw.close()
-                return
-            if self.ws.side is Side.SERVER:
-                # The library parses on into frames after the request, before it is answered:
-                # give it the request alone, and what came after it once the stream is open.
-                self._held += data
-                end = self._held.find(b"\r\n\r\n")
-                if end < 0:
-                    return
-                head, after = bytes(self._held[: end + 4]), bytes(self._held[end + 4 :])
-                self._held.clear()
-                self._receive(head)
-                if after and self.stream is not None:
-                    self._receive(after)
-                return
-        self._receive(data)
-
-    def _receive(self, data: bytes) -> None:
+        if self._on_handshake is None:
+            if self.stream is not None:
+                self._frames(data)
+            return
+        self._handshake_bytes += len(data)
+        if self._handshake_bytes > MAX_HANDSHAKE:
+            self._handshake_over(None, 431)
+            self.raw.close()
+            return
         ws = self.ws
-        ws.receive_data(data)
+        if self._head_fed:  # the body of a refusal the gateway answered
+            ws.receive_data(data)
+            self._handshake_events()
+            return
+        # The library would parse on into frames after the head: give it the head alone, and
+        # what came after it to the stream once the handshake is done.
+        self._held += data
+        end = self._held.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head, after = bytes(self._held[: end + 4]), bytes(self._held[end + 4 :])
+        if self._client and not head.startswith(b"HTTP/1.1 101 "):
+            head, after = head + after, b""  # a refusal: its body, if any, is the library's to read
+        self._held.clear()
+        self._head_fed = True
+        ws.receive_data(head)
+        self._handshake_events(after)
+
+    def _handshake_events(self, after: bytes = b"") -> None:
+        ws = self.ws
         events = ws.events_received()
-        if not events and ws.handshake_exc is not None:
-            self._handshake_over(None, 400)  # not an HTTP request (or response) at all
+        if not events and ws.handshake_exc is not None:  # not an HTTP request (or response)
+            self._handshake_over(None, 400)
         self.flush()
         for event in events:
-            if type(event) is Frame:
-                self._frame(event)
-            else:  # the handshake's request (server) or response (client)
-                self._handshake_over(event)  # type: ignore[arg-type]
-        if ws.state is State.CLOSED and not self.raw.is_closing():
-            self.raw.close()
-
-    def _frame(self, frame: Frame) -> None:
-        stream = self.stream
-        if stream is None:
-            return
-        protocol = stream._protocol
-        if protocol is None:
-            return
-        opcode = frame.opcode
-        if opcode is _BINARY or opcode is _CONT:
-            if frame.data:
-                protocol.data_received(bytes(frame.data))  # no copy: parsed frames hold bytes
-            elif opcode is _BINARY and frame.fin:
-                protocol.eof_received()
-        elif opcode is _TEXT:
-            self.ws.fail(1003, "binary messages only")
-            self.flush()
-            self.raw.close()
-        # close: the library answered it (flushed above) and the connection closes; ping/pong: done
+            self._handshake_over(event)  # type: ignore[arg-type]
+        if after and self.stream is not None:
+            self._frames(after)
 
     def eof_received(self) -> bool:
-        self.ws.receive_eof()
-        self.flush()
-        return False
+        return False  # without a close frame: the stream is lost (connection_lost follows)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._handshake_over(None)
@@ -267,6 +386,12 @@ class _Wire(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self.stream is not None and self.stream._protocol is not None:
             self.stream._protocol.resume_writing()
+
+
+def _header_size(second: int) -> int:
+    """A frame header's length in bytes, from its second byte."""
+    size = second & 0x7F
+    return 2 + (2 if size == 126 else 8 if size == 127 else 0) + (4 if second & 0x80 else 0)
 
 
 # the gateway's side
@@ -310,7 +435,7 @@ def accept(
             return
         wire.open(protocol_factory())
 
-    ws = ServerProtocol(max_size=MAX_MESSAGE, logger=_LIBRARY_LOG)
+    ws = ServerProtocol(logger=_LIBRARY_LOG)
     wire = _Wire(ws, transport, handshake, timeout)
     if received:
         wire.data_received(received)
@@ -327,7 +452,7 @@ async def connect(conn: Conn, url: str, *, within: float, user_agent: str = "ips
     if eof:
         transport.close()
         raise HandshakeFailed("the gateway closed the connection")
-    ws = ClientProtocol(parse_uri(url), max_size=MAX_MESSAGE, logger=_LIBRARY_LOG)
+    ws = ClientProtocol(parse_uri(url), logger=_LIBRARY_LOG)
     done: asyncio.Future[Conn] = asyncio.get_running_loop().create_future()
 
     def handshake(wire: _Wire, event: Request | Response | None) -> None:

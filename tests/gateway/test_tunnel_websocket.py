@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import struct
 import uuid
 from collections.abc import AsyncIterator
@@ -219,24 +220,74 @@ async def test_a_text_message_is_refused_with_close_1003(gateway: Gateway) -> No
     assert closed.value.rcvd.code == 1003
 
 
-async def test_a_message_over_the_limit_is_refused_with_close_1009(gateway: Gateway) -> None:
-    async with ws_connect(f"ws://127.0.0.1:{gateway.port}/", max_size=None) as client:
-        await client.send(b"x" * (wstunnel.MAX_MESSAGE + 1))
-        async with asyncio.timeout(WAIT):
-            with pytest.raises(ConnectionClosedError) as closed:
-                await client.recv()
-    assert closed.value.rcvd is not None
-    assert closed.value.rcvd.code == 1009
+def frame(
+    opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0, key: bytes | None = b"k3y!"
+) -> bytes:
+    """One WebSocket frame as a client sends it (masked with ``key``, unless None)."""
+    first = (0x80 if fin else 0) | rsv | opcode
+    size = len(payload)
+    if size < 126:
+        header = bytes((first, size | (0x80 if key else 0)))
+    else:
+        header = struct.pack("!BBQ", first, 127 | (0x80 if key else 0), size)
+    if key is None:
+        return header + payload
+    return header + key + bytes(byte ^ key[i % 4] for i, byte in enumerate(payload))
 
 
-async def test_a_frame_announcing_a_huge_payload_is_refused_before_it_arrives(gateway: Gateway) -> None:
-    # A masked binary frame claiming 2**40 bytes; nothing follows. The gateway must not wait for it.
-    header = bytes([0x82, 0x80 | 127]) + struct.pack("!Q", 2**40) + b"\x00\x00\x00\x00"
-    answer = await raw_exchange(gateway, wstunnel.upgrade_request("/") + header)
-    assert answer.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
-    close_frame = answer.partition(b"\r\n\r\n")[2]
-    assert close_frame[:1] == b"\x88"  # a close frame …
-    assert struct.unpack("!H", close_frame[2:4]) == (1009,)  # … saying: message too big
+def server_frames(answer: bytes) -> list[tuple[int, bytes]]:
+    """(opcode, payload) of the unmasked frames after the gateway's 101 response."""
+    assert answer.startswith(b"HTTP/1.1 101 Switching Protocols\r\n"), answer[:80]
+    data = answer.partition(b"\r\n\r\n")[2]
+    frames = []
+    while data:
+        opcode, size, at = data[0] & 0x0F, data[1] & 0x7F, 2
+        if size == 126:
+            size, at = struct.unpack("!H", data[2:4])[0], 4
+        elif size == 127:
+            size, at = struct.unpack("!Q", data[2:10])[0], 10
+        frames.append((opcode, data[at : at + size]))
+        data = data[at + size :]
+    return frames
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        frame(0x2, b"x", rsv=0x40),  # a reserved bit (no extension was agreed)
+        frame(0x2, b"x", key=None),  # a client frame must be masked
+        frame(0x9, b"p" * 126),  # a control frame's payload is 125 bytes at most
+        frame(0x9, b"p", fin=False),  # and never fragmented
+        frame(0x3, b"x"),  # an opcode RFC 6455 does not define
+    ],
+)
+async def test_a_frame_breaking_the_protocol_is_refused_with_close_1002(gateway: Gateway, bad: bytes) -> None:
+    answer = await raw_exchange(gateway, wstunnel.upgrade_request("/") + bad)
+    ((opcode, payload),) = server_frames(answer)
+    assert opcode == 0x8
+    assert struct.unpack("!H", payload[:2]) == (1002,)
+
+
+async def test_ping_is_answered_with_pong_and_close_with_close(gateway: Gateway) -> None:
+    going_away = struct.pack("!H", 1001)
+    answer = await raw_exchange(
+        gateway, wstunnel.upgrade_request("/") + frame(0x9, b"are you there") + frame(0x8, going_away)
+    )
+    assert server_frames(answer) == [(0xA, b"are you there"), (0x8, going_away)]
+
+
+async def test_a_frame_is_read_as_it_arrives_not_buffered_whole(gateway: Gateway) -> None:
+    # A frame announcing 2**40 bytes whose first bytes are a data connection's first line: the
+    # gateway reads that line and answers it long before the frame could ever end.
+    line = b'{"t": "data", "token": "not-a-token"}\n'
+    key = b"m4sk"
+    header = bytes([0x82, 0x80 | 127]) + struct.pack("!Q", 2**40) + key
+    masked = bytes(byte ^ key[i % 4] for i, byte in enumerate(line))
+    answer = await raw_exchange(gateway, wstunnel.upgrade_request("/") + header + masked)
+    opcodes = [opcode for opcode, _ in server_frames(answer)]
+    assert opcodes == [0x2, 0x8]  # the refusal, then the close
+    ((_, refusal), _) = server_frames(answer)
+    assert wire.decode(refusal.rstrip(b"\n"))["t"] == "error"
 
 
 async def test_no_second_upgrade_inside_a_websocket(gateway: Gateway) -> None:
@@ -254,3 +305,26 @@ async def test_the_library_client_is_refused_a_path_it_should_not_use(gateway: G
             pass
     assert refused.value.response.status_code == 404
     assert refused.value.response.headers["Server"] == wstunnel.SERVER
+
+
+async def test_frames_arriving_a_byte_at_a_time_are_read_whole(gateway: Gateway) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        writer.write(wstunnel.upgrade_request("/"))
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        # 130 bytes: a payload past 125 takes the 16-bit length; ping, then close, split everywhere
+        data = frame(0x2, b"z" * 130) + frame(0x9, b"ping") + frame(0x8, struct.pack("!H", 1000))
+        for byte in data:
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(0.0005)
+        async with asyncio.timeout(WAIT):
+            answer = await reader.read()
+    finally:
+        writer.close()
+    # The 130 bytes went to the stream's first-line reader (no newline yet), the ping was
+    # answered, the close echoed.
+    assert server_frames(answer) == [(0xA, b"ping"), (0x8, struct.pack("!H", 1000))]
