@@ -1,16 +1,30 @@
 """Withdrawals: an account takes funds out of IPSX, to its own wallet address.
 
 Requesting a withdrawal reserves the amount as a hold (``withdrawal:<reference>``): the funds stay
-on the books but can no longer be spent. The withdrawal is then resolved exactly once:
+on the books but can no longer be spent. The destination is always the account's own address (the
+wallet it signs in with), so a leaked API key can at most move funds to their owner.
 
-- ``complete`` — the tokens were sent; the hold is posted to ``external:chain`` (where tokens leave
-  the books) and the transaction hash recorded;
-- ``reject`` — the operator refuses it, with a reason; the hold is voided back;
-- ``cancel`` — the owner takes it back while it is pending; the hold is voided back.
+The chain payer (:mod:`billing.withdrawal_sender`, run by ``ipsx chain watch --send-withdrawals``)
+sends the tokens from the operator's wallet:
 
-The destination is always the account's own address (the wallet it signs in with), so a leaked
-API key can at most move funds to their owner. Until the payments issue's chain payer sends the
-tokens, the operator completes withdrawals from the command line with the hash of the transfer.
+- ``pending`` — waiting for the sender (above the sender's approval limit, until the operator
+  approves it); the owner may ``cancel`` it, the operator ``reject`` it;
+- ``sending`` — the sender signed an ERC-20 ``transfer`` and stored it before broadcasting it; the
+  withdrawal stays here until that very transaction is confirmed (nobody may cancel or reject
+  it meanwhile: it may land at any moment). A transfer that can never be mined (its nonce was
+  taken by another transaction) sends the withdrawal back to ``pending``;
+- ``completed`` — the transfer is ``confirmations`` deep with status 1 and exactly the Transfer
+  asked for: the hold is posted to ``external:chain`` (where tokens leave the books) and the
+  transaction hash recorded;
+- ``failed`` — the transfer reverted (e.g. the operator's wallet lacked tokens): the hold is kept
+  and the operator decides: ``approve`` (send it again), ``complete`` by hand, or ``reject``; the
+  owner may also ``cancel`` it;
+- ``rejected`` / ``cancelled`` — the hold is voided back.
+
+Every transition is one row of :data:`TRANSITIONS`, applied by one function with the row locked,
+so each withdrawal is resolved exactly once. The operator can still complete a pending (or
+failed) withdrawal by hand with the hash of a transfer made outside IPSX; when the sender runs,
+it must not also be paid by hand.
 """
 
 from __future__ import annotations
@@ -19,6 +33,7 @@ import datetime as dt
 import re
 import secrets
 from dataclasses import dataclass
+from typing import Final
 
 import asyncpg
 
@@ -36,6 +51,22 @@ SOURCES = {"balance": requester_account, "earnings": provider_account}
 _TX_HASH = re.compile(r"0x[0-9a-f]{64}")
 MAX_REASON_LEN = 200
 
+TRANSITIONS: Final[dict[str, tuple[frozenset[str], str]]] = {
+    # action: (the states it applies to, the state it leads to)
+    "complete": (frozenset({"pending", "failed"}), "completed"),  # the operator, by hand
+    "reject": (frozenset({"pending", "failed"}), "rejected"),
+    "cancel": (frozenset({"pending", "failed"}), "cancelled"),  # the owner
+    "approve": (frozenset({"pending", "failed"}), "pending"),  # the operator lets the sender send it
+    "claim": (frozenset({"pending"}), "sending"),  # the sender stored a signed transfer
+    "confirm": (frozenset({"sending"}), "completed"),  # ... which is confirmed
+    "fail": (frozenset({"sending"}), "failed"),  # ... which reverted
+    "requeue": (frozenset({"sending"}), "pending"),  # ... which can never be mined
+}
+"""The withdrawal lifecycle: each action, where it may start and where it ends."""
+
+FINAL_STATES: Final = frozenset({"completed", "rejected", "cancelled"})
+"""The states that resolve the hold: posted to the chain (completed) or voided back."""
+
 
 class WithdrawalError(BillingError):
     """A withdrawal call the withdrawal's state or its terms do not allow."""
@@ -48,7 +79,7 @@ class UnknownWithdrawal(WithdrawalError, LookupError):
 
 
 class WithdrawalResolved(WithdrawalError):
-    """The withdrawal is no longer pending: it was ``state`` already."""
+    """The withdrawal's ``state`` does not allow the call (it is resolved, or being sent)."""
 
     def __init__(self, withdrawal_id: int, state: str) -> None:
         super().__init__(f"withdrawal {withdrawal_id} is already {state}")
@@ -71,16 +102,17 @@ class Withdrawal:
     source: str  # balance | earnings
     amount: Amount
     address: str  # the account's wallet address, where the tokens go
-    state: str  # pending | completed | rejected | cancelled
-    tx_hash: str | None
-    reason: str | None
+    state: str  # pending | sending | completed | failed | rejected | cancelled
+    tx_hash: str | None  # the transfer, once completed
+    reason: str | None  # why it was rejected, or why its transfer failed
     key_id: str | None  # the API key that asked for it; None for a wallet session or the CLI
     created_at: dt.datetime
     resolved_at: dt.datetime | None
+    approved_at: dt.datetime | None = None  # when the operator let the sender send it
 
 
 _COLUMNS = """w.id, w.reference, a.name, w.ledger_account, w.amount::text, w.address, w.state,
-              w.tx_hash, w.reason, w.key_id, w.created_at, w.resolved_at"""
+              w.tx_hash, w.reason, w.key_id, w.created_at, w.resolved_at, w.approved_at"""
 _FROM = "withdrawals w JOIN accounts a ON a.id = w.account_id"
 
 
@@ -88,7 +120,7 @@ def _withdrawal(row: asyncpg.Record) -> Withdrawal:
     source = "earnings" if row[3].startswith("provider:") else "balance"
     return Withdrawal(
         int(row[0]), row[1], row[2], source, Amount(int(row[4])), row[5], row[6], row[7], row[8],
-        row[9], row[10], row[11],
+        row[9], row[10], row[11], row[12],
     )  # fmt: skip
 
 
@@ -148,62 +180,136 @@ async def request(
     return withdrawal, row_id is not None
 
 
-async def _resolve(
-    pool: asyncpg.Pool,
+async def _apply_in(
+    conn: asyncpg.Connection,
     withdrawal_id: int,
-    state: str,
+    action: str,
     *,
     tx_hash: str | None = None,
     reason: str | None = None,
     account_name: str | None = None,
 ) -> Withdrawal:
-    async with pool.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow(
-            f"SELECT {_COLUMNS} FROM {_FROM} WHERE w.id = $1 FOR UPDATE OF w",  # noqa: S608
-            withdrawal_id,
-        )
-        if row is None or (account_name is not None and row[2] != account_name):
-            raise UnknownWithdrawal(withdrawal_id)
-        withdrawal = _withdrawal(row)
-        if withdrawal.state != "pending":
-            raise WithdrawalResolved(withdrawal_id, withdrawal.state)
-        payouts = [(CHAIN, withdrawal.amount)] if state == "completed" else []
+    """Apply ``action`` (a key of :data:`TRANSITIONS`) on ``conn``, inside the caller's transaction,
+    with the row locked: a final state resolves the hold (posted to the chain when completed,
+    voided otherwise), the others keep it. ``reason`` replaces the stored one (``None`` clears it).
+
+    Raises ``UnknownWithdrawal`` (also when ``account_name`` is given and is not the owner's) and
+    ``WithdrawalResolved`` when the withdrawal's state does not allow the action.
+    """
+    allowed, target = TRANSITIONS[action]
+    row = await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM {_FROM} WHERE w.id = $1 FOR UPDATE OF w",  # noqa: S608
+        withdrawal_id,
+    )
+    if row is None or (account_name is not None and row[2] != account_name):
+        raise UnknownWithdrawal(withdrawal_id)
+    withdrawal = _withdrawal(row)
+    if withdrawal.state not in allowed:
+        raise WithdrawalResolved(withdrawal_id, withdrawal.state)
+    if target in FINAL_STATES:
+        payouts = [(CHAIN, withdrawal.amount)] if target == "completed" else []
         await holds.resolve_in(conn, _hold_reference(withdrawal.reference), payouts)
-        await conn.execute(
-            "UPDATE withdrawals SET state = $2, tx_hash = $3, reason = $4, resolved_at = now() WHERE id = $1",
-            withdrawal_id,
-            state,
-            tx_hash,
-            reason,
-        )
-        row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM {_FROM} WHERE w.id = $1", withdrawal_id)  # noqa: S608
+    await conn.execute(
+        """
+        UPDATE withdrawals SET state = $2, tx_hash = $3, reason = $4,
+               resolved_at = CASE WHEN $5 THEN now() END,
+               approved_at = CASE WHEN $6 THEN COALESCE(approved_at, now()) ELSE approved_at END
+        WHERE id = $1
+        """,
+        withdrawal_id,
+        target,
+        tx_hash,
+        reason,
+        target in FINAL_STATES,
+        action == "approve",
+    )
+    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM {_FROM} WHERE w.id = $1", withdrawal_id)  # noqa: S608
     return _withdrawal(row)
 
 
-async def complete(pool: asyncpg.Pool, withdrawal_id: int, tx_hash: str) -> Withdrawal:
-    """The tokens were sent in ``tx_hash``: the withdrawn funds leave the books.
+async def _apply(pool: asyncpg.Pool, withdrawal_id: int, action: str, **details: str | None) -> Withdrawal:
+    async with pool.acquire() as conn, conn.transaction():
+        return await _apply_in(conn, withdrawal_id, action, **details)
 
-    Raises ``ValueError`` for a hash that is not 0x and 64 hex digits (lowercase), or one another
-    withdrawal already records, ``UnknownWithdrawal``, and ``WithdrawalResolved`` unless pending.
-    """
+
+def _checked_hash(tx_hash: str) -> str:
     if not isinstance(tx_hash, str) or not _TX_HASH.fullmatch(tx_hash.lower()):
         raise ValueError("a transaction hash is 0x and 64 hex digits")
+    return tx_hash.lower()
+
+
+async def complete(pool: asyncpg.Pool, withdrawal_id: int, tx_hash: str) -> Withdrawal:
+    """The operator sent the tokens by hand in ``tx_hash``: the withdrawn funds leave the books.
+
+    Applies to a pending or failed withdrawal, never to one the sender is sending. Raises
+    ``ValueError`` for a hash that is not 0x and 64 hex digits, or one another withdrawal already
+    records, ``UnknownWithdrawal``, and ``WithdrawalResolved``.
+    """
+    tx_hash = _checked_hash(tx_hash)
     try:
-        return await _resolve(pool, withdrawal_id, "completed", tx_hash=tx_hash.lower())
+        return await _apply(pool, withdrawal_id, "complete", tx_hash=tx_hash)
     except asyncpg.UniqueViolationError:
         raise ValueError("another withdrawal already records this transaction") from None
 
 
 async def reject(pool: asyncpg.Pool, withdrawal_id: int, reason: str) -> Withdrawal:
-    """The operator refuses the withdrawal: its funds go back to where they came from."""
+    """The operator refuses a pending or failed withdrawal: its funds go back where they came from."""
     if not isinstance(reason, str) or not 0 < len(reason) <= MAX_REASON_LEN or not reason.isprintable():
         raise ValueError(f"a reason is 1 to {MAX_REASON_LEN} printable characters")
-    return await _resolve(pool, withdrawal_id, "rejected", reason=reason)
+    return await _apply(pool, withdrawal_id, "reject", reason=reason)
 
 
 async def cancel(pool: asyncpg.Pool, withdrawal_id: int, *, account_name: str) -> Withdrawal:
-    """The owner takes back a pending withdrawal; another account's counts as unknown."""
-    return await _resolve(pool, withdrawal_id, "cancelled", account_name=account_name)
+    """The owner takes back a pending (or failed) withdrawal; another account's counts as unknown."""
+    return await _apply(pool, withdrawal_id, "cancel", account_name=account_name)
+
+
+async def approve(pool: asyncpg.Pool, withdrawal_id: int) -> Withdrawal:
+    """The operator lets the sender send the withdrawal: one above the sender's approval limit,
+    or a failed one again (after topping up the wallet); it is ``pending`` afterwards. Approving
+    twice is harmless. Raises ``UnknownWithdrawal`` and ``WithdrawalResolved``."""
+    return await _apply(pool, withdrawal_id, "approve")
+
+
+# ---- for the chain payer (billing.withdrawal_sender), inside its transactions ---------------------
+
+
+async def claimable_in(
+    conn: asyncpg.Connection, *, limit: int, approval_above: int | None = None
+) -> list[Withdrawal]:
+    """Up to ``limit`` pending withdrawals the sender may send, oldest first, locked (rows another
+    transaction holds are skipped): all of them, or with ``approval_above``, those of at most that
+    many base units and those the operator approved."""
+    rows = await conn.fetch(
+        f"""
+        SELECT {_COLUMNS} FROM {_FROM}
+        WHERE w.state = 'pending' AND ($2::numeric IS NULL OR w.amount <= $2 OR w.approved_at IS NOT NULL)
+        ORDER BY w.id LIMIT $1 FOR UPDATE OF w SKIP LOCKED
+        """,  # noqa: S608
+        limit,
+        approval_above,
+    )
+    return [_withdrawal(row) for row in rows]
+
+
+async def claim_in(conn: asyncpg.Connection, withdrawal_id: int) -> Withdrawal:
+    """``pending`` → ``sending``: its signed transfer is stored in the same transaction."""
+    return await _apply_in(conn, withdrawal_id, "claim")
+
+
+async def confirm_in(conn: asyncpg.Connection, withdrawal_id: int, tx_hash: str) -> Withdrawal:
+    """``sending`` → ``completed``: its transfer ``tx_hash`` is confirmed; the hold is posted."""
+    return await _apply_in(conn, withdrawal_id, "confirm", tx_hash=_checked_hash(tx_hash))
+
+
+async def fail_in(conn: asyncpg.Connection, withdrawal_id: int, reason: str) -> Withdrawal:
+    """``sending`` → ``failed``: its transfer did not move the tokens; the hold is kept."""
+    return await _apply_in(conn, withdrawal_id, "fail", reason=reason[:MAX_REASON_LEN])
+
+
+async def requeue_in(conn: asyncpg.Connection, withdrawal_id: int) -> Withdrawal:
+    """``sending`` → ``pending``: its transfer can never be mined; the sender makes a new one."""
+    return await _apply_in(conn, withdrawal_id, "requeue")
 
 
 async def get(pool: asyncpg.Pool, withdrawal_id: int) -> Withdrawal | None:

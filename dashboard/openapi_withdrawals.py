@@ -1,5 +1,6 @@
 """OpenAPI entries of withdrawals (``routes_withdrawals.py``): asking for one, listing, reading
-and cancelling them, and the operator's completion or rejection; with the ``Withdrawal`` schema.
+and cancelling them, and the operator's approval, completion or rejection; with the ``Withdrawal``
+schema.
 Merged by ``openapi.document()``.
 """
 
@@ -39,12 +40,18 @@ SCHEMAS: dict[str, Any] = {
             "source": {"enum": ["balance", "earnings"]},
             "amount": _ref("Amount"),
             "address": {"type": "string", "description": "the account's wallet, where the tokens go"},
-            "state": {"enum": ["pending", "completed", "rejected", "cancelled"]},
-            "tx_hash": _NULLABLE_STR,
-            "reason": _NULLABLE_STR,
+            "state": {
+                "enum": ["pending", "sending", "completed", "failed", "rejected", "cancelled"],
+                "description": "sending: its transfer waits for confirmations; failed: the transfer "
+                "reverted, the funds are still reserved until the operator approves it again or "
+                "rejects it",
+            },
+            "tx_hash": {**_NULLABLE_STR, "description": "the transfer, once completed"},
+            "reason": {**_NULLABLE_STR, "description": "why it was rejected or failed"},
             "key_id": _NULLABLE_STR,
             "created_at": _STR,
             "resolved_at": _NULLABLE_STR,
+            "approved_at": {**_NULLABLE_STR, "description": "when the operator approved it"},
         },
     },
 }
@@ -103,12 +110,12 @@ PATHS: dict[str, Any] = {
         },
         "delete": {
             "operationId": "cancelWithdrawal",
-            "summary": "Take back a pending withdrawal (needs the withdraw scope)",
+            "summary": "Take back a pending or failed withdrawal (needs the withdraw scope)",
             "security": _SECURED,
             "responses": {
                 "200": _json("the withdrawal, cancelled", _ref("Withdrawal")),
                 "404": _problem("no withdrawal of the caller has this id"),
-                "409": _problem("the withdrawal is no longer pending"),
+                "409": _problem("the withdrawal is neither pending nor failed"),
                 **_AUTH_ERRORS,
             },
         },
@@ -116,7 +123,7 @@ PATHS: dict[str, Any] = {
     "/v1/withdrawals/{withdrawal_id}/completion": {
         "post": {
             "operationId": "completeWithdrawal",
-            "summary": "Operator: the tokens were sent in this transaction",
+            "summary": "Operator: the tokens were sent by hand, outside IPSX, in this transaction",
             "security": _SECURED,
             "parameters": [_WITHDRAWAL_ID],
             "requestBody": _object_body(
@@ -125,8 +132,22 @@ PATHS: dict[str, Any] = {
             "responses": {
                 "200": _json("the withdrawal, completed", _ref("Withdrawal")),
                 "404": _problem("no withdrawal has this id"),
-                "409": _problem("the withdrawal is no longer pending"),
+                "409": _problem("the withdrawal is neither pending nor failed"),
                 **_BODY_ERRORS,
+                **_AUTH_ERRORS,
+            },
+        }
+    },
+    "/v1/withdrawals/{withdrawal_id}/approval": {
+        "post": {
+            "operationId": "approveWithdrawal",
+            "summary": "Operator: let the chain payer send it (above its approval limit, or failed)",
+            "security": _SECURED,
+            "parameters": [_WITHDRAWAL_ID],
+            "responses": {
+                "200": _json("the withdrawal, pending and approved", _ref("Withdrawal")),
+                "404": _problem("no withdrawal has this id"),
+                "409": _problem("the withdrawal is neither pending nor failed"),
                 **_AUTH_ERRORS,
             },
         }
@@ -143,7 +164,7 @@ PATHS: dict[str, Any] = {
             "responses": {
                 "200": _json("the withdrawal, rejected", _ref("Withdrawal")),
                 "404": _problem("no withdrawal has this id"),
-                "409": _problem("the withdrawal is no longer pending"),
+                "409": _problem("the withdrawal is neither pending nor failed"),
                 **_BODY_ERRORS,
                 **_AUTH_ERRORS,
             },

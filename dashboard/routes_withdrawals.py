@@ -1,5 +1,7 @@
-"""The REST API's withdrawals: an account asks to take funds out to its wallet; the operator
-completes (with the transfer's hash) or rejects; the owner may cancel while it is pending."""
+"""The REST API's withdrawals: an account asks to take funds out to its wallet; the chain payer
+sends them (the operator approves those above its limit, or failed ones again), or the operator
+completes one by hand (with the transfer's hash); the operator may reject, and the owner cancel,
+one that is pending or failed."""
 
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ def _json(withdrawal: Withdrawal) -> dict[str, Any]:
         "key_id": withdrawal.key_id,
         "created_at": withdrawal.created_at.isoformat(),
         "resolved_at": withdrawal.resolved_at.isoformat() if withdrawal.resolved_at else None,
+        "approved_at": withdrawal.approved_at.isoformat() if withdrawal.approved_at else None,
     }
 
 
@@ -109,7 +112,7 @@ async def get_withdrawal(request: web.Request) -> web.Response:
 
 @routes.delete("/v1/withdrawals/{withdrawal_id}")
 async def cancel_withdrawal(request: web.Request) -> web.Response:
-    """The owner takes back a pending withdrawal; its funds are available again."""
+    """The owner takes back a pending (or failed) withdrawal; its funds are available again."""
     caller = await authorized(request, accounts.WITHDRAW)
     try:
         withdrawal = await withdrawals.cancel(
@@ -136,6 +139,20 @@ async def complete_withdrawal(request: web.Request) -> web.Response:
         raise _resolved(error) from None
     except ValueError as error:
         raise Problem(422, "invalid_field", str(error), field="tx_hash") from None
+    return json_response(_json(withdrawal))
+
+
+@routes.post("/v1/withdrawals/{withdrawal_id}/approval")
+async def approve_withdrawal(request: web.Request) -> web.Response:
+    """Operator: let the chain payer send the withdrawal (one above its approval limit, or a
+    failed one again); it is pending afterwards."""
+    await authorized(request, accounts.OPERATOR)
+    try:
+        withdrawal = await withdrawals.approve(request.app[PG], _withdrawal_id(request))
+    except UnknownWithdrawal:
+        raise Problem(404, "not_found", "no withdrawal has this id") from None
+    except WithdrawalResolved as error:
+        raise _resolved(error) from None
     return json_response(_json(withdrawal))
 
 

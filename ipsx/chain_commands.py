@@ -1,5 +1,6 @@
 """The operator's chain commands: ``ipsx chain`` (``deploy`` is :mod:`ipsx.chain_deploy`'s),
-``ipsx chain watch``, ``ipsx chain anchor`` and ``ipsx reconcile``.
+``ipsx chain watch`` (with ``--send-withdrawals``, the chain payer beside the watcher),
+``ipsx chain anchor``, ``ipsx chain withdrawals`` and ``ipsx reconcile``.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ from typing import Final
 import asyncpg
 from web3 import Web3
 
-from billing import db
+from billing import db, withdrawal_transfers, withdrawals
 from billing.anchoring import Anchorer, AnchorError, AnchorSettings
 from billing.chain import ChainSettings, ChainWatcher, DeepReorg
+from billing.errors import InvalidAmount
+from billing.ledger import Amount, format_amount, parse_amount
 from billing.reconcile import Report, format_report, reconcile
+from billing.withdrawal_sender import SenderSettings, WithdrawalSender
 from ipsx import runtime
 from ipsx.chain_access import (
     CONNECTION_ERRORS,
@@ -44,6 +48,8 @@ def cmd_chain(args: argparse.Namespace, env: Environment) -> None:
         deploy_command(args)
     elif args.action == "anchor":
         anchor_command(args, env)
+    elif args.action == "withdrawals":
+        withdrawals_command(args, env)
     else:
         watch_command(args, env)
 
@@ -70,32 +76,40 @@ def watch_command(args: argparse.Namespace, env: Environment) -> None:
     if args.confirmations < 0 or args.poll <= 0 or args.db_pool < 1:
         raise UsageError("--confirmations must be >= 0, --poll and --db-pool positive")
     url = rpc_url(args)
+    key = "0x" + account.key.hex().removeprefix("0x")
     settings = ChainSettings(
         channels_address=record.channels,
-        operator_key="0x" + account.key.hex(),
+        operator_key=key,
         rpc_url=url,
         confirmations=args.confirmations,
         poll_interval=args.poll,
         start_block=record.block,
     )
+    sending = _sender_settings(args, record.token, key, url)
     stopped: list[DeepReorg] = []
 
     async def main(stop: asyncio.Event) -> None:
         async with node(url, record):
             pass  # only its checks: the watcher makes its own connection
-        pool = await open_pool(env.database, args.db_pool)
+        # The sender holds one connection for its lock and uses another meanwhile.
+        pool = await open_pool(env.database, args.db_pool + (2 if sending else 0))
         try:
             async with ChainWatcher(pool, settings) as watcher:
                 log.info(
                     "watching PaymentChannels %s on chain %d from block %d, %d confirmations, operator %s",
                     record.channels, record.chain_id, record.block, args.confirmations, watcher.operator,
                 )  # fmt: skip
+                payer = None if sending is None else asyncio.create_task(_send(pool, sending, stop))
                 try:
                     await watcher.run(stop)
                 except DeepReorg as reorg:
                     stopped.append(reorg)
                 else:
                     log.info("chain watcher stopped")
+                finally:
+                    stop.set()  # a watcher that stopped on a deep reorg stops the sender too
+                    if payer is not None:
+                        await payer
         finally:
             await pool.close()
 
@@ -107,6 +121,92 @@ def watch_command(args: argparse.Namespace, env: Environment) -> None:
             file=sys.stderr,
         )
         sys.exit(EXIT_DEEP_REORG)
+
+
+def _sender_settings(args: argparse.Namespace, token: str, key: str, url: str) -> SenderSettings | None:
+    """The chain payer's settings with ``--send-withdrawals``, else ``None``; raises
+    ``UsageError`` for a bad limit."""
+    if not args.send_withdrawals:
+        if args.approval_above is not None:
+            raise UsageError("--approval-above applies to --send-withdrawals")
+        return None
+    if args.max_withdrawals < 1:
+        raise UsageError("--max-withdrawals must be positive")
+    limit = None
+    if args.approval_above is not None:
+        try:
+            limit = int(parse_amount(args.approval_above))
+        except InvalidAmount as error:
+            raise UsageError(f"--approval-above: {error}") from None
+    return SenderSettings(
+        token_address=token,
+        operator_key=key,
+        rpc_url=url,
+        confirmations=args.confirmations,
+        poll_interval=args.poll,
+        approval_above=limit,
+        max_batch=args.max_withdrawals,
+    )
+
+
+async def _send(pool: asyncpg.Pool, settings: SenderSettings, stop: asyncio.Event) -> None:
+    async with WithdrawalSender(pool, settings) as sender:
+        limit = "none" if settings.approval_above is None else format_amount(Amount(settings.approval_above))
+        log.info("sending withdrawals in IPSX %s from %s, %d confirmations, approval needed above: %s",
+                 sender.token, sender.operator, settings.confirmations, limit)  # fmt: skip
+        await sender.run(stop)
+        log.info("withdrawal sender stopped")
+
+
+# ---- ipsx chain withdrawals ----------------------------------------------------------------------
+
+_OPEN: Final = ("pending", "sending", "failed")
+
+
+def withdrawals_command(args: argparse.Namespace, env: Environment) -> None:
+    if args.limit < 1:
+        raise UsageError("--limit must be positive")
+    states: tuple[str | None, ...] = (
+        _OPEN if args.state == "open" else (None,) if args.state == "all" else (args.state,)
+    )
+
+    limit = args.limit
+
+    async def go() -> list[str]:
+        pool = await open_pool(env.database, 2)
+        try:
+            found = [w for state in states for w in await withdrawals.listing(pool, state=state, limit=limit)]
+            found = sorted(found, key=lambda w: w.id, reverse=True)[:limit]
+            lines = []
+            for w in found:
+                lines.append(_withdrawal_line(w))
+                lines.extend(_transfer_line(t) for t in await withdrawal_transfers.transfers(pool, w.id))
+            return lines
+        finally:
+            await pool.close()
+
+    print("\n".join(asyncio.run(go())) or "no withdrawals")
+
+
+def _withdrawal_line(w: withdrawals.Withdrawal) -> str:
+    line = f"withdrawal {w.id}  {w.state:9}  {format_amount(w.amount)} IPSX of {w.account} ({w.source})"
+    line += f" to {w.address}"
+    if w.approved_at is not None:
+        line += "  approved"
+    if w.tx_hash:
+        line += f"  tx {w.tx_hash}"
+    if w.reason:
+        line += f"  ({w.reason})"
+    return line
+
+
+def _transfer_line(t: withdrawal_transfers.Transfer) -> str:
+    line = f"  transfer nonce {t.nonce}  {t.tx_hash}  {t.state}  broadcast {t.broadcasts}x"
+    if t.block_number is not None:
+        line += f"  block {t.block_number}"
+    if t.last_error:
+        line += f"  last error: {t.last_error}"
+    return line
 
 
 # ---- ipsx reconcile ------------------------------------------------------------------------------

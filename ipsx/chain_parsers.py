@@ -1,7 +1,8 @@
-"""The command lines of the chain commands: ``ipsx chain deploy|watch|anchor``, ``ipsx verify``
-and ``ipsx reconcile``, with the options they share (the node, the deployment file, the operator's
-key). Only argparse here: what runs them (:mod:`ipsx.chain_commands`, :mod:`ipsx.chain_deploy`,
-:mod:`ipsx.verify_command`) loads web3, which ``ipsx --help`` does not wait for.
+"""The command lines of the chain commands: ``ipsx chain deploy|watch|anchor|withdrawals``,
+``ipsx verify`` and ``ipsx reconcile``, with the options they share (the node, the deployment
+file, the operator's key). Only argparse here: what runs them (:mod:`ipsx.chain_commands`,
+:mod:`ipsx.chain_deploy`, :mod:`ipsx.verify_command`) loads web3, which ``ipsx --help`` does not
+wait for.
 """
 
 from __future__ import annotations
@@ -41,19 +42,21 @@ def _chain_parents() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser, 
 
 
 def add_chain_commands(sub: argparse._SubParsersAction[Any]) -> None:
-    """Add ``chain`` (``deploy``, ``watch``, ``anchor``), ``verify`` and ``reconcile`` to the
-    ``ipsx`` parser."""
+    """Add ``chain`` (``deploy``, ``watch``, ``anchor``, ``withdrawals``), ``verify`` and
+    ``reconcile`` to the ``ipsx`` parser."""
     rpc, deployment, key = _chain_parents()
     chain = sub.add_parser(
         "chain",
         help="operator: deploy the IPSX contracts and follow the payment channels on-chain",
-        description="Deploy the IPSX token, sale, payment channels and deal anchor contracts, and "
-        "run the chain watcher that turns confirmed channel events into ledger deposits.",
+        description="Deploy the IPSX token, sale, payment channels and deal anchor contracts, "
+        "run the chain watcher that turns confirmed channel events into ledger deposits (and, with "
+        "--send-withdrawals, sends the withdrawals on-chain), and list the withdrawals it sends.",
     )
     actions = chain.add_subparsers(dest="action", required=True, metavar="ACTION")
     _add_deploy(actions, rpc, key)
     _add_watch(actions, rpc, deployment, key)
     _add_anchor(actions, rpc, deployment, key)
+    _add_withdrawals(actions)
     _add_verify(sub, rpc)
     _add_reconcile(sub, rpc, deployment)
 
@@ -136,20 +139,28 @@ def _add_watch(
     w = actions.add_parser(
         "watch",
         parents=[rpc, deployment, key],
-        help="run the chain watcher (deposits into the ledger, stale closes countered)",
+        help="run the chain watcher (deposits into the ledger, stale closes countered, "
+        "withdrawals sent with --send-withdrawals)",
         description="Follow the deployment's PaymentChannels contract from its deployment block: "
         "each confirmed event updates the channels table and the ledger (a requester's deposit is "
         "credited to its account), and an uncooperative close below the balance proof held is "
-        "countered from the operator's wallet. Runs until SIGINT/SIGTERM. Exits with status 3 "
-        "when the chain was reorganised deeper than the confirmations (check with `ipsx reconcile`). "
-        "The database is IPSX_DATABASE_URL.",
+        "countered from the operator's wallet. With --send-withdrawals it is also the chain payer: "
+        "each pending withdrawal's IPSX is sent from the operator's wallet (an ERC-20 transfer, "
+        "signed and stored in the database before it is broadcast, so a restart sends the same "
+        "transaction again, never a second one) and the withdrawal completed once the transfer is "
+        "--confirmations deep; a reverted transfer leaves it failed, its funds still held, for "
+        "`ipsx withdrawal approve` (send again) or `reject`. Runs until SIGINT/SIGTERM. Exits with "
+        "status 3 when the chain was reorganised deeper than the confirmations (check with "
+        "`ipsx reconcile`). The database is IPSX_DATABASE_URL.",
+        epilog="Example: IPSX_OPERATOR_KEY=0x... ipsx chain watch --send-withdrawals --approval-above 10000",
     )
     w.add_argument(
         "--confirmations",
         type=int,
         default=6,
         metavar="N",
-        help="blocks on top of an event's block before it is applied (default: %(default)s)",
+        help="blocks on top of an event's block before it is applied, and on top of a "
+        "withdrawal's transfer before the withdrawal completes (default: %(default)s)",
     )
     w.add_argument(
         "--poll",
@@ -158,7 +169,43 @@ def _add_watch(
         metavar="SECONDS",
         help="seconds between polls (default: %(default)s)",
     )
+    w.add_argument(
+        "--send-withdrawals",
+        action="store_true",
+        help="also send the withdrawals' IPSX from the operator's wallet and complete them once "
+        "confirmed (a second process doing so waits its turn); takes 2 more database connections",
+    )
+    w.add_argument(
+        "--approval-above",
+        metavar="IPSX",
+        help="with --send-withdrawals: a withdrawal of more than this waits until the operator "
+        "approves it (`ipsx withdrawal approve ID`) (default: no limit)",
+    )
+    w.add_argument(
+        "--max-withdrawals",
+        type=int,
+        default=20,
+        metavar="N",
+        help="with --send-withdrawals: transfers signed per poll at most (default: %(default)s)",
+    )
     add_db_pool(w, 2)
+
+
+def _add_withdrawals(actions: argparse._SubParsersAction[Any]) -> None:
+    w = actions.add_parser(
+        "withdrawals",
+        help="list the withdrawals the chain payer sends, with their transfers",
+        description="Print the withdrawals (IPSX_DATABASE_URL), newest first, with every transfer "
+        "signed for each (nonce, hash, state, broadcasts, last error): by default those waiting for "
+        "the sender or the operator (pending, sending, failed).",
+    )
+    w.add_argument(
+        "--state",
+        choices=("open", "pending", "sending", "failed", "completed", "rejected", "cancelled", "all"),
+        default="open",
+        help="which withdrawals: open is pending, sending and failed (default: %(default)s)",
+    )
+    w.add_argument("--limit", type=int, default=50, metavar="N", help="at most (default: %(default)s)")
 
 
 def _add_anchor(

@@ -182,7 +182,13 @@ def add_client_commands(sub: argparse._SubParsersAction[Any]) -> None:
     decision.add_argument("--bill", choices=("gateway", "agent", "lower", "none"), help="whose count")
     decision.add_argument("--bytes", type=int, dest="billable_bytes", help="an explicit byte count")
     withdrawal = sub.add_parser(
-        "withdrawal", help="take funds out to your wallet; (operator) complete or reject withdrawals"
+        "withdrawal",
+        help="take funds out to your wallet; (operator) approve, complete or reject withdrawals",
+        description="A withdrawal reserves IPSX of yours; the operator's chain payer (`ipsx chain "
+        "watch --send-withdrawals`) sends it to your wallet address: it is 'sending' while the "
+        "transfer waits for its confirmations, then 'completed' with the transaction hash. A "
+        "transfer that reverted leaves it 'failed', its funds still reserved, until the operator "
+        "approves it again or rejects it (or you cancel it).",
     )
     w_actions = withdrawal.add_subparsers(dest="action", required=True)
     w_request = w_actions.add_parser(
@@ -201,8 +207,18 @@ def add_client_commands(sub: argparse._SubParsersAction[Any]) -> None:
     w_actions.add_parser("list", parents=[common], help="your withdrawals, newest first")
     w_cancel = w_actions.add_parser("cancel", parents=[common], help="take back a pending withdrawal")
     w_cancel.add_argument("withdrawal_id", type=int)
+    w_approve = w_actions.add_parser(
+        "approve",
+        parents=[common],
+        help="operator: let the chain payer send a withdrawal above its approval limit, or a failed "
+        "one again (operator API key)",
+    )
+    w_approve.add_argument("withdrawal_id", type=int)
     w_complete = w_actions.add_parser(
-        "complete", parents=[common], help="operator: the tokens were sent (operator API key)"
+        "complete",
+        parents=[common],
+        help="operator: the tokens were sent by hand, outside IPSX (operator API key); not for a "
+        "withdrawal the chain payer is sending",
     )
     w_complete.add_argument("withdrawal_id", type=int)
     w_complete.add_argument("--tx", required=True, dest="tx_hash", help="the transfer's transaction hash")
@@ -489,6 +505,8 @@ def _channel(args: argparse.Namespace) -> None:
 def _withdrawal_line(w: dict[str, Any]) -> str:
     line = f"withdrawal {w['withdrawal_id']}  {w['state']:9}  {w['amount']['ipsx']} IPSX from {w['source']}"
     line += f" to {w['address']}"
+    if w.get("approved_at"):
+        line += "  approved"
     if w.get("tx_hash"):
         line += f"  tx {w['tx_hash']}"
     if w.get("reason"):
@@ -507,6 +525,8 @@ def _withdrawal(args: argparse.Namespace, api: Client) -> None:
         answer = api.cancel_withdrawal(args.withdrawal_id)
     elif args.action == "complete":
         answer = api.complete_withdrawal(args.withdrawal_id, args.tx_hash)
+    elif args.action == "approve":
+        answer = api.approve_withdrawal(args.withdrawal_id)
     else:
         answer = api.reject_withdrawal(args.withdrawal_id, args.reason)
     _show(args, answer, [_withdrawal_line(answer)])

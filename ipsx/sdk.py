@@ -201,6 +201,10 @@ class Client:
         path = f"/v1/withdrawals/{int(withdrawal_id)}/completion"
         return dict(self._call("POST", path, {"tx_hash": tx_hash}))
 
+    def approve_withdrawal(self, withdrawal_id: int) -> dict[str, Any]:
+        """Operator: let the chain payer send the withdrawal (above its approval limit, or failed)."""
+        return dict(self._call("POST", f"/v1/withdrawals/{int(withdrawal_id)}/approval", {}))
+
     def reject_withdrawal(self, withdrawal_id: int, reason: str) -> dict[str, Any]:
         """Operator: refuse the withdrawal; its funds go back."""
         return dict(self._call("POST", f"/v1/withdrawals/{int(withdrawal_id)}/rejection", {"reason": reason}))

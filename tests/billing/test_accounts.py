@@ -51,6 +51,7 @@ MIGRATIONS = [
     "017_usage_time_index",
     "018_deals_settled_index",
     "019_inspection_ca_sealed",
+    "020_withdrawal_transfers",
 ]
 
 

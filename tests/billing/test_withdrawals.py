@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 import pytest
@@ -170,3 +171,102 @@ async def test_listing_is_newest_first_and_filters(pool: asyncpg.Pool, alice: st
     assert [w.amount for w in await withdrawals.listing(pool, state="pending")] == [3, 1]
     assert [w.amount for w in await withdrawals.listing(pool, before=made[2].id, limit=1)] == [2]
     assert await withdrawals.listing(pool, account_name="bob") == []
+
+
+# ---- the chain payer's states (billing.withdrawal_sender drives them; its tests use a real chain) ----
+
+
+async def _claim(pool: asyncpg.Pool, withdrawal_id: int) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await withdrawals.claim_in(conn, withdrawal_id)
+
+
+async def test_approve_state_marks_it_once_and_refuses_a_resolved_one(pool: asyncpg.Pool, alice: str) -> None:
+    withdrawal, _ = await withdrawals.request(pool, account_name=alice, amount=Amount(100))
+    first = await withdrawals.approve(pool, withdrawal.id)
+    again = await withdrawals.approve(pool, withdrawal.id)
+    assert (first.state, first.approved_at is not None) == ("pending", True)
+    assert again.approved_at == first.approved_at
+    await withdrawals.complete(pool, withdrawal.id, TX)
+    with pytest.raises(WithdrawalResolved) as info:
+        await withdrawals.approve(pool, withdrawal.id)
+    assert info.value.state == "completed"
+    with pytest.raises(UnknownWithdrawal):
+        await withdrawals.approve(pool, withdrawal.id + 1)
+
+
+async def test_a_sending_withdrawal_refuses_everyone_but_the_sender(pool: asyncpg.Pool, alice: str) -> None:
+    withdrawal, _ = await withdrawals.request(pool, account_name=alice, amount=Amount(250))
+    await _claim(pool, withdrawal.id)
+    calls: tuple[Callable[[], Awaitable[withdrawals.Withdrawal]], ...] = (
+        lambda: withdrawals.complete(pool, withdrawal.id, TX),
+        lambda: withdrawals.reject(pool, withdrawal.id, "too late"),
+        lambda: withdrawals.cancel(pool, withdrawal.id, account_name=alice),
+        lambda: withdrawals.approve(pool, withdrawal.id),
+    )
+    for call in calls:
+        with pytest.raises(WithdrawalResolved) as info:
+            await call()
+        assert info.value.state == "sending"
+    assert await holds.reserved(pool, "requester:alice") == 250
+    assert await balance(pool, CHAIN) == 0
+
+    async with pool.acquire() as conn, conn.transaction():
+        back = await withdrawals.requeue_in(conn, withdrawal.id)
+    assert (back.state, back.resolved_at) == ("pending", None)
+    assert await holds.reserved(pool, "requester:alice") == 250
+
+
+async def test_a_failed_withdrawal_keeps_the_hold_until_the_operator_decides(
+    pool: asyncpg.Pool, alice: str
+) -> None:
+    withdrawal, _ = await withdrawals.request(pool, account_name=alice, amount=Amount(250))
+    await _claim(pool, withdrawal.id)
+    async with pool.acquire() as conn, conn.transaction():
+        failed = await withdrawals.fail_in(conn, withdrawal.id, f"the transfer {TX} reverted in block 9")
+        assert await withdrawals.claimable_in(conn, limit=10) == []  # not sent again unless approved
+    assert (failed.state, failed.resolved_at, failed.reason) == (
+        "failed", None, f"the transfer {TX} reverted in block 9",
+    )  # fmt: skip
+    assert await holds.reserved(pool, "requester:alice") == 250
+    assert await balance(pool, "requester:alice") == 750
+
+    rejected = await withdrawals.reject(pool, withdrawal.id, "sent by other means")
+    assert rejected.state == "rejected"
+    assert await balance(pool, "requester:alice") == 1000
+    assert await holds.reserved(pool, "requester:alice") == 0
+    assert await balance(pool, CHAIN) == 0
+
+
+async def test_confirm_in_posts_the_hold_with_the_transfer_hash(pool: asyncpg.Pool, alice: str) -> None:
+    withdrawal, _ = await withdrawals.request(pool, account_name=alice, amount=Amount(250))
+    with pytest.raises(WithdrawalResolved):  # only a withdrawal being sent is confirmed
+        async with pool.acquire() as conn, conn.transaction():
+            await withdrawals.confirm_in(conn, withdrawal.id, TX)
+    await _claim(pool, withdrawal.id)
+    async with pool.acquire() as conn, conn.transaction():
+        done = await withdrawals.confirm_in(conn, withdrawal.id, TX)
+    assert (done.state, done.tx_hash) == ("completed", TX)
+    assert await balance(pool, CHAIN) == 250
+    assert await check_balances(pool) == {}
+
+
+async def test_claimable_in_takes_the_oldest_within_the_limit_and_skips_locked_rows(
+    pool: asyncpg.Pool, alice: str
+) -> None:
+    small, big, smaller = [
+        (await withdrawals.request(pool, account_name=alice, amount=Amount(n)))[0] for n in (100, 300, 50)
+    ]
+
+    async def claimable(**options: int) -> list[int]:
+        async with pool.acquire() as conn, conn.transaction():
+            return [w.id for w in await withdrawals.claimable_in(conn, **options)]
+
+    assert await claimable(limit=10, approval_above=100) == [small.id, smaller.id]
+    await withdrawals.approve(pool, big.id)
+    assert await claimable(limit=10, approval_above=100) == [small.id, big.id, smaller.id]
+    assert await claimable(limit=1) == [small.id]
+    async with pool.acquire() as conn, conn.transaction():
+        held = await withdrawals.claimable_in(conn, limit=1)
+        assert [w.id for w in held] == [small.id]
+        assert await claimable(limit=10) == [big.id, smaller.id]  # another sender skips the locked row

@@ -109,6 +109,26 @@ def test_rejection_and_cancel_give_the_funds_back(api: Api, operator: str) -> No
         assert (me["available"]["ipsx"], me["reserved"]["ipsx"]) == ("10", "0")
 
 
+def test_the_operator_approves_a_withdrawal_for_the_chain_payer(api: Api, operator: str) -> None:
+    name, _ = new_account(api)
+    owner = key(api, name, "read,withdraw")
+    with api.client(owner) as client:
+        made = client.post("/v1/withdrawals", json={"amount": str(IPSX)}).json()
+        assert made["approved_at"] is None
+        wid = made["withdrawal_id"]
+        assert client.post(f"/v1/withdrawals/{wid}/approval").status_code == 403  # not its own to approve
+    approved = api.ipsx("withdrawal", "approve", str(wid), "--api", api.url, "--token", operator)
+    assert approved.startswith(f"withdrawal {wid}  pending ") and "approved" in approved
+    with api.client(owner) as client:
+        body = client.get(f"/v1/withdrawals/{wid}").json()
+        assert body["state"] == "pending" and body["approved_at"] is not None
+    with api.client(operator) as client:
+        assert client.post(f"/v1/withdrawals/{wid}/rejection", json={"reason": "no"}).status_code == 200
+        late = client.post(f"/v1/withdrawals/{wid}/approval")
+        assert (late.status_code, late.json()["state"]) == (409, "rejected")
+        assert client.post("/v1/withdrawals/999999999/approval").status_code == 404
+
+
 def test_withdrawal_above_the_balance_is_402_and_moves_nothing(api: Api) -> None:
     name, _ = new_account(api, credit="1.5")
     owner = key(api, name, "read,withdraw")

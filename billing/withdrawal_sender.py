@@ -1,0 +1,426 @@
+"""The chain payer: each withdrawal's IPSX is sent on-chain from the operator's wallet, and the
+withdrawal completed only once that transfer is confirmed.
+
+A round (:meth:`WithdrawalSender.send_once`), run by one sender at a time (a PostgreSQL advisory
+lock per operator address and chain), does two things:
+
+1. **Follow** every stored transfer not yet resolved, in nonce order. Its receipt decides:
+
+   - none yet: broadcast the stored raw transaction again unless the node has it pending; but if
+     the operator's nonce at the block ``confirmations`` deep is past the transfer's, another
+     transaction took that nonce and this one can never be mined: the transfer is ``dropped``
+     and the withdrawal goes back to ``pending`` (nothing moved, so a new transfer is safe);
+   - mined but shallower than ``confirmations``: wait;
+   - status 1 with exactly one Transfer log of the token, from the operator, to the withdrawal's
+     address, of its amount: the withdrawal is completed (the hold posted to ``external:chain``,
+     the hash recorded), in the same transaction as the transfer row;
+   - status 0: the withdrawal is ``failed`` (the hold kept, the reason visible to its owner and
+     the operator, who approves it again, completes it by hand or rejects it); so is a status 1
+     whose logs are not the one Transfer asked for (``mismatch``, logged as an error).
+
+2. **Claim** new withdrawals, only when no stored transfer is still unmined (a stuck one holds
+   every later nonce anyway): up to ``max_batch`` pending withdrawals, oldest first, those above
+   ``approval_above`` only once approved, as far as the wallet's IPSX and ETH (gas at the fee cap)
+   cover them; a withdrawal that does not fit is left pending and logged. For each, the ERC-20
+   ``transfer`` is signed with the next nonce (from the node's pending count for the operator,
+   never below a nonce already stored: a node that counts fewer is out of sync, and nothing is
+   sent) and stored, raw bytes and hash, in the same PostgreSQL transaction that moves the
+   withdrawal to ``sending``. Only after that commit is it broadcast.
+
+So a crash at any point leaves either nothing signed, or a stored transaction that the next round
+broadcasts again, byte for byte: one nonce per withdrawal at a time, and a new one only when the old
+one provably cannot be mined. At most one transfer lands per withdrawal.
+
+Limits: fees are fixed when a transfer is signed (twice the base fee plus the node's suggested tip);
+a transfer priced out by a fee spike stays pending on the node until fees come down, or until the
+operator replaces its nonce (a 0-ETH transaction to itself), after which it is dropped and sent anew.
+A transfer signed with another operator key is left to that key's sender. The node must be one
+consistent view of the chain (one node, not a pool of nodes behind a load balancer that may answer
+two calls from two heights): a dropped transfer is decided from its receipt and the nonce.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import aiohttp
+import asyncpg
+from eth_account import Account
+from eth_account.datastructures import SignedTransaction
+from eth_account.signers.local import LocalAccount
+from eth_typing import ChecksumAddress
+from eth_utils.address import to_checksum_address
+from hexbytes import HexBytes
+from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3.contract import AsyncContract
+from web3.exceptions import TransactionNotFound, Web3Exception, Web3RPCError
+
+from billing import withdrawal_transfers, withdrawals
+from billing.withdrawal_transfers import Transfer
+from billing.withdrawals import Withdrawal
+from contracts import load
+
+log = logging.getLogger(__name__)
+
+SECONDS: Final = 1.0
+TRANSFER_GAS: Final = 100_000  # an OpenZeppelin ERC-20 transfer takes about 52,000 at most
+_ERRORS: Final = (OSError, aiohttp.ClientError, TimeoutError, Web3Exception, asyncpg.PostgresError,
+                  asyncpg.InterfaceError)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class SenderSettings:
+    """Where the token is, whose wallet pays, and how cautious the sender is."""
+
+    token_address: str  # the IPSXToken contract
+    operator_key: str = field(repr=False)  # hex private key of the wallet that pays withdrawals
+    rpc_url: str = "http://127.0.0.1:8545"
+    web3_factory: Callable[[], AsyncWeb3[Any]] | None = None  # instead of rpc_url; the caller closes it
+    confirmations: int = 6  # blocks on top of a transfer's block before its withdrawal completes
+    poll_interval: float = 5 * SECONDS
+    approval_above: int | None = None  # base units; a larger withdrawal waits for the operator's approval
+    max_batch: int = 20  # withdrawals signed per round at most
+    gas_limit: int = TRANSFER_GAS
+    rpc_timeout: float = 30 * SECONDS
+
+    def __post_init__(self) -> None:
+        if self.confirmations < 0 or self.max_batch < 1 or self.gas_limit < 21_000:
+            raise ValueError("confirmations must be >= 0, max_batch >= 1, gas_limit >= 21000")
+        if self.poll_interval <= 0 or self.rpc_timeout <= 0:
+            raise ValueError("poll_interval and rpc_timeout must be positive")
+        if self.approval_above is not None and self.approval_above < 0:
+            raise ValueError("approval_above must be >= 0 base units")
+
+
+def _lock_key(chain_id: int, sender: str) -> int:
+    digest = hashlib.sha256(f"ipsx.billing.withdrawal_sender:{chain_id}:{sender}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+# ---- the sender -------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Round:
+    """What one round did; withdrawal ids in each list."""
+
+    completed: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    requeued: list[int] = field(default_factory=list)  # their transfer was dropped
+    claimed: list[int] = field(default_factory=list)  # signed and stored this round
+    unmined: int = 0  # stored transfers the chain has not mined yet (claiming waits for them)
+    waiting: int = 0  # mined transfers short of their confirmations
+    short: list[int] = field(default_factory=list)  # left pending: the wallet cannot cover them now
+    skipped: bool = False  # another sender is at work
+
+
+@dataclass(slots=True)
+class SenderStats:
+    """What the sender did since it started."""
+
+    rounds: int = 0  # by run
+    errors: int = 0  # rounds of run that failed (node or database unreachable)
+    completed: int = 0
+    failed: int = 0
+
+
+class WithdrawalSender:
+    """Sends the withdrawals from one operator wallet; see the module docstring.
+
+    Drive it with :meth:`run`, or step by step with :meth:`send_once` (or :meth:`claim`, which
+    only signs and stores). Close it with :meth:`aclose` (or ``async with``).
+    """
+
+    def __init__(self, pool: asyncpg.Pool, settings: SenderSettings) -> None:
+        self._pool = pool
+        self._settings = settings
+        self._owns_w3 = settings.web3_factory is None
+        self._w3: AsyncWeb3[Any] = (
+            AsyncWeb3(
+                AsyncHTTPProvider(
+                    settings.rpc_url,
+                    request_kwargs={"timeout": aiohttp.ClientTimeout(total=settings.rpc_timeout)},
+                    exception_retry_configuration=None,  # the next round is the retry
+                )
+            )
+            if settings.web3_factory is None
+            else settings.web3_factory()
+        )
+        self.token: ChecksumAddress = to_checksum_address(settings.token_address)
+        self._token: AsyncContract = self._w3.eth.contract(address=self.token, abi=load("IPSXToken").abi)
+        self._transfer_topic = HexBytes(self._token.events.Transfer().topic)
+        self._operator: LocalAccount = Account.from_key(settings.operator_key)
+        self._chain_id: int | None = None
+        self.stats = SenderStats()
+
+    @property
+    def operator(self) -> ChecksumAddress:
+        return self._operator.address
+
+    async def aclose(self) -> None:
+        if self._owns_w3:
+            await self._w3.provider.disconnect()
+
+    async def __aenter__(self) -> WithdrawalSender:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """A round every ``poll_interval`` until ``stop`` is set (at least one). A node or database
+        that fails is logged and retried at the next round: the loop never ends on its own."""
+        while True:
+            try:
+                await self.send_once()
+            except _ERRORS as exc:
+                self.stats.errors += 1
+                log.warning("withdrawal sender round failed, retrying: %s: %s", type(exc).__name__, exc)
+            self.stats.rounds += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._settings.poll_interval)
+            if stop.is_set():
+                return
+
+    async def send_once(self) -> Round:
+        """Follow the stored transfers, then claim, store and broadcast new ones; see the module
+        docstring. Returns what was done (``skipped`` when another sender holds the lock)."""
+        done = Round()
+        async with self._exclusive() as alone:
+            if not alone:
+                done.skipped = True
+                return done
+            await self._follow(done)
+            if done.unmined == 0:
+                for transfer in await self._claim(done):
+                    await self._broadcast(transfer)
+        return done
+
+    async def claim(self) -> Round:
+        """Only claim, sign and store new transfers, without broadcasting them (what a sender that
+        stops right after its commit leaves behind)."""
+        done = Round()
+        async with self._exclusive() as alone:
+            if not alone:
+                done.skipped = True
+            else:
+                await self._claim(done)
+        return done
+
+    async def _chain(self) -> int:
+        if self._chain_id is None:
+            self._chain_id = int(await self._w3.eth.chain_id)
+        return self._chain_id
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self) -> AsyncIterator[bool]:
+        """Whether this is the only sender of the wallet on this chain now (an advisory lock held
+        on one connection for the round; a crashed process's lock goes with its connection)."""
+        key = _lock_key(await self._chain(), self.operator)
+        async with self._pool.acquire() as conn:
+            alone = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", key))
+            try:
+                yield alone
+            finally:
+                if alone:
+                    await conn.execute("SELECT pg_advisory_unlock($1)", key)
+
+    # ---- following the stored transfers ------------------------------------------------------
+
+    async def _follow(self, done: Round) -> None:
+        head = int(await self._w3.eth.block_number)
+        for transfer in await withdrawal_transfers.unresolved(self._pool, await self._chain(), self.operator):
+            receipt = await self._receipt(transfer.tx_hash)
+            if receipt is None:
+                # The receipt is asked again after the nonce: had this transfer taken it, its
+                # receipt would show now, so a second "none" means another transaction did.
+                taken = await self._nonce_taken(transfer.nonce, head)
+                if taken and await self._receipt(transfer.tx_hash) is None:
+                    await self._drop(transfer, done)
+                else:
+                    done.unmined += 1
+                    if not await self._known(transfer.tx_hash):
+                        await self._broadcast(transfer)
+                continue
+            block = int(receipt["blockNumber"])
+            if head - block < self._settings.confirmations:
+                done.waiting += 1
+                log.debug("withdrawal %d: transfer %s mined in block %d, %d of %d confirmations",
+                          transfer.withdrawal_id, transfer.tx_hash, block, max(head - block, 0),
+                          self._settings.confirmations)  # fmt: skip
+                continue
+            await self._settle(transfer, receipt, block, done)
+
+    async def _receipt(self, tx_hash: str) -> Any:
+        try:
+            return await self._w3.eth.get_transaction_receipt(HexBytes(tx_hash))
+        except TransactionNotFound:
+            return None
+
+    async def _known(self, tx_hash: str) -> bool:
+        """Whether the node holds the transaction (pending in its pool, or mined)."""
+        try:
+            await self._w3.eth.get_transaction(HexBytes(tx_hash))
+        except TransactionNotFound:
+            return False
+        return True
+
+    async def _nonce_taken(self, nonce: int, head: int) -> bool:
+        """Whether a transaction of the operator with this nonce is ``confirmations`` deep (the
+        caller found no receipt of its own transfer: so that transaction is another)."""
+        deep = max(head - self._settings.confirmations, 0)
+        return int(await self._w3.eth.get_transaction_count(self.operator, deep)) > nonce
+
+    async def _drop(self, transfer: Transfer, done: Round) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            if not await withdrawal_transfers.resolve_in(conn, transfer, "dropped", None):
+                return
+            await withdrawals.requeue_in(conn, transfer.withdrawal_id)
+        done.requeued.append(transfer.withdrawal_id)
+        log.warning("withdrawal %d: nonce %d was taken by another transaction, so transfer %s can never "
+                    "be mined; the withdrawal is pending again", transfer.withdrawal_id, transfer.nonce,
+                    transfer.tx_hash)  # fmt: skip
+
+    async def _settle(self, transfer: Transfer, receipt: Any, block: int, done: Round) -> None:
+        """Resolve a transfer mined ``confirmations`` deep, with its withdrawal."""
+        if int(receipt["status"]) != 1:
+            state, reason = "reverted", f"the transfer {transfer.tx_hash} reverted in block {block}"
+        elif not self._moved_exactly(transfer, receipt):
+            state, reason = "mismatch", f"the transfer {transfer.tx_hash} did not move exactly what was asked"
+        else:
+            state, reason = "confirmed", None
+        async with self._pool.acquire() as conn, conn.transaction():
+            if not await withdrawal_transfers.resolve_in(conn, transfer, state, block):
+                return
+            if reason is None:
+                await withdrawals.confirm_in(conn, transfer.withdrawal_id, transfer.tx_hash)
+            else:
+                await withdrawals.fail_in(conn, transfer.withdrawal_id, reason)
+        if reason is None:
+            done.completed.append(transfer.withdrawal_id)
+            self.stats.completed += 1
+            log.info("withdrawal %d completed: %d base units to %s in %s (block %d)", transfer.withdrawal_id,
+                     transfer.amount, transfer.recipient, transfer.tx_hash, block)  # fmt: skip
+        else:
+            done.failed.append(transfer.withdrawal_id)
+            self.stats.failed += 1
+            log.error("withdrawal %d failed, its funds still held: %s; approve it to send it again, or "
+                      "reject it", transfer.withdrawal_id, reason)  # fmt: skip
+
+    def _moved_exactly(self, transfer: Transfer, receipt: Any) -> bool:
+        """Whether the receipt holds one Transfer of the token, and it is the one asked for."""
+        if receipt.get("to") is None or to_checksum_address(receipt["to"]) != self.token:
+            return False
+        moves = [
+            entry
+            for entry in receipt["logs"]
+            if to_checksum_address(entry["address"]) == self.token
+            and entry["topics"]
+            and HexBytes(entry["topics"][0]) == self._transfer_topic
+        ]
+        if len(moves) != 1:
+            return False
+        args = self._token.events.Transfer().process_log(moves[0])["args"]
+        moved = (to_checksum_address(args["from"]), to_checksum_address(args["to"]), int(args["value"]))
+        return moved == (to_checksum_address(transfer.sender), transfer.recipient, transfer.amount)
+
+    # ---- claiming, signing, broadcasting -----------------------------------------------------
+
+    async def _claim(self, done: Round) -> list[Transfer]:
+        """Sign and store transfers for the withdrawals the wallet covers; returns them, unsent."""
+        if not await withdrawals.listing(self._pool, state="pending", limit=1):
+            return []  # nothing waits: no need to ask the node anything
+        if not await self._token.functions.canTransfer(self.operator).call():
+            log.warning("the token does not let %s transfer yet (the sale is not finalized): "
+                        "no withdrawal is sent", self.operator)  # fmt: skip
+            return []
+        tokens = int(await self._token.functions.balanceOf(self.operator).call())
+        ether = int(await self._w3.eth.get_balance(self.operator))
+        fees = await self._fees()
+        gas_cost = self._settings.gas_limit * fees.get("maxFeePerGas", fees.get("gasPrice", 0))
+        chain_id = await self._chain()
+        pending_nonce = int(await self._w3.eth.get_transaction_count(self.operator, "pending"))
+        stored: list[Transfer] = []
+        async with self._pool.acquire() as conn, conn.transaction():
+            nonce = pending_nonce
+            stored_next = await withdrawal_transfers.next_stored_nonce_in(conn, chain_id, self.operator)
+            if stored_next > nonce:
+                # Every transfer stored is resolved here, so the node knows all their nonces; one
+                # that does not (reset, or still syncing) would leave a gap no transfer fills.
+                log.error("the node counts %d transactions of %s but this database stored transfers up "
+                          "to nonce %d: is the node synced, on the right chain? Nothing is sent",
+                          nonce, self.operator, stored_next - 1)  # fmt: skip
+                return []
+            candidates = await withdrawals.claimable_in(
+                conn, limit=self._settings.max_batch, approval_above=self._settings.approval_above
+            )
+            for withdrawal in candidates:
+                if withdrawal.amount > tokens or gas_cost > ether:
+                    done.short.append(withdrawal.id)
+                    continue
+                signed = self._sign(withdrawal, nonce, chain_id, fees)
+                transfer = await withdrawal_transfers.store_in(
+                    conn, withdrawal, chain_id, self.token, self.operator, nonce, signed
+                )
+                stored.append(transfer)
+                await withdrawals.claim_in(conn, withdrawal.id)
+                tokens -= int(withdrawal.amount)
+                ether -= gas_cost
+                nonce += 1
+        for transfer in stored:
+            done.claimed.append(transfer.withdrawal_id)
+            log.info("withdrawal %d: transfer of %d base units to %s signed with nonce %d as %s",
+                     transfer.withdrawal_id, transfer.amount, transfer.recipient, transfer.nonce,
+                     transfer.tx_hash)  # fmt: skip
+        if done.short:
+            log.warning("the operator wallet %s has %d base units of IPSX and %d wei left for more "
+                        "transfers: withdrawals %s wait for it to be topped up", self.operator, tokens,
+                        ether, ", ".join(map(str, done.short)))  # fmt: skip
+        return stored
+
+    async def _fees(self) -> dict[str, int]:
+        """EIP-1559 fees (twice the base fee plus the suggested tip), or the gas price before it."""
+        latest = await self._w3.eth.get_block("latest")
+        base = latest.get("baseFeePerGas")
+        if base is None:
+            return {"gasPrice": int(await self._w3.eth.gas_price)}
+        tip = int(await self._w3.eth.max_priority_fee)
+        return {"maxFeePerGas": 2 * int(base) + tip, "maxPriorityFeePerGas": tip}
+
+    def _sign(
+        self, withdrawal: Withdrawal, nonce: int, chain_id: int, fees: dict[str, int]
+    ) -> SignedTransaction:
+        data = self._token.encode_abi("transfer", args=[to_checksum_address(withdrawal.address),
+                                                        int(withdrawal.amount)])  # fmt: skip
+        tx = {
+            "to": self.token,
+            "data": data,
+            "value": 0,
+            "gas": self._settings.gas_limit,
+            "nonce": nonce,
+            "chainId": chain_id,
+            **fees,
+        }
+        return self._operator.sign_transaction(tx)
+
+    async def _broadcast(self, transfer: Transfer) -> bool:
+        """Send the stored raw transaction; ``False`` when the node refused it (recorded, and
+        tried again next round). A node that cannot be reached raises."""
+        try:
+            await self._w3.eth.send_raw_transaction(transfer.raw_tx)
+        except Web3RPCError as error:  # e.g. nonce too low, already known, insufficient funds for gas
+            message = str(error)[:200]
+            await withdrawal_transfers.note_broadcast(self._pool, transfer, message)
+            log.warning("withdrawal %d: the node refused transfer %s: %s", transfer.withdrawal_id,
+                        transfer.tx_hash, message)  # fmt: skip
+            return False
+        await withdrawal_transfers.note_broadcast(self._pool, transfer, None)
+        log.info("withdrawal %d: transfer %s broadcast (nonce %d)", transfer.withdrawal_id, transfer.tx_hash,
+                 transfer.nonce)  # fmt: skip
+        return True
