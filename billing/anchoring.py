@@ -34,17 +34,16 @@ from typing import Any, Final
 
 import aiohttp
 import asyncpg
-from eth_account import Account
-from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress
 from eth_utils.address import to_checksum_address
 from hexbytes import HexBytes
-from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3 import AsyncWeb3
 from web3.contract import AsyncContract
 from web3.exceptions import ContractLogicError, TimeExhausted, TransactionNotFound, Web3Exception
 
 from billing.anchor_proofs import next_batch
 from billing.deal_record import DealRecord
+from billing.operator_node import OperatorNode
 from contracts import load
 from contracts.merkle import MerkleTree, leaf_hash
 
@@ -166,7 +165,7 @@ def _lock_key(contract: str) -> int:
 # ---- the anchorer -----------------------------------------------------------------------------------
 
 
-class Anchorer:
+class Anchorer(OperatorNode):
     """Posts the batches of one DealAnchor contract; see the module docstring.
 
     Drive it with :meth:`run`, or step by step with :meth:`anchor_once` (or :meth:`prepare`,
@@ -174,31 +173,13 @@ class Anchorer:
     """
 
     def __init__(self, pool: asyncpg.Pool, settings: AnchorSettings) -> None:
+        super().__init__(
+            rpc_url=settings.rpc_url, operator_key=settings.operator_key, web3_factory=settings.web3_factory
+        )
         self._pool = pool
         self._settings = settings
-        self._owns_w3 = settings.web3_factory is None
-        self._w3: AsyncWeb3[Any] = (
-            AsyncWeb3(AsyncHTTPProvider(settings.rpc_url))
-            if settings.web3_factory is None
-            else settings.web3_factory()
-        )
         self.contract: ChecksumAddress = to_checksum_address(settings.anchor_address)
         self._anchor: AsyncContract = self._w3.eth.contract(address=self.contract, abi=load("DealAnchor").abi)
-        self._operator: LocalAccount = Account.from_key(settings.operator_key)
-
-    @property
-    def operator(self) -> ChecksumAddress:
-        return self._operator.address
-
-    async def aclose(self) -> None:
-        if self._owns_w3:
-            await self._w3.provider.disconnect()
-
-    async def __aenter__(self) -> Anchorer:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     async def owner(self) -> ChecksumAddress:
         """The contract's owner: the only account whose posts it accepts."""

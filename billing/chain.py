@@ -32,12 +32,9 @@ from typing import Any, Final
 
 import aiohttp
 import asyncpg
-from eth_account import Account
-from eth_account.signers.local import LocalAccount
-from eth_typing import ChecksumAddress
 from eth_utils.address import to_checksum_address
 from hexbytes import HexBytes
-from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3 import AsyncWeb3
 from web3.contract import AsyncContract
 from web3.exceptions import BlockNotFound, TransactionNotFound, Web3Exception
 from web3.types import LogReceipt
@@ -45,6 +42,7 @@ from web3.types import LogReceipt
 from billing import accounts, channels
 from billing.channels import Channel
 from billing.ledger import TREASURY, Amount, Leg, post_in, provider_account, requester_account
+from billing.operator_node import OperatorNode
 from billing.withdrawals import CHAIN
 from contracts import load
 
@@ -151,7 +149,7 @@ def _owner(channel: Channel) -> str:
     return channel.account_name
 
 
-class ChainWatcher:
+class ChainWatcher(OperatorNode):
     """Applies the confirmed logs of one PaymentChannels contract; see the module docstring.
 
     Drive it with :meth:`run`, or step by step with :meth:`poll_once`. Close it with
@@ -159,37 +157,19 @@ class ChainWatcher:
     """
 
     def __init__(self, pool: asyncpg.Pool, settings: ChainSettings) -> None:
+        super().__init__(
+            rpc_url=settings.rpc_url, operator_key=settings.operator_key, web3_factory=settings.web3_factory
+        )
         self._pool = pool
         self._settings = settings
-        self._owns_w3 = settings.web3_factory is None
-        self._w3: AsyncWeb3[Any] = (
-            AsyncWeb3(AsyncHTTPProvider(settings.rpc_url))
-            if settings.web3_factory is None
-            else settings.web3_factory()
-        )
         self._address = to_checksum_address(settings.channels_address)
         self._contract: AsyncContract = self._w3.eth.contract(
             address=self._address, abi=load("PaymentChannels").abi
         )
-        self._operator: LocalAccount = Account.from_key(settings.operator_key)
         self._cursor = cursor_name(self._address)
         self._events = {HexBytes(getattr(self._contract.events, name)().topic): name for name in EVENTS}
         # channel id -> (balance, tx hash) of the counter this process sent, maybe still pending
         self._countered: dict[str, tuple[int, str]] = {}
-
-    @property
-    def operator(self) -> ChecksumAddress:
-        return self._operator.address
-
-    async def aclose(self) -> None:
-        if self._owns_w3:
-            await self._w3.provider.disconnect()
-
-    async def __aenter__(self) -> ChainWatcher:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until ``stop`` is set (at least once). A failing node or database is logged and

@@ -51,17 +51,16 @@ from typing import Any, Final
 
 import aiohttp
 import asyncpg
-from eth_account import Account
 from eth_account.datastructures import SignedTransaction
-from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress
 from eth_utils.address import to_checksum_address
 from hexbytes import HexBytes
-from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3 import AsyncWeb3
 from web3.contract import AsyncContract
 from web3.exceptions import TransactionNotFound, Web3Exception, Web3RPCError
 
 from billing import withdrawal_transfers, withdrawals
+from billing.operator_node import OperatorNode
 from billing.withdrawal_transfers import Transfer
 from billing.withdrawals import Withdrawal
 from contracts import load
@@ -130,7 +129,7 @@ class SenderStats:
     failed: int = 0
 
 
-class WithdrawalSender:
+class WithdrawalSender(OperatorNode):
     """Sends the withdrawals from one operator wallet; see the module docstring.
 
     Drive it with :meth:`run`, or step by step with :meth:`send_once` (or :meth:`claim`, which
@@ -138,40 +137,19 @@ class WithdrawalSender:
     """
 
     def __init__(self, pool: asyncpg.Pool, settings: SenderSettings) -> None:
+        super().__init__(
+            rpc_url=settings.rpc_url,
+            operator_key=settings.operator_key,
+            web3_factory=settings.web3_factory,
+            rpc_timeout=settings.rpc_timeout,
+        )
         self._pool = pool
         self._settings = settings
-        self._owns_w3 = settings.web3_factory is None
-        self._w3: AsyncWeb3[Any] = (
-            AsyncWeb3(
-                AsyncHTTPProvider(
-                    settings.rpc_url,
-                    request_kwargs={"timeout": aiohttp.ClientTimeout(total=settings.rpc_timeout)},
-                    exception_retry_configuration=None,  # the next round is the retry
-                )
-            )
-            if settings.web3_factory is None
-            else settings.web3_factory()
-        )
         self.token: ChecksumAddress = to_checksum_address(settings.token_address)
         self._token: AsyncContract = self._w3.eth.contract(address=self.token, abi=load("IPSXToken").abi)
         self._transfer_topic = HexBytes(self._token.events.Transfer().topic)
-        self._operator: LocalAccount = Account.from_key(settings.operator_key)
         self._chain_id: int | None = None
         self.stats = SenderStats()
-
-    @property
-    def operator(self) -> ChecksumAddress:
-        return self._operator.address
-
-    async def aclose(self) -> None:
-        if self._owns_w3:
-            await self._w3.provider.disconnect()
-
-    async def __aenter__(self) -> WithdrawalSender:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     async def run(self, stop: asyncio.Event) -> None:
         """A round every ``poll_interval`` until ``stop`` is set (at least one). A node or database

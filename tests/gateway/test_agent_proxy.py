@@ -12,19 +12,17 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from redis.asyncio import Redis
 
 from gateway.agent.connect import ProxyRefused
 from gateway.agent.session import AgentSession
 from gateway.tunnel import exit_id_for
-from tests.gateway.test_tunnel import BIND, WAIT, Gateway, running_gateway
+from tests.gateway.test_tunnel import BIND, WAIT, Gateway
 from tests.gateway.test_tunnel_websocket import agent_settings, echo_through, serving, stop
-from tests.tls import self_signed
 
 PROXY_USER, PROXY_PASSWORD = "office", "s3cret-pw"
 
@@ -72,18 +70,6 @@ def office_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return self_signed(tmp_path_factory.mktemp("tunnel-proxy-tls"), "IP:127.0.0.1")
-
-
-@pytest.fixture
-async def tls_gateway(redis: Redis, certificate: tuple[Path, Path]) -> AsyncIterator[Gateway]:
-    cert, key = certificate
-    async with running_gateway(redis, tunnel_cert=str(cert), tunnel_key=str(key)) as gateway:
-        yield gateway
 
 
 @pytest.mark.parametrize("path", ["/tunnel", None], ids=["wss", "tls"])

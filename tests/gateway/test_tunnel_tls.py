@@ -6,31 +6,15 @@ import asyncio
 import os
 import ssl
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from eth_account import Account
-from redis.asyncio import Redis
 
 from gateway.agent.session import AgentSession
 from gateway.agent.settings import AgentSettings, ExitSpec
 from gateway.tunnel import exit_id_for
-from tests.gateway.test_tunnel import ALLOW_PRIVATE, BIND, WAIT, Gateway, running_gateway, ticket
-from tests.tls import self_signed
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 and its key."""
-    return self_signed(tmp_path_factory.mktemp("tunnel-tls"), "IP:127.0.0.1")
-
-
-@pytest.fixture
-async def tls_gateway(redis: Redis, certificate: tuple[Path, Path]) -> AsyncIterator[Gateway]:
-    cert, key = certificate
-    async with running_gateway(redis, tunnel_cert=str(cert), tunnel_key=str(key)) as gateway:
-        yield gateway
+from tests.gateway.test_tunnel import ALLOW_PRIVATE, BIND, WAIT, Gateway, ticket
 
 
 def agent_settings(gateway: Gateway, *, tls: bool, ca_file: str | None) -> AgentSettings:

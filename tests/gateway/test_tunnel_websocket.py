@@ -37,25 +37,11 @@ from tests.gateway.test_tunnel import (
     usage_count,
     usage_reports,
 )
-from tests.tls import self_signed
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 and its key."""
-    return self_signed(tmp_path_factory.mktemp("tunnel-wss"), "IP:127.0.0.1")
 
 
 @pytest.fixture
 async def gateway(redis: Redis) -> AsyncIterator[Gateway]:
     async with running_gateway(redis, handshake_timeout=1.0) as gateway:
-        yield gateway
-
-
-@pytest.fixture
-async def tls_gateway(redis: Redis, certificate: tuple[Path, Path]) -> AsyncIterator[Gateway]:
-    cert, key = certificate
-    async with running_gateway(redis, tunnel_cert=str(cert), tunnel_key=str(key)) as gateway:
         yield gateway
 
 

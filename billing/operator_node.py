@@ -1,0 +1,63 @@
+"""What the chain services share: one Ethereum node, spoken to as the operator.
+
+The chain watcher (``chain.py``), the anchorer (``anchoring.py``) and the chain payer
+(``withdrawal_sender.py``) each hold a web3 connection to one node and the operator's account.
+``OperatorNode`` opens that connection (or takes the one ``web3_factory`` makes, which its caller
+then closes), gives the operator's address, and closes what it opened (``aclose`` or ``async with``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Self
+
+import aiohttp
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from eth_typing import ChecksumAddress
+from web3 import AsyncHTTPProvider, AsyncWeb3
+
+
+class OperatorNode:
+    """A web3 connection to one node and the operator's account (see the module's docstring).
+
+    With ``rpc_timeout`` a call gives up after that many seconds and is not retried by web3: the
+    service's next round is the retry.
+    """
+
+    def __init__(
+        self,
+        *,
+        rpc_url: str,
+        operator_key: str,
+        web3_factory: Callable[[], AsyncWeb3[Any]] | None = None,
+        rpc_timeout: float | None = None,
+    ) -> None:
+        self._owns_w3 = web3_factory is None
+        if web3_factory is not None:
+            self._w3: AsyncWeb3[Any] = web3_factory()
+        elif rpc_timeout is None:
+            self._w3 = AsyncWeb3(AsyncHTTPProvider(rpc_url))
+        else:
+            self._w3 = AsyncWeb3(
+                AsyncHTTPProvider(
+                    rpc_url,
+                    request_kwargs={"timeout": aiohttp.ClientTimeout(total=rpc_timeout)},
+                    exception_retry_configuration=None,
+                )
+            )
+        self._operator: LocalAccount = Account.from_key(operator_key)
+
+    @property
+    def operator(self) -> ChecksumAddress:
+        return self._operator.address
+
+    async def aclose(self) -> None:
+        if self._owns_w3:
+            await self._w3.provider.disconnect()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
