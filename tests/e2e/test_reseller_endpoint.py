@@ -146,7 +146,7 @@ def test_a_subuser_is_served_on_its_resellers_port_under_its_brand(stack: Stack,
     whole = curl("-x", reseller.proxy("bob-country-fr", reseller.secret), stack.origin.url("/ip"))
     assert whole.stdout == EXITS["fr"]
     # Metered under the sub-user's account, under a deal of its own, on the reseller's node.
-    rows = stack.wait_usage("requester = $1", reseller.account, count=3)
+    rows = stack.wait_usage("requester = $1", reseller.account, count=4)  # plain, CONNECT, SOCKS5, plain
     assert {row["node"] for row in rows} == {"reseller-node"}
     assert all(row["deal_id"] for row in rows)
     owners = stack.query(
