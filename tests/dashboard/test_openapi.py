@@ -24,7 +24,10 @@ _PAGINATED = ("/v1/usage", "/v1/ledger", "/v1/orders", "/v1/deals", "/v1/withdra
 
 
 @schema.parametrize()
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+# derandomize: the same examples on every run (they change with the document), so a run answers for
+# the code and not for the draw; a random draw once took a missing-Authorization case as invalid data
+# although the test sends the header itself.
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_api_conforms_to_its_openapi_document(case: schemathesis.Case, api: Api) -> None:
     # A made-up Content-Length or Transfer-Encoding is refused by aiohttp's HTTP parser with its
     # own 400 before any handler runs: HTTP framing, not this API's contract, so not drawn here.
