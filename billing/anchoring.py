@@ -26,9 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
@@ -41,6 +40,7 @@ from web3 import AsyncWeb3
 from web3.contract import AsyncContract
 from web3.exceptions import ContractLogicError, TimeExhausted, TransactionNotFound, Web3Exception
 
+from billing import db
 from billing.anchor_proofs import next_batch
 from billing.deal_record import DealRecord
 from billing.operator_node import OperatorNode
@@ -157,11 +157,6 @@ def _hex(value: bytes) -> str:
     return "0x" + bytes(value).hex()
 
 
-def _lock_key(contract: str) -> int:
-    digest = hashlib.sha256(f"ipsx.billing.anchoring:{contract}".encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
-
-
 # ---- the anchorer -----------------------------------------------------------------------------------
 
 
@@ -219,17 +214,9 @@ class Anchorer(OperatorNode):
                 await self.post(batch)
             return await self.record(batch)
 
-    @contextlib.asynccontextmanager
-    async def _exclusive(self) -> AsyncIterator[bool]:
+    def _exclusive(self) -> contextlib.AbstractAsyncContextManager[bool]:
         """Whether this is the only anchorer of the contract now (a PostgreSQL advisory lock)."""
-        async with self._pool.acquire() as conn:
-            key = _lock_key(self.contract)
-            alone = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", key))
-            try:
-                yield alone
-            finally:
-                if alone:
-                    await conn.execute("SELECT pg_advisory_unlock($1)", key)
+        return db.try_advisory_lock(self._pool, f"ipsx.billing.anchoring:{self.contract}")
 
     async def prepare(self) -> Batch | None:
         """The pending batch, else the next one written ahead (``None``: nothing to anchor)."""

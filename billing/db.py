@@ -10,9 +10,11 @@ each file is applied exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -120,3 +122,18 @@ async def open_migrated(dsn: str, *, max_size: int = 10) -> asyncpg.Pool:
         await pool.close()
         raise
     return pool
+
+
+@contextlib.asynccontextmanager
+async def try_advisory_lock(pool: asyncpg.Pool, name: str) -> AsyncIterator[bool]:
+    """Whether this process alone holds the PostgreSQL advisory lock ``name`` (hashed to its 64-bit
+    key) for the block; it is held on one pooled connection, so a crashed process's lock goes with
+    its connection."""
+    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+    async with pool.acquire() as conn:
+        alone = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", key))
+        try:
+            yield alone
+        finally:
+            if alone:
+                await conn.execute("SELECT pg_advisory_unlock($1)", key)

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -59,7 +58,7 @@ from web3 import AsyncWeb3
 from web3.contract import AsyncContract
 from web3.exceptions import TransactionNotFound, Web3Exception, Web3RPCError
 
-from billing import withdrawal_transfers, withdrawals
+from billing import db, withdrawal_transfers, withdrawals
 from billing.operator_node import OperatorNode
 from billing.withdrawal_transfers import Transfer
 from billing.withdrawals import Withdrawal
@@ -95,11 +94,6 @@ class SenderSettings:
             raise ValueError("poll_interval and rpc_timeout must be positive")
         if self.approval_above is not None and self.approval_above < 0:
             raise ValueError("approval_above must be >= 0 base units")
-
-
-def _lock_key(chain_id: int, sender: str) -> int:
-    digest = hashlib.sha256(f"ipsx.billing.withdrawal_sender:{chain_id}:{sender}".encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 # ---- the sender -------------------------------------------------------------------------------------
@@ -200,14 +194,9 @@ class WithdrawalSender(OperatorNode):
     async def _exclusive(self) -> AsyncIterator[bool]:
         """Whether this is the only sender of the wallet on this chain now (an advisory lock held
         on one connection for the round; a crashed process's lock goes with its connection)."""
-        key = _lock_key(await self._chain(), self.operator)
-        async with self._pool.acquire() as conn:
-            alone = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", key))
-            try:
-                yield alone
-            finally:
-                if alone:
-                    await conn.execute("SELECT pg_advisory_unlock($1)", key)
+        name = f"ipsx.billing.withdrawal_sender:{await self._chain()}:{self.operator}"
+        async with db.try_advisory_lock(self._pool, name) as alone:
+            yield alone
 
     # ---- following the stored transfers ------------------------------------------------------
 

@@ -129,11 +129,13 @@ class WsTransport(asyncio.Transport):
         return self._wire.raw.get_extra_info(name, default)
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        assert isinstance(protocol, asyncio.Protocol)
+        if not isinstance(protocol, asyncio.Protocol):
+            raise TypeError("a WebSocket stream carries bytes: it takes an asyncio.Protocol")
         self._protocol = protocol
 
     def get_protocol(self) -> asyncio.BaseProtocol:
-        assert self._protocol is not None
+        if self._protocol is None:
+            raise RuntimeError("the WebSocket stream has no protocol yet")
         return self._protocol
 
 
@@ -412,8 +414,6 @@ def accept(
     with its HTTP error and closed; one that does not complete within ``timeout`` is dropped."""
 
     def handshake(wire: _Wire, event: Request | Response | None) -> None:
-        ws = wire.ws
-        assert isinstance(ws, ServerProtocol)
         if not isinstance(event, Request):
             if wire.failure:
                 refusal = ws.reject(wire.failure, _REFUSALS[wire.failure])

@@ -9,33 +9,17 @@ import uuid
 from pathlib import Path
 
 import pytest
-from eth_account import Account
 
 from gateway.agent.session import AgentSession
-from gateway.agent.settings import AgentSettings, ExitSpec
 from gateway.tunnel import exit_id_for
-from tests.gateway.test_tunnel import ALLOW_PRIVATE, BIND, WAIT, Gateway, ticket
-
-
-def agent_settings(gateway: Gateway, *, tls: bool, ca_file: str | None) -> AgentSettings:
-    return AgentSettings(
-        gateway_host="127.0.0.1",
-        gateway_port=gateway.port,
-        account=Account.create(),
-        exits=(ExitSpec(bind=BIND, country="fr"),),
-        policy=ALLOW_PRIVATE,
-        tls=tls,
-        ca_file=ca_file,
-        pool_size=2,
-        dial_timeout=5.0,
-        handshake_timeout=5.0,
-    )
+from tests.gateway.test_tunnel import BIND, WAIT, Gateway, ticket
+from tests.gateway.test_tunnel_websocket import agent_settings
 
 
 async def test_stream_through_a_tls_tunnel(
     tls_gateway: Gateway, certificate: tuple[Path, Path], echo_port: int
 ) -> None:
-    settings = agent_settings(tls_gateway, tls=True, ca_file=str(certificate[0]))
+    settings = agent_settings(tls_gateway, path=None, tls=True, ca_file=str(certificate[0]))
     session = AgentSession(settings)
     await session.login()
     serving = asyncio.create_task(session.serve())
@@ -63,7 +47,7 @@ async def test_stream_through_a_tls_tunnel(
 
 
 async def test_agent_refuses_a_gateway_certificate_it_cannot_verify(tls_gateway: Gateway) -> None:
-    session = AgentSession(agent_settings(tls_gateway, tls=True, ca_file=None))  # system CAs only
+    session = AgentSession(agent_settings(tls_gateway, path=None, tls=True, ca_file=None))  # system CAs only
     try:
         with pytest.raises(ssl.SSLCertVerificationError):
             await session.login()
@@ -72,7 +56,7 @@ async def test_agent_refuses_a_gateway_certificate_it_cannot_verify(tls_gateway:
 
 
 async def test_plain_agent_cannot_log_in_to_a_tls_tunnel(tls_gateway: Gateway) -> None:
-    session = AgentSession(agent_settings(tls_gateway, tls=False, ca_file=None))
+    session = AgentSession(agent_settings(tls_gateway, path=None, tls=False, ca_file=None))
     try:
         with pytest.raises((OSError, TimeoutError, ValueError)):
             await session.login()
