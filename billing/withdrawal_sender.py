@@ -4,39 +4,50 @@ withdrawal completed only once that transfer is confirmed.
 A round (:meth:`WithdrawalSender.send_once`), run by one sender at a time (a PostgreSQL advisory
 lock per operator address and chain), does two things:
 
-1. **Follow** every stored transfer not yet resolved, in nonce order. Its receipt decides:
+1. **Follow** every stored transfer not yet resolved, in nonce order. A transfer is one nonce and
+   every version signed with it (the first, then each fee replacement, see below); any of them may
+   be the one mined, so the receipts of all of them decide:
 
-   - none yet: broadcast the stored raw transaction again unless the node has it pending; but if
+   - none yet: broadcast the newest stored version again unless the node has it pending; but if
      the operator's nonce at the block ``confirmations`` deep is past the transfer's, another
-     transaction took that nonce and this one can never be mined: the transfer is ``dropped``
+     transaction took that nonce and no version can ever be mined: the transfer is ``dropped``
      and the withdrawal goes back to ``pending`` (nothing moved, so a new transfer is safe);
-   - mined but shallower than ``confirmations``: wait;
-   - status 1 with exactly one Transfer log of the token, from the operator, to the withdrawal's
-     address, of its amount: the withdrawal is completed (the hold posted to ``external:chain``,
-     the hash recorded), in the same transaction as the transfer row;
+   - none yet, and the newest version has waited ``bump_after`` blocks since it was signed but
+     offers less than the chain now asks (a max fee below twice the latest base fee plus the
+     node's suggested tip, or a tip below that tip): it is **replaced**. The same ``transfer``
+     call with the same nonce is signed again with both fees raised to what the chain asks, and
+     by 12.5 % at least (nodes take a replacement only 10 % above the transaction it replaces),
+     but never above ``max_fee``; a version already too close to that ceiling is left as it is
+     (a warning says so) until fees come down. The replacement is stored as the transfer's next
+     version in one PostgreSQL transaction, and only after that commit broadcast;
+   - one mined but shallower than ``confirmations``: wait;
+   - one mined with status 1 and exactly one Transfer log of the token, from the operator, to the
+     withdrawal's address, of its amount: the withdrawal is completed (the hold posted to
+     ``external:chain``, the mined version's hash recorded, on the transfer and the withdrawal),
+     in the same transaction as the transfer row;
    - status 0: the withdrawal is ``failed`` (the hold kept, the reason visible to its owner and
      the operator, who approves it again, completes it by hand or rejects it); so is a status 1
      whose logs are not the one Transfer asked for (``mismatch``, logged as an error).
 
 2. **Claim** new withdrawals, only when no stored transfer is still unmined (a stuck one holds
-   every later nonce anyway): up to ``max_batch`` pending withdrawals, oldest first, those above
-   ``approval_above`` only once approved, as far as the wallet's IPSX and ETH (gas at the fee cap)
-   cover them; a withdrawal that does not fit is left pending and logged. For each, the ERC-20
-   ``transfer`` is signed with the next nonce (from the node's pending count for the operator,
-   never below a nonce already stored: a node that counts fewer is out of sync, and nothing is
-   sent) and stored, raw bytes and hash, in the same PostgreSQL transaction that moves the
-   withdrawal to ``sending``. Only after that commit is it broadcast.
+   every later nonce anyway) and the chain asks no more than ``max_fee``: up to ``max_batch``
+   pending withdrawals, oldest first, those above ``approval_above`` only once approved, as far as
+   the wallet's IPSX and ETH (gas at the fee cap) cover them; a withdrawal that does not fit is left
+   pending and logged. For each, the ERC-20 ``transfer`` is signed with the next nonce (from the
+   node's pending count for the operator, never below a nonce already stored: a node that counts
+   fewer is out of sync, and nothing is sent) and stored, raw bytes and hash, in the same
+   PostgreSQL transaction that moves the withdrawal to ``sending``. Only after that commit is it
+   broadcast.
 
-So a crash at any point leaves either nothing signed, or a stored transaction that the next round
-broadcasts again, byte for byte: one nonce per withdrawal at a time, and a new one only when the old
-one provably cannot be mined. At most one transfer lands per withdrawal.
+So a crash at any point leaves either nothing signed, or stored transactions of which the next
+round broadcasts the newest again, byte for byte: one nonce per withdrawal at a time, and a new one
+only when no version of the old one can ever be mined. At most one transfer lands per withdrawal.
 
-Limits: fees are fixed when a transfer is signed (twice the base fee plus the node's suggested tip);
-a transfer priced out by a fee spike stays pending on the node until fees come down, or until the
-operator replaces its nonce (a 0-ETH transaction to itself), after which it is dropped and sent anew.
-A transfer signed with another operator key is left to that key's sender. The node must be one
-consistent view of the chain (one node, not a pool of nodes behind a load balancer that may answer
-two calls from two heights): a dropped transfer is decided from its receipt and the nonce.
+Limits: fees rise only up to ``max_fee`` (``--max-fee-gwei``): above it a transfer waits for fees
+to come down. A transfer signed with another operator key is left to that key's sender. The node
+must be one consistent view of the chain (one node, not a pool of nodes behind a load balancer that
+may answer two calls from two heights): a dropped transfer is decided from its receipts and the
+nonce.
 """
 
 from __future__ import annotations
@@ -60,13 +71,14 @@ from web3.exceptions import TransactionNotFound, Web3Exception, Web3RPCError
 
 from billing import db, withdrawal_transfers, withdrawals
 from billing.operator_node import OperatorNode
-from billing.withdrawal_transfers import Transfer
-from billing.withdrawals import Withdrawal
+from billing.transfer_fees import GWEI, Fees, gwei, replacement_fees, underpriced
+from billing.withdrawal_transfers import Transfer, Version
 from contracts import load
 
 log = logging.getLogger(__name__)
 
 SECONDS: Final = 1.0
+BLOCKS: Final = 1
 TRANSFER_GAS: Final = 100_000  # an OpenZeppelin ERC-20 transfer takes about 52,000 at most
 _ERRORS: Final = (OSError, aiohttp.ClientError, TimeoutError, Web3Exception, asyncpg.PostgresError,
                   asyncpg.InterfaceError)  # fmt: skip
@@ -86,6 +98,10 @@ class SenderSettings:
     max_batch: int = 20  # withdrawals signed per round at most
     gas_limit: int = TRANSFER_GAS
     rpc_timeout: float = 30 * SECONDS
+    # A version of a transfer unmined this many blocks after it was signed is replaced with higher
+    # fees if the chain now asks more than it offers (15 blocks: 3 minutes on Ethereum).
+    bump_after: int = 15 * BLOCKS
+    max_fee: int = 500 * GWEI  # wei per gas: the ceiling no transfer nor replacement offers more than
 
     def __post_init__(self) -> None:
         if self.confirmations < 0 or self.max_batch < 1 or self.gas_limit < 21_000:
@@ -94,6 +110,8 @@ class SenderSettings:
             raise ValueError("poll_interval and rpc_timeout must be positive")
         if self.approval_above is not None and self.approval_above < 0:
             raise ValueError("approval_above must be >= 0 base units")
+        if self.bump_after < 1 or self.max_fee < 1:
+            raise ValueError("bump_after must be >= 1 block, max_fee >= 1 wei")
 
 
 # ---- the sender -------------------------------------------------------------------------------------
@@ -107,6 +125,8 @@ class Round:
     failed: list[int] = field(default_factory=list)
     requeued: list[int] = field(default_factory=list)  # their transfer was dropped
     claimed: list[int] = field(default_factory=list)  # signed and stored this round
+    bumped: list[int] = field(default_factory=list)  # their transfer got a replacement this round
+    capped: list[int] = field(default_factory=list)  # their transfer is priced out, at the fee ceiling
     unmined: int = 0  # stored transfers the chain has not mined yet (claiming waits for them)
     waiting: int = 0  # mined transfers short of their confirmations
     short: list[int] = field(default_factory=list)  # left pending: the wallet cannot cover them now
@@ -121,13 +141,14 @@ class SenderStats:
     errors: int = 0  # rounds of run that failed (node or database unreachable)
     completed: int = 0
     failed: int = 0
+    bumped: int = 0  # replacements signed and stored
 
 
 class WithdrawalSender(OperatorNode):
     """Sends the withdrawals from one operator wallet; see the module docstring.
 
-    Drive it with :meth:`run`, or step by step with :meth:`send_once` (or :meth:`claim`, which
-    only signs and stores). Close it with :meth:`aclose` (or ``async with``).
+    Drive it with :meth:`run`, or step by step with :meth:`send_once` (or :meth:`claim` and
+    :meth:`bump`, which only sign and store). Close it with :meth:`aclose` (or ``async with``).
     """
 
     def __init__(self, pool: asyncpg.Pool, settings: SenderSettings) -> None:
@@ -143,6 +164,7 @@ class WithdrawalSender(OperatorNode):
         self._token: AsyncContract = self._w3.eth.contract(address=self.token, abi=load("IPSXToken").abi)
         self._transfer_topic = HexBytes(self._token.events.Transfer().topic)
         self._chain_id: int | None = None
+        self._capped: set[int] = set()  # versions the ceiling stopped, already warned about
         self.stats = SenderStats()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -161,17 +183,18 @@ class WithdrawalSender(OperatorNode):
                 return
 
     async def send_once(self) -> Round:
-        """Follow the stored transfers, then claim, store and broadcast new ones; see the module
-        docstring. Returns what was done (``skipped`` when another sender holds the lock)."""
+        """Follow the stored transfers (replacing those priced out), then claim, store and broadcast
+        new ones; see the module docstring. Returns what was done (``skipped`` when another sender
+        holds the lock)."""
         done = Round()
         async with self._exclusive() as alone:
             if not alone:
                 done.skipped = True
                 return done
-            await self._follow(done)
+            await self._follow(done, send=True)
             if done.unmined == 0:
                 for transfer in await self._claim(done):
-                    await self._broadcast(transfer)
+                    await self._broadcast(transfer, transfer.latest)
         return done
 
     async def claim(self) -> Round:
@@ -183,6 +206,18 @@ class WithdrawalSender(OperatorNode):
                 done.skipped = True
             else:
                 await self._claim(done)
+        return done
+
+    async def bump(self) -> Round:
+        """Only follow the stored transfers, signing and storing the replacements that are due, but
+        broadcast nothing, neither them nor stored versions the node lacks (what a sender that stops
+        right after storing a replacement leaves behind)."""
+        done = Round()
+        async with self._exclusive() as alone:
+            if not alone:
+                done.skipped = True
+            else:
+                await self._follow(done, send=False)
         return done
 
     async def _chain(self) -> int:
@@ -200,29 +235,41 @@ class WithdrawalSender(OperatorNode):
 
     # ---- following the stored transfers ------------------------------------------------------
 
-    async def _follow(self, done: Round) -> None:
+    async def _follow(self, done: Round, *, send: bool) -> None:
         head = int(await self._w3.eth.block_number)
         for transfer in await withdrawal_transfers.unresolved(self._pool, await self._chain(), self.operator):
-            receipt = await self._receipt(transfer.tx_hash)
-            if receipt is None:
-                # The receipt is asked again after the nonce: had this transfer taken it, its
-                # receipt would show now, so a second "none" means another transaction did.
+            found = await self._mined(transfer)
+            if found is None:
+                # The receipts are asked again after the nonce: had one of our versions taken it,
+                # its receipt would show now, so a second "none" means another transaction did.
                 taken = await self._nonce_taken(transfer.nonce, head)
-                if taken and await self._receipt(transfer.tx_hash) is None:
+                if taken and await self._mined(transfer) is None:
                     await self._drop(transfer, done)
-                else:
-                    done.unmined += 1
-                    if not await self._known(transfer.tx_hash):
-                        await self._broadcast(transfer)
+                    continue
+                done.unmined += 1
+                if send and not await self._known(transfer.latest.tx_hash):
+                    await self._broadcast(transfer, transfer.latest)
+                if not taken:
+                    await self._bump(transfer, head, done, send=send)
                 continue
+            version, receipt = found
             block = int(receipt["blockNumber"])
             if head - block < self._settings.confirmations:
                 done.waiting += 1
                 log.debug("withdrawal %d: transfer %s mined in block %d, %d of %d confirmations",
-                          transfer.withdrawal_id, transfer.tx_hash, block, max(head - block, 0),
+                          transfer.withdrawal_id, version.tx_hash, block, max(head - block, 0),
                           self._settings.confirmations)  # fmt: skip
                 continue
-            await self._settle(transfer, receipt, block, done)
+            await self._settle(transfer, version, receipt, block, done)
+
+    async def _mined(self, transfer: Transfer) -> tuple[Version, Any] | None:
+        """The version of the transfer that is mined and its receipt; ``None`` while none is (at
+        most one can be: they share a nonce). The newest, likeliest, is asked first."""
+        for version in reversed(transfer.versions):
+            receipt = await self._receipt(version.tx_hash)
+            if receipt is not None:
+                return version, receipt
+        return None
 
     async def _receipt(self, tx_hash: str) -> Any:
         try:
@@ -240,40 +287,43 @@ class WithdrawalSender(OperatorNode):
 
     async def _nonce_taken(self, nonce: int, head: int) -> bool:
         """Whether a transaction of the operator with this nonce is ``confirmations`` deep (the
-        caller found no receipt of its own transfer: so that transaction is another)."""
+        caller found no receipt of any version of its own transfer: so that transaction is another)."""
         deep = max(head - self._settings.confirmations, 0)
         return int(await self._w3.eth.get_transaction_count(self.operator, deep)) > nonce
 
     async def _drop(self, transfer: Transfer, done: Round) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
-            if not await withdrawal_transfers.resolve_in(conn, transfer, "dropped", None):
+            if not await withdrawal_transfers.resolve_in(conn, transfer, "dropped", None, None):
                 return
             await withdrawals.requeue_in(conn, transfer.withdrawal_id)
         done.requeued.append(transfer.withdrawal_id)
-        log.warning("withdrawal %d: nonce %d was taken by another transaction, so transfer %s can never "
-                    "be mined; the withdrawal is pending again", transfer.withdrawal_id, transfer.nonce,
-                    transfer.tx_hash)  # fmt: skip
+        log.warning("withdrawal %d: nonce %d was taken by another transaction, so transfer %s (%d "
+                    "versions) can never be mined; the withdrawal is pending again", transfer.withdrawal_id,
+                    transfer.nonce, transfer.latest.tx_hash, len(transfer.versions))  # fmt: skip
 
-    async def _settle(self, transfer: Transfer, receipt: Any, block: int, done: Round) -> None:
-        """Resolve a transfer mined ``confirmations`` deep, with its withdrawal."""
+    async def _settle(
+        self, transfer: Transfer, version: Version, receipt: Any, block: int, done: Round
+    ) -> None:
+        """Resolve a transfer whose ``version`` is mined ``confirmations`` deep, with its withdrawal."""
         if int(receipt["status"]) != 1:
-            state, reason = "reverted", f"the transfer {transfer.tx_hash} reverted in block {block}"
+            state, reason = "reverted", f"the transfer {version.tx_hash} reverted in block {block}"
         elif not self._moved_exactly(transfer, receipt):
-            state, reason = "mismatch", f"the transfer {transfer.tx_hash} did not move exactly what was asked"
+            state, reason = "mismatch", f"the transfer {version.tx_hash} did not move exactly what was asked"
         else:
             state, reason = "confirmed", None
         async with self._pool.acquire() as conn, conn.transaction():
-            if not await withdrawal_transfers.resolve_in(conn, transfer, state, block):
+            if not await withdrawal_transfers.resolve_in(conn, transfer, state, block, version):
                 return
             if reason is None:
-                await withdrawals.confirm_in(conn, transfer.withdrawal_id, transfer.tx_hash)
+                await withdrawals.confirm_in(conn, transfer.withdrawal_id, version.tx_hash)
             else:
                 await withdrawals.fail_in(conn, transfer.withdrawal_id, reason)
         if reason is None:
             done.completed.append(transfer.withdrawal_id)
             self.stats.completed += 1
-            log.info("withdrawal %d completed: %d base units to %s in %s (block %d)", transfer.withdrawal_id,
-                     transfer.amount, transfer.recipient, transfer.tx_hash, block)  # fmt: skip
+            log.info("withdrawal %d completed: %d base units to %s in %s (version %d, block %d)",
+                     transfer.withdrawal_id, transfer.amount, transfer.recipient, version.tx_hash,
+                     version.version, block)  # fmt: skip
         else:
             done.failed.append(transfer.withdrawal_id)
             self.stats.failed += 1
@@ -297,6 +347,56 @@ class WithdrawalSender(OperatorNode):
         moved = (to_checksum_address(args["from"]), to_checksum_address(args["to"]), int(args["value"]))
         return moved == (to_checksum_address(transfer.sender), transfer.recipient, transfer.amount)
 
+    # ---- replacing a transfer priced out -----------------------------------------------------
+
+    async def _bump(self, transfer: Transfer, head: int, done: Round, *, send: bool) -> None:
+        """Replace the transfer's newest version when it is due (see the module docstring): sign
+        the same call with the same nonce and higher fees, store it, then broadcast it if ``send``."""
+        latest, ceiling = transfer.latest, self._settings.max_fee
+        if latest.signed_block is not None and head - latest.signed_block < self._settings.bump_after:
+            return
+        needed, _ = await self._fees()
+        if not underpriced(latest.fees, needed):
+            return
+        if int(await self._w3.eth.get_transaction_count(self.operator, head)) > transfer.nonce:
+            return  # the nonce is mined already: following decides whose it is, a replacement cannot help
+        fees = replacement_fees(latest.fees, needed, ceiling)
+        if fees is None:
+            done.capped.append(transfer.withdrawal_id)
+            if latest.id not in self._capped:
+                self._capped.add(latest.id)
+                log.warning("withdrawal %d: transfer %s (nonce %d) offers %s gwei per gas, the chain asks "
+                            "%s: it is not bumped, the fee ceiling of %s gwei leaves no room for a "
+                            "replacement; it waits for fees to come down (or a higher --max-fee-gwei)",
+                            transfer.withdrawal_id, latest.tx_hash, transfer.nonce, gwei(latest.fees.max_fee),
+                            gwei(needed.max_fee), gwei(ceiling))  # fmt: skip
+            return
+        ether = int(await self._w3.eth.get_balance(self.operator))
+        if ether < self._settings.gas_limit * fees.max_fee:
+            log.warning("withdrawal %d: transfer %s is priced out but the operator wallet %s has %d wei, "
+                        "less than the gas of a replacement at %s gwei: it is not bumped until it is "
+                        "topped up", transfer.withdrawal_id, latest.tx_hash, self.operator, ether,
+                        gwei(fees.max_fee))  # fmt: skip
+            return
+        signed = self._sign(transfer.recipient, transfer.amount, transfer.nonce, transfer.chain_id, fees)
+        async with self._pool.acquire() as conn, conn.transaction():
+            bumped = await withdrawal_transfers.store_version_in(conn, transfer, signed, fees, head)
+        if bumped is None:
+            return  # resolved or replaced by another sender meanwhile
+        done.bumped.append(transfer.withdrawal_id)
+        self.stats.bumped += 1
+        log.info("withdrawal %d: transfer %s (nonce %d) offers %s gwei per gas but the chain asks %s "
+                 "(tip %s): replaced by version %d, %s, at %s gwei (tip %s)", transfer.withdrawal_id,
+                 latest.tx_hash, transfer.nonce, gwei(latest.fees.max_fee), gwei(needed.max_fee),
+                 gwei(needed.priority_fee), bumped.latest.version, bumped.latest.tx_hash,
+                 gwei(fees.max_fee), gwei(fees.priority_fee))  # fmt: skip
+        if fees.max_fee >= ceiling:
+            log.warning("withdrawal %d: transfer %s is at the fee ceiling of %s gwei per gas: it will not "
+                        "be bumped again", transfer.withdrawal_id, bumped.latest.tx_hash,
+                        gwei(ceiling))  # fmt: skip
+        if send:
+            await self._broadcast(bumped, bumped.latest)
+
     # ---- claiming, signing, broadcasting -----------------------------------------------------
 
     async def _claim(self, done: Round) -> list[Transfer]:
@@ -307,10 +407,15 @@ class WithdrawalSender(OperatorNode):
             log.warning("the token does not let %s transfer yet (the sale is not finalized): "
                         "no withdrawal is sent", self.operator)  # fmt: skip
             return []
+        fees, block = await self._fees()
+        if fees.max_fee > self._settings.max_fee:
+            log.warning("the chain asks %s gwei per gas (twice the base fee plus the tip), above the fee "
+                        "ceiling of %s gwei: no withdrawal is sent until fees come down",
+                        gwei(fees.max_fee), gwei(self._settings.max_fee))  # fmt: skip
+            return []
         tokens = int(await self._token.functions.balanceOf(self.operator).call())
         ether = int(await self._w3.eth.get_balance(self.operator))
-        fees = await self._fees()
-        gas_cost = self._settings.gas_limit * fees.get("maxFeePerGas", fees.get("gasPrice", 0))
+        gas_cost = self._settings.gas_limit * fees.max_fee
         chain_id = await self._chain()
         pending_nonce = int(await self._w3.eth.get_transaction_count(self.operator, "pending"))
         stored: list[Transfer] = []
@@ -331,9 +436,10 @@ class WithdrawalSender(OperatorNode):
                 if withdrawal.amount > tokens or gas_cost > ether:
                     done.short.append(withdrawal.id)
                     continue
-                signed = self._sign(withdrawal, nonce, chain_id, fees)
+                recipient = to_checksum_address(withdrawal.address)
+                signed = self._sign(recipient, int(withdrawal.amount), nonce, chain_id, fees)
                 transfer = await withdrawal_transfers.store_in(
-                    conn, withdrawal, chain_id, self.token, self.operator, nonce, signed
+                    conn, withdrawal, chain_id, self.token, self.operator, nonce, signed, fees, block
                 )
                 stored.append(transfer)
                 await withdrawals.claim_in(conn, withdrawal.id)
@@ -344,27 +450,27 @@ class WithdrawalSender(OperatorNode):
             done.claimed.append(transfer.withdrawal_id)
             log.info("withdrawal %d: transfer of %d base units to %s signed with nonce %d as %s",
                      transfer.withdrawal_id, transfer.amount, transfer.recipient, transfer.nonce,
-                     transfer.tx_hash)  # fmt: skip
+                     transfer.latest.tx_hash)  # fmt: skip
         if done.short:
             log.warning("the operator wallet %s has %d base units of IPSX and %d wei left for more "
                         "transfers: withdrawals %s wait for it to be topped up", self.operator, tokens,
                         ether, ", ".join(map(str, done.short)))  # fmt: skip
         return stored
 
-    async def _fees(self) -> dict[str, int]:
-        """EIP-1559 fees (twice the base fee plus the suggested tip), or the gas price before it."""
+    async def _fees(self) -> tuple[Fees, int]:
+        """What the chain asks now: EIP-1559 fees (twice the latest base fee plus the node's
+        suggested tip), or the gas price before it; and the latest block's number."""
         latest = await self._w3.eth.get_block("latest")
         base = latest.get("baseFeePerGas")
         if base is None:
-            return {"gasPrice": int(await self._w3.eth.gas_price)}
+            price = int(await self._w3.eth.gas_price)
+            return Fees(price, price, legacy=True), int(latest["number"])
         tip = int(await self._w3.eth.max_priority_fee)
-        return {"maxFeePerGas": 2 * int(base) + tip, "maxPriorityFeePerGas": tip}
+        return Fees(2 * int(base) + tip, tip), int(latest["number"])
 
-    def _sign(
-        self, withdrawal: Withdrawal, nonce: int, chain_id: int, fees: dict[str, int]
-    ) -> SignedTransaction:
-        data = self._token.encode_abi("transfer", args=[to_checksum_address(withdrawal.address),
-                                                        int(withdrawal.amount)])  # fmt: skip
+    def _sign(self, recipient: str, amount: int, nonce: int, chain_id: int, fees: Fees) -> SignedTransaction:
+        """The ERC-20 ``transfer(recipient, amount)`` from the operator, with this nonce and fees."""
+        data = self._token.encode_abi("transfer", args=[to_checksum_address(recipient), amount])
         tx = {
             "to": self.token,
             "data": data,
@@ -372,22 +478,22 @@ class WithdrawalSender(OperatorNode):
             "gas": self._settings.gas_limit,
             "nonce": nonce,
             "chainId": chain_id,
-            **fees,
+            **fees.fields(),
         }
         return self._operator.sign_transaction(tx)
 
-    async def _broadcast(self, transfer: Transfer) -> bool:
-        """Send the stored raw transaction; ``False`` when the node refused it (recorded, and
-        tried again next round). A node that cannot be reached raises."""
+    async def _broadcast(self, transfer: Transfer, version: Version) -> bool:
+        """Send the stored raw transaction of ``version``; ``False`` when the node refused it
+        (recorded, and tried again next round). A node that cannot be reached raises."""
         try:
-            await self._w3.eth.send_raw_transaction(transfer.raw_tx)
-        except Web3RPCError as error:  # e.g. nonce too low, already known, insufficient funds for gas
+            await self._w3.eth.send_raw_transaction(version.raw_tx)
+        except Web3RPCError as error:  # e.g. nonce too low, already known, fee below the base fee
             message = str(error)[:200]
-            await withdrawal_transfers.note_broadcast(self._pool, transfer, message)
-            log.warning("withdrawal %d: the node refused transfer %s: %s", transfer.withdrawal_id,
-                        transfer.tx_hash, message)  # fmt: skip
+            await withdrawal_transfers.note_broadcast(self._pool, version, message)
+            log.warning("withdrawal %d: the node refused transfer %s (version %d): %s",
+                        transfer.withdrawal_id, version.tx_hash, version.version, message)  # fmt: skip
             return False
-        await withdrawal_transfers.note_broadcast(self._pool, transfer, None)
-        log.info("withdrawal %d: transfer %s broadcast (nonce %d)", transfer.withdrawal_id, transfer.tx_hash,
-                 transfer.nonce)  # fmt: skip
+        await withdrawal_transfers.note_broadcast(self._pool, version, None)
+        log.info("withdrawal %d: transfer %s broadcast (nonce %d, version %d)", transfer.withdrawal_id,
+                 version.tx_hash, transfer.nonce, version.version)  # fmt: skip
         return True

@@ -8,8 +8,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import sys
+from decimal import Decimal, InvalidOperation
 from typing import Final
 
 import asyncpg
@@ -21,6 +23,7 @@ from billing.chain import ChainSettings, ChainWatcher, DeepReorg
 from billing.errors import InvalidAmount
 from billing.ledger import Amount, format_amount, parse_amount
 from billing.reconcile import Report, format_report, reconcile
+from billing.transfer_fees import GWEI, gwei
 from billing.withdrawal_sender import SenderSettings, WithdrawalSender
 from ipsx import runtime
 from ipsx.chain_access import (
@@ -127,18 +130,22 @@ def _sender_settings(args: argparse.Namespace, token: str, key: str, url: str) -
     """The chain payer's settings with ``--send-withdrawals``, else ``None``; raises
     ``UsageError`` for a bad limit."""
     if not args.send_withdrawals:
-        if args.approval_above is not None:
-            raise UsageError("--approval-above applies to --send-withdrawals")
+        for given, flag in ((args.approval_above, "approval-above"), (args.bump_after, "bump-after"),
+                            (args.max_fee_gwei, "max-fee-gwei")):  # fmt: skip
+            if given is not None:
+                raise UsageError(f"--{flag} applies to --send-withdrawals")
         return None
     if args.max_withdrawals < 1:
         raise UsageError("--max-withdrawals must be positive")
+    if args.bump_after is not None and args.bump_after < 1:
+        raise UsageError("--bump-after must be at least 1 block")
     limit = None
     if args.approval_above is not None:
         try:
             limit = int(parse_amount(args.approval_above))
         except InvalidAmount as error:
             raise UsageError(f"--approval-above: {error}") from None
-    return SenderSettings(
+    settings = SenderSettings(
         token_address=token,
         operator_key=key,
         rpc_url=url,
@@ -147,13 +154,31 @@ def _sender_settings(args: argparse.Namespace, token: str, key: str, url: str) -
         approval_above=limit,
         max_batch=args.max_withdrawals,
     )
+    # What is not given keeps SenderSettings' default.
+    if args.bump_after is not None:
+        settings = dataclasses.replace(settings, bump_after=args.bump_after)
+    if args.max_fee_gwei is not None:
+        settings = dataclasses.replace(settings, max_fee=_wei_per_gas(args.max_fee_gwei))
+    return settings
+
+
+def _wei_per_gas(text: str) -> int:
+    """``--max-fee-gwei`` in wei; ``UsageError`` unless it is a positive whole number of wei."""
+    try:
+        wei = Decimal(text) * GWEI
+    except InvalidOperation:
+        raise UsageError(f"--max-fee-gwei: not a number of gwei: {text!r}") from None
+    if not wei.is_finite() or wei < 1 or wei != wei.to_integral_value():
+        raise UsageError(f"--max-fee-gwei: {text!r} is not a positive whole number of wei")
+    return int(wei)
 
 
 async def _send(pool: asyncpg.Pool, settings: SenderSettings, stop: asyncio.Event) -> None:
     async with WithdrawalSender(pool, settings) as sender:
         limit = "none" if settings.approval_above is None else format_amount(Amount(settings.approval_above))
-        log.info("sending withdrawals in IPSX %s from %s, %d confirmations, approval needed above: %s",
-                 sender.token, sender.operator, settings.confirmations, limit)  # fmt: skip
+        log.info("sending withdrawals in IPSX %s from %s, %d confirmations, approval needed above: %s; "
+                 "fees bumped after %d blocks unmined, up to %s gwei per gas", sender.token, sender.operator,
+                 settings.confirmations, limit, settings.bump_after, gwei(settings.max_fee))  # fmt: skip
         await sender.run(stop)
         log.info("withdrawal sender stopped")
 
@@ -180,7 +205,8 @@ def withdrawals_command(args: argparse.Namespace, env: Environment) -> None:
             lines = []
             for w in found:
                 lines.append(_withdrawal_line(w))
-                lines.extend(_transfer_line(t) for t in await withdrawal_transfers.transfers(pool, w.id))
+                for t in await withdrawal_transfers.transfers(pool, w.id):
+                    lines.extend(_transfer_lines(t))
             return lines
         finally:
             await pool.close()
@@ -200,13 +226,25 @@ def _withdrawal_line(w: withdrawals.Withdrawal) -> str:
     return line
 
 
-def _transfer_line(t: withdrawal_transfers.Transfer) -> str:
-    line = f"  transfer nonce {t.nonce}  {t.tx_hash}  {t.state}  broadcast {t.broadcasts}x"
+def _transfer_lines(t: withdrawal_transfers.Transfer) -> list[str]:
+    """The transfer, then each of its versions (the first signature, then each fee replacement)."""
+    line = f"  transfer nonce {t.nonce}  {t.state}"
     if t.block_number is not None:
         line += f"  block {t.block_number}"
-    if t.last_error:
-        line += f"  last error: {t.last_error}"
-    return line
+    if len(t.versions) > 1:
+        line += f"  bumped {len(t.versions) - 1}x"
+    lines = [line]
+    for v in t.versions:
+        line = f"    version {v.version}  {v.tx_hash}  max fee {gwei(v.fees.max_fee)} gwei"
+        line += f"  tip {gwei(v.fees.priority_fee)} gwei  broadcast {v.broadcasts}x"
+        if v.signed_block is not None:
+            line += f"  signed at block {v.signed_block}"
+        if v.tx_hash == t.mined_hash:
+            line += "  mined"
+        if v.last_error:
+            line += f"  last error: {v.last_error}"
+        lines.append(line)
+    return lines
 
 
 # ---- ipsx reconcile ------------------------------------------------------------------------------

@@ -148,8 +148,10 @@ def _add_watch(
         "each pending withdrawal's IPSX is sent from the operator's wallet (an ERC-20 transfer, "
         "signed and stored in the database before it is broadcast, so a restart sends the same "
         "transaction again, never a second one) and the withdrawal completed once the transfer is "
-        "--confirmations deep; a reverted transfer leaves it failed, its funds still held, for "
-        "`ipsx withdrawal approve` (send again) or `reject`. Runs until SIGINT/SIGTERM. Exits with "
+        "--confirmations deep; a transfer a fee spike leaves unmined is replaced with higher fees "
+        "and the same nonce (--bump-after, --max-fee-gwei); a reverted transfer leaves it failed, "
+        "its funds still held, for `ipsx withdrawal approve` (send again) or `reject`. Runs until "
+        "SIGINT/SIGTERM. Exits with "
         "status 3 when the chain was reorganised deeper than the confirmations (check with "
         "`ipsx reconcile`). The database is IPSX_DATABASE_URL.",
         epilog="Example: IPSX_OPERATOR_KEY=0x... ipsx chain watch --send-withdrawals --approval-above 10000",
@@ -188,6 +190,22 @@ def _add_watch(
         metavar="N",
         help="with --send-withdrawals: transfers signed per poll at most (default: %(default)s)",
     )
+    w.add_argument(
+        "--bump-after",
+        type=int,
+        metavar="BLOCKS",
+        help="with --send-withdrawals: a transfer still unmined this many blocks after it was signed, "
+        "while the chain asks more than it offers (twice the base fee plus the tip), is replaced: "
+        "the same transfer with the same nonce and both fees raised by 12.5%% at least, stored "
+        "before it is broadcast (default: 15, about 3 minutes on Ethereum)",
+    )
+    w.add_argument(
+        "--max-fee-gwei",
+        metavar="GWEI",
+        help="with --send-withdrawals: the most a transfer offers per gas, replacements included; "
+        "a transfer at this ceiling is not bumped again (a warning says so) and waits for fees "
+        "to come down, and no new withdrawal is sent while the chain asks more (default: 500)",
+    )
     add_db_pool(w, 2)
 
 
@@ -196,8 +214,9 @@ def _add_withdrawals(actions: argparse._SubParsersAction[Any]) -> None:
         "withdrawals",
         help="list the withdrawals the chain payer sends, with their transfers",
         description="Print the withdrawals (IPSX_DATABASE_URL), newest first, with every transfer "
-        "signed for each (nonce, hash, state, broadcasts, last error): by default those waiting for "
-        "the sender or the operator (pending, sending, failed).",
+        "signed for each (nonce, state, the hash mined) and every version of it: the first "
+        "signature and each fee replacement (hash, fees, broadcasts, last error). By default "
+        "those waiting for the sender or the operator (pending, sending, failed).",
     )
     w.add_argument(
         "--state",

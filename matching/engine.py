@@ -377,6 +377,16 @@ class Engine:
     def is_resting(self, order_id: str) -> bool:
         return order_id in self._book.offers or order_id in self._book.requests
 
+    def queue_position(self, order_id: str) -> int | None:
+        """The resting order's place in time priority: its sequence, lower trading first among
+        equal prices; a new one each time the engine (re-)queues it. ``None`` if it does not rest.
+
+        Only the order of positions means anything, and only within this engine: a caller tells
+        whether a call re-queued an order by comparing its position before and after.
+        """
+        rested = self._book.offers.get(order_id) or self._book.requests.get(order_id)
+        return None if rested is None else rested.seq
+
     def resting_requests(self) -> list[RequestStatus]:
         """Resting requests, in arrival order (see ``seq``; priority also weighs max prices)."""
         return [RequestStatus(rr.request, rr.filled, rr.seq) for rr in self._book.requests.values()]

@@ -329,15 +329,20 @@ class Market:
         placed: tuple[str, str, str, dict[str, Any], str | None] | None = None,
         spot: bool = False,
         key_id: str | None = None,
+        queued: str | None = None,
     ) -> None:
         """Make one operation durable in one transaction: the order it ``placed`` (side, account,
-        id, terms, key), the deals its fills opened and the requests it finished. Raises
-        MarketRefused 409 when the transaction fails, after rebuilding the book from the database."""
+        id, terms, key), the open order it put back on the book (``queued``: stored with a fresh
+        place in time priority, as the engine gave it one), the deals its fills opened and the
+        requests it finished. Raises MarketRefused 409 when the transaction fails, after
+        rebuilding the book from the database."""
         now = int(self._clock())
         try:
             async with self._pool.acquire() as conn, conn.transaction():
                 if placed is not None:
                     await store.insert_order(conn, *placed)
+                if queued is not None:
+                    await store.requeue(conn, queued)
                 new = await self._book.open_in(conn, result.fills, now=now, spot=spot, key_id=key_id)
                 resting = {status.request.request_id for status in self._engine.resting_requests()}
                 touched = {fill.request_id for fill in result.fills} | set(result.unfunded)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 import orjson
@@ -28,7 +28,12 @@ from matching.terms import amendment
 
 _RECLIP_S = 60  # a scheduled offer is re-placed once its window's end cuts its deals this much shorter
 
-Commit = Callable[[MatchResult], Awaitable[None]]
+
+class Commit(Protocol):
+    """Makes one operation durable (the market's commit): what ``result`` matched and, when
+    ``queued`` names an order, that order's new place in time priority."""
+
+    def __call__(self, result: MatchResult, *, queued: str | None = None) -> Awaitable[None]: ...
 
 
 class LedgerFunds:
@@ -168,12 +173,14 @@ class OrderDesk:
         self, account: str, order_id: str, side: str, stored_terms: str, changes: dict[str, Any]
     ) -> MatchResult:
         """Amend ``account``'s open order (``side`` and ``stored_terms`` as its row has them) and
-        save its new terms; returns what a changed price matched. Raises ``InvalidOrder`` for bad
-        values or a field that side does not have."""
+        save its new terms, with a fresh place in time priority if the engine re-queued it;
+        returns what a changed price matched. Raises ``InvalidOrder`` for bad values or a field
+        that side does not have."""
         now = self._clock()
         kwargs = amendment(side, changes)
         changed = {name: value for name, value in kwargs.items() if value is not None}
         result = MatchResult(rested=True)
+        position = self._engine.queue_position(order_id)
         if side == "offer":
             scheduled = self.scheduled.get(order_id)
             if scheduled is not None:
@@ -191,8 +198,13 @@ class OrderDesk:
             result = self._engine.amend_request(order_id, now=now, **kwargs)
         terms = orjson.loads(stored_terms)
         terms.update({k: (v if k == "ips" else str(v)) for k, v in kwargs.items() if v is not None})
+        # Whether the order lost its time priority is the engine's call: its place changed.
+        after = self._engine.queue_position(order_id)
+        requeued = after is not None and after != position
         async with self._pool.acquire() as conn, conn.transaction():
             await store.update_order(conn, order_id, terms=terms)
+            if requeued:
+                await store.requeue(conn, order_id)
         return result
 
     async def cancel(self, order_id: str) -> None:
@@ -219,7 +231,8 @@ class OrderDesk:
     async def _reschedule(self, now: float, commit: Commit) -> None:
         """Put offers on the book as their windows open and take them off as they close (a held
         offer is re-placed, clipped again, as its window's end nears), and requests as their time
-        frames start. Orders that expired meanwhile are marked so."""
+        frames start; each placement is stored with the order's new place in time priority.
+        Orders that expired meanwhile are marked so."""
         for offer_id, offer in list(self.scheduled.items()):
             if is_expired(offer.expires_at, now):
                 await self._expired(offer_id)
@@ -234,7 +247,7 @@ class OrderDesk:
             if held is not None:
                 self._engine.cancel(offer_id)
             await self._funds.refresh(status.request.requester for status in self._engine.resting_requests())
-            await commit(self._engine.place_offer(admitted, now))
+            await commit(self._engine.place_offer(admitted, now), queued=offer_id)
         for request_id, (request, filled, key_id) in list(self.waiting.items()):
             if is_expired(request.expires_at, now):
                 await self._expired(request_id)
@@ -244,8 +257,9 @@ class OrderDesk:
                 if await self._funds.limit_to_key(request.requester, key_id):
                     request = replace(request, rest=False)
                 result = self._engine.place_request(replace(request, ips=request.ips - filled), now)
-                await commit(result)
-                if not self._engine.is_resting(request_id):
+                resting = self._engine.is_resting(request_id)
+                await commit(result, queued=request_id if resting else None)
+                if not resting:
                     async with self._pool.acquire() as conn, conn.transaction():
                         await store.update_order(conn, request_id, state="done")
 

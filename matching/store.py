@@ -114,15 +114,24 @@ async def update_order(
     )
 
 
+async def requeue(conn: asyncpg.Connection, order_id: str) -> None:
+    """Move the order to the back of time priority, as the engine just did: a fresh place, after
+    every order stored so far, that :func:`open_orders` replays it at."""
+    await conn.execute(
+        "UPDATE market_orders SET queued = nextval('market_orders_queued') WHERE order_id = $1", order_id
+    )
+
+
 async def order_exists(conn: asyncpg.Connection | asyncpg.Pool, order_id: str) -> bool:
     return bool(await conn.fetchval("SELECT 1 FROM market_orders WHERE order_id = $1", order_id))
 
 
 async def open_orders(pool: asyncpg.Pool) -> list[asyncpg.Record]:
-    """Open orders in arrival order: ``side``, ``account``, ``terms`` (JSON), ``filled``, ``key_id``."""
+    """Open orders in time priority, as the engine last queued them (see :func:`requeue`):
+    ``side``, ``account``, ``terms`` (JSON), ``filled``, ``key_id``."""
     rows = await pool.fetch(
         "SELECT order_id, side, account, terms::text AS terms, filled, key_id FROM market_orders"
-        " WHERE state = 'open' ORDER BY seq"
+        " WHERE state = 'open' ORDER BY queued"
     )
     return list(rows)
 

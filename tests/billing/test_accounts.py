@@ -52,6 +52,8 @@ MIGRATIONS = [
     "018_deals_settled_index",
     "019_inspection_ca_sealed",
     "020_withdrawal_transfers",
+    "021_transfer_replacements",
+    "022_order_queue",
 ]
 
 

@@ -128,10 +128,12 @@ async def test_send_once_sends_the_exact_amount_and_posts_the_hold_once(
     assert first.claimed == [withdrawal.id]
     assert await state(stack, withdrawal) == "sending"
     (sent,) = await transfers(stack.pool, withdrawal.id)
-    assert (sent.state, sent.nonce, sent.broadcasts, sent.recipient, sent.amount) == (
+    assert (sent.state, sent.nonce, sent.latest.broadcasts, sent.recipient, sent.amount) == (
         "signed", nonce, 1, recipient, AMOUNT,
     )  # fmt: skip
-    assert sent.tx_hash == HexBytes(stack.chain.w3.keccak(sent.raw_tx)).to_0x_hex()
+    assert [v.version for v in sent.versions] == [0]
+    assert sent.latest.tx_hash == HexBytes(stack.chain.w3.keccak(sent.latest.raw_tx)).to_0x_hex()
+    assert sent.mined_hash is None
     assert await balance(stack.pool, CHAIN) == 0  # mined, not confirmed: nothing left the books
     assert await holds.reserved(stack.pool, "requester:alice") == AMOUNT
 
@@ -140,12 +142,14 @@ async def test_send_once_sends_the_exact_amount_and_posts_the_hold_once(
     assert done.completed == [withdrawal.id]
     completed = await withdrawals.get(stack.pool, withdrawal.id)
     assert completed is not None
-    assert (completed.state, completed.tx_hash) == ("completed", sent.tx_hash)
+    assert (completed.state, completed.tx_hash) == ("completed", sent.latest.tx_hash)
+    (confirmed,) = await transfers(stack.pool, withdrawal.id)
+    assert (confirmed.state, confirmed.mined_hash) == ("confirmed", sent.latest.tx_hash)
     assert stack.tokens(recipient) == before + AMOUNT
     assert stack.tokens(stack.operator) == operator_tokens - AMOUNT
     assert stack.nonce(stack.operator) == nonce + 1
     assert [HexBytes(log["transactionHash"]).to_0x_hex() for log in transfer_logs(stack, recipient)] == [
-        sent.tx_hash
+        sent.latest.tx_hash
     ]
     assert await balance(stack.pool, CHAIN) == AMOUNT
     assert await balance(stack.pool, "requester:alice") == 100 * TOKEN - AMOUNT
@@ -166,7 +170,7 @@ async def test_send_once_completes_only_at_the_confirmation_depth(stack: Stack, 
     sender = make_sender(confirmations=5)
     await sender.send_once()
     (sent,) = await transfers(stack.pool, withdrawal.id)
-    mined_in = int(stack.chain.w3.eth.get_transaction_receipt(sent.tx_hash)["blockNumber"])  # type: ignore[arg-type]
+    mined_in = int(stack.chain.w3.eth.get_transaction_receipt(sent.latest.tx_hash)["blockNumber"])  # type: ignore[arg-type]
     for depth in range(5):
         assert stack.block() - mined_in == depth
         round_ = await sender.send_once()
@@ -191,20 +195,20 @@ async def test_restart_after_storing_broadcasts_the_stored_transaction(
     crashed = make_sender()
     assert (await crashed.claim()).claimed == [withdrawal.id]  # signed and stored, then the process died
     (stored,) = await transfers(stack.pool, withdrawal.id)
-    assert (stored.state, stored.broadcasts) == ("signed", 0)
+    assert (stored.state, stored.latest.broadcasts) == ("signed", 0)
     assert stack.nonce(stack.operator) == nonce  # nothing reached the node
     await crashed.aclose()
 
     restarted = make_sender()
     first = await restarted.send_once()
     assert (first.unmined, first.claimed) == (1, [])  # the stored one again, nothing new signed
-    mined = stack.chain.w3.eth.get_transaction(stored.tx_hash)  # type: ignore[arg-type]
-    assert HexBytes(mined["hash"]).to_0x_hex() == stored.tx_hash
+    mined = stack.chain.w3.eth.get_transaction(stored.latest.tx_hash)  # type: ignore[arg-type]
+    assert HexBytes(mined["hash"]).to_0x_hex() == stored.latest.tx_hash
     assert stack.nonce(stack.operator) == nonce + 1
 
     stack.mine(CONFIRMATIONS)
     assert (await restarted.send_once()).completed == [withdrawal.id]
-    assert [t.tx_hash for t in await transfers(stack.pool, withdrawal.id)] == [stored.tx_hash]
+    assert [t.mined_hash for t in await transfers(stack.pool, withdrawal.id)] == [stored.latest.tx_hash]
     assert len(transfer_logs(stack, stack.requesters[0])) == 1
     assert stack.tokens(stack.requesters[0]) == before + AMOUNT
     assert await posted(stack, withdrawal) == 1
@@ -226,7 +230,7 @@ async def test_restart_after_broadcasting_never_sends_a_second_transfer(
     pending = await restarted.send_once()
     assert (pending.unmined, pending.claimed) == (1, [])
     (sent,) = await transfers(stack.pool, withdrawal.id)
-    assert sent.broadcasts == 1  # the node had it: not sent again
+    assert sent.latest.broadcasts == 1  # the node had it: not sent again
 
     stack.mine(1)
     assert stack.nonce(stack.operator) == nonce + 1
@@ -301,7 +305,7 @@ async def test_a_dropped_transfer_is_sent_anew_once_its_nonce_is_taken_deep(
     refused = await sender.send_once()  # not deep yet: kept, broadcast, refused by the node
     assert (refused.unmined, refused.requeued) == (1, [])
     (kept,) = await transfers(stack.pool, withdrawal.id)
-    assert (kept.state, kept.broadcasts, kept.last_error is not None) == ("signed", 0, True)
+    assert (kept.state, kept.latest.broadcasts, kept.latest.last_error is not None) == ("signed", 0, True)
     assert await state(stack, withdrawal) == "sending"
 
     stack.mine(CONFIRMATIONS)
@@ -310,7 +314,9 @@ async def test_a_dropped_transfer_is_sent_anew_once_its_nonce_is_taken_deep(
     stack.mine(CONFIRMATIONS)
     assert (await sender.send_once()).completed == [withdrawal.id]
     dropped, sent = await transfers(stack.pool, withdrawal.id)
-    assert (dropped.tx_hash, dropped.state, sent.state) == (stale.tx_hash, "dropped", "confirmed")
+    assert (dropped.state, sent.state) == ("dropped", "confirmed")
+    assert dropped.latest.tx_hash == stale.latest.tx_hash
+    assert (dropped.mined_hash, sent.mined_hash) == (None, sent.latest.tx_hash)
     assert sent.nonce == stale.nonce + 1
     assert len(transfer_logs(stack, stack.requesters[0])) == 1
     assert await posted(stack, withdrawal) == 1
@@ -335,7 +341,7 @@ async def test_a_reverted_transfer_fails_and_keeps_the_hold(stack: Stack, make_s
 
     await sender.send_once()
     (reverted,) = await transfers(stack.pool, withdrawal.id)
-    receipt = stack.chain.w3.eth.get_transaction_receipt(reverted.tx_hash)  # type: ignore[arg-type]
+    receipt = stack.chain.w3.eth.get_transaction_receipt(reverted.latest.tx_hash)  # type: ignore[arg-type]
     assert receipt["status"] == 0
     assert await state(stack, withdrawal) == "sending"
     stack.mine(CONFIRMATIONS)
@@ -344,7 +350,8 @@ async def test_a_reverted_transfer_fails_and_keeps_the_hold(stack: Stack, make_s
     failed = await withdrawals.get(stack.pool, withdrawal.id)
     assert failed is not None
     assert (failed.state, failed.tx_hash, failed.resolved_at) == ("failed", None, None)
-    assert failed.reason is not None and reverted.tx_hash in failed.reason and "reverted" in failed.reason
+    assert failed.reason is not None
+    assert reverted.latest.tx_hash in failed.reason and "reverted" in failed.reason
     assert (await transfers(stack.pool, withdrawal.id))[0].state == "reverted"
     assert await holds.reserved(stack.pool, "requester:alice") == AMOUNT
     assert await balance(stack.pool, "requester:alice") == 100 * TOKEN - AMOUNT
@@ -352,7 +359,7 @@ async def test_a_reverted_transfer_fails_and_keeps_the_hold(stack: Stack, make_s
     assert stack.tokens(recipient) == before
     async with stack.pool.acquire() as conn, conn.transaction():
         with pytest.raises(WithdrawalResolved):  # failed is not resolved, but no longer the sender's
-            await withdrawals.confirm_in(conn, withdrawal.id, reverted.tx_hash)
+            await withdrawals.confirm_in(conn, withdrawal.id, reverted.latest.tx_hash)
 
     nonce = stack.nonce(stack.operator)
     stack.mine(CONFIRMATIONS)

@@ -1,5 +1,7 @@
 """Fixtures for the market's functional tests: a migrated PostgreSQL database of their own
-(emptied before every test) and Redis db 7 (flushed)."""
+(emptied before every test), Redis db 7 (flushed), and a loaded market on both with its own
+clock, a provider ``bob`` and a funded requester ``alice``; helpers to put exits online and
+offer them."""
 
 from __future__ import annotations
 
@@ -11,7 +13,12 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from billing import db
+from billing import db, ledger
+from billing.accounts import create_account
+from billing.ledger import TREASURY, Amount, transfer
+from matching.market import Market, MarketSettings
+from pool.models import ExitInfo
+from pool.registry import ExitRegistry
 from tests.billing.conftest import create_and_migrate, drop_database
 
 REDIS_URL = os.environ.get("IPSX_TEST_MARKET_REDIS_URL", "redis://127.0.0.1:6379/7")
@@ -43,3 +50,60 @@ async def rds() -> AsyncIterator[Redis]:
     yield client
     await client.flushdb()
     await client.aclose()
+
+
+IPSX = 10**18
+PROVIDER_ADDRESS = "0xfB6916095ca1df60bB79Ce92cE3Ea74c37c5d359"
+REQUESTER_ADDRESS = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
+GB = 10**9
+
+
+class Clock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def online(rds: Redis, exit_id: str, country: str = "fr", provider: str = PROVIDER_ADDRESS) -> ExitInfo:
+    info = ExitInfo(exit_id=exit_id, provider=provider, node="n1", bind="127.0.0.2", country=country)
+    await ExitRegistry(rds).register([info])
+    return info
+
+
+async def offline(rds: Redis, info: ExitInfo) -> None:
+    await ExitRegistry(rds).deregister("n1", [info])
+
+
+@pytest.fixture
+async def market(pg: asyncpg.Pool, rds: Redis) -> Market:
+    await create_account(pg, address=PROVIDER_ADDRESS, name="bob")
+    await create_account(pg, address=REQUESTER_ADDRESS, name="alice")
+    await transfer(
+        pg, debit=TREASURY, credit=ledger.requester_account("alice"), amount=Amount(10 * IPSX), kind="credit"
+    )
+    m = Market(pg, rds, MarketSettings(settle_grace=5, ready_timeout=60), clock=Clock())
+    await m.load()
+    return m
+
+
+def clock(market: Market) -> Clock:
+    return market._clock  # type: ignore[return-value]
+
+
+REQUEST = {
+    "filters": {"country": "fr", "protocol": "https"},
+    "ips": 1,
+    "duration_s": 600,
+    "traffic_bytes": GB,
+    "max_price_per_gb": str(2 * IPSX),
+    "max_price_per_hour": "0",
+}
+
+
+async def offer(market: Market, exit_id: str, price_gb: int = IPSX, **extra: object) -> str:
+    placed, _ = await market.place_offer(
+        "bob", PROVIDER_ADDRESS, {"exit_id": exit_id, "price_per_gb": str(price_gb), **extra}
+    )
+    return placed.offer_id

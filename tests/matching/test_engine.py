@@ -638,3 +638,22 @@ def test_restore_deal_refuses_duplicates_and_foreign_exits() -> None:
     with pytest.raises(InvalidOrder) as foreign:
         eng.restore_deal(dataclasses.replace(deal, deal_id="r9_9", provider="someone_else"))
     assert foreign.value.field == "exit_id"
+
+
+def test_queue_position_moves_only_when_the_order_is_requeued() -> None:
+    eng, _ = engine()
+    eng.place_offer(make_offer("a"), 0.0)
+    eng.place_request(make_request("r1", ips=3, max_gb=IPSX // 2), 0.0)  # too cheap for "a": rests
+    a, r1 = eng.queue_position("a"), eng.queue_position("r1")
+    assert a is not None and r1 is not None and a < r1
+    eng.amend_offer("a", price_per_gb=Amount(IPSX), now=1.0)  # the price it has: no change
+    eng.amend_request("r1", ips=2, now=1.0)  # fewer IPs: keeps its place
+    assert (eng.queue_position("a"), eng.queue_position("r1")) == (a, r1)
+    eng.amend_request("r1", ips=4, now=2.0)
+    raised = eng.queue_position("r1")
+    assert raised is not None and raised > r1
+    eng.amend_offer("a", price_per_hour=Amount(1), now=3.0)
+    repriced = eng.queue_position("a")
+    assert repriced is not None and repriced > raised
+    eng.cancel("a")
+    assert eng.queue_position("a") is None and eng.queue_position("nope") is None
