@@ -42,13 +42,17 @@ def signed_fees(raw_tx: bytes) -> Fees:
     ``ValueError`` for bytes that are none of them."""
     if not raw_tx:
         raise ValueError("an empty transaction")
-    if raw_tx[0] >= 0xC0:  # an RLP list: a legacy transaction (nonce, gasPrice, ...)
-        price = int.from_bytes(rlp.decode(raw_tx)[1], "big")
-        return Fees(price, price, legacy=True)
-    fields = TypedTransaction.from_bytes(HexBytes(raw_tx)).as_dict()
-    if "maxFeePerGas" in fields:
-        return Fees(int(fields["maxFeePerGas"]), int(fields["maxPriorityFeePerGas"]))
-    price = int(fields["gasPrice"])
+    try:
+        if raw_tx[0] >= 0xC0:  # an RLP list: a legacy transaction (nonce, gasPrice, ...)
+            price = int.from_bytes(rlp.decode(raw_tx)[1], "big")
+            return Fees(price, price, legacy=True)
+        fields = TypedTransaction.from_bytes(HexBytes(raw_tx)).as_dict()
+        if "maxFeePerGas" in fields:
+            return Fees(int(fields["maxFeePerGas"]), int(fields["maxPriorityFeePerGas"]))
+        price = int(fields["gasPrice"])
+    except (rlp.exceptions.RLPException, TypeError, ValueError, KeyError, IndexError) as error:
+        # the RLP and eth-account decoders each raise their own kinds
+        raise ValueError(f"not a signed transaction: {error}") from None
     return Fees(price, price, legacy=True)
 
 

@@ -378,7 +378,10 @@ class WithdrawalSender(OperatorNode):
                         "topped up", transfer.withdrawal_id, latest.tx_hash, self.operator, ether,
                         gwei(fees.max_fee))  # fmt: skip
             return
-        signed = self._sign(transfer.recipient, transfer.amount, transfer.nonce, transfer.chain_id, fees)
+        # the very call of version 0: its token even if the sender now runs with another deployment
+        signed = self._sign(
+            transfer.token, transfer.recipient, transfer.amount, transfer.nonce, transfer.chain_id, fees
+        )
         async with self._pool.acquire() as conn, conn.transaction():
             bumped = await withdrawal_transfers.store_version_in(conn, transfer, signed, fees, head)
         if bumped is None:
@@ -437,7 +440,7 @@ class WithdrawalSender(OperatorNode):
                     done.short.append(withdrawal.id)
                     continue
                 recipient = to_checksum_address(withdrawal.address)
-                signed = self._sign(recipient, int(withdrawal.amount), nonce, chain_id, fees)
+                signed = self._sign(self.token, recipient, int(withdrawal.amount), nonce, chain_id, fees)
                 transfer = await withdrawal_transfers.store_in(
                     conn, withdrawal, chain_id, self.token, self.operator, nonce, signed, fees, block
                 )
@@ -468,11 +471,13 @@ class WithdrawalSender(OperatorNode):
         tip = int(await self._w3.eth.max_priority_fee)
         return Fees(2 * int(base) + tip, tip), int(latest["number"])
 
-    def _sign(self, recipient: str, amount: int, nonce: int, chain_id: int, fees: Fees) -> SignedTransaction:
-        """The ERC-20 ``transfer(recipient, amount)`` from the operator, with this nonce and fees."""
+    def _sign(
+        self, token: str, recipient: str, amount: int, nonce: int, chain_id: int, fees: Fees
+    ) -> SignedTransaction:
+        """``token``'s ERC-20 ``transfer(recipient, amount)`` from the operator, with this nonce and fees."""
         data = self._token.encode_abi("transfer", args=[to_checksum_address(recipient), amount])
         tx = {
-            "to": self.token,
+            "to": to_checksum_address(token),
             "data": data,
             "value": 0,
             "gas": self._settings.gas_limit,

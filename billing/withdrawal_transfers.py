@@ -61,11 +61,6 @@ class Transfer:
         """The newest version: the one the sender broadcasts."""
         return self.versions[-1]
 
-    @property
-    def mined(self) -> Version | None:
-        """The version that was mined, once the transfer is resolved by it."""
-        return next((v for v in self.versions if v.tx_hash == self.mined_hash), None)
-
 
 _TRANSFER = """id, withdrawal_id, chain_id, token, sender, recipient, amount::text, nonce, state,
                block_number, mined_hash"""

@@ -11,8 +11,9 @@ sends the tokens from the operator's wallet:
   approves it); the owner may ``cancel`` it, the operator ``reject`` it;
 - ``sending`` — the sender signed an ERC-20 ``transfer`` and stored it before broadcasting it; the
   withdrawal stays here until that very transaction, or a fee replacement of it with the same
-  nonce, is confirmed (nobody may cancel or reject it meanwhile: it may land at any moment). A transfer that can never be mined (its nonce was
-  taken by another transaction) sends the withdrawal back to ``pending``;
+  nonce, is confirmed (nobody may cancel or reject it meanwhile: it may land at any moment). A
+  transfer that can never be mined (its nonce was taken by another transaction) sends the
+  withdrawal back to ``pending``;
 - ``completed`` — the transfer is ``confirmations`` deep with status 1 and exactly the Transfer
   asked for: the hold is posted to ``external:chain`` (where tokens leave the books) and the
   transaction hash recorded;

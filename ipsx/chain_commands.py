@@ -235,8 +235,12 @@ def _transfer_lines(t: withdrawal_transfers.Transfer) -> list[str]:
         line += f"  bumped {len(t.versions) - 1}x"
     lines = [line]
     for v in t.versions:
-        line = f"    version {v.version}  {v.tx_hash}  max fee {gwei(v.fees.max_fee)} gwei"
-        line += f"  tip {gwei(v.fees.priority_fee)} gwei  broadcast {v.broadcasts}x"
+        line = f"    version {v.version}  {v.tx_hash}  "
+        if v.fees.legacy:
+            line += f"gas price {gwei(v.fees.max_fee)} gwei"
+        else:
+            line += f"max fee {gwei(v.fees.max_fee)} gwei  tip {gwei(v.fees.priority_fee)} gwei"
+        line += f"  broadcasts {v.broadcasts}"
         if v.signed_block is not None:
             line += f"  signed at block {v.signed_block}"
         if v.tx_hash == t.mined_hash:

@@ -214,8 +214,9 @@ def _add_withdrawals(actions: argparse._SubParsersAction[Any]) -> None:
         "withdrawals",
         help="list the withdrawals the chain payer sends, with their transfers",
         description="Print the withdrawals (IPSX_DATABASE_URL), newest first, with every transfer "
-        "signed for each (nonce, state, the hash mined) and every version of it: the first "
-        "signature and each fee replacement (hash, fees, broadcasts, last error). By default "
+        "signed for each (nonce, state, block, how many times its fee was bumped) and every version "
+        "of it: the first signature and each fee replacement (hash, fees, broadcasts, the one "
+        "mined, last error). By default "
         "those waiting for the sender or the operator (pending, sending, failed).",
     )
     w.add_argument(

@@ -221,9 +221,13 @@ class Market:
             )
             if row is None or row["account"] != account:
                 raise MarketRefused(404, "unknown_order", "you have no open order with this id")
-            result = await self._orders.amend(account, order_id, row["side"], row["terms"], changes)
-            await self._commit(result)
-        return result
+            amended = await self._orders.amend(account, order_id, row["side"], row["terms"], changes)
+            await self._commit(
+                amended.result,
+                amended=(order_id, amended.terms),
+                queued=order_id if amended.requeued else None,
+            )
+        return amended.result
 
     async def spot(
         self,
@@ -329,18 +333,21 @@ class Market:
         placed: tuple[str, str, str, dict[str, Any], str | None] | None = None,
         spot: bool = False,
         key_id: str | None = None,
+        amended: tuple[str, dict[str, Any]] | None = None,
         queued: str | None = None,
     ) -> None:
         """Make one operation durable in one transaction: the order it ``placed`` (side, account,
-        id, terms, key), the open order it put back on the book (``queued``: stored with a fresh
-        place in time priority, as the engine gave it one), the deals its fills opened and the
-        requests it finished. Raises MarketRefused 409 when the transaction fails, after
-        rebuilding the book from the database."""
+        id, terms, key), the open order it ``amended`` (id, new terms), the open order it put back
+        on the book (``queued``: stored with a fresh place in time priority, as the engine gave it
+        one), the deals its fills opened and the requests it finished. Raises MarketRefused 409
+        when the transaction fails, after rebuilding the book from the database."""
         now = int(self._clock())
         try:
             async with self._pool.acquire() as conn, conn.transaction():
                 if placed is not None:
                     await store.insert_order(conn, *placed)
+                if amended is not None:
+                    await store.update_order(conn, amended[0], terms=amended[1])
                 if queued is not None:
                     await store.requeue(conn, queued)
                 new = await self._book.open_in(conn, result.fills, now=now, spot=spot, key_id=key_id)

@@ -12,7 +12,7 @@ state.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import asyncpg
@@ -34,6 +34,15 @@ class Commit(Protocol):
     ``queued`` names an order, that order's new place in time priority."""
 
     def __call__(self, result: MatchResult, *, queued: str | None = None) -> Awaitable[None]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Amended:
+    """What an amendment did, for the market to make durable in one transaction with its fills."""
+
+    result: MatchResult
+    terms: dict[str, Any]  # the order's terms as amended
+    requeued: bool  # the engine gave the order a fresh place in time priority
 
 
 class LedgerFunds:
@@ -171,11 +180,11 @@ class OrderDesk:
 
     async def amend(
         self, account: str, order_id: str, side: str, stored_terms: str, changes: dict[str, Any]
-    ) -> MatchResult:
-        """Amend ``account``'s open order (``side`` and ``stored_terms`` as its row has them) and
-        save its new terms, with a fresh place in time priority if the engine re-queued it;
-        returns what a changed price matched. Raises ``InvalidOrder`` for bad values or a field
-        that side does not have."""
+    ) -> Amended:
+        """Amend ``account``'s open order (``side`` and ``stored_terms`` as its row has them) on the
+        book or in hold; returns what a changed price matched, the new terms and whether the
+        engine re-queued the order, for the market to store with the fills in one transaction.
+        Raises ``InvalidOrder`` for bad values or a field that side does not have."""
         now = self._clock()
         kwargs = amendment(side, changes)
         changed = {name: value for name, value in kwargs.items() if value is not None}
@@ -200,12 +209,7 @@ class OrderDesk:
         terms.update({k: (v if k == "ips" else str(v)) for k, v in kwargs.items() if v is not None})
         # Whether the order lost its time priority is the engine's call: its place changed.
         after = self._engine.queue_position(order_id)
-        requeued = after is not None and after != position
-        async with self._pool.acquire() as conn, conn.transaction():
-            await store.update_order(conn, order_id, terms=terms)
-            if requeued:
-                await store.requeue(conn, order_id)
-        return result
+        return Amended(result, terms, requeued=after is not None and after != position)
 
     async def cancel(self, order_id: str) -> None:
         """Take an open order off the book (or out of hold) and mark it cancelled."""

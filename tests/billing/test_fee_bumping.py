@@ -123,6 +123,32 @@ def test_signed_fees_reads_them_back_from_the_raw_transaction() -> None:
         signed_fees(b"")
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\xc0",
+        b"\xf8\x01",
+        b"\x02",
+        b"\x02\xc0",
+        b"\x02\xc3\x01\x02\x03",
+        b"\x7f\x00\x01",
+        b"\xde\xad\xbe\xef",
+    ],
+    ids=[
+        "empty-list",
+        "truncated-list",
+        "type-only",
+        "empty-typed",
+        "short-typed",
+        "unknown-type",
+        "garbage",
+    ],
+)
+def test_signed_fees_refuses_bytes_that_are_no_transaction_with_a_value_error(raw: bytes) -> None:
+    with pytest.raises(ValueError, match=r"^not a signed transaction"):
+        signed_fees(raw)
+
+
 # ---- the chain command's options ---------------------------------------------------------------------
 
 
@@ -532,7 +558,7 @@ async def test_the_listing_shows_every_version_of_a_transfer(
     )
     assert "mined" not in lines[2] and "last error: " in lines[2]
     assert lines[3].startswith(f"    version 1  {second.tx_hash}  max fee ")
-    assert "  tip 1.125 gwei  broadcast 1x  " in lines[3]
+    assert "  tip 1.125 gwei  broadcasts 1  " in lines[3]
     assert lines[3].endswith(f"signed at block {second.signed_block}  mined")
     assert len(lines) == 4
 
