@@ -54,8 +54,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -186,39 +187,34 @@ class WithdrawalSender(OperatorNode):
         """Follow the stored transfers (replacing those priced out), then claim, store and broadcast
         new ones; see the module docstring. Returns what was done (``skipped`` when another sender
         holds the lock)."""
-        done = Round()
-        async with self._exclusive() as alone:
-            if not alone:
-                done.skipped = True
-                return done
-            await self._follow(done, send=True)
-            if done.unmined == 0:
-                for transfer in await self._claim(done):
-                    await self._broadcast(transfer, transfer.latest)
-        return done
+        return await self._round(self._send)
 
     async def claim(self) -> Round:
         """Only claim, sign and store new transfers, without broadcasting them (what a sender that
         stops right after its commit leaves behind)."""
-        done = Round()
-        async with self._exclusive() as alone:
-            if not alone:
-                done.skipped = True
-            else:
-                await self._claim(done)
-        return done
+        return await self._round(self._claim)
 
     async def bump(self) -> Round:
         """Only follow the stored transfers, signing and storing the replacements that are due, but
         broadcast nothing, neither them nor stored versions the node lacks (what a sender that stops
         right after storing a replacement leaves behind)."""
+        return await self._round(functools.partial(self._follow, send=False))
+
+    async def _round(self, step: Callable[[Round], Awaitable[object]]) -> Round:
+        """Run ``step`` as this sender's round, unless another sender holds the lock (``skipped``)."""
         done = Round()
         async with self._exclusive() as alone:
-            if not alone:
-                done.skipped = True
+            if alone:
+                await step(done)
             else:
-                await self._follow(done, send=False)
+                done.skipped = True
         return done
+
+    async def _send(self, done: Round) -> None:
+        await self._follow(done, send=True)
+        if done.unmined == 0:
+            for transfer in await self._claim(done):
+                await self._broadcast(transfer, transfer.latest)
 
     async def _chain(self) -> int:
         if self._chain_id is None:

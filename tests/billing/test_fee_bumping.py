@@ -41,6 +41,7 @@ from tests.billing.test_withdrawal_sender import (
     account,
     automine,
     posted,
+    senders,
     state,
     transfer_logs,
     withdraw,
@@ -215,26 +216,28 @@ def stack(chain_stack: Stack) -> Iterator[Stack]:
 
 @pytest.fixture
 async def make_sender(stack: Stack) -> AsyncIterator[Make]:
-    """New senders over the test's database, as restarted processes would make."""
-    made: list[WithdrawalSender] = []
+    async with senders(stack, bump_after=BUMP_AFTER) as make:
+        yield make
 
-    def make(**overrides: Any) -> WithdrawalSender:
-        values: dict[str, Any] = {
-            "token_address": stack.token.address,
-            "operator_key": HexBytes(stack.chain.keys[stack.operator].key).to_0x_hex(),
-            "rpc_url": stack.rpc_url,
-            "confirmations": CONFIRMATIONS,
-            "poll_interval": 0.01,
-            "bump_after": BUMP_AFTER,
-        }
-        values.update(overrides)
-        sender = WithdrawalSender(stack.pool, SenderSettings(**values))
-        made.append(sender)
-        return sender
 
-    yield make
-    for sender in made:
-        await sender.aclose()
+async def completes_once(
+    stack: Stack, sender: WithdrawalSender, withdrawal: Withdrawal, mined: str
+) -> Transfer:
+    """Check that the transfer version ``mined`` (just mined) completes the withdrawal once it is
+    deep enough, and nothing is bumped meanwhile: one ledger posting, one Transfer on-chain.
+    Returns the resolved transfer."""
+    waiting = await sender.send_once()
+    assert (waiting.waiting, waiting.unmined, waiting.bumped, waiting.completed) == (1, 0, [], [])
+    stack.mine(CONFIRMATIONS)
+    assert (await sender.send_once()).completed == [withdrawal.id]
+    completed = await withdrawals.get(stack.pool, withdrawal.id)
+    assert completed is not None
+    assert (completed.state, completed.tx_hash) == ("completed", mined)
+    resolved = await the_transfer(stack, withdrawal)
+    assert (resolved.state, resolved.mined_hash) == ("confirmed", mined)
+    assert await posted(stack, withdrawal) == 1
+    assert len(transfer_logs(stack, stack.requesters[0])) == 1
+    return resolved
 
 
 def base_fee(stack: Stack) -> int:
@@ -329,19 +332,9 @@ async def test_a_transfer_priced_out_by_a_spike_is_replaced_with_the_same_nonce_
     assert mined_in(stack, second.tx_hash) == stack.block()
     assert mined_in(stack, first.tx_hash) is None
     assert stack.nonce(stack.operator) == nonce + 1
-    waiting = await sender.send_once()
-    assert (waiting.waiting, waiting.bumped, waiting.completed) == (1, [], [])
-    stack.mine(CONFIRMATIONS)
-    assert (await sender.send_once()).completed == [withdrawal.id]
-
-    completed = await withdrawals.get(stack.pool, withdrawal.id)
-    assert completed is not None
-    assert (completed.state, completed.tx_hash) == ("completed", second.tx_hash)
-    resolved = await the_transfer(stack, withdrawal)
-    assert (resolved.state, resolved.mined_hash, len(resolved.versions)) == ("confirmed", second.tx_hash, 2)
+    resolved = await completes_once(stack, sender, withdrawal, second.tx_hash)
+    assert len(resolved.versions) == 2
     assert resolved.block_number == mined_in(stack, second.tx_hash)
-    assert await posted(stack, withdrawal) == 1
-    assert len(transfer_logs(stack, stack.requesters[0])) == 1
     assert stack.tokens(stack.requesters[0]) == before + AMOUNT
 
     stack.mine(CONFIRMATIONS)
@@ -394,19 +387,9 @@ async def test_the_original_mined_after_a_replacement_completes_the_withdrawal_o
     stack.mine(1)
     assert mined_in(stack, original.tx_hash) == stack.block()
 
-    waiting = await sender.send_once()
-    assert (waiting.waiting, waiting.unmined, waiting.bumped) == (1, 0, [])
-    stack.mine(CONFIRMATIONS)
-    assert (await sender.send_once()).completed == [withdrawal.id]
-    completed = await withdrawals.get(stack.pool, withdrawal.id)
-    assert completed is not None
-    assert (completed.state, completed.tx_hash) == ("completed", original.tx_hash)
-    resolved = await the_transfer(stack, withdrawal)
-    assert (resolved.state, resolved.mined_hash) == ("confirmed", original.tx_hash)
+    resolved = await completes_once(stack, sender, withdrawal, original.tx_hash)
     assert [v.tx_hash for v in resolved.versions] == [original.tx_hash, replacement.tx_hash]
     assert mined_in(stack, replacement.tx_hash) is None
-    assert await posted(stack, withdrawal) == 1
-    assert len(transfer_logs(stack, stack.requesters[0])) == 1
 
     stack.mine(CONFIRMATIONS)
     assert (await sender.send_once()).completed == []

@@ -8,6 +8,7 @@ is dropped between two of its steps, and a restart a new one over the same datab
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -40,9 +41,10 @@ def stack(chain_stack: Stack) -> Stack:
 Make = Callable[..., WithdrawalSender]
 
 
-@pytest.fixture
-async def make_sender(stack: Stack) -> AsyncIterator[Make]:
-    """New senders over the test's database (or ``pool``), as restarted processes would make."""
+@contextlib.asynccontextmanager
+async def senders(stack: Stack, **defaults: Any) -> AsyncIterator[Make]:
+    """Makes new senders over the test's database (or ``pool``), as restarted processes would
+    make, with ``defaults`` over the tests' settings; closes them all at the end."""
     made: list[WithdrawalSender] = []
 
     def make(pool: asyncpg.Pool | None = None, **overrides: Any) -> WithdrawalSender:
@@ -52,15 +54,24 @@ async def make_sender(stack: Stack) -> AsyncIterator[Make]:
             "rpc_url": stack.rpc_url,
             "confirmations": CONFIRMATIONS,
             "poll_interval": 0.01,
+            **defaults,
+            **overrides,
         }
-        values.update(overrides)
         sender = WithdrawalSender(pool or stack.pool, SenderSettings(**values))
         made.append(sender)
         return sender
 
-    yield make
-    for sender in made:
-        await sender.aclose()
+    try:
+        yield make
+    finally:
+        for sender in made:
+            await sender.aclose()
+
+
+@pytest.fixture
+async def make_sender(stack: Stack) -> AsyncIterator[Make]:
+    async with senders(stack) as make:
+        yield make
 
 
 async def account(stack: Stack, name: str, index: int = 0, funds: int = 100 * TOKEN) -> str:
