@@ -13,29 +13,41 @@ framing. WebSocket has no half-close; an empty binary message stands for it (the
 sends one otherwise: ``write(b"")`` sends nothing), so a requester that shuts its sending side is
 heard as EOF at the destination, as over plain TCP.
 
-The upgrade handshake is the ``websockets`` library's sans-I/O protocol. The frames after it are
-read and written here, on the hot path: the library parses each frame through generators and
-copies it whole, which cost this tunnel a third of its keep-alive throughput in the benchmark
-(``loadtests/RESULTS.md``); here a frame is one ``writev`` of header and payload, and a payload
-is handed on chunk by chunk as it arrives, unmasked by the library's C ``apply_mask``.
+Both the handshake and the frames are on the hot path (an agent upgrades every data connection,
+one per stream), so both are written here rather than left to the ``websockets`` library. Its
+frame reader parses through generators and copies each frame whole, which cost this tunnel a
+third of its keep-alive throughput in the benchmark; its sans-I/O handshake takes 129 µs of CPU
+per connection (both sides), against 33 µs here (``loadtests/bench_ws_handshake.py``). The heads are
+parsed by the gateway's own HTTP/1.1 reader (``gateway.http1``: its limits, its errors), a frame is
+one ``writev`` of header and payload, and a payload is handed on chunk by chunk as it arrives,
+unmasked by the library's C ``apply_mask``. The tests check the handshake both ways against the
+library's client and server.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import hashlib
 import logging
 import os
 import struct
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any
-
-from websockets.client import ClientProtocol
-from websockets.http11 import Request, Response
-from websockets.protocol import SEND_EOF, Side, State
-from websockets.server import ServerProtocol
-from websockets.uri import parse_uri
+from urllib.parse import urlsplit
 
 from gateway.conn import Conn
+from gateway.http1 import (
+    HeadReader,
+    Limits,
+    ProtocolError,
+    RequestHead,
+    ResponseHead,
+    ResponseHeadReader,
+    UpstreamProtocolError,
+)
 
 try:
     from websockets.speedups import apply_mask  # the library's C masking
@@ -44,17 +56,18 @@ except ImportError:  # pragma: no cover - a build of websockets without its C ex
 
 log = logging.getLogger("ipsx.gateway.ws")
 
-# websockets logs every opened connection at INFO; an agent opens one per stream.
-_LIBRARY_LOG = logging.getLogger("ipsx.gateway.ws.frames")
-_LIBRARY_LOG.setLevel(logging.WARNING)
-
 PATHS = frozenset({"/", "/tunnel"})  # where the gateway takes the upgrade
 MAX_HANDSHAKE = 16 * 1024  # bytes of upgrade request or response read before giving up
+_LIMITS = Limits(max_request_line=4096, max_header_bytes=MAX_HANDSHAKE, max_headers=64)
 SERVER = "ipsx-gateway"
-_REFUSALS = {
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
+_REFUSALS = {  # the body of each refusal the handshake itself decides
     400: "expected a WebSocket upgrade request or the tunnel protocol\n",
     408: "the WebSocket handshake took too long\n",
+    414: "the WebSocket upgrade request line is too long\n",
+    426: "this port takes a WebSocket upgrade (version 13) or the tunnel protocol\n",
     431: "the WebSocket upgrade request is too long\n",
+    505: "a WebSocket upgrade is an HTTP/1.1 request\n",
 }
 _CONT, _TEXT, _BINARY, _CLOSE, _PING, _PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 _OPCODES = frozenset({_CONT, _TEXT, _BINARY, _CLOSE, _PING, _PONG})
@@ -140,50 +153,53 @@ class WsTransport(asyncio.Transport):
 
 
 class _Masks:
-    """Masking keys for the agent's frames, drawn from the OS's random source a page at a time
-    (one ``getrandom`` per 1,024 frames instead of one per frame)."""
+    """Masking keys for the agent's frames (and its handshakes' nonces), drawn from the OS's random
+    source a page at a time (one ``getrandom`` per 1,024 frames instead of one per frame)."""
 
     def __init__(self) -> None:
         self._pool = b""
         self._at = 0
 
-    def next(self) -> bytes:
-        if self._at >= len(self._pool):
+    def next(self, size: int = 4) -> bytes:
+        if self._at + size > len(self._pool):
             self._pool, self._at = os.urandom(4096), 0
-        key = self._pool[self._at : self._at + 4]
-        self._at += 4
+        key = self._pool[self._at : self._at + size]
+        self._at += size
         return key
 
 
 _MASKS = _Masks()
 
 
-class _Wire(asyncio.Protocol):
-    """The protocol on the real transport: the handshake (the library's), then the frames.
+Head = RequestHead | ResponseHead  # what a handshake reads: the agent's request, the gateway's answer
 
-    Frames are read as a stream: a data frame's payload goes to the stream's protocol chunk by
-    chunk as it arrives (unmasked in C), so no frame is ever buffered whole and a frame's size
-    needs no limit. Control frames (125 bytes at most) are answered here: ping with pong, close
-    with close.
+
+class _Wire(asyncio.Protocol):
+    """The protocol on the real transport: the handshake's head, then the frames.
+
+    The head is read by the gateway's HTTP/1.1 reader within ``MAX_HANDSHAKE`` bytes and handed to
+    ``on_handshake``, which answers or checks it. Frames are read as a stream: a data frame's
+    payload goes to the stream's protocol chunk by chunk as it arrives (unmasked in C), so no
+    frame is ever buffered whole and a frame's size needs no limit. Control frames (125 bytes at
+    most) are answered here: ping with pong, close with close.
     """
 
     def __init__(
         self,
-        ws: ServerProtocol | ClientProtocol,
         raw: asyncio.Transport,
-        on_handshake: Callable[[_Wire, Request | Response | None], None],
+        on_handshake: Callable[[_Wire, Head | None], None],
         timeout: float,
+        *,
+        client: bool,
     ) -> None:
-        self.ws = ws
         self.raw = raw
         self.stream: WsTransport | None = None
-        self._client = ws.side is Side.CLIENT  # masks what it sends; reads unmasked frames
-        self._on_handshake: Callable[[_Wire, Request | Response | None], None] | None = on_handshake
-        self._handshake_bytes = 0
-        self._held = bytearray()  # the handshake's bytes until its head is complete
-        self._head_fed = False  # the library has the head
-        # Why a handshake ended without its request or response: the HTTP status a server answers
-        # (408 too slow, 431 too long, 400 not an upgrade request); 0 when the connection is gone.
+        self._client = client  # masks what it sends; reads unmasked frames
+        self._reader = ResponseHeadReader(_LIMITS) if client else HeadReader(_LIMITS)
+        self._on_handshake: Callable[[_Wire, Head | None], None] | None = on_handshake
+        # Why a handshake ended without its head: the HTTP status a server answers (408 too slow,
+        # 431 too long, 400 not HTTP, ...), 502 for a client that read no HTTP answer; 0 when the
+        # connection is gone.
         self.failure = 0
         self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
             timeout, self._handshake_over, None, 408
@@ -206,14 +222,16 @@ class _Wire(asyncio.Protocol):
         protocol.connection_made(stream)
         return stream
 
-    def flush(self) -> None:
-        """Write what the library has to send during the handshake."""
-        for chunk in self.ws.data_to_send():
-            if chunk is SEND_EOF or not chunk:
-                if not self.raw.is_closing():
-                    self.raw.close()  # a refusal is complete
-                return
-            self.raw.write(chunk)
+    def refuse(self, status: int, text: str, extra: str = "") -> None:
+        """Answer the handshake with an HTTP error (``extra``: more header lines) and close."""
+        body = text.encode()
+        head = (
+            f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nServer: {SERVER}\r\n"
+            f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
+            f"Connection: {'Upgrade, close' if 'Upgrade:' in extra else 'close'}\r\n{extra}\r\n"
+        )
+        self.raw.write(head.encode() + body)
+        self.raw.close()
 
     # writing frames
     def send(self, opcode: int, data: bytes | bytearray | memoryview) -> None:
@@ -320,7 +338,7 @@ class _Wire(asyncio.Protocol):
             code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else CLOSE_NORMAL
             self.fail(code if code in _ECHOED else CLOSE_NORMAL)
 
-    def _handshake_over(self, event: Request | Response | None, failure: int = 0) -> None:
+    def _handshake_over(self, head: Head | None, failure: int = 0) -> None:
         if self._on_handshake is not None:
             self.failure = failure
         if self._timer is not None:
@@ -328,7 +346,7 @@ class _Wire(asyncio.Protocol):
             self._timer = None
         callback, self._on_handshake = self._on_handshake, None
         if callback is not None:
-            callback(self, event)
+            callback(self, head)
 
     # asyncio callbacks
     def data_received(self, data: bytes) -> None:
@@ -336,38 +354,18 @@ class _Wire(asyncio.Protocol):
             if self.stream is not None:
                 self._frames(data)
             return
-        self._handshake_bytes += len(data)
-        if self._handshake_bytes > MAX_HANDSHAKE:
-            self._handshake_over(None, 431)
-            self.raw.close()
+        try:
+            head = self._reader.feed(data)
+        except ProtocolError as error:  # the gateway reading an agent's request
+            self._handshake_over(None, error.status if error.status in _REFUSALS else 400)
             return
-        ws = self.ws
-        if self._head_fed:  # the body of a refusal the gateway answered
-            ws.receive_data(data)
-            self._handshake_events()
+        except UpstreamProtocolError:  # the agent reading the gateway's answer
+            self._handshake_over(None, 502)
             return
-        # The library would parse on into frames after the head: give it the head alone, and
-        # what came after it to the stream once the handshake is done.
-        self._held += data
-        end = self._held.find(b"\r\n\r\n")
-        if end < 0:
+        if head is None:
             return
-        head, after = bytes(self._held[: end + 4]), bytes(self._held[end + 4 :])
-        if self._client and not head.startswith(b"HTTP/1.1 101 "):
-            head, after = head + after, b""  # a refusal: its body, if any, is the library's to read
-        self._held.clear()
-        self._head_fed = True
-        ws.receive_data(head)
-        self._handshake_events(after)
-
-    def _handshake_events(self, after: bytes = b"") -> None:
-        ws = self.ws
-        events = ws.events_received()
-        if not events and ws.handshake_exc is not None:  # not an HTTP request (or response)
-            self._handshake_over(None, 400)
-        self.flush()
-        for event in events:
-            self._handshake_over(event)  # type: ignore[arg-type]
+        self._handshake_over(head)
+        after = self._reader.rest
         if after and self.stream is not None:
             self._frames(after)
 
@@ -396,10 +394,54 @@ def _header_size(second: int) -> int:
     return 2 + (2 if size == 126 else 8 if size == 127 else 0) + (4 if second & 0x80 else 0)
 
 
+def _accept_value(key: str) -> str:
+    """``Sec-WebSocket-Accept`` for a ``Sec-WebSocket-Key`` (RFC 6455 §4.2.2)."""
+    return base64.b64encode(hashlib.sha1(key.encode("ascii") + _GUID).digest()).decode("ascii")  # noqa: S324
+
+
+def _tokens(head: Head, name: str) -> set[str]:
+    """The comma-separated tokens of every ``name`` header, lower-cased."""
+    return {token.strip().lower() for value in head.get_all(name) for token in value.split(",")}
+
+
 # the gateway's side
 def looks_like_upgrade(first: bytes) -> bool:
     """Whether a tunnel connection's first bytes are an HTTP request rather than a native line."""
     return first[:1] == b"G"
+
+
+def _check_upgrade(head: RequestHead) -> tuple[int, str, str] | str:
+    """The key of a valid upgrade request to a tunnel path; else the refusal: status, why (for the
+    log), extra header lines."""
+    if head.method != "GET" or head.version != "HTTP/1.1":
+        return 400, f"{head.method} {head.version}, not an HTTP/1.1 GET", ""
+    upgrade = "Upgrade: websocket\r\n"  # the protocol to upgrade to (RFC 9110 §15.5.22)
+    if "websocket" not in _tokens(head, "Upgrade") or "upgrade" not in _tokens(head, "Connection"):
+        return 426, "not an upgrade to websocket", upgrade
+    if head.get_all("Sec-WebSocket-Version") != ["13"]:
+        return 426, "not WebSocket version 13", upgrade + "Sec-WebSocket-Version: 13\r\n"
+    keys = head.get_all("Sec-WebSocket-Key")
+    try:
+        valid = len(keys) == 1 and len(base64.b64decode(keys[0], validate=True)) == 16
+    except binascii.Error:
+        valid = False
+    if not valid:
+        return 400, "no valid Sec-WebSocket-Key", ""
+    if head.target.partition("?")[0] not in PATHS:
+        return 404, f"path {head.target[:80]!r}", ""
+    return keys[0]
+
+
+def _switching(key: str) -> bytes:
+    """The gateway's 101 answer to an upgrade request with ``key``."""
+    return (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: "
+        + _accept_value(key).encode("ascii")
+        + b"\r\nServer: "
+        + SERVER.encode("ascii")
+        + b"\r\n\r\n"
+    )
 
 
 def accept(
@@ -411,72 +453,91 @@ def accept(
 ) -> None:
     """Take over ``transport`` (whose ``received`` bytes begin an upgrade request) and, once the
     handshake is done, give the stream to a new ``protocol_factory()``. A bad request is answered
-    with its HTTP error and closed; one that does not complete within ``timeout`` is dropped."""
+    with its HTTP error and closed; one that does not complete within ``timeout`` gets 408."""
 
-    def handshake(wire: _Wire, event: Request | Response | None) -> None:
-        if not isinstance(event, Request):
+    def handshake(wire: _Wire, head: Head | None) -> None:
+        if not isinstance(head, RequestHead):
             if wire.failure:
-                refusal = ws.reject(wire.failure, _REFUSALS[wire.failure])
-                refusal.headers["Server"] = SERVER
-                wire.raw.write(refusal.serialize())
                 log.info("tunnel connection refused: %d %s", wire.failure, _REFUSALS[wire.failure].strip())
-            wire.raw.close()
+                wire.refuse(wire.failure, _REFUSALS[wire.failure])
+            else:
+                wire.raw.close()
             return
-        if event.path.partition("?")[0] not in PATHS:
-            response = ws.reject(404, "no tunnel here\n")
-        else:
-            response = ws.accept(event)
-        response.headers["Server"] = SERVER
-        ws.send_response(response)
-        wire.flush()
-        if response.status_code != 101:
-            why = ws.handshake_exc or event.path[:80]
-            log.info("tunnel websocket refused: %d %s", response.status_code, why)
+        checked = _check_upgrade(head)
+        if not isinstance(checked, str):
+            status, why, extra = checked
+            log.info("tunnel websocket refused: %d %s", status, why)
+            wire.refuse(status, "no tunnel here\n" if status == 404 else _REFUSALS[status], extra)
             return
+        wire.raw.write(_switching(checked))
         wire.open(protocol_factory())
 
-    ws = ServerProtocol(logger=_LIBRARY_LOG)
-    wire = _Wire(ws, transport, handshake, timeout)
+    wire = _Wire(transport, handshake, timeout, client=False)
     if received:
         wire.data_received(received)
 
 
 # the agent's side
+def _request(path: str, host: str, key: str, user_agent: str) -> bytes:
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nUser-Agent: {user_agent}\r\n\r\n"
+    ).encode("ascii")
+
+
+def _check_answer(head: ResponseHead, key: str) -> str | None:
+    """Why the gateway's answer does not open the WebSocket; None when it does."""
+    if head.status != 101:
+        return f"the gateway answered {head.status} {head.reason}"[:200]
+    if "websocket" not in _tokens(head, "Upgrade") or "upgrade" not in _tokens(head, "Connection"):
+        return "the gateway's 101 answer is not an upgrade to websocket"
+    if head.get_all("Sec-WebSocket-Accept") != [_accept_value(key)]:
+        return "the gateway's Sec-WebSocket-Accept does not match the key sent"
+    if head.get_all("Sec-WebSocket-Extensions") or head.get_all("Sec-WebSocket-Protocol"):
+        return "the gateway chose an extension or subprotocol the agent did not offer"
+    return None
+
+
 async def connect(conn: Conn, url: str, *, within: float, user_agent: str = "ipsx-agent") -> Conn:
     """Upgrade ``conn`` (TCP or TLS, just connected to the gateway) to a WebSocket at ``url``
     (``ws://HOST:PORT/PATH`` or ``wss://…``); returns a ``Conn`` reading and writing the stream.
 
     Raises HandshakeFailed (the gateway refused or did not answer) or TimeoutError.
     """
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.netloc:
+        raise ValueError(f"not a ws:// or wss:// URL: {url[:80]!r}")
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     transport, unread, eof = conn.detach()
     if eof:
         transport.close()
         raise HandshakeFailed("the gateway closed the connection")
-    ws = ClientProtocol(parse_uri(url), logger=_LIBRARY_LOG)
+    key = base64.b64encode(_MASKS.next(16)).decode("ascii")
     done: asyncio.Future[Conn] = asyncio.get_running_loop().create_future()
 
-    def handshake(wire: _Wire, event: Request | Response | None) -> None:
+    def handshake(wire: _Wire, head: Head | None) -> None:
         if done.done():
             return
-        if isinstance(event, Response) and ws.state is State.OPEN:
-            done.set_result(stream_conn)
-            wire.open(stream_conn)
-            return
+        problem = None
+        if isinstance(head, ResponseHead):
+            problem = _check_answer(head, key)
+            if problem is None:
+                done.set_result(stream_conn)
+                wire.open(stream_conn)
+                return
         wire.raw.close()
-        if isinstance(event, Response):
-            answer = f"{event.status_code} {event.reason_phrase}"
-            done.set_exception(HandshakeFailed(f"the gateway answered {answer}"))
+        if problem is not None:
+            done.set_exception(HandshakeFailed(problem))
         elif wire.failure == 408:
             done.set_exception(TimeoutError())
+        elif wire.failure == 502:
+            done.set_exception(HandshakeFailed("the gateway's answer to the upgrade is not HTTP/1.1"))
         else:
-            done.set_exception(HandshakeFailed(str(ws.handshake_exc or "no WebSocket handshake answer")))
+            done.set_exception(HandshakeFailed("the gateway closed the connection during the handshake"))
 
     stream_conn = Conn()
-    wire = _Wire(ws, transport, handshake, within)
-    request = ws.connect()
-    request.headers["User-Agent"] = user_agent
-    ws.send_request(request)
-    wire.flush()
+    wire = _Wire(transport, handshake, within, client=True)
+    transport.write(_request(path, parts.netloc, key, user_agent))
     if unread:
         wire.data_received(unread)
     try:
@@ -488,6 +549,4 @@ async def connect(conn: Conn, url: str, *, within: float, user_agent: str = "ips
 
 def upgrade_request(path: str = "/", host: str = "gw") -> bytes:
     """A client's upgrade request, as bytes (for tests and probes that speak raw sockets)."""
-    ws = ClientProtocol(parse_uri(f"ws://{host}{path}"), logger=_LIBRARY_LOG)
-    request = ws.connect()
-    return request.serialize()
+    return _request(path, host, base64.b64encode(os.urandom(16)).decode("ascii"), "ipsx-probe")
