@@ -14,40 +14,35 @@ sends one otherwise: ``write(b"")`` sends nothing), so a requester that shuts it
 heard as EOF at the destination, as over plain TCP.
 
 Both the handshake and the frames are on the hot path (an agent upgrades every data connection,
-one per stream), so both are written here rather than left to the ``websockets`` library. Its
-frame reader parses through generators and copies each frame whole, which cost this tunnel a
-third of its keep-alive throughput in the benchmark; its sans-I/O handshake takes 129 µs of CPU
-per connection (both sides), against 33 µs here (``loadtests/bench_ws_handshake.py``). The heads are
-parsed by the gateway's own HTTP/1.1 reader (``gateway.http1``: its limits, its errors), a frame is
-one ``writev`` of header and payload, and a payload is handed on chunk by chunk as it arrives,
-unmasked by the library's C ``apply_mask``. The tests check the handshake both ways against the
-library's client and server.
+one per stream), so both are written here rather than left to the ``websockets`` library: the
+handshake in ``gateway.ws_handshake``, the frames below. The library's frame reader parses
+through generators and copies each frame whole, which cost this tunnel a third of its keep-alive
+throughput in the benchmark (``loadtests/RESULTS.md``); here a frame is one ``writev`` of header
+and payload, and a payload is handed on chunk by chunk as it arrives, unmasked by the library's C
+``apply_mask``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
-import hashlib
 import logging
 import os
 import struct
 from collections.abc import Callable
-from http import HTTPStatus
 from typing import Any
-from urllib.parse import urlsplit
 
+from gateway import ws_handshake
 from gateway.conn import Conn
 from gateway.http1 import (
     HeadReader,
-    Limits,
     ProtocolError,
     RequestHead,
     ResponseHead,
     ResponseHeadReader,
     UpstreamProtocolError,
 )
+from gateway.ws_handshake import check_answer, check_upgrade, refusal, switching
 
 try:
     from websockets.speedups import apply_mask  # the library's C masking
@@ -56,19 +51,6 @@ except ImportError:  # pragma: no cover - a build of websockets without its C ex
 
 log = logging.getLogger("ipsx.gateway.ws")
 
-PATHS = frozenset({"/", "/tunnel"})  # where the gateway takes the upgrade
-MAX_HANDSHAKE = 16 * 1024  # bytes of upgrade request or response read before giving up
-_LIMITS = Limits(max_request_line=4096, max_header_bytes=MAX_HANDSHAKE, max_headers=64)
-SERVER = "ipsx-gateway"
-_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
-_REFUSALS = {  # the body of each refusal the handshake itself decides
-    400: "expected a WebSocket upgrade request or the tunnel protocol\n",
-    408: "the WebSocket handshake took too long\n",
-    414: "the WebSocket upgrade request line is too long\n",
-    426: "this port takes a WebSocket upgrade (version 13) or the tunnel protocol\n",
-    431: "the WebSocket upgrade request is too long\n",
-    505: "a WebSocket upgrade is an HTTP/1.1 request\n",
-}
 _CONT, _TEXT, _BINARY, _CLOSE, _PING, _PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 _OPCODES = frozenset({_CONT, _TEXT, _BINARY, _CLOSE, _PING, _PONG})
 CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, CLOSE_UNSUPPORTED = 1000, 1002, 1003
@@ -177,7 +159,7 @@ Head = RequestHead | ResponseHead  # what a handshake reads: the agent's request
 class _Wire(asyncio.Protocol):
     """The protocol on the real transport: the handshake's head, then the frames.
 
-    The head is read by the gateway's HTTP/1.1 reader within ``MAX_HANDSHAKE`` bytes and handed to
+    The head is read by the gateway's HTTP/1.1 reader within ``ws_handshake.LIMITS`` and handed to
     ``on_handshake``, which answers or checks it. Frames are read as a stream: a data frame's
     payload goes to the stream's protocol chunk by chunk as it arrives (unmasked in C), so no
     frame is ever buffered whole and a frame's size needs no limit. Control frames (125 bytes at
@@ -195,7 +177,7 @@ class _Wire(asyncio.Protocol):
         self.raw = raw
         self.stream: WsTransport | None = None
         self._client = client  # masks what it sends; reads unmasked frames
-        self._reader = ResponseHeadReader(_LIMITS) if client else HeadReader(_LIMITS)
+        self._reader = ResponseHeadReader(ws_handshake.LIMITS) if client else HeadReader(ws_handshake.LIMITS)
         self._on_handshake: Callable[[_Wire, Head | None], None] | None = on_handshake
         # Why a handshake ended without its head: the HTTP status a server answers (408 too slow,
         # 431 too long, 400 not HTTP, ...), 502 for a client that read no HTTP answer; 0 when the
@@ -222,15 +204,9 @@ class _Wire(asyncio.Protocol):
         protocol.connection_made(stream)
         return stream
 
-    def refuse(self, status: int, text: str, extra: str = "") -> None:
+    def refuse(self, status: int, extra: str = "") -> None:
         """Answer the handshake with an HTTP error (``extra``: more header lines) and close."""
-        body = text.encode()
-        head = (
-            f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nServer: {SERVER}\r\n"
-            f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
-            f"Connection: {'Upgrade, close' if 'Upgrade:' in extra else 'close'}\r\n{extra}\r\n"
-        )
-        self.raw.write(head.encode() + body)
+        self.raw.write(refusal(status, extra))
         self.raw.close()
 
     # writing frames
@@ -357,7 +333,7 @@ class _Wire(asyncio.Protocol):
         try:
             head = self._reader.feed(data)
         except ProtocolError as error:  # the gateway reading an agent's request
-            self._handshake_over(None, error.status if error.status in _REFUSALS else 400)
+            self._handshake_over(None, error.status if error.status in ws_handshake.REFUSALS else 400)
             return
         except UpstreamProtocolError:  # the agent reading the gateway's answer
             self._handshake_over(None, 502)
@@ -394,54 +370,10 @@ def _header_size(second: int) -> int:
     return 2 + (2 if size == 126 else 8 if size == 127 else 0) + (4 if second & 0x80 else 0)
 
 
-def _accept_value(key: str) -> str:
-    """``Sec-WebSocket-Accept`` for a ``Sec-WebSocket-Key`` (RFC 6455 §4.2.2)."""
-    return base64.b64encode(hashlib.sha1(key.encode("ascii") + _GUID).digest()).decode("ascii")  # noqa: S324
-
-
-def _tokens(head: Head, name: str) -> set[str]:
-    """The comma-separated tokens of every ``name`` header, lower-cased."""
-    return {token.strip().lower() for value in head.get_all(name) for token in value.split(",")}
-
-
 # the gateway's side
 def looks_like_upgrade(first: bytes) -> bool:
     """Whether a tunnel connection's first bytes are an HTTP request rather than a native line."""
     return first[:1] == b"G"
-
-
-def _check_upgrade(head: RequestHead) -> tuple[int, str, str] | str:
-    """The key of a valid upgrade request to a tunnel path; else the refusal: status, why (for the
-    log), extra header lines."""
-    if head.method != "GET" or head.version != "HTTP/1.1":
-        return 400, f"{head.method} {head.version}, not an HTTP/1.1 GET", ""
-    upgrade = "Upgrade: websocket\r\n"  # the protocol to upgrade to (RFC 9110 §15.5.22)
-    if "websocket" not in _tokens(head, "Upgrade") or "upgrade" not in _tokens(head, "Connection"):
-        return 426, "not an upgrade to websocket", upgrade
-    if head.get_all("Sec-WebSocket-Version") != ["13"]:
-        return 426, "not WebSocket version 13", upgrade + "Sec-WebSocket-Version: 13\r\n"
-    keys = head.get_all("Sec-WebSocket-Key")
-    try:
-        valid = len(keys) == 1 and len(base64.b64decode(keys[0], validate=True)) == 16
-    except binascii.Error:
-        valid = False
-    if not valid:
-        return 400, "no valid Sec-WebSocket-Key", ""
-    if head.target.partition("?")[0] not in PATHS:
-        return 404, f"path {head.target[:80]!r}", ""
-    return keys[0]
-
-
-def _switching(key: str) -> bytes:
-    """The gateway's 101 answer to an upgrade request with ``key``."""
-    return (
-        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Accept: "
-        + _accept_value(key).encode("ascii")
-        + b"\r\nServer: "
-        + SERVER.encode("ascii")
-        + b"\r\n\r\n"
-    )
 
 
 def accept(
@@ -458,18 +390,22 @@ def accept(
     def handshake(wire: _Wire, head: Head | None) -> None:
         if not isinstance(head, RequestHead):
             if wire.failure:
-                log.info("tunnel connection refused: %d %s", wire.failure, _REFUSALS[wire.failure].strip())
-                wire.refuse(wire.failure, _REFUSALS[wire.failure])
+                log.info(
+                    "tunnel connection refused: %d %s",
+                    wire.failure,
+                    ws_handshake.REFUSALS[wire.failure].strip(),
+                )
+                wire.refuse(wire.failure)
             else:
                 wire.raw.close()
             return
-        checked = _check_upgrade(head)
+        checked = check_upgrade(head)
         if not isinstance(checked, str):
             status, why, extra = checked
             log.info("tunnel websocket refused: %d %s", status, why)
-            wire.refuse(status, "no tunnel here\n" if status == 404 else _REFUSALS[status], extra)
+            wire.refuse(status, extra)
             return
-        wire.raw.write(_switching(checked))
+        wire.raw.write(switching(checked))
         wire.open(protocol_factory())
 
     wire = _Wire(transport, handshake, timeout, client=False)
@@ -478,41 +414,23 @@ def accept(
 
 
 # the agent's side
-def _request(path: str, host: str, key: str, user_agent: str) -> bytes:
-    return (
-        f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nUser-Agent: {user_agent}\r\n\r\n"
-    ).encode("ascii")
-
-
-def _check_answer(head: ResponseHead, key: str) -> str | None:
-    """Why the gateway's answer does not open the WebSocket; None when it does."""
-    if head.status != 101:
-        return f"the gateway answered {head.status} {head.reason}"[:200]
-    if "websocket" not in _tokens(head, "Upgrade") or "upgrade" not in _tokens(head, "Connection"):
-        return "the gateway's 101 answer is not an upgrade to websocket"
-    if head.get_all("Sec-WebSocket-Accept") != [_accept_value(key)]:
-        return "the gateway's Sec-WebSocket-Accept does not match the key sent"
-    if head.get_all("Sec-WebSocket-Extensions") or head.get_all("Sec-WebSocket-Protocol"):
-        return "the gateway chose an extension or subprotocol the agent did not offer"
-    return None
-
-
 async def connect(conn: Conn, url: str, *, within: float, user_agent: str = "ipsx-agent") -> Conn:
     """Upgrade ``conn`` (TCP or TLS, just connected to the gateway) to a WebSocket at ``url``
     (``ws://HOST:PORT/PATH`` or ``wss://…``); returns a ``Conn`` reading and writing the stream.
 
-    Raises HandshakeFailed (the gateway refused or did not answer) or TimeoutError.
+    Raises HandshakeFailed (the gateway refused or did not answer), TimeoutError, or ValueError
+    for a ``url`` that is no such URL (``conn`` is closed then too).
     """
-    parts = urlsplit(url)
-    if parts.scheme not in ("ws", "wss") or not parts.netloc:
-        raise ValueError(f"not a ws:// or wss:// URL: {url[:80]!r}")
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    key = base64.b64encode(_MASKS.next(16)).decode("ascii")
+    try:
+        request = ws_handshake.upgrade_request(url, key, user_agent)
+    except ValueError:
+        conn.close()
+        raise
     transport, unread, eof = conn.detach()
     if eof:
         transport.close()
         raise HandshakeFailed("the gateway closed the connection")
-    key = base64.b64encode(_MASKS.next(16)).decode("ascii")
     done: asyncio.Future[Conn] = asyncio.get_running_loop().create_future()
 
     def handshake(wire: _Wire, head: Head | None) -> None:
@@ -520,7 +438,7 @@ async def connect(conn: Conn, url: str, *, within: float, user_agent: str = "ips
             return
         problem = None
         if isinstance(head, ResponseHead):
-            problem = _check_answer(head, key)
+            problem = check_answer(head, key)
             if problem is None:
                 done.set_result(stream_conn)
                 wire.open(stream_conn)
@@ -537,7 +455,7 @@ async def connect(conn: Conn, url: str, *, within: float, user_agent: str = "ips
 
     stream_conn = Conn()
     wire = _Wire(transport, handshake, within, client=True)
-    transport.write(_request(path, parts.netloc, key, user_agent))
+    transport.write(request)
     if unread:
         wire.data_received(unread)
     try:
@@ -549,4 +467,5 @@ async def connect(conn: Conn, url: str, *, within: float, user_agent: str = "ips
 
 def upgrade_request(path: str = "/", host: str = "gw") -> bytes:
     """A client's upgrade request, as bytes (for tests and probes that speak raw sockets)."""
-    return _request(path, host, base64.b64encode(os.urandom(16)).decode("ascii"), "ipsx-probe")
+    key = base64.b64encode(os.urandom(16)).decode("ascii")
+    return ws_handshake.upgrade_request(f"ws://{host}{path}", key, "ipsx-probe")

@@ -8,10 +8,11 @@ and prints the CPU time per handshake of each side and the ratios, medians over 
 - ``library``: ``websockets``' sans-I/O ``ClientProtocol`` (``connect``, ``send_request``,
   ``data_to_send``, then ``receive_data`` of the answer and ``events_received``) and
   ``ServerProtocol`` (``receive_data`` of the request, ``accept``, ``send_response``,
-  ``data_to_send``): the baseline, what ``gateway.wstunnel`` used before;
-- ``ipsx``: ``gateway.wstunnel``'s request, the gateway's HTTP/1.1 head reader with the
+  ``data_to_send``): the baseline, what the tunnel used before;
+- ``ipsx``: ``gateway.ws_handshake``'s request, the gateway's HTTP/1.1 head reader with the
   handshake's limits, the upgrade checks and the 101 answer, and the agent's reading and
-  checking of that answer.
+  checking of that answer. Both lines take their key from ``os.urandom`` here (the agent itself
+  draws from a pooled random source, one ``getrandom`` per 256 keys).
 
     .venv/bin/python loadtests/bench_ws_handshake.py [--handshakes 5000] [--runs 5] [--json OUT]
 """
@@ -19,8 +20,10 @@ and prints the CPU time per handshake of each side and the ratios, medians over 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import logging
+import os
 import statistics
 import sys
 import time
@@ -33,7 +36,7 @@ from websockets.uri import parse_uri
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway import wstunnel
+from gateway import ws_handshake
 from gateway.http1 import HeadReader, RequestHead, ResponseHead, ResponseHeadReader
 
 URL = "ws://127.0.0.1:18182/"
@@ -72,21 +75,21 @@ def ipsx_pair() -> tuple[Side, Side, Side]:
     state: dict[str, object] = {}
 
     def client_request() -> None:
-        key = wstunnel.base64.b64encode(wstunnel._MASKS.next(16)).decode("ascii")
-        state["key"], state["request"] = key, wstunnel._request("/", "127.0.0.1:18182", key, "ipsx-agent")
+        key = base64.b64encode(os.urandom(16)).decode("ascii")  # the agent draws from a pooled source
+        state["key"], state["request"] = key, ws_handshake.upgrade_request(URL, key, "ipsx-agent")
 
     def server_answer() -> None:
-        head = HeadReader(wstunnel._LIMITS).feed(state["request"])  # type: ignore[arg-type]
-        assert isinstance(head, RequestHead)
-        checked = wstunnel._check_upgrade(head)
+        head = HeadReader(ws_handshake.LIMITS).feed(state["request"])  # type: ignore[arg-type]
+        checked = ws_handshake.check_upgrade(head) if isinstance(head, RequestHead) else None
         if not isinstance(checked, str):
             raise RuntimeError(f"refused: {checked}")
-        state["answer"] = wstunnel._switching(checked)
+        state["answer"] = ws_handshake.switching(checked)
 
     def client_reads() -> None:
-        head = ResponseHeadReader(wstunnel._LIMITS).feed(state["answer"])  # type: ignore[arg-type]
-        assert isinstance(head, ResponseHead)
-        problem = wstunnel._check_answer(head, state["key"])  # type: ignore[arg-type]
+        head = ResponseHeadReader(ws_handshake.LIMITS).feed(state["answer"])  # type: ignore[arg-type]
+        if not isinstance(head, ResponseHead):
+            raise RuntimeError("no answer")
+        problem = ws_handshake.check_answer(head, state["key"])  # type: ignore[arg-type]
         if problem is not None:
             raise RuntimeError(problem)
 

@@ -21,7 +21,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
 from billing.usage import AgentReport
-from gateway import wire, wstunnel
+from gateway import wire, ws_handshake, wstunnel
 from gateway.agent.session import AgentSession
 from gateway.agent.settings import AgentSettings, ExitSpec
 from gateway.conn import Conn
@@ -290,7 +290,7 @@ async def test_the_library_client_is_refused_a_path_it_should_not_use(gateway: G
         async with ws_connect(f"ws://127.0.0.1:{gateway.port}/admin"):
             pass
     assert refused.value.response.status_code == 404
-    assert refused.value.response.headers["Server"] == wstunnel.SERVER
+    assert refused.value.response.headers["Server"] == ws_handshake.SERVER
 
 
 async def test_frames_arriving_a_byte_at_a_time_are_read_whole(gateway: Gateway) -> None:
