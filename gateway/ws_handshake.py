@@ -3,7 +3,7 @@
 An agent at ``--gateway ws://…`` or ``wss://…`` upgrades every connection it opens, one per
 stream, so the handshake is on the hot path; it is written here, on the gateway's own HTTP/1.1
 head reader (``gateway.http1``: its limits, its errors), rather than left to the ``websockets``
-library, whose sans-I/O handshake costs four times the CPU (``loadtests/bench_ws_handshake.py``).
+library, whose sans-I/O handshake costs 3.5 times the CPU (``loadtests/bench_ws_handshake.py``).
 ``gateway.wstunnel`` runs it on the connections; the tests check it both ways against the library.
 
 The gateway (:func:`check_upgrade`, :func:`switching`, :func:`refusal`) takes a ``GET`` on
