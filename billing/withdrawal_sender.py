@@ -379,7 +379,7 @@ class WithdrawalSender(OperatorNode):
             transfer.token, transfer.recipient, transfer.amount, transfer.nonce, transfer.chain_id, fees
         )
         async with self._pool.acquire() as conn, conn.transaction():
-            bumped = await withdrawal_transfers.store_version_in(conn, transfer, signed, fees, head)
+            bumped = await withdrawal_transfers.store_version_in(conn, transfer, signed, head)
         if bumped is None:
             return  # resolved or replaced by another sender meanwhile
         done.bumped.append(transfer.withdrawal_id)
@@ -438,7 +438,7 @@ class WithdrawalSender(OperatorNode):
                 recipient = to_checksum_address(withdrawal.address)
                 signed = self._sign(self.token, recipient, int(withdrawal.amount), nonce, chain_id, fees)
                 transfer = await withdrawal_transfers.store_in(
-                    conn, withdrawal, chain_id, self.token, self.operator, nonce, signed, fees, block
+                    conn, withdrawal, chain_id, self.token, self.operator, nonce, signed, block
                 )
                 stored.append(transfer)
                 await withdrawals.claim_in(conn, withdrawal.id)

@@ -64,16 +64,14 @@ class Transfer:
 
 _TRANSFER = """id, withdrawal_id, chain_id, token, sender, recipient, amount::text, nonce, state,
                block_number, mined_hash"""
-_VERSION = """id, transfer_id, version, tx_hash, raw_tx, max_fee::text, priority_fee::text, signed_block,
-              broadcasts, last_error, created_at"""
+_VERSION = "id, transfer_id, version, tx_hash, raw_tx, signed_block, broadcasts, last_error, created_at"
 
 
 def _version(row: asyncpg.Record) -> Version:
     raw = bytes(row[4])
-    fees = signed_fees(raw) if row[5] is None else Fees(int(row[5]), int(row[6]), legacy=raw[0] >= 0xC0)
     return Version(
-        int(row[0]), int(row[1]), int(row[2]), row[3], raw, fees, None if row[7] is None else int(row[7]),
-        int(row[8]), row[9], row[10],
+        int(row[0]), int(row[1]), int(row[2]), row[3], raw, signed_fees(raw),
+        None if row[5] is None else int(row[5]), int(row[6]), row[7], row[8],
     )  # fmt: skip
 
 
@@ -137,7 +135,6 @@ async def store_in(
     sender: str,
     nonce: int,
     signed: SignedTransaction,
-    fees: Fees,
     block: int,
 ) -> Transfer:
     """Store a signed transfer of ``withdrawal`` (its version 0, signed at head ``block``), before
@@ -150,13 +147,13 @@ async def store_in(
         withdrawal.id, chain_id, token, sender, to_checksum_address(withdrawal.address),
         int(withdrawal.amount), nonce,
     )  # fmt: skip
-    await _insert_version(conn, int(row[0]), 0, signed, fees, block)
+    await _insert_version(conn, int(row[0]), 0, signed, block)
     (transfer,) = await _with_versions(conn, [row])
     return transfer
 
 
 async def store_version_in(
-    conn: asyncpg.Connection, transfer: Transfer, signed: SignedTransaction, fees: Fees, block: int
+    conn: asyncpg.Connection, transfer: Transfer, signed: SignedTransaction, block: int
 ) -> Transfer | None:
     """Store a replacement of the transfer's newest version (same nonce, signed at head ``block``),
     before it is broadcast. Returns the transfer with it, or ``None`` when the transfer is resolved
@@ -170,23 +167,18 @@ async def store_version_in(
     )
     if current is None or current[8] != "signed" or newest != transfer.latest.version:
         return None
-    await _insert_version(conn, transfer.id, transfer.latest.version + 1, signed, fees, block)
+    await _insert_version(conn, transfer.id, transfer.latest.version + 1, signed, block)
     (stored,) = await _with_versions(conn, [current])
     return stored
 
 
 async def _insert_version(
-    conn: asyncpg.Connection, transfer_id: int, version: int, signed: SignedTransaction, fees: Fees,
-    block: int,
-) -> None:  # fmt: skip
+    conn: asyncpg.Connection, transfer_id: int, version: int, signed: SignedTransaction, block: int
+) -> None:
     await conn.execute(
-        """
-        INSERT INTO withdrawal_transfer_versions
-            (transfer_id, version, tx_hash, raw_tx, max_fee, priority_fee, signed_block)
-        VALUES ($1, $2, $3, $4, $5, $6, $7)
-        """,
-        transfer_id, version, HexBytes(signed.hash).to_0x_hex(), bytes(signed.raw_transaction), fees.max_fee,
-        fees.priority_fee, block,
+        "INSERT INTO withdrawal_transfer_versions (transfer_id, version, tx_hash, raw_tx, signed_block)"
+        " VALUES ($1, $2, $3, $4, $5)",
+        transfer_id, version, HexBytes(signed.hash).to_0x_hex(), bytes(signed.raw_transaction), block,
     )  # fmt: skip
 
 

@@ -19,21 +19,18 @@ CREATE TABLE withdrawal_transfer_versions (
     version      INTEGER NOT NULL CHECK (version >= 0),
     tx_hash      TEXT NOT NULL UNIQUE,
     raw_tx       BYTEA NOT NULL,
-    -- Wei per gas: maxFeePerGas and maxPriorityFeePerGas (both the gas price for a legacy
-    -- transaction). A replacement raises both by 12.5 % at least (nodes ask 10 %), up to the
-    -- sender's ceiling. NULL only for versions 0 stored before this migration: raw_tx has them.
-    max_fee      NUMERIC(78, 0) NULL CHECK (max_fee > 0),
-    priority_fee NUMERIC(78, 0) NULL CHECK (priority_fee >= 0),
+    -- raw_tx holds the fees the version offers (read back from it, never stored twice): a
+    -- replacement raises both by 12.5 % at least (nodes ask 10 %), up to the sender's ceiling.
     -- The chain's head when the version was signed: a replacement is due only after the sender's
-    -- wait in blocks (NULL, as for the fees, counts as waited long enough).
+    -- wait in blocks (NULL, only for versions 0 stored before this migration, counts as waited
+    -- long enough).
     signed_block BIGINT NULL CHECK (signed_block >= 0),
     broadcasts   INTEGER NOT NULL DEFAULT 0,  -- times a node accepted it
     last_error   TEXT NULL,  -- what the node said when it last refused it
     created_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
     UNIQUE (transfer_id, version),
     UNIQUE (transfer_id, tx_hash),  -- the target of withdrawal_transfers.mined_hash
-    CHECK (priority_fee <= max_fee),
-    CHECK (version = 0 OR (max_fee IS NOT NULL AND priority_fee IS NOT NULL AND signed_block IS NOT NULL))
+    CHECK (version = 0 OR signed_block IS NOT NULL)
 );
 
 -- Every transfer's one transaction becomes its version 0.

@@ -621,10 +621,11 @@ async def test_migration_021_makes_each_stored_transfer_its_version_0(
             Fees(9 * GWEI, 2 * GWEI),
         )
         async with pool.acquire() as conn, conn.transaction():
-            replaced = await withdrawal_transfers.store_version_in(conn, waiting, bump, fees, 50)
-            assert await withdrawal_transfers.store_version_in(conn, waiting, bump, fees, 50) is None
+            replaced = await withdrawal_transfers.store_version_in(conn, waiting, bump, 50)
+            assert await withdrawal_transfers.store_version_in(conn, waiting, bump, 50) is None
         assert replaced is not None
         assert [(v.version, v.signed_block) for v in replaced.versions] == [(0, None), (1, 50)]
+        assert replaced.latest.fees == fees  # read back from its raw transaction
         resolve = "UPDATE withdrawal_transfers SET state = 'confirmed', resolved_at = now()"
         with pytest.raises(asyncpg.CheckViolationError):  # resolved as mined: by which version?
             await pool.execute(f"{resolve} WHERE id = $1", waiting.id)
