@@ -16,6 +16,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Final, cast
 from urllib.parse import urlsplit
@@ -34,6 +35,18 @@ DEFAULT_RPC_URL: Final = "http://127.0.0.1:8545"
 RPC_TIMEOUT: Final = 30 * SECONDS
 CONTRACTS: Final = ("IPSXToken", "TokenSale", "PaymentChannels", "DealAnchor")
 CONNECTION_ERRORS: Final = (OSError, aiohttp.ClientError, TimeoutError, Web3Exception)
+
+
+def wei_of(text: str, scale: int, option: str, unit: str) -> int:
+    """``text``, a decimal number of ``unit`` (``ETH``: ``scale`` 10**18, ``gwei``: 10**9), in
+    wei; raises UsageError unless that is a positive whole number."""
+    try:
+        value = Decimal(text) * scale
+    except InvalidOperation:
+        raise UsageError(f"{option}: not a number of {unit}: {text[:40]!r}") from None
+    if not value.is_finite() or value < 1 or value != value.to_integral_value():
+        raise UsageError(f"{option}: {text[:40]!r} is not a positive whole number of wei")
+    return int(value)
 
 
 def quiet_providers(args: argparse.Namespace) -> None:

@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import logging
 import sys
-from decimal import Decimal, InvalidOperation
 from typing import Final
 
 import asyncpg
@@ -34,6 +33,7 @@ from ipsx.chain_access import (
     quiet_providers,
     rpc_url,
     shown,
+    wei_of,
 )
 from ipsx.chain_deploy import deploy_command
 from ipsx.commands import UsageError
@@ -158,19 +158,10 @@ def _sender_settings(args: argparse.Namespace, token: str, key: str, url: str) -
     if args.bump_after is not None:
         settings = dataclasses.replace(settings, bump_after=args.bump_after)
     if args.max_fee_gwei is not None:
-        settings = dataclasses.replace(settings, max_fee=_wei_per_gas(args.max_fee_gwei))
+        settings = dataclasses.replace(
+            settings, max_fee=wei_of(args.max_fee_gwei, GWEI, "--max-fee-gwei", "gwei")
+        )
     return settings
-
-
-def _wei_per_gas(text: str) -> int:
-    """``--max-fee-gwei`` in wei; ``UsageError`` unless it is a positive whole number of wei."""
-    try:
-        wei = Decimal(text) * GWEI
-    except InvalidOperation:
-        raise UsageError(f"--max-fee-gwei: not a number of gwei: {text!r}") from None
-    if not wei.is_finite() or wei < 1 or wei != wei.to_integral_value():
-        raise UsageError(f"--max-fee-gwei: {text!r} is not a positive whole number of wei")
-    return int(wei)
 
 
 async def _send(pool: asyncpg.Pool, settings: SenderSettings, stop: asyncio.Event) -> None:

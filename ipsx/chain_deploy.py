@@ -10,7 +10,6 @@ import json
 import sys
 import time
 from collections.abc import Callable, Mapping
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Final, cast
 
@@ -27,7 +26,7 @@ from contracts.deploy import (
     SaleTerms,
     deploy,
 )
-from ipsx.chain_access import CONNECTION_ERRORS, RPC_TIMEOUT, operator_key, rpc_url, shown
+from ipsx.chain_access import CONNECTION_ERRORS, RPC_TIMEOUT, operator_key, rpc_url, shown, wei_of
 from ipsx.commands import UsageError
 
 SALE_ALLOCATION: Final = 900_000_000 * 10**18  # the TokenSale's 50 % (contracts/README.md)
@@ -57,22 +56,11 @@ def _address(text: str | None, default: str, option: str) -> str:
     return Web3.to_checksum_address(text)
 
 
-def _wei(text: str, option: str) -> int:
-    """``text`` ETH (decimal, at most 18 places) in wei."""
-    try:
-        value = Decimal(text) * 10**18
-    except InvalidOperation:
-        value = Decimal(-1)
-    if not value.is_finite() or value <= 0 or value != value.to_integral_value():
-        raise UsageError(f"{option} must be a positive amount of ETH, e.g. 1000 or 0.5 (got {text[:40]!r})")
-    return int(value)
-
-
 def sale_terms(args: argparse.Namespace, operator: str, now: int) -> SaleTerms:
     """The sale from the options; ``now`` is the latest block's time (the default start)."""
     if args.rate < 1 or args.sale_duration < 1:
         raise UsageError("--rate and --sale-duration must be positive")
-    cap = SALE_ALLOCATION // args.rate if args.cap is None else _wei(args.cap, "--cap")
+    cap = SALE_ALLOCATION // args.rate if args.cap is None else wei_of(args.cap, 10**18, "--cap", "ETH")
     if cap < 1 or cap * args.rate > SALE_ALLOCATION:
         raise UsageError("--cap times --rate must be at most the sale's 900,000,000 IPSX")
     start = now if args.sale_start is None else args.sale_start
