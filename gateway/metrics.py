@@ -227,6 +227,11 @@ class GatewayCollector(Collector):
             "Data connections agents opened in advance, not carrying a stream yet",
             sum(len(link.idle) for link in links),
         )
+        yield CounterMetricFamily(
+            "ipsx_gateway_data_connections_reused",
+            "Data connections that went back to their agent's pool after carrying a stream",
+            value=self._hub.reuses,
+        )
         yield _gauge(
             "ipsx_gateway_usage_pending", "Usage records not yet accepted by Redis", self._publisher.pending
         )

@@ -241,7 +241,15 @@ class TunnelHub(LinkTable):
         if previous is not None:
             await self._drop(previous, "replaced by a new login")
         link = ProviderLink(
-            address, secrets.token_hex(32), conn, exits, pool_size, policy=policy, limits=limits, state=state
+            address,
+            secrets.token_hex(32),
+            conn,
+            exits,
+            pool_size,
+            policy=policy,
+            limits=limits,
+            state=state,
+            reuse=login.get("reuse") is True,
         )
         self._links[link.token] = link
         self._by_provider[address] = link
@@ -258,6 +266,7 @@ class TunnelHub(LinkTable):
                     "heartbeat": settings.heartbeat_interval,
                     "exits": {info.bind: info.exit_id for info in exits},
                     "nodes": self._nodes,
+                    "reuse": link.reuse,
                 }
             )
         )
@@ -295,6 +304,14 @@ class TunnelHub(LinkTable):
                     self._reports.receive(link, message)
                 elif kind == "state":
                     self._state_report(link, message)
+                elif kind in ("end", "free") and link.reuse:
+                    stream = link.reused.get(wire.field(message, "stream", str))
+                    if stream is None:
+                        pass  # a stream already closed for another reason
+                    elif kind == "end":
+                        stream.peer_end(wire.field(message, "n", int))
+                    else:
+                        stream.peer_free()
                 else:
                     raise WireError(f"unexpected message {kind[:20]!r}")
             except WireError as exc:

@@ -5,6 +5,9 @@ connections, and what it advertised — its exit policy, its limits and whether 
 now. ``LinkTable`` holds the links of this node, takes in the data connections agents lend,
 opens streams through them for the front, and tells the exit selection which exits would
 refuse. ``gateway.tunnel.TunnelHub`` is the ``LinkTable`` that agents log in to.
+
+With an agent that reuses data connections (``gateway.reuse``), a stream's data connection goes
+back to the link's idle pool once the stream ended cleanly on both sides.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from gateway import wire
 from gateway.agent.caps import Limits, ServingState
 from gateway.agent.policy import ExitPolicy
 from gateway.conn import Conn, ConnectionClosed
+from gateway.reuse import ReusedStream
 from gateway.settings import GatewaySettings
 from gateway.tickets import Ticket, TicketKey
 from gateway.wire import DialErrorCode, WireError
@@ -53,6 +57,7 @@ class ProviderLink:
         policy: ExitPolicy | None = None,
         limits: Limits | None = None,
         state: ServingState | None = None,
+        reuse: bool = False,
     ) -> None:
         self.address = address
         self.token = token
@@ -66,6 +71,9 @@ class ProviderLink:
         self.waiters: deque[asyncio.Future[Conn]] = deque()
         self.active: dict[str, int] = dict.fromkeys(self.exits, 0)
         self.streams: set[str] = set()  # streams opened here whose agent report is still due
+        self.reuse = reuse  # the agent carries stream after stream on a data connection
+        self.reused: dict[str, ReusedStream] = {}  # streams running on such connections, by id
+        self._told: list[bytes] = []
         self.closed = False
         self.last_seen = time.monotonic()
         self._acks: list[str] = []
@@ -88,6 +96,17 @@ class ProviderLink:
         if not self._acks and not self._held and not self._refused:
             asyncio.get_running_loop().call_soon(self._send_replies)
         batch.append(stream)
+
+    def tell(self, message: dict[str, Any]) -> None:
+        """Send ``message`` on the control connection with the others of this loop iteration."""
+        if not self._told:
+            asyncio.get_running_loop().call_soon(self._flush_told)
+        self._told.append(wire.encode(message))
+
+    def _flush_told(self) -> None:
+        told, self._told = self._told, []
+        if not self.closed:
+            self.control.write(b"".join(told))
 
     def _send_replies(self) -> None:
         replies = {"acked": self._acks, "held": self._held, "refused": self._refused}
@@ -114,6 +133,7 @@ class ProviderLink:
             conn = self.idle.popleft()
             if not conn.closed and not conn.at_eof:
                 return conn
+            conn.close()  # the agent closed it while it waited here
         if self.closed:
             raise DialError(DialErrorCode.EXIT, "provider disconnected")
         waiter: asyncio.Future[Conn] = asyncio.get_running_loop().create_future()
@@ -135,6 +155,9 @@ class ProviderLink:
         for conn in self.idle:
             conn.close()
         self.idle.clear()
+        for stream in list(self.reused.values()):
+            stream.orphan()  # no control connection to announce ends on: TCP's, as before
+        self.reused.clear()
         self.control.close()
 
 
@@ -147,6 +170,7 @@ class LinkTable:
         self._links: dict[str, ProviderLink] = {}  # by data token
         self._by_exit: dict[str, ProviderLink] = {}
         self._by_provider: dict[str, ProviderLink] = {}
+        self.reuses = 0  # data connections that went back to a pool after a stream
 
     # what the front and the selector ask
     def is_available(self, exit_id: str) -> bool:
@@ -198,6 +222,7 @@ class LinkTable:
             raise DialError(DialErrorCode.EXIT, "exit is offline", exit_id=exit_id)
         timeout = self._settings.dial_timeout
         conn = await link.take(timeout)
+        reused = self._reused(link, stream_id, conn) if link.reuse else None
         link.active[exit_id] += 1
         try:
             conn.write(
@@ -217,18 +242,28 @@ class LinkTable:
             answer = wire.decode(await conn.read_line(wire.MAX_LINE))
             conn.clear_deadline()
         except TimeoutError:
+            link.reused.pop(stream_id, None)
             conn.abort()
             self.stream_closed(exit_id)
             raise DialError(
                 DialErrorCode.TIMEOUT, "the exit did not answer in time", exit_id=exit_id
             ) from None
         except (ConnectionClosed, WireError, ValueError):
+            link.reused.pop(stream_id, None)
             conn.abort()
             self.stream_closed(exit_id)
             raise DialError(DialErrorCode.EXIT, "the exit dropped the connection", exit_id=exit_id) from None
         if answer["t"] == "ok":
             link.streams.add(stream_id)
-            return conn
+            if reused is None:
+                return conn
+            _, pending, eof = conn.detach()
+            stream_conn = Conn()
+            reused.set_protocol(stream_conn)
+            stream_conn.connection_made(reused)
+            reused.start(pending, eof)
+            return stream_conn
+        link.reused.pop(stream_id, None)
         conn.close()
         self.stream_closed(exit_id)
         try:
@@ -237,6 +272,36 @@ class LinkTable:
             code = DialErrorCode.EXIT
         reason = str(answer.get("reason", ""))[:200]
         raise DialError(code, reason or code.value, exit_id=exit_id)
+
+    def _reused(self, link: ProviderLink, stream_id: str, conn: Conn) -> ReusedStream:
+        """The stream about to be dialed on ``conn``, registered before the dial so that an end
+        the agent announces early (its destination closed at once) finds it."""
+        if conn.transport is None:
+            raise DialError(DialErrorCode.EXIT, "the data connection is not open")
+        reused = ReusedStream(
+            conn.transport,
+            stream_id,
+            announce=link.tell,
+            settle=lambda transport: self._settled(link, stream_id, transport),
+            confirm=True,
+        )
+        link.reused[stream_id] = reused
+        return reused
+
+    def _settled(self, link: ProviderLink, stream: str, transport: asyncio.Transport | None) -> bool:
+        """A reused stream ended: its data connection, if clean, goes back to the idle pool."""
+        link.reused.pop(stream, None)
+        if transport is None:
+            return False
+        if link.closed:
+            transport.close()
+            return False
+        conn = Conn()
+        transport.set_protocol(conn)
+        conn.connection_made(transport)
+        link.add_idle(conn)
+        self.reuses += 1
+        return True
 
     def stream_closed(self, exit_id: str) -> None:
         link = self._by_exit.get(exit_id)

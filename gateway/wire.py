@@ -10,8 +10,9 @@ Control connection (agent → gateway first)::
     agent: {"t": "hello", "v": 1, "address": "0x…"}
     gw:    {"t": "challenge", "nonce": "<hex>", "node": "<node id>"}
     agent: {"t": "login", "signature": "0x…", "exits": [{"bind": …, "country": …}, …],
-            "policy": {…}, "state": {…}, "pool": 16}
-    gw:    {"t": "welcome", "token": "<hex>", "exits": {"<bind>": "<exit id>"}, "heartbeat": 3}
+            "policy": {…}, "state": {…}, "pool": 16, "reuse": true}
+    gw:    {"t": "welcome", "token": "<hex>", "exits": {"<bind>": "<exit id>"}, "heartbeat": 3,
+            "reuse": true}
            or {"t": "error", "reason": "…"} and close
     agent: {"t": "hb"}                                      every heartbeat seconds
     agent: {"t": "state", "serving": false, "reason": "daily cap of 2.0 GB reached",
@@ -25,6 +26,10 @@ Control connection (agent → gateway first)::
     gw:    {"t": "refused", "streams": […]}                 no node will take those (bad ticket)
     gw:    {"t": "more", "n": 8}                            open more idle data connections
     gw:    {"t": "nodes", "nodes": [{"node": …, "tunnel": "HOST:PORT"}, …]}   live gateway nodes
+    both:  {"t": "end", "stream": …, "n": …}                with reuse: this side's direction of
+                                                            the stream ended after n bytes
+    agent: {"t": "free", "stream": …}                       with reuse: the stream's data
+                                                            connection waits for the next dial
 
 Data connection::
 
@@ -33,6 +38,11 @@ Data connection::
             "ticket": […], "mac": "<hex>"}
     agent: {"t": "ok"}  or  {"t": "err", "code": "<DialErrorCode>", "reason": "…"}
     then raw bytes both ways.
+
+Without reuse, a data connection carries one stream and TCP's end of stream is the stream's.
+With it (the login asked ``"reuse": true`` and the welcome agreed), each direction's end is the
+``end`` message on the control connection, counted in bytes, and once both ended the agent says
+``free`` and reads the next ``dial`` on the same connection (``gateway.reuse``).
 
 The ticket is the stream's billing facts signed by the gateway nodes (``gateway.tickets``). The
 agent keeps each report until ``acked``; a report whose node is gone goes, with its ticket, to

@@ -277,6 +277,7 @@ def agent_settings(args: argparse.Namespace) -> AgentSettings:
         proxy=proxy,
         proxy_credentials=proxy_credentials,
         pool_size=max(1, args.pool_size),
+        reuse_data=args.reuse_data,
         gateway_region=args.gateway_region,
         limits=agent_limits(args),
         state_file=state_file_for(args.key, args.state_dir),

@@ -156,7 +156,15 @@ def add_provide_command(sub: argparse._SubParsersAction[Any]) -> None:
         "--pool-size",
         type=int,
         default=16,
-        help="idle data connections kept open to the gateway (default: %(default)s)",
+        help="idle data connections kept open to the gateway (default: %(default)s); as connections "
+        "carry stream after stream, the agent keeps between half and twice that many",
+    )
+    p.add_argument(
+        "--no-reuse",
+        dest="reuse_data",
+        action="store_false",
+        help="open a new data connection for every stream instead of carrying stream after stream "
+        "on one (older gateways get that anyway)",
     )
     p.add_argument(
         "--gateway-region",

@@ -2,11 +2,13 @@
 
 The agent never listens. It logs in by signing the gateway's challenge with its wallet key,
 keeps ``pool_size`` idle data connections open so a new stream costs the gateway no connection
-setup, applies its exit policy to every destination after DNS resolution, and counts the bytes
-of each stream itself so the two meters can be compared. Its governor (``gateway.agent.governor``)
-holds the provider's caps, rates and serving hours: the sessions refuse dials while it is not
-serving, tell their gateway node when that changes, and relay capped or paced streams through it.
-Each stream's usage report leaves through the outbox (``gateway.agent.outbox``).
+setup — and, where the gateway agrees, carries stream after stream on each of them, so that a
+new stream costs neither side one (``gateway.reuse``) — applies its exit policy to every
+destination after DNS resolution, and counts the bytes of each stream itself so the two meters
+can be compared. Its governor (``gateway.agent.governor``) holds the provider's caps, rates and
+serving hours: the sessions refuse dials while it is not serving, tell their gateway node when
+that changes, and relay capped or paced streams through it. Each stream's usage report leaves
+through the outbox (``gateway.agent.outbox``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from gateway.agent.settings import AgentSettings
 from gateway.agent.throttle import GatedTransport
 from gateway.conn import Conn, ConnectionClosed
 from gateway.relay import Splice, SpliceResult
+from gateway.reuse import ReusedStream
 from gateway.wire import DialErrorCode, WireError
 
 log = logging.getLogger("ipsx.agent")
@@ -133,6 +136,9 @@ class AgentSession:
         self._binds: dict[str, str] = {}  # exit id → bind address
         self._control: Conn | None = None
         self._pooled = 0  # data connections opening or idle, not yet carrying a stream
+        self._reuse = False  # the gateway agreed to carry stream after stream on them
+        self._reused: dict[str, ReusedStream] = {}  # streams on such connections, by id
+        self._told: list[bytes] = []  # control messages of this loop iteration
         self._tasks: set[asyncio.Task[None]] = set()
         self.splices: set[Splice] = set()
         self.served = 0
@@ -200,6 +206,7 @@ class AgentSession:
                         "policy": {**s.policy.to_wire(), **s.limits.to_wire()},
                         "state": self._advertised.to_wire(),
                         "pool": s.pool_size,
+                        "reuse": s.reuse_data,
                     }
                 )
             )
@@ -210,6 +217,7 @@ class AgentSession:
         exits = wire.field(welcome, "exits", dict)
         self._binds = {str(exit_id): str(bind) for bind, exit_id in exits.items()}
         self._heartbeat = float(wire.field(welcome, "heartbeat", (int, float)))
+        self._reuse = s.reuse_data and welcome.get("reuse") is True
         self.node = node
         log.info(
             "logged in to %s:%d (node %s) as %s with %d exit(s)",
@@ -256,12 +264,19 @@ class AgentSession:
                     self._reports.refused(self, message.get("streams"))
                 elif message["t"] == "nodes":
                     self._nodes_heard(message.get("nodes"))
+                elif message["t"] == "end" and self._reuse:
+                    reused = self._reused.get(wire.field(message, "stream", str))
+                    if reused is not None:
+                        reused.peer_end(wire.field(message, "n", int))
                 elif message["t"] == "error":
                     raise LoginRefused(str(message.get("reason"))[:200])
         finally:
             self._governor.unlisten(self._state_changed)
             beat.cancel()
             control.close()
+            for reused in list(self._reused.values()):
+                reused.orphan()  # their ends go by TCP now, as on connections not reused
+            self._reused.clear()
             self._reports.detach(self)
 
     def _state_changed(self, state: ServingState) -> None:
@@ -287,22 +302,53 @@ class AgentSession:
                 "gateway node %s confirms no usage report; forgot the one of stream %s", self.node, oldest
             )
         self.unacked[message["stream"]] = message
-        if self._control is not None and not self._control.closed:
-            self._control.write(wire.encode(message))
+        self._tell(message)
 
-    def _spawn_data(self) -> None:
+    def _tell(self, message: dict[str, Any]) -> None:
+        """Send ``message`` on the control connection with the others of this loop iteration."""
+        if self._control is None or self._control.closed:
+            return
+        if not self._told:
+            asyncio.get_running_loop().call_soon(self._flush_told)
+        self._told.append(wire.encode(message))
+
+    def _flush_told(self) -> None:
+        told, self._told = self._told, []
+        if self._control is not None and not self._control.closed:
+            self._control.write(b"".join(told))
+
+    def _spawn_data(self, conn: Conn | None = None) -> None:
         self._pooled += 1
-        task = asyncio.get_running_loop().create_task(self._data_connection())
+        task = asyncio.get_running_loop().create_task(self._data_connection(conn))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _data_connection(self) -> None:
+    def _settled(self, stream: str, transport: asyncio.Transport | None) -> bool:
+        """A reused stream ended: its data connection, clean, waits for the gateway's next dial
+        unless the pool has twice its size idle already."""
+        self._reused.pop(stream, None)
+        if transport is None:
+            return False
+        control = self._control
+        if control is None or control.closed or self._pooled >= 2 * self._settings.pool_size:
+            transport.close()
+            return False
+        conn = Conn()
+        transport.set_protocol(conn)
+        conn.connection_made(transport)
+        self._spawn_data(conn)
+        return True
+
+    async def _data_connection(self, conn: Conn | None = None) -> None:
+        """Lend the gateway a new data connection (or ``conn``, one a stream left clean), then
+        dial and relay the stream it asks for."""
         try:
-            try:
-                conn = await self._connect()
-            except (OSError, TimeoutError):
-                return
-            conn.write(wire.encode({"t": "data", "token": self._token}))
+            if conn is None:
+                try:
+                    conn = await self._connect()
+                except (OSError, TimeoutError):
+                    return
+                conn.write(wire.encode({"t": "data", "token": self._token}))
             try:
                 line = await conn.read_line(wire.MAX_LINE)
             except (ConnectionClosed, ValueError):
@@ -313,8 +359,11 @@ class AgentSession:
                 raise
         finally:
             self._pooled -= 1
-        if self._pooled < self._settings.pool_size and self._control is not None and not self._control.closed:
-            self._spawn_data()  # replace this one before dialing, so the pool stays full
+        # Replace this one before dialing, so the pool stays full; connections carrying stream
+        # after stream come back, so then only a pool run down to half is topped up.
+        low = max(1, self._settings.pool_size // 2) if self._reuse else self._settings.pool_size
+        if self._pooled < low and self._control is not None and not self._control.closed:
+            self._spawn_data()
         try:
             request = wire.decode(line, "dial")
             stream = wire.field(request, "stream", str)
@@ -391,6 +440,18 @@ class AgentSession:
             gateway_conn.close()
             destination.close()
             return
+        if self._reuse and not a_eof:
+            reused = ReusedStream(
+                a,
+                stream,
+                announce=self._tell,
+                settle=lambda transport: self._settled(stream, transport),
+                confirm=False,
+                received=len(a_data),
+            )
+            reused.start()
+            self._reused[stream] = reused
+            a = reused
         gate = self._governor.gate()
         if gate is not None:
             a, a_data = _gated(a, a_data, gate, up=True)

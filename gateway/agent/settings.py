@@ -118,6 +118,7 @@ class AgentSettings:
     proxy: tuple[str, int] | None = None  # reach the gateway through this HTTP proxy (CONNECT)
     proxy_credentials: str | None = field(default=None, repr=False)  # its "user:password"
     pool_size: int = 16  # idle data connections kept open to the gateway
+    reuse_data: bool = True  # carry stream after stream on a data connection, where the gateway agrees
     gateway_region: str | None = None  # keep tunnels to the gateway nodes of this region only
     dial_timeout: float = 8 * SECONDS
     handshake_timeout: float = 10 * SECONDS

@@ -10,8 +10,8 @@ HERE = Path(__file__).resolve().parent.parent  # loadtests/
 REPO = HERE.parent
 VENV_BIN = Path(sys.executable).parent
 ALL_TARGETS = (
-    "direct", "squid", "proxypy", "ipsx", "ipsx-ondemand", "ipsx-1w", "ipsx-ws", "ipsx-market",
-    "ipsx-market-paid",
+    "direct", "squid", "proxypy", "ipsx", "ipsx-ondemand", "ipsx-1w", "ipsx-ws", "ipsx-noreuse",
+    "ipsx-market", "ipsx-market-paid",
 )  # fmt: skip
 MARKET_TARGETS = ("ipsx-market", "ipsx-market-paid")
 DEFAULT_TARGETS = ALL_TARGETS[:5]
@@ -23,6 +23,7 @@ LABELS = {
     "ipsx-ondemand": "IPSX on-demand (pool 1)",
     "ipsx-1w": "IPSX --workers 1 (pool 64)",
     "ipsx-ws": "IPSX, agent over WebSocket (pool 64)",
+    "ipsx-noreuse": "IPSX, agent --no-reuse (pool 64)",
     "ipsx-market": "IPSX --market, payments off",
     "ipsx-market-paid": "IPSX --market, paying over a channel",
 }

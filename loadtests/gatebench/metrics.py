@@ -95,6 +95,7 @@ RATIOS: list[tuple[str, str, str]] = [
     ("IPSX on-demand ÷ IPSX", "ipsx-ondemand", "ipsx"),
     ("IPSX ÷ IPSX --workers 1", "ipsx", "ipsx-1w"),
     ("WebSocket tunnel ÷ native", "ipsx-ws", "ipsx"),
+    ("data connections reused ÷ not", "ipsx", "ipsx-noreuse"),
     ("market ÷ no market", "ipsx-market", "ipsx"),
     ("payments on ÷ off", "ipsx-market-paid", "ipsx-market"),
 ]

@@ -70,6 +70,8 @@ http {{
     tcp_nodelay on;
     keepalive_timeout 65;
     keepalive_requests 100000;
+    open_file_cache max=16 inactive=1h;  # no open/fstat/close per request
+    open_file_cache_valid 1h;
     client_body_temp_path {root}/body;
     proxy_temp_path {root}/proxy;
     fastcgi_temp_path {root}/fastcgi;
@@ -80,6 +82,7 @@ http {{
         listen {ORIGIN} backlog=4096;
         root {www};
         location / {{ }}
+        location = /1k {{ sendfile off; }}  # one writev for head and body, no cork/uncork
     }}
 }}
 """
@@ -200,7 +203,7 @@ class Launcher:
         if target == "proxypy":
             argv = [str(VENV_BIN / "proxy"), "--hostname", "127.0.0.1", "--port", str(PROXYPY_PORT)]
             return self._start_simple(target, run, argv, PROXYPY_PORT, "proxy.py")
-        if target in ("ipsx", "ipsx-ondemand", "ipsx-1w", "ipsx-ws", *MARKET_TARGETS):
+        if target in ("ipsx", "ipsx-ondemand", "ipsx-1w", "ipsx-ws", "ipsx-noreuse", *MARKET_TARGETS):
             pool = 1 if target == "ipsx-ondemand" else self.args.ipsx_pool
             workers = 1 if target == "ipsx-1w" else self.args.ipsx_workers
             return self._start_ipsx(target, run, pool, workers)
@@ -285,6 +288,7 @@ class Launcher:
                     "--allow-private",
                     "--pool-size",
                     str(pool),
+                    *(["--no-reuse"] if target == "ipsx-noreuse" else []),
                 ],
                 self.log_path(run, target, "agent"),
                 env,
