@@ -43,6 +43,14 @@ class Conn(asyncio.Protocol):
         "transport",
     )
 
+    @classmethod
+    def taking_over(cls, transport: asyncio.Transport) -> Conn:
+        """A Conn reading ``transport`` from now on (one a relay handed back, still open)."""
+        conn = cls()
+        transport.set_protocol(conn)
+        conn.connection_made(transport)
+        return conn
+
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self._buffer = bytearray()
@@ -148,10 +156,14 @@ class Conn(asyncio.Protocol):
             await self._wait(within)
         data = bytes(self._buffer)
         self._buffer.clear()
-        if self._paused and self.transport is not None:
+        self._resume()
+        return data
+
+    def _resume(self) -> None:
+        """Read from the transport again if a full buffer paused it and there is room now."""
+        if self._paused and len(self._buffer) <= _PAUSE_AT // 2 and self.transport is not None:
             self._paused = False
             self.transport.resume_reading()
-        return data
 
     def peek(self, size: int) -> bytes:
         """Up to ``size`` buffered bytes, left in the buffer."""
@@ -169,6 +181,8 @@ class Conn(asyncio.Protocol):
             return None
         line = bytes(self._buffer[:end])
         del self._buffer[: end + 1]
+        if self._paused:
+            self._resume()  # a reader of lines empties the buffer too
         return line
 
     async def read_line(self, limit: int) -> bytes:

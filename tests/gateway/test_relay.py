@@ -548,3 +548,18 @@ async def test_conn_drain_ends_when_closed(connect: Connect) -> None:
     with pytest.raises(ConnectionClosed):
         await conn.drain()
     conn.write(b"ignored after close")  # no error once closed
+
+
+async def test_conn_read_line_resumes_a_reader_paused_by_a_burst(connect: Connect) -> None:
+    # A burst of lines larger than the buffer's pause mark arrives while nobody reads (a control
+    # connection whose task was busy): the transport pauses, and reading the lines one by one
+    # must start it again, or the lines behind the burst would never come.
+    conn, peer = await connect()
+    lines = [b"%06d " % n + b"r" * 500 for n in range(2000)]  # about 1 MB
+    peer.send(b"\n".join(lines) + b"\n")
+    await until(lambda: conn.transport is not None and not conn.transport.is_reading())
+    async with asyncio.timeout(WAIT):
+        for line in lines:
+            assert await conn.read_line(1000) == line
+        peer.send(b"after the burst\n")
+        assert await conn.read_line(1000) == b"after the burst"
