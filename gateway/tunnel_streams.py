@@ -258,9 +258,7 @@ class LinkTable:
             if reused is None:
                 return conn
             _, pending, eof = conn.detach()
-            stream_conn = Conn()
-            reused.set_protocol(stream_conn)
-            stream_conn.connection_made(reused)
+            stream_conn = Conn.taking_over(reused)
             reused.start(pending, eof)
             return stream_conn
         link.reused.pop(stream_id, None)
@@ -296,10 +294,7 @@ class LinkTable:
         if link.closed:
             transport.close()
             return False
-        conn = Conn()
-        transport.set_protocol(conn)
-        conn.connection_made(transport)
-        link.add_idle(conn)
+        link.add_idle(Conn.taking_over(transport))
         self.reuses += 1
         return True
 

@@ -333,10 +333,7 @@ class AgentSession:
         if control is None or control.closed or self._pooled >= 2 * self._settings.pool_size:
             transport.close()
             return False
-        conn = Conn()
-        transport.set_protocol(conn)
-        conn.connection_made(transport)
-        self._spawn_data(conn)
+        self._spawn_data(Conn.taking_over(transport))
         return True
 
     async def _data_connection(self, conn: Conn | None = None) -> None:

@@ -8,6 +8,7 @@ side of it (the agent's address and port), so reuse is seen from outside the cod
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import uuid
@@ -22,11 +23,13 @@ from redis.asyncio import Redis
 from billing.usage import AgentReport
 from gateway import reuse
 from gateway.agent.session import AgentSession
+from gateway.agent.settings import AgentSettings
 from gateway.conn import Conn
 from gateway.reuse import ReusedStream
 from gateway.tunnel import exit_id_for
 from gateway.tunnel_streams import ProviderLink
 from tests.gateway.test_tunnel import (
+    BIND,
     WAIT,
     Agent,
     Gateway,
@@ -56,7 +59,10 @@ async def start_agent(gateway: Gateway) -> AsyncIterator[StartAgent]:
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
-async def serve(handler: Handler) -> tuple[asyncio.Server, int]:
+@contextlib.asynccontextmanager
+async def origin(handler: Handler) -> AsyncIterator[int]:
+    """A local server running ``handler`` per connection; yields its port."""
+
     async def guarded(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             await handler(reader, writer)
@@ -66,51 +72,66 @@ async def serve(handler: Handler) -> tuple[asyncio.Server, int]:
             writer.close()
 
     server = await asyncio.start_server(guarded, "127.0.0.1", 0)
-    return server, server.sockets[0].getsockname()[1]
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+async def digest(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Reads until the client's end of stream, then answers the SHA-256 of what it read and as
+    many bytes as the client asked for in its first 8 bytes, and closes."""
+    body = await reader.read(-1)
+    size = int.from_bytes(body[:8], "big") if len(body) >= 8 else 0
+    writer.write(hashlib.sha256(body).digest() + bytes(range(256)) * (size // 256) + b"x" * (size % 256))
+    await writer.drain()
+
+
+async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Speaks first and closes at once, without reading (its end comes first)."""
+    writer.write(b"220 hello\r\n")
+    await writer.drain()
+
+
+async def firehose(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Sends without end until the client goes away."""
+    block = os.urandom(64 * 1024)
+    while True:
+        writer.write(block)
+        await writer.drain()
 
 
 @pytest.fixture
 async def digest_port() -> AsyncIterator[int]:
-    """An origin that reads until the client's end of stream, then answers the SHA-256 of what it
-    read followed by as many bytes as the client asked for in its first 8 bytes, and closes."""
-
-    async def digest(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        body = await reader.read(-1)
-        size = int.from_bytes(body[:8], "big") if len(body) >= 8 else 0
-        writer.write(hashlib.sha256(body).digest() + bytes(range(256)) * (size // 256) + b"x" * (size % 256))
-        await writer.drain()
-
-    server, port = await serve(digest)
-    yield port
-    server.close()
+    async with origin(digest) as port:
+        yield port
 
 
 @pytest.fixture
 async def greeter_port() -> AsyncIterator[int]:
-    """An origin that speaks first and closes at once, without reading (its end comes first)."""
-
-    async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"220 hello\r\n")
-        await writer.drain()
-
-    server, port = await serve(greet)
-    yield port
-    server.close()
+    async with origin(greet) as port:
+        yield port
 
 
 @pytest.fixture
 async def firehose_port() -> AsyncIterator[int]:
-    """An origin that sends without end until the client goes away."""
+    async with origin(firehose) as port:
+        yield port
 
-    async def firehose(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        block = os.urandom(64 * 1024)
-        while True:
-            writer.write(block)
-            await writer.drain()
 
-    server, port = await serve(firehose)
-    yield port
-    server.close()
+@contextlib.asynccontextmanager
+async def serving(gateway: Gateway, settings: AgentSettings) -> AsyncIterator[Agent]:
+    """An agent with ``settings`` logged in to ``gateway`` and serving, its pool filled."""
+    session = AgentSession(settings)
+    await session.login()
+    task = asyncio.create_task(session.serve())
+    try:
+        await until(lambda: bool(gateway.hub.links) and len(gateway.hub.links[0].idle) >= settings.pool_size)
+        yield Agent(session, settings.account, exit_id_for(settings.account.address, BIND), task)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await session.close()
 
 
 def data_connection(conn: Conn) -> tuple[str, int]:
@@ -275,25 +296,40 @@ async def test_abandoned_download_closes_its_connection_not_the_next_stream(
     assert second != first  # the abandoned stream's connection was closed, not reused
 
 
+async def carriers_of(gateway: Gateway, agent: Agent, port: int, rounds: int) -> set[tuple[str, int]]:
+    """Run ``rounds`` streams one after the other, each checked; the data connections they rode."""
+    carriers = set()
+    link = gateway.hub.links[0]
+    for index in range(rounds):
+        payload = asked(index * 30_000, os.urandom(index * 10_000))
+        received, carrier = await exchange(gateway, agent, port, payload)
+        assert received == answer(payload, index * 30_000)
+        carriers.add(carrier)
+        await until(lambda: not link.reused)
+    return carriers
+
+
 async def test_agent_without_reuse_opens_a_connection_per_stream(gateway: Gateway, digest_port: int) -> None:
-    settings = agent_settings(gateway, path=None)
-    session = AgentSession(replace(settings, reuse_data=False, pool_size=2))
-    await session.login()
-    serving = asyncio.create_task(session.serve())
-    try:
-        agent = Agent(session, settings.account, exit_id_for(settings.account.address, "127.0.0.2"), serving)
+    settings = replace(agent_settings(gateway, path=None), reuse_data=False)
+    async with serving(gateway, settings) as agent:
         assert not gateway.hub.links[0].reuse
-        carriers = set()
-        for index in range(6):
-            payload = asked(index)
-            received, carrier = await exchange(gateway, agent, digest_port, payload)
-            assert received == answer(payload, index)
-            carriers.add(carrier)
-        assert len(carriers) == 6
-    finally:
-        serving.cancel()
-        await asyncio.gather(serving, return_exceptions=True)
-        await session.close()
+        assert len(await carriers_of(gateway, agent, digest_port, 6)) == 6
+
+
+async def test_streams_ride_the_same_websocket_data_connections(gateway: Gateway, digest_port: int) -> None:
+    async with serving(gateway, agent_settings(gateway, path="/")) as agent:
+        assert gateway.hub.links[0].reuse
+        assert len(await carriers_of(gateway, agent, digest_port, 6)) == 2
+
+
+async def test_reused_stream_over_tls_half_closes(
+    tls_gateway: Gateway, certificate: tuple[Path, Path], digest_port: int
+) -> None:
+    # TLS has no half-close of its own: each stream's client ends its sending side before the
+    # origin answers, and the announced end stands for it.
+    settings = agent_settings(tls_gateway, path=None, tls=True, ca_file=str(certificate[0]))
+    async with serving(tls_gateway, settings) as agent:
+        assert len(await carriers_of(tls_gateway, agent, digest_port, 4)) == 2
 
 
 async def test_streams_running_when_the_link_drops_end_by_tcp(
@@ -310,55 +346,6 @@ async def test_streams_running_when_the_link_drops_end_by_tcp(
     conn.transport.write_eof()
     assert await read_until_eof(conn) == answer(payload, 5000)
     conn.close()
-
-
-async def test_streams_ride_the_same_websocket_data_connections(gateway: Gateway, digest_port: int) -> None:
-    settings = agent_settings(gateway, path="/")
-    session = AgentSession(settings)
-    await session.login()
-    serving = asyncio.create_task(session.serve())
-    try:
-        agent = Agent(session, settings.account, exit_id_for(settings.account.address, "127.0.0.2"), serving)
-        link = gateway.hub.links[0]
-        await until(lambda: len(link.idle) == 2)
-        carriers = set()
-        for index in range(6):
-            payload = asked(index * 3000, os.urandom(index * 10_000))
-            received, carrier = await exchange(gateway, agent, digest_port, payload)
-            assert received == answer(payload, index * 3000)
-            carriers.add(carrier)
-            await until(lambda: not link.reused)
-        assert len(carriers) == 2
-    finally:
-        serving.cancel()
-        await asyncio.gather(serving, return_exceptions=True)
-        await session.close()
-
-
-async def test_reused_stream_over_tls_half_closes(
-    tls_gateway: Gateway, certificate: tuple[Path, Path], digest_port: int
-) -> None:
-    settings = agent_settings(tls_gateway, path=None, tls=True, ca_file=str(certificate[0]))
-    session = AgentSession(settings)
-    await session.login()
-    serving = asyncio.create_task(session.serve())
-    try:
-        agent = Agent(session, settings.account, exit_id_for(settings.account.address, "127.0.0.2"), serving)
-        link = tls_gateway.hub.links[0]
-        await until(lambda: len(link.idle) == 2)
-        carriers = set()
-        for index in range(4):
-            # TLS has no half-close of its own; the announced end stands for it.
-            payload = asked(index * 50_000, os.urandom(20_000))
-            received, carrier = await exchange(tls_gateway, agent, digest_port, payload)
-            assert received == answer(payload, index * 50_000)
-            carriers.add(carrier)
-            await until(lambda: not link.reused)
-        assert len(carriers) == 2
-    finally:
-        serving.cancel()
-        await asyncio.gather(serving, return_exceptions=True)
-        await session.close()
 
 
 # the wrapper against a real connection pair
