@@ -9,8 +9,10 @@ when one direction of a stream ends, its writer announces how many bytes it wrot
 Once both directions have ended and the relay closed the stream, the connection is clean. The
 agent then says so (``{"t": "free", "stream": …}``) and waits for the next dial on it; the gateway
 parks it idle only once the agent said free — never before, so a dial cannot reach an agent still
-counting the last stream's bytes. Both ends wait for each other's last bytes after a close
-(draining what still comes, ``DRAIN_BYTES`` and ``DRAIN_SECONDS`` at most).
+counting the last stream's bytes. A side that closes the stream before the peer's end waits for
+that end (``DRAIN_SECONDS`` at most) as long as nothing more comes: a byte after the close means
+the peer still had something to say, and the connection is cut as it was before reuse, so
+neither meter counts a tail the other never relayed.
 
 Anything else — the peer's TCP close, a lost connection, an abort, more bytes than announced, a
 drain over its bounds — closes the data connection, as when connections were not reused. When the
@@ -25,7 +27,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 DRAIN_SECONDS = 5.0  # after a close, how long to wait for the peer's end of the stream
-DRAIN_BYTES = 256 * 1024  # and how much of what it still sends to read and drop meanwhile
 
 Announce = Callable[[dict[str, Any]], None]
 Settle = Callable[[asyncio.Transport | None], bool]
@@ -94,17 +95,20 @@ class ReusedStream(asyncio.Transport):
         self._orphaned = False  # no control connection: ends go by TCP
         self._told_lost = False
         self._paused = False  # reading paused by the relay
-        self._dropped = 0  # bytes read and dropped while draining
+        self._started = False  # the connection's events come here (the dial's answer was read)
         self._timer: asyncio.TimerHandle | None = None
 
     def start(self, pending: bytes = b"", eof: bool = False) -> None:
         """Take over the connection's events once the dial's answer was read off it, with what
         was read past that answer (``pending``, and whether the connection's end came too)."""
         self._transport.set_protocol(_Intercept(self))
+        self._started = True
         if pending:
             self._received(pending)
         if eof:
             self._tcp_eof()
+        elif self._peer_end is not None and self.received == self._peer_end:
+            self._deliver_end()  # announced before the dial's answer was read
 
     # the transport, as the relay uses it
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
@@ -156,10 +160,7 @@ class ReusedStream(asyncio.Transport):
             return
         if self._orphaned:
             self._ended = True
-            if self._transport.can_write_eof():
-                self._transport.write_eof()
-            else:
-                self._transport.close()
+            self._tcp_write_eof()
             return
         if self._settle is None:
             return
@@ -224,6 +225,14 @@ class ReusedStream(asyncio.Transport):
         settle(None)
         if self._closing:
             self._transport.close()
+        elif self._ended:  # announced, but perhaps never read: say it the TCP way too
+            self._tcp_write_eof()
+
+    def _tcp_write_eof(self) -> None:
+        if self._transport.can_write_eof():
+            self._transport.write_eof()
+        else:
+            self._transport.close()  # TLS: no half-close of its own
 
     # what the connection tells
     def _received(self, data: bytes) -> None:
@@ -232,18 +241,17 @@ class ReusedStream(asyncio.Transport):
             self._break(True)  # bytes past the end the peer announced: not this protocol
             return
         if self._closing:
-            self._dropped += len(data)
-            if self._dropped > DRAIN_BYTES:
-                self._break(True)
-                return
-        elif self.protocol is not None:
+            if self._settle is not None:
+                self._break(True)  # more after a close: cut, as a closed socket would
+            return
+        if self.protocol is not None:
             self.protocol.data_received(data)
         if self._peer_end is not None and self.received == self._peer_end:
             self._deliver_end()
 
     def _deliver_end(self) -> None:
-        if self._peer_ended:
-            return
+        if self._peer_ended or not self._started:
+            return  # not started: start() delivers it
         self._peer_ended = True
         if not self._closing and self.protocol is not None:
             try:
@@ -262,10 +270,13 @@ class ReusedStream(asyncio.Transport):
         if settle is not None:
             self._stop_timer()
             settle(None)
+        self._orphaned = True  # from now on this stream's own end goes by TCP too
         if self._closing:
             self._transport.close()
             return None
-        if self._peer_ended or self.protocol is None:
+        if self._peer_ended:
+            return True  # delivered already; the relay may still write its side
+        if self.protocol is None:
             return None
         self._peer_ended = True
         return self.protocol.eof_received()

@@ -299,7 +299,7 @@ class TunnelHub(LinkTable):
                 kind = message["t"]
                 if kind == "hb":
                     link.control.set_deadline(silence)
-                    await self._registry.heartbeat(self._settings.node_id, list(link.exits))
+                    self._heartbeat(link)
                 elif kind == "usage":
                     self._reports.receive(link, message)
                 elif kind == "state":
@@ -317,6 +317,21 @@ class TunnelHub(LinkTable):
             except WireError as exc:
                 log.warning("provider %s sent a bad message: %s", link.address, exc)
                 return
+
+    def _heartbeat(self, link: ProviderLink) -> None:
+        """Refresh the link's exits in the registry, beside the control loop: the stream ends
+        and usage reports it reads must not wait on Redis. One refresh at a time per link."""
+        if link.beating is not None and not link.beating.done():
+            return
+        link.beating = asyncio.get_running_loop().create_task(
+            self._registry.heartbeat(self._settings.node_id, list(link.exits))
+        )
+        link.beating.add_done_callback(self._heartbeat_done)
+
+    @staticmethod
+    def _heartbeat_done(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("could not refresh exits in the registry: %s", task.exception())
 
     def _state_report(self, link: ProviderLink, message: dict[str, Any]) -> None:
         """The agent starts or stops taking streams (serving hours, caps): the selector sees it
@@ -340,6 +355,8 @@ class TunnelHub(LinkTable):
         for info in gone:
             del self._by_exit[info.exit_id]
         self._on_change()
+        if link.beating is not None:  # a refresh in flight lands before the exits are taken out
+            await asyncio.gather(link.beating, return_exceptions=True)
         try:
             await self._registry.deregister(self._settings.node_id, gone)
         except Exception:  # Redis down: the heartbeat TTL takes the exits out anyway

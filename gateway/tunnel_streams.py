@@ -74,6 +74,7 @@ class ProviderLink:
         self.reuse = reuse  # the agent carries stream after stream on a data connection
         self.reused: dict[str, ReusedStream] = {}  # streams running on such connections, by id
         self._told: list[bytes] = []
+        self.beating: asyncio.Task[None] | None = None  # the registry refresh of the last heartbeat
         self.closed = False
         self.last_seen = time.monotonic()
         self._acks: list[str] = []
@@ -253,6 +254,11 @@ class LinkTable:
             conn.abort()
             self.stream_closed(exit_id)
             raise DialError(DialErrorCode.EXIT, "the exit dropped the connection", exit_id=exit_id) from None
+        except BaseException:  # cancelled: the client left during the dial
+            link.reused.pop(stream_id, None)
+            conn.abort()
+            self.stream_closed(exit_id)
+            raise
         if answer["t"] == "ok":
             link.streams.add(stream_id)
             if reused is None:
@@ -283,7 +289,10 @@ class LinkTable:
             settle=lambda transport: self._settled(link, stream_id, transport),
             confirm=True,
         )
-        link.reused[stream_id] = reused
+        if link.closed:  # it closed while this connection was handed over: no ends to announce
+            reused.orphan()
+        else:
+            link.reused[stream_id] = reused
         return reused
 
     def _settled(self, link: ProviderLink, stream: str, transport: asyncio.Transport | None) -> bool:

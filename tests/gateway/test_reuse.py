@@ -21,7 +21,6 @@ import pytest
 from redis.asyncio import Redis
 
 from billing.usage import AgentReport
-from gateway import reuse
 from gateway.agent.session import AgentSession
 from gateway.agent.settings import AgentSettings
 from gateway.conn import Conn
@@ -189,6 +188,7 @@ async def test_each_stream_is_metered_exactly_on_a_reused_connection(
     gateway: Gateway, start_agent: StartAgent, digest_port: int
 ) -> None:
     agent = await start_agent(pool_size=1)
+    await until(lambda: len(gateway.hub.links[0].idle) == 1)  # no extra ones opened on demand
     sizes = [(0, 0), (8, 1), (8, 70_000), (300_000, 5), (8, 0), (1_000_000, 1_000_000)]
     expected = {}
     for up_extra, down_size in sizes:
@@ -207,6 +207,7 @@ async def test_each_stream_is_metered_exactly_on_a_reused_connection(
         size = int.from_bytes(payload[:8], "big") if len(payload) >= 8 else 0
         assert received == answer(payload, size)
         expected[stream] = (len(payload), len(received))
+    await until(lambda: gateway.hub.reuses == len(sizes))  # every one went back to the pool
     await until(lambda: reports_for(gateway, set(expected)))
     reports = {
         report.event_id: report
@@ -267,15 +268,19 @@ async def test_concurrent_streams_keep_their_bytes_apart(
 ) -> None:
     agent = await start_agent(pool_size=4)
 
+    carriers = set()
+
     async def one(index: int) -> None:
         for round_ in range(5):
             payload = asked(index * 1000 + round_, os.urandom(index * 997))
-            received, _ = await exchange(gateway, agent, digest_port, payload)
+            received, carrier = await exchange(gateway, agent, digest_port, payload)
             assert received == answer(payload, index * 1000 + round_)
+            carriers.add(carrier)
 
     async with asyncio.timeout(WAIT * 3):
         await asyncio.gather(*(one(index) for index in range(12)))
     assert agent.session.served == 60
+    assert len(carriers) <= 48  # sixty streams, many on a connection an earlier one left
 
 
 async def test_abandoned_download_closes_its_connection_not_the_next_stream(
@@ -293,7 +298,8 @@ async def test_abandoned_download_closes_its_connection_not_the_next_stream(
     payload = asked(3, b"after")
     received, second = await exchange(gateway, agent, digest_port, payload)
     assert received == answer(payload, 3)
-    assert second != first  # the abandoned stream's connection was closed, not reused
+    assert second != first  # the abandoned stream's connection was cut, not reused
+    assert first not in idle_connections(link)
 
 
 async def carriers_of(gateway: Gateway, agent: Agent, port: int, rounds: int) -> set[tuple[str, int]]:
@@ -463,10 +469,51 @@ async def test_wrapper_cuts_bytes_past_the_announced_end(pair: Pair, early: bool
     await until(lambda: far_recorder.lost != [] or far_recorder.eof)  # the connection went
 
 
-async def test_wrapper_drain_bounded_in_bytes(pair: Pair) -> None:
-    near, far, _ = pair
-    stream, consumer, _, settled = wrapped(near, confirm=True)
-    stream.close()  # closed before the peer's end: what comes is dropped, up to a bound
-    far.write(b"z" * (reuse.DRAIN_BYTES + 1))
+async def test_wrapper_cuts_a_connection_that_speaks_after_its_close(pair: Pair) -> None:
+    near, far, far_recorder = pair
+    stream, consumer, announced, settled = wrapped(near, confirm=True)
+    stream.close()  # before the peer's end: it may still end cleanly, if it says nothing more
+    assert announced == [{"t": "end", "stream": "s1", "n": 0}]
+    far.write(b"z")  # it had more to say: cut, as a closed socket would
     await until(lambda: settled == [None])
+    await until(lambda: far_recorder.eof or far_recorder.lost != [])  # the connection went
     assert consumer.data == b""
+
+
+async def test_wrapper_delivers_an_end_announced_before_it_started(pair: Pair) -> None:
+    near, _, _ = pair
+    announced: Announced = []
+    stream = ReusedStream(near, "s1", announce=announced.append, settle=lambda t: True, confirm=True)
+    stream.peer_end(0)  # the control connection was read before the dial's answer
+    await asyncio.sleep(0.01)
+    consumer = Recorder()
+    stream.set_protocol(consumer)
+    stream.start()
+    assert consumer.eof
+
+
+async def test_wrapper_orphaned_after_announcing_its_end_sends_a_fin(pair: Pair) -> None:
+    near, _, far_recorder = pair
+    stream, _, announced, settled = wrapped(near, confirm=True)
+    stream.write(b"last")
+    stream.write_eof()
+    assert announced == [{"t": "end", "stream": "s1", "n": 4}]
+    stream.orphan()  # the control connection went: the announcement may never have been read
+    assert settled == [None]
+    await until(lambda: far_recorder.eof)
+    assert far_recorder.data == b"last"
+
+
+async def test_wrapper_after_the_peers_fin_ends_its_own_side_by_tcp(pair: Pair) -> None:
+    near, far, far_recorder = pair
+    stream, consumer, announced, settled = wrapped(near, confirm=True)
+    far.write(b"bye")
+    far.write_eof()  # the peer lost its control connection and ends the TCP way
+    await until(lambda: consumer.eof)
+    assert consumer.data == b"bye"
+    assert settled == [None]
+    stream.write(b"reply")  # the stream's other direction goes on
+    stream.write_eof()
+    assert announced == []  # nothing announced: a FIN instead
+    await until(lambda: far_recorder.eof)
+    assert far_recorder.data == b"reply"
