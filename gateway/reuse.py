@@ -173,7 +173,7 @@ class ReusedStream(asyncio.Transport):
 
     def close(self) -> None:
         """End the stream (this side's end is announced if it was not) and, once the peer's end
-        came, hand the connection on; meanwhile what the peer still sends is dropped."""
+        came, hand the connection on; a byte the peer still sends meanwhile cuts it instead."""
         if self._closing:
             return
         self._closing = True
