@@ -74,6 +74,7 @@ class ProviderLink:
         self.reuse = reuse  # the agent carries stream after stream on a data connection
         self.reused: dict[str, ReusedStream] = {}  # streams running on such connections, by id
         self._told: list[bytes] = []
+        self._flushing = False  # a flush of the control messages is scheduled
         self.beating: asyncio.Task[None] | None = None  # the registry refresh of the last heartbeat
         self.closed = False
         self.last_seen = time.monotonic()
@@ -94,29 +95,30 @@ class ProviderLink:
         self._reply(self._refused, stream)
 
     def _reply(self, batch: list[str], stream: str) -> None:
-        if not self._acks and not self._held and not self._refused:
-            asyncio.get_running_loop().call_soon(self._send_replies)
+        self._schedule()
         batch.append(stream)
 
     def tell(self, message: dict[str, Any]) -> None:
         """Send ``message`` on the control connection with the others of this loop iteration."""
-        if not self._told:
-            asyncio.get_running_loop().call_soon(self._flush_told)
+        self._schedule()
         self._told.append(wire.encode(message))
 
-    def _flush_told(self) -> None:
-        told, self._told = self._told, []
-        if not self.closed:
-            self.control.write(b"".join(told))
+    def _schedule(self) -> None:
+        if not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
-    def _send_replies(self) -> None:
-        replies = {"acked": self._acks, "held": self._held, "refused": self._refused}
+    def _flush(self) -> None:
+        """What this loop iteration has for the agent, in one write: the messages told, then the
+        replies to its usage reports (which it sends again through another node if this one is
+        closed)."""
+        self._flushing = False
+        out, self._told = self._told, []
+        replies = (("acked", self._acks), ("held", self._held), ("refused", self._refused))
+        out += [wire.encode({"t": kind, "streams": streams}) for kind, streams in replies if streams]
         self._acks, self._held, self._refused = [], [], []
-        if self.closed:
-            return  # the agent reports them again through a node it still reaches
-        for kind, streams in replies.items():
-            if streams:
-                self.control.write(wire.encode({"t": kind, "streams": streams}))
+        if out and not self.closed:
+            self.control.write(b"".join(out))
 
     def add_idle(self, conn: Conn) -> None:
         while self.waiters:
