@@ -47,7 +47,8 @@ def domain_of(host: str) -> str:
 
 
 def lookup_domains(host: str) -> list[str]:
-    """The domains whose bans apply to ``host``: itself and its parents of two labels or more.
+    """The domains whose bans apply to ``host``: itself and its parents of two labels or more
+    (of a longer name, itself and its five shortest parents).
 
     ``a.shop.example.com`` → ``a.shop.example.com``, ``shop.example.com``, ``example.com``.
     """
@@ -60,8 +61,8 @@ def lookup_domains(host: str) -> list[str]:
     labels = name.split(".")
     if len(labels) <= 2:
         return [name]
-    found = [".".join(labels[start:]) for start in range(len(labels) - 1)]
-    return found[-_MAX_LEVELS:]
+    parents = [".".join(labels[start:]) for start in range(1, len(labels) - 1)]
+    return [name, *parents[-(_MAX_LEVELS - 1) :]]
 
 
 class BanBook:

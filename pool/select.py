@@ -40,6 +40,19 @@ end
 return out
 """
 
+# KEYS[1] the session; ARGV[1] the exit it was seen bound to ('' for none), ARGV[2] the exit to
+# bind it to instead, ARGV[3] its TTL (s). Binds unless another connection rebound it since it was
+# read, and returns the exit the session is bound to now (TTL refreshed either way).
+_REBIND_LUA = """
+local bound = redis.call('GET', KEYS[1])
+if not bound or bound == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+  return ARGV[2]
+end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return bound
+"""
+
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
@@ -94,6 +107,7 @@ class Selector:
         self._cache: dict[ExitFilters, tuple[float, list[str]]] = {}
         self._cursor = 0
         self._script = redis.register_script(_CANDIDATES_LUA)
+        self._rebind = redis.register_script(_REBIND_LUA)
 
     async def candidates(self, filters: ExitFilters) -> list[str]:
         """Live exits on this node matching ``filters`` (possibly ``cache_ttl`` old)."""
@@ -202,27 +216,43 @@ class Selector:
         With a ``session`` the exit it is bound to is reused while it is live, matches, is
         accepted and (with health) its breaker is closed, and the session's TTL slides forward
         on every use; otherwise a new exit is chosen (see :meth:`choose`) and the session is
-        rebound to it.
+        rebound to it — unless another connection of the session rebound it meanwhile, whose
+        exit this one then takes too where it may, so parallel connections opening a session
+        leave through one exit.
         """
         if session is None:
             chosen = await self.choose(filters, exclude=exclude, only=only, accept=accept)
             return None if chosen is None else Choice(chosen, sticky=False)
         ttl = session_ttl or DEFAULT_SESSION_TTL
         key = keys.session(account, session)
-        bound = await self._redis.getex(key, ex=ttl)
-        if bound is not None:
-            exit_id = _text(bound)
-            if (
-                exit_id not in exclude
-                and (only is None or exit_id in only)
-                and self._is_available(exit_id)
-                and (accept is None or accept(exit_id))
-                and self._fit_for_session(exit_id)
-                and exit_id in await self.candidates(filters)
-            ):
-                return Choice(exit_id, sticky=True)
+        raw = await self._redis.getex(key, ex=ttl)
+        bound = "" if raw is None else _text(raw)
+        if bound and await self._keeps(bound, filters, exclude, only, accept):
+            return Choice(bound, sticky=True)
         chosen = await self.choose(filters, exclude=exclude, only=only, accept=accept)
         if chosen is None:
             return None
-        await self._redis.set(key, chosen, ex=ttl)
+        # Parallel first connections of a new session (or of one whose exit just died) each
+        # chose an exit: the first to bind wins and the others follow it where they may.
+        now_bound = _text(await self._rebind(keys=[key], args=[bound, chosen, ttl]))
+        if now_bound != chosen and await self._keeps(now_bound, filters, exclude, only, accept):
+            return Choice(now_bound, sticky=True)
         return Choice(chosen, sticky=False)
+
+    async def _keeps(
+        self,
+        exit_id: str,
+        filters: ExitFilters,
+        exclude: frozenset[str],
+        only: frozenset[str] | None,
+        accept: Callable[[str], bool] | None,
+    ) -> bool:
+        """Whether a session bound to ``exit_id`` stays on it for this connection."""
+        return (
+            exit_id not in exclude
+            and (only is None or exit_id in only)
+            and self._is_available(exit_id)
+            and (accept is None or accept(exit_id))
+            and self._fit_for_session(exit_id)
+            and exit_id in await self.candidates(filters)
+        )

@@ -38,8 +38,14 @@ def test_lookup_domains_walks_up_to_two_labels() -> None:
     assert lookup_domains("10.1.2.3") == ["10.1.2.3"]
     assert lookup_domains("[::1]") == ["[::1]"]
     deep = "a.b.c.d.e.f.g.h.example.com"
-    assert lookup_domains(deep)[-1] == "example.com"
-    assert len(lookup_domains(deep)) == 6
+    assert lookup_domains(deep) == [
+        deep,
+        "e.f.g.h.example.com",
+        "f.g.h.example.com",
+        "g.h.example.com",
+        "h.example.com",
+        "example.com",
+    ]
 
 
 async def test_ban_keeps_the_exit_away_from_the_domain_and_its_subdomains(redis: Redis) -> None:
@@ -50,6 +56,14 @@ async def test_ban_keeps_the_exit_away_from_the_domain_and_its_subdomains(redis:
     assert await book.banned("alice", "www.example.com") == {"e1"}
     assert await book.banned("alice", "example.org") == frozenset()
     assert await book.banned("bob", "example.com") == frozenset()  # bans are per requester
+
+
+async def test_a_ban_on_a_long_host_name_holds_for_that_host(redis: Redis) -> None:
+    book = BanBook(redis, cache_ttl=0)
+    host = "cdn1.img.eu.west.static.assets.example.com"
+    await book.ban("alice", host, "e1", ttl=60)
+    assert await book.banned("alice", host) == {"e1"}
+    assert await book.banned("alice", "example.com") == frozenset()
 
 
 async def test_a_subdomain_ban_does_not_reach_the_parent(redis: Redis) -> None:

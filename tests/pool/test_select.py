@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from pool import keys
 from pool.models import ExitFilters
 from pool.registry import ExitRegistry
 from pool.select import DEFAULT_SESSION_TTL, Choice, Selector
-from tests.pool.conftest import make_exit
+from tests.pool.conftest import REDIS_URL, make_exit
 
 FR = ExitFilters(country="fr")
 ANY = ExitFilters()
@@ -327,6 +329,59 @@ async def test_select_session_rebinds_when_filters_differ(redis: Redis, view: No
     datacenter = ExitFilters(country="fr", type="datacenter")
     assert await selector.select("alice", datacenter, session="s1") == Choice("b", sticky=False)
     assert await selector.select("alice", datacenter, session="s1") == Choice("b", sticky=True)
+
+
+async def test_select_parallel_first_connections_of_a_session_share_one_exit(
+    redis: Redis, view: NodeView
+) -> None:
+    await register(redis, "a", "b", "c", "d")
+    # Two nodes' selectors and four connections each, all opening session s1 at once.
+    selectors = [selector_for(redis, view), selector_for(redis, view, node="n1")]
+    await asyncio.gather(*(redis.ping() for _ in range(8)))  # connections ready: no call waits for one
+    choices = await asyncio.gather(
+        *(selector.select("alice", FR, session="s1") for selector in selectors for _ in range(4))
+    )
+    exits = {choice.exit_id for choice in choices if choice is not None}
+    assert len(exits) == 1 and len(choices) == 8
+    assert await bound(redis, "alice", "s1") == exits.pop()
+
+
+def binding_meanwhile(key: str, exit_id: str) -> Callable[[str], bool]:
+    """An ``accept`` callback that binds the session to ``exit_id`` the first time it runs: another
+    connection of the session binding it while this one chooses."""
+    client = SyncRedis.from_url(REDIS_URL)
+    done: list[bool] = []
+
+    def accept(_candidate: str) -> bool:
+        if not done:
+            client.set(key, exit_id)
+            done.append(True)
+        return True
+
+    return accept
+
+
+async def test_select_follows_an_exit_another_connection_bound_meanwhile(
+    redis: Redis, view: NodeView
+) -> None:
+    await register(redis, "a", "b")
+    view.loads["b"] = 5  # this connection would choose a
+    selector = selector_for(redis, view)
+    accept = binding_meanwhile(keys.session("alice", "s1"), "b")
+    assert await selector.select("alice", FR, session="s1", accept=accept) == Choice("b", sticky=True)
+    assert await bound(redis, "alice", "s1") == "b"
+    assert 590 <= await redis.ttl(keys.session("alice", "s1")) <= DEFAULT_SESSION_TTL
+
+
+async def test_select_keeps_its_own_exit_when_the_one_bound_meanwhile_is_excluded(
+    redis: Redis, view: NodeView
+) -> None:
+    await register(redis, "a", "b")
+    selector = selector_for(redis, view)
+    accept = binding_meanwhile(keys.session("alice", "s1"), "b")
+    choice = await selector.select("alice", FR, session="s1", exclude=frozenset({"b"}), accept=accept)
+    assert choice == Choice("a", sticky=False)
+    assert await bound(redis, "alice", "s1") == "b"  # the other connection's binding stands
 
 
 async def test_select_session_nothing_matches(redis: Redis, view: NodeView) -> None:
