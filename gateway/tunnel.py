@@ -324,7 +324,7 @@ class TunnelHub(LinkTable):
         if link.beating is not None and not link.beating.done():
             return
         link.beating = asyncio.get_running_loop().create_task(
-            self._registry.heartbeat(self._settings.node_id, list(link.exits))
+            self._registry.heartbeat(self._settings.node_id, list(link.exits.values()))
         )
         link.beating.add_done_callback(self._heartbeat_done)
 

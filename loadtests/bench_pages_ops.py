@@ -101,7 +101,7 @@ async def _registry(what: str, exits: list[ExitInfo]) -> None:
         if what == "register":
             await registry.register(exits)
         elif what == "heartbeat":
-            await registry.heartbeat(NODE, [info.exit_id for info in exits])
+            await registry.heartbeat(NODE, exits)
         else:
             await registry.deregister(NODE, exits)
     finally:

@@ -73,6 +73,22 @@ def _decode_exit(raw: Mapping[Any, Any]) -> ExitInfo | None:
     )
 
 
+# KEYS: node set, alive zset; ARGV: node, now (ms), exit ids. Refreshes the exits still in the
+# node's set and returns the others: a sweep let them go while this node was silent.
+_HEARTBEAT_LUA = """
+local node, now = ARGV[1], ARGV[2]
+local gone = {}
+for i = 3, #ARGV do
+  if redis.call('SISMEMBER', KEYS[1], ARGV[i]) == 1 then
+    redis.call('ZADD', KEYS[2], now, node .. '|' .. ARGV[i])
+  else
+    gone[#gone + 1] = ARGV[i]
+  end
+end
+return gone
+"""
+
+
 def _keys_for(exit_id: str, node: str, attributes: list[tuple[str, str]]) -> list[str]:
     return [
         keys.exit_hash(exit_id),
@@ -96,6 +112,7 @@ class ExitRegistry:
         self.heartbeat_ttl = heartbeat_ttl
         self._register = redis.register_script(_REGISTER_LUA)
         self._deregister = redis.register_script(_DEREGISTER_LUA)
+        self._beat = redis.register_script(_HEARTBEAT_LUA)
 
     async def register(self, exits: list[ExitInfo]) -> None:
         now = _now_ms()
@@ -111,10 +128,17 @@ class ExitRegistry:
                 args=[info.exit_id, info.node, now, len(joined), *record],
             )
 
-    async def heartbeat(self, node: str, exit_ids: list[str]) -> None:
-        if exit_ids:
-            now = _now_ms()
-            await self._redis.zadd(keys.alive(), {keys.alive_member(node, e): now for e in exit_ids})
+    async def heartbeat(self, node: str, exits: list[ExitInfo]) -> None:
+        """``exits`` are live on ``node`` now. Those a sweep let go meanwhile (the node was
+        silent past ``heartbeat_ttl``, a stalled loop or a partition) are registered again."""
+        if exits:
+            gone = await self._beat(
+                keys=[keys.node_exits(node), keys.alive()],
+                args=[node, _now_ms(), *(info.exit_id for info in exits)],
+            )
+            if gone:
+                back = {_text(exit_id) for exit_id in gone}
+                await self.register([info for info in exits if info.exit_id in back])
 
     async def deregister(self, node: str, exits: list[ExitInfo]) -> None:
         for info in exits:

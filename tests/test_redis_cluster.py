@@ -223,7 +223,9 @@ def scripts(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
         for module, name in (
             (pool.registry, "_REGISTER_LUA"),
             (pool.registry, "_DEREGISTER_LUA"),
+            (pool.registry, "_HEARTBEAT_LUA"),
             (pool.select, "_CANDIDATES_LUA"),
+            (pool.select, "_REBIND_LUA"),
         ):
             monkeypatch.setattr(module, name, STRICT + getattr(module, name))
     return str(request.param)
@@ -231,9 +233,9 @@ def scripts(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
 
 def _check_mode(registry: ExitRegistry, selector: Selector | None, mode: str) -> None:
     """The scripts really are the variant ``mode`` names."""
-    scripts = [registry._register.script, registry._deregister.script]
+    scripts = [registry._register.script, registry._deregister.script, registry._beat.script]
     if selector is not None:
-        scripts.append(selector._script.script)
+        scripts += [selector._script.script, selector._rebind.script]
     for script in scripts:
         text = _text(script)
         assert text.startswith(STRICT) == (mode == "strict")
@@ -347,7 +349,7 @@ async def test_registry_heartbeat_and_live_ids(rds: Redis, scripts: str) -> None
     await rds.zadd(keys.alive(), {"n1|a": old, "n1|b": old, "n1|c": old})
     assert await registry.live_ids() == set()
 
-    await registry.heartbeat("n1", ["a", "b"])
+    await registry.heartbeat("n1", [make_exit("a"), make_exit("b")])
     assert await registry.live_ids() == {"a", "b"}
     score = await rds.zscore(keys.alive(), "n1|a")
     assert score is not None and score > _ms_ago(5)
@@ -544,7 +546,7 @@ async def test_routes_publish_withdraw_and_publish_all(rds: Redis) -> None:
     await routing.publish(rds, "alice", "e1", "d1")
     await routing.publish(rds, "alice", "e2", "d2")
     await routing.publish(rds, "bob", "e3", "d3")
-    await routing.withdraw(rds, "alice", "e2")
+    await routing.withdraw(rds, "alice", "e2", "d2")
     routes = routing.DealRoutes(rds, cache_ttl=0)
     assert await routes.routes("alice") == {"e1": "d1"}
     assert await routes.routes("bob") == {"e3": "d3"}

@@ -93,10 +93,24 @@ async def test_heartbeat_call(redis: Redis) -> None:
     await make_stale(redis, "n1", "e1")
     await make_stale(redis, "n1", "e2")
     assert await registry.live_ids() == set()
-    await registry.heartbeat("n1", ["e1"])
+    await registry.heartbeat("n1", [make_exit("e1")])
     assert await registry.live_ids() == {"e1"}
     score = await redis.zscore(keys.alive(), keys.alive_member("n1", "e1"))
     assert score is not None and score > 1000
+
+
+async def test_heartbeat_registers_again_an_exit_swept_while_its_node_was_silent(redis: Redis) -> None:
+    registry = ExitRegistry(redis, heartbeat_ttl=10)
+    kept, swept = make_exit("e1"), make_exit("e2", city="paris")
+    await registry.register([kept, swept])
+    await make_stale(redis, "n1", "e2")  # the node's loop stalled past the TTL for e2
+    assert await registry.sweep() == 1
+    assert await registry.get("e2") is None and await members(redis, keys.node_exits("n1")) == {"e1"}
+    await registry.heartbeat("n1", [kept, swept])
+    assert await registry.get("e2") == swept
+    assert await registry.live_ids() == {"e1", "e2"}
+    assert await members(redis, keys.node_exits("n1")) == {"e1", "e2"}
+    assert await members(redis, keys.index("city", "paris")) == {"e2"}
 
 
 async def test_heartbeat_empty(redis: Redis) -> None:
@@ -195,7 +209,7 @@ async def test_live_ids_expire(redis: Redis) -> None:
     assert await registry.live_ids() == {"e1", "e2"}
     await asyncio.sleep(0.6)
     assert await registry.live_ids() == set()
-    await registry.heartbeat("n1", ["e2"])  # e1 last heard over 0.5 s ago, e2 just now
+    await registry.heartbeat("n1", [make_exit("e2")])  # e1 last heard over 0.5 s ago, e2 just now
     assert await registry.live_ids() == {"e2"}
     assert [info.exit_id for info in await registry.list_live()] == ["e2"]
     assert await registry.get("e1") is not None  # expired, not yet swept

@@ -109,7 +109,7 @@ async def test_candidates_exclude_stale(redis: Redis, view: NodeView) -> None:
     await redis.zadd(keys.alive(), {keys.alive_member("n1", "a"): 1000}, xx=True)
     selector = selector_for(redis, view)
     assert await selector.candidates(FR) == ["b"]
-    await registry.heartbeat("n1", ["a"])
+    await registry.heartbeat("n1", [make_exit("a")])
     assert await selector.candidates(FR) == ["a", "b"]
 
 

@@ -219,7 +219,7 @@ class LiveExits:
             if what == "register":
                 await registry.register(self.exits)
             elif what == "heartbeat":
-                await registry.heartbeat(self.NODE, [info.exit_id for info in self.exits])
+                await registry.heartbeat(self.NODE, self.exits)
             else:
                 await registry.deregister(self.NODE, self.exits)
         finally:
