@@ -23,7 +23,7 @@ its id is reported in :attr:`MatchResult.unfunded`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -187,10 +187,21 @@ class Engine:
         and funds did not run out, else it is dropped. Raises ``DuplicateOrder`` and
         ``InvalidOrder`` as :meth:`place_offer` does.
         """
-        self._check_new(request.request_id, request.expires_at, now)
-        exits = self._restored_exits.pop(request.request_id, set())
-        rr = RestingRequest(request, self._book.next_seq(), 0, exits)
-        return self._fill_and_rest(rr, now, may_rest=request.rest)
+        return self._place(request, 0, (), now)
+
+    def restore_request(
+        self, request: Request, *, filled: int, exits: Iterable[str], now: float
+    ) -> MatchResult:
+        """Place again a request order recorded before a restart: ``request`` as stored (its
+        ``ips`` the total wanted), ``filled`` of them filled already by deals on ``exits`` (ended
+        or live), which it is not given again.
+
+        Then as :meth:`place_request`, and amended as if no restart happened. Raises as
+        :meth:`place_request` does, and ``InvalidOrder`` unless ``0 <= filled < request.ips``.
+        """
+        if not 0 <= filled < request.ips:
+            raise InvalidOrder("filled", "must be at least 0 and below the IPs wanted")
+        return self._place(request, filled, exits, now)
 
     def cancel(self, order_id: str) -> None:
         """Remove a resting offer or request; its open deals go on. Raises ``UnknownOrder``."""
@@ -300,11 +311,12 @@ class Engine:
         """Re-open a deal recorded before a restart: it takes its room on the exit again.
 
         For the persistence edge rebuilding an engine: restore every live deal first, then place
-        the resting orders again (a request with ``ips`` reduced by what its restored deals
-        hold; it will not be given their exits again). No :class:`Funds` call is made: the
-        reserve is taken to be held still, and :meth:`end_deal` releases it as usual. New deal
-        numbers continue after the highest restored one. Raises ``DuplicateDeal`` if the deal
-        is open already and ``InvalidOrder`` if another provider lends its exit.
+        the resting orders again (with :meth:`restore_request`, or a request with ``ips`` reduced
+        by what its restored deals hold; it will not be given their exits again). No
+        :class:`Funds` call is made: the reserve is taken to be held still, and :meth:`end_deal`
+        releases it as usual. New deal numbers continue after the highest restored one (see
+        :meth:`restore_deal_number` for deals that ended). Raises ``DuplicateDeal`` if the deal is
+        open already and ``InvalidOrder`` if another provider lends its exit.
         """
         if deal.deal_id in self._deals:
             raise DuplicateDeal(deal.deal_id)
@@ -314,7 +326,12 @@ class Engine:
         self._restored_exits.setdefault(deal.request_id, set()).add(deal.exit_id)
         number = deal.deal_id.rpartition("_")[2]
         if number.isascii() and number.isdigit():
-            self._deal_no = max(self._deal_no, int(number))
+            self.restore_deal_number(int(number))
+
+    def restore_deal_number(self, number: int) -> None:
+        """New deal numbers continue after ``number``: the highest any deal recorded before a
+        restart took, ended deals' too (:func:`~matching.orders.deal_id_for` ids must not repeat)."""
+        self._deal_no = max(self._deal_no, number)
 
     def spot(
         self,
@@ -418,6 +435,13 @@ class Engine:
             ro = book.offers_by_seq[seq]
             if ro.offer.exit_id not in rr.exits and request.accepts(ro.offer, now):
                 yield Amount(cost), ro
+
+    def _place(self, request: Request, filled: int, exits: Iterable[str], now: float) -> MatchResult:
+        """Fill ``request`` (``filled`` IPs filled already, on ``exits``) and rest what is left if it may."""
+        self._check_new(request.request_id, request.expires_at, now)
+        held = self._restored_exits.pop(request.request_id, set())
+        rr = RestingRequest(request, self._book.next_seq(), filled, held.union(exits))
+        return self._fill_and_rest(rr, now, may_rest=request.rest)
 
     def _fill_and_rest(self, rr: RestingRequest, now: float, *, may_rest: bool) -> MatchResult:
         """Fill ``rr`` (not on the book) as far as offers and funds allow, then rest it if it may."""

@@ -110,7 +110,13 @@ class Market:
         self._engine = Engine(self._funds)
         self._orders = OrderDesk(self._pool, self._engine, self._funds, clock=self._clock)
         self._book = DealBook(
-            self._pool, self._redis, self._registry, self._engine, self.settings, clock=self._clock
+            self._pool,
+            self._redis,
+            self._registry,
+            self._engine,
+            self._funds,
+            self.settings,
+            clock=self._clock,
         )
 
     # -- start-up --------------------------------------------------------------------------
@@ -121,15 +127,18 @@ class Market:
             await self._load()
 
     async def _load(self) -> None:
+        """Rebuild the book; raises what a failed write raised (it does not try again)."""
         self._empty()
+        self._engine.restore_deal_number(await store.last_deal_number(self._pool))
         for row in await store.live_deals(self._pool):
             self._book.restore(row)
         rows = await store.open_orders(self._pool)
         replayed = await self._orders.restore(rows)
-        # Room freed while no market ran (deals that ended) may fill resting requests now.
+        # Room freed while no market ran (deals that ended) may fill resting requests now. A
+        # write failing here is not retried by loading again: that would replay the same fills.
         for result in replayed:
             if result.fills or result.unfunded:
-                await self._commit(result)
+                await self._write(result)
         await routing.publish_all(self._redis, self._book.routes())
         log.info("market loaded: %d open orders, %d live deals", len(rows), len(self._book.deals))
 
@@ -273,7 +282,9 @@ class Market:
     async def report(self, account: str, deal_id: str, what: str) -> Deal:
         """A party's report on one of its deals: the provider's ``ready``/``serving``/``stopped``,
         the requester's ``accepted``/``ok``/``complaint``, or ``cancel`` from either before it
-        is active. A report that ends the deal unroutes its exit and frees its room.
+        is active. A report that ends the deal unroutes its exit and frees its room; the
+        provider's ``ready`` activates and routes it only once its exit is live in the pool
+        (until then the deal stays proposed, and the tick activates it).
 
         Raises MarketRefused: 404 when the account is no party to an open deal by that id, 422
         for a report its side cannot make, 409 when the deal's state does not allow it.
@@ -297,6 +308,9 @@ class Market:
             serving = (State.PROPOSED, State.ACTIVE)
             if deal.state in serving and after.state not in serving:
                 await self._rematch(await self._book.end(deal, event))
+            elif deal.state is State.PROPOSED and after.state is State.ACTIVE:
+                # As the tick activates it: only on a live exit, and routed then (else it waits).
+                await self._book.activate([deal_id])
             else:
                 await self._book.apply(deal_id, event)
             return self._book.deals.get(deal_id, after)
@@ -341,28 +355,42 @@ class Market:
         on the book (``queued``: stored with a fresh place in time priority, as the engine gave it
         one), the deals its fills opened and the requests it finished. Raises MarketRefused 409
         when the transaction fails, after rebuilding the book from the database."""
-        now = int(self._clock())
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                if placed is not None:
-                    await store.insert_order(conn, *placed)
-                if amended is not None:
-                    await store.update_order(conn, amended[0], terms=amended[1])
-                if queued is not None:
-                    await store.requeue(conn, queued)
-                new = await self._book.open_in(conn, result.fills, now=now, spot=spot, key_id=key_id)
-                resting = {status.request.request_id for status in self._engine.resting_requests()}
-                touched = {fill.request_id for fill in result.fills} | set(result.unfunded)
-                for request_id in sorted(touched - resting):
-                    if not spot:
-                        await store.update_order(conn, request_id, state="done")
-                waits = placed is not None and placed[2] in self._orders.waiting
-                if placed is not None and placed[0] == "request" and placed[2] not in resting and not waits:
-                    await store.update_order(conn, placed[2], state="done")
+            await self._write(result, placed=placed, spot=spot, key_id=key_id, amended=amended, queued=queued)
         except (LedgerInsufficientFunds, asyncpg.PostgresError):
             log.warning("market commit failed; reloading the book from the database", exc_info=True)
             await self._load()
             raise MarketRefused(409, "conflict", "the book changed meanwhile; try again") from None
+
+    async def _write(
+        self,
+        result: MatchResult,
+        *,
+        placed: tuple[str, str, str, dict[str, Any], str | None] | None = None,
+        spot: bool = False,
+        key_id: str | None = None,
+        amended: tuple[str, dict[str, Any]] | None = None,
+        queued: str | None = None,
+    ) -> None:
+        """The transaction of :meth:`_commit`, then the new deals join the book; raises as the
+        ledger and PostgreSQL do, leaving the in-memory book ahead of the database."""
+        now = int(self._clock())
+        async with self._pool.acquire() as conn, conn.transaction():
+            if placed is not None:
+                await store.insert_order(conn, *placed)
+            if amended is not None:
+                await store.update_order(conn, amended[0], terms=amended[1])
+            if queued is not None:
+                await store.requeue(conn, queued)
+            new = await self._book.open_in(conn, result.fills, now=now, spot=spot, key_id=key_id)
+            resting = {status.request.request_id for status in self._engine.resting_requests()}
+            touched = {fill.request_id for fill in result.fills} | set(result.unfunded)
+            for request_id in sorted(touched - resting):
+                if not spot:
+                    await store.update_order(conn, request_id, state="done")
+            waits = placed is not None and placed[2] in self._orders.waiting
+            if placed is not None and placed[0] == "request" and placed[2] not in resting and not waits:
+                await store.update_order(conn, placed[2], state="done")
         await self._book.opened(new)
 
     async def _rematch(self, freed: MatchResult) -> None:

@@ -25,6 +25,7 @@ from billing.ledger import Amount
 from matching import routing, store
 from matching.deals import Actor, Deal, Event, EventKind, State, apply, propose
 from matching.engine import Engine, Fill, MatchResult
+from matching.market_orders import LedgerFunds
 from matching.settlement import (
     SettlementAccounts,
     automatic_resolution,
@@ -63,6 +64,7 @@ class DealBook:
         redis: Redis,
         registry: ExitRegistry,
         engine: Engine,
+        funds: LedgerFunds,
         settings: MarketSettings,
         *,
         clock: Callable[[], float],
@@ -71,6 +73,7 @@ class DealBook:
         self._redis = redis
         self._registry = registry
         self._engine = engine
+        self._funds = funds
         self._settings = settings
         self._clock = clock
         self.deals: dict[str, Deal] = {}
@@ -205,12 +208,27 @@ class DealBook:
         Returns what the engine matched in that room (resting requests it now fills), which the
         market commits.
         """
-        await routing.withdraw(self._redis, deal.requester, deal.exit_id, deal.deal_id)
-        ended = await self.apply(deal.deal_id, event)
-        if ended.state is State.CANCELLED and deal.reserve > 0:
-            async with self._pool.acquire() as conn, conn.transaction():
+        await routing.withdraw(self._redis, deal.requester, deal.exit_id, deal.deal_id, self._successor(deal))
+        async with self._pool.acquire() as conn, conn.transaction():
+            ended = await self.apply(deal.deal_id, event, conn)
+            if ended.state is State.CANCELLED and deal.reserve > 0:
                 await holds.resolve_in(conn, deal.deal_id, ())
+        # The room it frees may serve any resting request: on balances as the ledger has them
+        # now (a requester may have topped up), and its reserve released from that reading.
+        await self._funds.refresh(status.request.requester for status in self._engine.resting_requests())
+        self._funds.expect_release(deal.requester, deal.reserve)
         return self._engine.end_deal(deal.deal_id, float(event.at))
+
+    def _successor(self, deal: Deal) -> str | None:
+        """Another active deal of ``deal``'s requester on its exit, to route through it instead."""
+        for other in self.deals.values():
+            if (
+                other.deal_id != deal.deal_id
+                and other.state is State.ACTIVE
+                and (other.requester, other.exit_id) == (deal.requester, deal.exit_id)
+            ):
+                return other.deal_id
+        return None
 
     async def close(self, deal: Deal, at: int) -> None:
         """Reconcile both meters, resolve a mismatch by the automatic rule, settle the hold."""

@@ -80,6 +80,12 @@ class LedgerFunds:
             bps = markups.get(name)
             self.available[name] = funds if bps is None else covered_charge(funds, bps)
 
+    def expect_release(self, requester: str, amount: Amount) -> None:
+        """The engine is about to release ``amount`` it reserved before the last reading, for a
+        deal whose hold the ledger still has or just voided into the balance: count it out, so
+        the release leaves that reading as the ledger has it."""
+        self.available[requester] = self.available.get(requester, 0) - amount
+
     async def limit_to_key(self, account: str, key_id: str | None) -> bool:
         """Cap the account's available funds for this operation at the key's budget, if any."""
         if key_id is None:
@@ -112,6 +118,7 @@ class OrderDesk:
         """Put the open orders of ``store.open_orders`` back on the book (or hold them); returns
         what placing them matched."""
         await self._funds.refresh(row["account"] for row in rows if row["side"] == "request")
+        used = await store.used_exits(self._pool)
         now = self._clock()
         replayed: list[MatchResult] = []
         for row in rows:
@@ -124,8 +131,14 @@ class OrderDesk:
                 request = store.request_from(terms)
                 if self._hold_request(request, row["filled"], row["key_id"], now):
                     continue
-                request = replace(request, ips=request.ips - row["filled"])
-                replayed.append(self._engine.place_request(request, now))
+                if row["filled"] >= request.ips:
+                    # Left open by an amendment down to its fills, which the engine now refuses.
+                    await self._close(request.request_id, "done")
+                    continue
+                exits = used.get(request.request_id, ())
+                replayed.append(
+                    self._engine.restore_request(request, filled=row["filled"], exits=exits, now=now)
+                )
         return replayed
 
     # -- placing ---------------------------------------------------------------------------
@@ -260,15 +273,18 @@ class OrderDesk:
                 await self._funds.refresh([request.requester])
                 if await self._funds.limit_to_key(request.requester, key_id):
                     request = replace(request, rest=False)
-                result = self._engine.place_request(replace(request, ips=request.ips - filled), now)
+                result = self._engine.restore_request(request, filled=filled, exits=(), now=now)
                 resting = self._engine.is_resting(request_id)
                 await commit(result, queued=request_id if resting else None)
                 if not resting:
-                    async with self._pool.acquire() as conn, conn.transaction():
-                        await store.update_order(conn, request_id, state="done")
+                    await self._close(request_id, "done")
 
     async def _expired(self, order_id: str) -> None:
         self.scheduled.pop(order_id, None)
         self.waiting.pop(order_id, None)
+        await self._close(order_id, "expired")
+
+    async def _close(self, order_id: str, state: str) -> None:
+        """Mark the open order ``state`` (done, expired) in a transaction of its own."""
         async with self._pool.acquire() as conn, conn.transaction():
-            await store.update_order(conn, order_id, state="expired")
+            await store.update_order(conn, order_id, state=state)

@@ -57,8 +57,30 @@ async def publish(redis: Redis, requester: str, exit_id: str, deal_id: str, allo
     await redis.hset(routes_key(requester), mapping=mapping)
 
 
-async def withdraw(redis: Redis, requester: str, exit_id: str, deal_id: str | None = None) -> None:
-    await redis.hdel(routes_key(requester), exit_id, *([_ALLOWANCE + deal_id] if deal_id else []))
+# KEYS[1] a requester's routes; ARGV exit id, ending deal id and, if any, the deal that takes over.
+_WITHDRAW_LUA = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  if ARGV[3] then
+    redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+  else
+    redis.call('HDEL', KEYS[1], ARGV[1])
+  end
+end
+redis.call('HDEL', KEYS[1], '@' .. ARGV[2])
+"""
+
+
+async def withdraw(
+    redis: Redis, requester: str, exit_id: str, deal_id: str, successor: str | None = None
+) -> None:
+    """Stop routing the requester's traffic through ``exit_id`` under ``deal_id``, atomically.
+
+    The exit stays routed if it names another of the requester's deals (several may share it);
+    if it names this one, ``successor`` (an active deal of the requester on the same exit, already
+    published) takes over, or with none the exit is unrouted.
+    """
+    script = redis.register_script(_WITHDRAW_LUA)
+    await script(keys=[routes_key(requester)], args=[exit_id, deal_id, *([successor] if successor else [])])
 
 
 async def publish_all(redis: Redis, routes: Mapping[str, Mapping[str, str | tuple[str, int]]]) -> None:

@@ -136,6 +136,23 @@ async def open_orders(pool: asyncpg.Pool) -> list[asyncpg.Record]:
     return list(rows)
 
 
+async def used_exits(pool: asyncpg.Pool) -> dict[str, set[str]]:
+    """The exits every deal of each open request order was opened on, ended deals' too, by order id."""
+    rows = await pool.fetch(
+        "SELECT d.request_id, array_agg(DISTINCT d.exit_id) AS exits FROM deals d"
+        " JOIN market_orders o ON o.order_id = d.request_id WHERE o.state = 'open' GROUP BY d.request_id"
+    )
+    return {row["request_id"]: set(row["exits"]) for row in rows}
+
+
+async def last_deal_number(pool: asyncpg.Pool) -> int:
+    """The highest deal number (the digits after a deal id's last ``_``) any deal ever took; 0 for none."""
+    value = await pool.fetchval(
+        "SELECT COALESCE(MAX(substring(deal_id FROM '_([0-9]+)$')::numeric), 0)::text FROM deals"
+    )
+    return int(value)
+
+
 async def insert_deal(
     conn: asyncpg.Connection, fill: Fill, deal: Deal, *, spot: bool, key_id: str | None = None
 ) -> None:

@@ -6,6 +6,7 @@ offer them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator, Iterator
 
@@ -107,3 +108,21 @@ async def offer(market: Market, exit_id: str, price_gb: int = IPSX, **extra: obj
         "bob", PROVIDER_ADDRESS, {"exit_id": exit_id, "price_per_gb": str(price_gb), **extra}
     )
     return placed.offer_id
+
+
+@contextlib.asynccontextmanager
+async def refused(pg: asyncpg.Pool, table: str, operation: str) -> AsyncIterator[None]:
+    """PostgreSQL refuses every ``operation`` (INSERT, UPDATE) on ``table`` inside the block, as a
+    write failing for real at that point would (a trigger that raises)."""
+    await pg.execute(
+        "CREATE OR REPLACE FUNCTION ipsx_test_refuse() RETURNS trigger LANGUAGE plpgsql"
+        " AS $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$"
+    )
+    await pg.execute(
+        f"CREATE TRIGGER ipsx_test_refuse BEFORE {operation} ON {table}"
+        " FOR EACH ROW EXECUTE FUNCTION ipsx_test_refuse()"
+    )
+    try:
+        yield
+    finally:
+        await pg.execute(f"DROP TRIGGER IF EXISTS ipsx_test_refuse ON {table}")

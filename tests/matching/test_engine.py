@@ -640,6 +640,46 @@ def test_restore_deal_refuses_duplicates_and_foreign_exits() -> None:
     assert foreign.value.field == "exit_id"
 
 
+def test_restore_request_state() -> None:
+    first, _ = engine()
+    for n in (1, 2):
+        first.place_offer(make_offer(f"o{n}", exit_id=f"ex{n}"), 0.0)
+    deals = first.place_request(make_request("r1", ips=4), 1.0).fills
+    first.end_deal(deals[0].deal_id, 2.0)
+
+    # Rebuilt: the live deal, then the request as stored (its total IPs and what it filled).
+    second, _ = engine()
+    second.restore_deal(deals[1])
+    restored = second.restore_request(make_request("r1", ips=4), filled=2, exits=["ex1"], now=3.0)
+    assert restored.fills == () and restored.rested
+    assert [(s.request.ips, s.filled) for s in second.resting_requests()] == [(4, 2)]
+    second.place_offer(make_offer("o1", exit_id="ex1"), 3.0)  # its ended deal's exit: not again
+    assert second.resting_requests()[0].filled == 2
+    with pytest.raises(InvalidOrder):
+        second.amend_request("r1", ips=2, now=4.0)  # amended as before the restart: a new total
+    second.amend_request("r1", ips=3, now=4.0)
+    filled = second.place_offer(make_offer("o3", exit_id="ex3"), 5.0).fills
+    assert [f.deal_id for f in filled] == ["r1_3"] and second.resting_requests() == []
+
+
+def test_restore_request_refuses_a_filled_request() -> None:
+    eng, _ = engine()
+    with pytest.raises(InvalidOrder) as refused:
+        eng.restore_request(make_request("r1", ips=2), filled=2, exits=["ex1", "ex2"], now=0.0)
+    assert refused.value.field == "filled"
+    assert eng.resting_requests() == []
+
+
+def test_restore_deal_number_state() -> None:
+    eng, _ = engine()
+    eng.restore_deal_number(41)  # the highest number an ended deal took before the restart
+    eng.restore_deal_number(7)  # a lower one changes nothing
+    eng.place_offer(make_offer("o1", exit_id="ex1", shared_capacity=2), 0.0)
+    assert [f.deal_id for f in eng.place_request(make_request("r1"), 1.0).fills] == ["r1_42"]
+    spot = eng.spot("alice", RequestFilters(), Amount(IPSX), Amount(0), 60, GB, 2.0)
+    assert spot is not None and spot.deal_id == "spot_43"
+
+
 def test_queue_position_moves_only_when_the_order_is_requeued() -> None:
     eng, _ = engine()
     eng.place_offer(make_offer("a"), 0.0)

@@ -1,7 +1,11 @@
-"""Time priority across a market restart, on real PostgreSQL and Redis: an order the engine
-re-queued (a re-priced offer, a request with more IPs, a scheduled offer put on the book or
-re-clipped, a waiting request whose time frame started) comes back behind the orders it was behind,
-an order that kept its place keeps it, and migration 022 gives existing orders their arrival order."""
+"""A market restart, on real PostgreSQL and Redis.
+
+Time priority: an order the engine re-queued (a re-priced offer, a request with more IPs, a
+scheduled offer put on the book or re-clipped, a waiting request whose time frame started) comes
+back behind the orders it was behind, an order that kept its place keeps it, and migration 022
+gives existing orders their arrival order. Deals: new deal ids never repeat an ended deal's, a
+request is not given an exit it had before, it is amended as it would have been without the
+restart, and a write that fails while loading fails the load (once)."""
 
 from __future__ import annotations
 
@@ -15,9 +19,20 @@ from redis.asyncio import Redis
 
 from billing import db
 from matching import store
+from matching.errors import InvalidOrder
 from matching.market import Market
 from tests.billing.conftest import create_database, drop_database
-from tests.matching.conftest import IPSX, PROVIDER_ADDRESS, REQUEST, clock, offer, online
+from tests.matching.conftest import (
+    GB,
+    IPSX,
+    PROVIDER_ADDRESS,
+    REQUEST,
+    clock,
+    offer,
+    offline,
+    online,
+    refused,
+)
 
 HOUR = 3600
 DEDICATED = {**REQUEST, "dedicated": True}
@@ -139,6 +154,86 @@ async def test_a_request_placed_as_its_time_frame_starts_stays_behind(
         "bob", PROVIDER_ADDRESS, {"exit_id": "e1", "price_per_gb": str(IPSX), "sharing": "dedicated"}
     )
     assert [fill.request_id for fill in result.fills] == [resting.request_id]
+
+
+async def deals_of(pg: asyncpg.Pool, request_id: str) -> list[tuple[str, str, str]]:
+    rows = await pg.fetch(
+        "SELECT deal_id, exit_id, state FROM deals WHERE request_id = $1 ORDER BY created_at, deal_id",
+        request_id,
+    )
+    return [(row["deal_id"], row["exit_id"], row["state"]) for row in rows]
+
+
+async def test_deal_ids_and_exits_of_ended_deals_are_not_given_again_after_a_restart(
+    market: Market, pg: asyncpg.Pool, rds: Redis
+) -> None:
+    e1 = await online(rds, "e1")
+    await offer(market, "e1")
+    request, placed = await market.place_request("alice", {**REQUEST, "ips": 2})
+    first = placed.fills[0].deal_id
+    await offline(rds, e1)
+    clock(market).now += 10
+    await market.tick()  # e1 went away: the deal ends; its offer and the request rest on
+    await online(rds, "e1")
+    again = await restarted(market, pg, rds)
+    assert [s.filled for s in again._engine.resting_requests()] == [1]  # e1 is not its again
+    await online(rds, "e2")
+    await offer(again, "e2")
+    rid = request.request_id
+    assert await deals_of(pg, rid) == [(first, "e1", "completed"), (f"{rid}_2", "e2", "active")]
+
+
+async def test_a_request_amended_after_a_restart_keeps_its_total(
+    market: Market, pg: asyncpg.Pool, rds: Redis
+) -> None:
+    for n in range(1, 6):
+        await online(rds, f"e{n}")
+    await offer(market, "e1")
+    await offer(market, "e2")
+    request, _ = await market.place_request("alice", {**REQUEST, "ips": 4, "traffic_bytes": GB // 10})
+    clock(market).now += 10  # new order ids, which the clock makes, differ from the first market's
+    again = await restarted(market, pg, rds)
+    with pytest.raises(InvalidOrder):
+        await again.amend("alice", request.request_id, {"ips": 2})  # no more than it has: refused
+    await again.amend("alice", request.request_id, {"ips": 3})  # one more IP wanted, not three
+    for n in (3, 4, 5):
+        await offer(again, f"e{n}")
+    assert [exit_id for _, exit_id, _ in await deals_of(pg, request.request_id)] == ["e1", "e2", "e3"]
+    row = await pg.fetchrow("SELECT state, filled FROM market_orders WHERE order_id = $1", request.request_id)
+    assert (row["state"], row["filled"]) == ("done", 3)
+
+
+async def test_an_open_request_with_every_ip_filled_is_done_after_a_restart(
+    market: Market, pg: asyncpg.Pool, rds: Redis
+) -> None:
+    await online(rds, "e1")
+    await offer(market, "e1")
+    request, _ = await market.place_request("alice", {**REQUEST, "ips": 2})
+    # What an amendment down to its fills once left behind: open, with as many IPs as filled.
+    await pg.execute(
+        "UPDATE market_orders SET terms = jsonb_set(terms, '{ips}', '1') WHERE order_id = $1",
+        request.request_id,
+    )
+    again = await restarted(market, pg, rds)
+    assert again._engine.resting_requests() == []
+    assert (
+        await pg.fetchval("SELECT state FROM market_orders WHERE order_id = $1", request.request_id) == "done"
+    )
+
+
+async def test_a_write_that_fails_while_loading_fails_the_load(
+    market: Market, pg: asyncpg.Pool, rds: Redis
+) -> None:
+    await online(rds, "e1")
+    await offer(market, "e1", schedule="10:00-12:00")  # the test clock starts at 08:00 UTC
+    request, _ = await market.place_request("alice", REQUEST)
+    clock(market).now += 2 * HOUR  # its window opened while no market ran: it fills on loading
+    async with refused(pg, "deals", "INSERT"):
+        with pytest.raises(asyncpg.RaiseError):
+            await restarted(market, pg, rds)
+    again = await restarted(market, pg, rds)
+    assert [fill for fill, *_ in await deals_of(pg, request.request_id)] == [f"{request.request_id}_1"]
+    assert again._engine.resting_requests() == []
 
 
 async def test_migration_022_gives_existing_orders_their_arrival_order(tmp_path: Path) -> None:
