@@ -43,7 +43,7 @@ from web3.exceptions import ContractLogicError, TimeExhausted, TransactionNotFou
 from billing import db
 from billing.anchor_proofs import next_batch
 from billing.deal_record import DealRecord
-from billing.operator_node import OperatorNode
+from billing.operator_node import OperatorNode, failure
 from contracts import load
 from contracts.merkle import MerkleTree, leaf_hash
 
@@ -190,7 +190,7 @@ class Anchorer(OperatorNode):
                 batch = await self.anchor_once()
             except (OSError, aiohttp.ClientError, Web3Exception, asyncpg.PostgresError,
                     asyncpg.InterfaceError) as exc:  # fmt: skip
-                log.warning("anchoring failed, retrying: %s", exc)
+                log.warning("anchoring failed, retrying: %s", failure(exc))
             if batch is not None and batch.anchored and batch.record_count >= self._settings.max_batch:
                 continue
             with contextlib.suppress(TimeoutError):

@@ -42,7 +42,7 @@ from web3.types import LogReceipt
 from billing import accounts, channels
 from billing.channels import Channel
 from billing.ledger import TREASURY, Amount, Leg, post_in, provider_account, requester_account
-from billing.operator_node import OperatorNode
+from billing.operator_node import OperatorNode, failure
 from billing.withdrawals import CHAIN
 from contracts import load
 
@@ -184,7 +184,7 @@ class ChainWatcher(OperatorNode):
                 asyncpg.PostgresError,
                 asyncpg.InterfaceError,
             ) as exc:
-                log.warning("chain watcher poll failed, retrying: %s", exc)
+                log.warning("chain watcher poll failed, retrying: %s", failure(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._settings.poll_interval)
             if stop.is_set():

@@ -124,12 +124,22 @@ async def open_migrated(dsn: str, *, max_size: int = 10) -> asyncpg.Pool:
     return pool
 
 
+def _advisory_key(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+async def advisory_lock_in(conn: asyncpg.Connection, name: str) -> None:
+    """Wait for the PostgreSQL advisory lock ``name`` (hashed to its 64-bit key) and hold it until
+    the transaction ``conn`` is in ends."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", _advisory_key(name))
+
+
 @contextlib.asynccontextmanager
 async def try_advisory_lock(pool: asyncpg.Pool, name: str) -> AsyncIterator[bool]:
     """Whether this process alone holds the PostgreSQL advisory lock ``name`` (hashed to its 64-bit
     key) for the block; it is held on one pooled connection, so a crashed process's lock goes with
     its connection."""
-    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+    key = _advisory_key(name)
     async with pool.acquire() as conn:
         alone = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", key))
         try:

@@ -18,6 +18,7 @@ from typing import NewType
 
 import asyncpg
 
+from billing import db
 from billing.accounts import validate_name
 from billing.errors import InsufficientFunds, InvalidAmount, UnknownAccount
 
@@ -42,6 +43,14 @@ def requester_account(name: str) -> str:
 def provider_account(name: str) -> str:
     """The ledger account the provider called ``name`` is paid into; raises ``InvalidAccount``."""
     return f"provider:{validate_name(name)}"
+
+
+async def lock_funds_in(conn: asyncpg.Connection, account: str) -> None:
+    """Hold the lock on ``account``'s funds until the caller's transaction ends (a PostgreSQL
+    advisory lock; movements do not take it). Code that checks what of a balance is not spoken for
+    elsewhere (promised by payout channels, backing requester channels) and then commits some of
+    it takes this lock first, so two such checks never pass on the same funds."""
+    await db.advisory_lock_in(conn, f"ipsx.billing.funds:{account}")
 
 
 def may_overdraw(account: str) -> bool:

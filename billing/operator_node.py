@@ -4,6 +4,7 @@ The chain watcher (``chain.py``), the anchorer (``anchoring.py``) and the chain 
 (``withdrawal_sender.py``) each hold a web3 connection to one node and the operator's account.
 ``OperatorNode`` opens that connection (or takes the one ``web3_factory`` makes, which its caller
 then closes), gives the operator's address, and closes what it opened (``aclose`` or ``async with``).
+Their retry loops log a failed round with :func:`failure`, never with the error's text.
 """
 
 from __future__ import annotations
@@ -12,10 +13,21 @@ from collections.abc import Callable
 from typing import Any, Self
 
 import aiohttp
+import asyncpg
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress
 from web3 import AsyncHTTPProvider, AsyncWeb3
+
+
+def failure(error: BaseException) -> str:
+    """``error`` fit for a log line. A database error keeps its message; any other only its type
+    and the HTTP status it carries, if any: the text of an aiohttp or web3 error can hold the RPC
+    URL, where node providers put API keys."""
+    if isinstance(error, asyncpg.PostgresError | asyncpg.InterfaceError):
+        return f"{type(error).__name__}: {error}"
+    status = getattr(error, "status", None)
+    return type(error).__name__ if status is None else f"{type(error).__name__} (HTTP {status})"
 
 
 class OperatorNode:

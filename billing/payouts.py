@@ -6,7 +6,9 @@ it. A proof is a promise the provider can cash on-chain at any time by closing t
 ledger books the payout when the chain settles it (``billing.chain``). So the operator never
 promises more than the provider has earned and not yet been promised: its available earnings
 less the balances of its open payout channels, and never more than a channel's deposit. A
-withdrawal of earnings leaves the promised part alone (see :func:`promised`).
+withdrawal of earnings leaves the promised part alone (see :func:`promised`). Both take the
+provider's funds lock (:func:`billing.ledger.lock_funds_in`) around their check and their write,
+so a promise and a withdrawal never both count the same earnings as free.
 """
 
 from __future__ import annotations
@@ -16,19 +18,30 @@ from eth_account.signers.local import LocalAccount
 
 from billing import channels
 from billing.channels import Channel
-from billing.ledger import Amount, balance, provider_account
+from billing.ledger import Amount, lock_funds_in, provider_account
 from contracts import proofs
+
+_PROMISED = """
+SELECT COALESCE(sum(c.proof_balance), 0) FROM channels c JOIN accounts a ON a.id = c.account_id
+WHERE a.name = $1 AND c.role = 'provider' AND c.state <> 'settled'
+"""
+
+# In one statement, so a settlement (which lowers both) cannot commit between the two reads.
+_UNPROMISED = f"""
+SELECT (COALESCE((SELECT balance FROM ledger_balances WHERE account = $2), 0) - ({_PROMISED}))::text
+"""  # noqa: S608
 
 
 async def promised(pool: asyncpg.Pool, account_name: str) -> Amount:
     """What the operator's open payout channels to the provider already promise it."""
-    total = await pool.fetchval(
-        "SELECT COALESCE(sum(c.proof_balance), 0)::text"
-        " FROM channels c JOIN accounts a ON a.id = c.account_id"
-        " WHERE a.name = $1 AND c.role = 'provider' AND c.state <> 'settled'",
-        account_name,
-    )
+    total = await pool.fetchval(f"SELECT ({_PROMISED})::text", account_name)
     return Amount(int(total))
+
+
+async def unpromised_in(conn: asyncpg.Connection, account_name: str) -> int:
+    """The provider's earnings balance less what its open payout channels promise (negative when
+    they promise more), read on ``conn``; hold the funds lock around it and what it decides."""
+    return int(await conn.fetchval(_UNPROMISED, account_name, provider_account(account_name)))
 
 
 async def promise_earnings(
@@ -49,18 +62,27 @@ async def promise_earnings(
         by_provider.setdefault(row["name"], []).append(row["channel_id"])
     raised: list[Channel] = []
     for name, channel_ids in by_provider.items():
-        unpromised = int(await balance(pool, provider_account(name))) - int(await promised(pool, name))
-        for channel_id in channel_ids:
-            if unpromised <= 0:
-                break
-            channel = await channels.get(pool, channel_id)
-            if channel is None or channel.state != "open":
-                continue
-            more = min(unpromised, int(channel.deposit) - int(channel.proof_balance))
-            if more <= 0:
-                continue
-            cumulative = int(channel.proof_balance) + more
-            signature = proofs.sign_balance_proof(domain, channel.id_bytes, cumulative, operator.key)
-            raised.append(await channels.record_proof(pool, channel_id, cumulative, signature, domain=domain))
-            unpromised -= more
+        async with pool.acquire() as conn, conn.transaction():
+            await lock_funds_in(conn, provider_account(name))
+            unpromised = await unpromised_in(conn, name)
+            for channel_id in channel_ids:
+                if unpromised <= 0:
+                    break
+                channel = await channels.lock_in(conn, channel_id)
+                if channel is None or channel.state != "open":
+                    continue
+                more = min(unpromised, int(channel.deposit) - int(channel.proof_balance))
+                if more <= 0:
+                    continue
+                cumulative = int(channel.proof_balance) + more
+                # Signed here by the channel's sender (the query above selects the operator's
+                # channels of this contract), within the deposit and above the stored proof: what
+                # channels.record_proof checks holds by construction.
+                signature = proofs.sign_balance_proof(domain, channel.id_bytes, cumulative, operator.key)
+                raised.append(
+                    await channels.update_in(
+                        conn, channel, proof_balance=cumulative, proof_signature="0x" + signature.hex()
+                    )
+                )
+                unpromised -= more
     return raised

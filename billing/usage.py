@@ -2,7 +2,8 @@
 
 The gateway publishes a :class:`UsageEvent` and the provider agent an :class:`AgentReport` for every
 stream, under the same ``event_id``, to the Redis stream ``USAGE_STREAM``; the billing worker
-ingests both. Times are unix seconds (floats are fine for times; money is never a float).
+ingests both. Times are unix seconds from 0 to :data:`TIME_MAX` (floats are fine for times; money
+is never a float).
 
 Both records validate themselves on construction, so a bad one fails where it is made. A stream
 entry holds either one item (``encode`` / ``decode``) or, as the publisher writes them, a batch of
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import re
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -40,6 +40,9 @@ _FLOAT = re.compile(r"[0-9]{1,20}(?:\.[0-9]{1,20})?(?:e[+-]?[0-9]{1,3})?", re.AS
 _TEXT_MAX_LEN = 512
 _BIGINT_MAX = 2**63 - 1
 _INT_MAX = 2**31 - 1
+# 9999-12-31T23:59:59Z: a stored time must fit PostgreSQL's to_timestamp and, read back, Python's
+# datetime; one beyond either fails the whole batch it is stored with.
+TIME_MAX = 253_402_300_799.0
 
 
 def _check_text(name: str, value: object, event_id: str) -> None:
@@ -53,8 +56,8 @@ def _check_int(name: str, value: object, limit: int, event_id: str) -> None:
 
 
 def _check_time(name: str, value: object, event_id: str) -> float:
-    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value < math.inf:
-        raise MalformedEvent(f"{name} must be a finite, non-negative unix time", event_id)
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= TIME_MAX:
+        raise MalformedEvent(f"{name} must be a unix time in [0, {TIME_MAX:.0f}]", event_id)
     return float(value)
 
 

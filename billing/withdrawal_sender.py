@@ -71,7 +71,7 @@ from web3.contract import AsyncContract
 from web3.exceptions import TransactionNotFound, Web3Exception, Web3RPCError
 
 from billing import db, withdrawal_transfers, withdrawals
-from billing.operator_node import OperatorNode
+from billing.operator_node import OperatorNode, failure
 from billing.transfer_fees import GWEI, Fees, gwei, replacement_fees, underpriced
 from billing.withdrawal_transfers import Transfer, Version
 from contracts import load
@@ -176,7 +176,7 @@ class WithdrawalSender(OperatorNode):
                 await self.send_once()
             except _ERRORS as exc:
                 self.stats.errors += 1
-                log.warning("withdrawal sender round failed, retrying: %s: %s", type(exc).__name__, exc)
+                log.warning("withdrawal sender round failed, retrying: %s", failure(exc))
             self.stats.rounds += 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._settings.poll_interval)

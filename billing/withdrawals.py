@@ -41,7 +41,7 @@ import asyncpg
 from billing import holds, payouts
 from billing.accounts import get_account
 from billing.errors import BillingError, InsufficientFunds, InvalidAmount, UnknownAccount
-from billing.ledger import MAX_AMOUNT, Amount, balance, provider_account, requester_account
+from billing.ledger import MAX_AMOUNT, Amount, lock_funds_in, provider_account, requester_account
 
 CHAIN = "external:chain"  # the ledger's image of the chain: tokens withdrawn leave the books here
 
@@ -144,7 +144,9 @@ async def request(
     same account for the same amount and source returns that withdrawal, whatever its state, and
     moves nothing. Raises ``InvalidAmount``, ``ValueError`` for an unknown source,
     ``UnknownAccount``, ``ReferenceReused``, and ``InsufficientFunds`` (nothing written) when the
-    source's available funds are short.
+    source's available funds are short: its balance less what channels speak for (see
+    :func:`_free_in`), checked and reserved in one transaction under the account's funds lock, so
+    concurrent withdrawals and payout promises cannot both take the same funds.
     """
     if source not in SOURCES:
         raise ValueError(f"source must be one of {', '.join(sorted(SOURCES))}")
@@ -154,12 +156,9 @@ async def request(
     account = await get_account(pool, account_name)
     if account is None:
         raise UnknownAccount(account_name)
-    if source == "earnings":  # what payout channels already promise it is not the provider's to take
-        free = int(await balance(pool, ledger_account)) - int(await payouts.promised(pool, account.name))
-        if amount > free:
-            raise InsufficientFunds(ledger_account, amount, max(free, 0))
     reference = reference or f"w-{secrets.token_hex(12)}"
     async with pool.acquire() as conn, conn.transaction():
+        await lock_funds_in(conn, ledger_account)
         row_id = await conn.fetchval(
             "INSERT INTO withdrawals (reference, account_id, ledger_account, amount, address, key_id)"
             " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (reference) DO NOTHING RETURNING id",
@@ -171,7 +170,16 @@ async def request(
             key_id,
         )
         if row_id is not None:
-            await holds.reserve_in(conn, ledger_account, amount, _hold_reference(reference))
+            # Reserved first, checked after: the reserve's row lock keeps every movement of the
+            # balance out until the commit, so the check sees what the commit will.
+            try:
+                await holds.reserve_in(conn, ledger_account, amount, _hold_reference(reference))
+                reserved: int = amount
+            except InsufficientFunds:
+                reserved = 0
+            free = reserved + await _free_in(conn, account.id, account.name, source)
+            if reserved == 0 or free < amount:  # rolls the withdrawal and its hold back
+                raise InsufficientFunds(ledger_account, amount, max(free, 0))
         row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM {_FROM} WHERE w.reference = $1", reference)  # noqa: S608
     withdrawal = _withdrawal(row)
     if row_id is None and (
@@ -179,6 +187,38 @@ async def request(
     ):
         raise ReferenceReused()
     return withdrawal, row_id is not None
+
+
+# What the account's open requester channels back: their deposits less what their proofs already
+# pay. Settling the channel refunds that part on-chain, so it is not the requester's to withdraw.
+_CHANNEL_BACKED = """
+SELECT COALESCE(sum(GREATEST(c.deposit - c.proof_balance, 0)), 0) FROM channels c
+WHERE c.account_id = $1 AND c.role = 'requester' AND c.state <> 'settled'
+"""
+
+_FREE_BALANCE = f"""
+SELECT (COALESCE((SELECT balance FROM ledger_balances WHERE account = $2), 0) - ({_CHANNEL_BACKED}))::text
+"""  # noqa: S608
+
+
+async def _free_in(conn: asyncpg.Connection, account_id: int, account_name: str, source: str) -> int:
+    """What of the source's balance is free for withdrawals (negative when channels speak for more
+    than it holds), read on ``conn``.
+
+    Called with the funds lock (:func:`billing.ledger.lock_funds_in`) held and the balance row
+    locked by the reserve, so no promise, deposit, charge or settlement of the account moves
+    between this check and the commit. The rule:
+
+    - ``earnings``: the balance less what the provider's open payout channels promise (the
+      provider cashes those on-chain; the settlement takes them from the earnings);
+    - ``balance``: the balance less what the requester's open (unsettled) channels back, each
+      its deposit less its proof. The deposit was credited to the balance when the channel
+      opened, and settling the channel refunds the unproven rest on-chain: withdrawn as well,
+      it would be paid out twice, the treasury covering the second time.
+    """
+    if source == "earnings":
+        return await payouts.unpromised_in(conn, account_name)
+    return int(await conn.fetchval(_FREE_BALANCE, account_id, requester_account(account_name)))
 
 
 async def _apply_in(

@@ -4,7 +4,8 @@ Delivery from Redis is at-least-once (a consumer group; entries are acked only a
 commit, and a dead worker's pending entries are claimed by another), and the inserts are
 idempotent by ``event_id`` (``ON CONFLICT DO NOTHING``), which together make ingestion
 exactly-once. Entries that cannot be decoded go to a dead-letter stream so they never block the
-others.
+others; so do the records PostgreSQL refuses: a batch refused for one row's data is stored again
+one record at a time, and only the refused records are dead-lettered.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from billing.metrics import (
     redis_problem,
     serving_metrics,
 )
-from billing.usage import AgentReport, UsageEvent, decode_entry
+from billing.usage import AgentReport, UsageEvent, decode_entry, encode
 from pool.client import redis_from_url
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,11 @@ _RETRY_INITIAL = 0.5 * SECONDS
 _RETRY_MAX = 10 * SECONDS
 
 _Entry = tuple[bytes, Mapping[bytes, bytes] | None]
+_Dead = tuple[bytes, Mapping[bytes, bytes], str]  # (source entry id, fields, reason)
+
+# A row's own data the database refuses (class 22 data exceptions, class 23 constraint
+# violations): storing the batch again without that row succeeds.
+_ROW_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 
 
 def _default_consumer() -> str:
@@ -167,6 +173,63 @@ async def _store(
     return stored_events, stored_reports
 
 
+async def _store_each(
+    pool: asyncpg.Pool, records: Sequence[tuple[bytes, UsageEvent | AgentReport]]
+) -> tuple[int, int, list[_Dead]]:
+    """Store ``records`` ((source entry id, record) pairs) one per transaction; returns the events
+    and the reports stored, and the records the database refused for their data as dead letters
+    (``encode`` fields; the reason is the error's type and SQLSTATE, as its message may quote the
+    row). Other errors propagate."""
+    stored_events = stored_reports = 0
+    refused: list[_Dead] = []
+    for source, item in records:
+        try:
+            if isinstance(item, UsageEvent):
+                stored_events += (await _store(pool, [item], []))[0]
+            else:
+                stored_reports += (await _store(pool, [], [item]))[1]
+        except _ROW_ERRORS as exc:
+            fields = {key.encode(): value.encode() for key, value in encode(item).items()}
+            refused.append(
+                (source, fields, f"refused by the database: {type(exc).__name__} ({exc.sqlstate})")
+            )
+    return stored_events, stored_reports, refused
+
+
+async def _store_batch(
+    pool: asyncpg.Pool,
+    settings: WorkerSettings,
+    events: Mapping[str, tuple[bytes, UsageEvent]],
+    reports: Mapping[str, tuple[bytes, AgentReport]],
+    dead: list[_Dead],
+) -> tuple[int, int]:
+    """Store the batch (``event_id`` -> (source entry id, record)); returns the events and the
+    reports stored. A batch refused for a row's data is stored again one record at a time: one bad
+    row must not hold back the others, nor be retried forever. The records the database refuses
+    are logged by id and appended to ``dead``."""
+    try:
+        return await _store(
+            pool, [event for _, event in events.values()], [report for _, report in reports.values()]
+        )
+    except _ROW_ERRORS as exc:
+        log.warning(
+            "a usage batch of %d record(s) was refused (%s); storing them one at a time",
+            len(events) + len(reports),
+            type(exc).__name__,
+        )
+    stored_events, stored_reports, refused = await _store_each(pool, [*events.values(), *reports.values()])
+    for source, fields, reason in refused:
+        log.warning(
+            "usage record %s of entry %s is malformed (%s); moved to %s",
+            fields[b"event_id"].decode(),
+            source.decode(),
+            reason,
+            settings.dead_stream,
+        )
+    dead.extend(refused)
+    return stored_events, stored_reports
+
+
 async def _read(redis: Redis, settings: WorkerSettings) -> list[_Entry]:
     # Entries a dead (or stuck) consumer read but never acked come first.
     claimed: Any = await redis.xautoclaim(
@@ -207,17 +270,18 @@ async def ingest_once(
     A record is one usage event or agent report (an entry may hold a batch of them), or one
     malformed entry or row.
 
-    Malformed entries are logged by id, copied to ``settings.dead_stream`` and acked. Entries are
-    acked only after the database commit: if storing fails the error propagates and the entries
+    Malformed entries are logged by id, copied to ``settings.dead_stream`` and acked; so are the
+    records the database refuses for their data (see :func:`_store_batch`). Entries are acked only
+    after the database commit: if storing fails otherwise the error propagates and the entries
     stay pending, to be claimed again after ``claim_idle_ms``. ``stats`` counts what was stored,
     skipped as a duplicate and dead-lettered.
     """
     entries = await _read(redis, settings)
     if not entries:
         return 0
-    events: dict[str, UsageEvent] = {}
-    reports: dict[str, AgentReport] = {}
-    dead: list[tuple[bytes, Mapping[bytes, bytes], str]] = []
+    events: dict[str, tuple[bytes, UsageEvent]] = {}
+    reports: dict[str, tuple[bytes, AgentReport]] = {}
+    dead: list[_Dead] = []
     handled = seen_events = seen_reports = 0
     for entry_id, fields in entries:
         if fields is None:  # deleted from the stream while pending: nothing to ingest
@@ -245,14 +309,14 @@ async def ingest_once(
             dead.append((entry_id, {b"item": row.encode()}, reason))
         for item in items:
             if isinstance(item, UsageEvent):
-                events.setdefault(item.event_id, item)
+                events.setdefault(item.event_id, (entry_id, item))
                 seen_events += 1
             else:
-                reports.setdefault(item.event_id, item)
+                reports.setdefault(item.event_id, (entry_id, item))
                 seen_reports += 1
     stored = (0, 0)
     if events or reports:
-        stored = await _store(pool, list(events.values()), list(reports.values()))
+        stored = await _store_batch(pool, settings, events, reports, dead)
     for entry_id, fields, reason in dead:
         await _dead_letter(redis, settings, entry_id, fields, reason)
     ids = [entry_id for entry_id, _ in entries]

@@ -4,14 +4,18 @@ promised cannot be withdrawn as well."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
+from collections.abc import Awaitable
+
 import asyncpg
 import pytest
 from eth_account import Account
 
-from billing import channels, payouts, withdrawals
+from billing import channels, holds, payouts, withdrawals
 from billing.accounts import create_account
 from billing.errors import InsufficientFunds
-from billing.ledger import TREASURY, Amount, transfer
+from billing.ledger import TREASURY, Amount, balance, transfer
 from contracts import proofs
 
 OPERATOR = Account.from_key(bytes.fromhex("a1" * 32))
@@ -91,3 +95,45 @@ async def test_promised_earnings_cannot_be_withdrawn_too(pool: asyncpg.Pool, bob
     assert info.value.available == 100
     made, _ = await withdrawals.request(pool, account_name="bob", amount=Amount(100), source="earnings")
     assert made.state == "pending"
+
+
+async def racing(pool: asyncpg.Pool, *calls: Awaitable[object]) -> list[object]:
+    """Run ``calls`` at once with writes to withdrawals and channels held back until every call
+    waits on a lock: each has read what it checks before any of them writes."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("LOCK TABLE withdrawals, channels IN EXCLUSIVE MODE")  # reads still pass
+        results = asyncio.gather(*calls, return_exceptions=True)
+        waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        while True:  # the lock waits show in pg_stat_activity; no event tells of them
+            if await pool.fetchval(waiting) >= len(calls):
+                break
+            await asyncio.sleep(0.01)
+    return list(await results)
+
+
+async def test_parallel_earnings_withdrawals_never_take_promised_funds(pool: asyncpg.Pool, bob: int) -> None:
+    await earn(pool, 60)
+    await payouts.promise_earnings(pool, OPERATOR, DOMAIN)
+    await earn(pool, 40)  # 100 earned, 60 promised: 40 free
+    request = functools.partial(
+        withdrawals.request, pool, account_name="bob", amount=Amount(40), source="earnings"
+    )
+    results = await racing(pool, request(), request())
+    made = [result for result in results if not isinstance(result, BaseException)]
+    refused = [result for result in results if isinstance(result, InsufficientFunds)]
+    assert (len(made), len(refused)) == (1, 1)
+    assert refused[0].available == 0
+    assert await balance(pool, "provider:bob") == await payouts.promised(pool, "bob") == 60
+
+
+async def test_parallel_promise_and_withdrawal_never_share_earnings(pool: asyncpg.Pool, bob: int) -> None:
+    await earn(pool, 100)
+    results = await racing(
+        pool,
+        payouts.promise_earnings(pool, OPERATOR, DOMAIN),
+        withdrawals.request(pool, account_name="bob", amount=Amount(100), source="earnings"),
+    )
+    assert all(isinstance(result, list | tuple | InsufficientFunds) for result in results)
+    # Either the withdrawal holds the 100 or a proof promises it; never both.
+    assert await payouts.promised(pool, "bob") + await holds.reserved(pool, "provider:bob") == 100
+    assert await payouts.promised(pool, "bob") <= await balance(pool, "provider:bob")

@@ -19,6 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from billing.errors import MalformedEvent
 from billing.keys import USAGE_STREAM
 from billing.usage import (
+    TIME_MAX,
     AgentReport,
     UsageEvent,
     UsagePublisher,
@@ -50,7 +51,7 @@ def test_encode_call() -> None:
         make_event(),
         make_event(deal_id=None, protocol="socks5", attempts=0, bytes_up=0, bytes_down=2**63 - 1),
         make_event(opened_at=0.1, closed_at=0.1),
-        make_event(opened_at=1_764_000_000.123456789, closed_at=1e20),
+        make_event(opened_at=1_764_000_000.123456789, closed_at=TIME_MAX),
         make_event(opened_at=5, closed_at=6),
         make_report(),
         make_report(bytes_up=0, bytes_down=0, outcome="reset"),
@@ -130,6 +131,9 @@ def test_decode_refuses_agent_fields_on_gateway_kind() -> None:
         {"opened_at": 10.0, "closed_at": 9.0},
         {"opened_at": float("nan")},
         {"closed_at": float("inf")},
+        {"closed_at": 1e13},  # finite, but beyond what PostgreSQL and datetime hold
+        {"opened_at": 1e13, "closed_at": 1e13},
+        {"closed_at": TIME_MAX + 1},
         {"protocol": "HTTP"},
         {"deal_id": ""},
         {"attempts": -1},
@@ -147,6 +151,9 @@ def test_agent_report_refuses_bad_fields() -> None:
         make_report(bytes_up=-5)
     with pytest.raises(MalformedEvent):
         make_report(opened_at=2.0, closed_at=1.0)
+    with pytest.raises(MalformedEvent) as info:
+        make_report(opened_at=1e13, closed_at=1e13)
+    assert "unix time" in info.value.reason
 
 
 async def stream_items(redis: Redis, stream: str = USAGE_STREAM) -> list[UsageEvent | AgentReport]:

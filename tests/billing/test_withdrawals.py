@@ -8,14 +8,17 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 import pytest
 
-from billing import holds, withdrawals
+from billing import channels, holds, withdrawals
 from billing.accounts import create_account
+from billing.chain import _leave_books
 from billing.errors import InsufficientFunds, InvalidAmount, UnknownAccount
-from billing.ledger import TREASURY, Amount, balance, check_balances, transfer
+from billing.ledger import COMMISSION, TREASURY, Amount, Leg, balance, check_balances, post_in, transfer
 from billing.withdrawals import CHAIN, ReferenceReused, UnknownWithdrawal, WithdrawalResolved
 
 ALICE_ADDRESS = "0x" + "a1" * 20
 TX = "0x" + "ab" * 32
+CHANNEL = "0x" + "31" * 32
+OPERATOR = "0x" + "0e" * 20
 
 
 @pytest.fixture
@@ -270,3 +273,54 @@ async def test_claimable_in_takes_the_oldest_within_the_limit_and_skips_locked_r
         held = await withdrawals.claimable_in(conn, limit=1)
         assert [w.id for w in held] == [small.id]
         assert await claimable(limit=10) == [big.id, smaller.id]  # another sender skips the locked row
+
+
+async def open_requester_channel(pool: asyncpg.Pool, name: str, deposit: int, proof: int = 0) -> None:
+    """What the chain watcher records for a requester channel: the row and the deposit's credit;
+    ``proof`` is the balance the requester signed (and was charged) since."""
+    await pool.execute("TRUNCATE channels CASCADE")
+    account_id = await pool.fetchval("SELECT id FROM accounts WHERE name = $1", name)
+    async with pool.acquire() as conn, conn.transaction():
+        await channels.open_in(
+            conn, channel_id=CHANNEL, contract="0x" + "cc" * 20, sender=ALICE_ADDRESS, receiver=OPERATOR,
+            role="requester", account_id=account_id, deposit=deposit, opened_block=1,
+        )  # fmt: skip
+        await post_in(
+            conn, [Leg(CHAIN, f"requester:{name}", Amount(deposit))], kind="deposit", reference="open"
+        )
+        if proof:
+            channel = await channels.lock_in(conn, CHANNEL)
+            assert channel is not None
+            await channels.update_in(conn, channel, proof_balance=proof, proof_signature="0x" + "00" * 65)
+            await post_in(conn, [Leg(f"requester:{name}", COMMISSION, Amount(proof))], kind="charge")
+
+
+async def test_request_leaves_what_an_open_channel_backs(pool: asyncpg.Pool, alice: str) -> None:
+    await open_requester_channel(pool, alice, deposit=100, proof=30)  # 70 refunded at settlement
+    assert await balance(pool, "requester:alice") == 1070
+    with pytest.raises(InsufficientFunds) as info:
+        await withdrawals.request(pool, account_name=alice, amount=Amount(1001))
+    assert (info.value.needed, info.value.available) == (1001, 1000)
+    assert await pool.fetchval("SELECT count(*) FROM withdrawals") == 0
+    assert await balance(pool, "requester:alice") == 1070
+    made, _ = await withdrawals.request(pool, account_name=alice, amount=Amount(1000))
+    await withdrawals.complete(pool, made.id, TX)
+
+    async with pool.acquire() as conn, conn.transaction():  # the watcher settles: 70 refunded
+        channel = await channels.lock_in(conn, CHANNEL)
+        assert channel is not None
+        await channels.update_in(conn, channel, state="settled", paid=30, refunded=70)
+        await _leave_books(conn, "requester:alice", 70, "settle", ("refund", "unpaid_usage"))
+    assert await balance(pool, TREASURY) == -1300  # the fixture's credits only: no shortfall covered
+    assert await balance(pool, "requester:alice") == 0
+    assert await check_balances(pool) == {}
+
+
+async def test_request_may_take_a_settled_channels_leftover(pool: asyncpg.Pool, alice: str) -> None:
+    await open_requester_channel(pool, alice, deposit=100)
+    async with pool.acquire() as conn, conn.transaction():  # settled with nothing refunded
+        channel = await channels.lock_in(conn, CHANNEL)
+        assert channel is not None
+        await channels.update_in(conn, channel, state="settled", paid=100, refunded=0)
+    made, _ = await withdrawals.request(pool, account_name=alice, amount=Amount(1100))
+    assert made.state == "pending"

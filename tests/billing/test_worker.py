@@ -192,6 +192,55 @@ async def test_ingest_once_dead_letters_the_bad_rows_of_a_batch(
     assert await pending(redis) == 0
 
 
+async def test_ingest_once_dead_letters_a_row_with_a_time_out_of_range(
+    redis: Redis, pool: asyncpg.Pool, settings: WorkerSettings
+) -> None:
+    await ensure_group(redis, USAGE_STREAM, USAGE_GROUP)
+    event, report = make_event(), make_report()
+    entry = encode_batch([event, report])
+    rows = json.loads(entry["items"])
+    rows[1][6:8] = [1e13, 1e13]  # an agent's finite times that to_timestamp cannot take
+    entry["items"] = json.dumps(rows)
+    source: Any = await redis.xadd(USAGE_STREAM, entry)  # type: ignore[arg-type]
+
+    assert await ingest_once(redis, pool, settings) == 2
+    assert await count(pool, "usage_events") == 1
+    assert await count(pool, "agent_reports") == 0
+    dead: Any = await redis.xrange(USAGE_DEAD_STREAM)
+    assert [fields[b"dead:source_id"] for _, fields in dead] == [source]
+    assert json.loads(dead[0][1][b"item"])[1] == report.event_id
+    assert b"unix time" in dead[0][1][b"dead:reason"]
+    assert await pending(redis) == 0
+
+
+async def test_ingest_once_stores_a_refused_batch_one_record_at_a_time(
+    redis: Redis, pool: asyncpg.Pool, settings: WorkerSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    await ensure_group(redis, USAGE_STREAM, USAGE_GROUP)
+    # A NUL passes validation, but PostgreSQL refuses it in text: the batch fails on this row.
+    poison = make_event(target="secret-host\x00:443")
+    good = [make_event() for _ in range(3)]
+    report = make_report(event_id=good[0].event_id)
+    first: Any = await redis.xadd(USAGE_STREAM, encode_batch([good[0], poison, report]))  # type: ignore[arg-type]
+    await redis.xadd(USAGE_STREAM, encode_batch(good[1:]))  # type: ignore[arg-type]
+
+    assert await ingest_once(redis, pool, settings) == 5
+    stored = await pool.fetch("SELECT event_id FROM usage_events")
+    assert {row["event_id"] for row in stored} == {event.event_id for event in good}
+    assert await count(pool, "agent_reports") == 1
+    assert await pending(redis) == 0
+    dead: Any = await redis.xrange(USAGE_DEAD_STREAM)
+    assert len(dead) == 1
+    fields = dead[0][1]
+    assert fields[b"dead:source_id"] == first
+    assert fields[b"event_id"] == poison.event_id.encode()
+    assert fields[b"kind"] == b"gateway"
+    assert b"refused by the database" in fields[b"dead:reason"]
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert poison.event_id in logged
+    assert "secret-host" not in logged
+
+
 async def test_ingest_once_claims_a_dead_consumers_entries(
     redis: Redis, pool: asyncpg.Pool, settings: WorkerSettings
 ) -> None:
