@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import socket
 import time
@@ -96,6 +97,46 @@ async def ensure_group(redis: Redis, stream: str, group: str) -> None:
     except ResponseError as exc:
         if not str(exc).startswith("BUSYGROUP"):
             raise
+
+
+def _entry_seconds(entry_id: bytes | str) -> float:
+    """The unix time of a stream entry id (``<ms>-<seq>``)."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return int(text.split("-", 1)[0]) / 1000
+
+
+async def ingested_until(redis: Redis, stream: str = USAGE_STREAM, group: str = USAGE_GROUP) -> float:
+    """Unix seconds up to which every entry of ``stream`` has been ingested by ``group``.
+
+    That is the time of the oldest entry the group has not acked: read but pending (a worker may
+    have died holding it), or not delivered yet. ``math.inf`` when there is none: an entry added
+    later gets a later id. Without the group, every entry present waits for it (workers create it
+    reading from the start); without the stream, nothing waits. Raises RedisError. Only
+    single-key commands, so it works on Redis Cluster.
+    """
+    try:
+        groups: Any = await redis.xinfo_groups(stream)
+    except ResponseError as exc:
+        if "no such key" not in str(exc):
+            raise
+        return math.inf
+    info = next((g for g in groups if g["name"] in (group, group.encode())), None)
+    oldest: list[float] = []
+    last = "0-0"
+    if info is not None:
+        delivered = info["last-delivered-id"]
+        last = delivered.decode() if isinstance(delivered, bytes) else str(delivered)
+        # Read after the last-delivered id: an entry delivered meanwhile is after that id, and
+        # the range below finds it unless it was acked and deleted, i.e. ingested.
+        summary: Any = await redis.xpending(stream, group)
+        if summary["pending"] and summary["min"] is not None:
+            oldest.append(_entry_seconds(summary["min"]))
+    # The lag XINFO reports is unknown once entries were deleted (the worker deletes what it
+    # acks): the first entry after the last-delivered id is looked up instead.
+    undelivered: Any = await redis.xrange(stream, min=f"({last}", count=1)
+    if undelivered:
+        oldest.append(_entry_seconds(undelivered[0][0]))
+    return min(oldest, default=math.inf)
 
 
 _INSERT_EVENTS = """

@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 
 from billing.errors import InsufficientFunds as LedgerInsufficientFunds
 from billing.ledger import Amount
+from billing.worker import ingested_until
 from matching import routing, store
 from matching.deal_errors import EventRefused
 from matching.deals import Actor, Deal, Event, EventKind, State, apply
@@ -419,9 +420,10 @@ class Market:
                     if d.state is State.ACTIVE and d.traffic_bytes > 0
                 ],
             )
+            ingested = await ingested_until(self._redis)
             for deal in list(self._book.deals.values()):
                 try:
-                    freed = await self._book.advance(deal, now, live, carried.get(deal.deal_id, 0))
+                    freed = await self._book.advance(deal, now, live, carried.get(deal.deal_id, 0), ingested)
                     if freed is not None:
                         await self._rematch(freed)
                 except Exception:

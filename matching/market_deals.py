@@ -5,8 +5,9 @@ operation that made it, with its reserve (``billing.holds``, one hold per deal, 
 deal id). The market drives the deals on a tick: a deal becomes active when its exit is live in the
 pool (the agent's heartbeat is the provider's "ready"), ends when its time frame does, its
 allowance is used or its exit goes away, is reconciled from both meters once the usage of its last
-streams had time to be ingested, and is settled through its hold (payout, commission, release) with
-a reseller's markup charged on top. The exits of active deals are published to Redis for the gateway
+streams had time to be published and the billing workers ingested the usage stream past that, and
+is settled through its hold (payout, commission, release) with a reseller's markup charged on top.
+The exits of active deals are published to Redis for the gateway
 (:mod:`matching.routing`).
 """
 
@@ -179,8 +180,11 @@ class DealBook:
 
     # -- the lifecycle on the clock -----------------------------------------------------------
 
-    async def advance(self, deal: Deal, now: int, live: set[str], carried: int) -> MatchResult | None:
-        """Move one deal on by its timers; ``carried`` is what its finished streams metered.
+    async def advance(
+        self, deal: Deal, now: int, live: set[str], carried: int, ingested: float
+    ) -> MatchResult | None:
+        """Move one deal on by its timers; ``carried`` is what its finished streams metered and
+        ``ingested`` the time up to which the usage stream is ingested (``billing.worker.ingested_until``).
 
         Returns what the engine matched in the room the deal's end freed (for the market to
         commit), or ``None`` when the deal did not end.
@@ -197,8 +201,10 @@ class DealBook:
             elif deal.exit_id not in live:
                 return await self.end(deal, Event(EventKind.STOPPED, Actor.GATEWAY, at))
         elif deal.state in (State.COMPLETED, State.DISPUTED, State.RESOLVED):
-            ended = deal.ended_at or deal.last_at
-            if self._clock() - ended >= self._settings.settle_grace:
+            due = (deal.ended_at or deal.last_at) + self._settings.settle_grace
+            # Usage published within the grace may still wait in the stream (a dead worker's
+            # entries are claimed only after a minute): settle once it is ingested, not before.
+            if self._clock() >= due and ingested >= due:
                 await self.close(deal, at)
         return None
 

@@ -184,20 +184,37 @@ async def insert_deal(
 
 
 async def key_budget(conn: asyncpg.Connection | asyncpg.Pool, key_id: str) -> int | None:
-    """What the key may still open deals for (its spend limit less what its deals cost or hold),
-    or None when the key has no limit."""
+    """What the key may still open deals for, or None when neither it nor its parent has a limit.
+
+    A limit covers the deals of the key and of its sub-keys (keys are at most two levels deep):
+    the budget is the least of the key's limit and its parent's, each less what the deals it
+    covers cost or hold.
+    """
     row = await conn.fetchrow(
         """
-        SELECT k.spend_limit::text AS spend_limit,
-               (SELECT COALESCE(SUM(COALESCE(d.charge, d.reserve)), 0) FROM deals d
-                 WHERE d.key_id = k.key_id AND d.state NOT IN ('cancelled', 'expired'))::text AS spent
-        FROM api_keys k WHERE k.key_id = $1
+        WITH spent AS (
+            SELECT tree.key_id, COALESCE(SUM(COALESCE(d.charge, d.reserve)), 0) AS spent
+            FROM api_keys tree
+            JOIN api_keys member ON member.key_id = tree.key_id OR member.parent_key_id = tree.key_id
+            JOIN deals d ON d.key_id = member.key_id AND d.state NOT IN ('cancelled', 'expired')
+            WHERE tree.key_id IN (SELECT key_id FROM api_keys WHERE key_id = $1
+                                  UNION ALL SELECT parent_key_id FROM api_keys WHERE key_id = $1)
+            GROUP BY tree.key_id
+        )
+        SELECT (k.spend_limit - COALESCE(ks.spent, 0))::text AS own,
+               (p.spend_limit - COALESCE(ps.spent, 0))::text AS parent
+        FROM api_keys k
+        LEFT JOIN spent ks ON ks.key_id = k.key_id
+        LEFT JOIN api_keys p ON p.key_id = k.parent_key_id
+        LEFT JOIN spent ps ON ps.key_id = p.key_id
+        WHERE k.key_id = $1
         """,
         key_id,
     )
-    if row is None or row["spend_limit"] is None:
+    if row is None:
         return None
-    return max(0, int(row["spend_limit"]) - int(row["spent"]))
+    left = [int(value) for value in (row["own"], row["parent"]) if value is not None]
+    return max(0, min(left)) if left else None
 
 
 async def save_deal(conn: asyncpg.Connection, deal: Deal, record: TransitionRecord) -> None:

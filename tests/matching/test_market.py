@@ -336,6 +336,37 @@ async def test_a_key_spend_limit_caps_what_its_orders_reserve(
     assert len(free.fills) == 1
 
 
+async def test_a_parent_keys_spend_limit_covers_its_sub_keys(
+    market: Market, pg: asyncpg.Pool, rds: Redis
+) -> None:
+    for n in range(8):
+        await online(rds, f"e{n}")
+        await offer(market, f"e{n}", price_gb=IPSX)  # each deal reserves 1 IPSX (1 GB)
+    parent = await create_key(pg, account_name="alice", spend_limit=5 * IPSX // 2)
+    subs = [
+        await create_key(pg, account_name="alice", spend_limit=2 * IPSX, parent=parent.key) for _ in range(2)
+    ]
+    keys = [sub.key.key_id for sub in subs] + [parent.key.key_id]
+
+    async def tree_spent() -> int:
+        spent = await pg.fetchval(
+            "SELECT COALESCE(SUM(COALESCE(charge, reserve)), 0)::text FROM deals"
+            " WHERE key_id = ANY($1::text[]) AND state NOT IN ('cancelled', 'expired')",
+            keys,
+        )
+        return int(spent)
+
+    _, own = await market.place_request("alice", REQUEST, key_id=keys[2])
+    assert len(own.fills) == 1  # the parent's own deal: 1.5 IPSX of its limit left
+    _, first = await market.place_request("alice", {**REQUEST, "ips": 3}, key_id=keys[0])
+    assert len(first.fills) == 1  # below the sub-key's own 2 IPSX: the parent's limit rules
+    # 0.5 IPSX is left, for the other sub-key as for the parent itself: no deal.
+    for key_id in keys[1:]:
+        _, refused = await market.place_request("alice", {**REQUEST, "ips": 3}, key_id=key_id)
+        assert refused.fills == () and refused.stopped_for_funds
+    assert await tree_spent() == 2 * IPSX <= 5 * IPSX // 2
+
+
 async def test_spot_price_cap_comes_from_maxprice_then_preference_then_default(
     market: Market, pg: asyncpg.Pool, rds: Redis
 ) -> None:
