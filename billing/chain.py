@@ -18,7 +18,10 @@ Money (``external:chain`` is the ledger's image of the chain):
 
 When a requester starts an uncooperative close below the balance proof IPSX holds, the watcher
 submits that proof from the operator's account; it looks for such closes at every poll, so a
-restart in the middle of a challenge period still counters.
+restart in the middle of a challenge period still counters. A counter it sent is waited for only
+while the node holds it and no other transaction of the operator took its nonce (the anchorer and
+the chain payer sign with the same key): one the node dropped or replaced is sent again, else the
+channel would settle at the stale balance.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import aiohttp
 import asyncpg
@@ -56,6 +59,14 @@ EVENTS: Final = (
     "ClosingBalanceUpdated",
     "ChannelSettled",
 )
+
+
+class _Counter(NamedTuple):
+    """A counter this process sent: the proof's balance, the transaction and its nonce."""
+
+    balance: int
+    tx_hash: str
+    nonce: int
 
 
 class DeepReorg(RuntimeError):
@@ -168,8 +179,8 @@ class ChainWatcher(OperatorNode):
         )
         self._cursor = cursor_name(self._address)
         self._events = {HexBytes(getattr(self._contract.events, name)().topic): name for name in EVENTS}
-        # channel id -> (balance, tx hash) of the counter this process sent, maybe still pending
-        self._countered: dict[str, tuple[int, str]] = {}
+        # channel id -> the counter this process sent, maybe still pending
+        self._countered: dict[str, _Counter] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until ``stop`` is set (at least once). A failing node or database is logged and
@@ -356,57 +367,68 @@ class ChainWatcher(OperatorNode):
         challenge period runs; returns the hashes of the transactions sent.
 
         A counter already on-chain (mined, maybe not yet confirmed) or still pending is not sent
-        again; one the node refuses, or that reverted, is logged and tried at the next poll.
+        again; one the node refuses, that reverted, that the node dropped or that another
+        transaction replaced (its nonce taken) is logged and tried at the next poll.
         """
-        now = int((await self._w3.eth.get_block("latest"))["timestamp"])
+        latest = await self._w3.eth.get_block("latest")
+        now, head = int(latest["timestamp"]), int(latest["number"])
         sent = []
         for channel in await channels.stale_closes(self._pool, now=now):
-            if await self._counter_pending(channel):
+            if await self._counter_pending(channel, head):
                 continue
             on_chain = await self._contract.functions.getChannel(channel.id_bytes).call()
             settle_after, closing_balance = int(on_chain[1]), int(on_chain[4])
             if settle_after == 0 or closing_balance >= channel.proof_balance:
                 continue  # settled, or countered already and waiting for confirmation
             try:
-                tx_hash = await self._submit_proof(channel)
+                counter = await self._submit_proof(channel)
             except (Web3Exception, ValueError) as exc:
                 log.error("channel %s: could not submit the held proof: %s", channel.channel_id, exc)
                 continue
-            self._countered[channel.channel_id] = (int(channel.proof_balance), tx_hash)
+            self._countered[channel.channel_id] = counter
             log.warning(
-                "channel %s: countered a close at %d with the proof of %d (tx %s)",
-                channel.channel_id, closing_balance, channel.proof_balance, tx_hash,
+                "channel %s: countered a close at %d with the proof of %d (tx %s, nonce %d)",
+                channel.channel_id, closing_balance, channel.proof_balance, counter.tx_hash, counter.nonce,
             )  # fmt: skip
-            sent.append(tx_hash)
+            sent.append(counter.tx_hash)
         return sent
 
-    async def _counter_pending(self, channel: Channel) -> bool:
-        """Whether this process sent this counter already and it has not failed."""
-        balance, tx_hash = self._countered.get(channel.channel_id, (-1, ""))
-        if balance != channel.proof_balance:
+    async def _counter_pending(self, channel: Channel, head: int) -> bool:
+        """Whether this process sent this counter already and it is mined with status 1, or may
+        still be (``head``: the latest block, read before this call)."""
+        counter = self._countered.get(channel.channel_id)
+        if counter is None or counter.balance != channel.proof_balance:
             return False
         try:
-            receipt = await self._w3.eth.get_transaction_receipt(HexBytes(tx_hash))
+            receipt = await self._w3.eth.get_transaction_receipt(HexBytes(counter.tx_hash))
         except TransactionNotFound:
-            return True  # not mined yet
+            if await self._known(counter.tx_hash) and not await self._nonce_taken(
+                counter.nonce, head, self._settings.confirmations
+            ):
+                return True  # not mined yet
+            del self._countered[channel.channel_id]
+            log.error(
+                "channel %s: the counter %s (nonce %d) was dropped by the node or replaced by another "
+                "transaction; sending it again",
+                channel.channel_id, counter.tx_hash, counter.nonce,
+            )  # fmt: skip
+            return False
         if receipt["status"] == 1:
             return True
-        log.error("channel %s: the counter %s reverted; sending it again", channel.channel_id, tx_hash)
+        log.error("channel %s: the counter %s reverted; sending it again", channel.channel_id,
+                  counter.tx_hash)  # fmt: skip
         return False
 
-    async def _submit_proof(self, channel: Channel) -> str:
+    async def _submit_proof(self, channel: Channel) -> _Counter:
         if channel.proof_signature is None:
             raise ValueError("no proof held")
         call = self._contract.functions.submitProof(
             channel.id_bytes, int(channel.proof_balance), bytes.fromhex(channel.proof_signature[2:])
         )
+        nonce = await self._w3.eth.get_transaction_count(self.operator, "pending")
         tx = await call.build_transaction(
-            {
-                "from": self.operator,
-                "nonce": await self._w3.eth.get_transaction_count(self.operator, "pending"),
-                "chainId": await self._w3.eth.chain_id,
-            }
+            {"from": self.operator, "nonce": nonce, "chainId": await self._w3.eth.chain_id}
         )
         signed = self._operator.sign_transaction(tx)  # type: ignore[arg-type]
         tx_hash = await self._w3.eth.send_raw_transaction(signed.raw_transaction)
-        return HexBytes(tx_hash).to_0x_hex()
+        return _Counter(int(channel.proof_balance), HexBytes(tx_hash).to_0x_hex(), int(nonce))

@@ -5,6 +5,11 @@ The chain watcher (``chain.py``), the anchorer (``anchoring.py``) and the chain 
 ``OperatorNode`` opens that connection (or takes the one ``web3_factory`` makes, which its caller
 then closes), gives the operator's address, and closes what it opened (``aclose`` or ``async with``).
 Their retry loops log a failed round with :func:`failure`, never with the error's text.
+
+All three sign with the operator's key, each taking the node's next ("pending") nonce, so one may
+replace another's pending transaction, and a node may evict one from its pool. A transaction sent
+and not mined is still coming only while the node holds it (:meth:`OperatorNode._known`) and no
+other transaction took its nonce (:meth:`OperatorNode._nonce_taken`); otherwise it must be sent again.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ import asyncpg
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress
+from hexbytes import HexBytes
 from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3.exceptions import TransactionNotFound
 
 
 def failure(error: BaseException) -> str:
@@ -63,6 +70,22 @@ class OperatorNode:
     @property
     def operator(self) -> ChecksumAddress:
         return self._operator.address
+
+    async def _known(self, tx_hash: str) -> bool:
+        """Whether the node holds the transaction (pending in its pool, or mined)."""
+        try:
+            await self._w3.eth.get_transaction(HexBytes(tx_hash))
+        except TransactionNotFound:
+            return False
+        return True
+
+    async def _nonce_taken(self, nonce: int, head: int, confirmations: int) -> bool:
+        """Whether a transaction of the operator with this nonce is ``confirmations`` deep below
+        block ``head``. The caller, having found no receipt of its own transaction with that nonce
+        (asked after reading ``head``), learns that another transaction took it: its own can never
+        be mined."""
+        deep = max(head - confirmations, 0)
+        return int(await self._w3.eth.get_transaction_count(self.operator, deep)) > nonce
 
     async def aclose(self) -> None:
         if self._owns_w3:

@@ -75,6 +75,14 @@ class InvalidReseller(ResellerError, ValueError):
         self.reason = reason
 
 
+class ReferenceReused(ResellerError):
+    """The idempotency reference was used for a transfer with other terms (another sub-user,
+    direction or amount): nothing was moved."""
+
+    def __init__(self) -> None:
+        super().__init__("this reference was used for a transfer with other terms")
+
+
 class _Keep(enum.Enum):
     KEEP = "keep"
 
@@ -405,12 +413,23 @@ async def revoke_subuser_key(pool: asyncpg.Pool, reseller_id: int, name: str, ke
     return await accounts.revoke_key(pool, key_id, account_id=sub.account_id)
 
 
+# The legs of the movement a reference names (``billing.ledger`` writes them; read back here
+# because the reference alone does not say what it moved).
+_MOVED = """
+SELECT m.kind, t.debit_account, t.credit_account, t.amount::text AS amount
+FROM ledger_movements m JOIN ledger_transfers t ON t.movement_id = m.id
+WHERE m.reference = $1 ORDER BY t.id
+"""
+
+
 async def transfer(
     pool: asyncpg.Pool, reseller_id: int, name: str, amount: Amount, *, to_subuser: bool, reference: str
 ) -> bool:
     """Move ``amount`` from the reseller's balance to the sub-user's (``to_subuser``) or back;
-    idempotent by ``reference`` (per reseller): ``False`` when it was used already. Raises
-    ``UnknownSubuser``, ``InsufficientFunds`` and ``InvalidAmount`` as ``billing.ledger`` does."""
+    idempotent by ``reference`` (per reseller): ``False`` when that very transfer (same sub-user,
+    direction and amount) was made with it already, and nothing moved now. Raises
+    ``ReferenceReused`` when the reference was used for another transfer, ``UnknownSubuser``,
+    ``InsufficientFunds`` and ``InvalidAmount`` as ``billing.ledger`` does."""
     sub = await get_subuser(pool, reseller_id, name)
     reseller = await pool.fetchval("SELECT name FROM accounts WHERE id = $1", reseller_id)
     if not isinstance(reference, str) or not 1 <= len(reference) <= 200:
@@ -418,6 +437,13 @@ async def transfer(
     ours, theirs = ledger.requester_account(reseller), ledger.requester_account(sub.account_name)
     leg = Leg(ours, theirs, amount) if to_subuser else Leg(theirs, ours, amount)
     kind = KIND_FUNDING if to_subuser else KIND_REFUND
-    return (
-        await ledger.post(pool, [leg], kind=kind, reference=f"reseller:{reseller_id}:{reference}") is not None
-    )
+    reference = f"reseller:{reseller_id}:{reference}"
+    async with pool.acquire() as conn, conn.transaction():
+        if await ledger.post_in(conn, [leg], kind=kind, reference=reference) is not None:
+            return True
+        # A concurrent first use has committed by now (the insert waited for it): its legs show.
+        moved = await conn.fetch(_MOVED, reference)
+    stored = [(row["kind"], row["debit_account"], row["credit_account"], int(row["amount"])) for row in moved]
+    if stored != [(kind, leg.debit, leg.credit, int(amount))]:
+        raise ReferenceReused()
+    return False

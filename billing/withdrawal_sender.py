@@ -238,7 +238,7 @@ class WithdrawalSender(OperatorNode):
             if found is None:
                 # The receipts are asked again after the nonce: had one of our versions taken it,
                 # its receipt would show now, so a second "none" means another transaction did.
-                taken = await self._nonce_taken(transfer.nonce, head)
+                taken = await self._nonce_taken(transfer.nonce, head, self._settings.confirmations)
                 if taken and await self._mined(transfer) is None:
                     await self._drop(transfer, done)
                     continue
@@ -272,20 +272,6 @@ class WithdrawalSender(OperatorNode):
             return await self._w3.eth.get_transaction_receipt(HexBytes(tx_hash))
         except TransactionNotFound:
             return None
-
-    async def _known(self, tx_hash: str) -> bool:
-        """Whether the node holds the transaction (pending in its pool, or mined)."""
-        try:
-            await self._w3.eth.get_transaction(HexBytes(tx_hash))
-        except TransactionNotFound:
-            return False
-        return True
-
-    async def _nonce_taken(self, nonce: int, head: int) -> bool:
-        """Whether a transaction of the operator with this nonce is ``confirmations`` deep (the
-        caller found no receipt of any version of its own transfer: so that transaction is another)."""
-        deep = max(head - self._settings.confirmations, 0)
-        return int(await self._w3.eth.get_transaction_count(self.operator, deep)) > nonce
 
     async def _drop(self, transfer: Transfer, done: Round) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
