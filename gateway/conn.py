@@ -112,6 +112,11 @@ class Conn(asyncio.Protocol):
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def writing_paused(self) -> bool:
+        """Whether the transport's write buffer is above its high-water mark (the peer lags)."""
+        return self._write_paused
+
     # deadlines: one timer per connection phase, cheaper than asyncio.timeout() per await
     def set_deadline(self, seconds: float) -> None:
         """From now on, waiting reads raise TimeoutError once ``seconds`` have passed."""

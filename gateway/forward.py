@@ -36,9 +36,19 @@ class _ExitLost(ConnectionClosed):
     """The exit's side of a plain-HTTP exchange failed mid-response."""
 
 
+class _BadResponse(Refused):
+    """The origin's response cannot be relayed: the client gets 502, the stream ends as exit_lost."""
+
+
+def _bad_response(reason: str) -> _BadResponse:
+    return _BadResponse(
+        http_error(502, "bad_response", f"the origin sent a malformed response: {reason}").response
+    )
+
+
 def _outcome_of(error: BaseException) -> str:
     """The usage outcome of a stream whose exchange ended with ``error``."""
-    if isinstance(error, _ExitLost):
+    if isinstance(error, (_ExitLost, _BadResponse)):
         return "exit_lost"
     if isinstance(error, TimeoutError):
         return "idle"
@@ -47,6 +57,9 @@ def _outcome_of(error: BaseException) -> str:
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 DEFAULT_MAX_RETRIES = 1  # when a request names statuses to retry on but no number of retries
+# Interim (1xx) heads passed on before the final one: real origins send one or two; an endless
+# stream of them would hold the exchange (and the client's write buffer) forever.
+MAX_INTERIM_RESPONSES = 10
 
 
 @dataclass(slots=True)
@@ -111,19 +124,13 @@ class PlainForwarder:
                     self.exchanging -= 1
                 if not keep_alive or self.draining:
                     break
-                reader.reset()
-                next_head = reader.feed(b"")
-                while next_head is None:
-                    data = await conn.read(self._settings.keepalive_timeout)
-                    if not data:
-                        break
-                    next_head = reader.feed(data)
+                next_head = await self._next_head(conn, reader)
                 if next_head is None:
                     break
                 head = next_head
         except TimeoutError:
             outcome = "idle"  # keep-alive or idle deadline: close quietly
-        except _ExitLost:
+        except (_ExitLost, _BadResponse):
             outcome = "exit_lost"
             raise
         except ConnectionClosed:
@@ -133,6 +140,38 @@ class PlainForwarder:
             if upstream is not None:
                 self._end_upstream(upstream, outcome)
         conn.close()
+
+    async def _next_head(self, conn: Conn, reader: http1.HeadReader) -> http1.RequestHead | None:
+        """The next request head on a kept-alive connection; None when the client closes first.
+
+        The client may stay silent for ``keepalive_timeout`` (TimeoutError after that); once a
+        head has begun, the rest of it must come within ``handshake_timeout``, as the first
+        head's did, or Refused (408) is raised.
+        """
+        begun = bool(reader.rest)
+        reader.reset()
+        head = reader.feed(b"")
+        if head is not None:
+            return head
+        if not begun:
+            data = await conn.read(self._settings.keepalive_timeout)
+            if not data:
+                return None
+            head = reader.feed(data)
+            if head is not None:  # the common case: a whole head in one read, no timer
+                return head
+        conn.set_deadline(self._settings.handshake_timeout)
+        try:
+            while head is None:
+                data = await conn.read()
+                if not data:
+                    return None
+                head = reader.feed(data)
+        except TimeoutError:
+            raise Refused(http1_write.error_response(408, "request timeout")) from None
+        finally:
+            conn.clear_deadline()
+        return head
 
     def _own_headers(self, head: http1.RequestHead) -> None:
         """Hook: a white-label listener's forwarder reads its brand's header names as X-IPSX-*."""
@@ -281,7 +320,10 @@ class PlainForwarder:
         """Relay a response, head then body. Returns whether both sides may keep the connection."""
         idle = self._settings.idle_timeout
         exit_conn = upstream.stream.conn
-        response_framing = http1_body.response_body_framing(head.method, response)
+        try:
+            response_framing = http1_body.response_body_framing(head.method, response)
+        except http1.UpstreamProtocolError as error:
+            raise _bad_response(error.reason) from None
         close = http1_write.wants_close(head) or response_framing.kind == "close"
         # The head goes out with the first piece of the body, in one system call.
         pending: bytes | None = http1_write.response_head_bytes(response, close=close, extra=extra)
@@ -350,18 +392,22 @@ class PlainForwarder:
     async def _response_head(
         self, conn: Conn, exit_conn: Conn, upstream: _Upstream, *, stale_ok: bool
     ) -> tuple[http1.ResponseHead, bytes]:
-        """The final response head (interim 1xx ones are passed on) and the bytes after it."""
+        """The final response head and the bytes after it.
+
+        Interim 1xx heads are passed on, each written out before the next is read (ConnectionClosed
+        when the client is gone); more than MAX_INTERIM_RESPONSES of them raise Refused (502).
+        """
         response_reader = upstream.reader
         response_reader.rest = b""  # the bytes after the last head were that response's body
         response_reader.reset()
         seen = 0
+        interim = 0
         chunk = b""
         while True:
             try:
                 response = response_reader.feed(chunk) if chunk else None
             except http1.UpstreamProtocolError as error:
-                reason = f"the origin sent a malformed response: {error.reason}"
-                raise http_error(502, "bad_response", reason) from None
+                raise _bad_response(error.reason) from None
             if response is None:
                 chunk = await exit_conn.read(self._settings.idle_timeout)
                 if not chunk:
@@ -376,6 +422,10 @@ class PlainForwarder:
             chunk = response_reader.rest
             if not response.is_interim:
                 return response, chunk
+            interim += 1
+            if interim > MAX_INTERIM_RESPONSES:
+                raise _bad_response(f"more than {MAX_INTERIM_RESPONSES} interim responses")
             conn.write(http1_write.response_head_bytes(response, close=False))
+            await conn.drain()  # a client that reads nothing holds the origin back, not our memory
             response_reader.rest = b""  # fed again as ``chunk`` for the next head
             response_reader.reset()

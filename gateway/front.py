@@ -414,8 +414,11 @@ class Front:
         except socks5.Socks5Error as error:
             if error.reply == b"\x05\xff":  # no username/password offered
                 self._stats.auth_failed("missing")
-            if error.reply:
-                conn.write(error.reply)
+            # What the core answered before the error (the method selection of a greeting that
+            # came in one packet with a bad sub-negotiation) goes first.
+            out = server.data_to_send() + error.reply
+            if out:
+                conn.write(out)
             conn.close()
 
     async def _socks5_connect(

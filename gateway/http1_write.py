@@ -51,18 +51,26 @@ def origin_request_bytes(head: RequestHead, host: str, port: int, origin_target:
 
     Drops hop-by-hop headers, headers named in Connection (except framing ones) and ``X-IPSX-*``.
     The Host header (RFC 9112 §3.2.2) is the target's authority, in place of the client's first
-    Host header, or appended when the client sent none.
+    Host header, or appended when the client sent none. The head's framing must have been
+    checked (``http1_body.request_body_framing``): its first Content-Length value is the one sent.
     """
     shown = f"[{host}]" if ":" in host else host
     authority = shown if port == 80 else f"{shown}:{port}"
     lines = [f"{head.method} {origin_target} HTTP/1.1"]
-    host_written = False
+    host_written = length_written = False
     for name, value in _forwarded_headers(head.headers):
-        if name.lower() == "host":
+        lname = name.lower()
+        if lname == "host":
             if host_written:
                 continue
             host_written = True
             value = authority
+        elif lname == "content-length":
+            # Repeated identical values (``5, 5``, or the field twice) go on as one value.
+            if length_written:
+                continue
+            length_written = True
+            value = value.partition(",")[0].strip()
         lines.append(f"{name}: {value}")
     if not host_written:
         lines.append(f"Host: {authority}")

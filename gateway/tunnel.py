@@ -43,6 +43,7 @@ log = logging.getLogger("ipsx.gateway.tunnel")
 
 _WORD_RE = re.compile(r"[a-z0-9_]{0,64}")
 _COUNTRY_RE = re.compile(r"[a-z]{2}")
+_SHOWN = 80  # characters of an agent's own text (a not-serving reason) that go into a log line
 
 
 def exit_id_for(provider: str, bind: str) -> str:
@@ -201,7 +202,12 @@ class TunnelHub(LinkTable):
     def refuse(self, conn: Conn, reason: str) -> None:
         log.info("tunnel connection refused: %s", reason)
         conn.write(wire.encode({"t": "error", "reason": reason[:200]}))
-        conn.close()
+        if conn.writing_paused:
+            # A peer that stopped reading (after a flood of WebSocket pings, say) would keep a
+            # closing transport and its write buffer for as long as it holds the connection.
+            conn.abort()
+        else:
+            conn.close()
 
     async def _control(self, conn: Conn, hello: dict[str, Any]) -> None:
         try:
@@ -274,7 +280,7 @@ class TunnelHub(LinkTable):
             "provider %s online with %d exit(s)%s",
             address,
             len(exits),
-            "" if state.serving else f", not serving ({state.reason})",
+            "" if state.serving else f", not serving ({state.reason[:_SHOWN]!r})",
         )
         try:
             await self._control_loop(link)
@@ -342,7 +348,7 @@ class TunnelHub(LinkTable):
             if state.serving:
                 log.info("provider %s serving again", link.address)
             else:
-                log.info("provider %s not serving: %s", link.address, state.reason)
+                log.info("provider %s not serving: %r", link.address, state.reason[:_SHOWN])
 
     async def _drop(self, link: ProviderLink, why: str) -> None:
         if link.closed and self._by_provider.get(link.address) is not link:

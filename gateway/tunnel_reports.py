@@ -20,6 +20,7 @@ from gateway.wire import WireError
 from pool.nodes import NodeInfo
 
 log = logging.getLogger("ipsx.gateway.tunnel")
+_SHOWN = 64  # characters of an agent's own strings (stream ids) that go into a log line
 
 
 class AgentReports:
@@ -73,7 +74,9 @@ class AgentReports:
             if ticket.stream != stream or ticket.exit != report.exit_id:
                 raise WireError("the ticket is another stream's")
         except WireError as exc:
-            log.warning("provider %s reported stream %s with a bad ticket: %s", link.address, stream, exc)
+            log.warning(
+                "provider %s reported stream %r with a bad ticket: %s", link.address, stream[:_SHOWN], exc
+            )
             link.refuse(stream)
             return
         if ticket.node == self._node and ticket.boot == self._boot:
@@ -104,10 +107,13 @@ class AgentReports:
             )
         except MalformedEvent as exc:
             log.warning(
-                "stream %s of lost node %s cannot be metered: %s", stream, ticket.node[:64], exc.reason
+                "stream %r of lost node %s cannot be metered: %s",
+                stream[:_SHOWN],
+                ticket.node[:64],
+                exc.reason,
             )
             link.refuse(stream)
             return
         self._publisher.publish(lost)
         self._publisher.publish(report, lambda: link.ack(stream))
-        log.info("metered stream %s of lost node %s from its agent's report", stream, ticket.node[:64])
+        log.info("metered stream %r of lost node %s from its agent's report", stream, ticket.node[:64])

@@ -101,10 +101,10 @@ class WsTransport(asyncio.Transport):
         return self._closing or self._wire.raw.is_closing()
 
     def pause_reading(self) -> None:
-        self._wire.raw.pause_reading()
+        self._wire.pause_reading(stream=True)
 
     def resume_reading(self) -> None:
-        self._wire.raw.resume_reading()
+        self._wire.resume_reading(stream=True)
 
     def is_reading(self) -> bool:
         return self._wire.raw.is_reading()
@@ -163,7 +163,9 @@ class _Wire(asyncio.Protocol):
     ``on_handshake``, which answers or checks it. Frames are read as a stream: a data frame's
     payload goes to the stream's protocol chunk by chunk as it arrives (unmasked in C), so no
     frame is ever buffered whole and a frame's size needs no limit. Control frames (125 bytes at
-    most) are answered here: ping with pong, close with close.
+    most) are answered here: ping with pong, close with close. A ping that comes while the write
+    buffer is above its high-water mark (the peer is not reading) pauses reading: its pong, for
+    the latest ping only (RFC 6455 §5.5.3), goes out once the buffer has drained.
     """
 
     def __init__(
@@ -195,6 +197,11 @@ class _Wire(asyncio.Protocol):
         self._control = bytearray()  # a control frame's payload
         self._eof_frame = False  # the frame is an empty binary message: the peer's half-close
         self._closed = False  # a close frame was sent: nothing more goes out, nothing is read
+        self._write_paused = False  # the raw transport's write buffer is above its high-water mark
+        self._pong: bytes | None = None  # the pong owed for a ping read while writing was paused
+        # Who wants reading paused: the stream's protocol, and this wire while a pong is owed.
+        self._stream_paused = False
+        self._pong_paused = False
         raw.set_protocol(self)
 
     def open(self, protocol: asyncio.Protocol) -> WsTransport:
@@ -233,6 +240,22 @@ class _Wire(asyncio.Protocol):
             self.send(_CLOSE, struct.pack("!H", code) + reason.encode()[:120])
             self._closed = True
         self.raw.close()
+
+    # flow control
+    def pause_reading(self, *, stream: bool) -> None:
+        if stream:
+            self._stream_paused = True
+        else:
+            self._pong_paused = True
+        self.raw.pause_reading()
+
+    def resume_reading(self, *, stream: bool) -> None:
+        if stream:
+            self._stream_paused = False
+        else:
+            self._pong_paused = False
+        if not self._stream_paused and not self._pong_paused:
+            self.raw.resume_reading()
 
     # reading frames
     def _frames(self, data: bytes) -> None:
@@ -309,7 +332,12 @@ class _Wire(asyncio.Protocol):
         payload = bytes(self._control)
         self._control.clear()
         if opcode == _PING:
-            self.send(_PONG, payload)
+            if self._write_paused:
+                self._pong = payload
+                if not self._pong_paused:
+                    self.pause_reading(stream=False)
+            else:
+                self.send(_PONG, payload)
         elif opcode == _CLOSE:  # echo the code and close: the stream sees connection_lost
             code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else CLOSE_NORMAL
             self.fail(code if code in _ECHOED else CLOSE_NORMAL)
@@ -356,10 +384,17 @@ class _Wire(asyncio.Protocol):
             stream._protocol.connection_lost(exc)
 
     def pause_writing(self) -> None:
+        self._write_paused = True
         if self.stream is not None and self.stream._protocol is not None:
             self.stream._protocol.pause_writing()
 
     def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._pong is not None:
+            pong, self._pong = self._pong, None
+            self.send(_PONG, pong)
+        if self._pong_paused:
+            self.resume_reading(stream=False)
         if self.stream is not None and self.stream._protocol is not None:
             self.stream._protocol.resume_writing()
 

@@ -32,6 +32,10 @@ MAX_BLOCKED = 10_000  # blocked domains, and blocked networks, an agent may adve
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
+# Deprecated ranges Python still calls global: IPv4-compatible IPv6 (``::7f00:1`` reaches
+# 127.0.0.1 on some stacks) and site-local (fec0::/10, RFC 3879), routed like private ranges.
+_V4_COMPATIBLE = ipaddress.ip_network("::/96")
+_SITE_LOCAL = ipaddress.ip_network("fec0::/10")
 
 
 class PolicyRefused(Exception):
@@ -94,7 +98,12 @@ class ExitPolicy:
                 raise PolicyRefused("multicast or unspecified destination")
             if candidate.version == 4 and candidate == ipaddress.IPv4Address("255.255.255.255"):
                 raise PolicyRefused("broadcast destination")
-            if not self.allow_private and (not candidate.is_global or candidate in _CGNAT):
+            if not self.allow_private and (
+                not candidate.is_global
+                or candidate in _CGNAT
+                or candidate in _V4_COMPATIBLE
+                or candidate in _SITE_LOCAL
+            ):
                 raise PolicyRefused("private, loopback, link-local or reserved destination")
             for network in self.blocked_networks:
                 if candidate.version == network.version and candidate in network:
@@ -250,7 +259,7 @@ def _literal(host: str) -> str | None:
 
 
 def _embedded_addresses(address: IPAddress) -> list[IPAddress]:
-    """The address and any IPv4 address carried inside it (mapped, 6to4, NAT64, Teredo)."""
+    """The address and any IPv4 address carried inside it (mapped, compatible, 6to4, NAT64, Teredo)."""
     found: list[IPAddress] = [address]
     if isinstance(address, ipaddress.IPv6Address):
         if address.ipv4_mapped is not None:
@@ -259,6 +268,8 @@ def _embedded_addresses(address: IPAddress) -> list[IPAddress]:
             found.append(address.sixtofour)
         if address.teredo is not None:
             found.append(address.teredo[1])
+        if address in _V4_COMPATIBLE and int(address) > 1:  # not :: nor ::1
+            found.append(ipaddress.IPv4Address(int(address)))
         if address in _NAT64 or address in _NAT64_LOCAL:
             found.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
     return found

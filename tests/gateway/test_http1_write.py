@@ -15,7 +15,7 @@ from gateway.http1 import (
     ResponseHeadReader,
     parse_absolute_uri,
 )
-from gateway.http1_body import BodyFraming, response_body_framing
+from gateway.http1_body import BodyFraming, request_body_framing, response_body_framing
 from gateway.http1_write import (
     HOP_BY_HOP,
     error_response,
@@ -92,6 +92,16 @@ def test_origin_request_bytes_connection_cannot_strip_framing_headers() -> None:
     )
     out = origin_request_bytes(head, "example.com", 80, "/")
     assert out == b"POST / HTTP/1.1\r\nHost: example.com\r\nContent-Length: 3\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "lengths", [[("Content-Length", "5, 5")], [("Content-Length", "5"), ("content-length", " 5 ,5")]]
+)
+def test_origin_request_bytes_sends_a_repeated_content_length_once(lengths: list[tuple[str, str]]) -> None:
+    head = make_head([("Host", "example.com"), *lengths, ("Accept", "*/*")], method="POST")
+    assert request_body_framing(head) == BodyFraming("length", 5)
+    out = origin_request_bytes(head, "example.com", 80, "/")
+    assert out == b"POST / HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5\r\nAccept: */*\r\n\r\n"
 
 
 def test_hop_by_hop_keeps_transfer_encoding() -> None:

@@ -58,6 +58,11 @@ REFUSED_UNLESS_PRIVATE = [
     "64:ff9b::a00:1",
     "64:ff9b::7f00:1",
     TEREDO_TO_LOOPBACK,
+    "::7f00:1",  # IPv4-compatible (deprecated, ::/96): 127.0.0.1 on stacks that still route it
+    "::a9fe:a9fe",  # 169.254.169.254, the cloud metadata address
+    "::808:808",  # the whole ::/96 is refused, whatever IPv4 address it carries
+    "fec0::1",  # site-local (deprecated, fec0::/10)
+    "feff:ffff::1",
 ]
 
 ALWAYS_REFUSED = {
@@ -350,6 +355,13 @@ def test_check_address_refuses_blocked_networks(address: str, blocked: bool) -> 
         policy.check_address(ipaddress.ip_address(address))
         return
     assert "blocked by this exit" in refusal(policy, address)
+
+
+def test_check_address_refuses_blocked_network_inside_ipv4_compatible_address() -> None:
+    _, networks = parse_blocked(["127.0.0.0/8"])
+    policy = ExitPolicy(allow_private=True, blocked_networks=networks)
+    assert refusal(policy, "::7f00:1") == "destination ::7f00:1 is in 127.0.0.0/8, blocked by this exit"
+    policy.check_address(ipaddress.ip_address("::1"))  # loopback, not 0.0.0.1
 
 
 def test_pick_address_skips_blocked_network() -> None:

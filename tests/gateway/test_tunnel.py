@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 import os
 import socket
 import uuid
@@ -270,6 +271,29 @@ async def test_handle_raw_login_welcome(gateway: Gateway) -> None:
     conn.close()
     await until(lambda: not gateway.hub.is_available(exit_id))
     await until(lambda: pool_keys_empty(gateway))
+
+
+async def test_agent_text_is_logged_escaped_and_bounded(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ipsx.gateway.tunnel")
+    account = Account.create()
+    conn = await raw_login(gateway, account, account)
+    assert (await read_message(conn))["t"] == "welcome"
+    forged = "cap reached\n2099-01-01 ERROR ipsx.gateway: forged line " + "x" * 300
+    conn.write(wire.encode({"t": "state", "serving": False, "reason": forged}))
+
+    def logged() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "not serving" in r.getMessage()]
+
+    await until(lambda: bool(logged()))
+    (line,) = logged()
+    assert "\n" not in line
+    assert "'cap reached\\n2099-01-01 ERROR" in line  # shown as a Python literal
+    assert len(line) < 200
+    conn.close()
+    exit_id = exit_id_for(account.address, BIND)
+    await until(lambda: not gateway.hub.is_available(exit_id))
 
 
 async def pool_keys_empty(gateway: Gateway) -> bool:

@@ -7,6 +7,7 @@ are the ``websockets`` library's own asyncio client and raw sockets.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import socket
 import struct
@@ -314,3 +315,67 @@ async def test_frames_arriving_a_byte_at_a_time_are_read_whole(gateway: Gateway)
     # The 130 bytes went to the stream's first-line reader (no newline yet), the ping was
     # answered, the close echoed.
     assert server_frames(answer) == [(0xA, b"ping"), (0x8, struct.pack("!H", 1000))]
+
+
+async def unread_upgrade(gateway: Gateway) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A WebSocket upgraded on a socket with a small receive buffer, its 101 answer read; the
+    caller then reads nothing more, as a client flooding the gateway with pings would."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", gateway.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(wstunnel.upgrade_request("/"))
+    async with asyncio.timeout(WAIT):
+        await reader.readuntil(b"\r\n\r\n")
+    return reader, writer
+
+
+async def flood_pings(writer: asyncio.StreamWriter) -> None:
+    """Pings (125 bytes each, ~1 MB a write) for as long as the gateway takes them."""
+    batch = frame(0x9, b"p" * 125) * 8000
+    while True:
+        writer.write(batch)
+        await writer.drain()
+
+
+def server_wires() -> list[wstunnel._Wire]:
+    """The gateway side of the WebSocket connections open in this process."""
+    gc.collect()  # those of earlier tests are garbage by now
+    return [
+        thing
+        for thing in gc.get_objects()
+        if isinstance(thing, wstunnel._Wire) and not thing._client and not thing.raw.is_closing()
+    ]
+
+
+async def test_pings_unread_by_their_sender_pause_reading_and_keep_the_buffer_bounded(redis: Redis) -> None:
+    async with running_gateway(redis, handshake_timeout=WAIT * 3) as gateway:
+        _, writer = await unread_upgrade(gateway)
+        flooding = asyncio.create_task(flood_pings(writer))
+        try:
+            (wire_,) = server_wires()
+            await until(lambda: not wire_.raw.is_reading())  # the pongs went unread: no more pings
+            _, high = wire_.raw.get_write_buffer_limits()
+            assert wire_.raw.get_write_buffer_size() <= high + 127  # one pong past the mark at most
+            assert not flooding.done()
+        finally:
+            flooding.cancel()
+            await asyncio.gather(flooding, return_exceptions=True)
+            writer.transport.abort()  # a close would wait for the pings still buffered to go out
+        await until(lambda: wire_.raw.is_closing())  # the reset reached the gateway
+
+
+async def test_a_connection_timed_out_with_pongs_unread_is_aborted(gateway: Gateway) -> None:
+    # Past the handshake timeout the gateway refuses the connection: it resets it rather than
+    # wait, with a full write buffer, for a peer that reads nothing.
+    _, writer = await unread_upgrade(gateway)
+    (wire_,) = server_wires()
+    try:
+        async with asyncio.timeout(WAIT):
+            with pytest.raises(ConnectionError):
+                await flood_pings(writer)
+    finally:
+        writer.close()
+    assert wire_.raw.is_closing()
+    assert wire_.raw.get_write_buffer_size() == 0  # the pongs nobody read are gone with it
