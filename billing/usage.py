@@ -46,8 +46,11 @@ TIME_MAX = 253_402_300_799.0
 
 
 def _check_text(name: str, value: object, event_id: str) -> None:
-    if not isinstance(value, str) or not value or len(value) > _TEXT_MAX_LEN:
-        raise MalformedEvent(f"{name} must be a non-empty string of at most {_TEXT_MAX_LEN}", event_id)
+    # PostgreSQL text holds no NUL character: one would fail the row where it is stored.
+    if not isinstance(value, str) or not value or len(value) > _TEXT_MAX_LEN or "\x00" in value:
+        raise MalformedEvent(
+            f"{name} must be a non-empty string of at most {_TEXT_MAX_LEN}, without NUL", event_id
+        )
 
 
 def _check_int(name: str, value: object, limit: int, event_id: str) -> None:

@@ -139,6 +139,7 @@ def test_decode_refuses_agent_fields_on_gateway_kind() -> None:
         {"attempts": -1},
         {"requester": ""},
         {"requester": None},
+        {"target": "example.com\x00:443"},
     ],
 )
 def test_usage_event_refuses_bad_fields(changes: dict[str, Any]) -> None:

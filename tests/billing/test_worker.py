@@ -217,14 +217,18 @@ async def test_ingest_once_stores_a_refused_batch_one_record_at_a_time(
     redis: Redis, pool: asyncpg.Pool, settings: WorkerSettings, caplog: pytest.LogCaptureFixture
 ) -> None:
     await ensure_group(redis, USAGE_STREAM, USAGE_GROUP)
-    # A NUL passes validation, but PostgreSQL refuses it in text: the batch fails on this row.
-    poison = make_event(target="secret-host\x00:443")
+    poison = make_event(target="secret-host:443")
     good = [make_event() for _ in range(3)]
     report = make_report(event_id=good[0].event_id)
     first: Any = await redis.xadd(USAGE_STREAM, encode_batch([good[0], poison, report]))  # type: ignore[arg-type]
     await redis.xadd(USAGE_STREAM, encode_batch(good[1:]))  # type: ignore[arg-type]
-
-    assert await ingest_once(redis, pool, settings) == 5
+    # A row that passes validation but that PostgreSQL refuses (a check constraint of this
+    # test's own): the batch fails on this row.
+    await pool.execute("ALTER TABLE usage_events ADD CONSTRAINT refused CHECK (target <> 'secret-host:443')")
+    try:
+        assert await ingest_once(redis, pool, settings) == 5
+    finally:
+        await pool.execute("ALTER TABLE usage_events DROP CONSTRAINT refused")
     stored = await pool.fetch("SELECT event_id FROM usage_events")
     assert {row["event_id"] for row in stored} == {event.event_id for event in good}
     assert await count(pool, "agent_reports") == 1
