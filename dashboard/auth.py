@@ -26,6 +26,10 @@ from dashboard.settings import ApiSettings
 
 _NONCE_KEY = "ipsx:api:nonce:{}"
 _BEARER = {"WWW-Authenticate": 'Bearer realm="ipsx"'}
+# A real EIP-4361 message is a few hundred characters (ours: about 350); this leaves room for a
+# long statement and a few resources, and nothing for a parser to chew on for long.
+MAX_MESSAGE = 2048
+_HEADER = " wants you to sign in with your Ethereum account:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +52,12 @@ class Principal:
         if self.key is not None and scope not in self.key.scopes:
             raise Problem(403, "insufficient_scope", f"this API key lacks the {scope!r} scope", scope=scope)
 
+    def manages(self, key_id: str) -> bool:
+        """Whether the caller may see and revoke the key ``key_id`` of its account: a wallet
+        session and a top-level key manage every key of the account, a sub-key only itself
+        (sub-keys make no keys, ``billing.accounts``, so nothing hangs below one)."""
+        return self.key is None or self.key.parent_key_id is None or key_id == self.key.key_id
+
 
 def unauthorized(detail: str) -> Problem:
     return Problem(401, "unauthorized", detail, headers=_BEARER)
@@ -67,12 +77,7 @@ async def sign_in(
     Raises Problem 401 for a message that does not parse (it cannot sign anyone in), a wrong
     signature, an unknown or used nonce, another domain or chain, or an expired message.
     """
-    try:
-        parsed = siwe.SiweMessage.from_message(message)
-    except Exception:  # the parser raises several types for malformed messages
-        raise Problem(
-            401, "malformed_siwe_message", "the message is not an EIP-4361 message", headers=_BEARER
-        ) from None
+    parsed = parse_message(message, settings.siwe_domain)
     if int(parsed.chain_id) != settings.chain_id:
         raise unauthorized(
             f"the message is for chain {parsed.chain_id}, this service is on {settings.chain_id}"
@@ -88,6 +93,30 @@ async def sign_in(
         raise unauthorized("sign-in refused: bad signature") from None
     account = await _account_for(pool, parsed.address)
     return issue_token(settings, account), account
+
+
+def parse_message(message: str, domain: str) -> siwe.SiweMessage:
+    """``message`` parsed as an EIP-4361 message for ``domain``, its signature not yet checked.
+
+    Raises Problem 401: ``malformed_siwe_message`` for a message that is too long, does not open
+    with the EIP-4361 header line or does not parse, ``unauthorized`` for one naming another
+    domain. The cheap checks come first, and the parser is siwe's regular expression: its ABNF
+    parser takes seconds over a few hostile kilobytes, on the event loop, for anyone.
+    """
+    malformed = Problem(
+        401, "malformed_siwe_message", "the message is not an EIP-4361 message", headers=_BEARER
+    )
+    if len(message) > MAX_MESSAGE:
+        raise malformed
+    first, newline, _ = message.partition("\n")
+    if not newline or not first.endswith(_HEADER):
+        raise malformed
+    if first != domain + _HEADER:
+        raise unauthorized("sign-in refused: DomainMismatch")
+    try:
+        return siwe.SiweMessage.from_message(message, abnf=False)
+    except Exception:  # the parser and the model's validators raise several types
+        raise malformed from None
 
 
 async def _account_for(pool: asyncpg.Pool, address: str) -> Account:

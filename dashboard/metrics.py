@@ -33,7 +33,7 @@ from prometheus_client.registry import Collector
 from billing import accounts
 from billing.ledger import BASE_UNITS
 from billing.metrics import metrics_handler, new_registry
-from dashboard import auth
+from dashboard import auth, pac
 from dashboard.appkeys import PG, SETTINGS
 from ipsx.logs import REQUEST_ID
 from matching.deals import State
@@ -180,7 +180,7 @@ def observe(metrics: ApiMetrics) -> Middleware:
             access.debug(
                 "%s %s %d",
                 request.method,
-                request.path,
+                pac.loggable(request.path),
                 status,
                 extra={"route": route, "status": status, "duration_ms": round(elapsed * 1000, 1)},
             )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dashboard import key_rules
+from dashboard import auth, key_rules
 from dashboard.openapi_base import (
     _AUTH_ERRORS,
     _BODY_ERRORS,
@@ -143,7 +143,7 @@ PATHS: dict[str, Any] = {
                             "type": "object",
                             "required": ["message", "signature"],
                             "properties": {
-                                "message": {"type": "string", "maxLength": 4096},
+                                "message": {"type": "string", "maxLength": auth.MAX_MESSAGE},
                                 "signature": {"type": "string", "maxLength": 200},
                             },
                         }
@@ -179,6 +179,8 @@ PATHS: dict[str, Any] = {
     "/v1/keys": {
         "get": {
             "operationId": "listKeys",
+            "description": "A wallet session or a top-level key lists every key of the account; "
+            "a sub-key lists only itself.",
             "security": _SECURED,
             "responses": {
                 "200": _json(
@@ -226,11 +228,13 @@ PATHS: dict[str, Any] = {
     "/v1/keys/{key_id}": {
         "delete": {
             "operationId": "revokeKey",
+            "description": "A wallet session or a top-level key revokes any key of the account "
+            "(with its sub-keys); a sub-key revokes only itself.",
             "security": _SECURED,
             "parameters": [{"name": "key_id", "in": "path", "required": True, "schema": _STR}],
             "responses": {
                 "204": {"description": "revoked"},
-                "404": _problem("no live key of the caller has this id"),
+                "404": _problem("no live key the caller may revoke has this id"),
                 **_AUTH_ERRORS,
             },
         }

@@ -21,6 +21,9 @@ _PROXY_ADDRESS = re.compile(r"[A-Za-z0-9.\-\[\]:]{1,255}:[0-9]{1,5}")
 _ACCOUNT = re.compile(r"[a-z0-9_]{1,32}", re.ASCII)
 _ORDER = re.compile(r"[A-Za-z0-9_]{1,64}", re.ASCII)
 _TOKEN = re.compile(rf"[A-Za-z0-9_\-]{{{_TOKEN_CHARS}}}", re.ASCII)
+# Under /pac/ everything after the account and the order is (or may be, mistyped) the capability.
+_AFTER_ORDER = re.compile(r"(/pac/(?:[^/]*/){0,2})(.+)", re.DOTALL)
+REDACTED = "<redacted>"
 
 
 def token(secret: str, account: str, order_id: str) -> str:
@@ -39,6 +42,12 @@ def check(secret: str, account: str, order_id: str, presented: str) -> bool:
 
 def path(secret: str, account: str, order_id: str) -> str:
     return f"/pac/{account}/{order_id}/{token(secret, account, order_id)}.pac"
+
+
+def loggable(path: str) -> str:
+    """``path`` as a log line may hold it: a PAC URL's token is cut off, other paths are kept."""
+    found = _AFTER_ORDER.fullmatch(path)
+    return path if found is None else found.group(1) + REDACTED
 
 
 def username(account: str, order_id: str) -> str:

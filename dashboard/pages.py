@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 from typing import Any
 
 import orjson
@@ -16,6 +17,8 @@ from aiohttp import web
 from dashboard.problems import Problem
 
 DEFAULT_LIMIT = 50
+MAX_ROW_ID = 2**63 - 1  # a PostgreSQL bigint
+_BAD_CURSOR = "the cursor is not one this API handed out"
 
 
 def encode_cursor(key: list[Any]) -> str:
@@ -40,6 +43,30 @@ def page_params(request: web.Request, max_limit: int) -> tuple[int, list[Any] | 
         key = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
     except (binascii.Error, ValueError, orjson.JSONDecodeError):
         raise Problem(400, "bad_cursor", "the cursor is not one this API handed out") from None
-    if not isinstance(key, list) or len(raw) > 512:
-        raise Problem(400, "bad_cursor", "the cursor is not one this API handed out")
+    # PostgreSQL text cannot hold NUL: such a cursor would fail the query, not find nothing.
+    if not isinstance(key, list) or len(raw) > 512 or any(isinstance(v, str) and "\x00" in v for v in key):
+        raise Problem(400, "bad_cursor", _BAD_CURSOR)
     return int(text), key
+
+
+def id_cursor(cursor: list[Any] | None) -> int | None:
+    """The row id a ``[id]`` cursor holds, a positive bigint; ``None`` without a cursor.
+    Raises Problem 400 for any other cursor."""
+    if cursor is None:
+        return None
+    if len(cursor) != 1 or type(cursor[0]) is not int or not 0 < cursor[0] <= MAX_ROW_ID:
+        raise Problem(400, "bad_cursor", _BAD_CURSOR)
+    return int(cursor[0])
+
+
+def time_cursor(cursor: list[Any] | None) -> tuple[dt.datetime | None, str]:
+    """The ``(time, id)`` a ``[ISO 8601 time, id]`` cursor holds, parsed here rather than by
+    PostgreSQL; ``(None, "")`` without a cursor. Raises Problem 400 for any other cursor."""
+    if cursor is None:
+        return None, ""
+    if len(cursor) != 2 or not all(isinstance(part, str) for part in cursor):
+        raise Problem(400, "bad_cursor", _BAD_CURSOR)
+    try:
+        return dt.datetime.fromisoformat(cursor[0]), cursor[1]
+    except ValueError:
+        raise Problem(400, "bad_cursor", _BAD_CURSOR) from None

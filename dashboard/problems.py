@@ -15,6 +15,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from dashboard import pac
+
 log = logging.getLogger("ipsx.api")
 
 PROBLEM_TYPE = "https://ipsx.io/problems/"
@@ -93,7 +95,9 @@ async def problems_middleware(request: web.Request, handler: Handler) -> web.Str
         headers = {k: v for k, v in error.headers.items() if k.lower() in ("allow", "www-authenticate")}
         response = problem_response(error.status, code, error.reason, headers=headers)
     except Exception:
-        log.exception("unhandled error in %s %s (request %s)", request.method, request.path, request_id)
+        log.exception(
+            "unhandled error in %s %s (request %s)", request.method, pac.loggable(request.path), request_id
+        )
         response = problem_response(
             500, "internal_error", "the server failed; quote the request id", request_id=request_id
         )

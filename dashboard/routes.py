@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import re
 from typing import Any
@@ -18,7 +17,7 @@ from dashboard import auth
 from dashboard.appkeys import PG, REDIS, SETTINGS
 from dashboard.auth import Principal
 from dashboard.key_rules import rules_json, rules_text
-from dashboard.pages import encode_cursor, page_params
+from dashboard.pages import encode_cursor, id_cursor, page_params, time_cursor
 from dashboard.problems import Problem, field, json_response, read_json
 
 routes = web.RouteTableDef()
@@ -117,7 +116,7 @@ async def sign_in(request: web.Request) -> web.Response:
     pool, redis = _services(request)
     settings = request.app[SETTINGS]
     body = await read_json(request)
-    message = field(body, "message", str, max_len=4096)
+    message = field(body, "message", str, max_len=auth.MAX_MESSAGE)
     signature = field(body, "signature", str, max_len=200)
     token, account = await auth.sign_in(pool, redis, settings, message, signature)
     return json_response(
@@ -154,7 +153,7 @@ async def me(request: web.Request) -> web.Response:
 async def list_keys(request: web.Request) -> web.Response:
     caller = await authorized(request, "keys")
     keys = await accounts.list_keys(request.app[PG], caller.account.name)
-    return json_response({"items": [_key_json(key) for key in keys]})
+    return json_response({"items": [_key_json(key) for key in keys if caller.manages(key.key_id)]})
 
 
 @routes.post("/v1/keys")
@@ -202,8 +201,10 @@ async def create_key(request: web.Request) -> web.Response:
 async def revoke_key(request: web.Request) -> web.Response:
     caller = await authorized(request, "keys")
     key_id = request.match_info["key_id"]
-    if not _KEY_ID.fullmatch(key_id) or not await accounts.revoke_key(
-        request.app[PG], key_id, account_id=caller.account.id
+    if (
+        not _KEY_ID.fullmatch(key_id)
+        or not caller.manages(key_id)
+        or not await accounts.revoke_key(request.app[PG], key_id, account_id=caller.account.id)
     ):
         raise Problem(404, "not_found", "no live key of yours has this id")
     return web.Response(status=204)
@@ -214,7 +215,7 @@ async def usage(request: web.Request) -> web.Response:
     """The caller's metered streams, newest first, with both meters side by side."""
     caller = await authorized(request)
     limit, cursor = page_params(request, request.app[SETTINGS].page_limit)
-    after_time, after_id = _usage_cursor(cursor)
+    after_time, after_id = time_cursor(cursor)
     rows = await request.app[PG].fetch(
         """
         SELECT event_id, deal_id, exit_id, protocol, target, outcome, opened_at, closed_at,
@@ -246,24 +247,12 @@ async def usage(request: web.Request) -> web.Response:
     return json_response({"items": items, "next_cursor": next_cursor})
 
 
-def _usage_cursor(cursor: list[Any] | None) -> tuple[dt.datetime | None, str]:
-    if cursor is None:
-        return None, ""
-    try:
-        moment, event_id = cursor
-        return dt.datetime.fromisoformat(moment), str(event_id)
-    except (TypeError, ValueError):
-        raise Problem(400, "bad_cursor", "the cursor is not one this API handed out") from None
-
-
 @routes.get("/v1/ledger")
 async def statement(request: web.Request) -> web.Response:
     """Entries touching the caller's ledger accounts (requester, its holds, provider), newest first."""
     caller = await authorized(request)
     limit, cursor = page_params(request, request.app[SETTINGS].page_limit)
-    if cursor is not None and (len(cursor) != 1 or not isinstance(cursor[0], int)):
-        raise Problem(400, "bad_cursor", "the cursor is not one this API handed out")
-    before = None if cursor is None else cursor[0]
+    before = id_cursor(cursor)
     requester = ledger.requester_account(caller.account.name)
     own = [requester, holds.hold_account(requester), ledger.provider_account(caller.account.name)]
     rows = await request.app[PG].fetch(

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from billing import accounts, anchor_proofs
 from dashboard.appkeys import PG
+from dashboard.path_ids import DEAL_ID, path_id
 from dashboard.problems import Problem, json_response
 from dashboard.routes import authorized
 
@@ -32,7 +33,7 @@ async def deal_anchor(request: web.Request) -> web.Response:
     """The deal's record, leaf and proof, its batch's root, and where the batch was anchored."""
     caller = await authorized(request)
     pool = request.app[PG]
-    deal_id = request.match_info["deal_id"][:128]
+    deal_id = path_id(request, "deal_id", DEAL_ID, _NOT_FOUND)
     operator = caller.key is not None and accounts.OPERATOR in caller.key.scopes
     party = await pool.fetchval(
         "SELECT 1 FROM deals WHERE deal_id = $1 AND (requester = $2 OR provider = $2 OR $3)",

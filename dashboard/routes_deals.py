@@ -16,7 +16,8 @@ from aiohttp import web
 
 from dashboard.appkeys import PG, SEAT, SETTINGS
 from dashboard.market_calls import forward_to_market, refusal_problem
-from dashboard.pages import encode_cursor, page_params
+from dashboard.pages import encode_cursor, page_params, time_cursor
+from dashboard.path_ids import DEAL_ID, path_id
 from dashboard.problems import Problem, json_response, read_json
 from dashboard.routes import amount_json, authorized
 from matching import store
@@ -24,6 +25,8 @@ from matching.errors import MatchingError
 from matching.market import MarketRefused
 
 routes = web.RouteTableDef()
+
+_NO_DEAL = "you have no deal with this id"
 
 
 def _deal_json(row: asyncpg.Record) -> dict[str, Any]:
@@ -57,16 +60,15 @@ async def list_deals(request: web.Request) -> web.Response:
     """The caller's deals, as requester or as provider, newest first."""
     caller = await authorized(request)
     limit, cursor = page_params(request, request.app[SETTINGS].page_limit)
-    if cursor is not None and (len(cursor) != 2 or not all(isinstance(part, str) for part in cursor)):
-        raise Problem(400, "bad_cursor", "the cursor is not one this API handed out")
+    after_time, after_id = time_cursor(cursor)
     rows = await request.app[PG].fetch(
         f"SELECT {_DEAL_COLUMNS} FROM deals"  # noqa: S608
         " WHERE (requester = $1 OR provider = $1)"
-        " AND ($2::text IS NULL OR (created_at, deal_id) < ($2::timestamptz, $3))"
+        " AND ($2::timestamptz IS NULL OR (created_at, deal_id) < ($2, $3))"
         " ORDER BY created_at DESC, deal_id DESC LIMIT $4",
         caller.account.name,
-        None if cursor is None else cursor[0],
-        "" if cursor is None else cursor[1],
+        after_time,
+        after_id,
         limit,
     )
     items = [_deal_json(row) for row in rows]
@@ -78,14 +80,15 @@ async def list_deals(request: web.Request) -> web.Response:
 @routes.get("/v1/deals/{deal_id}")
 async def get_deal(request: web.Request) -> web.Response:
     caller = await authorized(request)
+    deal_id = path_id(request, "deal_id", DEAL_ID, _NO_DEAL)
     pool = request.app[PG]
     row = await pool.fetchrow(
         f"SELECT {_DEAL_COLUMNS} FROM deals WHERE deal_id = $2 AND (requester = $1 OR provider = $1)",  # noqa: S608
         caller.account.name,
-        request.match_info["deal_id"][:128],
+        deal_id,
     )
     if row is None:
-        raise Problem(404, "not_found", "you have no deal with this id")
+        raise Problem(404, "not_found", _NO_DEAL)
     transitions = await pool.fetch(
         "SELECT from_state, to_state, event, actor, at, detail, noop FROM deal_transitions"
         " WHERE deal_id = $1 ORDER BY id",
@@ -99,6 +102,7 @@ async def report_on_deal(request: web.Request) -> web.Response:
     """A party's report on its deal: the provider's ready / serving / stopped, the requester's
     accepted / ok / complaint (a complaint disputes the deal), or cancel before it is active."""
     caller = await authorized(request, "trade")
+    deal_id = path_id(request, "deal_id", DEAL_ID, _NO_DEAL)
     market = request.app[SEAT].market
     if market is None:
         return await forward_to_market(request)
@@ -107,7 +111,7 @@ async def report_on_deal(request: web.Request) -> web.Response:
     if set(body) != {"report"} or not isinstance(what, str):
         raise Problem(422, "invalid_field", 'send {"report": "..."} and nothing else', field="report")
     try:
-        deal = await market.report(caller.account.name, request.match_info["deal_id"][:128], what[:32])
+        deal = await market.report(caller.account.name, deal_id, what[:32])
     except MarketRefused as error:
         raise refusal_problem(error) from None
     return json_response({"deal_id": deal.deal_id, "state": str(deal.state)})
@@ -121,11 +125,11 @@ async def resolve_dispute(request: web.Request) -> web.Response:
     """Operator only: decide a disputed deal — bill the gateway's count, the agent's, the lower
     of the two, nothing, or ``billable_bytes`` — and the market settles it on its next tick."""
     await authorized(request, "operator")
+    deal_id = path_id(request, "deal_id", DEAL_ID, "no deal has this id")
     market = request.app[SEAT].market
     if market is None:
         return await forward_to_market(request)
     body = await read_json(request)
-    deal_id = request.match_info["deal_id"][:128]
     if set(body) == {"bill"} and body["bill"] in _BILLS:
         gateway, agent = await store.metered(request.app[PG], deal_id)
         billable = {"gateway": gateway, "agent": agent, "lower": min(gateway, agent), "none": 0}[body["bill"]]

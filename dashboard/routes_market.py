@@ -15,6 +15,7 @@ from aiohttp import web
 from billing.accounts import OPERATOR
 from dashboard.appkeys import PG, REDIS, SEAT
 from dashboard.market_calls import forward_to_market
+from dashboard.path_ids import ACCOUNT_NAME, path_id
 from dashboard.problems import Problem, json_response, read_json
 from dashboard.routes import amount_json, authorized
 from matching import store
@@ -23,6 +24,8 @@ from pool.health import reports as health_reports
 from pool.registry import ExitRegistry
 
 routes = web.RouteTableDef()
+
+_NO_PROFILE = "no deals are recorded for this account"
 
 
 @routes.get("/v1/exits")
@@ -145,7 +148,7 @@ async def profile(request: web.Request) -> web.Response:
     operator's) to see, ``null`` for anyone else.
     """
     caller = await authorized(request)
-    name = request.match_info["name"][:32]
+    name = path_id(request, "name", ACCOUNT_NAME, _NO_PROFILE)
     own = caller.account.name == name or (caller.key is not None and OPERATOR in caller.key.scopes)
     row = await request.app[PG].fetchrow(
         """
@@ -171,7 +174,7 @@ async def profile(request: web.Request) -> web.Response:
         name,
     )
     if row is None or (row["p_deals"] == 0 and row["r_deals"] == 0):
-        raise Problem(404, "not_found", "no deals are recorded for this account")
+        raise Problem(404, "not_found", _NO_PROFILE)
     closed = row["p_settled"] + row["p_cancelled"]
     return json_response(
         {

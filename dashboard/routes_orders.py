@@ -16,7 +16,8 @@ from aiohttp import web
 from dashboard import pac
 from dashboard.appkeys import PG, SEAT, SETTINGS
 from dashboard.market_calls import forward_to_market, refusal_problem
-from dashboard.pages import encode_cursor, page_params
+from dashboard.pages import encode_cursor, id_cursor, page_params
+from dashboard.path_ids import ORDER_ID, path_id
 from dashboard.problems import Problem, json_response, read_json
 from dashboard.routes import amount_json, authorized, idempotency_reference
 from matching import store
@@ -26,6 +27,8 @@ from matching.market import MarketRefused
 from matching.terms import package_for, request_for
 
 routes = web.RouteTableDef()
+
+_NO_ORDER = "no order of yours has this id"
 
 
 def _fill_json(fill: Fill) -> dict[str, Any]:
@@ -146,11 +149,12 @@ async def place_package(request: web.Request) -> web.Response:
 @routes.delete("/v1/orders/{order_id}")
 async def cancel(request: web.Request) -> web.Response:
     caller = await authorized(request, "trade")
+    order_id = path_id(request, "order_id", ORDER_ID, _NO_ORDER)
     market = request.app[SEAT].market
     if market is None:
         return await forward_to_market(request)
     try:
-        await market.cancel(caller.account.name, request.match_info["order_id"][:64])
+        await market.cancel(caller.account.name, order_id)
     except MarketRefused as error:
         raise refusal_problem(error) from None
     return web.Response(status=204)
@@ -160,11 +164,11 @@ async def cancel(request: web.Request) -> web.Response:
 async def amend(request: web.Request) -> web.Response:
     """Change an open order: an offer's prices, a request's IPs or max prices (base units)."""
     caller = await authorized(request, "trade")
+    order_id = path_id(request, "order_id", ORDER_ID, _NO_ORDER)
     market = request.app[SEAT].market
     if market is None:
         return await forward_to_market(request)
     body = await read_json(request)
-    order_id = request.match_info["order_id"][:64]
     try:
         result = await market.amend(caller.account.name, order_id, body)
     except (MarketRefused, MatchingError, TypeError, ValueError) as error:
@@ -182,7 +186,7 @@ async def amend(request: web.Request) -> web.Response:
 async def list_orders(request: web.Request) -> web.Response:
     caller = await authorized(request)
     limit, cursor = page_params(request, request.app[SETTINGS].page_limit)
-    before = _int_cursor(cursor)
+    before = id_cursor(cursor)
     rows = await request.app[PG].fetch(
         """
         SELECT seq, order_id, side, state, filled, terms::text AS terms, created_at FROM market_orders
@@ -211,14 +215,14 @@ async def list_orders(request: web.Request) -> web.Response:
 async def order_pac(request: web.Request) -> web.Response:
     """The PAC file URL of one of the caller's request orders, and the proxy user name to use."""
     caller = await authorized(request)
-    order_id = request.match_info["order_id"]
+    order_id = path_id(request, "order_id", ORDER_ID, _NO_ORDER)
     side = await request.app[PG].fetchval(
         "SELECT side FROM market_orders WHERE order_id = $1 AND account = $2",
-        order_id[:64],
+        order_id,
         caller.account.name,
     )
     if side is None:
-        raise Problem(404, "not_found", "no order of yours has this id")
+        raise Problem(404, "not_found", _NO_ORDER)
     if side != "request":
         raise Problem(409, "conflict", "an offer has no PAC file: it is for requests and packages")
     settings = request.app[SETTINGS]
@@ -250,11 +254,3 @@ async def pac_file(request: web.Request) -> web.Response:
         content_type=pac.CONTENT_TYPE,
         headers={"Cache-Control": "private, max-age=300"},
     )
-
-
-def _int_cursor(cursor: list[Any] | None) -> int | None:
-    if cursor is None:
-        return None
-    if len(cursor) != 1 or not isinstance(cursor[0], int) or isinstance(cursor[0], bool):
-        raise Problem(400, "bad_cursor", "the cursor is not one this API handed out")
-    return cursor[0]

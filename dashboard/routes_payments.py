@@ -14,7 +14,7 @@ from billing.channels import Channel, ProofRejected
 from billing.payments import Invoice, PaymentSettings, UnknownInvoice
 from contracts import proofs
 from dashboard.appkeys import PG, SETTINGS
-from dashboard.pages import encode_cursor, page_params
+from dashboard.pages import encode_cursor, id_cursor, page_params
 from dashboard.problems import Problem, field, json_response, read_json
 from dashboard.routes import amount_json, authorized
 from dashboard.settings import ApiSettings
@@ -96,9 +96,7 @@ async def list_invoices(request: web.Request) -> web.Response:
     """The caller's invoices, newest first."""
     caller = await authorized(request)
     limit, cursor = page_params(request, request.app[SETTINGS].page_limit)
-    if cursor is not None and (len(cursor) != 1 or not isinstance(cursor[0], int)):
-        raise Problem(400, "bad_cursor", "the cursor is not one this API handed out")
-    before = None if cursor is None else cursor[0]
+    before = id_cursor(cursor)
     items = await payments.listing(request.app[PG], account=caller.account.name, before=before, limit=limit)
     next_cursor = encode_cursor([items[-1].invoice_id]) if len(items) == limit else None
     return json_response({"items": [_invoice_json(item) for item in items], "next_cursor": next_cursor})

@@ -13,7 +13,7 @@ from billing import accounts, ledger, withdrawals
 from billing.errors import InsufficientFunds, InvalidAmount
 from billing.withdrawals import ReferenceReused, UnknownWithdrawal, Withdrawal, WithdrawalResolved
 from dashboard.appkeys import PG, SETTINGS
-from dashboard.pages import encode_cursor, page_params
+from dashboard.pages import encode_cursor, id_cursor, page_params
 from dashboard.problems import Problem, field, json_response, read_json
 from dashboard.routes import amount_json, authorized, idempotency_reference
 
@@ -89,12 +89,10 @@ async def list_withdrawals(request: web.Request) -> web.Response:
     """The caller's withdrawals, newest first."""
     caller = await authorized(request)
     limit, cursor = page_params(request, request.app[SETTINGS].page_limit)
-    if cursor is not None and (len(cursor) != 1 or not isinstance(cursor[0], int)):
-        raise Problem(400, "bad_cursor", "the cursor is not one this API handed out")
     items = await withdrawals.listing(
         request.app[PG],
         account_name=caller.account.name,
-        before=None if cursor is None else cursor[0],
+        before=id_cursor(cursor),
         limit=limit,
     )
     next_cursor = encode_cursor([items[-1].id]) if len(items) == limit else None

@@ -179,7 +179,11 @@ async def keys_page(request: web.Request) -> web.StreamResponse:
     session = await signed_in(request)
     if not session.can("keys"):
         raise Problem(403, "insufficient_scope", "the API key you signed in with lacks the 'keys' scope")
-    keys = await accounts.list_keys(request.app[PG], session.account.name)
+    keys = [
+        key
+        for key in await accounts.list_keys(request.app[PG], session.account.name)
+        if session.principal.manages(key.key_id)
+    ]
     return render(
         request,
         "keys.html",
@@ -247,8 +251,10 @@ async def create_key(request: web.Request) -> web.StreamResponse:
 async def revoke_key(request: web.Request) -> web.StreamResponse:
     session, _ = await posted(request, "keys")
     key_id = request.match_info["key_id"]
-    if not _KEY_ID.fullmatch(key_id) or not await accounts.revoke_key(
-        request.app[PG], key_id, account_id=session.account.id
+    if (
+        not _KEY_ID.fullmatch(key_id)
+        or not session.principal.manages(key_id)
+        or not await accounts.revoke_key(request.app[PG], key_id, account_id=session.account.id)
     ):
         raise Problem(404, "not_found", "no live key of yours has this id")
     return redirect(f"/web/keys?revoked={key_id}")

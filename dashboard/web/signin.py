@@ -140,7 +140,7 @@ async def signin_with_wallet(request: web.Request) -> web.Response:
     body = await read_json(request)
     sessions.check_signin_token(request, request.headers.get(sessions.CSRF_HEADER))
     await sessions.count_signin(request)
-    message = field(body, "message", str, max_len=4096)
+    message = field(body, "message", str, max_len=auth.MAX_MESSAGE)
     signature = field(body, "signature", str, max_len=200)
     pool, redis, settings = request.app[PG], request.app[REDIS], request.app[SETTINGS]
     _, account = await auth.sign_in(pool, redis, settings, message, signature)

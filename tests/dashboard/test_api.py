@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 
+import asyncpg
+import orjson
 import pytest
+import siwe.siwe
 from eth_account import Account
 from eth_account.messages import encode_defunct
+from redis.asyncio import Redis
 from siwe import SiweMessage
 
-from tests.dashboard.conftest import Api
+from dashboard import auth
+from dashboard.problems import Problem
+from dashboard.settings import ApiSettings
+from tests.dashboard.conftest import REDIS_URL, Api
 
 IPSX = 10**18
 
@@ -121,6 +129,18 @@ def test_sign_in_refuses_a_signature_by_another_wallet(api: Api) -> None:
         (b"[1, 2]", "application/json", 400, "malformed_json"),
         (b'{"message": 1, "signature": "0x"}', "application/json", 422, "invalid_field"),
         (b'{"message": "hello", "signature": "0x00"}', "application/json", 401, "malformed_siwe_message"),
+        (
+            b'{"message": "' + b"a" * 2048 + b'", "signature": "0x00"}',
+            "application/json",
+            401,
+            "malformed_siwe_message",
+        ),
+        (
+            b'{"message": "' + b"a" * 4096 + b'", "signature": "0x00"}',
+            "application/json",
+            422,
+            "invalid_field",
+        ),
         (b'{"message": "' + b"a" * 70_000 + b'"}', "application/json", 413, "body_too_large"),
     ],
 )
@@ -134,6 +154,57 @@ def test_malformed_sign_in_bodies_get_problem_details(
     problem = answer.json()
     assert problem["type"].endswith("/" + code) and problem["status"] == status
     assert "Traceback" not in answer.text
+
+
+def _hostile_messages(domain: str) -> list[str]:
+    address = Account.from_key(b"h" * 32).address
+    header = f"{domain} wants you to sign in with your Ethereum account:\n{address}\n\n"
+    fields = "URI: http://a\nVersion: 1\nChain ID: 1\nNonce: abcdefgh12\nIssued At: 2024-01-01T00:00:00Z"
+    return [
+        "a" * 2048,  # no header line at all
+        "a" * 4096,  # longer than any real message
+        header + "a" * 1800 + "\n\n" + fields + "\nResources:\n- " + "a:" * 20 + " ",
+        header + fields + "\nResources:" + "\n- http://a" * 150 + "\n!",
+    ]
+
+
+async def test_sign_in_parses_without_the_abnf_parser(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """siwe's ABNF parser holds the event loop for seconds over a hostile message: it never runs,
+    for hostile messages as for a real one."""
+    ran: list[str] = []
+
+    def abnf_parser(message: str) -> None:
+        ran.append(message)
+        raise ValueError("the ABNF parser ran")
+
+    monkeypatch.setattr(siwe.siwe, "ABNFParsedMessage", abnf_parser)
+    domain = f"127.0.0.1:{api.port}"
+    settings = ApiSettings(api.database_url, REDIS_URL, api.env["IPSX_JWT_SECRET"], siwe_domain=domain)
+    pool = await asyncpg.create_pool(api.database_url, min_size=1, max_size=1)
+    redis = Redis.from_url(REDIS_URL)
+    try:
+        for message in _hostile_messages(domain):
+            with pytest.raises(Problem) as refused:
+                await auth.sign_in(pool, redis, settings, message, "0x" + "00" * 65)
+            assert (refused.value.status, refused.value.code) == (401, "malformed_siwe_message")
+        key = bytes.fromhex("68" * 32)
+        address = Account.from_key(key).address
+        message = siwe_message(api, address, await auth.new_nonce(redis, settings))
+        _, account = await auth.sign_in(pool, redis, settings, message, sign(message, key))
+        assert account.address == address
+    finally:
+        await redis.aclose()
+        await pool.close()
+    assert ran == []
+
+
+def test_hostile_sign_in_messages_get_a_problem_and_the_api_stays_up(api: Api) -> None:
+    with api.client() as client:
+        for message in _hostile_messages(f"127.0.0.1:{api.port}"):
+            answer = client.post("/v1/auth/siwe", json={"message": message, "signature": "0x00"})
+            assert answer.status_code in (401, 422)
+            assert answer.headers["content-type"] == "application/problem+json"
+        assert client.get("/healthz").json() == {"status": "ok"}
 
 
 def test_api_key_authenticates_and_sees_balance(api: Api) -> None:
@@ -228,6 +299,40 @@ def test_bad_pagination_is_a_400(api: Api, query: dict[str, str]) -> None:
     assert answer.json()["type"].rsplit("/", 1)[1] in ("bad_limit", "bad_cursor", "unknown_parameter")
 
 
+def _cursor(key: list[object]) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(key)).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("GET", "/v1/deals?cursor=" + _cursor(["not-a-date", "x"]), None, 400),
+        ("GET", "/v1/deals?cursor=" + _cursor(["2024-01-01T00:00:00+00:00", "a\x00b"]), None, 400),
+        ("GET", "/v1/usage?cursor=" + _cursor(["2024-01-01", "a\x00"]), None, 400),
+        *(
+            ("GET", f"{path}?cursor={_cursor([n])}", None, 400)
+            for path in ("/v1/ledger", "/v1/withdrawals", "/v1/invoices", "/v1/orders")
+            for n in (2**64 - 1, 2**63, 0, -1)
+        ),
+        ("GET", "/v1/deals/a%00b", None, 404),
+        ("GET", "/v1/deals/a%00b/anchor", None, 404),
+        ("POST", "/v1/deals/a%00b/reports", {"report": "ok"}, 404),
+        ("GET", "/v1/profiles/a%00b", None, 404),
+        ("GET", "/v1/orders/a%00b/pac", None, 404),
+        ("DELETE", "/v1/orders/a%00b", None, 404),
+        ("PATCH", "/v1/orders/a%00b", {"ips": 2}, 404),
+    ],
+)
+def test_crafted_ids_and_cursors_get_a_problem_not_a_500(
+    api: Api, method: str, path: str, body: dict[str, object] | None, status: int
+) -> None:
+    with api.client(api.key) as client:
+        answer = client.request(method, path, json=body)
+    assert answer.status_code == status, answer.text
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.json()["type"].rsplit("/", 1)[1] == ("bad_cursor" if status == 400 else "not_found")
+
+
 def test_unknown_route_and_method_are_problems(api: Api) -> None:
     with api.client() as client:
         missing = client.get("/v1/nothing")
@@ -273,6 +378,30 @@ def test_a_key_made_by_a_key_is_its_sub_key_and_no_wider(api: Api) -> None:
         same = narrow.post("/v1/keys", json={"scopes": ["read"]})
     assert (wider.status_code, wider.json()["field"]) == (403, "scopes")
     assert (same.status_code, same.json()["field"]) == (422, "parent")  # a sub-key makes no keys
+
+
+def test_a_sub_key_sees_and_revokes_only_itself(api: Api) -> None:
+    session = sign_in(api, bytes.fromhex("67" * 32))
+    with api.client(str(session["token"])) as wallet:
+        top = wallet.post("/v1/keys", json={"label": "top"}).json()
+    with api.client(top["secret"]) as client:
+        sub, sibling = (client.post("/v1/keys", json={"scopes": ["read", "keys"]}).json() for _ in range(2))
+    with api.client(sub["secret"]) as client:
+        assert [key["key_id"] for key in client.get("/v1/keys").json()["items"]] == [sub["key_id"]]
+        for other in (top, sibling):
+            refused = client.delete(f"/v1/keys/{other['key_id']}")
+            assert (refused.status_code, refused.json()["type"].rsplit("/", 1)[1]) == (404, "not_found")
+    everyone = {top["key_id"], sub["key_id"], sibling["key_id"]}
+    with api.client(top["secret"]) as client:
+        assert {key["key_id"] for key in client.get("/v1/keys").json()["items"]} == everyone
+        assert all(key["revoked_at"] is None for key in client.get("/v1/keys").json()["items"])
+    with api.client(sub["secret"]) as client:
+        assert client.delete(f"/v1/keys/{sub['key_id']}").status_code == 204
+        assert client.get("/v1/me").status_code == 401
+    with api.client(str(session["token"])) as wallet:
+        listed = {key["key_id"]: key["revoked_at"] for key in wallet.get("/v1/keys").json()["items"]}
+        assert listed.keys() == everyone and listed[sub["key_id"]] is not None
+        assert wallet.delete(f"/v1/keys/{sibling['key_id']}").status_code == 204
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import signal
 import subprocess
@@ -20,9 +21,15 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.dashboard.conftest import Api
+from dashboard import pac
+from dashboard.app import build_app
+from dashboard.problems import problems_middleware
+from dashboard.settings import ApiSettings
+from tests.dashboard.conftest import REDIS_URL, Api
 from tests.e2e.conftest import free_port
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -201,3 +208,27 @@ def test_json_log_lines_carry_the_request_id(json_logging_api: tuple[str, Path],
     text = log.read_text()
     assert all(line.startswith("{") for line in text.splitlines())
     assert api.key not in text
+
+
+async def test_log_lines_never_carry_a_pac_links_token(api: Api, caplog: pytest.LogCaptureFixture) -> None:
+    """A PAC URL's last part is a capability: the access line and the 500 line log the path
+    without it."""
+    settings = ApiSettings(api.database_url, REDIS_URL, api.env["IPSX_JWT_SECRET"], market=False)
+    link = pac.path(settings.jwt_secret, "alice", "no_such_order")
+    token = link.rsplit("/", 1)[1].removesuffix(".pac")
+    caplog.set_level(logging.DEBUG, logger="ipsx.api")
+    async with TestClient(TestServer(build_app(settings))) as client:
+        assert (await client.get(link)).status == 404
+
+    async def failing(request: web.Request) -> web.Response:
+        raise RuntimeError("a bug")
+
+    broken = web.Application(middlewares=[problems_middleware])
+    broken.router.add_get("/pac/{account}/{order_id}/{token}.pac", failing)
+    async with TestClient(TestServer(broken)) as client:
+        assert (await client.get(link)).status == 500
+    lines = [record.getMessage() for record in caplog.records]
+    assert f"GET /pac/alice/no_such_order/{pac.REDACTED} 404" in lines
+    failed = f"unhandled error in GET /pac/alice/no_such_order/{pac.REDACTED} "
+    assert any(line.startswith(failed) for line in lines)
+    assert not any(token in line for line in lines)

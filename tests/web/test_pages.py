@@ -168,6 +168,26 @@ def test_a_key_made_on_the_keys_page_works_once_shown_and_stops_when_revoked(web
         assert client.post("/web/keys", {"label": "none"}).status_code == 422  # no scope picked
 
 
+def test_a_sub_key_session_sees_and_revokes_only_its_own_key(web_api: WebApi) -> None:
+    found = re.search(r"secret: (ipsx_(\w{12})_\S+)", web_api.ipsx("key", "create", "bob"))
+    assert found is not None
+    parent, parent_id = found.groups()
+    with httpx.Client(base_url=web_api.url, headers={"Authorization": f"Bearer {parent}"}) as rest:
+        made = rest.post("/v1/keys", json={"scopes": ["read", "keys"]})
+    assert made.status_code == 201
+    sub = made.json()
+    client = web_api.client()
+    with client:
+        assert client.sign_in_with_key(sub["secret"]).status_code == 303
+        listed = client.get("/web/keys").text
+        rows = re.findall(r'<th scope="row"><code>(\w+)</code>', listed)
+        assert rows == [sub["key_id"]]
+        assert client.post(f"/web/keys/{parent_id}/revoke").status_code == 404
+        assert client.post(f"/web/keys/{sub['key_id']}/revoke").status_code == 303
+    rest = httpx.get(f"{web_api.url}/v1/me", headers={"Authorization": f"Bearer {parent}"})
+    assert rest.status_code == 200
+
+
 def test_the_builder_writes_the_exact_proxy_url_and_refuses_what_the_gateway_would(web_api: WebApi) -> None:
     seeded = web_api.seeded
     assert seeded is not None
