@@ -220,7 +220,8 @@ PATHS: dict[str, Any] = {
             "operationId": "amendOrder",
             "summary": "Change an open order's prices (offer) or IPs and max prices (request)",
             "description": "A changed price re-queues the order (it loses time priority) and "
-            "may trade at once; fewer IPs keep it.",
+            "may trade at once; fewer IPs keep it. The deals it opens count against the key the "
+            "order was placed with, so a key with a spend limit amends only its own requests.",
             "security": _SECURED,
             "parameters": [{"name": "order_id", "in": "path", "required": True, "schema": _STR}],
             "requestBody": {
@@ -242,6 +243,7 @@ PATHS: dict[str, Any] = {
             },
             "responses": {
                 "200": _json("amended, with the deals it opened", {"type": "object"}),
+                "403": _problem("a key with a spend limit amends only the requests placed with it"),
                 "404": _problem("you have no open order with this id"),
                 "503": _problem("no API node runs the market right now"),
                 **_BODY_ERRORS,

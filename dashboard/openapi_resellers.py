@@ -245,7 +245,8 @@ PATHS: dict[str, Any] = {
                     "name": "Idempotency-Key",
                     "in": "header",
                     "required": False,
-                    "description": "the same key moves the funds once; a retry is answered 200",
+                    "description": "the same key moves the funds once; a retry is answered 200, "
+                    "the key reused for another sub-user, direction or amount 409",
                     "schema": {"type": "string", "pattern": "^[ -~]{1,200}$"},
                 },
             ],
@@ -264,6 +265,7 @@ PATHS: dict[str, Any] = {
                 "201": _json("moved", {"type": "object", "required": ["to", "amount", "replayed"]}),
                 "200": _json("this Idempotency-Key moved it already", {"type": "object"}),
                 "402": _problem("the paying side's balance does not cover the amount"),
+                "409": _problem("this Idempotency-Key was used for another transfer"),
                 **_UNKNOWN,
                 **_BODY_ERRORS,
                 **_NOT_RESELLER,

@@ -169,8 +169,11 @@ async def amend(request: web.Request) -> web.Response:
     if market is None:
         return await forward_to_market(request)
     body = await read_json(request)
+    limited = caller.key is not None and caller.key.spend_limit is not None
     try:
-        result = await market.amend(caller.account.name, order_id, body)
+        result = await market.amend(
+            caller.account.name, order_id, body, limited_key=caller.key_id if limited else None
+        )
     except (MarketRefused, MatchingError, TypeError, ValueError) as error:
         raise refusal_problem(error) from None
     return json_response(

@@ -21,7 +21,7 @@ from dashboard.appkeys import PG, SETTINGS
 from dashboard.pages import encode_cursor, page_params
 from dashboard.problems import Problem, field, json_response, read_json
 from dashboard.routes import _key_json, amount_json, idempotency_reference
-from dashboard.routes_resellers import calling_reseller, invalid_problem
+from dashboard.routes_resellers import calling_reseller, invalid_problem, reseller_and_caller
 
 routes = web.RouteTableDef()
 
@@ -212,7 +212,13 @@ async def revoke_subuser_key(request: web.Request) -> web.Response:
 async def transfer(request: web.Request) -> web.Response:
     """Move funds from the reseller's balance to the sub-user's (``to: subuser``) or back
     (``to: reseller``). An Idempotency-Key makes a retry move nothing twice."""
-    reseller = await calling_reseller(request, "trade")
+    reseller, caller = await reseller_and_caller(request, "trade")
+    if caller.key is not None and caller.key.spend_limit is not None:
+        # Funds given to a sub-user are spent through the sub-user's own keys, which this key's
+        # limit does not cover.
+        raise Problem(
+            403, "spend_limited_key", "a key with a spend limit cannot move funds to or from sub-users"
+        )
     sub = await _subuser(request, reseller)
     body = await read_json(request)
     amount = field(body, "amount", str, max_len=80)
@@ -236,6 +242,8 @@ async def transfer(request: web.Request) -> web.Response:
     except InsufficientFunds:
         payer = "your" if to == "subuser" else "the sub-user's"
         raise Problem(402, "insufficient_funds", f"{payer} balance does not cover the amount") from None
+    except resellers.ReferenceReused:
+        raise Problem(409, "conflict", "this idempotency key was used for another transfer") from None
     available = await ledger.balance(request.app[PG], ledger.requester_account(sub.account_name))
     return json_response(
         {

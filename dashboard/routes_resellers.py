@@ -31,12 +31,17 @@ routes = web.RouteTableDef()
 async def calling_reseller(request: web.Request, scope: str = "read") -> Reseller:
     """The calling account as a reseller whose key has ``scope``: Problem 401 for no valid
     credentials, 403 ``not_a_reseller`` for any other account, 403 for a key without the scope."""
+    return (await reseller_and_caller(request, scope))[0]
+
+
+async def reseller_and_caller(request: web.Request, scope: str = "read") -> tuple[Reseller, auth.Principal]:
+    """:func:`calling_reseller`, and who calls: the wallet session or the API key."""
     caller = await auth.authenticate(request, request.app[PG], request.app[SETTINGS])
     reseller = await resellers.reseller_of(request.app[PG], caller.account.id)
     if reseller is None:
         raise Problem(403, "not_a_reseller", "this account is not a white-label reseller")
     caller.require(scope)
-    return reseller
+    return reseller, caller
 
 
 def invalid_problem(error: resellers.InvalidReseller | InvalidAccount) -> Problem:

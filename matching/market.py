@@ -216,21 +216,29 @@ class Market:
                 raise MarketRefused(404, "unknown_order", "you have no open order with this id")
             await self._orders.cancel(order_id)
 
-    async def amend(self, account: str, order_id: str, changes: dict[str, Any]) -> MatchResult:
+    async def amend(
+        self, account: str, order_id: str, changes: dict[str, Any], *, limited_key: str | None = None
+    ) -> MatchResult:
         """Amend one of ``account``'s open orders: an offer's prices, a request's IPs or max prices.
 
-        A changed price re-queues the order and may trade at once (see ``Engine.amend_*``).
-        Raises MarketRefused 404 for no such open order of the account, ``InvalidOrder`` for bad
-        values or a field that side does not have.
+        A changed price re-queues the order and may trade at once (see ``Engine.amend_*``); its
+        deals count against the key the order was placed with. So an API key with a spend limit
+        (``limited_key``) amends only the requests placed with it: another key's would open deals
+        its limit does not cover. Raises MarketRefused 404 for no such open order of the account,
+        403 for another key's request, ``InvalidOrder`` for bad values or a field that side does
+        not have.
         """
         async with self._lock:
             row = await self._pool.fetchrow(
-                "SELECT account, side, terms::text AS terms FROM market_orders"
+                "SELECT account, side, key_id, terms::text AS terms FROM market_orders"
                 " WHERE order_id = $1 AND state = 'open'",
                 order_id,
             )
             if row is None or row["account"] != account:
                 raise MarketRefused(404, "unknown_order", "you have no open order with this id")
+            if limited_key is not None and row["side"] == "request" and row["key_id"] != limited_key:
+                detail = "a key with a spend limit amends only the requests placed with it"
+                raise MarketRefused(403, "spend_limited_key", detail)
             amended = await self._orders.amend(account, order_id, row["side"], row["terms"], changes)
             await self._commit(
                 amended.result,

@@ -186,6 +186,20 @@ def test_a_reseller_manages_its_subusers(api: Api, tenants: tuple[Tenant, Tenant
         )
         assert (first.status_code, again.status_code) == (201, 200) and again.json()["replayed"] is True
         assert first.json()["subuser_available"]["ipsx"] == "2"
+        for other in ({"amount": str(IPSX), "to": "subuser"}, {"amount": str(2 * IPSX), "to": "reseller"}):
+            reused = client.post(
+                "/v1/reseller/subusers/carl/transfers", json=other, headers={"Idempotency-Key": "carl-1"}
+            )
+            assert (reused.status_code, reused.json()["title"]) == (409, "conflict")
+        assert client.get("/v1/reseller/subusers/carl").json()["balance"]["available"]["ipsx"] == "2"
+        limited = client.post("/v1/keys", json={"scopes": ["trade", "keys"], "spend_limit": str(IPSX)})
+        assert limited.status_code == 201, limited.text
+        with api.client(limited.json()["secret"]) as narrow:
+            # What a sub-user is given is spent through its own keys, beyond this key's limit.
+            refused = narrow.post(
+                "/v1/reseller/subusers/carl/transfers", json={"amount": str(5 * IPSX), "to": "subuser"}
+            )
+            assert (refused.status_code, refused.json()["title"]) == (403, "spend limited key")
         too_much = client.post(
             "/v1/reseller/subusers/carl/transfers", json={"amount": str(3 * IPSX), "to": "reseller"}
         )

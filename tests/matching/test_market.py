@@ -424,6 +424,25 @@ async def test_amending_a_resting_request_to_a_higher_price_trades_at_once(
     )
 
 
+async def test_a_spend_limited_key_amends_only_the_requests_placed_with_it(
+    market: Market, pg: asyncpg.Pool, rds: Redis
+) -> None:
+    await online(rds, "e1")
+    offer_id = await offer(market, "e1", price_gb=3 * IPSX)
+    request, _ = await market.place_request("alice", REQUEST)  # no key: rests at max 2 IPSX/GB
+    limited = await create_key(pg, account_name="alice", spend_limit=IPSX // 10)
+    raise_price = {"max_price_per_gb": str(3 * IPSX)}
+    # Its deals would count against no limit (the order has no key): the limited key may not.
+    with pytest.raises(MarketRefused) as refused:
+        await market.amend("alice", request.request_id, raise_price, limited_key=limited.key.key_id)
+    assert (refused.value.status, refused.value.code) == (403, "spend_limited_key")
+    assert await pg.fetchval("SELECT count(*) FROM deals") == 0
+    # Offers spend nothing: a limited key of their provider amends them.
+    bobs = await create_key(pg, account_name="bob", spend_limit=1)
+    await market.amend("bob", offer_id, {"price_per_gb": str(2 * IPSX)}, limited_key=bobs.key.key_id)
+    assert await pg.fetchval("SELECT count(*) FROM deals") == 1
+
+
 async def test_amend_refuses_others_orders_and_foreign_fields(market: Market, rds: Redis) -> None:
     await online(rds, "e1")
     offer_id = await offer(market, "e1", price_gb=3 * IPSX)
