@@ -148,7 +148,7 @@ class PlainForwarder:
         head has begun, the rest of it must come within ``handshake_timeout``, as the first
         head's did, or Refused (408) is raised.
         """
-        begun = bool(reader.rest)
+        begun = bool(reader.rest.lstrip(b"\r\n"))  # blank lines before a request are skipped
         reader.reset()
         head = reader.feed(b"")
         if head is not None:

@@ -198,6 +198,36 @@ async def test_next_head_begun_must_end_within_the_handshake_timeout(proxy: Prox
     assert rest.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
 
 
+async def test_blank_lines_after_a_body_do_not_start_the_next_heads_deadline(proxy: Proxy) -> None:
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readexactly(2)
+        writer.write(ok)
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(ok)
+        await reader.read()
+
+    async with origin(answer) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        try:
+            # Some clients end a POST body with an extra CRLF, which a server skips before the
+            # next request: that is no request begun, so the keep-alive timeout still applies.
+            post = (
+                get(port).replace(b"GET ", b"POST ", 1).replace(b"\r\n\r\n", b"\r\nContent-Length: 2\r\n\r\n")
+            )
+            writer.write(post + b"hi\r\n")
+            async with asyncio.timeout(WAIT):
+                await reader.readuntil(b"ok")
+            await asyncio.sleep(2 * HANDSHAKE_TIMEOUT)
+            writer.write(get(port))
+            async with asyncio.timeout(WAIT):
+                again = await reader.readuntil(b"ok")
+        finally:
+            writer.close()
+    assert again.startswith(b"HTTP/1.1 200 OK\r\n")
+
+
 async def test_next_head_is_served_after_a_quiet_keep_alive(proxy: Proxy) -> None:
     ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
