@@ -236,6 +236,8 @@ class Selector:
         # chose an exit: the first to bind wins and the others follow it where they may.
         now_bound = _text(await self._rebind(keys=[key], args=[bound, chosen, ttl]))
         if now_bound != chosen and await self._keeps(now_bound, filters, exclude, only, accept):
+            if self._health is not None and self._health.state(chosen) is not Breaker.CLOSED:
+                self._health.dial_abandoned(chosen)  # its probe goes to another connection
             return Choice(now_bound, sticky=True)
         return Choice(chosen, sticky=False)
 

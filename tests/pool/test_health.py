@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from pool import keys
@@ -19,7 +20,7 @@ from pool.health import Breaker, ExitHealth, HealthSettings, report, reports
 from pool.models import ExitFilters
 from pool.registry import ExitRegistry
 from pool.select import Choice, Selector
-from tests.pool.conftest import make_exit
+from tests.pool.conftest import REDIS_URL, make_exit
 
 T0 = 1_700_000_000.0
 SETTINGS = HealthSettings(
@@ -590,6 +591,25 @@ async def test_session_not_accepted_rebinds_with_health(redis: Redis, clock: Clo
     refuse = first.exit_id
     choice = await selector.select("alice", FR, session="s1", accept=lambda exit_id: exit_id != refuse)
     assert choice == Choice(other, sticky=False)
+
+
+async def test_a_probe_chosen_for_a_session_another_connection_bound_is_freed(
+    redis: Redis, clock: Clock
+) -> None:
+    health = await tripped(redis, clock)
+    selector = await selector_with(redis, health, "a", "b")
+    clock.advance(10)  # "a" half-open: the next choice probes it
+    key = keys.session("alice", "s1")
+
+    def bound_meanwhile(_exit_id: str) -> bool:  # another connection binds s1 to "b" meanwhile
+        SyncRedis.from_url(REDIS_URL).set(key, "b")
+        return True
+
+    assert await selector.select("alice", FR, session="s1", accept=bound_meanwhile) == Choice(
+        "b", sticky=True
+    )
+    assert health.state("a") is Breaker.HALF_OPEN  # not left probing with no connection to probe it
+    assert await selector.choose(FR) == "a"
 
 
 # lifecycle and settings
