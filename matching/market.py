@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,6 +103,7 @@ class Market:
         self._registry = ExitRegistry(redis)
         self._empty()
         self._lock = asyncio.Lock()
+        self._stale = False  # the last rebuild failed: the book in memory is not the database's
         self._sequence = 0
 
     def _empty(self) -> None:
@@ -127,8 +128,25 @@ class Market:
         async with self._lock:
             await self._load()
 
+    @contextlib.asynccontextmanager
+    async def _locked(self) -> AsyncIterator[None]:
+        """The market's lock, the book rebuilt first if the last rebuild failed: MarketRefused 503
+        while it cannot be."""
+        async with self._lock:
+            if self._stale:
+                try:
+                    await self._load()
+                except Exception:
+                    log.exception("the book could not be rebuilt from the database")
+                    raise MarketRefused(
+                        503, "market_unavailable", "the market is rebuilding its book; try again shortly"
+                    ) from None
+            yield
+
     async def _load(self) -> None:
-        """Rebuild the book; raises what a failed write raised (it does not try again)."""
+        """Rebuild the book; raises what a failed write raised (it does not try again). Until a
+        rebuild succeeds the book is stale, and the next call under :meth:`_locked` tries again."""
+        self._stale = True
         self._empty()
         self._engine.restore_deal_number(await store.last_deal_number(self._pool))
         for row in await store.live_deals(self._pool):
@@ -141,6 +159,7 @@ class Market:
             if result.fills or result.unfunded:
                 await self._write(result)
         await routing.publish_all(self._redis, self._book.routes())
+        self._stale = False
         log.info("market loaded: %d open orders, %d live deals", len(rows), len(self._book.deals))
 
     # -- orders ------------------------------------------------------------------------------
@@ -169,7 +188,7 @@ class Market:
         offer = offer_for(
             account, exit_id, attributes, terms, str(terms.get("offer_id") or self._new_id("o"))
         )
-        async with self._lock:
+        async with self._locked():
             await self._check_new_order(offer.offer_id)
             result = await self._orders.place_offer(offer)
             await self._commit(
@@ -199,7 +218,7 @@ class Market:
     async def _place_request(
         self, account: str, request: Request, key_id: str | None
     ) -> tuple[Request, MatchResult]:
-        async with self._lock:
+        async with self._locked():
             await self._check_new_order(request.request_id)
             request, result = await self._orders.place_request(request, key_id)
             placed = ("request", account, request.request_id, store.request_terms(request), key_id)
@@ -208,7 +227,7 @@ class Market:
 
     async def cancel(self, account: str, order_id: str) -> None:
         """Cancel one of ``account``'s resting orders; MarketRefused 404 if it has none by that id."""
-        async with self._lock:
+        async with self._locked():
             owner = await self._pool.fetchval(
                 "SELECT account FROM market_orders WHERE order_id = $1 AND state = 'open'", order_id
             )
@@ -228,7 +247,7 @@ class Market:
         403 for another key's request, ``InvalidOrder`` for bad values or a field that side does
         not have.
         """
-        async with self._lock:
+        async with self._locked():
             row = await self._pool.fetchrow(
                 "SELECT account, side, key_id, terms::text AS terms FROM market_orders"
                 " WHERE order_id = $1 AND state = 'open'",
@@ -273,7 +292,7 @@ class Market:
             dedicated=False,
             rest=False,
         )
-        async with self._lock:
+        async with self._locked():
             result = await self._orders.place_spot(request, key_id)
             await self._commit(result, spot=True, key_id=key_id)
         return result
@@ -298,7 +317,7 @@ class Market:
         Raises MarketRefused: 404 when the account is no party to an open deal by that id, 422
         for a report its side cannot make, 409 when the deal's state does not allow it.
         """
-        async with self._lock:
+        async with self._locked():
             deal = self._book.deals.get(deal_id)
             if deal is None or account not in (deal.requester, deal.provider):
                 raise MarketRefused(404, "unknown_deal", "you are no party to an open deal with this id")
@@ -328,7 +347,7 @@ class Market:
         """The operator's decision on a disputed deal: the bytes it bills (the next tick settles
         it). Raises MarketRefused 404 for no such deal, 409 unless it is disputed, and
         ``InvalidEvent`` for a byte count out of range."""
-        async with self._lock:
+        async with self._locked():
             deal = self._book.deals.get(deal_id)
             state = (
                 deal.state
@@ -368,7 +387,10 @@ class Market:
             await self._write(result, placed=placed, spot=spot, key_id=key_id, amended=amended, queued=queued)
         except (LedgerInsufficientFunds, asyncpg.PostgresError):
             log.warning("market commit failed; reloading the book from the database", exc_info=True)
-            await self._load()
+            try:
+                await self._load()
+            except Exception:  # stale: the next call tries again
+                log.exception("the book could not be rebuilt from the database")
             raise MarketRefused(409, "conflict", "the book changed meanwhile; try again") from None
 
     async def _write(
@@ -412,7 +434,7 @@ class Market:
 
     async def tick(self) -> None:
         """One pass of the timers: expiries, activations, ends, reconciliation and settlement."""
-        async with self._lock:
+        async with self._locked():
             now_f = self._clock()
             now = int(now_f)
             await self._orders.pass_time(now_f, self._commit)

@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from billing import db
 from matching import store
 from matching.errors import InvalidOrder
-from matching.market import Market
+from matching.market import Market, MarketRefused
 from tests.billing.conftest import create_database, drop_database
 from tests.matching.conftest import (
     GB,
@@ -236,6 +236,27 @@ async def test_a_write_that_fails_while_loading_fails_the_load(
     assert again._engine.resting_requests() == []
 
 
+async def test_a_market_whose_rebuild_failed_rebuilds_before_its_next_call(
+    market: Market, pg: asyncpg.Pool, rds: Redis
+) -> None:
+    await online(rds, "e1")
+    await offer(market, "e1", schedule="10:00-12:00")  # the test clock starts at 08:00 UTC
+    request, _ = await market.place_request("alice", REQUEST)
+    clock(market).now += 2 * HOUR  # the window opened: the rebuild fills the request
+    async with refused(pg, "deals", "INSERT"):
+        with pytest.raises(asyncpg.RaiseError):
+            await market.load()
+        # The engine took the fill, the database did not: nothing runs on that book.
+        with pytest.raises(MarketRefused) as unavailable:
+            await market.place_request("alice", REQUEST)
+        assert (unavailable.value.status, unavailable.value.code) == (503, "market_unavailable")
+    await market.tick()  # rebuilt first, then ticked
+    assert [fill for fill, *_ in await deals_of(pg, request.request_id)] == [f"{request.request_id}_1"]
+    assert market._engine.resting_requests() == []
+    _, placed = await market.place_request("alice", REQUEST)  # serving again
+    assert placed.fills == () and placed.rested
+
+
 async def test_migration_022_gives_existing_orders_their_arrival_order(tmp_path: Path) -> None:
     # Migrate a fresh database up to 021, store orders the old way, then apply 022.
     for path in db.migration_files():
@@ -252,7 +273,7 @@ async def test_migration_022_gives_existing_orders_their_arrival_order(tmp_path:
                 order_id,
             )
         await pool.execute("DELETE FROM market_orders WHERE order_id = 'b'")
-        assert await db.migrate(pool) == ["022_order_queue"]
+        assert (await db.migrate(pool))[0] == "022_order_queue"  # then any later ones
         rows = await pool.fetch("SELECT order_id, seq, queued FROM market_orders ORDER BY seq")
         assert [(row["order_id"], row["queued"]) for row in rows] == [("a", 1), ("c", 3)]
         # New places come after every existing one, at insert and on re-queue.
