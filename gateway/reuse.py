@@ -215,8 +215,9 @@ class ReusedStream(asyncio.Transport):
         self._check()
 
     def orphan(self) -> None:
-        """The control connection is gone: this stream's ends go by TCP from now on, as on a
-        connection that is not reused, and the connection closes with the stream."""
+        """The control connection is gone, or the stream is cut with bytes of the peer unread:
+        this stream's ends go by TCP from now on, as on a connection that is not reused, and the
+        connection closes with the stream."""
         settle, self._settle = self._settle, None
         if settle is None:
             return

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 from collections.abc import Callable
@@ -38,12 +39,14 @@ async def _stay_logged_in(
     on_session: Callable[[AgentSession | None], None] = lambda session: None,
     reports: UsageReports | None = None,
     governor: Governor | None = None,
+    wanted: Callable[[], bool] = lambda: True,
 ) -> None:
     """Keep one session to one gateway address until ``stop`` is set (or the task is cancelled),
-    reconnecting with jittered backoff. ``on_session`` hears each login and each loss."""
+    reconnecting with jittered backoff. ``on_session`` hears each login and each loss. Once
+    ``wanted`` says no, a session still logged in serves on, but is not replaced when it ends."""
     backoff = settings.backoff_initial
     where = f"{settings.gateway_host}:{settings.gateway_port}"
-    while not stop.is_set():
+    while not stop.is_set() and wanted():
         session = AgentSession(
             settings, resolver, expect_node=expect_node, on_nodes=on_nodes, reports=reports, governor=governor
         )
@@ -72,7 +75,7 @@ async def _stay_logged_in(
             if session.node is not None:
                 on_session(None)
             await session.close()
-        if stop.is_set():
+        if stop.is_set() or not wanted():
             break
         delay = backoff * (0.5 + random.random())
         backoff = min(backoff * 2, settings.backoff_max)
@@ -92,6 +95,7 @@ class _Fleet:
         self._entry_node: str | None = None  # the node the entry session is logged in to
         self._nodes: list[tuple[str, str, int]] = []
         self._direct: dict[str, tuple[tuple[str, int], asyncio.Task[None]]] = {}
+        self._logged_in: set[str] = set()  # the nodes of _direct whose session is logged in
         self._reports = UsageReports()
 
     async def run(self) -> None:
@@ -132,6 +136,10 @@ class _Fleet:
             return
         wanted = {node: (host, port) for node, host, port in self._nodes if node != self._entry_node}
         for node, (where, task) in list(self._direct.items()):
+            if not self._listed(node) and node in self._logged_in:
+                # A node that left the list may be draining: the streams it opened still run,
+                # and their usage reports must reach it. Its session ends when the node closes it.
+                continue
             if wanted.get(node) != where:
                 task.cancel()
                 del self._direct[node]
@@ -147,12 +155,30 @@ class _Fleet:
                     self._stop,
                     expect_node=node,
                     on_nodes=self._heard,
+                    on_session=functools.partial(self._direct_session, node),
                     reports=self._reports,
                     governor=self._governor,
+                    wanted=functools.partial(self._listed, node),
                 )
             )
+            task.add_done_callback(functools.partial(self._ended, node))
             self._direct[node] = ((host, port), task)
             log.info("gateway node %s announced at %s:%d; opening a tunnel to it", node, host, port)
+
+    def _listed(self, node: str) -> bool:
+        return any(listed == node for listed, _, _ in self._nodes)
+
+    def _direct_session(self, node: str, session: AgentSession | None) -> None:
+        if session is None:
+            self._logged_in.discard(node)
+        else:
+            self._logged_in.add(node)
+
+    def _ended(self, node: str, task: asyncio.Task[None]) -> None:
+        """A direct session's task ended: the node it served left and closed it (or the agent stops)."""
+        if node in self._direct and self._direct[node][1] is task:
+            del self._direct[node]
+            log.info("gateway node %s left; tunnel closed", node)
 
 
 async def run_agent(

@@ -68,6 +68,7 @@ _OUTCOMES = {
     "b_lost": "destination_lost",
 }
 CAP_REACHED = "cap_reached"  # the outcome of a stream cut at the provider's data cap
+OUTSIDE_HOURS = "outside_hours"  # the outcome of a stream cut when the serving hours ended
 
 
 NodesCallback = Callable[["AgentSession", list[tuple[str, str, int]]], None]
@@ -140,7 +141,7 @@ class AgentSession:
         self._reused: dict[str, ReusedStream] = {}  # streams on such connections, by id
         self._told: list[bytes] = []  # control messages of this loop iteration
         self._tasks: set[asyncio.Task[None]] = set()
-        self.splices: set[Splice] = set()
+        self.splices: dict[Splice, Callable[[str], None]] = {}  # running streams → how to cut each
         self.served = 0
 
     async def _connect(self) -> Conn:
@@ -280,11 +281,23 @@ class AgentSession:
             self._reports.detach(self)
 
     def _state_changed(self, state: ServingState) -> None:
-        """Tell this session's gateway node that the agent now serves, or no longer does."""
+        """Tell this session's gateway node that the agent now serves, or no longer does; when
+        it no longer does, the streams running are cut, as a cap cuts them."""
+        if not state.serving and self.splices:
+            # Not from within the change: it may come while a stream's chunk is being admitted.
+            asyncio.get_running_loop().call_soon(self._cut_streams)
         if state == self._advertised or self._control is None or self._control.closed:
             return
         self._advertised = state
         self._control.write(wire.encode({"t": "state", **state.to_wire()}))
+
+    def _cut_streams(self) -> None:
+        """End the streams running while the agent does not serve (serving hours over, cap)."""
+        if self._governor.state.serving:
+            return
+        outcome = CAP_REACHED if self._governor.capped else OUTSIDE_HOURS
+        for cut in list(self.splices.values()):
+            cut(outcome)
 
     async def _beat(self, control: Conn) -> None:
         while not control.closed:
@@ -437,6 +450,7 @@ class AgentSession:
             gateway_conn.close()
             destination.close()
             return
+        reused: ReusedStream | None = None
         if self._reuse and not a_eof:
             reused = ReusedStream(
                 a,
@@ -455,7 +469,7 @@ class AgentSession:
             b, b_data = _gated(b, b_data, gate, up=False)
 
         def done(result: SpliceResult) -> None:
-            self.splices.discard(splice)
+            self.splices.pop(splice, None)
             self._governor.finished(gate, deal, result.a_to_b, result.b_to_a)
             outcome = _OUTCOMES.get(result.outcome, result.outcome)
             self._reports.submit(
@@ -485,9 +499,19 @@ class AgentSession:
             idle_timeout=self._settings.idle_timeout,
             opened_at=opened_at,
         )
-        self.splices.add(splice)
+
+        def cut(outcome: str) -> None:
+            if gate is not None:
+                gate.exhausted = True  # its gateway side stops reading, ends and closes
+            if reused is not None:
+                # What the gateway sent past the cut is never read, so where the stream ends
+                # on the connection is unknown: it ends by TCP and is not reused.
+                reused.orphan()
+            splice.end(outcome)
+
+        self.splices[splice] = cut
         if gate is not None:
-            gate.cut = lambda: splice.end(CAP_REACHED)
+            gate.cut = lambda: cut(CAP_REACHED)
             if gate.exhausted:  # the bytes read during the dial already reached the cap
                 gate.cut()
 

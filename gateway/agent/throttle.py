@@ -8,8 +8,11 @@ when the rate limit says so. The splice's own flow control (pausing reading whil
 cannot write) and the rate limit's pause are kept apart, so neither resumes what the other paused.
 
 A stream cut at its cap ends like one the destination closed: the gateway's side gets every byte
-already relayed, then an end of stream (``write_eof``), and is closed once the gateway closes
-its end too (or after ``LINGER`` seconds) — never reset with bytes in flight.
+already relayed, then an end of stream (``write_eof``), and is closed once they are written out
+(aborted if that takes ``LINGER`` seconds). Its reading stays paused from the cut on: what the
+gateway still sends is never read, so TCP's backpressure stops the gateway after about a socket
+buffer — reading and discarding it would let the gateway relay (and meter) at full speed bytes
+the agent never counts, past the provider's cap.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 
 from gateway.agent.governor import StreamGate
 
-LINGER = 5.0  # seconds a cut stream's gateway side waits for the gateway to close its end
+LINGER = 5.0  # seconds a cut stream's gateway side has to write out what was relayed before it
 
 
 class _Intercept(asyncio.Protocol):
@@ -62,7 +65,7 @@ class GatedTransport(asyncio.Transport):
         self._flow_paused = False  # paused by the splice (the other side cannot take more)
         self._throttled = False  # paused by the rate limit
         self._reading = True
-        self._draining = False  # cut: discarding what the gateway still sends until it closes
+        self._draining = False  # cut: never reading again, closing once the bytes relayed are out
         self._timer: asyncio.TimerHandle | None = None
 
     # what the splice calls
@@ -112,15 +115,17 @@ class GatedTransport(asyncio.Transport):
     def close(self) -> None:
         if self._draining or self._transport.is_closing():
             return
-        if not (self._linger and self._gate.exhausted and self._transport.can_write_eof()):
+        if not (self._linger and self._gate.exhausted):
             self._transport.close()
             return
-        # Cut at the cap: an end of stream after the bytes relayed, then wait for the gateway's.
+        # Cut at the cap: reading stays paused; an end of stream after the bytes relayed, and the
+        # close once they are out (the transport's own close waits for its write buffer).
         self._draining = True
-        self._transport.write_eof()
-        self._flow_paused = self._throttled = False
         self._apply()
-        self._timer = asyncio.get_running_loop().call_later(LINGER, self._transport.close)
+        if self._transport.can_write_eof():
+            self._transport.write_eof()
+        self._transport.close()
+        self._timer = asyncio.get_running_loop().call_later(LINGER, self._transport.abort)
 
     def abort(self) -> None:
         self._transport.abort()
@@ -145,7 +150,6 @@ class GatedTransport(asyncio.Transport):
 
     def _eof(self) -> bool | None:
         if self._draining:
-            self._transport.close()
             return None
         return None if self.protocol is None else self.protocol.eof_received()
 
@@ -157,7 +161,7 @@ class GatedTransport(asyncio.Transport):
             self.protocol.connection_lost(exc)
 
     def _apply(self) -> None:
-        reading = self._draining or not (self._flow_paused or self._throttled)
+        reading = not (self._draining or self._flow_paused or self._throttled)
         if reading == self._reading or self._transport.is_closing():
             return
         self._reading = reading

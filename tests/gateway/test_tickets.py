@@ -27,6 +27,8 @@ from redis.asyncio import Redis
 from billing.keys import USAGE_STREAM
 from billing.usage import AgentReport, UsageEvent, UsagePublisher
 from gateway import wire
+from gateway.agent.fleet import _Fleet
+from gateway.agent.governor import Governor
 from gateway.agent.outbox import UsageReports
 from gateway.agent.session import AgentSession
 from gateway.agent.settings import AgentSettings, ExitSpec
@@ -982,6 +984,50 @@ async def test_agent_orphan_held_then_metered_by_another_node(
         stop.set()
         async with asyncio.timeout(WAIT):
             await retrying
+
+
+async def test_draining_node_gets_the_reports_of_its_streams(
+    gateway: Gateway, redis: Redis, echo_port: int
+) -> None:
+    settings = settings_for()
+    exit_id = exit_id_for(settings.account.address, BIND)
+    stop = asyncio.Event()
+    async with running_node(redis, OTHER_NODE) as other:
+        nodes = [NodeInfo(NODE, f":{gateway.port}", BOOT), NodeInfo(OTHER_NODE, f":{other.port}", BOOT)]
+        gateway.hub.set_nodes(nodes)
+        other.hub.set_nodes(nodes)
+        fleet = _Fleet(replace(settings, gateway_port=other.port), stop, Governor())
+        running = asyncio.create_task(fleet.run())  # enters by the other node, then tunnels to NODE
+        try:
+            await until(lambda: NODE in fleet._reports._sessions)  # logged in to NODE, serving
+            t = ticket(exit_id, uuid.uuid4().hex)
+            conn = await gateway.hub.open_stream(t, "127.0.0.1", echo_port)
+            await echo_once(conn, b"x" * 1000)
+            # NODE drains: out of the registry, so the other node's list leaves it out; its
+            # stream still runs, and the stream's report must reach it, not the other node.
+            other.hub.set_nodes(nodes[1:])
+            await until(lambda: [node for node, _, _ in fleet._nodes] == [OTHER_NODE])
+            await echo_once(conn, b"y" * 500)
+            conn.close()
+            gateway.hub.stream_closed(exit_id)
+
+            async def reported() -> bool:
+                return any(isinstance(item, AgentReport) for item in await usage_reports(redis))
+
+            await until(reported)
+            await other.publisher.flush()
+            [report] = await usage_reports(redis)  # no "node_lost" event of the other node's
+            assert isinstance(report, AgentReport)
+            assert (report.event_id, report.bytes_up, report.bytes_down) == (t.stream, 1500, 1500)
+            assert len(other.hub.links) == 1 and len(gateway.hub.links) == 1
+
+            await gateway.hub.close()  # the drain is over: its tunnel closes, and is not reopened
+            await until(lambda: NODE not in fleet._direct)
+            assert not running.done()
+        finally:
+            stop.set()
+            async with asyncio.timeout(WAIT):
+                await running
 
 
 def test_a_node_that_never_confirms_cannot_grow_the_unconfirmed_reports_without_bound() -> None:

@@ -34,6 +34,7 @@ from gateway.agent.policy import ExitPolicy, parse_blocked
 from gateway.agent.session import AgentSession, LoginRefused
 from gateway.agent.settings import AgentSettings, ExitSpec
 from gateway.conn import Conn, ConnectionClosed
+from gateway.relay import Splice, SpliceResult
 from gateway.settings import GatewaySettings
 from gateway.tickets import Ticket, TicketKey
 from gateway.tunnel import TunnelHub, exit_id_for
@@ -140,6 +141,7 @@ async def agent_starter(gateway: Gateway) -> AsyncIterator[StartAgent]:
         pool_size: int = 2,
         limits: Limits | None = None,
         governor: Governor | None = None,
+        reuse: bool = True,
     ) -> Agent:
         account = Account.create()
         settings = AgentSettings(
@@ -152,6 +154,7 @@ async def agent_starter(gateway: Gateway) -> AsyncIterator[StartAgent]:
             pool_size=pool_size,
             dial_timeout=5.0,
             handshake_timeout=5.0,
+            reuse_data=reuse,
         )
         session = AgentSession(settings, governor=governor)
         agent = Agent(session, account, exit_id_for(account.address, BIND), None)
@@ -769,6 +772,37 @@ async def test_serving_state_follows_the_hours(
     )
 
 
+@pytest.mark.parametrize("reuse", [True, False], ids=["reused", "not-reused"])
+@pytest.mark.parametrize("limits", [{}, {"cap_day": 10**9}], ids=["ungated", "gated"])
+async def test_streams_running_when_the_serving_hours_end_are_cut(
+    gateway: Gateway, start_agent: StartAgent, echo_port: int, reuse: bool, limits: dict[str, int]
+) -> None:
+    night = 1_777_000_000 - 1_777_000_000 % 86_400 + 22 * 3600  # 22:00 UTC
+    clock = Clock(night)
+    governor = Governor(Limits(hours=(parse_window("22:00-07:00"),), tz="UTC", **limits), clock=clock)
+    agent = await start_agent(governor=governor, reuse=reuse)
+    stream_id = uuid.uuid4().hex
+    conn = await gateway.hub.open_stream(ticket(agent.exit_id, stream_id), "127.0.0.1", echo_port)
+    try:
+        payload = os.urandom(10_000)
+        conn.write(payload)
+        echoed = b""
+        async with asyncio.timeout(WAIT):
+            while len(echoed) < len(payload):
+                echoed += await conn.read()
+        clock.now = night + 9 * 3600  # 07:00: the window closes with the stream still open
+        governor.refresh()
+        assert await read_until_eof(conn) == b""  # the agent ends it, as a cap would
+    finally:
+        conn.close()
+        gateway.hub.stream_closed(agent.exit_id)
+    await until(lambda: usage_count(gateway.redis, 1))
+    (report,) = await usage_reports(gateway.redis)
+    assert isinstance(report, AgentReport)
+    assert (report.event_id, report.bytes_up, report.bytes_down) == (stream_id, 10_000, 10_000)
+    assert report.outcome == "outside_hours"
+
+
 async def read_until_eof(conn: Conn) -> bytes:
     received = b""
     async with asyncio.timeout(WAIT):
@@ -816,6 +850,85 @@ async def test_cap_reached_mid_stream_ends_it_and_meters_it_once(
         await hub.open_stream(ticket(exit_id, uuid.uuid4().hex), "127.0.0.1", echo_port)
     assert info.value.code is DialErrorCode.EXIT
     assert info.value.reason == "not serving: daily cap of 100.0 kB reached"
+
+
+@pytest.fixture
+async def sink_port() -> AsyncIterator[int]:
+    """A local server that reads and discards everything sent to it."""
+
+    async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(1 << 16):
+                pass
+        writer.close()
+
+    server = await asyncio.start_server(sink, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+@contextlib.asynccontextmanager
+async def front_for(conn: Conn, done: asyncio.Future[SpliceResult]) -> AsyncIterator[int]:
+    """A port whose first client is spliced to the stream ``conn`` as the front does; ``done``
+    gets the splice's result, the gateway's meter of the stream."""
+
+    class Front(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            exit_transport, pending, eof = conn.detach()
+            Splice(
+                cast(asyncio.Transport, transport),
+                exit_transport,
+                on_done=done.set_result,
+                b_data=pending,
+                b_eof=eof,
+                idle_timeout=WAIT,
+            )
+
+    server = await asyncio.get_running_loop().create_server(Front, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+UPLOAD_GUARD = 256 * 1024 * 1024  # bytes a client uploading past a cap gives up after
+CUT_SLACK = 4 * 1024 * 1024  # bytes in flight when a stream is cut: the buffers between the meters
+
+
+@pytest.mark.parametrize("reuse", [True, False], ids=["reused", "not-reused"])
+async def test_cap_cut_stops_a_client_that_keeps_uploading(
+    gateway: Gateway, start_agent: StartAgent, sink_port: int, reuse: bool
+) -> None:
+    cap = 2_000_000
+    agent = await start_agent(limits=Limits(cap_day=cap), reuse=reuse)
+    stream_id = uuid.uuid4().hex
+    conn = await gateway.hub.open_stream(ticket(agent.exit_id, stream_id), "127.0.0.1", sink_port)
+    done: asyncio.Future[SpliceResult] = asyncio.get_running_loop().create_future()
+    sent = 0
+    async with front_for(conn, done) as port:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        chunk = bytes(1 << 16)
+        with contextlib.suppress(ConnectionError):  # the gateway drops the client once the agent went
+            async with asyncio.timeout(WAIT):
+                while sent < UPLOAD_GUARD and not writer.is_closing():
+                    writer.write(chunk)
+                    sent += len(chunk)
+                    await writer.drain()
+        writer.close()
+        async with asyncio.timeout(WAIT):
+            result = await done
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+    gateway.hub.stream_closed(agent.exit_id)
+    await until(lambda: usage_count(gateway.redis, 1))
+    (report,) = [report for report in await usage_reports(gateway.redis) if report.event_id == stream_id]
+    assert (report.bytes_up, report.outcome) == (cap, "cap_reached")
+    # The agent stops reading at the cut: the gateway relays no more than the buffers between
+    # them hold, not what the client goes on sending.
+    assert sent < UPLOAD_GUARD
+    assert cap <= result.a_to_b <= cap + CUT_SLACK, result.a_to_b - cap
 
 
 async def test_rate_limited_stream_relays_every_byte(
