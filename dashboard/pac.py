@@ -14,6 +14,12 @@ import base64
 import hashlib
 import hmac
 import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from dashboard.settings import ApiSettings
 
 CONTENT_TYPE = "application/x-ns-proxy-autoconfig"
 _TOKEN_CHARS = 32  # of base64url: 192 bits of the HMAC
@@ -42,6 +48,16 @@ def check(secret: str, account: str, order_id: str, presented: str) -> bool:
 
 def path(secret: str, account: str, order_id: str) -> str:
     return f"/pac/{account}/{order_id}/{token(secret, account, order_id)}.pac"
+
+
+def url(settings: ApiSettings, request: web.Request, account: str, order_id: str) -> str:
+    """The order's capability URL, on the configured base (:meth:`ApiSettings.base_url`): the
+    request gives only the port it came in on, for an API on port 0, never its Host header."""
+    sockname = request.transport.get_extra_info("sockname") if request.transport is not None else None
+    bound = sockname[1] if isinstance(sockname, tuple) and len(sockname) >= 2 else None
+    return settings.base_url(bound if isinstance(bound, int) else None) + path(
+        settings.jwt_secret, account, order_id
+    )
 
 
 def loggable(path: str) -> str:

@@ -67,6 +67,10 @@ def time_cursor(cursor: list[Any] | None) -> tuple[dt.datetime | None, str]:
     if len(cursor) != 2 or not all(isinstance(part, str) for part in cursor):
         raise Problem(400, "bad_cursor", _BAD_CURSOR)
     try:
-        return dt.datetime.fromisoformat(cursor[0]), cursor[1]
-    except ValueError:
+        moment = dt.datetime.fromisoformat(cursor[0])
+        # A time whose offset takes it past year 1 or 9999 in UTC cannot be sent to PostgreSQL.
+        if moment.tzinfo is not None:
+            moment.astimezone(dt.UTC)
+    except (ValueError, OverflowError):
         raise Problem(400, "bad_cursor", _BAD_CURSOR) from None
+    return moment, cursor[1]

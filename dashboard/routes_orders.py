@@ -21,6 +21,7 @@ from dashboard.path_ids import ORDER_ID, path_id
 from dashboard.problems import Problem, json_response, read_json
 from dashboard.routes import amount_json, authorized, idempotency_reference
 from matching import store
+from matching.deals import State
 from matching.engine import Fill, MatchResult
 from matching.errors import MatchingError
 from matching.market import MarketRefused
@@ -29,6 +30,7 @@ from matching.terms import package_for, request_for
 routes = web.RouteTableDef()
 
 _NO_ORDER = "no order of yours has this id"
+_ROUTING_DEALS = (State.PROPOSED, State.ACTIVE)  # deals whose exits serve, or are about to
 
 
 def _fill_json(fill: Fill) -> dict[str, Any]:
@@ -229,11 +231,10 @@ async def order_pac(request: web.Request) -> web.Response:
     if side != "request":
         raise Problem(409, "conflict", "an offer has no PAC file: it is for requests and packages")
     settings = request.app[SETTINGS]
-    capability = pac.path(settings.jwt_secret, caller.account.name, order_id)
     return json_response(
         {
             "order_id": order_id,
-            "pac_url": str(request.url.with_path(capability)),
+            "pac_url": pac.url(settings, request, caller.account.name, order_id),
             "proxy": settings.proxy_address,
             "proxy_username": pac.username(caller.account.name, order_id),
         }
@@ -242,13 +243,25 @@ async def order_pac(request: web.Request) -> web.Response:
 
 @routes.get("/pac/{account}/{order_id}/{token}.pac")
 async def pac_file(request: web.Request) -> web.Response:
-    """Public, for browsers: the order's PAC file, to whoever holds its capability URL."""
+    """Public, for browsers: the order's PAC file, to whoever holds its capability URL, while it
+    can route anything: the file's user name pins connections to the order's deals, so it is
+    served for a request order that is open (deals may still come) or has a live deal, and 404
+    once the order is closed and its deals have ended."""
     account, order_id = request.match_info["account"], request.match_info["order_id"]
     settings = request.app[SETTINGS]
     if not pac.check(settings.jwt_secret, account, order_id, request.match_info["token"]):
         raise Problem(404, "not_found", "no PAC file here")
     found = await request.app[PG].fetchval(
-        "SELECT 1 FROM market_orders WHERE order_id = $1 AND account = $2", order_id, account
+        """
+        SELECT 1 FROM market_orders o
+        WHERE o.order_id = $1 AND o.account = $2 AND o.side = 'request'
+          AND (o.state = 'open' OR EXISTS (
+                SELECT 1 FROM deals d
+                WHERE d.request_id = o.order_id AND d.requester = o.account AND d.state = ANY($3::text[])))
+        """,
+        order_id,
+        account,
+        [state.value for state in _ROUTING_DEALS],
     )
     if found is None:
         raise Problem(404, "not_found", "no PAC file here")

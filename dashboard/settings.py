@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
 
 SECONDS = 1.0
@@ -58,5 +59,16 @@ class ApiSettings:
     # the gateway's SOCKS5 port as users reach it, HOST:PORT (the HTTP one is proxy_address)
     socks_address: str = "127.0.0.1:1080"
     # where users reach this API, e.g. https://dash.example.com: the base of the PAC URLs the pages
-    # show (None: the URL the request came in on)
+    # and GET /v1/orders/{id}/pac hand out (None: http://HOST:PORT, the address the API listens on)
     public_url: str | None = None
+
+    def base_url(self, bound_port: int | None = None) -> str:
+        """Where users reach this API: ``public_url`` (without a trailing ``/``), else
+        ``http://HOST:PORT`` of the listening address (``bound_port`` when ``port`` is 0; this
+        machine's name when HOST is every address). Never a request's Host header, which a client
+        or a cache in front may forge."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = socket.gethostname() if self.host in ("", "0.0.0.0", "::") else self.host
+        port = self.port or bound_port or 0
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

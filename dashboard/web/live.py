@@ -19,9 +19,8 @@ import orjson
 from aiohttp import web
 
 from dashboard.appkeys import PG, SETTINGS
-from dashboard.problems import Problem
 from dashboard.web import queries
-from dashboard.web import session as sessions
+from dashboard.web.guard import streaming
 from dashboard.web.render import ipsx
 from dashboard.web.requester import SERIES_SECONDS, series_json
 
@@ -61,9 +60,7 @@ async def snapshot(request: web.Request, account: str) -> dict[str, Any]:
 
 @routes.get("/web/live", name="web-live")
 async def live(request: web.Request) -> web.StreamResponse:
-    session = await sessions.current(request)
-    if session is None:
-        raise Problem(401, "unauthorized", "sign in first")
+    session = await streaming(request)
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",

@@ -176,9 +176,7 @@ async def cancel_own_order(request: web.Request, session: WebSession) -> str:
 @routes.get("/web/keys", name="web-keys")
 @page
 async def keys_page(request: web.Request) -> web.StreamResponse:
-    session = await signed_in(request)
-    if not session.can("keys"):
-        raise Problem(403, "insufficient_scope", "the API key you signed in with lacks the 'keys' scope")
+    session = await signed_in(request, "keys")  # as GET /v1/keys
     keys = [
         key
         for key in await accounts.list_keys(request.app[PG], session.account.name)

@@ -32,7 +32,9 @@ from pool.registry import ExitRegistry
 WINDOW_MINUTES: Final = 60
 INGESTION_LAG_ALERT: Final = 30.0  # seconds the oldest usage entry may wait before it is an alert
 # Stream outcomes that are how streams normally end; any other is counted as an error.
-NORMAL_OUTCOMES: Final = frozenset({"ok", "client_closed", "exit_closed", "idle", "cap_reached"})
+NORMAL_OUTCOMES: Final = frozenset(
+    {"ok", "client_closed", "exit_closed", "idle", "cap_reached", "outside_hours"}
+)
 
 
 def _today() -> dt.datetime:

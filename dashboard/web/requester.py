@@ -136,8 +136,7 @@ async def proxy_builder(request: web.Request) -> web.StreamResponse:
     if order:
         if not await queries.owns_request_order(request.app[PG], name, order):
             raise Problem(404, "not_found", "no request order of yours has this id")
-        base = settings.public_url.rstrip("/") if settings.public_url else str(request.url.origin())
-        pac_url = base + pac.path(settings.jwt_secret, name, order)
+        pac_url = pac.url(settings, request, name, order)
     return render(
         request,
         "proxy.html",

@@ -32,7 +32,7 @@ from dashboard.problems import Problem
 from dashboard.web import queries
 from dashboard.web import reseller_data as data
 from dashboard.web import session as sessions
-from dashboard.web.guard import cursor_of, date_cursor, next_link, signed_in
+from dashboard.web.guard import cursor_of, date_cursor, next_link, require, signed_in, streaming
 from dashboard.web.render import ENV, ipsx, page, render
 from dashboard.web.session import WebSession
 from dashboard.web.streams import _stream
@@ -58,7 +58,7 @@ TRANSFER_NOTICES: Final = {
 async def reseller_session(request: web.Request, scope: str = "read") -> tuple[WebSession, Reseller]:
     """The session, whose account must be a reseller (Problem 403 ``not_a_reseller``) and whose
     key must have ``scope``."""
-    session = await signed_in(request)
+    session = await signed_in(request, None)  # the reseller check answers first
     return session, await reseller_of(request, session, scope)
 
 
@@ -66,8 +66,7 @@ async def reseller_of(request: web.Request, session: WebSession, scope: str) -> 
     reseller = await resellers.reseller_of(request.app[PG], session.account.id)
     if reseller is None:
         raise Problem(403, "not_a_reseller", "this account is not a white-label reseller")
-    if not session.can(scope):
-        raise Problem(403, "insufficient_scope", f"the API key you signed in with lacks the {scope!r} scope")
+    require(session, scope)
     return reseller
 
 
@@ -264,9 +263,7 @@ async def live_snapshot(request: web.Request, reseller: Reseller, after: str | N
 @routes.get("/web/reseller/live", name="web-reseller-live")
 async def live(request: web.Request) -> web.StreamResponse:
     """``reseller`` events for the sub-users page (``?after=`` as the page's own cursor)."""
-    session = await sessions.current(request)
-    if session is None:
-        raise Problem(401, "unauthorized", "sign in first")
+    session = await streaming(request, None)  # the reseller check answers first
     reseller = await reseller_of(request, session, "read")
     after = _name_cursor(request)
     interval = max(request.app[SETTINGS].web_live_interval, LIVE_MIN_INTERVAL)

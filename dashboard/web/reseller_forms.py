@@ -161,7 +161,12 @@ async def resume(request: web.Request) -> web.StreamResponse:
 async def transfer(request: web.Request) -> web.StreamResponse:
     """Move IPSX from the reseller's balance to the sub-user's, or back. The form's reference
     (drawn when the page was rendered) makes a re-sent form move nothing twice."""
-    _, reseller, form = await _posted(request, "trade")
+    session, reseller, form = await _posted(request, "trade")
+    key = session.principal.key
+    if key is not None and key.spend_limit is not None:  # as POST /v1/reseller/subusers/{name}/transfers
+        raise Problem(
+            403, "spend_limited_key", "a key with a spend limit cannot move funds to or from sub-users"
+        )
     sub = await own_subuser(request, reseller)
     amount = decimal_units(text(form, "amount", required=True), "amount", ledger.DECIMALS)
     if amount == 0:
@@ -186,6 +191,10 @@ async def transfer(request: web.Request) -> web.StreamResponse:
     except InsufficientFunds:
         payer = "your" if direction == "to-subuser" else "the sub-user's"
         raise Problem(402, "insufficient_funds", f"{payer} balance does not cover the amount") from None
+    except resellers.ReferenceReused:  # the form sent again with other values: reload the page
+        raise Problem(
+            409, "conflict", "this form was sent already with other values; reload the page"
+        ) from None
     return redirect(f"/web/reseller/subusers/{sub.name}?transfer={direction if moved else 'replayed'}")
 
 

@@ -60,8 +60,10 @@ def _signed_in(request: web.Request, token: str) -> web.Response:
 @routes.post("/signin/key", name="web-signin-key")
 @page
 async def signin_with_key(request: web.Request) -> web.StreamResponse:
-    """Sign in with an API key's secret: the session has that key's scopes. A white-label
-    sub-user's key is refused (403): it belongs to its reseller's customer."""
+    """Sign in with an API key's secret: the session has that key's scopes. A key without the
+    ``read`` scope is refused (403): the pages read what ``GET /v1/*`` would refuse it, and a
+    proxy-only key's secret is the proxy password, written into proxy URLs and browsers. A
+    white-label sub-user's key is refused (403): it belongs to its reseller's customer."""
     form = await request.post()
     token = form.get("signin_token")
     sessions.check_signin_token(request, token if isinstance(token, str) else None)
@@ -77,6 +79,13 @@ async def signin_with_key(request: web.Request) -> web.StreamResponse:
     if key is None or account is None:
         raise Problem(401, "unauthorized", "unknown or revoked API key")
     await _refuse_subuser(request, key)
+    if "read" not in key.scopes:
+        raise Problem(
+            403,
+            "insufficient_scope",
+            "this API key lacks the 'read' scope, so it cannot open the dashboard; sign in with a key"
+            " that has it, or with your wallet",
+        )
     return _signed_in(request, sessions.issue(request.app[SETTINGS], account, via="key", key=key))
 
 

@@ -22,9 +22,8 @@ from aiohttp import web
 
 from billing import accounts
 from dashboard.appkeys import PG, SETTINGS
-from dashboard.problems import Problem
 from dashboard.web import operator_data, provider_data
-from dashboard.web import session as sessions
+from dashboard.web.guard import streaming
 from dashboard.web.live import LIVE_STOP, MAX_STREAM_SECONDS, RETRY_MS
 from dashboard.web.render import ipsx
 from dashboard.web.requester import SERIES_SECONDS, series_json
@@ -90,9 +89,7 @@ async def provider_snapshot(request: web.Request, session: WebSession) -> dict[s
 
 @routes.get("/web/provider/live", name="web-provider-live")
 async def provider_live(request: web.Request) -> web.StreamResponse:
-    session = await sessions.current(request)
-    if session is None:
-        raise Problem(401, "unauthorized", "sign in first")
+    session = await streaming(request)
     return await _stream(
         request,
         session,
@@ -113,9 +110,7 @@ async def network_snapshot(request: web.Request) -> dict[str, Any]:
 
 @routes.get("/web/operator/live", name="web-operator-live")
 async def operator_live(request: web.Request) -> web.StreamResponse:
-    session = await sessions.current(request)
-    if session is None:
-        raise Problem(401, "unauthorized", "sign in first")
+    session = await streaming(request)
     session.principal.require(accounts.OPERATOR)
     interval = max(request.app[SETTINGS].web_live_interval, OPERATOR_MIN_INTERVAL)
     return await _stream(request, session, "network", lambda: network_snapshot(request), interval)

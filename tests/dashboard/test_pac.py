@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from dashboard import pac
+from dashboard.settings import ApiSettings
 
 SECRET = "s" * 40
 
@@ -38,3 +41,23 @@ def test_render_points_everything_but_local_names_at_the_gateway_and_holds_no_fa
 def test_render_refuses_an_address_that_is_not_host_and_port(address: str) -> None:
     with pytest.raises(ValueError, match="HOST:PORT"):
         pac.render(address, "alice", "r1")
+
+
+def _settings(options: dict[str, Any]) -> ApiSettings:
+    return ApiSettings(database_url="", redis_url="", jwt_secret=SECRET, **options)
+
+
+@pytest.mark.parametrize(
+    ("options", "bound", "base"),
+    [
+        ({"public_url": "https://dash.example/"}, None, "https://dash.example"),
+        ({"public_url": "https://dash.example", "port": 9000}, 9001, "https://dash.example"),
+        ({"host": "10.0.0.5", "port": 9000}, 9001, "http://10.0.0.5:9000"),
+        ({"host": "127.0.0.1", "port": 0}, 43210, "http://127.0.0.1:43210"),
+        ({"host": "::1", "port": 9000}, None, "http://[::1]:9000"),
+    ],
+)
+def test_base_url_comes_from_the_settings_alone(
+    options: dict[str, Any], bound: int | None, base: str
+) -> None:
+    assert _settings(options).base_url(bound) == base

@@ -51,8 +51,10 @@ async def deal(
     state: State = State.ACTIVE,
     charge: int | None = None,
     created_at: dt.datetime | None = None,
+    request_id: str | None = None,
 ) -> str:
-    """A spot deal of ``requester`` on the offer; settled with ``charge`` when given.
+    """A spot deal of ``requester`` on the offer (or, with ``request_id``, a deal of that request
+    order); settled with ``charge`` when given.
 
     Written after the API's market loaded its book, so the market leaves it alone (it only
     advances the deals it opened or loaded)."""
@@ -60,7 +62,7 @@ async def deal(
     now = int(time.time())
     fill = Fill(
         deal_id=deal_id,
-        request_id=deal_id,
+        request_id=request_id or deal_id,
         offer_id=offer_id,
         requester=requester,
         provider=provider,

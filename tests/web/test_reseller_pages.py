@@ -296,6 +296,11 @@ def test_limits_suspension_funds_and_keys_through_the_forms(web_api: WebApi, ten
         replayed = client.post("/web/reseller/subusers/carl/transfers", form)  # the same form, sent again
         assert replayed.headers["Location"].endswith("?transfer=replayed")
         assert _balance(web_api, f"requester:{carl}") == 125 * 10**16
+        edited = client.post(
+            "/web/reseller/subusers/carl/transfers", {**form, "amount": "2"}
+        )  # back, changed
+        assert edited.status_code == 409 and "reload the page" in edited.text
+        assert _balance(web_api, f"requester:{carl}") == 125 * 10**16
         back = {"amount": "0.25", "direction": "to-reseller", "reference": "w" + "0" * 31 + "1"}
         assert client.post("/web/reseller/subusers/carl/transfers", back).status_code == 303
         assert _balance(web_api, f"requester:{carl}") == IPSX
