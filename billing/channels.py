@@ -10,6 +10,12 @@ requester starts an uncooperative close with a lower balance.
 
 A channel's state moves along :data:`TRANSITIONS`; :func:`update_in` is the one place that
 changes it.
+
+A requester channel the operator consented to close at a balance B is *frozen*
+(``consented_balance``, set by ``billing.payments.consent``): the consent has no expiry on-chain, so the
+requester may close at B at any time. Its state stays what the chain says (``open``), but no proof
+above B is accepted on it and it is no *usable* channel any more (:data:`USABLE`): nothing is
+invoiced on it, and a requester with no usable channel is cut off (``billing.payments``).
 """
 
 from __future__ import annotations
@@ -35,6 +41,9 @@ TRANSITIONS: Final[dict[str, frozenset[str]]] = {
 }
 """The states a channel may go to from each state (a same-state entry updates its columns)."""
 
+USABLE: Final = "c.role = 'requester' AND c.state = 'open' AND c.consented_balance IS NULL"
+"""SQL (on ``channels c``): a requester channel that may carry new usage: open, no consent given."""
+
 _CHANNEL_ID = re.compile(r"0x[0-9a-f]{64}", re.ASCII)
 _SIGNATURE = re.compile(r"(?:0x)?[0-9a-fA-F]{130}", re.ASCII)
 _UINT256_MAX: Final = 2**256 - 1
@@ -42,7 +51,8 @@ _UINT256_MAX: Final = 2**256 - 1
 
 class ProofRejected(BillingError, ValueError):
     """A balance proof was refused; ``reason`` is one of ``unknown_channel``, ``not_open``,
-    ``bad_signature``, ``wrong_signer``, ``above_deposit``, ``stale``. Nothing was stored."""
+    ``bad_signature``, ``wrong_signer``, ``above_deposit``, ``stale``, ``consented`` (above the
+    balance the operator consented to close the channel at). Nothing was stored."""
 
     def __init__(self, reason: str, channel_id: str) -> None:
         super().__init__(f"balance proof for channel {channel_id} rejected: {reason}")
@@ -76,6 +86,7 @@ class Channel:
     settle_after: int | None  # unix seconds (chain time): the challenge period's end
     proof_balance: Amount  # the highest balance proof held; 0 with none
     proof_signature: str | None  # its 65-byte signature as 0x-hex
+    consented_balance: Amount | None  # the operator consented to close at it: frozen; None: not
     paid: Amount | None  # at settlement, to the receiver
     refunded: Amount | None  # at settlement, back to the sender
     opened_block: int
@@ -87,11 +98,17 @@ class Channel:
         """The channel id as the contract takes it (``bytes32``)."""
         return bytes.fromhex(self.channel_id[2:])
 
+    @property
+    def frozen(self) -> bool:
+        """Whether the operator consented to close it (see the module docstring)."""
+        return self.consented_balance is not None
+
 
 _SELECT = """
 SELECT c.channel_id, c.contract, c.sender, c.receiver, c.role, c.account_id, a.name AS account_name,
        c.deposit::text AS deposit, c.state, c.closing_balance::text AS closing_balance, c.settle_after,
-       c.proof_balance::text AS proof_balance, c.proof_signature, c.paid::text AS paid,
+       c.proof_balance::text AS proof_balance, c.proof_signature,
+       c.consented_balance::text AS consented_balance, c.paid::text AS paid,
        c.refunded::text AS refunded, c.opened_block, c.created_at, c.updated_at
 FROM channels c LEFT JOIN accounts a ON a.id = c.account_id
 """
@@ -116,6 +133,7 @@ def _channel(row: asyncpg.Record) -> Channel:
         settle_after=row["settle_after"],
         proof_balance=Amount(int(row["proof_balance"])),
         proof_signature=row["proof_signature"],
+        consented_balance=_amount(row["consented_balance"]),
         paid=_amount(row["paid"]),
         refunded=_amount(row["refunded"]),
         opened_block=row["opened_block"],
@@ -229,6 +247,8 @@ async def record_proof(
             raise ProofRejected("not_open", key)
         if balance > locked.deposit:
             raise ProofRejected("above_deposit", key)
+        if locked.consented_balance is not None and balance > locked.consented_balance:
+            raise ProofRejected("consented", key)
         if balance < locked.proof_balance:
             raise ProofRejected("stale", key)
         if balance == locked.proof_balance:
@@ -277,7 +297,16 @@ async def lock_in(conn: asyncpg.Connection, channel_id: str | bytes) -> Channel 
 
 
 _UPDATABLE: Final = frozenset(
-    {"deposit", "closing_balance", "settle_after", "proof_balance", "proof_signature", "paid", "refunded"}
+    {
+        "deposit",
+        "closing_balance",
+        "settle_after",
+        "proof_balance",
+        "proof_signature",
+        "consented_balance",
+        "paid",
+        "refunded",
+    }
 )
 
 

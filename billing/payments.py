@@ -12,6 +12,12 @@ A requester's *unpaid* amount is what its settled usage costs beyond the proofs 
 invoices, and settled deals not invoiced yet. Above a limit the gateways refuse its new
 connections with 402 until it pays. A requester without a channel (funded by an operator credit)
 has prepaid and is never cut off here.
+
+Invoices go on a requester's oldest *usable* channel (open, no closing consent given:
+``channels.USABLE``) that still has room below its deposit. Once the operator consents to close a
+channel at a balance (:func:`consent`), the requester may close it at that balance at any time, so
+the channel is frozen: nothing more is billed on it, and a requester whose channels are all frozen
+or closing is cut off like one over the limit, until it opens another channel.
 """
 
 from __future__ import annotations
@@ -28,10 +34,12 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from billing import channels, payouts
+from billing.channels import Channel
 from billing.errors import BillingError
 from billing.keys import PAYMENT_CUTOFF
 from billing.ledger import Amount
 from contracts import proofs
+from matching.deals import TERMINAL
 
 log = logging.getLogger("ipsx.billing.payments")
 
@@ -40,6 +48,20 @@ class UnknownInvoice(BillingError, LookupError):
     def __init__(self, invoice_id: int) -> None:
         super().__init__(f"no invoice {invoice_id}")
         self.invoice_id = invoice_id
+
+
+class ConsentRefused(BillingError):
+    """The operator's closing consent is not given; ``reason`` is ``not_open`` (``state`` says what
+    the channel is), ``unpaid_usage`` (``owed`` base units are unpaid) or ``deals_running`` (the
+    requester has ``running`` deals not settled and no other usable channel to bill them on)."""
+
+    def __init__(self, reason: str, channel_id: str, *, state: str = "open", owed: int = 0, running: int = 0):
+        super().__init__(f"no closing consent for channel {channel_id}: {reason}")
+        self.reason = reason
+        self.channel_id = channel_id
+        self.state = state
+        self.owed = owed
+        self.running = running
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,27 +102,35 @@ ORDER BY d.updated_at, d.deal_id
 """
 
 
+_USABLE_CHANNELS = f"""
+SELECT c.account_id, c.channel_id, a.name FROM channels c JOIN accounts a ON a.id = c.account_id
+WHERE {channels.USABLE} ORDER BY c.account_id, c.opened_block, c.created_at, c.channel_id
+"""  # noqa: S608
+
+
 async def invoice_due(pool: asyncpg.Pool) -> list[Invoice]:
     """Bill every channel-funded requester's settled deals not billed yet: one invoice per
-    requester with such deals, on its oldest open channel, up to the channel's deposit (deals
-    beyond it wait for a top-up or another channel). Returns the invoices made."""
+    requester with such deals, on its oldest usable channel with room for the oldest of them,
+    up to that channel's deposit (deals beyond it wait for a top-up or another channel). Returns
+    the invoices made."""
     made: list[Invoice] = []
-    accounts = await pool.fetch(
-        "SELECT DISTINCT ON (c.account_id) c.channel_id, a.name FROM channels c"
-        " JOIN accounts a ON a.id = c.account_id"
-        " WHERE c.role = 'requester' AND c.state = 'open' ORDER BY c.account_id, c.created_at"
-    )
-    for row in accounts:
-        invoice = await _invoice_channel(pool, row["channel_id"], row["name"])
-        if invoice is not None:
-            made.append(invoice)
+    rows = await pool.fetch(_USABLE_CHANNELS)
+    by_account: dict[int, list[asyncpg.Record]] = {}
+    for row in rows:
+        by_account.setdefault(row["account_id"], []).append(row)
+    for candidates in by_account.values():
+        for row in candidates:  # a channel whose deposit is used up bills nothing: try the next
+            invoice = await _invoice_channel(pool, row["channel_id"], row["name"])
+            if invoice is not None:
+                made.append(invoice)
+                break
     return made
 
 
 async def _invoice_channel(pool: asyncpg.Pool, channel_id: str, account: str) -> Invoice | None:
     async with pool.acquire() as conn, conn.transaction():
         channel = await channels.lock_in(conn, channel_id)  # one invoicer per channel at a time
-        if channel is None or channel.state != "open" or channel.account_id is None:
+        if channel is None or channel.state != "open" or channel.frozen or channel.account_id is None:
             return None
         billed = await conn.fetchval(
             "SELECT max(cumulative)::text FROM invoices WHERE channel_id = $1", channel.channel_id
@@ -172,26 +202,82 @@ async def listing(
     return [_invoice(row) for row in rows]
 
 
+# What the account ``p`` (id, name) owes: open invoices plus settled deals not billed yet.
+_OWED = """
+COALESCE((SELECT sum(amount) FROM invoices i WHERE i.account_id = p.id AND i.state = 'open'), 0)
++ COALESCE((SELECT sum(d.charge) FROM deals d
+            WHERE d.requester = p.name AND d.state = 'settled' AND d.charge > 0
+              AND NOT EXISTS (SELECT 1 FROM invoiced_deals b WHERE b.deal_id = d.deal_id)), 0)
+"""
+
+# Every channel-funded requester (a requester channel not settled), whether it has a usable one.
+_PAYERS = f"""
+WITH payers AS (
+    SELECT a.id, a.name, bool_or({channels.USABLE}) AS usable
+    FROM channels c JOIN accounts a ON a.id = c.account_id
+    WHERE c.role = 'requester' AND c.state <> 'settled' GROUP BY a.id, a.name
+)
+SELECT p.name, p.usable, ({_OWED})::text AS owed FROM payers p
+"""  # noqa: S608
+
+
 async def unpaid(pool: asyncpg.Pool) -> dict[str, int]:
     """Every channel-funded requester's unpaid amount (open invoices plus settled deals not
     billed yet), by account name; requesters that owe nothing are left out."""
-    rows = await pool.fetch(
-        """
-        WITH payers AS (
-            SELECT DISTINCT a.id, a.name FROM channels c JOIN accounts a ON a.id = c.account_id
-            WHERE c.role = 'requester' AND c.state <> 'settled'
-        )
-        SELECT p.name,
-               COALESCE((SELECT sum(amount) FROM invoices i
-                         WHERE i.account_id = p.id AND i.state = 'open'), 0)
-             + COALESCE((SELECT sum(d.charge) FROM deals d
-                         WHERE d.requester = p.name AND d.state = 'settled' AND d.charge > 0
-                           AND NOT EXISTS (SELECT 1 FROM invoiced_deals b WHERE b.deal_id = d.deal_id)), 0)
-               AS owed
-        FROM payers p
-        """
-    )
+    rows = await pool.fetch(_PAYERS)
     return {row["name"]: int(row["owed"]) for row in rows if int(row["owed"]) > 0}
+
+
+async def without_channel(pool: asyncpg.Pool) -> dict[str, int]:
+    """Channel-funded requesters with no usable channel left (every one frozen by a closing
+    consent, closing or settled), with what they owe (maybe 0): new usage could be billed on no
+    channel, so they are served no more until they open another."""
+    rows = await pool.fetch(_PAYERS)
+    return {row["name"]: int(row["owed"]) for row in rows if not row["usable"]}
+
+
+async def consent(pool: asyncpg.Pool, channel: Channel) -> Channel:
+    """Freeze the requester ``channel`` at its latest proof's balance, the balance the operator
+    then consents to close it at; returns the channel, frozen. A frozen channel is returned as it
+    is: its consented balance never moves, so a consent asked for again is for the same balance.
+
+    Given only when nothing is owed and, unless another usable channel can bill them, no deal of
+    the requester is still running: from here on nothing is billed on the channel. Raises
+    ``ConsentRefused``; ``ValueError`` for a channel that is no requester's.
+    """
+    if channel.role != "requester" or channel.account_id is None or channel.account_name is None:
+        raise ValueError(f"channel {channel.channel_id} is no requester's")
+    async with pool.acquire() as conn, conn.transaction():
+        # Under the row lock the invoicer takes too: no invoice lands on it between check and freeze.
+        locked = await channels.lock_in(conn, channel.channel_id)
+        if locked is None or locked.state != "open":
+            state = "settled" if locked is None else locked.state
+            raise ConsentRefused("not_open", channel.channel_id, state=state)
+        if locked.frozen:
+            return locked
+        owed = int(
+            await conn.fetchval(
+                f"SELECT ({_OWED})::text FROM accounts p WHERE p.id = $1",  # noqa: S608
+                locked.account_id,
+            )
+            or 0
+        )
+        if owed > 0:
+            raise ConsentRefused("unpaid_usage", locked.channel_id, owed=owed)
+        others = await conn.fetchval(
+            f"SELECT count(*) FROM channels c WHERE c.account_id = $1 AND {channels.USABLE}"  # noqa: S608
+            " AND c.channel_id <> $2",
+            locked.account_id,
+            locked.channel_id,
+        )
+        running = await conn.fetchval(
+            "SELECT count(*) FROM deals WHERE requester = $1 AND NOT (state = ANY($2::text[]))",
+            locked.account_name,
+            sorted(str(state.value) for state in TERMINAL),
+        )
+        if running and not others:
+            raise ConsentRefused("deals_running", locked.channel_id, running=int(running))
+        return await channels.update_in(conn, locked, consented_balance=int(locked.proof_balance))
 
 
 # -- the invoicer: bills, and tells the gateways who is cut off ------------------------------
@@ -217,12 +303,14 @@ class Invoicer:
 
     async def pass_once(self) -> dict[str, int]:
         """Invoice what is due, promise providers their earnings (with an operator wallet), then
-        publish who owes more than the limit; returns them."""
+        publish who is cut off: who owes more than the limit, and who has no usable channel left
+        (:func:`without_channel`); returns them with what they owe."""
         await invoice_due(self._pool)
         if self.settings.operator is not None and self.settings.domain is not None:
             await payouts.promise_earnings(self._pool, self.settings.operator, self.settings.domain)
         owing = await unpaid(self._pool)
         over = {name: owed for name, owed in owing.items() if owed > self.settings.unpaid_limit}
+        over.update(await without_channel(self._pool))
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.delete(PAYMENT_CUTOFF)
             if over:

@@ -41,6 +41,12 @@ SCHEMAS: dict[str, Any] = {
                 "operator's promise the provider can close the channel with",
             },
             "closing_balance": {"oneOf": [_ref("Amount"), {"type": "null"}]},
+            "consented_balance": {
+                "oneOf": [_ref("Amount"), {"type": "null"}],
+                "description": "the balance the operator consented to close this requester channel at: "
+                "the channel is frozen (no more invoices on it, no proof above it accepted); null: no "
+                "consent given",
+            },
             "settle_after": {"type": ["integer", "null"]},
         },
     },
@@ -100,8 +106,13 @@ PATHS: dict[str, Any] = {
         "post": {
             "operationId": "channelConsent",
             "summary": "The operator's consent to close your requester channel cooperatively",
-            "description": "Given once every invoice is paid, at the balance of your latest proof, "
-            "which it returns with it: submit both to cooperativeClose (ipsx channel close).",
+            "description": "Given once every invoice is paid (and, unless you have another usable "
+            "channel, no deal of yours is still running), at the balance of your latest proof, "
+            "which it returns with it: submit both to cooperativeClose (ipsx channel close). The "
+            "consent does not expire, so giving it freezes the channel at that balance for good: "
+            "nothing more is invoiced on it, no proof above it is accepted, and without another "
+            "usable channel you are cut off (402 at the gateways) until you open one. Asking again "
+            "returns a consent for the same balance.",
             "security": _SECURED,
             "parameters": [{"name": "channel_id", "in": "path", "required": True, "schema": _STR}],
             "responses": {
@@ -124,7 +135,10 @@ PATHS: dict[str, Any] = {
                     },
                 ),
                 "404": _problem("no requester channel of the caller has this id"),
-                "409": _problem("the channel is closing or settled, or invoices are unpaid"),
+                "409": _problem(
+                    "the channel is closing or settled (conflict), invoices are unpaid (unpaid_usage) "
+                    "or deals still run with no other usable channel (deals_running)"
+                ),
                 "503": _problem("this API node does not sign for the operator"),
                 **_AUTH_ERRORS,
             },

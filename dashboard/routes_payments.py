@@ -11,7 +11,7 @@ from eth_utils.address import to_checksum_address
 
 from billing import channels, payments
 from billing.channels import Channel, ProofRejected
-from billing.payments import Invoice, PaymentSettings, UnknownInvoice
+from billing.payments import ConsentRefused, Invoice, PaymentSettings, UnknownInvoice
 from contracts import proofs
 from dashboard.appkeys import PG, SETTINGS
 from dashboard.pages import encode_cursor, id_cursor, page_params
@@ -68,6 +68,9 @@ def _channel_json(channel: Channel) -> dict[str, Any]:
         "proof_balance": amount_json(channel.proof_balance),
         "proof_signature": channel.proof_signature,
         "closing_balance": None if channel.closing_balance is None else amount_json(channel.closing_balance),
+        "consented_balance": (
+            None if channel.consented_balance is None else amount_json(channel.consented_balance)
+        ),
         "settle_after": channel.settle_after,
     }
 
@@ -128,8 +131,18 @@ async def pay_invoice(request: web.Request) -> web.Response:
 @routes.post("/v1/channels/{channel_id}/consent")
 async def closing_consent(request: web.Request) -> web.Response:
     """The operator's consent to close one of the caller's requester channels cooperatively, at
-    the balance of the latest proof IPSX holds: given once every invoice is paid, so the chain pays
-    the operator exactly what the caller's settled usage cost and refunds the rest at once."""
+    the balance B of the latest proof IPSX holds: given once every invoice is paid (and, unless
+    another usable channel of the caller remains, no deal is still running), so the chain pays the
+    operator exactly what the caller's settled usage cost and refunds the rest at once.
+
+    The consent never expires on-chain, so giving it freezes the channel at B for good
+    (``billing.payments.consent``): nothing is invoiced on it any more, no proof above B is
+    accepted on it, and a caller with no other usable channel is cut off (402 at the gateways)
+    until it opens another. Asking again returns a consent for the same B.
+
+    Problems: 404 not a requester channel of the caller; 409 ``conflict`` (closing or settled),
+    ``unpaid_usage`` (``owed``) or ``deals_running`` (``running``); 503 no operator key here.
+    """
     caller = await authorized(request, "trade")
     settings = request.app[SETTINGS]
     domain = domain_of(settings)
@@ -142,14 +155,13 @@ async def closing_consent(request: web.Request) -> web.Response:
         channel = None
     if channel is None or channel.account_id != caller.account.id or channel.role != "requester":
         raise Problem(404, "not_found", "no requester channel of yours has this id")
-    if channel.state != "open":
-        raise Problem(409, "conflict", f"the channel is {channel.state}", state=channel.state)
-    owed = (await payments.unpaid(pool)).get(caller.account.name, 0)
-    if owed > 0:
-        raise Problem(
-            409, "unpaid_usage", f"pay your invoices first: {owed} base units are unpaid", owed=str(owed)
-        )
-    balance = int(channel.proof_balance)
+    try:
+        frozen = await payments.consent(pool, channel)
+    except ConsentRefused as refused:
+        raise _consent_problem(refused) from None
+    if frozen.consented_balance is None:  # consent() always sets it; never sign an open-ended consent
+        raise RuntimeError(f"channel {frozen.channel_id} was not frozen")
+    balance = int(frozen.consented_balance)
     consent = proofs.sign_closing_consent(
         domain, channel.id_bytes, balance, Account.from_key(settings.operator_key).key
     )
@@ -157,7 +169,25 @@ async def closing_consent(request: web.Request) -> web.Response:
         {
             "channel_id": channel.channel_id,
             "balance": amount_json(balance),
-            "balance_signature": channel.proof_signature,
+            "balance_signature": frozen.proof_signature,
             "consent_signature": "0x" + consent.hex(),
         }
     )
+
+
+def _consent_problem(refused: ConsentRefused) -> Problem:
+    if refused.reason == "unpaid_usage":
+        return Problem(
+            409,
+            "unpaid_usage",
+            f"pay your invoices first: {refused.owed} base units are unpaid",
+            owed=str(refused.owed),
+        )
+    if refused.reason == "deals_running":
+        return Problem(
+            409,
+            "deals_running",
+            f"{refused.running} deal(s) of yours still run: wait for them to end, or open another channel",
+            running=refused.running,
+        )
+    return Problem(409, "conflict", f"the channel is {refused.state}", state=refused.state)

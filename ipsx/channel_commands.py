@@ -2,10 +2,11 @@
 
 A requester opens a channel to the operator with IPSX (approve, then ``open``); the operator's
 chain watcher credits the deposit once confirmed. To close, a requester asks the API for the
-operator's consent (given once every invoice is paid) and submits ``cooperativeClose`` with its
-own latest balance proof; a provider closes a payout channel with the operator's latest proof
-(kept by ``ipsx payouts``) and its own consent. Transactions are signed locally with the wallet
-of ``--key``; the node never holds it.
+operator's consent (given once every invoice is paid; it freezes the channel at its balance) and
+submits ``cooperativeClose`` with its own balance proof of that balance, signed here (the contract
+wants the sender's signature even at balance 0, when the hub holds no proof); a provider closes a
+payout channel with the operator's latest proof (kept by ``ipsx payouts``) and its own consent.
+Transactions are signed locally with the wallet of ``--key``; the node never holds it.
 """
 
 from __future__ import annotations
@@ -83,10 +84,7 @@ def close_channel(args: argparse.Namespace, api: Client) -> None:
     domain = proofs.ChannelDomain(chain_id=deployment.chain_id, verifying_contract=deployment.channels)  # type: ignore[arg-type]
     id_bytes = bytes.fromhex(channel_id[2:])
     if channel["role"] == "requester":
-        consent = api.channel_consent(channel_id)
-        balance = int(consent["balance"]["base_units"])
-        proof = consent["balance_signature"] or "0x"
-        closing = consent["consent_signature"]
+        balance, proof, closing = requester_close(api.channel_consent(channel_id), id_bytes, wallet, domain)
     else:
         kept = _kept_payout(args.store, channel_id)
         balance, proof = int(kept["balance"]), kept["signature"]
@@ -103,6 +101,31 @@ def close_channel(args: argparse.Namespace, api: Client) -> None:
         f"channel {channel_id} closed: {format_amount(paid)} IPSX to the receiver, "  # type: ignore[arg-type]
         f"{format_amount(refunded)} IPSX back to the sender"  # type: ignore[arg-type]
     )
+
+
+def requester_close(
+    consent: dict[str, Any], channel: bytes, wallet: LocalAccount, domain: proofs.ChannelDomain
+) -> tuple[int, str, str]:
+    """The balance, the requester's balance proof of it and the operator's consent to submit to
+    ``cooperativeClose`` on ``channel`` for the API's ``consent`` (``POST
+    /v1/channels/{id}/consent``). The requester is the channel's sender: ``wallet`` signs the proof
+    itself, since the hub holds none before the first invoice is paid. The hub names the balance,
+    so it must be 0 or come with the wallet's own earlier proof of it (the wallet never signs a
+    balance here it did not sign for an invoice); raises ``ChannelError`` otherwise."""
+    balance = int(consent["balance"]["base_units"])
+    if balance != 0:
+        try:
+            signer = proofs.recover_balance_proof_signer(
+                domain, channel, balance, bytes.fromhex(str(consent["balance_signature"])[2:])
+            )
+        except (ValueError, proofs.InvalidSignatureError):
+            signer = None
+        if signer != wallet.address:
+            raise ChannelError(
+                f"the operator consents to a close at {balance}, which this wallet never signed"
+            )
+    proof = proofs.sign_balance_proof(domain, channel, balance, wallet.key)
+    return balance, "0x" + proof.hex(), str(consent["consent_signature"])
 
 
 def _kept_payout(store: Path, channel_id: str) -> dict[str, Any]:

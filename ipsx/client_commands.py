@@ -243,6 +243,13 @@ def add_client_commands(sub: argparse._SubParsersAction[Any]) -> None:
     )
     pay.add_argument("--interval", type=float, default=5.0, help="seconds between passes (default: 5)")
     pay.add_argument("--once", action="store_true", help="one pass, then exit")
+    pay.add_argument(
+        "--store",
+        type=Path,
+        default=Path(".ipsx/signed-balances.json"),
+        help="the balances this wallet signed, per channel: a hub stating more is not paid "
+        "(default: %(default)s)",
+    )
     payouts = sub.add_parser(
         "payouts",
         parents=[common],
@@ -462,7 +469,9 @@ def _pay(args: argparse.Namespace, api: Client) -> None:
     if not args.key:
         raise ClientError("ipsx pay signs balance proofs: give your wallet with --key")
     wallet = load_key(Path(args.key), os.environ.get("IPSX_KEY_PASSWORD"))
-    agent = PaymentAgent(api, wallet, max_invoice=int(args.max_invoice), budget=int(args.budget))
+    agent = PaymentAgent(
+        api, wallet, max_invoice=int(args.max_invoice), budget=int(args.budget), store=args.store
+    )
     while True:
         done = agent.pay_once()
         for paid in done.paid:

@@ -369,7 +369,11 @@ async def credited_deposit(pool: asyncpg.Pool, channel_id: str, within: float = 
 async def running_payment_agent(api_url: str, secret: str, wallet: LocalAccount) -> AsyncIterator[None]:
     """The demo requester's payment agent (sync, as ``ipsx pay`` runs it) in a thread: it pays
     every invoice, within the whole deposit, and says so."""
-    agent = PaymentAgent(Client(api_url, token=secret), wallet, max_invoice=DEMO_DEPOSIT, budget=DEMO_DEPOSIT)
+    # Its store in memory: a demo restarted on the kept chain finds its channel's proofs signed
+    # by this same wallet, which the agent checks instead.
+    agent = PaymentAgent(
+        Client(api_url, token=secret), wallet, max_invoice=DEMO_DEPOSIT, budget=DEMO_DEPOSIT, store=None
+    )
     stop = threading.Event()
     task = asyncio.create_task(asyncio.to_thread(_pay_loop, agent, stop))
     try:

@@ -3,12 +3,17 @@ budget (:class:`PaymentAgent`); a provider's keeps the payout proofs the hub sig
 (:func:`keep_payouts`).
 
 Each pass reads the open invoices of the wallet's channels, oldest first, and checks them against
-what the agent itself knows: every invoice must continue the last balance it signed (its
-cumulative amount is the previous one plus its own amount), stay within the channel's deposit,
-bill at most ``max_invoice``, and keep the total signed since the agent started within
-``budget``. It signs the balance of the last invoice that passes (which pays the earlier ones
-too) and stops at the first that does not, saying why: a hub that bills too much is never paid
-more than the requester agreed to.
+what the agent itself knows: every invoice must continue the channel's balance (its cumulative
+amount is the previous one plus its own amount), stay within the channel's deposit, raise the
+balance by at most ``max_invoice`` above the last balance the agent signed, and keep the total
+signed since the agent started within ``budget``. It signs the balance of the last invoice that
+passes (which pays the earlier ones too) and stops at the first that does not, saying why: a hub
+that bills too much is never paid more than the requester agreed to.
+
+The hub's word on what was signed is never taken: the agent keeps the highest balance it signed
+per channel in its store (JSON, mode 0600, written before the proof is sent) and refuses to pay on
+a channel whose proof balance the hub states above it. A channel not in the store is taken at the
+hub's balance only when that is 0 or comes with this wallet's own signature of it.
 """
 
 from __future__ import annotations
@@ -37,14 +42,59 @@ class PassResult:
     refused: list[tuple[int, str]] = field(default_factory=list)  # (invoice id, why)
 
 
+DEFAULT_STORE = Path(".ipsx/signed-balances.json")  # next to `ipsx payouts`' .ipsx/payouts.json
+
+
 class PaymentAgent:
-    def __init__(self, client: Client, wallet: LocalAccount, *, max_invoice: int, budget: int) -> None:
+    """A requester's payment agent; ``store`` keeps the balances it signed (``None``: in memory
+    only, for one run). Raises ``OSError`` from :meth:`pay_once` when the store cannot be read or
+    written (nothing is signed then)."""
+
+    def __init__(
+        self,
+        client: Client,
+        wallet: LocalAccount,
+        *,
+        max_invoice: int,
+        budget: int,
+        store: Path | None = DEFAULT_STORE,
+    ) -> None:
         self._client = client
         self._wallet = wallet
         self.max_invoice = max_invoice
         self.budget = budget
         self.spent = 0  # base units signed away since this agent started
         self._domain: proofs.ChannelDomain | None = None
+        self._store = store
+        self._signed: dict[str, int] | None = None  # channel id -> the highest balance signed
+
+    def signed(self, channel_id: str) -> int | None:
+        """The highest balance this agent signed on the channel, or ``None`` when it never did."""
+        return self._load().get(channel_id)
+
+    def _load(self) -> dict[str, int]:
+        if self._signed is None:
+            self._signed = {}
+            if self._store is not None and self._store.exists():
+                try:
+                    raw = json.loads(self._store.read_text())
+                    self._signed = {str(cid): int(entry["balance"]) for cid, entry in raw.items()}
+                except (ValueError, TypeError, KeyError, AttributeError) as error:
+                    raise OSError(f"{self._store} is not a store of signed balances ({error})") from None
+        return self._signed
+
+    def _remember(self, channel_id: str, balance: int) -> None:
+        signed = self._load()
+        signed[channel_id] = balance
+        if self._store is None:
+            return
+        self._store.parent.mkdir(parents=True, exist_ok=True)
+        partial = self._store.with_name(self._store.name + ".partial")
+        partial.write_text(
+            json.dumps({cid: {"balance": str(b)} for cid, b in sorted(signed.items())}, indent=2)
+        )
+        partial.chmod(0o600)
+        partial.replace(self._store)  # the store is whole or unchanged, even after a crash
 
     def _channel_domain(self) -> proofs.ChannelDomain:
         if self._domain is None:
@@ -76,38 +126,74 @@ class PaymentAgent:
             self._pay_channel(channel, invoices, result)
         return result
 
+    def _known_balance(self, channel: dict[str, Any]) -> tuple[int | None, str | None]:
+        """The highest balance this agent signed on ``channel``, or ``None`` and why not to pay."""
+        claimed = int(channel["proof_balance"]["base_units"])
+        local = self.signed(channel["channel_id"])
+        if local is not None:
+            if claimed > local:
+                return None, f"the hub states a proof of {claimed} on the channel; this agent signed {local}"
+            return local, None
+        signature = channel.get("proof_signature")
+        if claimed == 0:
+            return 0, None
+        try:
+            signer = proofs.recover_balance_proof_signer(
+                self._channel_domain(),
+                bytes.fromhex(channel["channel_id"][2:]),
+                claimed,
+                bytes.fromhex(str(signature)[2:]),
+            )
+        except (ValueError, proofs.InvalidSignatureError):
+            signer = None
+        if signer != self._wallet.address:
+            return None, f"the hub states a proof of {claimed} on the channel without this wallet's signature"
+        return claimed, None
+
     def _pay_channel(
         self, channel: dict[str, Any], invoices: list[dict[str, Any]], result: PassResult
     ) -> None:
-        signed = int(channel["proof_balance"]["base_units"])
+        known, why = self._known_balance(channel)
+        if known is None:
+            result.refused += [(i["invoice_id"], str(why)) for i in invoices]
+            log.warning("invoices of channel %s not paid: %s", channel["channel_id"], why)
+            return
         deposit = int(channel["deposit"]["base_units"])
-        expected, spend, last = signed, self.spent, None
+        # The hub's balance is at most ``known``: below it, the last proof sent never reached the
+        # hub, and signing up to ``known`` again costs nothing new.
+        expected, signed, spend, last = int(channel["proof_balance"]["base_units"]), known, self.spent, None
         for invoice in invoices:
             amount, cumulative = (
                 int(invoice["amount"]["base_units"]),
                 int(invoice["cumulative"]["base_units"]),
             )
+            new = max(0, cumulative - signed)  # what signing it gives away beyond what was signed
             why = None
             if cumulative != expected + amount:
-                why = f"its cumulative {cumulative} does not continue the last balance signed ({expected})"
-            elif amount > self.max_invoice:
-                why = f"it bills {amount}, above the {self.max_invoice} allowed per invoice"
-            elif spend + amount > self.budget:
-                why = f"it would bring the total signed to {spend + amount}, over the budget {self.budget}"
+                why = f"its cumulative {cumulative} does not continue the channel's balance ({expected})"
+            elif new > self.max_invoice:
+                why = (
+                    f"it bills {new} above the last balance signed ({signed}),"
+                    f" above the {self.max_invoice} allowed per invoice"
+                )
+            elif spend + new > self.budget:
+                why = f"it would bring the total signed to {spend + new}, over the budget {self.budget}"
             elif cumulative > deposit:
                 why = f"its cumulative {cumulative} is above the channel's deposit {deposit}"
             if why is not None:
                 result.refused.append((invoice["invoice_id"], why))
                 log.warning("invoice %s not paid: %s", invoice["invoice_id"], why)
                 break
-            expected, spend, last = cumulative, spend + amount, invoice
+            expected, signed, spend, last = cumulative, max(signed, cumulative), spend + new, invoice
         if last is None:
             return
         signature = proofs.sign_balance_proof(
             self._channel_domain(), bytes.fromhex(channel["channel_id"][2:]), expected, self._wallet.key
         )
-        paid = self._client.pay_invoice(last["invoice_id"], "0x" + signature.hex())
+        if expected > known:
+            self._remember(channel["channel_id"], expected)  # before the proof leaves: it binds from then
         self.spent = spend
+        paid = self._client.pay_invoice(last["invoice_id"], "0x" + signature.hex())
         result.paid.append(paid)
         log.info(
             "paid up to invoice %s: balance %d signed on channel %s",

@@ -54,6 +54,8 @@ MIGRATIONS = [
     "020_withdrawal_transfers",
     "021_transfer_replacements",
     "022_order_queue",
+    "023_channel_consent",
+    "024_deals_request_index",
 ]
 
 

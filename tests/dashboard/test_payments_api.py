@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -87,7 +87,7 @@ def payer(api: Api) -> Iterator[Payer]:
     yield Payer(api)
 
 
-def test_the_agent_pays_what_the_hub_invoiced_and_the_cutoff_follows(payer: Payer) -> None:
+def test_the_agent_pays_what_the_hub_invoiced_and_the_cutoff_follows(payer: Payer, tmp_path: Path) -> None:
     payer.settle(300, 400)  # 700 owed: above the 500 the test API allows
     (invoice,) = payer.invoices(1)
     assert (invoice["amount"]["base_units"], invoice["cumulative"]["base_units"]) == ("700", "700")
@@ -96,7 +96,7 @@ def test_the_agent_pays_what_the_hub_invoiced_and_the_cutoff_follows(payer: Paye
     while cutoff.hget(PAYMENT_CUTOFF, payer.name) is None and time.monotonic() < deadline:
         time.sleep(0.1)
     assert cutoff.hget(PAYMENT_CUTOFF, payer.name) == b"700"
-    agent = PaymentAgent(payer.client, payer.wallet, max_invoice=1000, budget=1000)
+    agent = PaymentAgent(payer.client, payer.wallet, max_invoice=1000, budget=1000, store=tmp_path / "s.json")
     done = agent.pay_once()
     assert done.refused == [] and [p["state"] for p in done.paid] == ["paid"]
     (channel,) = payer.client.channels()
@@ -108,12 +108,12 @@ def test_the_agent_pays_what_the_hub_invoiced_and_the_cutoff_follows(payer: Paye
     cutoff.close()
 
 
-def test_the_agent_refuses_an_invoice_beyond_its_budget(payer: Payer) -> None:
+def test_the_agent_refuses_an_invoice_beyond_its_budget(payer: Payer, tmp_path: Path) -> None:
     payer.settle(200)
     payer.invoices(1)
     payer.settle(250)
     payer.invoices(2)
-    agent = PaymentAgent(payer.client, payer.wallet, max_invoice=1000, budget=300)
+    agent = PaymentAgent(payer.client, payer.wallet, max_invoice=1000, budget=300, store=tmp_path / "s.json")
     done = agent.pay_once()  # the first fits the budget, the second would exceed it
     assert [p["cumulative"]["base_units"] for p in done.paid] == ["200"]
     ((refused_id, why),) = done.refused
@@ -127,7 +127,7 @@ def test_a_forged_or_foreign_proof_is_refused_with_its_reason(payer: Payer, api:
     payer.settle(100)
     (invoice,) = payer.invoices(1)
     stranger = Account.create()
-    forged = PaymentAgent(payer.client, stranger, max_invoice=1000, budget=1000)
+    forged = PaymentAgent(payer.client, stranger, max_invoice=1000, budget=1000, store=None)
     assert forged.pay_once().refused == [(invoice["invoice_id"], "not a channel of this wallet")]
     with pytest.raises(ApiError) as refused:
         payer.client.pay_invoice(int(invoice["invoice_id"]), "0x" + "00" * 65)
@@ -195,3 +195,78 @@ def test_a_provider_keeps_the_payout_proofs_the_hub_signs_for_its_earnings(api: 
         agent.send_signal(signal.SIGTERM)
         _, errors = agent.communicate(timeout=15)
     assert agent.returncode == 0 and b"Traceback" not in errors
+
+
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 20
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def test_the_agent_refuses_a_proof_balance_the_hub_inflated(payer: Payer, tmp_path: Path) -> None:
+    store = tmp_path / "signed.json"
+    agent = PaymentAgent(payer.client, payer.wallet, max_invoice=100, budget=500, store=store)
+    payer.settle(50)
+    payer.invoices(1)
+    assert agent.pay_once().refused == []
+    assert json.loads(store.read_text()) == {payer.channel: {"balance": "50"}}
+    assert store.stat().st_mode & 0o077 == 0
+    # The hub now claims 900 was signed, and bills 10 on top: 910 would be signed for "10".
+    payer.sql("UPDATE channels SET proof_balance = 900 WHERE channel_id = $1", payer.channel)
+    payer.settle(10)
+    (invoice, _) = payer.invoices(2)
+    assert invoice["cumulative"]["base_units"] == "910"
+    done = agent.pay_once()
+    assert done.paid == [] and done.refused == [
+        (invoice["invoice_id"], "the hub states a proof of 900 on the channel; this agent signed 50")
+    ]
+    # A new agent (its store lost) takes no balance the wallet's own signature does not prove.
+    fresh = PaymentAgent(payer.client, payer.wallet, max_invoice=100, budget=500, store=tmp_path / "new.json")
+    (refused,) = fresh.pay_once().refused
+    assert refused == (
+        invoice["invoice_id"],
+        "the hub states a proof of 900 on the channel without this wallet's signature",
+    )
+    assert agent.spent == 50 and fresh.spent == 0
+    assert (
+        payer.sql("SELECT state FROM invoices WHERE invoice_id = $1", invoice["invoice_id"])[0][0] == "open"
+    )
+
+
+def test_a_closing_consent_freezes_the_channel_and_cuts_the_requester_off(
+    payer: Payer, tmp_path: Path
+) -> None:
+    agent = PaymentAgent(payer.client, payer.wallet, max_invoice=1000, budget=1000, store=tmp_path / "s.json")
+    payer.settle(120)
+    payer.invoices(1)
+    agent.pay_once()
+    consent = payer.client.channel_consent(payer.channel)
+    assert consent["balance"]["base_units"] == "120"
+    (channel,) = payer.client.channels()
+    assert (channel["state"], channel["consented_balance"]["base_units"]) == ("open", "120")
+    cutoff = redis.Redis.from_url(REDIS_URL)
+    try:
+        wait_for(lambda: cutoff.hget(PAYMENT_CUTOFF, payer.name) == b"0", "no cut-off after the consent")
+        payer.settle(30)  # usage after the consent: owed, but never billed on the frozen channel
+        wait_for(lambda: cutoff.hget(PAYMENT_CUTOFF, payer.name) == b"30", "the new usage is not owed")
+    finally:
+        cutoff.close()
+    assert [i["cumulative"]["base_units"] for i in payer.client.invoices()] == ["120"]
+    # The consent asked for again is for the balance the channel is frozen at.
+    assert payer.client.channel_consent(payer.channel)["balance"]["base_units"] == "120"
+
+
+def test_a_closing_consent_waits_for_running_deals(payer: Payer) -> None:
+    payer.sql(
+        "INSERT INTO deals (deal_id, request_id, offer_id, requester, provider, exit_id, price_per_gb,"
+        " price_per_hour, reserve, duration_s, traffic_bytes, dedicated, state, record)"
+        " VALUES ('r' || md5(random()::text) || '_1', 'r', 'o', $1, 'bob', 'e1', 1, 0, 10, 60, 0, false,"
+        " 'active', '{}')",
+        payer.name,
+    )
+    with pytest.raises(ApiError) as running:
+        payer.client.channel_consent(payer.channel)
+    assert (running.value.status, running.value.code) == (409, "deals_running")
+    (channel,) = payer.client.channels()
+    assert channel["consented_balance"] is None
