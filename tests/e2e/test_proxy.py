@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import math
 import re
 import socket
 import subprocess
@@ -11,8 +13,10 @@ from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio
 import requests
 
+from billing.worker import ingested_until
 from tests.e2e.conftest import EXITS, Stack
 
 
@@ -31,14 +35,24 @@ def usage_count(stack: Stack) -> int:
 
 
 def settled_usage_count(stack: Stack) -> int:
-    """The usage row count once earlier streams' events have all been ingested."""
+    """The usage row count once earlier streams' events have all been ingested: no entry of the
+    usage stream waits for a worker, and the count held still for half a second (what the
+    gateways publish every 50 ms has arrived)."""
     count = usage_count(stack)
     while True:
         time.sleep(0.5)
         now = usage_count(stack)
-        if now == count:
+        if now == count and asyncio.run(_ingested(stack.redis_url)):
             return now
         count = now
+
+
+async def _ingested(redis_url: str) -> bool:
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        return await ingested_until(client) == math.inf
+    finally:
+        await client.aclose()
 
 
 def test_rotation_gives_a_new_exit_per_connection(stack: Stack) -> None:
