@@ -8,12 +8,14 @@ import contextlib
 import json
 import os
 import secrets
+import sys
 import zoneinfo
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import asyncpg
 from eth_account import Account
 from eth_utils.address import is_address
 
@@ -42,6 +44,7 @@ from gateway.settings import GatewaySettings, default_node_id
 from gateway.targeting import TargetingError, parse_rules
 from ipsx import runtime
 from ipsx.client_commands import ClientError, run_client_command
+from ipsx.logs import redact
 from ipsx.payagent import keep_payouts_every
 from ipsx.settings import Environment
 from ipsx.supervisor import run_workers, worker_settings
@@ -51,9 +54,37 @@ class UsageError(Exception):
     """The command was called wrongly; the message says how to call it."""
 
 
+# What reaching PostgreSQL raises when the server is not there or turns us away, or when the URL
+# is malformed (a port that is no number is a ValueError, one past 65535 an OverflowError): the
+# operator's setup, not a bug, so the commands say so in one line instead of a traceback.
+_DATABASE_UNUSABLE = (
+    OSError,  # refused, unreachable, unknown host, timed out
+    ValueError,
+    OverflowError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InvalidAuthorizationSpecificationError,  # unknown role, wrong password
+    asyncpg.InvalidCatalogNameError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+)
+
+
+async def connect_database(dsn: str, *, max_size: int = 2) -> asyncpg.Pool:
+    """A pool on ``dsn``'s database, created first if needed (not migrated). Raises UsageError,
+    naming the URL without its password, when the database cannot be reached or the URL is
+    malformed."""
+    try:
+        await db.ensure_database(dsn)
+        return await db.connect(dsn, min_size=1, max_size=max_size)
+    except _DATABASE_UNUSABLE as error:
+        detail = " ".join(str(error).split()) or "no answer"
+        raise UsageError(
+            redact(f"cannot use the database {dsn} (IPSX_DATABASE_URL): {type(error).__name__}: {detail}")
+        ) from None
+
+
 async def migrate(dsn: str) -> list[str]:
-    await db.ensure_database(dsn)
-    pool = await db.connect(dsn, min_size=1, max_size=2)
+    pool = await connect_database(dsn)
     try:
         return await db.migrate(pool)
     finally:
@@ -94,7 +125,9 @@ def cmd_gateway(args: argparse.Namespace, env: Environment) -> None:
         workers = worker_settings(settings, args.workers)
     except ValueError as error:
         raise UsageError(str(error)) from None
-    run_workers(workers, verbose=args.verbose)
+    status = run_workers(workers, verbose=args.verbose)
+    if status:
+        sys.exit(status)
 
 
 def cmd_worker(args: argparse.Namespace, env: Environment) -> None:
@@ -422,8 +455,9 @@ def cmd_devchain(args: argparse.Namespace, env: Environment) -> None:
 
 def cmd_account(args: argparse.Namespace, env: Environment) -> None:
     async def go() -> None:
-        pool = await db.open_migrated(env.database, max_size=2)
+        pool = await connect_database(env.database)
         try:
+            await db.migrate(pool)
             if args.action == "create":
                 account = await accounts.create_account(pool, address=args.address, name=args.name)
                 print(f"account {account.name} ({account.address}) created")
@@ -454,8 +488,9 @@ def cmd_account(args: argparse.Namespace, env: Environment) -> None:
 
 def cmd_key(args: argparse.Namespace, env: Environment) -> None:
     async def go() -> None:
-        pool = await db.open_migrated(env.database, max_size=2)
+        pool = await connect_database(env.database)
         try:
+            await db.migrate(pool)
             if args.action == "create":
                 scopes = frozenset(part.strip() for part in args.scopes.split(",") if part.strip())
                 limit = None if args.spend_limit is None else ledger.parse_amount(args.spend_limit)

@@ -3,8 +3,9 @@
 Every record goes through :class:`RedactFilter` on the way out, whatever the format: API key
 secrets keep their key id only, ``Authorization``/``Proxy-Authorization`` values, bearer and basic
 credentials, JWTs, PEM private keys, 32-byte hex keys, passwords in URLs
-(``redis://:pass@host``) and ``password=``-style pairs are replaced by ``[REDACTED]``. Redaction
-is by pattern: it is the last line of defence, not a licence to log secrets (log key ids).
+(``redis://:pass@host``), API keys in RPC URLs' paths (``/v3/KEY``) and ``password=``-style pairs
+(a quoted value whole) are replaced by ``[REDACTED]``. Redaction is by pattern: it is the last
+line of defence, not a licence to log secrets (log key ids).
 
 ``REQUEST_ID`` carries the id of the API request being served (see ``dashboard.metrics``) into
 the JSON lines of every record logged while serving it.
@@ -17,7 +18,7 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import IO, Any
 
@@ -42,19 +43,35 @@ _SECRET_NAME = re.compile(
 # block hash, a payment channel's id, a Merkle root or leaf, a log topic.
 _HASH_LABEL = re.compile(r"(?i)\b(tx|tx_?hash|block_?hash|hash|channel|channel_?id|root|leaf|topic)[ =:]\s?$")
 _HEX32 = re.compile(r"(?<![0-9A-Za-z])(?:0x)?[0-9a-fA-F]{64}(?![0-9A-Za-z])")
-_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+# A value after its name: quoted (it may hold spaces, and all of it goes, quotes kept; without
+# its closing quote, up to the end of the line), or bare.
+_VALUE = r"""("(?:[^"\\\n]|\\.)*"?|'(?:[^'\\\n]|\\.)*'?|%s)"""
+
+
+def _secret_value(match: re.Match[str]) -> str:
+    name, value = match.group(1), match.group(2)
+    quote = value[0] if value[0] in "\"'" else ""
+    closed = bool(quote) and len(value) > 1 and value[-1] == quote
+    return f"{name}{quote}{REDACTED}{quote if closed else ''}"
+
+
+_PATTERNS: tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]], ...] = (
     (
         re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)", re.S),
         REDACTED,
     ),
-    # scheme://user:password@host: the user stays, the password goes
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/?#@\s]*):[^@/?#\s]+@"), rf"\1:{REDACTED}@"),
+    # scheme://user:password@host: the user stays, the password goes, up to the authority's last
+    # "@" (asyncpg and redis-py take an unencoded "@" in a password)
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/?#@\s]*):[^/?#\s]+@"), rf"\1:{REDACTED}@"),
+    # node providers' RPC URLs carry the API key as a path segment: infura.io/v3/KEY, alchemy /v2/KEY
+    (re.compile(r"(?<=\S)(/v\d{1,2}/)[A-Za-z0-9_-]{20,}(?![A-Za-z0-9_-])"), rf"\1{REDACTED}"),
     # header values, as "Proxy-Authorization: Basic …" or "'authorization': 'Bearer …'"
     (
         re.compile(
-            r"(?i)\b((?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?)(?:(?:basic|bearer|digest)\s+)?[^\s\"',;}]+"
+            r"(?i)\b((?:proxy-)?authorization[\"']?\s*[:=]\s*)"
+            + _VALUE % r"(?:(?:basic|bearer|digest)\s+)?[^\s\"',;}]+"
         ),
-        rf"\1{REDACTED}",
+        _secret_value,
     ),
     (re.compile(r"(?i)\b(basic|bearer)\s+[A-Za-z0-9+/=._~-]{8,}"), rf"\1 {REDACTED}"),
     (re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"), REDACTED),
@@ -62,10 +79,10 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?<![A-Za-z0-9])(ipsx_[0-9a-f]{12}_)[A-Za-z0-9_-]+"), rf"\1{REDACTED}"),
     (
         re.compile(
-            r"(?i)\b((?:[a-z_]*_)?(?:password|passwd|secret|token|api[_-]?key|private[_-]?key)"
-            r"[\"']?\s*[:=]\s*[\"']?)[^\s\"',;&}]+"
+            r"(?i)\b((?:[a-z_]*_)?(?:password|passwd|passphrase|secret|token|api[_-]?key|private[_-]?key)"
+            r"[\"']?\s*[:=]\s*)" + _VALUE % r"[^\s\"',;&}]+"
         ),
-        rf"\1{REDACTED}",
+        _secret_value,
     ),
 )
 

@@ -3,7 +3,9 @@
 The workers share the requester ports through SO_REUSEPORT, so the kernel spreads new client
 connections over them and the node uses every core; each worker is its own gateway node (own
 tunnel port, own entry in the node registry), and agents keep a tunnel to each one. The parent
-only supervises: it restarts a worker that dies and stops them all on SIGINT/SIGTERM.
+only supervises: it restarts a worker that dies (backing off, and giving up with a non-zero
+status when one keeps failing at startup) and stops them all on SIGINT/SIGTERM. A worker stops
+by itself when the parent dies, even by SIGKILL, rather than live on as an unsupervised orphan.
 """
 
 from __future__ import annotations
@@ -11,20 +13,22 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import multiprocessing.connection
+import os
 import signal
+import threading
 import time
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
 from gateway.server import run_gateway
-from gateway.settings import GatewaySettings
+from gateway.settings import SECONDS, GatewaySettings
 from ipsx import runtime
 
 log = logging.getLogger("ipsx.supervisor")
 
-RESTART_DELAY = 1.0  # seconds before a worker that died is started again
-STOP_GRACE = 10.0  # seconds beyond the workers' own drain timeout before they are killed
+STOP_GRACE = 10 * SECONDS  # beyond the workers' own drain timeout before they are killed
 
 
 def worker_settings(settings: GatewaySettings, workers: int) -> list[GatewaySettings]:
@@ -51,13 +55,80 @@ def worker_settings(settings: GatewaySettings, workers: int) -> list[GatewaySett
     ]
 
 
-def _worker_main(settings: GatewaySettings, verbose: bool) -> None:
-    runtime.setup_logging(verbose)
+WorkerMain = Callable[[GatewaySettings], None]
+
+
+def serve_gateway(settings: GatewaySettings) -> None:
+    """What a worker process runs: one gateway node until SIGINT/SIGTERM."""
     runtime.run(lambda stop: run_gateway(settings, stop))
 
 
-def run_workers(all_settings: list[GatewaySettings], *, verbose: bool = False) -> int:
-    """Run one process per settings until SIGINT/SIGTERM; returns the exit status."""
+@dataclass(frozen=True, slots=True)
+class RestartPolicy:
+    """When a dead worker is started again, and when the supervisor stops trying.
+
+    A worker that dies within ``quick_exit`` of its start failed at startup (a missing service, a
+    taken port): such failures in a row double the delay before the next start, up to
+    ``max_delay``, and the ``give_up_after``-th ends the supervisor with a non-zero status.
+    """
+
+    delay: float = 1 * SECONDS
+    max_delay: float = 30 * SECONDS
+    quick_exit: float = 10 * SECONDS
+    give_up_after: int = 5
+
+    def next_delay(self, quick_failures: int) -> float:
+        return float(min(self.delay * 2 ** max(0, quick_failures - 1), self.max_delay))
+
+
+def _exit_with_parent(grace: float) -> None:
+    """Stop this worker when its supervisor dies, however it dies (SIGKILL included): SIGTERM,
+    so that the node drains and withdraws, then SIGKILL if it is still there ``grace`` seconds
+    later. Otherwise an orphan would keep serving, and holding the shared ports, unsupervised."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        # The sentinel is a pipe the parent holds open: it reads EOF once the parent is gone,
+        # including when it died before this thread started.
+        multiprocessing.connection.wait([parent.sentinel])
+        log.warning("the supervisor (pid %s) is gone; stopping", parent.pid)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="ipsx-parent-watch", daemon=True).start()
+
+
+def _worker_process(main: WorkerMain, settings: GatewaySettings, verbose: bool) -> None:
+    runtime.setup_logging(verbose)
+    _exit_with_parent(settings.drain_timeout + STOP_GRACE)
+    main(settings)
+
+
+class _Worker:
+    """One worker slot: its settings, its current process and its run of quick failures."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.process: BaseProcess | None = None
+        self.started = 0.0
+        self.quick_failures = 0
+        self.restart_at: float | None = None  # monotonic time of the next start, while it is dead
+
+
+def run_workers(
+    all_settings: list[GatewaySettings],
+    *,
+    verbose: bool = False,
+    restarts: RestartPolicy = RestartPolicy(),
+    main: WorkerMain = serve_gateway,
+) -> int:
+    """Run ``main(settings)`` in one process per settings until SIGINT/SIGTERM, restarting the
+    ones that die. Returns the exit status: 0 once stopped by a signal, 1 when a worker failed
+    ``restarts.give_up_after`` times in a row at startup. ``main`` must be importable by name
+    (the workers are spawned)."""
     context = multiprocessing.get_context("spawn")
     stopping = False
 
@@ -67,30 +138,60 @@ def run_workers(all_settings: list[GatewaySettings], *, verbose: bool = False) -
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
 
-    def start(settings: GatewaySettings) -> BaseProcess:
+    def start(worker: _Worker) -> None:
+        settings = worker.settings
         process = context.Process(
-            target=_worker_main, args=(settings, verbose), name=f"ipsx-gateway-{settings.node_id}"
+            target=_worker_process, args=(main, settings, verbose), name=f"ipsx-gateway-{settings.node_id}"
         )
         process.start()
+        worker.process, worker.started, worker.restart_at = process, time.monotonic(), None
         log.info(
             "worker %s started (pid %s, tunnel port %d)", settings.node_id, process.pid, settings.tunnel_port
         )
-        return process
 
-    processes = [start(settings) for settings in all_settings]
+    def died(worker: _Worker, exitcode: int | None) -> bool:
+        """Schedules the worker's restart; False when it failed too often to try again."""
+        now = time.monotonic()
+        quick = now - worker.started < restarts.quick_exit
+        worker.quick_failures = worker.quick_failures + 1 if quick else 0
+        name = worker.settings.node_id
+        if worker.quick_failures >= restarts.give_up_after:
+            log.error(
+                "worker %s exited with status %s: %d failures in a row within %.0f s of starting; "
+                "giving up, stopping all workers",
+                name,
+                exitcode,
+                worker.quick_failures,
+                restarts.quick_exit,
+            )
+            return False
+        delay = restarts.next_delay(worker.quick_failures)
+        log.error("worker %s exited with status %s; restarting it in %.1f s", name, exitcode, delay)
+        worker.restart_at = now + delay
+        return True
+
+    workers = [_Worker(settings) for settings in all_settings]
+    status = 0
     try:
+        for worker in workers:
+            start(worker)
         while not stopping:
-            multiprocessing.connection.wait([p.sentinel for p in processes], timeout=0.5)
-            for index, process in enumerate(processes):
-                if process.is_alive() or stopping:
-                    continue
-                settings = all_settings[index]
-                log.error(
-                    "worker %s exited with status %s; restarting it", settings.node_id, process.exitcode
-                )
-                time.sleep(RESTART_DELAY)
-                processes[index] = start(settings)
+            pending = [w.restart_at for w in workers if w.restart_at is not None]
+            timeout = max(0.0, min([0.5, *(at - time.monotonic() for at in pending)]))
+            multiprocessing.connection.wait(
+                [w.process.sentinel for w in workers if w.process is not None], timeout=timeout
+            )
+            for worker in workers:
+                if stopping:
+                    break
+                if worker.process is not None and not worker.process.is_alive():
+                    exitcode, worker.process = worker.process.exitcode, None
+                    if not died(worker, exitcode):
+                        status, stopping = 1, True
+                elif worker.restart_at is not None and worker.restart_at <= time.monotonic():
+                    start(worker)
     finally:
+        processes = [w.process for w in workers if w.process is not None]
         for process in processes:
             if process.is_alive() and process.pid is not None:
                 process.terminate()
@@ -103,4 +204,4 @@ def run_workers(all_settings: list[GatewaySettings], *, verbose: bool = False) -
                 process.join()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return 0
+    return status

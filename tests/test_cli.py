@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -100,3 +102,38 @@ def test_provide_with_an_unreadable_key_names_the_file_not_the_key(tmp_path: Pat
     assert result.returncode == 2
     assert str(bad) in result.stderr
     assert "not-a-key" not in result.stderr  # never echo key material
+
+
+def _unused_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _ipsx_with_database(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "IPSX_DATABASE_URL": url}
+    return subprocess.run(
+        [sys.executable, "-m", "ipsx", *args], env=env, capture_output=True, text=True, timeout=90
+    )
+
+
+@pytest.mark.parametrize("command", [["migrate"], ["account", "list"], ["key", "list", "bob"]])
+@pytest.mark.parametrize(
+    ("port", "error"),
+    [
+        (None, "ConnectionRefusedError: "),  # a port nothing listens on
+        ("5432x", "ValueError: invalid literal for int()"),
+        ("99999", "OverflowError: connect(): port must be 0-65535"),
+    ],
+)
+def test_database_commands_report_an_unusable_database_in_one_line(
+    command: list[str], port: str | None, error: str
+) -> None:
+    url = f"postgresql://ipsx:s3cr3t-db@127.0.0.1:{port or _unused_port()}/ipsx"
+    result = _ipsx_with_database(url, *command)
+    assert result.returncode == 2
+    shown = url.replace("s3cr3t-db", "[REDACTED]")
+    assert result.stderr.startswith(
+        f"ipsx {command[0]}: cannot use the database {shown} (IPSX_DATABASE_URL): {error}"
+    )
+    assert result.stderr.count("\n") == 1 and "s3cr3t" not in result.stderr

@@ -124,6 +124,51 @@ def test_redact(message: str, kept: str) -> None:
     assert logs.redact(message) == kept
 
 
+@pytest.mark.parametrize(
+    ("message", "kept"),
+    [
+        # an unencoded "@" in the password: all of it goes, up to the authority's last "@"
+        (
+            "dsn postgresql://admin:p@ssw0rd@db:5432/ipsx",
+            "dsn postgresql://admin:[REDACTED]@db:5432/ipsx",
+        ),
+        ("redis://:a@b@c@cache:6379/0 down", "redis://:[REDACTED]@cache:6379/0 down"),
+        # ... but not past the authority: an "@" later in the path or query is no password's
+        ("http://gw:8080/x?mail=a@b.example", "http://gw:8080/x?mail=a@b.example"),
+        # node providers' RPC URLs with the API key as a path segment
+        (
+            "rpc https://mainnet.infura.io/v3/0123456789abcdef0123456789abcdef failed",
+            "rpc https://mainnet.infura.io/v3/[REDACTED] failed",
+        ),
+        (
+            "rpc https://eth-mainnet.g.alchemy.com/v2/AbCdEfGhIjKlMnOpQrStUvWxYz012345",
+            "rpc https://eth-mainnet.g.alchemy.com/v2/[REDACTED]",
+        ),
+        ("wss://eth.example/v2/Ab_Cd-Ef01234567890xyz/ws", "wss://eth.example/v2/[REDACTED]/ws"),
+        # a quoted value goes whole, spaces and all, quotes kept
+        (
+            "dsn host=db user=u password='my secret pw' dbname=x",
+            "dsn host=db user=u password='[REDACTED]' dbname=x",
+        ),
+        ("{'password': 'hunter2 two'}", "{'password': '[REDACTED]'}"),
+        ('{"secret": "a \\"quoted\\" b", "n": 1}', '{"secret": "[REDACTED]", "n": 1}'),
+        (
+            "headers {'authorization': 'Digest username=x, response=y'}",
+            "headers {'authorization': '[REDACTED]'}",
+        ),
+        ("password='unterminated secret\nnext", "password='[REDACTED]\nnext"),
+        ("passphrase: hello", "passphrase: [REDACTED]"),
+    ],
+)
+def test_redact_whole_secrets(message: str, kept: str) -> None:
+    assert logs.redact(message) == kept
+
+
+def test_redact_keeps_api_paths() -> None:
+    text = "GET http://127.0.0.1:8000/v1/deals/42/reports and /v1/keys/0123456789ab: 200"
+    assert logs.redact(text) == text
+
+
 def test_redact_keeps_what_is_no_secret() -> None:
     tx = "0x" + "ab" * 32
     text = f"batch 3 anchored in block 12 (tx {tx}); key 0123456789ab; http://gw:8080/path?a=1"

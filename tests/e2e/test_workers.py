@@ -144,3 +144,48 @@ def test_two_workers_share_the_ports_and_agents_reach_both(stack: Stack) -> None
     assert parent.returncode == 0
     assert not {"wk-0", "wk-1"} & _registered_nodes()
     assert _children(parent.pid) == []
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie that init has not reaped yet does not)."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except FileNotFoundError:
+        return False
+
+
+def test_workers_stop_when_the_parent_is_killed(stack: Stack) -> None:
+    http_port, socks_port, tunnel_port = free_port(), free_port(), free_port()
+    while tunnel_port + 1 in (http_port, socks_port) or not _bindable(tunnel_port + 1):
+        tunnel_port = free_port()
+    parent = stack.spawn(
+        "gateway",
+        "--workers",
+        "2",
+        "--http-port",
+        str(http_port),
+        "--socks-port",
+        str(socks_port),
+        "--tunnel-port",
+        str(tunnel_port),
+        "--node-id",
+        "wkk",
+        log="workers-killed-gateway.log",
+    )
+    wait_port(tunnel_port)
+    wait_port(tunnel_port + 1)
+    children = _children(parent.pid)
+    assert len(children) == 2
+    parent.kill()
+    parent.wait(timeout=30)
+    # No orphan keeps serving, or holding the shared ports, without its supervisor.
+    deadline = time.monotonic() + 40
+    while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    leftover = [pid for pid in children if _alive(pid)]
+    for pid in leftover:
+        os.kill(pid, signal.SIGKILL)
+    assert leftover == []
+    assert _bindable(http_port) and _bindable(tunnel_port) and _bindable(tunnel_port + 1)
+    # Each drained and withdrew its node on the way out.
+    assert not {"wkk-0", "wkk-1"} & _registered_nodes()
