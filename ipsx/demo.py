@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import asyncpg
 from eth_account.signers.local import LocalAccount
@@ -364,13 +365,46 @@ below: the overview's chart moves within a second). In another terminal:
 Your traffic goes through spot deals with the three demo providers' offers; see them with
   IPSX_TOKEN={state["secret"]} ipsx deals --api {state["api"]}
 The REST API is at {state["api"]} (OpenAPI document: {state["api"]}/openapi.json).
-The same settings are in {state_path}. Metered usage lands in PostgreSQL (table usage_events).{
-            "" if chain is None else _chain_banner(state, chain)
-        }
+The same settings are in {state_path} (mode 0600), with the passwords of PostgreSQL
+({without_password(state["database_url"])}) and Redis ({without_password(state["redis_url"])}).
+Metered usage lands in PostgreSQL (table usage_events).{"" if chain is None else _chain_banner(state, chain)}
 Ctrl-C stops everything.
 """,
         flush=True,
     )
+
+
+def without_password(url: str) -> str:
+    """``url`` without the password of its user part, if any, for printing."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}@" if parts.username else ""
+    return parts._replace(netloc=user + parts.netloc.rpartition("@")[2]).geturl()
+
+
+def curl_command(proxy_url: str, target: str) -> tuple[list[str], bytes]:
+    """The argv of a curl fetching ``target`` through ``proxy_url``, and the config to give it on
+    stdin (``-K -``): the proxy's user and password go in the config, for argv is public (``ps``)."""
+    parts = urlsplit(proxy_url)
+    proxy = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    argv = ["curl", "-sS", "-K", "-", "-x", proxy, target]
+    if parts.username is None:
+        return argv, b""
+    credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+    quoted = credentials.replace("\\", "\\\\").replace('"', '\\"')  # curl's config-file quoting
+    return argv, f'proxy-user = "{quoted}"\n'.encode()
+
+
+async def _curl(proxy_url: str, target: str) -> str:
+    """What curl fetched from ``target`` through ``proxy_url`` (stripped), with its credentials kept
+    out of its argv."""
+    argv, config = curl_command(proxy_url, target)
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate(config)
+    return out.decode().strip()
 
 
 def _chain_banner(state: dict[str, str], chain: DemoChain) -> str:
@@ -383,22 +417,15 @@ pays with a balance proof on channel {chain.channel_id} (spot deals last 10 minu
 
 async def _self_check(state: dict[str, str], pool: asyncpg.Pool) -> None:
     """Send one request over each protocol and print what was metered (``--once``)."""
-    proc = await asyncio.create_subprocess_exec(
-        "curl", "-sS", "-x", state["http_proxy"], state["origin"], stdout=asyncio.subprocess.PIPE
-    )
-    out, _ = await proc.communicate()
+    via_http = await _curl(state["http_proxy"], state["origin"])
     requester = ledger.requester_account(state["account"])
     available, reserved = await ledger.balance(pool, requester), await holds.reserved(pool, requester)
     print(
         f"demo balance:   {ledger.format_amount(ledger.Amount(available + reserved))} IPSX "
         f"({ledger.format_amount(reserved)} of it reserved by the spot deals this request opened)"
     )
-    print(f"via HTTP proxy: {out.decode().strip()}")
-    proc = await asyncio.create_subprocess_exec(
-        "curl", "-sS", "-x", state["socks_proxy"], state["origin"], stdout=asyncio.subprocess.PIPE
-    )
-    out, _ = await proc.communicate()
-    print(f"via SOCKS5:     {out.decode().strip()}")
+    print(f"via HTTP proxy: {via_http}")
+    print(f"via SOCKS5:     {await _curl(state['socks_proxy'], state['origin'])}")
     for _ in range(50):
         rows = await pool.fetch(
             "SELECT protocol, exit_id, deal_id, bytes_up, bytes_down FROM usage_events "
@@ -439,11 +466,7 @@ async def _payment_check(state: dict[str, str], pool: asyncpg.Pool, chain: DemoC
     deal_id = placed["deals"][0]["deal_id"]
     user = f"//{state['account']}:"
     pinned = state["http_proxy"].replace(user, f"//{state['account']}-order-{placed['order_id']}:")
-    proc = await asyncio.create_subprocess_exec(
-        "curl", "-sS", "-x", pinned, state["origin"], stdout=asyncio.subprocess.PIPE
-    )
-    out, _ = await proc.communicate()
-    got = out.decode().strip()
+    got = await _curl(pinned, state["origin"])
     print(f"via a {PAID_DEAL_SECONDS}-second deal {deal_id}: {got}; waiting for it to settle and be paid…",
           flush=True)  # fmt: skip
     for _ in range(PAYMENT_WAIT_POLLS):

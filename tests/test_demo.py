@@ -4,6 +4,8 @@ installs it): the user's first command, run for real, paid for on-chain end to e
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import json
 import os
 import re
@@ -11,7 +13,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,7 @@ from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
 from contracts.deploy import contract_at
+from ipsx.demo import curl_command, without_password
 from ipsx.demo_chain import (
     DEMO_DEPOSIT,
     PAYOUT_DEPOSIT,
@@ -41,6 +46,33 @@ CHANNEL = r"channel (0x[0-9a-f]{64})"
 def _embedded_env() -> dict[str, str]:
     """The environment without service URLs: the demo then embeds PostgreSQL and Redis."""
     return {k: v for k, v in os.environ.items() if k not in ("IPSX_DATABASE_URL", "IPSX_REDIS_URL")}
+
+
+def _service_passwords(data_dir: Path) -> list[str]:
+    """The embedded PostgreSQL's and Redis's passwords, from their 0600 files in the data dir."""
+    files = [data_dir / "postgres" / "postgres.password", data_dir / "redis" / "redis.password"]
+    for path in files:
+        assert path.stat().st_mode & 0o077 == 0
+    return [path.read_text().strip() for path in files]
+
+
+def _process_tree_argv(pid: int) -> list[str]:
+    """The command lines, as ``ps`` shows them to anyone, of ``pid`` and all its descendants."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):  # exited meanwhile
+                parents[int(entry.name)] = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+    tree, grew = {pid}, True
+    while grew:
+        found = {child for child, parent in parents.items() if parent in tree} - tree
+        tree |= found
+        grew = bool(found)
+    argvs = []
+    for member in tree:
+        with contextlib.suppress(OSError):
+            argvs.append(Path(f"/proc/{member}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+    return argvs
 
 
 def _demo_command(data_dir: Path, *extra: str) -> list[str]:
@@ -73,6 +105,10 @@ def test_demo_once_relays_through_demo_exits_and_meters_it(tmp_path: Path) -> No
     assert state["http_proxy"].startswith("http://demo:" + state["secret"] + "@127.0.0.1:")
     assert (data_dir / "demo.json").stat().st_mode & 0o077 == 0  # the secret file is private
     assert state["secret"] not in result.stderr  # never in a log line
+    for password in _service_passwords(data_dir):
+        assert password not in out and password not in result.stderr
+    assert state["database_url"].startswith("postgresql://ipsx:")  # the full URLs are in demo.json only
+    assert f"({without_password(state['database_url'])})" in out
 
     assert "demo balance:   1000 IPSX" in out
     assert "Traceback" not in result.stderr
@@ -168,6 +204,14 @@ def test_demo_serves_until_ctrl_c_then_stops_everything(tmp_path: Path) -> None:
         }
         assert seen == {"127.0.0.2", "127.0.0.3", "127.0.0.4"}  # the three demo exits, in rotation
         _assert_dashboard_shows_the_traffic(text)
+        # Nothing the demo started (PostgreSQL and its backends, Redis, the chain node) shows a
+        # password or the API secret to other local users in its command line.
+        secret = json.loads((tmp_path / "state" / "demo.json").read_text())["secret"]
+        passwords = _service_passwords(tmp_path / "state")
+        argvs = _process_tree_argv(demo.pid)
+        assert any("postgres" in argv for argv in argvs) and any("redis-server" in argv for argv in argvs)
+        assert not [argv for argv in argvs if any(word in argv for word in (secret, *passwords))], argvs
+        assert not [password for password in passwords if password in text]
     finally:
         demo.send_signal(signal.SIGINT)
         _, err = demo.communicate(timeout=60)
@@ -280,3 +324,63 @@ def test_demo_once_on_the_devchain_is_paid_on_chain_end_to_end(tmp_path: Path) -
     with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", int(node[1]))):
         pass
     assert (data_dir / "chain" / "devchain-state.bin").exists()
+
+
+# ---- curl as the demo runs it ------------------------------------------------------------------------
+
+
+def test_curl_command_call() -> None:
+    secret = "ipsx_0123456789ab_s3cr3t-Value"
+    argv, config = curl_command(f"http://demo-order-7:{secret}@127.0.0.1:8080", "http://127.0.0.1:18000/ip")
+    assert argv == ["curl", "-sS", "-K", "-", "-x", "http://127.0.0.1:8080", "http://127.0.0.1:18000/ip"]
+    assert not [arg for arg in argv if secret in arg or "demo" in arg]
+    assert config == f'proxy-user = "demo-order-7:{secret}"\n'.encode()
+    argv, config = curl_command(f"socks5h://demo:{secret}@127.0.0.1:1080", "http://127.0.0.1:18000/ip")
+    assert "socks5h://127.0.0.1:1080" in argv and secret not in " ".join(argv)
+    assert secret.encode() in config
+    _, config = curl_command("http://a%22b:c%5Cd@127.0.0.1:1/", "http://x/")
+    assert config == b'proxy-user = "a\\"b:c\\\\d"\n'  # curl's config quoting
+
+
+def test_without_password_call() -> None:
+    assert (
+        without_password("postgresql://ipsx:pw@127.0.0.1:5432/ipsx")
+        == "postgresql://ipsx@127.0.0.1:5432/ipsx"
+    )
+    assert without_password("redis://:pw@127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+    assert without_password("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+@contextlib.contextmanager
+def _recording_proxy() -> Iterator[tuple[int, list[bytes]]]:
+    """An HTTP proxy on 127.0.0.1 that answers ``ok`` and records each request's head."""
+    heads: list[bytes] = []
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = server.accept()
+            with conn:
+                head = b""
+                while b"\r\n\r\n" not in head and (chunk := conn.recv(4096)):
+                    head += chunk
+                heads.append(head)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1], heads
+    finally:
+        server.close()
+        thread.join(5)
+
+
+@pytest.mark.timeout(30)
+def test_curl_command_sends_the_credentials_from_stdin() -> None:
+    with _recording_proxy() as (port, heads):
+        argv, config = curl_command(f"http://demo:s3cret@127.0.0.1:{port}", "http://origin.invalid/ip")
+        result = subprocess.run(argv, input=config, capture_output=True, timeout=15)
+    assert result.stdout == b"ok", result.stderr
+    expected = base64.b64encode(b"demo:s3cret").decode()
+    assert f"Proxy-Authorization: Basic {expected}\r\n".encode() in heads[0]

