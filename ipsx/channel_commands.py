@@ -6,16 +6,17 @@ operator's consent (given once every invoice is paid; it freezes the channel at 
 submits ``cooperativeClose`` with its own balance proof of that balance, signed here (the contract
 wants the sender's signature even at balance 0, when the hub holds no proof); a provider closes a
 payout channel with the operator's latest proof (kept by ``ipsx payouts``) and its own consent.
-Transactions are signed locally with the wallet of ``--key``; the node never holds it.
+Transactions are signed locally with the wallet of ``--key``; the node never holds it. Errors
+name the node as scheme, host and port only: providers put API keys in the RPC URL's path.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
@@ -26,8 +27,7 @@ from web3.middleware import SignAndSendRawMiddlewareBuilder
 from billing.ledger import format_amount, parse_amount
 from contracts import proofs
 from contracts.deploy import contract_at
-from gateway.agent.settings import load_key
-from ipsx.chain_access import DeploymentFile
+from ipsx.chain_access import DeploymentFile, shown
 from ipsx.sdk import Client
 
 RECEIPT_TIMEOUT = 120.0
@@ -43,23 +43,40 @@ def _web3(args: argparse.Namespace, wallet: LocalAccount) -> Web3:
     return w3
 
 
+def _scrubbed(text: str, url: str) -> str:
+    """``text`` without ``url``'s credentials, path or query, in case a message quotes them."""
+    parts = urlsplit(url)
+    for secret in (url, parts.path, parts.query, parts.password or ""):
+        if len(secret) > 1:
+            text = text.replace(secret, "…")
+    return text
+
+
 def _transact(w3: Web3, call: Any, wallet: LocalAccount, what: str) -> Any:
+    url = str(getattr(w3.provider, "endpoint_uri", ""))
+    node = shown(url)
     try:
         tx = call.transact({"from": wallet.address})
         receipt = w3.eth.wait_for_transaction_receipt(tx, timeout=RECEIPT_TIMEOUT)
     except ContractLogicError as error:
         raise ChannelError(f"{what} reverted: {error}") from None
-    except (Web3Exception, OSError, ValueError) as error:
-        raise ChannelError(f"{what} failed: {type(error).__name__}: {error}") from None
+    except OSError as error:  # requests' errors: their text quotes the URL's path, API key and all
+        raise ChannelError(
+            f"{what} failed talking to the Ethereum node at {node}: {type(error).__name__}"
+        ) from None
+    except (Web3Exception, ValueError) as error:  # the node's own answer, e.g. insufficient funds
+        said = _scrubbed(str(error), url)
+        raise ChannelError(
+            f"{what} failed at the Ethereum node at {node}: {type(error).__name__}: {said}"
+        ) from None
     if receipt["status"] != 1:
         raise ChannelError(f"{what} failed in block {receipt['blockNumber']}")
     print(f"{what}: mined in block {receipt['blockNumber']}", flush=True)
     return receipt
 
 
-def open_channel(args: argparse.Namespace) -> None:
-    """Approve the deposit and open a channel from the wallet to the operator."""
-    wallet = load_key(Path(args.key), os.environ.get("IPSX_KEY_PASSWORD"))
+def open_channel(args: argparse.Namespace, wallet: LocalAccount) -> None:
+    """Approve the deposit and open a channel from ``wallet`` to the operator."""
     deployment = DeploymentFile.load(args.deployment)
     amount = int(parse_amount(args.deposit))
     w3 = _web3(args, wallet)
@@ -72,9 +89,8 @@ def open_channel(args: argparse.Namespace) -> None:
     print(f"channel {channel_id} opened to {deployment.operator} with {format_amount(amount)} IPSX")  # type: ignore[arg-type]
 
 
-def close_channel(args: argparse.Namespace, api: Client) -> None:
-    """Close one of the wallet's channels cooperatively, as its requester or its provider."""
-    wallet = load_key(Path(args.key), os.environ.get("IPSX_KEY_PASSWORD"))
+def close_channel(args: argparse.Namespace, api: Client, wallet: LocalAccount) -> None:
+    """Close one of ``wallet``'s channels cooperatively, as its requester or its provider."""
     deployment = DeploymentFile.load(args.deployment)
     channel_id = args.channel_id.lower()
     found = [c for c in api.channels() if c["channel_id"] == channel_id]

@@ -16,11 +16,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from eth_account.signers.local import LocalAccount
+
 from billing.errors import InvalidAmount
 from billing.ledger import parse_amount
-from gateway.agent.settings import load_key
+from gateway.agent.settings import KeyFileError, load_key
 from ipsx.payagent import PaymentAgent, keep_payouts
 from ipsx.sdk import ApiError, Client
+from ipsx.service_parsers import positive_seconds
 
 DEFAULT_API = "http://127.0.0.1:8000"
 _DURATION = re.compile(r"([0-9]{1,9})(s|m|h|d)?")
@@ -87,7 +90,12 @@ def add_client_commands(sub: argparse._SubParsersAction[Any]) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--api", default=os.environ.get("IPSX_API_URL", DEFAULT_API), help="API base URL")
     common.add_argument("--token", help="API key or session token (default: IPSX_TOKEN)")
-    common.add_argument("--key", help="wallet key file: sign in with Ethereum instead of a token")
+    common.add_argument(
+        "--key",
+        help="wallet key file (hex private key, or keystore JSON with IPSX_KEY_PASSWORD): sign in with "
+        "Ethereum instead of a token. Keep it chmod 600: a warning is logged when group or others "
+        "may read it",
+    )
     common.add_argument("--json", action="store_true", help="print the API's JSON as is")
 
     order = sub.add_parser(
@@ -241,7 +249,9 @@ def add_client_commands(sub: argparse._SubParsersAction[Any]) -> None:
     pay.add_argument(
         "--budget", type=price, default=str(100 * 10**18), help="IPSX this run signs at most (default: 100)"
     )
-    pay.add_argument("--interval", type=float, default=5.0, help="seconds between passes (default: 5)")
+    pay.add_argument(
+        "--interval", type=positive_seconds, default=5.0, help="seconds between passes (default: 5)"
+    )
     pay.add_argument("--once", action="store_true", help="one pass, then exit")
     pay.add_argument(
         "--store",
@@ -298,10 +308,25 @@ def add_client_commands(sub: argparse._SubParsersAction[Any]) -> None:
     market.add_argument("--type", choices=("residential", "mobile", "datacenter"))
 
 
-def _client(args: argparse.Namespace) -> Client:
+def _wallet(args: argparse.Namespace) -> LocalAccount:
+    """The wallet of ``--key``; raises ClientError, naming the file and never the key, when the
+    file is missing, unreadable or holds no key."""
+    path = Path(args.key)
     try:
-        if args.key:
-            return Client.sign_in(args.api, load_key(Path(args.key), os.environ.get("IPSX_KEY_PASSWORD")))
+        return load_key(path, os.environ.get("IPSX_KEY_PASSWORD"))
+    except KeyFileError as error:
+        raise ClientError(f"cannot load the wallet key from {path}: {error.reason}") from None
+    except OSError as error:
+        raise ClientError(
+            f"cannot read the wallet key file {path}: {error.strerror or type(error).__name__}"
+        ) from None
+
+
+def _client(args: argparse.Namespace) -> Client:
+    wallet = _wallet(args) if args.key else None
+    try:
+        if wallet is not None:
+            return Client.sign_in(args.api, wallet)
         return Client(args.api, token=args.token or os.environ.get("IPSX_TOKEN"))
     except (OSError, ValueError) as error:
         raise ClientError(f"cannot sign in: {error}") from None
@@ -468,7 +493,7 @@ def _run(args: argparse.Namespace) -> None:
 def _pay(args: argparse.Namespace, api: Client) -> None:
     if not args.key:
         raise ClientError("ipsx pay signs balance proofs: give your wallet with --key")
-    wallet = load_key(Path(args.key), os.environ.get("IPSX_KEY_PASSWORD"))
+    wallet = _wallet(args)
     agent = PaymentAgent(
         api, wallet, max_invoice=int(args.max_invoice), budget=int(args.budget), store=args.store
     )
@@ -489,7 +514,7 @@ def _pay(args: argparse.Namespace, api: Client) -> None:
 def _payouts(args: argparse.Namespace, api: Client) -> None:
     if not args.key:
         raise ClientError("ipsx payouts checks proofs made out to your wallet: give it with --key")
-    wallet = load_key(Path(args.key), os.environ.get("IPSX_KEY_PASSWORD"))
+    wallet = _wallet(args)
     try:
         kept, lines = keep_payouts(api, wallet, args.store)
     except OSError as error:
@@ -502,11 +527,12 @@ def _channel(args: argparse.Namespace) -> None:
 
     if not args.key:
         raise ClientError(f"ipsx channel {args.action} signs with your wallet: give it with --key")
+    wallet = _wallet(args)
     try:
         if args.action == "open":
-            channel_commands.open_channel(args)
+            channel_commands.open_channel(args, wallet)
         else:
-            channel_commands.close_channel(args, _client(args))
+            channel_commands.close_channel(args, _client(args), wallet)
     except channel_commands.ChannelError as error:
         raise ClientError(str(error)) from None
 

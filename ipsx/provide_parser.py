@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ipsx.service_parsers import positive_int, positive_seconds
+
 PROVIDE_EPILOG = """\
 Examples:
   ipsx provide --key wallet.key --gateway gw.example:8443 \\
@@ -53,7 +55,8 @@ def add_provide_command(sub: argparse._SubParsersAction[Any]) -> None:
         required=True,
         type=Path,
         help="wallet: a file with a hex private key, or an encrypted keystore JSON "
-        "(password from IPSX_KEY_PASSWORD)",
+        "(password from IPSX_KEY_PASSWORD). Keep it chmod 600 (`ipsx wallet new` does): a warning "
+        "is logged when group or others may read it",
     )
     p.add_argument(
         "--gateway",
@@ -154,7 +157,7 @@ def add_provide_command(sub: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument(
         "--pool-size",
-        type=int,
+        type=positive_int,
         default=16,
         help="idle data connections kept open to the gateway (default: %(default)s); as connections "
         "carry stream after stream, the agent keeps between half and twice that many",
@@ -183,5 +186,8 @@ def add_provide_command(sub: argparse._SubParsersAction[Any]) -> None:
         help="where the payout proofs are kept (default: %(default)s)",
     )
     p.add_argument(
-        "--payouts-interval", type=float, default=30.0, help="seconds between payout checks (default: 30)"
+        "--payouts-interval",
+        type=positive_seconds,
+        default=30.0,
+        help="seconds between payout checks (default: 30)",
     )

@@ -7,6 +7,8 @@
                       traffic_bytes=5 * 10**9, max_price_per_gb="2000000000000000000")
 
 Errors come back as :class:`ApiError` carrying the problem document's status, code and detail.
+Redirects are followed within the API's origin only: one to another scheme, host or port would
+carry the token there, so it ends in :class:`RedirectRefused` instead.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from typing import Any
+from typing import IO, Any
 
 from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
@@ -33,6 +35,51 @@ class ApiError(Exception):
         self.status = status
         self.code = code
         self.detail = detail
+
+
+class RedirectRefused(ApiError):
+    """The API answered with a redirect the client does not follow: to another origin (which
+    would receive the token), or one urllib does not follow for the method. ``location`` is
+    where it pointed, as scheme, host and port only."""
+
+    def __init__(self, status: int, location: str, detail: str) -> None:
+        super().__init__(status, "redirect_refused", detail)
+        self.location = location
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """``url``'s scheme, host and port (the scheme's default when it names none)."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or ""), port or {"http": 80, "https": 443}.get(scheme)
+
+
+def _shown(url: str) -> str:
+    """``url`` as scheme, host and port: without credentials, path or query."""
+    scheme, host, port = _origin(url)
+    return f"{scheme}://{host}:{port}" if scheme and host else "an unparsable location"
+
+
+class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to the origin the request went to; any other is left to the
+    caller as an HTTPError (urllib copies the Authorization header onto every redirect)."""
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: Any,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        if _origin(newurl) != _origin(req.full_url):
+            return None
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
 def siwe_message(domain: str, uri: str, address: str, nonce: str, chain_id: int) -> str:
@@ -53,6 +100,7 @@ class Client:
         self.base_url = base_url.rstrip("/")
         self._token = token
         self._timeout = timeout
+        self._opener = urllib.request.build_opener(_SameOriginRedirects)
 
     @classmethod
     def sign_in(cls, base_url: str, account: LocalAccount, *, timeout: float = DEFAULT_TIMEOUT) -> Client:
@@ -92,10 +140,13 @@ class Client:
         for name, value in (headers or {}).items():
             request.add_header(name, value)
         try:
-            with urllib.request.urlopen(request, timeout=self._timeout) as response:  # noqa: S310
+            with self._opener.open(request, timeout=self._timeout) as response:
                 raw = response.read()
         except urllib.error.HTTPError as error:
-            raise _api_error(error) from None
+            with error:
+                if 300 <= error.code < 400:
+                    raise _redirect_refused(error, url) from None
+                raise _api_error(error) from None
         return json.loads(raw) if raw else None
 
     def _pages(self, path: str, limit: int) -> Iterator[dict[str, Any]]:
@@ -234,6 +285,16 @@ class Client:
 
     def prices(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/v1/market/prices")["index"])
+
+
+def _redirect_refused(error: urllib.error.HTTPError, url: str) -> RedirectRefused:
+    location = urllib.parse.urljoin(url, error.headers.get("Location") or "")
+    where = _shown(location)
+    if _origin(location) != _origin(url):
+        why = "another origin: not followed, since the API token would go there"
+    else:
+        why = "not followed for this request (or a redirect loop)"
+    return RedirectRefused(error.code, where, f"the API at {_shown(url)} redirected to {where}, {why}")
 
 
 def _api_error(error: urllib.error.HTTPError) -> ApiError:

@@ -1,14 +1,53 @@
 """The command lines of the long-running services: ``ipsx gateway``, ``ipsx worker`` and
 ``ipsx api``, with the options they share (the metrics port, the database pool); the chain
 services' parsers (:mod:`ipsx.chain_parsers`) use the database pool option too.
+
+Timeouts, intervals, counts and ports are parsed by :func:`positive_seconds`,
+:func:`positive_int` and :func:`port_number`, which the other command lines use too: a 0 or
+negative timeout or interval would cut every client or spin without waiting, so argparse
+refuses it.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 from ipsx.reseller_commands import parse_reseller_port
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds above 0 (``0.5``, ``30``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text[:40]!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number above 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number above 0, got {text[:40]!r}")
+    return value
+
+
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 1-65535, or 0 for any free port."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {text[:40]!r}")
+    return value
 
 
 def add_gateway_command(sub: argparse._SubParsersAction[Any]) -> None:
@@ -20,14 +59,18 @@ def add_gateway_command(sub: argparse._SubParsersAction[Any]) -> None:
         "provider agents dial in to the tunnel port.",
     )
     p.add_argument("--host", default="127.0.0.1", help="address for the proxy ports (default: %(default)s)")
-    p.add_argument("--http-port", type=int, default=8080, help="HTTP proxy port (default: %(default)s)")
-    p.add_argument("--socks-port", type=int, default=1080, help="SOCKS5 port (default: %(default)s)")
+    p.add_argument(
+        "--http-port", type=port_number, default=8080, help="HTTP proxy port (default: %(default)s)"
+    )
+    p.add_argument("--socks-port", type=port_number, default=1080, help="SOCKS5 port (default: %(default)s)")
     p.add_argument("--tunnel-host", default="127.0.0.1", help="address agents dial (default: %(default)s)")
-    p.add_argument("--tunnel-port", type=int, default=8443, help="port agents dial (default: %(default)s)")
+    p.add_argument(
+        "--tunnel-port", type=port_number, default=8443, help="port agents dial (default: %(default)s)"
+    )
     p.add_argument("--node-id", help="this node's id in the pool (default: host-pid-random)")
     p.add_argument(
         "--handshake-timeout",
-        type=float,
+        type=positive_seconds,
         default=10.0,
         help="seconds a client has to send its request head or SOCKS5 handshake (default: %(default)s)",
     )
@@ -46,7 +89,7 @@ def add_gateway_command(sub: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument(
         "--drain-timeout",
-        type=float,
+        type=positive_seconds,
         default=30.0,
         help="on SIGTERM/SIGINT, seconds the streams in flight get to finish before they are cut "
         "(default: %(default)s); new clients are refused meanwhile",
@@ -59,7 +102,7 @@ def add_gateway_command(sub: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument(
         "--workers",
-        type=int,
+        type=positive_int,
         default=1,
         help="gateway processes on this host (default: %(default)s). They share the HTTP and SOCKS5 "
         "ports (SO_REUSEPORT); worker i is node NODE-ID-i with its tunnel port at --tunnel-port + i, "
@@ -90,13 +133,13 @@ def add_worker_command(sub: argparse._SubParsersAction[Any]) -> None:
     worker.add_argument("--consumer", help="this worker's name in the consumer group (default: HOSTNAME-PID)")
     worker.add_argument(
         "--claim-idle",
-        type=float,
+        type=positive_seconds,
         default=60.0,
         help="seconds an entry read by another worker may stay unconfirmed before this one takes "
         "it over (default: %(default)s)",
     )
     worker.add_argument(
-        "--batch", type=int, default=500, help="stream entries per read (default: %(default)s)"
+        "--batch", type=positive_int, default=500, help="stream entries per read (default: %(default)s)"
     )
     _add_metrics(worker, "9109")
     add_db_pool(worker, 2)
@@ -112,13 +155,15 @@ def add_api_command(sub: argparse._SubParsersAction[Any]) -> None:
         "characters or more, the inspecting nodes' too) seals the TLS-inspection CA keys it makes.",
     )
     api.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    api.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    api.add_argument("--port", type=port_number, default=8000, help="port (default: %(default)s)")
     api.add_argument(
         "--siwe-domain",
         help="the domain sign-in messages must name: the host:port users reach the API at "
         "(default: HOST:PORT)",
     )
-    api.add_argument("--chain-id", type=int, default=1, help="chain sign-in messages must name (default: 1)")
+    api.add_argument(
+        "--chain-id", type=positive_int, default=1, help="chain sign-in messages must name (default: 1)"
+    )
     api.add_argument(
         "--advertise-url",
         help="where the other API nodes reach this one: one node runs the market and the others "
@@ -126,13 +171,13 @@ def add_api_command(sub: argparse._SubParsersAction[Any]) -> None:
     )
     api.add_argument(
         "--spot-duration",
-        type=int,
+        type=positive_int,
         default=600,
         help="seconds a spot deal (traffic without an order) lasts (default: %(default)s)",
     )
     api.add_argument(
         "--spot-traffic-gb",
-        type=int,
+        type=positive_int,
         default=1,
         help="GB a spot deal may carry; its reserve is this at the offer's price (default: %(default)s)",
     )
@@ -148,7 +193,10 @@ def add_api_command(sub: argparse._SubParsersAction[Any]) -> None:
         "402 (default: %(default)s)",
     )
     api.add_argument(
-        "--invoice-interval", type=float, default=2.0, help="seconds between invoicing passes (default: 2)"
+        "--invoice-interval",
+        type=positive_seconds,
+        default=2.0,
+        help="seconds between invoicing passes (default: 2)",
     )
     api.add_argument(
         "--proxy-address",
@@ -170,14 +218,14 @@ def add_api_command(sub: argparse._SubParsersAction[Any]) -> None:
     )
     api.add_argument(
         "--web-signin-limit",
-        type=int,
+        type=positive_int,
         default=10,
         metavar="N",
         help="dashboard sign-in attempts one client address may make per minute (default: %(default)s)",
     )
     api.add_argument(
         "--web-live-interval",
-        type=float,
+        type=positive_seconds,
         default=1.0,
         metavar="SECONDS",
         help="how often the dashboard's live view pushes the caller's totals (default: %(default)s)",
@@ -195,7 +243,7 @@ def _add_metrics(parser: argparse.ArgumentParser, example: str, extra: str = "")
     """Add ``--metrics-port`` (``example`` a port to suggest, ``extra`` a note) and ``--metrics-host``."""
     parser.add_argument(
         "--metrics-port",
-        type=int,
+        type=port_number,
         metavar="PORT",
         help=f"serve Prometheus /metrics, /healthz and /readyz on this port (e.g. {example}; default: "
         f"off){'; ' + extra if extra else ''}. Unauthenticated: keep --metrics-host private",
@@ -210,7 +258,7 @@ def add_db_pool(parser: argparse.ArgumentParser, default: int, *, per: str = "th
     when not given."""
     parser.add_argument(
         "--db-pool",
-        type=int,
+        type=positive_int,
         default=default,
         metavar="N",
         help=f"PostgreSQL connections {per} keeps at most (default: %(default)s). Keep the sum "

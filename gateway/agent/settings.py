@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import os
 import re
+import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import cast
@@ -19,6 +21,19 @@ from pool.models import EXIT_TYPES
 
 SECONDS = 1.0
 _WORD_RE = re.compile(r"[a-z0-9_]{1,64}")
+_MAX_KEY_FILE = 64 * 1024  # a keystore JSON is under 1 KB
+_LOOSE_MODE = stat.S_IRWXG | stat.S_IRWXO  # what ssh checks on a private key: any access but the owner's
+
+log = logging.getLogger("ipsx.agent")
+
+
+class KeyFileError(ValueError):
+    """The file at ``path`` holds no usable wallet key; the message says why, never the key."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,14 +108,40 @@ def create_key_file(path: Path) -> str:
 
 
 def load_key(path: Path, password: str | None) -> LocalAccount:
-    """A wallet from a keystore JSON file (with ``password``) or a file holding a hex private key."""
-    text = path.read_text().strip()
+    """A wallet from a keystore JSON file (with ``password``) or a file holding a hex private key.
+
+    Raises OSError (``FileNotFoundError``…) when the file cannot be read, and ``KeyFileError``
+    (naming the file, never its contents) when it holds no key or the password does not open it.
+    Logs a warning, without refusing the key as ssh would, when group or others may access the
+    file: anyone who can read it holds the wallet.
+    """
+    with path.open("rb") as handle:
+        _warn_if_loose(path, os.fstat(handle.fileno()).st_mode)
+        raw = handle.read(_MAX_KEY_FILE + 1)
+    if len(raw) > _MAX_KEY_FILE:
+        raise KeyFileError(path, f"larger than {_MAX_KEY_FILE} bytes: not a key file")
+    text = raw.decode("utf-8", "replace").strip()
     if text.startswith("{"):
         if password is None:
-            raise ValueError("this keystore needs a password (IPSX_KEY_PASSWORD or --key-password-file)")
-        key = Account.decrypt(json.loads(text), password)
+            raise KeyFileError(path, "this keystore needs a password (IPSX_KEY_PASSWORD)")
+        try:
+            key = Account.decrypt(json.loads(text), password)
+        except (ValueError, TypeError, KeyError):  # a JSON error, a wrong password ("MAC mismatch")
+            raise KeyFileError(path, "not a keystore this password opens") from None
         return cast(LocalAccount, Account.from_key(key))
-    return cast(LocalAccount, Account.from_key(text))
+    try:
+        return cast(LocalAccount, Account.from_key(text))
+    except ValueError:  # binascii.Error too; its text may quote the file's contents
+        raise KeyFileError(path, "not a hex private key (64 hex digits) or a keystore JSON") from None
+
+
+def _warn_if_loose(path: Path, mode: int) -> None:
+    if os.name == "posix" and mode & _LOOSE_MODE:
+        log.warning(
+            "the wallet key file %s is accessible by others (mode %03o): chmod 600 it",
+            path,
+            stat.S_IMODE(mode),
+        )
 
 
 @dataclass(frozen=True, slots=True)
