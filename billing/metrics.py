@@ -154,6 +154,7 @@ class Backlog:
     pending: int  # read by a worker, not acked yet
     undelivered: int  # not read by any worker yet
     oldest_age: float  # seconds since the oldest pending or undelivered entry was added; 0 if none
+    oldest_at: float | None = field(default=None, compare=False)  # that entry's unix time, if any
 
 
 def _entry_ms(entry_id: bytes | str) -> int:
@@ -188,8 +189,9 @@ async def usage_backlog(redis: Redis, stream: str, group: str, *, now: float | N
     # default delete_acked, exactly the pending and the undelivered entries.
     undelivered = int(lag) if lag is not None else max(0, length - pending)
     now = time.time() if now is None else now
-    age = max(0.0, now - min(oldest) / 1000) if oldest else 0.0
-    return Backlog(length, pending, undelivered, age)
+    oldest_at = min(oldest) / 1000 if oldest else None
+    age = 0.0 if oldest_at is None else max(0.0, now - oldest_at)
+    return Backlog(length, pending, undelivered, age, oldest_at)
 
 
 class WorkerCollector(Collector):

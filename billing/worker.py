@@ -35,6 +35,7 @@ from billing.metrics import (
     postgres_problem,
     redis_problem,
     serving_metrics,
+    usage_backlog,
 )
 from billing.usage import AgentReport, UsageEvent, decode_entry, encode
 from pool.client import redis_from_url
@@ -99,44 +100,17 @@ async def ensure_group(redis: Redis, stream: str, group: str) -> None:
             raise
 
 
-def _entry_seconds(entry_id: bytes | str) -> float:
-    """The unix time of a stream entry id (``<ms>-<seq>``)."""
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    return int(text.split("-", 1)[0]) / 1000
-
-
 async def ingested_until(redis: Redis, stream: str = USAGE_STREAM, group: str = USAGE_GROUP) -> float:
     """Unix seconds up to which every entry of ``stream`` has been ingested by ``group``.
 
     That is the time of the oldest entry the group has not acked: read but pending (a worker may
-    have died holding it), or not delivered yet. ``math.inf`` when there is none: an entry added
-    later gets a later id. Without the group, every entry present waits for it (workers create it
-    reading from the start); without the stream, nothing waits. Raises RedisError. Only
-    single-key commands, so it works on Redis Cluster.
+    have died holding it), or not delivered yet (:func:`billing.metrics.usage_backlog`).
+    ``math.inf`` when there is none: an entry added later gets a later id. Without the group,
+    every entry present waits for it (workers create it reading from the start); without the
+    stream, nothing waits. Raises RedisError.
     """
-    try:
-        groups: Any = await redis.xinfo_groups(stream)
-    except ResponseError as exc:
-        if "no such key" not in str(exc):
-            raise
-        return math.inf
-    info = next((g for g in groups if g["name"] in (group, group.encode())), None)
-    oldest: list[float] = []
-    last = "0-0"
-    if info is not None:
-        delivered = info["last-delivered-id"]
-        last = delivered.decode() if isinstance(delivered, bytes) else str(delivered)
-        # Read after the last-delivered id: an entry delivered meanwhile is after that id, and
-        # the range below finds it unless it was acked and deleted, i.e. ingested.
-        summary: Any = await redis.xpending(stream, group)
-        if summary["pending"] and summary["min"] is not None:
-            oldest.append(_entry_seconds(summary["min"]))
-    # The lag XINFO reports is unknown once entries were deleted (the worker deletes what it
-    # acks): the first entry after the last-delivered id is looked up instead.
-    undelivered: Any = await redis.xrange(stream, min=f"({last}", count=1)
-    if undelivered:
-        oldest.append(_entry_seconds(undelivered[0][0]))
-    return min(oldest, default=math.inf)
+    oldest = (await usage_backlog(redis, stream, group)).oldest_at
+    return math.inf if oldest is None else oldest
 
 
 _INSERT_EVENTS = """
