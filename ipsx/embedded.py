@@ -372,6 +372,19 @@ async def _signal_until_exit(
         await asyncio.to_thread(proc.wait)
 
 
+async def _run_to_end(
+    argv: Sequence[str], name: str, *, log_path: Path, cwd: Path, user: _RunAs, stdin: bytes | None = None
+) -> int | None:
+    """Run a one-shot command (``_spawn``'s arguments) for up to ``INITDB_TIMEOUT``; its exit code,
+    or None when it had to be stopped."""
+    proc = _spawn(argv, log_path=log_path, cwd=cwd, user=user, stdin=stdin)
+    try:
+        return await _wait_exit(proc, INITDB_TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            await _stop(proc, signal.SIGTERM, name)
+
+
 # --- PostgreSQL -----------------------------------------------------------------------------------
 
 
@@ -396,12 +409,7 @@ async def _initdb(
         "C",
         "--no-instructions",
     ]
-    proc = _spawn(argv, log_path=log_path, cwd=data_dir, user=user)
-    try:
-        code = await _wait_exit(proc, INITDB_TIMEOUT)
-    finally:
-        if proc.poll() is None:
-            await _stop(proc, signal.SIGTERM, "initdb")
+    code = await _run_to_end(argv, "initdb", log_path=log_path, cwd=data_dir, user=user)
     if code != 0:
         raise EmbeddedServiceError(
             f"initdb failed (exit code {code}) for {pgdata}", service="postgres", log_path=log_path
@@ -432,12 +440,9 @@ async def _require_password(
         "postgres",
     ]
     statements = f"SET password_encryption = '{PG_AUTH}'\nALTER ROLE \"{PG_USER}\" PASSWORD '{password}'\n"
-    proc = _spawn(argv, log_path=log_path, cwd=data_dir, user=user, stdin=statements.encode())
-    try:
-        code = await _wait_exit(proc, INITDB_TIMEOUT)
-    finally:
-        if proc.poll() is None:
-            await _stop(proc, signal.SIGTERM, "postgres --single")
+    code = await _run_to_end(
+        argv, "postgres --single", log_path=log_path, cwd=data_dir, user=user, stdin=statements.encode()
+    )
     if code != 0:
         raise EmbeddedServiceError(
             f"setting the password of {pgdata} failed (exit code {code})",
