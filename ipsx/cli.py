@@ -21,7 +21,7 @@ from ipsx.devchain import add_devchain_parser
 from ipsx.inspect_command import add_inspect_command
 from ipsx.provide_parser import add_provide_command
 from ipsx.reseller_commands import add_reseller_commands
-from ipsx.service_parsers import add_api_command, add_gateway_command, add_worker_command
+from ipsx.service_parsers import add_api_command, add_gateway_command, add_worker_command, positive_seconds
 from ipsx.settings import Environment
 
 DESCRIPTION = """\
@@ -76,7 +76,7 @@ def _add_health(sub: argparse._SubParsersAction[Any]) -> None:
         default=os.environ.get("IPSX_HEALTHCHECK", "tcp://127.0.0.1:8080"),
         help="what to check (default: $IPSX_HEALTHCHECK, else %(default)s)",
     )
-    p.add_argument("--timeout", type=float, default=3.0, help="seconds (default: %(default)s)")
+    p.add_argument("--timeout", type=positive_seconds, default=3.0, help="seconds (default: %(default)s)")
 
 
 def _add_demo(sub: argparse._SubParsersAction[Any]) -> None:

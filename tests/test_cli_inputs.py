@@ -119,7 +119,8 @@ def test_health_refuses_a_timeout_of_0_instead_of_calling_a_listening_port_unhea
         with pytest.raises(SystemExit) as refused:
             main(["health", "--timeout", "0", target])
         assert refused.value.code == 2
-        assert "--timeout must be a number of seconds above 0" in capsys.readouterr().err
+        refusal = capsys.readouterr().err
+        assert "--timeout" in refusal and "seconds above 0" in refusal
         with pytest.raises(SystemExit) as healthy:
             main(["health", "--timeout", "2", target])
         assert healthy.value.code == 0
