@@ -66,11 +66,10 @@ def origin_request_bytes(head: RequestHead, host: str, port: int, origin_target:
             host_written = True
             value = authority
         elif lname == "content-length":
-            # Repeated identical values (``5, 5``, or the field twice) go on as one value.
             if length_written:
                 continue
             length_written = True
-            value = value.partition(",")[0].strip()
+            value = _one_length(value)
         lines.append(f"{name}: {value}")
     if not host_written:
         lines.append(f"Host: {authority}")
@@ -78,9 +77,16 @@ def origin_request_bytes(head: RequestHead, host: str, port: int, origin_target:
     return "\r\n".join(lines).encode("latin-1")
 
 
+def _one_length(value: str) -> str:
+    """The single value to send for a checked Content-Length: repeated identical values
+    (``5, 5``, or the field twice) go on as one (RFC 9112 §6.3), so no later hop can read them
+    differently."""
+    return value.partition(",")[0].strip()
+
+
 def _as_received(head: ResponseHead) -> bool:
     """Whether ``head`` may go to the client byte for byte: an HTTP/1.1 status line, no
-    ``X-IPSX-*``, no Content-Length beside Transfer-Encoding, and no hop-by-hop field but a
+    ``X-IPSX-*``, one framing field holding one value, and no hop-by-hop field but a
     ``Connection: keep-alive``, which says what the client's connection does anyway."""
     if not head.raw.startswith(b"HTTP/1.1 "):
         return False
@@ -90,8 +96,10 @@ def _as_received(head: ResponseHead) -> bool:
         if lname in HOP_BY_HOP:
             if lname != "connection" or value.lower() != "keep-alive":
                 return False
-        elif lname == "content-length" or lname == "transfer-encoding":
+        elif lname == "transfer-encoding":
             framing += 1
+        elif lname == "content-length":
+            framing += 2 if "," in value else 1
         elif lname.startswith("x-ipsx-"):
             return False
     return framing <= 1
@@ -100,17 +108,24 @@ def _as_received(head: ResponseHead) -> bool:
 def response_head_bytes(head: ResponseHead, *, close: bool, extra: bytes = b"") -> bytes:
     """The response head to send to the client, as HTTP/1.1, without hop-by-hop headers.
 
-    Content-Length is dropped when Transfer-Encoding is present (RFC 9112 §6.3); ``close`` adds
+    Content-Length is dropped when Transfer-Encoding is present and otherwise sent once, with one
+    value (RFC 9112 §6.3; the head's framing must have been checked by
+    ``http1_body.response_body_framing``); ``close`` adds
     ``Connection: close``; ``extra`` is header lines of our own, each ending in CRLF. A head
     that needs none of that goes out as it came (the common case, and the cheapest).
     """
     if not close and _as_received(head):
         return head.raw + b"\r\n" + extra + b"\r\n"
-    headers = _forwarded_headers(head.headers)
-    if head.get("transfer-encoding") is not None:
-        headers = [(name, value) for name, value in headers if name.lower() != "content-length"]
+    chunked = head.get("transfer-encoding") is not None
+    length_written = False
     lines = [f"HTTP/1.1 {head.status} {head.reason}"]
-    lines.extend(f"{name}: {value}" for name, value in headers)
+    for name, value in _forwarded_headers(head.headers):
+        if name.lower() == "content-length":
+            if chunked or length_written:
+                continue
+            length_written = True
+            value = _one_length(value)
+        lines.append(f"{name}: {value}")
     if close:
         lines.append("Connection: close")
     lines.append("")

@@ -138,6 +138,24 @@ def test_response_head_bytes_drops_content_length_with_transfer_encoding() -> No
     )
 
 
+@pytest.mark.parametrize(
+    "lengths", [[("Content-Length", "5, 5")], [("Content-Length", "5"), ("content-length", " 5 ,5")]]
+)
+def test_response_head_bytes_sends_a_repeated_content_length_once(lengths: list[tuple[str, str]]) -> None:
+    head = ResponseHead("HTTP/1.1", 200, "OK", [("Date", "x"), *lengths, ("Server", "y")])
+    assert response_body_framing("GET", head) == BodyFraming("length", 5)
+    assert response_head_bytes(head, close=False) == (
+        b"HTTP/1.1 200 OK\r\nDate: x\r\nContent-Length: 5\r\nServer: y\r\n\r\n"
+    )
+
+
+def test_response_head_bytes_passes_a_single_content_length_as_received() -> None:
+    raw = b"HTTP/1.1 200 OK\r\ncontent-length:  7\r\nX-A: b"
+    head = ResponseHeadReader().feed(raw + b"\r\n\r\n")
+    assert head is not None
+    assert response_head_bytes(head, close=False) == raw + b"\r\n\r\n"
+
+
 def test_response_head_bytes_round_trips_through_reader() -> None:
     head = ResponseHead("HTTP/1.1", 404, "Not Found", [("Content-Length", "0"), ("X-A", "caf\xe9")])
     again = ResponseHeadReader().feed(response_head_bytes(head, close=False))
