@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -154,7 +153,7 @@ class Backlog:
     pending: int  # read by a worker, not acked yet
     undelivered: int  # not read by any worker yet
     oldest_age: float  # seconds since the oldest pending or undelivered entry was added; 0 if none
-    oldest_at: float | None = field(default=None, compare=False)  # that entry's unix time, if any
+    waiting: bool = field(default=False, compare=False)  # whether there is such an entry
 
 
 def _entry_ms(entry_id: bytes | str) -> int:
@@ -163,7 +162,10 @@ def _entry_ms(entry_id: bytes | str) -> int:
 
 
 async def usage_backlog(redis: Redis, stream: str, group: str, *, now: float | None = None) -> Backlog:
-    """The backlog of ``group`` on ``stream`` (zeros when neither exists yet); raises RedisError."""
+    """The backlog of ``group`` on ``stream`` (zeros when neither exists yet); raises RedisError.
+
+    Entry ids carry the Redis server's clock, so the oldest entry's age is measured by that clock
+    too (``now`` overrides it), whatever the clock of the host asking."""
     try:
         groups: Any = await redis.xinfo_groups(stream)
     except ResponseError:  # no such stream
@@ -188,10 +190,13 @@ async def usage_backlog(redis: Redis, stream: str, group: str, *, now: float | N
     # Redis cannot always tell (entries were deleted): then the stream holds, with the worker's
     # default delete_acked, exactly the pending and the undelivered entries.
     undelivered = int(lag) if lag is not None else max(0, length - pending)
-    now = time.time() if now is None else now
-    oldest_at = min(oldest) / 1000 if oldest else None
-    age = 0.0 if oldest_at is None else max(0.0, now - oldest_at)
-    return Backlog(length, pending, undelivered, age, oldest_at)
+    age = 0.0
+    if oldest:
+        if now is None:
+            seconds, micros = await redis.time()
+            now = seconds + micros / 1_000_000
+        age = max(0.0, now - min(oldest) / 1000)
+    return Backlog(length, pending, undelivered, age, bool(oldest))
 
 
 class WorkerCollector(Collector):

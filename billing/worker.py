@@ -100,17 +100,24 @@ async def ensure_group(redis: Redis, stream: str, group: str) -> None:
             raise
 
 
-async def ingested_until(redis: Redis, stream: str = USAGE_STREAM, group: str = USAGE_GROUP) -> float:
-    """Unix seconds up to which every entry of ``stream`` has been ingested by ``group``.
+async def ingested_until(
+    redis: Redis, now: float, stream: str = USAGE_STREAM, group: str = USAGE_GROUP
+) -> float:
+    """The time, on the caller's clock whose reading is ``now``, up to which every entry of
+    ``stream`` has been ingested by ``group``.
 
-    That is the time of the oldest entry the group has not acked: read but pending (a worker may
-    have died holding it), or not delivered yet (:func:`billing.metrics.usage_backlog`).
-    ``math.inf`` when there is none: an entry added later gets a later id. Without the group,
-    every entry present waits for it (workers create it reading from the start); without the
-    stream, nothing waits. Raises RedisError.
+    That is when the oldest entry the group has not acked was added: read but pending (a worker
+    may have died holding it), or not delivered yet (:func:`billing.metrics.usage_backlog`). Its
+    age is taken by the Redis server's clock, which stamps the entries, and then counted back from
+    ``now``: the caller's clock need not agree with the server's. ``math.inf`` when no entry
+    waits: an entry added later gets a later id. Without the group, every entry present waits for
+    it (workers create it reading from the start); without the stream, nothing waits. Raises
+    RedisError.
     """
-    oldest = (await usage_backlog(redis, stream, group)).oldest_at
-    return math.inf if oldest is None else oldest
+    backlog = await usage_backlog(redis, stream, group)
+    if not backlog.waiting:
+        return math.inf
+    return now - backlog.oldest_age
 
 
 _INSERT_EVENTS = """

@@ -450,7 +450,7 @@ class Market:
                     if d.state is State.ACTIVE and d.traffic_bytes > 0
                 ],
             )
-            ingested = await ingested_until(self._redis)
+            ingested = await ingested_until(self._redis, now_f)
             for deal in list(self._book.deals.values()):
                 try:
                     freed = await self._book.advance(deal, now, live, carried.get(deal.deal_id, 0), ingested)

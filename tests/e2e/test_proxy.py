@@ -50,7 +50,7 @@ def settled_usage_count(stack: Stack) -> int:
 async def _ingested(redis_url: str) -> bool:
     client = redis.asyncio.Redis.from_url(redis_url)
     try:
-        return await ingested_until(client) == math.inf
+        return await ingested_until(client, time.time()) == math.inf
     finally:
         await client.aclose()
 
