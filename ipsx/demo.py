@@ -45,7 +45,8 @@ from gateway.server import running_gateway
 from gateway.settings import GatewaySettings
 from ipsx import demo_chain
 from ipsx.demo_chain import ChainChoice, ChainUnavailable, DemoChain
-from ipsx.embedded import embedded_postgres, embedded_redis
+from ipsx.embedded_postgres import embedded_postgres
+from ipsx.embedded_redis import embedded_redis
 from ipsx.origin import Origin
 from ipsx.sdk import ApiError, Client
 from ipsx.settings import Environment

@@ -1,4 +1,5 @@
-"""Functional tests of ipsx.embedded: real PostgreSQL and Redis from the wheels, on 127.0.0.1."""
+"""Functional tests of the embedded servers (ipsx.embedded, .embedded_postgres, .embedded_redis): real
+PostgreSQL and Redis from the wheels, on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -17,14 +18,9 @@ import asyncpg
 import pytest
 import redis.asyncio
 
-from ipsx.embedded import (
-    INSTALL_HINT,
-    EmbeddedServiceError,
-    embedded_postgres,
-    embedded_redis,
-    find_postgres_bin,
-    find_redis_server,
-)
+from ipsx.embedded import INSTALL_HINT, EmbeddedServiceError
+from ipsx.embedded_postgres import embedded_postgres, find_postgres_bin
+from ipsx.embedded_redis import embedded_redis, find_redis_server
 from tests.processes import process_tree_argv
 
 needs_wheels = pytest.mark.skipif(
