@@ -2,15 +2,15 @@
 
 A ban keeps one exit away from one requester's connections to one domain, and to the domain's
 subdomains, until it ends. Gateway nodes read bans through a short cache (a second by default),
-so a scraper opening thousands of connections a second to one site costs Redis one pipeline per
-second per node; the node that records a ban drops the requester's cached entries at once, so its
-very next connection skips the banned exit, and every other node sees it within the cache time.
+so a scraper opening thousands of connections a second to one site costs Redis one script call
+per second per node; the node that records a ban drops the requester's cached entries at once, so
+its very next connection skips the banned exit, and every other node sees it within the cache
+time.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import math
 import time
 from collections.abc import Callable
 from typing import cast
@@ -18,21 +18,56 @@ from typing import cast
 import redis.asyncio as aioredis
 
 from pool import keys
+from pool.server_time import NOW_MS_LUA
 
 DEFAULT_BAN_TTL = 3600  # seconds
 MAX_BAN_TTL = 30 * 86400
 _MAX_LEVELS = 6  # a host and at most five parent domains are looked up
 _CACHE_LIMIT = 50_000
 
-# KEYS[1] the ban set; ARGV[1] end of the ban, ARGV[2] exit id, ARGV[3] now. A longer ban is
-# never shortened; ended bans are dropped; the set expires with its last ban.
-_BAN_LUA = """
-redis.call('ZADD', KEYS[1], 'GT', ARGV[1], ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+# Sets ``floor``: the score bound of the bans in force now (their end is later than now).
+_IN_FORCE_LUA = (
+    NOW_MS_LUA
+    + """
+local floor = '(' .. string.format('%.3f', now / 1000)
+"""
+)
+
+# KEYS[1] the ban set; ARGV[1] the ban's length (s), ARGV[2] exit id. Returns when the exit's ban
+# ends (unix seconds). A longer ban is never shortened; ended bans are dropped; the set expires
+# with its last ban.
+_BAN_LUA = (
+    NOW_MS_LUA
+    + """
+redis.call('ZADD', KEYS[1], 'GT', math.ceil(now / 1000 + tonumber(ARGV[1])), ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.3f', now / 1000))
 local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
 redis.call('EXPIREAT', KEYS[1], math.ceil(tonumber(last[2])))
 return math.floor(tonumber(redis.call('ZSCORE', KEYS[1], ARGV[2])))
 """
+)
+
+# KEYS: one account's ban sets (a host's and its parent domains'). The exits banned in any of them.
+_BANNED_LUA = (
+    _IN_FORCE_LUA
+    + """
+local out = {}
+for i = 1, #KEYS do
+  for _, exit_id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[i], floor, '+inf')) do
+    out[#out + 1] = exit_id
+  end
+end
+return out
+"""
+)
+
+# KEYS[1] a ban set. Its bans in force: exit id, end (unix seconds), exit id, end, …
+_LISTED_LUA = (
+    _IN_FORCE_LUA
+    + """
+return redis.call('ZRANGEBYSCORE', KEYS[1], floor, '+inf', 'WITHSCORES')
+"""
+)
 
 
 def _text(value: bytes | str) -> str:
@@ -66,14 +101,19 @@ def lookup_domains(host: str) -> list[str]:
 
 
 class BanBook:
-    """Records bans and answers which exits a requester may not use for a host."""
+    """Records bans and answers which exits a requester may not use for a host.
+
+    Bans start, end and are judged by the Redis server's clock (``pool.server_time``), so a
+    ban lasts as long for every node and the API whatever their hosts' clocks say. ``clock``
+    (seconds) times this book's cache only.
+    """
 
     def __init__(
         self,
         redis: aioredis.Redis,
         *,
         cache_ttl: float = 1.0,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._redis = redis
         self._cache_ttl = cache_ttl
@@ -81,6 +121,8 @@ class BanBook:
         # account → host → (cache expiry, banned exit ids)
         self._cache: dict[str, dict[str, tuple[float, frozenset[str]]]] = {}
         self._script = redis.register_script(_BAN_LUA)
+        self._banned = redis.register_script(_BANNED_LUA)
+        self._listed = redis.register_script(_LISTED_LUA)
 
     async def ban(self, account: str, domain: str, exit_id: str, ttl: int = DEFAULT_BAN_TTL) -> int:
         """Ban ``exit_id`` for ``account`` on ``domain`` for ``ttl`` seconds (an existing longer
@@ -88,9 +130,7 @@ class BanBook:
         1..MAX_BAN_TTL."""
         if not 1 <= ttl <= MAX_BAN_TTL:
             raise ValueError(f"a ban lasts from 1 to {MAX_BAN_TTL} seconds")
-        now = self._clock()
-        until = math.ceil(now + ttl)
-        ends = await self._script(keys=[keys.bans(account, domain_of(domain))], args=[until, exit_id, now])
+        ends = await self._script(keys=[keys.bans(account, domain_of(domain))], args=[ttl, exit_id])
         self._cache.pop(account, None)
         return int(ends)
 
@@ -102,10 +142,8 @@ class BanBook:
 
     async def listed(self, account: str, domain: str) -> dict[str, int]:
         """The bans in force recorded for exactly ``domain``: exit id → end (unix seconds)."""
-        raw = await self._redis.zrangebyscore(
-            keys.bans(account, domain_of(domain)), self._clock(), "+inf", withscores=True
-        )
-        return {_text(member): int(score) for member, score in cast(list[tuple[bytes, float]], raw)}
+        raw = cast(list[bytes], await self._listed(keys=[keys.bans(account, domain_of(domain))]))
+        return {_text(member): int(float(score)) for member, score in zip(raw[::2], raw[1::2], strict=True)}
 
     async def banned(self, account: str, host: str) -> frozenset[str]:
         """The exits ``account`` may not use for ``host`` (bans of the host and its parents)."""
@@ -115,10 +153,8 @@ class BanBook:
             cached = per_account.get(host)
             if cached is not None and cached[0] > now:
                 return cached[1]
-        pipe = self._redis.pipeline(transaction=False)
-        for domain in lookup_domains(host):
-            pipe.zrangebyscore(keys.bans(account, domain), now, "+inf")
-        found = frozenset(_text(member) for members in await pipe.execute() for member in members)
+        domains = [keys.bans(account, domain) for domain in lookup_domains(host)]
+        found = frozenset(_text(member) for member in await self._banned(keys=domains))
         if per_account is None:
             if len(self._cache) >= _CACHE_LIMIT:
                 self._cache.clear()

@@ -20,7 +20,8 @@ def exit_nodes(exit_id: str) -> str:
 
 
 def alive() -> str:
-    """Sorted set: ``alive_member(node, exit)`` → time of the last heartbeat (milliseconds)."""
+    """Sorted set: ``alive_member(node, exit)`` → time of the last heartbeat (Redis server's
+    clock, milliseconds)."""
     return f"{PREFIX}:alive"
 
 
@@ -44,7 +45,8 @@ def session(account: str, session_id: str) -> str:
 
 
 def gateway_nodes() -> str:
-    """Sorted set: live gateway node ids → time of their last announcement (milliseconds)."""
+    """Sorted set: live gateway node ids → time of their last announcement (Redis server's clock,
+    milliseconds)."""
     return f"{PREFIX}:gwnodes"
 
 
@@ -59,9 +61,10 @@ def ticket_key() -> str:
 
 
 def bans(account: str, domain: str) -> str:
-    """Sorted set: exits ``account`` banned for ``domain`` → when each ban ends (unix seconds).
+    """Sorted set: exits ``account`` banned for ``domain`` → when each ban ends (unix seconds, by
+    the Redis server's clock).
 
-    Tagged by account, so the lookups of a host and its parent domains are one pipeline."""
+    Tagged by account, so the lookups of a host and its parent domains are one script call."""
     return f"ipsx:ban:{{{account}}}:{domain}"
 
 

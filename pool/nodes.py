@@ -2,18 +2,40 @@
 
 Agents learn the live nodes from the node they log in to and keep a tunnel to every one of them,
 so a requester reaching any node can use any exit with no second gateway hop. A node that stops
-announcing is out of the list after ``ttl`` seconds, and agents then let it go.
+announcing is out of the list after ``ttl`` seconds, and agents then let it go. Announcements are
+stamped and aged by the Redis server's clock (``pool.server_time``), so every reader sees the same
+list whatever the hosts' clocks say.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from pool import keys
+from pool.server_time import NOW_MS_LUA
+
+# KEYS: the node's hash, the node list; ARGV: node, tunnel, boot token, region, the hash's TTL (ms)
+_ANNOUNCE_LUA = (
+    NOW_MS_LUA
+    + """
+redis.call('HSET', KEYS[1], 'tunnel', ARGV[2], 'boot', ARGV[3], 'region', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('ZADD', KEYS[2], now, ARGV[1])
+return 1
+"""
+)
+
+# KEYS: the node list; ARGV: ttl (ms). Drops the nodes silent for longer; returns the others.
+_LIVE_LUA = (
+    NOW_MS_LUA
+    + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. string.format('%d', now - tonumber(ARGV[1])))
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+"""
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,18 +67,17 @@ class NodeRegistry:
 
     def __init__(self, redis: aioredis.Redis, *, ttl: float = 10.0) -> None:
         self._redis = redis
-        self._ttl = ttl
+        self._ttl_ms = int(ttl * 1000)
+        self._announce = redis.register_script(_ANNOUNCE_LUA)
+        self._live = redis.register_script(_LIVE_LUA)
 
     async def announce(self, info: NodeInfo) -> None:
         """Add or refresh ``info``; call it more often than every ``ttl`` seconds."""
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                keys.gateway_node(info.node),
-                mapping={"tunnel": info.tunnel, "boot": info.boot, "region": info.region},
-            )
-            pipe.pexpire(keys.gateway_node(info.node), int(self._ttl * 3000))
-            pipe.zadd(keys.gateway_nodes(), {info.node: int(time.time() * 1000)})
-            await pipe.execute()
+        await self._announce(
+            keys=[keys.gateway_node(info.node), keys.gateway_nodes()],
+            # the hash outlives the announcement, so a reader never lists a node without it
+            args=[info.node, info.tunnel, info.boot, info.region, 3 * self._ttl_ms],
+        )
 
     async def withdraw(self, node: str) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
@@ -65,12 +86,9 @@ class NodeRegistry:
             await pipe.execute()
 
     async def live(self) -> list[NodeInfo]:
-        """Nodes announced within the last ``ttl`` seconds, sorted by id; stale ones are removed."""
-        floor = int((time.time() - self._ttl) * 1000)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.zremrangebyscore(keys.gateway_nodes(), "-inf", f"({floor}")
-            pipe.zrange(keys.gateway_nodes(), 0, -1)
-            _, members = await pipe.execute()
+        """Nodes announced within the last ``ttl`` seconds (by the Redis server's clock), sorted by
+        id; stale ones are removed."""
+        members = await self._live(keys=[keys.gateway_nodes()], args=[self._ttl_ms])
         ids = sorted(_text(member) for member in members)
         if not ids:
             return []

@@ -7,7 +7,6 @@ index entries go when the last node lets it go.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from dataclasses import asdict, fields
 from typing import Any
@@ -16,15 +15,18 @@ import redis.asyncio as aioredis
 
 from pool import keys
 from pool.models import ExitInfo
+from pool.server_time import NOW_MS_LUA
 
 _FIELDS = tuple(f.name for f in fields(ExitInfo))
 
 # KEYS: exit hash, exit nodes set, node set, alive zset, N index sets to join, then index sets to leave
-# ARGV: exit id, node, heartbeat ms, N, then the exit's hash fields as name, value pairs
-_REGISTER_LUA = """
-local exit_id, node, now, joined = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+# ARGV: exit id, node, N, then the exit's hash fields as name, value pairs
+_REGISTER_LUA = (
+    NOW_MS_LUA
+    + """
+local exit_id, node, joined = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local record = {}
-for i = 5, #ARGV do record[#record + 1] = ARGV[i] end
+for i = 4, #ARGV do record[#record + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(record))
 redis.call('SADD', KEYS[2], node)
 redis.call('SADD', KEYS[3], exit_id)
@@ -33,6 +35,7 @@ for i = 5, 4 + joined do redis.call('SADD', KEYS[i], exit_id) end
 for i = 5 + joined, #KEYS do redis.call('SREM', KEYS[i], exit_id) end
 return 1
 """
+)
 
 # KEYS: exit hash, exit nodes set, node set, alive zset, index sets…; ARGV: exit id, node
 # Returns 1 when this was the exit's last node and its records were removed.
@@ -46,10 +49,6 @@ redis.call('DEL', KEYS[1])
 for i = 5, #KEYS do redis.call('SREM', KEYS[i], exit_id) end
 return 1
 """
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _text(value: Any) -> str:
@@ -73,12 +72,14 @@ def _decode_exit(raw: Mapping[Any, Any]) -> ExitInfo | None:
     )
 
 
-# KEYS: node set, alive zset; ARGV: node, now (ms), exit ids. Refreshes the exits still in the
-# node's set and returns the others: a sweep let them go while this node was silent.
-_HEARTBEAT_LUA = """
-local node, now = ARGV[1], ARGV[2]
+# KEYS: node set, alive zset; ARGV: node, exit ids. Refreshes the exits still in the node's set
+# and returns the others: a sweep let them go while this node was silent.
+_HEARTBEAT_LUA = (
+    NOW_MS_LUA
+    + """
+local node = ARGV[1]
 local gone = {}
-for i = 3, #ARGV do
+for i = 2, #ARGV do
   if redis.call('SISMEMBER', KEYS[1], ARGV[i]) == 1 then
     redis.call('ZADD', KEYS[2], now, node .. '|' .. ARGV[i])
   else
@@ -87,6 +88,23 @@ for i = 3, #ARGV do
 end
 return gone
 """
+)
+
+# KEYS: alive zset; ARGV: heartbeat TTL (ms). The members heard from within the TTL.
+_FRESH_LUA = (
+    NOW_MS_LUA
+    + """
+return redis.call('ZRANGEBYSCORE', KEYS[1], string.format('%d', now - tonumber(ARGV[1])), '+inf')
+"""
+)
+
+# KEYS: alive zset; ARGV: heartbeat TTL (ms). The members silent for longer than the TTL.
+_EXPIRED_LUA = (
+    NOW_MS_LUA
+    + """
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. string.format('%d', now - tonumber(ARGV[1])))
+"""
+)
 
 
 def _keys_for(exit_id: str, node: str, attributes: list[tuple[str, str]]) -> list[str]:
@@ -104,7 +122,8 @@ class ExitRegistry:
 
     An exit is live on a node while that node's heartbeat for it is younger than
     ``heartbeat_ttl`` seconds; a node or provider that vanishes without a goodbye drops out of
-    selection within that time, and ``sweep`` removes its records.
+    selection within that time, and ``sweep`` removes its records. Heartbeats are stamped and
+    aged by the Redis server's clock (``pool.server_time``), never by a host's.
     """
 
     def __init__(self, redis: aioredis.Redis, *, heartbeat_ttl: float = 10.0) -> None:
@@ -113,9 +132,10 @@ class ExitRegistry:
         self._register = redis.register_script(_REGISTER_LUA)
         self._deregister = redis.register_script(_DEREGISTER_LUA)
         self._beat = redis.register_script(_HEARTBEAT_LUA)
+        self._fresh = redis.register_script(_FRESH_LUA)
+        self._expired = redis.register_script(_EXPIRED_LUA)
 
     async def register(self, exits: list[ExitInfo]) -> None:
-        now = _now_ms()
         for info in exits:
             record = [item for pair in asdict(info).items() for item in (pair[0], str(pair[1]))]
             joined = info.attributes()
@@ -125,7 +145,7 @@ class ExitRegistry:
             left = [pair for pair in stored.attributes() if pair not in joined] if stored else []
             await self._register(
                 keys=_keys_for(info.exit_id, info.node, joined + left),
-                args=[info.exit_id, info.node, now, len(joined), *record],
+                args=[info.exit_id, info.node, len(joined), *record],
             )
 
     async def heartbeat(self, node: str, exits: list[ExitInfo]) -> None:
@@ -134,7 +154,7 @@ class ExitRegistry:
         if exits:
             gone = await self._beat(
                 keys=[keys.node_exits(node), keys.alive()],
-                args=[node, _now_ms(), *(info.exit_id for info in exits)],
+                args=[node, *(info.exit_id for info in exits)],
             )
             if gone:
                 back = {_text(exit_id) for exit_id in gone}
@@ -151,10 +171,12 @@ class ExitRegistry:
     async def get(self, exit_id: str) -> ExitInfo | None:
         return _decode_exit(await self._redis.hgetall(keys.exit_hash(exit_id)))
 
+    def _ttl_ms(self) -> int:
+        return int(self.heartbeat_ttl * 1000)
+
     async def live_ids(self) -> set[str]:
         """Exits with a fresh heartbeat on at least one node."""
-        floor = _now_ms() - int(self.heartbeat_ttl * 1000)
-        members = await self._redis.zrangebyscore(keys.alive(), floor, "+inf")
+        members = await self._fresh(keys=[keys.alive()], args=[self._ttl_ms()])
         return {_text(member).rsplit("|", 1)[1] for member in members}
 
     async def list_live(self) -> list[ExitInfo]:
@@ -163,8 +185,7 @@ class ExitRegistry:
 
     async def sweep(self) -> int:
         """Let go of exits whose heartbeat on a node expired (that node died); returns how many."""
-        floor = _now_ms() - int(self.heartbeat_ttl * 1000)
-        stale = await self._redis.zrangebyscore(keys.alive(), "-inf", f"({floor}")
+        stale = await self._expired(keys=[keys.alive()], args=[self._ttl_ms()])
         for member in stale:
             node, exit_id = _text(member).rsplit("|", 1)
             info = await self.get(exit_id)

@@ -20,17 +20,20 @@ import redis.asyncio as aioredis
 from pool import keys
 from pool.health import Breaker, ExitHealth
 from pool.models import ExitFilters
+from pool.server_time import NOW_MS_LUA
 
-# KEYS[1] node set, KEYS[2] alive zset, KEYS[3..] index sets; ARGV[1] oldest live heartbeat (ms),
-# ARGV[2] the node
-_CANDIDATES_LUA = """
+# KEYS[1] node set, KEYS[2] alive zset, KEYS[3..] index sets; ARGV[1] heartbeat TTL (ms), ARGV[2]
+# the node. A heartbeat is fresh by the server's clock (``pool.server_time``).
+_CANDIDATES_LUA = (
+    NOW_MS_LUA
+    + """
 local ids
 if #KEYS > 2 then
   ids = redis.call('SINTER', KEYS[1], unpack(KEYS, 3))
 else
   ids = redis.call('SMEMBERS', KEYS[1])
 end
-local floor = tonumber(ARGV[1])
+local floor = now - tonumber(ARGV[1])
 local prefix = ARGV[2] .. '|'
 local out = {}
 for _, id in ipairs(ids) do
@@ -39,6 +42,7 @@ for _, id in ipairs(ids) do
 end
 return out
 """
+)
 
 # KEYS[1] the session; ARGV[1] the exit it was seen bound to ('' for none), ARGV[2] the exit to
 # bind it to instead, ARGV[3] its TTL (s). Binds unless another connection rebound it since it was
@@ -116,9 +120,9 @@ class Selector:
         if cached is not None and cached[0] > now:
             return cached[1]
         index_keys = [keys.index(attribute, value) for attribute, value in filters.items()]
-        floor = int((time.time() - self._heartbeat_ttl) * 1000)
         raw = await self._script(
-            keys=[keys.node_exits(self._node), keys.alive(), *index_keys], args=[floor, self._node]
+            keys=[keys.node_exits(self._node), keys.alive(), *index_keys],
+            args=[int(self._heartbeat_ttl * 1000), self._node],
         )
         ids = sorted(_text(member) for member in raw)
         if len(self._cache) > 10_000:

@@ -41,6 +41,8 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ClusterCrossSlotError, ResponseError
 from siwe import SiweMessage
 
+import pool.bans
+import pool.nodes
 import pool.registry
 import pool.select
 from billing import db
@@ -55,6 +57,7 @@ from gateway.tickets import Ticket, TicketKey
 from matching import routing
 from matching.orders import RequestFilters
 from pool import keys
+from pool.bans import BanBook
 from pool.client import redis_from_url
 from pool.models import ExitFilters
 from pool.nodes import NodeInfo, NodeRegistry
@@ -224,8 +227,15 @@ def scripts(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
             (pool.registry, "_REGISTER_LUA"),
             (pool.registry, "_DEREGISTER_LUA"),
             (pool.registry, "_HEARTBEAT_LUA"),
+            (pool.registry, "_FRESH_LUA"),
+            (pool.registry, "_EXPIRED_LUA"),
             (pool.select, "_CANDIDATES_LUA"),
             (pool.select, "_REBIND_LUA"),
+            (pool.nodes, "_ANNOUNCE_LUA"),
+            (pool.nodes, "_LIVE_LUA"),
+            (pool.bans, "_BAN_LUA"),
+            (pool.bans, "_BANNED_LUA"),
+            (pool.bans, "_LISTED_LUA"),
         ):
             monkeypatch.setattr(module, name, STRICT + getattr(module, name))
     return str(request.param)
@@ -234,6 +244,7 @@ def scripts(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
 def _check_mode(registry: ExitRegistry, selector: Selector | None, mode: str) -> None:
     """The scripts really are the variant ``mode`` names."""
     scripts = [registry._register.script, registry._deregister.script, registry._beat.script]
+    scripts += [registry._fresh.script, registry._expired.script]
     if selector is not None:
         scripts += [selector._script.script, selector._rebind.script]
     for script in scripts:
@@ -455,8 +466,10 @@ async def test_selector_filters_and_sticky_sessions_of_two_accounts(rds: Redis, 
 # -- pool/nodes.py ----------------------------------------------------------------------------
 
 
-async def test_node_registry_announce_live_withdraw(rds: Redis) -> None:
+async def test_node_registry_announce_live_withdraw(rds: Redis, scripts: str) -> None:
     nodes = NodeRegistry(rds, ttl=10)
+    for script in (nodes._announce.script, nodes._live.script):
+        assert _text(script).startswith(STRICT) == (scripts == "strict")
     await nodes.announce(NodeInfo("n2", ":7001"))
     await nodes.announce(NodeInfo("n1", "10.0.0.1:7000"))
     assert await nodes.live() == [NodeInfo("n1", "10.0.0.1:7000"), NodeInfo("n2", ":7001")]
@@ -470,6 +483,23 @@ async def test_node_registry_announce_live_withdraw(rds: Redis) -> None:
     await rds.zadd(keys.gateway_nodes(), {"n1": _ms_ago(60)})  # n1 stopped announcing
     assert await nodes.live() == []
     assert await rds.zscore(keys.gateway_nodes(), "n1") is None
+
+
+# -- pool/bans.py -----------------------------------------------------------------------------
+
+
+async def test_bans_of_a_host_and_its_parent_domains(rds: Redis, scripts: str) -> None:
+    book = BanBook(rds, cache_ttl=0)
+    for script in (book._script.script, book._banned.script, book._listed.script):
+        assert _text(script).startswith(STRICT) == (scripts == "strict")
+    until = await book.ban("alice", "example.com", "e1", ttl=600)
+    await book.ban("alice", "shop.example.com", "e2", ttl=600)
+    await book.ban("bob", "example.com", "e3", ttl=600)
+    assert await book.banned("alice", "www.shop.example.com") == frozenset({"e1", "e2"})
+    assert await book.banned("alice", "example.org") == frozenset()
+    assert await book.listed("alice", "example.com") == {"e1": until}
+    assert await book.lift("alice", "example.com", "e1") is True
+    assert await book.banned("alice", "shop.example.com") == frozenset({"e2"})
 
 
 # -- billing/usage.py and billing/worker.py ---------------------------------------------------

@@ -5,8 +5,10 @@ Redis db 12 by default; ``IPSX_TEST_REDIS_URL`` overrides it.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 
 import pytest
@@ -32,3 +34,13 @@ def make_exit(exit_id: str, node: str = "n1", **overrides: object) -> ExitInfo:
     """An exit in France on ``node``; ``overrides`` replace attributes."""
     info = ExitInfo(exit_id=exit_id, provider=PROVIDER, node=node, bind="127.0.0.2", country="fr")
     return replace(info, **overrides)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def host_clock(offset: float) -> Iterator[None]:
+    """Inside the block this process's wall clock (``time.time``) reads ``offset`` seconds off,
+    as another host's may: what the pool writes or judges there is what a skewed host would."""
+    real = time.time
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(time, "time", lambda: real() + offset)
+        yield

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 from redis.asyncio import Redis
 
@@ -15,6 +18,17 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+async def server_now(redis: Redis) -> float:
+    """The Redis server's clock, which bans go by (unix seconds)."""
+    seconds, microseconds = await redis.time()
+    return seconds + microseconds / 1e6
+
+
+async def until_server_passes(redis: Redis, moment: float) -> None:
+    """Sleep until the Redis server's clock is just past ``moment``."""
+    await asyncio.sleep(max(0.0, moment - await server_now(redis)) + 0.05)
 
 
 @pytest.mark.parametrize(
@@ -74,34 +88,47 @@ async def test_a_subdomain_ban_does_not_reach_the_parent(redis: Redis) -> None:
 
 
 async def test_bans_end_after_their_ttl_and_the_key_expires(redis: Redis) -> None:
-    clock = Clock()
-    book = BanBook(redis, cache_ttl=0, clock=clock)
-    ends = await book.ban("alice", "example.com", "e1", ttl=30)
-    assert ends == int(clock.now) + 30
-    clock.now += 31
+    book = BanBook(redis, cache_ttl=0)
+    before = await server_now(redis)
+    ends = await book.ban("alice", "example.com", "e1", ttl=1)
+    assert before + 1 <= ends <= await server_now(redis) + 2  # a whole second after the server's now
+    assert await book.banned("alice", "example.com") == {"e1"}
+    assert await redis.ttl(keys.bans("alice", "example.com")) > 0
+    await until_server_passes(redis, ends)
     assert await book.banned("alice", "example.com") == frozenset()
-    assert await redis.ttl(keys.bans("alice", "example.com")) > 0  # Redis drops the set by itself
+    assert await book.listed("alice", "example.com") == {}
+    assert await redis.exists(keys.bans("alice", "example.com")) == 0  # Redis dropped the set by itself
 
 
 async def test_a_shorter_ban_never_shortens_a_longer_one(redis: Redis) -> None:
-    clock = Clock()
-    book = BanBook(redis, cache_ttl=0, clock=clock)
-    await book.ban("alice", "example.com", "e1", ttl=600)
-    assert await book.ban("alice", "example.com", "e1", ttl=10) == int(clock.now) + 600
-    await book.ban("alice", "example.com", "e2", ttl=10)
-    assert await book.listed("alice", "example.com") == {
-        "e1": int(clock.now) + 600,
-        "e2": int(clock.now) + 10,
-    }
+    book = BanBook(redis, cache_ttl=0)
+    long_ban = await book.ban("alice", "example.com", "e1", ttl=600)
+    assert await book.ban("alice", "example.com", "e1", ttl=10) == long_ban
+    short_ban = await book.ban("alice", "example.com", "e2", ttl=10)
+    assert long_ban - short_ban in (589, 590)  # ends rounded up to whole seconds
+    assert await book.listed("alice", "example.com") == {"e1": long_ban, "e2": short_ban}
 
 
 async def test_ended_bans_are_swept_when_a_new_one_is_recorded(redis: Redis) -> None:
-    clock = Clock()
-    book = BanBook(redis, cache_ttl=0, clock=clock)
-    await book.ban("alice", "example.com", "old", ttl=5)
-    clock.now += 10
+    book = BanBook(redis, cache_ttl=0)
+    ends = await book.ban("alice", "example.com", "old", ttl=1)
+    await until_server_passes(redis, ends)
     await book.ban("alice", "example.com", "new", ttl=5)
     assert await redis.zrange(keys.bans("alice", "example.com"), 0, -1) == [b"new"]
+
+
+@pytest.mark.parametrize(("writer", "reader"), [(-30, 0), (0, 30)], ids=["writer-behind", "reader-ahead"])
+async def test_a_ban_holds_for_its_ttl_whatever_the_hosts_clocks_say(
+    redis: Redis, writer: float, reader: float
+) -> None:
+    # A 10 s ban recorded by a host whose clock runs 30 s behind, or read by one 30 s ahead.
+    recording = BanBook(redis, cache_ttl=0, clock=lambda: time.time() + writer)
+    before = await server_now(redis)
+    ends = await recording.ban("alice", "example.com", "e1", ttl=10)
+    assert before + 10 <= ends <= await server_now(redis) + 11  # the server's now, plus the TTL
+    reading = BanBook(redis, cache_ttl=0, clock=lambda: time.time() + reader)
+    assert await reading.banned("alice", "shop.example.com") == {"e1"}
+    assert await reading.listed("alice", "example.com") == {"e1": ends}
 
 
 async def test_lift_ends_a_ban_early(redis: Redis) -> None:

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
+import pytest
 from redis.asyncio import Redis
 
 from pool import keys
 from pool.nodes import NodeInfo, NodeRegistry
+from tests.pool.conftest import host_clock
+
+SKEW = 30.0  # seconds a host's clock is off, three times the registry's 10 s
+
+
+async def server_ms(redis: Redis) -> int:
+    """The Redis server's clock, in milliseconds."""
+    seconds, microseconds = await redis.time()
+    return seconds * 1000 + microseconds // 1000
 
 
 async def test_announced_nodes_are_listed_sorted_with_their_tunnel(redis: Redis) -> None:
@@ -80,3 +91,46 @@ async def test_a_node_s_region_is_announced_and_told_to_agents(redis: Redis) -> 
         {"node": "gw-any", "tunnel": ":8444"},
         {"node": "gw-eu", "tunnel": ":8443", "region": "eu"},
     ]
+
+
+# Hosts' clocks disagree: the registry goes by the Redis server's clock, so every reader sees the
+# same list.
+
+
+@pytest.mark.parametrize(
+    ("writer", "reader"),
+    [(-SKEW, 0.0), (0.0, SKEW)],
+    ids=["node-behind", "reader-ahead"],
+)
+async def test_a_live_node_is_listed_whatever_the_hosts_clocks_say(
+    redis: Redis, writer: float, reader: float
+) -> None:
+    before = await server_ms(redis)
+    with host_clock(writer):
+        await NodeRegistry(redis, ttl=10).announce(NodeInfo("gw-a", ":8443"))
+    after = await server_ms(redis)
+    stamp = await redis.zscore(keys.gateway_nodes(), "gw-a")
+    assert stamp is not None and before <= stamp <= after  # stamped by the server's clock
+    with host_clock(reader):
+        assert await NodeRegistry(redis, ttl=10).live() == [NodeInfo("gw-a", ":8443")]
+    assert await NodeRegistry(redis, ttl=10).live() == [NodeInfo("gw-a", ":8443")]
+
+
+@pytest.mark.parametrize(
+    ("writer", "reader"),
+    [(SKEW, 0.0), (0.0, -SKEW)],
+    ids=["node-ahead", "reader-behind"],
+)
+async def test_a_silent_node_leaves_every_list_within_the_ttl_whatever_the_hosts_clocks_say(
+    redis: Redis, writer: float, reader: float
+) -> None:
+    ttl = 0.3
+    with host_clock(writer):
+        await NodeRegistry(redis, ttl=ttl).announce(NodeInfo("gw-dead", ":8443"))
+        await NodeRegistry(redis, ttl=ttl).announce(NodeInfo("gw-live", ":8444"))
+    await asyncio.sleep(ttl + 0.1)  # gw-dead stopped announcing; gw-live goes on
+    with host_clock(writer):
+        await NodeRegistry(redis, ttl=ttl).announce(NodeInfo("gw-live", ":8444"))
+    with host_clock(reader):
+        assert await NodeRegistry(redis, ttl=ttl).live() == [NodeInfo("gw-live", ":8444")]
+    assert await redis.zscore(keys.gateway_nodes(), "gw-dead") is None

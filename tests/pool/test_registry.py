@@ -9,7 +9,9 @@ from redis.asyncio import Redis
 
 from pool import keys
 from pool.registry import ExitRegistry
-from tests.pool.conftest import make_exit
+from tests.pool.conftest import host_clock, make_exit
+
+SKEW = 30.0  # seconds a host's clock is off, three times the default heartbeat TTL
 
 
 def text(value: bytes | str) -> str:
@@ -262,3 +264,42 @@ async def test_register_after_deregister(redis: Redis) -> None:
     await registry.register([again])
     assert await registry.get("e1") == again
     assert await registry.live_ids() == {"e1"}
+
+
+# Hosts' clocks disagree: heartbeats are stamped and aged by the Redis server's clock.
+
+
+async def test_exits_of_a_node_whose_clock_runs_behind_stay_live_and_are_not_swept(redis: Redis) -> None:
+    slow_node = ExitRegistry(redis, heartbeat_ttl=10)
+    with host_clock(-SKEW):
+        await slow_node.register([make_exit("e1", node="n1")])
+    other_node = ExitRegistry(redis, heartbeat_ttl=10)  # a correct clock
+    assert await other_node.live_ids() == {"e1"}
+    assert await other_node.sweep() == 0
+    with host_clock(SKEW):  # a reader whose clock runs ahead
+        assert await ExitRegistry(redis, heartbeat_ttl=10).live_ids() == {"e1"}
+        assert await ExitRegistry(redis, heartbeat_ttl=10).sweep() == 0
+    assert await members(redis, keys.node_exits("n1")) == {"e1"}
+
+
+async def test_a_heartbeat_from_a_node_whose_clock_runs_behind_keeps_its_exit_live(redis: Redis) -> None:
+    registry = ExitRegistry(redis, heartbeat_ttl=10)
+    await registry.register([make_exit("e1")])
+    await make_stale(redis, "n1", "e1")
+    with host_clock(-SKEW):
+        await registry.heartbeat("n1", [make_exit("e1")])
+    assert await ExitRegistry(redis, heartbeat_ttl=10).live_ids() == {"e1"}
+
+
+async def test_a_silent_exit_expires_for_a_reader_whose_clock_runs_behind(redis: Redis) -> None:
+    ttl = 0.3
+    registry = ExitRegistry(redis, heartbeat_ttl=ttl)
+    await registry.register([make_exit("gone"), make_exit("kept")])
+    await asyncio.sleep(ttl + 0.1)  # the node stopped beating for "gone" only
+    await registry.heartbeat("n1", [make_exit("kept")])
+    with host_clock(-SKEW):
+        lagging = ExitRegistry(redis, heartbeat_ttl=ttl)
+        assert await lagging.live_ids() == {"kept"}
+        assert await lagging.sweep() == 1
+    assert await registry.get("gone") is None
+    assert await members(redis, keys.node_exits("n1")) == {"kept"}

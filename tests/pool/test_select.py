@@ -15,7 +15,7 @@ from pool import keys
 from pool.models import ExitFilters
 from pool.registry import ExitRegistry
 from pool.select import DEFAULT_SESSION_TTL, Choice, Selector
-from tests.pool.conftest import REDIS_URL, make_exit
+from tests.pool.conftest import REDIS_URL, host_clock, make_exit
 
 FR = ExitFilters(country="fr")
 ANY = ExitFilters()
@@ -119,6 +119,20 @@ async def test_candidates_expire_with_heartbeat_ttl(redis: Redis, view: NodeView
     assert await selector.candidates(FR) == ["a"]
     await asyncio.sleep(0.6)
     assert await selector.candidates(FR) == []
+
+
+async def test_candidates_go_by_the_servers_clock_not_the_hosts(redis: Redis, view: NodeView) -> None:
+    ttl = 0.3
+    registry = ExitRegistry(redis, heartbeat_ttl=ttl)
+    await registry.register([make_exit("silent")])
+    await asyncio.sleep(ttl + 0.1)  # the node stopped beating for "silent"
+    with host_clock(-30):  # the node's clock runs 30 s behind: its heartbeat is fresh all the same
+        await registry.register([make_exit("beating")])
+    assert await selector_for(redis, view, heartbeat_ttl=ttl).candidates(FR) == ["beating"]
+    with host_clock(-30):  # nor does a selector whose clock runs behind keep the silent exit
+        assert await selector_for(redis, view, heartbeat_ttl=ttl).candidates(FR) == ["beating"]
+    with host_clock(30):
+        assert await selector_for(redis, view, heartbeat_ttl=ttl).candidates(FR) == ["beating"]
 
 
 async def test_candidates_after_deregister(redis: Redis, view: NodeView) -> None:
