@@ -12,10 +12,14 @@ A channel's state moves along :data:`TRANSITIONS`; :func:`update_in` is the one 
 changes it.
 
 A requester channel the operator consented to close at a balance B is *frozen*
-(``consented_balance``, set by ``billing.payments.consent``): the consent has no expiry on-chain, so the
-requester may close at B at any time. Its state stays what the chain says (``open``), but no proof
-above B is accepted on it and it is no *usable* channel any more (:data:`USABLE`): nothing is
-invoiced on it, and a requester with no usable channel is cut off (``billing.payments``).
+(``consented_balance``, set by ``billing.payments.consent``): until the consent expires
+(``consent_expires_at``, the last block timestamp the contract takes it in) the requester may close at
+B at any time. Its state stays what the chain says (``open``), but no proof above B is accepted on it
+and it is no *usable* channel (:data:`USABLE`): nothing is invoiced on it, and a requester with no
+usable channel is cut off (``billing.payments``). The freeze ends :data:`CONSENT_MARGIN` after the
+expiry, by the database's clock (:data:`FROZEN`); the channel is then usable again, and the first
+proof above B clears the spent consent. A consent without an expiry (given before the contract
+signed one) freezes the channel for good.
 """
 
 from __future__ import annotations
@@ -41,8 +45,25 @@ TRANSITIONS: Final[dict[str, frozenset[str]]] = {
 }
 """The states a channel may go to from each state (a same-state entry updates its columns)."""
 
-USABLE: Final = "c.role = 'requester' AND c.state = 'open' AND c.consented_balance IS NULL"
-"""SQL (on ``channels c``): a requester channel that may carry new usage: open, no consent given."""
+CONSENT_MARGIN: Final = 5 * 60
+"""Seconds a channel stays frozen past its consent's expiry. The contract compares the expiry with
+block timestamps, which may trail the database's clock: a block is stamped when its slot starts,
+clocks drift, and a close mined just in time is confirmed blocks later. So nothing is invoiced on
+the channel until every block that could still take the consent is well past."""
+
+_NOW: Final = "extract(epoch FROM now())"
+CONSENT_IN_FORCE: Final = (
+    f"c.consented_balance IS NOT NULL AND (c.consent_expires_at IS NULL OR c.consent_expires_at >= {_NOW})"
+)
+"""SQL (on ``channels c``): the operator's consent to close the channel has not expired yet."""
+FROZEN: Final = (
+    "c.consented_balance IS NOT NULL AND (c.consent_expires_at IS NULL"
+    f" OR c.consent_expires_at + {CONSENT_MARGIN} >= {_NOW})"
+)
+"""SQL (on ``channels c``): a consent was given and may still close the channel (see the module
+docstring): nothing is billed on it."""
+USABLE: Final = f"c.role = 'requester' AND c.state = 'open' AND NOT ({FROZEN})"
+"""SQL (on ``channels c``): a requester channel that may carry new usage: open, not frozen."""
 
 _CHANNEL_ID = re.compile(r"0x[0-9a-f]{64}", re.ASCII)
 _SIGNATURE = re.compile(r"(?:0x)?[0-9a-fA-F]{130}", re.ASCII)
@@ -86,7 +107,10 @@ class Channel:
     settle_after: int | None  # unix seconds (chain time): the challenge period's end
     proof_balance: Amount  # the highest balance proof held; 0 with none
     proof_signature: str | None  # its 65-byte signature as 0x-hex
-    consented_balance: Amount | None  # the operator consented to close at it: frozen; None: not
+    consented_balance: Amount | None  # the balance the operator last consented to close at; None: none
+    consent_expires_at: int | None  # that consent's expiry (unix seconds); None: it never expires
+    consent_in_force: bool  # the consent has not expired (when read, by the database's clock)
+    frozen: bool  # the consent may still close the channel: no usage billed on it, no proof above
     paid: Amount | None  # at settlement, to the receiver
     refunded: Amount | None  # at settlement, back to the sender
     opened_block: int
@@ -98,20 +122,16 @@ class Channel:
         """The channel id as the contract takes it (``bytes32``)."""
         return bytes.fromhex(self.channel_id[2:])
 
-    @property
-    def frozen(self) -> bool:
-        """Whether the operator consented to close it (see the module docstring)."""
-        return self.consented_balance is not None
 
-
-_SELECT = """
+_SELECT = f"""
 SELECT c.channel_id, c.contract, c.sender, c.receiver, c.role, c.account_id, a.name AS account_name,
        c.deposit::text AS deposit, c.state, c.closing_balance::text AS closing_balance, c.settle_after,
        c.proof_balance::text AS proof_balance, c.proof_signature,
-       c.consented_balance::text AS consented_balance, c.paid::text AS paid,
+       c.consented_balance::text AS consented_balance, c.consent_expires_at,
+       ({CONSENT_IN_FORCE}) AS consent_in_force, ({FROZEN}) AS frozen, c.paid::text AS paid,
        c.refunded::text AS refunded, c.opened_block, c.created_at, c.updated_at
 FROM channels c LEFT JOIN accounts a ON a.id = c.account_id
-"""
+"""  # noqa: S608
 
 
 def _amount(text: str | None) -> Amount | None:
@@ -134,6 +154,9 @@ def _channel(row: asyncpg.Record) -> Channel:
         proof_balance=Amount(int(row["proof_balance"])),
         proof_signature=row["proof_signature"],
         consented_balance=_amount(row["consented_balance"]),
+        consent_expires_at=row["consent_expires_at"],
+        consent_in_force=row["consent_in_force"],
+        frozen=row["frozen"],
         paid=_amount(row["paid"]),
         refunded=_amount(row["refunded"]),
         opened_block=row["opened_block"],
@@ -247,13 +270,17 @@ async def record_proof(
             raise ProofRejected("not_open", key)
         if balance > locked.deposit:
             raise ProofRejected("above_deposit", key)
-        if locked.consented_balance is not None and balance > locked.consented_balance:
+        if locked.frozen and locked.consented_balance is not None and balance > locked.consented_balance:
             raise ProofRejected("consented", key)
         if balance < locked.proof_balance:
             raise ProofRejected("stale", key)
         if balance == locked.proof_balance:
             return locked
-        return await update_in(conn, locked, proof_balance=balance, proof_signature="0x" + raw.hex())
+        # Past the freeze the consent can close nothing any more: a higher proof clears it.
+        spent: dict[str, None] = (
+            {} if locked.frozen else {"consented_balance": None, "consent_expires_at": None}
+        )
+        return await update_in(conn, locked, proof_balance=balance, proof_signature="0x" + raw.hex(), **spent)
 
 
 # ---- the watcher's writes, inside its transactions ------------------------------------------
@@ -304,6 +331,7 @@ _UPDATABLE: Final = frozenset(
         "proof_balance",
         "proof_signature",
         "consented_balance",
+        "consent_expires_at",
         "paid",
         "refunded",
     }

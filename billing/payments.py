@@ -13,11 +13,12 @@ invoices, and settled deals not invoiced yet. Above a limit the gateways refuse 
 connections with 402 until it pays. A requester without a channel (funded by an operator credit)
 has prepaid and is never cut off here.
 
-Invoices go on a requester's oldest *usable* channel (open, no closing consent given:
+Invoices go on a requester's oldest *usable* channel (open, not frozen by a closing consent:
 ``channels.USABLE``) that still has room below its deposit. Once the operator consents to close a
-channel at a balance (:func:`consent`), the requester may close it at that balance at any time, so
-the channel is frozen: nothing more is billed on it, and a requester whose channels are all frozen
-or closing is cut off like one over the limit, until it opens another channel.
+channel at a balance (:func:`consent`), the requester may close it at that balance until the
+consent expires, so the channel is frozen until then (and ``channels.CONSENT_MARGIN`` more):
+nothing more is billed on it, and a requester whose channels are all frozen or closing is cut off
+like one over the limit, until it opens another channel or the consent expires unused.
 """
 
 from __future__ import annotations
@@ -236,24 +237,28 @@ async def without_channel(pool: asyncpg.Pool) -> dict[str, int]:
     return {row["name"]: int(row["owed"]) for row in rows if not row["usable"]}
 
 
-async def consent(pool: asyncpg.Pool, channel: Channel) -> Channel:
+async def consent(pool: asyncpg.Pool, channel: Channel, *, ttl: int) -> Channel:
     """Freeze the requester ``channel`` at its latest proof's balance, the balance the operator
-    then consents to close it at; returns the channel, frozen. A frozen channel is returned as it
-    is: its consented balance never moves, so a consent asked for again is for the same balance.
+    then consents to close it at until ``consent_expires_at``, ``ttl`` seconds from now by the
+    database's clock; returns the channel, frozen. A consent that has not expired is returned as
+    it is (same balance, same expiry), so a consent asked for again is the same consent; once it
+    has expired, asking again is asking anew.
 
     Given only when nothing is owed and, unless another usable channel can bill them, no deal of
     the requester is still running: from here on nothing is billed on the channel. Raises
-    ``ConsentRefused``; ``ValueError`` for a channel that is no requester's.
+    ``ConsentRefused``; ``ValueError`` for a channel that is no requester's or a ``ttl`` below 1.
     """
     if channel.role != "requester" or channel.account_id is None or channel.account_name is None:
         raise ValueError(f"channel {channel.channel_id} is no requester's")
+    if ttl < 1:
+        raise ValueError("a consent lasts at least one second")
     async with pool.acquire() as conn, conn.transaction():
         # Under the row lock the invoicer takes too: no invoice lands on it between check and freeze.
         locked = await channels.lock_in(conn, channel.channel_id)
         if locked is None or locked.state != "open":
             state = "settled" if locked is None else locked.state
             raise ConsentRefused("not_open", channel.channel_id, state=state)
-        if locked.frozen:
+        if locked.consent_in_force:
             return locked
         owed = int(
             await conn.fetchval(
@@ -277,7 +282,10 @@ async def consent(pool: asyncpg.Pool, channel: Channel) -> Channel:
         )
         if running and not others:
             raise ConsentRefused("deals_running", locked.channel_id, running=int(running))
-        return await channels.update_in(conn, locked, consented_balance=int(locked.proof_balance))
+        now = int(await conn.fetchval("SELECT floor(extract(epoch FROM now()))::bigint"))
+        return await channels.update_in(
+            conn, locked, consented_balance=int(locked.proof_balance), consent_expires_at=now + ttl
+        )
 
 
 # -- the invoicer: bills, and tells the gateways who is cut off ------------------------------
@@ -287,6 +295,9 @@ async def consent(pool: asyncpg.Pool, channel: Channel) -> Channel:
 class PaymentSettings:
     unpaid_limit: int = 10**18  # base units of settled usage a requester may owe before 402
     interval: float = 2.0  # seconds between two invoicing passes
+    # how long the operator's consent to close a requester channel lasts (whole seconds): the
+    # requester has that long to submit it, and the channel is frozen that long (see consent)
+    consent_ttl: int = 60 * 60
     # The hub's side: the operator's wallet and the channels' domain, to promise providers their
     # earnings over its payout channels (billing.payouts); None: no payouts signed here.
     operator: LocalAccount | None = field(default=None, repr=False)

@@ -2,9 +2,10 @@
 
 A balance proof is the sender's EIP-712 signature over ``BalanceProof(bytes32 channelId,uint256
 balance)``, ``balance`` being the cumulative amount (IPSX base units) owed to the receiver. The
-receiver's consent to a cooperative close signs ``ClosingConsent(bytes32 channelId,uint256 balance)``:
-another type hash, so neither signature can stand for the other. Both are bound to the domain
-``("IPSX PaymentChannels", "1", chain id, contract address)``.
+receiver's consent to a cooperative close signs ``ClosingConsent(bytes32 channelId,uint256
+balance,uint256 expiresAt)``, ``expiresAt`` being the last block timestamp (unix seconds) at which
+the contract takes it: another type hash, so neither signature can stand for the other. Both are
+bound to the domain ``("IPSX PaymentChannels", "1", chain id, contract address)``.
 
 Recovery applies the contract's rules (65 bytes, v of 27 or 28, s in the lower half of the curve
 order), so a signature accepted here is accepted on-chain and the other way round.
@@ -42,7 +43,14 @@ DOMAIN_NAME: Final = "IPSX PaymentChannels"
 DOMAIN_VERSION: Final = "1"
 BALANCE_PROOF_TYPE: Final = "BalanceProof"
 CLOSING_CONSENT_TYPE: Final = "ClosingConsent"
-_FIELDS: Final = [{"name": "channelId", "type": "bytes32"}, {"name": "balance", "type": "uint256"}]
+_FIELDS: Final = {
+    BALANCE_PROOF_TYPE: [{"name": "channelId", "type": "bytes32"}, {"name": "balance", "type": "uint256"}],
+    CLOSING_CONSENT_TYPE: [
+        {"name": "channelId", "type": "bytes32"},
+        {"name": "balance", "type": "uint256"},
+        {"name": "expiresAt", "type": "uint256"},
+    ],
+}
 _DOMAIN_FIELDS: Final = [
     {"name": "name", "type": "string"},
     {"name": "version", "type": "string"},
@@ -53,8 +61,8 @@ _DOMAIN_TYPEHASH: Final = keccak(
     b"EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
 )
 _TYPEHASHES: Final = {
-    name: keccak(f"{name}(bytes32 channelId,uint256 balance)".encode())
-    for name in (BALANCE_PROOF_TYPE, CLOSING_CONSENT_TYPE)
+    name: keccak(f"{name}({','.join(m['type'] + ' ' + m['name'] for m in members)})".encode())
+    for name, members in _FIELDS.items()
 }
 _UINT256_MAX: Final = 2**256 - 1
 # secp256k1 group order; the contract (OpenZeppelin ECDSA) rejects s above its half.
@@ -120,8 +128,8 @@ def channel_id(sender: str, receiver: str, nonce: int) -> bytes:
     )
 
 
-def _message(primary_type: str, domain: ChannelDomain, channel: bytes, balance: int) -> SignableMessage:
-    struct_hash = keccak(_TYPEHASHES[primary_type] + _bytes32(channel) + _word(balance))
+def _message(primary_type: str, domain: ChannelDomain, channel: bytes, *words: int) -> SignableMessage:
+    struct_hash = keccak(_TYPEHASHES[primary_type] + _bytes32(channel) + b"".join(map(_word, words)))
     return SignableMessage(version=b"\x01", header=domain.separator, body=struct_hash)
 
 
@@ -130,20 +138,31 @@ def balance_proof_message(domain: ChannelDomain, channel: bytes, balance: int) -
     return _message(BALANCE_PROOF_TYPE, domain, channel, balance)
 
 
-def closing_consent_message(domain: ChannelDomain, channel: bytes, balance: int) -> SignableMessage:
-    """The EIP-712 message of the receiver's consent to close ``channel`` at ``balance``."""
-    return _message(CLOSING_CONSENT_TYPE, domain, channel, balance)
+def closing_consent_message(
+    domain: ChannelDomain, channel: bytes, balance: int, expires_at: int
+) -> SignableMessage:
+    """The EIP-712 message of the receiver's consent to close ``channel`` at ``balance`` in a block
+    stamped ``expires_at`` (unix seconds) or earlier."""
+    return _message(CLOSING_CONSENT_TYPE, domain, channel, balance, expires_at)
 
 
-def typed_data(primary_type: str, domain: ChannelDomain, channel: bytes, balance: int) -> dict[str, Any]:
-    """The full EIP-712 JSON of either message, for wallets (``eth_signTypedData_v4``)."""
+def typed_data(
+    primary_type: str, domain: ChannelDomain, channel: bytes, balance: int, expires_at: int | None = None
+) -> dict[str, Any]:
+    """The full EIP-712 JSON of either message, for wallets (``eth_signTypedData_v4``). A closing
+    consent needs ``expires_at``, a balance proof has none; ``ValueError`` otherwise."""
     if primary_type not in _TYPEHASHES:
         raise ValueError(f"unknown primary type {primary_type!r}")
+    message: dict[str, Any] = {"channelId": _bytes32(channel), "balance": balance}
+    if (expires_at is None) != (primary_type == BALANCE_PROOF_TYPE):
+        raise ValueError(f"a {primary_type} {'takes no' if expires_at is not None else 'needs an'} expiry")
+    if expires_at is not None:
+        message["expiresAt"] = expires_at
     return {
-        "types": {"EIP712Domain": _DOMAIN_FIELDS, primary_type: _FIELDS},
+        "types": {"EIP712Domain": _DOMAIN_FIELDS, primary_type: _FIELDS[primary_type]},
         "primaryType": primary_type,
         "domain": domain.as_dict(),
-        "message": {"channelId": _bytes32(channel), "balance": balance},
+        "message": message,
     }
 
 
@@ -161,9 +180,12 @@ def sign_balance_proof(domain: ChannelDomain, channel: bytes, balance: int, key:
     return _sign(balance_proof_message(domain, channel, balance), key)
 
 
-def sign_closing_consent(domain: ChannelDomain, channel: bytes, balance: int, key: PrivateKeyType) -> bytes:
-    """The receiver's 65-byte signature (r, s, v) consenting to close at ``balance``."""
-    return _sign(closing_consent_message(domain, channel, balance), key)
+def sign_closing_consent(
+    domain: ChannelDomain, channel: bytes, balance: int, expires_at: int, key: PrivateKeyType
+) -> bytes:
+    """The receiver's 65-byte signature (r, s, v) consenting to close at ``balance`` until
+    ``expires_at`` (the last block timestamp the contract takes it in)."""
+    return _sign(closing_consent_message(domain, channel, balance, expires_at), key)
 
 
 def _recover(message: SignableMessage, signature: bytes) -> ChecksumAddress:
@@ -191,7 +213,7 @@ def recover_balance_proof_signer(
 
 
 def recover_closing_consent_signer(
-    domain: ChannelDomain, channel: bytes, balance: int, signature: bytes
+    domain: ChannelDomain, channel: bytes, balance: int, expires_at: int, signature: bytes
 ) -> ChecksumAddress:
     """The address that signed this closing consent; raises ``InvalidSignatureError`` if malformed."""
-    return _recover(closing_consent_message(domain, channel, balance), signature)
+    return _recover(closing_consent_message(domain, channel, balance, expires_at), signature)

@@ -44,8 +44,14 @@ SCHEMAS: dict[str, Any] = {
             "consented_balance": {
                 "oneOf": [_ref("Amount"), {"type": "null"}],
                 "description": "the balance the operator consented to close this requester channel at: "
-                "the channel is frozen (no more invoices on it, no proof above it accepted); null: no "
-                "consent given",
+                "the channel is frozen (no more invoices on it, no proof above it accepted) until a few "
+                "minutes past consent_expires_at; null: no consent given, or it expired",
+            },
+            "consent_expires_at": {
+                "type": ["integer", "null"],
+                "description": "the last block timestamp (unix seconds) at which the contract takes "
+                "that consent; null with a consented_balance: a consent given for good, before consents "
+                "expired",
             },
             "settle_after": {"type": ["integer", "null"]},
         },
@@ -108,11 +114,13 @@ PATHS: dict[str, Any] = {
             "summary": "The operator's consent to close your requester channel cooperatively",
             "description": "Given once every invoice is paid (and, unless you have another usable "
             "channel, no deal of yours is still running), at the balance of your latest proof, "
-            "which it returns with it: submit both to cooperativeClose (ipsx channel close). The "
-            "consent does not expire, so giving it freezes the channel at that balance for good: "
-            "nothing more is invoiced on it, no proof above it is accepted, and without another "
-            "usable channel you are cut off (402 at the gateways) until you open one. Asking again "
-            "returns a consent for the same balance.",
+            "which it returns with it: submit both, with expires_at, to cooperativeClose (ipsx "
+            "channel close) in a block stamped expires_at or earlier (an hour from now by default); "
+            "later the contract refuses it (ConsentExpired). Until then the channel is frozen at that "
+            "balance: nothing more is invoiced on it, no proof above it is accepted, and without "
+            "another usable channel you are cut off (402 at the gateways) until you open one. A few "
+            "minutes after the expiry the channel is usable again. Asking again before the expiry "
+            "returns the same consent; after it, a new one.",
             "security": _SECURED,
             "parameters": [{"name": "channel_id", "in": "path", "required": True, "schema": _STR}],
             "responses": {
@@ -123,21 +131,32 @@ PATHS: dict[str, Any] = {
                         "required": [
                             "channel_id",
                             "balance",
+                            "expires_at",
                             "balance_signature",
                             "consent_signature",
                         ],
                         "properties": {
                             "channel_id": _STR,
                             "balance": _ref("Amount"),
+                            "expires_at": {
+                                "type": "integer",
+                                "description": "the last block timestamp (unix seconds) the "
+                                "contract takes the consent in",
+                            },
                             "balance_signature": _NULLABLE_STR,
-                            "consent_signature": _STR,
+                            "consent_signature": {
+                                "type": "string",
+                                "description": "the operator's EIP-712 signature of "
+                                "ClosingConsent(channelId, balance, expiresAt)",
+                            },
                         },
                     },
                 ),
                 "404": _problem("no requester channel of the caller has this id"),
                 "409": _problem(
-                    "the channel is closing or settled (conflict), invoices are unpaid (unpaid_usage) "
-                    "or deals still run with no other usable channel (deals_running)"
+                    "the channel is closing, settled or frozen for good by an earlier consent "
+                    "(conflict), invoices are unpaid (unpaid_usage) or deals still run with no other "
+                    "usable channel (deals_running)"
                 ),
                 "503": _problem("this API node does not sign for the operator"),
                 **_AUTH_ERRORS,

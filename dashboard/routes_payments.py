@@ -69,8 +69,11 @@ def _channel_json(channel: Channel) -> dict[str, Any]:
         "proof_signature": channel.proof_signature,
         "closing_balance": None if channel.closing_balance is None else amount_json(channel.closing_balance),
         "consented_balance": (
-            None if channel.consented_balance is None else amount_json(channel.consented_balance)
+            amount_json(channel.consented_balance)
+            if channel.frozen and channel.consented_balance is not None
+            else None
         ),
+        "consent_expires_at": channel.consent_expires_at if channel.frozen else None,
         "settle_after": channel.settle_after,
     }
 
@@ -135,13 +138,16 @@ async def closing_consent(request: web.Request) -> web.Response:
     another usable channel of the caller remains, no deal is still running), so the chain pays the
     operator exactly what the caller's settled usage cost and refunds the rest at once.
 
-    The consent never expires on-chain, so giving it freezes the channel at B for good
-    (``billing.payments.consent``): nothing is invoiced on it any more, no proof above B is
-    accepted on it, and a caller with no other usable channel is cut off (402 at the gateways)
-    until it opens another. Asking again returns a consent for the same B.
+    The consent expires (``expires_at``, the last block timestamp the contract takes it in:
+    ``PaymentSettings.consent_ttl``, an hour, from now) and the channel is frozen at B until then
+    (``billing.payments.consent``): nothing is invoiced on it, no proof above B is accepted on it,
+    and a caller with no other usable channel is cut off (402 at the gateways) until it opens
+    another or the consent expires unused. Asking again before the expiry returns the same consent;
+    after it, a new one.
 
-    Problems: 404 not a requester channel of the caller; 409 ``conflict`` (closing or settled),
-    ``unpaid_usage`` (``owed``) or ``deals_running`` (``running``); 503 no operator key here.
+    Problems: 404 not a requester channel of the caller; 409 ``conflict`` (closing or settled, or
+    frozen by a consent given before consents expired), ``unpaid_usage`` (``owed``) or
+    ``deals_running`` (``running``); 503 no operator key here.
     """
     caller = await authorized(request, "trade")
     settings = request.app[SETTINGS]
@@ -156,19 +162,22 @@ async def closing_consent(request: web.Request) -> web.Response:
     if channel is None or channel.account_id != caller.account.id or channel.role != "requester":
         raise Problem(404, "not_found", "no requester channel of yours has this id")
     try:
-        frozen = await payments.consent(pool, channel)
+        frozen = await payments.consent(pool, channel, ttl=payment_settings(settings).consent_ttl)
     except ConsentRefused as refused:
         raise _consent_problem(refused) from None
     if frozen.consented_balance is None:  # consent() always sets it; never sign an open-ended consent
         raise RuntimeError(f"channel {frozen.channel_id} was not frozen")
-    balance = int(frozen.consented_balance)
+    if frozen.consent_expires_at is None:  # given before consents expired: the caller holds it already
+        raise Problem(409, "conflict", "the channel is frozen by a consent given for good", state="frozen")
+    balance, expires_at = int(frozen.consented_balance), frozen.consent_expires_at
     consent = proofs.sign_closing_consent(
-        domain, channel.id_bytes, balance, Account.from_key(settings.operator_key).key
+        domain, channel.id_bytes, balance, expires_at, Account.from_key(settings.operator_key).key
     )
     return json_response(
         {
             "channel_id": channel.channel_id,
             "balance": amount_json(balance),
+            "expires_at": expires_at,
             "balance_signature": frozen.proof_signature,
             "consent_signature": "0x" + consent.hex(),
         }

@@ -2,10 +2,11 @@
 
 A requester opens a channel to the operator with IPSX (approve, then ``open``); the operator's
 chain watcher credits the deposit once confirmed. To close, a requester asks the API for the
-operator's consent (given once every invoice is paid; it freezes the channel at its balance) and
-submits ``cooperativeClose`` with its own balance proof of that balance, signed here (the contract
-wants the sender's signature even at balance 0, when the hub holds no proof); a provider closes a
-payout channel with the operator's latest proof (kept by ``ipsx payouts``) and its own consent.
+operator's consent (given once every invoice is paid; it freezes the channel at its balance until
+the consent expires) and submits ``cooperativeClose`` with its own balance proof of that balance,
+signed here (the contract wants the sender's signature even at balance 0, when the hub holds no
+proof); a provider closes a payout channel with the operator's latest proof (kept by ``ipsx
+payouts``) and its own consent, valid for :data:`OWN_CONSENT_WINDOW` of chain time.
 Transactions are signed locally with the wallet of ``--key``; the node never holds it. Errors
 name the node as scheme, host and port only: providers put API keys in the RPC URL's path.
 """
@@ -31,6 +32,7 @@ from ipsx.chain_access import DeploymentFile, shown
 from ipsx.sdk import Client
 
 RECEIPT_TIMEOUT = 120.0
+OWN_CONSENT_WINDOW = 60 * 60  # seconds past the chain's latest block a provider's own consent lasts
 
 
 class ChannelError(Exception):
@@ -52,23 +54,25 @@ def _scrubbed(text: str, url: str) -> str:
     return text
 
 
-def _transact(w3: Web3, call: Any, wallet: LocalAccount, what: str) -> Any:
+def _node_failure(w3: Web3, what: str, error: OSError | Web3Exception | ValueError) -> ChannelError:
+    """``what`` failed at the node: the error named without the node's URL path or credentials."""
     url = str(getattr(w3.provider, "endpoint_uri", ""))
     node = shown(url)
+    if isinstance(error, OSError):  # requests' errors: their text quotes the URL's path, API key and all
+        return ChannelError(f"{what} failed talking to the Ethereum node at {node}: {type(error).__name__}")
+    # the node's own answer, e.g. insufficient funds
+    said = _scrubbed(str(error), url)
+    return ChannelError(f"{what} failed at the Ethereum node at {node}: {type(error).__name__}: {said}")
+
+
+def _transact(w3: Web3, call: Any, wallet: LocalAccount, what: str) -> Any:
     try:
         tx = call.transact({"from": wallet.address})
         receipt = w3.eth.wait_for_transaction_receipt(tx, timeout=RECEIPT_TIMEOUT)
     except ContractLogicError as error:
         raise ChannelError(f"{what} reverted: {error}") from None
-    except OSError as error:  # requests' errors: their text quotes the URL's path, API key and all
-        raise ChannelError(
-            f"{what} failed talking to the Ethereum node at {node}: {type(error).__name__}"
-        ) from None
-    except (Web3Exception, ValueError) as error:  # the node's own answer, e.g. insufficient funds
-        said = _scrubbed(str(error), url)
-        raise ChannelError(
-            f"{what} failed at the Ethereum node at {node}: {type(error).__name__}: {said}"
-        ) from None
+    except (OSError, Web3Exception, ValueError) as error:
+        raise _node_failure(w3, what, error) from None
     if receipt["status"] != 1:
         raise ChannelError(f"{what} failed in block {receipt['blockNumber']}")
     print(f"{what}: mined in block {receipt['blockNumber']}", flush=True)
@@ -99,16 +103,25 @@ def close_channel(args: argparse.Namespace, api: Client, wallet: LocalAccount) -
     channel = found[0]
     domain = proofs.ChannelDomain(chain_id=deployment.chain_id, verifying_contract=deployment.channels)  # type: ignore[arg-type]
     id_bytes = bytes.fromhex(channel_id[2:])
+    w3 = _web3(args, wallet)
+    chain_time = _chain_time(w3)
     if channel["role"] == "requester":
-        balance, proof, closing = requester_close(api.channel_consent(channel_id), id_bytes, wallet, domain)
+        balance, expires_at, proof, closing = requester_close(
+            api.channel_consent(channel_id), id_bytes, wallet, domain
+        )
+        if chain_time >= expires_at:  # the next block is later: the contract would refuse it
+            raise ChannelError(
+                f"the operator's consent expired at {expires_at}, and the chain is at {chain_time}: "
+                "ask for it again"
+            )
     else:
         kept = _kept_payout(args.store, channel_id)
         balance, proof = int(kept["balance"]), kept["signature"]
-        closing = "0x" + proofs.sign_closing_consent(domain, id_bytes, balance, wallet.key).hex()
-    w3 = _web3(args, wallet)
+        expires_at = chain_time + OWN_CONSENT_WINDOW
+        closing = "0x" + proofs.sign_closing_consent(domain, id_bytes, balance, expires_at, wallet.key).hex()
     channels = contract_at(w3, "PaymentChannels", deployment.channels)
     call = channels.functions.cooperativeClose(
-        id_bytes, balance, bytes.fromhex(proof[2:]), bytes.fromhex(closing[2:])
+        id_bytes, balance, expires_at, bytes.fromhex(proof[2:]), bytes.fromhex(closing[2:])
     )
     receipt = _transact(w3, call, wallet, "cooperativeClose")
     (settled,) = channels.events.ChannelSettled().process_receipt(receipt, errors=DISCARD)
@@ -121,14 +134,18 @@ def close_channel(args: argparse.Namespace, api: Client, wallet: LocalAccount) -
 
 def requester_close(
     consent: dict[str, Any], channel: bytes, wallet: LocalAccount, domain: proofs.ChannelDomain
-) -> tuple[int, str, str]:
-    """The balance, the requester's balance proof of it and the operator's consent to submit to
-    ``cooperativeClose`` on ``channel`` for the API's ``consent`` (``POST
-    /v1/channels/{id}/consent``). The requester is the channel's sender: ``wallet`` signs the proof
-    itself, since the hub holds none before the first invoice is paid. The hub names the balance,
-    so it must be 0 or come with the wallet's own earlier proof of it (the wallet never signs a
-    balance here it did not sign for an invoice); raises ``ChannelError`` otherwise."""
+) -> tuple[int, int, str, str]:
+    """The balance, the consent's expiry, the requester's balance proof of the balance and the
+    operator's consent to submit to ``cooperativeClose`` on ``channel`` for the API's ``consent``
+    (``POST /v1/channels/{id}/consent``). The requester is the channel's sender: ``wallet`` signs
+    the proof itself, since the hub holds none before the first invoice is paid. The hub names the
+    balance, so it must be 0 or come with the wallet's own earlier proof of it (the wallet never
+    signs a balance here it did not sign for an invoice); raises ``ChannelError`` otherwise, and
+    for an answer without an expiry."""
     balance = int(consent["balance"]["base_units"])
+    expires_at = consent.get("expires_at")
+    if not isinstance(expires_at, int) or isinstance(expires_at, bool) or expires_at < 0:
+        raise ChannelError("the operator's consent names no expiry: is the API older than this client?")
     if balance != 0:
         try:
             signer = proofs.recover_balance_proof_signer(
@@ -141,7 +158,15 @@ def requester_close(
                 f"the operator consents to a close at {balance}, which this wallet never signed"
             )
     proof = proofs.sign_balance_proof(domain, channel, balance, wallet.key)
-    return balance, "0x" + proof.hex(), str(consent["consent_signature"])
+    return balance, expires_at, "0x" + proof.hex(), str(consent["consent_signature"])
+
+
+def _chain_time(w3: Web3) -> int:
+    """The latest block's timestamp; raises ``ChannelError`` when the node does not tell it."""
+    try:
+        return int(w3.eth.get_block("latest")["timestamp"])
+    except (OSError, Web3Exception, ValueError) as error:
+        raise _node_failure(w3, "reading the latest block", error) from None
 
 
 def _kept_payout(store: Path, channel_id: str) -> dict[str, Any]:

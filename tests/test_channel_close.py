@@ -1,7 +1,8 @@
 """``ipsx channel close`` as a requester: the balance proof it submits to ``cooperativeClose``
 with the operator's consent, on a real chain (the in-process eth-tester, the contracts deployed
 from their committed artifacts). The contract wants the sender's own signature even at balance 0,
-when the hub holds no proof yet, so the requester's wallet signs it."""
+when the hub holds no proof yet, so the requester's wallet signs it; and it takes the operator's
+consent only until the expiry the consent names."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from eth_tester.exceptions import TransactionFailed
 from contracts import proofs
 from contracts.deploy import deploy_contract
 from ipsx.channel_commands import ChannelError, requester_close
-from tests.contracts.chain import Chain, eth_tester_chain, events
+from tests.contracts.chain import Chain, eth_tester_chain, events, reverts
 from tests.contracts.conftest import roles_of
 
 DEPOSIT = 1000
@@ -35,12 +36,17 @@ class Opened:
     def domain(self) -> proofs.ChannelDomain:
         return proofs.ChannelDomain(chain_id=self.chain.chain_id, verifying_contract=self.channels.address)
 
-    def consent(self, balance: int, balance_signature: str | None = None) -> dict[str, Any]:
-        """What ``POST /v1/channels/{id}/consent`` answers: the operator's signature of the balance."""
-        signed = proofs.sign_closing_consent(self.domain, self.channel_id, balance, self.operator.key)
+    def consent(
+        self, balance: int, balance_signature: str | None = None, *, expires_at: int | None = None
+    ) -> dict[str, Any]:
+        """What ``POST /v1/channels/{id}/consent`` answers: the operator's signature of the balance
+        and the expiry (by default an hour ahead of the chain)."""
+        until = self.chain.now() + 3600 if expires_at is None else expires_at
+        signed = proofs.sign_closing_consent(self.domain, self.channel_id, balance, until, self.operator.key)
         return {
             "channel_id": "0x" + self.channel_id.hex(),
             "balance": {"base_units": str(balance)},
+            "expires_at": until,
             "balance_signature": balance_signature,
             "consent_signature": "0x" + signed.hex(),
         }
@@ -69,19 +75,21 @@ def opened(chain: Chain) -> Iterator[Opened]:
         yield Opened(chain, token, channels, chain.keys[requester], chain.keys[operator], channel_id)
 
 
-def close(opened: Opened, balance: int, proof: str, consent: str) -> Any:
+def close(opened: Opened, balance: int, expires_at: int, proof: str, consent: str) -> Any:
     call = opened.channels.functions.cooperativeClose(
-        opened.channel_id, balance, bytes.fromhex(proof[2:]), bytes.fromhex(consent[2:])
+        opened.channel_id, balance, expires_at, bytes.fromhex(proof[2:]), bytes.fromhex(consent[2:])
     )
     return opened.chain.transact(call, opened.requester.address)
 
 
 def test_requester_close_call_without_any_proof_held(opened: Opened) -> None:
     before = opened.token.functions.balanceOf(opened.requester.address).call()
-    balance, proof, consent = requester_close(
-        opened.consent(0), opened.channel_id, opened.requester, opened.domain
+    answer = opened.consent(0)
+    balance, expires_at, proof, consent = requester_close(
+        answer, opened.channel_id, opened.requester, opened.domain
     )
-    (settled,) = events(opened.channels, "ChannelSettled", close(opened, balance, proof, consent))
+    assert expires_at == answer["expires_at"]
+    (settled,) = events(opened.channels, "ChannelSettled", close(opened, balance, expires_at, proof, consent))
     assert (settled["paid"], settled["refunded"]) == (0, DEPOSIT)
     assert opened.token.functions.balanceOf(opened.requester.address).call() == before + DEPOSIT
 
@@ -89,7 +97,8 @@ def test_requester_close_call_without_any_proof_held(opened: Opened) -> None:
 def test_cooperative_close_call_with_an_empty_proof_reverts(opened: Opened) -> None:
     # What the command sent before: "0x" when the hub held no proof.
     with pytest.raises(TransactionFailed):
-        close(opened, 0, "0x", opened.consent(0)["consent_signature"])
+        answer = opened.consent(0)
+        close(opened, 0, answer["expires_at"], "0x", answer["consent_signature"])
 
 
 def test_requester_close_call_at_a_balance_the_wallet_signed(opened: Opened) -> None:
@@ -97,6 +106,25 @@ def test_requester_close_call_at_a_balance_the_wallet_signed(opened: Opened) -> 
     answer = requester_close(opened.consent(300, held), opened.channel_id, opened.requester, opened.domain)
     (settled,) = events(opened.channels, "ChannelSettled", close(opened, *answer))
     assert (settled["paid"], settled["refunded"]) == (300, DEPOSIT - 300)
+
+
+def test_requester_close_call_with_a_consent_past_its_expiry_reverts(opened: Opened) -> None:
+    held = "0x" + proofs.sign_balance_proof(opened.domain, opened.channel_id, 300, opened.requester.key).hex()
+    expires_at = opened.chain.now() + 600
+    answer = requester_close(
+        opened.consent(300, held, expires_at=expires_at), opened.channel_id, opened.requester, opened.domain
+    )
+    opened.chain.travel(601)  # the requester waited, and was invoiced more on the unfrozen channel
+    with reverts(opened.channels, "ConsentExpired", expires_at):
+        close(opened, *answer)
+    assert opened.channels.functions.getChannel(opened.channel_id).call()[3] == DEPOSIT  # still open
+
+
+def test_requester_close_call_refuses_an_answer_without_expiry(opened: Opened) -> None:
+    answer = opened.consent(0)
+    del answer["expires_at"]  # what an API from before consents expired answers
+    with pytest.raises(ChannelError, match="no expiry"):
+        requester_close(answer, opened.channel_id, opened.requester, opened.domain)
 
 
 @pytest.mark.parametrize("held", [None, "0x" + "00" * 65, "0x1234"])

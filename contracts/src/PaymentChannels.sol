@@ -11,14 +11,16 @@ import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 /// (channel id, cumulative balance owed to the receiver). A channel ends either at once with the
 /// sender's balance proof and the receiver's closing consent (a distinct EIP-712 type), or through an
 /// uncooperative close by either side, a challenge period in which the receiver may submit a newer
-/// proof, and a settle. Channel ids are keccak256(sender, receiver, n) with a per-pair counter n that
-/// never decreases, so a proof for a settled channel never matches a later one.
+/// proof, and a settle. A closing consent names the block timestamp it expires after, so the receiver
+/// may go on taking payments on the channel once it has expired: an old consent cannot close the
+/// channel at an old balance later. Channel ids are keccak256(sender, receiver, n) with a per-pair
+/// counter n that never decreases, so a proof for a settled channel never matches a later one.
 contract PaymentChannels is EIP712 {
     using SafeERC20 for IERC20;
 
     bytes32 public constant BALANCE_PROOF_TYPEHASH = keccak256("BalanceProof(bytes32 channelId,uint256 balance)");
     bytes32 public constant CLOSING_CONSENT_TYPEHASH =
-        keccak256("ClosingConsent(bytes32 channelId,uint256 balance)");
+        keccak256("ClosingConsent(bytes32 channelId,uint256 balance,uint256 expiresAt)");
 
     struct Channel {
         address sender;
@@ -72,6 +74,7 @@ contract PaymentChannels is EIP712 {
     error NotReceiver(address caller);
     error InvalidBalanceProof();
     error InvalidClosingSignature();
+    error ConsentExpired(uint256 expiresAt);
     error BalanceExceedsDeposit(uint256 balance, uint256 deposit);
     error StaleProof(uint256 balance, uint256 closingBalance);
     error ChallengePeriodActive(uint256 settleAfter);
@@ -102,9 +105,10 @@ contract PaymentChannels is EIP712 {
         return _hashTypedDataV4(keccak256(abi.encode(BALANCE_PROOF_TYPEHASH, id, balance)));
     }
 
-    /// @notice The EIP-712 digest the receiver signs to consent to a cooperative close.
-    function closingConsentDigest(bytes32 id, uint256 balance) public view returns (bytes32) {
-        return _hashTypedDataV4(keccak256(abi.encode(CLOSING_CONSENT_TYPEHASH, id, balance)));
+    /// @notice The EIP-712 digest the receiver signs to consent to a cooperative close at `balance`
+    /// until `expiresAt` (a block timestamp, inclusive).
+    function closingConsentDigest(bytes32 id, uint256 balance, uint256 expiresAt) public view returns (bytes32) {
+        return _hashTypedDataV4(keccak256(abi.encode(CLOSING_CONSENT_TYPEHASH, id, balance, expiresAt)));
     }
 
     /// @notice The EIP-712 domain separator (bound to this chain id and this contract).
@@ -142,19 +146,22 @@ contract PaymentChannels is EIP712 {
     }
 
     /// @notice Settles at once on the sender's balance proof and the receiver's closing consent for
-    /// the same balance; anyone may submit them, also during a challenge period.
+    /// the same balance, valid until `expiresAt` (inclusive; `ConsentExpired` in a later block);
+    /// anyone may submit them, also during a challenge period.
     function cooperativeClose(
         bytes32 id,
         uint256 balance,
+        uint256 expiresAt,
         bytes calldata balanceSignature,
         bytes calldata closingSignature
     ) external {
         Channel memory channel = _existingChannel(id);
+        if (block.timestamp > expiresAt) revert ConsentExpired(expiresAt);
         if (balance > channel.deposit) revert BalanceExceedsDeposit(balance, channel.deposit);
         if (!_signedBy(balanceProofDigest(id, balance), balanceSignature, channel.sender)) {
             revert InvalidBalanceProof();
         }
-        if (!_signedBy(closingConsentDigest(id, balance), closingSignature, channel.receiver)) {
+        if (!_signedBy(closingConsentDigest(id, balance, expiresAt), closingSignature, channel.receiver)) {
             revert InvalidClosingSignature();
         }
         _settle(id, channel, balance, true);

@@ -12,12 +12,15 @@ import {Address} from "@openzeppelin/contracts/utils/Address.sol";
 /// Bought tokens are delivered at once (locked until finalization). Anyone may `finalize` once the end
 /// time is reached or the cap is sold out: that unlocks token transfers and fixes the unsold amount,
 /// which every contributor then receives pro rata to the wei it paid (`distributeUnsold`, callable by
-/// anyone for any contributor). There are no refunds: after finalization the wallet withdraws the ETH.
+/// anyone for any contributor). What no contributor can claim goes to the wallet (`sweepUnsold`): the
+/// whole unsold amount when nobody contributed, else the rounding dust of the shares paid so far.
+/// There are no refunds: after finalization the wallet withdraws the ETH.
 contract TokenSale {
     using SafeERC20 for IERC20;
 
     IPSXToken public immutable token;
-    /// @notice Receives the raised ETH on `withdraw`; the only caller allowed to withdraw.
+    /// @notice Receives the raised ETH on `withdraw`, the only caller allowed to withdraw; and the
+    /// tokens no contributor can claim, on `sweepUnsold`.
     address payable public immutable wallet;
     /// @notice IPSX base units per wei.
     uint256 public immutable rate;
@@ -33,11 +36,14 @@ contract TokenSale {
     uint256 public unsoldAtFinalize;
     mapping(address contributor => uint256 weiAmount) public contributions;
     mapping(address contributor => bool) public unsoldDistributed;
+    /// @notice The wei paid by the contributors whose share of the unsold tokens was sent.
+    uint256 public weiDistributed;
 
     event TokensPurchased(address indexed buyer, uint256 weiAmount, uint256 tokenAmount);
     event Finalized(uint256 weiRaised, uint256 tokensSold, uint256 unsold);
     event UnsoldDistributed(address indexed contributor, uint256 amount);
     event Withdrawn(address indexed wallet, uint256 amount);
+    event UnsoldSwept(address indexed wallet, uint256 amount);
 
     error InvalidConfig();
     error SaleNotOpen(uint256 timestamp);
@@ -50,6 +56,7 @@ contract TokenSale {
     error AlreadyDistributed(address contributor);
     error OnlyWallet(address caller);
     error NothingToWithdraw();
+    error NothingToSweep();
 
     constructor(
         address payable wallet_,
@@ -108,15 +115,38 @@ contract TokenSale {
     }
 
     /// @notice Sends `contributor` its share of the unsold tokens; once per contributor, anyone may call.
-    /// @dev Rounding leaves at most one base unit per contributor in this contract, forever.
+    /// @dev Rounding leaves less than one base unit per contributor here, for `sweepUnsold`.
     function distributeUnsold(address contributor) external {
         if (!finalized) revert NotFinalized();
         if (contributions[contributor] == 0) revert NotAContributor(contributor);
         if (unsoldDistributed[contributor]) revert AlreadyDistributed(contributor);
         unsoldDistributed[contributor] = true;
+        weiDistributed += contributions[contributor];
         uint256 amount = unsoldShareOf(contributor);
         emit UnsoldDistributed(contributor, amount);
         IERC20(address(token)).safeTransfer(contributor, amount);
+    }
+
+    /// @notice The tokens held here that no contributor can claim: after finalization, the balance
+    /// above `unsoldAtFinalize * (weiRaised - weiDistributed) / weiRaised`, which bounds the shares not
+    /// sent yet (a sum of shares rounded down is at most the share of their sum). So that is the whole
+    /// balance when nobody contributed, the dust of the shares sent so far otherwise, and everything
+    /// left once every share was sent. Zero before finalization.
+    function sweepableUnsold() public view returns (uint256) {
+        if (!finalized) return 0;
+        uint256 held = token.balanceOf(address(this));
+        if (weiRaised == 0) return held;
+        uint256 unclaimed = (unsoldAtFinalize * (weiRaised - weiDistributed)) / weiRaised;
+        return held - unclaimed;
+    }
+
+    /// @notice Sends `sweepableUnsold()` to the wallet; anyone may call, after finalization.
+    function sweepUnsold() external {
+        if (!finalized) revert NotFinalized();
+        uint256 amount = sweepableUnsold();
+        if (amount == 0) revert NothingToSweep();
+        emit UnsoldSwept(wallet, amount);
+        IERC20(address(token)).safeTransfer(wallet, amount);
     }
 
     /// @notice Sends all raised ETH to the wallet; only the wallet, only after finalization.

@@ -109,9 +109,11 @@ class ChainStack:
 
     def cooperative_close(self, sender: str, receiver: str, channel_id: str, balance: int) -> Any:
         raw_id = bytes.fromhex(channel_id[2:])
-        consent = proofs.sign_closing_consent(self.domain, raw_id, balance, self.chain.keys[receiver].key)
+        expires_at = self.chain.now() + 3600
+        key = self.chain.keys[receiver].key
+        consent = proofs.sign_closing_consent(self.domain, raw_id, balance, expires_at, key)
         proof = self.sign(sender, channel_id, balance)
-        call = self.channels.functions.cooperativeClose(raw_id, balance, proof, consent)
+        call = self.channels.functions.cooperativeClose(raw_id, balance, expires_at, proof, consent)
         return self.chain.transact(call, sender)
 
     def close(self, closer: str, channel_id: str, balance: int, proof: bytes = b"") -> None:

@@ -56,6 +56,7 @@ MIGRATIONS = [
     "022_order_queue",
     "023_channel_consent",
     "024_deals_request_index",
+    "025_consent_expiry",
 ]
 
 

@@ -61,6 +61,24 @@ class Chain:
             pending = int(self.w3.eth.get_block("pending")["timestamp"])
             self.w3.testing.timeTravel(max(self.now() + seconds, pending))
 
+    def next_block_at(self, timestamp: int) -> None:
+        """Stamps the next block ``timestamp`` (later than the pending one on eth-tester)."""
+        if self.name == "anvil":
+            self.w3.provider.make_request("evm_setNextBlockTimestamp", [timestamp])  # type: ignore[arg-type]
+        else:
+            # eth-tester mines a block a second earlier; the pending block then has the timestamp.
+            self.w3.testing.timeTravel(timestamp)
+
+    def mine_past(self, timestamp: int) -> None:
+        """Mines an empty block stamped ``timestamp + 1``, so that the latest block and every later
+        one are past ``timestamp`` (anvil estimates gas in the latest block's time: a call that
+        reverts only in a later block is sent, and fails mined, instead of being refused)."""
+        if self.name == "anvil":
+            self.next_block_at(timestamp + 1)
+            self.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+        else:
+            self.next_block_at(timestamp + 2)
+
     def snapshot(self) -> Any:
         return self.w3.testing.snapshot()
 

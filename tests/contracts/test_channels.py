@@ -16,6 +16,7 @@ from tests.contracts.conftest import CHALLENGE_PERIOD, TOKEN, USER_FUNDS, Channe
 
 DEPOSIT = 100 * TOKEN
 NO_SIGNATURE = b""
+UNTIL = 4_102_444_800  # 2100-01-01: the expiry of the closing consents of tests about other rules
 
 
 @dataclass
@@ -56,8 +57,12 @@ class Net:
     def proof(self, cid: bytes, balance: int, signer: ChecksumAddress | None = None) -> bytes:
         return proofs.sign_balance_proof(self.domain, cid, balance, self.key(signer or self.sender))
 
-    def consent(self, cid: bytes, balance: int, signer: ChecksumAddress | None = None) -> bytes:
-        return proofs.sign_closing_consent(self.domain, cid, balance, self.key(signer or self.receiver))
+    def consent(
+        self, cid: bytes, balance: int, signer: ChecksumAddress | None = None, *, until: int = UNTIL
+    ) -> bytes:
+        return proofs.sign_closing_consent(
+            self.domain, cid, balance, until, self.key(signer or self.receiver)
+        )
 
     def balance(self, who: str) -> int:
         return int(self.token.functions.balanceOf(who).call())
@@ -107,9 +112,13 @@ def test_digests_match_python(net: Net) -> None:
     balance = 123_456_789
     on_chain = bytes(net.channels.functions.balanceProofDigest(cid, balance).call())
     assert on_chain == proofs.digest(proofs.balance_proof_message(net.domain, cid, balance))
-    on_chain = bytes(net.channels.functions.closingConsentDigest(cid, balance).call())
-    assert on_chain == proofs.digest(proofs.closing_consent_message(net.domain, cid, balance))
-    assert on_chain != bytes(net.channels.functions.balanceProofDigest(cid, balance).call())
+    for expires_at in (0, 1_700_000_000, 2**256 - 1):
+        on_chain = bytes(net.channels.functions.closingConsentDigest(cid, balance, expires_at).call())
+        assert on_chain == proofs.digest(proofs.closing_consent_message(net.domain, cid, balance, expires_at))
+        assert on_chain != bytes(net.channels.functions.balanceProofDigest(cid, balance).call())
+    # the expiry is signed: the same consent with another one is another digest
+    one, other = (net.channels.functions.closingConsentDigest(cid, balance, t).call() for t in (5, 6))
+    assert one != other
 
 
 # ---- open --------------------------------------------------------------------------------------
@@ -196,7 +205,9 @@ def test_cooperative_close_state_and_event(net: Net) -> None:
     paid = 30 * TOKEN + 1
     # Anyone may submit the two signatures: here the outsider pays the gas.
     receipt = net.chain.transact(
-        net.channels.functions.cooperativeClose(cid, paid, net.proof(cid, paid), net.consent(cid, paid)),
+        net.channels.functions.cooperativeClose(
+            cid, paid, UNTIL, net.proof(cid, paid), net.consent(cid, paid)
+        ),
         net.outsider,
     )
     assert events(net.channels, "ChannelSettled", receipt) == [
@@ -219,12 +230,12 @@ def test_cooperative_close_of_full_deposit_and_of_zero(net: Net) -> None:
     full, empty = net.open(), net.open()
     net.chain.transact(
         net.channels.functions.cooperativeClose(
-            full, DEPOSIT, net.proof(full, DEPOSIT), net.consent(full, DEPOSIT)
+            full, DEPOSIT, UNTIL, net.proof(full, DEPOSIT), net.consent(full, DEPOSIT)
         ),
         net.receiver,
     )
     net.chain.transact(
-        net.channels.functions.cooperativeClose(empty, 0, net.proof(empty, 0), net.consent(empty, 0)),
+        net.channels.functions.cooperativeClose(empty, 0, UNTIL, net.proof(empty, 0), net.consent(empty, 0)),
         net.sender,
     )
     assert net.balance(net.receiver) == USER_FUNDS + DEPOSIT
@@ -235,7 +246,7 @@ def test_cooperative_close_during_challenge_period(net: Net) -> None:
     cid = net.open()
     net.chain.transact(net.channels.functions.uncooperativeClose(cid, 0, NO_SIGNATURE), net.sender)
     net.chain.transact(
-        net.channels.functions.cooperativeClose(cid, 10, net.proof(cid, 10), net.consent(cid, 10)),
+        net.channels.functions.cooperativeClose(cid, 10, UNTIL, net.proof(cid, 10), net.consent(cid, 10)),
         net.receiver,
     )
     assert net.state(cid) == EMPTY
@@ -265,12 +276,60 @@ def test_cooperative_close_reverts_on_bad_signatures(net: Net) -> None:
         # signatures for another balance
         "proof of other balance": (net.proof(cid, 11), good_consent, "InvalidBalanceProof"),
         "consent of other balance": (good_proof, net.consent(cid, 9), "InvalidClosingSignature"),
+        # a consent signed to expire earlier, presented with the later expiry
+        "consent of other expiry": (
+            good_proof,
+            net.consent(cid, 10, until=UNTIL - 1),
+            "InvalidClosingSignature",
+        ),
         "malformed": (good_proof[:64], good_consent, "InvalidBalanceProof"),
     }
     for proof, consent, error in cases.values():
         with reverts(net.channels, error):
-            fn(cid, 10, proof, consent).transact({"from": net.receiver})
+            fn(cid, 10, UNTIL, proof, consent).transact({"from": net.receiver})
     assert net.state(cid) == (net.sender, 0, net.receiver, DEPOSIT, 0)
+
+
+def test_cooperative_close_call_in_the_block_the_consent_expires(net: Net) -> None:
+    cid = net.open()
+    expires_at = net.chain.now() + 500
+    net.chain.next_block_at(expires_at)  # the last block the consent is good for
+    receipt = net.chain.transact(
+        net.channels.functions.cooperativeClose(
+            cid, 25, expires_at, net.proof(cid, 25), net.consent(cid, 25, until=expires_at)
+        ),
+        net.sender,
+    )
+    assert net.chain.w3.eth.get_block(receipt["blockNumber"])["timestamp"] == expires_at
+    (settled,) = events(net.channels, "ChannelSettled", receipt)
+    assert (settled["paid"], settled["refunded"], settled["cooperative"]) == (25, DEPOSIT - 25, True)
+    assert net.state(cid) == EMPTY
+
+
+def test_cooperative_close_reverts_once_the_consent_expired(net: Net) -> None:
+    cid = net.open()
+    expires_at = net.chain.now() + 500
+    old_consent = net.consent(cid, 25, until=expires_at)
+    net.chain.mine_past(expires_at)
+    with reverts(net.channels, "ConsentExpired", expires_at):
+        net.channels.functions.cooperativeClose(
+            cid, 25, expires_at, net.proof(cid, 25), old_consent
+        ).transact({"from": net.sender})
+    # nor can the sender move the expiry: the receiver signed it
+    with reverts(net.channels, "InvalidClosingSignature"):
+        net.channels.functions.cooperativeClose(
+            cid, 25, expires_at + 1000, net.proof(cid, 25), old_consent
+        ).transact({"from": net.sender})
+    assert net.state(cid) == (net.sender, 0, net.receiver, DEPOSIT, 0)
+    # The receiver, paid more since, consents again at the new balance: that one closes.
+    later = net.chain.now() + 500
+    net.chain.transact(
+        net.channels.functions.cooperativeClose(
+            cid, 60, later, net.proof(cid, 60), net.consent(cid, 60, until=later)
+        ),
+        net.sender,
+    )
+    assert net.balance(net.receiver) == USER_FUNDS + 60
 
 
 def test_cooperative_close_reverts_on_proof_for_another_contract(net: Net) -> None:
@@ -281,13 +340,13 @@ def test_cooperative_close_reverts_on_proof_for_another_contract(net: Net) -> No
     # Same chain, same channel id, same signers: only the verifying contract differs.
     twin_domain = ChannelDomain(net.chain.chain_id, twin.address)
     proof = proofs.sign_balance_proof(twin_domain, cid, 10, net.key(net.sender))
-    consent = proofs.sign_closing_consent(twin_domain, cid, 10, net.key(net.receiver))
+    consent = proofs.sign_closing_consent(twin_domain, cid, 10, UNTIL, net.key(net.receiver))
     with reverts(net.channels, "InvalidBalanceProof"):
-        net.channels.functions.cooperativeClose(cid, 10, proof, net.consent(cid, 10)).transact(
+        net.channels.functions.cooperativeClose(cid, 10, UNTIL, proof, net.consent(cid, 10)).transact(
             {"from": net.receiver}
         )
     with reverts(net.channels, "InvalidClosingSignature"):
-        net.channels.functions.cooperativeClose(cid, 10, net.proof(cid, 10), consent).transact(
+        net.channels.functions.cooperativeClose(cid, 10, UNTIL, net.proof(cid, 10), consent).transact(
             {"from": net.receiver}
         )
 
@@ -297,9 +356,9 @@ def test_cooperative_close_reverts_above_deposit_and_twice(net: Net) -> None:
     over = DEPOSIT + 1
     with reverts(net.channels, "BalanceExceedsDeposit", over, DEPOSIT):
         net.channels.functions.cooperativeClose(
-            cid, over, net.proof(cid, over), net.consent(cid, over)
+            cid, over, UNTIL, net.proof(cid, over), net.consent(cid, over)
         ).transact({"from": net.receiver})
-    args = (cid, 5, net.proof(cid, 5), net.consent(cid, 5))
+    args = (cid, 5, UNTIL, net.proof(cid, 5), net.consent(cid, 5))
     net.chain.transact(net.channels.functions.cooperativeClose(*args), net.receiver)
     with reverts(net.channels, "ChannelNotFound", cid):
         net.channels.functions.cooperativeClose(*args).transact({"from": net.receiver})
@@ -317,7 +376,7 @@ def test_high_s_signature_is_rejected_on_chain_and_in_python(net: Net) -> None:
         proofs.recover_balance_proof_signer(net.domain, cid, 10, twin)
     assert "upper half" in excinfo.value.reason
     with reverts(net.channels, "InvalidBalanceProof"):
-        net.channels.functions.cooperativeClose(cid, 10, twin, net.consent(cid, 10)).transact(
+        net.channels.functions.cooperativeClose(cid, 10, UNTIL, twin, net.consent(cid, 10)).transact(
             {"from": net.receiver}
         )
 
@@ -456,17 +515,19 @@ def test_settle_reverts(net: Net) -> None:
 def test_proofs_of_a_settled_channel_do_not_work_on_its_successor(net: Net) -> None:
     old = net.open()
     old_proof, old_consent = net.proof(old, 50), net.consent(old, 50)
-    net.chain.transact(net.channels.functions.cooperativeClose(old, 50, old_proof, old_consent), net.receiver)
+    net.chain.transact(
+        net.channels.functions.cooperativeClose(old, 50, UNTIL, old_proof, old_consent), net.receiver
+    )
     new = net.open()
     assert new == proofs.channel_id(net.sender, net.receiver, 2) != old
     # the old id is gone for good
     with reverts(net.channels, "ChannelNotFound", old):
-        net.channels.functions.cooperativeClose(old, 50, old_proof, old_consent).transact(
+        net.channels.functions.cooperativeClose(old, 50, UNTIL, old_proof, old_consent).transact(
             {"from": net.receiver}
         )
     # and the old signatures do not verify for the new id
     with reverts(net.channels, "InvalidBalanceProof"):
-        net.channels.functions.cooperativeClose(new, 50, old_proof, old_consent).transact(
+        net.channels.functions.cooperativeClose(new, 50, UNTIL, old_proof, old_consent).transact(
             {"from": net.receiver}
         )
     with reverts(net.channels, "InvalidBalanceProof"):

@@ -117,9 +117,10 @@ class ChannelMachine(RuleBasedStateMachine):
         cid = self.pick(data)
         m = self.model[cid]
         proof = proofs.sign_balance_proof(self.domain, cid, m.signed, self.key(m.sender))
-        consent = proofs.sign_closing_consent(self.domain, cid, m.signed, self.key(m.receiver))
+        until = self.chain.now() + 3600  # the consent's expiry, an hour ahead of the chain
+        consent = proofs.sign_closing_consent(self.domain, cid, m.signed, until, self.key(m.receiver))
         before = self.balance(m.receiver), self.balance(m.sender)
-        self.send(self.channels.functions.cooperativeClose(cid, m.signed, proof, consent), m.receiver)
+        self.send(self.channels.functions.cooperativeClose(cid, m.signed, until, proof, consent), m.receiver)
         assert self.balance(m.receiver) == before[0] + m.signed
         assert self.balance(m.sender) == before[1] + m.deposit - m.signed
         self.settled(cid, m.signed)

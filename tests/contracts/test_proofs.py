@@ -20,15 +20,24 @@ def test_domain_checksums_the_address() -> None:
     assert ChannelDomain(31337, "0x5FbDB2315678afecb367f032d93F642f64180aa3") == DOMAIN
 
 
-@pytest.mark.parametrize("primary", [proofs.BALANCE_PROOF_TYPE, proofs.CLOSING_CONSENT_TYPE])
-def test_fast_messages_equal_eth_account_typed_data(primary: str) -> None:
-    build = {
-        proofs.BALANCE_PROOF_TYPE: proofs.balance_proof_message,
-        proofs.CLOSING_CONSENT_TYPE: proofs.closing_consent_message,
-    }[primary]
-    for balance in (0, 1, 10**18, 2**256 - 1):
-        full = encode_typed_data(full_message=proofs.typed_data(primary, DOMAIN, CHANNEL, balance))
-        assert build(DOMAIN, CHANNEL, balance) == full
+BALANCES = (0, 1, 10**18, 2**256 - 1)
+
+
+def test_fast_balance_proofs_equal_eth_account_typed_data() -> None:
+    for balance in BALANCES:
+        full = encode_typed_data(
+            full_message=proofs.typed_data(proofs.BALANCE_PROOF_TYPE, DOMAIN, CHANNEL, balance)
+        )
+        assert proofs.balance_proof_message(DOMAIN, CHANNEL, balance) == full
+
+
+def test_fast_closing_consents_equal_eth_account_typed_data() -> None:
+    for balance in BALANCES:
+        for expires_at in (0, 1_700_000_000, 2**256 - 1):
+            data = proofs.typed_data(proofs.CLOSING_CONSENT_TYPE, DOMAIN, CHANNEL, balance, expires_at)
+            assert data["types"]["ClosingConsent"][-1] == {"name": "expiresAt", "type": "uint256"}
+            full = encode_typed_data(full_message=data)
+            assert proofs.closing_consent_message(DOMAIN, CHANNEL, balance, expires_at) == full
 
 
 def test_sign_and_recover_round_trip() -> None:
@@ -37,12 +46,14 @@ def test_sign_and_recover_round_trip() -> None:
     assert proofs.recover_balance_proof_signer(DOMAIN, CHANNEL, 42, sig) == SIGNER
     # the same signature read as another balance, another type, another domain: another address
     assert proofs.recover_balance_proof_signer(DOMAIN, CHANNEL, 43, sig) != SIGNER
-    assert proofs.recover_closing_consent_signer(DOMAIN, CHANNEL, 42, sig) != SIGNER
+    assert proofs.recover_closing_consent_signer(DOMAIN, CHANNEL, 42, 0, sig) != SIGNER
     other = ChannelDomain(1, DOMAIN.verifying_contract)
     assert proofs.recover_balance_proof_signer(other, CHANNEL, 42, sig) != SIGNER
-    consent = proofs.sign_closing_consent(DOMAIN, CHANNEL, 42, KEY)
+    consent = proofs.sign_closing_consent(DOMAIN, CHANNEL, 42, 1_700_000_000, KEY)
     assert consent != sig
-    assert proofs.recover_closing_consent_signer(DOMAIN, CHANNEL, 42, consent) == SIGNER
+    assert proofs.recover_closing_consent_signer(DOMAIN, CHANNEL, 42, 1_700_000_000, consent) == SIGNER
+    # the same consent read with a later expiry is no consent of the signer
+    assert proofs.recover_closing_consent_signer(DOMAIN, CHANNEL, 42, 1_700_000_001, consent) != SIGNER
 
 
 @pytest.mark.parametrize(
@@ -70,3 +81,9 @@ def test_bad_values_are_refused() -> None:
         proofs.balance_proof_message(DOMAIN, CHANNEL[:31], 1)
     with pytest.raises(ValueError, match="primary type"):
         proofs.typed_data("Transfer", DOMAIN, CHANNEL, 1)
+    with pytest.raises(ValueError, match="uint256"):
+        proofs.closing_consent_message(DOMAIN, CHANNEL, 1, -1)
+    with pytest.raises(ValueError, match="needs an expiry"):
+        proofs.typed_data(proofs.CLOSING_CONSENT_TYPE, DOMAIN, CHANNEL, 1)
+    with pytest.raises(ValueError, match="takes no expiry"):
+        proofs.typed_data(proofs.BALANCE_PROOF_TYPE, DOMAIN, CHANNEL, 1, 5)

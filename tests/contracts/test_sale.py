@@ -1,4 +1,5 @@
-"""TokenSale: the sale window, the cap, finalize, the pro-rata share of unsold tokens, withdrawal."""
+"""TokenSale: the sale window, the cap, finalize, the pro-rata share of unsold tokens, the sweep of
+what no contributor can claim, withdrawal."""
 
 from __future__ import annotations
 
@@ -231,13 +232,72 @@ def test_distribute_unsold_reverts(env: SaleEnv) -> None:
     assert tokens_of(env, a) == SALE_ALLOCATION
 
 
-def test_finalize_with_no_contributor_leaves_the_allocation_in_the_sale(env: SaleEnv) -> None:
+def test_sweep_unsold_call_with_no_contributor_sends_the_allocation_to_the_wallet(env: SaleEnv) -> None:
+    anyone = env.roles.users[0]
     env.close_sale()
-    env.chain.transact(env.sale.functions.finalize(), env.roles.users[0])
+    env.chain.transact(env.sale.functions.finalize(), anyone)
     assert env.sale.functions.unsoldAtFinalize().call() == SALE_ALLOCATION
-    assert env.sale.functions.unsoldShareOf(env.roles.users[0]).call() == 0
+    assert env.sale.functions.unsoldShareOf(anyone).call() == 0
+    assert env.sale.functions.sweepableUnsold().call() == SALE_ALLOCATION
+    receipt = env.chain.transact(env.sale.functions.sweepUnsold(), anyone)
+    assert events(env.sale, "UnsoldSwept", receipt) == [{"wallet": env.wallet, "amount": SALE_ALLOCATION}]
+    assert events(env.token, "Transfer", receipt) == [
+        {"from": env.sale.address, "to": env.wallet, "value": SALE_ALLOCATION}
+    ]
+    assert (tokens_of(env, env.wallet), tokens_of(env, env.sale.address)) == (SALE_ALLOCATION, 0)
+    with reverts(env.sale, "NothingToSweep"):
+        env.sale.functions.sweepUnsold().transact({"from": anyone})
+    # Tokens sent to the sale after that are nobody's share either.
+    env.chain.transact(env.token.functions.transfer(env.sale.address, 5), env.wallet)
+    assert env.sale.functions.sweepableUnsold().call() == 5
+
+
+def test_sweep_unsold_reverts_before_finalization(env: SaleEnv) -> None:
+    with reverts(env.sale, "NotFinalized"):
+        env.sale.functions.sweepUnsold().transact({"from": env.wallet})
+    env.close_sale()  # over, but not finalized yet
+    assert env.sale.functions.sweepableUnsold().call() == 0
+    with reverts(env.sale, "NotFinalized"):
+        env.sale.functions.sweepUnsold().transact({"from": env.wallet})
     assert tokens_of(env, env.sale.address) == SALE_ALLOCATION
-    assert env.token.functions.transfersEnabled().call() is True
+
+
+def test_sweep_unsold_never_takes_a_contributors_share(env: SaleEnv) -> None:
+    a, b, c, d = env.roles.users[:4]
+    env.open_sale()
+    paid = {a: ETH + 1, b: 2 * ETH + 7, c: 3, d: ETH // 3}
+    for buyer, value in paid.items():
+        env.buy(buyer, value)
+    env.close_sale()
+    env.chain.transact(env.sale.functions.finalize(), a)
+    raised = sum(paid.values())
+    unsold = SALE_ALLOCATION - raised * RATE
+    shares = {who: unsold * value // raised for who, value in paid.items()}
+    # Nobody claimed yet: every unsold token may still be someone's share.
+    assert env.sale.functions.sweepableUnsold().call() == 0
+    with reverts(env.sale, "NothingToSweep"):
+        env.sale.functions.sweepUnsold().transact({"from": env.wallet})
+    # Once a has its share, what a's rounding left is nobody's: that much, and no more, goes.
+    env.chain.transact(env.sale.functions.distributeUnsold(a), a)
+    assert env.sale.functions.weiDistributed().call() == paid[a]
+    dust = unsold - shares[a] - unsold * (raised - paid[a]) // raised
+    assert dust > 0
+    receipt = env.chain.transact(env.sale.functions.sweepUnsold(), c)
+    assert events(env.sale, "UnsoldSwept", receipt) == [{"wallet": env.wallet, "amount": dust}]
+    with reverts(env.sale, "NothingToSweep"):
+        env.sale.functions.sweepUnsold().transact({"from": env.wallet})
+    # The others still get their whole shares after that sweep.
+    for who in (b, c, d):
+        env.chain.transact(env.sale.functions.distributeUnsold(who), who)
+        assert tokens_of(env, who) == paid[who] * RATE + shares[who]
+    # Every share was sent: the rest of the rounding goes to the wallet, and the sale is empty.
+    rest = unsold - sum(shares.values()) - dust
+    assert rest > 0
+    assert env.sale.functions.sweepableUnsold().call() == rest
+    env.chain.transact(env.sale.functions.sweepUnsold(), env.wallet)
+    assert tokens_of(env, env.sale.address) == 0
+    assert tokens_of(env, env.wallet) == unsold - sum(shares.values())
+    assert sum(tokens_of(env, who) for who in (*paid, env.wallet)) == SALE_ALLOCATION
 
 
 def test_withdraw_call_state_event(env: SaleEnv) -> None:

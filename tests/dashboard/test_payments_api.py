@@ -19,8 +19,10 @@ import pytest
 import redis
 from eth_account import Account
 
+from billing.channels import CONSENT_MARGIN
 from billing.keys import PAYMENT_CUTOFF
 from billing.ledger import TREASURY, Amount, transfer
+from contracts import proofs
 from ipsx.payagent import PaymentAgent
 from ipsx.sdk import ApiError, Client
 from tests.dashboard.conftest import CHANNELS_ADDRESS, OPERATOR_KEY, REDIS_URL, Api
@@ -241,10 +243,24 @@ def test_a_closing_consent_freezes_the_channel_and_cuts_the_requester_off(
     payer.settle(120)
     payer.invoices(1)
     agent.pay_once()
+    asked_at = int(time.time())
     consent = payer.client.channel_consent(payer.channel)
     assert consent["balance"]["base_units"] == "120"
+    # The operator signed ClosingConsent(channel, 120, expires_at), an hour ahead.
+    expires_at = consent["expires_at"]
+    assert asked_at + 3600 - 60 <= expires_at <= int(time.time()) + 3600 + 60
+    domain = proofs.ChannelDomain(chain_id=1, verifying_contract=CHANNELS_ADDRESS)  # type: ignore[arg-type]
+    signer = proofs.recover_closing_consent_signer(
+        domain,
+        bytes.fromhex(payer.channel[2:]),
+        120,
+        expires_at,
+        bytes.fromhex(consent["consent_signature"][2:]),
+    )
+    assert signer == Account.from_key(OPERATOR_KEY).address
     (channel,) = payer.client.channels()
     assert (channel["state"], channel["consented_balance"]["base_units"]) == ("open", "120")
+    assert channel["consent_expires_at"] == expires_at
     cutoff = redis.Redis.from_url(REDIS_URL)
     try:
         wait_for(lambda: cutoff.hget(PAYMENT_CUTOFF, payer.name) == b"0", "no cut-off after the consent")
@@ -253,8 +269,35 @@ def test_a_closing_consent_freezes_the_channel_and_cuts_the_requester_off(
     finally:
         cutoff.close()
     assert [i["cumulative"]["base_units"] for i in payer.client.invoices()] == ["120"]
-    # The consent asked for again is for the balance the channel is frozen at.
-    assert payer.client.channel_consent(payer.channel)["balance"]["base_units"] == "120"
+    # The consent asked for again is the same consent: the balance the channel is frozen at.
+    assert payer.client.channel_consent(payer.channel) == consent
+
+
+def test_a_closing_consent_past_its_expiry_unfreezes_the_channel(payer: Payer, tmp_path: Path) -> None:
+    agent = PaymentAgent(payer.client, payer.wallet, max_invoice=1000, budget=1000, store=tmp_path / "s.json")
+    payer.settle(120)
+    payer.invoices(1)
+    agent.pay_once()
+    payer.client.channel_consent(payer.channel)
+    payer.settle(30)  # owed, not billed on the frozen channel
+    # Time passes: the consent expired more than the margin ago, so it can close nothing any more.
+    payer.sql(
+        "UPDATE channels SET consent_expires_at = floor(extract(epoch FROM now()))::bigint - $2"
+        " WHERE channel_id = $1",
+        payer.channel,
+        CONSENT_MARGIN + 1,
+    )
+    (newest, _) = payer.invoices(2)
+    assert (newest["channel_id"], newest["cumulative"]["base_units"]) == (payer.channel, "150")
+    (channel,) = payer.client.channels()
+    assert (channel["consented_balance"], channel["consent_expires_at"]) == (None, None)
+    done = agent.pay_once()
+    assert [p["cumulative"]["base_units"] for p in done.paid] == ["150"]
+    cutoff = redis.Redis.from_url(REDIS_URL)
+    try:
+        wait_for(lambda: cutoff.hget(PAYMENT_CUTOFF, payer.name) is None, "still cut off")
+    finally:
+        cutoff.close()
 
 
 def test_a_closing_consent_waits_for_running_deals(payer: Payer) -> None:
