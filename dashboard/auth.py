@@ -3,8 +3,10 @@
 Signing in is two calls: ``POST /v1/auth/nonce`` hands out a single-use nonce (kept in Redis for
 ``nonce_ttl``), and ``POST /v1/auth/siwe`` takes the EIP-4361 message naming it, signed by the
 wallet, and answers with a short-lived JWT (HS256, audience and issuer checked). A wallet signing
-in for the first time gets an account. Every other call carries ``Authorization: Bearer <token>``,
-where the token is that JWT or an API key secret (``ipsx_…``).
+in for the first time gets an account. Both calls count against limits per client address
+(``auth_nonce_limit``, ``auth_siwe_limit`` per ``auth_window``, counted under :data:`ATTEMPTS_KEY`),
+which also bound the unused nonces one address holds. Every other call carries ``Authorization:
+Bearer <token>``, where the token is that JWT or an API key secret (``ipsx_…``).
 """
 
 from __future__ import annotations
@@ -21,15 +23,55 @@ from redis.asyncio import Redis
 from billing import accounts
 from billing.accounts import Account, ApiKey
 from billing.errors import AccountExists
+from dashboard.appkeys import REDIS, SETTINGS
 from dashboard.problems import Problem
 from dashboard.settings import ApiSettings
 
 _NONCE_KEY = "ipsx:api:nonce:{}"
+ATTEMPTS_KEY = "ipsx:api:auth:{}:{}"  # Redis: requests of a call (nonce, siwe) per client address and window
 _BEARER = {"WWW-Authenticate": 'Bearer realm="ipsx"'}
 # A real EIP-4361 message is a few hundred characters (ours: about 350); this leaves room for a
 # long statement and a few resources, and nothing for a parser to chew on for long.
 MAX_MESSAGE = 2048
 _HEADER = " wants you to sign in with your Ethereum account:"
+
+
+async def limit_attempts(redis: Redis, key: str, limit: int, window: int, what: str) -> None:
+    """Count one attempt under ``key``, whose window of ``window`` seconds its first attempt opens;
+    Problem 429 past ``limit`` attempts, with Retry-After the seconds left in the window.
+
+    INCR and TTL run in one transaction; the expiry is set apart when the key has none, so a
+    window is opened exactly once and a key that lost its expiry (a client gone between the two
+    calls) gets one back at its next attempt instead of counting for ever.
+    """
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.incr(key)
+        pipe.ttl(key)
+        count, left = await pipe.execute()
+    if left < 0:
+        await redis.expire(key, window)
+        left = window
+    if int(count) > limit:
+        raise Problem(
+            429,
+            "too_many_sign_ins",
+            f"too many {what} from your address; wait {left} seconds",
+            headers={"Retry-After": str(left)},
+        )
+
+
+async def count_auth_call(request: web.Request, call: str) -> None:
+    """Count one ``nonce`` or ``siwe`` call (the API's or the web sign-in's) of the client's
+    address against ``auth_nonce_limit`` / ``auth_siwe_limit`` per ``auth_window``.
+
+    The address is the connection's peer: an X-Forwarded-For header is not believed (a client
+    could name a new address each time), so behind a reverse proxy this caps the proxy as a whole.
+    """
+    settings = request.app[SETTINGS]
+    limit = settings.auth_nonce_limit if call == "nonce" else settings.auth_siwe_limit
+    key = ATTEMPTS_KEY.format(call, request.remote or "?")
+    window = max(1, int(settings.auth_window))
+    await limit_attempts(request.app[REDIS], key, limit, window, "sign-in requests")
 
 
 @dataclass(frozen=True, slots=True)

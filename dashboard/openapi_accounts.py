@@ -23,6 +23,18 @@ from dashboard.openapi_base import (
     _ref,
 )
 
+# Signing in is limited per client address (auth_nonce_limit, auth_siwe_limit per auth_window).
+_TOO_MANY_SIGN_INS = {
+    **_problem("too many of these requests from the client's address; retry after Retry-After seconds"),
+    "headers": {
+        "Retry-After": {
+            "required": True,
+            "description": "seconds until the client's address may try again",
+            "schema": {"type": "integer", "minimum": 1},
+        }
+    },
+}
+
 SCHEMAS: dict[str, Any] = {
     "Account": {
         "type": "object",
@@ -114,6 +126,8 @@ PATHS: dict[str, Any] = {
         "post": {
             "operationId": "authNonce",
             "summary": "A single-use nonce for a Sign-In with Ethereum message",
+            "description": "The nonce signs in once, within expires_in seconds. A client address may "
+            "ask for a limited number per window; past it the answer is 429.",
             "responses": {
                 "201": _json(
                     "the nonce, and the domain and chain the message must name",
@@ -127,7 +141,8 @@ PATHS: dict[str, Any] = {
                             "expires_in": {"type": "integer"},
                         },
                     },
-                )
+                ),
+                "429": _TOO_MANY_SIGN_INS,
             },
         }
     },
@@ -135,6 +150,8 @@ PATHS: dict[str, Any] = {
         "post": {
             "operationId": "authSiwe",
             "summary": "Exchange a signed EIP-4361 message for a session token",
+            "description": "A client address may make a limited number of attempts per window, "
+            "signed in or refused alike; past it the answer is 429.",
             "requestBody": {
                 "required": True,
                 "content": {
@@ -166,6 +183,7 @@ PATHS: dict[str, Any] = {
                 ),
                 **_BODY_ERRORS,
                 "401": _problem("not an EIP-4361 message, or wrong signature, nonce, domain, chain or time"),
+                "429": _TOO_MANY_SIGN_INS,
             },
         }
     },

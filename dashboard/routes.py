@@ -100,6 +100,7 @@ async def readyz(request: web.Request) -> web.Response:
 async def nonce(request: web.Request) -> web.Response:
     _, redis = _services(request)
     settings = request.app[SETTINGS]
+    await auth.count_auth_call(request, "nonce")
     return json_response(
         {
             "nonce": await auth.new_nonce(redis, settings),
@@ -115,6 +116,8 @@ async def nonce(request: web.Request) -> web.Response:
 async def sign_in(request: web.Request) -> web.Response:
     pool, redis = _services(request)
     settings = request.app[SETTINGS]
+    # Before the body is read: a refused or malformed attempt counts as much as a good one.
+    await auth.count_auth_call(request, "siwe")
     body = await read_json(request)
     message = field(body, "message", str, max_len=auth.MAX_MESSAGE)
     signature = field(body, "signature", str, max_len=200)

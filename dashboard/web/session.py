@@ -22,12 +22,11 @@ from typing import Final
 
 import jwt
 from aiohttp import web
-from redis.asyncio import Redis
 
 from billing import accounts
 from billing.accounts import Account, ApiKey
 from dashboard.appkeys import PG, REDIS, SETTINGS
-from dashboard.auth import Principal
+from dashboard.auth import Principal, limit_attempts
 from dashboard.problems import Problem
 from dashboard.settings import ApiSettings
 
@@ -199,22 +198,8 @@ async def count_signin(request: web.Request) -> None:
     proxy's own limit there (this one then caps the proxy as a whole).
     """
     settings = request.app[SETTINGS]
+    key = _SIGNIN_KEY.format(request.remote or "?")
     window = max(1, int(settings.web_signin_window))
-    attempts = await _increment(request.app[REDIS], _SIGNIN_KEY.format(request.remote or "?"), window)
-    if attempts > settings.web_signin_limit:
-        raise Problem(
-            429,
-            "too_many_sign_ins",
-            f"too many sign-in attempts from your address; wait {window} seconds",
-            headers={"Retry-After": str(window)},
-        )
+    await limit_attempts(request.app[REDIS], key, settings.web_signin_limit, window, "sign-in attempts")
 
 
-async def _increment(redis: Redis, key: str, window: int) -> int:
-    # SET NX EX opens the window once and INCR keeps its TTL (EXPIRE NX would need Redis 7; the
-    # demo's embedded Redis is 6.2).
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.set(key, 0, ex=window, nx=True)
-        pipe.incr(key)
-        _, count = await pipe.execute()
-    return int(count)

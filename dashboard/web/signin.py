@@ -123,6 +123,7 @@ async def siwe_message(request: web.Request) -> web.Response:
     """The EIP-4361 message for the wallet to sign, naming a fresh nonce (JSON in and out)."""
     body = await read_json(request)
     sessions.check_signin_token(request, request.headers.get(sessions.CSRF_HEADER))
+    await auth.count_auth_call(request, "nonce")  # it mints a nonce, as POST /v1/auth/nonce does
     address = field(body, "address", str, max_len=42)
     if not is_address(address):
         raise Problem(422, "invalid_field", "'address' must be a 0x address", field="address")
