@@ -6,6 +6,11 @@ flushes the node's records to Redis in one pipeline and the breaker moves it dec
 call each, rare), and reads back in one pipeline the shared record (``pool.health_record``) of
 the exits selection asked about. Selection (``state``, ``weight``, ``begin_probe``) only reads
 memory.
+
+Quarantines are shared, so they are stamped and judged by the Redis server's clock, not the
+node's: the scripts read ``TIME``, and the breaker, which decides in memory, reads the node's
+estimate of the server's clock (``pool.server_time.ServerClock``), refreshed by each sync's read
+and each trip's answer. The counters' time slots and the errors' dates go by that estimate too.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from pool.health_record import (
     summarise,
     weight_of,
 )
+from pool.server_time import ServerClock
 
 __all__ = ["Breaker", "ExitHealth", "HealthSettings", "report", "reports"]
 
@@ -83,7 +89,7 @@ class _Pending:
     counts: dict[str, float] = field(default_factory=dict)
     trailing: int = 0  # exit-blamed dial failures since the batch's last success
     succeeded: bool = False  # a dial got through: the shared streak restarts from ``trailing``
-    errors: list[tuple[float, str]] = field(default_factory=list)
+    errors: list[tuple[float, str]] = field(default_factory=list)  # (local clock, reason)
 
     def add(self, name: str, amount: float) -> None:
         self.counts[name] = self.counts.get(name, 0.0) + amount
@@ -111,7 +117,9 @@ class ExitHealth:
     the next connection selection makes for the exit is its probe, one per node at a time
     (PROBING). The probe's success closes the breaker; its failure opens it again, longer. Trips
     and closes are in Redis within ``sync_interval`` and the other nodes follow at their next sync
-    (each may then send a probe of its own); when two nodes disagree, the last write wins.
+    (each may then send a probe of its own); when two nodes disagree, the last write wins. Every
+    time here is the Redis server's (see the module's docstring); ``clock`` is this host's wall
+    clock, which only has to measure the seconds between two syncs.
 
     Which failures are the exit's is the caller's call (``exit_fault``): the gateway's retryable
     dial errors (timeout, the exit failed, unreachable) are; a refusal by the destination, a name
@@ -129,7 +137,7 @@ class ExitHealth:
         self._redis = redis
         self._node = node
         self.settings = settings or HealthSettings()
-        self._clock = clock  # unix seconds: quarantines are compared across nodes
+        self._server = ServerClock(clock)
         self._known: dict[str, _Known] = {}
         self._touched: set[str] = set()
         self._pending: dict[str, _Pending] = {}
@@ -147,7 +155,7 @@ class ExitHealth:
 
     def dial_ok(self, exit_id: str, latency: float) -> None:
         """A dial through ``exit_id`` got through after ``latency`` seconds."""
-        now = self._clock()
+        now = self._server.now()
         pending = self._pending_for(exit_id)
         pending.add("ok", 1)
         pending.add("eok", 1)
@@ -164,9 +172,9 @@ class ExitHealth:
         (success rate, streak, breaker). Any other failure still shows the exit answers, so it
         ends a probe as a success.
         """
-        now = self._clock()
+        now = self._server.now()
         pending = self._pending_for(exit_id)
-        self._note_error(pending, now, reason)
+        self._note_error(pending, reason)
         known = self._known_for(exit_id)
         if not exit_fault:
             self._apply(exit_id, known, _Event.PROBE_OK, now)
@@ -184,7 +192,7 @@ class ExitHealth:
         """A dial through ``exit_id`` ended with no outcome (the client left): a probe is freed."""
         known = self._known.get(exit_id)
         if known is not None:
-            self._apply(exit_id, known, _Event.PROBE_LOST, self._clock())
+            self._apply(exit_id, known, _Event.PROBE_LOST, self._server.now())
 
     def stream_done(
         self, exit_id: str, nbytes: int, seconds: float, ok: bool, reason: str = "stream_lost"
@@ -196,14 +204,14 @@ class ExitHealth:
         pending.add("secs", max(seconds, 0.0))
         pending.add("sok" if ok else "slost", 1)
         if not ok:
-            self._note_error(pending, self._clock(), reason)
+            self._note_error(pending, reason)
 
     # selection: memory only
 
     def reconnected(self, exit_ids: Iterable[str]) -> None:
         """The exits' agent logged in again: their quarantines end now, so each one's next
         selection is its probe (a fresh tunnel is better news than a cool-down running out)."""
-        now = self._clock()
+        now = self._server.now()
         for exit_id in exit_ids:
             known = self._known.get(exit_id)
             if known is not None and self._state(known, now) is Breaker.OPEN:
@@ -211,7 +219,9 @@ class ExitHealth:
                 self._moves[exit_id] = ("recall", "")
 
     def now(self) -> float:
-        return self._clock()
+        """The Redis server's time as this node estimates it, unix seconds: the ``now`` that
+        ``state`` and ``begin_probe`` take."""
+        return self._server.now()
 
     def state(self, exit_id: str, now: float | None = None) -> Breaker:
         """The exit's breaker here (CLOSED for an exit never seen); keeps its view refreshed."""
@@ -219,7 +229,7 @@ class ExitHealth:
         known = self._known.get(exit_id)
         if known is None:
             return Breaker.CLOSED
-        return self._state(known, self._clock() if now is None else now)
+        return self._state(known, self._server.now() if now is None else now)
 
     def weight(self, exit_id: str) -> float:
         """The exit's selection weight in (0, 1] as of the last sync (see :func:`weight_of`)."""
@@ -228,7 +238,8 @@ class ExitHealth:
         return 1.0 if known is None else known.weight
 
     def quarantined_until(self, exit_id: str) -> float:
-        """Unix seconds the exit's quarantine ends (past: half-open); 0 if its breaker is closed."""
+        """Unix seconds (server's clock) the exit's quarantine ends (past: half-open); 0 if its
+        breaker is closed."""
         known = self._known.get(exit_id)
         return 0.0 if known is None else known.shared.until
 
@@ -236,11 +247,11 @@ class ExitHealth:
         """Make the next connection to ``exit_id`` its probe; False if it may not be probed now
         (closed, already probing). Its ``dial_ok``/``dial_failed``/``dial_abandoned`` ends it."""
         known = self._known_for(exit_id)
-        return self._apply(exit_id, known, _Event.PROBE, self._clock() if now is None else now)
+        return self._apply(exit_id, known, _Event.PROBE, self._server.now() if now is None else now)
 
     def snapshot(self, exit_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         """This node's view of each exit (as :func:`reports`, plus ``weight``, minus ``recent_errors``)."""
-        now = self._clock()
+        now = self._server.now()
         found = {}
         for exit_id in exit_ids:
             known = self._known.get(exit_id) or _Known()
@@ -322,8 +333,9 @@ class ExitHealth:
             pending = self._pending[exit_id] = _Pending()
         return pending
 
-    def _note_error(self, pending: _Pending, now: float, reason: str) -> None:
-        pending.errors.append((now, reason[:MAX_REASON]))
+    def _note_error(self, pending: _Pending, reason: str) -> None:
+        # dated by the local clock: the flush turns it into the server's by the estimate it then has
+        pending.errors.append((self._server.local(), reason[:MAX_REASON]))
         if len(pending.errors) > 2 * self.settings.recent_errors:  # an error storm stays bounded
             del pending.errors[: -self.settings.recent_errors]
 
@@ -362,6 +374,8 @@ class ExitHealth:
         breaker moves stay queued for the next flush.
         """
         async with self._lock:
+            if not self._server.calibrated:  # the counters' time slots are the server's
+                await self._server.calibrate(self._redis)
             batch, self._pending = self._pending, {}
             stale, self._stale = self._stale, {}
             if batch or stale:
@@ -378,9 +392,10 @@ class ExitHealth:
                 raise
 
     async def refresh(self) -> None:
-        """Read the shared record of the exits asked about since the last refresh; re-weigh; trip
-        the exits the shared record condemns. An exit nobody asked about for ``_FORGET_AFTER``
-        syncs is forgotten here (its record stays in Redis).
+        """Read the shared record of the exits asked about since the last refresh, with the server's
+        time (which keeps this node's estimate of it); re-weigh; trip the exits the shared record
+        condemns. An exit nobody asked about for ``_FORGET_AFTER`` syncs is forgotten here (its
+        record stays in Redis).
 
         Raises RedisError or OSError when Redis refuses (the view stays as it was).
         """
@@ -394,7 +409,9 @@ class ExitHealth:
             for exit_id in ids:
                 pipe.hgetall(keys.exit_health(exit_id))
             rows = await pipe.execute()
-        now = self._clock()
+        # Read after the records, so no time a script stamped in them is ahead of it; not in their
+        # pipeline, where a Redis Cluster client refuses TIME.
+        now = await self._server.calibrate(self._redis)
         for exit_id, row in zip(ids, rows, strict=True):
             known = self._known.setdefault(exit_id, _Known())
             shared = decode_record(row, now, self.settings)
@@ -424,7 +441,7 @@ class ExitHealth:
             )
 
     async def _write(self, batch: dict[str, _Pending], stale: dict[str, list[str]]) -> None:
-        settings, now = self.settings, self._clock()
+        settings, now = self.settings, self._server.now()
         epoch = int(now // settings.epoch_span)
         factor = 2.0 ** ((now - epoch * settings.epoch_span) / settings.half_life)
         retention = int(settings.retention * 1000)
@@ -441,7 +458,9 @@ class ExitHealth:
                 if pending.errors:
                     errors = keys.exit_errors(exit_id)
                     entries = [
-                        orjson.dumps({"at": round(at, 3), "reason": reason, "node": self._node})
+                        orjson.dumps(
+                            {"at": round(self._server.to_server(at), 3), "reason": reason, "node": self._node}
+                        )
                         for at, reason in pending.errors[-settings.recent_errors :]
                     ]
                     pipe.lpush(errors, *entries)  # oldest first: the newest ends up at the head
@@ -458,13 +477,14 @@ class ExitHealth:
             await self._close(keys=[key], args=[retention])
             return
         if move == "recall":
-            await self._recall(keys=[key], args=[int(self._clock() * 1000)])
+            await self._recall(keys=[key])
             return
-        now_ms = int(self._clock() * 1000)
         ms = [int(value * 1000) for value in (settings.cooldown, settings.max_cooldown, settings.trip_memory)]
-        until, trips, tripped = await self._trip(
-            keys=[key], args=[now_ms, ms[0], settings.cooldown_growth, ms[1], ms[2], retention, why]
+        sent = self._server.local()
+        until, trips, tripped, now = await self._trip(
+            keys=[key], args=[ms[0], settings.cooldown_growth, ms[1], ms[2], retention, why]
         )
+        self._server.observe(int(now) / 1000, sent, self._server.local())
         known = self._known.get(exit_id)
         # Another node may have tripped it first: its cool-down is the one all nodes keep.
         if known is not None and known.shared.until > 0 and exit_id not in self._moves:

@@ -10,11 +10,16 @@ decay: a record at time t adds ``x * 2^((t - T) / half_life)`` to the field ``NA
 epoch E, whose landmark T is renewed every 16 half-lives so the factor stays under 2^16; reading
 at ``now`` multiplies by ``2^((T - now) / half_life)``. Adding is commutative, so nodes only ever
 HINCRBYFLOAT, never read, decay and write back.
+
+Every time in the record is the Redis server's (``pool.server_time``): the breaker scripts stamp
+and compare quarantines with ``TIME``; a node dates its counters and errors by its estimate of the
+server's clock; :func:`reports` judges by the server's ``TIME``, read after the records. Hosts'
+clocks may then disagree by minutes without a quarantine lasting longer or shorter for anyone, or
+a node's counts weighing more or less than the others'.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +28,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from pool import keys
+from pool.server_time import NOW_MS_LUA, time_seconds
 
 SECONDS = 1.0
 EPOCH_HALF_LIVES = 16
@@ -76,26 +82,28 @@ class HealthSettings:
         return min(self.cooldown * self.cooldown_growth ** (trips - 1), self.max_cooldown)
 
 
-# KEYS[1] the exit's health hash. ARGV: now, first cool-down, growth, longest cool-down, trip
-# memory, retention (times in ms), why. Returns {until, trips, tripped} (ms). A breaker still open
-# is left alone, so nodes that see the same failures trip it once.
-TRIP_LUA = """
-local now = tonumber(ARGV[1])
+# KEYS[1] the exit's health hash. ARGV: first cool-down, growth, longest cool-down, trip memory,
+# retention (times in ms), why. Returns {until, trips, tripped, now} (ms, by the server's clock).
+# A breaker still open is left alone, so nodes that see the same failures trip it once.
+TRIP_LUA = (
+    NOW_MS_LUA
+    + """
 local h = redis.call('HMGET', KEYS[1], 'until', 'trips', 'tripped')
 local until_ms, trips, tripped = tonumber(h[1] or 0), tonumber(h[2] or 0), tonumber(h[3] or 0)
-if until_ms > now then return {until_ms, trips, tripped} end
-if now - tripped > tonumber(ARGV[5]) then trips = 0 end
+if until_ms > now then return {until_ms, trips, tripped, now} end
+if now - tripped > tonumber(ARGV[4]) then trips = 0 end
 trips = trips + 1
-local cool = math.min(tonumber(ARGV[2]) * tonumber(ARGV[3]) ^ (trips - 1), tonumber(ARGV[4]))
+local cool = math.min(tonumber(ARGV[1]) * tonumber(ARGV[2]) ^ (trips - 1), tonumber(ARGV[3]))
 until_ms = now + math.floor(cool)
 redis.call('HSET', KEYS[1], 'until', string.format('%d', until_ms), 'trips', trips,
-  'tripped', string.format('%d', now), 'why', ARGV[7], 'streak', 0)
+  'tripped', string.format('%d', now), 'why', ARGV[6], 'streak', 0)
 for _, name in ipairs(redis.call('HKEYS', KEYS[1])) do
   if string.match(name, '^e%a+@') then redis.call('HDEL', KEYS[1], name) end
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[6])
-return {until_ms, trips, now}
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return {until_ms, trips, now, now}
 """
+)
 
 # KEYS[1] the exit's health hash; ARGV[1] retention (ms). A probe got through: traffic flows and
 # is judged afresh (the streak and evidence of before the quarantine are dropped).
@@ -108,13 +116,16 @@ redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 1
 """
 
-# KEYS[1] the exit's health hash; ARGV[1] now (ms). The exit's agent came back: a cool-down still
-# running ends now, so the next selection probes the exit instead of waiting it out.
-RECALL_LUA = """
+# KEYS[1] the exit's health hash. The exit's agent came back: a cool-down still running ends now
+# (the server's now), so the next selection probes the exit instead of waiting it out.
+RECALL_LUA = (
+    NOW_MS_LUA
+    + """
 local until_ms = tonumber(redis.call('HGET', KEYS[1], 'until') or 0)
-if until_ms > tonumber(ARGV[1]) then redis.call('HSET', KEYS[1], 'until', ARGV[1]) end
+if until_ms > now then redis.call('HSET', KEYS[1], 'until', string.format('%d', now)) end
 return until_ms
 """
+)
 
 
 def _text(value: Any) -> str:
@@ -127,7 +138,7 @@ class SharedRecord:
 
     counts: dict[str, float] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0.0))
     streak: int = 0
-    until: float = 0.0  # unix seconds the quarantine ends; 0: the breaker is closed
+    until: float = 0.0  # unix seconds (server's clock) the quarantine ends; 0: the breaker is closed
     trips: int = 0
     tripped: float = 0.0
     why: str = ""
@@ -135,7 +146,8 @@ class SharedRecord:
 
 
 def decode_record(raw: Mapping[Any, Any], now: float, settings: HealthSettings) -> SharedRecord:
-    """The record in ``raw`` (an HGETALL answer), counters decayed to ``now``; bad fields skipped."""
+    """The record in ``raw`` (an HGETALL answer), counters decayed to ``now`` (unix seconds by the
+    server's clock); bad fields skipped."""
     shared = SharedRecord()
     span, current = settings.epoch_span, int(now // settings.epoch_span)
     for key, value in raw.items():
@@ -187,7 +199,8 @@ def weight_of(
 
 
 def summarise(shared: SharedRecord, state: str, now: float) -> dict[str, Any]:
-    """The API's view of an exit: decayed rates, the breaker's standing, without recent errors."""
+    """The API's view of an exit at ``now`` (server's clock): decayed rates, the breaker's
+    standing, without recent errors."""
     counts = shared.counts
     attempts, streams = counts["ok"] + counts["fail"], counts["sok"] + counts["slost"]
     ok, secs = counts["ok"], counts["secs"]
@@ -205,7 +218,8 @@ def summarise(shared: SharedRecord, state: str, now: float) -> dict[str, Any]:
 
 
 def state_label(shared: SharedRecord, now: float, settings: HealthSettings) -> str:
-    """What the API calls the exit's standing: "healthy", "degraded", "quarantined" or "probing"."""
+    """What the API calls the exit's standing at ``now`` (server's clock): "healthy", "degraded",
+    "quarantined" or "probing"."""
     if shared.until > now:
         return "quarantined"
     if shared.until > 0:
@@ -222,23 +236,29 @@ async def reports(
     *,
     now: float | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """The shared health of each exit as the API shows it, read from Redis in one pipeline.
+    """The shared health of each exit as the API shows it, read from Redis in one pipeline and a
+    ``TIME``.
 
     Each report has ``state`` ("healthy" | "degraded" | "quarantined" | "probing"),
     ``success_rate`` (of dials, 0 to 1, None without recent dials), ``attempts`` (decayed dials),
     ``dial_latency_ms``, ``throughput_bps`` (bits per second of stream time),
     ``stream_success_rate``, ``quarantined_until`` (unix seconds, None unless quarantined),
     ``trips``, ``last_trip_reason`` and ``recent_errors`` (newest first: ``at`` unix seconds,
-    ``reason``, ``node``). An exit with no record is healthy with no data.
+    ``reason``, ``node``). An exit with no record is healthy with no data. Times are the Redis
+    server's: the reports are judged at its ``TIME``, read right after the records, unless ``now``
+    (unix seconds, meant as the server's) says when.
     """
     settings = settings or HealthSettings()
     ids = list(exit_ids)
+    if not ids:
+        return {}
     async with redis.pipeline(transaction=False) as pipe:
         for exit_id in ids:
             pipe.hgetall(keys.exit_health(exit_id))
             pipe.lrange(keys.exit_errors(exit_id), 0, settings.recent_errors - 1)
         rows = await pipe.execute()
-    now = time.time() if now is None else now
+    if now is None:  # after the records: no time a script stamped in them is ahead of it
+        now = time_seconds(await redis.time())
     found = {}
     for index, exit_id in enumerate(ids):
         shared = decode_record(rows[2 * index], now, settings)

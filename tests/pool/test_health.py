@@ -1,7 +1,12 @@
 """Functional tests of exit health and its circuit breaker against a real Redis.
 
-Time is a fake clock handed to ``ExitHealth`` (decay, cool-downs and probes all read it), so a
-quarantine of minutes passes in no time; Redis key expiry, far longer, runs on real time.
+A node judges by its estimate of the Redis server's clock: the server's time when the node last
+read it (its first flush, each refresh, each trip it writes) plus what its own clock counted
+since. Each node here gets a fake clock, years off and still unless the test moves it, so a
+quarantine of minutes passes in no time for a node until it next reads the server's time. What
+the server itself must see end (a cool-down before a probe's failure trips it again, the memory of
+past trips) is kept short and waited for on the server's clock. Redis key expiry, far longer, runs
+on real time.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from pool.registry import ExitRegistry
 from pool.select import Choice, Selector
 from tests.pool.conftest import REDIS_URL, make_exit
 
-T0 = 1_700_000_000.0
+T0 = 1_700_000_000.0  # the nodes' own clocks start here, years off the server's
 SETTINGS = HealthSettings(
     trip_streak=3,
     min_attempts=10,
@@ -57,8 +62,29 @@ def node(redis: Redis, clock: Clock, name: str = "n1", **overrides: Any) -> Exit
     return ExitHealth(redis, name, settings=replace(SETTINGS, **overrides), clock=clock)
 
 
-async def shared(redis: Redis, exit_id: str, clock: Clock) -> dict[str, Any]:
-    return await report(redis, exit_id, SETTINGS, now=clock.now)
+async def shared(redis: Redis, exit_id: str, health: ExitHealth) -> dict[str, Any]:
+    """The exit's shared report, judged when ``health`` thinks it is (its clock may have moved)."""
+    return await report(redis, exit_id, SETTINGS, now=health.now())
+
+
+async def server_time(redis: Redis) -> float:
+    """The Redis server's clock, unix seconds."""
+    seconds, micros = await redis.time()
+    return float(seconds + micros / 1_000_000)
+
+
+async def server_reaches(redis: Redis, when: float) -> None:
+    """Wait until the Redis server's clock reads ``when`` (unix seconds) or later."""
+    for _ in range(100):  # once or twice; bounded by the test's timeout anyway
+        left = when - await server_time(redis)
+        if left <= 0:
+            return
+        await asyncio.sleep(left)
+
+
+def remaining(health: ExitHealth, exit_id: str) -> float:
+    """Seconds of the exit's quarantine left, as ``health`` sees it."""
+    return health.quarantined_until(exit_id) - health.now()
 
 
 def fail(health: ExitHealth, exit_id: str, times: int = 1, reason: str = "timeout") -> None:
@@ -66,9 +92,11 @@ def fail(health: ExitHealth, exit_id: str, times: int = 1, reason: str = "timeou
         health.dial_failed(exit_id, reason)
 
 
-async def tripped(redis: Redis, clock: Clock, exit_id: str = "a") -> ExitHealth:
-    """A node whose breaker for ``exit_id`` tripped at ``clock.now``, written to Redis."""
-    health = node(redis, clock)
+async def tripped(redis: Redis, clock: Clock, exit_id: str = "a", **overrides: Any) -> ExitHealth:
+    """A node whose breaker for ``exit_id`` tripped, written to Redis. The trip's answer gave the
+    node the server's time, so its cool-down starts at ``health.now()``: moving its clock by the
+    cool-down ends it for the node."""
+    health = node(redis, clock, **overrides)
     fail(health, exit_id, 3)
     await health.flush()
     return health
@@ -97,12 +125,11 @@ async def test_report_contents(redis: Redis, clock: Clock) -> None:
     for latency in (0.1, 0.2, 0.3):
         health.dial_ok("a", latency)
     health.dial_failed("a", "timeout")
-    failed_at = clock.now
     clock.advance(1)
     health.stream_done("a", 125_000, 2.0, ok=True)
     health.stream_done("a", 125_000, 3.0, ok=False, reason="exit_lost")
-    await health.flush()
-    assert await shared(redis, "a", clock) == {
+    await health.flush()  # its first: the node reads the server's time, which dates the errors
+    assert await shared(redis, "a", health) == {
         "state": "degraded",  # 75% of dials got through, under the 90% of a healthy exit
         "success_rate": 0.75,
         "attempts": 4.0,
@@ -113,14 +140,14 @@ async def test_report_contents(redis: Redis, clock: Clock) -> None:
         "trips": 0,
         "last_trip_reason": None,
         "recent_errors": [
-            {"at": clock.now, "reason": "exit_lost", "node": "n1"},
-            {"at": failed_at, "reason": "timeout", "node": "n1"},
+            {"at": pytest.approx(health.now(), abs=1e-3), "reason": "exit_lost", "node": "n1"},
+            {"at": pytest.approx(health.now() - 1, abs=1e-3), "reason": "timeout", "node": "n1"},
         ],
     }
 
 
-async def test_report_of_unknown_exit(redis: Redis, clock: Clock) -> None:
-    found = await shared(redis, "nobody", clock)
+async def test_report_of_unknown_exit(redis: Redis) -> None:
+    found = await report(redis, "nobody", SETTINGS)
     assert found["state"] == "healthy"
     assert found["attempts"] == 0.0
     assert found["success_rate"] is None
@@ -136,7 +163,7 @@ async def test_recent_errors_capped_newest_first(redis: Redis, clock: Clock) -> 
     await health.flush()
     health.dial_failed("a", "x" * 100, exit_fault=False)
     await health.flush()
-    errors = (await shared(redis, "a", clock))["recent_errors"]
+    errors = (await shared(redis, "a", health))["recent_errors"]
     assert [error["reason"] for error in errors] == ["x" * 64, "refused7", "refused6", "refused5", "refused4"]
 
 
@@ -146,7 +173,7 @@ async def test_failures_not_the_exits_fault(redis: Redis, clock: Clock) -> None:
         health.dial_failed("a", "refused", exit_fault=False)
     assert health.state("a") is Breaker.CLOSED
     await health.flush()
-    found = await shared(redis, "a", clock)
+    found = await shared(redis, "a", health)
     assert found["attempts"] == 0.0  # listed among the errors, not counted against the exit
     assert found["state"] == "healthy"
     assert len(found["recent_errors"]) == 5
@@ -158,14 +185,14 @@ async def test_counts_decay_by_half_life(redis: Redis, clock: Clock) -> None:
         health.dial_ok("a", 0.1)
     await health.flush()
     clock.advance(60)
-    assert (await shared(redis, "a", clock))["attempts"] == 2.0
+    assert (await shared(redis, "a", health))["attempts"] == 2.0
     health.dial_failed("a", "timeout")
     await health.flush()
-    found = await shared(redis, "a", clock)
+    found = await shared(redis, "a", health)
     assert found["attempts"] == 3.0
     assert found["success_rate"] == pytest.approx(2 / 3, abs=1e-4)
     clock.advance(120)
-    assert (await shared(redis, "a", clock))["attempts"] == 0.75
+    assert (await shared(redis, "a", health))["attempts"] == 0.75
 
 
 async def test_two_nodes_aggregate(redis: Redis, clock: Clock) -> None:
@@ -175,30 +202,31 @@ async def test_two_nodes_aggregate(redis: Redis, clock: Clock) -> None:
     two.dial_ok("a", 0.5)
     two.dial_failed("a", "exit")
     await one.flush()
-    await two.flush()
-    found = await shared(redis, "a", clock)
-    assert found["attempts"] == 5.0
-    assert found["success_rate"] == 0.8
-    assert found["dial_latency_ms"] == 200.0  # (3 * 100 + 500) / 4
-    assert found["recent_errors"] == [{"at": T0, "reason": "exit", "node": "n2"}]
+    await two.flush()  # a few milliseconds later by the server's clock: a hair more weight
+    found = await report(redis, "a", SETTINGS)
+    assert found["attempts"] == pytest.approx(5.0, abs=0.02)
+    assert found["success_rate"] == pytest.approx(0.8, abs=1e-3)
+    assert found["dial_latency_ms"] == pytest.approx(200.0, abs=0.1)  # (3 * 100 + 500) / 4
+    assert found["recent_errors"] == [
+        {"at": pytest.approx(two.now(), abs=1e-3), "reason": "exit", "node": "n2"}
+    ]
     one.state("a")  # selection asked about it: the next refresh reads it
     await one.refresh()
-    assert one.snapshot(["a"])["a"]["attempts"] == 5.0
+    assert one.snapshot(["a"])["a"]["attempts"] == pytest.approx(5.0, abs=0.02)
 
 
 async def test_stale_epoch_fields_are_removed(redis: Redis, clock: Clock) -> None:
     health = node(redis, clock)
-    health.dial_ok("a", 0.1)
-    await health.flush()
-    old = {field for field in await redis.hkeys(keys.exit_health("a")) if b"@" in field}
-    clock.advance(3 * SETTINGS.epoch_span)
+    epoch = int(await server_time(redis) // SETTINGS.epoch_span)
+    old = {f"ok@{epoch - 3}".encode(), f"lat@{epoch - 3}".encode()}  # as a node left them long ago
+    await redis.hset(keys.exit_health("a"), mapping=dict.fromkeys(old, 1.0))
     health.dial_ok("a", 0.1)
     health.state("a")
     await health.sync()  # the refresh finds the old epoch's fields; the next flush drops them
     await health.flush()
     fields = {field for field in await redis.hkeys(keys.exit_health("a")) if b"@" in field}
     assert fields and not fields & old
-    assert (await shared(redis, "a", clock))["attempts"] == 1.0
+    assert (await shared(redis, "a", health))["attempts"] == pytest.approx(1.0, abs=0.01)
 
 
 # the breaker
@@ -210,14 +238,18 @@ async def test_streak_trips_at_once_locally(redis: Redis, clock: Clock) -> None:
     assert one.state("a") is Breaker.CLOSED
     fail(one, "a")
     assert one.state("a") is Breaker.OPEN  # before anything reached Redis
-    assert one.quarantined_until("a") == T0 + 10
+    assert remaining(one, "a") == 10
     assert two.state("a") is Breaker.CLOSED
     await one.flush()
+    assert remaining(one, "a") == 10  # from when the server wrote the trip
+    tripped_at = int(await redis.hget(keys.exit_health("a"), "tripped") or 0) / 1000
+    assert one.quarantined_until("a") == tripped_at + 10
     await two.refresh()
     assert two.state("a") is Breaker.OPEN
-    found = await shared(redis, "a", clock)
+    assert two.quarantined_until("a") == tripped_at + 10
+    found = await shared(redis, "a", one)
     assert found["state"] == "quarantined"
-    assert found["quarantined_until"] == T0 + 10
+    assert found["quarantined_until"] == tripped_at + 10
     assert found["trips"] == 1
     assert found["last_trip_reason"] == "streak"
 
@@ -239,7 +271,7 @@ async def test_streak_across_nodes(redis: Redis, clock: Clock) -> None:
     assert one.state("a") is Breaker.CLOSED and two.state("a") is Breaker.CLOSED
     await one.sync()  # the shared streak is 3: the refresh trips it, and writes the trip
     assert one.state("a") is Breaker.OPEN
-    assert (await shared(redis, "a", clock))["last_trip_reason"] == "streak"
+    assert (await shared(redis, "a", one))["last_trip_reason"] == "streak"
 
 
 async def test_success_restarts_shared_streak(redis: Redis, clock: Clock) -> None:
@@ -265,22 +297,22 @@ async def test_rate_trips(redis: Redis, clock: Clock) -> None:
     health.dial_failed("a", "timeout")  # 3 of 10 got through, under half
     assert health.state("a") is Breaker.OPEN
     await health.flush()
-    assert (await shared(redis, "a", clock))["last_trip_reason"] == "rate"
+    assert (await shared(redis, "a", health))["last_trip_reason"] == "rate"
 
 
 async def test_rate_trips_on_shared_attempts(redis: Redis, clock: Clock) -> None:
     one, two = node(redis, clock, "n1"), node(redis, clock, "n2")
     for health in (one, two):
-        for ok in (False, False, True, False, True):
+        for ok in (False, False, True, False, True, False):
             if ok:
                 health.dial_ok("a", 0.1)
             else:
                 health.dial_failed("a", "timeout")
         assert health.state("a") is Breaker.CLOSED
         await health.flush()
-    await one.sync()  # 4 of 10 over both nodes
+    await one.sync()  # 4 of 12 over both nodes (decayed a little since: still over 10 dials)
     assert one.state("a") is Breaker.OPEN
-    assert (await shared(redis, "a", clock))["last_trip_reason"] == "rate"
+    assert (await shared(redis, "a", one))["last_trip_reason"] == "rate"
 
 
 async def test_cool_down_then_one_probe(redis: Redis, clock: Clock) -> None:
@@ -289,7 +321,7 @@ async def test_cool_down_then_one_probe(redis: Redis, clock: Clock) -> None:
     assert health.state("a") is Breaker.OPEN
     clock.advance(0.1)
     assert health.state("a") is Breaker.HALF_OPEN
-    assert (await shared(redis, "a", clock))["state"] == "probing"
+    assert (await shared(redis, "a", health))["state"] == "probing"
     assert health.begin_probe("a")
     assert health.state("a") is Breaker.PROBING
     assert not health.begin_probe("a")  # one probe at a time
@@ -313,7 +345,7 @@ async def test_probe_success_closes(redis: Redis, clock: Clock) -> None:
     assert health.state("a") is Breaker.CLOSED
     await health.sync()
     assert health.state("a") is Breaker.CLOSED  # the failures before the quarantine are forgiven
-    found = await shared(redis, "a", clock)
+    found = await shared(redis, "a", health)
     assert found["quarantined_until"] is None
     assert found["state"] == "degraded"  # 1 of 4 recent dials got through
     await other.refresh()
@@ -346,7 +378,7 @@ async def test_reconnected_leaves_a_closed_breaker_alone(redis: Redis, clock: Cl
     health.reconnected(["a"])
     await health.sync()
     assert health.state("a") is Breaker.CLOSED
-    assert (await shared(redis, "a", clock))["quarantined_until"] is None
+    assert (await shared(redis, "a", health))["quarantined_until"] is None
 
 
 async def test_probe_answered_by_destination_closes(redis: Redis, clock: Clock) -> None:
@@ -357,49 +389,70 @@ async def test_probe_answered_by_destination_closes(redis: Redis, clock: Clock) 
     assert health.state("a") is Breaker.CLOSED
 
 
+async def cooled_down(redis: Redis, health: ExitHealth, exit_id: str = "a") -> None:
+    """Wait until the server's clock ends the exit's cool-down, and let the node read it."""
+    await server_reaches(redis, health.quarantined_until(exit_id))
+    health.state(exit_id)
+    await health.refresh()
+    assert health.state(exit_id) is Breaker.HALF_OPEN
+
+
 async def test_probe_failure_reopens_longer(redis: Redis, clock: Clock) -> None:
-    health = await tripped(redis, clock)
-    for cool_down, trips in ((20, 2), (40, 3), (40, 4)):  # doubled each time, at most max_cooldown
-        clock.advance(health.quarantined_until("a") - clock.now)
+    short: dict[str, Any] = {
+        "cooldown": 0.2,
+        "max_cooldown": 0.8,
+        "trip_memory": 2.0,
+    }  # waited for on the server
+    health = await tripped(redis, clock, **short)
+    for cool_down, trips in ((0.4, 2), (0.8, 3), (0.8, 4)):  # doubled each time, at most max_cooldown
+        await cooled_down(redis, health)
         assert health.begin_probe("a")
         health.dial_failed("a", "timeout")
         assert health.state("a") is Breaker.OPEN
-        assert health.quarantined_until("a") == clock.now + cool_down
+        assert remaining(health, "a") == pytest.approx(cool_down, abs=1e-3)
         await health.flush()
-        found = await shared(redis, "a", clock)
-        assert found["quarantined_until"] == clock.now + cool_down
+        assert remaining(health, "a") == pytest.approx(cool_down, abs=1e-3)  # from the server's write
+        found = await shared(redis, "a", health)
+        assert found["quarantined_until"] == health.quarantined_until("a")
         assert found["trips"] == trips
         assert found["last_trip_reason"] == "probe"
 
 
 async def test_repeat_trips_forgotten_after_trip_memory(redis: Redis, clock: Clock) -> None:
-    health = await tripped(redis, clock)
-    clock.advance(10)
-    health.begin_probe("a")
+    short: dict[str, Any] = {
+        "cooldown": 0.2,
+        "max_cooldown": 0.8,
+        "trip_memory": 1.0,
+    }  # waited for on the server
+    health = await tripped(redis, clock, **short)
+    await cooled_down(redis, health)
+    assert health.begin_probe("a")
     health.dial_ok("a", 0.1)
     fail(health, "a", 3)  # soon after: a repeat, twice as long
-    assert health.quarantined_until("a") == clock.now + 20
+    assert remaining(health, "a") == pytest.approx(0.4, abs=1e-3)
     await health.flush()
-    clock.advance(20)
-    health.begin_probe("a")
+    assert remaining(health, "a") == pytest.approx(0.4, abs=1e-3)
+    assert (await shared(redis, "a", health))["trips"] == 2
+    last_trip = health.now()  # the node just read it in the trip's answer
+    await server_reaches(redis, last_trip + 1.01)
+    health.state("a")
+    await health.refresh()
+    assert health.begin_probe("a")
     health.dial_ok("a", 0.1)
-    clock.advance(601)
     fail(health, "a", 3)  # long after the last trip: a first one again
-    assert health.quarantined_until("a") == clock.now + 10
+    assert remaining(health, "a") == pytest.approx(0.2, abs=1e-3)
     await health.flush()
-    assert (await shared(redis, "a", clock))["trips"] == 1
+    assert (await shared(redis, "a", health))["trips"] == 1
 
 
 async def test_nodes_tripping_together_trip_once(redis: Redis, clock: Clock) -> None:
     first = await tripped(redis, clock)
-    later = Clock(T0 + 1)
-    second = node(redis, later, "n2")  # saw the same failures a second later
+    second = node(redis, Clock(T0 + 1), "n2")  # saw the same failures, its clock a second ahead
     fail(second, "a", 3)
-    assert second.quarantined_until("a") == T0 + 11  # its own guess…
+    assert remaining(second, "a") == 10  # its own guess…
     await second.flush()
-    assert second.quarantined_until("a") == T0 + 10  # …until Redis says who was first
-    assert first.quarantined_until("a") == T0 + 10
-    assert (await shared(redis, "a", clock))["trips"] == 1
+    assert second.quarantined_until("a") == first.quarantined_until("a")  # …until Redis says who was first
+    assert (await shared(redis, "a", second))["trips"] == 1
 
 
 async def test_refresh_keeps_a_move_not_yet_written(redis: Redis, clock: Clock) -> None:
@@ -415,18 +468,19 @@ async def test_refresh_keeps_a_move_not_yet_written(redis: Redis, clock: Clock) 
     await health.flush()
     await health.refresh()
     assert health.state("a") is Breaker.CLOSED
-    assert (await shared(redis, "a", clock))["quarantined_until"] is None
+    assert (await shared(redis, "a", health))["quarantined_until"] is None
 
 
 async def test_failures_while_open_change_nothing(redis: Redis, clock: Clock) -> None:
     health = await tripped(redis, clock)
+    until = health.quarantined_until("a")
     fail(health, "a", 5)  # dials that began before the trip
-    assert health.quarantined_until("a") == T0 + 10
+    assert health.quarantined_until("a") == until
     clock.advance(10)
     fail(health, "a", 5)  # not a probe: no escalation
     assert health.state("a") is Breaker.HALF_OPEN
     await health.flush()
-    assert (await shared(redis, "a", clock))["trips"] == 1
+    assert (await shared(redis, "a", health))["trips"] == 1
 
 
 # weights
@@ -445,11 +499,12 @@ async def test_weights(redis: Redis, clock: Clock) -> None:
         health.stream_done("lossy", 1000, 1.0, ok=ok)
     assert health.weight("slow") == 1.0  # nothing known before the first sync
     await health.sync()
-    # reference latency: the median of 0.1, 0.4, 0.1, 0.1
+    # reference latency: the median of 0.1, 0.4, 0.1, 0.1; the counts decayed a hair between the
+    # flush and the refresh (the server's clock moved on), and the one virtual success did not
     assert health.weight("fast") == pytest.approx(1.0)
     assert health.weight("slow") == pytest.approx(0.25)
-    assert health.weight("failing") == pytest.approx((6 / 11) ** 2)
-    assert health.weight("lossy") == pytest.approx(4 / 5)
+    assert health.weight("failing") == pytest.approx((6 / 11) ** 2, rel=1e-3)
+    assert health.weight("lossy") == pytest.approx(4 / 5, rel=1e-3)
     assert health.weight("new") == 1.0
     assert health.snapshot(["slow"])["slow"]["weight"] == 0.25
 
@@ -522,7 +577,7 @@ async def test_choose_gives_slow_and_failing_exits_fewer_picks(redis: Redis, clo
     await selector.choose(FR)
     await health.sync()
     weights = {exit_id: health.weight(exit_id) for exit_id in ("a", "b", "slow", "failing")}
-    assert weights["a"] == weights["b"] == 1.0 and weights["slow"] == 0.25
+    assert weights["a"] == weights["b"] == 1.0 and weights["slow"] == pytest.approx(0.25)
     picks = Counter([await selector.choose(FR) for _ in range(1000)])
     total = sum(weights.values())
     for exit_id, weight in weights.items():
@@ -556,13 +611,14 @@ async def test_choose_accept_with_health(redis: Redis, clock: Clock) -> None:
 async def test_all_quarantined_probes_the_first_to_cool_down(redis: Redis, clock: Clock) -> None:
     health = node(redis, clock)
     fail(health, "b", 3)
+    until = health.quarantined_until("b")
     clock.advance(1)
-    fail(health, "a", 3)  # quarantined until T0 + 11, "b" until T0 + 10
+    fail(health, "a", 3)  # quarantined a second after "b"
     selector = await selector_with(redis, health, "a", "b")
     assert await selector.choose(FR) == "b"  # early, rather than no exit at all
     assert await selector.choose(FR) is None  # one last-resort probe at a time
     health.dial_failed("b", "timeout")
-    assert health.quarantined_until("b") == T0 + 10  # an early probe's failure costs no longer cool-down
+    assert health.quarantined_until("b") == until  # an early probe's failure costs no longer cool-down
     assert await selector.choose(FR) == "b"
     health.dial_ok("b", 0.1)
     assert health.state("b") is Breaker.CLOSED
@@ -623,14 +679,15 @@ async def test_start_syncs_and_close_flushes(redis: Redis, clock: Clock) -> None
         if await redis.exists(keys.exit_health("a")):
             break
         await asyncio.sleep(0.01)
-    assert (await shared(redis, "a", clock))["attempts"] == 1.0
+    # (decayed by the server's clock since: the syncs keep reading it)
+    assert (await shared(redis, "a", health))["attempts"] == pytest.approx(1.0, abs=0.02)
     health.dial_failed("a", "timeout")
     await health.close()  # the last records are flushed on the way out
-    assert (await shared(redis, "a", clock))["attempts"] == 2.0
+    assert (await shared(redis, "a", health))["attempts"] == pytest.approx(2.0, abs=0.02)
     await health.start()  # closed: stays stopped
     health.dial_ok("a", 0.1)
     await asyncio.sleep(0.05)
-    assert (await shared(redis, "a", clock))["attempts"] == 2.0
+    assert (await shared(redis, "a", health))["attempts"] == pytest.approx(2.0, abs=0.02)
 
 
 async def test_reports_many(redis: Redis, clock: Clock) -> None:
@@ -638,7 +695,7 @@ async def test_reports_many(redis: Redis, clock: Clock) -> None:
     health.dial_ok("a", 0.1)
     fail(health, "b", 3)
     await health.flush()
-    found = await reports(redis, ["a", "b", "c"], SETTINGS, now=clock.now)
+    found = await reports(redis, ["a", "b", "c"], SETTINGS)  # judged by the server's clock
     assert {exit_id: item["state"] for exit_id, item in found.items()} == {
         "a": "healthy",
         "b": "quarantined",
