@@ -85,6 +85,15 @@ async def migrate(pool: asyncpg.Pool, *, directories: tuple[Path, ...] = MIGRATI
     return applied
 
 
+async def pending_migrations(pool: asyncpg.Pool) -> list[str]:
+    """The migrations not applied to ``pool``'s database yet, in order (all of them on a database
+    IPSX never migrated); changes nothing."""
+    known = await pool.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    rows = await pool.fetch("SELECT version FROM schema_migrations") if known else []
+    done = {row["version"] for row in rows}
+    return [path.stem for path in migration_files() if path.stem not in done]
+
+
 _DATABASE_NAME = re.compile(r"[A-Za-z0-9_]{1,63}")
 
 

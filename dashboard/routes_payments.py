@@ -39,6 +39,7 @@ def payment_settings(settings: ApiSettings) -> PaymentSettings:
     return PaymentSettings(
         unpaid_limit=settings.unpaid_limit,
         interval=settings.invoice_interval,
+        consent_ttl=settings.consent_ttl,
         operator=operator,
         domain=domain,
     )
@@ -139,7 +140,7 @@ async def closing_consent(request: web.Request) -> web.Response:
     operator exactly what the caller's settled usage cost and refunds the rest at once.
 
     The consent expires (``expires_at``, the last block timestamp the contract takes it in:
-    ``PaymentSettings.consent_ttl``, an hour, from now) and the channel is frozen at B until then
+    ``ipsx api --consent-ttl``, an hour by default, from now) and the channel is frozen at B until then
     (``billing.payments.consent``): nothing is invoiced on it, no proof above B is accepted on it,
     and a caller with no other usable channel is cut off (402 at the gateways) until it opens
     another or the consent expires unused. Asking again before the expiry returns the same consent;

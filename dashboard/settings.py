@@ -48,6 +48,9 @@ class ApiSettings:
     channels_address: str | None = None
     unpaid_limit: int = 10**18
     invoice_interval: float = 2.0
+    # how long the operator's consent to close a requester channel lasts (whole seconds): the
+    # channel is frozen until then (billing.payments.consent)
+    consent_ttl: int = 60 * 60
     # the operator's wallet (hex key): with channels_address, the market's node signs providers'
     # payout proofs with it (billing.payouts); None: no payouts signed
     operator_key: str | None = field(default=None, repr=False)

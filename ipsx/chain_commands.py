@@ -36,7 +36,7 @@ from ipsx.chain_access import (
     wei_of,
 )
 from ipsx.chain_deploy import deploy_command
-from ipsx.commands import UsageError
+from ipsx.commands import DATABASE_UNUSABLE, UsageError, unusable
 from ipsx.settings import Environment
 
 log = logging.getLogger(__name__)
@@ -57,13 +57,31 @@ def cmd_chain(args: argparse.Namespace, env: Environment) -> None:
         watch_command(args, env)
 
 
-async def open_pool(dsn: str, max_size: int) -> asyncpg.Pool:
-    """The migrated database (``IPSX_DATABASE_URL``); ``UsageError`` when it cannot be opened.
-    The message never shows the URL, which may hold a password."""
+async def open_pool(dsn: str, max_size: int, *, migrate: bool = True) -> asyncpg.Pool:
+    """The database of ``IPSX_DATABASE_URL``, created and migrated first if needed, or with
+    ``migrate=False`` (a check that only reads) as it is: ``UsageError`` unless it exists with
+    every migration applied. ``UsageError`` when it cannot be opened; the message never shows
+    the URL, which may hold a password."""
     try:
-        return await db.open_migrated(dsn, max_size=max_size)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-        raise UsageError(f"cannot open the database (IPSX_DATABASE_URL): {error}") from None
+        if migrate:
+            return await db.open_migrated(dsn, max_size=max_size)
+        pool = await db.connect(dsn, max_size=max_size)
+    except asyncpg.InvalidCatalogNameError as error:
+        raise UsageError(f"{error}: is IPSX_DATABASE_URL the network's database?") from None
+    except DATABASE_UNUSABLE as error:
+        raise unusable("the database", dsn, "IPSX_DATABASE_URL", error) from None
+    try:
+        pending = await db.pending_migrations(pool)
+    except BaseException:
+        await pool.close()
+        raise
+    if pending:
+        await pool.close()
+        raise UsageError(
+            f"the database of IPSX_DATABASE_URL lacks {len(pending)} migration(s) (from {pending[0]}):"
+            " is it the network's database? `ipsx migrate` brings an older one up to date"
+        )
+    return pool
 
 
 # ---- ipsx chain watch ----------------------------------------------------------------------------
@@ -254,7 +272,7 @@ def cmd_reconcile(args: argparse.Namespace, env: Environment) -> None:
 
     async def go() -> Report:
         async with node(url, record) as w3:
-            pool = await open_pool(env.database, 2)
+            pool = await open_pool(env.database, 2, migrate=False)
             try:
                 return await reconcile(
                     pool, w3, record.channels, record.token, block=args.block, anchor_address=record.anchor

@@ -18,6 +18,7 @@ from urllib.parse import unquote, urlsplit
 import asyncpg
 from eth_account import Account
 from eth_utils.address import is_address
+from redis.exceptions import RedisClusterException, RedisError
 
 from billing import accounts, db, ledger
 from billing.errors import BillingError
@@ -44,10 +45,11 @@ from gateway.settings import GatewaySettings, default_node_id
 from gateway.targeting import TargetingError, parse_rules
 from ipsx import runtime
 from ipsx.client_commands import ClientError, run_client_command
-from ipsx.logs import redact
+from ipsx.logs import redact_error, url_password
 from ipsx.payagent import keep_payouts_every
 from ipsx.settings import Environment
 from ipsx.supervisor import run_workers, worker_settings
+from pool.client import redis_from_url
 
 
 class UsageError(Exception):
@@ -57,7 +59,7 @@ class UsageError(Exception):
 # What reaching PostgreSQL raises when the server is not there or turns us away, or when the URL
 # is malformed (a port that is no number is a ValueError, one past 65535 an OverflowError): the
 # operator's setup, not a bug, so the commands say so in one line instead of a traceback.
-_DATABASE_UNUSABLE = (
+DATABASE_UNUSABLE = (
     OSError,  # refused, unreachable, unknown host, timed out
     ValueError,
     OverflowError,
@@ -69,6 +71,21 @@ _DATABASE_UNUSABLE = (
 )
 
 
+# What reaching Redis raises when it is not there or turns us away (a wrong password, a database
+# number it does not have), or when the URL is malformed (ValueError).
+_REDIS_UNUSABLE = (OSError, ValueError, RedisError, RedisClusterException)
+
+
+def unusable(what: str, url: str, variable: str, error: Exception) -> UsageError:
+    """One line: ``what`` at ``url`` (set by the environment ``variable``) cannot be used, and
+    why; no part of the URL's password in it."""
+    detail = " ".join(str(error).split()) or "no answer"
+    line = f"cannot use {what} {url} ({variable}): {type(error).__name__}: {detail}"
+    if any(mark in (url_password(url) or "") for mark in "/?#@"):  # parsers cut the URL there
+        line += " (percent-encode the password's '/', '?', '#' and '@' as %2F, %3F, %23 and %40)"
+    return UsageError(redact_error(line, url))
+
+
 async def connect_database(dsn: str, *, max_size: int = 2) -> asyncpg.Pool:
     """A pool on ``dsn``'s database, created first if needed (not migrated). Raises UsageError,
     naming the URL without its password, when the database cannot be reached or the URL is
@@ -76,11 +93,46 @@ async def connect_database(dsn: str, *, max_size: int = 2) -> asyncpg.Pool:
     try:
         await db.ensure_database(dsn)
         return await db.connect(dsn, min_size=1, max_size=max_size)
-    except _DATABASE_UNUSABLE as error:
-        detail = " ".join(str(error).split()) or "no answer"
-        raise UsageError(
-            redact(f"cannot use the database {dsn} (IPSX_DATABASE_URL): {type(error).__name__}: {detail}")
-        ) from None
+    except DATABASE_UNUSABLE as error:
+        raise unusable("the database", dsn, "IPSX_DATABASE_URL", error) from None
+
+
+def check_services(database_url: str, redis_url: str, *, ping_redis: bool) -> None:
+    """What a service checks before it starts, so that a wrong URL or a server that is not there
+    is one line (UsageError) and not a traceback: that its database server answers (a database
+    it does not have yet is fine: the service creates it), that its Redis URL is well formed
+    and, with ``ping_redis``, that Redis answers. The worker and the API ride out a Redis
+    outage; a gateway needs Redis to start."""
+
+    async def check() -> None:
+        try:
+            await (await asyncpg.connect(database_url)).close()
+        except asyncpg.InvalidCatalogNameError:
+            pass  # the server answers and the service creates its database
+        except DATABASE_UNUSABLE as error:
+            raise unusable("the database", database_url, "IPSX_DATABASE_URL", error) from None
+        try:
+            redis = redis_from_url(redis_url)
+            try:
+                if ping_redis:
+                    await redis.ping()
+            finally:
+                await redis.aclose()
+        except _REDIS_UNUSABLE as error:
+            raise unusable("Redis", redis_url, "IPSX_REDIS_URL", error) from None
+
+    asyncio.run(check())
+
+
+def serve_gateway(settings: GatewaySettings) -> None:
+    """What each ``ipsx gateway --workers`` process runs: :func:`check_services`, then the node.
+    A failed check is one line on stderr and exit status 1, a failure at startup to the
+    supervisor, which starts the process again later (the service may be on its way up)."""
+    try:
+        check_services(settings.database_url, settings.redis_url, ping_redis=True)
+    except UsageError as error:
+        sys.exit(f"ipsx gateway: {error}")
+    runtime.run(lambda stop: run_gateway(settings, stop))
 
 
 async def migrate(dsn: str) -> list[str]:
@@ -119,13 +171,14 @@ def cmd_gateway(args: argparse.Namespace, env: Environment) -> None:
         reseller_ports=tuple(args.reseller_port),
     )
     if args.workers == 1:
+        check_services(settings.database_url, settings.redis_url, ping_redis=True)
         runtime.run(lambda stop: run_gateway(settings, stop))
         return
     try:
         workers = worker_settings(settings, args.workers)
     except ValueError as error:
         raise UsageError(str(error)) from None
-    status = run_workers(workers, verbose=args.verbose)
+    status = run_workers(workers, verbose=args.verbose, main=serve_gateway)
     if status:
         sys.exit(status)
 
@@ -143,6 +196,7 @@ def cmd_worker(args: argparse.Namespace, env: Environment) -> None:
         metrics_port=args.metrics_port,
         **({"consumer": args.consumer} if args.consumer else {}),
     )
+    check_services(settings.database_url, settings.redis_url, ping_redis=False)
     runtime.run(lambda stop: run_worker(settings, stop=stop))
 
 
@@ -182,16 +236,20 @@ def cmd_api(args: argparse.Namespace, env: Environment) -> None:
         channels_address=args.channels_address,
         unpaid_limit=unpaid_limit,
         invoice_interval=args.invoice_interval,
+        consent_ttl=args.consent_ttl,
         spot_duration_s=args.spot_duration,
         spot_traffic_bytes=args.spot_traffic_gb * 10**9,
         socks_address=args.socks_address,
         public_url=args.public_url,
         web_signin_limit=args.web_signin_limit,
+        auth_nonce_limit=args.auth_nonce_limit,
+        auth_siwe_limit=args.auth_siwe_limit,
         web_demo_account=args.web_demo_account,
         web_live_interval=args.web_live_interval,
         operator_key=_operator_key(args.channels_address),
         inspect_ca_secret=inspect_ca_secret,
     )
+    check_services(settings.database_url, settings.redis_url, ping_redis=False)
     runtime.run(lambda stop: run_api(settings, stop))
 
 
@@ -550,9 +608,9 @@ def _client_command(args: argparse.Namespace, env: Environment) -> None:
         raise UsageError(str(error)) from None
 
 
-cmd_order = cmd_deals = cmd_deal = cmd_usage = cmd_market = cmd_withdrawal = cmd_pay = cmd_payouts = (
-    cmd_channel
-) = _client_command
+cmd_order = cmd_deals = cmd_deal = cmd_invoices = cmd_usage = cmd_market = cmd_withdrawal = cmd_pay = (
+    cmd_payouts
+) = cmd_channel = _client_command
 
 
 def cmd_reseller(args: argparse.Namespace, env: Environment) -> None:

@@ -2,10 +2,10 @@
 
 Every record goes through :class:`RedactFilter` on the way out, whatever the format: API key
 secrets keep their key id only, ``Authorization``/``Proxy-Authorization`` values, bearer and basic
-credentials, JWTs, PEM private keys, 32-byte hex keys, passwords in URLs
-(``redis://:pass@host``), API keys in RPC URLs' paths (``/v3/KEY``) and ``password=``-style pairs
-(a quoted value whole) are replaced by ``[REDACTED]``. Redaction is by pattern: it is the last
-line of defence, not a licence to log secrets (log key ids).
+credentials, JWTs, PEM private keys, 32-byte hex keys, passwords in URLs (``redis://:pass@host``,
+or ``user:pass@host`` without a scheme), API keys in RPC URLs' paths (``/v3/KEY``) and
+``password=``-style pairs (a quoted value whole) are replaced by ``[REDACTED]``. Redaction is by
+pattern: it is the last line of defence, not a licence to log secrets (log key ids).
 
 ``REQUEST_ID`` carries the id of the API request being served (see ``dashboard.metrics``) into
 the JSON lines of every record logged while serving it.
@@ -55,14 +55,28 @@ def _secret_value(match: re.Match[str]) -> str:
     return f"{name}{quote}{REDACTED}{quote if closed else ''}"
 
 
+# user:password@host: the password runs to the authority's last "@" (redis-py takes an unencoded
+# "@" in a password). One holding an unencoded "/", "?" or "#" runs to the last "@" of the word:
+# where it ends is ambiguous then, and a path hidden is better than a password shown; but digits
+# before that "/" after a host name are a port (host:8080/path@x), not a password. The bounds
+# keep a long line linear (a scheme's "//" ends the unbounded run).
+_SLASHED = r"(?:(?<=//:)|(?!\d{0,5}[/?#]))[^/?#@\s]{0,256}[/?#]\S{0,256}"
+# scheme://user:password@host: the user stays, the password goes. An IPv6 host ("[::1]") is no user.
+_URL_USERINFO = re.compile(
+    rf"(?i)\b([a-z][a-z0-9+.-]{{0,31}}://[^:/?#@\s\[\]]*):(?P<password>[^/?#\s]+|{_SLASHED})@"
+)
+# user:password@host without a scheme, as a word of its own; "mailto:a@b" is an e-mail address.
+_BARE_USERINFO = re.compile(
+    rf"""(?<![^\s"'(<\[{{=,;])(?!mailto:)([\w.~%+-]+):(?!//)(?P<password>[^/?#\s]{{1,256}}|{_SLASHED})@"""
+    r"(?=[\w\[])"
+)
+_KEEP_USER = rf"\1:{REDACTED}@"
+
 _PATTERNS: tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]], ...] = (
     (
         re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)", re.S),
         REDACTED,
     ),
-    # scheme://user:password@host: the user stays, the password goes, up to the authority's last
-    # "@" (asyncpg and redis-py take an unencoded "@" in a password)
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/?#@\s]*):[^/?#\s]+@"), rf"\1:{REDACTED}@"),
     # node providers' RPC URLs carry the API key as a path segment: infura.io/v3/KEY, alchemy /v2/KEY
     (re.compile(r"(?<=\S)(/v\d{1,2}/)[A-Za-z0-9_-]{20,}(?![A-Za-z0-9_-])"), rf"\1{REDACTED}"),
     # header values, as "Proxy-Authorization: Basic …" or "'authorization': 'Bearer …'"
@@ -94,9 +108,31 @@ def _hex_key(match: re.Match[str]) -> str:
 
 def redact(text: str) -> str:
     """``text`` with every secret-looking part replaced by ``[REDACTED]``."""
+    if "@" in text:  # no user info without one: most lines skip these two patterns
+        text = _BARE_USERINFO.sub(_KEEP_USER, _URL_USERINFO.sub(_KEEP_USER, text))
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return _HEX32.sub(_hex_key, text)
+
+
+def url_password(url: str) -> str | None:
+    """The password of ``url``'s user info, as :func:`redact` finds it; None when it finds none."""
+    found = _URL_USERINFO.search(url) or _BARE_USERINFO.search(url)
+    return None if found is None else found["password"]
+
+
+def redact_error(text: str, url: str) -> str:
+    """``text``, an error about ``url``, redacted, and without any piece of ``url``'s password
+    standing as a word of its own: a parser that stopped inside the password, at a "/", "?",
+    "#", "@" or ":" not percent-encoded, quotes the piece it could not read ("invalid port
+    'pa'"), which no pattern can tell from other words."""
+    text = redact(text)
+    password = url_password(url)
+    if not password:
+        return text
+    for piece in sorted({password, *re.split(r"[/?#@:]", password)} - {""}, key=len, reverse=True):
+        text = re.sub(rf"(?<![\w%.~+-]){re.escape(piece)}(?![\w%.~+-])", REDACTED, text)
+    return text
 
 
 def _redact_value(name: str, value: Any) -> Any:

@@ -193,6 +193,14 @@ def add_api_command(sub: argparse._SubParsersAction[Any]) -> None:
         "402 (default: %(default)s)",
     )
     api.add_argument(
+        "--consent-ttl",
+        type=positive_int,
+        default=3600,
+        metavar="SECONDS",
+        help="how long the operator's consent to close a requester's channel lasts; the channel is "
+        "frozen, nothing more billed on it, until then (default: %(default)s)",
+    )
+    api.add_argument(
         "--invoice-interval",
         type=positive_seconds,
         default=2.0,
@@ -222,6 +230,22 @@ def add_api_command(sub: argparse._SubParsersAction[Any]) -> None:
         default=10,
         metavar="N",
         help="dashboard sign-in attempts one client address may make per minute (default: %(default)s)",
+    )
+    api.add_argument(
+        "--auth-nonce-limit",
+        type=positive_int,
+        default=60,
+        metavar="N",
+        help="sign-in nonces (POST /v1/auth/nonce, the dashboard's wallet message) one client address "
+        "may ask for per minute (default: %(default)s)",
+    )
+    api.add_argument(
+        "--auth-siwe-limit",
+        type=positive_int,
+        default=60,
+        metavar="N",
+        help="sign-in attempts (POST /v1/auth/siwe) one client address may make per minute "
+        "(default: %(default)s)",
     )
     api.add_argument(
         "--web-live-interval",

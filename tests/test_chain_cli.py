@@ -417,3 +417,46 @@ def test_every_chain_command_has_help(command: tuple[str, ...]) -> None:
     assert result.returncode == 0
     assert result.stdout.startswith("usage: ipsx " + " ".join(command))
     assert "--rpc URL" in result.stdout
+
+
+def test_reconcile_reads_the_database_as_it_is_and_creates_none(
+    deployed: Deployed, base_env: dict[str, str]
+) -> None:
+    # A check that only reads: a database that is not the network's is named, never made one.
+    common = ("--rpc", deployed.rpc, "--deployment", str(deployed.path))
+    missing_name = f"ipsx_test_reconcile_missing_{os.getpid()}"
+    missing = urlunsplit(urlsplit(ADMIN_URL)._replace(path=f"/{missing_name}"))
+    refused = ipsx("reconcile", *common, env={**base_env, "IPSX_DATABASE_URL": missing})
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert f'database "{missing_name}" does not exist: is IPSX_DATABASE_URL' in refused.stderr
+    assert "Traceback" not in refused.stderr
+    exists = "SELECT 1 FROM pg_database WHERE datname = $1"
+    assert asyncio.run(_admin_fetchval(exists, missing_name)) is None
+
+    empty_name = f"ipsx_test_reconcile_empty_{os.getpid()}"
+    asyncio.run(_admin(f'CREATE DATABASE "{empty_name}"'))
+    try:
+        empty = urlunsplit(urlsplit(ADMIN_URL)._replace(path=f"/{empty_name}"))
+        refused = ipsx("reconcile", *common, env={**base_env, "IPSX_DATABASE_URL": empty})
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert "the database of IPSX_DATABASE_URL lacks" in refused.stderr
+        assert "(from 001_" in refused.stderr
+        assert asyncio.run(_tables(empty)) == 0  # nothing migrated
+    finally:
+        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{empty_name}" WITH (FORCE)'))
+
+
+async def _admin_fetchval(query: str, *args: object) -> object:
+    conn = await asyncpg.connect(ADMIN_URL)
+    try:
+        return await conn.fetchval(query, *args)
+    finally:
+        await conn.close()
+
+
+async def _tables(url: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"))
+    finally:
+        await conn.close()

@@ -137,3 +137,112 @@ def test_database_commands_report_an_unusable_database_in_one_line(
         f"ipsx {command[0]}: cannot use the database {shown} (IPSX_DATABASE_URL): {error}"
     )
     assert result.stderr.count("\n") == 1 and "s3cr3t" not in result.stderr
+
+
+ADMIN_URL = os.environ.get("IPSX_TEST_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("IPSX_TEST_CLI_REDIS_URL", "redis://127.0.0.1:6379/4")
+SERVICES = {
+    "gateway": ["gateway", "--http-port", "0", "--socks-port", "0", "--tunnel-port", "0"],
+    "worker": ["worker"],
+    "api": ["api", "--port", "0"],
+}
+ENCODE_HINT = "(percent-encode the password's '/', '?', '#' and '@' as %2F, %3F, %23 and %40)"
+
+
+def _ipsx_service(command: str, database_url: str, redis_url: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "IPSX_DATABASE_URL": database_url,
+        "IPSX_REDIS_URL": redis_url,
+        "IPSX_JWT_SECRET": "j" * 32,  # the API's, checked before the database
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "ipsx", *SERVICES[command]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+
+
+@pytest.mark.parametrize("command", SERVICES)
+@pytest.mark.parametrize(
+    ("url", "shown", "error"),
+    [
+        (
+            "postgresql://nobody:s3cr3t-db@127.0.0.1:PORT/x",  # a port nothing listens on
+            "postgresql://nobody:[REDACTED]@127.0.0.1:PORT/x",
+            "ConnectionRefusedError: ",
+        ),
+        ("postgres://:::", "postgres://:::", "ValueError: invalid literal for int() with base 10: '::'"),
+        (
+            # asyncpg cuts the URL at the "/" and reads "pa" as the port
+            "postgresql://ipsx:pa/ss#w@127.0.0.1:5432/ipsx",
+            "postgresql://ipsx:[REDACTED]@127.0.0.1:5432/ipsx",
+            f"ValueError: invalid literal for int() with base 10: '[REDACTED]' {ENCODE_HINT}\n",
+        ),
+    ],
+    ids=["refused", "malformed", "slash-in-password"],
+)
+def test_services_report_an_unusable_database_in_one_line(
+    command: str, url: str, shown: str, error: str
+) -> None:
+    port = str(_unused_port())
+    result = _ipsx_service(command, url.replace("PORT", port), REDIS_URL)
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        f"ipsx {command}: cannot use the database {shown.replace('PORT', port)} (IPSX_DATABASE_URL): {error}"
+    )
+    assert result.stderr.count("\n") == 1
+    for secret in ("s3cr3t", "pa/", "'pa'", "ss#w"):
+        assert secret not in result.stderr
+
+
+@pytest.mark.parametrize("command", SERVICES)
+def test_services_report_a_malformed_redis_url_in_one_line(command: str) -> None:
+    result = _ipsx_service(command, ADMIN_URL, "redis://:se/cr#et@127.0.0.1:6379/4")
+    assert result.returncode == 2
+    shown = "redis://:[REDACTED]@127.0.0.1:6379/4"
+    assert result.stderr.startswith(
+        f"ipsx {command}: cannot use Redis {shown} (IPSX_REDIS_URL): ValueError: "
+    )
+    assert result.stderr.endswith(f"{ENCODE_HINT}\n") and result.stderr.count("\n") == 1
+    assert "se/" not in result.stderr and "'se'" not in result.stderr and "cr#et" not in result.stderr
+
+
+def test_gateway_reports_an_unreachable_redis_in_one_line() -> None:
+    port = _unused_port()
+    result = _ipsx_service("gateway", ADMIN_URL, f"redis://:s3cr3t-redis@127.0.0.1:{port}/4")
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        f"ipsx gateway: cannot use Redis redis://:[REDACTED]@127.0.0.1:{port}/4 (IPSX_REDIS_URL): "
+        f"ConnectionError: Error 111 connecting to 127.0.0.1:{port}."
+    )
+    assert result.stderr.count("\n") == 1 and "s3cr3t" not in result.stderr
+
+
+@pytest.mark.timeout(180)  # five starts of a worker, with the supervisor's back-off between them
+def test_gateway_workers_report_an_unusable_database_in_one_line_each() -> None:
+    # Each worker process checks for itself, and the supervisor starts it again until it gives up.
+    http, socks, tunnel = (str(_unused_port()) for _ in range(3))
+    ports = ["--http-port", http, "--socks-port", socks, "--tunnel-port", tunnel]
+    env = {
+        **os.environ,
+        "IPSX_DATABASE_URL": "postgresql://ipsx:pa/ss@127.0.0.1:5432/ipsx",
+        "IPSX_REDIS_URL": REDIS_URL,
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "ipsx", "gateway", "--workers", "2", "--node-id", "cli", *ports],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
+    assert result.returncode == 1
+    assert "giving up, stopping all workers" in result.stderr
+    line = (
+        "ipsx gateway: cannot use the database postgresql://ipsx:[REDACTED]@127.0.0.1:5432/ipsx "
+        f"(IPSX_DATABASE_URL): ValueError: invalid literal for int() with base 10: '[REDACTED]' {ENCODE_HINT}"
+    )
+    assert result.stderr.count(line) >= 5  # one per start that failed, at least the 5 of one worker
+    assert "Traceback" not in result.stderr and "pa/ss" not in result.stderr and "'pa'" not in result.stderr

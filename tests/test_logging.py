@@ -133,6 +133,7 @@ def test_redact(message: str, kept: str) -> None:
             "dsn postgresql://admin:[REDACTED]@db:5432/ipsx",
         ),
         ("redis://:a@b@c@cache:6379/0 down", "redis://:[REDACTED]@cache:6379/0 down"),
+        ("postgresql://ipsx:pa%40ss@db/x", "postgresql://ipsx:[REDACTED]@db/x"),  # percent-encoded
         # ... but not past the authority: an "@" later in the path or query is no password's
         ("http://gw:8080/x?mail=a@b.example", "http://gw:8080/x?mail=a@b.example"),
         # node providers' RPC URLs with the API key as a path segment
@@ -162,6 +163,97 @@ def test_redact(message: str, kept: str) -> None:
 )
 def test_redact_whole_secrets(message: str, kept: str) -> None:
     assert logs.redact(message) == kept
+
+
+@pytest.mark.parametrize(
+    ("message", "kept"),
+    [
+        # an unencoded "/", "?" or "#" in the password: all of it goes, up to the word's last "@"
+        (
+            "dsn postgresql://ipsx:pa/ss#w@db:5432/ipsx down",
+            "dsn postgresql://ipsx:[REDACTED]@db:5432/ipsx down",
+        ),
+        ("redis://:se/cr#et@host:6379/0 refused", "redis://:[REDACTED]@host:6379/0 refused"),
+        ("postgresql://ipsx:pa?ss@db/x", "postgresql://ipsx:[REDACTED]@db/x"),
+        ("redis://:a/b@c/d@host:6379/0", "redis://:[REDACTED]@host:6379/0"),
+        ("redis://:1/x@host:6379/0", "redis://:[REDACTED]@host:6379/0"),  # no host, so "1" is no port
+        ("postgresql://ipsx:pa/ss@[::1]:5432/ipsx", "postgresql://ipsx:[REDACTED]@[::1]:5432/ipsx"),
+        ("postgresql://ipsx:pa/ss@w@db/x", "postgresql://ipsx:[REDACTED]@db/x"),  # the last "@" ends it
+        # ambiguous (a "/" in the password, an "@" in the query): the path goes with the password
+        ("postgresql://u:p/w@db/x?to=a@b.example", "postgresql://u:[REDACTED]@b.example"),
+        # user:password@host without a scheme
+        ("connecting to ipsx:hunter2@db:5432", "connecting to ipsx:[REDACTED]@db:5432"),
+        ("connecting to ipsx:pa/ss#w@db:5432", "connecting to ipsx:[REDACTED]@db:5432"),
+        ("dsn=ipsx:hunter2@db,retry", "dsn=ipsx:[REDACTED]@db,retry"),
+        ('{"dsn": "ipsx:s3cr3t-db@[::1]:5432"}', '{"dsn": "ipsx:[REDACTED]@[::1]:5432"}'),
+        (
+            f"curl -x alice-country-fr:{API_KEY}@127.0.0.1:8080",
+            "curl -x alice-country-fr:[REDACTED]@127.0.0.1:8080",
+        ),
+        ("redis://:a@h1,redis://:b/c@h2 down", "redis://:[REDACTED]@h1,redis://:[REDACTED]@h2 down"),
+    ],
+)
+def test_redact_user_info_passwords(message: str, kept: str) -> None:
+    assert logs.redact(message) == kept
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "http://host:8080/path@x",  # a port, then an "@" in the path
+        "gw:8080/v1/x@y",
+        "http://[::1]:8080/x@y",
+        "http://user@host:80/ and ssh git@github.com:org/repo.git",
+        "peer [2001:db8::1]:443, fe80::1%eth0 and ::1 via db:5432, host:port",
+        "mail a@b.com, mailto:bob@example.com",
+        "pip install git+https://github.com/org/repo.git@v1.0",
+        "http://host:/p@x",
+    ],
+)
+def test_redact_leaves_what_only_looks_like_user_info(text: str) -> None:
+    login = " (login ipsx:hunter2@db)"  # on the same line, the password still goes
+    assert logs.redact(text + login) == text + " (login ipsx:[REDACTED]@db)"
+
+
+@pytest.mark.parametrize(
+    ("url", "error", "kept"),
+    [
+        # what asyncpg and urllib say when a "/" or "#" cut the URL inside the password
+        (
+            "postgresql://ipsx:pa/ss#w@db:5432/ipsx",
+            "invalid literal for int() with base 10: 'pa'",
+            "invalid literal for int() with base 10: '[REDACTED]'",
+        ),
+        (
+            "redis://:se/cr#et@host:6379/0",
+            "Port could not be cast to integer value as 'se'",
+            "Port could not be cast to integer value as '[REDACTED]'",
+        ),
+        (
+            "ipsx:pa/ss@db",
+            'no host "ss" (parsed from pa/ss)',
+            'no host "[REDACTED]" (parsed from [REDACTED])',
+        ),
+        # a piece inside another word stays: "ss" in "class"
+        ("redis://:pa/ss@h/0", "class of 'pa'", "class of '[REDACTED]'"),
+        # no password: the text is only redacted
+        ("postgres://:::", "invalid literal for int() with base 10: '::'", None),
+    ],
+)
+def test_redact_error_removes_the_pieces_of_the_password_a_parser_quotes(
+    url: str, error: str, kept: str | None
+) -> None:
+    assert logs.redact_error(f"cannot use {url}: {error}", url) == (
+        f"cannot use {logs.redact(url)}: {error if kept is None else kept}"
+    )
+
+
+def test_url_password() -> None:
+    assert logs.url_password("postgresql://ipsx:pa/ss#w@db:5432/ipsx") == "pa/ss#w"
+    assert logs.url_password("redis://:a@b@cache:6379/0") == "a@b"
+    assert logs.url_password("ipsx:hunter2@db:5432") == "hunter2"
+    assert logs.url_password("postgresql://postgres@db/ipsx") is None
+    assert logs.url_password("http://gw:8080/x?mail=a@b.example") is None
 
 
 def test_redact_keeps_api_paths() -> None:
@@ -211,6 +303,21 @@ def test_no_secret_in_text_lines(text_log: Capture) -> None:
         assert secret not in output
     assert "WARNING ipsx.test.text: retrying postgresql://ipsx:[REDACTED]@db/ipsx" in output
     assert "ConnectionError: redis://:[REDACTED]@cache refused" in output
+
+
+def test_no_user_info_password_in_log_lines(text_log: Capture) -> None:
+    text_log.logger.warning("connecting to ipsx:hunter2@db:5432")
+    text_log.logger.warning("lost %s", "postgresql://ipsx:pa/ss#w@db:5432/ipsx")
+    try:
+        raise ConnectionError("redis://:se/cr#et@cache:6379/0 refused")
+    except ConnectionError:
+        text_log.logger.exception("redis")
+    output = text_log.buffer.getvalue()
+    for secret in ("hunter2", "pa/ss", "ss#w", "se/cr", "cr#et"):
+        assert secret not in output
+    assert "connecting to ipsx:[REDACTED]@db:5432\n" in output
+    assert "lost postgresql://ipsx:[REDACTED]@db:5432/ipsx\n" in output
+    assert "ConnectionError: redis://:[REDACTED]@cache:6379/0 refused" in output
 
 
 def test_unformattable_arguments_do_not_break_logging(json_log: Capture) -> None:

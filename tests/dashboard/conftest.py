@@ -23,6 +23,7 @@ from tests.billing.conftest import create_database, drop_database
 from tests.e2e.conftest import free_port
 
 REDIS_URL = os.environ.get("IPSX_TEST_API_REDIS_URL", "redis://127.0.0.1:6379/8")
+CONSENT_TTL = 1800  # seconds the operator's closing consents last (`ipsx api --consent-ttl`)
 ALICE = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
 CHANNELS_ADDRESS = "0xCcCCccccCCCCcCCCCCCcCcCccCcCCCcCcccccccC"  # the PaymentChannels address proofs name
 OPERATOR_KEY = "0x" + "0e" * 32  # the hub's wallet: it signs providers' payout proofs
@@ -92,6 +93,12 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
                     "0.0000000000000005",  # 500 base units
                     "--invoice-interval",
                     "0.2",
+                    # the suite signs in from 127.0.0.1 again and again (test_openapi's fuzzing above
+                    # all); the nonce limit stays the default, which test_auth_limits checks
+                    "--auth-siwe-limit",
+                    "500",
+                    "--consent-ttl",
+                    str(CONSENT_TTL),
                 ],
                 env=env,
                 stdout=handle,

@@ -25,7 +25,7 @@ from billing.ledger import TREASURY, Amount, transfer
 from contracts import proofs
 from ipsx.payagent import PaymentAgent
 from ipsx.sdk import ApiError, Client
-from tests.dashboard.conftest import CHANNELS_ADDRESS, OPERATOR_KEY, REDIS_URL, Api
+from tests.dashboard.conftest import CHANNELS_ADDRESS, CONSENT_TTL, OPERATOR_KEY, REDIS_URL, Api
 
 OPERATOR = "0x" + "0f" * 20
 
@@ -246,9 +246,9 @@ def test_a_closing_consent_freezes_the_channel_and_cuts_the_requester_off(
     asked_at = int(time.time())
     consent = payer.client.channel_consent(payer.channel)
     assert consent["balance"]["base_units"] == "120"
-    # The operator signed ClosingConsent(channel, 120, expires_at), an hour ahead.
+    # The operator signed ClosingConsent(channel, 120, expires_at), --consent-ttl ahead.
     expires_at = consent["expires_at"]
-    assert asked_at + 3600 - 60 <= expires_at <= int(time.time()) + 3600 + 60
+    assert asked_at + CONSENT_TTL - 60 <= expires_at <= int(time.time()) + CONSENT_TTL + 60
     domain = proofs.ChannelDomain(chain_id=1, verifying_contract=CHANNELS_ADDRESS)  # type: ignore[arg-type]
     signer = proofs.recover_closing_consent_signer(
         domain,
