@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Final
 
+from pool.countries import unknown_country
 from pool.models import EXIT_TYPES, ExitFilters
 
 MAX_USERNAME = 512
@@ -95,6 +96,9 @@ def _match(pattern: re.Pattern[str], value: str, *, lower: bool) -> re.Match[str
 def _country(value: str) -> str:
     if not _match(_COUNTRY, value, lower=True):
         raise ValueError(f"expected a 2-letter ISO 3166-1 code, got '{_show(value)}'")
+    unknown = unknown_country(value.lower())
+    if unknown is not None:
+        raise ValueError(unknown)
     return value.lower()
 
 

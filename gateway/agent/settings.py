@@ -17,6 +17,7 @@ from eth_account.signers.local import LocalAccount
 
 from gateway.agent.caps import Limits
 from gateway.agent.policy import ExitPolicy
+from pool.countries import unknown_country
 from pool.models import EXIT_TYPES
 
 SECONDS = 1.0
@@ -73,6 +74,9 @@ def parse_exit(text: str, defaults: ExitSpec) -> ExitSpec:
         if key == "country":
             if not re.fullmatch(r"[a-z]{2}", value):
                 raise ValueError("country must be a 2-letter ISO 3166-1 code")
+            unknown = unknown_country(value)
+            if unknown is not None:
+                raise ValueError(f"country: {unknown}")
             spec = replace(spec, country=value)
         elif key in ("region", "city"):
             if not _WORD_RE.fullmatch(value):

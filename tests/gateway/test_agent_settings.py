@@ -53,6 +53,7 @@ def test_parse_exit_default_source_address() -> None:
     [
         ("127.0.0.2,country=deu", "country must be a 2-letter"),
         ("127.0.0.2,country=d1", "country must be a 2-letter"),
+        ("127.0.0.2,country=xx", "country: 'xx' is no ISO 3166-1 country code"),
         ("127.0.0.2,country=", "expected key=value"),
         ("127.0.0.2,country", "expected key=value"),
         ("127.0.0.2,type=satellite", "type must be one of datacenter, mobile, residential"),

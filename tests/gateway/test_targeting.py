@@ -129,6 +129,8 @@ def test_parse_price_too_many_decimals_says_so() -> None:
     [
         ("alice-country-fra", "country", "2-letter ISO 3166-1"),
         ("alice-country-f1", "country", "2-letter ISO 3166-1"),
+        ("alice-country-zz", "country", "'zz' is no ISO 3166-1 country code"),
+        ("alice-country-uk", "country", "'uk' is no ISO 3166-1 country code (the United Kingdom is 'gb')"),
         ("alice-region-" + "r" * 65, "region", "1 to 64"),
         ("alice-city-new.york", "city", "1 to 64"),
         ("alice-asn-0", "asn", "AS number"),

@@ -122,6 +122,7 @@ def test_offer_validation_names_the_field(changes: dict[str, Any], field: str) -
     [
         ({"country": "FR"}, "country"),
         ({"country": "fra"}, "country"),
+        ({"country": "zz"}, "country"),
         ({"type": "satellite"}, "type"),
         ({"region": "Île"}, "region"),
         ({"city": "x" * 65}, "city"),
@@ -312,3 +313,10 @@ MIDNIGHT = 1_799_971_200.0  # a UTC midnight
 def test_schedule_window(schedule: str, at: int, window: tuple[int, int] | None) -> None:
     found = schedule_window(schedule, MIDNIGHT + at)
     assert found == (None if window is None else (MIDNIGHT + window[0], MIDNIGHT + window[1]))
+
+
+def test_a_request_for_a_country_that_does_not_exist_says_so() -> None:
+    with pytest.raises(InvalidOrder) as caught:
+        RequestFilters(country="uk")
+    assert caught.value.field == "country"
+    assert "'uk' is no ISO 3166-1 country code (the United Kingdom is 'gb')" in str(caught.value)
