@@ -88,8 +88,12 @@ def _time_frame(parser: argparse.ArgumentParser) -> None:
 
 def add_client_commands(sub: argparse._SubParsersAction[Any]) -> None:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--api", default=os.environ.get("IPSX_API_URL", DEFAULT_API), help="API base URL")
-    common.add_argument("--token", help="API key or session token (default: IPSX_TOKEN)")
+    common.add_argument(
+        "--api",
+        default=os.environ.get("IPSX_API_URL", DEFAULT_API),
+        help=f"API base URL (default: $IPSX_API_URL, else {DEFAULT_API})",
+    )
+    common.add_argument("--token", help="API key or session token (default: $IPSX_TOKEN)")
     common.add_argument(
         "--key",
         help="wallet key file (hex private key, or keystore JSON with IPSX_KEY_PASSWORD): sign in with "
@@ -170,6 +174,11 @@ def add_client_commands(sub: argparse._SubParsersAction[Any]) -> None:
     pac_file.add_argument("order_id")
 
     sub.add_parser("deals", parents=[common], help="your deals (as requester or provider), newest first")
+    sub.add_parser(
+        "invoices",
+        parents=[common],
+        help="your payment channel's invoices, newest first (`ipsx pay` pays them)",
+    )
     deal = sub.add_parser("deal", help="report on one of your deals, or (operator) decide a dispute")
     deal_actions = deal.add_subparsers(dest="action", required=True)
     report = deal_actions.add_parser(
@@ -278,7 +287,7 @@ def add_client_commands(sub: argparse._SubParsersAction[Any]) -> None:
     chain.add_argument(
         "--rpc",
         default=os.environ.get("IPSX_RPC_URL", "http://127.0.0.1:8545"),
-        help="Ethereum node (default: $IPSX_RPC_URL or http://127.0.0.1:8545)",
+        help="Ethereum node (default: $IPSX_RPC_URL, else http://127.0.0.1:8545)",
     )
     chain.add_argument(
         "--deployment",
@@ -286,7 +295,13 @@ def add_client_commands(sub: argparse._SubParsersAction[Any]) -> None:
         default=Path(".ipsx/chain.json"),
         help="the contracts' addresses, as `ipsx chain deploy` wrote them (default: %(default)s)",
     )
-    channel = sub.add_parser("channel", help="open or close your payment channel on-chain (needs --key)")
+    channel = sub.add_parser(
+        "channel",
+        help="open or close your payment channel on-chain (needs --key)",
+        description="A requester funds its account by opening a PaymentChannels channel to the "
+        "operator; `ipsx pay` then pays its invoices with balance proofs on it. Closing asks the "
+        "operator's consent (given when nothing is owed), then closes on-chain at the last balance.",
+    )
     channel_actions = channel.add_subparsers(dest="action", required=True)
     c_open = channel_actions.add_parser(
         "open", parents=[common, chain], help="as a requester: open a channel to the operator with IPSX"
@@ -298,9 +313,12 @@ def add_client_commands(sub: argparse._SubParsersAction[Any]) -> None:
         help="close a channel cooperatively: a requester's (once its invoices are paid) or a provider's "
         "payout channel (with the proof `ipsx payouts` kept)",
     )
-    c_close.add_argument("channel_id")
+    c_close.add_argument("channel_id", help="the channel's id (0x and 64 hex digits)")
     c_close.add_argument(
-        "--store", type=Path, default=Path(".ipsx/payouts.json"), help="a provider's kept payout proofs"
+        "--store",
+        type=Path,
+        default=Path(".ipsx/payouts.json"),
+        help="a provider's kept payout proofs (default: %(default)s)",
     )
     sub.add_parser("usage", parents=[common], help="your metered streams, newest first")
     market = sub.add_parser("market", parents=[common], help="public market data: depth and price index")
@@ -450,6 +468,17 @@ def _run(args: argparse.Namespace) -> None:
                 for d in items
             ],
         )
+    elif args.command == "invoices":
+        items = list(api.invoices())
+        _show(
+            args,
+            items,
+            [
+                f"{i['invoice_id']:>6}  {i['state']:7}  {i['amount']['ipsx']:>12} IPSX"
+                f"  cumulative {i['cumulative']['ipsx']}  deals {len(i['deal_ids'])}  {i['created_at']}"
+                for i in items
+            ],
+        )
     elif args.command == "deal" and args.action == "report":
         answer = api.report(args.deal_id, args.report)
         _show(args, answer, [f"deal {answer['deal_id']} is {answer['state']}"])
@@ -575,6 +604,11 @@ def run_client_command(args: argparse.Namespace) -> None:
             return
         _run(args)
     except ApiError as error:
-        raise ClientError(f"the API refused: {error.detail} ({error.status} {error.code})") from None
+        hint = ""
+        if error.status == 401 and not (
+            getattr(args, "token", None) or os.environ.get("IPSX_TOKEN") or getattr(args, "key", None)
+        ):
+            hint = "; give an API key with --token or IPSX_TOKEN, or a wallet key file with --key"
+        raise ClientError(f"the API refused: {error.detail} ({error.status} {error.code}){hint}") from None
     except OSError as error:
         raise ClientError(f"cannot reach the API at {args.api}: {error}") from None

@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import secrets
+import socket
 import sys
 import zoneinfo
 from dataclasses import dataclass
@@ -319,6 +320,21 @@ def parse_proxy_address(text: str) -> tuple[tuple[str, int], str | None]:
     return (parts.hostname, port), credentials
 
 
+def _check_bindable(address: str) -> None:
+    """UsageError unless this host has ``address`` (an exit's --bind): streams leave from it."""
+    if not address:
+        return
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((address, 0))
+        except OSError as error:
+            raise UsageError(
+                f"--bind {address}: this host has no such address ({error.strerror}); give one of "
+                "its own (`ip addr` lists them)"
+            ) from None
+
+
 def agent_settings(args: argparse.Namespace) -> AgentSettings:
     if not args.gateway:
         raise UsageError(f"--gateway is required to serve ({GATEWAY_FORMS})")
@@ -340,6 +356,8 @@ def agent_settings(args: argparse.Namespace) -> AgentSettings:
         ports = parse_ports(args.ports) if args.ports else None
     except ValueError as error:
         raise UsageError(str(error)) from None
+    for spec in exits:
+        _check_bindable(spec.bind)
     try:
         protocols = parse_protocols(args.protocols.split(",")) if args.protocols else None
     except ValueError as error:

@@ -20,11 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import secrets
+import shlex
+import shutil
 import socket
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +48,7 @@ from gateway.agent.settings import AgentSettings, ExitSpec, create_key_file, loa
 from gateway.server import running_gateway
 from gateway.settings import GatewaySettings
 from ipsx import demo_chain
+from ipsx.commands import UsageError
 from ipsx.demo_chain import ChainChoice, ChainUnavailable, DemoChain
 from ipsx.embedded_postgres import embedded_postgres
 from ipsx.embedded_redis import embedded_redis
@@ -62,6 +67,7 @@ DEMO_EXITS = (
     ExitSpec(bind="127.0.0.4", country="us", city="new_york", type="datacenter"),
 )
 DEMO_PRICES = ("1", "1.2", "0.8")  # IPSX per GB asked by the three demo providers
+SPOT_DEAL_SECONDS = 60  # the demo's traffic is settled, invoiced and paid within a minute
 PAID_DEAL_SECONDS = 5  # the deal `--once` buys to show it paid: the market's shortest
 PAYMENT_WAIT_POLLS = 240  # of 0.25 s: the deal's 5 s, the market's settle grace, invoicing, paying
 PAYOUT_WAIT_POLLS = 20  # of 0.25 s: the invoicing passes after the one that billed the deal
@@ -86,7 +92,8 @@ async def _services(options: DemoOptions, env: Environment) -> AsyncIterator[tup
         if env.database_url:
             database = env.database_url
         else:
-            print("starting embedded PostgreSQL (first run initialises it, a few seconds)…", flush=True)
+            first = "" if (options.data_dir / "postgres").exists() else " (the first run initialises it)"
+            print(f"starting embedded PostgreSQL{first}…", flush=True)
             database = await stack.enter_async_context(embedded_postgres(options.data_dir / "postgres"))
         if env.redis_url:
             redis = env.redis_url
@@ -191,9 +198,27 @@ def _payment_settings(chain: DemoChain | None) -> dict[str, Any]:
     }
 
 
+def _hold_data_dir(stack: contextlib.ExitStack, data_dir: Path) -> None:
+    """Lock ``data_dir`` for this demo (released when the process ends, however it ends)."""
+    handle = stack.enter_context((data_dir / "demo.lock").open("a"))
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise UsageError(
+            f"another ipsx demo is running on {data_dir}: stop it (Ctrl-C), or give this one a"
+            " --data-dir of its own (and ports of its own)"
+        ) from None
+
+
 async def run_demo(options: DemoOptions, env: Environment, stop: asyncio.Event) -> None:
     data_dir = options.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as held:
+        _hold_data_dir(held, data_dir)
+        await _run_demo(options, env, stop, data_dir)
+
+
+async def _run_demo(options: DemoOptions, env: Environment, stop: asyncio.Event, data_dir: Path) -> None:
     async with contextlib.AsyncExitStack() as stack:
         database, redis = await stack.enter_async_context(_services(options, env))
         pool = await db.open_migrated(database, max_size=4)
@@ -226,7 +251,7 @@ async def run_demo(options: DemoOptions, env: Environment, stop: asyncio.Event) 
             proxy_address=f"127.0.0.1:{options.http_port or 8080}",
             socks_address=f"127.0.0.1:{options.socks_port or 1080}",
             web_demo_account=DEMO_ACCOUNT,  # the dashboard's one-click "Enter the demo"
-            spot_duration_s=60,  # the demo's traffic is settled, invoiced and paid within a minute
+            spot_duration_s=SPOT_DEAL_SECONDS,
             **_payment_settings(chain),
         )
         api_port = await stack.enter_async_context(running_api(api_settings))
@@ -271,9 +296,8 @@ async def run_demo(options: DemoOptions, env: Environment, stop: asyncio.Event) 
             "redis_url": redis,
         }
         state_path = data_dir / "demo.json"
-        fd = os.open(state_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(state, handle, indent=2)
+        _write_private(state_path, json.dumps(state, indent=2))
+        _write_private(data_dir / "demo.env", _env_file(state, chain))
         await _wait_for_exits(redis, len(DEMO_EXITS))
         await asyncio.to_thread(_offer_exits, api_url, wallets, redis)
         if chain is not None:
@@ -281,7 +305,10 @@ async def run_demo(options: DemoOptions, env: Environment, stop: asyncio.Event) 
             await stack.enter_async_context(
                 demo_chain.running_payment_agent(api_url, secret, requester_wallet)
             )
-        _print_banner(state, state_path, chain)
+        if options.once:
+            print("IPSX demo is up: one request over each protocol…", flush=True)
+        else:
+            _print_banner(state, data_dir, chain)
         try:
             if options.once:
                 await _self_check(state, pool)
@@ -348,8 +375,45 @@ async def _wait_for_exits(redis_url: str, count: int) -> None:
         await client.aclose()
 
 
-def _print_banner(state: dict[str, str], state_path: Path, chain: DemoChain | None) -> None:
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path``, readable by its owner only (also when it existed before)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+
+
+def _env_file(state: dict[str, str], chain: DemoChain | None) -> str:
+    """The demo's settings as shell variables, for `set -a; . .ipsx/demo.env` before ipsx
+    commands: the API and its key, the databases (``ipsx reconcile``), the chain's node."""
+    settings = {
+        "IPSX_API_URL": state["api"],
+        "IPSX_TOKEN": state["secret"],
+        "IPSX_DATABASE_URL": state["database_url"],
+        "IPSX_REDIS_URL": state["redis_url"],
+    }
+    if chain is not None:
+        settings["IPSX_RPC_URL"] = chain.rpc_url
+    return "".join(f"{name}={shlex.quote(value)}\n" for name, value in settings.items())
+
+
+def _ipsx_command() -> str:
+    """How to run ``ipsx`` from the current directory: the name when it is on PATH, else the
+    path of this environment's script (``.venv/bin/ipsx`` for a checkout's ``make demo``)."""
+    script = Path(sys.prefix) / "bin" / "ipsx"
+    found = shutil.which("ipsx")
+    if found is not None and Path(found).resolve() == script.resolve():
+        return "ipsx"
+    with contextlib.suppress(ValueError):
+        return str(script.relative_to(Path.cwd()))
+    return str(script)
+
+
+def _print_banner(state: dict[str, str], data_dir: Path, chain: DemoChain | None) -> None:
     germany = state["http_proxy"].replace(f"//{state['account']}:", f"//{state['account']}-country-de:")
+    sticky = state["http_proxy"].replace(f"//{state['account']}:", f"//{state['account']}-session-s1:")
+    ipsx = _ipsx_command()
+    shown_dir = _shown(data_dir)
     print(
         f"""
 IPSX demo is running. Dashboard: {state["api"]}/  (click "Enter the demo", then run the curl
@@ -362,17 +426,28 @@ below: the overview's chart moves within a second). In another terminal:
   curl {state["origin"]}                       # a new exit per connection (127.0.0.2-4)
   curl -x "$SOCKS_PROXY" {state["origin"]}
   curl -x "{germany}" {state["origin"]}    # German exits only
+  curl -x "{sticky}" {state["origin"]}    # sticky: the same exit each time
 
-Your traffic goes through spot deals with the three demo providers' offers; see them with
-  IPSX_TOKEN={state["secret"]} ipsx deals --api {state["api"]}
+Your traffic goes through spot deals with the three demo providers' offers ({SPOT_DEAL_SECONDS} s each).
+The ipsx commands read the demo's settings (API, key, databases) from {shown_dir}/demo.env:
+  set -a; . {shown_dir}/demo.env; set +a
+  {ipsx} deals                         # your deals, newest first
+  {ipsx} usage                         # your metered streams
 The REST API is at {state["api"]} (OpenAPI document: {state["api"]}/openapi.json).
-The same settings are in {state_path} (mode 0600), with the passwords of PostgreSQL
+{shown_dir}/demo.json and demo.env (mode 0600) hold the passwords of PostgreSQL
 ({without_password(state["database_url"])}) and Redis ({without_password(state["redis_url"])}).
-Metered usage lands in PostgreSQL (table usage_events).{"" if chain is None else _chain_banner(state, chain)}
+Metered usage lands in PostgreSQL (table usage_events).{"" if chain is None else _chain_banner(ipsx, chain)}
 Ctrl-C stops everything.
 """,
         flush=True,
     )
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the current directory when it is under it (shorter to type)."""
+    with contextlib.suppress(ValueError):
+        return str(path.relative_to(Path.cwd()))
+    return str(path)
 
 
 def without_password(url: str) -> str:
@@ -408,16 +483,17 @@ async def _curl(proxy_url: str, target: str) -> str:
     return out.decode().strip()
 
 
-def _chain_banner(state: dict[str, str], chain: DemoChain) -> str:
+def _chain_banner(ipsx: str, chain: DemoChain) -> str:
     return f"""
 Payments are on-chain: when a deal settles, the API invoices it and the demo's payment agent
-pays with a balance proof on channel {chain.channel_id} (spot deals last 10 minutes).
-  IPSX_TOKEN={state["secret"]} ipsx invoices --api {state["api"]}
-  ipsx reconcile --rpc {chain.rpc_url} --deployment {chain.deployment_file}"""
+pays with a balance proof on channel {chain.channel_id}.
+  {ipsx} invoices                      # invoices and whether they are paid
+  {ipsx} reconcile --deployment {_shown(chain.deployment_file)}   # the ledger against the chain"""
 
 
 async def _self_check(state: dict[str, str], pool: asyncpg.Pool) -> None:
     """Send one request over each protocol and print what was metered (``--once``)."""
+    started = await pool.fetchval("SELECT now()")  # the streams below close after it
     via_http = await _curl(state["http_proxy"], state["origin"])
     requester = ledger.requester_account(state["account"])
     available, reserved = await ledger.balance(pool, requester), await holds.reserved(pool, requester)
@@ -430,8 +506,9 @@ async def _self_check(state: dict[str, str], pool: asyncpg.Pool) -> None:
     for _ in range(50):
         rows = await pool.fetch(
             "SELECT protocol, exit_id, deal_id, bytes_up, bytes_down FROM usage_events "
-            "WHERE requester = $1 ORDER BY closed_at DESC LIMIT 2",
+            "WHERE requester = $1 AND opened_at >= $2 ORDER BY closed_at DESC LIMIT 2",
             state["account"],
+            started,
         )
         if len(rows) >= 2:
             for row in rows:

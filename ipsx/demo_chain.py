@@ -129,7 +129,10 @@ def choose_node(workdir: Path, anvil: list[str] | None, want: ChainChoice = "aut
     """
     kept = next((name for name, file in STATE_FILES.items() if (workdir / file).exists()), None)
     if kept is not None and want not in ("auto", kept):
-        raise ChainUnavailable(f"this data dir's chain runs on {kept}; remove the data dir to use {want}")
+        raise ChainUnavailable(
+            f"this data dir's chain runs on {kept}; for {want}, give --data-dir a new directory"
+            " (or remove this one)"
+        )
     name = kept or (want if want != "auto" else "devchain" if anvil is None else "anvil")
     if name == "devchain":
         return devchain_node()

@@ -54,6 +54,7 @@ def test_wallet_new_into_a_missing_folder_is_a_clear_error(tmp_path: Path) -> No
         (["--bind", "not-an-ip"], "does not appear to be an IPv4 or IPv6 address"),
         (["--bind", "127.0.0.2,country=france"], "country must be a 2-letter"),
         (["--bind", "127.0.0.2,colour=red"], "unknown exit attribute"),
+        (["--bind", "192.0.2.99,country=fr"], "--bind 192.0.2.99: this host has no such address"),
         (["--ports", "8000-"], "bad port range"),
         (["--gateway", "https://gw:8443"], "--gateway must be HOST:PORT, tls://HOST:PORT, ws://"),
         (["--gateway", "tls://gw:8443/tunnel"], "--gateway must be HOST:PORT"),

@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -79,18 +80,20 @@ def test_demo_once_relays_through_demo_exits_and_meters_it(tmp_path: Path) -> No
     assert (
         len(re.findall(r"metered: (http|socks5)\s+exit \w+ deal (?!None)\w+ up \d+ B down \d+ B", out)) == 2
     )
-    assert re.search(r"export http_proxy=http://demo:ipsx_\w+_\S+@127\.0\.0\.1:\d+", out)
-    assert "SOCKS_PROXY=socks5h://demo:" in out
+    assert "Ctrl-C stops everything" not in out  # no banner of URLs that stop working at once
 
     state = json.loads((data_dir / "demo.json").read_text())
     assert state["account"] == "demo"
     assert state["http_proxy"].startswith("http://demo:" + state["secret"] + "@127.0.0.1:")
-    assert (data_dir / "demo.json").stat().st_mode & 0o077 == 0  # the secret file is private
+    for private in ("demo.json", "demo.env"):  # the secret files are private
+        assert (data_dir / private).stat().st_mode & 0o077 == 0
     assert state["secret"] not in result.stderr  # never in a log line
     for password in _service_passwords(data_dir):
         assert password not in out and password not in result.stderr
-    assert state["database_url"].startswith("postgresql://ipsx:")  # the full URLs are in demo.json only
-    assert f"({without_password(state['database_url'])})" in out
+    assert state["database_url"].startswith("postgresql://ipsx:")  # the full URLs are in the files only
+    settings = _env_file(data_dir)
+    assert (settings["IPSX_TOKEN"], settings["IPSX_API_URL"]) == (state["secret"], state["api"])
+    assert settings["IPSX_DATABASE_URL"] == state["database_url"]
 
     assert "demo balance:   1000 IPSX" in out
     assert "Traceback" not in result.stderr
@@ -172,9 +175,13 @@ def test_demo_serves_until_ctrl_c_then_stops_everything(tmp_path: Path) -> None:
             if "Ctrl-C stops everything" in line:
                 break
         text = "".join(banner)
-        proxy = re.search(r"export http_proxy=(\S+)", text)
+        proxy = re.search(r"export http_proxy=(http://demo:ipsx_\w+_\S+@127\.0\.0\.1:\d+)", text)
         origin = re.search(r"curl (http://127\.0\.0\.1:\d+/ip)", text)
         assert proxy is not None and origin is not None, text
+        assert "SOCKS_PROXY=socks5h://demo:" in text
+        assert re.search(r'curl -x "http://demo-session-s1:\S+" http://127\.0\.0\.1:\d+/ip', text)
+        state = json.loads((tmp_path / "state" / "demo.json").read_text())
+        assert f"({without_password(state['database_url'])})" in text
         seen = {
             subprocess.run(
                 ["curl", "-sS", "--max-time", "10", "-x", proxy.group(1), origin.group(1)],
@@ -194,10 +201,31 @@ def test_demo_serves_until_ctrl_c_then_stops_everything(tmp_path: Path) -> None:
         assert any("postgres" in argv for argv in argvs) and any("redis-server" in argv for argv in argvs)
         assert not [argv for argv in argvs if any(word in argv for word in (secret, *passwords))], argvs
         assert not [password for password in passwords if password in text]
+
+        # The ipsx commands the banner shows run on the settings of demo.env.
+        source = re.search(r"set -a; \. (\S+)/demo\.env; set \+a", text)
+        assert source is not None, text
+        listed = subprocess.run(
+            [sys.executable, "-m", "ipsx", "deals"],
+            env={**env, **_env_file(tmp_path / "state")},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert listed.returncode == 0, listed.stderr
+        assert re.search(r"\brequester\b", listed.stdout), listed.stdout
+
+        # A second demo on the same data dir is refused in one line; the first keeps serving.
+        second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2
+        assert second.stderr.startswith("ipsx demo: another ipsx demo is running on "), second.stderr
+        assert "Traceback" not in second.stderr
+        assert demo.poll() is None
     finally:
         demo.send_signal(signal.SIGINT)
         _, err = demo.communicate(timeout=60)
     assert demo.returncode == 0, err[-2000:]
+
     assert "PostgreSQL stopped" in err and "Redis stopped" in err
     assert "Traceback" not in err
     node = re.search(r"chain: (anvil|devchain) at http://127\.0\.0\.1:(\d+)", text)
@@ -207,6 +235,15 @@ def test_demo_serves_until_ctrl_c_then_stops_everything(tmp_path: Path) -> None:
         pass  # the chain was stopped with the demo
     state = "anvil-state.json" if ANVIL else "devchain-state.bin"
     assert (tmp_path / "state" / "chain" / state).exists()  # written as it stopped
+
+
+def _env_file(data_dir: Path) -> dict[str, str]:
+    """The variables of the demo's ``demo.env``, read as the shell would."""
+    settings: dict[str, str] = {}
+    for line in (data_dir / "demo.env").read_text().splitlines():
+        name, _, value = line.partition("=")
+        (settings[name],) = shlex.split(value)
+    return settings
 
 
 # ---- the demo's chain without anvil: ipsx devchain ---------------------------------------------------
@@ -275,7 +312,9 @@ def test_choose_node_keeps_the_node_whose_state_the_data_dir_holds(tmp_path: Pat
     assert choose_node(tmp_path, anvil).command == anvil
     with pytest.raises(ChainUnavailable, match="runs on anvil, which is not installed"):
         choose_node(tmp_path, None)
-    with pytest.raises(ChainUnavailable, match="runs on anvil; remove the data dir to use devchain"):
+    with pytest.raises(
+        ChainUnavailable, match="runs on anvil; for devchain, give --data-dir a new directory"
+    ):
         choose_node(tmp_path, anvil, "devchain")
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import logging
 import socket
 import ssl
@@ -429,7 +430,10 @@ class AgentSession:
             raise _Dial(DialErrorCode.TIMEOUT, "connection timed out") from None
         except OSError as exc:
             code = _ERRNO_CODES.get(exc.errno or 0, DialErrorCode.UNREACHABLE)
-            raise _Dial(code, exc.strerror or "connection failed") from None
+            reason = exc.strerror or "connection failed"
+            if exc.errno == errno.EINVAL and _loopback(bind):
+                reason = "this exit's address is a loopback one: it reaches 127.0.0.0/8 only"
+            raise _Dial(code, reason) from None
         self.served += 1
         return destination
 
@@ -522,6 +526,13 @@ class AgentSession:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._control is not None:
             self._control.close()
+
+
+def _loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 def _stream_kind(raw_ticket: Any) -> tuple[str | None, str]:

@@ -71,14 +71,12 @@ class Stack:
         return f"{scheme}://{self.account}{user_suffix}:{secret or self.secret}@127.0.0.1:{port}"
 
     def ipsx(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "ipsx", *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=check,
+        done = subprocess.run(
+            [sys.executable, "-m", "ipsx", *args], env=self.env, capture_output=True, text=True, timeout=60
         )
+        if check and done.returncode != 0:  # what it said, in the failure's report
+            raise AssertionError(f"ipsx {args[0]} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+        return done
 
     def spawn(self, *args: str, log: str) -> subprocess.Popen[bytes]:
         with open(self.tmp / log, "ab") as handle:  # the child keeps its own copy of the descriptor

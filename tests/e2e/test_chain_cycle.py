@@ -190,6 +190,9 @@ def test_the_whole_payment_cycle_on_chain(stack: Stack, cycle: Cycle, tmp_path: 
     # Its agent has not signed: the invoice is open and the gateway refuses it, relaying nothing.
     (invoice,) = until(lambda: list(buyer.invoices()), "the invoice")
     assert (int(invoice["cumulative"]["base_units"]), invoice["state"]) == (charge, "open")
+    listed = stack.ipsx("invoices", "--api", cycle.api_url, "--token", secret.group(1)).stdout.split()
+    assert listed[:2] == [str(invoice["invoice_id"]), "open"]
+    assert listed[2:4] == [invoice["amount"]["ipsx"], "IPSX"]
     streams = stack.query("SELECT count(*) FROM usage_events WHERE requester = $1", name)[0][0]
     unpinned = proxy.replace(f"-order-{placed['order_id']}", "")
 

@@ -110,6 +110,14 @@ def test_no_matching_exit_is_a_clear_error_not_a_fallback(stack: Stack) -> None:
     assert "(3)" in socks.stderr  # SOCKS5 reply 3: network unreachable
 
 
+def test_an_exit_on_a_loopback_address_says_why_it_cannot_reach_others(stack: Stack) -> None:
+    # The test exits bind 127.0.0.x: the kernel refuses the connect (EINVAL) before any packet.
+    result = curl("-i", "-x", stack.proxy(), "http://203.0.113.1/")
+    assert result.stdout.startswith("HTTP/1.1 502")
+    assert "this exit's address is a loopback one: it reaches 127.0.0.0/8 only" in result.stdout
+    assert "Invalid argument" not in result.stdout
+
+
 def test_bad_targeting_key_says_which_key(stack: Stack) -> None:
     result = curl("-i", "-x", stack.proxy("-colour-red"), stack.origin.url("/ip"))
     assert result.stdout.startswith("HTTP/1.1 400")

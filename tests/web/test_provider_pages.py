@@ -13,6 +13,7 @@ import asyncio
 import html
 import json
 import re
+import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ import asyncpg
 import httpx
 import pytest
 
+from ipsx.cli import build_parser
 from pool.models import ExitInfo
 from tests.web import seed
 from tests.web.conftest import REDIS_URL, WebApi, WebClient
@@ -306,6 +308,11 @@ def test_a_provider_sees_none_of_another_providers_exits_deals_offers_or_earning
         start = erin.get("/web/provider").text
     assert 'id="provider-start"' in start and 'data-exits="0"' in start
     assert all(secret not in start for secret in (CAROL_DE, CAROL_NL, DAVE_SE, *carol_deals))
+    # The commands the page tells a new provider to run are real ones.
+    commands = [html.unescape(text) for text in re.findall(r"<code>(ipsx \w+ [^<]*--[^<]*)</code>", start)]
+    assert {command.split()[1] for command in commands} == {"provide", "order"}
+    for command in commands:
+        build_parser().parse_args(shlex.split(command)[1:])
 
 
 def test_payouts_show_the_balance_proofs_the_operator_signed(web_api: WebApi, providers: Providers) -> None:
