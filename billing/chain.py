@@ -111,13 +111,16 @@ async def read_cursor(pool: asyncpg.Pool, name: str) -> tuple[int, str] | None:
     return None if row is None else (int(row["block"]), row["block_hash"])
 
 
-async def _save_cursor(pool: asyncpg.Pool, name: str, block: int, block_hash: str) -> None:
+async def _save_cursor(pool: asyncpg.Pool, name: str, block: int, block_hash: str, block_time: int) -> None:
+    # The block's timestamp ends the freezes of the closing consents that expired before it
+    # (billing.channels.FROZEN).
     await pool.execute(
-        "INSERT INTO chain_cursors (name, block, block_hash) VALUES ($1, $2, $3)"
-        " ON CONFLICT (name) DO UPDATE SET block = $2, block_hash = $3, updated_at = now()",
+        "INSERT INTO chain_cursors (name, block, block_hash, block_time) VALUES ($1, $2, $3, $4)"
+        " ON CONFLICT (name) DO UPDATE SET block = $2, block_hash = $3, block_time = $4, updated_at = now()",
         name,
         block,
         block_hash,
+        block_time,
     )
 
 
@@ -220,9 +223,10 @@ class ChainWatcher(OperatorNode):
         applied = 0
         while start <= safe:
             end = min(safe, start + self._settings.max_range - 1)
-            end_hash = await self._block_hash(end)
-            if end_hash is None:
+            end_block = await self._block(end)
+            if end_block is None:
                 raise DeepReorg(end, "(a block the node had a moment ago)", None)
+            end_hash, end_time = end_block
             logs = await self._w3.eth.get_logs(
                 {"address": self._address, "fromBlock": start, "toBlock": end, "topics": [list(self._events)]}
             )
@@ -231,16 +235,21 @@ class ChainWatcher(OperatorNode):
             for entry in sorted(logs, key=lambda e: (e["blockNumber"], e["logIndex"])):
                 if not entry.get("removed", False):
                     applied += await self._apply(entry)
-            await _save_cursor(self._pool, self._cursor, end, end_hash)
+            await _save_cursor(self._pool, self._cursor, end, end_hash, end_time)
             start = end + 1
         return applied
 
-    async def _block_hash(self, number: int) -> str | None:
+    async def _block(self, number: int) -> tuple[str, int] | None:
+        """Block ``number``'s hash and timestamp; None when the chain is shorter than that."""
         try:
             block = await self._w3.eth.get_block(number)
-        except BlockNotFound:  # the chain is shorter than it was
+        except BlockNotFound:
             return None
-        return HexBytes(block["hash"]).to_0x_hex()
+        return HexBytes(block["hash"]).to_0x_hex(), int(block["timestamp"])
+
+    async def _block_hash(self, number: int) -> str | None:
+        found = await self._block(number)
+        return None if found is None else found[0]
 
     async def _check_hash(self, block: int, stored_hash: str) -> None:
         found = await self._block_hash(block)

@@ -16,10 +16,13 @@ A requester channel the operator consented to close at a balance B is *frozen*
 (``consent_expires_at``, the last block timestamp the contract takes it in) the requester may close at
 B at any time. Its state stays what the chain says (``open``), but no proof above B is accepted on it
 and it is no *usable* channel (:data:`USABLE`): nothing is invoiced on it, and a requester with no
-usable channel is cut off (``billing.payments``). The freeze ends :data:`CONSENT_MARGIN` after the
-expiry, by the database's clock (:data:`FROZEN`); the channel is then usable again, and the first
-proof above B clears the spent consent. A consent without an expiry (given before the contract
-signed one) freezes the channel for good.
+usable channel is cut off (``billing.payments``). The freeze ends (:data:`FROZEN`) only once the
+chain watcher of the channel's contract has applied a block stamped after the expiry: blocks are
+stamped in increasing order, so every block that could still take the consent is then applied, and
+a close at B would have been seen. Neither the database's clock nor a watcher that lags, stopped
+or cut off from its node can end it early. The channel is then usable again, and the first proof
+above B clears the spent consent. A consent without an expiry (given before the contract signed
+one) freezes the channel for good.
 """
 
 from __future__ import annotations
@@ -45,20 +48,21 @@ TRANSITIONS: Final[dict[str, frozenset[str]]] = {
 }
 """The states a channel may go to from each state (a same-state entry updates its columns)."""
 
-CONSENT_MARGIN: Final = 5 * 60
-"""Seconds a channel stays frozen past its consent's expiry. The contract compares the expiry with
-block timestamps, which may trail the database's clock: a block is stamped when its slot starts,
-clocks drift, and a close mined just in time is confirmed blocks later. So nothing is invoiced on
-the channel until every block that could still take the consent is well past."""
-
 _NOW: Final = "extract(epoch FROM now())"
 CONSENT_IN_FORCE: Final = (
     f"c.consented_balance IS NOT NULL AND (c.consent_expires_at IS NULL OR c.consent_expires_at >= {_NOW})"
 )
-"""SQL (on ``channels c``): the operator's consent to close the channel has not expired yet."""
+"""SQL (on ``channels c``): the operator's consent to close the channel has not expired yet (by the
+database's clock: what the API shows)."""
+CHAIN_PASSED_EXPIRY: Final = (
+    "EXISTS (SELECT 1 FROM chain_cursors k WHERE k.name = 'channels:' || c.contract"
+    " AND k.block_time > c.consent_expires_at)"
+)
+"""SQL (on ``channels c``): the contract's watcher has applied a block stamped after the consent's
+expiry (``billing.chain`` keeps its cursor's block time)."""
 FROZEN: Final = (
     "c.consented_balance IS NOT NULL AND (c.consent_expires_at IS NULL"
-    f" OR c.consent_expires_at + {CONSENT_MARGIN} >= {_NOW})"
+    f" OR NOT {CHAIN_PASSED_EXPIRY})"
 )
 """SQL (on ``channels c``): a consent was given and may still close the channel (see the module
 docstring): nothing is billed on it."""

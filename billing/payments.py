@@ -16,9 +16,10 @@ has prepaid and is never cut off here.
 Invoices go on a requester's oldest *usable* channel (open, not frozen by a closing consent:
 ``channels.USABLE``) that still has room below its deposit. Once the operator consents to close a
 channel at a balance (:func:`consent`), the requester may close it at that balance until the
-consent expires, so the channel is frozen until then (and ``channels.CONSENT_MARGIN`` more):
-nothing more is billed on it, and a requester whose channels are all frozen or closing is cut off
-like one over the limit, until it opens another channel or the consent expires unused.
+consent expires, so the channel is frozen until the chain watcher has seen a block past the
+expiry (``channels.FROZEN``): nothing more is billed on it, and a requester whose channels are all
+frozen or closing is cut off like one over the limit, until it opens another channel or the
+consent expires unused.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from eth_account.signers.local import LocalAccount
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from billing import channels, payouts
+from billing import channels, db, payouts
 from billing.channels import Channel
 from billing.errors import BillingError
 from billing.keys import PAYMENT_CUTOFF
@@ -238,11 +239,12 @@ async def without_channel(pool: asyncpg.Pool) -> dict[str, int]:
 
 
 async def consent(pool: asyncpg.Pool, channel: Channel, *, ttl: int) -> Channel:
-    """Freeze the requester ``channel`` at its latest proof's balance, the balance the operator
-    then consents to close it at until ``consent_expires_at``, ``ttl`` seconds from now by the
-    database's clock; returns the channel, frozen. A consent that has not expired is returned as
-    it is (same balance, same expiry), so a consent asked for again is the same consent; once it
-    has expired, asking again is asking anew.
+    """Freeze the requester ``channel`` at its latest proof's balance, the balance the operator then
+    consents to close it at until ``consent_expires_at``, ``ttl`` seconds from now by the
+    database's clock or by the last block the contract's watcher applied, whichever is later (a
+    chain whose clock runs ahead still leaves the requester ``ttl``); returns the channel, frozen.
+    A consent that has not expired is returned as it is (same balance, same expiry), so a consent
+    asked for again is the same consent; once it has expired, asking again is asking anew.
 
     Given only when nothing is owed and, unless another usable channel can bill them, no deal of
     the requester is still running: from here on nothing is billed on the channel. Raises
@@ -253,6 +255,9 @@ async def consent(pool: asyncpg.Pool, channel: Channel, *, ttl: int) -> Channel:
     if ttl < 1:
         raise ValueError("a consent lasts at least one second")
     async with pool.acquire() as conn, conn.transaction():
+        # One consent of a requester at a time: two at once would each count the other's channel
+        # as still usable, and leave a running deal no channel to be billed on.
+        await db.advisory_lock_in(conn, f"ipsx.billing.consent:{channel.account_id}")
         # Under the row lock the invoicer takes too: no invoice lands on it between check and freeze.
         locked = await channels.lock_in(conn, channel.channel_id)
         if locked is None or locked.state != "open":
@@ -282,7 +287,13 @@ async def consent(pool: asyncpg.Pool, channel: Channel, *, ttl: int) -> Channel:
         )
         if running and not others:
             raise ConsentRefused("deals_running", locked.channel_id, running=int(running))
-        now = int(await conn.fetchval("SELECT floor(extract(epoch FROM now()))::bigint"))
+        now = int(
+            await conn.fetchval(
+                "SELECT greatest(floor(extract(epoch FROM now()))::bigint,"
+                " (SELECT block_time FROM chain_cursors WHERE name = 'channels:' || $1))",
+                locked.contract,
+            )
+        )
         return await channels.update_in(
             conn, locked, consented_balance=int(locked.proof_balance), consent_expires_at=now + ttl
         )
@@ -296,7 +307,8 @@ class PaymentSettings:
     unpaid_limit: int = 10**18  # base units of settled usage a requester may owe before 402
     interval: float = 2.0  # seconds between two invoicing passes
     # how long the operator's consent to close a requester channel lasts (whole seconds): the
-    # requester has that long to submit it, and the channel is frozen that long (see consent)
+    # requester has that long to submit it, and the channel is frozen until the chain is past it
+    # (see consent)
     consent_ttl: int = 60 * 60
     # The hub's side: the operator's wallet and the channels' domain, to promise providers their
     # earnings over its payout channels (billing.payouts); None: no payouts signed here.

@@ -44,8 +44,9 @@ SCHEMAS: dict[str, Any] = {
             "consented_balance": {
                 "oneOf": [_ref("Amount"), {"type": "null"}],
                 "description": "the balance the operator consented to close this requester channel at: "
-                "the channel is frozen (no more invoices on it, no proof above it accepted) until a few "
-                "minutes past consent_expires_at; null: no consent given, or it expired",
+                "the channel is frozen (no more invoices on it, no proof above it accepted) until the "
+                "operator's chain watcher has applied a block stamped after consent_expires_at; null: no "
+                "consent given, or a later proof replaced it",
             },
             "consent_expires_at": {
                 "type": ["integer", "null"],
@@ -115,11 +116,13 @@ PATHS: dict[str, Any] = {
             "description": "Given once every invoice is paid (and, unless you have another usable "
             "channel, no deal of yours is still running), at the balance of your latest proof, "
             "which it returns with it: submit both, with expires_at, to cooperativeClose (ipsx "
-            "channel close) in a block stamped expires_at or earlier (an hour from now by default); "
+            "channel close) in a block stamped expires_at or earlier (an hour from now by default, ipsx "
+            "api --consent-ttl); "
             "later the contract refuses it (ConsentExpired). Until then the channel is frozen at that "
             "balance: nothing more is invoiced on it, no proof above it is accepted, and without "
-            "another usable channel you are cut off (402 at the gateways) until you open one. A few "
-            "minutes after the expiry the channel is usable again. Asking again before the expiry "
+            "another usable channel you are cut off (402 at the gateways) until you open one. Once the "
+            "operator's chain watcher has applied a block stamped after the expiry, the channel is "
+            "usable again. Asking again before the expiry "
             "returns the same consent; after it, a new one.",
             "security": _SECURED,
             "parameters": [{"name": "channel_id", "in": "path", "required": True, "schema": _STR}],

@@ -57,6 +57,7 @@ MIGRATIONS = [
     "023_channel_consent",
     "024_deals_request_index",
     "025_consent_expiry",
+    "026_chain_cursor_time",
 ]
 
 

@@ -134,9 +134,11 @@ async def test_poll_once_cursor_keeps_the_last_confirmed_block(stack: Stack) -> 
     watcher = stack.watcher()
     await watcher.poll_once()
     head = stack.block()
-    row = await stack.pool.fetchrow("SELECT block, block_hash FROM chain_cursors")
+    row = await stack.pool.fetchrow("SELECT block, block_hash, block_time FROM chain_cursors")
     assert row["block"] == head - CONFIRMATIONS
-    assert row["block_hash"] == stack.chain.w3.eth.get_block(head - CONFIRMATIONS)["hash"].to_0x_hex()
+    block = stack.chain.w3.eth.get_block(head - CONFIRMATIONS)
+    assert row["block_hash"] == block["hash"].to_0x_hex()
+    assert row["block_time"] == block["timestamp"]  # what ends the freezes of expired consents
 
 
 async def test_run_polls_until_stopped(stack: Stack) -> None:

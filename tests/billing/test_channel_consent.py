@@ -2,10 +2,11 @@
 to the oldest usable channel with room, on the real PostgreSQL and Redis. Until the consent's
 expiry (PaymentChannels.cooperativeClose refuses it after) the requester may close at its balance B,
 so nothing more may be owed on the channel: no invoice, no proof above B, and a requester left with
-no usable channel is cut off. A margin past the expiry, the channel is usable again.
+no usable channel is cut off. Once the chain watcher has applied a block stamped after the expiry,
+the channel is usable again.
 
 The passing of time is the consent's expiry moved into the past (:func:`age`), by the database's
-clock that the freeze is measured with."""
+clock, and the watcher's cursor moved to a block stamped around it (:func:`chain_at`)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 from redis.asyncio import Redis
 
 from billing import channels, payments
-from billing.channels import CONSENT_MARGIN, ProofRejected
+from billing.channels import ProofRejected
 from billing.keys import PAYMENT_CUTOFF
 from billing.payments import ConsentRefused, Invoicer, PaymentSettings
 from tests.billing.test_payments import CHANNEL, DOMAIN, open_channel, proof, settled
@@ -55,6 +56,20 @@ async def age(pool: asyncpg.Pool, seconds_past_expiry: int) -> None:
     )
 
 
+async def chain_at(pool: asyncpg.Pool, seconds_past_expiry: int) -> None:
+    """The contract's watcher has applied a block stamped ``seconds_past_expiry`` after the
+    channel's consent expired (as ``billing.chain`` saves its cursor)."""
+    contract, expires_at = await pool.fetchrow(
+        "SELECT contract, consent_expires_at FROM channels WHERE channel_id = $1", CHANNEL
+    )
+    await pool.execute(
+        "INSERT INTO chain_cursors (name, block, block_hash, block_time) VALUES ($1, 1, '0x', $2)"
+        " ON CONFLICT (name) DO UPDATE SET block_time = $2",
+        f"channels:{contract}",
+        expires_at + seconds_past_expiry,
+    )
+
+
 async def test_consent_state_freezes_the_channel_at_the_proof_balance(pool: asyncpg.Pool, alice: int) -> None:
     await paid_up_to(pool, 300)
     before = await db_now(pool)
@@ -80,20 +95,25 @@ async def test_consent_state_freezes_the_channel_at_the_proof_balance(pool: asyn
     assert (again.consented_balance, again.consent_expires_at) == (300, frozen.consent_expires_at)
 
 
-async def test_consent_state_ends_a_margin_after_the_expiry(pool: asyncpg.Pool, alice: int) -> None:
+async def test_consent_state_ends_once_the_chain_is_past_the_expiry(pool: asyncpg.Pool, alice: int) -> None:
     await paid_up_to(pool, 300)
     await consent(pool)
     await settled(pool, 100)
-    # Expired, but a block stamped before the expiry may still come: still frozen.
-    await age(pool, CONSENT_MARGIN - 60)
-    expired = await channel(pool)
-    assert (expired.consent_in_force, expired.frozen) == (False, True)
-    assert await payments.invoice_due(pool) == []
-    with pytest.raises(ProofRejected) as above:
-        await channels.record_proof(pool, CHANNEL, 400, proof(400), domain=DOMAIN)
-    assert above.value.reason == "consented"
-    # Past the margin the consent can close nothing: the channel is invoiced and paid again.
-    await age(pool, CONSENT_MARGIN + 1)
+    # Expired by the database's clock, but the watcher has applied no block stamped after the
+    # expiry (it lags its confirmations, or it is stopped): a close at 300 may still be on its way.
+    await age(pool, 3600)
+    for behind in (None, -10, 0):  # no cursor yet, a block before the expiry, a block stamped at it
+        if behind is not None:
+            await chain_at(pool, behind)
+        expired = await channel(pool)
+        assert (expired.consent_in_force, expired.frozen) == (False, True)
+        assert await payments.invoice_due(pool) == []
+        with pytest.raises(ProofRejected) as above:
+            await channels.record_proof(pool, CHANNEL, 400, proof(400), domain=DOMAIN)
+        assert above.value.reason == "consented"
+    # A block stamped after the expiry is applied: no block can take the consent any more, and a
+    # close at 300 would have been seen. The channel is invoiced and paid again.
+    await chain_at(pool, 1)
     assert not (await channel(pool)).frozen
     (invoice,) = await payments.invoice_due(pool)
     assert (invoice.channel_id, invoice.cumulative) == (CHANNEL, 400)
@@ -111,7 +131,8 @@ async def test_consent_state_of_an_expired_consent_lets_the_requester_back_in(
     invoicer = Invoicer(pool, redis, PaymentSettings(unpaid_limit=10**6))
     await consent(pool)
     assert await invoicer.pass_once() == {"alice": 0}  # no usable channel left
-    await age(pool, CONSENT_MARGIN + 1)
+    await age(pool, 60)
+    await chain_at(pool, 1)
     assert await invoicer.pass_once() == {}
     assert await redis.hgetall(PAYMENT_CUTOFF) == {}
 

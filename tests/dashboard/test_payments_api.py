@@ -19,7 +19,6 @@ import pytest
 import redis
 from eth_account import Account
 
-from billing.channels import CONSENT_MARGIN
 from billing.keys import PAYMENT_CUTOFF
 from billing.ledger import TREASURY, Amount, transfer
 from contracts import proofs
@@ -280,12 +279,18 @@ def test_a_closing_consent_past_its_expiry_unfreezes_the_channel(payer: Payer, t
     agent.pay_once()
     payer.client.channel_consent(payer.channel)
     payer.settle(30)  # owed, not billed on the frozen channel
-    # Time passes: the consent expired more than the margin ago, so it can close nothing any more.
+    # Time passes: the consent expired, and the chain watcher applied a block stamped after it, so
+    # the consent can close nothing any more.
     payer.sql(
-        "UPDATE channels SET consent_expires_at = floor(extract(epoch FROM now()))::bigint - $2"
+        "UPDATE channels SET consent_expires_at = floor(extract(epoch FROM now()))::bigint - 60"
         " WHERE channel_id = $1",
         payer.channel,
-        CONSENT_MARGIN + 1,
+    )
+    payer.sql(
+        "INSERT INTO chain_cursors (name, block, block_hash, block_time)"
+        " SELECT 'channels:' || contract, 1, '0x', consent_expires_at + 1 FROM channels WHERE channel_id = $1"
+        " ON CONFLICT (name) DO UPDATE SET block_time = EXCLUDED.block_time",
+        payer.channel,
     )
     (newest, _) = payer.invoices(2)
     assert (newest["channel_id"], newest["cumulative"]["base_units"]) == (payer.channel, "150")
