@@ -11,6 +11,7 @@ Bearer <token>``, where the token is that JWT or an API key secret (``ipsx_…``
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from dataclasses import dataclass
 
@@ -46,11 +47,12 @@ async def limit_attempts(redis: Redis, key: str, limit: int, window: int, what: 
     """
     async with redis.pipeline(transaction=True) as pipe:
         pipe.incr(key)
-        pipe.ttl(key)
-        count, left = await pipe.execute()
-    if left < 0:
+        pipe.pttl(key)
+        count, left_ms = await pipe.execute()
+    if left_ms < 0:
         await redis.expire(key, window)
-        left = window
+        left_ms = window * 1000
+    left = max(1, -(-int(left_ms) // 1000))  # whole seconds, rounded up: never "wait 0 seconds"
     if int(count) > limit:
         raise Problem(
             429,
@@ -58,6 +60,22 @@ async def limit_attempts(redis: Redis, key: str, limit: int, window: int, what: 
             f"too many {what} from your address; wait {left} seconds",
             headers={"Retry-After": str(left)},
         )
+
+
+def client_of(remote: str | None) -> str:
+    """Whom the limits of a request from the peer address ``remote`` count against: that address,
+    or for IPv6 its /64 (one host commonly holds a whole /64, and would get a counter per address
+    otherwise)."""
+    remote = remote or "?"
+    try:
+        address = ipaddress.ip_address(remote)
+    except ValueError:
+        return remote
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:  # an IPv4 client of a dual-stack socket
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
 
 
 async def count_auth_call(request: web.Request, call: str) -> None:
@@ -69,7 +87,7 @@ async def count_auth_call(request: web.Request, call: str) -> None:
     """
     settings = request.app[SETTINGS]
     limit = settings.auth_nonce_limit if call == "nonce" else settings.auth_siwe_limit
-    key = ATTEMPTS_KEY.format(call, request.remote or "?")
+    key = ATTEMPTS_KEY.format(call, client_of(request.remote))
     window = max(1, int(settings.auth_window))
     await limit_attempts(request.app[REDIS], key, limit, window, "sign-in requests")
 

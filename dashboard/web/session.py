@@ -26,7 +26,7 @@ from aiohttp import web
 from billing import accounts
 from billing.accounts import Account, ApiKey
 from dashboard.appkeys import PG, REDIS, SETTINGS
-from dashboard.auth import Principal, limit_attempts
+from dashboard.auth import Principal, client_of, limit_attempts
 from dashboard.problems import Problem
 from dashboard.settings import ApiSettings
 
@@ -198,7 +198,7 @@ async def count_signin(request: web.Request) -> None:
     proxy's own limit there (this one then caps the proxy as a whole).
     """
     settings = request.app[SETTINGS]
-    key = _SIGNIN_KEY.format(request.remote or "?")
+    key = _SIGNIN_KEY.format(client_of(request.remote))
     window = max(1, int(settings.web_signin_window))
     await limit_attempts(request.app[REDIS], key, settings.web_signin_limit, window, "sign-in attempts")
 

@@ -146,3 +146,18 @@ def test_ipsx_api_limits_nonces_with_the_default_setting(api: Api) -> None:
     assert 0 < int(refused.headers["Retry-After"]) <= int(ApiSettings("", "", "").auth_window)
     with httpx.Client(base_url=api.url, transport=httpx.HTTPTransport(local_address="127.0.1.8")) as other:
         assert other.post("/v1/auth/nonce").status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("remote", "counted_as"),
+    [
+        ("127.0.1.5", "127.0.1.5"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),  # the same host's other address
+        ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+        ("::ffff:192.0.2.7", "192.0.2.7"),  # an IPv4 client on a dual-stack socket
+        (None, "?"),
+    ],
+)
+def test_limits_count_an_ipv6_client_by_its_64(remote: str | None, counted_as: str) -> None:
+    assert auth.client_of(remote) == counted_as
