@@ -12,6 +12,7 @@ from typing import Any
 
 from dashboard.problems import Problem
 from gateway.targeting import TargetingError, parse_rules
+from pool.countries import COUNTRY_CODES
 
 # JSON field → the grammar's key, in the order they are written.
 _FIELDS = {
@@ -31,7 +32,7 @@ SCHEMA: dict[str, Any] = {
     "description": "what every connection made with the key gets unless it says otherwise",
     "additionalProperties": False,
     "properties": {
-        "country": {"type": "string", "pattern": "^[a-z]{2}$"},
+        "country": {"enum": list(COUNTRY_CODES), "description": "ISO 3166-1 alpha-2 country code"},
         "region": {"type": "string", "pattern": "^[a-z0-9_]{1,64}$"},
         "city": {"type": "string", "pattern": "^[a-z0-9_]{1,64}$"},
         "asn": {"type": "integer", "minimum": 1, "maximum": 4294967295},

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pool.countries import COUNTRY_CODES
+
 _PROBLEM = {"$ref": "#/components/schemas/Problem"}
 
 
@@ -83,6 +85,7 @@ _IDEMPOTENCY = {
 }
 
 _STR = {"type": "string"}
+COUNTRY: dict[str, Any] = {"enum": list(COUNTRY_CODES), "description": "ISO 3166-1 alpha-2 country code"}
 _NULLABLE_STR = {"type": ["string", "null"]}
 
 SCHEMAS: dict[str, Any] = {

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dashboard.openapi_base import _AUTH_ERRORS, _BODY_ERRORS, _SECURED, _STR, _json, _problem, _ref
+from dashboard.openapi_base import _AUTH_ERRORS, _BODY_ERRORS, _SECURED, _STR, COUNTRY, _json, _problem, _ref
 
 SCHEMAS: dict[str, Any] = {
     "Exit": {
@@ -107,7 +107,7 @@ PATHS: dict[str, Any] = {
                 {
                     "name": "country",
                     "in": "query",
-                    "schema": {"type": "string", "pattern": "^[a-z]{2}$"},
+                    "schema": COUNTRY,
                 },
                 {
                     "name": "type",

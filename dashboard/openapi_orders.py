@@ -16,6 +16,7 @@ from dashboard.openapi_base import (
     _PAGE_PARAMS,
     _SECURED,
     _STR,
+    COUNTRY,
     _json,
     _page,
     _problem,
@@ -140,7 +141,7 @@ PATHS: dict[str, Any] = {
                                 "filters": {
                                     "type": "object",
                                     "properties": {
-                                        "country": {"type": "string", "pattern": "^[a-z]{2}$"},
+                                        "country": COUNTRY,
                                         "type": {"enum": ["residential", "mobile", "datacenter"]},
                                         "protocol": {"enum": ["http", "https", "socks5"]},
                                     },

@@ -20,6 +20,7 @@ from dashboard.problems import Problem, json_response, read_json
 from dashboard.routes import amount_json, authorized
 from matching import store
 from matching.errors import InvalidOrder
+from pool.countries import unknown_country
 from pool.health import reports as health_reports
 from pool.registry import ExitRegistry
 
@@ -61,8 +62,11 @@ async def depth(request: web.Request) -> web.Response:
     market = request.app[SEAT].market
     if market is None:  # the book is in the memory of the market's node
         return await forward_to_market(request)
+    country = request.query.get("country")
+    if country is not None and (no_country := unknown_country(country)) is not None:
+        raise Problem(400, "bad_filter", f"invalid country: {no_country}", field="country")
     try:
-        levels = market.depth(request.query.get("country"), request.query.get("type"))
+        levels = market.depth(country, request.query.get("type"))
     except InvalidOrder as error:
         raise Problem(400, "bad_filter", str(error), field=error.field) from None
     return json_response(

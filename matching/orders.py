@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 from billing.ledger import MAX_AMOUNT, Amount
 from matching.errors import InvalidOrder
-from pool.countries import unknown_country
 
 PROTOCOLS = frozenset({"http", "https", "socks5"})
 EXIT_TYPES = frozenset({"residential", "mobile", "datacenter"})
@@ -121,9 +120,6 @@ def _check_choice(name: str, value: object, allowed: frozenset[str]) -> None:
 def _check_country(name: str, value: object) -> None:
     if not isinstance(value, str) or not _COUNTRY.fullmatch(value):
         raise InvalidOrder(name, "must be a lower-case ISO 3166-1 alpha-2 code")
-    unknown = unknown_country(value)
-    if unknown is not None:
-        raise InvalidOrder(name, unknown)
 
 
 def _check_place(name: str, value: object, *, empty_ok: bool) -> None:

@@ -20,6 +20,7 @@ from matching.orders import (
     RequestFilters,
     package_request,
 )
+from pool.countries import unknown_country
 
 MAX_UNIX_TIME = 10**11  # unix seconds: a time past this (the year 5138) is a mistake, not a plan
 
@@ -77,9 +78,17 @@ def _float(terms: dict[str, Any], name: str) -> float | None:
 
 
 def filters_from(raw: object) -> RequestFilters:
-    """RequestFilters from a JSON object (absent keys: any); raises ``InvalidOrder``."""
+    """RequestFilters from a JSON object (absent keys: any); raises ``InvalidOrder``.
+
+    A new request's country must name one (``pool.countries``); that is checked here, where
+    orders are placed, and not by ``RequestFilters`` itself, so orders stored before the check
+    existed still load.
+    """
     if not isinstance(raw, dict):
         raise InvalidOrder("filters", "must be an object")
+    country = raw.get("country")
+    if isinstance(country, str) and (unknown := unknown_country(country)) is not None:
+        raise InvalidOrder("country", unknown)
     return RequestFilters(
         country=raw.get("country"),
         region=raw.get("region"),

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from iso3166 import countries_by_alpha2
 
-_KNOWN = frozenset(code.lower() for code in countries_by_alpha2)
+COUNTRY_CODES: tuple[str, ...] = tuple(sorted(code.lower() for code in countries_by_alpha2))
+"""Every ISO 3166-1 alpha-2 code, lower case, sorted."""
+_KNOWN = frozenset(COUNTRY_CODES)
 # What people type for a country whose ISO code differs.
 _HINTS = {"uk": "the United Kingdom is 'gb'", "el": "Greece is 'gr'"}
 
