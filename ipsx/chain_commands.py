@@ -60,18 +60,21 @@ def cmd_chain(args: argparse.Namespace, env: Environment) -> None:
 async def open_pool(dsn: str, max_size: int, *, migrate: bool = True) -> asyncpg.Pool:
     """The database of ``IPSX_DATABASE_URL``, created and migrated first if needed, or with
     ``migrate=False`` (a check that only reads) as it is: ``UsageError`` unless it exists with
-    every migration applied. ``UsageError`` when it cannot be opened; the message never shows
-    the URL, which may hold a password."""
+    every migration applied. ``UsageError`` when it cannot be opened, created or migrated; the
+    message never shows the URL's password."""
     try:
         if migrate:
             return await db.open_migrated(dsn, max_size=max_size)
         pool = await db.connect(dsn, max_size=max_size)
     except asyncpg.InvalidCatalogNameError as error:
         raise UsageError(f"{error}: is IPSX_DATABASE_URL the network's database?") from None
-    except DATABASE_UNUSABLE as error:
+    except (*DATABASE_UNUSABLE, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
         raise unusable("the database", dsn, "IPSX_DATABASE_URL", error) from None
     try:
         pending = await db.pending_migrations(pool)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as error:
+        await pool.close()
+        raise unusable("the database", dsn, "IPSX_DATABASE_URL", error) from None
     except BaseException:
         await pool.close()
         raise

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import secrets
 import socket
@@ -46,7 +47,7 @@ from gateway.settings import GatewaySettings, default_node_id
 from gateway.targeting import TargetingError, parse_rules
 from ipsx import runtime
 from ipsx.client_commands import ClientError, run_client_command
-from ipsx.logs import redact_error, url_password
+from ipsx.logs import redact_error, redacted_url, url_password
 from ipsx.payagent import keep_payouts_every
 from ipsx.settings import Environment
 from ipsx.supervisor import run_workers, worker_settings
@@ -81,7 +82,9 @@ def unusable(what: str, url: str, variable: str, error: Exception) -> UsageError
     """One line: ``what`` at ``url`` (set by the environment ``variable``) cannot be used, and
     why; no part of the URL's password in it."""
     detail = " ".join(str(error).split()) or "no answer"
-    line = f"cannot use {what} {url} ({variable}): {type(error).__name__}: {detail}"
+    line = f"cannot use {what} {redacted_url(url)} ({variable}): {type(error).__name__}: {detail}"
+    if isinstance(error, asyncpg.InvalidCatalogNameError):
+        line += "; `ipsx migrate` creates it and its tables"
     if any(mark in (url_password(url) or "") for mark in "/?#@"):  # parsers cut the URL there
         line += " (percent-encode the password's '/', '?', '#' and '@' as %2F, %3F, %23 and %40)"
     return UsageError(redact_error(line, url))
@@ -100,16 +103,14 @@ async def connect_database(dsn: str, *, max_size: int = 2) -> asyncpg.Pool:
 
 def check_services(database_url: str, redis_url: str, *, ping_redis: bool) -> None:
     """What a service checks before it starts, so that a wrong URL or a server that is not there
-    is one line (UsageError) and not a traceback: that its database server answers (a database
-    it does not have yet is fine: the service creates it), that its Redis URL is well formed
-    and, with ``ping_redis``, that Redis answers. The worker and the API ride out a Redis
+    is one line (UsageError) and not a traceback: that its database exists and answers (the
+    services do not create it: ``ipsx migrate`` does), that its Redis URL is well formed and,
+    with ``ping_redis``, that Redis answers. The worker and the API ride out a Redis
     outage; a gateway needs Redis to start."""
 
     async def check() -> None:
         try:
             await (await asyncpg.connect(database_url)).close()
-        except asyncpg.InvalidCatalogNameError:
-            pass  # the server answers and the service creates its database
         except DATABASE_UNUSABLE as error:
             raise unusable("the database", database_url, "IPSX_DATABASE_URL", error) from None
         try:
@@ -217,6 +218,8 @@ def cmd_api(args: argparse.Namespace, env: Environment) -> None:
         raise UsageError("--invoice-interval must be positive")
     if not 5 <= args.spot_duration <= 30 * 86_400:
         raise UsageError("--spot-duration must be 5 seconds to 30 days")
+    if args.consent_ttl > 30 * 86_400:
+        raise UsageError("--consent-ttl must be at most 30 days (2592000 seconds)")
     if not 1 <= args.spot_traffic_gb <= 10**6:
         raise UsageError("--spot-traffic-gb must be 1 to 1,000,000")
     try:
@@ -320,19 +323,22 @@ def parse_proxy_address(text: str) -> tuple[tuple[str, int], str | None]:
     return (parts.hostname, port), credentials
 
 
-def _check_bindable(address: str) -> None:
-    """UsageError unless this host has ``address`` (an exit's --bind): streams leave from it."""
+def _warn_unless_bindable(address: str) -> None:
+    """Warn when this host has no ``address`` (an exit's --bind) now: its streams fail until it
+    has (an interface may come up after the agent, so this is no refusal)."""
     if not address:
         return
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        try:
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
             probe.bind((address, 0))
-        except OSError as error:
-            raise UsageError(
-                f"--bind {address}: this host has no such address ({error.strerror}); give one of "
-                "its own (`ip addr` lists them)"
-            ) from None
+    except OSError as error:
+        logging.getLogger("ipsx.agent").warning(
+            "--bind %s: this host has no such address now (%s): streams through that exit fail until "
+            "it has; `ip addr` lists the host's addresses",
+            address,
+            error.strerror,
+        )
 
 
 def agent_settings(args: argparse.Namespace) -> AgentSettings:
@@ -356,8 +362,6 @@ def agent_settings(args: argparse.Namespace) -> AgentSettings:
         ports = parse_ports(args.ports) if args.ports else None
     except ValueError as error:
         raise UsageError(str(error)) from None
-    for spec in exits:
-        _check_bindable(spec.bind)
     try:
         protocols = parse_protocols(args.protocols.split(",")) if args.protocols else None
     except ValueError as error:
@@ -425,6 +429,8 @@ def cmd_provide(args: argparse.Namespace, env: Environment) -> None:
     settings = agent_settings(args)
     if args.payouts_interval <= 0:
         raise UsageError("--payouts-interval must be positive")
+    for spec in settings.exits:
+        _warn_unless_bindable(spec.bind)
     governor = Governor(
         settings.limits,
         state_file=settings.state_file,

@@ -21,6 +21,7 @@ import sys
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import IO, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
@@ -113,6 +114,22 @@ def redact(text: str) -> str:
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return _HEX32.sub(_hex_key, text)
+
+
+def redacted_url(url: str) -> str:
+    """``url`` with its user info's password, if it has one, replaced by ``[REDACTED]``, as a URL
+    parser splits it (a password holding a space or a ``!`` included); ``url`` itself when it does
+    not split (pattern redaction is then the caller's)."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url
+    if password is None:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    name = user.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{name}:{REDACTED}@{host}"))
 
 
 def url_password(url: str) -> str | None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -54,7 +56,6 @@ def test_wallet_new_into_a_missing_folder_is_a_clear_error(tmp_path: Path) -> No
         (["--bind", "not-an-ip"], "does not appear to be an IPv4 or IPv6 address"),
         (["--bind", "127.0.0.2,country=france"], "country must be a 2-letter"),
         (["--bind", "127.0.0.2,colour=red"], "unknown exit attribute"),
-        (["--bind", "192.0.2.99,country=fr"], "--bind 192.0.2.99: this host has no such address"),
         (["--ports", "8000-"], "bad port range"),
         (["--gateway", "https://gw:8443"], "--gateway must be HOST:PORT, tls://HOST:PORT, ws://"),
         (["--gateway", "tls://gw:8443/tunnel"], "--gateway must be HOST:PORT"),
@@ -150,7 +151,9 @@ SERVICES = {
 ENCODE_HINT = "(percent-encode the password's '/', '?', '#' and '@' as %2F, %3F, %23 and %40)"
 
 
-def _ipsx_service(command: str, database_url: str, redis_url: str) -> subprocess.CompletedProcess[str]:
+def _ipsx_service(
+    command: str, database_url: str, redis_url: str, *extra: str
+) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "IPSX_DATABASE_URL": database_url,
@@ -158,7 +161,7 @@ def _ipsx_service(command: str, database_url: str, redis_url: str) -> subprocess
         "IPSX_JWT_SECRET": "j" * 32,  # the API's, checked before the database
     }
     return subprocess.run(
-        [sys.executable, "-m", "ipsx", *SERVICES[command]],
+        [sys.executable, "-m", "ipsx", *SERVICES[command], *extra],
         env=env,
         capture_output=True,
         text=True,
@@ -182,8 +185,13 @@ def _ipsx_service(command: str, database_url: str, redis_url: str) -> subprocess
             "postgresql://ipsx:[REDACTED]@127.0.0.1:5432/ipsx",
             f"ValueError: invalid literal for int() with base 10: '[REDACTED]' {ENCODE_HINT}\n",
         ),
+        (
+            "postgresql://nobody:s3cr3t pw@127.0.0.1:PORT/x",  # a space: no pattern tells where it ends
+            "postgresql://nobody:[REDACTED]@127.0.0.1:PORT/x",
+            "ConnectionRefusedError: ",
+        ),
     ],
-    ids=["refused", "malformed", "slash-in-password"],
+    ids=["refused", "malformed", "slash-in-password", "space-in-password"],
 )
 def test_services_report_an_unusable_database_in_one_line(
     command: str, url: str, shown: str, error: str
@@ -197,6 +205,44 @@ def test_services_report_an_unusable_database_in_one_line(
     assert result.stderr.count("\n") == 1
     for secret in ("s3cr3t", "pa/", "'pa'", "ss#w"):
         assert secret not in result.stderr
+
+
+def test_api_refuses_a_consent_lasting_past_30_days() -> None:
+    result = _ipsx_service("api", ADMIN_URL, REDIS_URL, "--consent-ttl", "2592001")
+    assert result.returncode == 2
+    assert result.stderr == "ipsx api: --consent-ttl must be at most 30 days (2592000 seconds)\n"
+
+
+def test_provide_warns_of_a_bind_address_the_host_does_not_have(tmp_path: Path) -> None:
+    key = tmp_path / "w.key"
+    ipsx("wallet", "new", "--out", str(key))
+    gateway = f"127.0.0.1:{_unused_port()}"
+    argv = ["provide", "--key", str(key), "--gateway", gateway, "--bind", "192.0.2.99,country=fr"]
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "ipsx", *argv, "--state-dir", str(tmp_path)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert agent.stderr is not None
+        first = agent.stderr.readline()  # before it tries the gateway
+    finally:
+        agent.send_signal(signal.SIGINT)
+        agent.communicate(timeout=30)
+    assert "--bind 192.0.2.99: this host has no such address now" in first
+    assert "streams through that exit fail until it has" in first
+
+
+@pytest.mark.parametrize("command", SERVICES)
+def test_services_report_a_missing_database_in_one_line_with_the_cure(command: str) -> None:
+    name = f"ipsx_test_cli_missing_{os.getpid()}"
+    url = urlunsplit(urlsplit(ADMIN_URL)._replace(path=f"/{name}"))
+    result = _ipsx_service(command, url, REDIS_URL)
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"ipsx {command}: cannot use the database {url} (IPSX_DATABASE_URL): InvalidCatalogNameError: "
+        f'database "{name}" does not exist; `ipsx migrate` creates it and its tables\n'
+    )
 
 
 @pytest.mark.parametrize("command", SERVICES)

@@ -374,3 +374,17 @@ def test_redacted_extra_fields_keep_their_container_kind() -> None:
     hash(record.__dict__["peer"])
     assert record.__dict__["tags"] == [logs.redact(key)] and key not in str(record.__dict__["tags"])
     assert record.__dict__["names"] == frozenset({"a"}) and record.__dict__["seen"] == {"b"}
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://ipsx:hun ter2@db:5432/ipsx", "postgresql://ipsx:[REDACTED]@db:5432/ipsx"),
+        ("redis://user!x:s3cret@cache:6379/0", "redis://user!x:[REDACTED]@cache:6379/0"),
+        ("redis://:pw@cache:6379/0", "redis://:[REDACTED]@cache:6379/0"),
+        ("postgresql://postgres@db:5432/ipsx", "postgresql://postgres@db:5432/ipsx"),
+        ("postgres://:::", "postgres://:::"),
+    ],
+)
+def test_redacted_url_hides_the_password_the_url_parser_finds(url: str, shown: str) -> None:
+    assert logs.redacted_url(url) == shown
