@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import fcntl
 import json
 import logging
@@ -86,21 +87,40 @@ class DemoOptions:
 
 
 @contextlib.asynccontextmanager
-async def _services(options: DemoOptions, env: Environment) -> AsyncIterator[tuple[str, str]]:
-    """(database URL, Redis URL): the configured ones, or embedded ones in the data dir."""
+async def _services(options: DemoOptions, env: Environment) -> AsyncIterator[tuple[str, str, list[str]]]:
+    """(database URL, Redis URL, the ones of those started here): the configured ones, or
+    embedded ones in the data dir.
+
+    A URL that names one of this data dir's embedded servers as an earlier run started it (its
+    port changes every run) came from ``demo.env`` loaded into the shell: it is not a configured
+    service, and the embedded server is started again.
+    """
+    embedded = _embedded_urls(options.data_dir)
+    started: list[str] = []
     async with contextlib.AsyncExitStack() as stack:
-        if env.database_url:
+        if env.database_url and env.database_url not in embedded:
             database = env.database_url
         else:
             first = "" if (options.data_dir / "postgres").exists() else " (the first run initialises it)"
             print(f"starting embedded PostgreSQL{first}…", flush=True)
             database = await stack.enter_async_context(embedded_postgres(options.data_dir / "postgres"))
-        if env.redis_url:
+            started.append(database)
+        if env.redis_url and env.redis_url not in embedded:
             redis = env.redis_url
         else:
             print("starting embedded Redis…", flush=True)
             redis = await stack.enter_async_context(embedded_redis(options.data_dir / "redis"))
-        yield database, redis
+            started.append(redis)
+        yield database, redis, started
+
+
+def _embedded_urls(data_dir: Path) -> set[str]:
+    """The URLs of the embedded servers the data dir's last run started (``demo.json``)."""
+    try:
+        state = json.loads((data_dir / "demo.json").read_text())
+        return {str(url) for url in state.get("embedded_urls", [])}
+    except (OSError, ValueError, AttributeError):
+        return set()
 
 
 def _wallet(path: Path) -> str:
@@ -220,7 +240,7 @@ async def run_demo(options: DemoOptions, env: Environment, stop: asyncio.Event) 
 
 async def _run_demo(options: DemoOptions, env: Environment, stop: asyncio.Event, data_dir: Path) -> None:
     async with contextlib.AsyncExitStack() as stack:
-        database, redis = await stack.enter_async_context(_services(options, env))
+        database, redis, embedded = await stack.enter_async_context(_services(options, env))
         pool = await db.open_migrated(database, max_size=4)
         stack.push_async_callback(pool.close)
         chain = await _payment_chain(stack, pool, data_dir, options.chain)
@@ -296,7 +316,8 @@ async def _run_demo(options: DemoOptions, env: Environment, stop: asyncio.Event,
             "redis_url": redis,
         }
         state_path = data_dir / "demo.json"
-        _write_private(state_path, json.dumps(state, indent=2))
+        # the embedded servers' URLs too, so that demo.env loaded in a shell names no service
+        _write_private(state_path, json.dumps({**state, "embedded_urls": embedded}, indent=2))
         _write_private(data_dir / "demo.env", _env_file(state, chain))
         await _wait_for_exits(redis, len(DEMO_EXITS))
         await asyncio.to_thread(_offer_exits, api_url, wallets, redis)
@@ -493,7 +514,7 @@ pays with a balance proof on channel {chain.channel_id}.
 
 async def _self_check(state: dict[str, str], pool: asyncpg.Pool) -> None:
     """Send one request over each protocol and print what was metered (``--once``)."""
-    started = await pool.fetchval("SELECT now()")  # the streams below close after it
+    started = dt.datetime.now(dt.UTC)  # the gateway's clock (this process's) stamps the streams
     via_http = await _curl(state["http_proxy"], state["origin"])
     requester = ledger.requester_account(state["account"])
     available, reserved = await ledger.balance(pool, requester), await holds.reserved(pool, requester)

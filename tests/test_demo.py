@@ -99,8 +99,12 @@ def test_demo_once_relays_through_demo_exits_and_meters_it(tmp_path: Path) -> No
     assert "Traceback" not in result.stderr
     _assert_paid_on_chain(out, data_dir, first_run=True)  # on anvil, or on ipsx devchain without it
 
-    # A second run reuses the data dir: the same account and key, funded once only.
-    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    # A second run reuses the data dir: the same account and key, funded once only. It runs in a
+    # shell that loaded demo.env: the first run's embedded servers' URLs are started again, not
+    # taken for configured services.
+    again = subprocess.run(
+        command, env={**env, **_env_file(data_dir)}, capture_output=True, text=True, timeout=120
+    )
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads((data_dir / "demo.json").read_text())["secret"] == state["secret"]
     assert "Traceback" not in again.stderr

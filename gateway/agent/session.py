@@ -429,11 +429,12 @@ class AgentSession:
         except TimeoutError:
             raise _Dial(DialErrorCode.TIMEOUT, "connection timed out") from None
         except OSError as exc:
-            code = _ERRNO_CODES.get(exc.errno or 0, DialErrorCode.UNREACHABLE)
-            reason = exc.strerror or "connection failed"
             if exc.errno == errno.EINVAL and _loopback(bind):
+                # What the exit is, not a fault of it or of the destination: like a policy's no.
                 reason = "this exit's address is a loopback one: it reaches 127.0.0.0/8 only"
-            raise _Dial(code, reason) from None
+                raise _Dial(DialErrorCode.POLICY, reason) from None
+            code = _ERRNO_CODES.get(exc.errno or 0, DialErrorCode.UNREACHABLE)
+            raise _Dial(code, exc.strerror or "connection failed") from None
         self.served += 1
         return destination
 

@@ -113,7 +113,8 @@ def test_no_matching_exit_is_a_clear_error_not_a_fallback(stack: Stack) -> None:
 def test_an_exit_on_a_loopback_address_says_why_it_cannot_reach_others(stack: Stack) -> None:
     # The test exits bind 127.0.0.x: the kernel refuses the connect (EINVAL) before any packet.
     result = curl("-i", "-x", stack.proxy(), "http://203.0.113.1/")
-    assert result.stdout.startswith("HTTP/1.1 502")
+    assert result.stdout.startswith("HTTP/1.1 403")  # not the exit's fault: no quarantine follows
+    assert "X-IPSX-Error: destination_not_allowed" in result.stdout
     assert "this exit's address is a loopback one: it reaches 127.0.0.0/8 only" in result.stdout
     assert "Invalid argument" not in result.stdout
 
