@@ -235,3 +235,20 @@ async def test_invoice_due_call_skips_a_frozen_channel(pool: asyncpg.Pool, alice
     await settled(pool, 70)
     (invoice,) = await payments.invoice_due(pool)
     assert (invoice.channel_id, invoice.cumulative) == (SECOND, 70)
+
+
+async def test_consent_expiry_counts_from_the_chain_when_its_clock_runs_ahead(
+    pool: asyncpg.Pool, alice: int
+) -> None:
+    # The watcher's last block is stamped 1,000 s after the database's now: the requester still
+    # gets the whole ttl by the chain's clock, which the contract judges the expiry by.
+    await paid_up_to(pool, 300)
+    contract = await pool.fetchval("SELECT contract FROM channels WHERE channel_id = $1", CHANNEL)
+    ahead = await db_now(pool) + 1000
+    await pool.execute(
+        "INSERT INTO chain_cursors (name, block, block_hash, block_time) VALUES ($1, 1, '0x', $2)",
+        f"channels:{contract}",
+        ahead,
+    )
+    frozen = await consent(pool)
+    assert frozen.consent_expires_at == ahead + HOUR

@@ -27,7 +27,7 @@ CHANNEL = "0x" + "11" * 32
 
 @pytest.fixture
 async def alice(pool: asyncpg.Pool) -> int:
-    await pool.execute("TRUNCATE invoiced_deals, invoices, channels, deals CASCADE")
+    await pool.execute("TRUNCATE invoiced_deals, invoices, channels, chain_cursors, deals CASCADE")
     account = await create_account(pool, address=ALICE.address, name="alice")
     await open_channel(pool, account.id, CHANNEL, deposit=1000)
     return account.id
