@@ -10,6 +10,8 @@ clock, and the watcher's cursor moved to a block stamped around it (:func:`chain
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import pytest
 from redis.asyncio import Redis
@@ -252,3 +254,21 @@ async def test_consent_expiry_counts_from_the_chain_when_its_clock_runs_ahead(
     )
     frozen = await consent(pool)
     assert frozen.consent_expires_at == ahead + HOUR
+
+
+async def test_consent_calls_on_two_channels_at_once_leave_a_running_deal_one(
+    pool: asyncpg.Pool, alice: int
+) -> None:
+    # Each consent alone would be given (the other channel can bill the running deal); both at
+    # once would leave it none. They are taken one at a time: the second sees the first's freeze.
+    await open_channel(pool, alice, SECOND, deposit=500)
+    await settled(pool, 50, state="active")
+    first, second = await asyncio.gather(
+        consent(pool, CHANNEL), consent(pool, SECOND), return_exceptions=True
+    )
+    outcomes = sorted([type(first).__name__, type(second).__name__])
+    assert outcomes == ["Channel", "ConsentRefused"], (first, second)
+    refused = first if isinstance(first, ConsentRefused) else second
+    assert isinstance(refused, ConsentRefused) and refused.reason == "deals_running"
+    usable = await pool.fetchval(f"SELECT count(*) FROM channels c WHERE {channels.USABLE}")
+    assert usable == 1
