@@ -140,8 +140,9 @@ async def closing_consent(request: web.Request) -> web.Response:
     operator exactly what the caller's settled usage cost and refunds the rest at once.
 
     The consent expires (``expires_at``, the last block timestamp the contract takes it in:
-    ``ipsx api --consent-ttl``, an hour by default, from now) and the channel is frozen at B until then
-    (``billing.payments.consent``): nothing is invoiced on it, no proof above B is accepted on it,
+    ``ipsx api --consent-ttl``, an hour by default, from now) and the channel is frozen at B until
+    the chain watcher has applied a block stamped after it (``billing.payments.consent``,
+    ``billing.channels.FROZEN``): nothing is invoiced on it, no proof above B is accepted on it,
     and a caller with no other usable channel is cut off (402 at the gateways) until it opens
     another or the consent expires unused. Asking again before the expiry returns the same consent;
     after it, a new one.
