@@ -29,6 +29,8 @@ from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from pool.server_time import time_seconds
+
 log = logging.getLogger(__name__)
 
 SECONDS = 1.0
@@ -193,8 +195,7 @@ async def usage_backlog(redis: Redis, stream: str, group: str, *, now: float | N
     age = 0.0
     if oldest:
         if now is None:
-            seconds, micros = await redis.time()
-            now = seconds + micros / 1_000_000
+            now = time_seconds(await redis.time())
         age = max(0.0, now - min(oldest) / 1000)
     return Backlog(length, pending, undelivered, age, bool(oldest))
 

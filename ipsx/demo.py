@@ -425,9 +425,7 @@ def _ipsx_command() -> str:
     found = shutil.which("ipsx")
     if found is not None and Path(found).resolve() == script.resolve():
         return "ipsx"
-    with contextlib.suppress(ValueError):
-        return str(script.relative_to(Path.cwd()))
-    return str(script)
+    return _shown(script)
 
 
 def _print_banner(state: dict[str, str], data_dir: Path, chain: DemoChain | None) -> None:
