@@ -5,7 +5,9 @@ balance)``, ``balance`` being the cumulative amount (IPSX base units) owed to th
 receiver's consent to a cooperative close signs ``ClosingConsent(bytes32 channelId,uint256
 balance,uint256 expiresAt)``, ``expiresAt`` being the last block timestamp (unix seconds) at which
 the contract takes it: another type hash, so neither signature can stand for the other. Both are
-bound to the domain ``("IPSX PaymentChannels", "1", chain id, contract address)``.
+bound to the domain ``("IPSX PaymentChannels", "2", chain id, contract address)``: version 2 is the
+contract whose consent carries an expiry, and a deployment of another version is refused where the
+chain commands connect (``ipsx.chain_access.node``).
 
 Recovery applies the contract's rules (65 bytes, v of 27 or 28, s in the lower half of the curve
 order), so a signature accepted here is accepted on-chain and the other way round.
@@ -32,6 +34,7 @@ __all__ = [
     "channel_id",
     "closing_consent_message",
     "digest",
+    "foreign_domain",
     "recover_balance_proof_signer",
     "recover_closing_consent_signer",
     "sign_balance_proof",
@@ -40,7 +43,7 @@ __all__ = [
 ]
 
 DOMAIN_NAME: Final = "IPSX PaymentChannels"
-DOMAIN_VERSION: Final = "1"
+DOMAIN_VERSION: Final = "2"
 BALANCE_PROOF_TYPE: Final = "BalanceProof"
 CLOSING_CONSENT_TYPE: Final = "ClosingConsent"
 _FIELDS: Final = {
@@ -67,6 +70,16 @@ _TYPEHASHES: Final = {
 _UINT256_MAX: Final = 2**256 - 1
 # secp256k1 group order; the contract (OpenZeppelin ECDSA) rejects s above its half.
 _SECP256K1_N: Final = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+
+
+def foreign_domain(name: str, version: str) -> str | None:
+    """Why a contract whose ``eip712Domain()`` names ``name`` and ``version`` would refuse what is
+    signed here, or ``None`` when it takes it."""
+    if name != DOMAIN_NAME:
+        return f"its EIP-712 domain is {name[:40]!r}, not {DOMAIN_NAME!r}"
+    if version != DOMAIN_VERSION:
+        return f"it is version {version[:10]!r} and this IPSX signs for version {DOMAIN_VERSION!r}"
+    return None
 
 
 class InvalidSignatureError(ValueError):

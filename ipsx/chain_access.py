@@ -25,8 +25,9 @@ import aiohttp
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import AsyncHTTPProvider, AsyncWeb3, Web3
-from web3.exceptions import Web3Exception
+from web3.exceptions import BadFunctionCallOutput, ContractLogicError, Web3Exception
 
+from contracts import load, proofs
 from gateway.agent.settings import load_key
 from ipsx.commands import UsageError
 
@@ -162,6 +163,28 @@ async def node(url: str, record: DeploymentFile) -> AsyncIterator[AsyncWeb3[Any]
                 f"no contract at {record.channels} on the node at {shown(url)} "
                 f"(the chain was reset since {record.path} was written?)"
             )
+        await _check_channels_domain(w3, url, record)
         yield w3
     finally:
         await w3.provider.disconnect()
+
+
+async def _check_channels_domain(w3: AsyncWeb3[Any], url: str, record: DeploymentFile) -> None:
+    """Raises ``UsageError`` unless the PaymentChannels contract of ``record`` signs with the
+    EIP-712 domain this IPSX signs for (``contracts.proofs``): a deployment of another version
+    would refuse every proof and consent signed here, so nothing may run against it."""
+    channels = w3.eth.contract(
+        address=Web3.to_checksum_address(record.channels), abi=load("PaymentChannels").abi
+    )
+    try:
+        _, name, version, *_ = await channels.functions.eip712Domain().call()
+        why = proofs.foreign_domain(name, version)
+    except (ContractLogicError, BadFunctionCallOutput):
+        why = "it has no EIP-712 domain"
+    except CONNECTION_ERRORS as error:
+        raise UsageError(f"cannot reach the Ethereum node at {shown(url)}: {type(error).__name__}") from None
+    if why is not None:
+        raise UsageError(
+            f"the PaymentChannels contract {record.channels} on the node at {shown(url)} cannot take "
+            f"IPSX proofs: {why}; deploy this IPSX's contracts (`ipsx chain deploy --out FILE`)"
+        )

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
-from web3.exceptions import ContractLogicError, Web3Exception
+from web3.exceptions import BadFunctionCallOutput, ContractLogicError, Web3Exception
 from web3.logs import DISCARD
 from web3.middleware import SignAndSendRawMiddlewareBuilder
 
@@ -79,13 +79,32 @@ def _transact(w3: Web3, call: Any, wallet: LocalAccount, what: str) -> Any:
     return receipt
 
 
+def _usable_channels(w3: Web3, address: str) -> Any:
+    """The PaymentChannels contract at ``address``; raises ``ChannelError`` when it signs another
+    EIP-712 domain than this IPSX does (another release's deployment would refuse every proof)."""
+    channels = contract_at(w3, "PaymentChannels", address)
+    try:
+        _, name, version, *_ = channels.functions.eip712Domain().call()
+        why = proofs.foreign_domain(name, version)
+    except (ContractLogicError, BadFunctionCallOutput):
+        why = "it has no EIP-712 domain"
+    except (OSError, Web3Exception, ValueError) as error:
+        raise _node_failure(w3, "reading the PaymentChannels contract", error) from None
+    if why is not None:
+        raise ChannelError(
+            f"the PaymentChannels contract {address} cannot take IPSX proofs: {why}; "
+            "is the deployment file of this network's current deployment?"
+        )
+    return channels
+
+
 def open_channel(args: argparse.Namespace, wallet: LocalAccount) -> None:
     """Approve the deposit and open a channel from ``wallet`` to the operator."""
     deployment = DeploymentFile.load(args.deployment)
     amount = int(parse_amount(args.deposit))
     w3 = _web3(args, wallet)
+    channels = _usable_channels(w3, deployment.channels)
     token = contract_at(w3, "IPSXToken", deployment.token)
-    channels = contract_at(w3, "PaymentChannels", deployment.channels)
     _transact(w3, token.functions.approve(channels.address, amount), wallet, "approve")
     receipt = _transact(w3, channels.functions.open(deployment.operator, amount), wallet, "open")
     (opened,) = channels.events.ChannelOpened().process_receipt(receipt, errors=DISCARD)
@@ -104,6 +123,7 @@ def close_channel(args: argparse.Namespace, api: Client, wallet: LocalAccount) -
     domain = proofs.ChannelDomain(chain_id=deployment.chain_id, verifying_contract=deployment.channels)  # type: ignore[arg-type]
     id_bytes = bytes.fromhex(channel_id[2:])
     w3 = _web3(args, wallet)
+    channels = _usable_channels(w3, deployment.channels)
     chain_time = _chain_time(w3)
     if channel["role"] == "requester":
         balance, expires_at, proof, closing = requester_close(
@@ -119,7 +139,6 @@ def close_channel(args: argparse.Namespace, api: Client, wallet: LocalAccount) -
         balance, proof = int(kept["balance"]), kept["signature"]
         expires_at = chain_time + OWN_CONSENT_WINDOW
         closing = "0x" + proofs.sign_closing_consent(domain, id_bytes, balance, expires_at, wallet.key).hex()
-    channels = contract_at(w3, "PaymentChannels", deployment.channels)
     call = channels.functions.cooperativeClose(
         id_bytes, balance, expires_at, bytes.fromhex(proof[2:]), bytes.fromhex(closing[2:])
     )

@@ -41,7 +41,7 @@ from web3.types import Wei
 
 from billing import channels
 from billing.chain import ChainSettings, ChainWatcher, DeepReorg
-from contracts import PACKAGE_DIR
+from contracts import PACKAGE_DIR, proofs
 from contracts.deploy import Allocations, DeploymentError, SaleTerms, contract_at, deploy
 from gateway.agent.settings import create_key_file, load_key
 from ipsx.chain_deploy import deployment_record
@@ -250,6 +250,15 @@ def _recorded(w3: Web3, path: Path) -> dict[str, Any]:
         raise ChainUnavailable(
             f"the demo chain no longer has the contracts of {path} (its state in "
             f"{path.parent / 'chain'} was lost), while the ledger remembers them; "
+            "remove the data dir to start afresh"
+        )
+    _, name, version, *_ = (
+        contract_at(w3, "PaymentChannels", channels_address).functions.eip712Domain().call()
+    )
+    why = proofs.foreign_domain(name, version)
+    if why is not None:
+        raise ChainUnavailable(
+            f"the demo chain of {path} has a PaymentChannels contract this IPSX cannot use ({why}); "
             "remove the data dir to start afresh"
         )
     return record

@@ -31,8 +31,9 @@ from eth_account.signers.local import LocalAccount
 from billing import db, ledger
 from billing.chain import cursor_name
 from billing.withdrawals import CHAIN
+from contracts import proofs
 from contracts.deploy import contract_at
-from tests.contracts.chain import Chain, anvil_chain, events
+from tests.contracts.chain import Chain, anvil_chain, channels_with_domain, events
 
 ADMIN_URL = os.environ.get("IPSX_TEST_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 TOKEN = 10**18
@@ -460,3 +461,58 @@ async def _tables(url: str) -> int:
         return int(await conn.fetchval("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"))
     finally:
         await conn.close()
+
+
+# ---- the contract's version ----------------------------------------------------------------------
+
+
+def test_commands_refuse_a_payment_channels_contract_of_another_domain(
+    deployed: Deployed, base_env: dict[str, str], tmp_path: Path
+) -> None:
+    # Proofs and consents are signed for DOMAIN_VERSION: a contract of another version (the one
+    # before consents expired, say) would refuse them all, so no command runs against it.
+    token, sender = deployed.record["contracts"]["IPSXToken"], deployed.chain.accounts[0]
+    old = channels_with_domain(deployed.chain.w3, token, sender, proofs.DOMAIN_NAME, "1")
+    foreign = channels_with_domain(
+        deployed.chain.w3, token, sender, "Some Other Channels", proofs.DOMAIN_VERSION
+    )
+    no_domain = token
+    node = f"on the node at {urlsplit(deployed.rpc).scheme}://127.0.0.1:{urlsplit(deployed.rpc).port}"
+    cases = [
+        (old, f"it is version '1' and this IPSX signs for version '{proofs.DOMAIN_VERSION}'"),
+        (foreign, "its EIP-712 domain is 'Some Other Channels', not 'IPSX PaymentChannels'"),
+        (no_domain, "it has no EIP-712 domain"),
+    ]
+    for address, why in cases:
+        message = (
+            f"the PaymentChannels contract {address} {node} cannot take IPSX proofs: {why}; "
+            "deploy this IPSX's contracts (`ipsx chain deploy --out FILE`)"
+        )
+        record = {
+            **deployed.record,
+            "contracts": {**deployed.record["contracts"], "PaymentChannels": address},
+        }
+        path = tmp_path / f"{address}.json"
+        path.write_text(json.dumps(record))
+        for command in (("reconcile",), ("chain", "watch")):
+            result = ipsx(*command, "--rpc", deployed.rpc, "--deployment", str(path), env=base_env)
+            assert result.returncode == 2 and message in result.stderr, (command, address, result.stderr)
+            assert "Traceback" not in result.stderr
+
+    # A requester's wallet opening a channel on it is stopped before anything is sent.
+    wallet = tmp_path / "requester.key"
+    wallet.write_text(Account.create().key.hex())
+    wallet.chmod(0o600)
+    record = {**deployed.record, "contracts": {**deployed.record["contracts"], "PaymentChannels": old}}
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(record))
+    opened = ipsx(
+        "channel", "open", "--key", str(wallet), "--deployment", str(path), "--rpc", deployed.rpc,
+        "--deposit", "1", env=base_env,
+    )  # fmt: skip
+    assert opened.returncode == 2, opened.stderr
+    assert opened.stderr == (
+        f"ipsx channel: the PaymentChannels contract {old} cannot take IPSX proofs: it is version '1' and "
+        f"this IPSX signs for version '{proofs.DOMAIN_VERSION}'; is the deployment file of this network's "
+        "current deployment?\n"
+    )

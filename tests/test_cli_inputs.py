@@ -138,9 +138,10 @@ def test_channel_open_names_an_unreachable_node_without_the_api_key_of_its_url(t
         tmp_path, key_file(tmp_path / "w.key"), f"https://u:pw@127.0.0.1:{port}/v3/{RPC_SECRET}"
     )
     assert result.returncode == 2
-    assert f"approve failed talking to the Ethereum node at https://127.0.0.1:{port}: ConnectionError" in (
-        result.stderr
-    )
+    assert (
+        "reading the PaymentChannels contract failed talking to the Ethereum node at "
+        f"https://127.0.0.1:{port}: ConnectionError"
+    ) in result.stderr
     assert RPC_SECRET not in result.stderr and "pw@" not in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -151,7 +152,10 @@ def test_channel_open_names_a_node_refusing_the_api_key_without_that_key(tmp_pat
         result = channel_open(tmp_path, key_file(tmp_path / "w.key"), f"{node.url}/v3/{RPC_SECRET}")
     assert node.seen and node.seen[0][1] == f"/v3/{RPC_SECRET}"  # it did reach the node
     assert result.returncode == 2
-    assert f"approve failed talking to the Ethereum node at {node.url}: HTTPError" in result.stderr
+    failed = (
+        f"reading the PaymentChannels contract failed talking to the Ethereum node at {node.url}: HTTPError"
+    )
+    assert failed in result.stderr
     assert RPC_SECRET not in result.stderr
 
 
@@ -188,5 +192,5 @@ def test_a_key_file_others_can_read_is_used_with_a_warning(tmp_path: Path) -> No
     loose = key_file(tmp_path / "loose.key", mode=0o644)
     result = channel_open(tmp_path, loose, f"http://127.0.0.1:{free_port()}")
     assert f"the wallet key file {loose} is accessible by others (mode 644): chmod 600 it" in result.stderr
-    assert "approve failed talking to the Ethereum node" in result.stderr  # it went on with the key
+    assert "contract failed talking to the Ethereum node" in result.stderr  # it went on with the key
     assert stat.S_IMODE(loose.stat().st_mode) == 0o644  # a warning only: the file is left alone

@@ -28,6 +28,7 @@ from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
 from contracts.deploy import contract_at
+from contracts.proofs import DOMAIN_NAME, DOMAIN_VERSION
 from ipsx.demo import curl_command, without_password
 from ipsx.demo_chain import (
     DEMO_DEPOSIT,
@@ -39,6 +40,7 @@ from ipsx.demo_chain import (
     prepare,
     running_node,
 )
+from tests.contracts.chain import channels_with_domain
 from tests.processes import process_tree_argv
 
 ANVIL = anvil_command() is not None
@@ -303,6 +305,23 @@ async def test_demo_chain_without_anvil_opens_the_channel_on_the_devchain_and_ke
     assert (again.channel_id, again.contracts, again.payout_channels) == (
         chain.channel_id, chain.contracts, chain.payout_channels
     )  # fmt: skip
+
+    # A data dir from a release whose PaymentChannels signs another domain version is refused.
+    async with running_node(again_node, workdir) as rpc_url:
+        w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 30}))
+        old = await asyncio.to_thread(
+            channels_with_domain, w3, chain.contracts["IPSXToken"], w3.eth.accounts[0], DOMAIN_NAME, "1"
+        )
+        record = json.loads(chain.deployment_file.read_text())
+        record["contracts"]["PaymentChannels"] = old
+        chain.deployment_file.write_text(json.dumps(record))
+        with pytest.raises(ChainUnavailable) as refused:
+            await asyncio.to_thread(prepare, rpc_url, tmp_path, requester, providers)
+    assert str(refused.value) == (
+        f"the demo chain of {chain.deployment_file} has a PaymentChannels contract this IPSX cannot use "
+        f"(it is version '1' and this IPSX signs for version '{DOMAIN_VERSION}'); "
+        "remove the data dir to start afresh"
+    )
 
 
 def test_choose_node_keeps_the_node_whose_state_the_data_dir_holds(tmp_path: Path) -> None:

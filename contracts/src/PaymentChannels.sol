@@ -15,6 +15,8 @@ import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 /// may go on taking payments on the channel once it has expired: an old consent cannot close the
 /// channel at an old balance later. Channel ids are keccak256(sender, receiver, n) with a per-pair
 /// counter n that never decreases, so a proof for a settled channel never matches a later one.
+/// EIP-712 domain version 2: the closing consent carries its expiry (version 1's did not), so an
+/// off-chain signer that reads `eip712Domain()` can tell which consent this deployment takes.
 contract PaymentChannels is EIP712 {
     using SafeERC20 for IERC20;
 
@@ -80,7 +82,7 @@ contract PaymentChannels is EIP712 {
     error ChallengePeriodActive(uint256 settleAfter);
     error ChallengePeriodOver(uint256 settleAfter);
 
-    constructor(IERC20 token_, uint256 challengePeriod_) EIP712("IPSX PaymentChannels", "1") {
+    constructor(IERC20 token_, uint256 challengePeriod_) EIP712("IPSX PaymentChannels", "2") {
         if (address(token_) == address(0) || challengePeriod_ == 0 || challengePeriod_ > type(uint32).max) {
             revert InvalidConfig();
         }

@@ -25,7 +25,7 @@ from web3.exceptions import ContractCustomError
 from web3.logs import DISCARD
 from web3.providers.eth_tester import EthereumTesterProvider
 
-from contracts import PACKAGE_DIR
+from contracts import PACKAGE_DIR, build, proofs
 from contracts.build import ensure_node_modules
 
 ANVIL_START_TIMEOUT = 30.0
@@ -220,3 +220,22 @@ def events(contract: Any, name: str, receipt: Any) -> list[dict[str, Any]]:
     return [
         dict(e["args"]) for e in getattr(contract.events, name)().process_receipt(receipt, errors=DISCARD)
     ]
+
+
+def channels_with_domain(w3: Web3, token: str, sender: str, name: str, version: str) -> str:
+    """Deploys a PaymentChannels built from this tree's source with the EIP-712 domain
+    (``name``, ``version``) instead of ours, on ``token``, from ``sender`` (unlocked on the node);
+    returns its address. A stand-in for a deployment of another release."""
+    unit = "src/PaymentChannels.sol"
+    standard = build.compiler_input()
+    text = standard["sources"][unit]["content"]
+    ours = f'EIP712("{proofs.DOMAIN_NAME}", "{proofs.DOMAIN_VERSION}")'
+    if ours not in text:
+        raise AssertionError(f"PaymentChannels.sol no longer declares {ours}")
+    standard["sources"][unit]["content"] = text.replace(ours, f'EIP712("{name}", "{version}")')
+    standard["settings"]["outputSelection"] = {unit: {"PaymentChannels": build.OUTPUTS}}
+    _, output = build.run_solc(standard)
+    compiled = output["contracts"][unit]["PaymentChannels"]
+    factory = w3.eth.contract(abi=compiled["abi"], bytecode="0x" + compiled["evm"]["bytecode"]["object"])
+    tx_hash = factory.constructor(token, 600).transact({"from": sender})
+    return str(w3.eth.wait_for_transaction_receipt(tx_hash, timeout=30)["contractAddress"])

@@ -99,7 +99,7 @@ def test_domain_matches_python(net: Net) -> None:
     fields, name, version, chain_id, contract, _, _ = net.channels.functions.eip712Domain().call()
     assert (name, version, chain_id, contract) == (
         "IPSX PaymentChannels",
-        "1",
+        "2",
         net.chain.chain_id,
         net.channels.address,
     )
