@@ -49,17 +49,19 @@ TRANSITIONS: Final[dict[str, frozenset[str]]] = {
 """The states a channel may go to from each state (a same-state entry updates its columns)."""
 
 _NOW: Final = "extract(epoch FROM now())"
-CONSENT_IN_FORCE: Final = (
-    f"c.consented_balance IS NOT NULL AND (c.consent_expires_at IS NULL OR c.consent_expires_at >= {_NOW})"
-)
-"""SQL (on ``channels c``): the operator's consent to close the channel has not expired yet (by the
-database's clock: what the API shows)."""
 CHAIN_PASSED_EXPIRY: Final = (
     "EXISTS (SELECT 1 FROM chain_cursors k WHERE k.name = 'channels:' || c.contract"
     " AND k.block_time > c.consent_expires_at)"
 )
 """SQL (on ``channels c``): the contract's watcher has applied a block stamped after the consent's
 expiry (``billing.chain`` keeps its cursor's block time)."""
+CONSENT_IN_FORCE: Final = (
+    "c.consented_balance IS NOT NULL AND (c.consent_expires_at IS NULL"
+    f" OR (c.consent_expires_at >= {_NOW} AND NOT {CHAIN_PASSED_EXPIRY}))"
+)
+"""SQL (on ``channels c``): the operator's consent to close the channel has not expired, by the
+database's clock nor by the chain's (a chain whose clock runs ahead refuses it before the
+database's clock reaches the expiry): what the API shows, and what asking again returns."""
 FROZEN: Final = (
     "c.consented_balance IS NOT NULL AND (c.consent_expires_at IS NULL"
     f" OR NOT {CHAIN_PASSED_EXPIRY})"
@@ -113,7 +115,7 @@ class Channel:
     proof_signature: str | None  # its 65-byte signature as 0x-hex
     consented_balance: Amount | None  # the balance the operator last consented to close at; None: none
     consent_expires_at: int | None  # that consent's expiry (unix seconds); None: it never expires
-    consent_in_force: bool  # the consent has not expired (when read, by the database's clock)
+    consent_in_force: bool  # the consent had not expired when read, by either clock (CONSENT_IN_FORCE)
     frozen: bool  # the consent may still close the channel: no usage billed on it, no proof above
     paid: Amount | None  # at settlement, to the receiver
     refunded: Amount | None  # at settlement, back to the sender

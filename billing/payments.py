@@ -244,7 +244,8 @@ async def consent(pool: asyncpg.Pool, channel: Channel, *, ttl: int) -> Channel:
     database's clock or by the last block the contract's watcher applied, whichever is later (a
     chain whose clock runs ahead still leaves the requester ``ttl``); returns the channel, frozen.
     A consent that has not expired is returned as it is (same balance, same expiry), so a consent
-    asked for again is the same consent; once it has expired, asking again is asking anew.
+    asked for again is the same consent; once it has expired, by the database's clock or by the
+    chain's (``channels.CONSENT_IN_FORCE``), asking again is asking anew.
 
     Given only when nothing is owed and, unless another usable channel can bill them, no deal of
     the requester is still running: from here on nothing is billed on the channel. Raises

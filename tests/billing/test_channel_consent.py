@@ -150,6 +150,24 @@ async def test_consent_call_after_the_expiry_gives_a_new_consent(pool: asyncpg.P
     assert (renewed.consent_in_force, renewed.frozen) == (True, True)
 
 
+async def test_consent_call_after_the_chain_passed_the_expiry_gives_a_new_consent(
+    pool: asyncpg.Pool, alice: int
+) -> None:
+    # The chain's clock runs ahead of the database's: its watcher applied a block stamped after
+    # the expiry while the database still counts the consent in force. The contract refuses the
+    # old consent, so asking again must not hand it back.
+    await paid_up_to(pool, 300)
+    first = await consent(pool)
+    assert first.consent_expires_at is not None and first.consent_expires_at > await db_now(pool)
+    await chain_at(pool, 1)
+    spent = await channel(pool)
+    assert (spent.consent_in_force, spent.frozen) == (False, False)
+    renewed = await consent(pool)
+    assert renewed.consented_balance == 300
+    assert renewed.consent_expires_at == first.consent_expires_at + 1 + HOUR  # from the chain's clock
+    assert (renewed.consent_in_force, renewed.frozen) == (True, True)
+
+
 async def test_consent_state_without_expiry_freezes_for_good(pool: asyncpg.Pool, alice: int) -> None:
     await consent(pool)
     # A consent given before consents expired: its contract takes it for good.
