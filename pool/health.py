@@ -118,8 +118,8 @@ class ExitHealth:
     (PROBING). The probe's success closes the breaker; its failure opens it again, longer. Trips
     and closes are in Redis within ``sync_interval`` and the other nodes follow at their next sync
     (each may then send a probe of its own); when two nodes disagree, the last write wins. Every
-    time here is the Redis server's (see the module's docstring); ``clock`` is this host's wall
-    clock, which only has to measure the seconds between two syncs.
+    time here is the Redis server's (see the module's docstring); ``clock`` is this host's
+    monotonic clock, which only has to measure the seconds between two syncs.
 
     Which failures are the exit's is the caller's call (``exit_fault``): the gateway's retryable
     dial errors (timeout, the exit failed, unreachable) are; a refusal by the destination, a name
@@ -132,7 +132,7 @@ class ExitHealth:
         node: str,
         *,
         settings: HealthSettings | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._redis = redis
         self._node = node

@@ -42,13 +42,17 @@ class ServerClock:
     It keeps the offset between the local clock and the server's, measured on each server time it
     is shown (``observe``: a ``TIME`` answer, or the time a script returned) to within half that
     call's round trip, and reads :meth:`now` as the local clock plus that offset. The local clock
-    then only measures the seconds since the last answer, so a host whose clock is minutes off
-    still judges by the server's. Before the first answer (``calibrated`` False) the offset is 0.
+    (monotonic by default) then only measures the seconds since the last answer, so neither a host
+    whose wall clock is minutes off nor one whose wall clock is stepped (NTP, an operator) judges
+    by anything but the server's. Before the first answer (``calibrated`` False) the estimate is
+    the host's ``wall`` clock.
     """
 
-    def __init__(self, local: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, local: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time
+    ) -> None:
         self._local = local
-        self._offset = 0.0
+        self._offset = wall() - local()
         self.calibrated = False
 
     def now(self) -> float:
