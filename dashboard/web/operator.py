@@ -68,7 +68,7 @@ async def overview(request: web.Request) -> web.StreamResponse:
             "by_type": sorted({info.type for info in exits}),
             "throughput": data.minutes_json(await data.throughput(pool), now),
             "outcomes": await data.outcomes(pool),
-            "exit_errors": data.exit_errors(health, now - data.WINDOW_MINUTES * 60),
+            "exit_errors": await data.recent_exit_errors(request.app[REDIS], health),
             "top_requesters": await data.top_requesters(pool, TOP_ROWS),
             "top_providers": await data.top_providers(pool, TOP_ROWS),
         },

@@ -18,6 +18,7 @@ from typing import Any, Final
 import aiohttp
 import asyncpg
 from aiohttp import web
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from billing import ledger
@@ -28,6 +29,7 @@ from matching import store
 from matching.errors import InvalidOrder
 from pool.models import ExitInfo
 from pool.registry import ExitRegistry
+from pool.server_time import time_seconds
 
 WINDOW_MINUTES: Final = 60
 INGESTION_LAG_ALERT: Final = 30.0  # seconds the oldest usage entry may wait before it is an alert
@@ -104,6 +106,14 @@ async def outcomes(pool: asyncpg.Pool, minutes: int = WINDOW_MINUTES) -> list[Ou
         Outcome(row["outcome"], row["streams"], row["bytes"], row["outcome"] not in NORMAL_OUTCOMES)
         for row in rows
     ]
+
+
+async def recent_exit_errors(redis: Redis, health: dict[str, dict[str, Any]]) -> list[tuple[str, int]]:
+    """The exits' dial and stream errors of the last ``WINDOW_MINUTES`` by reason, most frequent
+    first. The gateways date them by the Redis server's clock, so the window ends at its time,
+    not this host's."""
+    now = time_seconds(await redis.time())
+    return exit_errors(health, now - WINDOW_MINUTES * 60)
 
 
 def exit_errors(health: dict[str, dict[str, Any]], since: float) -> list[tuple[str, int]]:
