@@ -516,3 +516,33 @@ def test_commands_refuse_a_payment_channels_contract_of_another_domain(
         f"this IPSX signs for version '{proofs.DOMAIN_VERSION}'; is the deployment file of this network's "
         "current deployment?\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("database", "message"),
+    [
+        (
+            "postgresql://postgres:sekret@127.0.0.1:1/test",
+            "cannot use the database postgresql://postgres:[REDACTED]@127.0.0.1:1/test (IPSX_DATABASE_URL): "
+            "ConnectionRefusedError",
+        ),
+        (
+            "postgresql://ipsx_no_such_role:sekret@127.0.0.1:5432/test",
+            "(IPSX_DATABASE_URL): InvalidAuthorizationSpecificationError: "
+            'role "ipsx_no_such_role" does not exist',
+        ),
+    ],
+    ids=["refused", "no-role"],
+)
+def test_chain_services_name_a_database_they_cannot_use_in_one_line(
+    deployed: Deployed, base_env: dict[str, str], database: str, message: str
+) -> None:
+    # (A database that does not exist is created by the services, refused by reconcile: see
+    # test_reconcile_reads_the_database_as_it_is_and_creates_none.)
+    common = ("--rpc", deployed.rpc, "--deployment", str(deployed.path))
+    for command in (("chain", "watch"), ("chain", "anchor"), ("reconcile",)):
+        result = ipsx(*command, *common, env={**base_env, "IPSX_DATABASE_URL": database})
+        assert result.returncode == 2, (command, result.stdout + result.stderr)
+        assert message in result.stderr, (command, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, (command, result.stderr)
+        assert "sekret" not in result.stderr and "Traceback" not in result.stderr
