@@ -3,8 +3,11 @@
 Every record goes through :class:`RedactFilter` on the way out, whatever the format: API key
 secrets keep their key id only, ``Authorization``/``Proxy-Authorization`` values, bearer and basic
 credentials, JWTs, PEM private keys, 32-byte hex keys, passwords in URLs (``redis://:pass@host``,
-or ``user:pass@host`` without a scheme), API keys in RPC URLs' paths (``/v3/KEY``) and
-``password=``-style pairs (a quoted value whole) are replaced by ``[REDACTED]``. Redaction is by
+``//user:pass@host``, or ``user:pass@host`` without a scheme; the host and port stay), API keys
+in RPC URLs' paths (``/v3/KEY``), ``password=``-style pairs (a quoted value whole) and secrets
+after their name and a space (``--redis-password x``, ``PASSWORD 'x'``, ``requirepass x``,
+``password is x``) are replaced by ``[REDACTED]``. Where a text is ambiguous (``u:1234/x@h`` is a
+user's password or a host, a port and a path) the reading that hides more wins. Redaction is by
 pattern: it is the last line of defence, not a licence to log secrets (log key ids).
 
 ``REQUEST_ID`` carries the id of the API request being served (see ``dashboard.metrics``) into
@@ -56,21 +59,62 @@ def _secret_value(match: re.Match[str]) -> str:
     return f"{name}{quote}{REDACTED}{quote if closed else ''}"
 
 
+_SENSITIVE_NAME = r"(?:password|passwd|passphrase|secret|token|api[_-]?key|private[_-]?key)"
+# A secret after its name and a space, as command lines ("--redis-password s3cret"), SQL
+# ("PASSWORD 'x'"), Redis's configuration ("requirepass x") and prose ("the password is x")
+# write it; not a file's name (postgres.password). The word after the name may be the
+# message's own ("password authentication failed"): a word of _PROSE stays, any other goes (the
+# words after "token" and "secret" are too often prose, so only their options count).
+_SPACED_SECRET = re.compile(
+    rf"(?i)(?<![\w./-])((?:--?[a-z0-9_-]{{0,64}}?{_SENSITIVE_NAME}"
+    r"|[a-z0-9_]{0,64}?(?:password|passwd|passphrase)|requirepass|masterauth)"
+    r"(?:[^\S\n]+(?:is|was))?[^\S\n]+)" + _VALUE % r"(?![:=])\S+"
+)
+_PROSE_WORDS = """a an the this that these those it its of in on at to for from by with without
+    via into as and or but nor not no none is are was were be been being has have had does do did
+    can cannot could may might must shall should will would if when while then than so also too
+    only again yet authentication auth login required missing empty unset set changed reset
+    rotated expired invalid incorrect wrong mismatch failed failure error accepted rejected
+    refused denied given sent used kept stored saved read written found shown hidden protected
+    file hash length policy prompt configured provided supplied generated created updated"""
+_PROSE = frozenset(_PROSE_WORDS.split())
+
+
+def _spaced_secret(match: re.Match[str]) -> str:
+    value = match.group(2)
+    if value.startswith(REDACTED) or value.lower().rstrip(".,;:!?)") in _PROSE:
+        return match.group(0)
+    return _secret_value(match)
+
+
 # user:password@host: the password runs to the authority's last "@" (redis-py takes an unencoded
 # "@" in a password). One holding an unencoded "/", "?" or "#" runs to the last "@" of the word:
-# where it ends is ambiguous then, and a path hidden is better than a password shown; but digits
-# before that "/" after a host name are a port (host:8080/path@x), not a password. The bounds
-# keep a long line linear (a scheme's "//" ends the unbounded run).
-_SLASHED = r"(?:(?<=//:)|(?!\d{0,5}[/?#]))[^/?#@\s]{0,256}[/?#]\S{0,256}"
-# scheme://user:password@host: the user stays, the password goes. An IPv6 host ("[::1]") is no user.
+# where it ends is ambiguous then, and a path hidden is better than a password shown. Digits
+# before that "/" too: "u:1234/x@h" reads as host u, port 1234 and path /x@h as well as user u
+# with password 1234/x, and only the first reading would leave a secret in the log. The bounds
+# keep a long line linear.
+_SLASHED = r"[^/?#@\s]{0,256}[/?#]\S{0,256}"
+# [scheme:]//user:password@host: the user stays, the password goes. The user may hold an
+# unencoded "@" (URL parsers split the authority at its last one); an IPv6 host ("[::1]") is no
+# user.
 _URL_USERINFO = re.compile(
-    rf"(?i)\b([a-z][a-z0-9+.-]{{0,31}}://[^:/?#@\s\[\]]*):(?P<password>[^/?#\s]+|{_SLASHED})@"
+    rf"(?i)((?:[a-z][a-z0-9+.-]{{0,31}}:)?//[^:/?#\s\[\]]*):(?P<password>[^/?#\s]+|{_SLASHED})@"
 )
-# user:password@host without a scheme, as a word of its own; "mailto:a@b" is an e-mail address.
+# A password with spaces in it (URL parsers take one): the URL's first word has no "@", what
+# follows its ":" is no port, and an "@" comes later on the same line; the password runs to the
+# last "@" of that word. A host and port (digits to the end of the word, or to a "/", "?" or "#")
+# and then text with an "@" in it is left alone, unless the user is empty ("//:" is a password).
+_URL_SPACED = re.compile(
+    r"(?i)((?:[a-z][a-z0-9+.-]{0,31}:)?//[^:/?#\s\[\]]*):"
+    r"(?P<password>(?:(?<=//:)|(?!\d{0,5}[/?#]|\d{1,5}(?:\s|$)))[^\s@]{0,256}[^\S\n]"
+    r"[^\n@]{0,256}?(?:@[^\s@]{0,256}(?=@))*)@"
+)
+# user:password@host without a scheme, as a word of its own (the user may be an e-mail address);
+# "mailto:a@b" is an e-mail address.
 _BARE_USERINFO = re.compile(
-    rf"""(?<![^\s"'(<\[{{=,;])(?!mailto:)([\w.~%+-]+):(?!//)(?P<password>[^/?#\s]{{1,256}}|{_SLASHED})@"""
-    r"(?=[\w\[])"
+    rf"""(?<![^\s"'`(<\[{{=,;|])(?!mailto:)([\w.~%+!$*@-]+):(?!//)(?P<password>[^/?#\s]{{1,256}}|{_SLASHED})@"""
 )
+_USERINFO = (_URL_USERINFO, _URL_SPACED, _BARE_USERINFO)  # in this order: a URL's scheme first
 _KEEP_USER = rf"\1:{REDACTED}@"
 
 _PATTERNS: tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]], ...] = (
@@ -92,13 +136,16 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]], .
     (re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"), REDACTED),
     # API key secrets ipsx_<key id>_<random>: the key id is no secret and says which key it was
     (re.compile(r"(?<![A-Za-z0-9])(ipsx_[0-9a-f]{12}_)[A-Za-z0-9_-]+"), rf"\1{REDACTED}"),
+    # name=value and name: value, the name ending in a secret's word (PGPASSWORD, client_secret,
+    # x-api-key; a key: SECRET_KEY, aws_secret_access_key; but not "tokens" or "token_id")
     (
         re.compile(
-            r"(?i)\b((?:[a-z_]*_)?(?:password|passwd|passphrase|secret|token|api[_-]?key|private[_-]?key)"
-            r"[\"']?\s*[:=]\s*)" + _VALUE % r"[^\s\"',;&}]+"
+            rf"(?i)\b([a-z0-9_-]*?{_SENSITIVE_NAME}(?:[_-](?:access[_-])?key)?[\"']?\s*[:=]\s*)"
+            + _VALUE % r"[^\s\"',;&}]+"
         ),
         _secret_value,
     ),
+    (_SPACED_SECRET, _spaced_secret),
 )
 
 
@@ -109,45 +156,51 @@ def _hex_key(match: re.Match[str]) -> str:
 
 def redact(text: str) -> str:
     """``text`` with every secret-looking part replaced by ``[REDACTED]``."""
-    if "@" in text:  # no user info without one: most lines skip these two patterns
-        text = _BARE_USERINFO.sub(_KEEP_USER, _URL_USERINFO.sub(_KEEP_USER, text))
+    if "@" in text:  # no user info without one: most lines skip these patterns
+        for pattern in _USERINFO:
+            text = pattern.sub(_KEEP_USER, text)
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return _HEX32.sub(_hex_key, text)
 
 
 def redacted_url(url: str) -> str:
-    """``url`` with its user info's password, if it has one, replaced by ``[REDACTED]``, as a URL
-    parser splits it (a password holding a space or a ``!`` included); ``url`` itself when it does
-    not split (pattern redaction is then the caller's)."""
+    """``url`` with the password of its user info, if it has one, replaced by ``[REDACTED]``: as
+    a URL parser splits it (a password holding a space or a ``!`` included), and as
+    :func:`redact` finds one where the parser finds none or cannot split ``url`` (a password
+    with an unencoded ``/``, which the parser takes for a port and a path)."""
     try:
         parts = urlsplit(url)
         password = parts.password
     except ValueError:
-        return url
+        return redact(url)
     if password is None:
-        return url
+        return redact(url)
     user, _, host = parts.netloc.rpartition("@")
     name = user.partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{name}:{REDACTED}@{host}"))
+    return redact(urlunsplit(parts._replace(netloc=f"{name}:{REDACTED}@{host}")))
 
 
 def url_password(url: str) -> str | None:
     """The password of ``url``'s user info, as :func:`redact` finds it; None when it finds none."""
-    found = _URL_USERINFO.search(url) or _BARE_USERINFO.search(url)
-    return None if found is None else found["password"]
+    for pattern in _USERINFO:
+        found = pattern.search(url)
+        if found is not None:
+            return found["password"]
+    return None
 
 
 def redact_error(text: str, url: str) -> str:
     """``text``, an error about ``url``, redacted, and without any piece of ``url``'s password
     standing as a word of its own: a parser that stopped inside the password, at a "/", "?",
-    "#", "@" or ":" not percent-encoded, quotes the piece it could not read ("invalid port
-    'pa'"), which no pattern can tell from other words."""
+    "#", "@", ":" or space not percent-encoded, quotes the piece it could not read ("invalid
+    port 'pa'"), which no pattern can tell from other words."""
     text = redact(text)
     password = url_password(url)
     if not password:
         return text
-    for piece in sorted({password, *re.split(r"[/?#@:]", password)} - {""}, key=len, reverse=True):
+    pieces = {password, *re.split(r"[/?#@:\s]+", password)} - {""}
+    for piece in sorted(pieces, key=len, reverse=True):
         text = re.sub(rf"(?<![\w%.~+-]){re.escape(piece)}(?![\w%.~+-])", REDACTED, text)
     return text
 

@@ -135,7 +135,8 @@ def test_redact(message: str, kept: str) -> None:
         ("redis://:a@b@c@cache:6379/0 down", "redis://:[REDACTED]@cache:6379/0 down"),
         ("postgresql://ipsx:pa%40ss@db/x", "postgresql://ipsx:[REDACTED]@db/x"),  # percent-encoded
         # ... but not past the authority: an "@" later in the path or query is no password's
-        ("http://gw:8080/x?mail=a@b.example", "http://gw:8080/x?mail=a@b.example"),
+        ("http://gw/x?mail=a@b.example", "http://gw/x?mail=a@b.example"),
+        ("http://[::1]:8080/x?mail=a@b.example", "http://[::1]:8080/x?mail=a@b.example"),
         # node providers' RPC URLs with the API key as a path segment
         (
             "rpc https://mainnet.infura.io/v3/0123456789abcdef0123456789abcdef failed",
@@ -193,21 +194,117 @@ def test_redact_whole_secrets(message: str, kept: str) -> None:
         ("redis://:a@h1,redis://:b/c@h2 down", "redis://:[REDACTED]@h1,redis://:[REDACTED]@h2 down"),
     ],
 )
+def test_redact_user_info_passwords_with_slashes_and_without_a_scheme(message: str, kept: str) -> None:
+    assert logs.redact(message) == kept
+
+
+@pytest.mark.parametrize(
+    ("message", "kept"),
+    [
+        # digits before a "/": a port and a path, or a password; the password's reading wins
+        ("u:1234/x@h", "u:[REDACTED]@h"),
+        ("connecting to ipsx:1234/x@db:5432", "connecting to ipsx:[REDACTED]@db:5432"),
+        ("redis://u:1234/x@h:6379/0 refused", "redis://u:[REDACTED]@h:6379/0 refused"),
+        ("redis://u:80/x@h", "redis://u:[REDACTED]@h"),
+        # spaces in the password (URL parsers take them), on the line of a URL with a scheme
+        ("connect to redis://user:secret pass@host", "connect to redis://user:[REDACTED]@host"),
+        ("redis://user:secret pass@host:6379/0 down", "redis://user:[REDACTED]@host:6379/0 down"),
+        ("redis://:1234 5678@cache:6379/0", "redis://:[REDACTED]@cache:6379/0"),
+        ("redis://u:\tsecret@h", "redis://u:[REDACTED]@h"),
+        ("redis://:se cr@et@cache:6379/0 down", "redis://:[REDACTED]@cache:6379/0 down"),
+        # an "@", encoded or not, in the user or the password; IPv6 hosts; the product's schemes
+        ("postgresql://u:p@ss@[::1]:5432/x", "postgresql://u:[REDACTED]@[::1]:5432/x"),
+        ("user:pass@[::1]:6379", "user:[REDACTED]@[::1]:6379"),
+        ("redis://user:pass@[::1]:6379/0", "redis://user:[REDACTED]@[::1]:6379/0"),
+        ("http://a@b:SECRET@gw:8080", "http://a@b:[REDACTED]@gw:8080"),
+        ("http://a%40b:SECRET@gw:8080", "http://a%40b:[REDACTED]@gw:8080"),
+        ("login bob@example.com:SECRET@gw:8080", "login bob@example.com:[REDACTED]@gw:8080"),
+        ("rediss://default:s3cret@r.example:6380/0", "rediss://default:[REDACTED]@r.example:6380/0"),
+        (
+            "postgresql://ipsx:s3cret@db:5432/ipsx?sslmode=require",
+            "postgresql://ipsx:[REDACTED]@db:5432/ipsx?sslmode=require",
+        ),
+        (
+            "HTTP_PROXY=http://alice-country-fr-session-s1:SECRET@gw:8080",
+            "HTTP_PROXY=http://alice-country-fr-session-s1:[REDACTED]@gw:8080",
+        ),
+        (
+            "curl -x socks5h://alice-country-fr:SECRET@gw:1080 http://x/ip",
+            "curl -x socks5h://alice-country-fr:[REDACTED]@gw:1080 http://x/ip",
+        ),
+        ("redis+unix://:SECRET@/tmp/r.sock?db=0", "redis+unix://:[REDACTED]@/tmp/r.sock?db=0"),
+        ("proxy //u:SECRET@gw:8080", "proxy //u:[REDACTED]@gw:8080"),  # no scheme
+        ("proxy_http://u:SECRET@gw:8080", "proxy_http://u:[REDACTED]@gw:8080"),
+        ("`alice:SECRET@gw`", "`alice:[REDACTED]@gw`"),
+        ("cut short at alice:SECRET@", "cut short at alice:[REDACTED]@"),
+        ("alice:SECRET@-gw", "alice:[REDACTED]@-gw"),
+        ("redis://user!x:s3cret@cache:6379/0", "redis://user!x:[REDACTED]@cache:6379/0"),
+        ("user!x:s3cret@cache:6379", "user!x:[REDACTED]@cache:6379"),
+        # ambiguous (a port, then an "@" in the path): the path goes with what may be a password
+        ("http://host:8080/path@x", "http://host:[REDACTED]@x"),
+        ("gw:8080/v1/x@y", "gw:[REDACTED]@y"),
+        ("http://gw:8080/x?mail=a@b.example", "http://gw:[REDACTED]@b.example"),
+        ("http://host:/p@x", "http://host:[REDACTED]@x"),
+        ("redis://cache:oops and bob@x.example", "redis://cache:[REDACTED]@x.example"),  # no port
+    ],
+)
 def test_redact_user_info_passwords(message: str, kept: str) -> None:
+    assert logs.redact(message) == kept
+
+
+@pytest.mark.parametrize(
+    ("message", "kept"),
+    [
+        ("password secret", "password [REDACTED]"),
+        ("the password is hunter2", "the password is [REDACTED]"),
+        ("password\thunter2.", "password\t[REDACTED]"),
+        ("ipsx api --redis-password s3cr3t --port 1", "ipsx api --redis-password [REDACTED] --port 1"),
+        ("argv: ipsx pay --token sk-live-42 --once", "argv: ipsx pay --token [REDACTED] --once"),
+        ("--api-key sk-live-42", "--api-key [REDACTED]"),
+        ("ALTER ROLE \"ipsx\" PASSWORD 'pa ss'", "ALTER ROLE \"ipsx\" PASSWORD '[REDACTED]'"),
+        ("requirepass hunter2", "requirepass [REDACTED]"),
+        ("masterauth hunter2", "masterauth [REDACTED]"),
+        ("PGPASSWORD=hunter2 psql -h db", "PGPASSWORD=[REDACTED] psql -h db"),
+        (
+            "SECRET_KEY=hunter2 aws_secret_access_key: s3cr3t",
+            "SECRET_KEY=[REDACTED] aws_secret_access_key: [REDACTED]",
+        ),
+        ("headers x-api-key: sk-live-42", "headers x-api-key: [REDACTED]"),
+    ],
+)
+def test_redact_secrets_after_their_name(message: str, kept: str) -> None:
     assert logs.redact(message) == kept
 
 
 @pytest.mark.parametrize(
     "text",
     [
-        "http://host:8080/path@x",  # a port, then an "@" in the path
-        "gw:8080/v1/x@y",
+        'password authentication failed for user "ipsx"',
+        "setting a new password on PostgreSQL in /x and requiring it for every connection",
+        "PostgreSQL on port 5432 refused the password in /x/postgres.password (remove that file)",
+        "AUTH <password> called without any password configured for the default user.",
+        "the token does not let 0xab transfer yet; the session token has expired",
+        "this API key lacks the 'proxy' scope; give an API key with --token or IPSX_TOKEN",
+        "passwords do not match; password_encryption = md5; token_id=5 tokens=3",
+        "the password is not set",
+    ],
+)
+def test_redact_keeps_messages_about_secrets(text: str) -> None:
+    assert logs.redact(text) == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
         "http://[::1]:8080/x@y",
         "http://user@host:80/ and ssh git@github.com:org/repo.git",
         "peer [2001:db8::1]:443, fe80::1%eth0 and ::1 via db:5432, host:port",
         "mail a@b.com, mailto:bob@example.com",
         "pip install git+https://github.com/org/repo.git@v1.0",
-        "http://host:/p@x",
+        # a URL with a port, and later an "@" in other words of the line
+        "http://gw:8080 for bob@example.com",
+        "http://gw:8080/x and mail a@b.example",
+        "redis://cache:6379/0 as user@example",
     ],
 )
 def test_redact_leaves_what_only_looks_like_user_info(text: str) -> None:
@@ -236,6 +333,13 @@ def test_redact_leaves_what_only_looks_like_user_info(text: str) -> None:
         ),
         # a piece inside another word stays: "ss" in "class"
         ("redis://:pa/ss@h/0", "class of 'pa'", "class of '[REDACTED]'"),
+        # a space in the password: its words are pieces too
+        (
+            "redis://u:se cret@host/0",
+            "Port could not be cast to integer value as 'se'",
+            "Port could not be cast to integer value as '[REDACTED]'",
+        ),
+        ("redis://u:se cret@host/0", "no host 'cret'", "no host '[REDACTED]'"),
         # no password: the text is only redacted
         ("postgres://:::", "invalid literal for int() with base 10: '::'", None),
     ],
@@ -253,7 +357,10 @@ def test_url_password() -> None:
     assert logs.url_password("redis://:a@b@cache:6379/0") == "a@b"
     assert logs.url_password("ipsx:hunter2@db:5432") == "hunter2"
     assert logs.url_password("postgresql://postgres@db/ipsx") is None
-    assert logs.url_password("http://gw:8080/x?mail=a@b.example") is None
+    assert logs.url_password("http://gw/x?mail=a@b.example") is None
+    assert logs.url_password("redis://u:1234/x@h:6379/0") == "1234/x"
+    assert logs.url_password("connect to redis://user:secret pass@host") == "secret pass"
+    assert logs.url_password("http://gw:8080 for bob@example.com") is None
 
 
 def test_redact_keeps_api_paths() -> None:
@@ -307,15 +414,19 @@ def test_no_secret_in_text_lines(text_log: Capture) -> None:
 
 def test_no_user_info_password_in_log_lines(text_log: Capture) -> None:
     text_log.logger.warning("connecting to ipsx:hunter2@db:5432")
+    text_log.logger.warning("connect to %s", "redis://user:secret pass@host:6379/0")
+    text_log.logger.warning("connect to %s", "redis://u:1234/x@h")
     text_log.logger.warning("lost %s", "postgresql://ipsx:pa/ss#w@db:5432/ipsx")
     try:
         raise ConnectionError("redis://:se/cr#et@cache:6379/0 refused")
     except ConnectionError:
         text_log.logger.exception("redis")
     output = text_log.buffer.getvalue()
-    for secret in ("hunter2", "pa/ss", "ss#w", "se/cr", "cr#et"):
+    for secret in ("hunter2", "pa/ss", "ss#w", "se/cr", "cr#et", "secret pass", "1234/x"):
         assert secret not in output
     assert "connecting to ipsx:[REDACTED]@db:5432\n" in output
+    assert "connect to redis://user:[REDACTED]@host:6379/0\n" in output
+    assert "connect to redis://u:[REDACTED]@h\n" in output
     assert "lost postgresql://ipsx:[REDACTED]@db:5432/ipsx\n" in output
     assert "ConnectionError: redis://:[REDACTED]@cache:6379/0 refused" in output
 
@@ -384,6 +495,11 @@ def test_redacted_extra_fields_keep_their_container_kind() -> None:
         ("redis://:pw@cache:6379/0", "redis://:[REDACTED]@cache:6379/0"),
         ("postgresql://postgres@db:5432/ipsx", "postgresql://postgres@db:5432/ipsx"),
         ("postgres://:::", "postgres://:::"),
+        # where the parser finds no password (it reads a port and a path) or cannot split the URL
+        ("redis://u:1234/x@h:6379/0", "redis://u:[REDACTED]@h:6379/0"),
+        ("postgresql://ipsx:pa/ss@db:5432/ipsx", "postgresql://ipsx:[REDACTED]@db:5432/ipsx"),
+        ("http://u:pa[ss@h:1", "http://u:[REDACTED]@h:1"),
+        ("rediss://default:s3cret@r.example:6380/0", "rediss://default:[REDACTED]@r.example:6380/0"),
     ],
 )
 def test_redacted_url_hides_the_password_the_url_parser_finds(url: str, shown: str) -> None:
