@@ -86,21 +86,47 @@ def _time_frame(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_client_commands(sub: argparse._SubParsersAction[Any]) -> None:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
+_KEY_FILE = (
+    "(hex private key, or keystore JSON with IPSX_KEY_PASSWORD). Keep it chmod 600: a warning is "
+    "logged when group or others may read it"
+)
+
+
+def _key_file(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the path of your wallet's key file, not an empty string")
+    return text
+
+
+def _api_options(*, signs: bool) -> argparse.ArgumentParser:
+    """The options of the commands that call the API. With ``signs`` (commands that sign with the
+    wallet: balance proofs, payout proofs, channel transactions) --key is required, no variable
+    of the environment standing in for it, and there is no --token: the wallet signs in."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument(
         "--api",
         default=os.environ.get("IPSX_API_URL", DEFAULT_API),
         help=f"API base URL (default: $IPSX_API_URL, else {DEFAULT_API})",
     )
-    common.add_argument("--token", help="API key or session token (default: $IPSX_TOKEN)")
-    common.add_argument(
-        "--key",
-        help="wallet key file (hex private key, or keystore JSON with IPSX_KEY_PASSWORD): sign in with "
-        "Ethereum instead of a token. Keep it chmod 600: a warning is logged when group or others "
-        "may read it",
-    )
-    common.add_argument("--json", action="store_true", help="print the API's JSON as is")
+    if signs:
+        options.add_argument(
+            "--key",
+            required=True,
+            type=_key_file,
+            help=f"required: your wallet's key file, which signs and signs in with Ethereum {_KEY_FILE}",
+        )
+    else:
+        options.add_argument("--token", help="API key or session token (default: $IPSX_TOKEN)")
+        options.add_argument(
+            "--key", help=f"wallet key file: sign in with Ethereum instead of a token {_KEY_FILE}"
+        )
+    options.add_argument("--json", action="store_true", help="print the API's JSON as is")
+    return options
+
+
+def add_client_commands(sub: argparse._SubParsersAction[Any]) -> None:
+    common = _api_options(signs=False)
+    signing = _api_options(signs=True)
 
     order = sub.add_parser(
         "order", help="place, amend, list and cancel market orders and packages (through the API)"
@@ -246,7 +272,7 @@ def add_client_commands(sub: argparse._SubParsersAction[Any]) -> None:
     w_reject.add_argument("--reason", required=True, help="what its owner is told")
     pay = sub.add_parser(
         "pay",
-        parents=[common],
+        parents=[signing],
         help="run your payment agent: pay your channel's invoices with balance proofs (needs --key)",
         description="Signs, with the wallet of --key, the balance proofs that pay your open invoices, "
         "after checking each: it must continue the last balance signed, stay within the channel's "
@@ -271,7 +297,7 @@ def add_client_commands(sub: argparse._SubParsersAction[Any]) -> None:
     )
     payouts = sub.add_parser(
         "payouts",
-        parents=[common],
+        parents=[signing],
         help="as a provider: check and keep the payout proofs the hub signed for your earnings",
         description="Fetches your payout channels' latest balance proofs, checks that each is the "
         "operator's signature for that channel and not below the one you hold, and keeps the "
@@ -304,12 +330,12 @@ def add_client_commands(sub: argparse._SubParsersAction[Any]) -> None:
     )
     channel_actions = channel.add_subparsers(dest="action", required=True)
     c_open = channel_actions.add_parser(
-        "open", parents=[common, chain], help="as a requester: open a channel to the operator with IPSX"
+        "open", parents=[signing, chain], help="as a requester: open a channel to the operator with IPSX"
     )
     c_open.add_argument("--deposit", required=True, help="IPSX to lock in the channel, e.g. 25")
     c_close = channel_actions.add_parser(
         "close",
-        parents=[common, chain],
+        parents=[signing, chain],
         help="close a channel cooperatively: a requester's (once its invoices are paid) or a provider's "
         "payout channel (with the proof `ipsx payouts` kept)",
     )
