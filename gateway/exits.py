@@ -32,8 +32,8 @@ class BadBan(NoExit):
 
 
 class NoDeal(Exception):
-    """The market opened no deal for the requester: ``reason`` is ``insufficient_funds``,
-    ``no_offer`` or ``unavailable``."""
+    """The market opened no deal for the requester: ``reason`` is a key of :data:`NO_DEAL`
+    (``payment_required`` is the gateway's own)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -335,7 +335,21 @@ _MARKET_PROTOCOL = {"http": "http", "connect": "https", "socks5": "socks5"}  # s
 # The market opened no deal: status, X-IPSX-Error reason, SOCKS5 reply code, message.
 NO_DEAL: dict[str, tuple[int, str, int, str]] = {
     "insufficient_funds": (402, "insufficient_funds", 2, "your balance does not cover a deal; top it up"),
-    "no_offer": (502, "no_offer_matches", 3, "no offer matches the requested targeting at your prices"),
+    # why the market found no offer (matching.engine.Unmatched): none at all for the targeting,
+    # none at the requester's prices, or none with room now
+    "no_offer": (502, "no_offer_matches", 3, "no offer matches the requested targeting now, at any price"),
+    "above_price": (
+        502,
+        "offers_above_price",
+        3,
+        "offers match the requested targeting, but none at your prices (maxprice, else your spot price cap)",
+    ),
+    "offers_busy": (
+        502,
+        "offers_busy",
+        3,
+        "the offers that match the requested targeting have no room for another deal now; try again",
+    ),
     "unavailable": (503, "market_unavailable", 1, "the market did not answer; try again"),
     "payment_required": (
         402,

@@ -42,6 +42,8 @@ REFUSALS = (
     "bad_ban",
     "insufficient_funds",
     "no_offer",
+    "above_price",
+    "offers_busy",
     "unavailable",
     "payment_required",
     "other",

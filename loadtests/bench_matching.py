@@ -12,8 +12,19 @@ request and over every resting request per offer, same rules) replays the first
 reported, and the deals both opened on that slice are compared, which doubles as a check of the
 engine's price-time priority against brute force.
 
+A last phase ends deals while ``--live-deals`` others are live (default 1,000 and 10,000) and
+``--resting-requests`` wait on the book, through the market's own deal book
+(``matching.market_deals.DealBook.end``: route withdrawn, transition written, funds read, room
+freed and matched) with PostgreSQL and Redis stood in for by no-op answers, so the figure is the
+market's work under its lock without the round trips. Side by side, on a copy of the same world,
+the end of a deal as it was before the route index (a scan of every deal for the route's
+successor, the funds of every resting request's requester read from the ledger) ends the same
+deals; both must withdraw the same routes and open the same deals. It also times one tick's pass
+over the live deals (none due), which stays proportional to them.
+
     .venv/bin/python loadtests/bench_matching.py                  # about 30 s on one core
     .venv/bin/python loadtests/bench_matching.py --orders 10000 --baseline-orders 300
+    .venv/bin/python loadtests/bench_matching.py --orders 0 --baseline-orders 0   # deal ends only
     .venv/bin/python loadtests/bench_matching.py --json /tmp/matching.json
 
 Figures: orders/s (wall clock, ``time.perf_counter``) and CPU us per order (``time.process_time``,
@@ -23,19 +34,28 @@ which a busy neighbour on a shared machine does not inflate).
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
 import gc
 import json
 import platform
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from billing.ledger import Amount
-from matching.engine import Engine, InMemoryFunds, MatchResult
+from matching import routing, store
+from matching.deals import Actor, Deal, Event, EventKind, State, apply, propose
+from matching.engine import Engine, Fill, InMemoryFunds, MatchResult
 from matching.errors import UnknownOrder
+from matching.market import MarketSettings
+from matching.market_deals import DealBook
+from matching.market_orders import LedgerFunds
 from matching.orders import DAY, HOUR, PROTOCOLS, ExitAttributes, Offer, Request, RequestFilters
 
 CENTI = 10**16  # 0.01 IPSX in base units
@@ -332,6 +352,217 @@ def build_book(place: Callable[[Offer, float], object], offers: list[Offer]) -> 
     return Timing(len(offers), time.perf_counter() - wall, time.process_time() - cpu)
 
 
+# -- ending deals while many others are live ---------------------------------------------------------
+
+PLENTY = 10**30  # every requester's ledger balance in the deal-end phase: no reserve is refused
+DEAL_REQUESTERS = 2_000  # requesters of the live deals
+RESTING_REQUESTERS = 1_000  # requesters of the resting requests
+SAME_ROUTE = 0.3  # how often an exit's second deal is its first deal's requester's too
+WAITING_FOR_ROOM = 0.1  # resting requests that bid enough and wait for room, not priced below the asks
+
+
+class NoIO:
+    """Stands in for PostgreSQL and Redis under the market's deal book: every statement is answered
+    at once (each ledger balance as ``PLENTY``, no reseller markup) and counted, and the routes
+    withdrawn are recorded, so the two deal books can be compared."""
+
+    def __init__(self) -> None:
+        self.statements = 0
+        self.ledger_reads = 0  # funds refreshes that reached the ledger
+        self.ledger_accounts = 0  # accounts they read
+        self.withdrawn: list[tuple[str, ...]] = []  # (routes key, exit, deal, successor if any)
+
+    def acquire(self) -> NoIO:  # asyncpg.Pool
+        return self
+
+    def transaction(self) -> NoIO:  # asyncpg.Connection
+        return self
+
+    async def __aenter__(self) -> NoIO:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def execute(self, query: str, *args: object) -> None:
+        self.statements += 1
+
+    async def fetch(self, query: str, *args: Any) -> list[dict[str, Any]]:
+        self.statements += 1
+        if "ledger_balances" not in query:
+            return []  # reseller markups
+        self.ledger_reads += 1
+        self.ledger_accounts += len(args[0])
+        return [{"account": account, "balance": str(PLENTY)} for account in args[0]]
+
+    def register_script(self, script: str) -> Callable[..., Awaitable[None]]:  # redis.asyncio.Redis
+        async def run(keys: list[str], args: list[str]) -> None:
+            self.withdrawn.append((*keys, *args))
+
+        return run
+
+
+class LegacyDealBook(DealBook):
+    """The end of a deal as the market did it before the route index (commit d901904), verbatim,
+    for the baseline: a scan of every deal for the route's successor, and the funds of every
+    resting request's requester read again."""
+
+    async def end(self, deal: Deal, event: Event) -> MatchResult:
+        await routing.withdraw(self._redis, deal.requester, deal.exit_id, deal.deal_id, self._successor(deal))
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self.apply(deal.deal_id, event, conn)  # never cancelled here: no hold to void
+        await self._funds.refresh(status.request.requester for status in self._engine.resting_requests())
+        self._funds.expect_release(deal.requester, deal.reserve)
+        return self._engine.end_deal(deal.deal_id, float(event.at))
+
+    def _successor(self, deal: Deal) -> str | None:
+        for other in self.deals.values():
+            if (
+                other.deal_id != deal.deal_id
+                and other.state is State.ACTIVE
+                and (other.requester, other.exit_id) == (deal.requester, deal.exit_id)
+            ):
+                return other.deal_id
+        return None
+
+
+@dataclass(frozen=True)
+class DealWorld:
+    """Live deals as ``store.live_deals`` rows (two shared deals fill each exit), the exits'
+    offers and the requests resting beside them, all built before timing."""
+
+    rows: list[dict[str, Any]]
+    offers: list[Offer]
+    requests: list[Request]
+    ends: list[str]  # the deals to end, in order
+
+
+def build_deal_world(live: int, resting: int, ends: int, seed: int) -> DealWorld:
+    rng = random.Random(seed)
+    offers = [
+        dataclasses.replace(_offer(rng, n), sharing="shared", shared_capacity=2, min_duration_s=5)
+        for n in range((live + 1) // 2)
+    ]
+    rows: list[dict[str, Any]] = []
+    requester = ""
+    for k in range(live):
+        offer = offers[k // 2]
+        if k % 2 == 0 or rng.random() >= SAME_ROUTE:
+            requester = f"u{rng.randrange(DEAL_REQUESTERS)}"
+        fill = Fill(
+            deal_id=f"q{k}_{k + 1}",
+            request_id=f"q{k}",
+            offer_id=offer.offer_id,
+            requester=requester,
+            provider=offer.provider,
+            exit_id=offer.exit_id,
+            price_per_gb=offer.price_per_gb,
+            price_per_hour=offer.price_per_hour,
+            duration_s=DAY,
+            traffic_bytes=GB,
+            dedicated=False,
+            reserve=Amount(offer.price_per_gb + offer.price_per_hour * 24),
+            opened_at=0.0,
+        )
+        deal = propose(
+            deal_id=fill.deal_id,
+            requester=fill.requester,
+            provider=fill.provider,
+            exit_id=fill.exit_id,
+            price_per_gb=fill.price_per_gb,
+            price_per_hour=fill.price_per_hour,
+            reserve=fill.reserve,
+            duration_s=fill.duration_s,
+            traffic_bytes=fill.traffic_bytes,
+            created_at=0,
+            accepted=True,
+        )
+        deal, _ = apply(deal, Event(EventKind.READY, Actor.PROVIDER, 0))
+        row = {name: getattr(fill, name) for name in ("deal_id", "request_id", "offer_id", "requester")}
+        row |= {name: getattr(fill, name) for name in ("provider", "exit_id", "duration_s", "traffic_bytes")}
+        row |= {"price_per_gb": str(fill.price_per_gb), "price_per_hour": str(fill.price_per_hour)}
+        row |= {"reserve": str(fill.reserve), "dedicated": False, "spot": False, "created": 0.0}
+        rows.append(row | {"record": orjson.dumps(store.deal_record(deal)).decode()})
+    requests = []
+    for n in range(resting):
+        request = dataclasses.replace(
+            _request(rng, live + n), requester=f"u{rng.randrange(RESTING_REQUESTERS)}", rest=True
+        )
+        if rng.random() >= WAITING_FOR_ROOM:  # below every ask: it rests for good
+            low_gb, low_hour = rng.randint(10, 49) * CENTI, rng.randint(1, 4) * CENTI
+            request = dataclasses.replace(
+                request, max_price_per_gb=Amount(low_gb), max_price_per_hour=Amount(low_hour)
+            )
+        requests.append(request)
+    return DealWorld(rows, offers, requests, rng.sample([row["deal_id"] for row in rows], min(ends, live)))
+
+
+def deal_book(world: DealWorld, legacy: bool) -> tuple[DealBook, NoIO]:
+    """A market's deal book over ``world`` as a restart builds it: live deals, then offers, then
+    requests (every exit is full, so none trades)."""
+    io = NoIO()
+    db: Any = io  # for PostgreSQL and Redis alike
+    funds = LedgerFunds(db)
+    engine = Engine(funds)
+    kind = LegacyDealBook if legacy else DealBook
+    book = kind(db, db, db, engine, funds, MarketSettings(), clock=lambda: 1.0)
+    for row in world.rows:
+        book.restore(row)  # a dict reads as the asyncpg.Record does
+    for offer in world.offers:
+        engine.place_offer(offer, 0.0)
+    for request in world.requests:
+        if engine.place_request(request, 0.0).fills:
+            raise AssertionError("the deal world's exits should all be full")
+    return book, io
+
+
+@dataclass
+class DealEnds:
+    live: int
+    resting: int
+    ends: int
+    cpu_s: float
+    wall_s: float
+    io: NoIO
+    results: list[tuple[tuple[Fill, ...], tuple[str, ...]]]
+    tick_cpu_s: float
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "live_deals": self.live,
+            "resting_requests": self.resting,
+            "ends": self.ends,
+            "cpu_us_per_end": round(self.cpu_s / self.ends * 1e6, 1),
+            "wall_us_per_end": round(self.wall_s / self.ends * 1e6, 1),
+            "ledger_reads_per_end": round(self.io.ledger_reads / self.ends, 3),
+            "ledger_accounts_per_end": round(self.io.ledger_accounts / self.ends, 1),
+            "deals_opened_in_freed_room": sum(len(fills) for fills, _ in self.results),
+            "tick_pass_cpu_ms": round(self.tick_cpu_s * 1e3, 2),
+        }
+
+
+async def end_deals(world: DealWorld, legacy: bool) -> DealEnds:
+    """End ``world.ends`` one by one as the market does (a gateway's ``stopped``), then time one
+    tick's pass over the deals left (none due: no I/O)."""
+    book, io = deal_book(world, legacy)
+    gc.collect()
+    results = []
+    wall, cpu = time.perf_counter(), time.process_time()
+    for deal_id in world.ends:
+        freed = await book.end(book.deals[deal_id], Event(EventKind.STOPPED, Actor.GATEWAY, 1))
+        results.append((freed.fills, freed.unfunded))
+    cpu_s, wall_s = time.process_time() - cpu, time.perf_counter() - wall
+    live = {offer.exit_id for offer in world.offers}
+    tick = time.process_time()
+    for deal in list(book.deals.values()):
+        if await book.advance(deal, 2, live, 0, float("inf")) is not None:
+            raise AssertionError("no deal is due in the timed tick")
+    tick_cpu_s = time.process_time() - tick
+    return DealEnds(
+        len(world.rows), len(world.requests), len(world.ends), cpu_s, wall_s, io, results, tick_cpu_s
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--offers", type=int, default=100_000, help="resting offers (default: %(default)s)")
@@ -349,8 +580,72 @@ def main(argv: list[str] | None = None) -> int:
         help="gc.freeze() once the book is built, as a long-running service may after loading its"
         " state: full collections then skip the 100,000 offers (default: plain CPython)",
     )
+    parser.add_argument(
+        "--live-deals",
+        default="1000,10000",
+        help="live deals while deals end, comma-separated sizes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--resting-requests",
+        type=int,
+        default=2_000,
+        help="requests resting while deals end (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--deal-ends", type=int, default=1_000, help="deals ended per size, 0 to skip (default: %(default)s)"
+    )
     parser.add_argument("--json", metavar="OUT", help="also write the figures as JSON to OUT")
     args = parser.parse_args(argv)
+    agree = True
+    report: dict[str, Any] = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "seed": args.seed,
+        "gc_freeze": args.gc_freeze,
+    }
+    if args.orders:
+        agree = orders_phase(args, report)
+    if args.deal_ends:
+        agree = deal_ends_phase(args, report) and agree
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(report, out, indent=2)
+        print(f"figures written to {args.json}")
+    return 0 if agree else 1
+
+
+def deal_ends_phase(args: argparse.Namespace, report: dict[str, Any]) -> bool:
+    """Deals ended with many live, before and after the route index; True if both did the same."""
+    report["deal_ends"] = phase = []
+    agree = True
+    for live in (int(size) for size in args.live_deals.split(",")):
+        print(f"building {live:,} live deals, {args.resting_requests:,} resting requests", file=sys.stderr)
+        world = build_deal_world(live, args.resting_requests, args.deal_ends, args.seed)
+        before = asyncio.run(end_deals(world, legacy=True))
+        after = asyncio.run(end_deals(world, legacy=False))
+        same = before.results == after.results and before.io.withdrawn == after.io.withdrawn
+        agree = agree and same
+        b, a = before.figures(), after.figures()
+        phase.append({"before": b, "after": a, "same_routes_and_deals": same})
+        print(
+            f"\ndeal ends, {live:,} live deals, {args.resting_requests:,} resting requests"
+            f" (PostgreSQL and Redis stood in for): {b['ends']:,} ends"
+        )
+        for label, f in (("before", b), ("after", a)):
+            print(
+                f"  {label:<6}  {f['cpu_us_per_end']:>9,.1f} us CPU per end"
+                f" ({f['wall_us_per_end']:,.1f} wall);"
+                f" ledger read {f['ledger_reads_per_end']:.2f}x per end, {f['ledger_accounts_per_end']:,.1f}"
+                f" accounts; {f['deals_opened_in_freed_room']} deals opened in freed room;"
+                f" one tick's pass over the live deals {f['tick_pass_cpu_ms']:.2f} ms CPU"
+            )
+        speedup = b["cpu_us_per_end"] / a["cpu_us_per_end"] if a["cpu_us_per_end"] else 0.0
+        print(f"  {speedup:.1f}x less CPU per end; same routes withdrawn and deals opened: {same}")
+    return agree
+
+
+def orders_phase(args: argparse.Namespace, report: dict[str, Any]) -> bool:
+    """The order stream on the engine and, for a slice, on the naive matcher; True if they agree."""
 
     print(f"building {args.offers:,} offers, {args.orders:,} orders (seed {args.seed})", file=sys.stderr)
     stream = build_stream(args.offers, args.orders, args.seed)
@@ -363,20 +658,13 @@ def main(argv: list[str] | None = None) -> int:
     runner = engine_runner(engine)
     runner.cancellable = [offer.offer_id for offer in stream.book]
     run = timed("engine", stream.ops, runner.run)
-    report: dict[str, Any] = {
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "seed": args.seed,
-        "gc_freeze": args.gc_freeze,
-        "offers": args.offers,
-        "engine_book": book.figures(),
-        "engine": run.figures()
-        | {
-            "mix": runner.counts,
-            "fills": len(runner.fills),
-            "open_deals_at_end": len(engine.active_deals()),
-            "resting_requests_at_end": len(engine.resting_requests()),
-        },
+    report["offers"] = args.offers
+    report["engine_book"] = book.figures()
+    report["engine"] = run.figures() | {
+        "mix": runner.counts,
+        "fills": len(runner.fills),
+        "open_deals_at_end": len(engine.active_deals()),
+        "resting_requests_at_end": len(engine.resting_requests()),
     }
 
     slice_ = stream.ops[: args.baseline_orders]
@@ -417,11 +705,7 @@ def main(argv: list[str] | None = None) -> int:
             f"engine on the same {s['orders']:,} orders: {s['cpu_us_per_order']:.1f} us CPU/order;"
             f" speed-up {report['speedup_cpu']}x; same deals as the naive matcher: {report['fills_agree']}"
         )
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump(report, out, indent=2)
-        print(f"figures written to {args.json}")
-    return 0 if report.get("fills_agree", True) else 1
+    return bool(report.get("fills_agree", True))
 
 
 if __name__ == "__main__":

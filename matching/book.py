@@ -27,7 +27,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from bisect import bisect_left, bisect_right, insort
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from matching.errors import InvalidOrder
 from matching.orders import BYTES_PER_GB, HOUR, ExitAttributes, Offer, Request, is_expired
@@ -417,6 +417,7 @@ class Book:
     def __init__(self) -> None:
         self.offers: dict[str, RestingOffer] = {}
         self.offers_by_seq: dict[int, RestingOffer] = {}
+        self._by_bucket: dict[Bucket, dict[int, RestingOffer]] = {}  # every offer, room or not
         self.requests: dict[str, RestingRequest] = {}
         self.requests_by_seq: dict[int, RestingRequest] = {}
         self.exits: dict[str, ExitState] = {}
@@ -436,6 +437,8 @@ class Book:
         ro = RestingOffer(offer, self.next_seq())
         self.offers[offer.offer_id] = ro
         self.offers_by_seq[ro.seq] = ro
+        for bucket in buckets_of(offer.attributes):
+            self._by_bucket.setdefault(bucket, {})[ro.seq] = ro
         state.offers[ro.seq] = ro
         self._watch_expiry(offer.expires_at, ro.seq, offer.offer_id)
         self.refresh(state)
@@ -445,6 +448,11 @@ class Book:
         """Take ``ro`` off the book and out of every index."""
         del self.offers[ro.offer.offer_id]
         del self.offers_by_seq[ro.seq]
+        for bucket in buckets_of(ro.offer.attributes):
+            in_bucket = self._by_bucket[bucket]
+            del in_bucket[ro.seq]
+            if not in_bucket:
+                del self._by_bucket[bucket]
         state = self.exits[ro.offer.exit_id]
         del state.offers[ro.seq]
         for cls in (DEDICATED, SHARED):
@@ -452,6 +460,11 @@ class Book:
                 self.free[cls].remove(ro)
                 ro.free[cls] = False
         self._forget_exit_if_idle(ro.offer.exit_id)
+
+    def offers_in(self, bucket: Bucket) -> Iterable[RestingOffer]:
+        """Every resting offer of ``bucket``, whether its exit has room or not (a live view: the
+        book must not change while it is read)."""
+        return self._by_bucket.get(bucket, {}).values()
 
     def add_request(self, rr: RestingRequest) -> None:
         """Rest ``rr`` (built with a sequence from :meth:`next_seq`) and index it."""

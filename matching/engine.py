@@ -25,9 +25,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Protocol
 
-from billing.ledger import Amount
+from billing.ledger import MAX_AMOUNT, Amount
 from matching.book import (
     BEFORE_ALL,
     DEDICATED,
@@ -133,6 +134,14 @@ class MatchResult:
     def stopped_for_funds(self) -> bool:
         """True if some request stopped filling because its reserve was refused."""
         return bool(self.unfunded)
+
+
+class Unmatched(StrEnum):
+    """Why a request found no offer to open a deal on, funds aside (see :meth:`Engine.unmatched`)."""
+
+    NO_OFFER = "no_offer"  # no resting offer takes such deals for its filters, at any price
+    ABOVE_PRICE = "above_price"  # some do, but each asks more than the request's max prices
+    BUSY = "offers_busy"  # some do at its prices, but their exits have no room for it now
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,6 +316,23 @@ class Engine:
             self._serve(ro, now, fills, unfunded)
         return MatchResult(tuple(fills), False, tuple(unfunded))
 
+    def end_deal_requesters(self, deal_id: str, now: float) -> set[str]:
+        """The requesters whose funds ``end_deal(deal_id, now)``, called next, may ask to reserve:
+        those of the resting requests that accept one of the deal's exit's offers at ``now`` and
+        do not hold the exit yet, whatever room the end frees (the deal's own reserve is released,
+        not reserved). An owner that reads funds before each call reads these; the cost is that
+        of the compatible requests, not of the book or of the open deals.
+
+        Raises ``UnknownDeal``.
+        """
+        deal = self._deals.get(deal_id)
+        if deal is None:
+            raise UnknownDeal(deal_id)
+        requesters: set[str] = set()
+        for ro in self._book.exits[deal.exit_id].offers.values():
+            requesters.update(rr.request.requester for rr in self._takers(ro, now))
+        return requesters
+
     def restore_deal(self, deal: Fill) -> None:
         """Re-open a deal recorded before a restart: it takes its room on the exit again.
 
@@ -368,6 +394,25 @@ class Engine:
         return None
 
     # -- queries -----------------------------------------------------------------------------
+
+    def unmatched(self, request: Request, now: float) -> Unmatched:
+        """Why ``request`` finds no offer to open a deal on at ``now``, funds aside: asked after
+        placing it (immediate-or-cancel, as spot requests are) opened none. ``BUSY`` when some
+        resting offer accepts it but its exit has no room, else ``ABOVE_PRICE`` when some offer
+        would accept it at any price, else ``NO_OFFER``. Reads the offers of the request's
+        (country, type) bucket, room or not; offers the market keeps off the book (outside their
+        schedule) do not count.
+        """
+        at_any_price = dataclasses.replace(
+            request, max_price_per_gb=Amount(MAX_AMOUNT), max_price_per_hour=Amount(MAX_AMOUNT)
+        )
+        found = Unmatched.NO_OFFER
+        for ro in self._book.offers_in((request.filters.country, request.filters.type)):
+            if request.accepts(ro.offer, now):
+                return Unmatched.BUSY
+            if at_any_price.accepts(ro.offer, now):
+                found = Unmatched.ABOVE_PRICE
+        return found
 
     def depth(self, country: str | None = None, type: str | None = None) -> list[tuple[Amount, Amount, int]]:
         """``(price_per_gb, price_per_hour, offers)`` levels of offers with room, cheapest per GB first.
@@ -455,6 +500,25 @@ class Engine:
         if may_rest:
             self._book.add_request(rr)
         return MatchResult(tuple(fills), may_rest)
+
+    def _takers(self, ro: RestingOffer, now: float) -> Iterator[RestingRequest]:
+        """Resting requests that accept ``ro`` at ``now`` and do not hold its exit, room aside:
+        each once, walking only the queues (class, bucket) and blocks that may hold one."""
+        book, offer = self._book, ro.offer
+        gb, hour = offer.price_per_gb, offer.price_per_hour
+
+        def takes(seq: int) -> bool:
+            rr = book.requests_by_seq[seq]
+            return offer.exit_id not in rr.exits and rr.request.accepts(offer, now)
+
+        for cls, serves in ((DEDICATED, offer.serves_dedicated), (SHARED, offer.serves_shared)):
+            if not serves:
+                continue
+            for queue in book.waiting[cls].queues_for(offer.attributes):
+                key, _ = queue.first(BEFORE_ALL, gb, hour, takes)
+                while key is not None:
+                    yield book.requests_by_seq[key[1]]
+                    key, _ = queue.first(key, gb, hour, takes)
 
     def _serve(self, ro: RestingOffer, now: float, fills: list[Fill], unfunded: list[str]) -> None:
         """Fill resting requests against ``ro`` in request priority while its exit has room.

@@ -29,7 +29,7 @@ from billing.worker import ingested_until
 from matching import routing, store
 from matching.deal_errors import EventRefused
 from matching.deals import Actor, Deal, Event, EventKind, State, apply
-from matching.engine import Engine, MatchResult
+from matching.engine import Engine, MatchResult, Unmatched
 from matching.errors import MatchingError
 from matching.market_deals import DealBook
 from matching.market_orders import LedgerFunds, OrderDesk
@@ -278,6 +278,14 @@ class Market:
         exits at the best prices, immediate-or-cancel. The price per GB is capped by
         ``max_price_per_gb`` (the connection's ``maxprice``), else the account's preference, else
         the market's default."""
+        result, _ = await self._spot(account, filters, key_id, max_price_per_gb)
+        return result
+
+    async def _spot(
+        self, account: str, filters: RequestFilters, key_id: str | None, max_price_per_gb: int | None
+    ) -> tuple[MatchResult, Unmatched | None]:
+        """:meth:`spot`, and why it opened no deal when it opened none and funds were not short
+        (else ``None``), as the book stood when it was placed."""
         s = self.settings
         cap = max_price_per_gb or await store.spot_max_price(self._pool, account) or s.spot_max_price_per_gb
         request = Request(
@@ -294,8 +302,11 @@ class Market:
         )
         async with self._locked():
             result = await self._orders.place_spot(request, key_id)
+            unmatched = None
+            if not result.fills and not result.unfunded:
+                unmatched = self._engine.unmatched(request, self._clock())
             await self._commit(result, spot=True, key_id=key_id)
-        return result
+        return result, unmatched
 
     async def _check_new_order(self, order_id: str) -> None:
         if await store.order_exists(self._pool, order_id):
@@ -414,13 +425,19 @@ class Market:
             if queued is not None:
                 await store.requeue(conn, queued)
             new = await self._book.open_in(conn, result.fills, now=now, spot=spot, key_id=key_id)
-            resting = {status.request.request_id for status in self._engine.resting_requests()}
+            # Requests the operation touched that no longer rest are done (the engine is asked
+            # about those only: the book may hold any number of others).
             touched = {fill.request_id for fill in result.fills} | set(result.unfunded)
-            for request_id in sorted(touched - resting):
-                if not spot:
+            for request_id in sorted(touched):
+                if not spot and not self._engine.is_resting(request_id):
                     await store.update_order(conn, request_id, state="done")
             waits = placed is not None and placed[2] in self._orders.waiting
-            if placed is not None and placed[0] == "request" and placed[2] not in resting and not waits:
+            if (
+                placed is not None
+                and placed[0] == "request"
+                and not self._engine.is_resting(placed[2])
+                and not waits
+            ):
                 await store.update_order(conn, placed[2], state="done")
         await self._book.opened(new)
 
@@ -491,14 +508,17 @@ class Market:
             await routing.answer_spot(self._redis, asked.reply_to, answer)
 
     async def _answer_spot(self, asked: routing.SpotRequest) -> str:
+        """The answer to a gateway's spot request (see :meth:`routing.DealRoutes.ask_spot`)."""
         try:
-            result = await self.spot(
-                asked.requester, asked.filters, key_id=asked.key_id, max_price_per_gb=asked.max_price_per_gb
+            result, unmatched = await self._spot(
+                asked.requester, asked.filters, asked.key_id, asked.max_price_per_gb
             )
         except MarketRefused:
             return "unavailable"
         except MatchingError:
-            return "no_offer"
+            return Unmatched.NO_OFFER.value
         if result.fills:
             return "ok"
-        return "insufficient_funds" if result.unfunded else "no_offer"
+        if result.unfunded:
+            return "insufficient_funds"
+        return (unmatched or Unmatched.NO_OFFER).value

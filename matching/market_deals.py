@@ -77,7 +77,10 @@ class DealBook:
         self._funds = funds
         self._settings = settings
         self._clock = clock
-        self.deals: dict[str, Deal] = {}
+        self.deals: dict[str, Deal] = {}  # changed only through _keep and _drop
+        # The same deals' ids by (requester, exit id), each group in the order of ``deals``: a
+        # route's successor is looked for among the deals on its exit, not among all of them.
+        self._by_route: dict[tuple[str, str], dict[str, None]] = {}
 
     def restore(self, row: asyncpg.Record) -> None:
         """Take back a deal of ``store.live_deals``; a live one takes its room in the engine again."""
@@ -97,7 +100,7 @@ class DealBook:
             reserve=Amount(int(row["reserve"])),
             opened_at=float(row["created"]),
         )
-        self.deals[deal.deal_id] = deal
+        self._keep(deal)
         if deal.state in _LIVE:
             self._engine.restore_deal(fill)
 
@@ -144,8 +147,8 @@ class DealBook:
 
     async def opened(self, new: list[tuple[Fill, Deal]]) -> None:
         """The deals :meth:`open_in` wrote are committed: keep them and activate those whose exit is live."""
-        for fill, deal in new:
-            self.deals[fill.deal_id] = deal
+        for _, deal in new:
+            self._keep(deal)
         if new:
             await self.activate([deal.deal_id for _, deal in new])
 
@@ -159,10 +162,25 @@ class DealBook:
         else:
             await store.save_deal(conn, deal, record)
         if deal.state in (State.SETTLED, State.CANCELLED, State.EXPIRED):
-            self.deals.pop(deal_id, None)
+            self._drop(deal)
         else:
-            self.deals[deal_id] = deal
+            self._keep(deal)
         return deal
+
+    def _keep(self, deal: Deal) -> None:
+        """Keep ``deal`` (new, or the same deal after a transition) in ``deals`` and the route index."""
+        self.deals[deal.deal_id] = deal
+        self._by_route.setdefault((deal.requester, deal.exit_id), {})[deal.deal_id] = None
+
+    def _drop(self, deal: Deal) -> None:
+        """Forget a closed deal."""
+        self.deals.pop(deal.deal_id, None)
+        route = (deal.requester, deal.exit_id)
+        group = self._by_route.get(route)
+        if group is not None:
+            group.pop(deal.deal_id, None)
+            if not group:
+                del self._by_route[route]
 
     async def activate(self, deal_ids: list[str]) -> None:
         """Proposed deals whose exit is live become active and routable."""
@@ -219,21 +237,21 @@ class DealBook:
             ended = await self.apply(deal.deal_id, event, conn)
             if ended.state is State.CANCELLED and deal.reserve > 0:
                 await holds.resolve_in(conn, deal.deal_id, ())
-        # The room it frees may serve any resting request: on balances as the ledger has them
-        # now (a requester may have topped up), and its reserve released from that reading.
-        await self._funds.refresh(status.request.requester for status in self._engine.resting_requests())
+        # The room it frees is judged on balances as the ledger has them now (a requester may have
+        # topped up), and its reserve is released from that reading. Only the requesters the
+        # engine may reserve for in that room are read: the others' are read before the next
+        # call that may reserve for them, as every call does.
+        at = float(event.at)
+        await self._funds.refresh(self._engine.end_deal_requesters(deal.deal_id, at))
         self._funds.expect_release(deal.requester, deal.reserve)
-        return self._engine.end_deal(deal.deal_id, float(event.at))
+        return self._engine.end_deal(deal.deal_id, at)
 
     def _successor(self, deal: Deal) -> str | None:
-        """Another active deal of ``deal``'s requester on its exit, to route through it instead."""
-        for other in self.deals.values():
-            if (
-                other.deal_id != deal.deal_id
-                and other.state is State.ACTIVE
-                and (other.requester, other.exit_id) == (deal.requester, deal.exit_id)
-            ):
-                return other.deal_id
+        """Another active deal of ``deal``'s requester on its exit, to route through it instead:
+        the first in the order of ``deals``."""
+        for deal_id in self._by_route.get((deal.requester, deal.exit_id), ()):
+            if deal_id != deal.deal_id and self.deals[deal_id].state is State.ACTIVE:
+                return deal_id
         return None
 
     async def close(self, deal: Deal, at: int) -> None:

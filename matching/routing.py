@@ -194,8 +194,10 @@ class DealRoutes:
         key_id: str | None = None,
         max_price_per_gb: int | None = None,
     ) -> str:
-        """Ask the market for spot deals: ``ok``, ``no_offer``, ``insufficient_funds`` or
-        ``unavailable`` (no answer in time). Concurrent asks for the same terms share one."""
+        """Ask the market for spot deals: ``ok``; why it opened none, funds aside
+        (:class:`~matching.engine.Unmatched`: ``no_offer`` for the filters at any price,
+        ``above_price``, ``offers_busy``); ``insufficient_funds``; or ``unavailable`` (no answer in
+        time). Concurrent asks for the same terms share one."""
         key = (requester, filters, key_id, max_price_per_gb)
         pending = self._asking.get(key)
         if pending is not None:

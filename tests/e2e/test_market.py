@@ -201,7 +201,8 @@ def test_a_dedicated_exit_serves_one_requester_only(stack: Stack, market: Market
         market.proxy(stack, "-country-us", secret=carol.group(1), account="carol"),
         stack.origin.url("/ip"),
     )
-    assert refused.stdout.startswith("HTTP/1.1 502") and "X-IPSX-Error: no_offer_matches" in refused.stdout
+    assert refused.stdout.startswith("HTTP/1.1 502") and "X-IPSX-Error: offers_busy" in refused.stdout
+    assert "have no room for another deal now" in refused.stdout
     # Elsewhere carol is served, through deals of her own.
     assert (
         curl(
@@ -620,7 +621,17 @@ def test_a_scripted_market_matches_routes_settles_and_balances_to_the_base_unit(
             f"http://ugo-country-nl-maxprice-1.2:{ugo}@127.0.0.1:{market.proxy_port}",
             stack.origin.url("/ip"),
         )
-        assert refused.stdout.startswith("HTTP/1.1 502") and "no_offer_matches" in refused.stdout
+        assert refused.stdout.startswith("HTTP/1.1 502") and "none at your prices" in refused.stdout
+        assert "X-IPSX-Error: offers_above_price" in refused.stdout
+        # Nothing at all is offered in Portugal: no offer matches, at any price.
+        nothing = curl(
+            "-i",
+            "-x",
+            f"http://ugo-country-pt:{ugo}@127.0.0.1:{market.proxy_port}",
+            stack.origin.url("/ip"),
+        )
+        assert nothing.stdout.startswith("HTTP/1.1 502")
+        assert "X-IPSX-Error: no_offer_matches" in nothing.stdout and "at any price" in nothing.stdout
         as_ugo.cancel(resting["order_id"])
         all_deals = [d["deal_id"] for found in deals.values() for d in found]
         rows = stack.wait_usage("deal_id = ANY($1::text[])", all_deals, count=8)

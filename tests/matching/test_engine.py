@@ -539,6 +539,37 @@ def test_end_deal_serves_waiting_requests_with_the_freed_exit() -> None:
     assert eng.resting_requests() == []
 
 
+def test_end_deal_requesters_call() -> None:
+    eng, _ = engine()
+    eng.place_offer(make_offer("o1", sharing="dedicated", exit_id="x1"), 0.0)
+    eng.place_offer(make_offer("o2", 3 * IPSX, exit_id="x2"), 0.0)  # too dear for every request
+    eng.place_request(make_request("r1", dedicated=True, max_gb=2 * IPSX), 1.0)  # alice on x1
+    eng.place_request(make_request("takes", dedicated=True, requester="bob", max_gb=2 * IPSX), 1.0)
+    eng.place_request(make_request("shared", requester="carol", max_gb=2 * IPSX), 1.0)  # x1 is dedicated
+    eng.place_request(make_request("cheap", dedicated=True, requester="dave", max_gb=IPSX // 2), 1.0)
+    eng.place_request(
+        make_request("germany", dedicated=True, requester="erin", filters=RequestFilters(country="de")), 1.0
+    )
+    eng.place_request(make_request("again", ips=2, dedicated=True, max_gb=2 * IPSX), 1.0)  # alice once more
+    assert eng.end_deal_requesters("r1_1", 2.0) == {"bob", "alice"}
+    with pytest.raises(UnknownDeal) as caught:
+        eng.end_deal_requesters("nope_1", 2.0)
+    assert caught.value.deal_id == "nope_1"
+
+
+def test_end_deal_requesters_state() -> None:
+    eng, _ = engine()
+    eng.place_offer(make_offer("o1", sharing="dedicated", exit_id="x1"), 0.0)
+    eng.place_request(make_request("r1", ips=2, dedicated=True), 1.0)  # x1, and rests for one more
+    eng.place_request(make_request("r2", dedicated=True, requester="bob", expires_at=5.0), 1.0)
+    # r1 holds x1 already, so only bob may be served there; once r2 expired, no one.
+    assert eng.end_deal_requesters("r1_1", 2.0) == {"bob"}
+    assert eng.end_deal_requesters("r1_1", 5.0) == set()
+    # A query: the book and the deal are as they were.
+    assert [s.request.request_id for s in eng.resting_requests()] == ["r1", "r2"]
+    assert [d.deal_id for d in eng.active_deals()] == ["r1_1"]
+
+
 def test_spot_takes_the_cheapest_shared_room_and_never_rests() -> None:
     eng, funds = engine()
     eng.place_offer(make_offer("dedicated_only", IPSX, sharing="dedicated"), 0.0)
@@ -697,3 +728,61 @@ def test_queue_position_moves_only_when_the_order_is_requeued() -> None:
     assert repriced is not None and repriced > raised
     eng.cancel("a")
     assert eng.queue_position("a") is None and eng.queue_position("nope") is None
+
+
+def _why(eng: Engine, request_id: str, **terms: Any) -> str:
+    """Place an immediate-or-cancel request that must open no deal, and ask why it opened none."""
+    request = make_request(request_id, rest=False, **terms)
+    assert eng.place_request(request, 1.0).fills == ()
+    return eng.unmatched(request, 1.0)
+
+
+def test_unmatched_tells_no_offer_from_offers_above_the_prices_and_from_full_exits() -> None:
+    eng, _ = engine()
+    eng.place_offer(make_offer("de", 3 * IPSX, country="de", sharing="shared"), 0.0)  # room for one
+    de = RequestFilters(country="de")
+    assert _why(eng, "r_us", filters=RequestFilters(country="us")) == "no_offer"  # none at any price
+    assert _why(eng, "r_de", filters=de, max_gb=2 * IPSX) == "above_price"
+    assert _why(eng, "r_any", max_gb=2 * IPSX) == "above_price"  # no filter: every offer counts
+    assert offers_of(eng.place_request(make_request("r_fill", filters=de, rest=False), 1.0)) == ["de"]
+    assert _why(eng, "r_full", filters=de) == "offers_busy"  # at its prices, but the exit is full
+    assert _why(eng, "r_full_cheap", filters=de, max_gb=2 * IPSX) == "above_price"
+    # An offer within the prices, full, outranks one above them with room.
+    eng.place_offer(make_offer("de_dear", 9 * IPSX, country="de", sharing="shared"), 0.0)
+    assert _why(eng, "r_both", filters=de, max_gb=5 * IPSX) == "offers_busy"
+    # A query: the book is as it was.
+    assert [o.offer_id for o in eng.resting_offers()] == ["de", "de_dear"]
+    assert eng.resting_requests() == []
+
+
+@pytest.mark.parametrize(
+    ("offer", "terms"),
+    [
+        (make_offer("o", country="de", sharing="dedicated"), {}),  # takes no shared deal
+        (make_offer("o", country="de", protocols=frozenset({"socks5"})), {}),
+        (make_offer("o", country="de", min_duration_s=7200), {"duration": 3600}),
+        (make_offer("o", country="de", expires_at=1.0), {}),
+        (
+            make_offer("o", country="de", type="mobile"),
+            {"filters": RequestFilters(country="de", type="datacenter")},
+        ),
+        (
+            make_offer("o", attributes=ExitAttributes(country="de", type="residential", city="berlin")),
+            {"filters": RequestFilters(country="de", city="munich")},
+        ),
+    ],
+)
+def test_unmatched_counts_no_offer_whose_other_terms_refuse_the_request(
+    offer: Offer, terms: dict[str, Any]
+) -> None:
+    eng, _ = engine()
+    eng.place_offer(offer, 0.0)
+    terms = {"filters": RequestFilters(country="de"), **terms}
+    assert _why(eng, "r", max_gb=IPSX // 2, **terms) == "no_offer"  # above its price, too: no matter
+
+
+def test_unmatched_forgets_the_offers_that_left_the_book() -> None:
+    eng, _ = engine()
+    eng.place_offer(make_offer("de", 3 * IPSX, country="de"), 0.0)
+    eng.cancel("de")
+    assert _why(eng, "r", filters=RequestFilters(country="de"), max_gb=IPSX) == "no_offer"

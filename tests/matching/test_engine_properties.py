@@ -94,6 +94,13 @@ def run(engine: Engine, op: Op) -> object:
     raise AssertionError(f"unknown op {name}")
 
 
+def request_accepts(request: Request, offer: Offer, now: float, fills: dict[str, list[Fill]]) -> bool:
+    """``request`` would take a deal on ``offer`` at ``now`` if its exit had room: it accepts the
+    offer and holds no deal (open or ended) on that exit yet."""
+    held = {fill.exit_id for fill in fills.get(request.request_id, [])}
+    return offer.exit_id not in held and request.accepts(offer, now)
+
+
 def has_room(offer: Offer, dedicated: bool, deals: list[Fill]) -> bool:
     on_exit = [d for d in deals if d.exit_id == offer.exit_id]
     if any(d.dedicated for d in on_exit):
@@ -344,8 +351,25 @@ class EngineMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def end_deal(self, data: st.DataObject) -> None:
         deal_id = data.draw(st.sampled_from(sorted(self.active)))
+        # Who the end may reserve for, by the engine and by brute force: every request that
+        # accepts an offer on the exit and does not hold it yet, room aside.
+        exit_id = self.active[deal_id].exit_id
+        on_exit = [offer for offer in self.engine.resting_offers() if offer.exit_id == exit_id]
+        expected = {
+            status.request.requester
+            for status in self.engine.resting_requests()
+            for offer in on_exit
+            if request_accepts(status.request, offer, self.now, self.fills)
+        }
+        requesters = self.engine.end_deal_requesters(deal_id, self.now)
+        assert requesters == expected
         result = self.apply(("end", deal_id, self.now))
         del self.active[deal_id]
+        assert isinstance(result, MatchResult)
+        # Each reserve the end asked for opened a deal or dropped a request: all among them.
+        asked = {fill.requester for fill in result.fills}
+        asked |= {self.requests[request_id].requester for request_id in result.unfunded}
+        assert asked <= requesters
         self.record_result(result)
 
     @rule(

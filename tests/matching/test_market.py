@@ -300,8 +300,18 @@ async def test_spot_through_the_redis_queue(market: Market, pg: asyncpg.Pool, rd
         found = await routes.routes("alice")
         assert set(found) == {"e0", "e1", "e2"}
         assert await pg.fetchval("SELECT count(*) FROM deals WHERE spot AND state = 'active'") == 3
-        # No offer in Germany; and a requester with no money gets no deal.
-        assert await routes.ask_spot("alice", RequestFilters(country="de", protocol="https")) == "no_offer"
+        # No offer in Germany, at any price; offers in France, but not at 0.5 IPSX/GB.
+        de = RequestFilters(country="de", protocol="https")
+        assert await routes.ask_spot("alice", de) == "no_offer"
+        fr = RequestFilters(country="fr", protocol="https")
+        assert await routes.ask_spot("alice", fr, max_price_per_gb=IPSX // 2) == "above_price"
+        # One German exit with room for one shared deal: taken, then full.
+        await online(rds, "e_de", country="de")
+        await offer(market, "e_de", price_gb=IPSX, shared_capacity=1)
+        assert await routes.ask_spot("alice", de) == "ok"
+        assert await routes.ask_spot("alice", de) == "offers_busy"
+        assert await routes.ask_spot("alice", de, max_price_per_gb=IPSX // 2) == "above_price"
+        # A requester with no money gets no deal.
         await create_account(pg, address="0x" + "12" * 20, name="carol")
         assert (
             await routes.ask_spot("carol", RequestFilters(country="fr", protocol="https"))
