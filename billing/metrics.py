@@ -29,6 +29,7 @@ from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from ipsx.listen import listening
 from pool.server_time import time_seconds
 
 log = logging.getLogger(__name__)
@@ -81,14 +82,17 @@ async def serving_metrics(
     *,
     ready: ReadyCheck,
     refresh: Refresh | None = None,
+    option: str = "--metrics-port",
 ) -> AsyncIterator[int]:
     """Serve /metrics, /healthz and /readyz on ``host:port``; yields the bound port (useful
-    with port 0). Raises OSError when the port cannot be bound."""
+    with port 0). Raises :class:`ipsx.listen.ListenError`, naming the command-line ``option``
+    that set the port, when it cannot be bound."""
     runner = web.AppRunner(_health_app(registry, ready, refresh), access_log=None)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)
-        await site.start()
+        with listening(option, host, port):
+            await site.start()
         bound = int(runner.addresses[0][1])
         log.info("metrics on http://%s:%d/metrics (and /healthz, /readyz)", host, bound)
         yield bound

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import cast
 
 import aiohttp
 from aiohttp import web
@@ -30,6 +31,7 @@ from dashboard.routes_resellers import routes as reseller_routes
 from dashboard.routes_withdrawals import routes as withdrawal_routes
 from dashboard.settings import ApiSettings
 from dashboard.web import add_web_routes
+from ipsx.listen import listening
 from matching.market import MarketSettings
 from pool.client import redis_from_url
 
@@ -96,24 +98,61 @@ def build_app(settings: ApiSettings) -> web.Application:
     return app
 
 
+class _BoundSite(web.BaseSite):
+    """A site on a server bound before the application started: connections wait in its
+    backlog until the site starts serving them."""
+
+    __slots__ = ("_bound",)
+
+    def __init__(self, runner: web.AppRunner, bound: asyncio.Server) -> None:
+        super().__init__(runner)
+        self._bound = bound
+
+    @property
+    def name(self) -> str:
+        host, port = self._bound.sockets[0].getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    async def start(self) -> None:
+        await super().start()
+        self._server = self._bound  # closed by the site's stop, at the runner's cleanup
+        await self._bound.start_serving()
+
+
+def _handler(runner: web.AppRunner) -> asyncio.BaseProtocol:
+    """A connection's handler, from the runner's server: the bound server accepts connections
+    only once the runner is set up."""
+    return cast(web.Server, runner.server)()
+
+
 @contextlib.asynccontextmanager
 async def running_api(settings: ApiSettings) -> AsyncIterator[int]:
-    """Serve the API; yields the bound port (useful with port 0)."""
+    """Serve the API; yields the bound port (useful with port 0).
+
+    The port is bound before the application starts (PostgreSQL, Redis, the market seat), so
+    an API that cannot listen has started nothing, no market among it: that raises
+    :class:`ipsx.listen.ListenError` (for ``--port``).
+    """
     runner = web.AppRunner(build_app(settings), access_log=None)
-    await runner.setup()
+    with listening("--port", settings.host, settings.port):
+        bound = await asyncio.get_running_loop().create_server(
+            lambda: _handler(runner), settings.host, settings.port, backlog=128, start_serving=False
+        )
     try:
-        site = web.TCPSite(runner, settings.host, settings.port)
-        await site.start()
-        server = site._server
-        port = settings.port
-        if isinstance(server, asyncio.Server) and server.sockets:
-            port = int(server.sockets[0].getsockname()[1])
+        await runner.setup()
+    except BaseException:
+        bound.close()
+        raise
+    try:
+        await _BoundSite(runner, bound).start()
+        port = int(runner.addresses[0][1])
         if not settings.advertise_url:  # other API nodes forward market calls here
             runner.app[SEAT].advertise(default_advertise_url(settings.host, port))
         log.info("API on http://%s:%d (OpenAPI document at /openapi.json)", settings.host, port)
         yield port
     finally:
         await runner.cleanup()
+        bound.close()  # already, unless the site never started
 
 
 async def run_api(settings: ApiSettings, stop: asyncio.Event) -> None:

@@ -23,6 +23,7 @@ from gateway.metrics import GatewayCollector, GatewayStats
 from gateway.settings import GatewaySettings
 from gateway.tickets import TicketKey
 from gateway.tunnel import TunnelHub
+from ipsx.listen import listening
 from matching.routing import DealRoutes
 from pool.bans import BanBook
 from pool.client import redis_from_url
@@ -49,7 +50,8 @@ class GatewayPorts:
 async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayPorts]:
     """Start a gateway node; on exit stop accepting, cut open streams, flush usage, close.
 
-    Resources are opened in order and closed in reverse, whatever fails in between.
+    Resources are opened in order and closed in reverse, whatever fails in between. Raises
+    :class:`ipsx.listen.ListenError`, naming the option of the port, when a port cannot be bound.
     """
     async with contextlib.AsyncExitStack() as stack:
         redis = redis_from_url(settings.redis_url)
@@ -122,16 +124,19 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[GatewayPor
 
         reuse = settings.reuse_port
         http = Listener(front.handle)
-        http_port = await http.start(settings.host, settings.http_port, reuse_port=reuse)
+        with listening("--http-port", settings.host, settings.http_port):
+            http_port = await http.start(settings.host, settings.http_port, reuse_port=reuse)
         stack.push_async_callback(http.close)
         socks = Listener(front.handle)
-        socks_port = await socks.start(settings.host, settings.socks_port, reuse_port=reuse)
+        with listening("--socks-port", settings.host, settings.socks_port):
+            socks_port = await socks.start(settings.host, settings.socks_port, reuse_port=reuse)
         stack.push_async_callback(socks.close)
         listeners = [http, socks]
         reseller_ports: dict[str, int] = {}
         for (name, port), (_, reseller_front) in zip(settings.reseller_ports, branded, strict=True):
             listener = Listener(reseller_front.handle)
-            reseller_ports[name] = await listener.start(settings.host, port, reuse_port=reuse)
+            with listening(f"--reseller-port {name}={port}", settings.host, port):
+                reseller_ports[name] = await listener.start(settings.host, port, reuse_port=reuse)
             stack.push_async_callback(listener.close)
             listeners.append(listener)
         metrics_port = None

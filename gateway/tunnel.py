@@ -35,6 +35,7 @@ from gateway.tickets import TicketKey
 from gateway.tunnel_reports import AgentReports
 from gateway.tunnel_streams import MAX_POOL, LinkTable, ProviderLink
 from gateway.wire import WireError
+from ipsx.listen import listening
 from pool.models import EXIT_TYPES, ExitInfo
 from pool.nodes import NodeInfo
 from pool.registry import ExitRegistry
@@ -148,20 +149,22 @@ class TunnelHub(LinkTable):
 
     # the endpoint agents dial
     async def start(self, host: str, port: int) -> int:
-        """Listen for agents on ``host:port``; returns the bound port."""
+        """Listen for agents on ``host:port``; returns the bound port. Raises
+        :class:`ipsx.listen.ListenError` (for ``--tunnel-port``) when it cannot be bound."""
         loop = asyncio.get_running_loop()
         context = None
         if self._settings.tunnel_cert:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(self._settings.tunnel_cert, self._settings.tunnel_key)
-        self._server = await loop.create_server(
-            lambda: _AgentConn(self),
-            host,
-            port,
-            backlog=2048,
-            ssl=context,
-            ssl_handshake_timeout=self._settings.handshake_timeout if context else None,
-        )
+        with listening("--tunnel-port", host, port):
+            self._server = await loop.create_server(
+                lambda: _AgentConn(self),
+                host,
+                port,
+                backlog=2048,
+                ssl=context,
+                ssl_handshake_timeout=self._settings.handshake_timeout if context else None,
+            )
         return int(self._server.sockets[0].getsockname()[1])
 
     def _first_line(self, conn: _AgentConn) -> None:

@@ -19,9 +19,15 @@ from ipsx.chain_parsers import add_chain_commands
 from ipsx.client_commands import add_client_commands
 from ipsx.devchain import add_devchain_parser
 from ipsx.inspect_command import add_inspect_command
+from ipsx.listen import port_number
 from ipsx.provide_parser import add_provide_command
 from ipsx.reseller_commands import add_reseller_commands
-from ipsx.service_parsers import add_api_command, add_gateway_command, add_worker_command, positive_seconds
+from ipsx.service_parsers import (
+    add_api_command,
+    add_gateway_command,
+    add_worker_command,
+    positive_seconds,
+)
 from ipsx.settings import Environment
 
 DESCRIPTION = """\
@@ -99,18 +105,24 @@ def _add_demo(sub: argparse._SubParsersAction[Any]) -> None:
     demo.add_argument(
         "--data-dir", type=Path, default=Path(".ipsx"), help="state directory (default: %(default)s)"
     )
-    demo.add_argument("--http-port", type=int, default=8080, help="HTTP proxy port (default: %(default)s)")
-    demo.add_argument("--socks-port", type=int, default=1080, help="SOCKS5 port (default: %(default)s)")
     demo.add_argument(
-        "--tunnel-port", type=int, default=8443, help="provider tunnel port (default: %(default)s)"
+        "--http-port", type=port_number, default=8080, help="HTTP proxy port (default: %(default)s)"
+    )
+    demo.add_argument(
+        "--socks-port", type=port_number, default=1080, help="SOCKS5 port (default: %(default)s)"
+    )
+    demo.add_argument(
+        "--tunnel-port", type=port_number, default=8443, help="provider tunnel port (default: %(default)s)"
     )
     demo.add_argument(
         "--origin-port",
-        type=int,
+        type=port_number,
         default=18000,
         help="port of the demo page that shows which exit a request left from (default: %(default)s)",
     )
-    demo.add_argument("--api-port", type=int, default=8000, help="REST API port (default: %(default)s)")
+    demo.add_argument(
+        "--api-port", type=port_number, default=8000, help="REST API port (default: %(default)s)"
+    )
     demo.add_argument(
         "--once",
         action="store_true",

@@ -12,6 +12,7 @@ import secrets
 import socket
 import sys
 import zoneinfo
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from gateway.settings import GatewaySettings, default_node_id
 from gateway.targeting import TargetingError, parse_rules
 from ipsx import runtime
 from ipsx.client_commands import ClientError, run_client_command
+from ipsx.listen import ListenError
 from ipsx.logs import redact_error, redacted_url, url_password
 from ipsx.payagent import keep_payouts_every
 from ipsx.settings import Environment
@@ -126,15 +128,26 @@ def check_services(database_url: str, redis_url: str, *, ping_redis: bool) -> No
     asyncio.run(check())
 
 
+def run_service(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
+    """``runtime.run(main)`` for a service: a port it cannot listen on (in use, privileged, an
+    address this host lacks) raises a UsageError, one line naming the option and the address,
+    instead of a traceback."""
+    try:
+        runtime.run(main)
+    except ListenError as error:
+        raise UsageError(str(error)) from None
+
+
 def serve_gateway(settings: GatewaySettings) -> None:
     """What each ``ipsx gateway --workers`` process runs: :func:`check_services`, then the node.
-    A failed check is one line on stderr and exit status 1, a failure at startup to the
-    supervisor, which starts the process again later (the service may be on its way up)."""
+    A failed check or a port it cannot listen on is one line on stderr and exit status 1, a
+    failure at startup to the supervisor, which starts the process again later (the service may
+    be on its way up, the port's old owner on its way out)."""
     try:
         check_services(settings.database_url, settings.redis_url, ping_redis=True)
+        run_service(lambda stop: run_gateway(settings, stop))
     except UsageError as error:
         sys.exit(f"ipsx gateway: {error}")
-    runtime.run(lambda stop: run_gateway(settings, stop))
 
 
 async def migrate(dsn: str) -> list[str]:
@@ -174,7 +187,7 @@ def cmd_gateway(args: argparse.Namespace, env: Environment) -> None:
     )
     if args.workers == 1:
         check_services(settings.database_url, settings.redis_url, ping_redis=True)
-        runtime.run(lambda stop: run_gateway(settings, stop))
+        run_service(lambda stop: run_gateway(settings, stop))
         return
     try:
         workers = worker_settings(settings, args.workers)
@@ -199,7 +212,7 @@ def cmd_worker(args: argparse.Namespace, env: Environment) -> None:
         **({"consumer": args.consumer} if args.consumer else {}),
     )
     check_services(settings.database_url, settings.redis_url, ping_redis=False)
-    runtime.run(lambda stop: run_worker(settings, stop=stop))
+    run_service(lambda stop: run_worker(settings, stop=stop))
 
 
 def cmd_api(args: argparse.Namespace, env: Environment) -> None:
@@ -254,7 +267,7 @@ def cmd_api(args: argparse.Namespace, env: Environment) -> None:
         inspect_ca_secret=inspect_ca_secret,
     )
     check_services(settings.database_url, settings.redis_url, ping_redis=False)
-    runtime.run(lambda stop: run_api(settings, stop))
+    run_service(lambda stop: run_api(settings, stop))
 
 
 def _operator_key(channels_address: str | None) -> str | None:
@@ -505,6 +518,7 @@ def provide_status(args: argparse.Namespace) -> None:
 
 def cmd_demo(args: argparse.Namespace, env: Environment) -> None:
     from ipsx.demo import DemoOptions, run_demo
+    from ipsx.embedded import EmbeddedServiceError
 
     options = DemoOptions(
         data_dir=args.data_dir,
@@ -516,7 +530,10 @@ def cmd_demo(args: argparse.Namespace, env: Environment) -> None:
         once=args.once,
         chain=args.chain,
     )
-    runtime.run(lambda stop: run_demo(options, env, stop))
+    try:
+        run_service(lambda stop: run_demo(options, env, stop))
+    except EmbeddedServiceError as error:  # no wheel, a port taken, a server that did not start
+        raise UsageError(str(error)) from None
 
 
 def cmd_inspect(args: argparse.Namespace, env: Environment) -> None:

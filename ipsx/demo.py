@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import errno
 import fcntl
 import json
 import logging
@@ -30,7 +31,7 @@ import shlex
 import shutil
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ from ipsx.commands import UsageError
 from ipsx.demo_chain import ChainChoice, ChainUnavailable, DemoChain
 from ipsx.embedded_postgres import embedded_postgres
 from ipsx.embedded_redis import embedded_redis
+from ipsx.listen import ListenError, check_free, listening
 from ipsx.origin import Origin
 from ipsx.sdk import ApiError, Client
 from ipsx.settings import Environment
@@ -72,6 +74,8 @@ SPOT_DEAL_SECONDS = 60  # the demo's traffic is settled, invoiced and paid withi
 PAID_DEAL_SECONDS = 5  # the deal `--once` buys to show it paid: the market's shortest
 PAYMENT_WAIT_POLLS = 240  # of 0.25 s: the deal's 5 s, the market's settle grace, invoicing, paying
 PAYOUT_WAIT_POLLS = 20  # of 0.25 s: the invoicing passes after the one that billed the deal
+LOOPBACK = "127.0.0.1"  # where the demo's gateway, API and origin listen
+API_PORT_ATTEMPTS = 3  # free ports tried for --api-port 0, each of which another process may take
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,11 +234,28 @@ def _hold_data_dir(stack: contextlib.ExitStack, data_dir: Path) -> None:
         ) from None
 
 
+def _check_ports(options: DemoOptions) -> None:
+    """Raise ListenError for the first of the demo's ports that is taken (or otherwise cannot be
+    listened on) now, before the services, the chain and the contracts take their time to start."""
+    for option, port in (
+        ("--http-port", options.http_port),
+        ("--socks-port", options.socks_port),
+        ("--tunnel-port", options.tunnel_port),
+        ("--origin-port", options.origin_port),
+        ("--api-port", options.api_port),
+    ):
+        check_free(option, LOOPBACK, port)
+
+
 async def run_demo(options: DemoOptions, env: Environment, stop: asyncio.Event) -> None:
+    """Run the demo until ``stop`` (with ``options.once``, until its checks are done). Raises
+    UsageError when another demo holds the data dir, ListenError when one of its ports cannot be
+    listened on."""
     data_dir = options.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as held:
-        _hold_data_dir(held, data_dir)
+        _hold_data_dir(held, data_dir)  # first: a demo on this data dir holds the ports too
+        _check_ports(options)
         await _run_demo(options, env, stop, data_dir)
 
 
@@ -260,24 +281,26 @@ async def _run_demo(options: DemoOptions, env: Environment, stop: asyncio.Event,
             node_id="demo-node",
             market=True,
         )
-        # Sign-in messages name the API's host:port, so the port is fixed before the API starts.
-        api_port = options.api_port or _free_port()
-        api_settings = ApiSettings(
-            database_url=database,
-            redis_url=redis,
-            jwt_secret=secrets.token_urlsafe(32),
-            port=api_port,
-            siwe_domain=f"127.0.0.1:{api_port}",
-            proxy_address=f"127.0.0.1:{options.http_port or 8080}",
-            socks_address=f"127.0.0.1:{options.socks_port or 1080}",
-            web_demo_account=DEMO_ACCOUNT,  # the dashboard's one-click "Enter the demo"
-            spot_duration_s=SPOT_DEAL_SECONDS,
-            **_payment_settings(chain),
-        )
-        api_port = await stack.enter_async_context(running_api(api_settings))
+
+        def api_settings(port: int) -> ApiSettings:
+            return ApiSettings(
+                database_url=database,
+                redis_url=redis,
+                jwt_secret=secrets.token_urlsafe(32),
+                port=port,
+                siwe_domain=f"127.0.0.1:{port}",
+                proxy_address=f"127.0.0.1:{options.http_port or 8080}",
+                socks_address=f"127.0.0.1:{options.socks_port or 1080}",
+                web_demo_account=DEMO_ACCOUNT,  # the dashboard's one-click "Enter the demo"
+                spot_duration_s=SPOT_DEAL_SECONDS,
+                **_payment_settings(chain),
+            )
+
+        api_port = await _start_api(stack, options.api_port, api_settings)
         api_url = f"http://127.0.0.1:{api_port}"
         ports = await stack.enter_async_context(running_gateway(settings))
-        origin = Origin("127.0.0.1", options.origin_port).start()  # 127.0.0.1 only: a demo page
+        with listening("--origin-port", LOOPBACK, options.origin_port):
+            origin = Origin(LOOPBACK, options.origin_port).start()  # 127.0.0.1 only: a demo page
         stack.callback(origin.stop)
 
         tasks: list[asyncio.Task[None]] = []
@@ -345,9 +368,26 @@ async def _run_demo(options: DemoOptions, env: Environment, stop: asyncio.Event,
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def _start_api(
+    stack: contextlib.AsyncExitStack, port: int, settings_for: Callable[[int], ApiSettings]
+) -> int:
+    """Start the API on ``port`` in ``stack``; returns its port. Sign-in messages name the API's
+    host:port, so with ``port`` 0 a free one is picked before the API starts, and picked again
+    when another process takes it first. Raises ListenError (for ``--api-port``)."""
+    for attempt in range(1, API_PORT_ATTEMPTS + 1):
+        chosen = port or _free_port()
+        try:
+            return await stack.enter_async_context(running_api(settings_for(chosen)))
+        except ListenError as error:
+            if port or error.errno != errno.EADDRINUSE or attempt == API_PORT_ATTEMPTS:
+                raise ListenError("--api-port", error.host, error.port, error.os_error) from None
+            log.warning("port %d was taken before the API could listen on it; picking another", chosen)
+    raise AssertionError("unreachable")  # the last attempt returns or raises
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
+        probe.bind((LOOPBACK, 0))
         return int(probe.getsockname()[1])
 
 

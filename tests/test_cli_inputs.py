@@ -74,6 +74,8 @@ def channel_open(tmp_path: Path, key: Path, rpc: str) -> subprocess.CompletedPro
         (["api", "--auth-siwe-limit", "-1"], "--auth-siwe-limit"),
         (["api", "--consent-ttl", "0"], "--consent-ttl"),
         (["api", "--port", "99999"], "--port"),
+        (["devchain", "--port", "70000"], "--port"),
+        (["demo", "--api-port", "65536"], "--api-port"),
         (["provide", "--key", "k", "--payouts-interval", "0"], "--payouts-interval"),
         (["provide", "--key", "k", "--pool-size", "0"], "--pool-size"),
         (["pay", "--key", "k", "--interval", "0"], "--interval"),

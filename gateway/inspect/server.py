@@ -26,6 +26,7 @@ from billing import db
 from billing.accounts import KeyCache
 from gateway.inspect.addon import Inspector
 from gateway.inspect.settings import InspectSettings
+from ipsx.listen import ListenError
 from pool.client import redis_from_url
 
 log = logging.getLogger("ipsx.inspect")
@@ -45,7 +46,8 @@ def _options(settings: InspectSettings, confdir: str) -> dict[str, object]:
 @contextlib.asynccontextmanager
 async def running_inspector(settings: InspectSettings) -> AsyncIterator[int]:
     """Start an inspecting worker; yields the bound port. On exit it stops listening, gives open
-    client connections ``drain_timeout`` to finish, cuts the rest and closes everything."""
+    client connections ``drain_timeout`` to finish, cuts the rest and closes everything. Raises
+    :class:`ipsx.listen.ListenError` (for ``--port``) when the port cannot be bound."""
     async with contextlib.AsyncExitStack() as stack:
         redis = redis_from_url(settings.redis_url)
         stack.push_async_callback(redis.aclose)
@@ -65,7 +67,7 @@ async def running_inspector(settings: InspectSettings) -> AsyncIterator[int]:
         master.addons.add(proxyserver, NextLayer(), inspector.tls, inspector)  # type: ignore[no-untyped-call]
         master.options.update(**_options(settings, confdir))  # type: ignore[no-untyped-call]
         if not await proxyserver.setup_servers():
-            raise OSError(f"the inspecting port cannot listen on {settings.host}:{settings.port}")
+            raise ListenError("--port", settings.host, settings.port, _start_error(proxyserver))
         stack.push_async_callback(master.done)
         stack.push_async_callback(_stop, proxyserver, settings.drain_timeout)
         await master.running()
@@ -78,6 +80,14 @@ async def running_inspector(settings: InspectSettings) -> AsyncIterator[int]:
             settings.gateway_port,
         )
         yield port
+
+
+def _start_error(proxyserver: Proxyserver) -> OSError:
+    """Why mitmproxy's server did not start: the bind's error, which mitmproxy logs and keeps."""
+    for server in proxyserver.servers:
+        if isinstance(server.last_exception, OSError):
+            return server.last_exception
+    return OSError("mitmproxy did not start its server")
 
 
 def _drop_legacy_log_handler() -> None:
