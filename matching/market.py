@@ -22,6 +22,7 @@ from typing import Any
 
 import asyncpg
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from billing.errors import InsufficientFunds as LedgerInsufficientFunds
 from billing.ledger import Amount
@@ -492,14 +493,21 @@ class Market:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.settings.tick_interval)
         finally:
+            # Ended before the caller closes Redis: a read still waiting would fail on it.
             spot.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await spot
 
     async def _serve_spot(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
                 asked = await routing.next_spot_request(self._redis, wait=1)
-            except Exception:  # Redis away: try again shortly
-                log.warning("spot queue unavailable", exc_info=True)
+            except (RedisError, OSError) as error:  # Redis away: try again shortly
+                log.warning("spot queue unavailable, retrying in 1 s: %s", type(error).__name__)
+                await asyncio.sleep(1)
+                continue
+            except Exception:  # our bug: logged whole, and the queue served on
+                log.exception("reading the spot queue failed")
                 await asyncio.sleep(1)
                 continue
             if asked is None:
