@@ -63,8 +63,7 @@ CONSENT_IN_FORCE: Final = (
 database's clock nor by the chain's (a chain whose clock runs ahead refuses it before the
 database's clock reaches the expiry): what the API shows, and what asking again returns."""
 FROZEN: Final = (
-    "c.consented_balance IS NOT NULL AND (c.consent_expires_at IS NULL"
-    f" OR NOT {CHAIN_PASSED_EXPIRY})"
+    f"c.consented_balance IS NOT NULL AND (c.consent_expires_at IS NULL OR NOT {CHAIN_PASSED_EXPIRY})"
 )
 """SQL (on ``channels c``): a consent was given and may still close the channel (see the module
 docstring): nothing is billed on it."""

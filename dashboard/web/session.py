@@ -201,5 +201,3 @@ async def count_signin(request: web.Request) -> None:
     key = _SIGNIN_KEY.format(client_of(request.remote))
     window = max(1, int(settings.web_signin_window))
     await limit_attempts(request.app[REDIS], key, settings.web_signin_limit, window, "sign-in attempts")
-
-
