@@ -6,8 +6,8 @@ receiver's consent to a cooperative close signs ``ClosingConsent(bytes32 channel
 balance,uint256 expiresAt)``, ``expiresAt`` being the last block timestamp (unix seconds) at which
 the contract takes it: another type hash, so neither signature can stand for the other. Both are
 bound to the domain ``("IPSX PaymentChannels", "2", chain id, contract address)``: version 2 is the
-contract whose consent carries an expiry, and a deployment of another version is refused where the
-chain commands connect (``ipsx.chain_access.node``).
+contract whose consent carries an expiry; the commands that reach the chain tell a deployment of
+another version by its ``eip712Domain()`` (:func:`foreign_domain`).
 
 Recovery applies the contract's rules (65 bytes, v of 27 or 28, s in the lower half of the curve
 order), so a signature accepted here is accepted on-chain and the other way round.

@@ -37,6 +37,8 @@ RPC_TIMEOUT: Final = 30 * SECONDS
 CONTRACTS: Final = ("IPSXToken", "TokenSale", "PaymentChannels", "DealAnchor")
 CONNECTION_ERRORS: Final = (OSError, aiohttp.ClientError, TimeoutError, Web3Exception)
 
+log = logging.getLogger(__name__)
+
 
 def wei_of(text: str, scale: int, option: str, unit: str) -> int:
     """``text``, a decimal number of ``unit`` (``ETH``: ``scale`` 10**18, ``gwei``: 10**9), in
@@ -170,9 +172,11 @@ async def node(url: str, record: DeploymentFile) -> AsyncIterator[AsyncWeb3[Any]
 
 
 async def _check_channels_domain(w3: AsyncWeb3[Any], url: str, record: DeploymentFile) -> None:
-    """Raises ``UsageError`` unless the PaymentChannels contract of ``record`` signs with the
-    EIP-712 domain this IPSX signs for (``contracts.proofs``): a deployment of another version
-    would refuse every proof and consent signed here, so nothing may run against it."""
+    """Raises ``UsageError`` unless the PaymentChannels contract of ``record`` is an IPSX one
+    (its EIP-712 domain's name is ours). One of another version (``contracts.proofs``) refuses
+    the proofs and consents this IPSX signs, but the channels open on it still need watching (a
+    stale close countered, deposits and settlements booked): a warning says so, and the
+    command runs."""
     channels = w3.eth.contract(
         address=Web3.to_checksum_address(record.channels), abi=load("PaymentChannels").abi
     )
@@ -180,11 +184,17 @@ async def _check_channels_domain(w3: AsyncWeb3[Any], url: str, record: Deploymen
         _, name, version, *_ = await channels.functions.eip712Domain().call()
         why = proofs.foreign_domain(name, version)
     except (ContractLogicError, BadFunctionCallOutput):
-        why = "it has no EIP-712 domain"
+        name, why = "", "it has no EIP-712 domain"
     except CONNECTION_ERRORS as error:
         raise UsageError(f"cannot reach the Ethereum node at {shown(url)}: {type(error).__name__}") from None
-    if why is not None:
-        raise UsageError(
-            f"the PaymentChannels contract {record.channels} on the node at {shown(url)} cannot take "
-            f"IPSX proofs: {why}; deploy this IPSX's contracts (`ipsx chain deploy --out FILE`)"
-        )
+    if why is None:
+        return
+    contract = f"the PaymentChannels contract {record.channels} on the node at {shown(url)}"
+    if name != proofs.DOMAIN_NAME:
+        raise UsageError(f"{contract} is no IPSX PaymentChannels: {why}")
+    log.warning(
+        "%s cannot take the proofs and consents this IPSX signs: %s; deploy this IPSX's contracts "
+        "(`ipsx chain deploy --out FILE`) and have the channels reopened there",
+        contract,
+        why,
+    )

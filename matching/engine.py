@@ -23,6 +23,7 @@ its id is reported in :attr:`MatchResult.unfunded`.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -134,6 +135,11 @@ class MatchResult:
     def stopped_for_funds(self) -> bool:
         """True if some request stopped filling because its reserve was refused."""
         return bool(self.unfunded)
+
+
+# The most offers Engine.unmatched reads to say why a spot request found none: a bound on the
+# work each failed request does under the market's lock, whatever the book's size.
+UNMATCHED_SCAN = 2_000
 
 
 class Unmatched(StrEnum):
@@ -400,14 +406,17 @@ class Engine:
         placing it (immediate-or-cancel, as spot requests are) opened none. ``BUSY`` when some
         resting offer accepts it but its exit has no room, else ``ABOVE_PRICE`` when some offer
         would accept it at any price, else ``NO_OFFER``. Reads the offers of the request's
-        (country, type) bucket, room or not; offers the market keeps off the book (outside their
-        schedule) do not count.
+        (country, type) bucket, room or not, oldest first and ``UNMATCHED_SCAN`` at most (it runs
+        under the market's lock, once per failed spot request): in a bigger bucket an offer
+        past them is not seen. Offers the market keeps off the book (outside their schedule) do
+        not count.
         """
         at_any_price = dataclasses.replace(
             request, max_price_per_gb=Amount(MAX_AMOUNT), max_price_per_hour=Amount(MAX_AMOUNT)
         )
         found = Unmatched.NO_OFFER
-        for ro in self._book.offers_in((request.filters.country, request.filters.type)):
+        bucket = self._book.offers_in((request.filters.country, request.filters.type))
+        for ro in itertools.islice(bucket, UNMATCHED_SCAN):
             if request.accepts(ro.offer, now):
                 return Unmatched.BUSY
             if at_any_price.accepts(ro.offer, now):

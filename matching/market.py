@@ -499,21 +499,22 @@ class Market:
                 await spot
 
     async def _serve_spot(self, stop: asyncio.Event) -> None:
+        """Answer spot requests until ``stop`` is set. Redis or PostgreSQL away is a warning and
+        a retry a second later; anything else is logged whole, and the queue served on: the
+        gateways wait for these answers (the request of a failed answer times out there)."""
         while not stop.is_set():
             try:
                 asked = await routing.next_spot_request(self._redis, wait=1)
-            except (RedisError, OSError) as error:  # Redis away: try again shortly
+                if asked is None:
+                    continue
+                answer = await self._answer_spot(asked)
+                await routing.answer_spot(self._redis, asked.reply_to, answer)
+            except (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
                 log.warning("spot queue unavailable, retrying in 1 s: %s", type(error).__name__)
                 await asyncio.sleep(1)
-                continue
-            except Exception:  # our bug: logged whole, and the queue served on
-                log.exception("reading the spot queue failed")
+            except Exception:  # our bug
+                log.exception("serving the spot queue failed")
                 await asyncio.sleep(1)
-                continue
-            if asked is None:
-                continue
-            answer = await self._answer_spot(asked)
-            await routing.answer_spot(self._redis, asked.reply_to, answer)
 
     async def _answer_spot(self, asked: routing.SpotRequest) -> str:
         """The answer to a gateway's spot request (see :meth:`routing.DealRoutes.ask_spot`)."""

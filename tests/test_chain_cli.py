@@ -470,44 +470,59 @@ def test_commands_refuse_a_payment_channels_contract_of_another_domain(
     deployed: Deployed, base_env: dict[str, str], tmp_path: Path
 ) -> None:
     # Proofs and consents are signed for DOMAIN_VERSION: a contract of another version (the one
-    # before consents expired, say) would refuse them all, so no command runs against it.
+    # before consents expired, say) refuses them all. The chain services still serve it, with a
+    # warning (its open channels need watching); a contract that is no IPSX PaymentChannels is
+    # refused.
     token, sender = deployed.record["contracts"]["IPSXToken"], deployed.chain.accounts[0]
-    old = channels_with_domain(deployed.chain.w3, token, sender, proofs.DOMAIN_NAME, "1")
-    foreign = channels_with_domain(
-        deployed.chain.w3, token, sender, "Some Other Channels", proofs.DOMAIN_VERSION
-    )
-    no_domain = token
+    w3 = deployed.chain.w3
+    old = channels_with_domain(w3, token, sender, proofs.DOMAIN_NAME, "1")
+    foreign = channels_with_domain(w3, token, sender, "Some Other Channels", proofs.DOMAIN_VERSION)
     node = f"on the node at {urlsplit(deployed.rpc).scheme}://127.0.0.1:{urlsplit(deployed.rpc).port}"
-    cases = [
-        (old, f"it is version '1' and this IPSX signs for version '{proofs.DOMAIN_VERSION}'"),
-        (foreign, "its EIP-712 domain is 'Some Other Channels', not 'IPSX PaymentChannels'"),
-        (no_domain, "it has no EIP-712 domain"),
-    ]
-    for address, why in cases:
-        message = (
-            f"the PaymentChannels contract {address} {node} cannot take IPSX proofs: {why}; "
-            "deploy this IPSX's contracts (`ipsx chain deploy --out FILE`)"
-        )
+
+    def deployment(address: str) -> Path:
         record = {
             **deployed.record,
             "contracts": {**deployed.record["contracts"], "PaymentChannels": address},
         }
         path = tmp_path / f"{address}.json"
         path.write_text(json.dumps(record))
+        return path
+
+    for address, why in [
+        (foreign, "its EIP-712 domain is 'Some Other Channels', not 'IPSX PaymentChannels'"),
+        (token, "it has no EIP-712 domain"),
+    ]:
+        message = f"the PaymentChannels contract {address} {node} is no IPSX PaymentChannels: {why}"
         for command in (("reconcile",), ("chain", "watch")):
-            result = ipsx(*command, "--rpc", deployed.rpc, "--deployment", str(path), env=base_env)
+            result = ipsx(
+                *command, "--rpc", deployed.rpc, "--deployment", str(deployment(address)), env=base_env
+            )
             assert result.returncode == 2 and message in result.stderr, (command, address, result.stderr)
             assert "Traceback" not in result.stderr
+
+    warning = (
+        f"the PaymentChannels contract {old} {node} cannot take the proofs and consents this IPSX signs: "
+        f"it is version '1' and this IPSX signs for version '{proofs.DOMAIN_VERSION}'; deploy this IPSX's "
+        "contracts (`ipsx chain deploy --out FILE`) and have the channels reopened there"
+    )
+    checked = ipsx("reconcile", "--rpc", deployed.rpc, "--deployment", str(deployment(old)), env=base_env)
+    assert warning in checked.stderr, checked.stderr
+    assert "Reconciliation at block" in checked.stdout, checked.stdout + checked.stderr
+    log = tmp_path / "watch-old.log"
+    with watching("--rpc", deployed.rpc, "--deployment", str(deployment(old)), env=base_env, log=log) as proc:
+        deadline = time.monotonic() + WAIT
+        while "watching PaymentChannels" not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.2)
+        text = log.read_text()
+    assert warning in text and f"watching PaymentChannels {old}" in text, text
 
     # A requester's wallet opening a channel on it is stopped before anything is sent.
     wallet = tmp_path / "requester.key"
     wallet.write_text(Account.create().key.hex())
     wallet.chmod(0o600)
-    record = {**deployed.record, "contracts": {**deployed.record["contracts"], "PaymentChannels": old}}
-    path = tmp_path / "old.json"
-    path.write_text(json.dumps(record))
     opened = ipsx(
-        "channel", "open", "--key", str(wallet), "--deployment", str(path), "--rpc", deployed.rpc,
+        "channel", "open", "--key", str(wallet), "--deployment", str(deployment(old)), "--rpc", deployed.rpc,
         "--deposit", "1", env=base_env,
     )  # fmt: skip
     assert opened.returncode == 2, opened.stderr

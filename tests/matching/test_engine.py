@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from billing.ledger import Amount
+from matching import engine as engine_module
 from matching.engine import Engine, Fill, InMemoryFunds, MatchResult
 from matching.errors import (
     DuplicateDeal,
@@ -786,3 +787,19 @@ def test_unmatched_forgets_the_offers_that_left_the_book() -> None:
     eng.place_offer(make_offer("de", 3 * IPSX, country="de"), 0.0)
     eng.cancel("de")
     assert _why(eng, "r", filters=RequestFilters(country="de"), max_gb=IPSX) == "no_offer"
+
+
+def test_unmatched_reads_at_most_unmatched_scan_offers(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A bound on each failed spot request's work under the market's lock: with the scan limited
+    # to 3, an offer that would accept the request, fourth in its bucket, is not seen.
+    monkeypatch.setattr(engine_module, "UNMATCHED_SCAN", 3)
+    eng, _ = engine()
+    for n in range(3):
+        berlin = ExitAttributes(country="de", type="residential", city="berlin")
+        eng.place_offer(make_offer(f"berlin{n}", attributes=berlin), 0.0)
+    munich_exit = ExitAttributes(country="de", type="residential", city="munich")
+    eng.place_offer(make_offer("munich", 9 * IPSX, attributes=munich_exit), 0.0)
+    munich = RequestFilters(country="de", city="munich")
+    assert _why(eng, "r", filters=munich, max_gb=IPSX) == "no_offer"
+    monkeypatch.setattr(engine_module, "UNMATCHED_SCAN", 4)
+    assert _why(eng, "r2", filters=munich, max_gb=IPSX) == "above_price"

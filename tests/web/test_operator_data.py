@@ -1,4 +1,5 @@
-"""The operator page's data that is judged by a clock, against the real Redis."""
+"""The operator page's data that is judged by a clock, against the real Redis (a database of
+its own: the session's web API serves from the web tests' one meanwhile)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from dashboard.web import operator_data as data
 from pool.health import ExitHealth, reports
 from tests.pool.conftest import host_clock
 
-REDIS_URL = os.environ.get("IPSX_TEST_WEB_REDIS_URL", "redis://127.0.0.1:6379/0")
+REDIS_URL = os.environ.get("IPSX_TEST_OPERATOR_DATA_REDIS_URL", "redis://127.0.0.1:6379/2")
 
 
 @pytest.fixture
