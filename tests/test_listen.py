@@ -221,6 +221,7 @@ def test_worker_reports_a_metrics_port_in_use_in_one_line(taken: int) -> None:
 def test_inspect_reports_a_port_in_use_in_one_line(taken: int) -> None:
     result = _ipsx("inspect", "--port", str(taken), "--gateway", f"127.0.0.1:{_unused_port()}")
     _assert_last_line(result, _in_use("inspect", "--port", taken))
+    assert "mitmproxy" not in result.stderr  # told once, by us
 
 
 def test_devchain_reports_a_port_in_use_in_one_line(taken: int) -> None:

@@ -66,7 +66,15 @@ async def running_inspector(settings: InspectSettings) -> AsyncIterator[int]:
         # mitmproxy's addon manager and option store are untyped
         master.addons.add(proxyserver, NextLayer(), inspector.tls, inspector)  # type: ignore[no-untyped-call]
         master.options.update(**_options(settings, confdir))  # type: ignore[no-untyped-call]
-        if not await proxyserver.setup_servers():
+        # A bind that fails is told once, by the ListenError below: not by mitmproxy's ERROR too.
+        mitmproxy_log = logging.getLogger("mitmproxy.addons.proxyserver")
+        level = mitmproxy_log.level
+        mitmproxy_log.setLevel(logging.CRITICAL)
+        try:
+            started = await proxyserver.setup_servers()
+        finally:
+            mitmproxy_log.setLevel(level)
+        if not started:
             raise ListenError("--port", settings.host, settings.port, _start_error(proxyserver))
         stack.push_async_callback(master.done)
         stack.push_async_callback(_stop, proxyserver, settings.drain_timeout)
