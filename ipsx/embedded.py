@@ -32,10 +32,10 @@ import socket
 import stat
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 logger = logging.getLogger("ipsx.embedded")
 
@@ -218,6 +218,25 @@ def free_port() -> int:
         sock.bind((LOOPBACK, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+_Server = TypeVar("_Server")
+
+
+async def on_a_port(port: int, name: str, start: Callable[[int], Awaitable[_Server]]) -> tuple[_Server, int]:
+    """``start(port)``, returning what it returns and the port. With ``port`` 0 the port is a free
+    one picked as late as possible, and picked again (up to PORT_ATTEMPTS times) when ``start``
+    raises PortTaken: another process took it before the server ``name`` listened. ``start``
+    stops its server before it raises; a port given is never picked again."""
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        chosen = port or free_port()
+        try:
+            return await start(chosen), chosen
+        except PortTaken:
+            if port or attempt == PORT_ATTEMPTS:
+                raise
+            logger.warning("port %d was taken before %s could listen on it; picking another", chosen, name)
+    raise AssertionError("unreachable")  # the last attempt returns or raises
 
 
 def log_size(path: Path) -> int:

@@ -27,7 +27,6 @@ import asyncpg
 from ipsx.embedded import (
     LOOPBACK,
     POLL_INTERVAL,
-    PORT_ATTEMPTS,
     SECONDS,
     STARTUP_TIMEOUT,
     EmbeddedServiceError,
@@ -37,9 +36,9 @@ from ipsx.embedded import (
     check_port_free,
     ensure_password,
     ensure_traversable,
-    free_port,
     log_size,
     logger,
+    on_a_port,
     package_dir,
     prepare_dir,
     require_executable,
@@ -321,8 +320,8 @@ async def _start(
     takes it before the server listens. Raises EmbeddedServiceError (PortTaken for a taken port)
     having stopped the server."""
     log_path = data_dir / "postgres.log"
-    for attempt in range(1, PORT_ATTEMPTS + 1):
-        chosen = port or free_port()  # picked as late as possible
+
+    async def start(chosen: int) -> subprocess.Popen[bytes]:
         started = time.monotonic()
         logger.info("starting PostgreSQL on %s:%d (data %s, log %s)", LOOPBACK, chosen, pgdata, log_path)
         argv = [
@@ -342,15 +341,10 @@ async def _start(
         proc = spawn(argv, log_path=log_path, cwd=data_dir, user=user)
         try:
             await _pg_ready(proc, chosen, pgdata, log_path, since, data_dir / "postgres.password", password)
-        except PortTaken:
-            await stop(proc, signal.SIGINT, "PostgreSQL")
-            if port or attempt == PORT_ATTEMPTS:
-                raise
-            logger.warning("port %d was taken before PostgreSQL could listen on it; picking another", chosen)
-            continue
         except BaseException:
             await stop(proc, signal.SIGINT, "PostgreSQL")
             raise
         logger.info("PostgreSQL ready on %s:%d in %.1f s", LOOPBACK, chosen, time.monotonic() - started)
-        return proc, chosen
-    raise AssertionError("unreachable")  # the last attempt returns or raises
+        return proc
+
+    return await on_a_port(port, "PostgreSQL", start)

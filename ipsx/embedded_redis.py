@@ -27,7 +27,6 @@ import redis.exceptions
 from ipsx.embedded import (
     LOOPBACK,
     POLL_INTERVAL,
-    PORT_ATTEMPTS,
     STARTUP_TIMEOUT,
     EmbeddedServiceError,
     PortTaken,
@@ -35,9 +34,9 @@ from ipsx.embedded import (
     bind_failed,
     check_port_free,
     ensure_password,
-    free_port,
     log_size,
     logger,
+    on_a_port,
     package_dir,
     prepare_dir,
     require_executable,
@@ -150,8 +149,8 @@ async def _start(
     and picked again (up to PORT_ATTEMPTS) when another process takes it before the server
     listens. Raises EmbeddedServiceError (PortTaken for a taken port) having stopped the server."""
     log_path = data_dir / "redis.log"
-    for attempt in range(1, PORT_ATTEMPTS + 1):
-        chosen = port or free_port()  # picked as late as possible
+
+    async def start(chosen: int) -> subprocess.Popen[bytes]:
         started = time.monotonic()
         logger.info("starting Redis on %s:%d (log %s)", LOOPBACK, chosen, log_path)
         since = log_size(log_path)
@@ -164,18 +163,13 @@ async def _start(
         )
         try:
             await _redis_ready(proc, chosen, log_path, since, password)
-        except PortTaken:
-            await stop(proc, signal.SIGTERM, "Redis")
-            if port or attempt == PORT_ATTEMPTS:
-                raise
-            logger.warning("port %d was taken before Redis could listen on it; picking another", chosen)
-            continue
         except BaseException:
             await stop(proc, signal.SIGTERM, "Redis")
             raise
         logger.info("Redis ready on %s:%d in %.2f s", LOOPBACK, chosen, time.monotonic() - started)
-        return proc, chosen
-    raise AssertionError("unreachable")  # the last attempt returns or raises
+        return proc
+
+    return await on_a_port(port, "Redis", start)
 
 
 def _argv(server: Path, port: int) -> list[str]:

@@ -315,7 +315,7 @@ async def test_embedded_postgres_picks_another_port_when_its_pick_is_taken(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     with _listening_socket() as taken:
-        monkeypatch.setattr("ipsx.embedded_postgres.free_port", _picks(taken))
+        monkeypatch.setattr("ipsx.embedded.free_port", _picks(taken))
         with caplog.at_level(logging.WARNING, logger="ipsx.embedded"):
             async with embedded_postgres(tmp_path) as dsn:
                 assert _port(dsn) != taken
@@ -336,7 +336,7 @@ async def test_embedded_postgres_picks_another_port_when_another_postgresql_has_
     other = urlsplit(ADMIN_URL)
     if other.hostname != "127.0.0.1":
         pytest.skip(f"the tests' PostgreSQL is not on 127.0.0.1 ({other.hostname})")
-    monkeypatch.setattr("ipsx.embedded_postgres.free_port", _picks(other.port or 5432))
+    monkeypatch.setattr("ipsx.embedded.free_port", _picks(other.port or 5432))
     with caplog.at_level(logging.WARNING, logger="ipsx.embedded"):
         async with embedded_postgres(tmp_path) as dsn:
             assert _port(dsn) != (other.port or 5432)
@@ -353,7 +353,7 @@ async def test_embedded_redis_picks_another_port_when_its_pick_is_taken(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     with _listening_socket() as taken:
-        monkeypatch.setattr("ipsx.embedded_redis.free_port", _picks(taken))
+        monkeypatch.setattr("ipsx.embedded.free_port", _picks(taken))
         with caplog.at_level(logging.WARNING, logger="ipsx.embedded"):
             async with embedded_redis(tmp_path) as url:
                 assert _port(url) != taken
@@ -371,7 +371,7 @@ async def test_embedded_redis_gives_up_when_every_pick_is_taken(
 ) -> None:
     with contextlib.ExitStack() as held:
         taken = [held.enter_context(_listening_socket()) for _ in range(PORT_ATTEMPTS)]
-        monkeypatch.setattr("ipsx.embedded_redis.free_port", _picks(*taken))
+        monkeypatch.setattr("ipsx.embedded.free_port", _picks(*taken))
         with pytest.raises(PortTaken) as excinfo:
             async with embedded_redis(tmp_path):
                 pytest.fail("started on a port that is in use")
