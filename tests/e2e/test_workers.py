@@ -71,7 +71,11 @@ def _wait_for_nodes(
 
 
 def _bindable(port: int) -> bool:
+    """Whether a server could listen on ``port`` now: as servers do, with SO_REUSEADDR, so the
+    connections a stopped worker closed (TIME_WAIT) do not count, and a socket still listening
+    there does."""
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:
