@@ -12,9 +12,10 @@ from typing import Any, Final
 from eth_typing import ChecksumAddress
 from web3 import Web3
 from web3.contract import Contract
+from web3.exceptions import BadFunctionCallOutput, ContractLogicError
 
 from contracts import load
-from contracts.proofs import ChannelDomain
+from contracts.proofs import NO_DOMAIN, ChannelDomain, foreign_domain
 
 __all__ = [
     "DEFAULT_CHALLENGE_PERIOD",
@@ -91,6 +92,17 @@ class Deployment:
 def contract_at(w3: Web3, name: str, address: str) -> Contract:
     """Contract ``name``'s ABI bound to ``address``."""
     return w3.eth.contract(address=Web3.to_checksum_address(address), abi=load(name).abi)
+
+
+def channels_domain_problem(channels: Contract) -> str | None:
+    """Why the PaymentChannels contract ``channels`` would refuse the proofs and consents this
+    IPSX signs (``proofs.foreign_domain``, or ``proofs.NO_DOMAIN`` for a contract without
+    ``eip712Domain()``); None when it takes them. Raises as web3 does when the node fails."""
+    try:
+        _, name, version, *_ = channels.functions.eip712Domain().call()
+    except (ContractLogicError, BadFunctionCallOutput):
+        return NO_DOMAIN
+    return foreign_domain(name, version)
 
 
 def deploy_contract(w3: Web3, name: str, *args: Any, sender: str) -> Contract:

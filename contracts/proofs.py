@@ -28,6 +28,7 @@ from eth_utils.crypto import keccak
 __all__ = [
     "BALANCE_PROOF_TYPE",
     "CLOSING_CONSENT_TYPE",
+    "NO_DOMAIN",
     "ChannelDomain",
     "InvalidSignatureError",
     "balance_proof_message",
@@ -70,6 +71,9 @@ _TYPEHASHES: Final = {
 _UINT256_MAX: Final = 2**256 - 1
 # secp256k1 group order; the contract (OpenZeppelin ECDSA) rejects s above its half.
 _SECP256K1_N: Final = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+
+
+NO_DOMAIN: Final = "it has no EIP-712 domain"  # why a contract without eip712Domain() is no PaymentChannels
 
 
 def foreign_domain(name: str, version: str) -> str | None:

@@ -184,7 +184,7 @@ async def _check_channels_domain(w3: AsyncWeb3[Any], url: str, record: Deploymen
         _, name, version, *_ = await channels.functions.eip712Domain().call()
         why = proofs.foreign_domain(name, version)
     except (ContractLogicError, BadFunctionCallOutput):
-        name, why = "", "it has no EIP-712 domain"
+        name, why = "", proofs.NO_DOMAIN
     except CONNECTION_ERRORS as error:
         raise UsageError(f"cannot reach the Ethereum node at {shown(url)}: {type(error).__name__}") from None
     if why is None:

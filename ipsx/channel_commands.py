@@ -21,13 +21,13 @@ from urllib.parse import urlsplit
 
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
-from web3.exceptions import BadFunctionCallOutput, ContractLogicError, Web3Exception
+from web3.exceptions import ContractLogicError, Web3Exception
 from web3.logs import DISCARD
 from web3.middleware import SignAndSendRawMiddlewareBuilder
 
 from billing.ledger import format_amount, parse_amount
 from contracts import proofs
-from contracts.deploy import contract_at
+from contracts.deploy import channels_domain_problem, contract_at
 from ipsx.chain_access import DeploymentFile, shown
 from ipsx.sdk import Client
 
@@ -84,10 +84,7 @@ def _usable_channels(w3: Web3, address: str) -> Any:
     EIP-712 domain than this IPSX does (another release's deployment would refuse every proof)."""
     channels = contract_at(w3, "PaymentChannels", address)
     try:
-        _, name, version, *_ = channels.functions.eip712Domain().call()
-        why = proofs.foreign_domain(name, version)
-    except (ContractLogicError, BadFunctionCallOutput):
-        why = "it has no EIP-712 domain"
+        why = channels_domain_problem(channels)
     except (OSError, Web3Exception, ValueError) as error:
         raise _node_failure(w3, "reading the PaymentChannels contract", error) from None
     if why is not None:

@@ -29,7 +29,6 @@ import os
 import secrets
 import shlex
 import shutil
-import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -52,6 +51,7 @@ from gateway.settings import GatewaySettings
 from ipsx import demo_chain
 from ipsx.commands import UsageError
 from ipsx.demo_chain import ChainChoice, ChainUnavailable, DemoChain
+from ipsx.embedded import free_port
 from ipsx.embedded_postgres import embedded_postgres
 from ipsx.embedded_redis import embedded_redis
 from ipsx.listen import ListenError, check_free, listening
@@ -375,7 +375,7 @@ async def _start_api(
     host:port, so with ``port`` 0 a free one is picked before the API starts, and picked again
     when another process takes it first. Raises ListenError (for ``--api-port``)."""
     for attempt in range(1, API_PORT_ATTEMPTS + 1):
-        chosen = port or _free_port()
+        chosen = port or free_port()
         try:
             return await stack.enter_async_context(running_api(settings_for(chosen)))
         except ListenError as error:
@@ -383,12 +383,6 @@ async def _start_api(
                 raise ListenError("--api-port", error.host, error.port, error.os_error) from None
             log.warning("port %d was taken before the API could listen on it; picking another", chosen)
     raise AssertionError("unreachable")  # the last attempt returns or raises
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((LOOPBACK, 0))
-        return int(probe.getsockname()[1])
 
 
 def _offer_exits(api_url: str, wallets: list[LocalAccount], redis_url: str) -> None:

@@ -41,8 +41,15 @@ from web3.types import Wei
 
 from billing import channels
 from billing.chain import ChainSettings, ChainWatcher, DeepReorg
-from contracts import PACKAGE_DIR, proofs
-from contracts.deploy import Allocations, DeploymentError, SaleTerms, contract_at, deploy
+from contracts import PACKAGE_DIR
+from contracts.deploy import (
+    Allocations,
+    DeploymentError,
+    SaleTerms,
+    channels_domain_problem,
+    contract_at,
+    deploy,
+)
 from gateway.agent.settings import create_key_file, load_key
 from ipsx.chain_deploy import deployment_record
 from ipsx.payagent import PaymentAgent
@@ -252,10 +259,7 @@ def _recorded(w3: Web3, path: Path) -> dict[str, Any]:
             f"{path.parent / 'chain'} was lost), while the ledger remembers them; "
             "remove the data dir to start afresh"
         )
-    _, name, version, *_ = (
-        contract_at(w3, "PaymentChannels", channels_address).functions.eip712Domain().call()
-    )
-    why = proofs.foreign_domain(name, version)
+    why = channels_domain_problem(contract_at(w3, "PaymentChannels", channels_address))
     if why is not None:
         raise ChainUnavailable(
             f"the demo chain of {path} has a PaymentChannels contract this IPSX cannot use ({why}); "

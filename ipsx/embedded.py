@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ipsx.listen import probe_bind
+
 logger = logging.getLogger("ipsx.embedded")
 
 SECONDS = 1.0
@@ -263,15 +265,12 @@ def check_port_free(port: int, service: str) -> None:
     """Raise EmbeddedServiceError if something already listens on ``127.0.0.1:port`` (0 is always free)."""
     if port == 0:
         return
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # Same option the servers use, so a port in TIME_WAIT still counts as free.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((LOOPBACK, port))
-        except OSError as exc:
-            raise EmbeddedServiceError(
-                f"port {port} on {LOOPBACK} is already in use", service=service, port=port
-            ) from exc
+    try:
+        probe_bind(LOOPBACK, port)
+    except OSError as exc:
+        raise EmbeddedServiceError(
+            f"port {port} on {LOOPBACK} is already in use", service=service, port=port
+        ) from exc
 
 
 def _server_env() -> dict[str, str]:

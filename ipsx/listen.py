@@ -77,9 +77,16 @@ def check_free(option: str, host: str, port: int) -> None:
     raises the same error."""
     if port == 0:
         return
+    with listening(option, host, port):
+        probe_bind(host, port)
+
+
+def probe_bind(host: str, port: int) -> None:
+    """Bind ``host:port`` as the servers do, then let it go; raises the bind's OSError. With
+    SO_REUSEADDR, as theirs: a port whose old connections are in TIME_WAIT is free, one a
+    socket listens on is not."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with listening(option, host, port), socket.socket(family, socket.SOCK_STREAM) as probe:
-        # As the servers do: a port whose old connections are in TIME_WAIT is free.
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind((host, port))
 

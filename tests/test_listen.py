@@ -299,8 +299,8 @@ async def test_demo_api_picks_another_port_when_its_pick_is_taken(
 ) -> None:
     # Another process takes the port the demo picked for its API before the API listens on it.
     picks = iter([taken])
-    pick = demo._free_port
-    monkeypatch.setattr(demo, "_free_port", lambda: next(picks, 0) or pick())
+    pick = demo.free_port
+    monkeypatch.setattr(demo, "free_port", lambda: next(picks, 0) or pick())
 
     def settings(port: int) -> ApiSettings:
         return ApiSettings(

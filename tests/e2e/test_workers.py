@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import redis
 
+from ipsx.listen import probe_bind
 from tests.e2e.conftest import REDIS_URL, Stack, free_port, wait_port
 from tests.e2e.test_proxy import curl
 
@@ -71,15 +71,12 @@ def _wait_for_nodes(
 
 
 def _bindable(port: int) -> bool:
-    """Whether a server could listen on ``port`` now: as servers do, with SO_REUSEADDR, so the
-    connections a stopped worker closed (TIME_WAIT) do not count, and a socket still listening
-    there does."""
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
+    """Whether a server could listen on ``port`` now (the connections a stopped worker closed,
+    in TIME_WAIT, do not count; a socket still listening there does)."""
+    try:
+        probe_bind("127.0.0.1", port)
+    except OSError:
+        return False
     return True
 
 
