@@ -44,12 +44,12 @@ unit: setup clients
 
 test: lint unit
 
-# Side-by-side benchmark (needs wrk, squid and nginx-light from Debian: `make bench-deps`).
+# Side-by-side benchmark (needs wrk, squid, nginx-light and, for relay_floor.py, haproxy from Debian: `make bench-deps`).
 bench: setup
 	$(BIN)/python loadtests/bench_gateway.py
 
 bench-deps:
-	apt-get update -q && apt-get install -y -q wrk squid nginx-light curl
+	apt-get update -q && apt-get install -y -q wrk squid nginx-light curl haproxy
 
 clean:
 	rm -rf $(VENV) .ipsx .pytest_cache .mypy_cache .ruff_cache

@@ -11,6 +11,7 @@ from billing.usage import UsageEvent, UsagePublisher
 from gateway.allowance import AllowanceGuard, Watched
 from gateway.conn import Conn
 from gateway.metrics import GatewayStats
+from gateway.reuse import ReusedStream
 from gateway.targeting import BAN_SESSION_EXIT, Targeting
 from gateway.tickets import Ticket
 from gateway.tunnel import TunnelHub
@@ -56,6 +57,14 @@ class Stream:
     opened_at: float = field(default_factory=time.time)
     finished: bool = False
     watched: Watched | None = None  # held to its deal's traffic allowance while it runs
+
+    @property
+    def cut(self) -> tuple[int, str] | None:
+        """(bytes relayed up, outcome) when the agent cut the stream and said where (gateway.reuse)."""
+        side = self.conn.transport
+        if isinstance(side, ReusedStream) and side.cut is not None:
+            return side.cut, side.cut_reason
+        return None
 
 
 class ExitDialer:
@@ -288,6 +297,11 @@ class ExitDialer:
         if stream.finished:
             return
         stream.finished = True
+        cut = stream.cut
+        if cut is not None:
+            # What this node wrote past the agent's cut was dropped there, never relayed: the
+            # upload is what the agent relayed, so both meters count the same bytes.
+            up, outcome = min(up, cut[0]), cut[1]
         self._stats.stream_closed(stream.protocol, up, down)
         self._hub.stream_closed(stream.exit_id)
         closed = max(stream.opened_at, time.time() if closed_at is None else closed_at)

@@ -375,6 +375,9 @@ class PlainForwarder:
         while not body.done:
             if not data:
                 await exit_conn.drain()
+                if exit_conn.closed:  # the exit ended the stream mid-body: the rest goes nowhere
+                    why = "reached its provider's limit" if upstream.stream.cut else "closed the connection"
+                    raise http_error(502, "exit_closed", f"the exit {why} before the request body was sent")
                 data = await conn.read(self._settings.idle_timeout)
                 if not data:
                     raise ConnectionClosed("client closed mid-body")

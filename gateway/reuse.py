@@ -14,6 +14,15 @@ that end (``DRAIN_SECONDS`` at most) as long as nothing more comes: a byte after
 the peer still had something to say, and the connection is cut as it was before reuse, so
 neither meter counts a tail the other never relayed.
 
+A stream the agent cuts (its provider's cap reached, its serving hours over) stops reading what
+the gateway sends, while the gateway may have written more. With ``cut`` agreed at login, the
+agent says where it stopped (``{"t": "cut", "stream": …, "up": …}``, the bytes it relayed to the
+destination) before ending its side, and reads and drops the rest up to the gateway's end
+(``MAX_DISCARD`` bytes at most). The gateway stops writing at once, announces its end, and meters
+the stream's upload as the agent relayed it: both meters count the same bytes, the connection
+closes without a reset that could lose the last bytes relayed down, and it may carry the next
+stream.
+
 Anything else — the peer's TCP close, a lost connection, an abort, more bytes than announced, a
 drain over its bounds — closes the data connection, as when connections were not reused. When the
 control connection goes, the streams still running end the old way, by TCP (``orphan``). Each
@@ -27,6 +36,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 DRAIN_SECONDS = 5.0  # after a close, how long to wait for the peer's end of the stream
+MAX_DISCARD = 32 * 1024 * 1024  # after a cut, the most the agent reads and drops before it resets
 
 Announce = Callable[[dict[str, Any]], None]
 Settle = Callable[[asyncio.Transport | None], bool]
@@ -97,6 +107,10 @@ class ReusedStream(asyncio.Transport):
         self._paused = False  # reading paused by the relay
         self._started = False  # the connection's events come here (the dial's answer was read)
         self._timer: asyncio.TimerHandle | None = None
+        self.cut: int | None = None  # the gateway: the agent cut the stream after relaying this many
+        self.cut_reason = ""  # … and why (``wire.CUT_REASONS``)
+        self._discarding = False  # the agent: past a cut, the rest is read and dropped
+        self.discarded = 0  # the agent: bytes read and dropped past the cut
 
     def start(self, pending: bytes = b"", eof: bool = False) -> None:
         """Take over the connection's events once the dial's answer was read off it, with what
@@ -209,6 +223,32 @@ class ReusedStream(asyncio.Transport):
             # with the end stays out of the control connection's loop that read the message.
             asyncio.get_running_loop().call_soon(self._deliver_end)
 
+    def peer_cut(self, relayed: int, reason: str) -> bool:
+        """The agent cut the stream (``reason``: the outcome it reports) having relayed
+        ``relayed`` of the bytes this side wrote, and
+        drops the rest: nothing more is written, this side's end is announced now, the relay
+        stops reading what would go up, and the stream ends once the agent's own end has come.
+        A second cut, or one beyond what was written, is not the protocol: the connection is cut
+        (False)."""
+        if self._settle is None:
+            return False  # the stream's ends go by TCP already, or it is over
+        if self.cut is not None or not 0 <= relayed <= self.written:
+            self._break(True)
+            return False
+        self.cut, self.cut_reason = relayed, reason
+        if not self._closing and self.protocol is not None:
+            self.protocol.pause_writing()  # stays paused: see _flow
+        self.write_eof()
+        if self._peer_ended:
+            self.close()
+        return True
+
+    def discard_rest(self) -> None:
+        """This side (the agent) cut the stream and said so with ``cut``: from now on what still
+        comes from the gateway is read and dropped, up to its end, instead of resetting the
+        connection at the first byte after the close."""
+        self._discarding = True
+
     def peer_free(self) -> None:
         """The agent has counted the whole stream and waits for the next dial."""
         self._freed = True
@@ -242,8 +282,16 @@ class ReusedStream(asyncio.Transport):
             self._break(True)  # bytes past the end the peer announced: not this protocol
             return
         if self._closing:
-            if self._settle is not None:
+            if self._settle is None:
+                return
+            if not self._discarding:
                 self._break(True)  # more after a close: cut, as a closed socket would
+                return
+            self.discarded += len(data)
+            if self.discarded > MAX_DISCARD:
+                self._break(True)
+            elif self._peer_end is not None and self.received == self._peer_end:
+                self._deliver_end()
             return
         if self.protocol is not None:
             self.protocol.data_received(data)
@@ -263,6 +311,8 @@ class ReusedStream(asyncio.Transport):
                 return
             if not keep_open:
                 self.close()
+        if self.cut is not None and not self._closing:
+            self.close()  # cut: the relay sees the stream end here, as if the exit had closed
         self._check()
 
     def _tcp_eof(self) -> bool | None:
@@ -295,7 +345,7 @@ class ReusedStream(asyncio.Transport):
             self.protocol.connection_lost(exc)
 
     def _flow(self, *, pause: bool) -> None:
-        if self._closing or self.protocol is None:
+        if self._closing or self.protocol is None or self.cut is not None:
             return
         if pause:
             self.protocol.pause_writing()

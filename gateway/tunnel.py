@@ -259,6 +259,7 @@ class TunnelHub(LinkTable):
             limits=limits,
             state=state,
             reuse=login.get("reuse") is True,
+            cut=login.get("reuse") is True and login.get("cut") is True,
         )
         self._links[link.token] = link
         self._by_provider[address] = link
@@ -276,6 +277,7 @@ class TunnelHub(LinkTable):
                     "exits": {info.bind: info.exit_id for info in exits},
                     "nodes": self._nodes,
                     "reuse": link.reuse,
+                    "cut": link.cut,
                 }
             )
         )
@@ -313,6 +315,14 @@ class TunnelHub(LinkTable):
                     self._reports.receive(link, message)
                 elif kind == "state":
                     self._state_report(link, message)
+                elif kind == "cut" and link.cut:
+                    stream = link.reused.get(wire.field(message, "stream", str))
+                    relayed = wire.field(message, "up", int)
+                    if relayed < 0:
+                        raise WireError("field 'up' is negative")
+                    why = message.get("why")
+                    if stream is not None:  # else a stream already closed for another reason
+                        stream.peer_cut(relayed, why if why in wire.CUT_REASONS else wire.CAP_REACHED)
                 elif kind in ("end", "free") and link.reuse:
                     stream = link.reused.get(wire.field(message, "stream", str))
                     if stream is None:

@@ -10,9 +10,9 @@ Control connection (agent → gateway first)::
     agent: {"t": "hello", "v": 1, "address": "0x…"}
     gw:    {"t": "challenge", "nonce": "<hex>", "node": "<node id>"}
     agent: {"t": "login", "signature": "0x…", "exits": [{"bind": …, "country": …}, …],
-            "policy": {…}, "state": {…}, "pool": 16, "reuse": true}
+            "policy": {…}, "state": {…}, "pool": 16, "reuse": true, "cut": true}
     gw:    {"t": "welcome", "token": "<hex>", "exits": {"<bind>": "<exit id>"}, "heartbeat": 3,
-            "reuse": true}
+            "reuse": true, "cut": true}
            or {"t": "error", "reason": "…"} and close
     agent: {"t": "hb"}                                      every heartbeat seconds
     agent: {"t": "state", "serving": false, "reason": "daily cap of 2.0 GB reached",
@@ -30,6 +30,10 @@ Control connection (agent → gateway first)::
                                                             the stream ended after n bytes
     agent: {"t": "free", "stream": …}                       with reuse: the stream's data
                                                             connection waits for the next dial
+    agent: {"t": "cut", "stream": …, "up": …,               with reuse and cut: the agent cut
+            "why": "cap_reached" | "outside_hours"}         the stream after relaying ``up``
+                                                            bytes up; it drops the rest up to
+                                                            the gateway's end
 
 Data connection::
 
@@ -42,7 +46,11 @@ Data connection::
 Without reuse, a data connection carries one stream and TCP's end of stream is the stream's.
 With it (the login asked ``"reuse": true`` and the welcome agreed), each direction's end is the
 ``end`` message on the control connection, counted in bytes, and once both ended the agent says
-``free`` and reads the next ``dial`` on the same connection (``gateway.reuse``).
+``free`` and reads the next ``dial`` on the same connection (``gateway.reuse``). With ``cut``
+agreed too, a stream the agent cuts (a cap, its serving hours) is told with ``cut`` before the
+agent's end: the gateway stops writing, announces its own end, and meters the upload the agent
+relayed, while the agent reads and drops what was in flight; without it, such a stream's
+connection is reset and the gateway's upload count may exceed the agent's by what was in flight.
 
 The ticket is the stream's billing facts signed by the gateway nodes (``gateway.tickets``). The
 agent keeps each report until ``acked``; a report whose node is gone goes, with its ticket, to
@@ -74,6 +82,9 @@ from typing import Any
 import orjson
 
 PROTOCOL_VERSION = 1
+CAP_REACHED = "cap_reached"  # a stream cut at the provider's data cap (the outcome both sides record)
+OUTSIDE_HOURS = "outside_hours"  # a stream cut when the provider's serving hours ended
+CUT_REASONS = frozenset({CAP_REACHED, OUTSIDE_HOURS})
 MAX_LINE = 64 * 1024
 
 

@@ -37,7 +37,7 @@ from gateway.agent.throttle import GatedTransport
 from gateway.conn import Conn, ConnectionClosed
 from gateway.relay import Splice, SpliceResult
 from gateway.reuse import ReusedStream
-from gateway.wire import DialErrorCode, WireError
+from gateway.wire import CAP_REACHED, OUTSIDE_HOURS, DialErrorCode, WireError
 
 log = logging.getLogger("ipsx.agent")
 
@@ -68,8 +68,6 @@ _OUTCOMES = {
     "a_lost": "gateway_lost",
     "b_lost": "destination_lost",
 }
-CAP_REACHED = "cap_reached"  # the outcome of a stream cut at the provider's data cap
-OUTSIDE_HOURS = "outside_hours"  # the outcome of a stream cut when the serving hours ended
 
 
 NodesCallback = Callable[["AgentSession", list[tuple[str, str, int]]], None]
@@ -139,6 +137,7 @@ class AgentSession:
         self._control: Conn | None = None
         self._pooled = 0  # data connections opening or idle, not yet carrying a stream
         self._reuse = False  # the gateway agreed to carry stream after stream on them
+        self._cut = False  # … and to hear where a stream it cuts stopped (wire "cut")
         self._reused: dict[str, ReusedStream] = {}  # streams on such connections, by id
         self._told: list[bytes] = []  # control messages of this loop iteration
         self._tasks: set[asyncio.Task[None]] = set()
@@ -209,6 +208,7 @@ class AgentSession:
                         "state": self._advertised.to_wire(),
                         "pool": s.pool_size,
                         "reuse": s.reuse_data,
+                        "cut": s.reuse_data,
                     }
                 )
             )
@@ -220,6 +220,7 @@ class AgentSession:
         self._binds = {str(exit_id): str(bind) for bind, exit_id in exits.items()}
         self._heartbeat = float(wire.field(welcome, "heartbeat", (int, float)))
         self._reuse = s.reuse_data and welcome.get("reuse") is True
+        self._cut = self._reuse and welcome.get("cut") is True  # a gateway of this version
         self.node = node
         log.info(
             "logged in to %s:%d (node %s) as %s with %d exit(s)",
@@ -508,7 +509,12 @@ class AgentSession:
         def cut(outcome: str) -> None:
             if gate is not None:
                 gate.exhausted = True  # its gateway side stops reading, ends and closes
-            if reused is not None:
+            if reused is not None and self._cut:
+                # The gateway hears where the upload stopped before this side's end, stops
+                # writing and announces its own end; what it sent meanwhile is read and dropped.
+                self._tell({"t": "cut", "stream": stream, "up": splice.a_to_b, "why": outcome})
+                reused.discard_rest()
+            elif reused is not None:
                 # What the gateway sent past the cut is never read, so where the stream ends
                 # on the connection is unknown: it ends by TCP and is not reused.
                 reused.orphan()

@@ -12,7 +12,10 @@ already relayed, then an end of stream (``write_eof``), and is closed once they 
 (aborted if that takes ``LINGER`` seconds). Its reading stays paused from the cut on: what the
 gateway still sends is never read, so TCP's backpressure stops the gateway after about a socket
 buffer — reading and discarding it would let the gateway relay (and meter) at full speed bytes
-the agent never counts, past the provider's cap.
+the agent never counts, past the provider's cap. On a reused data connection whose gateway agreed
+to ``cut`` the agent tells the gateway where it stopped instead, and the gateway stops writing:
+then what was in flight is read and dropped below this wrapper (``gateway.reuse``), up to the
+gateway's end.
 """
 
 from __future__ import annotations

@@ -109,6 +109,49 @@ def test_daily_cap_reached_mid_download_ends_that_stream_metered_once(
     assert "2.0 MB in 1 stream" in shown and "100% used" in shown
 
 
+def upload(stack: Stack, country: str, body: Path, *, tunnel: bool) -> subprocess.CompletedProcess[str]:
+    """POST ``body`` to the origin's /echo through the gateway (a CONNECT tunnel, or forwarded)."""
+    flags = ["-p"] if tunnel else []
+    return curl(
+        *flags,
+        "-x",
+        stack.proxy(f"-country-{country}"),
+        "--data-binary",
+        f"@{body}",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        stack.origin.url("/echo"),
+    )
+
+
+@pytest.mark.parametrize("tunnel", [True, False], ids=["connect", "forwarded"])
+def test_a_cap_reached_mid_upload_is_metered_alike_on_both_sides(
+    stack: Stack, agents: list[str], tmp_path: Path, tunnel: bool
+) -> None:
+    bind, country = ("127.0.0.14", "is") if tunnel else ("127.0.0.15", "ie")
+    exit_id = start(stack, agents, f"agent-upcap-{country}", bind, country, "--cap-day", "2MB")
+    body = tmp_path / "body"
+    body.write_bytes(b"u" * 6_000_000)
+
+    result = upload(stack, country, body, tunnel=tunnel)
+    if tunnel:
+        assert result.returncode != 0, result.stdout  # the tunnel ended mid-upload
+    else:
+        assert result.stdout == "502", result.stderr  # the gateway's answer: no response came
+
+    (row,) = stack.wait_usage("exit_id = $1", exit_id)
+    assert row["agent_outcome"] == "cap_reached" and row["outcome"] == "cap_reached"
+    assert row["agent_bytes_up"] + row["agent_bytes_down"] == 2_000_000  # the cap, to the byte
+    # What the gateway had sent past the cut never reached the destination, and the agent said
+    # where it stopped: both meters count the same bytes.
+    assert (row["gateway_bytes_up"], row["gateway_bytes_down"]) == (
+        row["agent_bytes_up"],
+        row["agent_bytes_down"],
+    )
+
+
 def test_blocked_domain_and_network_are_refused_with_the_reason(stack: Stack, agents: list[str]) -> None:
     start(
         stack, agents, "agent-block", "127.0.0.8", "ca", "--block", "blocked.test", "--block", "127.0.0.1/32"

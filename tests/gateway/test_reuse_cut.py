@@ -1,0 +1,350 @@
+"""A stream the agent cuts on a reused data connection (``cut`` in ``gateway.reuse`` and
+``gateway.wire``): the agent says where the upload stopped, the gateway stops writing and meters
+what the agent relayed, and the connection ends cleanly and carries the next stream.
+
+A real ``TunnelHub`` and real ``AgentSession`` agents over loopback, Redis db 12 (the fixtures of
+``test_tunnel``); the wrapper's own steps against a real loopback connection pair.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from eth_account import Account
+from redis.asyncio import Redis
+
+from billing.usage import AgentReport
+from gateway import reuse, tunnel, wire
+from gateway.agent.caps import Limits
+from gateway.agent.policy import ExitPolicy
+from gateway.agent.settings import ExitSpec
+from gateway.conn import Conn
+from gateway.relay import SpliceResult
+from gateway.reuse import ReusedStream
+from gateway.tunnel import exit_id_for
+from gateway.tunnel_streams import ProviderLink
+from tests.gateway import test_reuse, test_tunnel
+from tests.gateway.test_reuse import Announced, Pair, Recorder, Settled
+from tests.gateway.test_tunnel import (
+    BIND,
+    WAIT,
+    Gateway,
+    StartAgent,
+    agent_starter,
+    assert_closed_by_peer,
+    connect_raw,
+    front_for,
+    read_message,
+    running_gateway,
+    signature,
+    ticket,
+    until,
+    usage_count,
+    usage_reports,
+)
+
+pair = test_reuse.pair  # fixtures of those modules
+sink_port = test_tunnel.sink_port
+
+
+@pytest.fixture
+async def gateway(redis: Redis) -> AsyncIterator[Gateway]:
+    async with running_gateway(redis) as gateway:
+        yield gateway
+
+
+@pytest.fixture
+async def start_agent(gateway: Gateway) -> AsyncIterator[StartAgent]:
+    async with agent_starter(gateway) as start:
+        yield start
+
+
+CAP = 2_000_000
+UPLOAD = 8 * 1024 * 1024  # what the client tries to send, well past the cap
+
+
+async def upload_through(gateway: Gateway, exit_id: str, port: int) -> tuple[str, Conn, SpliceResult]:
+    """A client uploading ``UPLOAD`` bytes through a stream to ``port``, spliced as the front does:
+    the stream's id, its data connection, and the gateway's splice result."""
+    stream_id = uuid.uuid4().hex
+    conn = await gateway.hub.open_stream(ticket(exit_id, stream_id), "127.0.0.1", port)
+    done: asyncio.Future[SpliceResult] = asyncio.get_running_loop().create_future()
+    async with front_for(conn, done) as front_port:
+        _, writer = await asyncio.open_connection("127.0.0.1", front_port)
+        chunk = bytes(1 << 16)
+        with contextlib.suppress(ConnectionError):
+            async with asyncio.timeout(WAIT):
+                for _ in range(UPLOAD // len(chunk)):
+                    if writer.is_closing():
+                        break
+                    writer.write(chunk)
+                    await writer.drain()
+        async with asyncio.timeout(WAIT):
+            result = await done
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+    gateway.hub.stream_closed(exit_id)
+    return stream_id, conn, result
+
+
+async def agent_report(gateway: Gateway, stream_id: str) -> AgentReport:
+    await until(lambda: usage_count(gateway.redis, 1))
+    (report,) = [r for r in await usage_reports(gateway.redis) if r.event_id == stream_id]
+    assert isinstance(report, AgentReport)
+    return report
+
+
+async def test_cut_upload_is_told_and_the_connection_goes_back_to_the_pool(
+    gateway: Gateway,
+    start_agent: StartAgent,
+    sink_port: int,
+) -> None:
+    agent = await start_agent(limits=Limits(cap_day=CAP + 10**6), pool_size=1)
+    link = gateway.hub.links[0]
+    assert link.reuse and link.cut and agent.session._cut  # both ends agreed at login
+    await until(lambda: len(link.idle) == 1)
+    first = link.idle[0].transport
+    assert first is not None
+    carrier = first.get_extra_info("peername")[:2]
+
+    stream_id, conn, result = await upload_through(gateway, agent.exit_id, sink_port)
+    report = await agent_report(gateway, stream_id)
+    assert (report.bytes_up, report.bytes_down, report.outcome) == (CAP + 10**6, 0, "cap_reached")
+    side = conn.transport
+    assert isinstance(side, ReusedStream)
+    # The agent said where it stopped: the upload it relayed, which is what the gateway meters
+    # (ExitDialer.finish takes the lower of its own count and this one).
+    assert (side.cut, side.cut_reason) == (CAP + 10**6, "cap_reached")
+    assert result.a_to_b >= side.cut  # the splice itself read what was in flight too
+    # The agent read and dropped what was in flight up to the gateway's end, and freed the
+    # connection: no reset, and back in the pool.
+    await until(lambda: gateway.hub.reuses == 1)
+    assert carrier in {c.transport.get_extra_info("peername")[:2] for c in link.idle if c.transport}
+
+
+async def test_agent_facing_a_gateway_without_cut_resets_as_before(
+    redis: Redis,
+    sink_port: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A gateway node of the previous version: reuse, no cut in its welcome.
+    def older(*args: Any, **kwargs: Any) -> ProviderLink:
+        return ProviderLink(*args, **{**kwargs, "cut": False})
+
+    monkeypatch.setattr(tunnel, "ProviderLink", older)
+    async with running_gateway(redis) as gateway, agent_starter(gateway) as start:
+        agent = await start(limits=Limits(cap_day=CAP), pool_size=1)
+        assert agent.session._reuse and not agent.session._cut
+        stream_id, conn, result = await upload_through(gateway, agent.exit_id, sink_port)
+        report = await agent_report(gateway, stream_id)
+        assert (report.bytes_up, report.outcome) == (CAP, "cap_reached")
+        side = conn.transport
+        assert isinstance(side, ReusedStream) and side.cut is None  # never told
+        assert result.a_to_b > CAP  # the gap the cut message closes: in flight, counted here only
+        assert gateway.hub.reuses == 0  # the connection went with the stream
+
+
+# the login
+
+
+async def login_with(gateway: Gateway, **fields: Any) -> tuple[Conn, dict[str, Any], str]:
+    account = Account.create()
+    conn = await connect_raw(gateway)
+    conn.write(wire.encode({"t": "hello", "v": wire.PROTOCOL_VERSION, "address": account.address}))
+    challenge = await read_message(conn)
+    login = {
+        "t": "login",
+        "signature": signature(account, challenge["node"], challenge["nonce"]),
+        "exits": [ExitSpec(bind=BIND, country="fr").to_wire()],
+        "policy": ExitPolicy().to_wire(),
+        "pool": 1,
+        **fields,
+    }
+    conn.write(wire.encode(login))
+    welcome = await read_message(conn)
+    assert welcome["t"] == "welcome"
+    return conn, welcome, exit_id_for(account.address, BIND)
+
+
+@pytest.mark.parametrize(
+    ("fields", "agreed"),
+    [
+        ({"reuse": True, "cut": True}, True),
+        ({"reuse": True}, False),  # an agent of the previous version
+        ({"cut": True}, False),  # cut rides on reuse
+        ({"reuse": True, "cut": "yes"}, False),
+    ],
+)
+async def test_welcome_agrees_to_cut_only_with_reuse(
+    gateway: Gateway, fields: dict[str, Any], agreed: bool
+) -> None:
+    conn, welcome, _ = await login_with(gateway, **fields)
+    assert welcome["cut"] is agreed
+    assert gateway.hub.links[0].cut is agreed
+    conn.close()
+
+
+async def test_a_cut_the_login_did_not_ask_for_drops_the_link(gateway: Gateway) -> None:
+    conn, welcome, exit_id = await login_with(gateway, reuse=True)
+    assert welcome["cut"] is False
+    conn.write(wire.encode({"t": "cut", "stream": uuid.uuid4().hex, "up": 1, "why": "cap_reached"}))
+    await assert_closed_by_peer(conn)
+    conn.close()
+    await until(lambda: not gateway.hub.is_available(exit_id))
+
+
+@pytest.mark.parametrize("up", ["10", -1, None, 2**70], ids=["text", "negative", "missing", "huge"])
+async def test_a_malformed_cut_drops_the_link(gateway: Gateway, up: Any) -> None:
+    conn, _, exit_id = await login_with(gateway, reuse=True, cut=True)
+    stream = uuid.uuid4().hex  # for no stream of this node: the message is checked all the same
+    if up == 2**70:  # beyond 64 bits: JSON's parser reads it as a float
+        conn.write(b'{"t":"cut","stream":"%s","up":%d,"why":"cap_reached"}\n' % (stream.encode(), up))
+    else:
+        message: dict[str, Any] = {"t": "cut", "stream": stream, "why": "cap_reached"}
+        if up is not None:
+            message["up"] = up
+        conn.write(wire.encode(message))
+    await assert_closed_by_peer(conn)
+    conn.close()
+    await until(lambda: not gateway.hub.is_available(exit_id))
+
+
+async def test_a_cut_for_a_stream_already_over_is_ignored(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="ipsx.gateway.tunnel")
+    conn, _, exit_id = await login_with(gateway, reuse=True, cut=True)
+    conn.write(wire.encode({"t": "cut", "stream": uuid.uuid4().hex, "up": 5, "why": "somewhere"}))
+    conn.write(wire.encode({"t": "bogus"}))  # a bad message ends the link, after the cut
+    await assert_closed_by_peer(conn)
+    conn.close()
+    await until(lambda: not gateway.hub.is_available(exit_id))
+    (warning,) = [r.getMessage() for r in caplog.records if "bad message" in r.getMessage()]
+    assert warning.endswith("unexpected message 'bogus'")  # the cut before it was taken
+
+
+# the wrapper's steps
+
+
+class Consumer(Recorder):
+    """A relay's side as the wrapper sees it, noting flow-control calls too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paused: list[bool] = []
+
+    def pause_writing(self) -> None:
+        self.paused.append(True)
+
+    def resume_writing(self) -> None:
+        self.paused.append(False)
+
+
+def wrapped(near: asyncio.Transport, *, confirm: bool) -> tuple[ReusedStream, Consumer, Announced, Settled]:
+    announced: Announced = []
+    settled: Settled = []
+
+    def settle(transport: asyncio.Transport | None) -> bool:
+        settled.append(transport)
+        return transport is not None
+
+    stream = ReusedStream(near, "s1", announce=announced.append, settle=settle, confirm=confirm)
+    consumer = Consumer()
+    stream.set_protocol(consumer)
+    stream.start()
+    return stream, consumer, announced, settled
+
+
+async def test_gateway_side_cut_stops_writing_and_ends_after_the_agents_end(pair: Pair) -> None:
+    near, far, far_recorder = pair
+    stream, consumer, announced, settled = wrapped(near, confirm=True)
+    stream.write(b"u" * 10)
+    assert stream.peer_cut(4, "cap_reached")
+    assert (stream.cut, stream.cut_reason) == (4, "cap_reached")
+    assert consumer.paused == [True]  # the relay stops reading what would go up
+    assert announced == [{"t": "end", "stream": "s1", "n": 10}]  # all it wrote, dropped or not
+    stream.write(b"late")
+    assert stream.written == 10  # nothing more goes out
+    stream._flow(pause=False)  # the socket drained: the relay stays paused all the same
+    assert consumer.paused == [True]
+
+    far.write(b"down")
+    stream.peer_end(4)  # the agent's end of what it relayed down
+    await until(lambda: consumer.lost == [None])
+    assert (consumer.data, consumer.eof) == (b"down", True)  # delivered, then the stream ends
+    assert settled == []  # until the agent has read up to this side's end and says free
+    stream.peer_free()
+    assert settled == [near] and not near.is_closing()
+    await until(lambda: len(far_recorder.data) == 10)
+    assert far_recorder.data == b"u" * 10
+
+
+@pytest.mark.parametrize("relayed", [11, -1])
+async def test_gateway_side_cut_beyond_what_was_written_cuts_the_connection(
+    pair: Pair,
+    relayed: int,
+) -> None:
+    near, _, far_recorder = pair
+    stream, _, _, settled = wrapped(near, confirm=True)
+    stream.write(b"u" * 10)
+    assert not stream.peer_cut(relayed, "cap_reached")
+    assert settled == [None] and stream.cut is None
+    await until(lambda: far_recorder.eof or far_recorder.lost != [])
+
+
+async def test_gateway_side_second_cut_cuts_the_connection(pair: Pair) -> None:
+    near, _, _ = pair
+    stream, _, _, settled = wrapped(near, confirm=True)
+    stream.write(b"u" * 10)
+    assert stream.peer_cut(5, "outside_hours")
+    assert not stream.peer_cut(5, "outside_hours")
+    assert settled == [None]
+
+
+async def test_agent_side_reads_and_drops_up_to_the_gateways_end(pair: Pair) -> None:
+    near, far, _ = pair
+    stream, consumer, announced, settled = wrapped(near, confirm=False)
+    far.write(b"a" * 100)
+    await until(lambda: len(consumer.data) == 100)
+    stream.discard_rest()
+    stream.close()  # the cut: this side's end goes out at once
+    assert announced == [{"t": "end", "stream": "s1", "n": 0}]
+    far.write(b"b" * 5000)  # what the gateway had sent before it heard of the cut
+    await until(lambda: stream.discarded == 5000)
+    assert consumer.data == b"a" * 100  # dropped, not relayed
+    assert settled == []
+    stream.peer_end(5100)
+    await until(lambda: settled == [near])  # clean: handed on for the next stream
+    assert announced[-1] == {"t": "free", "stream": "s1"}
+    assert not near.is_closing()
+
+
+async def test_agent_side_resets_past_the_discard_bound(
+    pair: Pair,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(reuse, "MAX_DISCARD", 1000)
+    near, far, far_recorder = pair
+    stream, _, _, settled = wrapped(near, confirm=False)
+    stream.discard_rest()
+    stream.close()
+    far.write(os.urandom(2000))  # a gateway that does not stop
+    await until(lambda: settled == [None])
+    await until(lambda: far_recorder.eof or far_recorder.lost != [])
+
+
+async def test_agent_side_without_discard_still_cuts_a_peer_speaking_after_close(pair: Pair) -> None:
+    near, far, _ = pair
+    stream, _, _, settled = wrapped(near, confirm=False)
+    stream.close()
+    far.write(b"z")
+    await until(lambda: settled == [None])
+    assert stream.discarded == 0
