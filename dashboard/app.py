@@ -16,6 +16,7 @@ from dashboard import metrics, openapi
 from dashboard.appkeys import HTTP, PG, REDIS, SEAT, SETTINGS
 from dashboard.leader import MarketSeat, default_advertise_url
 from dashboard.problems import json_response, problems_middleware
+from dashboard.remote import parse_network, trusted_proxies_middleware
 from dashboard.routes import routes
 from dashboard.routes_anchors import routes as anchor_routes
 from dashboard.routes_bans import routes as ban_routes
@@ -47,9 +48,12 @@ def build_app(settings: ApiSettings) -> web.Application:
     if len(settings.jwt_secret.encode()) < 32:
         raise ValueError("the JWT secret must be at least 32 bytes")
     api_metrics = metrics.ApiMetrics()
-    app = web.Application(
-        middlewares=[metrics.observe(api_metrics), problems_middleware], client_max_size=settings.max_body
-    )
+    middlewares = [metrics.observe(api_metrics), problems_middleware]
+    if settings.trusted_proxies:
+        networks = [parse_network(text) for text in settings.trusted_proxies]
+        # inside observe(), whose clone of the request would not keep the client's address
+        middlewares.insert(1, trusted_proxies_middleware(networks))
+    app = web.Application(middlewares=middlewares, client_max_size=settings.max_body)
     app[SETTINGS] = settings
 
     async def resources(app: web.Application) -> AsyncIterator[None]:

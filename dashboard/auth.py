@@ -82,8 +82,9 @@ async def count_auth_call(request: web.Request, call: str) -> None:
     """Count one ``nonce`` or ``siwe`` call (the API's or the web sign-in's) of the client's
     address against ``auth_nonce_limit`` / ``auth_siwe_limit`` per ``auth_window``.
 
-    The address is the connection's peer: an X-Forwarded-For header is not believed (a client
-    could name a new address each time), so behind a reverse proxy this caps the proxy as a whole.
+    The address is the connection's peer: an X-Forwarded-For header is believed only from the
+    proxies the operator trusts (``dashboard.remote``), since a client could name a new address
+    each time.
     """
     settings = request.app[SETTINGS]
     limit = settings.auth_nonce_limit if call == "nonce" else settings.auth_siwe_limit

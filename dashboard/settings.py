@@ -22,13 +22,17 @@ class ApiSettings:
     chain_id: int = 1
     nonce_ttl: float = 5 * 60 * SECONDS
     token_ttl: float = 15 * 60 * SECONDS
-    # requests one client address (the connection's peer) may make per auth_window of POST
-    # /v1/auth/nonce, and of POST /v1/auth/siwe (each attempt, signed in or refused), before it is
-    # answered 429. With nonce_ttl they bound the unused nonces one address holds: auth_nonce_limit
-    # for each window a nonce's lifetime overlaps (360 with these defaults).
+    # requests one client address (the connection's peer, or the client a trusted proxy names)
+    # may make per auth_window of POST /v1/auth/nonce, and of POST /v1/auth/siwe (each attempt,
+    # signed in or refused), before it is answered 429. With nonce_ttl they bound the unused
+    # nonces one address holds: auth_nonce_limit for each window a nonce's lifetime overlaps (360
+    # with these defaults).
     auth_nonce_limit: int = 60
     auth_siwe_limit: int = 60
     auth_window: float = 60 * SECONDS
+    # the operator's reverse proxies and load balancers (addresses or networks): a request from one
+    # of them counts against the client its X-Forwarded-For names (dashboard.remote)
+    trusted_proxies: tuple[str, ...] = ()
     jwt_audience: str = "ipsx-api"
     jwt_issuer: str = "ipsx"
     max_body: int = 64 * KIB

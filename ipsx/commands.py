@@ -261,6 +261,7 @@ def cmd_api(args: argparse.Namespace, env: Environment) -> None:
         web_signin_limit=args.web_signin_limit,
         auth_nonce_limit=args.auth_nonce_limit,
         auth_siwe_limit=args.auth_siwe_limit,
+        trusted_proxies=tuple(args.trusted_proxy),
         web_demo_account=args.web_demo_account,
         web_live_interval=args.web_live_interval,
         operator_key=_operator_key(args.channels_address),

@@ -14,6 +14,7 @@ import argparse
 import math
 from typing import Any
 
+from dashboard.remote import parse_network
 from ipsx.listen import port_number
 from ipsx.reseller_commands import parse_reseller_port
 
@@ -27,6 +28,15 @@ def positive_seconds(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text[:40]!r}")
     return value
+
+
+def trusted_proxy(text: str) -> str:
+    """An argparse type: a proxy's address or network (``10.0.0.7``, ``10.0.0.0/8``), kept as written."""
+    try:
+        parse_network(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text.strip()
 
 
 def positive_int(text: str) -> int:
@@ -236,6 +246,16 @@ def add_api_command(sub: argparse._SubParsersAction[Any]) -> None:
         metavar="N",
         help="sign-in attempts (POST /v1/auth/siwe) one client address may make per minute "
         "(default: %(default)s)",
+    )
+    api.add_argument(
+        "--trusted-proxy",
+        type=trusted_proxy,
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="a reverse proxy or load balancer of yours in front of the API (an address or a network; "
+        "repeat for more): a request from it counts against the client its X-Forwarded-For names, "
+        "for the per-address sign-in limits (default: none, every client is the connection's peer)",
     )
     api.add_argument(
         "--web-live-interval",

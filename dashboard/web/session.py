@@ -194,8 +194,8 @@ def check_signin_token(request: web.Request, presented: str | None) -> None:
 async def count_signin(request: web.Request) -> None:
     """Count one sign-in attempt of the client's address; Problem 429 past the limit.
 
-    The address is the connection's peer: behind a reverse proxy, that is the proxy, so run the
-    proxy's own limit there (this one then caps the proxy as a whole).
+    The address is the connection's peer, or behind a reverse proxy named with
+    ``--trusted-proxy`` the client its X-Forwarded-For names (``dashboard.remote``).
     """
     settings = request.app[SETTINGS]
     key = _SIGNIN_KEY.format(client_of(request.remote))

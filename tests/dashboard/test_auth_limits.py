@@ -161,3 +161,51 @@ def test_ipsx_api_limits_nonces_with_the_default_setting(api: Api) -> None:
 )
 def test_limits_count_an_ipv6_client_by_its_64(remote: str | None, counted_as: str) -> None:
     assert auth.client_of(remote) == counted_as
+
+
+@pytest.fixture
+async def behind_proxy(api: Api) -> AsyncIterator[Limited]:
+    """The API with the small limits, behind a reverse proxy of the operator's at 127.0.2.0/24."""
+    settings = ApiSettings(
+        api.database_url,
+        REDIS_URL,
+        api.env["IPSX_JWT_SECRET"],
+        port=0,
+        siwe_domain=f"127.0.0.1:{api.port}",
+        market=False,
+        auth_nonce_limit=LIMIT,
+        auth_siwe_limit=LIMIT,
+        auth_window=WINDOW,
+        trusted_proxies=("127.0.2.0/24",),
+    )
+    async with running_api(settings) as port:
+        yield Limited(f"http://127.0.0.1:{port}", settings, api)
+
+
+async def test_behind_a_trusted_proxy_each_client_it_names_has_its_own_limit(
+    behind_proxy: Limited, redis: Redis
+) -> None:
+    async with behind_proxy.client("127.0.2.1") as proxy:
+        first = {"X-Forwarded-For": "6.6.6.6, 203.0.113.21"}  # the client forged the left part
+        for _ in range(LIMIT):
+            assert (await proxy.post("/v1/auth/nonce", headers=first)).status_code == 201
+        _assert_too_many(await proxy.post("/v1/auth/nonce", headers=first))
+        # Another client through the same proxy is not held back by the first one's count.
+        second = {"X-Forwarded-For": "203.0.113.22"}
+        assert (await proxy.post("/v1/auth/nonce", headers=second)).status_code == 201
+    assert int(await redis.get(auth.ATTEMPTS_KEY.format("nonce", "203.0.113.21"))) == LIMIT + 1
+    assert int(await redis.get(auth.ATTEMPTS_KEY.format("nonce", "203.0.113.22"))) == 1
+    assert await redis.exists(auth.ATTEMPTS_KEY.format("nonce", "127.0.2.1")) == 0
+    assert await redis.exists(auth.ATTEMPTS_KEY.format("nonce", "6.6.6.6")) == 0
+
+
+async def test_behind_a_trusted_proxy_a_client_reaching_the_api_directly_is_its_own_peer(
+    behind_proxy: Limited, redis: Redis
+) -> None:
+    async with behind_proxy.client("127.0.1.20") as client:  # not the proxy: its header is its own
+        for n in range(LIMIT):
+            headers = {"X-Forwarded-For": f"203.0.113.{30 + n}"}
+            assert (await client.post("/v1/auth/nonce", headers=headers)).status_code == 201
+        _assert_too_many(await client.post("/v1/auth/nonce", headers={"X-Forwarded-For": "203.0.113.40"}))
+    assert int(await redis.get(auth.ATTEMPTS_KEY.format("nonce", "127.0.1.20"))) == LIMIT + 1
+    assert await redis.exists(auth.ATTEMPTS_KEY.format("nonce", "203.0.113.30")) == 0
