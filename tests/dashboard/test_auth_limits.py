@@ -4,8 +4,10 @@ the defaults, against the ``ipsx api`` process), on the test database and Redis.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
@@ -35,8 +37,9 @@ class Limited:
         )
 
 
-@pytest.fixture
-async def limited(api: Api) -> AsyncIterator[Limited]:
+@contextlib.asynccontextmanager
+async def limited_api(api: Api, **extra: Any) -> AsyncIterator[Limited]:
+    """The API in-process with the small limits (and ``extra`` settings)."""
     settings = ApiSettings(
         api.database_url,
         REDIS_URL,
@@ -47,9 +50,16 @@ async def limited(api: Api) -> AsyncIterator[Limited]:
         auth_nonce_limit=LIMIT,
         auth_siwe_limit=LIMIT,
         auth_window=WINDOW,
+        **extra,
     )
     async with running_api(settings) as port:
         yield Limited(f"http://127.0.0.1:{port}", settings, api)
+
+
+@pytest.fixture
+async def limited(api: Api) -> AsyncIterator[Limited]:
+    async with limited_api(api) as limited:
+        yield limited
 
 
 @pytest.fixture
@@ -166,20 +176,8 @@ def test_limits_count_an_ipv6_client_by_its_64(remote: str | None, counted_as: s
 @pytest.fixture
 async def behind_proxy(api: Api) -> AsyncIterator[Limited]:
     """The API with the small limits, behind a reverse proxy of the operator's at 127.0.2.0/24."""
-    settings = ApiSettings(
-        api.database_url,
-        REDIS_URL,
-        api.env["IPSX_JWT_SECRET"],
-        port=0,
-        siwe_domain=f"127.0.0.1:{api.port}",
-        market=False,
-        auth_nonce_limit=LIMIT,
-        auth_siwe_limit=LIMIT,
-        auth_window=WINDOW,
-        trusted_proxies=("127.0.2.0/24",),
-    )
-    async with running_api(settings) as port:
-        yield Limited(f"http://127.0.0.1:{port}", settings, api)
+    async with limited_api(api, trusted_proxies=("127.0.2.0/24",)) as limited:
+        yield limited
 
 
 async def test_behind_a_trusted_proxy_each_client_it_names_has_its_own_limit(

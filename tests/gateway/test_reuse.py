@@ -363,6 +363,7 @@ class Recorder(asyncio.Protocol):
         self.data = b""
         self.eof = False
         self.lost: list[Exception | None] = []
+        self.paused: list[bool] = []  # flow-control calls: True for pause_writing, False for resume
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -376,6 +377,12 @@ class Recorder(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost.append(exc)
+
+    def pause_writing(self) -> None:
+        self.paused.append(True)
+
+    def resume_writing(self) -> None:
+        self.paused.append(False)
 
 
 Pair = tuple[asyncio.Transport, asyncio.Transport, Recorder]

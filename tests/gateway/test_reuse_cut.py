@@ -31,7 +31,7 @@ from gateway.reuse import ReusedStream
 from gateway.tunnel import exit_id_for
 from gateway.tunnel_streams import ProviderLink
 from tests.gateway import test_reuse, test_tunnel
-from tests.gateway.test_reuse import Announced, Pair, Recorder, Settled
+from tests.gateway.test_reuse import Pair, wrapped
 from tests.gateway.test_tunnel import (
     BIND,
     WAIT,
@@ -232,35 +232,6 @@ async def test_a_cut_for_a_stream_already_over_is_ignored(
 
 
 # the wrapper's steps
-
-
-class Consumer(Recorder):
-    """A relay's side as the wrapper sees it, noting flow-control calls too."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.paused: list[bool] = []
-
-    def pause_writing(self) -> None:
-        self.paused.append(True)
-
-    def resume_writing(self) -> None:
-        self.paused.append(False)
-
-
-def wrapped(near: asyncio.Transport, *, confirm: bool) -> tuple[ReusedStream, Consumer, Announced, Settled]:
-    announced: Announced = []
-    settled: Settled = []
-
-    def settle(transport: asyncio.Transport | None) -> bool:
-        settled.append(transport)
-        return transport is not None
-
-    stream = ReusedStream(near, "s1", announce=announced.append, settle=settle, confirm=confirm)
-    consumer = Consumer()
-    stream.set_protocol(consumer)
-    stream.start()
-    return stream, consumer, announced, settled
 
 
 async def test_gateway_side_cut_stops_writing_and_ends_after_the_agents_end(pair: Pair) -> None:
