@@ -13,7 +13,6 @@ import contextlib
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -50,20 +49,9 @@ from tests.gateway.test_tunnel import (
     usage_reports,
 )
 
-pair = test_reuse.pair  # fixtures of those modules
+# fixtures of those modules
+gateway, start_agent, pair = test_reuse.gateway, test_reuse.start_agent, test_reuse.pair
 sink_port = test_tunnel.sink_port
-
-
-@pytest.fixture
-async def gateway(redis: Redis) -> AsyncIterator[Gateway]:
-    async with running_gateway(redis) as gateway:
-        yield gateway
-
-
-@pytest.fixture
-async def start_agent(gateway: Gateway) -> AsyncIterator[StartAgent]:
-    async with agent_starter(gateway) as start:
-        yield start
 
 
 CAP = 2_000_000
