@@ -13,6 +13,8 @@ import contextlib
 import logging
 import os
 import uuid
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,7 +32,7 @@ from gateway.reuse import ReusedStream
 from gateway.tunnel import exit_id_for
 from gateway.tunnel_streams import ProviderLink
 from tests.gateway import test_reuse, test_tunnel
-from tests.gateway.test_reuse import Pair, wrapped
+from tests.gateway.test_reuse import Pair, serving, wrapped
 from tests.gateway.test_tunnel import (
     BIND,
     WAIT,
@@ -48,6 +50,7 @@ from tests.gateway.test_tunnel import (
     usage_count,
     usage_reports,
 )
+from tests.gateway.test_tunnel_websocket import agent_settings
 
 # fixtures of those modules
 gateway, start_agent, pair = test_reuse.gateway, test_reuse.start_agent, test_reuse.pair
@@ -116,6 +119,26 @@ async def test_cut_upload_is_told_and_the_connection_goes_back_to_the_pool(
     # connection: no reset, and back in the pool.
     await until(lambda: gateway.hub.reuses == 1)
     assert carrier in {c.transport.get_extra_info("peername")[:2] for c in link.idle if c.transport}
+
+
+@pytest.mark.parametrize("transport", ["ws", "tls"])
+async def test_cut_over_the_websocket_and_tls_tunnels(
+    transport: str, gateway: Gateway, tls_gateway: Gateway, certificate: tuple[Path, Path], sink_port: int
+) -> None:
+    node = gateway if transport == "ws" else tls_gateway
+    settings = agent_settings(
+        node, path="/" if transport == "ws" else None, tls=transport == "tls", ca_file=str(certificate[0])
+    )
+    settings = replace(settings, limits=Limits(cap_day=CAP), pool_size=1)
+    async with serving(node, settings) as agent:
+        assert node.hub.links[0].cut
+        stream_id, conn, result = await upload_through(node, agent.exit_id, sink_port)
+        report = await agent_report(node, stream_id)
+        side = conn.transport
+        assert isinstance(side, ReusedStream)
+        assert side.cut == report.bytes_up == CAP and report.outcome == "cap_reached"
+        assert result.a_to_b >= CAP
+        await until(lambda: node.hub.reuses == 1)  # the connection ended cleanly: back in the pool
 
 
 async def test_agent_facing_a_gateway_without_cut_resets_as_before(
