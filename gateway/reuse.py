@@ -14,14 +14,14 @@ that end (``DRAIN_SECONDS`` at most) as long as nothing more comes: a byte after
 the peer still had something to say, and the connection is cut as it was before reuse, so
 neither meter counts a tail the other never relayed.
 
-A stream the agent cuts (its provider's cap reached, its serving hours over) stops reading what
-the gateway sends, while the gateway may have written more. With ``cut`` agreed at login, the
-agent says where it stopped (``{"t": "cut", "stream": …, "up": …}``, the bytes it relayed to the
-destination) before ending its side, and reads and drops the rest up to the gateway's end
-(``MAX_DISCARD`` bytes at most). The gateway stops writing at once, announces its end, and meters
-the stream's upload as the agent relayed it: both meters count the same bytes, the connection
-closes without a reset that could lose the last bytes relayed down, and it may carry the next
-stream.
+A side that cuts a stream short stops reading what the other still sends: the agent at its
+provider's cap or the end of its serving hours, the gateway when the deal's traffic allowance is
+used up. With ``cut`` agreed at login, the cutting side says how much of the other's direction it
+relayed (``{"t": "cut", "stream": …, "up": …}`` from the agent, ``"down"`` from the gateway)
+before ending its own, and reads and drops the rest up to the other's end (``MAX_DISCARD`` bytes
+at most). The other side stops writing at once, announces its end, and meters that direction as
+the cutting side relayed it: both meters count the same bytes, the connection closes without a
+reset that could lose bytes already relayed, and it may carry the next stream.
 
 Anything else — the peer's TCP close, a lost connection, an abort, more bytes than announced, a
 drain over its bounds — closes the data connection, as when connections were not reused. When the
@@ -86,6 +86,7 @@ class ReusedStream(asyncio.Transport):
         settle: Settle,
         confirm: bool,
         received: int = 0,
+        cuts: bool = False,
     ) -> None:
         super().__init__()
         self._transport = transport
@@ -107,10 +108,11 @@ class ReusedStream(asyncio.Transport):
         self._paused = False  # reading paused by the relay
         self._started = False  # the connection's events come here (the dial's answer was read)
         self._timer: asyncio.TimerHandle | None = None
-        self.cut: int | None = None  # the gateway: the agent cut the stream after relaying this many
-        self.cut_reason = ""  # … and why (``wire.CUT_REASONS``)
-        self._discarding = False  # the agent: past a cut, the rest is read and dropped
-        self.discarded = 0  # the agent: bytes read and dropped past the cut
+        self._cuts = cuts  # both ends agreed to say where a stream they cut stopped
+        self.cut: int | None = None  # the peer cut the stream after relaying this many of our bytes
+        self.cut_reason = ""  # … and why
+        self._discarding = False  # this side cut it: the rest is read and dropped
+        self.discarded = 0  # bytes read and dropped past this side's cut
 
     def start(self, pending: bytes = b"", eof: bool = False) -> None:
         """Take over the connection's events once the dial's answer was read off it, with what
@@ -224,12 +226,11 @@ class ReusedStream(asyncio.Transport):
             asyncio.get_running_loop().call_soon(self._deliver_end)
 
     def peer_cut(self, relayed: int, reason: str) -> bool:
-        """The agent cut the stream (``reason``: the outcome it reports) having relayed
-        ``relayed`` of the bytes this side wrote, and
-        drops the rest: nothing more is written, this side's end is announced now, the relay
-        stops reading what would go up, and the stream ends once the agent's own end has come.
-        A second cut, or one beyond what was written, is not the protocol: the connection is cut
-        (False)."""
+        """The peer cut the stream (``reason``: the outcome it records) having relayed
+        ``relayed`` of the bytes this side wrote, and drops the rest: nothing more is written,
+        this side's end is announced now, the relay stops reading what would be written, and
+        the stream ends once the peer's own end has come. A second cut, or one beyond what was
+        written, is not the protocol: the connection is cut (False)."""
         if self._settle is None:
             return False  # the stream's ends go by TCP already, or it is over
         if self.cut is not None or not 0 <= relayed <= self.written:
@@ -243,11 +244,18 @@ class ReusedStream(asyncio.Transport):
             self.close()
         return True
 
-    def discard_rest(self) -> None:
-        """This side (the agent) cut the stream and said so with ``cut``: from now on what still
-        comes from the gateway is read and dropped, up to its end, instead of resetting the
-        connection at the first byte after the close."""
+    def cut_here(self, relayed: int, reason: str, *, direction: str) -> bool:
+        """This side cuts the stream having relayed ``relayed`` bytes of what the peer wrote
+        (``direction``: ``up`` on the agent, ``down`` on the gateway). The peer is told, stops
+        writing and announces its end, and what it sent meanwhile is read and dropped up to that
+        end, instead of resetting the connection at the first byte after the close. False when
+        the peer cannot be told (``cut`` not agreed at login, or the ends go by TCP already):
+        the caller cuts the connection as before."""
+        if not self._cuts or self._settle is None or self._closing:
+            return False
+        self._announce({"t": "cut", "stream": self.stream, direction: relayed, "why": reason})
         self._discarding = True
+        return True
 
     def peer_free(self) -> None:
         """The agent has counted the whole stream and waits for the next dial."""

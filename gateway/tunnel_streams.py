@@ -292,6 +292,7 @@ class LinkTable:
             announce=link.tell,
             settle=lambda transport: self._settled(link, stream_id, transport),
             confirm=True,
+            cuts=link.cut,
         )
         if link.closed:  # it closed while this connection was handed over: no ends to announce
             reused.orphan()

@@ -34,6 +34,8 @@ Control connection (agent → gateway first)::
             "why": "cap_reached" | "outside_hours"}         the stream after relaying ``up``
                                                             bytes up; it drops the rest up to
                                                             the gateway's end
+    gw:    {"t": "cut", "stream": …, "down": …,             the same from the gateway, after
+            "why": "allowance_used"}                        relaying ``down`` bytes down
 
 Data connection::
 
@@ -47,10 +49,11 @@ Without reuse, a data connection carries one stream and TCP's end of stream is t
 With it (the login asked ``"reuse": true`` and the welcome agreed), each direction's end is the
 ``end`` message on the control connection, counted in bytes, and once both ended the agent says
 ``free`` and reads the next ``dial`` on the same connection (``gateway.reuse``). With ``cut``
-agreed too, a stream the agent cuts (a cap, its serving hours) is told with ``cut`` before the
-agent's end: the gateway stops writing, announces its own end, and meters the upload the agent
-relayed, while the agent reads and drops what was in flight; without it, such a stream's
-connection is reset and the gateway's upload count may exceed the agent's by what was in flight.
+agreed too, a stream one side cuts (the agent: a cap, its serving hours; the gateway: the deal's
+allowance) is told with ``cut`` before that side's end: the other stops writing, announces its
+own end, and meters that direction as the cutting side relayed it, while the cutting side reads
+and drops what was in flight; without it, such a stream's connection is reset and one meter may
+exceed the other by what was in flight.
 
 The ticket is the stream's billing facts signed by the gateway nodes (``gateway.tickets``). The
 agent keeps each report until ``acked``; a report whose node is gone goes, with its ticket, to
@@ -84,7 +87,9 @@ import orjson
 PROTOCOL_VERSION = 1
 CAP_REACHED = "cap_reached"  # a stream cut at the provider's data cap (the outcome both sides record)
 OUTSIDE_HOURS = "outside_hours"  # a stream cut when the provider's serving hours ended
-CUT_REASONS = frozenset({CAP_REACHED, OUTSIDE_HOURS})
+CUT_REASONS = frozenset({CAP_REACHED, OUTSIDE_HOURS})  # why an agent cuts a stream
+ALLOWANCE_USED = "allowance_used"  # a stream the gateway cut once its deal carried the allowance
+GATEWAY_CUTS = frozenset({ALLOWANCE_USED})  # why a gateway cuts one
 MAX_LINE = 64 * 1024
 
 

@@ -137,7 +137,7 @@ class AgentSession:
         self._control: Conn | None = None
         self._pooled = 0  # data connections opening or idle, not yet carrying a stream
         self._reuse = False  # the gateway agreed to carry stream after stream on them
-        self._cut = False  # … and to hear where a stream it cuts stopped (wire "cut")
+        self._cut = False  # … and that each side says where a stream it cuts stopped (wire "cut")
         self._reused: dict[str, ReusedStream] = {}  # streams on such connections, by id
         self._told: list[bytes] = []  # control messages of this loop iteration
         self._tasks: set[asyncio.Task[None]] = set()
@@ -271,6 +271,14 @@ class AgentSession:
                     reused = self._reused.get(wire.field(message, "stream", str))
                     if reused is not None:
                         reused.peer_end(wire.field(message, "n", int))
+                elif message["t"] == "cut" and self._cut:
+                    reused = self._reused.get(wire.field(message, "stream", str))
+                    relayed = wire.field(message, "down", int)
+                    if relayed < 0:
+                        raise WireError("field 'down' is negative")
+                    why = message.get("why")
+                    if reused is not None:  # else a stream already over
+                        reused.peer_cut(relayed, why if why in wire.GATEWAY_CUTS else wire.ALLOWANCE_USED)
                 elif message["t"] == "error":
                     raise LoginRefused(str(message.get("reason"))[:200])
         finally:
@@ -465,6 +473,7 @@ class AgentSession:
                 settle=lambda transport: self._settled(stream, transport),
                 confirm=False,
                 received=len(a_data),
+                cuts=self._cut,
             )
             reused.start()
             self._reused[stream] = reused
@@ -476,8 +485,14 @@ class AgentSession:
 
         def done(result: SpliceResult) -> None:
             self.splices.pop(splice, None)
+            down, outcome = result.b_to_a, _OUTCOMES.get(result.outcome, result.outcome)
+            if reused is not None and reused.cut is not None:
+                # The gateway cut the stream (its deal's allowance) and dropped what it got past
+                # that: the download is what it relayed, so both meters count the same bytes.
+                down = min(down, reused.cut)
+                if outcome not in wire.CUT_REASONS:  # not cut here first
+                    outcome = reused.cut_reason
             self._governor.finished(gate, deal, result.a_to_b, result.b_to_a)
-            outcome = _OUTCOMES.get(result.outcome, result.outcome)
             self._reports.submit(
                 self,
                 {
@@ -485,7 +500,7 @@ class AgentSession:
                     "stream": stream,
                     "exit": exit_id,
                     "up": result.a_to_b,
-                    "down": result.b_to_a,
+                    "down": down,
                     "opened": opened_at,
                     "closed": result.closed_at,
                     "outcome": outcome,
@@ -509,14 +524,11 @@ class AgentSession:
         def cut(outcome: str) -> None:
             if gate is not None:
                 gate.exhausted = True  # its gateway side stops reading, ends and closes
-            if reused is not None and self._cut:
-                # The gateway hears where the upload stopped before this side's end, stops
-                # writing and announces its own end; what it sent meanwhile is read and dropped.
-                self._tell({"t": "cut", "stream": stream, "up": splice.a_to_b, "why": outcome})
-                reused.discard_rest()
-            elif reused is not None:
-                # What the gateway sent past the cut is never read, so where the stream ends
-                # on the connection is unknown: it ends by TCP and is not reused.
+            # The gateway hears where the upload stopped before this side's end, stops writing
+            # and announces its own end; what it sent meanwhile is read and dropped. Without
+            # that (an older gateway), what it sent past the cut is never read, so where the
+            # stream ends on the connection is unknown: it ends by TCP and is not reused.
+            if reused is not None and not reused.cut_here(splice.a_to_b, outcome, direction="up"):
                 reused.orphan()
             splice.end(outcome)
 

@@ -515,7 +515,12 @@ def test_one_long_lived_tunnel_ends_once_its_deal_carried_the_allowance(stack: S
     received = int(download.stdout)
     assert elapsed < 30
     (row,) = stack.wait_usage("deal_id = $1", deal["deal_id"], count=1)
-    assert row["outcome"] == "allowance_used"
+    assert row["outcome"] == row["agent_outcome"] == "allowance_used"
+    # The agent heard where the gateway cut the download: both meters count the same bytes.
+    assert (row["agent_bytes_up"], row["agent_bytes_down"]) == (
+        row["gateway_bytes_up"],
+        row["gateway_bytes_down"],
+    )
     metered = row["gateway_bytes_up"] + row["gateway_bytes_down"]
     assert allowance <= metered < body // 4
     # Ended, not reset: the client got every byte it is billed for (all but the heads).
@@ -526,7 +531,9 @@ def test_one_long_lived_tunnel_ends_once_its_deal_carried_the_allowance(stack: S
         time.sleep(0.5)
     settled = market.api.deal(deal["deal_id"])
     assert settled["state"] == "settled"
-    assert "allowance_used" in [t["event"] for t in settled["transitions"]]
+    events = [t["event"] for t in settled["transitions"]]
+    assert "allowance_used" in events
+    assert "dispute_resolved" not in events and settled["billable_bytes"] == metered  # the meters matched
     assert int(settled["charge"]["base_units"]) <= int(deal["reserve"]["base_units"])
 
 

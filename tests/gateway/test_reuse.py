@@ -413,7 +413,9 @@ Announced = list[dict[str, Any]]
 Settled = list[asyncio.Transport | None]
 
 
-def wrapped(near: asyncio.Transport, *, confirm: bool) -> tuple[ReusedStream, Recorder, Announced, Settled]:
+def wrapped(
+    near: asyncio.Transport, *, confirm: bool, cuts: bool = False
+) -> tuple[ReusedStream, Recorder, Announced, Settled]:
     announced: Announced = []
     settled: list[asyncio.Transport | None] = []
 
@@ -421,7 +423,7 @@ def wrapped(near: asyncio.Transport, *, confirm: bool) -> tuple[ReusedStream, Re
         settled.append(transport)
         return transport is not None
 
-    stream = ReusedStream(near, "s1", announce=announced.append, settle=settle, confirm=confirm)
+    stream = ReusedStream(near, "s1", announce=announced.append, settle=settle, confirm=confirm, cuts=cuts)
     consumer = Recorder()
     stream.set_protocol(consumer)
     stream.start()

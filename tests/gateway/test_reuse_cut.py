@@ -15,7 +15,7 @@ import os
 import uuid
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from eth_account import Account
@@ -27,7 +27,8 @@ from gateway.agent.caps import Limits
 from gateway.agent.policy import ExitPolicy
 from gateway.agent.settings import ExitSpec
 from gateway.conn import Conn
-from gateway.relay import SpliceResult
+from gateway.front import Front
+from gateway.relay import Splice, SpliceResult
 from gateway.reuse import ReusedStream
 from gateway.tunnel import exit_id_for
 from gateway.tunnel_streams import ProviderLink
@@ -54,6 +55,7 @@ from tests.gateway.test_tunnel_websocket import agent_settings
 
 # fixtures of those modules
 gateway, start_agent, pair = test_reuse.gateway, test_reuse.start_agent, test_reuse.pair
+firehose_port = test_reuse.firehose_port
 sink_port = test_tunnel.sink_port
 
 
@@ -119,6 +121,48 @@ async def test_cut_upload_is_told_and_the_connection_goes_back_to_the_pool(
     # connection: no reset, and back in the pool.
     await until(lambda: gateway.hub.reuses == 1)
     assert carrier in {c.transport.get_extra_info("peername")[:2] for c in link.idle if c.transport}
+
+
+async def test_allowance_cut_by_the_gateway_is_told_and_both_meters_agree(
+    gateway: Gateway, start_agent: StartAgent, firehose_port: int
+) -> None:
+    agent = await start_agent(pool_size=1)
+    link = gateway.hub.links[0]
+    await until(lambda: len(link.idle) == 1)
+    stream_id = uuid.uuid4().hex
+    conn = await gateway.hub.open_stream(ticket(agent.exit_id, stream_id), "127.0.0.1", firehose_port)
+    exit_side = conn.transport
+    assert isinstance(exit_side, ReusedStream)
+    done: asyncio.Future[SpliceResult] = asyncio.get_running_loop().create_future()
+    spliced: list[Splice] = []
+
+    class Client(asyncio.Protocol):  # the client's side, spliced to the stream as the front does
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            exit_transport, pending, eof = conn.detach()
+            client = cast(asyncio.Transport, transport)
+            spliced.append(Splice(client, exit_transport, on_done=done.set_result, b_data=pending, b_eof=eof))
+
+    server = await asyncio.get_running_loop().create_server(Client, "127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+        received = len(await reader.readexactly(1_000_000))  # the download runs at full speed
+        Front._cut_allowance(spliced[0], exit_side)  # the deal's allowance is used up
+        async with asyncio.timeout(WAIT):
+            while chunk := await reader.read(1 << 16):
+                received += len(chunk)
+            result = await done
+        writer.close()
+    finally:
+        server.close()
+    gateway.hub.stream_closed(agent.exit_id)
+    assert result.outcome != "b_lost"  # the agent ended its side cleanly, no reset
+    assert received == result.b_to_a  # the client got every byte the gateway metered
+    report = await agent_report(gateway, stream_id)
+    # The agent heard how much of the download reached the client and metered that, not what
+    # it had sent past it (dropped at the gateway).
+    assert (report.bytes_down, report.outcome) == (result.b_to_a, "allowance_used")
+    assert exit_side.discarded > 0  # the firehose had more in flight
+    await until(lambda: gateway.hub.reuses == 1)  # read up to the agent's end: back in the pool
 
 
 @pytest.mark.parametrize("transport", ["ws", "tls"])
@@ -291,15 +335,18 @@ async def test_gateway_side_second_cut_cuts_the_connection(pair: Pair) -> None:
     assert settled == [None]
 
 
-async def test_agent_side_reads_and_drops_up_to_the_gateways_end(pair: Pair) -> None:
+async def test_cutting_side_reads_and_drops_up_to_the_peers_end(pair: Pair) -> None:
     near, far, _ = pair
-    stream, consumer, announced, settled = wrapped(near, confirm=False)
+    stream, consumer, announced, settled = wrapped(near, confirm=False, cuts=True)
     far.write(b"a" * 100)
     await until(lambda: len(consumer.data) == 100)
-    stream.discard_rest()
-    stream.close()  # the cut: this side's end goes out at once
-    assert announced == [{"t": "end", "stream": "s1", "n": 0}]
-    far.write(b"b" * 5000)  # what the gateway had sent before it heard of the cut
+    assert stream.cut_here(100, "cap_reached", direction="up")
+    stream.close()  # the cut: this side's end goes out at once, after the cut
+    assert announced == [
+        {"t": "cut", "stream": "s1", "up": 100, "why": "cap_reached"},
+        {"t": "end", "stream": "s1", "n": 0},
+    ]
+    far.write(b"b" * 5000)  # what the peer had sent before it heard of the cut
     await until(lambda: stream.discarded == 5000)
     assert consumer.data == b"a" * 100  # dropped, not relayed
     assert settled == []
@@ -309,23 +356,32 @@ async def test_agent_side_reads_and_drops_up_to_the_gateways_end(pair: Pair) -> 
     assert not near.is_closing()
 
 
-async def test_agent_side_resets_past_the_discard_bound(
-    pair: Pair,
-    monkeypatch: pytest.MonkeyPatch,
+async def test_a_cut_is_not_told_where_it_was_not_agreed_or_cannot_be(pair: Pair) -> None:
+    near, _, _ = pair
+    stream, _, announced, _ = wrapped(near, confirm=True)  # an agent or node of the previous version
+    assert not stream.cut_here(0, "allowance_used", direction="down")
+    agreed, _, told, _ = wrapped(near, confirm=True, cuts=True)
+    agreed.orphan()  # the control connection went: nothing can be told on it
+    assert not agreed.cut_here(0, "allowance_used", direction="down")
+    assert announced == [] and told == []
+
+
+async def test_cutting_side_resets_past_the_discard_bound(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(reuse, "MAX_DISCARD", 1000)
     near, far, far_recorder = pair
-    stream, _, _, settled = wrapped(near, confirm=False)
-    stream.discard_rest()
+    stream, _, _, settled = wrapped(near, confirm=False, cuts=True)
+    assert stream.cut_here(0, "cap_reached", direction="up")
     stream.close()
-    far.write(os.urandom(2000))  # a gateway that does not stop
+    far.write(os.urandom(2000))  # a peer that does not stop
     await until(lambda: settled == [None])
     await until(lambda: far_recorder.eof or far_recorder.lost != [])
 
 
-async def test_agent_side_without_discard_still_cuts_a_peer_speaking_after_close(pair: Pair) -> None:
+async def test_without_a_cut_a_peer_speaking_after_the_close_is_still_cut(pair: Pair) -> None:
     near, far, _ = pair
-    stream, _, _, settled = wrapped(near, confirm=False)
+    stream, _, _, settled = wrapped(near, confirm=False, cuts=True)
     stream.close()
     far.write(b"z")
     await until(lambda: settled == [None])
