@@ -31,7 +31,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, cast
 
 import aiohttp
 import asyncpg
@@ -121,6 +121,28 @@ async def _save_cursor(pool: asyncpg.Pool, name: str, block: int, block_hash: st
         block,
         block_hash,
         block_time,
+    )
+
+
+async def record_domain(pool: asyncpg.Pool, channels_address: str, problem: str | None) -> None:
+    """Keep what the watcher read of the contract's EIP-712 domain: ``problem`` is None when it
+    takes the proofs and consents this IPSX signs, else why not (``contracts.proofs``)."""
+    await pool.execute(
+        "INSERT INTO channels_domains (address, problem) VALUES ($1, $2)"
+        " ON CONFLICT (address) DO UPDATE SET problem = $2, checked_at = now()",
+        to_checksum_address(channels_address),
+        problem,
+    )
+
+
+async def domain_problem(pool: asyncpg.Pool, channels_address: str) -> str | None:
+    """Why the contract refuses this IPSX's proofs and consents, as its watcher last read it; None
+    when it takes them or no watcher has read it yet (an API node cannot ask the chain itself)."""
+    return cast(
+        str | None,
+        await pool.fetchval(
+            "SELECT problem FROM channels_domains WHERE address = $1", to_checksum_address(channels_address)
+        ),
     )
 
 

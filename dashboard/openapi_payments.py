@@ -161,7 +161,10 @@ PATHS: dict[str, Any] = {
                     "(conflict), invoices are unpaid (unpaid_usage) or deals still run with no other "
                     "usable channel (deals_running)"
                 ),
-                "503": _problem("this API node does not sign for the operator"),
+                "503": _problem(
+                    "this API node does not sign for the operator, or the contract would refuse the "
+                    "consent (another version, as the chain watcher read it)"
+                ),
                 **_AUTH_ERRORS,
             },
         }

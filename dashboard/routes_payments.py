@@ -9,7 +9,7 @@ from aiohttp import web
 from eth_account import Account
 from eth_utils.address import to_checksum_address
 
-from billing import channels, payments
+from billing import chain, channels, payments
 from billing.channels import Channel, ProofRejected
 from billing.payments import ConsentRefused, Invoice, PaymentSettings, UnknownInvoice
 from contracts import proofs
@@ -149,7 +149,8 @@ async def closing_consent(request: web.Request) -> web.Response:
 
     Problems: 404 not a requester channel of the caller; 409 ``conflict`` (closing or settled, or
     frozen by a consent given before consents expired), ``unpaid_usage`` (``owed``) or
-    ``deals_running`` (``running``); 503 no operator key here.
+    ``deals_running`` (``running``); 503 no operator key here, or a contract that would refuse the
+    consent (another version, as the chain watcher read it: ``billing.chain.domain_problem``).
     """
     caller = await authorized(request, "trade")
     settings = request.app[SETTINGS]
@@ -163,6 +164,15 @@ async def closing_consent(request: web.Request) -> web.Response:
         channel = None
     if channel is None or channel.account_id != caller.account.id or channel.role != "requester":
         raise Problem(404, "not_found", "no requester channel of yours has this id")
+    # Checked before the channel is frozen: a consent the contract refuses would freeze it for nothing.
+    refusal = await chain.domain_problem(pool, domain.verifying_contract)
+    if refusal is not None:
+        raise Problem(
+            503,
+            "payments_unavailable",
+            f"the PaymentChannels contract {domain.verifying_contract} would refuse this consent "
+            f"({refusal}); the operator must deploy this IPSX's contracts",
+        )
     try:
         frozen = await payments.consent(pool, channel, ttl=payment_settings(settings).consent_ttl)
     except ConsentRefused as refused:

@@ -171,22 +171,29 @@ async def node(url: str, record: DeploymentFile) -> AsyncIterator[AsyncWeb3[Any]
         await w3.provider.disconnect()
 
 
+async def channels_domain(w3: AsyncWeb3[Any], url: str, record: DeploymentFile) -> tuple[str, str | None]:
+    """The EIP-712 domain name of the PaymentChannels contract of ``record``, and why it refuses
+    the proofs and consents this IPSX signs (None when it takes them); raises ``UsageError`` when
+    the node cannot be reached."""
+    channels = w3.eth.contract(
+        address=Web3.to_checksum_address(record.channels), abi=load("PaymentChannels").abi
+    )
+    try:
+        _, name, version, *_ = await channels.functions.eip712Domain().call()
+        return name, proofs.foreign_domain(name, version)
+    except (ContractLogicError, BadFunctionCallOutput):
+        return "", proofs.NO_DOMAIN
+    except CONNECTION_ERRORS as error:
+        raise UsageError(f"cannot reach the Ethereum node at {shown(url)}: {type(error).__name__}") from None
+
+
 async def _check_channels_domain(w3: AsyncWeb3[Any], url: str, record: DeploymentFile) -> None:
     """Raises ``UsageError`` unless the PaymentChannels contract of ``record`` is an IPSX one
     (its EIP-712 domain's name is ours). One of another version (``contracts.proofs``) refuses
     the proofs and consents this IPSX signs, but the channels open on it still need watching (a
     stale close countered, deposits and settlements booked): a warning says so, and the
     command runs."""
-    channels = w3.eth.contract(
-        address=Web3.to_checksum_address(record.channels), abi=load("PaymentChannels").abi
-    )
-    try:
-        _, name, version, *_ = await channels.functions.eip712Domain().call()
-        why = proofs.foreign_domain(name, version)
-    except (ContractLogicError, BadFunctionCallOutput):
-        name, why = "", proofs.NO_DOMAIN
-    except CONNECTION_ERRORS as error:
-        raise UsageError(f"cannot reach the Ethereum node at {shown(url)}: {type(error).__name__}") from None
+    name, why = await channels_domain(w3, url, record)
     if why is None:
         return
     contract = f"the PaymentChannels contract {record.channels} on the node at {shown(url)}"

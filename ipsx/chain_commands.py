@@ -18,7 +18,7 @@ from web3 import Web3
 
 from billing import db, withdrawal_transfers, withdrawals
 from billing.anchoring import Anchorer, AnchorError, AnchorSettings
-from billing.chain import ChainSettings, ChainWatcher, DeepReorg
+from billing.chain import ChainSettings, ChainWatcher, DeepReorg, record_domain
 from billing.errors import InvalidAmount
 from billing.ledger import Amount, format_amount, parse_amount
 from billing.reconcile import Report, format_report, reconcile
@@ -28,6 +28,7 @@ from ipsx import runtime
 from ipsx.chain_access import (
     CONNECTION_ERRORS,
     DeploymentFile,
+    channels_domain,
     node,
     operator_key,
     quiet_providers,
@@ -113,11 +114,13 @@ def watch_command(args: argparse.Namespace, env: Environment) -> None:
     stopped: list[DeepReorg] = []
 
     async def main(stop: asyncio.Event) -> None:
-        async with node(url, record):
-            pass  # only its checks: the watcher makes its own connection
+        async with node(url, record) as w3:  # its checks: the watcher makes its own connection
+            _, problem = await channels_domain(w3, url, record)
         # The sender holds one connection for its lock and uses another meanwhile.
         pool = await open_pool(env.database, args.db_pool + (2 if sending else 0))
         try:
+            # What the API nodes read before they sign a closing consent: they cannot ask the chain.
+            await record_domain(pool, record.channels, problem)
             async with ChainWatcher(pool, settings) as watcher:
                 log.info(
                     "watching PaymentChannels %s on chain %d from block %d, %d confirmations, operator %s",

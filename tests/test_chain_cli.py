@@ -332,6 +332,13 @@ def test_watch_credits_a_deposit_after_confirmations_and_reconcile_agrees(
     assert "watching PaymentChannels " + channels.address in log
     assert "Traceback" not in log
     assert operator.key.hex().removeprefix("0x") not in log
+    # What the API nodes read before they sign a closing consent: this contract takes them.
+    recorded = fetchval(
+        database_url,
+        "SELECT count(*) FROM channels_domains WHERE address = $1 AND problem IS NULL",
+        channels.address,
+    )
+    assert recorded == 1
 
 
 async def _post_bogus_deposit(url: str, name: str) -> None:
@@ -467,7 +474,7 @@ async def _tables(url: str) -> int:
 
 
 def test_commands_refuse_a_payment_channels_contract_of_another_domain(
-    deployed: Deployed, base_env: dict[str, str], tmp_path: Path
+    deployed: Deployed, base_env: dict[str, str], database_url: str, tmp_path: Path
 ) -> None:
     # Proofs and consents are signed for DOMAIN_VERSION: a contract of another version (the one
     # before consents expired, say) refuses them all. The chain services still serve it, with a
@@ -516,6 +523,9 @@ def test_commands_refuse_a_payment_channels_contract_of_another_domain(
             time.sleep(0.2)
         text = log.read_text()
     assert warning in text and f"watching PaymentChannels {old}" in text, text
+    # The API nodes, which have no chain connection, read it before they sign a closing consent.
+    recorded = fetchval(database_url, "SELECT problem FROM channels_domains WHERE address = $1", old)
+    assert recorded == f"it is version '1' and this IPSX signs for version '{proofs.DOMAIN_VERSION}'"
 
     # A requester's wallet opening a channel on it is stopped before anything is sent.
     wallet = tmp_path / "requester.key"

@@ -272,6 +272,33 @@ def test_a_closing_consent_freezes_the_channel_and_cuts_the_requester_off(
     assert payer.client.channel_consent(payer.channel) == consent
 
 
+def test_no_consent_is_signed_for_a_contract_its_watcher_found_of_another_version(
+    payer: Payer, tmp_path: Path
+) -> None:
+    agent = PaymentAgent(payer.client, payer.wallet, max_invoice=1000, budget=1000, store=tmp_path / "s.json")
+    payer.settle(120)
+    payer.invoices(1)
+    agent.pay_once()
+    why = f"it is version '1' and this IPSX signs for version '{proofs.DOMAIN_VERSION}'"
+    # What `ipsx chain watch` recorded when it read the contract (billing.chain.record_domain).
+    payer.sql("INSERT INTO channels_domains (address, problem) VALUES ($1, $2)", CHANNELS_ADDRESS, why)
+    try:
+        with pytest.raises(ApiError) as refused:
+            payer.client.channel_consent(payer.channel)
+        assert (refused.value.status, refused.value.code) == (503, "payments_unavailable")
+        assert refused.value.detail == (
+            f"the PaymentChannels contract {CHANNELS_ADDRESS} would refuse this consent ({why}); "
+            "the operator must deploy this IPSX's contracts"
+        )
+        (channel,) = payer.client.channels()
+        assert (channel["consented_balance"], channel["consent_expires_at"]) == (None, None)  # not frozen
+        # The watcher of a contract of this version records no problem: the consent is signed.
+        payer.sql("UPDATE channels_domains SET problem = NULL WHERE address = $1", CHANNELS_ADDRESS)
+        assert payer.client.channel_consent(payer.channel)["balance"]["base_units"] == "120"
+    finally:
+        payer.sql("DELETE FROM channels_domains WHERE address = $1", CHANNELS_ADDRESS)
+
+
 def test_a_closing_consent_past_its_expiry_unfreezes_the_channel(payer: Payer, tmp_path: Path) -> None:
     agent = PaymentAgent(payer.client, payer.wallet, max_invoice=1000, budget=1000, store=tmp_path / "s.json")
     payer.settle(120)
