@@ -200,6 +200,14 @@ class Conn(asyncio.Protocol):
                 raise ConnectionClosed("connection closed")
             await self._wait(None)
 
+    def drop_buffered(self) -> int:
+        """Forget the bytes read and not yet taken (a stream cut short: they are not relayed);
+        how many there were."""
+        dropped = len(self._buffer)
+        self._buffer.clear()
+        self._resume()
+        return dropped
+
     def unread(self, data: bytes) -> None:
         """Put bytes back in front of the buffer (what a parser read past its message)."""
         if data:

@@ -16,7 +16,7 @@ from gateway.targeting import BAN_SESSION_EXIT, Targeting
 from gateway.tickets import Ticket
 from gateway.tunnel import TunnelHub
 from gateway.tunnel_streams import DialError
-from gateway.wire import DialErrorCode
+from gateway.wire import ALLOWANCE_USED, DialErrorCode
 from matching.orders import RequestFilters, order_of
 from matching.routing import DealRoutes
 from pool.bans import DEFAULT_BAN_TTL, BanBook
@@ -65,6 +65,14 @@ class Stream:
         if isinstance(side, ReusedStream) and side.cut is not None:
             return side.cut, side.cut_reason
         return None
+
+    def cut_allowance(self, down: int) -> None:
+        """Before this node ends the stream for its deal's allowance: tell the agent that ``down``
+        bytes of the download were relayed, so it stops sending and meters that, and drop here
+        what it sent meanwhile (on a data connection where both ends agreed to, gateway.reuse)."""
+        side = self.conn.transport
+        if isinstance(side, ReusedStream):
+            side.cut_here(down, ALLOWANCE_USED, direction="down")
 
 
 class ExitDialer:

@@ -24,6 +24,7 @@ from gateway.refusals import Refused, dial_refusal, http_error
 from gateway.settings import GatewaySettings
 from gateway.targeting import Targeting
 from gateway.tunnel_streams import DialError
+from gateway.wire import ALLOWANCE_USED
 
 Authorize = Callable[[http1.RequestHead], Awaitable[Targeting]]
 
@@ -69,6 +70,7 @@ class _Upstream:
     reader: http1.ResponseHeadReader  # reused for every response on this stream
     up: int = 0
     down: int = 0
+    ended_for: str | None = None  # the outcome of a stream this node cut (its deal's allowance)
 
 
 class PlainForwarder:
@@ -191,11 +193,21 @@ class PlainForwarder:
         upstream = _Upstream(stream, key, http1.ResponseHeadReader(self._settings.limits))
         if stream.watched is not None:
             stream.watched.gauge = lambda: upstream.up + upstream.down
-            stream.watched.cut = stream.conn.close
+
+            def cut() -> None:
+                # Nothing more is relayed, not even what is buffered here: the agent is told how
+                # much of the download came through, and the stream closes.
+                upstream.ended_for = ALLOWANCE_USED
+                stream.conn.drop_buffered()
+                stream.cut_allowance(upstream.down)
+                stream.conn.close()
+
+            stream.watched.cut = cut
         return upstream
 
     def _end_upstream(self, upstream: _Upstream, outcome: str) -> None:
         upstream.stream.conn.close()
+        outcome = upstream.ended_for or outcome
         self._dialer.finish(upstream.stream, up=upstream.up, down=upstream.down, outcome=outcome)
 
     async def _exchange(

@@ -24,14 +24,13 @@ from dataclasses import dataclass, replace
 
 from billing.accounts import ApiKey
 from billing.errors import AccountsUnavailable
-from gateway import http1, http1_write, socks5, wire
+from gateway import http1, http1_write, socks5
 from gateway.conn import Conn, ConnectionClosed
 from gateway.exits import DIAL_ERRORS, NO_DEAL, NO_EXIT, ExitDialer, NoDeal, NoExit, Stream
 from gateway.forward import Authorize, PlainForwarder, _Upstream
 from gateway.metrics import GatewayStats
 from gateway.refusals import Refused, dial_refusal, http_error
 from gateway.relay import Splice, SpliceResult
-from gateway.reuse import ReusedStream
 from gateway.settings import GatewaySettings
 from gateway.targeting import (
     Targeting,
@@ -44,6 +43,7 @@ from gateway.targeting import (
     with_rules,
 )
 from gateway.tunnel_streams import DialError
+from gateway.wire import ALLOWANCE_USED
 
 log = logging.getLogger("ipsx.gateway.front")
 
@@ -371,16 +371,14 @@ class Front:
             self.splices.add(splice)
             if stream.watched is not None:
                 stream.watched.gauge = lambda: splice.a_to_b + splice.b_to_a
-                stream.watched.cut = lambda: self._cut_allowance(splice, exit_transport)
+                stream.watched.cut = lambda: self._cut_allowance(stream, splice)
 
     @staticmethod
-    def _cut_allowance(splice: Splice, exit_side: asyncio.Transport) -> None:
-        """End a stream whose deal carried its allowance. On a reused data connection the agent
-        hears how much of the download reached the client, stops sending and meters that, and
-        what it sent meanwhile is read and dropped here; else the connection ends as it can."""
-        if isinstance(exit_side, ReusedStream):
-            exit_side.cut_here(splice.b_to_a, wire.ALLOWANCE_USED, direction="down")
-        splice.end(wire.ALLOWANCE_USED)
+    def _cut_allowance(stream: Stream, splice: Splice) -> None:
+        """End a tunnel whose deal carried its allowance, the agent told how much of the download
+        reached the client."""
+        stream.cut_allowance(splice.b_to_a)
+        splice.end(ALLOWANCE_USED)
 
     # SOCKS5
     async def _socks5(self, conn: Conn, first: bytes) -> None:

@@ -489,10 +489,13 @@ def test_a_pac_file_per_order_routes_a_browser_through_that_orders_deals(
     assert market.api.order_pac(orders["de"]["order_id"])["proxy_username"].endswith(orders["de"]["order_id"])
 
 
-def test_one_long_lived_tunnel_ends_once_its_deal_carried_the_allowance(stack: Stack, market: Market) -> None:
+@pytest.mark.parametrize("tunnel", [True, False], ids=["connect", "forwarded"])
+def test_one_long_lived_stream_ends_once_its_deal_carried_the_allowance(
+    stack: Stack, market: Market, tunnel: bool
+) -> None:
     allowance, body = 2 * 10**6, 200 * 10**6
     placed = market.api.place_request(
-        filters={"country": "fr", "protocol": "https"},
+        filters={"country": "fr", "protocol": "https" if tunnel else "http"},
         ips=1,
         duration_s=120,
         traffic_bytes=allowance,
@@ -501,12 +504,13 @@ def test_one_long_lived_tunnel_ends_once_its_deal_carried_the_allowance(stack: S
     )
     (deal,) = placed["deals"]
     user = f"{stack.account}-order-{placed['order_id']}:{stack.secret}"
-    # One CONNECT tunnel, read at 4 MB/s: the 200 MB body would take 50 s; the tunnel is cut once
-    # the deal's counter passes 2 MB, at the gateway's next half-second pass.
+    # One stream (a CONNECT tunnel, or a forwarded GET), read at 4 MB/s: the 200 MB body would take
+    # 50 s; the stream is cut once the deal's counter passes 2 MB, at the gateway's next
+    # half-second pass.
     started = time.monotonic()
     download = subprocess.run(
-        ["curl", "-sS", "-p", "-x", f"http://127.0.0.1:{market.proxy_port}", "-U", user,
-         "--limit-rate", "4M", "-o", "/dev/null", "-w", "%{size_download}", "--max-time", "40",
+        ["curl", "-sS", *(["-p"] if tunnel else []), "-x", f"http://127.0.0.1:{market.proxy_port}",
+         "-U", user, "--limit-rate", "4M", "-o", "/dev/null", "-w", "%{size_download}", "--max-time", "40",
          stack.origin.url(f"/bytes/{body}")],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip

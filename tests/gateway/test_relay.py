@@ -512,6 +512,23 @@ async def test_conn_pauses_reading_when_unread(connect: Connect) -> None:
     assert sha256(received) == sha256(payload)
 
 
+async def test_conn_drop_buffered_forgets_what_was_not_taken_and_reads_on(connect: Connect) -> None:
+    conn, peer = await connect()
+    assert conn.transport is not None
+    transport = conn.transport
+    peer.send(os.urandom(2 * MB))
+    await until(lambda: not transport.is_reading())  # a full buffer paused reading
+    dropped = conn.drop_buffered()
+    assert dropped >= 256 * 1024
+    await until(lambda: transport.is_reading())  # room again: reading goes on
+    peer.send(b"next", eof=True)
+    received = b""
+    async with asyncio.timeout(WAIT):
+        while chunk := await conn.read():
+            received += chunk
+    assert received.endswith(b"next") and dropped + len(received) == 2 * MB + 4
+
+
 async def test_conn_drain(connect: Connect) -> None:
     conn, peer = await connect()
     assert conn.transport is not None

@@ -27,6 +27,7 @@ from gateway.agent.caps import Limits
 from gateway.agent.policy import ExitPolicy
 from gateway.agent.settings import ExitSpec
 from gateway.conn import Conn
+from gateway.exits import Stream
 from gateway.front import Front
 from gateway.relay import Splice, SpliceResult
 from gateway.reuse import ReusedStream
@@ -146,7 +147,8 @@ async def test_allowance_cut_by_the_gateway_is_told_and_both_meters_agree(
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
         received = len(await reader.readexactly(1_000_000))  # the download runs at full speed
-        Front._cut_allowance(spliced[0], exit_side)  # the deal's allowance is used up
+        stream = Stream(conn, stream_id, agent.exit_id, "0xprovider", "alice", "connect", "t:1", "d1", 1)
+        Front._cut_allowance(stream, spliced[0])  # the deal's allowance is used up
         async with asyncio.timeout(WAIT):
             while chunk := await reader.read(1 << 16):
                 received += len(chunk)
