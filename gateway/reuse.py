@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 DRAIN_SECONDS = 5.0  # after a close, how long to wait for the peer's end of the stream
-MAX_DISCARD = 32 * 1024 * 1024  # after a cut, the most the agent reads and drops before it resets
+MAX_DISCARD = 32 * 1024 * 1024  # after its cut, the most a side reads and drops before it resets
 
 Announce = Callable[[dict[str, Any]], None]
 Settle = Callable[[asyncio.Transport | None], bool]
@@ -320,7 +320,7 @@ class ReusedStream(asyncio.Transport):
             if not keep_open:
                 self.close()
         if self.cut is not None and not self._closing:
-            self.close()  # cut: the relay sees the stream end here, as if the exit had closed
+            self.close()  # cut: the relay sees the stream end here, as if the peer had closed it
         self._check()
 
     def _tcp_eof(self) -> bool | None:
