@@ -1,6 +1,7 @@
-"""A stream the agent cuts on a reused data connection (``cut`` in ``gateway.reuse`` and
-``gateway.wire``): the agent says where the upload stopped, the gateway stops writing and meters
-what the agent relayed, and the connection ends cleanly and carries the next stream.
+"""A stream one side cuts on a reused data connection (``cut`` in ``gateway.reuse`` and
+``gateway.wire``): the agent says where the upload stopped (its provider's cap), the gateway says
+where the download stopped (its deal's allowance); the other side stops writing and meters what
+the cutting side relayed, and the connection ends cleanly and goes back to the pool.
 
 A real ``TunnelHub`` and real ``AgentSession`` agents over loopback, Redis db 12 (the fixtures of
 ``test_tunnel``); the wrapper's own steps against a real loopback connection pair.
