@@ -39,7 +39,7 @@ from typing import Any, cast
 from gatebench.constants import HERE, ORIGIN, ORIGIN_HOST, ORIGIN_PORT
 from gatebench.loadgen import parse_wrk
 from gatebench.measure import children_cpu_seconds, cpu_seconds, drain_time_wait
-from gatebench.procs import PROCS, StartError, child_env, log, wait_port
+from gatebench.procs import PROCS, StartError, child_env, log, port_open, wait_port
 from gatebench.targets import start_origin
 
 RELAY_PORT = 18300
@@ -73,7 +73,7 @@ def serve_splice(port: int) -> None:
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass of it
             self.early: list[bytes] = []
-            asyncio.get_running_loop().create_task(self.dial())
+            self.dialing = asyncio.get_running_loop().create_task(self.dial())  # held: not collected
 
         def data_received(self, data: bytes) -> None:  # before the origin connection is up
             self.early.append(data)
@@ -99,6 +99,8 @@ def start_relay(name: str, work: Path, logs: Path) -> subprocess.Popen[bytes] | 
     """The relay ``name`` listening on :data:`RELAY_PORT`; None for ``direct``."""
     if name == "direct":
         return None
+    if port_open(RELAY_PORT):
+        raise StartError(f"port {RELAY_PORT} is already in use; is another relay running?")
     if name == "splice":
         argv = [sys.executable, str(Path(__file__).resolve()), "--serve-splice", str(RELAY_PORT)]
     else:
