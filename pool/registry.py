@@ -7,6 +7,7 @@ index entries go when the last node lets it go.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Mapping
 from dataclasses import asdict, fields
 from typing import Any
@@ -178,6 +179,12 @@ class ExitRegistry:
         """Exits with a fresh heartbeat on at least one node."""
         members = await self._fresh(keys=[keys.alive()], args=[self._ttl_ms()])
         return {_text(member).rsplit("|", 1)[1] for member in members}
+
+    async def live_per_node(self) -> dict[str, int]:
+        """How many exits each gateway node holds with a fresh heartbeat (an exit linked to several
+        nodes counts on each)."""
+        members = await self._fresh(keys=[keys.alive()], args=[self._ttl_ms()])
+        return dict(collections.Counter(_text(member).rsplit("|", 1)[0] for member in members))
 
     async def list_live(self) -> list[ExitInfo]:
         found = [await self.get(exit_id) for exit_id in sorted(await self.live_ids())]

@@ -57,12 +57,14 @@ async def overview(request: web.Request) -> web.StreamResponse:
     exits = await data.live_exits(request)
     health = await reports(request.app[REDIS], [info.exit_id for info in exits])
     countries = data.count_by_country(exits)
+    nodes = await data.gateway_nodes(request.app[REDIS])
     now = time.time()
     return render(
         request,
         "operator.html",
         {
-            "alerts": await data.alerts(request, exits, health),
+            "alerts": await data.alerts(request, exits, health, nodes),
+            "nodes": nodes,
             "exits": len(exits),
             "countries": countries,
             "by_type": sorted({info.type for info in exits}),

@@ -28,6 +28,7 @@ from dashboard.appkeys import HTTP, PG, REDIS, SEAT
 from matching import store
 from matching.errors import InvalidOrder
 from pool.models import ExitInfo
+from pool.nodes import NodeRegistry
 from pool.registry import ExitRegistry
 from pool.server_time import time_seconds
 
@@ -237,18 +238,58 @@ async def top_providers(pool: asyncpg.Pool, limit: int) -> list[Top]:
 @dataclass(frozen=True, slots=True)
 class Alert:
     level: str  # "error" | "warn"
-    kind: str  # quarantined | ingestion_lag | disputes | payment_cutoff | unreadable
+    # quarantined | ingestion_lag | disputes | payment_cutoff | unreadable | no_gateway
+    # | node_without_exits
+    kind: str
     text: str
     subject: str = ""  # the exit id or account it is about
     link: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class GatewayNode:
+    """A live gateway node as the operator page shows it."""
+
+    node: str
+    region: str
+    tunnel: str  # where agents reach it, HOST:PORT (":PORT": the host they first reached)
+    exits: int  # exits linked to it with a fresh heartbeat
+
+
+async def gateway_nodes(redis: Redis) -> list[GatewayNode]:
+    """The gateway nodes announced within the registry's TTL (pool.nodes), with their exits."""
+    nodes = await NodeRegistry(redis).live()
+    per_node = await ExitRegistry(redis).live_per_node()
+    return [GatewayNode(n.node, n.region, n.tunnel, per_node.get(n.node, 0)) for n in nodes]
+
+
+def node_alerts(nodes: list[GatewayNode], exits: int) -> list[Alert]:
+    """No gateway node live is an outage; a live node that holds no exit while others do has lost
+    its agents (they keep a tunnel to every node of their region)."""
+    if not nodes:
+        return [Alert("error", "no_gateway", "no gateway node is live: requesters cannot connect")]
+    return [
+        Alert(
+            "warn",
+            "node_without_exits",
+            f"gateway node {n.node} holds no exit while {exits} are online",
+            n.node,
+        )
+        for n in nodes
+        if n.exits == 0 and exits > 0
+    ]
+
+
 async def alerts(
-    request: web.Request, exits: list[ExitInfo], health: dict[str, dict[str, Any]]
+    request: web.Request,
+    exits: list[ExitInfo],
+    health: dict[str, dict[str, Any]],
+    nodes: list[GatewayNode],
 ) -> list[Alert]:
-    """What needs the operator now, computed on the fly: quarantined exits, a usage ingestion lag
-    over ``INGESTION_LAG_ALERT``, disputes waiting, and requesters cut off for unpaid usage."""
-    found: list[Alert] = []
+    """What needs the operator now, computed on the fly: no gateway node live (or one without
+    exits), quarantined exits, a usage ingestion lag over ``INGESTION_LAG_ALERT``, disputes
+    waiting, and requesters cut off for unpaid usage."""
+    found = node_alerts(nodes, len(exits))
     for info in exits:
         report = health.get(info.exit_id, {})
         if report.get("state") == "quarantined":

@@ -21,6 +21,7 @@ from matching.deals import State, propose
 from matching.engine import Fill
 from pool.health import ExitHealth
 from pool.models import ExitInfo
+from pool.nodes import NodeInfo, NodeRegistry
 from pool.registry import ExitRegistry
 
 IPSX = 10**18
@@ -201,8 +202,9 @@ async def metered(
 
 
 class LiveExits:
-    """Exits registered in the pool as a gateway node does (``pool.registry``), kept live by a
-    heartbeat every second from a thread until ``close`` deregisters them."""
+    """Exits registered in the pool as a gateway node does (``pool.registry``, the node announced
+    in ``pool.nodes``), kept live by a heartbeat every second from a thread until ``close``
+    deregisters them."""
 
     NODE = "web-test-node"
 
@@ -217,13 +219,16 @@ class LiveExits:
     async def _call(self, what: str) -> None:
         client = redis.asyncio.Redis.from_url(self.redis_url)
         try:
-            registry = ExitRegistry(client)
+            registry, nodes = ExitRegistry(client), NodeRegistry(client)
             if what == "register":
                 await registry.register(self.exits)
+                await nodes.announce(NodeInfo(self.NODE, ":18082", region="eu"))
             elif what == "heartbeat":
                 await registry.heartbeat(self.NODE, self.exits)
+                await nodes.announce(NodeInfo(self.NODE, ":18082", region="eu"))
             else:
                 await registry.deregister(self.NODE, self.exits)
+                await nodes.withdraw(self.NODE)
         finally:
             await client.aclose()
 

@@ -150,6 +150,17 @@ def test_the_map_counts_live_exits_per_country(web_api: WebApi, network: Network
     assert len(event["throughput"]["t"]) == 60 and sum(event["throughput"]["bytes"]) >= 1_000_000
 
 
+def test_the_gateway_nodes_are_listed_with_their_exits(web_api: WebApi, network: Network) -> None:
+    with operator(web_api) as ops:
+        page = ops.get("/web/operator").text
+    node = seed.LiveExits.NODE
+    row = re.search(rf'<tr data-node="{node}">(.*?)</tr>', page)
+    assert row is not None, page
+    cells = re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row.group(1))
+    assert cells == [node, "eu", "<code>:18082</code>", "4"]  # the four exits it registered
+    assert 'data-kind="no_gateway"' not in page and 'data-kind="node_without_exits"' not in page
+
+
 def _owe(web_api: WebApi) -> None:
     """opreq pays over a channel to the operator and has settled usage of 1.5 IPSX it has not
     paid: the market node's invoicer bills it and cuts opreq off (the limit is 1 IPSX)."""
