@@ -235,13 +235,19 @@ def test_the_agent_refuses_a_proof_balance_the_hub_inflated(payer: Payer, tmp_pa
     )
 
 
-def test_a_closing_consent_freezes_the_channel_and_cuts_the_requester_off(
-    payer: Payer, tmp_path: Path
-) -> None:
+def paid_120(payer: Payer, tmp_path: Path) -> PaymentAgent:
+    """``payer`` with 120 base units settled, invoiced and paid by its agent (returned)."""
     agent = PaymentAgent(payer.client, payer.wallet, max_invoice=1000, budget=1000, store=tmp_path / "s.json")
     payer.settle(120)
     payer.invoices(1)
     agent.pay_once()
+    return agent
+
+
+def test_a_closing_consent_freezes_the_channel_and_cuts_the_requester_off(
+    payer: Payer, tmp_path: Path
+) -> None:
+    paid_120(payer, tmp_path)
     asked_at = int(time.time())
     consent = payer.client.channel_consent(payer.channel)
     assert consent["balance"]["base_units"] == "120"
@@ -275,10 +281,7 @@ def test_a_closing_consent_freezes_the_channel_and_cuts_the_requester_off(
 def test_no_consent_is_signed_for_a_contract_its_watcher_found_of_another_version(
     payer: Payer, tmp_path: Path
 ) -> None:
-    agent = PaymentAgent(payer.client, payer.wallet, max_invoice=1000, budget=1000, store=tmp_path / "s.json")
-    payer.settle(120)
-    payer.invoices(1)
-    agent.pay_once()
+    paid_120(payer, tmp_path)
     why = f"it is version '1' and this IPSX signs for version '{proofs.DOMAIN_VERSION}'"
     # What `ipsx chain watch` recorded when it read the contract (billing.chain.record_domain).
     payer.sql("INSERT INTO channels_domains (address, problem) VALUES ($1, $2)", CHANNELS_ADDRESS, why)
@@ -300,10 +303,7 @@ def test_no_consent_is_signed_for_a_contract_its_watcher_found_of_another_versio
 
 
 def test_a_closing_consent_past_its_expiry_unfreezes_the_channel(payer: Payer, tmp_path: Path) -> None:
-    agent = PaymentAgent(payer.client, payer.wallet, max_invoice=1000, budget=1000, store=tmp_path / "s.json")
-    payer.settle(120)
-    payer.invoices(1)
-    agent.pay_once()
+    agent = paid_120(payer, tmp_path)
     payer.client.channel_consent(payer.channel)
     payer.settle(30)  # owed, not billed on the frozen channel
     # Time passes: the consent expired, and the chain watcher applied a block stamped after it, so
