@@ -16,7 +16,7 @@ from gateway.targeting import BAN_SESSION_EXIT, Targeting
 from gateway.tickets import Ticket
 from gateway.tunnel import TunnelHub
 from gateway.tunnel_streams import DialError
-from gateway.wire import ALLOWANCE_USED, DialErrorCode
+from gateway.wire import LIMIT_CUTS, DialErrorCode
 from matching.orders import RequestFilters, order_of
 from matching.routing import DealRoutes
 from pool.bans import DEFAULT_BAN_TTL, BanBook
@@ -66,13 +66,14 @@ class Stream:
             return side.cut, side.cut_reason
         return None
 
-    def cut_allowance(self, down: int) -> None:
-        """Before this node ends the stream for its deal's allowance: tell the agent that ``down``
-        bytes of the download were relayed, so it stops sending and meters that, and drop here
-        what it sent meanwhile (on a data connection where both ends agreed to, gateway.reuse)."""
+    def cut_short(self, down: int, reason: str) -> None:
+        """Before this node ends the stream early (``reason``: its deal's allowance, its client
+        gone): tell the agent that ``down`` bytes of the download were relayed, so it stops
+        sending and meters that, and drop here what it sent meanwhile (on a data connection
+        where both ends agreed to, gateway.reuse)."""
         side = self.conn.transport
         if isinstance(side, ReusedStream):
-            side.cut_here(down, ALLOWANCE_USED, direction="down")
+            side.cut_here(down, reason, direction="down")
 
 
 class ExitDialer:
@@ -309,7 +310,9 @@ class ExitDialer:
         if cut is not None:
             # What this node wrote past the agent's cut was dropped there, never relayed: the
             # upload is what the agent relayed, so both meters count the same bytes.
-            up, outcome = min(up, cut[0]), cut[1]
+            up = min(up, cut[0])
+            if cut[1] in LIMIT_CUTS:  # the provider's cap or hours, which this node cannot see
+                outcome = cut[1]
         self._stats.stream_closed(stream.protocol, up, down)
         self._hub.stream_closed(stream.exit_id)
         closed = max(stream.opened_at, time.time() if closed_at is None else closed_at)

@@ -199,7 +199,7 @@ class PlainForwarder:
                 # much of the download came through, and the stream closes.
                 upstream.ended_for = ALLOWANCE_USED
                 stream.conn.drop_buffered()
-                stream.cut_allowance(upstream.down)
+                stream.cut_short(upstream.down, ALLOWANCE_USED)
                 stream.conn.close()
 
             stream.watched.cut = cut

@@ -43,7 +43,7 @@ from gateway.targeting import (
     with_rules,
 )
 from gateway.tunnel_streams import DialError
-from gateway.wire import ALLOWANCE_USED
+from gateway.wire import ALLOWANCE_USED, CLIENT_LOST
 
 log = logging.getLogger("ipsx.gateway.front")
 
@@ -366,6 +366,8 @@ class Front:
             b_eof=exit_eof,
             idle_timeout=self._settings.idle_timeout,
             opened_at=stream.opened_at,
+            # a client gone mid-stream: the agent hears how much of the download it got
+            cut_short=lambda client: stream.cut_short(splice.b_to_a, CLIENT_LOST) if client else None,
         )
         if not stream.finished:
             self.splices.add(splice)
@@ -377,7 +379,7 @@ class Front:
     def _cut_allowance(stream: Stream, splice: Splice) -> None:
         """End a tunnel whose deal carried its allowance, the agent told how much of the download
         reached the client."""
-        stream.cut_allowance(splice.b_to_a)
+        stream.cut_short(splice.b_to_a, ALLOWANCE_USED)
         splice.end(ALLOWANCE_USED)
 
     # SOCKS5

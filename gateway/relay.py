@@ -78,7 +78,9 @@ class Splice:
     ``a_data`` / ``b_data`` are bytes already read from A / B (during the handshake) that must be
     forwarded first; they are counted like the rest. ``idle_timeout`` closes a splice through
     which nothing moved for that long (checked by comparing counters, so the per-chunk path
-    stays free of clock reads).
+    stays free of clock reads). ``cut_short`` is called once, before the other side is closed,
+    when a side fails or goes away mid-stream (True: side A), so the other may be told where
+    the stream stopped.
     """
 
     def __init__(
@@ -94,9 +96,11 @@ class Splice:
         idle_timeout: float = 300.0,
         opened_at: float | None = None,
         high_water: int = 1024 * 1024,
+        cut_short: Callable[[bool], None] | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._on_done: Callable[[SpliceResult], None] | None = on_done
+        self._cut_short: Callable[[bool], None] | None = None  # set once the splice is built
         self._opened_at = time.time() if opened_at is None else opened_at
         self._idle_timeout = idle_timeout
         self.first_eof: _Side | None = None
@@ -123,6 +127,9 @@ class Splice:
             self.b.eof_received()
         if self._on_done is not None and idle_timeout > 0:
             self._timer = self._loop.call_later(idle_timeout, self._check_idle)
+        # Not before: a side closed already at the start relayed nothing to tell of, and the
+        # caller may not hold this splice yet.
+        self._cut_short = cut_short
 
     @property
     def a_to_b(self) -> int:
@@ -150,6 +157,8 @@ class Splice:
         if peer is not None and not peer.lost:
             # Flush what the peer still has to send, then close it: a side that went away
             # without a clean EOF in both directions cut the stream short.
+            if self._cut_short is not None and not (side.eof and exc is None):
+                self._cut_short(side is self.a)
             peer.transport.close()
         if side.eof and exc is None:
             self._finish_clean()

@@ -31,11 +31,12 @@ Control connection (agent → gateway first)::
     agent: {"t": "free", "stream": …}                       with reuse: the stream's data
                                                             connection waits for the next dial
     agent: {"t": "cut", "stream": …, "up": …,               with reuse and cut: the agent cut
-            "why": "cap_reached" | "outside_hours"}         the stream after relaying ``up``
+            "why": "cap_reached" | "outside_hours"          the stream after relaying ``up``
+                   | "destination_lost"}
                                                             bytes up; it drops the rest up to
                                                             the gateway's end
     gw:    {"t": "cut", "stream": …, "down": …,             the same from the gateway, after
-            "why": "allowance_used"}                        relaying ``down`` bytes down
+            "why": "allowance_used" | "client_lost"}        relaying ``down`` bytes down
 
 Data connection::
 
@@ -49,11 +50,12 @@ Without reuse, a data connection carries one stream and TCP's end of stream is t
 With it (the login asked ``"reuse": true`` and the welcome agreed), each direction's end is the
 ``end`` message on the control connection, counted in bytes, and once both ended the agent says
 ``free`` and reads the next ``dial`` on the same connection (``gateway.reuse``). With ``cut``
-agreed too, a stream one side cuts (the agent: a cap, its serving hours; the gateway: the deal's
-allowance) is told with ``cut`` before that side's end: the other stops writing, announces its
-own end, and meters that direction as the cutting side relayed it, while the cutting side reads
-and drops what was in flight; without it, such a stream's connection is reset and one meter may
-exceed the other by what was in flight.
+agreed too, a stream one side cuts (the agent: a cap, its serving hours, a destination gone
+mid-stream; the gateway: the deal's allowance, a client gone mid-stream) is told with ``cut``
+before that side's end: the other stops writing, announces its own end, and meters that
+direction as the cutting side relayed it, while the cutting side reads and drops what was in
+flight; without it, such a stream's connection is reset and one meter may exceed the other by
+what was in flight.
 
 The ticket is the stream's billing facts signed by the gateway nodes (``gateway.tickets``). The
 agent keeps each report until ``acked``; a report whose node is gone goes, with its ticket, to
@@ -87,9 +89,12 @@ import orjson
 PROTOCOL_VERSION = 1
 CAP_REACHED = "cap_reached"  # a stream cut at the provider's data cap (the outcome both sides record)
 OUTSIDE_HOURS = "outside_hours"  # a stream cut when the provider's serving hours ended
-CUT_REASONS = frozenset({CAP_REACHED, OUTSIDE_HOURS})  # why an agent cuts a stream
+DESTINATION_LOST = "destination_lost"  # a stream whose destination went away mid-stream
+LIMIT_CUTS = frozenset({CAP_REACHED, OUTSIDE_HOURS})  # the provider's limits: both sides' outcome
+CUT_REASONS = LIMIT_CUTS | {DESTINATION_LOST}  # why an agent cuts a stream
 ALLOWANCE_USED = "allowance_used"  # a stream the gateway cut once its deal carried the allowance
-GATEWAY_CUTS = frozenset({ALLOWANCE_USED})  # why a gateway cuts one
+CLIENT_LOST = "client_lost"  # a stream whose client went away mid-stream
+GATEWAY_CUTS = frozenset({ALLOWANCE_USED, CLIENT_LOST})  # why a gateway cuts one
 MAX_LINE = 64 * 1024
 
 

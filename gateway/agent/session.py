@@ -37,7 +37,7 @@ from gateway.agent.throttle import GatedTransport
 from gateway.conn import Conn, ConnectionClosed
 from gateway.relay import Splice, SpliceResult
 from gateway.reuse import ReusedStream
-from gateway.wire import CAP_REACHED, OUTSIDE_HOURS, DialErrorCode, WireError
+from gateway.wire import CAP_REACHED, DESTINATION_LOST, OUTSIDE_HOURS, DialErrorCode, WireError
 
 log = logging.getLogger("ipsx.agent")
 
@@ -509,6 +509,12 @@ class AgentSession:
                 },
             )
 
+        def destination_gone() -> None:
+            # The gateway hears how much of the upload got through before the destination went,
+            # and stops sending: what it sent meanwhile is read and dropped here.
+            if reused is not None:
+                reused.cut_here(splice.a_to_b, DESTINATION_LOST, direction="up")
+
         splice = Splice(
             a,
             b,
@@ -519,6 +525,7 @@ class AgentSession:
             b_eof=b_eof,
             idle_timeout=self._settings.idle_timeout,
             opened_at=opened_at,
+            cut_short=lambda gateway_side: None if gateway_side else destination_gone(),
         )
 
         def cut(outcome: str) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import math
 import re
 import socket
+import struct
 import subprocess
 import time
 from pathlib import Path
@@ -244,6 +246,33 @@ def test_plain_http_metering_counts_the_forwarded_exchange(stack: Stack) -> None
     ours = len(f"X-IPSX-Exit: {'0' * 16}\r\nX-IPSX-Tries: 1\r\n")
     assert row["gateway_bytes_down"] == size_header - ours + size_download
     assert row["agent_bytes_down"] == row["gateway_bytes_down"]
+    assert row["agent_bytes_up"] == row["gateway_bytes_up"]
+
+
+def test_a_download_the_client_abandons_is_metered_alike_on_both_sides(stack: Stack) -> None:
+    before = len(
+        stack.query(
+            "SELECT 1 FROM metered_streams WHERE protocol = 'connect' AND agent_bytes_down IS NOT NULL"
+        )
+    )
+    auth = base64.b64encode(f"{stack.account}:{stack.secret}".encode()).decode()
+    target = f"127.0.0.1:{stack.origin.port}"
+    with socket.create_connection(("127.0.0.1", stack.http_port), timeout=10) as sock:
+        connect = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: Basic {auth}\r\n\r\n"
+        sock.sendall(connect.encode())
+        sock.sendall(f"GET /bytes/200000000 HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+        received = 0
+        while received < 2_000_000:  # a scraper that has what it wanted, out of 200 MB
+            chunk = sock.recv(1 << 16)
+            assert chunk
+            received += len(chunk)
+        # Closing with unread bytes resets the connection: the gateway sees its client lost.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    row = _latest(stack, "connect", before)
+    assert row["outcome"] == row["agent_outcome"] == "client_lost"
+    # The agent heard how much of the download the gateway relayed and metered that, not what it
+    # had sent past it: both meters agree although the stream ended mid-transfer.
+    assert row["agent_bytes_down"] == row["gateway_bytes_down"] < 50_000_000
     assert row["agent_bytes_up"] == row["gateway_bytes_up"]
 
 

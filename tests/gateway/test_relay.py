@@ -216,6 +216,40 @@ async def test_splice_b_reset_mid_stream(connect: Connect) -> None:
     assert (result.outcome, result.a_to_b, result.b_to_a) == ("b_lost", 18, 17)
 
 
+@pytest.mark.parametrize("lost", ["a", "b"])
+async def test_splice_tells_who_cut_the_stream_short_before_closing_the_other(
+    connect: Connect, lost: str
+) -> None:
+    done = Done()
+    told: list[tuple[bool, int, bool]] = []  # (side A?, bytes B had relayed, the other still open?)
+    splice: Splice | None = None
+
+    def cut_short(side_a: bool) -> None:
+        assert splice is not None
+        other = splice.b if side_a else splice.a
+        told.append((side_a, splice.b_to_a, not other.transport.is_closing()))
+
+    splice, alice, bob = await spliced(connect, done, cut_short=cut_short)
+    bob.send(b"partial answer")
+    assert await alice.read_exactly(14) == b"partial answer"
+    (alice if lost == "a" else bob).reset()
+    result = await done.wait(splice)
+    assert result.outcome == f"{lost}_lost"
+    assert told == [(lost == "a", 14, True)]  # once, while the other side could still be told
+
+
+async def test_splice_does_not_call_cut_short_on_a_clean_end(connect: Connect) -> None:
+    done = Done()
+    told: list[bool] = []
+    splice, alice, bob = await spliced(connect, done, cut_short=told.append)
+    alice.send(b"request", eof=True)
+    assert await bob.read_all() == b"request"
+    bob.send(b"answer", eof=True)
+    assert await alice.read_all() == b"answer"
+    assert (await done.wait(splice)).outcome == "a_closed"
+    assert told == []
+
+
 async def test_splice_a_reset_after_half_close(connect: Connect) -> None:
     done = Done()
     splice, alice, bob = await spliced(connect, done)

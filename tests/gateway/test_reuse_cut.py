@@ -13,7 +13,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
+import struct
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
@@ -166,6 +169,40 @@ async def test_allowance_cut_by_the_gateway_is_told_and_both_meters_agree(
     assert (report.bytes_down, report.outcome) == (result.b_to_a, "allowance_used")
     assert exit_side.discarded > 0  # the firehose had more in flight
     await until(lambda: gateway.hub.reuses == 1)  # read up to the agent's end: back in the pool
+
+
+@pytest.fixture
+async def resetting_port() -> AsyncIterator[int]:
+    """A destination that reads 1 MB of an upload, then resets the connection (as a server
+    refusing a body too large may)."""
+
+    async def reset_after(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readexactly(1_000_000)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+    server = await asyncio.start_server(reset_after, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+async def test_destination_gone_mid_upload_is_told_and_both_meters_agree(
+    gateway: Gateway, start_agent: StartAgent, resetting_port: int
+) -> None:
+    agent = await start_agent(pool_size=1)
+    await until(lambda: len(gateway.hub.links[0].idle) == 1)
+    stream_id, conn, result = await upload_through(gateway, agent.exit_id, resetting_port)
+    report = await agent_report(gateway, stream_id)
+    side = conn.transport
+    assert isinstance(side, ReusedStream)
+    assert report.outcome == "destination_lost" and side.cut_reason == "destination_lost"
+    # What the agent relayed before the reset, which the gateway meters (ExitDialer.finish)
+    assert side.cut == report.bytes_up >= 1_000_000
+    assert result.a_to_b >= side.cut
+    await until(lambda: gateway.hub.reuses == 1)  # read up to the gateway's end: back in the pool
 
 
 @pytest.mark.parametrize("transport", ["ws", "tls"])
