@@ -24,7 +24,7 @@ from gateway.refusals import Refused, dial_refusal, http_error
 from gateway.settings import GatewaySettings
 from gateway.targeting import Targeting
 from gateway.tunnel_streams import DialError
-from gateway.wire import ALLOWANCE_USED
+from gateway.wire import ALLOWANCE_USED, CLIENT_LOST
 
 Authorize = Callable[[http1.RequestHead], Awaitable[Targeting]]
 
@@ -53,7 +53,7 @@ def _outcome_of(error: BaseException) -> str:
         return "exit_lost"
     if isinstance(error, TimeoutError):
         return "idle"
-    return "client_lost"
+    return CLIENT_LOST
 
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
@@ -136,7 +136,7 @@ class PlainForwarder:
             outcome = "exit_lost"
             raise
         except ConnectionClosed:
-            outcome = "client_lost"
+            outcome = CLIENT_LOST
             raise
         finally:
             if upstream is not None:
@@ -206,6 +206,11 @@ class PlainForwarder:
         return upstream
 
     def _end_upstream(self, upstream: _Upstream, outcome: str) -> None:
+        if outcome == CLIENT_LOST and upstream.ended_for is None:
+            # The client went away mid-exchange: what is buffered here goes nowhere, and the
+            # agent hears how much of the download got through.
+            upstream.stream.conn.drop_buffered()
+            upstream.stream.cut_short(upstream.down, CLIENT_LOST)
         upstream.stream.conn.close()
         outcome = upstream.ended_for or outcome
         self._dialer.finish(upstream.stream, up=upstream.up, down=upstream.down, outcome=outcome)

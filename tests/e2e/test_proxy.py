@@ -249,18 +249,24 @@ def test_plain_http_metering_counts_the_forwarded_exchange(stack: Stack) -> None
     assert row["agent_bytes_up"] == row["gateway_bytes_up"]
 
 
-def test_a_download_the_client_abandons_is_metered_alike_on_both_sides(stack: Stack) -> None:
+@pytest.mark.parametrize("protocol", ["connect", "http"])
+def test_a_download_the_client_abandons_is_metered_alike_on_both_sides(stack: Stack, protocol: str) -> None:
     before = len(
         stack.query(
-            "SELECT 1 FROM metered_streams WHERE protocol = 'connect' AND agent_bytes_down IS NOT NULL"
+            "SELECT 1 FROM metered_streams WHERE protocol = $1 AND agent_bytes_down IS NOT NULL", protocol
         )
     )
-    auth = base64.b64encode(f"{stack.account}:{stack.secret}".encode()).decode()
+    auth = (
+        f"Proxy-Authorization: Basic {base64.b64encode(f'{stack.account}:{stack.secret}'.encode()).decode()}"
+    )
     target = f"127.0.0.1:{stack.origin.port}"
     with socket.create_connection(("127.0.0.1", stack.http_port), timeout=10) as sock:
-        connect = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: Basic {auth}\r\n\r\n"
-        sock.sendall(connect.encode())
-        sock.sendall(f"GET /bytes/200000000 HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+        if protocol == "connect":
+            sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{auth}\r\n\r\n".encode())
+            sock.sendall(f"GET /bytes/200000000 HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+        else:
+            get = f"GET http://{target}/bytes/200000000 HTTP/1.1\r\nHost: {target}\r\n{auth}\r\n\r\n"
+            sock.sendall(get.encode())
         received = 0
         while received < 2_000_000:  # a scraper that has what it wanted, out of 200 MB
             chunk = sock.recv(1 << 16)
@@ -268,7 +274,7 @@ def test_a_download_the_client_abandons_is_metered_alike_on_both_sides(stack: St
             received += len(chunk)
         # Closing with unread bytes resets the connection: the gateway sees its client lost.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    row = _latest(stack, "connect", before)
+    row = _latest(stack, protocol, before)
     assert row["outcome"] == row["agent_outcome"] == "client_lost"
     # The agent heard how much of the download the gateway relayed and metered that, not what it
     # had sent past it: both meters agree although the stream ended mid-transfer.
