@@ -24,7 +24,7 @@ from gateway.refusals import Refused, dial_refusal, http_error
 from gateway.settings import GatewaySettings
 from gateway.targeting import Targeting
 from gateway.tunnel_streams import DialError
-from gateway.wire import ALLOWANCE_USED, CLIENT_LOST
+from gateway.wire import ALLOWANCE_USED, CLIENT_LOST, LIMIT_CUTS
 
 Authorize = Callable[[http1.RequestHead], Awaitable[Targeting]]
 
@@ -393,7 +393,9 @@ class PlainForwarder:
             if not data:
                 await exit_conn.drain()
                 if exit_conn.closed:  # the exit ended the stream mid-body: the rest goes nowhere
-                    why = "reached its provider's limit" if upstream.stream.cut else "closed the connection"
+                    cut = upstream.stream.cut
+                    limit = cut is not None and cut[1] in LIMIT_CUTS
+                    why = "reached its provider's limit" if limit else "closed the connection"
                     raise http_error(502, "exit_closed", f"the exit {why} before the request body was sent")
                 data = await conn.read(self._settings.idle_timeout)
                 if not data:

@@ -316,13 +316,10 @@ class TunnelHub(LinkTable):
                 elif kind == "state":
                     self._state_report(link, message)
                 elif kind == "cut" and link.cut:
-                    stream = link.reused.get(wire.field(message, "stream", str))
-                    relayed = wire.field(message, "up", int)
-                    if relayed < 0:
-                        raise WireError("field 'up' is negative")
-                    why = message.get("why")
+                    stream_id, relayed, reason = wire.parse_cut(message, "up", wire.CUT_REASONS)
+                    stream = link.reused.get(stream_id)
                     if stream is not None:  # else a stream already closed for another reason
-                        stream.peer_cut(relayed, why if why in wire.CUT_REASONS else wire.CAP_REACHED)
+                        stream.peer_cut(relayed, reason)
                 elif kind in ("end", "free") and link.reuse:
                     stream = link.reused.get(wire.field(message, "stream", str))
                     if stream is None:

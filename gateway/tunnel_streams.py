@@ -74,7 +74,7 @@ class ProviderLink:
         self.streams: set[str] = set()  # streams opened here whose agent report is still due
         self.reuse = reuse  # the agent carries stream after stream on a data connection
         self.reused: dict[str, ReusedStream] = {}  # streams running on such connections, by id
-        self.cut = cut  # the agent says where it stopped a stream it cuts (gateway.reuse)
+        self.cut = cut  # each end says where it stopped a stream it cuts (gateway.reuse)
         self._told: list[bytes] = []
         self._flushing = False  # a flush of the control messages is scheduled
         self.beating: asyncio.Task[None] | None = None  # the registry refresh of the last heartbeat

@@ -152,6 +152,18 @@ def field(
     return value
 
 
+def parse_cut(message: dict[str, Any], direction: str, reasons: frozenset[str]) -> tuple[str, int, str]:
+    """A ``cut`` message's stream, the bytes relayed (``direction``: ``up`` from an agent, ``down``
+    from a gateway) and its reason, "" for one not in ``reasons`` (a newer peer's: it changes no
+    outcome); raises WireError for a malformed one."""
+    stream = field(message, "stream", str)
+    relayed = field(message, direction, int)
+    if relayed < 0:
+        raise WireError(f"field {direction!r} is negative")
+    why = message.get("why")
+    return stream, relayed, why if isinstance(why, str) and why in reasons else ""
+
+
 def login_message(node: str, nonce: str) -> str:
     """The text an agent signs (EIP-191 personal message) to prove its wallet address."""
     return f"IPSX provider login\nnode: {node}\nnonce: {nonce}"

@@ -272,13 +272,10 @@ class AgentSession:
                     if reused is not None:
                         reused.peer_end(wire.field(message, "n", int))
                 elif message["t"] == "cut" and self._cut:
-                    reused = self._reused.get(wire.field(message, "stream", str))
-                    relayed = wire.field(message, "down", int)
-                    if relayed < 0:
-                        raise WireError("field 'down' is negative")
-                    why = message.get("why")
+                    stream, relayed, reason = wire.parse_cut(message, "down", wire.GATEWAY_CUTS)
+                    reused = self._reused.get(stream)
                     if reused is not None:  # else a stream already over
-                        reused.peer_cut(relayed, why if why in wire.GATEWAY_CUTS else wire.ALLOWANCE_USED)
+                        reused.peer_cut(relayed, reason)
                 elif message["t"] == "error":
                     raise LoginRefused(str(message.get("reason"))[:200])
         finally:
@@ -490,7 +487,7 @@ class AgentSession:
                 # The gateway cut the stream (its deal's allowance) and dropped what it got past
                 # that: the download is what it relayed, so both meters count the same bytes.
                 down = min(down, reused.cut)
-                if outcome not in wire.CUT_REASONS:  # not cut here first
+                if reused.cut_reason and outcome not in wire.CUT_REASONS:  # not cut here first
                     outcome = reused.cut_reason
             self._governor.finished(gate, deal, result.a_to_b, result.b_to_a)
             self._reports.submit(

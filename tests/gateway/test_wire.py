@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -194,3 +195,40 @@ def test_login_message_binds_node_and_nonce() -> None:
 
 def test_protocol_version() -> None:
     assert wire.PROTOCOL_VERSION == 1
+
+
+@pytest.mark.parametrize(
+    ("message", "direction", "parsed"),
+    [
+        ({"t": "cut", "stream": "s", "up": 10, "why": "cap_reached"}, "up", ("s", 10, "cap_reached")),
+        ({"t": "cut", "stream": "s", "down": 0, "why": "client_lost"}, "down", ("s", 0, "client_lost")),
+        # A reason this side does not know (a newer peer's), or none, or not a string: no outcome.
+        ({"t": "cut", "stream": "s", "up": 10, "why": "somewhere"}, "up", ("s", 10, "")),
+        ({"t": "cut", "stream": "s", "up": 10}, "up", ("s", 10, "")),
+        ({"t": "cut", "stream": "s", "up": 10, "why": ["cap_reached"]}, "up", ("s", 10, "")),
+        ({"t": "cut", "stream": "s", "up": 10, "why": {"a": 1}}, "up", ("s", 10, "")),
+        # A gateway's reason from an agent is not one an agent gives.
+        ({"t": "cut", "stream": "s", "up": 10, "why": "allowance_used"}, "up", ("s", 10, "")),
+    ],
+)
+def test_parse_cut_call(message: dict[str, Any], direction: str, parsed: tuple[str, int, str]) -> None:
+    reasons = wire.CUT_REASONS if direction == "up" else wire.GATEWAY_CUTS
+    assert wire.parse_cut(message, direction, reasons) == parsed
+
+
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        ({"t": "cut", "up": 1}, "field 'stream' has the wrong type"),
+        ({"t": "cut", "stream": 7, "up": 1}, "field 'stream' has the wrong type"),
+        ({"t": "cut", "stream": "s"}, "field 'up' has the wrong type"),
+        ({"t": "cut", "stream": "s", "up": "10"}, "field 'up' has the wrong type"),
+        ({"t": "cut", "stream": "s", "up": True}, "field 'up' has the wrong type"),
+        ({"t": "cut", "stream": "s", "up": 1.5}, "field 'up' has the wrong type"),
+        ({"t": "cut", "stream": "s", "up": -1}, "field 'up' is negative"),
+        ({"t": "cut", "stream": "s", "down": 5}, "field 'up' has the wrong type"),  # the other direction's
+    ],
+)
+def test_parse_cut_refuses_a_malformed_cut(message: dict[str, Any], error: str) -> None:
+    with pytest.raises(wire.WireError, match=re.escape(error)):
+        wire.parse_cut(message, "up", wire.CUT_REASONS)
