@@ -58,6 +58,7 @@ MIGRATIONS = [
     "024_deals_request_index",
     "025_consent_expiry",
     "026_chain_cursor_time",
+    "027_channels_domains",
 ]
 
 
