@@ -68,9 +68,11 @@ class Stream:
 
     def cut_short(self, down: int, reason: str) -> None:
         """Before this node ends the stream early (``reason``: its deal's allowance, its client
-        gone): tell the agent that ``down`` bytes of the download were relayed, so it stops
-        sending and meters that, and drop here what it sent meanwhile (on a data connection
-        where both ends agreed to, gateway.reuse)."""
+        gone): nothing more is relayed, not even what the stream's connection buffered here; the
+        agent hears that ``down`` bytes of the download were relayed, so it stops sending and
+        meters that, and what it sent meanwhile is dropped here (on a data connection where both
+        ends agreed to, gateway.reuse)."""
+        self.conn.drop_buffered()  # empty already once a splice took the connection over
         side = self.conn.transport
         if isinstance(side, ReusedStream):
             side.cut_here(down, reason, direction="down")

@@ -194,11 +194,8 @@ class PlainForwarder:
         if stream.watched is not None:
             stream.watched.gauge = lambda: upstream.up + upstream.down
 
-            def cut() -> None:
-                # Nothing more is relayed, not even what is buffered here: the agent is told how
-                # much of the download came through, and the stream closes.
+            def cut() -> None:  # the agent told how much of the download came through, then closed
                 upstream.ended_for = ALLOWANCE_USED
-                stream.conn.drop_buffered()
                 stream.cut_short(upstream.down, ALLOWANCE_USED)
                 stream.conn.close()
 
@@ -207,9 +204,7 @@ class PlainForwarder:
 
     def _end_upstream(self, upstream: _Upstream, outcome: str) -> None:
         if outcome == CLIENT_LOST and upstream.ended_for is None:
-            # The client went away mid-exchange: what is buffered here goes nowhere, and the
-            # agent hears how much of the download got through.
-            upstream.stream.conn.drop_buffered()
+            # The client went away mid-exchange: the agent hears how much of the download got through.
             upstream.stream.cut_short(upstream.down, CLIENT_LOST)
         upstream.stream.conn.close()
         outcome = upstream.ended_for or outcome
