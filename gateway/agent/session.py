@@ -484,8 +484,8 @@ class AgentSession:
             self.splices.pop(splice, None)
             down, outcome = result.b_to_a, _OUTCOMES.get(result.outcome, result.outcome)
             if reused is not None and reused.cut is not None:
-                # The gateway cut the stream (its deal's allowance) and dropped what it got past
-                # that: the download is what it relayed, so both meters count the same bytes.
+                # The gateway cut the stream (its deal's allowance, its client gone) and dropped
+                # what it got past that: the download is what it relayed, so both meters agree.
                 down = min(down, reused.cut)
                 if reused.cut_reason and outcome not in wire.CUT_REASONS:  # not cut here first
                     outcome = reused.cut_reason
